@@ -1,0 +1,46 @@
+package org.kindling.ops;
+
+/**
+ * One AdamW update (Loshchilov &amp; Hutter, decoupled weight decay), as PyTorch's {@code AdamW}:
+ * {@code p ← p·(1 − lr·wd) − lr·m̂/(√v̂ + eps)} with bias-corrected moments at step {@code t}.
+ * {@code gradScale} multiplies every gradient first, so global-norm clipping costs no extra pass.
+ */
+public record AdamW(float lr, float beta1, float beta2, float eps, float weightDecay, int step, float gradScale) {
+
+    public AdamW {
+        if (!(lr >= 0) || !Float.isFinite(lr)) {
+            throw new IllegalArgumentException("AdamW lr must be finite and >= 0, got " + lr);
+        }
+        if (!(beta1 >= 0 && beta1 < 1)) {
+            throw new IllegalArgumentException("AdamW beta1 must be in [0, 1), got " + beta1);
+        }
+        if (!(beta2 >= 0 && beta2 < 1)) {
+            throw new IllegalArgumentException("AdamW beta2 must be in [0, 1), got " + beta2);
+        }
+        if (!(eps > 0)) {
+            throw new IllegalArgumentException("AdamW eps must be > 0, got " + eps);
+        }
+        if (!(weightDecay >= 0)) {
+            throw new IllegalArgumentException("AdamW weight decay must be >= 0, got " + weightDecay);
+        }
+        if (step < 1) {
+            throw new IllegalArgumentException("AdamW step counts from 1, got " + step);
+        }
+        if (!Float.isFinite(gradScale)) {
+            throw new IllegalArgumentException("AdamW gradient scale must be finite, got " + gradScale);
+        }
+    }
+
+    /** PyTorch's defaults (betas 0.9/0.999, eps 1e-8, weight decay 0.01) at the given lr and step. */
+    public static AdamW defaults(float lr, int step) {
+        return new AdamW(lr, 0.9f, 0.999f, 1e-8f, 0.01f, step, 1f);
+    }
+
+    public AdamW withStep(int step) {
+        return new AdamW(lr, beta1, beta2, eps, weightDecay, step, gradScale);
+    }
+
+    public AdamW withGradScale(float gradScale) {
+        return new AdamW(lr, beta1, beta2, eps, weightDecay, step, gradScale);
+    }
+}

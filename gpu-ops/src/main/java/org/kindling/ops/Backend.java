@@ -1,0 +1,146 @@
+package org.kindling.ops;
+
+import java.util.List;
+
+/**
+ * The kernel set every device implements: a small 2-D instruction set (GEMM, elementwise,
+ * reductions, softmax) plus the fused kernels a transformer needs. Layers call only these.
+ *
+ * <p>Conventions, as in llm.c: arguments are ordered outputs, saved state, inputs, weights;
+ * backward kernels <em>accumulate</em> ({@code +=}) into every gradient they produce, inputs and
+ * parameters alike, so callers zero gradients once per step. Row-wise kernels see a tensor as
+ * {@code [N, C]}: N = product of all but the last dimension, C = the last. Outputs of the forward
+ * kernels may alias their inputs where noted. Results are bit-identical for the same inputs and
+ * thread count.
+ */
+public interface Backend {
+
+    /** Short name of the implementation, e.g. {@code cpu}. */
+    String name();
+
+    /** Name of the GEMM implementation that runs ({@code openblas}, {@code vector}, {@code java}, …). */
+    String gemmImpl();
+
+    // ---- host transfers ----
+
+    /** Copies {@code src} into an F32 or BF16 tensor (BF16 rounds to nearest even). */
+    void copyFromHost(Tensor dst, float[] src);
+
+    /** Copies {@code src} into an I32 tensor. */
+    void copyFromHost(Tensor dst, int[] src);
+
+    /** Copies an F32 or BF16 tensor into {@code dst}. */
+    void copyToHost(float[] dst, Tensor src);
+
+    /** Copies an I32 tensor into {@code dst}. */
+    void copyToHost(int[] dst, Tensor src);
+
+    // ---- data movement ----
+
+    /** Sets every element to {@code value}. */
+    void fill(Tensor out, float value);
+
+    /** Copies between tensors of equal element count, converting F32 ↔ BF16 where the types differ. */
+    void copy(Tensor dst, Tensor src);
+
+    // ---- matrix products ----
+
+    /**
+     * {@code C = alpha·op(A)·op(B) + beta·C} for each of {@code g.batch()} matrices laid out by
+     * {@code g}'s leading dimensions and strides, starting at the first element of each tensor.
+     */
+    void gemm(Gemm g, Tensor c, Tensor a, Tensor b);
+
+    /** The same product over independent matrices: one (C, A, B) triple per list entry. */
+    void gemmBatched(Gemm g, List<Tensor> c, List<Tensor> a, List<Tensor> b);
+
+    // ---- elementwise ----
+
+    /** {@code out = op(x)}; {@code out} may be {@code x}. */
+    void unary(UnaryOp op, Tensor out, Tensor x);
+
+    /** {@code out = alpha·x + beta}; {@code out} may be {@code x}. */
+    void affine(Tensor out, Tensor x, float alpha, float beta);
+
+    /**
+     * {@code out = op(a, b)} where b has a's element count, or one row of a's last dimension
+     * ({@code [C]}, broadcast over every row); {@code out} may be {@code a}.
+     */
+    void binary(BinaryOp op, Tensor out, Tensor a, Tensor b);
+
+    // ---- reductions ----
+
+    /** out[N] = op over the last dimension of x[N, C]. */
+    void reduceRows(ReduceOp op, Tensor out, Tensor x);
+
+    /** Σ x² over all elements, accumulated in double in a fixed order. */
+    double sumOfSquares(Tensor x);
+
+    /** √(Σ over tensors of Σ x²): the global gradient norm used for clipping. */
+    default double globalL2Norm(List<Tensor> tensors) {
+        double s = 0;
+        for (Tensor t : tensors) {
+            s += sumOfSquares(t);
+        }
+        return Math.sqrt(s);
+    }
+
+    // ---- softmax ----
+
+    /** y[N, C] = softmax over the last dimension of x[N, C]; y may be x. */
+    void softmaxForward(Tensor y, Tensor x);
+
+    /** dx[N, C] += y ⊙ (dy − Σ_c dy·y). */
+    void softmaxBackward(Tensor dx, Tensor dy, Tensor y);
+
+    // ---- normalization ----
+
+    /** out[N, C] = (x − mean)·rstd·weight[C] + bias[C]; saves mean[N] and rstd[N]. */
+    void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias, float eps);
+
+    /** dx[N, C] +=, dweight[C] +=, dbias[C] += the gradients of {@link #layerNormForward}. */
+    void layerNormBackward(Tensor dx, Tensor dweight, Tensor dbias, Tensor dy, Tensor x, Tensor weight,
+                           Tensor mean, Tensor rstd);
+
+    /** out[N, C] = x·rstd·weight[C], rstd = 1/√(mean(x²) + eps); saves rstd[N]. */
+    void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps);
+
+    /** dx[N, C] +=, dweight[C] += the gradients of {@link #rmsNormForward}. */
+    void rmsNormBackward(Tensor dx, Tensor dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd);
+
+    // ---- activations ----
+
+    /** GELU, tanh approximation (GPT-2); out may be x. */
+    void geluForward(Tensor out, Tensor x);
+
+    /** dx += GELU'(x)·dy. */
+    void geluBackward(Tensor dx, Tensor dy, Tensor x);
+
+    // ---- embeddings ----
+
+    /** out[N, C] = table[ids[n], :] for ids[N] (I32), table[V, C]. */
+    void embeddingForward(Tensor out, Tensor ids, Tensor table);
+
+    /** dtable[ids[n], :] += dout[n, :]; summed in token order, so the result is deterministic. */
+    void embeddingBackward(Tensor dtable, Tensor dout, Tensor ids);
+
+    // ---- loss ----
+
+    /**
+     * losses[N] = −log softmax(logits[N, V])[targets[n]]; rows whose target is {@code ignoreIndex}
+     * get loss 0.
+     */
+    void crossEntropyForward(Tensor losses, Tensor logits, Tensor targets, int ignoreIndex);
+
+    /**
+     * The forward above and, in the same pass, dlogits[N, V] = (softmax − onehot(target))·dlossScale
+     * (written, not accumulated; zero on ignored rows). dlogits may be logits, which saves V·N floats.
+     */
+    void crossEntropyForwardBackward(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets,
+                                     int ignoreIndex, float dlossScale);
+
+    // ---- optimizer ----
+
+    /** One AdamW step over flat buffers of equal length: params, grads, first and second moments. */
+    void adamW(Tensor params, Tensor grads, Tensor m, Tensor v, AdamW step);
+}

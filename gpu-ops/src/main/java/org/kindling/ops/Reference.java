@@ -1,0 +1,282 @@
+package org.kindling.ops;
+
+/**
+ * Plain reference twins of every {@link Backend} kernel: simple loops over host arrays in double
+ * precision, written for obviousness rather than speed. Tests compare each backend to these.
+ * Shapes follow {@link Backend}: row-wise kernels take {@code [N, C]} as {@code n} rows of
+ * {@code c} values. Outputs are fresh arrays; "backward" twins return the gradient itself, not an
+ * accumulation.
+ */
+public final class Reference {
+    private Reference() {
+    }
+
+    /** Row-major C[M,N] = alpha·op(A)·op(B) + beta·C for one matrix of a {@link Gemm} layout. */
+    public static double[] gemm(Gemm g, float[] c, int oc, float[] a, int oa, float[] b, int ob) {
+        double[] out = new double[g.m() * g.n()];
+        for (int i = 0; i < g.m(); i++) {
+            for (int j = 0; j < g.n(); j++) {
+                double s = 0;
+                for (int p = 0; p < g.k(); p++) {
+                    double av = g.transA() ? a[oa + p * g.lda() + i] : a[oa + i * g.lda() + p];
+                    double bv = g.transB() ? b[ob + j * g.ldb() + p] : b[ob + p * g.ldb() + j];
+                    s += av * bv;
+                }
+                double prior = g.beta() == 0f ? 0 : (double) g.beta() * c[oc + i * g.ldc() + j];
+                out[i * g.n() + j] = g.alpha() * s + prior;
+            }
+        }
+        return out;
+    }
+
+    public static double[] unary(UnaryOp op, float[] x) {
+        double[] out = new double[x.length];
+        for (int i = 0; i < x.length; i++) {
+            out[i] = op.apply(x[i]);
+        }
+        return out;
+    }
+
+    /** b has a's length, or the length of a's rows (broadcast). */
+    public static double[] binary(BinaryOp op, float[] a, float[] b) {
+        double[] out = new double[a.length];
+        for (int i = 0; i < a.length; i++) {
+            out[i] = op.apply(a[i], b[i % b.length]);
+        }
+        return out;
+    }
+
+    public static double[] reduceRows(ReduceOp op, float[] x, int n, int c) {
+        double[] out = new double[n];
+        for (int r = 0; r < n; r++) {
+            double acc = op == ReduceOp.MAX ? Double.NEGATIVE_INFINITY : 0;
+            for (int j = 0; j < c; j++) {
+                double v = x[r * c + j];
+                acc = op == ReduceOp.MAX ? Math.max(acc, v) : acc + v;
+            }
+            out[r] = op == ReduceOp.MEAN ? acc / c : acc;
+        }
+        return out;
+    }
+
+    public static double sumOfSquares(float[] x) {
+        double s = 0;
+        for (float v : x) {
+            s += (double) v * v;
+        }
+        return s;
+    }
+
+    public static double[] softmax(float[] x, int n, int c) {
+        double[] y = new double[n * c];
+        for (int r = 0; r < n; r++) {
+            double max = Double.NEGATIVE_INFINITY;
+            for (int j = 0; j < c; j++) {
+                max = Math.max(max, x[r * c + j]);
+            }
+            double sum = 0;
+            for (int j = 0; j < c; j++) {
+                sum += Math.exp(x[r * c + j] - max);
+            }
+            for (int j = 0; j < c; j++) {
+                y[r * c + j] = Math.exp(x[r * c + j] - max) / sum;
+            }
+        }
+        return y;
+    }
+
+    /** dx = y ⊙ (dy − Σ dy·y), y = softmax(x). */
+    public static double[] softmaxBackward(float[] dy, float[] x, int n, int c) {
+        double[] y = softmax(x, n, c);
+        double[] dx = new double[n * c];
+        for (int r = 0; r < n; r++) {
+            double dot = 0;
+            for (int j = 0; j < c; j++) {
+                dot += dy[r * c + j] * y[r * c + j];
+            }
+            for (int j = 0; j < c; j++) {
+                dx[r * c + j] = y[r * c + j] * (dy[r * c + j] - dot);
+            }
+        }
+        return dx;
+    }
+
+    /** Returns {out[N·C], mean[N], rstd[N]}. */
+    public static double[][] layerNorm(float[] x, float[] w, float[] b, int n, int c, double eps) {
+        double[] out = new double[n * c];
+        double[] mean = new double[n];
+        double[] rstd = new double[n];
+        for (int r = 0; r < n; r++) {
+            double s = 0;
+            for (int j = 0; j < c; j++) {
+                s += x[r * c + j];
+            }
+            double mu = s / c;
+            double v = 0;
+            for (int j = 0; j < c; j++) {
+                v += (x[r * c + j] - mu) * (x[r * c + j] - mu);
+            }
+            double rs = 1 / Math.sqrt(v / c + eps);
+            for (int j = 0; j < c; j++) {
+                out[r * c + j] = (x[r * c + j] - mu) * rs * w[j] + b[j];
+            }
+            mean[r] = mu;
+            rstd[r] = rs;
+        }
+        return new double[][] {out, mean, rstd};
+    }
+
+    /** Returns {dx[N·C], dweight[C], dbias[C]}. */
+    public static double[][] layerNormBackward(float[] dy, float[] x, float[] w, int n, int c, double eps) {
+        double[][] fwd = layerNorm(x, w, new float[c], n, c, eps);
+        double[] dx = new double[n * c];
+        double[] dw = new double[c];
+        double[] db = new double[c];
+        for (int r = 0; r < n; r++) {
+            double mu = fwd[1][r];
+            double rs = fwd[2][r];
+            double meanDn = 0;
+            double meanDnX = 0;
+            for (int j = 0; j < c; j++) {
+                double xhat = (x[r * c + j] - mu) * rs;
+                double dn = (double) w[j] * dy[r * c + j];
+                meanDn += dn / c;
+                meanDnX += dn * xhat / c;
+                dw[j] += dy[r * c + j] * xhat;
+                db[j] += dy[r * c + j];
+            }
+            for (int j = 0; j < c; j++) {
+                double xhat = (x[r * c + j] - mu) * rs;
+                dx[r * c + j] = ((double) w[j] * dy[r * c + j] - meanDn - xhat * meanDnX) * rs;
+            }
+        }
+        return new double[][] {dx, dw, db};
+    }
+
+    /** Returns {out[N·C], rstd[N]}. */
+    public static double[][] rmsNorm(float[] x, float[] w, int n, int c, double eps) {
+        double[] out = new double[n * c];
+        double[] rstd = new double[n];
+        for (int r = 0; r < n; r++) {
+            double ss = 0;
+            for (int j = 0; j < c; j++) {
+                ss += (double) x[r * c + j] * x[r * c + j];
+            }
+            double rs = 1 / Math.sqrt(ss / c + eps);
+            for (int j = 0; j < c; j++) {
+                out[r * c + j] = x[r * c + j] * rs * w[j];
+            }
+            rstd[r] = rs;
+        }
+        return new double[][] {out, rstd};
+    }
+
+    /** Returns {dx[N·C], dweight[C]}. */
+    public static double[][] rmsNormBackward(float[] dy, float[] x, float[] w, int n, int c, double eps) {
+        double[] rstd = rmsNorm(x, w, n, c, eps)[1];
+        double[] dx = new double[n * c];
+        double[] dw = new double[c];
+        for (int r = 0; r < n; r++) {
+            double rs = rstd[r];
+            double meanDnX = 0;
+            for (int j = 0; j < c; j++) {
+                double xhat = x[r * c + j] * rs;
+                meanDnX += (double) w[j] * dy[r * c + j] * xhat / c;
+                dw[j] += dy[r * c + j] * xhat;
+            }
+            for (int j = 0; j < c; j++) {
+                double xhat = x[r * c + j] * rs;
+                dx[r * c + j] = ((double) w[j] * dy[r * c + j] - xhat * meanDnX) * rs;
+            }
+        }
+        return new double[][] {dx, dw};
+    }
+
+    private static final double GELU_SCALE = Math.sqrt(2 / Math.PI);
+
+    /** GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
+    public static double[] gelu(float[] x) {
+        double[] out = new double[x.length];
+        for (int i = 0; i < x.length; i++) {
+            double v = x[i];
+            out[i] = 0.5 * v * (1 + Math.tanh(GELU_SCALE * (v + 0.044715 * v * v * v)));
+        }
+        return out;
+    }
+
+    public static double[] geluBackward(float[] dy, float[] x) {
+        double[] dx = new double[x.length];
+        for (int i = 0; i < x.length; i++) {
+            double v = x[i];
+            double th = Math.tanh(GELU_SCALE * (v + 0.044715 * v * v * v));
+            double d = 0.5 * (1 + th) + 0.5 * v * (1 - th * th) * GELU_SCALE * (1 + 3 * 0.044715 * v * v);
+            dx[i] = d * dy[i];
+        }
+        return dx;
+    }
+
+    public static double[] embedding(int[] ids, float[] table, int c) {
+        double[] out = new double[ids.length * c];
+        for (int r = 0; r < ids.length; r++) {
+            for (int j = 0; j < c; j++) {
+                out[r * c + j] = table[ids[r] * c + j];
+            }
+        }
+        return out;
+    }
+
+    /** dtable[V·C] from dout[N·C]. */
+    public static double[] embeddingBackward(float[] dout, int[] ids, int vocab, int c) {
+        double[] dt = new double[vocab * c];
+        for (int r = 0; r < ids.length; r++) {
+            for (int j = 0; j < c; j++) {
+                dt[ids[r] * c + j] += dout[r * c + j];
+            }
+        }
+        return dt;
+    }
+
+    /** Per-row losses[N]; 0 where the target is {@code ignoreIndex}. */
+    public static double[] crossEntropy(float[] logits, int[] targets, int n, int v, int ignoreIndex) {
+        double[] loss = new double[n];
+        double[] p = softmax(logits, n, v);
+        for (int r = 0; r < n; r++) {
+            loss[r] = targets[r] == ignoreIndex ? 0 : -Math.log(p[r * v + targets[r]]);
+        }
+        return loss;
+    }
+
+    /** dlogits[N·V] = (softmax − onehot)·scale; zero rows where the target is ignored. */
+    public static double[] crossEntropyBackward(float[] logits, int[] targets, int n, int v, int ignoreIndex,
+                                                double scale) {
+        double[] p = softmax(logits, n, v);
+        double[] d = new double[n * v];
+        for (int r = 0; r < n; r++) {
+            if (targets[r] == ignoreIndex) {
+                continue;
+            }
+            for (int j = 0; j < v; j++) {
+                d[r * v + j] = (p[r * v + j] - (j == targets[r] ? 1 : 0)) * scale;
+            }
+        }
+        return d;
+    }
+
+    /** Returns {params, m, v} after one AdamW step (PyTorch's update order). */
+    public static double[][] adamW(float[] params, float[] grads, float[] m, float[] v, AdamW s) {
+        int n = params.length;
+        double[] po = new double[n];
+        double[] mo = new double[n];
+        double[] vo = new double[n];
+        double bc1 = 1 - Math.pow(s.beta1(), s.step());
+        double bc2 = 1 - Math.pow(s.beta2(), s.step());
+        for (int i = 0; i < n; i++) {
+            double g = (double) grads[i] * s.gradScale();
+            mo[i] = s.beta1() * (double) m[i] + (1 - (double) s.beta1()) * g;
+            vo[i] = s.beta2() * (double) v[i] + (1 - (double) s.beta2()) * g * g;
+            double update = (mo[i] / bc1) / (Math.sqrt(vo[i] / bc2) + s.eps());
+            po[i] = params[i] * (1 - (double) s.lr() * s.weightDecay()) - s.lr() * update;
+        }
+        return new double[][] {po, mo, vo};
+    }
+}

@@ -1,0 +1,982 @@
+package org.kindling.ops.cpu;
+
+import dev.ludovic.netlib.blas.BLAS;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import org.kindling.ops.AdamW;
+import org.kindling.ops.BF16;
+import org.kindling.ops.Backend;
+import org.kindling.ops.BinaryOp;
+import org.kindling.ops.DType;
+import org.kindling.ops.Gemm;
+import org.kindling.ops.ReduceOp;
+import org.kindling.ops.Tensor;
+import org.kindling.ops.UnaryOp;
+
+/**
+ * Java kernels over heap arrays, parallel over rows (or columns, where rows would race) on a
+ * {@link CpuPool}. GEMM goes to netlib BLAS: OpenBLAS through JNI when the system has it,
+ * otherwise the Java Vector API implementation.
+ */
+final class CpuBackend implements Backend {
+    /** Elements per chunk below which a loop is not worth splitting. */
+    private static final int GRAIN = 1 << 14;
+    /** Fixed reduction block: sums are combined block by block, whatever the thread count. */
+    private static final int SUM_BLOCK = 1 << 13;
+    private static final float GELU_SCALE = (float) Math.sqrt(2.0 / Math.PI);
+    /** Below this many multiply-adds a GEMM runs on one thread. */
+    private static final double GEMM_SERIAL_FLOPS = 2.0 * 64 * 64 * 64;
+
+    private static final BLAS BLAS_INSTANCE = BLAS.getInstance();
+    private static final String GEMM_IMPL = describe(BLAS_INSTANCE);
+
+    private final CpuPool pool;
+
+    CpuBackend(CpuPool pool) {
+        this.pool = pool;
+    }
+
+    private static String describe(BLAS blas) {
+        String cls = blas.getClass().getSimpleName();
+        if (cls.startsWith("JNI")) {
+            try {
+                return Files.readString(Path.of("/proc/self/maps")).contains("openblas") ? "openblas" : "native";
+            } catch (IOException | RuntimeException e) {
+                return "native";
+            }
+        }
+        return cls.startsWith("Vector") ? "vector" : "java";
+    }
+
+    @Override
+    public String name() {
+        return "cpu";
+    }
+
+    @Override
+    public String gemmImpl() {
+        return GEMM_IMPL;
+    }
+
+    // ---- argument checks ----
+
+    private static CpuStorage storage(Tensor t, DType want, String what) {
+        if (t.dtype() != want) {
+            throw new IllegalArgumentException(what + " must be " + want + ", got " + t);
+        }
+        if (!(t.storage() instanceof CpuStorage s)) {
+            throw new IllegalArgumentException(what + " is not on the CPU: " + t);
+        }
+        return s;
+    }
+
+    private static float[] f32(Tensor t, String what) {
+        return storage(t, DType.F32, what).floats();
+    }
+
+    private static int[] i32(Tensor t, String what) {
+        return storage(t, DType.I32, what).ints();
+    }
+
+    private static void sameNumel(Tensor a, String an, Tensor b, String bn) {
+        if (a.numel() != b.numel()) {
+            throw new IllegalArgumentException(an + " " + a + " and " + bn + " " + b + " differ in element count");
+        }
+    }
+
+    private static void numel(Tensor t, String what, int expected) {
+        if (t.numel() != expected) {
+            throw new IllegalArgumentException(what + " must have " + expected + " elements, got " + t);
+        }
+    }
+
+    private static void sameRows(Tensor t, String what, Tensor ref) {
+        if (t.rows() != ref.rows() || t.cols() != ref.cols()) {
+            throw new IllegalArgumentException(what + " " + t + " must be [" + ref.rows() + ", " + ref.cols() + "]");
+        }
+    }
+
+    // ---- host transfers ----
+
+    @Override
+    public void copyFromHost(Tensor dst, float[] src) {
+        if (src.length != dst.numel()) {
+            throw new IllegalArgumentException(src.length + " host floats for " + dst);
+        }
+        if (dst.dtype() == DType.BF16) {
+            short[] h = storage(dst, DType.BF16, "dst").shorts();
+            for (int i = 0; i < src.length; i++) {
+                h[dst.offset() + i] = BF16.fromFloat(src[i]);
+            }
+        } else {
+            System.arraycopy(src, 0, f32(dst, "dst"), dst.offset(), src.length);
+        }
+    }
+
+    @Override
+    public void copyFromHost(Tensor dst, int[] src) {
+        if (src.length != dst.numel()) {
+            throw new IllegalArgumentException(src.length + " host ints for " + dst);
+        }
+        System.arraycopy(src, 0, i32(dst, "dst"), dst.offset(), src.length);
+    }
+
+    @Override
+    public void copyToHost(float[] dst, Tensor src) {
+        if (dst.length != src.numel()) {
+            throw new IllegalArgumentException(dst.length + " host floats for " + src);
+        }
+        if (src.dtype() == DType.BF16) {
+            short[] h = storage(src, DType.BF16, "src").shorts();
+            for (int i = 0; i < dst.length; i++) {
+                dst[i] = BF16.toFloat(h[src.offset() + i]);
+            }
+        } else {
+            System.arraycopy(f32(src, "src"), src.offset(), dst, 0, dst.length);
+        }
+    }
+
+    @Override
+    public void copyToHost(int[] dst, Tensor src) {
+        if (dst.length != src.numel()) {
+            throw new IllegalArgumentException(dst.length + " host ints for " + src);
+        }
+        System.arraycopy(i32(src, "src"), src.offset(), dst, 0, dst.length);
+    }
+
+    // ---- data movement ----
+
+    @Override
+    public void fill(Tensor out, float value) {
+        switch (out.dtype()) {
+            case F32 -> java.util.Arrays.fill(f32(out, "out"), out.offset(), out.offset() + out.numel(), value);
+            case BF16 -> java.util.Arrays.fill(storage(out, DType.BF16, "out").shorts(), out.offset(),
+                    out.offset() + out.numel(), BF16.fromFloat(value));
+            case I32 -> {
+                if (value != (int) value) {
+                    throw new IllegalArgumentException("cannot fill I32 " + out + " with " + value);
+                }
+                java.util.Arrays.fill(i32(out, "out"), out.offset(), out.offset() + out.numel(), (int) value);
+            }
+        }
+    }
+
+    @Override
+    public void copy(Tensor dst, Tensor src) {
+        sameNumel(dst, "dst", src, "src");
+        int n = src.numel();
+        int d0 = dst.offset();
+        int s0 = src.offset();
+        if (src.dtype() == dst.dtype()) {
+            Object s = switch (src.dtype()) {
+                case F32 -> f32(src, "src");
+                case I32 -> i32(src, "src");
+                case BF16 -> storage(src, DType.BF16, "src").shorts();
+            };
+            Object d = switch (dst.dtype()) {
+                case F32 -> f32(dst, "dst");
+                case I32 -> i32(dst, "dst");
+                case BF16 -> storage(dst, DType.BF16, "dst").shorts();
+            };
+            System.arraycopy(s, s0, d, d0, n);
+        } else if (src.dtype() == DType.F32 && dst.dtype() == DType.BF16) {
+            float[] s = f32(src, "src");
+            short[] d = storage(dst, DType.BF16, "dst").shorts();
+            pool.parallelFor(n, GRAIN, (lo, hi) -> {
+                for (int i = lo; i < hi; i++) {
+                    d[d0 + i] = BF16.fromFloat(s[s0 + i]);
+                }
+            });
+        } else if (src.dtype() == DType.BF16 && dst.dtype() == DType.F32) {
+            short[] s = storage(src, DType.BF16, "src").shorts();
+            float[] d = f32(dst, "dst");
+            pool.parallelFor(n, GRAIN, (lo, hi) -> {
+                for (int i = lo; i < hi; i++) {
+                    d[d0 + i] = BF16.toFloat(s[s0 + i]);
+                }
+            });
+        } else {
+            throw new IllegalArgumentException("copy from " + src.dtype() + " to " + dst.dtype() + " is not supported");
+        }
+    }
+
+    // ---- matrix products ----
+
+    private static void checkSpan(Tensor t, String what, long span, long stride, int batch) {
+        long need = span == 0 ? 0 : (long) (batch - 1) * stride + span;
+        if (need > t.numel()) {
+            throw new IllegalArgumentException("gemm " + what + " " + t + " holds " + t.numel()
+                    + " elements but the layout needs " + need);
+        }
+    }
+
+    @Override
+    public void gemm(Gemm g, Tensor c, Tensor a, Tensor b) {
+        float[] av = f32(a, "gemm A");
+        float[] bv = f32(b, "gemm B");
+        float[] cv = f32(c, "gemm C");
+        checkSpan(a, "A", g.spanA(), g.strideA(), g.batch());
+        checkSpan(b, "B", g.spanB(), g.strideB(), g.batch());
+        checkSpan(c, "C", g.spanC(), g.strideC(), g.batch());
+        if (g.batch() >= pool.threads() && g.batch() > 1) {
+            pool.parallelFor(g.batch(), 1, (lo, hi) -> {
+                for (int i = lo; i < hi; i++) {
+                    gemmSerial(g, cv, c.offset() + (int) (i * g.strideC()), av, a.offset() + (int) (i * g.strideA()),
+                            bv, b.offset() + (int) (i * g.strideB()));
+                }
+            });
+        } else {
+            for (int i = 0; i < g.batch(); i++) {
+                gemmSplit(g, cv, c.offset() + (int) (i * g.strideC()), av, a.offset() + (int) (i * g.strideA()),
+                        bv, b.offset() + (int) (i * g.strideB()));
+            }
+        }
+    }
+
+    @Override
+    public void gemmBatched(Gemm g, List<Tensor> c, List<Tensor> a, List<Tensor> b) {
+        if (c.size() != a.size() || c.size() != b.size()) {
+            throw new IllegalArgumentException("gemmBatched needs as many A (" + a.size() + ") and B (" + b.size()
+                    + ") as C (" + c.size() + ") matrices");
+        }
+        if (g.batch() != 1) {
+            throw new IllegalArgumentException("gemmBatched takes a single-matrix layout; the lists give the batch");
+        }
+        int count = c.size();
+        float[][] av = new float[count][];
+        float[][] bv = new float[count][];
+        float[][] cv = new float[count][];
+        for (int i = 0; i < count; i++) {
+            av[i] = f32(a.get(i), "gemmBatched A[" + i + "]");
+            bv[i] = f32(b.get(i), "gemmBatched B[" + i + "]");
+            cv[i] = f32(c.get(i), "gemmBatched C[" + i + "]");
+            checkSpan(a.get(i), "A[" + i + "]", g.spanA(), 0, 1);
+            checkSpan(b.get(i), "B[" + i + "]", g.spanB(), 0, 1);
+            checkSpan(c.get(i), "C[" + i + "]", g.spanC(), 0, 1);
+        }
+        if (count >= pool.threads() && count > 1) {
+            pool.parallelFor(count, 1, (lo, hi) -> {
+                for (int i = lo; i < hi; i++) {
+                    gemmSerial(g, cv[i], c.get(i).offset(), av[i], a.get(i).offset(), bv[i], b.get(i).offset());
+                }
+            });
+        } else {
+            for (int i = 0; i < count; i++) {
+                gemmSplit(g, cv[i], c.get(i).offset(), av[i], a.get(i).offset(), bv[i], b.get(i).offset());
+            }
+        }
+    }
+
+    /** One product, its rows (or columns, when C is wide) split across the pool. */
+    private void gemmSplit(Gemm g, float[] c, int oc, float[] a, int oa, float[] b, int ob) {
+        int m = g.m();
+        int n = g.n();
+        if (pool.threads() == 1 || 2.0 * m * n * g.k() < GEMM_SERIAL_FLOPS) {
+            gemmSerial(g, c, oc, a, oa, b, ob);
+        } else if (m >= n) {
+            pool.parallelFor(m, 8, (lo, hi) -> sgemm(g, hi - lo, n, c, oc + lo * g.ldc(),
+                    a, oa + (g.transA() ? lo : lo * g.lda()), b, ob));
+        } else {
+            pool.parallelFor(n, 8, (lo, hi) -> sgemm(g, m, hi - lo, c, oc + lo,
+                    a, oa, b, ob + (g.transB() ? lo * g.ldb() : lo)));
+        }
+    }
+
+    private static void gemmSerial(Gemm g, float[] c, int oc, float[] a, int oa, float[] b, int ob) {
+        sgemm(g, g.m(), g.n(), c, oc, a, oa, b, ob);
+    }
+
+    /** Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands for BLAS. */
+    private static void sgemm(Gemm g, int m, int n, float[] c, int oc, float[] a, int oa, float[] b, int ob) {
+        if (m == 0 || n == 0) {
+            return;
+        }
+        if (g.k() == 0 || g.alpha() == 0f) {
+            for (int i = 0; i < m; i++) {
+                int row = oc + i * g.ldc();
+                for (int j = 0; j < n; j++) {
+                    c[row + j] = g.beta() == 0f ? 0f : g.beta() * c[row + j];
+                }
+            }
+            return;
+        }
+        BLAS_INSTANCE.sgemm(g.transB() ? "T" : "N", g.transA() ? "T" : "N", n, m, g.k(), g.alpha(),
+                b, ob, g.ldb(), a, oa, g.lda(), g.beta(), c, oc, g.ldc());
+    }
+
+    // ---- elementwise ----
+
+    @Override
+    public void unary(UnaryOp op, Tensor out, Tensor x) {
+        sameNumel(out, "out", x, "x");
+        float[] o = f32(out, "out");
+        float[] xv = f32(x, "x");
+        int oo = out.offset();
+        int ox = x.offset();
+        pool.parallelFor(x.numel(), GRAIN, (lo, hi) -> {
+            switch (op) {
+                case COPY -> System.arraycopy(xv, ox + lo, o, oo + lo, hi - lo);
+                case NEG -> {
+                    for (int i = lo; i < hi; i++) {
+                        o[oo + i] = -xv[ox + i];
+                    }
+                }
+                case ABS -> {
+                    for (int i = lo; i < hi; i++) {
+                        o[oo + i] = Math.abs(xv[ox + i]);
+                    }
+                }
+                case SQUARE -> {
+                    for (int i = lo; i < hi; i++) {
+                        float v = xv[ox + i];
+                        o[oo + i] = v * v;
+                    }
+                }
+                case SQRT -> {
+                    for (int i = lo; i < hi; i++) {
+                        o[oo + i] = (float) Math.sqrt(xv[ox + i]);
+                    }
+                }
+                case RECIPROCAL -> {
+                    for (int i = lo; i < hi; i++) {
+                        o[oo + i] = 1f / xv[ox + i];
+                    }
+                }
+                case EXP -> {
+                    for (int i = lo; i < hi; i++) {
+                        o[oo + i] = (float) Math.exp(xv[ox + i]);
+                    }
+                }
+                case LOG -> {
+                    for (int i = lo; i < hi; i++) {
+                        o[oo + i] = (float) Math.log(xv[ox + i]);
+                    }
+                }
+                case TANH -> {
+                    for (int i = lo; i < hi; i++) {
+                        o[oo + i] = (float) Math.tanh(xv[ox + i]);
+                    }
+                }
+                case SIGMOID -> {
+                    for (int i = lo; i < hi; i++) {
+                        o[oo + i] = (float) (1.0 / (1.0 + Math.exp(-xv[ox + i])));
+                    }
+                }
+                case RELU -> {
+                    for (int i = lo; i < hi; i++) {
+                        float v = xv[ox + i];
+                        o[oo + i] = v > 0f ? v : 0f;
+                    }
+                }
+            }
+        });
+    }
+
+    @Override
+    public void affine(Tensor out, Tensor x, float alpha, float beta) {
+        sameNumel(out, "out", x, "x");
+        float[] o = f32(out, "out");
+        float[] xv = f32(x, "x");
+        int oo = out.offset();
+        int ox = x.offset();
+        pool.parallelFor(x.numel(), GRAIN, (lo, hi) -> {
+            for (int i = lo; i < hi; i++) {
+                o[oo + i] = alpha * xv[ox + i] + beta;
+            }
+        });
+    }
+
+    @Override
+    public void binary(BinaryOp op, Tensor out, Tensor a, Tensor b) {
+        sameNumel(out, "out", a, "a");
+        int n = a.numel();
+        int period;
+        if (b.numel() == n) {
+            period = n;
+        } else if (b.numel() == a.cols()) {
+            period = a.cols();
+        } else {
+            throw new IllegalArgumentException("binary " + op + ": b " + b + " must match a " + a
+                    + " or its last dimension (" + a.cols() + ")");
+        }
+        float[] o = f32(out, "out");
+        float[] av = f32(a, "a");
+        float[] bv = f32(b, "b");
+        int oo = out.offset();
+        int oa = a.offset();
+        int ob = b.offset();
+        if (period == n) {
+            pool.parallelFor(n, GRAIN, (lo, hi) -> binaryRun(op, o, oo + lo, av, oa + lo, bv, ob + lo, hi - lo));
+        } else {
+            pool.parallelFor(a.rows(), rowGrain(period), (lo, hi) -> {
+                for (int r = lo; r < hi; r++) {
+                    binaryRun(op, o, oo + r * period, av, oa + r * period, bv, ob, period);
+                }
+            });
+        }
+    }
+
+    private static void binaryRun(BinaryOp op, float[] o, int oo, float[] a, int oa, float[] b, int ob, int len) {
+        switch (op) {
+            case ADD -> {
+                for (int i = 0; i < len; i++) {
+                    o[oo + i] = a[oa + i] + b[ob + i];
+                }
+            }
+            case SUB -> {
+                for (int i = 0; i < len; i++) {
+                    o[oo + i] = a[oa + i] - b[ob + i];
+                }
+            }
+            case MUL -> {
+                for (int i = 0; i < len; i++) {
+                    o[oo + i] = a[oa + i] * b[ob + i];
+                }
+            }
+            case DIV -> {
+                for (int i = 0; i < len; i++) {
+                    o[oo + i] = a[oa + i] / b[ob + i];
+                }
+            }
+            case MAX -> {
+                for (int i = 0; i < len; i++) {
+                    o[oo + i] = Math.max(a[oa + i], b[ob + i]);
+                }
+            }
+            case MIN -> {
+                for (int i = 0; i < len; i++) {
+                    o[oo + i] = Math.min(a[oa + i], b[ob + i]);
+                }
+            }
+        }
+    }
+
+    // ---- reductions ----
+
+    private int rowGrain(int cols) {
+        return Math.max(1, GRAIN / Math.max(1, cols));
+    }
+
+    @Override
+    public void reduceRows(ReduceOp op, Tensor out, Tensor x) {
+        int rows = x.rows();
+        int cols = x.cols();
+        numel(out, "reduceRows out", rows);
+        if (cols == 0 && op != ReduceOp.SUM) {
+            throw new IllegalArgumentException("reduceRows " + op + " over an empty last dimension of " + x);
+        }
+        float[] o = f32(out, "out");
+        float[] xv = f32(x, "x");
+        int oo = out.offset();
+        int ox = x.offset();
+        pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                int base = ox + r * cols;
+                if (op == ReduceOp.MAX) {
+                    float m = Float.NEGATIVE_INFINITY;
+                    for (int c = 0; c < cols; c++) {
+                        m = Math.max(m, xv[base + c]);
+                    }
+                    o[oo + r] = m;
+                } else {
+                    double s = 0;
+                    for (int c = 0; c < cols; c++) {
+                        s += xv[base + c];
+                    }
+                    o[oo + r] = (float) (op == ReduceOp.MEAN ? s / cols : s);
+                }
+            }
+        });
+    }
+
+    @Override
+    public double sumOfSquares(Tensor x) {
+        float[] xv = f32(x, "x");
+        int ox = x.offset();
+        int n = x.numel();
+        int blocks = (n + SUM_BLOCK - 1) / SUM_BLOCK;
+        double[] partial = new double[blocks];
+        pool.parallelFor(blocks, Math.max(1, GRAIN / SUM_BLOCK), (lo, hi) -> {
+            for (int blk = lo; blk < hi; blk++) {
+                int end = Math.min(n, (blk + 1) * SUM_BLOCK);
+                double s = 0;
+                for (int i = blk * SUM_BLOCK; i < end; i++) {
+                    double v = xv[ox + i];
+                    s += v * v;
+                }
+                partial[blk] = s;
+            }
+        });
+        double total = 0;
+        for (double p : partial) {
+            total += p;
+        }
+        return total;
+    }
+
+    // ---- softmax ----
+
+    @Override
+    public void softmaxForward(Tensor y, Tensor x) {
+        sameRows(y, "softmax y", x);
+        int rows = x.rows();
+        int cols = x.cols();
+        float[] yv = f32(y, "y");
+        float[] xv = f32(x, "x");
+        int oy = y.offset();
+        int ox = x.offset();
+        pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                int xb = ox + r * cols;
+                int yb = oy + r * cols;
+                float max = Float.NEGATIVE_INFINITY;
+                for (int c = 0; c < cols; c++) {
+                    max = Math.max(max, xv[xb + c]);
+                }
+                double sum = 0;
+                for (int c = 0; c < cols; c++) {
+                    float e = (float) Math.exp(xv[xb + c] - max);
+                    yv[yb + c] = e;
+                    sum += e;
+                }
+                float inv = (float) (1.0 / sum);
+                for (int c = 0; c < cols; c++) {
+                    yv[yb + c] *= inv;
+                }
+            }
+        });
+    }
+
+    @Override
+    public void softmaxBackward(Tensor dx, Tensor dy, Tensor y) {
+        sameRows(dx, "softmax dx", y);
+        sameRows(dy, "softmax dy", y);
+        int rows = y.rows();
+        int cols = y.cols();
+        float[] dxv = f32(dx, "dx");
+        float[] dyv = f32(dy, "dy");
+        float[] yv = f32(y, "y");
+        int odx = dx.offset();
+        int ody = dy.offset();
+        int oy = y.offset();
+        pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                int b = r * cols;
+                double dot = 0;
+                for (int c = 0; c < cols; c++) {
+                    dot += (double) dyv[ody + b + c] * yv[oy + b + c];
+                }
+                float d = (float) dot;
+                for (int c = 0; c < cols; c++) {
+                    dxv[odx + b + c] += yv[oy + b + c] * (dyv[ody + b + c] - d);
+                }
+            }
+        });
+    }
+
+    // ---- normalization ----
+
+    @Override
+    public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias,
+                                 float eps) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(out, "layerNorm out", x);
+        numel(mean, "layerNorm mean", rows);
+        numel(rstd, "layerNorm rstd", rows);
+        numel(weight, "layerNorm weight", cols);
+        numel(bias, "layerNorm bias", cols);
+        float[] o = f32(out, "out");
+        float[] mv = f32(mean, "mean");
+        float[] rv = f32(rstd, "rstd");
+        float[] xv = f32(x, "x");
+        float[] w = f32(weight, "weight");
+        float[] bv = f32(bias, "bias");
+        int oo = out.offset();
+        int om = mean.offset();
+        int or = rstd.offset();
+        int ox = x.offset();
+        int ow = weight.offset();
+        int obias = bias.offset();
+        pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                int xb = ox + r * cols;
+                double s = 0;
+                for (int c = 0; c < cols; c++) {
+                    s += xv[xb + c];
+                }
+                float mu = (float) (s / cols);
+                double v = 0;
+                for (int c = 0; c < cols; c++) {
+                    double d = xv[xb + c] - mu;
+                    v += d * d;
+                }
+                float rs = (float) (1.0 / Math.sqrt(v / cols + eps));
+                int ob = oo + r * cols;
+                for (int c = 0; c < cols; c++) {
+                    o[ob + c] = (xv[xb + c] - mu) * rs * w[ow + c] + bv[obias + c];
+                }
+                mv[om + r] = mu;
+                rv[or + r] = rs;
+            }
+        });
+    }
+
+    @Override
+    public void layerNormBackward(Tensor dx, Tensor dweight, Tensor dbias, Tensor dy, Tensor x, Tensor weight,
+                                  Tensor mean, Tensor rstd) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(dx, "layerNorm dx", x);
+        sameRows(dy, "layerNorm dy", x);
+        numel(dweight, "layerNorm dweight", cols);
+        numel(dbias, "layerNorm dbias", cols);
+        numel(weight, "layerNorm weight", cols);
+        numel(mean, "layerNorm mean", rows);
+        numel(rstd, "layerNorm rstd", rows);
+        float[] dxv = f32(dx, "dx");
+        float[] dw = f32(dweight, "dweight");
+        float[] db = f32(dbias, "dbias");
+        float[] dyv = f32(dy, "dy");
+        float[] xv = f32(x, "x");
+        float[] w = f32(weight, "weight");
+        float[] mv = f32(mean, "mean");
+        float[] rv = f32(rstd, "rstd");
+        int odx = dx.offset();
+        int ody = dy.offset();
+        int ox = x.offset();
+        int ow = weight.offset();
+        int om = mean.offset();
+        int or = rstd.offset();
+        pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                int b = r * cols;
+                float mu = mv[om + r];
+                float rs = rv[or + r];
+                double sumDn = 0;
+                double sumDnX = 0;
+                for (int c = 0; c < cols; c++) {
+                    float dnorm = w[ow + c] * dyv[ody + b + c];
+                    sumDn += dnorm;
+                    sumDnX += (double) dnorm * (xv[ox + b + c] - mu) * rs;
+                }
+                float meanDn = (float) (sumDn / cols);
+                float meanDnX = (float) (sumDnX / cols);
+                for (int c = 0; c < cols; c++) {
+                    float xhat = (xv[ox + b + c] - mu) * rs;
+                    float dnorm = w[ow + c] * dyv[ody + b + c];
+                    dxv[odx + b + c] += (dnorm - meanDn - xhat * meanDnX) * rs;
+                }
+            }
+        });
+        int odw = dweight.offset();
+        int odb = dbias.offset();
+        pool.parallelFor(cols, 16, (lo, hi) -> {
+            double[] sw = new double[hi - lo];
+            double[] sb = new double[hi - lo];
+            for (int r = 0; r < rows; r++) {
+                int b = r * cols;
+                float mu = mv[om + r];
+                float rs = rv[or + r];
+                for (int c = lo; c < hi; c++) {
+                    float g = dyv[ody + b + c];
+                    sw[c - lo] += (double) g * ((xv[ox + b + c] - mu) * rs);
+                    sb[c - lo] += g;
+                }
+            }
+            for (int c = lo; c < hi; c++) {
+                dw[odw + c] += (float) sw[c - lo];
+                db[odb + c] += (float) sb[c - lo];
+            }
+        });
+    }
+
+    @Override
+    public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(out, "rmsNorm out", x);
+        numel(rstd, "rmsNorm rstd", rows);
+        numel(weight, "rmsNorm weight", cols);
+        float[] o = f32(out, "out");
+        float[] rv = f32(rstd, "rstd");
+        float[] xv = f32(x, "x");
+        float[] w = f32(weight, "weight");
+        int oo = out.offset();
+        int or = rstd.offset();
+        int ox = x.offset();
+        int ow = weight.offset();
+        pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                int xb = ox + r * cols;
+                double ss = 0;
+                for (int c = 0; c < cols; c++) {
+                    double v = xv[xb + c];
+                    ss += v * v;
+                }
+                float rs = (float) (1.0 / Math.sqrt(ss / cols + eps));
+                int ob = oo + r * cols;
+                for (int c = 0; c < cols; c++) {
+                    o[ob + c] = xv[xb + c] * rs * w[ow + c];
+                }
+                rv[or + r] = rs;
+            }
+        });
+    }
+
+    @Override
+    public void rmsNormBackward(Tensor dx, Tensor dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(dx, "rmsNorm dx", x);
+        sameRows(dy, "rmsNorm dy", x);
+        numel(dweight, "rmsNorm dweight", cols);
+        numel(weight, "rmsNorm weight", cols);
+        numel(rstd, "rmsNorm rstd", rows);
+        float[] dxv = f32(dx, "dx");
+        float[] dw = f32(dweight, "dweight");
+        float[] dyv = f32(dy, "dy");
+        float[] xv = f32(x, "x");
+        float[] w = f32(weight, "weight");
+        float[] rv = f32(rstd, "rstd");
+        int odx = dx.offset();
+        int ody = dy.offset();
+        int ox = x.offset();
+        int ow = weight.offset();
+        int or = rstd.offset();
+        pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                int b = r * cols;
+                float rs = rv[or + r];
+                double s = 0;
+                for (int c = 0; c < cols; c++) {
+                    s += (double) w[ow + c] * dyv[ody + b + c] * xv[ox + b + c] * rs;
+                }
+                float meanDnX = (float) (s / cols);
+                for (int c = 0; c < cols; c++) {
+                    float xhat = xv[ox + b + c] * rs;
+                    dxv[odx + b + c] += (w[ow + c] * dyv[ody + b + c] - xhat * meanDnX) * rs;
+                }
+            }
+        });
+        int odw = dweight.offset();
+        pool.parallelFor(cols, 16, (lo, hi) -> {
+            double[] sw = new double[hi - lo];
+            for (int r = 0; r < rows; r++) {
+                int b = r * cols;
+                float rs = rv[or + r];
+                for (int c = lo; c < hi; c++) {
+                    sw[c - lo] += (double) dyv[ody + b + c] * (xv[ox + b + c] * rs);
+                }
+            }
+            for (int c = lo; c < hi; c++) {
+                dw[odw + c] += (float) sw[c - lo];
+            }
+        });
+    }
+
+    // ---- activations ----
+
+    @Override
+    public void geluForward(Tensor out, Tensor x) {
+        sameNumel(out, "out", x, "x");
+        float[] o = f32(out, "out");
+        float[] xv = f32(x, "x");
+        int oo = out.offset();
+        int ox = x.offset();
+        pool.parallelFor(x.numel(), GRAIN, (lo, hi) -> {
+            for (int i = lo; i < hi; i++) {
+                float v = xv[ox + i];
+                float inner = GELU_SCALE * (v + 0.044715f * v * v * v);
+                o[oo + i] = 0.5f * v * (1f + (float) Math.tanh(inner));
+            }
+        });
+    }
+
+    @Override
+    public void geluBackward(Tensor dx, Tensor dy, Tensor x) {
+        sameNumel(dx, "dx", x, "x");
+        sameNumel(dy, "dy", x, "x");
+        float[] dxv = f32(dx, "dx");
+        float[] dyv = f32(dy, "dy");
+        float[] xv = f32(x, "x");
+        int odx = dx.offset();
+        int ody = dy.offset();
+        int ox = x.offset();
+        pool.parallelFor(x.numel(), GRAIN, (lo, hi) -> {
+            for (int i = lo; i < hi; i++) {
+                float v = xv[ox + i];
+                float inner = GELU_SCALE * (v + 0.044715f * v * v * v);
+                float th = (float) Math.tanh(inner);
+                float sech2 = 1f - th * th;
+                float grad = 0.5f * (1f + th) + 0.5f * v * sech2 * GELU_SCALE * (1f + 3f * 0.044715f * v * v);
+                dxv[odx + i] += grad * dyv[ody + i];
+            }
+        });
+    }
+
+    // ---- embeddings ----
+
+    private static void checkIds(int[] ids, int off, int n, int vocab, String what) {
+        for (int i = 0; i < n; i++) {
+            int id = ids[off + i];
+            if (id < 0 || id >= vocab) {
+                throw new IllegalArgumentException(what + "[" + i + "] = " + id + " is outside [0, " + vocab + ")");
+            }
+        }
+    }
+
+    @Override
+    public void embeddingForward(Tensor out, Tensor ids, Tensor table) {
+        int n = ids.numel();
+        int cols = table.cols();
+        int vocab = table.rows();
+        numel(out, "embedding out", n * cols);
+        float[] o = f32(out, "out");
+        int[] idv = i32(ids, "ids");
+        float[] tv = f32(table, "table");
+        int oo = out.offset();
+        int oi = ids.offset();
+        int ot = table.offset();
+        checkIds(idv, oi, n, vocab, "embedding ids");
+        pool.parallelFor(n, rowGrain(cols), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                System.arraycopy(tv, ot + idv[oi + r] * cols, o, oo + r * cols, cols);
+            }
+        });
+    }
+
+    @Override
+    public void embeddingBackward(Tensor dtable, Tensor dout, Tensor ids) {
+        int n = ids.numel();
+        int cols = dtable.cols();
+        int vocab = dtable.rows();
+        numel(dout, "embedding dout", n * cols);
+        float[] dt = f32(dtable, "dtable");
+        float[] dov = f32(dout, "dout");
+        int[] idv = i32(ids, "ids");
+        int odt = dtable.offset();
+        int odo = dout.offset();
+        int oi = ids.offset();
+        checkIds(idv, oi, n, vocab, "embedding ids");
+        // Split channels, not tokens: two tokens with the same id never race and sums keep token order.
+        pool.parallelFor(cols, 16, (lo, hi) -> {
+            for (int r = 0; r < n; r++) {
+                int src = odo + r * cols;
+                int dst = odt + idv[oi + r] * cols;
+                for (int c = lo; c < hi; c++) {
+                    dt[dst + c] += dov[src + c];
+                }
+            }
+        });
+    }
+
+    // ---- loss ----
+
+    private static void checkTargets(int[] t, int off, int n, int vocab, int ignoreIndex) {
+        for (int i = 0; i < n; i++) {
+            int id = t[off + i];
+            if (id != ignoreIndex && (id < 0 || id >= vocab)) {
+                throw new IllegalArgumentException("cross-entropy targets[" + i + "] = " + id + " is outside [0, "
+                        + vocab + ") and is not the ignore index " + ignoreIndex);
+            }
+        }
+    }
+
+    @Override
+    public void crossEntropyForward(Tensor losses, Tensor logits, Tensor targets, int ignoreIndex) {
+        crossEntropy(losses, null, logits, targets, ignoreIndex, 0f);
+    }
+
+    @Override
+    public void crossEntropyForwardBackward(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets,
+                                            int ignoreIndex, float dlossScale) {
+        sameRows(dlogits, "cross-entropy dlogits", logits);
+        crossEntropy(losses, dlogits, logits, targets, ignoreIndex, dlossScale);
+    }
+
+    private void crossEntropy(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets, int ignoreIndex,
+                              float scale) {
+        int rows = logits.rows();
+        int vocab = logits.cols();
+        numel(losses, "cross-entropy losses", rows);
+        numel(targets, "cross-entropy targets", rows);
+        float[] lv = f32(losses, "losses");
+        float[] xv = f32(logits, "logits");
+        int[] tv = i32(targets, "targets");
+        float[] dv = dlogits == null ? null : f32(dlogits, "dlogits");
+        int ol = losses.offset();
+        int ox = logits.offset();
+        int ot = targets.offset();
+        int od = dlogits == null ? 0 : dlogits.offset();
+        checkTargets(tv, ot, rows, vocab, ignoreIndex);
+        pool.parallelFor(rows, rowGrain(vocab), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                int xb = ox + r * vocab;
+                int target = tv[ot + r];
+                if (target == ignoreIndex) {
+                    lv[ol + r] = 0f;
+                    if (dv != null) {
+                        java.util.Arrays.fill(dv, od + r * vocab, od + (r + 1) * vocab, 0f);
+                    }
+                    continue;
+                }
+                float max = Float.NEGATIVE_INFINITY;
+                for (int c = 0; c < vocab; c++) {
+                    max = Math.max(max, xv[xb + c]);
+                }
+                double sum = 0;
+                for (int c = 0; c < vocab; c++) {
+                    sum += Math.exp(xv[xb + c] - max);
+                }
+                float logTarget = xv[xb + target];
+                lv[ol + r] = (float) (Math.log(sum) + max - logTarget);
+                if (dv != null) {
+                    int db = od + r * vocab;
+                    float inv = (float) (1.0 / sum);
+                    for (int c = 0; c < vocab; c++) {
+                        float p = (float) Math.exp(xv[xb + c] - max) * inv;
+                        dv[db + c] = (p - (c == target ? 1f : 0f)) * scale;
+                    }
+                }
+            }
+        });
+    }
+
+    // ---- optimizer ----
+
+    @Override
+    public void adamW(Tensor params, Tensor grads, Tensor m, Tensor v, AdamW s) {
+        sameNumel(grads, "grads", params, "params");
+        sameNumel(m, "m", params, "params");
+        sameNumel(v, "v", params, "params");
+        float[] p = f32(params, "params");
+        float[] g = f32(grads, "grads");
+        float[] mv = f32(m, "m");
+        float[] vv = f32(v, "v");
+        int op = params.offset();
+        int og = grads.offset();
+        int om = m.offset();
+        int ov = v.offset();
+        float b1 = s.beta1();
+        float b2 = s.beta2();
+        float decay = 1f - s.lr() * s.weightDecay();
+        float stepSize = (float) (s.lr() / (1.0 - Math.pow(b1, s.step())));
+        float bc2Sqrt = (float) Math.sqrt(1.0 - Math.pow(b2, s.step()));
+        float eps = s.eps();
+        float gs = s.gradScale();
+        pool.parallelFor(params.numel(), GRAIN, (lo, hi) -> {
+            for (int i = lo; i < hi; i++) {
+                float gi = g[og + i] * gs;
+                float mi = b1 * mv[om + i] + (1f - b1) * gi;
+                float vi = b2 * vv[ov + i] + (1f - b2) * gi * gi;
+                mv[om + i] = mi;
+                vv[ov + i] = vi;
+                float denom = (float) Math.sqrt(vi) / bc2Sqrt + eps;
+                p[op + i] = p[op + i] * decay - stepSize * mi / denom;
+            }
+        });
+    }
+}

@@ -1,0 +1,47 @@
+package org.kindling.ops.cpu;
+
+import org.kindling.ops.Backend;
+import org.kindling.ops.DType;
+import org.kindling.ops.Device;
+import org.kindling.ops.Storage;
+
+/** The host CPU: heap storage and Java kernels on a pool of {@code threads} threads. */
+public final class CpuDevice extends Device {
+    private final CpuPool pool;
+    private final CpuBackend backend;
+
+    public CpuDevice(int threads) {
+        this.pool = new CpuPool(threads);
+        this.backend = new CpuBackend(pool);
+    }
+
+    @Override
+    public Kind kind() {
+        return Kind.CPU;
+    }
+
+    @Override
+    public int ordinal() {
+        return 0;
+    }
+
+    @Override
+    public Backend backend() {
+        return backend;
+    }
+
+    @Override
+    public int threads() {
+        return pool.threads();
+    }
+
+    @Override
+    protected Storage newStorage(DType dtype, int length) {
+        return new CpuStorage(dtype, length);
+    }
+
+    @Override
+    protected void shutdown() {
+        pool.close();
+    }
+}

@@ -1,0 +1,36 @@
+package org.kindling.cli;
+
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+
+/** The {@code kindling} command: entry point for {@code bin/kindling} and {@code spark-submit --class}. */
+@Command(name = "kindling", mixinStandardHelpOptions = true, versionProvider = BuildInfo.class,
+        description = "Efficient transformer training inside Apache Spark.",
+        subcommands = {VersionCommand.class, BenchCommand.class, CommandLine.HelpCommand.class})
+public final class Kindling implements Runnable {
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    public static void main(String[] args) {
+        System.exit(run(args));
+    }
+
+    /** Runs a command line and returns its exit code (0 ok, 1 failure, 2 usage error). */
+    public static int run(String... args) {
+        return new CommandLine(new Kindling())
+                .setExecutionExceptionHandler((e, cmd, parsed) -> {
+                    cmd.getErr().println("kindling " + cmd.getCommandName() + ": " + message(e));
+                    return 1;
+                })
+                .execute(args);
+    }
+
+    private static String message(Throwable e) {
+        return e.getMessage() != null ? e.getMessage() : e.toString();
+    }
+
+    @Override
+    public void run() {
+        throw new CommandLine.ParameterException(spec.commandLine(), "a subcommand is required");
+    }
+}

@@ -1,0 +1,30 @@
+package org.kindling.cli;
+
+import java.util.concurrent.Callable;
+import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Model.CommandSpec;
+import picocli.CommandLine.Spec;
+
+@Command(name = "version", mixinStandardHelpOptions = true,
+        description = "Print the Kindling version and the runtime it found (Java, Spark, CPU GEMM).")
+final class VersionCommand implements Callable<Integer> {
+    @Spec
+    CommandSpec spec;
+
+    @Override
+    public Integer call() {
+        String gemm;
+        try (CpuDevice cpu = Device.cpu(1)) {
+            gemm = cpu.backend().gemmImpl();
+        }
+        var out = spec.commandLine().getOut();
+        out.println("kindling " + BuildInfo.version());
+        out.println("java " + Runtime.version() + " (" + System.getProperty("java.vendor") + ")");
+        out.println("spark " + BuildInfo.sparkVersion() + " (built against)");
+        out.println("cpu gemm " + gemm + ", " + Runtime.getRuntime().availableProcessors() + " cores");
+        out.flush();
+        return 0;
+    }
+}
