@@ -1,5 +1,6 @@
 package org.kindling.cli;
 
+import java.io.PrintWriter;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 
@@ -17,7 +18,14 @@ public final class Kindling implements Runnable {
 
     /** Runs a command line and returns its exit code (0 ok, 1 failure, 2 usage error). */
     public static int run(String... args) {
+        return run(new PrintWriter(System.out, true), new PrintWriter(System.err, true), args);
+    }
+
+    /** Runs a command line with the given stdout and stderr. */
+    public static int run(PrintWriter out, PrintWriter err, String... args) {
         return new CommandLine(new Kindling())
+                .setOut(out)
+                .setErr(err)
                 .setExecutionExceptionHandler((e, cmd, parsed) -> {
                     cmd.getErr().println("kindling " + cmd.getCommandName() + ": " + message(e));
                     return 1;
