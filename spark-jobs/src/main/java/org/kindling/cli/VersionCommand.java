@@ -22,9 +22,20 @@ final class VersionCommand implements Callable<Integer> {
         var out = spec.commandLine().getOut();
         out.println("kindling " + BuildInfo.version());
         out.println("java " + Runtime.version() + " (" + System.getProperty("java.vendor") + ")");
-        out.println("spark " + BuildInfo.sparkVersion() + " (built against)");
+        out.println("spark " + runtimeSparkVersion() + " (built against " + BuildInfo.sparkVersion() + ")");
         out.println("cpu gemm " + gemm + ", " + Runtime.getRuntime().availableProcessors() + " cores");
         out.flush();
         return 0;
+    }
+
+    /** The Spark on the classpath now: the cluster's under spark-submit, the bundled one under bin/kindling. */
+    static String runtimeSparkVersion() {
+        try {
+            Class<?> pkg = Class.forName("org.apache.spark.package$");
+            Object module = pkg.getField("MODULE$").get(null);
+            return (String) pkg.getMethod("SPARK_VERSION").invoke(module);
+        } catch (ReflectiveOperationException | LinkageError e) {
+            return "not on the classpath";
+        }
     }
 }

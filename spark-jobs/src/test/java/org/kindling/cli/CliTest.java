@@ -28,6 +28,7 @@ class CliTest {
         assertEquals(0, r.code(), r.err());
         assertTrue(r.out().startsWith("kindling " + BuildInfo.version()), r.out());
         assertTrue(r.out().contains("cpu gemm "), r.out());
+        assertTrue(r.out().contains("spark " + BuildInfo.sparkVersion() + " (built against"), "Spark is on the test classpath: " + r.out());
         assertEquals("kindling " + BuildInfo.version(), run("--version").out().trim());
     }
 
