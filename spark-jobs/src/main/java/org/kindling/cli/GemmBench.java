@@ -89,14 +89,16 @@ final class GemmBench implements Callable<Integer> {
         naiveGemm(a, b, naive, naiveRows, n, k);
         double naiveSeconds = (System.nanoTime() - t0) / 1e9;
         double naiveGflops = 2.0 * naiveRows * n * k / naiveSeconds / 1e9;
-        double maxRel = 0;
+        double maxDiff = 0;
+        double maxAbs = 0;
         for (int i = 0; i < naive.length; i++) {
-            maxRel = Math.max(maxRel, Math.abs(c[i] - naive[i]) / Math.max(1e-3, Math.abs(naive[i])));
+            maxDiff = Math.max(maxDiff, Math.abs(c[i] - naive[i]));
+            maxAbs = Math.max(maxAbs, Math.abs(naive[i]));
         }
 
         err.printf("gemm %dx%dx%d fp32, %d threads: %s %.1f GFLOP/s (best of timed runs); naive triple loop %.2f GFLOP/s"
-                + " (1 thread, %d rows); speedup %.0fx; max rel diff vs naive %.1e%n",
-                m, n, k, t, impl, gflops, naiveGflops, naiveRows, gflops / naiveGflops, maxRel);
+                + " (1 thread, %d rows); speedup %.0fx; max |diff| vs naive %.1e of max |C|%n",
+                m, n, k, t, impl, gflops, naiveGflops, naiveRows, gflops / naiveGflops, maxDiff / Math.max(Float.MIN_NORMAL, maxAbs));
         err.flush();
         if (json) {
             Map<String, Object> row = new LinkedHashMap<>();
