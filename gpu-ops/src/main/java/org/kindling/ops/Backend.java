@@ -87,7 +87,7 @@ public interface Backend {
 
     // ---- softmax ----
 
-    /** y[N, C] = softmax over the last dimension of x[N, C]; y may be x. */
+    /** y[N, C] = softmax over the last dimension of x[N, C]; a row of all −∞ gives zeros; y may be x. */
     void softmaxForward(Tensor y, Tensor x);
 
     /** dx[N, C] += y ⊙ (dy − Σ_c dy·y). */
@@ -143,4 +143,21 @@ public interface Backend {
 
     /** One AdamW step over flat buffers of equal length: params, grads, first and second moments. */
     void adamW(Tensor params, Tensor grads, Tensor m, Tensor v, AdamW step);
+
+    // ---- attention ----
+
+    /**
+     * FlashAttention forward over packed variable-length sequences (see {@link Attention} for the
+     * layout): out[Tq, NH, HS] and the per-row log-sum-exp lse[NH, Tq] that the backward needs.
+     * No Tq×Tk buffer is allocated.
+     */
+    void attentionForward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor cuSeqlensQ, Tensor cuSeqlensK,
+                          Attention attn);
+
+    /**
+     * FlashAttention backward: dq, dk, dv += the gradients for upstream dout, recomputing scores
+     * from q, k, v, out and lse.
+     */
+    void attentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
+                           Tensor lse, Tensor cuSeqlensQ, Tensor cuSeqlensK, Attention attn);
 }

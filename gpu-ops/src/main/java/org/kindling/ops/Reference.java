@@ -75,6 +75,9 @@ public final class Reference {
                 max = Math.max(max, x[r * c + j]);
             }
             double sum = 0;
+            if (max == Double.NEGATIVE_INFINITY) {
+                continue;
+            }
             for (int j = 0; j < c; j++) {
                 sum += Math.exp(x[r * c + j] - max);
             }
@@ -278,5 +281,126 @@ public final class Reference {
             po[i] = params[i] * (1 - (double) s.lr() * s.weightDecay()) - s.lr() * update;
         }
         return new double[][] {po, mo, vo};
+    }
+
+    /**
+     * Attention with materialized scores in double: returns {out[Tq·NH·HS], lse[NH·Tq]} for packed
+     * q[Tq, NH, HS], k and v[Tk, NKV, HS]. A query that attends no key gets out 0 and lse −∞.
+     */
+    public static double[][] attention(Attention a, float[] q, float[] k, float[] v, int[] cuQ, int[] cuK) {
+        int nh = a.heads();
+        int hs = a.headDim();
+        int nkv = a.kvHeads();
+        int totalQ = cuQ[cuQ.length - 1];
+        double[] out = new double[totalQ * nh * hs];
+        double[] lse = new double[nh * totalQ];
+        for (int b = 0; b + 1 < cuQ.length; b++) {
+            int lq = cuQ[b + 1] - cuQ[b];
+            int lk = cuK[b + 1] - cuK[b];
+            for (int h = 0; h < nh; h++) {
+                int g = h / a.group();
+                for (int i = 0; i < lq; i++) {
+                    int qi = ((cuQ[b] + i) * nh + h) * hs;
+                    double[] p = scores(a, q, qi, k, cuK[b], g, nkv, i, lq, lk);
+                    double max = Double.NEGATIVE_INFINITY;
+                    for (double s : p) {
+                        max = Math.max(max, s);
+                    }
+                    if (max == Double.NEGATIVE_INFINITY) {
+                        lse[h * totalQ + cuQ[b] + i] = Double.NEGATIVE_INFINITY;
+                        continue;
+                    }
+                    double sum = 0;
+                    for (int j = 0; j < lk; j++) {
+                        p[j] = Math.exp(p[j] - max);
+                        sum += p[j];
+                    }
+                    for (int j = 0; j < lk; j++) {
+                        int vj = ((cuK[b] + j) * nkv + g) * hs;
+                        for (int d = 0; d < hs; d++) {
+                            out[qi + d] += p[j] / sum * v[vj + d];
+                        }
+                    }
+                    lse[h * totalQ + cuQ[b] + i] = max + Math.log(sum);
+                }
+            }
+        }
+        return new double[][] {out, lse};
+    }
+
+    /** Scaled scores of query row qi against every key of a sequence; −∞ where not attended. */
+    private static double[] scores(Attention a, float[] q, int qi, float[] k, int k0, int g, int nkv, int i, int lq, int lk) {
+        int hs = a.headDim();
+        double[] s = new double[lk];
+        for (int j = 0; j < lk; j++) {
+            if (!a.attends(i, j, lq, lk)) {
+                s[j] = Double.NEGATIVE_INFINITY;
+                continue;
+            }
+            int kj = ((k0 + j) * nkv + g) * hs;
+            double dot = 0;
+            for (int d = 0; d < hs; d++) {
+                dot += (double) q[qi + d] * k[kj + d];
+            }
+            s[j] = a.softmaxScale() * dot;
+        }
+        return s;
+    }
+
+    /** Gradients of {@link #attention} for upstream dout: returns {dq, dk, dv} shaped like q, k, v. */
+    public static double[][] attentionBackward(Attention a, float[] dout, float[] q, float[] k, float[] v, int[] cuQ,
+                                               int[] cuK) {
+        int nh = a.heads();
+        int hs = a.headDim();
+        int nkv = a.kvHeads();
+        double[] dq = new double[q.length];
+        double[] dk = new double[k.length];
+        double[] dv = new double[v.length];
+        for (int b = 0; b + 1 < cuQ.length; b++) {
+            int lq = cuQ[b + 1] - cuQ[b];
+            int lk = cuK[b + 1] - cuK[b];
+            for (int h = 0; h < nh; h++) {
+                int g = h / a.group();
+                for (int i = 0; i < lq; i++) {
+                    int qi = ((cuQ[b] + i) * nh + h) * hs;
+                    double[] p = scores(a, q, qi, k, cuK[b], g, nkv, i, lq, lk);
+                    double max = Double.NEGATIVE_INFINITY;
+                    for (double s : p) {
+                        max = Math.max(max, s);
+                    }
+                    if (max == Double.NEGATIVE_INFINITY) {
+                        continue;
+                    }
+                    double sum = 0;
+                    for (int j = 0; j < lk; j++) {
+                        p[j] = Math.exp(p[j] - max);
+                        sum += p[j];
+                    }
+                    double[] dp = new double[lk];
+                    double rowDot = 0;
+                    for (int j = 0; j < lk; j++) {
+                        p[j] /= sum;
+                        int vj = ((cuK[b] + j) * nkv + g) * hs;
+                        for (int d = 0; d < hs; d++) {
+                            dp[j] += (double) dout[qi + d] * v[vj + d];
+                        }
+                        rowDot += p[j] * dp[j];
+                    }
+                    for (int j = 0; j < lk; j++) {
+                        if (p[j] == 0) {
+                            continue;
+                        }
+                        double ds = p[j] * (dp[j] - rowDot) * a.softmaxScale();
+                        int kj = ((cuK[b] + j) * nkv + g) * hs;
+                        for (int d = 0; d < hs; d++) {
+                            dq[qi + d] += ds * k[kj + d];
+                            dk[kj + d] += ds * q[qi + d];
+                            dv[kj + d] += p[j] * dout[qi + d];
+                        }
+                    }
+                }
+            }
+        }
+        return new double[][] {dq, dk, dv};
     }
 }

@@ -1,11 +1,8 @@
 package org.kindling.ops.cpu;
 
-import dev.ludovic.netlib.blas.BLAS;
-import java.io.IOException;
-import java.nio.file.Files;
-import java.nio.file.Path;
 import java.util.List;
 import org.kindling.ops.AdamW;
+import org.kindling.ops.Attention;
 import org.kindling.ops.BF16;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
@@ -29,25 +26,12 @@ final class CpuBackend implements Backend {
     /** Below this many multiply-adds a GEMM runs on one thread. */
     private static final double GEMM_SERIAL_FLOPS = 2.0 * 64 * 64 * 64;
 
-    private static final BLAS BLAS_INSTANCE = BLAS.getInstance();
-    private static final String GEMM_IMPL = describe(BLAS_INSTANCE);
-
     private final CpuPool pool;
+    private final CpuAttention attention;
 
-    CpuBackend(CpuPool pool) {
+    CpuBackend(CpuDevice device, CpuPool pool) {
         this.pool = pool;
-    }
-
-    private static String describe(BLAS blas) {
-        String cls = blas.getClass().getSimpleName();
-        if (cls.startsWith("JNI")) {
-            try {
-                return Files.readString(Path.of("/proc/self/maps")).contains("openblas") ? "openblas" : "native";
-            } catch (IOException | RuntimeException e) {
-                return "native";
-            }
-        }
-        return cls.startsWith("Vector") ? "vector" : "java";
+        this.attention = new CpuAttention(device, pool);
     }
 
     @Override
@@ -57,7 +41,7 @@ final class CpuBackend implements Backend {
 
     @Override
     public String gemmImpl() {
-        return GEMM_IMPL;
+        return Blas.IMPL;
     }
 
     // ---- argument checks ----
@@ -288,22 +272,8 @@ final class CpuBackend implements Backend {
         sgemm(g, g.m(), g.n(), c, oc, a, oa, b, ob);
     }
 
-    /** Row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ: swap the operands for BLAS. */
     private static void sgemm(Gemm g, int m, int n, float[] c, int oc, float[] a, int oa, float[] b, int ob) {
-        if (m == 0 || n == 0) {
-            return;
-        }
-        if (g.k() == 0 || g.alpha() == 0f) {
-            for (int i = 0; i < m; i++) {
-                int row = oc + i * g.ldc();
-                for (int j = 0; j < n; j++) {
-                    c[row + j] = g.beta() == 0f ? 0f : g.beta() * c[row + j];
-                }
-            }
-            return;
-        }
-        BLAS_INSTANCE.sgemm(g.transB() ? "T" : "N", g.transA() ? "T" : "N", n, m, g.k(), g.alpha(),
-                b, ob, g.ldb(), a, oa, g.lda(), g.beta(), c, oc, g.ldc());
+        Blas.sgemm(g.transA(), g.transB(), m, n, g.k(), g.alpha(), a, oa, g.lda(), b, ob, g.ldb(), g.beta(), c, oc, g.ldc());
     }
 
     // ---- elementwise ----
@@ -534,6 +504,10 @@ final class CpuBackend implements Backend {
                 float max = Float.NEGATIVE_INFINITY;
                 for (int c = 0; c < cols; c++) {
                     max = Math.max(max, xv[xb + c]);
+                }
+                if (max == Float.NEGATIVE_INFINITY) {
+                    java.util.Arrays.fill(yv, yb, yb + cols, 0f); // a fully masked row attends nothing
+                    continue;
                 }
                 double sum = 0;
                 for (int c = 0; c < cols; c++) {
@@ -978,5 +952,19 @@ final class CpuBackend implements Backend {
                 p[op + i] = p[op + i] * decay - stepSize * mi / denom;
             }
         });
+    }
+
+    // ---- attention ----
+
+    @Override
+    public void attentionForward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor cuSeqlensQ,
+                                 Tensor cuSeqlensK, Attention attn) {
+        attention.forward(out, lse, q, k, v, cuSeqlensQ, cuSeqlensK, attn);
+    }
+
+    @Override
+    public void attentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                                  Tensor out, Tensor lse, Tensor cuSeqlensQ, Tensor cuSeqlensK, Attention attn) {
+        attention.backward(dq, dk, dv, dout, q, k, v, out, lse, cuSeqlensQ, cuSeqlensK, attn);
     }
 }

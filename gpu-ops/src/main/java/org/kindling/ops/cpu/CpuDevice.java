@@ -12,7 +12,7 @@ public final class CpuDevice extends Device {
 
     public CpuDevice(int threads) {
         this.pool = new CpuPool(threads);
-        this.backend = new CpuBackend(pool);
+        this.backend = new CpuBackend(this, pool);
     }
 
     @Override

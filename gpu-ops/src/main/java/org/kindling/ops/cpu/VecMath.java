@@ -1,0 +1,182 @@
+package org.kindling.ops.cpu;
+
+import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.IntVector;
+import jdk.incubator.vector.VectorMask;
+import jdk.incubator.vector.VectorOperators;
+import jdk.incubator.vector.VectorSpecies;
+
+/**
+ * SIMD helpers for the fused kernels. {@code exp} is a Cephes-style polynomial built only from
+ * IEEE add, multiply and fused multiply-add, so its scalar and vector forms agree bit for bit and
+ * do not change when the JIT compiles them (the Vector API's own {@code EXP} falls back to
+ * {@code Math.exp} before compilation and to SVML after, which would break determinism). Sums are
+ * reduced lane by lane in a fixed order for the same reason.
+ */
+final class VecMath {
+    static final VectorSpecies<Float> F = FloatVector.SPECIES_PREFERRED;
+    static final int LANES = F.length();
+
+    private static final float LOG2E = 1.44269504088896341f;
+    private static final float LN2_HI = 0.693359375f;
+    private static final float LN2_LO = -2.12194440e-4f;
+    private static final float MAGIC = 12582912f; // 1.5·2^23: adding it rounds to an integer
+    private static final int MAGIC_BITS = Float.floatToRawIntBits(MAGIC);
+    /** Below this exp underflows past the smallest normal float; the result is flushed to 0. */
+    private static final float LO = -87.3f;
+    /** Above this the result is reported as +∞ (the true value is within a factor 2 of overflow). */
+    private static final float HI = 88f;
+    private static final float P0 = 1.9875691500e-4f;
+    private static final float P1 = 1.3981999507e-3f;
+    private static final float P2 = 8.3334519073e-3f;
+    private static final float P3 = 4.1665795894e-2f;
+    private static final float P4 = 1.6666665459e-1f;
+    private static final float P5 = 5.0000001201e-1f;
+
+    private VecMath() {
+    }
+
+    /** e^x within 2 ulp for −87.3 ≤ x ≤ 88; 0 below, +∞ above, NaN for NaN. */
+    static float exp(float x) {
+        if (x < LO) {
+            return 0f;
+        }
+        if (x > HI) {
+            return Float.POSITIVE_INFINITY;
+        }
+        float t = x * LOG2E + MAGIC;
+        float n = t - MAGIC;
+        int ni = Float.floatToRawIntBits(t) - MAGIC_BITS;
+        float r = Math.fma(n, -LN2_HI, x);
+        r = Math.fma(n, -LN2_LO, r);
+        float p = Math.fma(P0, r, P1);
+        p = Math.fma(p, r, P2);
+        p = Math.fma(p, r, P3);
+        p = Math.fma(p, r, P4);
+        p = Math.fma(p, r, P5);
+        float y = Math.fma(p, r * r, r) + 1f;
+        return y * Float.intBitsToFloat((ni + 127) << 23);
+    }
+
+    /** The lane-wise twin of {@link #exp(float)}. */
+    static FloatVector exp(FloatVector x) {
+        VectorMask<Float> under = x.lt(LO);
+        VectorMask<Float> over = x.compare(VectorOperators.GT, HI);
+        FloatVector xc = x.min(HI).max(LO);
+        FloatVector t = xc.mul(LOG2E).add(MAGIC);
+        FloatVector n = t.sub(MAGIC);
+        IntVector ni = t.reinterpretAsInts().sub(MAGIC_BITS);
+        FloatVector r = n.lanewise(VectorOperators.FMA, -LN2_HI, xc);
+        r = n.lanewise(VectorOperators.FMA, -LN2_LO, r);
+        FloatVector p = FloatVector.broadcast(F, P0).lanewise(VectorOperators.FMA, r, FloatVector.broadcast(F, P1));
+        p = p.lanewise(VectorOperators.FMA, r, FloatVector.broadcast(F, P2));
+        p = p.lanewise(VectorOperators.FMA, r, FloatVector.broadcast(F, P3));
+        p = p.lanewise(VectorOperators.FMA, r, FloatVector.broadcast(F, P4));
+        p = p.lanewise(VectorOperators.FMA, r, FloatVector.broadcast(F, P5));
+        FloatVector y = p.lanewise(VectorOperators.FMA, r.mul(r), r).add(1f);
+        FloatVector pow2 = ni.add(127).lanewise(VectorOperators.LSHL, 23).reinterpretAsFloats();
+        return y.mul(pow2).blend(0f, under).blend(Float.POSITIVE_INFINITY, over);
+    }
+
+    /** Largest of x[off .. off+n), or −∞ when n = 0. */
+    static float max(float[] x, int off, int n) {
+        int i = 0;
+        float m = Float.NEGATIVE_INFINITY;
+        if (n >= LANES) {
+            FloatVector acc = FloatVector.fromArray(F, x, off);
+            for (i = LANES; i + LANES <= n; i += LANES) {
+                acc = acc.max(FloatVector.fromArray(F, x, off + i));
+            }
+            m = acc.reduceLanes(VectorOperators.MAX);
+        }
+        for (; i < n; i++) {
+            m = Math.max(m, x[off + i]);
+        }
+        return m;
+    }
+
+    /** x[i] = exp(x[i] − shift) in place for i in [off, off+n); returns their sum. */
+    static float expShiftSum(float[] x, int off, int n, float shift) {
+        int i = 0;
+        float sum = 0f;
+        if (n >= LANES) {
+            FloatVector acc = FloatVector.zero(F);
+            for (; i + LANES <= n; i += LANES) {
+                FloatVector e = exp(FloatVector.fromArray(F, x, off + i).sub(shift));
+                e.intoArray(x, off + i);
+                acc = acc.add(e);
+            }
+            sum = sumLanes(acc);
+        }
+        for (; i < n; i++) {
+            float e = exp(x[off + i] - shift);
+            x[off + i] = e;
+            sum += e;
+        }
+        return sum;
+    }
+
+    /** x[i] = exp(x[i] − shift) in place for i in [off, off+n). */
+    static void expShift(float[] x, int off, int n, float shift) {
+        int i = 0;
+        for (; i + LANES <= n; i += LANES) {
+            exp(FloatVector.fromArray(F, x, off + i).sub(shift)).intoArray(x, off + i);
+        }
+        for (; i < n; i++) {
+            x[off + i] = exp(x[off + i] - shift);
+        }
+    }
+
+    /** x[i] *= f for i in [off, off+n). */
+    static void scale(float[] x, int off, int n, float f) {
+        int i = 0;
+        for (; i + LANES <= n; i += LANES) {
+            FloatVector.fromArray(F, x, off + i).mul(f).intoArray(x, off + i);
+        }
+        for (; i < n; i++) {
+            x[off + i] *= f;
+        }
+    }
+
+    /** p[i] = p[i]·(d[i] − c) in place: the softmax backward step dS = P ⊙ (dP − D). */
+    static void mulShifted(float[] p, int po, float[] d, int dOff, int n, float c) {
+        int i = 0;
+        for (; i + LANES <= n; i += LANES) {
+            FloatVector pv = FloatVector.fromArray(F, p, po + i);
+            pv.mul(FloatVector.fromArray(F, d, dOff + i).sub(c)).intoArray(p, po + i);
+        }
+        for (; i < n; i++) {
+            p[po + i] = p[po + i] * (d[dOff + i] - c);
+        }
+    }
+
+    /** Σ a[i]·b[i] in double, in index order. */
+    static double dot(float[] a, int ao, float[] b, int bo, int n) {
+        double s = 0;
+        for (int i = 0; i < n; i++) {
+            s += (double) a[ao + i] * b[bo + i];
+        }
+        return s;
+    }
+
+    /** dst[i] += src[i]. */
+    static void addTo(float[] dst, int dOff, float[] src, int sOff, int n) {
+        int i = 0;
+        for (; i + LANES <= n; i += LANES) {
+            FloatVector.fromArray(F, dst, dOff + i).add(FloatVector.fromArray(F, src, sOff + i)).intoArray(dst, dOff + i);
+        }
+        for (; i < n; i++) {
+            dst[dOff + i] += src[sOff + i];
+        }
+    }
+
+    private static float sumLanes(FloatVector v) {
+        float[] lanes = new float[LANES];
+        v.intoArray(lanes, 0);
+        float s = 0f;
+        for (float l : lanes) {
+            s += l;
+        }
+        return s;
+    }
+}
