@@ -58,7 +58,7 @@ public final class NaiveAttention implements AutoCloseable {
         }
     }
 
-    /** dq, dk, dv += the gradients of the last {@link #forward} for upstream dout. */
+    /** dq, dk, dv += the gradients of the last {@link #forward} for upstream dout; releases the probabilities. */
     public void backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v) {
         if (batch == null) {
             throw new IllegalStateException("backward before forward");
@@ -92,6 +92,8 @@ public final class NaiveAttention implements AutoCloseable {
                 }
             }
         }
+        releaseProbs();
+        batch = null;
     }
 
     /** The strided block of {@code count} rows × {@code width} starting at (row0, col) of a packed [T, ld] tensor. */

@@ -34,7 +34,8 @@ class CliTest {
 
     @Test
     void everyCommandHasHelp() {
-        for (String[] cmd : new String[][] {{"--help"}, {"version", "--help"}, {"bench", "--help"}, {"bench", "gemm", "--help"}}) {
+        for (String[] cmd : new String[][] {{"--help"}, {"version", "--help"}, {"bench", "--help"}, {"bench", "gemm", "--help"},
+            {"bench", "attention", "--help"}}) {
             Result r = run(cmd);
             assertEquals(0, r.code(), String.join(" ", cmd));
             assertTrue(r.out().contains("Usage:"), r.out());
@@ -61,6 +62,34 @@ class CliTest {
         assertTrue(row.get("naive_gflops").asDouble() > 0);
         assertTrue(List.of("openblas", "native", "vector", "java").contains(row.get("impl").asText()));
         assertTrue(r.err().contains("GFLOP/s"), "the human-readable line goes to stderr");
+    }
+
+    @Test
+    void benchAttentionJsonHasExactlyTheIssueFields() throws Exception {
+        Result r = run("bench", "attention", "--seq", "300", "--heads", "2", "--head-dim", "59", "--reps", "1", "--json");
+        assertEquals(0, r.code(), r.err());
+        String[] lines = r.out().strip().split("\n");
+        assertEquals(1, lines.length, r.out());
+        JsonNode row = new ObjectMapper().readTree(lines[0]);
+        List<String> names = new ArrayList<>();
+        row.fieldNames().forEachRemaining(names::add);
+        assertEquals(List.of("bench", "seq", "heads", "head_dim", "causal", "fwd_ms", "fwd_bwd_ms", "naive_fwd_ms",
+                "naive_fwd_bwd_ms", "gflops_fwd_bwd", "extra_bytes", "naive_extra_bytes"), names);
+        assertEquals("attention", row.get("bench").asText());
+        assertEquals(300, row.get("seq").asInt());
+        assertEquals(59, row.get("head_dim").asInt());
+        assertTrue(row.get("causal").asBoolean());
+        assertTrue(row.get("fwd_bwd_ms").asDouble() > 0 && row.get("naive_fwd_bwd_ms").asDouble() > 0, lines[0]);
+        // The naive path holds both heads' 300x300 probabilities; the fused one much less.
+        assertTrue(row.get("naive_extra_bytes").asLong() >= 2L * 300 * 300 * 4, lines[0]);
+        assertTrue(row.get("extra_bytes").asLong() < row.get("naive_extra_bytes").asLong(), lines[0]);
+
+        Result nc = run("bench", "attention", "--seq", "64", "--no-causal", "--reps", "1", "--json");
+        assertEquals(0, nc.code(), nc.err());
+        assertTrue(!new ObjectMapper().readTree(nc.out().strip()).get("causal").asBoolean());
+        Result bad = run("bench", "attention", "--head-dim", "300");
+        assertEquals(2, bad.code());
+        assertTrue(bad.err().contains("head dim"), bad.err());
     }
 
     @Test

@@ -1,0 +1,222 @@
+package org.kindling.cli;
+
+import java.io.PrintWriter;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.SplittableRandom;
+import java.util.concurrent.Callable;
+import org.kindling.ops.Attention;
+import org.kindling.ops.Backend;
+import org.kindling.ops.DType;
+import org.kindling.ops.Device;
+import org.kindling.ops.Gemm;
+import org.kindling.ops.NaiveAttention;
+import org.kindling.ops.Tensor;
+import org.kindling.ops.cpu.CpuDevice;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+@Command(name = "attention", mixinStandardHelpOptions = true,
+        description = {"FlashAttention forward and forward+backward beside naive attention (materialized fp32 scores,",
+            "the same backend's GEMM and softmax) in the same run, with the peak extra memory of each: bytes",
+            "allocated beyond inputs, outputs and gradients. The naive path is skipped when it would not fit."})
+final class AttentionBench implements Callable<Integer> {
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Option(names = "--seq", description = "tokens per sequence N (default ${DEFAULT-VALUE})", defaultValue = "4096")
+    int seq;
+
+    @Option(names = "--heads", description = "attention heads H (default ${DEFAULT-VALUE})", defaultValue = "4")
+    int heads;
+
+    @Option(names = "--head-dim", description = "head dimension D (default ${DEFAULT-VALUE})", defaultValue = "64")
+    int headDim;
+
+    @Option(names = "--batch", description = "sequences B (default ${DEFAULT-VALUE})", defaultValue = "1")
+    int batch;
+
+    @Option(names = "--causal", negatable = true, defaultValue = "true", fallbackValue = "true",
+            description = "causal masking (default on; --no-causal turns it off)")
+    boolean causal;
+
+    @Option(names = "--threads", description = "CPU threads (default: every core this process may use)")
+    Integer threads;
+
+    @Option(names = "--reps", description = "timed repetitions; the best is reported (default ${DEFAULT-VALUE})",
+            defaultValue = "3")
+    int reps;
+
+    @Option(names = "--json", description = "print one JSON line on stdout: bench, seq, heads, head_dim, causal, fwd_ms, "
+            + "fwd_bwd_ms, naive_fwd_ms, naive_fwd_bwd_ms, gflops_fwd_bwd, extra_bytes, naive_extra_bytes")
+    boolean json;
+
+    private static final class Operands implements AutoCloseable {
+        final Tensor q;
+        final Tensor k;
+        final Tensor v;
+        final Tensor dout;
+        final Tensor out;
+        final Tensor lse;
+        final Tensor dq;
+        final Tensor dk;
+        final Tensor dv;
+        final Tensor cu;
+
+        Operands(Device dev, int batch, int seq, int heads, int headDim) {
+            int rows = batch * seq;
+            SplittableRandom r = new SplittableRandom(7);
+            q = random(dev, r, rows, heads, headDim);
+            k = random(dev, r, rows, heads, headDim);
+            v = random(dev, r, rows, heads, headDim);
+            dout = random(dev, r, rows, heads, headDim);
+            out = dev.allocate(DType.F32, rows, heads, headDim);
+            lse = dev.allocate(DType.F32, heads, rows);
+            dq = dev.allocate(DType.F32, rows, heads, headDim);
+            dk = dev.allocate(DType.F32, rows, heads, headDim);
+            dv = dev.allocate(DType.F32, rows, heads, headDim);
+            int[] offsets = new int[batch + 1];
+            for (int b = 0; b <= batch; b++) {
+                offsets[b] = b * seq;
+            }
+            cu = dev.fromInts(offsets, batch + 1);
+        }
+
+        private static Tensor random(Device dev, SplittableRandom r, int... shape) {
+            float[] x = new float[Tensor.numel(shape)];
+            for (int i = 0; i < x.length; i++) {
+                x[i] = (float) (r.nextDouble() * 2 - 1);
+            }
+            return dev.allocate(DType.F32, shape).copyFrom(x);
+        }
+
+        @Override
+        public void close() {
+            for (Tensor t : new Tensor[] {q, k, v, dout, out, lse, dq, dk, dv, cu}) {
+                t.close();
+            }
+        }
+    }
+
+    /** Best wall time of {@code reps} runs after one warm-up, and the peak bytes allocated beyond the live ones. */
+    private record Timing(double ms, long extraBytes) {
+    }
+
+    private Timing time(Device dev, Runnable body) {
+        body.run();
+        double best = Double.MAX_VALUE;
+        long base = dev.liveBytes();
+        dev.resetPeak();
+        for (int i = 0; i < reps; i++) {
+            long t0 = System.nanoTime();
+            body.run();
+            best = Math.min(best, (System.nanoTime() - t0) / 1e6);
+        }
+        return new Timing(best, dev.peakBytes() - base);
+    }
+
+    @Override
+    public Integer call() {
+        for (var e : Map.of("--seq", seq, "--heads", heads, "--head-dim", headDim, "--batch", batch, "--reps", reps).entrySet()) {
+            if (e.getValue() < 1) {
+                throw new CommandLine.ParameterException(spec.commandLine(), e.getKey() + " must be at least 1, got " + e.getValue());
+            }
+        }
+        int t = threads == null ? Runtime.getRuntime().availableProcessors() : threads;
+        if (t < 1) {
+            throw new CommandLine.ParameterException(spec.commandLine(), "--threads must be at least 1, got " + t);
+        }
+        Attention a;
+        try {
+            a = Attention.of(heads, heads, headDim).withCausal(causal);
+        } catch (IllegalArgumentException e) {
+            throw new CommandLine.ParameterException(spec.commandLine(), e.getMessage());
+        }
+        PrintWriter err = spec.commandLine().getErr();
+        double flopsFwd = 4.0 * batch * heads * (double) seq * seq * headDim / (causal ? 2 : 1);
+        double flopsFwdBwd = 3.5 * flopsFwd;
+        Timing fwd;
+        Timing fwdBwd;
+        Timing naiveFwd = null;
+        Timing naiveFwdBwd = null;
+        double gemmGflops;
+        try (CpuDevice dev = Device.cpu(t); Operands o = new Operands(dev, batch, seq, heads, headDim)) {
+            Backend be = dev.backend();
+            fwd = time(dev, () -> be.attentionForward(o.out, o.lse, o.q, o.k, o.v, o.cu, o.cu, a));
+            fwdBwd = time(dev, () -> {
+                be.attentionForward(o.out, o.lse, o.q, o.k, o.v, o.cu, o.cu, a);
+                be.attentionBackward(o.dq, o.dk, o.dv, o.dout, o.q, o.k, o.v, o.out, o.lse, o.cu, o.cu, a);
+            });
+            // The naive path holds P for every head, plus dP and dS for one head at a time.
+            long naiveBytes = ((long) batch * heads + 2) * seq * seq * 4L;
+            long headroom = Runtime.getRuntime().maxMemory() - (Runtime.getRuntime().totalMemory() - Runtime.getRuntime().freeMemory());
+            if (naiveBytes < headroom / 2) {
+                try (NaiveAttention naive = new NaiveAttention(dev, a)) {
+                    naiveFwd = time(dev, () -> {
+                        naive.forward(o.out, o.q, o.k, o.v, o.cu, o.cu);
+                        naive.close();
+                    });
+                    naiveFwdBwd = time(dev, () -> {
+                        naive.forward(o.out, o.q, o.k, o.v, o.cu, o.cu);
+                        naive.backward(o.dq, o.dk, o.dv, o.dout, o.q, o.k, o.v);
+                    });
+                }
+            } else {
+                err.printf("naive attention skipped: it needs about %d MB, %d MB of heap are free%n",
+                        naiveBytes >> 20, headroom >> 20);
+            }
+            gemmGflops = gemmRate(dev);
+        }
+        double gflops = flopsFwdBwd / (fwdBwd.ms() / 1e3) / 1e9;
+        err.printf("attention B=%d H=%d N=%d D=%d %s, %d threads%n", batch, heads, seq, headDim, causal ? "causal" : "non-causal", t);
+        err.printf("  flash: fwd %.1f ms, fwd+bwd %.1f ms = %.1f GFLOP/s (%.0f%% of the %.1f GFLOP/s 1024^3 GEMM), extra memory %s%n",
+                fwd.ms(), fwdBwd.ms(), gflops, 100 * gflops / gemmGflops, gemmGflops, mib(fwdBwd.extraBytes()));
+        if (naiveFwdBwd != null) {
+            err.printf("  naive: fwd %.1f ms, fwd+bwd %.1f ms, extra memory %s; flash is %.1fx faster fwd+bwd%n",
+                    naiveFwd.ms(), naiveFwdBwd.ms(), mib(naiveFwdBwd.extraBytes()), naiveFwdBwd.ms() / fwdBwd.ms());
+        }
+        err.flush();
+        if (json) {
+            Map<String, Object> row = new LinkedHashMap<>();
+            row.put("bench", "attention");
+            row.put("seq", seq);
+            row.put("heads", heads);
+            row.put("head_dim", headDim);
+            row.put("causal", causal);
+            row.put("fwd_ms", round(fwd.ms()));
+            row.put("fwd_bwd_ms", round(fwdBwd.ms()));
+            row.put("naive_fwd_ms", naiveFwd == null ? null : round(naiveFwd.ms()));
+            row.put("naive_fwd_bwd_ms", naiveFwdBwd == null ? null : round(naiveFwdBwd.ms()));
+            row.put("gflops_fwd_bwd", round(gflops));
+            row.put("extra_bytes", fwdBwd.extraBytes());
+            row.put("naive_extra_bytes", naiveFwdBwd == null ? null : naiveFwdBwd.extraBytes());
+            Json.printLine(spec.commandLine().getOut(), row);
+        }
+        return 0;
+    }
+
+    /** The backend's GEMM rate at 1024³ in this run, the yardstick the fused kernel is judged by. */
+    private static double gemmRate(Device dev) {
+        int n = 1024;
+        try (Tensor a = dev.allocate(DType.F32, n, n); Tensor b = dev.allocate(DType.F32, n, n); Tensor c = dev.allocate(DType.F32, n, n)) {
+            Gemm g = Gemm.of(false, false, n, n, n);
+            dev.backend().gemm(g, c, a, b);
+            double best = Double.MAX_VALUE;
+            for (int i = 0; i < 10; i++) {
+                long t0 = System.nanoTime();
+                dev.backend().gemm(g, c, a, b);
+                best = Math.min(best, (System.nanoTime() - t0) / 1e9);
+            }
+            return g.flops() / best / 1e9;
+        }
+    }
+
+    private static String mib(long bytes) {
+        return String.format("%.2f MiB", bytes / 1048576.0);
+    }
+
+    private static double round(double v) {
+        return Math.round(v * 100) / 100.0;
+    }
+}
