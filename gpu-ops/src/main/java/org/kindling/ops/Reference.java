@@ -302,30 +302,38 @@ public final class Reference {
                 for (int i = 0; i < lq; i++) {
                     int qi = ((cuQ[b] + i) * nh + h) * hs;
                     double[] p = scores(a, q, qi, k, cuK[b], g, nkv, i, lq, lk);
-                    double max = Double.NEGATIVE_INFINITY;
-                    for (double s : p) {
-                        max = Math.max(max, s);
-                    }
-                    if (max == Double.NEGATIVE_INFINITY) {
-                        lse[h * totalQ + cuQ[b] + i] = Double.NEGATIVE_INFINITY;
-                        continue;
-                    }
-                    double sum = 0;
-                    for (int j = 0; j < lk; j++) {
-                        p[j] = Math.exp(p[j] - max);
-                        sum += p[j];
-                    }
+                    lse[h * totalQ + cuQ[b] + i] = softmaxInPlace(p);
                     for (int j = 0; j < lk; j++) {
                         int vj = ((cuK[b] + j) * nkv + g) * hs;
                         for (int d = 0; d < hs; d++) {
-                            out[qi + d] += p[j] / sum * v[vj + d];
+                            out[qi + d] += p[j] * v[vj + d];
                         }
                     }
-                    lse[h * totalQ + cuQ[b] + i] = max + Math.log(sum);
                 }
             }
         }
         return new double[][] {out, lse};
+    }
+
+    /** Replaces scores by their softmax and returns the log-sum-exp; a row of all −∞ becomes zeros with lse −∞. */
+    private static double softmaxInPlace(double[] p) {
+        double max = Double.NEGATIVE_INFINITY;
+        for (double s : p) {
+            max = Math.max(max, s);
+        }
+        if (max == Double.NEGATIVE_INFINITY) {
+            java.util.Arrays.fill(p, 0);
+            return max;
+        }
+        double sum = 0;
+        for (int j = 0; j < p.length; j++) {
+            p[j] = Math.exp(p[j] - max);
+            sum += p[j];
+        }
+        for (int j = 0; j < p.length; j++) {
+            p[j] /= sum;
+        }
+        return max + Math.log(sum);
     }
 
     /** Scaled scores of query row qi against every key of a sequence; −∞ where not attended. */
@@ -364,22 +372,12 @@ public final class Reference {
                 for (int i = 0; i < lq; i++) {
                     int qi = ((cuQ[b] + i) * nh + h) * hs;
                     double[] p = scores(a, q, qi, k, cuK[b], g, nkv, i, lq, lk);
-                    double max = Double.NEGATIVE_INFINITY;
-                    for (double s : p) {
-                        max = Math.max(max, s);
-                    }
-                    if (max == Double.NEGATIVE_INFINITY) {
+                    if (softmaxInPlace(p) == Double.NEGATIVE_INFINITY) {
                         continue;
-                    }
-                    double sum = 0;
-                    for (int j = 0; j < lk; j++) {
-                        p[j] = Math.exp(p[j] - max);
-                        sum += p[j];
                     }
                     double[] dp = new double[lk];
                     double rowDot = 0;
                     for (int j = 0; j < lk; j++) {
-                        p[j] /= sum;
                         int vj = ((cuK[b] + j) * nkv + g) * hs;
                         for (int d = 0; d < hs; d++) {
                             dp[j] += (double) dout[qi + d] * v[vj + d];

@@ -41,16 +41,13 @@ final class AttentionBench implements Callable<Integer> {
             description = "causal masking (default on; --no-causal turns it off)")
     boolean causal;
 
-    @Option(names = "--threads", description = "CPU threads (default: every core this process may use)")
-    Integer threads;
 
     @Option(names = "--reps", description = "timed repetitions; the best is reported (default ${DEFAULT-VALUE})",
             defaultValue = "3")
     int reps;
 
-    @Option(names = "--json", description = "print one JSON line on stdout: bench, seq, heads, head_dim, causal, fwd_ms, "
-            + "fwd_bwd_ms, naive_fwd_ms, naive_fwd_bwd_ms, gflops_fwd_bwd, extra_bytes, naive_extra_bytes")
-    boolean json;
+    @CommandLine.Mixin
+    BenchOptions common;
 
     private static final class Operands implements AutoCloseable {
         final Tensor q;
@@ -118,15 +115,9 @@ final class AttentionBench implements Callable<Integer> {
 
     @Override
     public Integer call() {
-        for (var e : Map.of("--seq", seq, "--heads", heads, "--head-dim", headDim, "--batch", batch, "--reps", reps).entrySet()) {
-            if (e.getValue() < 1) {
-                throw new CommandLine.ParameterException(spec.commandLine(), e.getKey() + " must be at least 1, got " + e.getValue());
-            }
-        }
-        int t = threads == null ? Runtime.getRuntime().availableProcessors() : threads;
-        if (t < 1) {
-            throw new CommandLine.ParameterException(spec.commandLine(), "--threads must be at least 1, got " + t);
-        }
+        BenchOptions.requirePositive(spec.commandLine(), "--seq", seq, "--heads", heads, "--head-dim", headDim, "--batch", batch,
+                "--reps", reps);
+        int t = common.threads(spec.commandLine());
         Attention a;
         try {
             a = Attention.of(heads, heads, headDim).withCausal(causal);
@@ -177,18 +168,18 @@ final class AttentionBench implements Callable<Integer> {
                     naiveFwd.ms(), naiveFwdBwd.ms(), mib(naiveFwdBwd.extraBytes()), naiveFwdBwd.ms() / fwdBwd.ms());
         }
         err.flush();
-        if (json) {
+        if (common.json) {
             Map<String, Object> row = new LinkedHashMap<>();
             row.put("bench", "attention");
             row.put("seq", seq);
             row.put("heads", heads);
             row.put("head_dim", headDim);
             row.put("causal", causal);
-            row.put("fwd_ms", round(fwd.ms()));
-            row.put("fwd_bwd_ms", round(fwdBwd.ms()));
-            row.put("naive_fwd_ms", naiveFwd == null ? null : round(naiveFwd.ms()));
-            row.put("naive_fwd_bwd_ms", naiveFwdBwd == null ? null : round(naiveFwdBwd.ms()));
-            row.put("gflops_fwd_bwd", round(gflops));
+            row.put("fwd_ms", BenchOptions.round(fwd.ms()));
+            row.put("fwd_bwd_ms", BenchOptions.round(fwdBwd.ms()));
+            row.put("naive_fwd_ms", naiveFwd == null ? null : BenchOptions.round(naiveFwd.ms()));
+            row.put("naive_fwd_bwd_ms", naiveFwdBwd == null ? null : BenchOptions.round(naiveFwdBwd.ms()));
+            row.put("gflops_fwd_bwd", BenchOptions.round(gflops));
             row.put("extra_bytes", fwdBwd.extraBytes());
             row.put("naive_extra_bytes", naiveFwdBwd == null ? null : naiveFwdBwd.extraBytes());
             Json.printLine(spec.commandLine().getOut(), row);
@@ -216,7 +207,4 @@ final class AttentionBench implements Callable<Integer> {
         return String.format("%.2f MiB", bytes / 1048576.0);
     }
 
-    private static double round(double v) {
-        return Math.round(v * 100) / 100.0;
-    }
 }

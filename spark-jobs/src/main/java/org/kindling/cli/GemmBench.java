@@ -32,27 +32,18 @@ final class GemmBench implements Callable<Integer> {
     @Option(names = "--k", description = "columns of A, rows of B (default ${DEFAULT-VALUE})", defaultValue = "1024")
     int k;
 
-    @Option(names = "--threads", description = "CPU threads (default: every core this process may use)")
-    Integer threads;
 
     @Option(names = "--seconds", description = "time to spend measuring the backend (default ${DEFAULT-VALUE})",
             defaultValue = "2")
     double seconds;
 
-    @Option(names = "--json", description = "print one JSON line on stdout: bench, m, n, k, threads, gflops, naive_gflops, impl")
-    boolean json;
+    @CommandLine.Mixin
+    BenchOptions common;
 
     @Override
     public Integer call() {
-        for (var e : Map.of("--m", m, "--n", n, "--k", k).entrySet()) {
-            if (e.getValue() < 1) {
-                throw new CommandLine.ParameterException(spec.commandLine(), e.getKey() + " must be at least 1, got " + e.getValue());
-            }
-        }
-        int t = threads == null ? Runtime.getRuntime().availableProcessors() : threads;
-        if (t < 1) {
-            throw new CommandLine.ParameterException(spec.commandLine(), "--threads must be at least 1, got " + t);
-        }
+        BenchOptions.requirePositive(spec.commandLine(), "--m", m, "--n", n, "--k", k);
+        int t = common.threads(spec.commandLine());
         PrintWriter err = spec.commandLine().getErr();
         SplittableRandom rnd = new SplittableRandom(42);
         float[] a = random(rnd, m * k);
@@ -100,15 +91,15 @@ final class GemmBench implements Callable<Integer> {
                 + " (1 thread, %d rows); speedup %.0fx; max |diff| vs naive %.1e of max |C|%n",
                 m, n, k, t, impl, gflops, naiveGflops, naiveRows, gflops / naiveGflops, maxDiff / Math.max(Float.MIN_NORMAL, maxAbs));
         err.flush();
-        if (json) {
+        if (common.json) {
             Map<String, Object> row = new LinkedHashMap<>();
             row.put("bench", "gemm");
             row.put("m", m);
             row.put("n", n);
             row.put("k", k);
             row.put("threads", t);
-            row.put("gflops", round(gflops));
-            row.put("naive_gflops", round(naiveGflops));
+            row.put("gflops", BenchOptions.round(gflops));
+            row.put("naive_gflops", BenchOptions.round(naiveGflops));
             row.put("impl", impl);
             Json.printLine(spec.commandLine().getOut(), row);
         }
@@ -136,7 +127,4 @@ final class GemmBench implements Callable<Integer> {
         }
     }
 
-    private static double round(double v) {
-        return Math.round(v * 100) / 100.0;
-    }
 }
