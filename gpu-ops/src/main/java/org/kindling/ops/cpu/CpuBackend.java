@@ -22,7 +22,6 @@ final class CpuBackend implements Backend {
     private static final int GRAIN = 1 << 14;
     /** Fixed reduction block: sums are combined block by block, whatever the thread count. */
     private static final int SUM_BLOCK = 1 << 13;
-    private static final float GELU_SCALE = (float) Math.sqrt(2.0 / Math.PI);
     /** Below this many multiply-adds a GEMM runs on one thread. */
     private static final double GEMM_SERIAL_FLOPS = 2.0 * 64 * 64 * 64;
 
@@ -760,13 +759,7 @@ final class CpuBackend implements Backend {
         float[] xv = f32(x, "x");
         int oo = out.offset();
         int ox = x.offset();
-        pool.parallelFor(x.numel(), GRAIN, (lo, hi) -> {
-            for (int i = lo; i < hi; i++) {
-                float v = xv[ox + i];
-                float inner = GELU_SCALE * (v + 0.044715f * v * v * v);
-                o[oo + i] = 0.5f * v * (1f + (float) Math.tanh(inner));
-            }
-        });
+        pool.parallelFor(x.numel(), GRAIN, (lo, hi) -> VecMath.gelu(o, oo + lo, xv, ox + lo, hi - lo));
     }
 
     @Override
@@ -779,16 +772,7 @@ final class CpuBackend implements Backend {
         int odx = dx.offset();
         int ody = dy.offset();
         int ox = x.offset();
-        pool.parallelFor(x.numel(), GRAIN, (lo, hi) -> {
-            for (int i = lo; i < hi; i++) {
-                float v = xv[ox + i];
-                float inner = GELU_SCALE * (v + 0.044715f * v * v * v);
-                float th = (float) Math.tanh(inner);
-                float sech2 = 1f - th * th;
-                float grad = 0.5f * (1f + th) + 0.5f * v * sech2 * GELU_SCALE * (1f + 3f * 0.044715f * v * v);
-                dxv[odx + i] += grad * dyv[ody + i];
-            }
-        });
+        pool.parallelFor(x.numel(), GRAIN, (lo, hi) -> VecMath.geluBackward(dxv, odx + lo, dyv, ody + lo, xv, ox + lo, hi - lo));
     }
 
     // ---- embeddings ----

@@ -78,6 +78,65 @@ final class VecMath {
         return y.mul(pow2).blend(0f, under).blend(Float.POSITIVE_INFINITY, over);
     }
 
+    private static final float GELU_SCALE = (float) Math.sqrt(2.0 / Math.PI);
+    private static final float GELU_CUBE = 0.044715f;
+
+    /*
+     * GELU(x) = ½·x·(1 + tanh u), u = √(2/π)·(x + 0.044715·x³). With e = exp(2u):
+     * 1 − tanh u = a = 2/(e+1) and 1 + tanh u = b = 2e/(e+1), so 1 − tanh² u = a·b. Computing b as
+     * 2 − a only where a < 1 (and as e·a elsewhere) avoids the cancellation that 1 ± tanh would suffer.
+     */
+
+    private static float onePlusTanh(float e, float a) {
+        return e > 1f ? 2f - a : e * a;
+    }
+
+    private static FloatVector onePlusTanh(FloatVector e, FloatVector a) {
+        return e.mul(a).blend(FloatVector.broadcast(F, 2f).sub(a), e.compare(VectorOperators.GT, 1f));
+    }
+
+    /** out[i] = GELU(x[i]), tanh form, for i in [0, n). */
+    static void gelu(float[] out, int oo, float[] x, int ox, int n) {
+        int i = 0;
+        for (; i + LANES <= n; i += LANES) {
+            FloatVector v = FloatVector.fromArray(F, x, ox + i);
+            FloatVector e = exp(v.mul(v.mul(v).mul(GELU_CUBE).add(1f)).mul(2f * GELU_SCALE));
+            FloatVector a = FloatVector.broadcast(F, 2f).div(e.add(1f));
+            v.mul(0.5f).mul(onePlusTanh(e, a)).intoArray(out, oo + i);
+        }
+        for (; i < n; i++) {
+            float v = x[ox + i];
+            float e = exp((v * ((v * v) * GELU_CUBE + 1f)) * (2f * GELU_SCALE));
+            float a = 2f / (e + 1f);
+            out[oo + i] = (v * 0.5f) * onePlusTanh(e, a);
+        }
+    }
+
+    /** dx[i] += GELU'(x[i])·dy[i] for i in [0, n). */
+    static void geluBackward(float[] dx, int odx, float[] dy, int ody, float[] x, int ox, int n) {
+        int i = 0;
+        for (; i + LANES <= n; i += LANES) {
+            FloatVector v = FloatVector.fromArray(F, x, ox + i);
+            FloatVector v2 = v.mul(v);
+            FloatVector e = exp(v.mul(v2.mul(GELU_CUBE).add(1f)).mul(2f * GELU_SCALE));
+            FloatVector a = FloatVector.broadcast(F, 2f).div(e.add(1f));
+            FloatVector b = onePlusTanh(e, a);
+            FloatVector inner = v2.mul(3f * GELU_CUBE).add(1f).mul(GELU_SCALE);
+            FloatVector grad = b.mul(0.5f).add(v.mul(0.5f).mul(a.mul(b)).mul(inner));
+            FloatVector.fromArray(F, dx, odx + i).add(grad.mul(FloatVector.fromArray(F, dy, ody + i))).intoArray(dx, odx + i);
+        }
+        for (; i < n; i++) {
+            float v = x[ox + i];
+            float v2 = v * v;
+            float e = exp((v * (v2 * GELU_CUBE + 1f)) * (2f * GELU_SCALE));
+            float a = 2f / (e + 1f);
+            float b = onePlusTanh(e, a);
+            float inner = (v2 * (3f * GELU_CUBE) + 1f) * GELU_SCALE;
+            float grad = b * 0.5f + ((v * 0.5f) * (a * b)) * inner;
+            dx[odx + i] = dx[odx + i] + grad * dy[ody + i];
+        }
+    }
+
     /** Largest of x[off .. off+n), or −∞ when n = 0. */
     static float max(float[] x, int off, int n) {
         int i = 0;
