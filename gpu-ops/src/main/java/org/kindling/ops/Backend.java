@@ -73,6 +73,9 @@ public interface Backend {
     /** out[N] = op over the last dimension of x[N, C]. */
     void reduceRows(ReduceOp op, Tensor out, Tensor x);
 
+    /** out[C] += Σ_n x[n, :] for x[N, C]: the bias gradient of a linear layer; summed in row order. */
+    void addColumnSums(Tensor out, Tensor x);
+
     /** Σ x² over all elements, accumulated in double in a fixed order. */
     double sumOfSquares(Tensor x);
 

@@ -59,6 +59,17 @@ public final class Reference {
         return out;
     }
 
+    /** Σ over rows of x[N, C]: the column sums, length C. */
+    public static double[] columnSums(float[] x, int n, int c) {
+        double[] out = new double[c];
+        for (int r = 0; r < n; r++) {
+            for (int j = 0; j < c; j++) {
+                out[j] += x[r * c + j];
+            }
+        }
+        return out;
+    }
+
     public static double sumOfSquares(float[] x) {
         double s = 0;
         for (float v : x) {

@@ -127,6 +127,17 @@ class ElementwiseTest {
         }
     }
 
+    @ParameterizedTest(name = "{0}x{1}")
+    @MethodSource("org.kindling.ops.Shapes#rowsCols")
+    void columnSumsAccumulate(int rows, int cols) {
+        float[] x = Check.uniform(9, rows * cols);
+        float[] prior = Check.uniform(10, cols);
+        try (Tensor tx = dev.fromFloats(x, rows, cols); Tensor out = dev.fromFloats(prior, cols)) {
+            be.addColumnSums(out, tx);
+            Check.close("column sums", Check.plus(Reference.columnSums(x, rows, cols), prior), out.toFloatArray(), 1e-6, 1e-6);
+        }
+    }
+
     @Test
     void sumOfSquaresAndGlobalNorm() {
         float[] a = Check.uniform(7, 97 * 1025);

@@ -461,6 +461,29 @@ final class CpuBackend implements Backend {
     }
 
     @Override
+    public void addColumnSums(Tensor out, Tensor x) {
+        int rows = x.rows();
+        int cols = x.cols();
+        numel(out, "addColumnSums out", cols);
+        float[] o = f32(out, "out");
+        float[] xv = f32(x, "x");
+        int oo = out.offset();
+        int ox = x.offset();
+        pool.parallelFor(cols, 16, (lo, hi) -> {
+            double[] s = new double[hi - lo];
+            for (int r = 0; r < rows; r++) {
+                int b = ox + r * cols;
+                for (int c = lo; c < hi; c++) {
+                    s[c - lo] += xv[b + c];
+                }
+            }
+            for (int c = lo; c < hi; c++) {
+                o[oo + c] += (float) s[c - lo];
+            }
+        });
+    }
+
+    @Override
     public double sumOfSquares(Tensor x) {
         float[] xv = f32(x, "x");
         int ox = x.offset();

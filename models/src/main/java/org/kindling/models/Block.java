@@ -1,0 +1,63 @@
+package org.kindling.models;
+
+import org.kindling.ops.Backend;
+import org.kindling.ops.BinaryOp;
+import org.kindling.ops.Tensor;
+
+/** A pre-LayerNorm transformer block: h = x + mixer(ln1(x)); y = h + channelMixer(ln2(h)). */
+final class Block implements AutoCloseable {
+    final LayerNorm ln1;
+    final TokenMixer mixer;
+    final LayerNorm ln2;
+    final ChannelMixer channel;
+    private final int c;
+    private final Buffers saved;
+
+    Block(LayerNorm ln1, TokenMixer mixer, LayerNorm ln2, ChannelMixer channel, int c, Buffers saved) {
+        this.ln1 = ln1;
+        this.mixer = mixer;
+        this.ln2 = ln2;
+        this.channel = channel;
+        this.c = c;
+        this.saved = saved;
+    }
+
+    void forward(Tensor y, Tensor x, Seqs seqs) {
+        int t = x.rows();
+        Backend be = x.device().backend();
+        Tensor a = saved.f32("ln1", t, c);
+        Tensor m = saved.f32("mix", t, c);
+        Tensor h = saved.f32("h", t, c);
+        Tensor b = saved.f32("ln2", t, c);
+        ln1.forward(a, x);
+        mixer.forward(m, a, seqs);
+        be.binary(BinaryOp.ADD, h, x, m);
+        ln2.forward(b, h);
+        channel.forward(y, b);
+        be.binary(BinaryOp.ADD, y, y, h);
+    }
+
+    /** dx += ∂L/∂x for upstream dy. */
+    void backward(Tensor dx, Tensor dy, Seqs seqs) {
+        int t = dy.rows();
+        Backend be = dy.device().backend();
+        Tensor dh = saved.f32("dh", t, c);
+        be.copy(dh, dy);
+        Tensor db = saved.zeros("dln", t, c);
+        channel.backward(db, dy);
+        ln2.backward(dh, db);
+        Tensor da = saved.zeros("dln", t, c);
+        mixer.backward(da, dh, seqs);
+        ln1.backward(dx, da);
+        be.binary(BinaryOp.ADD, dx, dx, dh);
+    }
+
+    @Override
+    public void close() {
+        ln1.close();
+        mixer.close();
+        ln2.close();
+        channel.close();
+        saved.close();
+    }
+}

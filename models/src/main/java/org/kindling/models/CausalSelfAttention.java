@@ -1,0 +1,65 @@
+package org.kindling.models;
+
+import org.kindling.ops.Attention;
+import org.kindling.ops.Backend;
+import org.kindling.ops.Tensor;
+
+/**
+ * Causal multi-head self-attention over packed sequences: q, k, v projections (NKV key/value
+ * heads for grouped-query attention), FlashAttention, and an output projection.
+ */
+final class CausalSelfAttention implements TokenMixer {
+    final Linear q;
+    final Linear k;
+    final Linear v;
+    final Linear proj;
+    final Attention attn;
+    private final Buffers saved;
+
+    CausalSelfAttention(Params.Builder pb, Buffers saved, String name, ModelConfig cfg, double std, double residualStd) {
+        int c = cfg.dModel();
+        int hs = cfg.headDim();
+        this.attn = Attention.of(cfg.nHead(), cfg.nKvHead(), hs).withCausal(true);
+        this.q = new Linear(pb, name + ".q", c, cfg.nHead() * hs, true, std);
+        this.k = new Linear(pb, name + ".k", c, cfg.nKvHead() * hs, true, std);
+        this.v = new Linear(pb, name + ".v", c, cfg.nKvHead() * hs, true, std);
+        this.proj = new Linear(pb, name + ".proj", cfg.nHead() * hs, c, true, residualStd);
+        this.saved = saved;
+    }
+
+    @Override
+    public void forward(Tensor y, Tensor x, Seqs seqs) {
+        int t = x.rows();
+        Tensor tq = saved.f32("q", t, q.out);
+        Tensor tk = saved.f32("k", t, k.out);
+        Tensor tv = saved.f32("v", t, v.out);
+        Tensor out = saved.f32("attn", t, q.out);
+        Tensor lse = saved.f32("lse", attn.heads(), t);
+        q.forward(tq, x);
+        k.forward(tk, x);
+        v.forward(tv, x);
+        y.device().backend().attentionForward(out, lse, tq, tk, tv, seqs.cuSeqlens(), seqs.cuSeqlens(), attn);
+        proj.forward(y, out);
+    }
+
+    @Override
+    public void backward(Tensor dx, Tensor dy, Seqs seqs) {
+        int t = dy.rows();
+        Backend be = dy.device().backend();
+        Tensor dout = saved.zeros("dattn", t, q.out);
+        proj.backward(dout, dy);
+        Tensor dq = saved.zeros("dq", t, q.out);
+        Tensor dk = saved.zeros("dk", t, k.out);
+        Tensor dv = saved.zeros("dv", t, v.out);
+        be.attentionBackward(dq, dk, dv, dout, saved.f32("q", t, q.out), saved.f32("k", t, k.out), saved.f32("v", t, v.out),
+                saved.f32("attn", t, q.out), saved.f32("lse", attn.heads(), t), seqs.cuSeqlens(), seqs.cuSeqlens(), attn);
+        q.backward(dx, dq);
+        k.backward(dx, dk);
+        v.backward(dx, dv);
+    }
+
+    @Override
+    public void close() {
+        saved.close();
+    }
+}

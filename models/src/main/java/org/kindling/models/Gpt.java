@@ -1,0 +1,184 @@
+package org.kindling.models;
+
+import java.util.ArrayList;
+import java.util.List;
+import org.kindling.ops.Backend;
+import org.kindling.ops.BinaryOp;
+import org.kindling.ops.DType;
+import org.kindling.ops.Device;
+import org.kindling.ops.Gemm;
+import org.kindling.ops.Tensor;
+
+/**
+ * A GPT-style decoder: token + learned position embeddings, pre-LayerNorm blocks (token mixer and
+ * channel mixer per layer from the config), a final LayerNorm and an LM head tied to the token
+ * embedding, trained with fused softmax cross-entropy. Layers run forward in order and backward in
+ * reverse (llm.c); every activation lives in named, reused buffers.
+ */
+public final class Gpt implements AutoCloseable {
+    private final ModelConfig cfg;
+    private final Device dev;
+    private final Params params;
+    private final Params.Handle wte;
+    private final Params.Handle wpe;
+    private final List<Block> blocks = new ArrayList<>();
+    private final LayerNorm lnf;
+    private final Buffers acts;
+    private Seqs seqs;
+    private int predicted;
+    private boolean gradReady;
+
+    public Gpt(ModelConfig cfg, Device dev, long seed) {
+        this.cfg = cfg;
+        this.dev = dev;
+        this.acts = new Buffers(dev);
+        int c = cfg.dModel();
+        double std = cfg.initStd();
+        double residualStd = std / Math.sqrt(2.0 * cfg.nLayer());
+        Params.Builder pb = new Params.Builder();
+        wte = pb.add("wte.weight", Params.Init.NORMAL, std, true, cfg.vocab(), c);
+        wpe = pb.add("wpe.weight", Params.Init.NORMAL, std, true, cfg.maxSeq(), c);
+        for (int l = 0; l < cfg.nLayer(); l++) {
+            String p = "h." + l;
+            LayerNorm ln1 = new LayerNorm(pb, new Buffers(dev), p + ".ln_1", c, cfg.layerNormEps());
+            TokenMixer mixer = switch (cfg.mixers().get(l)) {
+                case "attention" -> new CausalSelfAttention(pb, new Buffers(dev), p + ".attn", cfg, std, residualStd);
+                default -> throw new IllegalArgumentException("unknown mixer " + cfg.mixers().get(l));
+            };
+            LayerNorm ln2 = new LayerNorm(pb, new Buffers(dev), p + ".ln_2", c, cfg.layerNormEps());
+            ChannelMixer channel = switch (cfg.channelMixers().get(l)) {
+                case "mlp" -> new Mlp(pb, new Buffers(dev), p + ".mlp", c, cfg.mlpRatio(), std, residualStd);
+                default -> throw new IllegalArgumentException("unknown channel mixer " + cfg.channelMixers().get(l));
+            };
+            blocks.add(new Block(ln1, mixer, ln2, channel, c, new Buffers(dev)));
+        }
+        lnf = new LayerNorm(pb, new Buffers(dev), "ln_f", c, cfg.layerNormEps());
+        params = pb.build(dev, seed);
+    }
+
+    public ModelConfig config() {
+        return cfg;
+    }
+
+    public Device device() {
+        return dev;
+    }
+
+    public Params params() {
+        return params;
+    }
+
+    /** Uploads a batch's ids, positions and offsets; checks positions against max_seq. */
+    private Seqs upload(TokenBatch batch) {
+        int t = batch.size();
+        for (int b = 0; b < batch.sequences(); b++) {
+            int len = batch.cuSeqlens()[b + 1] - batch.cuSeqlens()[b];
+            if (len > cfg.maxSeq()) {
+                throw new IllegalArgumentException("sequence " + b + " has " + len + " tokens but max_seq is " + cfg.maxSeq());
+            }
+        }
+        acts.get("ids", DType.I32, t).copyFrom(batch.tokens());
+        Tensor pos = acts.get("positions", DType.I32, t).copyFrom(batch.positions());
+        Tensor cu = acts.get("cu_seqlens", DType.I32, batch.cuSeqlens().length).copyFrom(batch.cuSeqlens());
+        return new Seqs(cu, pos, batch.cuSeqlens().clone());
+    }
+
+    /** Runs embeddings, blocks and the final LayerNorm; returns the final hidden states [T, C]. */
+    private Tensor hidden(TokenBatch batch) {
+        seqs = upload(batch);
+        int t = batch.size();
+        int c = cfg.dModel();
+        Backend be = dev.backend();
+        Tensor x = acts.f32("x0", t, c);
+        Tensor posEmb = acts.f32("pos_emb", t, c);
+        be.embeddingForward(x, acts.get("ids", DType.I32, t), wte.value());
+        be.embeddingForward(posEmb, seqs.positions(), wpe.value());
+        be.binary(BinaryOp.ADD, x, x, posEmb);
+        for (int l = 0; l < blocks.size(); l++) {
+            Tensor y = acts.f32("x" + (l + 1), t, c);
+            blocks.get(l).forward(y, x, seqs);
+            x = y;
+        }
+        Tensor xf = acts.f32("xf", t, c);
+        lnf.forward(xf, x);
+        return xf;
+    }
+
+    /** Logits [T, V] for every token of the batch (no loss): for evaluation and generation. */
+    public Tensor logits(TokenBatch batch) {
+        Tensor xf = hidden(batch);
+        Tensor logits = acts.f32("logits", batch.size(), cfg.vocab());
+        dev.backend().gemm(Gemm.of(false, true, batch.size(), cfg.vocab(), cfg.dModel()), logits, xf, wte.value());
+        gradReady = false;
+        return logits;
+    }
+
+    /**
+     * Forward pass with next-token cross-entropy. Returns the summed loss over predicted tokens
+     * (divide by {@link #predicted()} for the mean). With {@code gradScale} > 0 the fused loss
+     * kernel also leaves dlogits = gradScale·∂(summed loss)/∂logits for {@link #backward}.
+     */
+    public double forward(TokenBatch batch, float gradScale) {
+        Tensor logits = logits(batch);
+        int t = batch.size();
+        int[] targets = batch.targets();
+        predicted = 0;
+        for (int target : targets) {
+            predicted += target == TokenBatch.IGNORE ? 0 : 1;
+        }
+        Tensor tt = acts.get("targets", DType.I32, t).copyFrom(targets);
+        Tensor losses = acts.f32("losses", t);
+        if (gradScale > 0) {
+            dev.backend().crossEntropyForwardBackward(losses, logits, logits, tt, TokenBatch.IGNORE, gradScale);
+            gradReady = true;
+        } else {
+            dev.backend().crossEntropyForward(losses, logits, tt, TokenBatch.IGNORE);
+        }
+        double sum = 0;
+        for (float l : losses.toFloatArray()) {
+            sum += l;
+        }
+        return sum;
+    }
+
+    /** Tokens that had a target in the last {@link #forward}. */
+    public int predicted() {
+        return predicted;
+    }
+
+    /** Accumulates parameter gradients (+=) for the dlogits the last {@link #forward} left. */
+    public void backward() {
+        if (!gradReady) {
+            throw new IllegalStateException("backward needs a forward with gradScale > 0 first");
+        }
+        gradReady = false;
+        int t = seqs.tokens();
+        int c = cfg.dModel();
+        int v = cfg.vocab();
+        Backend be = dev.backend();
+        Tensor dlogits = acts.f32("logits", t, v);
+        Tensor xf = acts.f32("xf", t, c);
+        Tensor dxf = acts.zeros("dxf", t, c);
+        be.gemm(Gemm.of(false, false, t, c, v).scaled(1f, 1f), dxf, dlogits, wte.value());
+        be.gemm(Gemm.of(true, false, v, c, t).scaled(1f, 1f), wte.grad(), dlogits, xf);
+        // Two residual-gradient buffers, used alternately: block l reads one and accumulates into the other.
+        String[] names = {"dx_a", "dx_b"};
+        Tensor dx = acts.zeros(names[0], t, c);
+        lnf.backward(dx, dxf);
+        for (int l = blocks.size() - 1, i = 1; l >= 0; l--, i ^= 1) {
+            Tensor dprev = acts.zeros(names[i], t, c);
+            blocks.get(l).backward(dprev, dx, seqs);
+            dx = dprev;
+        }
+        be.embeddingBackward(wte.grad(), dx, acts.get("ids", DType.I32, t));
+        be.embeddingBackward(wpe.grad(), dx, seqs.positions());
+    }
+
+    @Override
+    public void close() {
+        blocks.forEach(Block::close);
+        lnf.close();
+        acts.close();
+        params.close();
+    }
+}

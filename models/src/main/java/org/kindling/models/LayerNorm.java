@@ -1,0 +1,38 @@
+package org.kindling.models;
+
+import org.kindling.ops.Tensor;
+
+/** y[T, C] = (x − mean)/σ · weight + bias over channels; saves mean[T] and rstd[T]. */
+final class LayerNorm implements AutoCloseable {
+    final Params.Handle weight;
+    final Params.Handle bias;
+    private final float eps;
+    private final Buffers saved;
+    private Tensor x;
+
+    LayerNorm(Params.Builder pb, Buffers saved, String name, int channels, double eps) {
+        this.weight = pb.add(name + ".weight", Params.Init.ONES, 0, false, channels);
+        this.bias = pb.add(name + ".bias", Params.Init.ZEROS, 0, false, channels);
+        this.eps = (float) eps;
+        this.saved = saved;
+    }
+
+    void forward(Tensor y, Tensor x) {
+        int t = x.rows();
+        y.device().backend().layerNormForward(y, saved.f32("mean", t), saved.f32("rstd", t), x, weight.value(),
+                bias.value(), eps);
+        this.x = x;
+    }
+
+    /** dx += ∂L/∂x; weight and bias gradients +=. */
+    void backward(Tensor dx, Tensor dy) {
+        int t = dy.rows();
+        dy.device().backend().layerNormBackward(dx, weight.grad(), bias.grad(), dy, x, weight.value(), saved.f32("mean", t),
+                saved.f32("rstd", t));
+    }
+
+    @Override
+    public void close() {
+        saved.close();
+    }
+}

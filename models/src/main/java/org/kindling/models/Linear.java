@@ -1,0 +1,46 @@
+package org.kindling.models;
+
+import org.kindling.ops.Backend;
+import org.kindling.ops.BinaryOp;
+import org.kindling.ops.Gemm;
+import org.kindling.ops.Tensor;
+
+/** y[T, OC] = x[T, IC]·Wᵀ + b, with W[OC, IC] (PyTorch's layout) and an optional bias b[OC]. */
+final class Linear {
+    final int in;
+    final int out;
+    final Params.Handle weight;
+    final Params.Handle bias;
+    private Tensor x;
+
+    Linear(Params.Builder pb, String name, int in, int out, boolean bias, double std) {
+        this.in = in;
+        this.out = out;
+        this.weight = pb.add(name + ".weight", Params.Init.NORMAL, std, true, out, in);
+        this.bias = bias ? pb.add(name + ".bias", Params.Init.ZEROS, 0, false, out) : null;
+    }
+
+    /** y = x·Wᵀ + b; keeps a reference to x, which must stay unchanged until {@link #backward}. */
+    void forward(Tensor y, Tensor x) {
+        Backend be = y.device().backend();
+        int t = x.rows();
+        be.gemm(Gemm.of(false, true, t, out, in), y, x, weight.value());
+        if (bias != null) {
+            be.binary(BinaryOp.ADD, y, y, bias.value());
+        }
+        this.x = x;
+    }
+
+    /** dx += dy·W (skipped when dx is null); dW += dyᵀ·x; db += Σ_t dy. */
+    void backward(Tensor dx, Tensor dy) {
+        Backend be = dy.device().backend();
+        int t = dy.rows();
+        if (dx != null) {
+            be.gemm(Gemm.of(false, false, t, in, out).scaled(1f, 1f), dx, dy, weight.value());
+        }
+        be.gemm(Gemm.of(true, false, out, in, t).scaled(1f, 1f), weight.grad(), dy, x);
+        if (bias != null) {
+            be.addColumnSums(bias.grad(), dy);
+        }
+    }
+}

@@ -1,0 +1,18 @@
+package org.kindling.models;
+
+import org.kindling.ops.Tensor;
+
+/**
+ * Mixes information across the tokens of each sequence (attention, state-space layers, …):
+ * y[T, C] from x[T, C] over the packed sequences of a batch. A mixer never mixes across sequences.
+ */
+public interface TokenMixer extends AutoCloseable {
+    /** y = mix(x); keeps what backward needs; x must stay unchanged until backward. */
+    void forward(Tensor y, Tensor x, Seqs seqs);
+
+    /** dx += ∂L/∂x for upstream dy; parameter gradients +=. */
+    void backward(Tensor dx, Tensor dy, Seqs seqs);
+
+    @Override
+    void close();
+}

@@ -1,0 +1,134 @@
+package org.kindling.models;
+
+import java.util.ArrayList;
+import java.util.List;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.kindling.ops.Device;
+import org.kindling.ops.Tensor;
+
+/** Finite-difference gradient checks of every layer, on packed batches of awkward lengths. */
+class LayerGradientTest {
+    private Device dev;
+    private final List<AutoCloseable> open = new ArrayList<>();
+
+    @BeforeEach
+    void setUp() {
+        dev = Device.cpu(2);
+    }
+
+    @AfterEach
+    void tearDown() throws Exception {
+        for (int i = open.size() - 1; i >= 0; i--) {
+            open.get(i).close();
+        }
+        dev.close();
+    }
+
+    private <T extends AutoCloseable> T keep(T t) {
+        open.add(t);
+        return t;
+    }
+
+    private Tensor input(long seed, int t, int c) {
+        return keep(dev.fromFloats(GradCheck.uniform(seed, t * c, 1.0), t, c));
+    }
+
+    private List<GradCheck.Probe> probes(Params params, Tensor x, Tensor dx) {
+        List<GradCheck.Probe> out = new ArrayList<>();
+        out.add(new GradCheck.Probe("x", x, dx));
+        for (Param p : params.list()) {
+            out.add(new GradCheck.Probe(p.name(), p.value(), p.grad()));
+        }
+        return out;
+    }
+
+    /** The shared harness: L = Σ w·layer(x). */
+    private void check(String what, Params params, Tensor x, Tensor y, Runnable forward, java.util.function.BiConsumer<Tensor, Tensor> backward) {
+        float[] w = GradCheck.uniform(99, y.numel(), 1.0);
+        Tensor dy = keep(dev.fromFloats(w, y.shape()));
+        Tensor dx = keep(dev.allocate(org.kindling.ops.DType.F32, x.shape()));
+        GradCheck.check(what, () -> {
+            forward.run();
+            return GradCheck.dot(y, w);
+        }, () -> {
+            dev.backend().fill(dx, 0f);
+            params.zeroGrad();
+            backward.accept(dx, dy);
+        }, probes(params, x, dx));
+    }
+
+    @Test
+    void linear() {
+        Params.Builder pb = new Params.Builder();
+        Linear lin = new Linear(pb, "lin", 7, 5, true, 0.5);
+        Params params = keep(pb.build(dev, 1));
+        Tensor x = input(2, 9, 7);
+        Tensor y = keep(dev.allocate(org.kindling.ops.DType.F32, 9, 5));
+        check("linear", params, x, y, () -> lin.forward(y, x), lin::backward);
+    }
+
+    @Test
+    void layerNorm() {
+        Params.Builder pb = new Params.Builder();
+        LayerNorm ln = keep(new LayerNorm(pb, new Buffers(dev), "ln", 11, 1e-5));
+        Params params = keep(pb.build(dev, 3));
+        // Perturb the affine parameters away from 1/0 so their gradients are exercised.
+        params.values().copyFrom(GradCheck.uniform(4, params.count(), 1.0));
+        Tensor x = input(5, 6, 11);
+        Tensor y = keep(dev.allocate(org.kindling.ops.DType.F32, 6, 11));
+        check("layer norm", params, x, y, () -> ln.forward(y, x), ln::backward);
+    }
+
+    @Test
+    void mlp() {
+        Params.Builder pb = new Params.Builder();
+        Mlp mlp = keep(new Mlp(pb, new Buffers(dev), "mlp", 6, 4, 0.4, 0.3));
+        Params params = keep(pb.build(dev, 6));
+        Tensor x = input(7, 5, 6);
+        Tensor y = keep(dev.allocate(org.kindling.ops.DType.F32, 5, 6));
+        check("mlp", params, x, y, () -> mlp.forward(y, x), mlp::backward);
+    }
+
+    private Seqs seqs(int... lengths) {
+        int[] cu = new int[lengths.length + 1];
+        for (int i = 0; i < lengths.length; i++) {
+            cu[i + 1] = cu[i] + lengths[i];
+        }
+        TokenBatch b = new TokenBatch(new int[cu[lengths.length]], cu);
+        return new Seqs(keep(dev.fromInts(cu, cu.length)), keep(dev.fromInts(b.positions(), b.size())), cu);
+    }
+
+    private ModelConfig config(int c, int heads, int kvHeads) {
+        return new ModelConfig(13, c, 2, heads, kvHeads, 32, List.of("attention", "attention"), List.of("mlp", "mlp"), 4, 0,
+                0.3, 1e-5);
+    }
+
+    @Test
+    void causalSelfAttentionWithGroupedQueries() {
+        ModelConfig cfg = config(8, 4, 2);
+        Params.Builder pb = new Params.Builder();
+        CausalSelfAttention attn = keep(new CausalSelfAttention(pb, new Buffers(dev), "attn", cfg, 0.5, 0.5));
+        Params params = keep(pb.build(dev, 8));
+        Seqs s = seqs(1, 7, 3);
+        Tensor x = input(9, 11, 8);
+        Tensor y = keep(dev.allocate(org.kindling.ops.DType.F32, 11, 8));
+        check("attention", params, x, y, () -> attn.forward(y, x, s), (dx, dy) -> attn.backward(dx, dy, s));
+    }
+
+    @Test
+    void block() {
+        ModelConfig cfg = config(8, 2, 2);
+        Params.Builder pb = new Params.Builder();
+        Block block = keep(new Block(new LayerNorm(pb, new Buffers(dev), "ln_1", 8, 1e-5),
+                new CausalSelfAttention(pb, new Buffers(dev), "attn", cfg, 0.5, 0.5),
+                new LayerNorm(pb, new Buffers(dev), "ln_2", 8, 1e-5),
+                new Mlp(pb, new Buffers(dev), "mlp", 8, 2, 0.5, 0.5), 8, new Buffers(dev)));
+        Params params = keep(pb.build(dev, 10));
+        Seqs s = seqs(5, 4);
+        Tensor x = input(11, 9, 8);
+        Tensor y = keep(dev.allocate(org.kindling.ops.DType.F32, 9, 8));
+        check("block", params, x, y, () -> block.forward(y, x, s), (dx, dy) -> block.backward(dx, dy, s));
+    }
+}
