@@ -37,6 +37,22 @@ final class Block implements AutoCloseable {
         be.binary(BinaryOp.ADD, y, y, h);
     }
 
+    /** The forward for t new tokens of one sequence during incremental decoding. */
+    void forwardStep(Tensor y, Tensor x, DecodeState state) {
+        int t = x.rows();
+        Backend be = x.device().backend();
+        Tensor a = saved.f32("step_ln1", t, c);
+        Tensor m = saved.f32("step_mix", t, c);
+        Tensor h = saved.f32("step_h", t, c);
+        Tensor b = saved.f32("step_ln2", t, c);
+        ln1.forward(a, x);
+        mixer.forwardStep(m, a, state);
+        be.binary(BinaryOp.ADD, h, x, m);
+        ln2.forward(b, h);
+        channel.forward(y, b);
+        be.binary(BinaryOp.ADD, y, y, h);
+    }
+
     /** dx += ∂L/∂x for upstream dy. */
     void backward(Tensor dx, Tensor dy, Seqs seqs) {
         int t = dy.rows();

@@ -58,6 +58,63 @@ final class CausalSelfAttention implements TokenMixer {
         v.backward(dx, dv);
     }
 
+    /** Keys and values of every token seen so far: k, v[maxSeq, NKV·HS]. */
+    private static final class KvCache implements DecodeState {
+        final Tensor k;
+        final Tensor v;
+        final Tensor cuQ;
+        final Tensor cuK;
+        int length;
+
+        KvCache(org.kindling.ops.Device dev, int maxSeq, int width) {
+            k = dev.allocate(org.kindling.ops.DType.F32, maxSeq, width);
+            v = dev.allocate(org.kindling.ops.DType.F32, maxSeq, width);
+            cuQ = dev.allocate(org.kindling.ops.DType.I32, 2);
+            cuK = dev.allocate(org.kindling.ops.DType.I32, 2);
+        }
+
+        @Override
+        public int length() {
+            return length;
+        }
+
+        @Override
+        public void close() {
+            k.close();
+            v.close();
+            cuQ.close();
+            cuK.close();
+        }
+    }
+
+    @Override
+    public DecodeState newState(int maxSeq) {
+        return new KvCache(saved.device(), maxSeq, k.out);
+    }
+
+    @Override
+    public void forwardStep(Tensor y, Tensor x, DecodeState state) {
+        KvCache cache = (KvCache) state;
+        int t = x.rows();
+        int total = cache.length + t;
+        if (total > cache.k.dim(0)) {
+            throw new IllegalArgumentException("decoding past the " + cache.k.dim(0) + " positions of the KV cache");
+        }
+        Backend be = y.device().backend();
+        Tensor tq = saved.f32("step_q", t, q.out);
+        Tensor out = saved.f32("step_attn", t, q.out);
+        Tensor lse = saved.f32("step_lse", attn.heads(), t);
+        q.forward(tq, x);
+        k.forward(cache.k.view(cache.length * k.out, t, k.out), x);
+        v.forward(cache.v.view(cache.length * v.out, t, v.out), x);
+        cache.cuQ.copyFrom(new int[] {0, t});
+        cache.cuK.copyFrom(new int[] {0, total});
+        // Causal attention aligns the t new queries with the last t of the cached keys.
+        be.attentionForward(out, lse, tq, cache.k.view(0, total, k.out), cache.v.view(0, total, v.out), cache.cuQ, cache.cuK, attn);
+        proj.forward(y, out);
+        cache.length = total;
+    }
+
     @Override
     public void close() {
         saved.close();

@@ -113,6 +113,55 @@ public final class Gpt implements AutoCloseable {
         return logits;
     }
 
+    /** Decoding states for one sequence, one per layer. */
+    public List<DecodeState> newDecodeStates() {
+        List<DecodeState> states = new ArrayList<>();
+        for (Block b : blocks) {
+            states.add(b.mixer.newState(cfg.maxSeq()));
+        }
+        return states;
+    }
+
+    /**
+     * Incremental decoding: logits [t, V] for t new tokens of one sequence that follow what
+     * {@code states} (from {@link #newDecodeStates}) have seen; the states advance past them.
+     */
+    public Tensor forwardStep(int[] tokens, List<DecodeState> states) {
+        int t = tokens.length;
+        int start = states.get(0).length();
+        if (t == 0) {
+            throw new IllegalArgumentException("forwardStep needs at least one token");
+        }
+        if (start + t > cfg.maxSeq()) {
+            throw new IllegalArgumentException("sequence of " + (start + t) + " tokens exceeds max_seq " + cfg.maxSeq());
+        }
+        int c = cfg.dModel();
+        Backend be = dev.backend();
+        int[] positions = new int[t];
+        for (int i = 0; i < t; i++) {
+            positions[i] = start + i;
+        }
+        Tensor ids = acts.get("step_ids", DType.I32, t).copyFrom(tokens);
+        Tensor pos = acts.get("step_positions", DType.I32, t).copyFrom(positions);
+        Tensor x = acts.f32("step_x", t, c);
+        Tensor y = acts.f32("step_y", t, c);
+        Tensor posEmb = acts.f32("step_pos_emb", t, c);
+        be.embeddingForward(x, ids, wte.value());
+        be.embeddingForward(posEmb, pos, wpe.value());
+        be.binary(BinaryOp.ADD, x, x, posEmb);
+        for (int l = 0; l < blocks.size(); l++) {
+            blocks.get(l).forwardStep(y, x, states.get(l));
+            Tensor swap = x;
+            x = y;
+            y = swap;
+        }
+        Tensor xf = acts.f32("step_xf", t, c);
+        lnf.forward(xf, x);
+        Tensor logits = acts.f32("step_logits", t, cfg.vocab());
+        be.gemm(Gemm.of(false, true, t, cfg.vocab(), c), logits, xf, wte.value());
+        return logits;
+    }
+
     /**
      * Forward pass with next-token cross-entropy. Returns the summed loss over predicted tokens
      * (divide by {@link #predicted()} for the mean). With {@code gradScale} > 0 the fused loss

@@ -52,25 +52,38 @@ public final class Params implements AutoCloseable {
             Tensor grads = dev.allocate(DType.F32, (int) total);
             float[] host = new float[(int) total];
             SplittableRandom rnd = new SplittableRandom(seed);
-            Map<String, Param> byName = new LinkedHashMap<>();
+            // Decayed parameters first, so AdamW runs as two flat calls (with and without weight decay).
+            int[] offsets = new int[specs.size()];
             int off = 0;
+            int decayed = 0;
+            for (boolean decay : new boolean[] {true, false}) {
+                for (int i = 0; i < specs.size(); i++) {
+                    if (specs.get(i).decay() == decay) {
+                        offsets[i] = off;
+                        off += Tensor.numel(specs.get(i).shape());
+                    }
+                }
+                if (decay) {
+                    decayed = off;
+                }
+            }
+            Map<String, Param> byName = new LinkedHashMap<>();
             for (int i = 0; i < specs.size(); i++) {
                 Spec s = specs.get(i);
                 int n = Tensor.numel(s.shape());
                 for (int j = 0; j < n; j++) {
-                    host[off + j] = switch (s.init()) {
+                    host[offsets[i] + j] = switch (s.init()) {
                         case ZEROS -> 0f;
                         case ONES -> 1f;
                         case NORMAL -> (float) (gaussian(rnd) * s.std());
                     };
                 }
-                Param p = new Param(s.name(), values.view(off, s.shape()), grads.view(off, s.shape()), s.decay());
+                Param p = new Param(s.name(), values.view(offsets[i], s.shape()), grads.view(offsets[i], s.shape()), s.decay());
                 byName.put(s.name(), p);
                 handles.get(i).param = p;
-                off += n;
             }
             values.copyFrom(host);
-            return new Params(values, grads, byName);
+            return new Params(values, grads, byName, decayed);
         }
 
         private static double gaussian(SplittableRandom r) {
@@ -107,14 +120,21 @@ public final class Params implements AutoCloseable {
     private final Tensor values;
     private final Tensor grads;
     private final Map<String, Param> byName;
+    private final int decayed;
 
-    private Params(Tensor values, Tensor grads, Map<String, Param> byName) {
+    private Params(Tensor values, Tensor grads, Map<String, Param> byName, int decayed) {
         this.values = values;
         this.grads = grads;
         this.byName = byName;
+        this.decayed = decayed;
     }
 
-    /** Every weight, flat, in declaration order. */
+    /** Elements at the front of the flat buffers that AdamW decays; the rest (biases, norms) it does not. */
+    public int decayed() {
+        return decayed;
+    }
+
+    /** Every weight, flat: the decayed parameters first, each group in declaration order. */
     public Tensor values() {
         return values;
     }

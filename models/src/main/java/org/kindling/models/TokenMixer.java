@@ -13,6 +13,15 @@ public interface TokenMixer extends AutoCloseable {
     /** dx += ∂L/∂x for upstream dy; parameter gradients +=. */
     void backward(Tensor dx, Tensor dy, Seqs seqs);
 
+    /**
+     * Incremental decoding of one sequence: y[t, C] for t new tokens x[t, C] that follow the
+     * tokens {@code state} has seen; the state is updated to include them.
+     */
+    void forwardStep(Tensor y, Tensor x, DecodeState state);
+
+    /** A fresh decoding state for sequences of up to {@code maxSeq} tokens. */
+    DecodeState newState(int maxSeq);
+
     @Override
     void close();
 }

@@ -1,0 +1,17 @@
+package org.kindling.models;
+
+/**
+ * What one optimizer step did.
+ *
+ * @param step steps completed, counting this one
+ * @param loss mean next-token loss over the step's predicted tokens
+ * @param lr learning rate applied
+ * @param gradNorm global gradient norm before clipping
+ * @param tokens tokens processed (all micro-batches)
+ * @param seconds wall time of the step
+ */
+public record StepResult(int step, double loss, double lr, double gradNorm, long tokens, double seconds) {
+    public double tokensPerSecond() {
+        return tokens / seconds;
+    }
+}

@@ -1,0 +1,147 @@
+package org.kindling.models;
+
+import org.kindling.ops.AdamW;
+import org.kindling.ops.Backend;
+import org.kindling.ops.DType;
+import org.kindling.ops.Tensor;
+
+/**
+ * Single-process training: gradient accumulation over micro-batches, global-norm clipping, AdamW
+ * with decoupled weight decay (matrices only) on fp32 master weights, warmup + cosine schedule.
+ * Deterministic: the same model, config and data give bit-identical weights.
+ */
+public final class Trainer implements AutoCloseable {
+    private final Gpt model;
+    private final TrainConfig cfg;
+    private final Tensor m;
+    private final Tensor v;
+    private int step;
+    /** Filled in by the last {@link #step}: the phases' wall times in ms. */
+    private double fwdMs;
+    private double bwdMs;
+    private double optMs;
+
+    public Trainer(Gpt model, TrainConfig cfg) {
+        this.model = model;
+        this.cfg = cfg;
+        int n = model.params().count();
+        this.m = model.device().allocate(DType.F32, n);
+        this.v = model.device().allocate(DType.F32, n);
+    }
+
+    public Gpt model() {
+        return model;
+    }
+
+    public TrainConfig config() {
+        return cfg;
+    }
+
+    /** Optimizer steps taken so far. */
+    public int stepCount() {
+        return step;
+    }
+
+    /** AdamW first moments, flat like the parameters. */
+    public Tensor firstMoments() {
+        return m;
+    }
+
+    /** AdamW second moments, flat like the parameters. */
+    public Tensor secondMoments() {
+        return v;
+    }
+
+    /** Restores the step counter (with moments and weights loaded by a checkpoint). */
+    public void restoreStep(int step) {
+        if (step < 0) {
+            throw new IllegalArgumentException("step must be >= 0, got " + step);
+        }
+        this.step = step;
+    }
+
+    public double lastForwardMs() {
+        return fwdMs;
+    }
+
+    public double lastBackwardMs() {
+        return bwdMs;
+    }
+
+    public double lastOptimizerMs() {
+        return optMs;
+    }
+
+    /**
+     * One optimizer step over {@code gradAccum} micro-batches from {@code data}.
+     *
+     * @throws NonFiniteException on a NaN/∞ loss or gradient; the weights are left as before the step
+     */
+    public StepResult step(DataSource data) {
+        long t0 = System.nanoTime();
+        Params params = model.params();
+        params.zeroGrad();
+        double lossSum = 0;
+        long predicted = 0;
+        long tokens = 0;
+        fwdMs = 0;
+        bwdMs = 0;
+        for (int micro = 0; micro < cfg.gradAccum(); micro++) {
+            TokenBatch batch = data.next();
+            int count = batch.predicted();
+            if (count == 0) {
+                throw new IllegalArgumentException("step " + step + ": a micro-batch of " + batch.size()
+                        + " tokens predicts no token (every sequence has length 1 or is masked)");
+            }
+            long f0 = System.nanoTime();
+            // Each micro-batch contributes its mean loss / gradAccum, as nanoGPT does.
+            double loss = model.forward(batch, 1f / (count * (float) cfg.gradAccum()));
+            long f1 = System.nanoTime();
+            model.backward();
+            long f2 = System.nanoTime();
+            fwdMs += (f1 - f0) / 1e6;
+            bwdMs += (f2 - f1) / 1e6;
+            lossSum += loss / count;
+            predicted += count;
+            tokens += batch.size();
+        }
+        double meanLoss = lossSum / cfg.gradAccum();
+        long o0 = System.nanoTime();
+        Backend be = model.device().backend();
+        double norm = Math.sqrt(be.sumOfSquares(params.grads()));
+        if (!Double.isFinite(meanLoss) || !Double.isFinite(norm)) {
+            throw new NonFiniteException(step + 1, meanLoss, firstNonFinite());
+        }
+        float clip = cfg.gradClip() > 0 && norm > cfg.gradClip() ? (float) (cfg.gradClip() / norm) : 1f;
+        float lr = (float) cfg.lrAt(step);
+        AdamW decayed = new AdamW(lr, (float) cfg.beta1(), (float) cfg.beta2(), (float) cfg.eps(), (float) cfg.weightDecay(),
+                step + 1, clip);
+        int split = params.decayed();
+        int n = params.count();
+        be.adamW(params.values().view(0, split), params.grads().view(0, split), m.view(0, split), v.view(0, split), decayed);
+        AdamW plain = new AdamW(lr, decayed.beta1(), decayed.beta2(), decayed.eps(), 0f, step + 1, clip);
+        be.adamW(params.values().view(split, n - split), params.grads().view(split, n - split), m.view(split, n - split),
+                v.view(split, n - split), plain);
+        step++;
+        long t1 = System.nanoTime();
+        optMs = (t1 - o0) / 1e6;
+        return new StepResult(step, meanLoss, lr, norm, tokens, (t1 - t0) / 1e9);
+    }
+
+    /** Name of the first parameter, in layer order, with a NaN or ±∞ gradient. */
+    private String firstNonFinite() {
+        Backend be = model.device().backend();
+        for (Param p : model.params().list()) {
+            if (!Double.isFinite(be.sumOfSquares(p.grad()))) {
+                return p.name();
+            }
+        }
+        return null;
+    }
+
+    @Override
+    public void close() {
+        m.close();
+        v.close();
+    }
+}
