@@ -1,0 +1,120 @@
+package org.kindling.models;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.util.ArrayList;
+import java.util.List;
+import org.junit.jupiter.api.Test;
+import org.kindling.ops.Device;
+
+class TrainerTest {
+    private static final ModelConfig MODEL = new ModelConfig(20, 32, 2, 4, 2, 64, List.of("attention", "attention"),
+            List.of("mlp", "mlp"), 4, 0, 0.02, 1e-5);
+
+    private static TrainConfig train(int accum) {
+        return new TrainConfig(7, 3e-3, 3e-4, 3, 12, 0.1, 0.9, 0.95, 1e-8, 1.0, accum, 512, 5, 0, 2);
+    }
+
+    private static List<Double> run(Device dev, TrainConfig cfg, DataSource data, int steps, float[][] weightsOut) {
+        List<Double> losses = new ArrayList<>();
+        try (Gpt model = new Gpt(MODEL, dev, cfg.seed()); Trainer t = new Trainer(model, cfg)) {
+            for (int i = 0; i < steps; i++) {
+                StepResult r = t.step(data);
+                assertEquals(i + 1, r.step());
+                losses.add(r.loss());
+            }
+            weightsOut[0] = model.params().values().toFloatArray();
+        }
+        return losses;
+    }
+
+    private static DataSource data(int batchSize) {
+        return Synthetic.source(Synthetic.associativeRecall(20, 32, 256, 5), batchSize);
+    }
+
+    /** The golden trajectory: fixed seed and data → these losses. A model-level change that moves them must say why. */
+    @Test
+    void goldenLossTrajectory() {
+        double[] golden = GOLDEN;
+        float[][] w = new float[1][];
+        try (Device dev = Device.cpu(2)) {
+            List<Double> losses = run(dev, train(1), data(8), golden.length, w);
+            for (int i = 0; i < golden.length; i++) {
+                assertEquals(golden[i], losses.get(i), 1e-4 * golden[i], "loss at step " + (i + 1) + " of " + losses);
+            }
+        }
+    }
+
+    static final double[] GOLDEN = {3.031944779679179, 2.9900568183511496, 2.946925899013877, 2.903836578130722,
+        2.852422036230564, 2.7999118641018867, 2.771446041762829, 2.7453444935381413};
+
+    @Test
+    void sameSeedAndDataGiveBitIdenticalRuns() {
+        float[][] a = new float[1][];
+        float[][] b = new float[1][];
+        try (Device dev = Device.cpu(2)) {
+            List<Double> first = run(dev, train(2), data(8), 6, a);
+            List<Double> second = run(dev, train(2), data(8), 6, b);
+            assertEquals(first, second);
+            assertArrayEquals(a[0], b[0]);
+        }
+    }
+
+    @Test
+    void accumulatingTwoHalvesMatchesOneWholeBatch() {
+        float[][] halves = new float[1][];
+        float[][] whole = new float[1][];
+        try (Device dev = Device.cpu(2)) {
+            List<Double> a = run(dev, train(2), data(4), 5, halves);
+            List<Double> b = run(dev, train(1), data(8), 5, whole);
+            for (int i = 0; i < 5; i++) {
+                assertEquals(b.get(i), a.get(i), 1e-5, "loss at step " + (i + 1));
+            }
+            for (int i = 0; i < whole[0].length; i++) {
+                assertEquals(whole[0][i], halves[0][i], 1e-5f, "weight " + i);
+            }
+        }
+    }
+
+    @Test
+    void aNanStopsTrainingNamingTheStepAndParameter() {
+        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, train(1))) {
+            DataSource d = data(8);
+            t.step(d);
+            Param fc = model.params().get("h.1.mlp.fc.weight");
+            float[] w = fc.value().toFloatArray();
+            w[3] = Float.NaN;
+            fc.value().copyFrom(w);
+            float[] before = model.params().values().toFloatArray();
+            NonFiniteException e = assertThrows(NonFiniteException.class, () -> t.step(d));
+            assertEquals(2, e.step());
+            assertTrue(e.getMessage().startsWith("step 2: loss is NaN"), e.getMessage());
+            assertEquals("wte.weight", e.parameter(), "the first parameter in layer order with a NaN gradient");
+            assertArrayEquals(before, model.params().values().toFloatArray(), "no update is applied");
+            assertEquals(1, t.stepCount());
+        }
+    }
+
+    @Test
+    void aBatchWithNothingToPredictIsRefused() {
+        try (Device dev = Device.cpu(1); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, train(1))) {
+            DataSource single = new DataSource() {
+                public TokenBatch next() {
+                    return new TokenBatch(new int[] {1, 2}, new int[] {0, 1, 2});
+                }
+
+                public long position() {
+                    return 0;
+                }
+
+                public void seek(long p) {
+                }
+            };
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> t.step(single));
+            assertTrue(e.getMessage().contains("predicts no token"), e.getMessage());
+        }
+    }
+}
