@@ -469,18 +469,11 @@ final class CpuBackend implements Backend {
         float[] xv = f32(x, "x");
         int oo = out.offset();
         int ox = x.offset();
-        pool.parallelFor(cols, 16, (lo, hi) -> {
-            double[] s = new double[hi - lo];
-            for (int r = 0; r < rows; r++) {
-                int b = ox + r * cols;
-                for (int c = lo; c < hi; c++) {
-                    s[c - lo] += xv[b + c];
-                }
-            }
-            for (int c = lo; c < hi; c++) {
-                o[oo + c] += (float) s[c - lo];
-            }
-        });
+        float[] ones = new float[Math.max(1, rows)];
+        java.util.Arrays.fill(ones, 1f);
+        // out[1, C] += ones[1, N]·x[N, C], each thread a range of columns.
+        pool.parallelFor(cols, 64, (lo, hi) -> Blas.sgemm(false, false, 1, hi - lo, rows, 1f, ones, 0, Math.max(1, rows),
+                xv, ox + lo, cols, 1f, o, oo + lo, cols));
     }
 
     @Override
@@ -599,21 +592,9 @@ final class CpuBackend implements Backend {
         pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
             for (int r = lo; r < hi; r++) {
                 int xb = ox + r * cols;
-                double s = 0;
-                for (int c = 0; c < cols; c++) {
-                    s += xv[xb + c];
-                }
-                float mu = (float) (s / cols);
-                double v = 0;
-                for (int c = 0; c < cols; c++) {
-                    double d = xv[xb + c] - mu;
-                    v += d * d;
-                }
-                float rs = (float) (1.0 / Math.sqrt(v / cols + eps));
-                int ob = oo + r * cols;
-                for (int c = 0; c < cols; c++) {
-                    o[ob + c] = (xv[xb + c] - mu) * rs * w[ow + c] + bv[obias + c];
-                }
+                float mu = VecMath.sum(xv, xb, cols) / cols;
+                float rs = (float) (1.0 / Math.sqrt(VecMath.sumSquaredDeviations(xv, xb, cols, mu) / cols + eps));
+                VecMath.normalize(o, oo + r * cols, xv, xb, cols, mu, rs, w, ow, bv, obias);
                 mv[om + r] = mu;
                 rv[or + r] = rs;
             }
@@ -648,44 +629,20 @@ final class CpuBackend implements Backend {
         int or = rstd.offset();
         pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
             for (int r = lo; r < hi; r++) {
-                int b = r * cols;
-                float mu = mv[om + r];
-                float rs = rv[or + r];
-                double sumDn = 0;
-                double sumDnX = 0;
-                for (int c = 0; c < cols; c++) {
-                    float dnorm = w[ow + c] * dyv[ody + b + c];
-                    sumDn += dnorm;
-                    sumDnX += (double) dnorm * (xv[ox + b + c] - mu) * rs;
-                }
-                float meanDn = (float) (sumDn / cols);
-                float meanDnX = (float) (sumDnX / cols);
-                for (int c = 0; c < cols; c++) {
-                    float xhat = (xv[ox + b + c] - mu) * rs;
-                    float dnorm = w[ow + c] * dyv[ody + b + c];
-                    dxv[odx + b + c] += (dnorm - meanDn - xhat * meanDnX) * rs;
-                }
+                VecMath.layerNormRowBackward(dxv, odx + r * cols, dyv, ody + r * cols, xv, ox + r * cols, w, ow, cols, mv[om + r],
+                        rv[or + r]);
             }
         });
         int odw = dweight.offset();
         int odb = dbias.offset();
-        pool.parallelFor(cols, 16, (lo, hi) -> {
-            double[] sw = new double[hi - lo];
-            double[] sb = new double[hi - lo];
+        pool.parallelFor(cols, 64, (lo, hi) -> {
+            float[] sw = new float[hi - lo];
+            float[] sb = new float[hi - lo];
             for (int r = 0; r < rows; r++) {
-                int b = r * cols;
-                float mu = mv[om + r];
-                float rs = rv[or + r];
-                for (int c = lo; c < hi; c++) {
-                    float g = dyv[ody + b + c];
-                    sw[c - lo] += (double) g * ((xv[ox + b + c] - mu) * rs);
-                    sb[c - lo] += g;
-                }
+                VecMath.accumulateAffineGrads(sw, sb, dyv, ody + r * cols + lo, xv, ox + r * cols + lo, hi - lo, mv[om + r], rv[or + r]);
             }
-            for (int c = lo; c < hi; c++) {
-                dw[odw + c] += (float) sw[c - lo];
-                db[odb + c] += (float) sb[c - lo];
-            }
+            VecMath.addTo(dw, odw + lo, sw, 0, hi - lo);
+            VecMath.addTo(db, odb + lo, sb, 0, hi - lo);
         });
     }
 
@@ -894,6 +851,7 @@ final class CpuBackend implements Backend {
         int od = dlogits == null ? 0 : dlogits.offset();
         checkTargets(tv, ot, rows, vocab, ignoreIndex);
         pool.parallelFor(rows, rowGrain(vocab), (lo, hi) -> {
+            float[] scratch = dv == null ? new float[vocab] : null;
             for (int r = lo; r < hi; r++) {
                 int xb = ox + r * vocab;
                 int target = tv[ot + r];
@@ -904,23 +862,19 @@ final class CpuBackend implements Backend {
                     }
                     continue;
                 }
-                float max = Float.NEGATIVE_INFINITY;
-                for (int c = 0; c < vocab; c++) {
-                    max = Math.max(max, xv[xb + c]);
-                }
-                double sum = 0;
-                for (int c = 0; c < vocab; c++) {
-                    sum += Math.exp(xv[xb + c] - max);
-                }
                 float logTarget = xv[xb + target];
+                float max = VecMath.max(xv, xb, vocab);
+                // Exponentials go to the dlogits row (or scratch), which may be the logits row itself.
+                float[] e = dv != null ? dv : scratch;
+                int eo = dv != null ? od + r * vocab : 0;
+                if (e != xv || eo != xb) {
+                    System.arraycopy(xv, xb, e, eo, vocab);
+                }
+                float sum = VecMath.expShiftSum(e, eo, vocab, max);
                 lv[ol + r] = (float) (Math.log(sum) + max - logTarget);
                 if (dv != null) {
-                    int db = od + r * vocab;
-                    float inv = (float) (1.0 / sum);
-                    for (int c = 0; c < vocab; c++) {
-                        float p = (float) Math.exp(xv[xb + c] - max) * inv;
-                        dv[db + c] = (p - (c == target ? 1f : 0f)) * scale;
-                    }
+                    VecMath.scale(dv, eo, vocab, scale / sum);
+                    dv[eo + target] -= scale;
                 }
             }
         });
@@ -948,17 +902,8 @@ final class CpuBackend implements Backend {
         float bc2Sqrt = (float) Math.sqrt(1.0 - Math.pow(b2, s.step()));
         float eps = s.eps();
         float gs = s.gradScale();
-        pool.parallelFor(params.numel(), GRAIN, (lo, hi) -> {
-            for (int i = lo; i < hi; i++) {
-                float gi = g[og + i] * gs;
-                float mi = b1 * mv[om + i] + (1f - b1) * gi;
-                float vi = b2 * vv[ov + i] + (1f - b2) * gi * gi;
-                mv[om + i] = mi;
-                vv[ov + i] = vi;
-                float denom = (float) Math.sqrt(vi) / bc2Sqrt + eps;
-                p[op + i] = p[op + i] * decay - stepSize * mi / denom;
-            }
-        });
+        pool.parallelFor(params.numel(), GRAIN, (lo, hi) -> VecMath.adamW(p, op + lo, g, og + lo, mv, om + lo, vv, ov + lo,
+                hi - lo, b1, b2, decay, stepSize, bc2Sqrt, eps, gs));
     }
 
     // ---- attention ----

@@ -91,49 +91,69 @@ final class VecMath {
         return e > 1f ? 2f - a : e * a;
     }
 
-    private static FloatVector onePlusTanh(FloatVector e, FloatVector a) {
-        return e.mul(a).blend(FloatVector.broadcast(F, 2f).sub(a), e.compare(VectorOperators.GT, 1f));
+    /** Elements per block: the gelu passes stay in L1 and each pass is a loop the JIT fully vectorizes. */
+    private static final int BLOCK = 512;
+
+    /** e[i] = exp(2u) for the block x[ox .. ox+n), u = √(2/π)·(x + 0.044715·x³). */
+    private static void geluExp(float[] e, float[] x, int ox, int n) {
+        int i = 0;
+        for (; i + LANES <= n; i += LANES) {
+            FloatVector v = FloatVector.fromArray(F, x, ox + i);
+            v.mul(v.mul(v).mul(GELU_CUBE).add(1f)).mul(2f * GELU_SCALE).intoArray(e, i);
+        }
+        for (; i < n; i++) {
+            float v = x[ox + i];
+            e[i] = (v * ((v * v) * GELU_CUBE + 1f)) * (2f * GELU_SCALE);
+        }
+        expShift(e, 0, n, 0f);
     }
 
     /** out[i] = GELU(x[i]), tanh form, for i in [0, n). */
     static void gelu(float[] out, int oo, float[] x, int ox, int n) {
-        int i = 0;
-        for (; i + LANES <= n; i += LANES) {
-            FloatVector v = FloatVector.fromArray(F, x, ox + i);
-            FloatVector e = exp(v.mul(v.mul(v).mul(GELU_CUBE).add(1f)).mul(2f * GELU_SCALE));
-            FloatVector a = FloatVector.broadcast(F, 2f).div(e.add(1f));
-            v.mul(0.5f).mul(onePlusTanh(e, a)).intoArray(out, oo + i);
-        }
-        for (; i < n; i++) {
-            float v = x[ox + i];
-            float e = exp((v * ((v * v) * GELU_CUBE + 1f)) * (2f * GELU_SCALE));
-            float a = 2f / (e + 1f);
-            out[oo + i] = (v * 0.5f) * onePlusTanh(e, a);
+        float[] e = new float[Math.min(n, BLOCK)];
+        for (int b = 0; b < n; b += BLOCK) {
+            int len = Math.min(BLOCK, n - b);
+            geluExp(e, x, ox + b, len);
+            int i = 0;
+            for (; i + LANES <= len; i += LANES) {
+                FloatVector v = FloatVector.fromArray(F, x, ox + b + i);
+                FloatVector ev = FloatVector.fromArray(F, e, i);
+                FloatVector a = FloatVector.broadcast(F, 2f).div(ev.add(1f));
+                FloatVector opt = ev.mul(a).blend(FloatVector.broadcast(F, 2f).sub(a), ev.compare(VectorOperators.GT, 1f));
+                v.mul(0.5f).mul(opt).intoArray(out, oo + b + i);
+            }
+            for (; i < len; i++) {
+                float a = 2f / (e[i] + 1f);
+                out[oo + b + i] = (x[ox + b + i] * 0.5f) * onePlusTanh(e[i], a);
+            }
         }
     }
 
     /** dx[i] += GELU'(x[i])·dy[i] for i in [0, n). */
     static void geluBackward(float[] dx, int odx, float[] dy, int ody, float[] x, int ox, int n) {
-        int i = 0;
-        for (; i + LANES <= n; i += LANES) {
-            FloatVector v = FloatVector.fromArray(F, x, ox + i);
-            FloatVector v2 = v.mul(v);
-            FloatVector e = exp(v.mul(v2.mul(GELU_CUBE).add(1f)).mul(2f * GELU_SCALE));
-            FloatVector a = FloatVector.broadcast(F, 2f).div(e.add(1f));
-            FloatVector b = onePlusTanh(e, a);
-            FloatVector inner = v2.mul(3f * GELU_CUBE).add(1f).mul(GELU_SCALE);
-            FloatVector grad = b.mul(0.5f).add(v.mul(0.5f).mul(a.mul(b)).mul(inner));
-            FloatVector.fromArray(F, dx, odx + i).add(grad.mul(FloatVector.fromArray(F, dy, ody + i))).intoArray(dx, odx + i);
-        }
-        for (; i < n; i++) {
-            float v = x[ox + i];
-            float v2 = v * v;
-            float e = exp((v * (v2 * GELU_CUBE + 1f)) * (2f * GELU_SCALE));
-            float a = 2f / (e + 1f);
-            float b = onePlusTanh(e, a);
-            float inner = (v2 * (3f * GELU_CUBE) + 1f) * GELU_SCALE;
-            float grad = b * 0.5f + ((v * 0.5f) * (a * b)) * inner;
-            dx[odx + i] = dx[odx + i] + grad * dy[ody + i];
+        float[] e = new float[Math.min(n, BLOCK)];
+        for (int b = 0; b < n; b += BLOCK) {
+            int len = Math.min(BLOCK, n - b);
+            geluExp(e, x, ox + b, len);
+            int i = 0;
+            for (; i + LANES <= len; i += LANES) {
+                FloatVector v = FloatVector.fromArray(F, x, ox + b + i);
+                FloatVector ev = FloatVector.fromArray(F, e, i);
+                FloatVector a = FloatVector.broadcast(F, 2f).div(ev.add(1f));
+                FloatVector opt = ev.mul(a).blend(FloatVector.broadcast(F, 2f).sub(a), ev.compare(VectorOperators.GT, 1f));
+                FloatVector inner = v.mul(v).mul(3f * GELU_CUBE).add(1f).mul(GELU_SCALE);
+                FloatVector grad = opt.mul(0.5f).add(v.mul(0.5f).mul(a.mul(opt)).mul(inner));
+                FloatVector.fromArray(F, dx, odx + b + i).add(grad.mul(FloatVector.fromArray(F, dy, ody + b + i)))
+                        .intoArray(dx, odx + b + i);
+            }
+            for (; i < len; i++) {
+                float v = x[ox + b + i];
+                float a = 2f / (e[i] + 1f);
+                float opt = onePlusTanh(e[i], a);
+                float inner = ((v * v) * (3f * GELU_CUBE) + 1f) * GELU_SCALE;
+                float grad = opt * 0.5f + ((v * 0.5f) * (a * opt)) * inner;
+                dx[odx + b + i] = dx[odx + b + i] + grad * dy[ody + b + i];
+            }
         }
     }
 
@@ -206,6 +226,125 @@ final class VecMath {
         }
         for (; i < n; i++) {
             p[po + i] = p[po + i] * (d[dOff + i] - c);
+        }
+    }
+
+    /** Σ x[off .. off+n) in float lanes, reduced in a fixed order. */
+    static float sum(float[] x, int off, int n) {
+        int i = 0;
+        FloatVector acc = FloatVector.zero(F);
+        for (; i + LANES <= n; i += LANES) {
+            acc = acc.add(FloatVector.fromArray(F, x, off + i));
+        }
+        float s = sumLanes(acc);
+        for (; i < n; i++) {
+            s += x[off + i];
+        }
+        return s;
+    }
+
+    /** Σ (x − mu)² over x[off .. off+n). */
+    static float sumSquaredDeviations(float[] x, int off, int n, float mu) {
+        int i = 0;
+        FloatVector acc = FloatVector.zero(F);
+        for (; i + LANES <= n; i += LANES) {
+            FloatVector d = FloatVector.fromArray(F, x, off + i).sub(mu);
+            acc = d.lanewise(VectorOperators.FMA, d, acc);
+        }
+        float s = sumLanes(acc);
+        for (; i < n; i++) {
+            float d = x[off + i] - mu;
+            s = Math.fma(d, d, s);
+        }
+        return s;
+    }
+
+    /** out = (x − mu)·rs·w + b over one row of n channels. */
+    static void normalize(float[] out, int oo, float[] x, int ox, int n, float mu, float rs, float[] w, int ow, float[] b, int ob) {
+        int i = 0;
+        for (; i + LANES <= n; i += LANES) {
+            FloatVector xh = FloatVector.fromArray(F, x, ox + i).sub(mu).mul(rs);
+            xh.lanewise(VectorOperators.FMA, FloatVector.fromArray(F, w, ow + i), FloatVector.fromArray(F, b, ob + i))
+                    .intoArray(out, oo + i);
+        }
+        for (; i < n; i++) {
+            out[oo + i] = Math.fma((x[ox + i] - mu) * rs, w[ow + i], b[ob + i]);
+        }
+    }
+
+    /** One row of LayerNorm's input gradient: dx += (w·dy − mean(w·dy) − x̂·mean(w·dy·x̂))·rs. */
+    static void layerNormRowBackward(float[] dx, int odx, float[] dy, int ody, float[] x, int ox, float[] w, int ow, int n,
+                                     float mu, float rs) {
+        int i = 0;
+        FloatVector accDn = FloatVector.zero(F);
+        FloatVector accDnX = FloatVector.zero(F);
+        for (; i + LANES <= n; i += LANES) {
+            FloatVector dn = FloatVector.fromArray(F, w, ow + i).mul(FloatVector.fromArray(F, dy, ody + i));
+            FloatVector xh = FloatVector.fromArray(F, x, ox + i).sub(mu).mul(rs);
+            accDn = accDn.add(dn);
+            accDnX = dn.lanewise(VectorOperators.FMA, xh, accDnX);
+        }
+        float sumDn = sumLanes(accDn);
+        float sumDnX = sumLanes(accDnX);
+        int tail = i;
+        for (; i < n; i++) {
+            float dn = w[ow + i] * dy[ody + i];
+            float xh = (x[ox + i] - mu) * rs;
+            sumDn += dn;
+            sumDnX = Math.fma(dn, xh, sumDnX);
+        }
+        float meanDn = sumDn / n;
+        float meanDnX = sumDnX / n;
+        for (i = 0; i + LANES <= n; i += LANES) {
+            FloatVector dn = FloatVector.fromArray(F, w, ow + i).mul(FloatVector.fromArray(F, dy, ody + i));
+            FloatVector xh = FloatVector.fromArray(F, x, ox + i).sub(mu).mul(rs);
+            FloatVector g = dn.sub(meanDn).sub(xh.mul(meanDnX)).mul(rs);
+            FloatVector.fromArray(F, dx, odx + i).add(g).intoArray(dx, odx + i);
+        }
+        for (i = tail; i < n; i++) {
+            float dn = w[ow + i] * dy[ody + i];
+            float xh = (x[ox + i] - mu) * rs;
+            dx[odx + i] = dx[odx + i] + ((dn - meanDn) - xh * meanDnX) * rs;
+        }
+    }
+
+    /** sw += dy·x̂ and sb += dy over a run of n channels of one row. */
+    static void accumulateAffineGrads(float[] sw, float[] sb, float[] dy, int ody, float[] x, int ox, int n, float mu, float rs) {
+        int i = 0;
+        for (; i + LANES <= n; i += LANES) {
+            FloatVector g = FloatVector.fromArray(F, dy, ody + i);
+            FloatVector xh = FloatVector.fromArray(F, x, ox + i).sub(mu).mul(rs);
+            g.lanewise(VectorOperators.FMA, xh, FloatVector.fromArray(F, sw, i)).intoArray(sw, i);
+            FloatVector.fromArray(F, sb, i).add(g).intoArray(sb, i);
+        }
+        for (; i < n; i++) {
+            float g = dy[ody + i];
+            sw[i] = Math.fma(g, (x[ox + i] - mu) * rs, sw[i]);
+            sb[i] += g;
+        }
+    }
+
+    /** AdamW over a run of n elements (see {@link org.kindling.ops.AdamW}); PyTorch's operation order. */
+    static void adamW(float[] p, int op, float[] g, int og, float[] m, int om, float[] v, int ov, int n, float b1, float b2,
+                      float decay, float stepSize, float bc2Sqrt, float eps, float gradScale) {
+        int i = 0;
+        for (; i + LANES <= n; i += LANES) {
+            FloatVector gi = FloatVector.fromArray(F, g, og + i).mul(gradScale);
+            FloatVector mi = FloatVector.fromArray(F, m, om + i).mul(b1).add(gi.mul(1f - b1));
+            FloatVector vi = FloatVector.fromArray(F, v, ov + i).mul(b2).add(gi.mul(gi).mul(1f - b2));
+            mi.intoArray(m, om + i);
+            vi.intoArray(v, ov + i);
+            FloatVector denom = vi.sqrt().div(bc2Sqrt).add(eps);
+            FloatVector.fromArray(F, p, op + i).mul(decay).sub(mi.mul(stepSize).div(denom)).intoArray(p, op + i);
+        }
+        for (; i < n; i++) {
+            float gi = g[og + i] * gradScale;
+            float mi = m[om + i] * b1 + gi * (1f - b1);
+            float vi = v[ov + i] * b2 + (gi * gi) * (1f - b2);
+            m[om + i] = mi;
+            v[ov + i] = vi;
+            float denom = (float) Math.sqrt(vi) / bc2Sqrt + eps;
+            p[op + i] = p[op + i] * decay - (mi * stepSize) / denom;
         }
     }
 

@@ -1,0 +1,148 @@
+package org.kindling.cli;
+
+import java.io.PrintWriter;
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.Map;
+import java.util.SplittableRandom;
+import java.util.concurrent.Callable;
+import org.kindling.models.DataSource;
+import org.kindling.models.Gpt;
+import org.kindling.models.ModelConfig;
+import org.kindling.models.StepResult;
+import org.kindling.models.TokenBatch;
+import org.kindling.models.TrainConfig;
+import org.kindling.models.Trainer;
+import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+@Command(name = "train", mixinStandardHelpOptions = true,
+        description = {"Training throughput of a GPT model on random tokens: tokens/s and ms per optimizer step, split",
+            "into forward, backward and optimizer. The model is a preset, or built from --layers/--d-model/--heads/--vocab."})
+final class TrainBench implements Callable<Integer> {
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Option(names = "--preset", description = "model preset name (conf/models/NAME.yaml) or a config file")
+    String preset;
+
+    @Option(names = "--layers", description = "blocks (default ${DEFAULT-VALUE})", defaultValue = "4")
+    int layers;
+
+    @Option(names = "--d-model", description = "channels (default ${DEFAULT-VALUE})", defaultValue = "256")
+    int dModel;
+
+    @Option(names = "--heads", description = "attention heads (default ${DEFAULT-VALUE})", defaultValue = "4")
+    int heads;
+
+    @Option(names = "--vocab", description = "vocabulary size (default ${DEFAULT-VALUE})", defaultValue = "256")
+    int vocab;
+
+    @Option(names = "--seq", description = "tokens per sequence T (default ${DEFAULT-VALUE})", defaultValue = "256")
+    int seq;
+
+    @Option(names = "--batch", description = "sequences per step B (default ${DEFAULT-VALUE})", defaultValue = "8")
+    int batch;
+
+    @Option(names = "--steps", description = "timed steps, after --warmup untimed ones (default ${DEFAULT-VALUE})",
+            defaultValue = "10")
+    int steps;
+
+    @Option(names = "--warmup", description = "untimed steps first (default ${DEFAULT-VALUE})", defaultValue = "3")
+    int warmup;
+
+    @CommandLine.Mixin
+    BenchOptions common;
+
+    @Override
+    public Integer call() {
+        CommandLine cmd = spec.commandLine();
+        BenchOptions.requirePositive(cmd, "--layers", layers, "--d-model", dModel, "--heads", heads, "--vocab", vocab, "--seq", seq,
+                "--batch", batch, "--steps", steps);
+        int threads = common.threads(cmd);
+        ModelConfig cfg;
+        try {
+            cfg = preset != null ? ModelConfig.load(Presets.resolve(preset))
+                    : new ModelConfig(vocab, dModel, layers, heads, heads, seq, Collections.nCopies(layers, "attention"),
+                            Collections.nCopies(layers, "mlp"), 4, 0, 0.02, 1e-5);
+        } catch (IllegalArgumentException e) {
+            throw new CommandLine.ParameterException(cmd, e.getMessage());
+        }
+        if (seq > cfg.maxSeq()) {
+            throw new CommandLine.ParameterException(cmd, "--seq " + seq + " exceeds the model's max_seq " + cfg.maxSeq());
+        }
+        TrainConfig train = new TrainConfig(1, 1e-4, 1e-5, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1);
+        PrintWriter err = cmd.getErr();
+        double fwd = 0;
+        double bwd = 0;
+        double opt = 0;
+        double total = 0;
+        int params;
+        try (CpuDevice dev = Device.cpu(threads); Gpt model = new Gpt(cfg, dev, 1); Trainer trainer = new Trainer(model, train)) {
+            params = model.params().count();
+            DataSource data = randomTokens(cfg.vocab(), batch, seq);
+            for (int i = 0; i < warmup + steps; i++) {
+                StepResult r = trainer.step(data);
+                if (i >= warmup) {
+                    fwd += trainer.lastForwardMs();
+                    bwd += trainer.lastBackwardMs();
+                    opt += trainer.lastOptimizerMs();
+                    total += r.seconds() * 1e3;
+                }
+            }
+        }
+        double msPerStep = total / steps;
+        double tokensPerS = batch * seq / (msPerStep / 1e3);
+        err.printf("train %,d params (L=%d C=%d H=%d V=%d), B=%d T=%d, %d threads: %.0f tokens/s, %.1f ms/step "
+                + "(forward %.1f, backward %.1f, optimizer %.1f)%n", params, cfg.nLayer(), cfg.dModel(), cfg.nHead(), cfg.vocab(),
+                batch, seq, threads, tokensPerS, msPerStep, fwd / steps, bwd / steps, opt / steps);
+        err.flush();
+        if (common.json) {
+            Map<String, Object> row = new LinkedHashMap<>();
+            row.put("bench", "train");
+            row.put("params", params);
+            row.put("seq", seq);
+            row.put("batch", batch);
+            row.put("tokens_per_s", BenchOptions.round(tokensPerS));
+            row.put("ms_per_step", BenchOptions.round(msPerStep));
+            row.put("fwd_ms", BenchOptions.round(fwd / steps));
+            row.put("bwd_ms", BenchOptions.round(bwd / steps));
+            row.put("opt_ms", BenchOptions.round(opt / steps));
+            Json.printLine(cmd.getOut(), row);
+        }
+        return 0;
+    }
+
+    private static DataSource randomTokens(int vocab, int batch, int seq) {
+        return new DataSource() {
+            private long position;
+
+            @Override
+            public TokenBatch next() {
+                SplittableRandom r = new SplittableRandom(position++);
+                int[] tokens = new int[batch * seq];
+                int[] cu = new int[batch + 1];
+                for (int i = 0; i < tokens.length; i++) {
+                    tokens[i] = r.nextInt(vocab);
+                }
+                for (int b = 0; b <= batch; b++) {
+                    cu[b] = b * seq;
+                }
+                return new TokenBatch(tokens, cu);
+            }
+
+            @Override
+            public long position() {
+                return position;
+            }
+
+            @Override
+            public void seek(long p) {
+                position = p;
+            }
+        };
+    }
+}
