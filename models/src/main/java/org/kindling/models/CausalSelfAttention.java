@@ -46,8 +46,8 @@ final class CausalSelfAttention implements TokenMixer {
     public void backward(Tensor dx, Tensor dy, Seqs seqs) {
         int t = dy.rows();
         Backend be = dy.device().backend();
-        Tensor dout = saved.zeros("dattn", t, q.out);
-        proj.backward(dout, dy);
+        Tensor dout = saved.f32("dattn", t, q.out);
+        proj.backwardOverwrite(dout, dy);
         Tensor dq = saved.zeros("dq", t, q.out);
         Tensor dk = saved.zeros("dk", t, k.out);
         Tensor dv = saved.zeros("dv", t, v.out);

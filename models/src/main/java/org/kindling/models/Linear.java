@@ -33,10 +33,19 @@ final class Linear {
 
     /** dx += dy·W (skipped when dx is null); dW += dyᵀ·x; db += Σ_t dy. */
     void backward(Tensor dx, Tensor dy) {
+        backward(dx, dy, 1f);
+    }
+
+    /** Like {@link #backward} but dx = dy·W, overwriting it: spares zeroing a fresh gradient buffer. */
+    void backwardOverwrite(Tensor dx, Tensor dy) {
+        backward(dx, dy, 0f);
+    }
+
+    private void backward(Tensor dx, Tensor dy, float beta) {
         Backend be = dy.device().backend();
         int t = dy.rows();
         if (dx != null) {
-            be.gemm(Gemm.of(false, false, t, in, out).scaled(1f, 1f), dx, dy, weight.value());
+            be.gemm(Gemm.of(false, false, t, in, out).scaled(1f, beta), dx, dy, weight.value());
         }
         be.gemm(Gemm.of(true, false, out, in, t).scaled(1f, 1f), weight.grad(), dy, x);
         if (bias != null) {

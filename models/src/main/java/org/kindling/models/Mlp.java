@@ -31,8 +31,8 @@ final class Mlp implements ChannelMixer {
     public void backward(Tensor dx, Tensor dy) {
         int t = dy.rows();
         Backend be = dy.device().backend();
-        Tensor dg = saved.zeros("dgelu", t, hidden);
-        proj.backward(dg, dy);
+        Tensor dg = saved.f32("dgelu", t, hidden);
+        proj.backwardOverwrite(dg, dy);
         Tensor dh = saved.zeros("dh", t, hidden);
         be.geluBackward(dh, dg, saved.f32("h", t, hidden));
         fc.backward(dx, dh);

@@ -11,6 +11,8 @@ import org.kindling.ops.Gemm;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.UnaryOp;
+import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorOperators;
 
 /**
  * Java kernels over heap arrays, parallel over rows (or columns, where rows would race) on a
@@ -388,37 +390,21 @@ final class CpuBackend implements Backend {
     }
 
     private static void binaryRun(BinaryOp op, float[] o, int oo, float[] a, int oa, float[] b, int ob, int len) {
-        switch (op) {
-            case ADD -> {
-                for (int i = 0; i < len; i++) {
-                    o[oo + i] = a[oa + i] + b[ob + i];
-                }
-            }
-            case SUB -> {
-                for (int i = 0; i < len; i++) {
-                    o[oo + i] = a[oa + i] - b[ob + i];
-                }
-            }
-            case MUL -> {
-                for (int i = 0; i < len; i++) {
-                    o[oo + i] = a[oa + i] * b[ob + i];
-                }
-            }
-            case DIV -> {
-                for (int i = 0; i < len; i++) {
-                    o[oo + i] = a[oa + i] / b[ob + i];
-                }
-            }
-            case MAX -> {
-                for (int i = 0; i < len; i++) {
-                    o[oo + i] = Math.max(a[oa + i], b[ob + i]);
-                }
-            }
-            case MIN -> {
-                for (int i = 0; i < len; i++) {
-                    o[oo + i] = Math.min(a[oa + i], b[ob + i]);
-                }
-            }
+        VectorOperators.Binary vop = switch (op) {
+            case ADD -> VectorOperators.ADD;
+            case SUB -> VectorOperators.SUB;
+            case MUL -> VectorOperators.MUL;
+            case DIV -> VectorOperators.DIV;
+            case MAX -> VectorOperators.MAX;
+            case MIN -> VectorOperators.MIN;
+        };
+        int i = 0;
+        for (; i + VecMath.LANES <= len; i += VecMath.LANES) {
+            FloatVector.fromArray(VecMath.F, a, oa + i).lanewise(vop, FloatVector.fromArray(VecMath.F, b, ob + i))
+                    .intoArray(o, oo + i);
+        }
+        for (; i < len; i++) {
+            o[oo + i] = (float) op.apply(a[oa + i], b[ob + i]);
         }
     }
 
