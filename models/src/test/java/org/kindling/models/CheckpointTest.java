@@ -74,6 +74,49 @@ class CheckpointTest {
     }
 
     @Test
+    void theTrainLoopCheckpointsOnScheduleAndResumesAfterACrash() {
+        TrainConfig cfg = new TrainConfig(7, 3e-3, 3e-4, 2, 8, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, 512, 2, 3, 5);
+        RunConfig run = new RunConfig(MODEL, cfg);
+        float[] straight;
+        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 7); Trainer t = new Trainer(model, cfg)) {
+            TrainLoop.run(t, data(), new Checkpoints(new LocalRunStorage(dir.resolve("straight"))), run, r -> { });
+            straight = model.params().values().toFloatArray();
+        }
+        Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir.resolve("run")));
+        List<Integer> seen = new ArrayList<>();
+        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 7); Trainer t = new Trainer(model, cfg)) {
+            DataSource inner = data();
+            DataSource crashing = new DataSource() {
+                @Override
+                public TokenBatch next() {
+                    if (inner.position() == 7) {
+                        throw new IllegalStateException("simulated crash while reading the 8th batch");
+                    }
+                    return inner.next();
+                }
+
+                @Override
+                public long position() {
+                    return inner.position();
+                }
+
+                @Override
+                public void seek(long position) {
+                    inner.seek(position);
+                }
+            };
+            assertThrows(IllegalStateException.class, () -> TrainLoop.run(t, crashing, ckpt, run, r -> seen.add(r.step())));
+        }
+        assertEquals(List.of(3, 6), ckpt.steps());
+        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 7); Trainer t = new Trainer(model, cfg)) {
+            assertEquals(8, TrainLoop.run(t, data(), ckpt, run, r -> seen.add(r.step())));
+            assertArrayEquals(straight, model.params().values().toFloatArray(), "crash at 7, resume from 6: same weights");
+        }
+        assertEquals(List.of(1, 2, 3, 4, 5, 6, 7, 7, 8), seen);
+        assertEquals(List.of(3, 6, 8), ckpt.steps());
+    }
+
+    @Test
     void keepsTheNewestKAndPointsLatestAtTheLast() throws IOException {
         Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir));
         try (Device dev = Device.cpu(1); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
