@@ -35,7 +35,7 @@ class CliTest {
     @Test
     void everyCommandHasHelp() {
         for (String[] cmd : new String[][] {{"--help"}, {"version", "--help"}, {"bench", "--help"}, {"bench", "gemm", "--help"},
-            {"bench", "attention", "--help"}}) {
+            {"bench", "attention", "--help"}, {"bench", "train", "--help"}, {"bench", "recall", "--help"}}) {
             Result r = run(cmd);
             assertEquals(0, r.code(), String.join(" ", cmd));
             assertTrue(r.out().contains("Usage:"), r.out());
@@ -90,6 +90,52 @@ class CliTest {
         Result bad = run("bench", "attention", "--head-dim", "300");
         assertEquals(2, bad.code());
         assertTrue(bad.err().contains("head dim"), bad.err());
+    }
+
+    private static List<String> fieldNames(String jsonLine) throws Exception {
+        JsonNode row = new ObjectMapper().readTree(jsonLine);
+        List<String> names = new ArrayList<>();
+        row.fieldNames().forEachRemaining(names::add);
+        return names;
+    }
+
+    @Test
+    void benchTrainJsonHasExactlyTheIssueFields() throws Exception {
+        Result r = run("bench", "train", "--layers", "1", "--d-model", "32", "--heads", "2", "--vocab", "50", "--seq", "16",
+                "--batch", "2", "--steps", "2", "--warmup", "1", "--json");
+        assertEquals(0, r.code(), r.err());
+        String line = r.out().strip();
+        assertEquals(List.of("bench", "params", "seq", "batch", "tokens_per_s", "ms_per_step", "fwd_ms", "bwd_ms", "opt_ms"),
+                fieldNames(line));
+        JsonNode row = new ObjectMapper().readTree(line);
+        assertEquals("train", row.get("bench").asText());
+        assertTrue(row.get("tokens_per_s").asDouble() > 0);
+        Result preset = run("bench", "train", "--preset", "tiny", "--seq", "16", "--batch", "2", "--steps", "1", "--warmup", "0");
+        assertEquals(0, preset.code(), preset.err());
+        assertTrue(preset.err().contains("L=2 C=64"), preset.err());
+        Result missing = run("bench", "train", "--preset", "no-such-preset");
+        assertEquals(2, missing.code());
+        assertTrue(missing.err().contains("no-such-preset"), missing.err());
+    }
+
+    @Test
+    void benchRecallJsonHasExactlyTheIssueFields() throws Exception {
+        Result r = run("bench", "recall", "--task", "induction-head", "--steps", "3", "--json");
+        assertEquals(0, r.code(), r.err());
+        String line = r.out().strip();
+        assertEquals(List.of("bench", "task", "mixer", "steps", "accuracy"), fieldNames(line));
+        JsonNode row = new ObjectMapper().readTree(line);
+        assertEquals("induction-head", row.get("task").asText());
+        assertEquals("attention", row.get("mixer").asText());
+        assertEquals(3, row.get("steps").asInt());
+        double acc = row.get("accuracy").asDouble();
+        assertTrue(acc >= 0 && acc <= 1, line);
+        Result bad = run("bench", "recall", "--mixer", "rnn");
+        assertEquals(2, bad.code());
+        assertTrue(bad.err().contains("\"rnn\""), bad.err());
+        Result task = run("bench", "recall", "--task", "copy");
+        assertEquals(2, task.code());
+        assertTrue(task.err().contains("unknown task \"copy\""), task.err());
     }
 
     @Test
