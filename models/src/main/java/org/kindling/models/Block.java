@@ -23,30 +23,24 @@ final class Block implements AutoCloseable {
     }
 
     void forward(Tensor y, Tensor x, Seqs seqs) {
-        int t = x.rows();
-        Backend be = x.device().backend();
-        Tensor a = saved.f32("ln1", t, c);
-        Tensor m = saved.f32("mix", t, c);
-        Tensor h = saved.f32("h", t, c);
-        Tensor b = saved.f32("ln2", t, c);
-        ln1.forward(a, x);
-        mixer.forward(m, a, seqs);
-        be.binary(BinaryOp.ADD, h, x, m);
-        ln2.forward(b, h);
-        channel.forward(y, b);
-        be.binary(BinaryOp.ADD, y, y, h);
+        forward(y, x, "", (m, a) -> mixer.forward(m, a, seqs));
     }
 
     /** The forward for t new tokens of one sequence during incremental decoding. */
     void forwardStep(Tensor y, Tensor x, DecodeState state) {
+        forward(y, x, "step_", (m, a) -> mixer.forwardStep(m, a, state));
+    }
+
+    /** h = x + mix(ln1(x)); y = h + channel(ln2(h)), with buffers named by {@code prefix}. */
+    private void forward(Tensor y, Tensor x, String prefix, java.util.function.BiConsumer<Tensor, Tensor> mix) {
         int t = x.rows();
         Backend be = x.device().backend();
-        Tensor a = saved.f32("step_ln1", t, c);
-        Tensor m = saved.f32("step_mix", t, c);
-        Tensor h = saved.f32("step_h", t, c);
-        Tensor b = saved.f32("step_ln2", t, c);
+        Tensor a = saved.f32(prefix + "ln1", t, c);
+        Tensor m = saved.f32(prefix + "mix", t, c);
+        Tensor h = saved.f32(prefix + "h", t, c);
+        Tensor b = saved.f32(prefix + "ln2", t, c);
         ln1.forward(a, x);
-        mixer.forwardStep(m, a, state);
+        mix.accept(m, a);
         be.binary(BinaryOp.ADD, h, x, m);
         ln2.forward(b, h);
         channel.forward(y, b);

@@ -171,24 +171,9 @@ public final class Synthetic {
         if (batches == 0) {
             throw new IllegalArgumentException(examples.size() + " examples do not fill a batch of " + batchSize);
         }
-        return new DataSource() {
-            private long position;
-
-            @Override
-            public TokenBatch next() {
-                int b = (int) (position++ % batches);
-                return examples.batch(b * batchSize, (b + 1) * batchSize);
-            }
-
-            @Override
-            public long position() {
-                return position;
-            }
-
-            @Override
-            public void seek(long p) {
-                position = p;
-            }
-        };
+        return DataSource.indexed(p -> {
+            int b = (int) (p % batches);
+            return examples.batch(b * batchSize, (b + 1) * batchSize);
+        });
     }
 }

@@ -117,32 +117,17 @@ final class TrainBench implements Callable<Integer> {
     }
 
     private static DataSource randomTokens(int vocab, int batch, int seq) {
-        return new DataSource() {
-            private long position;
-
-            @Override
-            public TokenBatch next() {
-                SplittableRandom r = new SplittableRandom(position++);
-                int[] tokens = new int[batch * seq];
-                int[] cu = new int[batch + 1];
-                for (int i = 0; i < tokens.length; i++) {
-                    tokens[i] = r.nextInt(vocab);
-                }
-                for (int b = 0; b <= batch; b++) {
-                    cu[b] = b * seq;
-                }
-                return new TokenBatch(tokens, cu);
+        return DataSource.indexed(position -> {
+            SplittableRandom r = new SplittableRandom(position);
+            int[] tokens = new int[batch * seq];
+            int[] cu = new int[batch + 1];
+            for (int i = 0; i < tokens.length; i++) {
+                tokens[i] = r.nextInt(vocab);
             }
-
-            @Override
-            public long position() {
-                return position;
+            for (int b = 0; b <= batch; b++) {
+                cu[b] = b * seq;
             }
-
-            @Override
-            public void seek(long p) {
-                position = p;
-            }
-        };
+            return new TokenBatch(tokens, cu);
+        });
     }
 }
