@@ -28,7 +28,8 @@ public final class Shard {
     }
 
     /** Facts every shard of a dataset records. */
-    public record Info(String tokenizerSha256, int vocabSize, String specialTokensJson, int bucketMin, int bucketMax) {
+    public record Info(String tokenizerSha256, int vocabSize, String specialTokensJson, int bucketMin, int bucketMax)
+            implements java.io.Serializable {
         public Map<String, String> metadata() {
             return Map.of(META_FORMAT, String.valueOf(FORMAT_VERSION), META_TOKENIZER, tokenizerSha256, META_VOCAB,
                     String.valueOf(vocabSize), META_SPECIALS, specialTokensJson, META_BUCKET_MIN, String.valueOf(bucketMin),

@@ -1,0 +1,478 @@
+package org.kindling.data;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ArrayNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
+import java.io.OutputStream;
+import java.io.Serializable;
+import java.nio.ByteBuffer;
+import java.nio.charset.CharacterCodingException;
+import java.nio.charset.CodingErrorAction;
+import java.nio.charset.StandardCharsets;
+import java.security.MessageDigest;
+import java.security.NoSuchAlgorithmException;
+import java.util.ArrayList;
+import java.util.HexFormat;
+import java.util.Iterator;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeMap;
+import java.util.concurrent.ConcurrentHashMap;
+import org.apache.arrow.memory.RootAllocator;
+import org.apache.hadoop.conf.Configuration;
+import org.apache.hadoop.fs.FileStatus;
+import org.apache.hadoop.fs.FileSystem;
+import org.apache.hadoop.fs.Path;
+import org.apache.spark.Partitioner;
+import org.apache.spark.api.java.JavaPairRDD;
+import org.apache.spark.api.java.JavaRDD;
+import org.apache.spark.api.java.JavaSparkContext;
+import org.apache.spark.broadcast.Broadcast;
+import org.apache.spark.sql.Row;
+import org.apache.spark.sql.SparkSession;
+import org.apache.spark.sql.functions;
+import scala.Tuple2;
+
+/**
+ * The prepare job: validate documents (rejecting invalid UTF-8, empty, oversized, unreadable and
+ * malformed ones with their reason), optionally drop exact duplicates, train or load the
+ * tokenizer, encode with end-of-text appended, split at max_len, bucket by length and write one
+ * Arrow shard per (bucket, slice); then {@code tokenizer.json} and, last and atomically,
+ * {@code manifest.json}. Same input and options give byte-identical output.
+ */
+public final class PrepareJob {
+    static final ObjectMapper JSON = new ObjectMapper();
+    static final String MANIFEST = "manifest.json";
+
+    private PrepareJob() {
+    }
+
+    /** One document or one rejected input. */
+    record Doc(long id, String source, long line, String text, String reason, String head) implements Serializable {
+        boolean rejected() {
+            return reason != null;
+        }
+
+        static Doc reject(long id, String source, long line, byte[] bytes, String reason) {
+            byte[] head = java.util.Arrays.copyOf(bytes, Math.min(bytes.length, 64));
+            return new Doc(id, source, line, null, reason, new String(head, StandardCharsets.ISO_8859_1));
+        }
+    }
+
+    /** Sort and partition key of a token chunk. */
+    record ChunkKey(int bucket, long doc, int chunk) implements Serializable, Comparable<ChunkKey> {
+        @Override
+        public int compareTo(ChunkKey o) {
+            int c = Integer.compare(bucket, o.bucket);
+            if (c != 0) {
+                return c;
+            }
+            c = Long.compare(doc, o.doc);
+            return c != 0 ? c : Integer.compare(chunk, o.chunk);
+        }
+    }
+
+    /** Partition = bucket × slices + (document hash mod slices): one bucket per partition, so one per file. */
+    static final class BucketPartitioner extends Partitioner {
+        private final int buckets;
+        private final int slices;
+
+        BucketPartitioner(int buckets, int slices) {
+            this.buckets = buckets;
+            this.slices = slices;
+        }
+
+        @Override
+        public int numPartitions() {
+            return buckets * slices;
+        }
+
+        @Override
+        public int getPartition(Object key) {
+            ChunkKey k = (ChunkKey) key;
+            return k.bucket() * slices + (int) Math.floorMod(Long.hashCode(k.doc()) * 0x9E3779B1, slices);
+        }
+
+        @Override
+        public boolean equals(Object o) {
+            return o instanceof BucketPartitioner p && p.buckets == buckets && p.slices == slices;
+        }
+
+        @Override
+        public int hashCode() {
+            return buckets * 31 + slices;
+        }
+    }
+
+    /** A written shard, as the manifest lists it. */
+    public record ShardEntry(String path, int bucket, long rows, long tokens) implements Serializable {
+    }
+
+    /** What a run produced. */
+    public record Result(long documents, long tokens, Map<String, Long> rejects, List<ShardEntry> shards, long inputBytes,
+                         BpeTokenizer tokenizer) {
+    }
+
+    public static Result run(SparkSession spark, PrepareOptions opt) throws IOException {
+        JavaSparkContext sc = JavaSparkContext.fromSparkContext(spark.sparkContext());
+        Configuration conf = sc.hadoopConfiguration();
+        Path out = new Path(opt.output());
+        FileSystem outFs = out.getFileSystem(conf);
+        out = outFs.makeQualified(out);
+        if (outFs.exists(out)) {
+            if (!opt.overwrite() && (outFs.exists(new Path(out, MANIFEST)) || outFs.listStatus(out).length > 0)) {
+                throw new IllegalArgumentException(out + " already holds " + (outFs.exists(new Path(out, MANIFEST))
+                        ? "a dataset" : "files") + "; pass --overwrite to replace it");
+            }
+            outFs.delete(out, true);
+        }
+        List<String> files = listInputs(opt.inputs(), conf);
+        if (files.isEmpty()) {
+            throw new IllegalArgumentException("no input files under " + opt.inputs());
+        }
+        long inputBytes = 0;
+        for (String f : files) {
+            Path p = new Path(f);
+            inputBytes += p.getFileSystem(conf).getFileStatus(p).getLen();
+        }
+        JavaRDD<Doc> docs = read(spark, sc, opt, files);
+        docs = docs.persist(org.apache.spark.storage.StorageLevel.MEMORY_AND_DISK());
+        JavaRDD<Doc> kept = docs.filter(d -> !d.rejected());
+        JavaRDD<Doc> rejected = docs.filter(Doc::rejected);
+        if (opt.dedup()) {
+            JavaRDD<Doc> unique = kept.mapToPair(d -> new Tuple2<>(sha256(d.text()), d))
+                    .reduceByKey((a, b) -> a.id() <= b.id() ? a : b).values();
+            JavaRDD<Doc> duplicates = kept.subtract(unique).map(d -> Doc.reject(d.id(), d.source(), d.line(),
+                    d.text().getBytes(StandardCharsets.UTF_8), "duplicate"));
+            kept = unique;
+            rejected = rejected.union(duplicates);
+        }
+        kept = kept.persist(org.apache.spark.storage.StorageLevel.MEMORY_AND_DISK());
+
+        BpeTokenizer tokenizer = opt.tokenizer() != null ? loadTokenizer(opt.tokenizer(), conf) : train(kept, opt.vocabSize());
+        if (tokenizer.endOfText() < 0) {
+            throw new IllegalArgumentException("tokenizer has no " + BpeTokenizer.END_OF_TEXT + " special token");
+        }
+        String tokenizerJson = tokenizer.toJson();
+        Broadcast<String> tokJson = sc.broadcast(tokenizerJson);
+        Shard.Info template = new Shard.Info(tokenizer.sha256(), tokenizer.vocabSize(), JSON.writeValueAsString(tokenizer.specials()),
+                0, 0);
+        List<Integer> buckets = opt.buckets();
+        int maxLen = opt.maxLen();
+        int slices = Math.max(1, sc.defaultParallelism() / buckets.size());
+        JavaPairRDD<ChunkKey, int[]> chunks = kept.flatMapToPair(d -> {
+            BpeTokenizer tok = tokenizer(tokJson.value());
+            int[] ids = tok.encode(d.text());
+            int[] all = java.util.Arrays.copyOf(ids, ids.length + 1);
+            all[ids.length] = tok.endOfText();
+            List<Tuple2<ChunkKey, int[]>> out2 = new ArrayList<>();
+            for (int from = 0, c = 0; from < all.length; from += maxLen, c++) {
+                int[] chunk = java.util.Arrays.copyOfRange(all, from, Math.min(all.length, from + maxLen));
+                out2.add(new Tuple2<>(new ChunkKey(bucketIndex(buckets, chunk.length), d.id(), c), chunk));
+            }
+            return out2.iterator();
+        });
+        String outDir = out.toString();
+        List<ShardEntry> shards = new ArrayList<>(chunks
+                .repartitionAndSortWithinPartitions(new BucketPartitioner(buckets.size(), slices))
+                .mapPartitionsWithIndex((part, it) -> writeShard(part, it, outDir, template, buckets, slices), true)
+                .collect());
+        shards.sort(java.util.Comparator.comparing(ShardEntry::path));
+
+        Map<String, Long> rejects = new TreeMap<>(rejected.map(Doc::reason).countByValue());
+        rejected.sortBy(Doc::id, true, Math.max(1, sc.defaultParallelism())).map(PrepareJob::rejectLine)
+                .saveAsTextFile(new Path(out, "rejects").toString());
+        long documents = kept.count();
+        long tokens = shards.stream().mapToLong(ShardEntry::tokens).sum();
+        docs.unpersist();
+        kept.unpersist();
+
+        try (OutputStream o = outFs.create(new Path(out, "tokenizer.json"), true)) {
+            o.write(tokenizerJson.getBytes(StandardCharsets.UTF_8));
+        }
+        writeManifest(outFs, out, opt, files, documents, tokens, rejects, shards, tokenizer);
+        return new Result(documents, tokens, rejects, shards, inputBytes, tokenizer);
+    }
+
+    private static int bucketIndex(List<Integer> buckets, int len) {
+        for (int i = 0; i < buckets.size(); i++) {
+            if (len <= buckets.get(i)) {
+                return i;
+            }
+        }
+        throw new IllegalStateException("chunk of " + len + " tokens exceeds the largest bucket");
+    }
+
+    /** Input files, expanded from directories and globs, qualified and sorted: their order fixes document ids. */
+    static List<String> listInputs(List<String> inputs, Configuration conf) throws IOException {
+        List<String> out = new ArrayList<>();
+        for (String in : inputs) {
+            Path p = new Path(in);
+            FileSystem fs = p.getFileSystem(conf);
+            FileStatus[] matches = fs.globStatus(p);
+            if (matches == null || matches.length == 0) {
+                throw new IllegalArgumentException("--input " + in + " does not exist");
+            }
+            for (FileStatus s : matches) {
+                collect(fs, s, out);
+            }
+        }
+        out.sort(null);
+        return out;
+    }
+
+    private static void collect(FileSystem fs, FileStatus s, List<String> out) throws IOException {
+        if (s.isDirectory()) {
+            for (FileStatus c : fs.listStatus(s.getPath())) {
+                collect(fs, c, out);
+            }
+        } else {
+            String name = s.getPath().getName();
+            if (!name.startsWith(".") && !name.startsWith("_")) {
+                out.add(fs.makeQualified(s.getPath()).toString());
+            }
+        }
+    }
+
+    private static JavaRDD<Doc> read(SparkSession spark, JavaSparkContext sc, PrepareOptions opt, List<String> files) {
+        Map<String, Integer> index = new LinkedHashMap<>();
+        List<String> byteFiles = new ArrayList<>();
+        List<String> parquet = new ArrayList<>();
+        for (int i = 0; i < files.size(); i++) {
+            String f = files.get(i);
+            index.put(f, i);
+            PrepareOptions.Format format = opt.format() != null ? opt.format() : PrepareOptions.Format.of(f);
+            (format == PrepareOptions.Format.PARQUET ? parquet : byteFiles).add(f);
+        }
+        Broadcast<Map<String, Integer>> fileIndex = sc.broadcast(index);
+        PrepareOptions.Format forced = opt.format();
+        boolean lineDocs = opt.lineDocs();
+        String field = opt.textField();
+        long maxBytes = opt.maxDocBytes();
+        JavaRDD<Doc> docs = sc.emptyRDD();
+        if (!byteFiles.isEmpty()) {
+            docs = sc.binaryFiles(String.join(",", byteFiles), Math.max(1, sc.defaultParallelism())).flatMap(kv -> {
+                String path = kv._1();
+                Integer fi = fileIndex.value().get(path);
+                if (fi == null) {
+                    throw new IllegalStateException("file " + path + " was not in the listed inputs " + fileIndex.value().keySet());
+                }
+                PrepareOptions.Format format = forced != null ? forced : PrepareOptions.Format.of(path);
+                List<Doc> out = new ArrayList<>();
+                byte[] bytes;
+                try {
+                    bytes = kv._2().toArray();
+                } catch (RuntimeException e) {
+                    out.add(Doc.reject((long) fi << 32, path, -1, new byte[0], "unreadable"));
+                    return out.iterator();
+                }
+                if (format == PrepareOptions.Format.TEXT && !lineDocs) {
+                    out.add(document((long) fi << 32, path, 0, bytes, maxBytes));
+                } else {
+                    List<byte[]> lines = splitLines(bytes);
+                    for (int i = 0; i < lines.size(); i++) {
+                        long id = ((long) fi << 32) | i;
+                        out.add(format == PrepareOptions.Format.JSONL ? jsonDocument(id, path, i + 1, lines.get(i), field, maxBytes)
+                                : document(id, path, i + 1, lines.get(i), maxBytes));
+                    }
+                }
+                return out.iterator();
+            });
+        }
+        if (!parquet.isEmpty()) {
+            JavaRDD<Doc> rows = spark.read().parquet(parquet.toArray(new String[0]))
+                    .select(functions.col(field), functions.input_file_name().as("_file"))
+                    .javaRDD().zipWithIndex().map(t -> {
+                        Row r = t._1();
+                        String path = r.getString(1);
+                        int fi = fileIndex.value().getOrDefault(path, 0);
+                        long id = ((long) fi << 32) | (t._2() & 0xffffffffL);
+                        Object v = r.get(0);
+                        if (!(v instanceof String s)) {
+                            return Doc.reject(id, path, t._2(), new byte[0], v == null ? "missing_field" : "not_text");
+                        }
+                        return document(id, path, t._2(), s.getBytes(StandardCharsets.UTF_8), maxBytes);
+                    });
+            docs = docs.union(rows);
+        }
+        return docs;
+    }
+
+    static List<byte[]> splitLines(byte[] bytes) {
+        List<byte[]> lines = new ArrayList<>();
+        int start = 0;
+        for (int i = 0; i <= bytes.length; i++) {
+            if (i == bytes.length || bytes[i] == '\n') {
+                if (i == bytes.length && start == i) {
+                    break; // no empty line after a final newline
+                }
+                int end = i > start && bytes[i - 1] == '\r' ? i - 1 : i;
+                lines.add(java.util.Arrays.copyOfRange(bytes, start, end));
+                start = i + 1;
+            }
+        }
+        return lines;
+    }
+
+    /** A document from raw bytes, or the reason it is rejected. */
+    static Doc document(long id, String source, long line, byte[] bytes, long maxBytes) {
+        if (bytes.length > maxBytes) {
+            return Doc.reject(id, source, line, bytes, "too_large");
+        }
+        String text;
+        try {
+            text = StandardCharsets.UTF_8.newDecoder().onMalformedInput(CodingErrorAction.REPORT)
+                    .onUnmappableCharacter(CodingErrorAction.REPORT).decode(ByteBuffer.wrap(bytes)).toString();
+        } catch (CharacterCodingException e) {
+            return Doc.reject(id, source, line, bytes, "invalid_utf8");
+        }
+        if (text.isBlank()) {
+            return Doc.reject(id, source, line, bytes, "empty");
+        }
+        return new Doc(id, source, line, text, null, null);
+    }
+
+    static Doc jsonDocument(long id, String source, long line, byte[] bytes, String field, long maxBytes) {
+        Doc raw = document(id, source, line, bytes, Long.MAX_VALUE);
+        if (raw.rejected()) {
+            return raw;
+        }
+        JsonNode node;
+        try {
+            node = JSON.readTree(raw.text());
+        } catch (IOException e) {
+            return Doc.reject(id, source, line, bytes, "invalid_json");
+        }
+        JsonNode v = node == null ? null : node.get(field);
+        if (v == null || v.isNull()) {
+            return Doc.reject(id, source, line, bytes, "missing_field");
+        }
+        if (!v.isTextual()) {
+            return Doc.reject(id, source, line, bytes, "not_text");
+        }
+        return document(id, source, line, v.asText().getBytes(StandardCharsets.UTF_8), maxBytes);
+    }
+
+    private static final Map<String, BpeTokenizer> TOKENIZERS = new ConcurrentHashMap<>();
+
+    /** One parsed tokenizer per JVM and tokenizer text: executors parse the broadcast JSON once. */
+    static BpeTokenizer tokenizer(String json) {
+        return TOKENIZERS.computeIfAbsent(json, j -> BpeTokenizer.fromJson(j, "broadcast tokenizer.json"));
+    }
+
+    private static BpeTokenizer loadTokenizer(String path, Configuration conf) throws IOException {
+        Path p = new Path(path);
+        FileSystem fs = p.getFileSystem(conf);
+        if (!fs.exists(p)) {
+            throw new IllegalArgumentException("--tokenizer " + path + " does not exist");
+        }
+        try (var in = fs.open(p)) {
+            return BpeTokenizer.fromJson(new String(in.readAllBytes(), StandardCharsets.UTF_8), path);
+        }
+    }
+
+    /** Pre-token counts are aggregated by Spark; merges are learned on the driver. */
+    private static BpeTokenizer train(JavaRDD<Doc> docs, int vocabSize) {
+        Map<String, Long> counts = docs.flatMapToPair(d -> {
+            Map<String, Long> local = new java.util.HashMap<>();
+            BpeTrainer.count(d.text(), local);
+            List<Tuple2<String, Long>> out = new ArrayList<>(local.size());
+            local.forEach((k, v) -> out.add(new Tuple2<>(k, v)));
+            return out.iterator();
+        }).reduceByKey(Long::sum).collectAsMap();
+        return BpeTrainer.train(counts, vocabSize, List.of(BpeTokenizer.END_OF_TEXT));
+    }
+
+    private static Iterator<ShardEntry> writeShard(int part, Iterator<Tuple2<ChunkKey, int[]>> it, String outDir, Shard.Info template,
+                                                  List<Integer> buckets, int slices) throws IOException {
+        if (!it.hasNext()) {
+            return java.util.Collections.emptyIterator();
+        }
+        int bucket = part / slices;
+        int lo = bucket == 0 ? 1 : buckets.get(bucket - 1) + 1;
+        int hi = buckets.get(bucket);
+        Shard.Info info = new Shard.Info(template.tokenizerSha256(), template.vocabSize(), template.specialTokensJson(), lo, hi);
+        String name = String.format("shards/part-%05d-bucket-%d.arrow", part, hi);
+        Path finalPath = new Path(outDir, name);
+        FileSystem fs = finalPath.getFileSystem(new Configuration());
+        // A retried task rewrites its own file: write aside, then replace.
+        Path tmp = new Path(outDir, "shards/_tmp/" + name.substring("shards/".length()) + "." + java.util.UUID.randomUUID());
+        long rows;
+        long tokens;
+        try (RootAllocator allocator = new RootAllocator();
+             ShardWriter w = new ShardWriter(fs.create(tmp, true), info, allocator, 1024)) {
+            while (it.hasNext()) {
+                Tuple2<ChunkKey, int[]> t = it.next();
+                w.write(t._1().doc(), t._2(), 0, t._2().length);
+            }
+            rows = w.rows();
+            tokens = w.tokens();
+        }
+        fs.delete(finalPath, false);
+        if (!fs.rename(tmp, finalPath)) {
+            throw new IOException("cannot rename " + tmp + " to " + finalPath);
+        }
+        return List.of(new ShardEntry(name, hi, rows, tokens)).iterator();
+    }
+
+    private static String rejectLine(Doc d) throws IOException {
+        ObjectNode n = JSON.createObjectNode();
+        n.put("reason", d.reason());
+        n.put("source", d.source());
+        n.put("line", d.line());
+        n.put("first_bytes", d.head());
+        return JSON.writeValueAsString(n);
+    }
+
+    private static void writeManifest(FileSystem fs, Path out, PrepareOptions opt, List<String> files, long documents, long tokens,
+                                      Map<String, Long> rejects, List<ShardEntry> shards, BpeTokenizer tokenizer) throws IOException {
+        ObjectNode m = JSON.createObjectNode();
+        m.put("format_version", Shard.FORMAT_VERSION);
+        m.put("documents", documents);
+        m.put("tokens", tokens);
+        ObjectNode r = m.putObject("rejects");
+        rejects.forEach(r::put);
+        ArrayNode s = m.putArray("shards");
+        for (ShardEntry e : shards) {
+            s.addObject().put("path", e.path()).put("bucket", e.bucket()).put("rows", e.rows()).put("tokens", e.tokens());
+        }
+        ObjectNode t = m.putObject("tokenizer");
+        t.put("path", "tokenizer.json");
+        t.put("sha256", tokenizer.sha256());
+        t.put("vocab_size", tokenizer.vocabSize());
+        t.put("end_of_text", tokenizer.endOfText());
+        ArrayNode in = m.putArray("inputs");
+        files.forEach(in::add);
+        ObjectNode o = m.putObject("options");
+        o.put("format", opt.format() == null ? "auto" : opt.format().name().toLowerCase(java.util.Locale.ROOT));
+        o.put("line_docs", opt.lineDocs());
+        o.put("text_field", opt.textField());
+        o.put("max_len", opt.maxLen());
+        ArrayNode b = o.putArray("buckets");
+        opt.buckets().forEach(b::add);
+        o.put("dedup", opt.dedup());
+        o.put("max_doc_bytes", opt.maxDocBytes());
+        if (opt.tokenizer() == null) {
+            o.put("vocab_size", opt.vocabSize());
+        }
+        Path tmp = new Path(out, MANIFEST + ".tmp");
+        try (OutputStream os = fs.create(tmp, true)) {
+            os.write(JSON.writerWithDefaultPrettyPrinter().writeValueAsBytes(m));
+        }
+        fs.delete(new Path(out, "shards/_tmp"), true);
+        if (!fs.rename(tmp, new Path(out, MANIFEST))) {
+            throw new IOException("cannot rename " + tmp + " to " + new Path(out, MANIFEST));
+        }
+    }
+
+    static String sha256(String text) {
+        try {
+            return HexFormat.of().formatHex(MessageDigest.getInstance("SHA-256").digest(text.getBytes(StandardCharsets.UTF_8)));
+        } catch (NoSuchAlgorithmException e) {
+            throw new IllegalStateException(e);
+        }
+    }
+}
