@@ -35,7 +35,8 @@ class CliTest {
     @Test
     void everyCommandHasHelp() {
         for (String[] cmd : new String[][] {{"--help"}, {"version", "--help"}, {"bench", "--help"}, {"bench", "gemm", "--help"},
-            {"bench", "attention", "--help"}, {"bench", "train", "--help"}, {"bench", "recall", "--help"}}) {
+            {"bench", "attention", "--help"}, {"bench", "train", "--help"}, {"bench", "recall", "--help"},
+            {"prepare", "--help"}}) {
             Result r = run(cmd);
             assertEquals(0, r.code(), String.join(" ", cmd));
             assertTrue(r.out().contains("Usage:"), r.out());
@@ -136,6 +137,27 @@ class CliTest {
         Result task = run("bench", "recall", "--task", "copy");
         assertEquals(2, task.code());
         assertTrue(task.err().contains("unknown task \"copy\""), task.err());
+    }
+
+    @Test
+    void prepareWritesADatasetAndPrintsItsFigures(@org.junit.jupiter.api.io.TempDir java.nio.file.Path dir) throws Exception {
+        java.nio.file.Path in = dir.resolve("in");
+        java.nio.file.Files.createDirectories(in);
+        java.nio.file.Files.writeString(in.resolve("a.txt"), "one line of text\nanother line\n\nlast line\n");
+        java.nio.file.Path out = dir.resolve("ds");
+        Result r = run("prepare", "--input", in.toString(), "--output", out.toString(), "--line-docs", "--vocab-size", "300",
+                "--max-len", "128", "--master", "local[1]");
+        assertEquals(0, r.code(), r.err());
+        assertTrue(r.err().contains("prepared " + out + ": 3 documents"), r.err());
+        assertTrue(r.err().contains("documents/s") && r.err().contains("MB/s") && r.err().contains("tokens/s"), r.err());
+        JsonNode m = new ObjectMapper().readTree(out.resolve("manifest.json").toFile());
+        assertEquals(1, m.get("rejects").get("empty").asInt());
+        Result again = run("prepare", "--input", in.toString(), "--output", out.toString(), "--vocab-size", "300", "--master", "local[1]");
+        assertEquals(1, again.code());
+        assertTrue(again.err().contains("--overwrite"), again.err());
+        Result bad = run("prepare", "--input", in.toString(), "--output", out.toString(), "--format", "csv");
+        assertEquals(2, bad.code());
+        assertTrue(bad.err().contains("--format must be text, jsonl or parquet"), bad.err());
     }
 
     @Test
