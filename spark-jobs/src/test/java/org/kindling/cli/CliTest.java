@@ -36,7 +36,7 @@ class CliTest {
     void everyCommandHasHelp() {
         for (String[] cmd : new String[][] {{"--help"}, {"version", "--help"}, {"bench", "--help"}, {"bench", "gemm", "--help"},
             {"bench", "attention", "--help"}, {"bench", "train", "--help"}, {"bench", "recall", "--help"},
-            {"prepare", "--help"}}) {
+            {"prepare", "--help"}, {"bench", "tokenize", "--help"}}) {
             Result r = run(cmd);
             assertEquals(0, r.code(), String.join(" ", cmd));
             assertTrue(r.out().contains("Usage:"), r.out());
@@ -158,6 +158,25 @@ class CliTest {
         Result bad = run("prepare", "--input", in.toString(), "--output", out.toString(), "--format", "csv");
         assertEquals(2, bad.code());
         assertTrue(bad.err().contains("--format must be text, jsonl or parquet"), bad.err());
+    }
+
+    @Test
+    void benchTokenizeJsonHasExactlyTheIssueFields(@org.junit.jupiter.api.io.TempDir java.nio.file.Path dir) throws Exception {
+        String text = "Tokenizers split text into pieces. Pieces become ids; ids become text again. 12345 🎉\n".repeat(50);
+        java.util.Map<String, Long> counts = new java.util.HashMap<>();
+        org.kindling.data.BpeTrainer.count(text, counts);
+        java.nio.file.Path tok = dir.resolve("tokenizer.json");
+        java.nio.file.Files.writeString(tok, org.kindling.data.BpeTrainer.train(counts, 300,
+                List.of(org.kindling.data.BpeTokenizer.END_OF_TEXT)).toJson());
+        java.nio.file.Path in = dir.resolve("in.txt");
+        java.nio.file.Files.writeString(in, text);
+        Result r = run("bench", "tokenize", "--tokenizer", tok.toString(), "--input", in.toString(), "--seconds", "0.05", "--json");
+        assertEquals(0, r.code(), r.err());
+        String line = r.out().strip();
+        assertEquals(List.of("bench", "mb_per_s", "peer_mb_per_s", "tokens", "agree"), fieldNames(line));
+        JsonNode row = new ObjectMapper().readTree(line);
+        assertTrue(row.get("agree").asBoolean(), line);
+        assertTrue(row.get("mb_per_s").asDouble() > 0 && row.get("peer_mb_per_s").asDouble() > 0, line);
     }
 
     @Test
