@@ -1,0 +1,164 @@
+package org.kindling.data;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.fasterxml.jackson.databind.node.ArrayNode;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.HashSet;
+import java.util.List;
+import java.util.Set;
+import java.util.SplittableRandom;
+import org.apache.arrow.memory.RootAllocator;
+import org.apache.hadoop.conf.Configuration;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/** The training reader over a dataset of 3 shards × 16-row record batches, read through the Hadoop FileSystem. */
+class DatasetReaderTest {
+    @TempDir
+    static Path dir;
+    static Path fixed;
+    static Path mixed;
+    static final int DOCS = 150;
+
+    /** Writes shards of documents whose ids are their index; {@code lengthOf} gives each one's length. */
+    static Path dataset(String name, java.util.function.IntUnaryOperator lengthOf) throws IOException {
+        Path root = dir.resolve(name);
+        Files.createDirectories(root.resolve("shards"));
+        ObjectNode manifest = PrepareJob.JSON.createObjectNode();
+        manifest.put("format_version", 1);
+        ArrayNode shards = manifest.putArray("shards");
+        SplittableRandom r = new SplittableRandom(4);
+        try (RootAllocator allocator = new RootAllocator()) {
+            for (int s = 0; s < 3; s++) {
+                String rel = "shards/part-0000" + s + "-bucket-64.arrow";
+                try (ShardWriter w = new ShardWriter(Files.newOutputStream(root.resolve(rel)),
+                        new Shard.Info("00".repeat(32), 500, "{}", 1, 64), allocator, 16)) {
+                    for (int d = s; d < DOCS; d += 3) {
+                        int[] t = new int[lengthOf.applyAsInt(d)];
+                        for (int i = 0; i < t.length; i++) {
+                            t[i] = r.nextInt(500);
+                        }
+                        w.write(d, t, 0, t.length);
+                    }
+                    shards.addObject().put("path", rel).put("bucket", 64).put("rows", w.rows()).put("tokens", w.tokens());
+                }
+            }
+        }
+        Files.write(root.resolve("manifest.json"), PrepareJob.JSON.writeValueAsBytes(manifest));
+        return root;
+    }
+
+    @BeforeAll
+    static void write() throws IOException {
+        fixed = dataset("fixed", d -> 64);
+        mixed = dataset("mixed", d -> 1 + (d * 37) % 64);
+    }
+
+    static DatasetReader reader(Path root, long seed, int rank, int world, int budget) throws IOException {
+        return new DatasetReader(root.toUri().toString(), new Configuration(), seed, rank, world, budget);
+    }
+
+    @Test
+    void oneEpochVisitsEveryDocumentOnce() throws IOException {
+        try (DatasetReader r = reader(fixed, 1, 0, 1, 64)) {
+            Set<Long> seen = new HashSet<>();
+            for (int i = 0; i < DOCS; i++) {
+                DatasetReader.Batch b = r.next();
+                assertEquals(1, b.sequences());
+                assertTrue(seen.add(b.docIds()[0]), "document " + b.docIds()[0] + " twice in one epoch");
+            }
+            assertEquals(DOCS, seen.size());
+        }
+    }
+
+    @Test
+    void ranksReadDisjointSlices() throws IOException {
+        Set<Long> zero = new HashSet<>();
+        Set<Long> one = new HashSet<>();
+        try (DatasetReader a = reader(fixed, 1, 0, 2, 64); DatasetReader b = reader(fixed, 1, 1, 2, 64)) {
+            for (int i = 0; i < DOCS / 4; i++) {
+                assertTrue(zero.add(a.next().docIds()[0]));
+                assertTrue(one.add(b.next().docIds()[0]));
+            }
+        }
+        zero.retainAll(one);
+        assertEquals(Set.of(), zero);
+    }
+
+    @Test
+    void batchesRespectTheBudgetAndCarryOffsets() throws IOException {
+        try (DatasetReader r = reader(mixed, 3, 0, 1, 200)) {
+            for (int i = 0; i < 40; i++) {
+                DatasetReader.Batch b = r.next();
+                assertTrue(b.tokens().length <= 200 && b.tokens().length > 0);
+                assertEquals(0, b.cuSeqlens()[0]);
+                assertEquals(b.tokens().length, b.cuSeqlens()[b.sequences()]);
+                for (int s = 0; s < b.sequences(); s++) {
+                    assertEquals(1 + (b.docIds()[s] * 37) % 64, b.cuSeqlens()[s + 1] - b.cuSeqlens()[s], "length of document "
+                            + b.docIds()[s]);
+                }
+            }
+        }
+    }
+
+    private static List<long[]> take(DatasetReader r, int n) throws IOException {
+        List<long[]> out = new ArrayList<>();
+        for (int i = 0; i < n; i++) {
+            out.add(r.next().docIds());
+        }
+        return out;
+    }
+
+    @Test
+    void sameSeedSameOrderAndResumingContinuesExactly() throws IOException {
+        List<long[]> straight;
+        try (DatasetReader r = reader(mixed, 9, 1, 2, 128)) {
+            straight = take(r, 60);
+        }
+        long position;
+        List<long[]> resumed;
+        try (DatasetReader r = reader(mixed, 9, 1, 2, 128)) {
+            List<long[]> head = take(r, 25);
+            for (int i = 0; i < 25; i++) {
+                assertArrayEquals(straight.get(i), head.get(i));
+            }
+            position = r.position();
+        }
+        try (DatasetReader r = reader(mixed, 9, 1, 2, 128)) {
+            r.seek(position);
+            resumed = take(r, 35);
+        }
+        for (int i = 0; i < 35; i++) {
+            assertArrayEquals(straight.get(25 + i), resumed.get(i), "batch " + (25 + i));
+        }
+        try (DatasetReader other = reader(mixed, 10, 1, 2, 128)) {
+            List<long[]> different = take(other, 10);
+            boolean same = true;
+            for (int i = 0; i < 10; i++) {
+                same &= java.util.Arrays.equals(different.get(i), straight.get(i));
+            }
+            assertTrue(!same, "another seed gives another order");
+        }
+    }
+
+    @Test
+    void refusesIncompleteDatasetsAndImpossibleSettings() throws IOException {
+        Path incomplete = dir.resolve("incomplete");
+        Files.createDirectories(incomplete);
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> reader(incomplete, 1, 0, 1, 64));
+        assertTrue(e.getMessage().contains("no manifest.json"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> reader(fixed, 1, 0, 1, 32));
+        assertTrue(e.getMessage().contains("token budget 32"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> reader(fixed, 1, 2, 2, 64));
+        assertTrue(e.getMessage().contains("rank 2"), e.getMessage());
+    }
+}
