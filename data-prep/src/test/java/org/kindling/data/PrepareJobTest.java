@@ -195,6 +195,31 @@ class PrepareJobTest {
     }
 
     @Test
+    void readsParquetTextColumns() throws IOException {
+        Path pq = dir.resolve("pq");
+        List<org.apache.spark.sql.Row> rows = List.of(org.apache.spark.sql.RowFactory.create("parquet document one", 1),
+                org.apache.spark.sql.RowFactory.create("  ", 2), org.apache.spark.sql.RowFactory.create(null, 3),
+                org.apache.spark.sql.RowFactory.create("parquet document two", 4));
+        org.apache.spark.sql.types.StructType schema = new org.apache.spark.sql.types.StructType()
+                .add("body", org.apache.spark.sql.types.DataTypes.StringType).add("n", org.apache.spark.sql.types.DataTypes.IntegerType);
+        spark.createDataFrame(rows, schema).coalesce(1).write().parquet(pq.toString());
+        Path out = dir.resolve("pq-out");
+        PrepareJob.Result r = PrepareJob.run(spark, new PrepareOptions(List.of(pq.toString()), out.toString(), null, false, "body",
+                null, 280, 64, null, false, 4096, false));
+        assertEquals(2, r.documents());
+        assertEquals(1L, r.rejects().get("empty"));
+        assertEquals(1L, r.rejects().get("missing_field"));
+        BpeTokenizer tok = BpeTokenizer.fromJson(Files.readString(out.resolve("tokenizer.json")), "t");
+        List<String> texts = new ArrayList<>();
+        for (List<Integer> ids : read(out).values()) {
+            int[] a = ids.stream().mapToInt(Integer::intValue).toArray();
+            texts.add(tok.decode(java.util.Arrays.copyOf(a, a.length - 1)));
+        }
+        texts.sort(null);
+        assertEquals(List.of("parquet document one", "parquet document two"), texts);
+    }
+
+    @Test
     void badOptionsNameTheOption() {
         assertThrows(IllegalArgumentException.class, () -> new PrepareOptions(List.of(), "o", null, false, "text", null, 300, 64, null,
                 false, 10, false));
