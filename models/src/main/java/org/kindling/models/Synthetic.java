@@ -165,6 +165,12 @@ public final class Synthetic {
         return correct / (double) examples.size();
     }
 
+    /** An endless source of fresh examples: batch p is generated from (seed, p), so it never repeats and resumes exactly. */
+    public static DataSource stream(Task task, int vocab, int seqLen, int batchSize, long seed) {
+        generate(task, vocab, seqLen, 1, seed); // validates the arguments now, not at the first batch
+        return DataSource.indexed(p -> generate(task, vocab, seqLen, batchSize, seed * 1_000_003L + p).batch(0, batchSize));
+    }
+
     /** A data source cycling through the training examples in batches of {@code batchSize}. */
     public static DataSource source(Examples examples, int batchSize) {
         int batches = examples.size() / batchSize;
