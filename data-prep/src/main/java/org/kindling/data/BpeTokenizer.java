@@ -16,7 +16,6 @@ import java.util.Iterator;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.concurrent.ConcurrentHashMap;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
 
@@ -39,7 +38,8 @@ public final class BpeTokenizer {
     private final List<String[]> merges;
     private final Map<String, Integer> specials;
     private final Pattern specialPattern;
-    private final Map<String, int[]> cache = new ConcurrentHashMap<>();
+    /** Per-thread piece → ids caches: a plain HashMap per thread beats one shared concurrent map. */
+    private final ThreadLocal<Map<String, int[]>> cache = ThreadLocal.withInitial(java.util.HashMap::new);
 
     BpeTokenizer(Map<String, Integer> vocab, List<String[]> merges, Map<String, Integer> specials) {
         this.vocab = Collections.unmodifiableMap(new LinkedHashMap<>(vocab));
@@ -55,10 +55,11 @@ public final class BpeTokenizer {
         this.tokens = new String[size];
         vocab.forEach((t, id) -> tokens[id] = t);
         specials.forEach((t, id) -> tokens[id] = t);
-        this.mergeRanks = new ConcurrentHashMap<>();
+        Map<String, Integer> ranks = new java.util.HashMap<>();
         for (int i = 0; i < merges.size(); i++) {
-            mergeRanks.putIfAbsent(merges.get(i)[0] + " " + merges.get(i)[1], i);
+            ranks.putIfAbsent(merges.get(i)[0] + " " + merges.get(i)[1], i);
         }
+        this.mergeRanks = ranks;
         this.specialPattern = specials.isEmpty() ? null : Pattern.compile(specials.keySet().stream()
                 .sorted((a, b) -> b.length() - a.length()).map(Pattern::quote).reduce((a, b) -> a + "|" + b).orElseThrow());
     }
@@ -107,16 +108,17 @@ public final class BpeTokenizer {
         if (text.isEmpty()) {
             return;
         }
+        Map<String, int[]> pieces = cache.get();
         Matcher m = ByteLevel.PRE_TOKENIZER.matcher(text);
         while (m.find()) {
             String piece = m.group();
-            int[] ids = cache.get(piece);
+            int[] ids = pieces.get(piece);
             if (ids == null) {
                 ids = bpe(ByteLevel.toSymbols(piece));
-                if (cache.size() > CACHE_LIMIT) {
-                    cache.clear();
+                if (pieces.size() > CACHE_LIMIT) {
+                    pieces.clear();
                 }
-                cache.put(piece, ids);
+                pieces.put(piece, ids);
             }
             out.addAll(ids);
         }
