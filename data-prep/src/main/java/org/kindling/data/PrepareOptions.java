@@ -85,14 +85,4 @@ public record PrepareOptions(List<String> inputs, String output, Format format, 
         b.add(maxLen);
         return b;
     }
-
-    /** Index of the smallest bucket that holds a chunk of {@code len} tokens. */
-    int bucketOf(int len) {
-        for (int i = 0; i < buckets.size(); i++) {
-            if (len <= buckets.get(i)) {
-                return i;
-            }
-        }
-        throw new IllegalArgumentException("chunk of " + len + " tokens exceeds max_len " + maxLen);
-    }
 }

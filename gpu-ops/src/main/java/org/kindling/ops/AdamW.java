@@ -30,17 +30,4 @@ public record AdamW(float lr, float beta1, float beta2, float eps, float weightD
             throw new IllegalArgumentException("AdamW gradient scale must be finite, got " + gradScale);
         }
     }
-
-    /** PyTorch's defaults (betas 0.9/0.999, eps 1e-8, weight decay 0.01) at the given lr and step. */
-    public static AdamW defaults(float lr, int step) {
-        return new AdamW(lr, 0.9f, 0.999f, 1e-8f, 0.01f, step, 1f);
-    }
-
-    public AdamW withStep(int step) {
-        return new AdamW(lr, beta1, beta2, eps, weightDecay, step, gradScale);
-    }
-
-    public AdamW withGradScale(float gradScale) {
-        return new AdamW(lr, beta1, beta2, eps, weightDecay, step, gradScale);
-    }
 }

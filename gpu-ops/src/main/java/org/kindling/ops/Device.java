@@ -96,10 +96,6 @@ public abstract class Device implements AutoCloseable {
         peakBytes = liveBytes;
     }
 
-    public int liveTensors() {
-        return live.size();
-    }
-
     /**
      * Shuts the device down.
      *

@@ -94,10 +94,6 @@ public final class Tensor implements AutoCloseable {
         return storage;
     }
 
-    public boolean isOwner() {
-        return owner;
-    }
-
     /** A view of {@code numel(shape)} elements starting {@code start} elements into this tensor. */
     public Tensor view(int start, int... shape) {
         checkOpen();
