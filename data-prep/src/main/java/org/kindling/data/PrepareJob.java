@@ -111,6 +111,26 @@ public final class PrepareJob {
     public record ShardEntry(String path, int bucket, long rows, long tokens) implements Serializable {
     }
 
+    /** What one partition wrote: a shard (with its whole documents) or reject lines (with counts by reason). */
+    record Part(ShardEntry shard, long documents, Map<String, Long> rejects) implements Serializable {
+    }
+
+    /** Keeps the first (lowest id) of documents with equal text; the others become "duplicate" rejects. */
+    private static JavaRDD<Doc> dedup(JavaRDD<Doc> docs) {
+        return docs.mapToPair(d -> new Tuple2<>(d.rejected() ? "reject:" + d.id() : sha256(d.text()), d)).groupByKey()
+                .flatMap(group -> {
+                    List<Doc> same = new ArrayList<>();
+                    group._2().forEach(same::add);
+                    same.sort(java.util.Comparator.comparingLong(Doc::id));
+                    List<Doc> out = new ArrayList<>(same.size());
+                    out.add(same.get(0));
+                    for (Doc d : same.subList(1, same.size())) {
+                        out.add(Doc.reject(d.id(), d.source(), d.line(), d.text().getBytes(StandardCharsets.UTF_8), "duplicate"));
+                    }
+                    return out.iterator();
+                });
+    }
+
     /** What a run produced. */
     public record Result(long documents, long tokens, Map<String, Long> rejects, List<ShardEntry> shards, long inputBytes,
                          BpeTokenizer tokenizer) {
@@ -139,20 +159,14 @@ public final class PrepareJob {
             inputBytes += p.getFileSystem(conf).getFileStatus(p).getLen();
         }
         JavaRDD<Doc> docs = read(spark, sc, opt, files);
-        docs = docs.persist(org.apache.spark.storage.StorageLevel.MEMORY_AND_DISK());
-        JavaRDD<Doc> kept = docs.filter(d -> !d.rejected());
-        JavaRDD<Doc> rejected = docs.filter(Doc::rejected);
         if (opt.dedup()) {
-            JavaRDD<Doc> unique = kept.mapToPair(d -> new Tuple2<>(sha256(d.text()), d))
-                    .reduceByKey((a, b) -> a.id() <= b.id() ? a : b).values();
-            JavaRDD<Doc> duplicates = kept.subtract(unique).map(d -> Doc.reject(d.id(), d.source(), d.line(),
-                    d.text().getBytes(StandardCharsets.UTF_8), "duplicate"));
-            kept = unique;
-            rejected = rejected.union(duplicates);
+            docs = dedup(docs);
         }
-        kept = kept.persist(org.apache.spark.storage.StorageLevel.MEMORY_AND_DISK());
-
-        BpeTokenizer tokenizer = opt.tokenizer() != null ? loadTokenizer(opt.tokenizer(), conf) : train(kept, opt.vocabSize());
+        boolean train = opt.tokenizer() == null;
+        if (train) {
+            docs = docs.persist(org.apache.spark.storage.StorageLevel.MEMORY_AND_DISK()); // read once for counts, once to encode
+        }
+        BpeTokenizer tokenizer = train ? train(docs.filter(d -> !d.rejected()), opt.vocabSize()) : loadTokenizer(opt.tokenizer(), conf);
         if (tokenizer.endOfText() < 0) {
             throw new IllegalArgumentException("tokenizer has no " + BpeTokenizer.END_OF_TEXT + " special token");
         }
@@ -161,14 +175,20 @@ public final class PrepareJob {
         Shard.Info template = new Shard.Info(tokenizer.sha256(), tokenizer.vocabSize(), JSON.writeValueAsString(tokenizer.specials()),
                 0, 0);
         List<Integer> buckets = opt.buckets();
+        int rejectBucket = buckets.size();
         int maxLen = opt.maxLen();
         int slices = Math.max(1, sc.defaultParallelism() / buckets.size());
-        JavaPairRDD<ChunkKey, int[]> chunks = kept.flatMapToPair(d -> {
+        // One pass: documents become token chunks keyed by length bucket, rejects go to a bucket of their own.
+        JavaPairRDD<ChunkKey, Object> records = docs.flatMapToPair(d -> {
+            List<Tuple2<ChunkKey, Object>> out2 = new ArrayList<>();
+            if (d.rejected()) {
+                out2.add(new Tuple2<>(new ChunkKey(rejectBucket, d.id(), 0), d));
+                return out2.iterator();
+            }
             BpeTokenizer tok = tokenizer(tokJson.value());
             int[] ids = tok.encode(d.text());
             int[] all = java.util.Arrays.copyOf(ids, ids.length + 1);
             all[ids.length] = tok.endOfText();
-            List<Tuple2<ChunkKey, int[]>> out2 = new ArrayList<>();
             for (int from = 0, c = 0; from < all.length; from += maxLen, c++) {
                 int[] chunk = java.util.Arrays.copyOfRange(all, from, Math.min(all.length, from + maxLen));
                 out2.add(new Tuple2<>(new ChunkKey(bucketIndex(buckets, chunk.length), d.id(), c), chunk));
@@ -176,19 +196,25 @@ public final class PrepareJob {
             return out2.iterator();
         });
         String outDir = out.toString();
-        List<ShardEntry> shards = new ArrayList<>(chunks
-                .repartitionAndSortWithinPartitions(new BucketPartitioner(buckets.size(), slices))
-                .mapPartitionsWithIndex((part, it) -> writeShard(part, it, outDir, template, buckets, slices), true)
-                .collect());
+        List<Part> parts = records.repartitionAndSortWithinPartitions(new BucketPartitioner(buckets.size() + 1, slices))
+                .mapPartitionsWithIndex((part, it) -> part / slices == rejectBucket ? writeRejects(part, it, outDir)
+                        : writeShard(part, it, outDir, template, buckets, slices), true)
+                .collect();
+        if (train) {
+            docs.unpersist();
+        }
+        List<ShardEntry> shards = new ArrayList<>();
+        Map<String, Long> rejects = new TreeMap<>();
+        long documents = 0;
+        for (Part part : parts) {
+            if (part.shard() != null) {
+                shards.add(part.shard());
+            }
+            documents += part.documents();
+            part.rejects().forEach((k, v) -> rejects.merge(k, v, Long::sum));
+        }
         shards.sort(java.util.Comparator.comparing(ShardEntry::path));
-
-        Map<String, Long> rejects = new TreeMap<>(rejected.map(Doc::reason).countByValue());
-        rejected.sortBy(Doc::id, true, Math.max(1, sc.defaultParallelism())).map(PrepareJob::rejectLine)
-                .saveAsTextFile(new Path(out, "rejects").toString());
-        long documents = kept.count();
         long tokens = shards.stream().mapToLong(ShardEntry::tokens).sum();
-        docs.unpersist();
-        kept.unpersist();
 
         try (OutputStream o = outFs.create(new Path(out, "tokenizer.json"), true)) {
             o.write(tokenizerJson.getBytes(StandardCharsets.UTF_8));
@@ -386,8 +412,8 @@ public final class PrepareJob {
         return BpeTrainer.train(counts, vocabSize, List.of(BpeTokenizer.END_OF_TEXT));
     }
 
-    private static Iterator<ShardEntry> writeShard(int part, Iterator<Tuple2<ChunkKey, int[]>> it, String outDir, Shard.Info template,
-                                                  List<Integer> buckets, int slices) throws IOException {
+    private static Iterator<Part> writeShard(int part, Iterator<Tuple2<ChunkKey, Object>> it, String outDir, Shard.Info template,
+                                             List<Integer> buckets, int slices) throws IOException {
         if (!it.hasNext()) {
             return java.util.Collections.emptyIterator();
         }
@@ -396,26 +422,69 @@ public final class PrepareJob {
         int hi = buckets.get(bucket);
         Shard.Info info = new Shard.Info(template.tokenizerSha256(), template.vocabSize(), template.specialTokensJson(), lo, hi);
         String name = String.format("shards/part-%05d-bucket-%d.arrow", part, hi);
-        Path finalPath = new Path(outDir, name);
-        FileSystem fs = finalPath.getFileSystem(new Configuration());
-        // A retried task rewrites its own file: write aside, then replace.
-        Path tmp = new Path(outDir, "shards/_tmp/" + name.substring("shards/".length()) + "." + java.util.UUID.randomUUID());
+        long documents = 0;
         long rows;
         long tokens;
-        try (RootAllocator allocator = new RootAllocator();
-             ShardWriter w = new ShardWriter(fs.create(tmp, true), info, allocator, 1024)) {
+        try (Replacing file = new Replacing(outDir, name); RootAllocator allocator = new RootAllocator();
+             ShardWriter w = new ShardWriter(file.stream(), info, allocator, 1024)) {
             while (it.hasNext()) {
-                Tuple2<ChunkKey, int[]> t = it.next();
-                w.write(t._1().doc(), t._2(), 0, t._2().length);
+                Tuple2<ChunkKey, Object> t = it.next();
+                int[] chunk = (int[]) t._2();
+                w.write(t._1().doc(), chunk, 0, chunk.length);
+                documents += t._1().chunk() == 0 ? 1 : 0;
             }
             rows = w.rows();
             tokens = w.tokens();
         }
-        fs.delete(finalPath, false);
-        if (!fs.rename(tmp, finalPath)) {
-            throw new IOException("cannot rename " + tmp + " to " + finalPath);
+        return List.of(new Part(new ShardEntry(name, hi, rows, tokens), documents, Map.of())).iterator();
+    }
+
+    private static Iterator<Part> writeRejects(int part, Iterator<Tuple2<ChunkKey, Object>> it, String outDir) throws IOException {
+        if (!it.hasNext()) {
+            return java.util.Collections.emptyIterator();
         }
-        return List.of(new ShardEntry(name, hi, rows, tokens)).iterator();
+        Map<String, Long> counts = new TreeMap<>();
+        try (Replacing file = new Replacing(outDir, String.format("rejects/part-%05d.jsonl", part))) {
+            OutputStream o = file.stream();
+            while (it.hasNext()) {
+                Doc d = (Doc) it.next()._2();
+                counts.merge(d.reason(), 1L, Long::sum);
+                o.write((rejectLine(d) + "\n").getBytes(StandardCharsets.UTF_8));
+            }
+        }
+        return List.of(new Part(null, 0, counts)).iterator();
+    }
+
+    /**
+     * A file written aside and renamed into place on close, replacing what a failed earlier attempt
+     * of the same task left, so retried tasks are harmless.
+     */
+    private static final class Replacing implements AutoCloseable {
+        private final FileSystem fs;
+        private final Path target;
+        private final Path tmp;
+        private final OutputStream stream;
+
+        Replacing(String dir, String name) throws IOException {
+            target = new Path(dir, name);
+            fs = target.getFileSystem(new Configuration());
+            tmp = new Path(dir, "_tmp/" + name.replace('/', '_') + "." + java.util.UUID.randomUUID());
+            stream = new java.io.BufferedOutputStream(fs.create(tmp, true), 1 << 16);
+        }
+
+        OutputStream stream() {
+            return stream;
+        }
+
+        @Override
+        public void close() throws IOException {
+            stream.close();
+            fs.delete(target, false);
+            fs.mkdirs(target.getParent());
+            if (!fs.rename(tmp, target)) {
+                throw new IOException("cannot rename " + tmp + " to " + target);
+            }
+        }
     }
 
     private static String rejectLine(Doc d) throws IOException {
@@ -462,7 +531,7 @@ public final class PrepareJob {
         try (OutputStream os = fs.create(tmp, true)) {
             os.write(JSON.writerWithDefaultPrettyPrinter().writeValueAsBytes(m));
         }
-        fs.delete(new Path(out, "shards/_tmp"), true);
+        fs.delete(new Path(out, "_tmp"), true);
         if (!fs.rename(tmp, new Path(out, MANIFEST))) {
             throw new IOException("cannot rename " + tmp + " to " + new Path(out, MANIFEST));
         }
