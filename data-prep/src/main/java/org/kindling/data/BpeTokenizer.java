@@ -34,7 +34,10 @@ public final class BpeTokenizer {
 
     private final Map<String, Integer> vocab;
     private final String[] tokens;
-    private final Map<String, Integer> mergeRanks;
+    /** (left id, right id) → rank in the high 32 bits, merged id in the low 32. */
+    private final Map<Long, Long> mergeTable;
+    /** Id of each single-byte symbol, or −1 if the vocabulary lacks it. */
+    private final int[] byteIds = new int[512];
     private final List<String[]> merges;
     private final Map<String, Integer> specials;
     private final Pattern specialPattern;
@@ -55,11 +58,22 @@ public final class BpeTokenizer {
         this.tokens = new String[size];
         vocab.forEach((t, id) -> tokens[id] = t);
         specials.forEach((t, id) -> tokens[id] = t);
-        Map<String, Integer> ranks = new java.util.HashMap<>();
+        Map<Long, Long> table = new java.util.HashMap<>();
         for (int i = 0; i < merges.size(); i++) {
-            ranks.putIfAbsent(merges.get(i)[0] + " " + merges.get(i)[1], i);
+            Integer a = vocab.get(merges.get(i)[0]);
+            Integer b = vocab.get(merges.get(i)[1]);
+            Integer merged = vocab.get(merges.get(i)[0] + merges.get(i)[1]);
+            if (a != null && b != null && merged != null) {
+                table.putIfAbsent(pair(a, b), ((long) i << 32) | merged);
+            }
         }
-        this.mergeRanks = ranks;
+        this.mergeTable = table;
+        java.util.Arrays.fill(byteIds, -1);
+        vocab.forEach((t, id) -> {
+            if (t.length() == 1 && t.charAt(0) < byteIds.length) {
+                byteIds[t.charAt(0)] = id;
+            }
+        });
         this.specialPattern = specials.isEmpty() ? null : Pattern.compile(specials.keySet().stream()
                 .sorted((a, b) -> b.length() - a.length()).map(Pattern::quote).reduce((a, b) -> a + "|" + b).orElseThrow());
     }
@@ -124,48 +138,51 @@ public final class BpeTokenizer {
         }
     }
 
+    private static long pair(int a, int b) {
+        return ((long) a << 32) | (b & 0xffffffffL);
+    }
+
     /** Applies the merges to one pre-token's symbols, lowest rank first, leftmost first among equals. */
     private int[] bpe(String symbols) {
-        List<String> parts = new ArrayList<>(symbols.length());
-        for (int i = 0; i < symbols.length(); i++) {
-            parts.add(String.valueOf(symbols.charAt(i)));
-        }
-        while (parts.size() > 1) {
-            int bestRank = Integer.MAX_VALUE;
-            int bestAt = -1;
-            for (int i = 0; i + 1 < parts.size(); i++) {
-                Integer rank = mergeRanks.get(parts.get(i) + " " + parts.get(i + 1));
-                if (rank != null && rank < bestRank) {
-                    bestRank = rank;
-                    bestAt = i;
-                }
-            }
-            if (bestAt < 0) {
-                break;
-            }
-            String a = parts.get(bestAt);
-            String b = parts.get(bestAt + 1);
-            List<String> merged = new ArrayList<>(parts.size());
-            for (int i = 0; i < parts.size(); i++) {
-                if (i + 1 < parts.size() && parts.get(i).equals(a) && parts.get(i + 1).equals(b)) {
-                    merged.add(a + b);
-                    i++;
-                } else {
-                    merged.add(parts.get(i));
-                }
-            }
-            parts = merged;
-        }
-        int[] ids = new int[parts.size()];
-        for (int i = 0; i < ids.length; i++) {
-            Integer id = vocab.get(parts.get(i));
-            if (id == null) {
-                throw new IllegalStateException("symbol \"" + parts.get(i) + "\" is not in the vocabulary: the tokenizer's "
-                        + "vocabulary lacks byte symbols its merges need");
+        int n = symbols.length();
+        int[] ids = new int[n];
+        for (int i = 0; i < n; i++) {
+            char c = symbols.charAt(i);
+            int id = c < byteIds.length ? byteIds[c] : -1;
+            if (id < 0) {
+                throw new IllegalStateException("byte symbol \"" + c + "\" is not in the vocabulary: the tokenizer lacks byte "
+                        + "symbols its merges need");
             }
             ids[i] = id;
         }
-        return ids;
+        while (n > 1) {
+            long best = Long.MAX_VALUE;
+            for (int i = 0; i + 1 < n; i++) {
+                Long m = mergeTable.get(pair(ids[i], ids[i + 1]));
+                if (m != null && m < best) {
+                    best = m;
+                }
+            }
+            if (best == Long.MAX_VALUE) {
+                break;
+            }
+            int merged = (int) best;
+            int rank = (int) (best >>> 32);
+            int w = 0;
+            for (int i = 0; i < n; i++) {
+                if (i + 1 < n) {
+                    Long m = mergeTable.get(pair(ids[i], ids[i + 1]));
+                    if (m != null && (int) (m >>> 32) == rank) {
+                        ids[w++] = merged;
+                        i++;
+                        continue;
+                    }
+                }
+                ids[w++] = ids[i];
+            }
+            n = w;
+        }
+        return java.util.Arrays.copyOf(ids, n);
     }
 
     /** The text of token ids; bytes that are not valid UTF-8 become U+FFFD, as in Hugging Face's decoder. */

@@ -280,18 +280,21 @@ public final class PrepareJob {
         long maxBytes = opt.maxDocBytes();
         JavaRDD<Doc> docs = sc.emptyRDD();
         if (!byteFiles.isEmpty()) {
-            docs = sc.binaryFiles(String.join(",", byteFiles), Math.max(1, sc.defaultParallelism())).flatMap(kv -> {
-                String path = kv._1();
+            // One task per file (binaryFiles would pack small files into too few splits to use every core).
+            int partitions = Math.max(1, Math.min(byteFiles.size(), 4 * sc.defaultParallelism()));
+            docs = sc.parallelize(byteFiles, partitions).flatMap(path -> {
                 Integer fi = fileIndex.value().get(path);
-                if (fi == null) {
-                    throw new IllegalStateException("file " + path + " was not in the listed inputs " + fileIndex.value().keySet());
-                }
                 PrepareOptions.Format format = forced != null ? forced : PrepareOptions.Format.of(path);
                 List<Doc> out = new ArrayList<>();
                 byte[] bytes;
                 try {
-                    bytes = kv._2().toArray();
-                } catch (RuntimeException e) {
+                    Path file = new Path(path);
+                    Configuration taskConf = org.apache.spark.deploy.SparkHadoopUtil.get().newConfiguration(
+                            org.apache.spark.SparkEnv.get().conf());
+                    try (var in = file.getFileSystem(taskConf).open(file)) {
+                        bytes = in.readAllBytes();
+                    }
+                } catch (IOException | RuntimeException e) {
                     out.add(Doc.reject((long) fi << 32, path, -1, new byte[0], "unreadable"));
                     return out.iterator();
                 }
