@@ -282,34 +282,9 @@ public final class PrepareJob {
         if (!byteFiles.isEmpty()) {
             // One task per file (binaryFiles would pack small files into too few splits to use every core).
             int partitions = Math.max(1, Math.min(byteFiles.size(), 4 * sc.defaultParallelism()));
-            docs = sc.parallelize(byteFiles, partitions).flatMap(path -> {
-                Integer fi = fileIndex.value().get(path);
-                PrepareOptions.Format format = forced != null ? forced : PrepareOptions.Format.of(path);
-                List<Doc> out = new ArrayList<>();
-                byte[] bytes;
-                try {
-                    Path file = new Path(path);
-                    Configuration taskConf = org.apache.spark.deploy.SparkHadoopUtil.get().newConfiguration(
-                            org.apache.spark.SparkEnv.get().conf());
-                    try (var in = file.getFileSystem(taskConf).open(file)) {
-                        bytes = in.readAllBytes();
-                    }
-                } catch (IOException | RuntimeException e) {
-                    out.add(Doc.reject((long) fi << 32, path, -1, new byte[0], "unreadable"));
-                    return out.iterator();
-                }
-                if (format == PrepareOptions.Format.TEXT && !lineDocs) {
-                    out.add(document((long) fi << 32, path, 0, bytes, maxBytes));
-                } else {
-                    List<byte[]> lines = splitLines(bytes);
-                    for (int i = 0; i < lines.size(); i++) {
-                        long id = ((long) fi << 32) | i;
-                        out.add(format == PrepareOptions.Format.JSONL ? jsonDocument(id, path, i + 1, lines.get(i), field, maxBytes)
-                                : document(id, path, i + 1, lines.get(i), maxBytes));
-                    }
-                }
-                return out.iterator();
-            });
+            docs = sc.parallelize(byteFiles, partitions).flatMap(path -> readFile(path, fileIndex.value().get(path),
+                    forced != null ? forced : PrepareOptions.Format.of(path), lineDocs, field, maxBytes,
+                    org.apache.spark.deploy.SparkHadoopUtil.get().newConfiguration(org.apache.spark.SparkEnv.get().conf())).iterator());
         }
         if (!parquet.isEmpty()) {
             JavaRDD<Doc> rows = spark.read().parquet(parquet.toArray(new String[0]))
@@ -328,6 +303,33 @@ public final class PrepareJob {
             docs = docs.union(rows);
         }
         return docs;
+    }
+
+    /** The documents of one text or JSONL file (or its rejection as unreadable). */
+    static List<Doc> readFile(String path, int fi, PrepareOptions.Format format, boolean lineDocs, String field, long maxBytes,
+                              Configuration conf) {
+        List<Doc> out = new ArrayList<>();
+        byte[] bytes;
+        try {
+            Path file = new Path(path);
+            try (var in = file.getFileSystem(conf).open(file)) {
+                bytes = in.readAllBytes();
+            }
+        } catch (IOException | RuntimeException e) {
+            out.add(Doc.reject((long) fi << 32, path, -1, new byte[0], "unreadable"));
+            return out;
+        }
+        if (format == PrepareOptions.Format.TEXT && !lineDocs) {
+            out.add(document((long) fi << 32, path, 0, bytes, maxBytes));
+            return out;
+        }
+        List<byte[]> lines = splitLines(bytes);
+        for (int i = 0; i < lines.size(); i++) {
+            long id = ((long) fi << 32) | i;
+            out.add(format == PrepareOptions.Format.JSONL ? jsonDocument(id, path, i + 1, lines.get(i), field, maxBytes)
+                    : document(id, path, i + 1, lines.get(i), maxBytes));
+        }
+        return out;
     }
 
     static List<byte[]> splitLines(byte[] bytes) {

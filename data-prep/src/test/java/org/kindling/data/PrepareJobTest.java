@@ -220,6 +220,18 @@ class PrepareJobTest {
     }
 
     @Test
+    void aFileThatCannotBeReadBecomesAnUnreadableReject() {
+        // Listed, then gone (or corrupt on disk) by the time a task reads it.
+        String lost = dir.resolve("listed-then-lost.txt").toUri().toString();
+        List<PrepareJob.Doc> docs = PrepareJob.readFile(lost, 7, PrepareOptions.Format.TEXT, true, "text", 100,
+                new org.apache.hadoop.conf.Configuration());
+        assertEquals(1, docs.size());
+        assertEquals("unreadable", docs.get(0).reason());
+        assertEquals(7L << 32, docs.get(0).id());
+        assertEquals(lost, docs.get(0).source());
+    }
+
+    @Test
     void badOptionsNameTheOption() {
         assertThrows(IllegalArgumentException.class, () -> new PrepareOptions(List.of(), "o", null, false, "text", null, 300, 64, null,
                 false, 10, false));
