@@ -119,6 +119,17 @@ public interface Backend {
     /** dx += GELU'(x)·dy. */
     void geluBackward(Tensor dx, Tensor dy, Tensor x);
 
+    // ---- dropout ----
+
+    /**
+     * out = x ⊙ keep / (1 − p), where element i is kept when {@link DropoutMask#keeps}(seed, i, p):
+     * a counter-based mask, so backward and a resumed run regenerate it from the seed alone. out may be x.
+     */
+    void dropoutForward(Tensor out, Tensor x, float p, long seed);
+
+    /** dx += dy ⊙ keep / (1 − p) with the mask of {@link #dropoutForward} for the same seed. */
+    void dropoutBackward(Tensor dx, Tensor dy, float p, long seed);
+
     // ---- embeddings ----
 
     /** out[N, C] = table[ids[n], :] for ids[N] (I32), table[V, C]. */

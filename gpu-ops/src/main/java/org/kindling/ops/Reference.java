@@ -412,4 +412,13 @@ public final class Reference {
         }
         return new double[][] {dq, dk, dv};
     }
+
+    /** x ⊙ keep / (1 − p). */
+    public static double[] dropout(float[] x, float p, long seed) {
+        double[] out = new double[x.length];
+        for (int i = 0; i < x.length; i++) {
+            out[i] = DropoutMask.keeps(seed, i, p) ? x[i] / (1.0 - p) : 0;
+        }
+        return out;
+    }
 }

@@ -198,6 +198,43 @@ class NeuralKernelTest {
 
     @ParameterizedTest(name = "n={0}")
     @ValueSource(ints = {1, 7, 59, 97, 1025, 97 * 1025})
+    void dropoutMatchesReferenceAndBackwardUsesTheSameMask(int n) {
+        float p = 0.3f;
+        float[] x = Check.uniform(81, n);
+        float[] dy = Check.uniform(82, n);
+        float[] prior = Check.uniform(83, n);
+        try (Tensor tx = dev.fromFloats(x, n); Tensor out = dev.allocate(DType.F32, n); Tensor tdy = dev.fromFloats(dy, n);
+             Tensor dx = dev.fromFloats(prior, n)) {
+            be.dropoutForward(out, tx, p, 1234);
+            Check.close("dropout", Reference.dropout(x, p, 1234), out.toFloatArray(), 1e-7, 1e-6);
+            be.dropoutBackward(dx, tdy, p, 1234);
+            Check.close("dropout dx", Check.plus(Reference.dropout(dy, p, 1234), prior), dx.toFloatArray(), 1e-6, 1e-6);
+            be.dropoutForward(tx, tx, 0f, 99);
+            assertArrayEquals(x, tx.toFloatArray(), "p = 0 keeps everything");
+        }
+    }
+
+    @Test
+    void dropoutKeepsTheExpectedFractionAndDependsOnTheSeed() {
+        int n = 200_000;
+        int kept = 0;
+        int differ = 0;
+        for (int i = 0; i < n; i++) {
+            boolean a = DropoutMask.keeps(5, i, 0.1f);
+            kept += a ? 1 : 0;
+            differ += a != DropoutMask.keeps(6, i, 0.1f) ? 1 : 0;
+        }
+        assertEquals(0.9, kept / (double) n, 0.005);
+        assertTrue(differ > n / 10, "another seed draws another mask");
+        assertThrows(IllegalArgumentException.class, () -> {
+            try (Tensor t = dev.allocate(DType.F32, 4)) {
+                be.dropoutForward(t, t, 1f, 0);
+            }
+        });
+    }
+
+    @ParameterizedTest(name = "n={0}")
+    @ValueSource(ints = {1, 7, 59, 97, 1025, 97 * 1025})
     void adamWMatchesReference(int n) {
         float[] p = Check.uniform(71, n);
         float[] g = Check.uniform(72, n);

@@ -22,17 +22,26 @@ final class Block implements AutoCloseable {
         this.saved = saved;
     }
 
+    /** Residual dropout of the next forward and backward: probability and the seed of this block's masks. */
+    private float dropout;
+    private long seed;
+
+    void dropout(float p, long seed) {
+        this.dropout = p;
+        this.seed = seed;
+    }
+
     void forward(Tensor y, Tensor x, Seqs seqs) {
-        forward(y, x, "", (m, a) -> mixer.forward(m, a, seqs));
+        forward(y, x, "", (m, a) -> mixer.forward(m, a, seqs), dropout);
     }
 
-    /** The forward for t new tokens of one sequence during incremental decoding. */
+    /** The forward for t new tokens of one sequence during incremental decoding (never with dropout). */
     void forwardStep(Tensor y, Tensor x, DecodeState state) {
-        forward(y, x, "step_", (m, a) -> mixer.forwardStep(m, a, state));
+        forward(y, x, "step_", (m, a) -> mixer.forwardStep(m, a, state), 0f);
     }
 
-    /** h = x + mix(ln1(x)); y = h + channel(ln2(h)), with buffers named by {@code prefix}. */
-    private void forward(Tensor y, Tensor x, String prefix, java.util.function.BiConsumer<Tensor, Tensor> mix) {
+    /** h = x + drop(mix(ln1(x))); y = h + drop(channel(ln2(h))), with buffers named by {@code prefix}. */
+    private void forward(Tensor y, Tensor x, String prefix, java.util.function.BiConsumer<Tensor, Tensor> mix, float p) {
         int t = x.rows();
         Backend be = x.device().backend();
         Tensor a = saved.f32(prefix + "ln1", t, c);
@@ -41,10 +50,26 @@ final class Block implements AutoCloseable {
         Tensor b = saved.f32(prefix + "ln2", t, c);
         ln1.forward(a, x);
         mix.accept(m, a);
+        if (p > 0) {
+            be.dropoutForward(m, m, p, seed);
+        }
         be.binary(BinaryOp.ADD, h, x, m);
         ln2.forward(b, h);
         channel.forward(y, b);
+        if (p > 0) {
+            be.dropoutForward(y, y, p, seed + 1);
+        }
         be.binary(BinaryOp.ADD, y, y, h);
+    }
+
+    /** The gradient a dropped-out branch passes on: dy itself, or dy ⊙ mask/(1−p) in a buffer. */
+    private Tensor throughDropout(Tensor dy, String key, long maskSeed) {
+        if (dropout == 0) {
+            return dy;
+        }
+        Tensor d = saved.zeros(key, dy.rows(), c);
+        dy.device().backend().dropoutBackward(d, dy, dropout, maskSeed);
+        return d;
     }
 
     /** dx += ∂L/∂x for upstream dy. */
@@ -54,10 +79,10 @@ final class Block implements AutoCloseable {
         Tensor dh = saved.f32("dh", t, c);
         be.copy(dh, dy);
         Tensor db = saved.zeros("dln", t, c);
-        channel.backward(db, dy);
+        channel.backward(db, throughDropout(dy, "ddrop", seed + 1));
         ln2.backward(dh, db);
         Tensor da = saved.zeros("dln", t, c);
-        mixer.backward(da, dh, seqs);
+        mixer.backward(da, throughDropout(dh, "ddrop", seed), seqs);
         ln1.backward(dx, da);
         be.binary(BinaryOp.ADD, dx, dx, dh);
     }

@@ -27,6 +27,8 @@ public final class Gpt implements AutoCloseable {
     private Seqs seqs;
     private int predicted;
     private boolean gradReady;
+    private boolean training;
+    private long dropoutSeed;
 
     public Gpt(ModelConfig cfg, Device dev, long seed) {
         this.cfg = cfg;
@@ -68,6 +70,19 @@ public final class Gpt implements AutoCloseable {
         return params;
     }
 
+    /**
+     * Training mode turns dropout on in {@link #forward} (never in {@link #logits} or decoding);
+     * {@code seed} draws this forward's masks, so a step's dropout is reproducible from its seed.
+     */
+    public void training(boolean on, long seed) {
+        this.training = on;
+        this.dropoutSeed = seed;
+    }
+
+    private float activeDropout(boolean train) {
+        return train && training ? (float) cfg.dropout() : 0f;
+    }
+
     /** Uploads a batch's ids, positions and offsets; checks positions against max_seq. */
     private Seqs upload(TokenBatch batch) {
         int t = batch.size();
@@ -84,7 +99,8 @@ public final class Gpt implements AutoCloseable {
     }
 
     /** Runs embeddings, blocks and the final LayerNorm; returns the final hidden states [T, C]. */
-    private Tensor hidden(TokenBatch batch) {
+    private Tensor hidden(TokenBatch batch, boolean train) {
+        float p = activeDropout(train);
         seqs = upload(batch);
         int t = batch.size();
         int c = cfg.dModel();
@@ -94,8 +110,12 @@ public final class Gpt implements AutoCloseable {
         be.embeddingForward(x, acts.get("ids", DType.I32, t), wte.value());
         be.embeddingForward(posEmb, seqs.positions(), wpe.value());
         be.binary(BinaryOp.ADD, x, x, posEmb);
+        if (p > 0) {
+            be.dropoutForward(x, x, p, dropoutSeed);
+        }
         for (int l = 0; l < blocks.size(); l++) {
             Tensor y = acts.f32("x" + (l + 1), t, c);
+            blocks.get(l).dropout(p, dropoutSeed + 2L * (l + 1));
             blocks.get(l).forward(y, x, seqs);
             x = y;
         }
@@ -106,7 +126,11 @@ public final class Gpt implements AutoCloseable {
 
     /** Logits [T, V] for every token of the batch (no loss): for evaluation and generation. */
     public Tensor logits(TokenBatch batch) {
-        Tensor xf = hidden(batch);
+        return logits(batch, false);
+    }
+
+    private Tensor logits(TokenBatch batch, boolean train) {
+        Tensor xf = hidden(batch, train);
         Tensor logits = acts.f32("logits", batch.size(), cfg.vocab());
         dev.backend().gemm(Gemm.of(false, true, batch.size(), cfg.vocab(), cfg.dModel()), logits, xf, wte.value());
         gradReady = false;
@@ -168,7 +192,7 @@ public final class Gpt implements AutoCloseable {
      * kernel also leaves dlogits = gradScale·∂(summed loss)/∂logits for {@link #backward}.
      */
     public double forward(TokenBatch batch, float gradScale) {
-        Tensor logits = logits(batch);
+        Tensor logits = logits(batch, true);
         int t = batch.size();
         int[] targets = batch.targets();
         predicted = 0;
@@ -218,6 +242,12 @@ public final class Gpt implements AutoCloseable {
             Tensor dprev = acts.zeros(names[i], t, c);
             blocks.get(l).backward(dprev, dx, seqs);
             dx = dprev;
+        }
+        float p = activeDropout(true);
+        if (p > 0) {
+            Tensor demb = acts.zeros("demb", t, c);
+            be.dropoutBackward(demb, dx, p, dropoutSeed);
+            dx = demb;
         }
         be.embeddingBackward(wte.grad(), dx, acts.get("ids", DType.I32, t));
         be.embeddingBackward(wpe.grad(), dx, seqs.positions());

@@ -18,7 +18,7 @@ import java.util.Set;
  * @param mixers token mixer per layer
  * @param channelMixers channel mixer per layer
  * @param mlpRatio MLP hidden width as a multiple of C
- * @param dropout residual dropout probability (0 = off)
+ * @param dropout dropout probability after the embeddings and on each residual branch, while training (0 = off)
  * @param initStd standard deviation of weight init; residual projections use initStd/√(2·nLayer)
  * @param layerNormEps LayerNorm epsilon
  */
@@ -54,9 +54,6 @@ public record ModelConfig(int vocab, int dModel, int nLayer, int nHead, int nKvH
         checkNames("channel_mixer", channelMixers, CHANNEL_MIXERS, nLayer);
         if (!(dropout >= 0 && dropout < 1)) {
             throw new IllegalArgumentException("dropout must be in [0, 1), got " + dropout);
-        }
-        if (dropout != 0) {
-            throw new IllegalArgumentException("dropout " + dropout + " is not available in this build; set dropout: 0");
         }
         if (!(initStd > 0)) {
             throw new IllegalArgumentException("init_std must be > 0, got " + initStd);

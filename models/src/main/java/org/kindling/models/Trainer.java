@@ -94,10 +94,12 @@ public final class Trainer implements AutoCloseable {
                         + " tokens predicts no token (every sequence has length 1 or is masked)");
             }
             long f0 = System.nanoTime();
+            model.training(true, dropoutSeed(step, micro));
             // Each micro-batch contributes its mean loss / gradAccum, as nanoGPT does.
             double loss = model.forward(batch, 1f / (count * (float) cfg.gradAccum()));
             long f1 = System.nanoTime();
             model.backward();
+            model.training(false, 0);
             long f2 = System.nanoTime();
             fwdMs += (f1 - f0) / 1e6;
             bwdMs += (f2 - f1) / 1e6;
@@ -126,6 +128,11 @@ public final class Trainer implements AutoCloseable {
         long t1 = System.nanoTime();
         optMs = (t1 - o0) / 1e6;
         return new StepResult(step, meanLoss, lr, norm, tokens, (t1 - t0) / 1e9);
+    }
+
+    /** The dropout seed of a micro-batch: a function of the run seed and position, so resumed runs redraw the same masks. */
+    private long dropoutSeed(int step, int micro) {
+        return cfg.seed() * 0x9E3779B97F4A7C15L + (long) step * 1_000_003L + micro * 7919L;
     }
 
     /** Name of the first parameter, in layer order, with a NaN or ±∞ gradient. */

@@ -59,6 +59,8 @@ class ModelConfigTest {
         assertTrue(e.getMessage().contains("mixer lists 2 entries but n_layer is 1"), e.getMessage());
         e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "mixer: [s4]\n", "m.yaml"));
         assertTrue(e.getMessage().contains("mixer of layer 0 is \"s4\""), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "dropout: 1.0\n", "m.yaml"));
+        assertTrue(e.getMessage().contains("dropout must be in [0, 1)"), e.getMessage());
         e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse("- 1\n", "m.yaml"));
         assertTrue(e.getMessage().contains("expected a mapping"), e.getMessage());
     }

@@ -64,6 +64,35 @@ class TrainerTest {
     }
 
     @Test
+    void dropoutIsDeterministicPerStepAndOnlyWhileTraining() {
+        ModelConfig withDropout = new ModelConfig(20, 32, 2, 4, 2, 64, List.of("attention", "attention"), List.of("mlp", "mlp"), 4,
+                0.2, 0.02, 1e-5);
+        List<List<Double>> runs = new ArrayList<>();
+        float[] logitsA = null;
+        for (int r = 0; r < 2; r++) {
+            try (Device dev = Device.cpu(2); Gpt model = new Gpt(withDropout, dev, 7); Trainer t = new Trainer(model, train(1))) {
+                List<Double> losses = new ArrayList<>();
+                DataSource d = data(8);
+                for (int i = 0; i < 4; i++) {
+                    losses.add(t.step(d).loss());
+                }
+                runs.add(losses);
+                TokenBatch b = Synthetic.associativeRecall(20, 32, 2, 1).batch(0, 2);
+                float[] once = model.logits(b).toFloatArray();
+                assertArrayEquals(once, model.logits(b).toFloatArray(), "no dropout outside training");
+                logitsA = once;
+            }
+        }
+        assertEquals(runs.get(0), runs.get(1));
+        float[][] w = new float[1][];
+        try (Device dev = Device.cpu(2)) {
+            List<Double> without = run(dev, train(1), data(8), 4, w);
+            assertTrue(!without.equals(runs.get(0)), "dropout changes the trajectory");
+        }
+        assertTrue(logitsA.length > 0);
+    }
+
+    @Test
     void accumulatingTwoHalvesMatchesOneWholeBatch() {
         float[][] halves = new float[1][];
         float[][] whole = new float[1][];

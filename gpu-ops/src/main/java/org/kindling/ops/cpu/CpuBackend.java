@@ -9,6 +9,7 @@ import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.ReduceOp;
+import org.kindling.ops.DropoutMask;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.UnaryOp;
 import jdk.incubator.vector.FloatVector;
@@ -739,6 +740,48 @@ final class CpuBackend implements Backend {
         int ody = dy.offset();
         int ox = x.offset();
         pool.parallelFor(x.numel(), GRAIN, (lo, hi) -> VecMath.geluBackward(dxv, odx + lo, dyv, ody + lo, xv, ox + lo, hi - lo));
+    }
+
+    // ---- dropout ----
+
+    private static void checkDropout(float p) {
+        if (!(p >= 0 && p < 1)) {
+            throw new IllegalArgumentException("dropout probability must be in [0, 1), got " + p);
+        }
+    }
+
+    @Override
+    public void dropoutForward(Tensor out, Tensor x, float p, long seed) {
+        checkDropout(p);
+        sameNumel(out, "out", x, "x");
+        float[] o = f32(out, "out");
+        float[] xv = f32(x, "x");
+        int oo = out.offset();
+        int ox = x.offset();
+        float scale = 1f / (1f - p);
+        pool.parallelFor(x.numel(), GRAIN, (lo, hi) -> {
+            for (int i = lo; i < hi; i++) {
+                o[oo + i] = DropoutMask.keeps(seed, i, p) ? xv[ox + i] * scale : 0f;
+            }
+        });
+    }
+
+    @Override
+    public void dropoutBackward(Tensor dx, Tensor dy, float p, long seed) {
+        checkDropout(p);
+        sameNumel(dx, "dx", dy, "dy");
+        float[] d = f32(dx, "dx");
+        float[] g = f32(dy, "dy");
+        int od = dx.offset();
+        int og = dy.offset();
+        float scale = 1f / (1f - p);
+        pool.parallelFor(dy.numel(), GRAIN, (lo, hi) -> {
+            for (int i = lo; i < hi; i++) {
+                if (DropoutMask.keeps(seed, i, p)) {
+                    d[od + i] += g[og + i] * scale;
+                }
+            }
+        });
     }
 
     // ---- embeddings ----
