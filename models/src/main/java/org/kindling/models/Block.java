@@ -72,12 +72,14 @@ final class Block implements AutoCloseable {
         return d;
     }
 
-    /** dx += ∂L/∂x for upstream dy. */
+    /**
+     * dx += ∂L/∂x for upstream dy. Consumes dy: it becomes ∂L/∂h (the residual stream's gradient
+     * plus LayerNorm 2's), which spares a copy; the caller reuses it only after zeroing.
+     */
     void backward(Tensor dx, Tensor dy, Seqs seqs) {
         int t = dy.rows();
         Backend be = dy.device().backend();
-        Tensor dh = saved.f32("dh", t, c);
-        be.copy(dh, dy);
+        Tensor dh = dy;
         Tensor db = saved.zeros("dln", t, c);
         channel.backward(db, throughDropout(dy, "ddrop", seed + 1));
         ln2.backward(dh, db);

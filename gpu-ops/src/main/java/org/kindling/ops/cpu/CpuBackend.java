@@ -136,15 +136,23 @@ final class CpuBackend implements Backend {
 
     @Override
     public void fill(Tensor out, float value) {
+        int o = out.offset();
         switch (out.dtype()) {
-            case F32 -> java.util.Arrays.fill(f32(out, "out"), out.offset(), out.offset() + out.numel(), value);
-            case BF16 -> java.util.Arrays.fill(storage(out, DType.BF16, "out").shorts(), out.offset(),
-                    out.offset() + out.numel(), BF16.fromFloat(value));
+            case F32 -> {
+                float[] a = f32(out, "out");
+                pool.parallelFor(out.numel(), GRAIN * 4, (lo, hi) -> java.util.Arrays.fill(a, o + lo, o + hi, value));
+            }
+            case BF16 -> {
+                short[] a = storage(out, DType.BF16, "out").shorts();
+                short h = BF16.fromFloat(value);
+                pool.parallelFor(out.numel(), GRAIN * 4, (lo, hi) -> java.util.Arrays.fill(a, o + lo, o + hi, h));
+            }
             case I32 -> {
                 if (value != (int) value) {
                     throw new IllegalArgumentException("cannot fill I32 " + out + " with " + value);
                 }
-                java.util.Arrays.fill(i32(out, "out"), out.offset(), out.offset() + out.numel(), (int) value);
+                int[] a = i32(out, "out");
+                pool.parallelFor(out.numel(), GRAIN * 4, (lo, hi) -> java.util.Arrays.fill(a, o + lo, o + hi, (int) value));
             }
         }
     }
@@ -166,7 +174,7 @@ final class CpuBackend implements Backend {
                 case I32 -> i32(dst, "dst");
                 case BF16 -> storage(dst, DType.BF16, "dst").shorts();
             };
-            System.arraycopy(s, s0, d, d0, n);
+            pool.parallelFor(n, GRAIN * 4, (lo, hi) -> System.arraycopy(s, s0 + lo, d, d0 + lo, hi - lo));
         } else if (src.dtype() == DType.F32 && dst.dtype() == DType.BF16) {
             float[] s = f32(src, "src");
             short[] d = storage(dst, DType.BF16, "dst").shorts();
