@@ -291,8 +291,11 @@ public final class PrepareJob {
                     .select(functions.col(field), functions.input_file_name().as("_file"))
                     .javaRDD().zipWithIndex().map(t -> {
                         Row r = t._1();
-                        String path = r.getString(1);
-                        int fi = fileIndex.value().getOrDefault(path, 0);
+                        String path = new Path(r.getString(1)).toString(); // file:///x → file:/x, as the listing wrote it
+                        Integer fi = fileIndex.value().get(path);
+                        if (fi == null) {
+                            throw new IllegalStateException("Parquet row from " + path + ", which is not among the listed inputs");
+                        }
                         long id = ((long) fi << 32) | (t._2() & 0xffffffffL);
                         Object v = r.get(0);
                         if (!(v instanceof String s)) {
