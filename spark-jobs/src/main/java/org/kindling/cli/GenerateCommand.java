@@ -1,0 +1,75 @@
+package org.kindling.cli;
+
+import java.io.IOException;
+import java.util.concurrent.Callable;
+import org.apache.hadoop.conf.Configuration;
+import org.kindling.data.BpeTokenizer;
+import org.kindling.models.Generator;
+import org.kindling.models.Gpt;
+import org.kindling.models.Sampling;
+import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.train.RunDir;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+@Command(name = "generate", mixinStandardHelpOptions = true,
+        description = {"Sample a continuation of a prompt from a run's checkpoint. Prints only the generated text on",
+            "stdout. --temperature 0 is greedy; an empty prompt starts from the end-of-text token."})
+final class GenerateCommand implements Callable<Integer> {
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Option(names = "--run", required = true, description = "the run directory (any Hadoop path)")
+    String run;
+
+    @Option(names = "--step", description = "checkpoint step (default: LATEST)")
+    Integer step;
+
+    @Option(names = "--prompt", defaultValue = "", description = "text to continue (default: empty)")
+    String prompt;
+
+    @Option(names = "--max-new-tokens", defaultValue = "64", description = "tokens to generate at most (default ${DEFAULT-VALUE})")
+    int maxNewTokens;
+
+    @Option(names = "--temperature", defaultValue = "1.0", description = "0 = greedy (default ${DEFAULT-VALUE})")
+    double temperature;
+
+    @Option(names = "--top-k", defaultValue = "0", description = "sample from the k most likely tokens; 0 = all (default ${DEFAULT-VALUE})")
+    int topK;
+
+    @Option(names = "--top-p", defaultValue = "1.0", description = "nucleus sampling mass (default ${DEFAULT-VALUE})")
+    double topP;
+
+    @Option(names = "--seed", defaultValue = "0", description = "sampling seed (default ${DEFAULT-VALUE})")
+    long seed;
+
+    @Override
+    public Integer call() throws IOException {
+        CommandLine cmd = spec.commandLine();
+        Sampling sampling;
+        try {
+            sampling = new Sampling(temperature, topK, topP);
+        } catch (IllegalArgumentException e) {
+            throw new CommandLine.ParameterException(cmd, e.getMessage());
+        }
+        RunDir dir = new RunDir(run, new Configuration());
+        String ckpt = dir.checkpoint(step);
+        BpeTokenizer tok = dir.tokenizer();
+        try (CpuDevice dev = Device.cpu(); Gpt model = dir.model(ckpt, dev)) {
+            if (tok.vocabSize() > model.config().vocab()) {
+                throw new IllegalArgumentException("the run's tokenizer has " + tok.vocabSize() + " ids but the model only "
+                        + model.config().vocab());
+            }
+            int[] ids = new Generator(model).generate(tok.encode(prompt), maxNewTokens, sampling, seed, tok.endOfText());
+            int n = ids.length > 0 && ids[ids.length - 1] == tok.endOfText() ? ids.length - 1 : ids.length;
+            cmd.getErr().printf("%s, %s: %d tokens%n", run, ckpt, ids.length);
+            cmd.getErr().flush();
+            cmd.getOut().print(tok.decode(java.util.Arrays.copyOf(ids, n)));
+            cmd.getOut().println();
+            cmd.getOut().flush();
+        }
+        return 0;
+    }
+}

@@ -1,0 +1,76 @@
+package org.kindling.train;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.charset.StandardCharsets;
+import java.util.List;
+import org.apache.hadoop.conf.Configuration;
+import org.kindling.data.BpeTokenizer;
+import org.kindling.models.Checkpoints;
+import org.kindling.models.Gpt;
+import org.kindling.models.RunConfig;
+import org.kindling.ops.Device;
+
+/**
+ * A training run's directory, as the commands around a run see it: the checkpoint to use (LATEST
+ * or a given step), its resolved config, the model with its weights, and the run's tokenizer.
+ */
+public final class RunDir {
+    public static final String TOKENIZER = "tokenizer.json";
+
+    private final String root;
+    private final HadoopRunStorage storage;
+    private final Checkpoints checkpoints;
+
+    public RunDir(String root, Configuration conf) throws IOException {
+        this.root = root;
+        this.storage = new HadoopRunStorage(root, conf);
+        this.checkpoints = new Checkpoints(storage);
+    }
+
+    public Checkpoints checkpoints() {
+        return checkpoints;
+    }
+
+    /** {@code step-N} for a given step, else the checkpoint LATEST names. */
+    public String checkpoint(Integer step) {
+        if (step != null) {
+            if (!checkpoints.steps().contains(step)) {
+                throw new IllegalArgumentException(root + " has no checkpoint at step " + step + "; it has " + checkpoints.steps());
+            }
+            return "step-" + step;
+        }
+        return checkpoints.latest().orElseThrow(() -> new IllegalArgumentException(root + " has no checkpoint yet"));
+    }
+
+    public RunConfig config(String checkpoint) {
+        return RunConfig.fromMap(checkpoints.state(checkpoint).config(), storage.describe("checkpoints/" + checkpoint + "/state.json"));
+    }
+
+    /** The model of a checkpoint, weights loaded, on {@code dev}; the caller closes it. */
+    public Gpt model(String checkpoint, Device dev) {
+        RunConfig cfg = config(checkpoint);
+        Gpt model = new Gpt(cfg.model(), dev, cfg.train().seed());
+        try {
+            checkpoints.loadWeights(checkpoint, model);
+            return model;
+        } catch (RuntimeException e) {
+            model.close();
+            throw e;
+        }
+    }
+
+    public BpeTokenizer tokenizer() throws IOException {
+        if (!storage.exists(TOKENIZER)) {
+            throw new IllegalArgumentException(storage.describe(TOKENIZER) + " is missing: the run keeps its dataset's tokenizer there");
+        }
+        try (InputStream in = storage.open(TOKENIZER)) {
+            return BpeTokenizer.fromJson(new String(in.readAllBytes(), StandardCharsets.UTF_8), storage.describe(TOKENIZER));
+        }
+    }
+
+    /** Checkpoints on disk, ascending. */
+    public List<Integer> steps() {
+        return checkpoints.steps();
+    }
+}
