@@ -135,13 +135,16 @@ public final class DatasetReader implements AutoCloseable {
         epoch = e;
     }
 
-    /** The next batch; the stream never ends (epochs follow one another). */
+    /** The next batch; the stream never ends (epochs follow one another, a batch never spans two). */
     public Batch next() throws IOException {
         List<int[]> docs = new ArrayList<>();
         List<Long> ids = new ArrayList<>();
         int tokens = 0;
         while (true) {
             if (unitCursor == order.length) {
+                if (!docs.isEmpty()) {
+                    break; // a batch never spans two epochs
+                }
                 startEpoch(epoch + 1);
                 unitCursor = 0;
                 docCursor = 0;
@@ -179,6 +182,15 @@ public final class DatasetReader implements AutoCloseable {
             currentUnit = u;
         }
         return current;
+    }
+
+    /** Whether the last batch ended this rank's epoch: the next one starts the next epoch. */
+    public boolean atEpochEnd() throws IOException {
+        while (unitCursor < order.length && docCursor == unit(order[unitCursor]).documents()) {
+            unitCursor++;
+            docCursor = 0;
+        }
+        return unitCursor == order.length;
     }
 
     /** Where the stream stands: epoch, record batch and document, packed into one number. */

@@ -81,6 +81,21 @@ class DatasetReaderTest {
     }
 
     @Test
+    void epochsEndCleanly() throws IOException {
+        try (DatasetReader r = reader(mixed, 5, 0, 1, 200)) {
+            Set<Long> seen = new HashSet<>();
+            int batches = 0;
+            do {
+                for (long id : r.next().docIds()) {
+                    assertTrue(seen.add(id), "document " + id + " twice in one epoch");
+                }
+                batches++;
+            } while (!r.atEpochEnd());
+            assertEquals(DOCS, seen.size(), "one epoch holds every document, in " + batches + " batches");
+        }
+    }
+
+    @Test
     void ranksReadDisjointSlices() throws IOException {
         Set<Long> zero = new HashSet<>();
         Set<Long> one = new HashSet<>();

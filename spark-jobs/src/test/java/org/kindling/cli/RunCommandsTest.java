@@ -94,6 +94,28 @@ class RunCommandsTest {
     }
 
     @Test
+    void evalReportsLossAndPerplexityOnADatasetOfTheRunsTokenizer() throws Exception {
+        Path corpus = dir.resolve("corpus");
+        Files.createDirectories(corpus);
+        Files.writeString(corpus.resolve("a.txt"), "the cat sat on the mat. the dog sat on the log.\n".repeat(30));
+        Path data = dir.resolve("data");
+        Result prep = cli("prepare", "--input", corpus.toString(), "--output", data.toString(), "--line-docs", "--tokenizer",
+                run.resolve(RunDir.TOKENIZER).toString(), "--max-len", "128", "--master", "local[1]");
+        assertEquals(0, prep.code(), prep.err());
+        Result r = cli("eval", "--run", run.toString(), "--data", data.toString());
+        assertEquals(0, r.code(), r.err());
+        java.util.regex.Matcher m = java.util.regex.Pattern.compile("loss (\\S+) perplexity (\\S+) \\(").matcher(r.out());
+        assertTrue(m.find(), r.out());
+        double loss = Double.parseDouble(m.group(1));
+        assertTrue(loss > 0 && loss < Math.log(tok.vocabSize()), "a trained model beats uniform guessing: " + r.out());
+        assertEquals(Math.exp(loss), Double.parseDouble(m.group(2)), 0.01 * Math.exp(loss));
+        assertTrue(r.out().contains("predicted tokens in"), r.out());
+        Result other = cli("eval", "--run", run.toString(), "--data", dir.resolve("nowhere").toString());
+        assertEquals(1, other.code());
+        assertTrue(other.err().contains("no manifest.json"), other.err());
+    }
+
+    @Test
     void exportWritesATransformersDirectory() throws Exception {
         Path out = dir.resolve("hf");
         Result r = cli("export", "--run", run.toString(), "--format", "hf-gpt2", "--out", out.toString());
