@@ -12,13 +12,35 @@ public record RunConfig(ModelConfig model, TrainConfig train) {
     private static final ObjectMapper YAML = new ObjectMapper(new YAMLFactory());
 
     public static RunConfig load(Path file) {
+        return load(file, Map.of());
+    }
+
+    /**
+     * Reads a config file with {@code key=value} overrides applied first: a key of the {@code train}
+     * section (lr, max_steps, …) or a model key (n_layer, vocab, …); values are YAML scalars and are
+     * validated like the file's.
+     */
+    public static RunConfig load(Path file, Map<String, String> overrides) {
         String text;
         try {
             text = Files.readString(file);
         } catch (IOException e) {
             throw new IllegalArgumentException("cannot read config " + file + ": " + e.getMessage(), e);
         }
-        return parse(text, file.toString());
+        Map<String, Object> root = parseYaml(text, file.toString());
+        if (!overrides.isEmpty()) {
+            root = new java.util.LinkedHashMap<>(root);
+            @SuppressWarnings("unchecked")
+            Map<String, Object> train = root.get("train") instanceof Map<?, ?> m
+                    ? new java.util.LinkedHashMap<>((Map<String, Object>) m) : new java.util.LinkedHashMap<>();
+            java.util.Set<String> trainKeys = TrainConfig.defaults(1).toMap().keySet();
+            for (Map.Entry<String, String> e : overrides.entrySet()) {
+                Object value = parseYaml("v: " + e.getValue(), "--set " + e.getKey()).get("v");
+                (trainKeys.contains(e.getKey()) ? train : root).put(e.getKey(), value);
+            }
+            root.put("train", train);
+        }
+        return fromMap(root, file.toString());
     }
 
     /** Parses YAML text; {@code source} names it in errors. */
@@ -50,6 +72,15 @@ public record RunConfig(ModelConfig model, TrainConfig train) {
                     + (root == null ? "an empty file" : root.getClass().getSimpleName()));
         }
         return (Map<String, Object>) root;
+    }
+
+    /** The resolved config as YAML that {@link #parse} reads back. */
+    public String toYaml() {
+        try {
+            return YAML.writeValueAsString(toMap());
+        } catch (IOException e) {
+            throw new IllegalStateException(e);
+        }
     }
 
     /** The resolved config, every default filled in. */

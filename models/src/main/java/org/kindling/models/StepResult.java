@@ -10,7 +10,8 @@ package org.kindling.models;
  * @param tokens tokens processed (all micro-batches)
  * @param seconds wall time of the step
  */
-public record StepResult(int step, double loss, double lr, double gradNorm, long tokens, double seconds) {
+public record StepResult(int step, double loss, double lr, double gradNorm, long tokens, double seconds)
+        implements java.io.Serializable {
     public double tokensPerSecond() {
         return tokens / seconds;
     }

@@ -29,6 +29,11 @@ public final class HadoopRunStorage implements RunStorage {
         this.fc = FileContext.getFileContext(this.root.toUri(), conf);
     }
 
+    /** The run directory, fully qualified. */
+    public String root() {
+        return root.toString();
+    }
+
     private Path resolve(String path) {
         if (path.startsWith("/") || path.contains("..")) {
             throw new IllegalArgumentException("path " + path + " leaves the run directory " + root);

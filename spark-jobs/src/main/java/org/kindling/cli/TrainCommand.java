@@ -1,0 +1,101 @@
+package org.kindling.cli;
+
+import java.io.IOException;
+import java.io.InputStream;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Path;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.concurrent.Callable;
+import org.apache.hadoop.conf.Configuration;
+import org.apache.spark.SparkConf;
+import org.apache.spark.sql.SparkSession;
+import org.kindling.data.BpeTokenizer;
+import org.kindling.models.RunConfig;
+import org.kindling.models.StepResult;
+import org.kindling.train.HadoopRunStorage;
+import org.kindling.train.RunDir;
+import org.kindling.train.TrainJob;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+@Command(name = "train", mixinStandardHelpOptions = true,
+        description = {"Train a model on a prepared dataset in a Spark barrier stage, checkpointing to the run directory",
+            "(any Hadoop path) and resuming from its LATEST checkpoint. The model's vocabulary follows the dataset's tokenizer."})
+final class TrainCommand implements Callable<Integer> {
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Option(names = "--config", required = true, description = "model config: a YAML file or a preset name (conf/models/NAME.yaml)")
+    String config;
+
+    @Option(names = "--data", required = true, description = "a prepared dataset")
+    String data;
+
+    @Option(names = "--run", required = true, description = "the run directory")
+    String run;
+
+    @Option(names = "--workers", defaultValue = "1", description = "barrier tasks; this build trains on one (default ${DEFAULT-VALUE})")
+    int workers;
+
+    @Option(names = "--master", description = "Spark master (default: the spark-submit one, else local[*])")
+    String master;
+
+    @Option(names = "--set", description = "override a config key, e.g. --set max_steps=200 --set lr=1e-3")
+    Map<String, String> overrides = new LinkedHashMap<>();
+
+    @Override
+    public Integer call() throws IOException {
+        CommandLine cmd = spec.commandLine();
+        if (workers != 1) {
+            throw new CommandLine.ParameterException(cmd, "--workers " + workers
+                    + ": this build trains on one worker (no gradient exchange between workers yet)");
+        }
+        Configuration conf = new Configuration();
+        BpeTokenizer tok;
+        HadoopRunStorage dataset = new HadoopRunStorage(data, conf);
+        if (!dataset.exists(RunDir.TOKENIZER)) {
+            throw new CommandLine.ParameterException(cmd, "--data " + data + " has no " + RunDir.TOKENIZER + ": is it a prepared dataset?");
+        }
+        try (InputStream in = dataset.open(RunDir.TOKENIZER)) {
+            tok = BpeTokenizer.fromJson(new String(in.readAllBytes(), StandardCharsets.UTF_8), dataset.describe(RunDir.TOKENIZER));
+        }
+        Map<String, String> sets = new LinkedHashMap<>(overrides);
+        sets.putIfAbsent("vocab", String.valueOf(tok.vocabSize()));
+        RunConfig cfg;
+        try {
+            Path file = Presets.resolve(config);
+            cfg = RunConfig.load(file, sets);
+        } catch (IllegalArgumentException e) {
+            throw new CommandLine.ParameterException(cmd, e.getMessage());
+        }
+        if (cfg.model().vocab() < tok.vocabSize()) {
+            throw new CommandLine.ParameterException(cmd, "vocab " + cfg.model().vocab() + " is smaller than the dataset's tokenizer ("
+                    + tok.vocabSize() + ")");
+        }
+        SparkSession.Builder builder = SparkSession.builder().appName("kindling train");
+        if (master != null || !new SparkConf().contains("spark.master")) {
+            builder.master(master != null ? master : "local[*]");
+        }
+        SparkSession spark = builder.getOrCreate();
+        try {
+            long t0 = System.nanoTime();
+            List<StepResult> steps = TrainJob.run(spark, run, data, cfg);
+            double s = (System.nanoTime() - t0) / 1e9;
+            var err = cmd.getErr();
+            if (steps.isEmpty()) {
+                err.printf("%s is already at max_steps %d%n", run, cfg.train().maxSteps());
+            } else {
+                StepResult last = steps.get(steps.size() - 1);
+                err.printf("trained %s: step %d, loss %.4f, %.0f s; checkpoints in %s/checkpoints, metrics in %s/metrics.jsonl%n", run,
+                        last.step(), last.loss(), s, run, run);
+            }
+            err.flush();
+        } finally {
+            spark.stop();
+        }
+        return 0;
+    }
+}
