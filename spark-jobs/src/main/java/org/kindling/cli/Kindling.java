@@ -7,7 +7,7 @@ import picocli.CommandLine.Command;
 /** The {@code kindling} command: entry point for {@code bin/kindling} and {@code spark-submit --class}. */
 @Command(name = "kindling", mixinStandardHelpOptions = true, versionProvider = BuildInfo.class,
         description = "Efficient transformer training inside Apache Spark.",
-        subcommands = {VersionCommand.class, PrepareCommand.class, TrainCommand.class, GenerateCommand.class, ExportCommand.class,
+        subcommands = {VersionCommand.class, QuickstartCommand.class, PrepareCommand.class, TrainCommand.class, GenerateCommand.class, ExportCommand.class,
             EvalCommand.class,
             BenchCommand.class, CommandLine.HelpCommand.class})
 public final class Kindling implements Runnable {

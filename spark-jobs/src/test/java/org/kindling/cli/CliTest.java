@@ -37,7 +37,7 @@ class CliTest {
         for (String[] cmd : new String[][] {{"--help"}, {"version", "--help"}, {"bench", "--help"}, {"bench", "gemm", "--help"},
             {"bench", "attention", "--help"}, {"bench", "train", "--help"}, {"bench", "recall", "--help"},
             {"prepare", "--help"}, {"bench", "tokenize", "--help"}, {"generate", "--help"}, {"export", "--help"},
-            {"eval", "--help"}}) {
+            {"eval", "--help"}, {"train", "--help"}, {"quickstart", "--help"}}) {
             Result r = run(cmd);
             assertEquals(0, r.code(), String.join(" ", cmd));
             assertTrue(r.out().contains("Usage:"), r.out());
