@@ -4,7 +4,6 @@ import java.io.IOException;
 import java.util.concurrent.Callable;
 import org.apache.hadoop.conf.Configuration;
 import org.kindling.data.BpeTokenizer;
-import org.kindling.models.Generator;
 import org.kindling.models.Gpt;
 import org.kindling.models.Sampling;
 import org.kindling.ops.Device;
@@ -58,16 +57,10 @@ final class GenerateCommand implements Callable<Integer> {
         String ckpt = dir.checkpoint(step);
         BpeTokenizer tok = dir.tokenizer();
         try (CpuDevice dev = Device.cpu(); Gpt model = dir.model(ckpt, dev)) {
-            if (tok.vocabSize() > model.config().vocab()) {
-                throw new IllegalArgumentException("the run's tokenizer has " + tok.vocabSize() + " ids but the model only "
-                        + model.config().vocab());
-            }
-            int[] ids = new Generator(model).generate(tok.encode(prompt), maxNewTokens, sampling, seed, tok.endOfText());
-            int n = ids.length > 0 && ids[ids.length - 1] == tok.endOfText() ? ids.length - 1 : ids.length;
-            cmd.getErr().printf("%s, %s: %d tokens%n", run, ckpt, ids.length);
+            String text = RunDir.continuation(model, tok, prompt, maxNewTokens, sampling, seed);
+            cmd.getErr().printf("%s, %s%n", run, ckpt);
             cmd.getErr().flush();
-            cmd.getOut().print(tok.decode(java.util.Arrays.copyOf(ids, n)));
-            cmd.getOut().println();
+            cmd.getOut().println(text);
             cmd.getOut().flush();
         }
         return 0;

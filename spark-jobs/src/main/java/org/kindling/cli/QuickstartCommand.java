@@ -15,7 +15,6 @@ import org.apache.spark.sql.SparkSession;
 import org.kindling.data.BpeTokenizer;
 import org.kindling.data.PrepareJob;
 import org.kindling.data.PrepareOptions;
-import org.kindling.models.Generator;
 import org.kindling.models.Gpt;
 import org.kindling.models.RunConfig;
 import org.kindling.models.Sampling;
@@ -86,9 +85,7 @@ final class QuickstartCommand implements Callable<Integer> {
         String prompt = "public final class ";
         String sample;
         try (CpuDevice dev = Device.cpu(); Gpt model = runDir.model(runDir.checkpoint(null), dev)) {
-            int[] ids = new Generator(model).generate(tok.encode(prompt), 120, new Sampling(0.8, 40, 0.95), 7, tok.endOfText());
-            int n = ids.length > 0 && ids[ids.length - 1] == tok.endOfText() ? ids.length - 1 : ids.length;
-            sample = prompt + tok.decode(java.util.Arrays.copyOf(ids, n));
+            sample = prompt + RunDir.continuation(model, tok, prompt, 120, new Sampling(0.8, 40, 0.95), 7);
         }
         err.println("3/3 a sample (temperature 0.8, top-k 40, top-p 0.95):");
         err.flush();

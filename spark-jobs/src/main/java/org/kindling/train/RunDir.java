@@ -7,8 +7,10 @@ import java.util.List;
 import org.apache.hadoop.conf.Configuration;
 import org.kindling.data.BpeTokenizer;
 import org.kindling.models.Checkpoints;
+import org.kindling.models.Generator;
 import org.kindling.models.Gpt;
 import org.kindling.models.RunConfig;
+import org.kindling.models.Sampling;
 import org.kindling.ops.Device;
 
 /**
@@ -67,6 +69,17 @@ public final class RunDir {
         try (InputStream in = storage.open(TOKENIZER)) {
             return BpeTokenizer.fromJson(new String(in.readAllBytes(), StandardCharsets.UTF_8), storage.describe(TOKENIZER));
         }
+    }
+
+    /** The text a model generates after {@code prompt}, without a final end-of-text. */
+    public static String continuation(Gpt model, BpeTokenizer tok, String prompt, int maxNewTokens, Sampling sampling, long seed) {
+        if (tok.vocabSize() > model.config().vocab()) {
+            throw new IllegalArgumentException("the run's tokenizer has " + tok.vocabSize() + " ids but the model only "
+                    + model.config().vocab());
+        }
+        int[] ids = new Generator(model).generate(tok.encode(prompt), maxNewTokens, sampling, seed, tok.endOfText());
+        int n = ids.length > 0 && ids[ids.length - 1] == tok.endOfText() ? ids.length - 1 : ids.length;
+        return tok.decode(java.util.Arrays.copyOf(ids, n));
     }
 
     /** Checkpoints on disk, ascending. */

@@ -77,11 +77,15 @@ class RunCommandsTest {
         String expected;
         try (Device dev = Device.cpu(); Gpt model = new RunDir(run.toString(), new Configuration()).model("step-40", dev)) {
             int[] ids = new Generator(model).generate(tok.encode("the cat"), 12, Sampling.greedy(), 0, tok.endOfText());
-            int n = ids.length > 0 && ids[ids.length - 1] == tok.endOfText() ? ids.length - 1 : ids.length;
+            assertTrue(ids.length > 0);
+            int n = ids[ids.length - 1] == tok.endOfText() ? ids.length - 1 : ids.length;
             expected = tok.decode(java.util.Arrays.copyOf(ids, n));
         }
         assertEquals(expected + System.lineSeparator(), r.out());
         assertTrue(r.err().contains("step-40"), r.err());
+        try (Device dev = Device.cpu(); Gpt model = new RunDir(run.toString(), new Configuration()).model("step-40", dev)) {
+            assertEquals(expected, RunDir.continuation(model, tok, "the cat", 12, Sampling.greedy(), 0));
+        }
         Result sampled = cli("generate", "--run", run.toString(), "--prompt", "", "--temperature", "0.8", "--top-k", "20", "--seed", "3");
         assertEquals(0, sampled.code(), sampled.err());
         assertEquals(sampled.out(), cli("generate", "--run", run.toString(), "--prompt", "", "--temperature", "0.8", "--top-k", "20",
