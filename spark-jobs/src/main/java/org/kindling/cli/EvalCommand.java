@@ -20,14 +20,11 @@ final class EvalCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
-    @Option(names = "--run", required = true, description = "the run directory (any Hadoop path)")
-    String run;
+    @CommandLine.Mixin
+    RunOptions target;
 
     @Option(names = "--data", required = true, description = "a prepared dataset (any Hadoop path)")
     String data;
-
-    @Option(names = "--step", description = "checkpoint step (default: LATEST)")
-    Integer step;
 
     @Option(names = "--batch-tokens", defaultValue = "8192", description = "tokens per batch (default ${DEFAULT-VALUE})")
     int batchTokens;
@@ -42,8 +39,8 @@ final class EvalCommand implements Callable<Integer> {
             throw new CommandLine.ParameterException(cmd, "--batches must be at least 1, got " + batches);
         }
         Configuration conf = new Configuration();
-        RunDir dir = new RunDir(run, conf);
-        String ckpt = dir.checkpoint(step);
+        RunDir dir = new RunDir(target.run, conf);
+        String ckpt = dir.checkpoint(target.step);
         String runTokenizer = dir.tokenizer().sha256();
         double loss = 0;
         long predicted = 0;
@@ -51,7 +48,7 @@ final class EvalCommand implements Callable<Integer> {
         try (CpuDevice dev = Device.cpu(); Gpt model = dir.model(ckpt, dev);
              DatasetReader reader = new DatasetReader(data, conf, 0, 0, 1, batchTokens)) {
             if (!reader.info().tokenizerSha256().equals(runTokenizer)) {
-                throw new IllegalArgumentException(data + " was tokenized with another tokenizer than the run's " + run + "/"
+                throw new IllegalArgumentException(data + " was tokenized with another tokenizer than the run's " + target.run + "/"
                         + RunDir.TOKENIZER);
             }
             do {

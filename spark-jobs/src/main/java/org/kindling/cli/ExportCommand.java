@@ -22,11 +22,8 @@ final class ExportCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
-    @Option(names = "--run", required = true, description = "the run directory (any Hadoop path)")
-    String run;
-
-    @Option(names = "--step", description = "checkpoint step (default: LATEST)")
-    Integer step;
+    @CommandLine.Mixin
+    RunOptions target;
 
     @Option(names = "--format", defaultValue = "hf-gpt2", description = "export format; hf-gpt2 (default)")
     String format;
@@ -40,14 +37,14 @@ final class ExportCommand implements Callable<Integer> {
         if (!format.equals("hf-gpt2")) {
             throw new CommandLine.ParameterException(cmd, "--format must be hf-gpt2, got \"" + format + "\"");
         }
-        RunDir dir = new RunDir(run, new Configuration());
-        String ckpt = dir.checkpoint(step);
+        RunDir dir = new RunDir(target.run, new Configuration());
+        String ckpt = dir.checkpoint(target.step);
         BpeTokenizer tok = dir.tokenizer();
         try (CpuDevice dev = Device.cpu(); Gpt model = dir.model(ckpt, dev)) {
             HfExport.write(model, tok.endOfText(), out);
         }
         Files.writeString(out.resolve("tokenizer.json"), tok.toJson());
-        cmd.getErr().printf("exported %s %s to %s%n", run, ckpt, out);
+        cmd.getErr().printf("exported %s %s to %s%n", target.run, ckpt, out);
         cmd.getErr().flush();
         return 0;
     }

@@ -20,11 +20,8 @@ final class GenerateCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
-    @Option(names = "--run", required = true, description = "the run directory (any Hadoop path)")
-    String run;
-
-    @Option(names = "--step", description = "checkpoint step (default: LATEST)")
-    Integer step;
+    @CommandLine.Mixin
+    RunOptions target;
 
     @Option(names = "--prompt", defaultValue = "", description = "text to continue (default: empty)")
     String prompt;
@@ -53,12 +50,12 @@ final class GenerateCommand implements Callable<Integer> {
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(cmd, e.getMessage());
         }
-        RunDir dir = new RunDir(run, new Configuration());
-        String ckpt = dir.checkpoint(step);
+        RunDir dir = new RunDir(target.run, new Configuration());
+        String ckpt = dir.checkpoint(target.step);
         BpeTokenizer tok = dir.tokenizer();
         try (CpuDevice dev = Device.cpu(); Gpt model = dir.model(ckpt, dev)) {
             String text = RunDir.continuation(model, tok, prompt, maxNewTokens, sampling, seed);
-            cmd.getErr().printf("%s, %s%n", run, ckpt);
+            cmd.getErr().printf("%s, %s%n", target.run, ckpt);
             cmd.getErr().flush();
             cmd.getOut().println(text);
             cmd.getOut().flush();

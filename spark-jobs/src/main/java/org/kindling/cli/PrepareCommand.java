@@ -4,7 +4,6 @@ import java.io.IOException;
 import java.io.PrintWriter;
 import java.util.List;
 import java.util.concurrent.Callable;
-import org.apache.spark.SparkConf;
 import org.apache.spark.sql.SparkSession;
 import org.kindling.data.PrepareJob;
 import org.kindling.data.PrepareOptions;
@@ -70,11 +69,7 @@ final class PrepareCommand implements Callable<Integer> {
             throw new CommandLine.ParameterException(cmd, e.getMessage());
         }
         PrintWriter err = cmd.getErr();
-        SparkSession.Builder builder = SparkSession.builder().appName("kindling prepare");
-        if (master != null || !new SparkConf().contains("spark.master")) {
-            builder.master(master != null ? master : "local[*]");
-        }
-        SparkSession spark = builder.getOrCreate();
+        SparkSession spark = Spark.session("kindling prepare", master);
         try {
             long t0 = System.nanoTime();
             PrepareJob.Result r = PrepareJob.run(spark, opts);

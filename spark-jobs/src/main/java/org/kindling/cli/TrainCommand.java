@@ -9,7 +9,6 @@ import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Callable;
 import org.apache.hadoop.conf.Configuration;
-import org.apache.spark.SparkConf;
 import org.apache.spark.sql.SparkSession;
 import org.kindling.data.BpeTokenizer;
 import org.kindling.models.RunConfig;
@@ -75,11 +74,7 @@ final class TrainCommand implements Callable<Integer> {
             throw new CommandLine.ParameterException(cmd, "vocab " + cfg.model().vocab() + " is smaller than the dataset's tokenizer ("
                     + tok.vocabSize() + ")");
         }
-        SparkSession.Builder builder = SparkSession.builder().appName("kindling train");
-        if (master != null || !new SparkConf().contains("spark.master")) {
-            builder.master(master != null ? master : "local[*]");
-        }
-        SparkSession spark = builder.getOrCreate();
+        SparkSession spark = Spark.session("kindling train", master);
         try {
             long t0 = System.nanoTime();
             List<StepResult> steps = TrainJob.run(spark, run, data, cfg);

@@ -1,0 +1,18 @@
+package org.kindling.cli;
+
+import org.apache.spark.SparkConf;
+import org.apache.spark.sql.SparkSession;
+
+/** The SparkSession of a command: the spark-submit master if there is one, else --master, else local[*]. */
+final class Spark {
+    private Spark() {
+    }
+
+    static SparkSession session(String appName, String master) {
+        SparkSession.Builder builder = SparkSession.builder().appName(appName);
+        if (master != null || !new SparkConf().contains("spark.master")) {
+            builder.master(master != null ? master : "local[*]");
+        }
+        return builder.getOrCreate();
+    }
+}
