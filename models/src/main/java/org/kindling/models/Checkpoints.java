@@ -19,8 +19,8 @@ import org.kindling.ops.Tensor;
 /**
  * Checkpoints of a run directory: {@code checkpoints/step-N/} holds {@code model.safetensors}
  * (weights by parameter name), {@code optimizer.safetensors} (AdamW moments {@code m.NAME},
- * {@code v.NAME}) and {@code state.json} (format version, step, data position, RNG seed, resolved
- * config). A checkpoint is written into a temporary directory and renamed into place, then
+ * {@code v.NAME}) and {@code state.json} (format version, step, each worker's data position, RNG
+ * seed, resolved config). A checkpoint is written into a temporary directory and renamed into place, then
  * {@code checkpoints/LATEST} is replaced atomically to name it; only the newest K are kept. A
  * crash at any point leaves the previous LATEST checkpoint complete and usable.
  */
@@ -30,8 +30,16 @@ public final class Checkpoints {
     static final String LATEST = DIR + "/LATEST";
     private static final ObjectMapper JSON = new ObjectMapper();
 
-    /** What {@code state.json} records besides the tensors. */
-    public record State(int formatVersion, int step, long dataPosition, long seed, Map<String, Object> config) {
+    /**
+     * What {@code state.json} records besides the tensors.
+     *
+     * @param dataPositions each worker's data position, by rank (one entry for a single-process run)
+     */
+    public record State(int formatVersion, int step, long[] dataPositions, long seed, Map<String, Object> config) {
+        /** The data position of rank 0: that of the only worker of a single-process run. */
+        public long dataPosition() {
+            return dataPositions[0];
+        }
     }
 
     private final RunStorage storage;
@@ -49,11 +57,14 @@ public final class Checkpoints {
     }
 
     /**
-     * Saves the trainer's weights, moments and step with the data position, then points LATEST at
-     * it and prunes to {@code keep}. Saving a step that already exists (a retried task) only
-     * re-points LATEST: training is deterministic, so the existing files are the same.
+     * Saves the trainer's weights, moments and step with the data positions (one per worker, by
+     * rank), then points LATEST at it and prunes to {@code keep}. Saving a step that already exists
+     * (a retried task) only re-points LATEST: training is deterministic, so the existing files are the same.
      */
-    public String save(Trainer trainer, long dataPosition, RunConfig config, int keep) {
+    public String save(Trainer trainer, RunConfig config, int keep, long... dataPositions) {
+        if (dataPositions.length == 0) {
+            throw new IllegalArgumentException("a checkpoint needs the data position of every worker, got none");
+        }
         String name = name(trainer.stepCount());
         String dir = DIR + "/" + name;
         try {
@@ -64,7 +75,11 @@ public final class Checkpoints {
                 ObjectNode state = JSON.createObjectNode();
                 state.put("format_version", FORMAT_VERSION);
                 state.put("step", trainer.stepCount());
-                state.put("data_position", dataPosition);
+                state.put("data_position", dataPositions[0]);
+                var positions = state.putArray("data_positions");
+                for (long p : dataPositions) {
+                    positions.add(p);
+                }
                 state.putObject("rng").put("seed", config.train().seed());
                 state.set("config", JSON.valueToTree(config.toMap()));
                 try (OutputStream out = storage.create(tmp + "/state.json")) {
@@ -157,8 +172,16 @@ public final class Checkpoints {
             }
             @SuppressWarnings("unchecked")
             Map<String, Object> config = JSON.convertValue(s.get("config"), Map.class);
-            return new State(version, s.get("step").asInt(), s.get("data_position").asLong(), s.path("rng").path("seed").asLong(),
-                    config);
+            long[] positions;
+            if (s.path("data_positions").isArray() && !s.get("data_positions").isEmpty()) {
+                positions = new long[s.get("data_positions").size()];
+                for (int i = 0; i < positions.length; i++) {
+                    positions[i] = s.get("data_positions").get(i).asLong();
+                }
+            } else {
+                positions = new long[] {s.get("data_position").asLong()};
+            }
+            return new State(version, s.get("step").asInt(), positions, s.path("rng").path("seed").asLong(), config);
         } catch (IOException e) {
             throw new UncheckedIOException("cannot read " + storage.describe(path), e);
         }

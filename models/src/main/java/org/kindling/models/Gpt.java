@@ -24,6 +24,8 @@ public final class Gpt implements AutoCloseable {
     private final List<Block> blocks = new ArrayList<>();
     private final LayerNorm lnf;
     private final Buffers acts;
+    /** Parameters in the order the backward pass finishes with them: ln_f, blocks last to first, embeddings. */
+    private final List<List<Param>> backwardGroups = new ArrayList<>();
     private Seqs seqs;
     private int predicted;
     private boolean gradReady;
@@ -56,6 +58,18 @@ public final class Gpt implements AutoCloseable {
         }
         lnf = new LayerNorm(pb, new Buffers(dev), "ln_f", c, cfg.layerNormEps());
         params = pb.build(dev, seed);
+        backwardGroups.add(withPrefix("ln_f."));
+        for (int l = cfg.nLayer() - 1; l >= 0; l--) {
+            backwardGroups.add(withPrefix("h." + l + "."));
+        }
+        backwardGroups.add(List.of(wte.get(), wpe.get()));
+        if (backwardGroups.stream().mapToInt(List::size).sum() != params.list().size()) {
+            throw new IllegalStateException("a parameter belongs to no backward group: " + params.list());
+        }
+    }
+
+    private List<Param> withPrefix(String prefix) {
+        return params.list().stream().filter(p -> p.name().startsWith(prefix)).toList();
     }
 
     public ModelConfig config() {
@@ -221,6 +235,15 @@ public final class Gpt implements AutoCloseable {
 
     /** Accumulates parameter gradients (+=) for the dlogits the last {@link #forward} left. */
     public void backward() {
+        backward(done -> { });
+    }
+
+    /**
+     * {@link #backward()}, telling {@code finished} about each group of parameters as soon as their
+     * gradients are complete (the final LayerNorm, then the blocks last to first, then the
+     * embeddings), so that a data-parallel run can send them while the rest is computed.
+     */
+    public void backward(java.util.function.Consumer<List<Param>> finished) {
         if (!gradReady) {
             throw new IllegalStateException("backward needs a forward with gradScale > 0 first");
         }
@@ -238,9 +261,11 @@ public final class Gpt implements AutoCloseable {
         String[] names = {"dx_a", "dx_b"};
         Tensor dx = acts.zeros(names[0], t, c);
         lnf.backward(dx, dxf);
+        finished.accept(backwardGroups.get(0));
         for (int l = blocks.size() - 1, i = 1; l >= 0; l--, i ^= 1) {
             Tensor dprev = acts.zeros(names[i], t, c);
             blocks.get(l).backward(dprev, dx, seqs);
+            finished.accept(backwardGroups.get(blocks.size() - l));
             dx = dprev;
         }
         float p = activeDropout(true);
@@ -251,6 +276,7 @@ public final class Gpt implements AutoCloseable {
         }
         be.embeddingBackward(wte.grad(), dx, acts.get("ids", DType.I32, t));
         be.embeddingBackward(wpe.grad(), dx, seqs.positions());
+        finished.accept(backwardGroups.get(backwardGroups.size() - 1));
     }
 
     @Override

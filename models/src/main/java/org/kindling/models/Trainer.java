@@ -6,13 +6,16 @@ import org.kindling.ops.DType;
 import org.kindling.ops.Tensor;
 
 /**
- * Single-process training: gradient accumulation over micro-batches, global-norm clipping, AdamW
- * with decoupled weight decay (matrices only) on fp32 master weights, warmup + cosine schedule.
- * Deterministic: the same model, config and data give bit-identical weights.
+ * Training steps: gradient accumulation over micro-batches, global-norm clipping, AdamW with
+ * decoupled weight decay (matrices only) on fp32 master weights, warmup + cosine schedule.
+ * Deterministic: the same model, config and data give bit-identical weights. With a
+ * {@link GradientSync} of several workers, the loss and gradients are means over every worker's
+ * tokens, so all replicas take the same step.
  */
 public final class Trainer implements AutoCloseable {
     private final Gpt model;
     private final TrainConfig cfg;
+    private final GradientSync sync;
     private final Tensor m;
     private final Tensor v;
     private int step;
@@ -22,8 +25,13 @@ public final class Trainer implements AutoCloseable {
     private double optMs;
 
     public Trainer(Gpt model, TrainConfig cfg) {
+        this(model, cfg, GradientSync.SINGLE);
+    }
+
+    public Trainer(Gpt model, TrainConfig cfg, GradientSync sync) {
         this.model = model;
         this.cfg = cfg;
+        this.sync = sync;
         int n = model.params().count();
         this.m = model.device().allocate(DType.F32, n);
         this.v = model.device().allocate(DType.F32, n);
@@ -35,6 +43,10 @@ public final class Trainer implements AutoCloseable {
 
     public TrainConfig config() {
         return cfg;
+    }
+
+    public GradientSync sync() {
+        return sync;
     }
 
     /** Optimizer steps taken so far. */
@@ -81,33 +93,41 @@ public final class Trainer implements AutoCloseable {
         long t0 = System.nanoTime();
         Params params = model.params();
         params.zeroGrad();
-        double lossSum = 0;
-        long predicted = 0;
-        long tokens = 0;
-        fwdMs = 0;
-        bwdMs = 0;
-        for (int micro = 0; micro < cfg.gradAccum(); micro++) {
-            TokenBatch batch = data.next();
-            int count = batch.predicted();
-            if (count == 0) {
-                throw new IllegalArgumentException("step " + step + ": a micro-batch of " + batch.size()
+        TokenBatch[] batches = new TokenBatch[cfg.gradAccum()];
+        double[] counts = {0, 0}; // predicted tokens, tokens
+        for (int micro = 0; micro < batches.length; micro++) {
+            batches[micro] = data.next();
+            if (batches[micro].predicted() == 0) {
+                throw new IllegalArgumentException("step " + step + ": a micro-batch of " + batches[micro].size()
                         + " tokens predicts no token (every sequence has length 1 or is masked)");
             }
+            counts[0] += batches[micro].predicted();
+            counts[1] += batches[micro].size();
+        }
+        // The loss is the mean over every predicted token of the step, on all workers together.
+        sync.allReduceSum(counts);
+        float scale = (float) (1.0 / counts[0]);
+        double[] lossSum = {0};
+        fwdMs = 0;
+        bwdMs = 0;
+        for (int micro = 0; micro < batches.length; micro++) {
             long f0 = System.nanoTime();
-            model.training(true, dropoutSeed(step, micro));
-            // Each micro-batch contributes its mean loss / gradAccum, as nanoGPT does.
-            double loss = model.forward(batch, 1f / (count * (float) cfg.gradAccum()));
+            model.training(true, dropoutSeed(sync.rank(), step, micro));
+            lossSum[0] += model.forward(batches[micro], scale);
             long f1 = System.nanoTime();
-            model.backward();
+            if (micro == batches.length - 1) {
+                model.backward(sync::gradientsReady);
+                sync.finishGradients(params);
+            } else {
+                model.backward();
+            }
             model.training(false, 0);
             long f2 = System.nanoTime();
             fwdMs += (f1 - f0) / 1e6;
             bwdMs += (f2 - f1) / 1e6;
-            lossSum += loss / count;
-            predicted += count;
-            tokens += batch.size();
         }
-        double meanLoss = lossSum / cfg.gradAccum();
+        sync.allReduceSum(lossSum);
+        double meanLoss = lossSum[0] / counts[0];
         long o0 = System.nanoTime();
         Backend be = model.device().backend();
         double norm = Math.sqrt(be.sumOfSquares(params.grads()));
@@ -127,12 +147,15 @@ public final class Trainer implements AutoCloseable {
         step++;
         long t1 = System.nanoTime();
         optMs = (t1 - o0) / 1e6;
-        return new StepResult(step, meanLoss, lr, norm, tokens, (t1 - t0) / 1e9);
+        return new StepResult(step, meanLoss, lr, norm, (long) counts[1], (t1 - t0) / 1e9);
     }
 
-    /** The dropout seed of a micro-batch: a function of the run seed and position, so resumed runs redraw the same masks. */
-    private long dropoutSeed(int step, int micro) {
-        return cfg.seed() * 0x9E3779B97F4A7C15L + (long) step * 1_000_003L + micro * 7919L;
+    /**
+     * The dropout seed of a micro-batch: a function of the run seed, worker and position, so resumed
+     * runs redraw the same masks and workers draw different ones.
+     */
+    private long dropoutSeed(int rank, int step, int micro) {
+        return cfg.seed() * 0x9E3779B97F4A7C15L + (long) step * 1_000_003L + micro * 7919L + rank * 0xD1B54A32D192ED03L;
     }
 
     /** Name of the first parameter, in layer order, with a NaN or ±∞ gradient. */

@@ -54,7 +54,7 @@ class CheckpointTest {
         try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, TRAIN.seed()); Trainer t = new Trainer(model, TRAIN)) {
             DataSource d = data();
             train(t, d, 10, losses);
-            assertEquals("step-10", ckpt.save(t, d.position(), RUN, 3));
+            assertEquals("step-10", ckpt.save(t, RUN, 3, d.position()));
         }
         Outcome resumed;
         try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 999); Trainer t = new Trainer(model, TRAIN)) {
@@ -123,10 +123,10 @@ class CheckpointTest {
             DataSource d = data();
             for (int i = 0; i < 5; i++) {
                 t.step(d);
-                ckpt.save(t, d.position(), RUN, 2);
+                ckpt.save(t, RUN, 2, d.position());
             }
             // Saving the same step again (a retried task) changes nothing but LATEST.
-            ckpt.save(t, d.position(), RUN, 2);
+            ckpt.save(t, RUN, 2, d.position());
         }
         assertEquals(List.of(4, 5), ckpt.steps());
         assertEquals("step-5", ckpt.latest().orElseThrow());
@@ -184,10 +184,10 @@ class CheckpointTest {
         try (Device dev = Device.cpu(1); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
             DataSource d = data();
             t.step(d);
-            new Checkpoints(local).save(t, d.position(), RUN, 3);
+            new Checkpoints(local).save(t, RUN, 3, d.position());
             atStep1 = model.params().values().toFloatArray();
             t.step(d);
-            assertThrows(java.io.UncheckedIOException.class, () -> new Checkpoints(crashing).save(t, d.position(), RUN, 3));
+            assertThrows(java.io.UncheckedIOException.class, () -> new Checkpoints(crashing).save(t, RUN, 3, d.position()));
         }
         Checkpoints ckpt = new Checkpoints(local);
         assertEquals("step-1", ckpt.latest().orElseThrow());
@@ -203,7 +203,7 @@ class CheckpointTest {
         try (Device dev = Device.cpu(1); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
             DataSource d = data();
             t.step(d);
-            ckpt.save(t, d.position(), RUN, 3);
+            ckpt.save(t, RUN, 3, d.position());
             Path weights = dir.resolve("checkpoints/step-1/model.safetensors");
             byte[] whole = Files.readAllBytes(weights);
             Files.write(weights, java.util.Arrays.copyOf(whole, whole.length - 100));

@@ -45,34 +45,47 @@ final class RecallBench implements Callable<Integer> {
     @Option(names = "--seed", description = "seed of data and weights (default ${DEFAULT-VALUE})", defaultValue = "1")
     long seed;
 
+    @Option(names = "--d-model", description = "channels of the 2-layer model (default ${DEFAULT-VALUE})", defaultValue = "64")
+    int dModel;
+
+    @Option(names = "--heads", description = "attention heads per layer (default ${DEFAULT-VALUE})", defaultValue = "4")
+    int heads;
+
+    @Option(names = "--batch", description = "fresh examples per step (default ${DEFAULT-VALUE})", defaultValue = "128")
+    int batch;
+
+    @Option(names = "--lr", description = "peak AdamW learning rate (default ${DEFAULT-VALUE})", defaultValue = "1e-3")
+    double lr;
+
     @CommandLine.Mixin
     BenchOptions common;
-
-    /** Sequences per step: below ~128 the induction phase transition did not arrive within 8,000 steps here. */
-    private static final int BATCH = 128;
 
     @Override
     public Integer call() {
         CommandLine cmd = spec.commandLine();
-        BenchOptions.requirePositive(cmd, "--steps", steps, "--vocab", vocab, "--seq", seq);
+        BenchOptions.requirePositive(cmd, "--steps", steps, "--vocab", vocab, "--seq", seq, "--d-model", dModel, "--heads", heads,
+                "--batch", batch);
+        if (!(lr > 0)) {
+            throw new CommandLine.ParameterException(cmd, "--lr must be > 0, got " + lr);
+        }
         int threads = common.threads(cmd);
         Synthetic.Task t;
         ModelConfig cfg;
         Synthetic.Examples heldOut;
         try {
             t = Synthetic.Task.parse(task);
-            cfg = new ModelConfig(vocab, 64, 2, 4, 4, seq, Collections.nCopies(2, mixer), Collections.nCopies(2, "mlp"), 4, 0,
+            cfg = new ModelConfig(vocab, dModel, 2, heads, heads, seq, Collections.nCopies(2, mixer), Collections.nCopies(2, "mlp"), 4, 0,
                     0.02, 1e-5);
             heldOut = Synthetic.generate(t, vocab, seq, 1000, -seed);
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(cmd, e.getMessage());
         }
-        TrainConfig tc = new TrainConfig(seed, 1e-3, 1e-4, Math.min(100, steps / 10), steps, 0.0, 0.9, 0.98, 1e-8, 1.0, 1,
-                BATCH * seq, 100, 0, 1);
+        TrainConfig tc = new TrainConfig(seed, lr, lr / 10, Math.min(100, steps / 10), steps, 0.0, 0.9, 0.98, 1e-8, 1.0, 1,
+                batch * seq, 100, 0, 1);
         PrintWriter err = cmd.getErr();
         double accuracy;
         try (CpuDevice dev = Device.cpu(threads); Gpt model = new Gpt(cfg, dev, seed); Trainer trainer = new Trainer(model, tc)) {
-            DataSource data = Synthetic.stream(t, vocab, seq, BATCH, seed);
+            DataSource data = Synthetic.stream(t, vocab, seq, batch, seed);
             for (int i = 0; i < steps; i++) {
                 StepResult r = trainer.step(data);
                 if (r.step() % tc.logInterval() == 0) {

@@ -78,7 +78,7 @@ class HadoopRunTest {
             for (int i = 0; i < 4; i++) {
                 t.step(d);
                 if (t.stepCount() % 2 == 0) {
-                    ckpt.save(t, d.position(), new RunConfig(MODEL, TRAIN), 2);
+                    ckpt.save(t, new RunConfig(MODEL, TRAIN), 2, d.position());
                 }
             }
         }

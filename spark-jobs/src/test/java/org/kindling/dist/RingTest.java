@@ -1,0 +1,258 @@
+package org.kindling.dist;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.DataInputStream;
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.net.ServerSocket;
+import java.net.Socket;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Optional;
+import java.util.SplittableRandom;
+import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.function.Function;
+import org.junit.jupiter.api.Test;
+import org.kindling.models.StepResult;
+
+/** The ring's collectives against sequential sums, its authentication and its timeouts; the coordinator's rendezvous. */
+class RingTest {
+    static final String SECRET = Handshake.newSecret();
+
+    /** Runs {@code body} on each rank of a fresh ring of {@code world} ranks, in parallel; returns the results by rank. */
+    static <T> List<T> onRing(int world, Duration timeout, Function<Ring, T> body) throws Exception {
+        List<ServerSocket> servers = new ArrayList<>();
+        List<Ring.Peer> peers = new ArrayList<>();
+        for (int r = 0; r < world; r++) {
+            ServerSocket s = Ring.listen();
+            servers.add(s);
+            peers.add(new Ring.Peer("127.0.0.1", s.getLocalPort()));
+        }
+        ExecutorService pool = Executors.newFixedThreadPool(world);
+        try {
+            List<Future<T>> futures = new ArrayList<>();
+            for (int r = 0; r < world; r++) {
+                int rank = r;
+                futures.add(pool.submit(() -> {
+                    try (Ring ring = Ring.connect(rank, peers, servers.get(rank), SECRET, timeout)) {
+                        return body.apply(ring);
+                    }
+                }));
+            }
+            List<T> out = new ArrayList<>();
+            for (Future<T> f : futures) {
+                out.add(f.get());
+            }
+            return out;
+        } finally {
+            pool.shutdownNow();
+        }
+    }
+
+    static float[] data(int rank, int n) {
+        SplittableRandom r = new SplittableRandom(1000 + rank);
+        float[] x = new float[n];
+        for (int i = 0; i < n; i++) {
+            x[i] = (float) (r.nextDouble() * 2 - 1);
+        }
+        return x;
+    }
+
+    @Test
+    void allReduceSumsLikeASequentialSumAndEveryRankGetsTheSameBits() throws Exception {
+        for (int world : new int[] {2, 3}) {
+            for (int n : new int[] {1, 2, 97, 1025, 100_003}) {
+                // offset 3 inside a longer array: the ring must touch only [off, off+len)
+                List<float[]> results = onRing(world, Duration.ofSeconds(20), ring -> {
+                    float[] x = new float[n + 5];
+                    System.arraycopy(data(ring.rank(), n), 0, x, 3, n);
+                    x[0] = -7;
+                    x[n + 4] = 9;
+                    ring.allReduce(x, 3, n);
+                    ring.allReduce(new float[0], 0, 0);
+                    return x;
+                });
+                double maxErr = 0;
+                double[] exactSums = new double[n];
+                for (int r = 0; r < world; r++) {
+                    float[] x = data(r, n);
+                    for (int i = 0; i < n; i++) {
+                        exactSums[i] += x[i];
+                    }
+                }
+                for (int i = 0; i < n; i++) {
+                    double exact = exactSums[i];
+                    maxErr = Math.max(maxErr, Math.abs(results.get(0)[i + 3] - exact));
+                }
+                // A sum of W values in [-1, 1] in fp32: at most (W-1) roundings of at most W·2^-24 each.
+                assertTrue(maxErr <= (world - 1) * world * Math.ulp(1f), "world " + world + ", n " + n + ": error " + maxErr);
+                for (float[] r : results) {
+                    assertArrayEquals(results.get(0), r, "ranks disagree at world " + world + ", n " + n);
+                    assertEquals(-7f, r[0]);
+                    assertEquals(9f, r[n + 4]);
+                }
+                List<float[]> again = onRing(world, Duration.ofSeconds(20), ring -> {
+                    float[] x = new float[n + 5];
+                    System.arraycopy(data(ring.rank(), n), 0, x, 3, n);
+                    x[0] = -7;
+                    x[n + 4] = 9;
+                    ring.allReduce(x, 3, n);
+                    return x;
+                });
+                assertArrayEquals(results.get(0), again.get(0), "a rerun must repeat the bits");
+            }
+        }
+    }
+
+    @Test
+    void allGatherReturnsEveryRanksBytesByRank() throws Exception {
+        List<byte[][]> results = onRing(3, Duration.ofSeconds(20), ring -> ring.allGather(new byte[ring.rank() * 3 + 1]));
+        for (byte[][] all : results) {
+            for (int r = 0; r < 3; r++) {
+                assertEquals(r * 3 + 1, all[r].length);
+            }
+        }
+    }
+
+    @Test
+    void aStrangerIsRefusedAndTheRingStillForms() throws Exception {
+        ServerSocket s0 = Ring.listen();
+        ServerSocket s1 = Ring.listen();
+        List<Ring.Peer> peers = List.of(new Ring.Peer("127.0.0.1", s0.getLocalPort()), new Ring.Peer("127.0.0.1", s1.getLocalPort()));
+        ExecutorService pool = Executors.newFixedThreadPool(2);
+        try {
+            Future<float[]> rank0 = pool.submit(() -> {
+                try (Ring ring = Ring.connect(0, peers, s0, SECRET, Duration.ofSeconds(20))) {
+                    float[] x = {1f};
+                    ring.allReduce(x, 0, 1);
+                    return x;
+                }
+            });
+            // Before rank 1 joins, a stranger with the wrong secret and one that speaks another protocol reach rank 0.
+            try (Socket stranger = new Socket("127.0.0.1", s0.getLocalPort())) {
+                stranger.setSoTimeout(5000);
+                IOException e = assertThrows(IOException.class, () -> Handshake.connect(stranger, "not-the-secret", Ring.PURPOSE));
+                assertTrue(e.getMessage().contains("authentication"), e.toString());
+            }
+            try (Socket garbage = new Socket("127.0.0.1", s0.getLocalPort())) {
+                garbage.setSoTimeout(5000);
+                garbage.getOutputStream().write("GET / HTTP/1.0\r\n\r\n".getBytes());
+                DataInputStream in = new DataInputStream(garbage.getInputStream());
+                in.readInt();
+                in.readNBytes(32);
+                assertEquals(-1, in.read(), "rank 0 must hang up on a peer that fails the handshake");
+            }
+            Future<float[]> rank1 = pool.submit(() -> {
+                try (Ring ring = Ring.connect(1, peers, s1, SECRET, Duration.ofSeconds(20))) {
+                    float[] x = {2f};
+                    ring.allReduce(x, 0, 1);
+                    return x;
+                }
+            });
+            assertEquals(3f, rank0.get()[0]);
+            assertEquals(3f, rank1.get()[0]);
+        } finally {
+            pool.shutdownNow();
+        }
+    }
+
+    @Test
+    void aStalledRankTripsTheTimeoutWithAnErrorNamingIt() throws Exception {
+        long t0 = System.nanoTime();
+        List<String> errors = onRing(2, Duration.ofMillis(1500), ring -> {
+            if (ring.rank() == 1) {
+                sleep(4000); // stops answering
+                return "";
+            }
+            CollectiveTimeoutException e = assertThrows(CollectiveTimeoutException.class,
+                    () -> ring.allReduce(new float[10], 0, 10));
+            return e.getMessage();
+        });
+        String msg = errors.get(0);
+        assertTrue(msg.contains("rank 1") && msg.contains("sent nothing for 1 s") && msg.contains("stalled or dead"), msg);
+        assertTrue((System.nanoTime() - t0) / 1e9 < 10);
+    }
+
+    @Test
+    void aRankThatDiesFailsItsNeighbourAtOnce() throws Exception {
+        List<String> errors = onRing(2, Duration.ofSeconds(30), ring -> {
+            if (ring.rank() == 1) {
+                ring.close();
+                return "";
+            }
+            UncheckedIOException e = assertThrows(UncheckedIOException.class, () -> ring.allReduce(new float[10], 0, 10));
+            return e.getMessage();
+        });
+        assertTrue(errors.get(0).contains("rank 1"), errors.get(0));
+    }
+
+    static void sleep(long ms) {
+        try {
+            Thread.sleep(ms);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    @Test
+    void coordinatorRendezvousNamesPeersAndResumeAndStreamsSteps() throws Exception {
+        List<StepResult> steps = new CopyOnWriteArrayList<>();
+        try (Coordinator c = new Coordinator(2, SECRET, Duration.ofSeconds(20), () -> Optional.of("step-4"), steps::add)) {
+            ExecutorService pool = Executors.newFixedThreadPool(2);
+            try {
+                List<Future<Coordinator.Rendezvous>> fs = new ArrayList<>();
+                for (int r = 0; r < 2; r++) {
+                    int rank = r;
+                    fs.add(pool.submit(() -> {
+                        try (Coordinator.Client cl = Coordinator.Client.connect("127.0.0.1", c.port(), SECRET, Duration.ofSeconds(20))) {
+                            Coordinator.Rendezvous rv = cl.hello(0, rank, new Ring.Peer("h" + rank, 1000 + rank));
+                            if (rank == 0) {
+                                cl.report(new StepResult(5, 2.5, 1e-3, 0.7, 1024, 0.1));
+                            }
+                            return rv;
+                        }
+                    }));
+                }
+                for (Future<Coordinator.Rendezvous> f : fs) {
+                    Coordinator.Rendezvous rv = f.get();
+                    assertEquals(List.of(new Ring.Peer("h0", 1000), new Ring.Peer("h1", 1001)), rv.peers());
+                    assertEquals(Optional.of("step-4"), rv.resume());
+                }
+            } finally {
+                pool.shutdownNow();
+            }
+            long deadline = System.nanoTime() + 5_000_000_000L;
+            while (steps.isEmpty() && System.nanoTime() < deadline) {
+                sleep(10);
+            }
+            assertEquals(List.of(new StepResult(5, 2.5, 1e-3, 0.7, 1024, 0.1)), steps);
+        }
+    }
+
+    @Test
+    void coordinatorRefusesStrangersAndTimesOutAnIncompleteRendezvous() throws Exception {
+        try (Coordinator c = new Coordinator(2, SECRET, Duration.ofSeconds(1), Optional::empty, r -> { })) {
+            IOException e = assertThrows(IOException.class,
+                    () -> Coordinator.Client.connect("127.0.0.1", c.port(), "wrong", Duration.ofSeconds(5)).close());
+            assertTrue(e.getMessage().contains("coordinator"), e.getMessage());
+            long deadline = System.nanoTime() + 5_000_000_000L;
+            while (c.refused() == 0 && System.nanoTime() < deadline) {
+                sleep(10);
+            }
+            assertEquals(1, c.refused());
+            try (Coordinator.Client cl = Coordinator.Client.connect("127.0.0.1", c.port(), SECRET, Duration.ofSeconds(5))) {
+                IOException t = assertThrows(IOException.class, () -> cl.hello(0, 1, new Ring.Peer("h", 1)));
+                assertTrue(t.getMessage().contains("timed out") && t.getMessage().contains("ranks [0] of 2 never arrived"),
+                        t.getMessage());
+            }
+        }
+    }
+}
