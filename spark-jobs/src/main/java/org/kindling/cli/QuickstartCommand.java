@@ -74,7 +74,7 @@ final class QuickstartCommand implements Callable<Integer> {
             RunConfig cfg = RunConfig.load(Presets.resolve("tiny"), Map.of("vocab", String.valueOf(prepared.tokenizer().vocabSize()),
                     "max_steps", String.valueOf(steps), "warmup_steps", String.valueOf(Math.min(50, steps / 10)),
                     "checkpoint_interval", String.valueOf(Math.max(1, steps / 4)), "log_interval", String.valueOf(Math.max(1, steps / 10))));
-            List<StepResult> trained = TrainJob.run(spark, run.toString(), data.toString(), cfg);
+            List<StepResult> trained = TrainJob.run(spark, run.toString(), data.toString(), cfg, 1);
             StepResult last = trained.get(trained.size() - 1);
             err.printf("    step %d, loss %.3f (from %.3f)%n", last.step(), last.loss(), trained.get(0).loss());
         } finally {

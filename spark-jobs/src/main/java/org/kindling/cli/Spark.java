@@ -9,7 +9,13 @@ final class Spark {
     }
 
     static SparkSession session(String appName, String master) {
+        return session(appName, master, java.util.Map.of());
+    }
+
+    /** With extra Spark settings ({@code --conf key=value}), applied before the session starts. */
+    static SparkSession session(String appName, String master, java.util.Map<String, String> conf) {
         SparkSession.Builder builder = SparkSession.builder().appName(appName);
+        conf.forEach(builder::config);
         if (master != null || !new SparkConf().contains("spark.master")) {
             builder.master(master != null ? master : "local[*]");
         }

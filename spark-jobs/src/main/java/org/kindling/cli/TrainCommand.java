@@ -36,7 +36,8 @@ final class TrainCommand implements Callable<Integer> {
     @Option(names = "--run", required = true, description = "the run directory")
     String run;
 
-    @Option(names = "--workers", defaultValue = "1", description = "barrier tasks; this build trains on one (default ${DEFAULT-VALUE})")
+    @Option(names = "--workers", defaultValue = "1",
+            description = "data-parallel workers: barrier tasks that sum gradients in a ring every step (default ${DEFAULT-VALUE})")
     int workers;
 
     @Option(names = "--master", description = "Spark master (default: the spark-submit one, else local[*])")
@@ -45,12 +46,16 @@ final class TrainCommand implements Callable<Integer> {
     @Option(names = "--set", description = "override a config key, e.g. --set max_steps=200 --set lr=1e-3")
     Map<String, String> overrides = new LinkedHashMap<>();
 
+    @Option(names = "--conf", description = {"a Spark setting, as with spark-submit, e.g. --conf spark.kindling.timeout.collective=120",
+        "(Kindling's: spark.kindling.timeout.rendezvous, spark.kindling.timeout.collective in seconds;",
+        "spark.kindling.allreduce.bucketBytes)"})
+    Map<String, String> sparkConf = new LinkedHashMap<>();
+
     @Override
     public Integer call() throws IOException {
         CommandLine cmd = spec.commandLine();
-        if (workers != 1) {
-            throw new CommandLine.ParameterException(cmd, "--workers " + workers
-                    + ": this build trains on one worker (no gradient exchange between workers yet)");
+        if (workers < 1) {
+            throw new CommandLine.ParameterException(cmd, "--workers must be at least 1, got " + workers);
         }
         Configuration conf = new Configuration();
         BpeTokenizer tok;
@@ -74,10 +79,15 @@ final class TrainCommand implements Callable<Integer> {
             throw new CommandLine.ParameterException(cmd, "vocab " + cfg.model().vocab() + " is smaller than the dataset's tokenizer ("
                     + tok.vocabSize() + ")");
         }
-        SparkSession spark = Spark.session("kindling train", master);
+        SparkSession spark = Spark.session("kindling train", master, sparkConf);
         try {
             long t0 = System.nanoTime();
-            List<StepResult> steps = TrainJob.run(spark, run, data, cfg);
+            List<StepResult> steps;
+            try {
+                steps = TrainJob.run(spark, run, data, cfg, workers);
+            } catch (IllegalArgumentException e) {
+                throw new CommandLine.ParameterException(cmd, e.getMessage());
+            }
             double s = (System.nanoTime() - t0) / 1e9;
             var err = cmd.getErr();
             if (steps.isEmpty()) {

@@ -1,7 +1,7 @@
 package org.kindling.dist;
 
-/** A worker stopped answering during a collective operation or the rendezvous. */
-public final class CollectiveTimeoutException extends RuntimeException {
+/** A worker stopped answering during a collective operation. */
+public final class CollectiveTimeoutException extends PeerFailureException {
     public CollectiveTimeoutException(String message, Throwable cause) {
         super(message, cause);
     }

@@ -35,6 +35,15 @@ public final class Coordinator implements AutoCloseable {
     private static final byte ERROR = 0;
     private static final byte STEP = 'S';
     private static final byte BYE = 'B';
+    private static final byte FAILED = 'F';
+
+    /**
+     * A worker's report that it is failing, and why.
+     *
+     * @param echo whether it failed because another worker did (a peer closed the ring or went silent)
+     */
+    public record Failure(int attempt, int rank, String message, boolean echo) {
+    }
 
     /** What a worker learns at the rendezvous. */
     public record Rendezvous(List<Ring.Peer> peers, Optional<String> resume) {
@@ -60,6 +69,9 @@ public final class Coordinator implements AutoCloseable {
     private final Map<Integer, Group> groups = new HashMap<>();
     private final List<Socket> open = new ArrayList<>();
     private final AtomicInteger refused = new AtomicInteger();
+    private final List<Failure> failures = new ArrayList<>();
+    /** Open worker connections per stage attempt; guarded by {@code failures}. */
+    private final Map<Integer, Integer> connected = new HashMap<>();
     private final Thread acceptor;
     private volatile boolean closed;
 
@@ -95,6 +107,32 @@ public final class Coordinator implements AutoCloseable {
         return refused.get();
     }
 
+    /**
+     * The cause of the newest stage attempt's failure as the workers reported it: the first failure
+     * that was not an echo of another worker's, else the first echo (a stalled worker reports nothing itself).
+     */
+    public Optional<Failure> firstFailure(Duration wait) {
+        long deadline = System.nanoTime() + wait.toNanos();
+        synchronized (failures) {
+            while (true) {
+                int newest = failures.stream().mapToInt(Failure::attempt).max().orElse(-1);
+                List<Failure> last = failures.stream().filter(f -> f.attempt() == newest).toList();
+                Optional<Failure> cause = last.stream().filter(f -> !f.echo()).findFirst();
+                long left = (deadline - System.nanoTime()) / 1_000_000;
+                // The worker that failed first may still be sending (its connection's messages are read in order).
+                if (cause.isPresent() || left <= 0 || connected.getOrDefault(newest, 0) == 0) {
+                    return cause.or(() -> last.stream().findFirst());
+                }
+                try {
+                    failures.wait(left);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    return cause.or(() -> last.stream().findFirst());
+                }
+            }
+        }
+    }
+
     private void acceptLoop() {
         while (!closed) {
             try {
@@ -115,6 +153,7 @@ public final class Coordinator implements AutoCloseable {
     }
 
     private void serve(Socket s) {
+        int attempt = -1;
         try (s) {
             s.setSoTimeout(10_000);
             try {
@@ -127,7 +166,10 @@ public final class Coordinator implements AutoCloseable {
             }
             DataInputStream in = new DataInputStream(s.getInputStream());
             DataOutputStream out = new DataOutputStream(new BufferedOutputStream(s.getOutputStream()));
-            int attempt = in.readInt();
+            attempt = in.readInt();
+            synchronized (failures) {
+                connected.merge(attempt, 1, Integer::sum);
+            }
             int rank = in.readInt();
             Ring.Peer peer = new Ring.Peer(in.readUTF(), in.readInt());
             Group g;
@@ -153,6 +195,14 @@ public final class Coordinator implements AutoCloseable {
                 if (kind == BYE) {
                     return;
                 }
+                if (kind == FAILED) {
+                    Failure f = new Failure(attempt, rank, in.readUTF(), in.readBoolean());
+                    synchronized (failures) {
+                        failures.add(f);
+                        failures.notifyAll();
+                    }
+                    continue;
+                }
                 if (kind != STEP) {
                     throw new IOException("unknown message " + kind + " from rank " + rank);
                 }
@@ -169,6 +219,12 @@ public final class Coordinator implements AutoCloseable {
         } finally {
             synchronized (open) {
                 open.remove(s);
+            }
+            synchronized (failures) {
+                if (attempt >= 0) {
+                    connected.merge(attempt, -1, Integer::sum);
+                }
+                failures.notifyAll();
             }
         }
     }
@@ -299,6 +355,23 @@ public final class Coordinator implements AutoCloseable {
             out.writeLong(r.tokens());
             out.writeDouble(r.seconds());
             out.flush();
+        }
+
+        /**
+         * Tells the driver why this worker is failing (best effort: the driver may be gone).
+         *
+         * @param echo whether it fails because another worker did
+         */
+        public void failed(String message, boolean echo) {
+            try {
+                out.writeByte(FAILED);
+                // writeUTF takes at most 65535 bytes of modified UTF-8
+                out.writeUTF(message.length() > 8000 ? message.substring(0, 8000) + "…" : message);
+                out.writeBoolean(echo);
+                out.flush();
+            } catch (IOException ignored) {
+                // Spark reports the task failure either way
+            }
         }
 
         @Override

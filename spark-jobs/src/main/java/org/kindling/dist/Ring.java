@@ -301,8 +301,8 @@ public final class Ring implements AutoCloseable {
                     + "); it is stalled or dead (the timeout is spark.kindling.timeout.collective)", e);
         } catch (EOFException e) {
             close();
-            throw new UncheckedIOException(new IOException("rank " + rank + ": rank " + prev + " closed the ring during " + phase
-                    + " (operation " + id + "); it failed or was stopped", e));
+            throw new PeerFailureException("rank " + rank + ": rank " + prev + " closed the ring during " + phase
+                    + " (operation " + id + "); it failed or was stopped", e);
         } catch (IOException e) {
             close();
             throw new UncheckedIOException("rank " + rank + ": " + phase + " failed: " + e.getMessage(), e);

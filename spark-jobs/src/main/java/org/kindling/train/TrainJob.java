@@ -5,15 +5,25 @@ import java.io.InputStream;
 import java.io.OutputStream;
 import java.io.Serializable;
 import java.io.UncheckedIOException;
+import java.net.InetAddress;
+import java.net.ServerSocket;
 import java.nio.charset.StandardCharsets;
-import java.util.ArrayList;
+import java.time.Duration;
 import java.util.List;
+import java.util.Optional;
+import java.util.UUID;
+import java.util.stream.IntStream;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.spark.BarrierTaskContext;
 import org.apache.spark.api.java.JavaSparkContext;
 import org.apache.spark.sql.SparkSession;
 import org.kindling.data.DatasetReader;
+import org.kindling.dist.Coordinator;
+import org.kindling.dist.Handshake;
+import org.kindling.dist.Ring;
+import org.kindling.dist.RingSync;
 import org.kindling.models.Checkpoints;
+import org.kindling.models.GradientSync;
 import org.kindling.models.Gpt;
 import org.kindling.models.RunConfig;
 import org.kindling.models.StepResult;
@@ -25,27 +35,58 @@ import scala.reflect.ClassTag$;
 import scala.runtime.AbstractFunction1;
 
 /**
- * {@code kindling train} on Spark: one barrier stage with one task per worker, followed by a
- * shuffle so that a failed stage is retried whole (STACK.md); each attempt resumes from the run's
- * LATEST checkpoint. The task picks the CPU with {@code spark.task.cpus} threads, reads its slice
- * of the dataset, trains with the single-process loop and checkpoints through the Hadoop
- * FileSystem. One worker: data-parallel gradient exchange between workers is not part of this job yet.
+ * {@code kindling train} on Spark: data-parallel training in one barrier stage with one task per
+ * worker, followed by a shuffle so that a failed stage is retried whole (STACK.md). The driver
+ * runs a {@link Coordinator}: the tasks meet there (authenticated with a per-run secret), learn
+ * each other's ring addresses and the checkpoint to resume from, and rank 0 streams its step
+ * results back for progress lines and {@code metrics.jsonl}. The tasks sum gradients among
+ * themselves in a {@link Ring}; each trains on the CPU with its share of the cores, reads its
+ * slice of the dataset by (rank, world size), and rank 0 checkpoints through the Hadoop FileSystem.
  */
 public final class TrainJob {
+    /** Spark conf key: seconds the driver waits for every worker to reach the rendezvous. */
+    public static final String RENDEZVOUS_TIMEOUT = "spark.kindling.timeout.rendezvous";
+    /** Spark conf key: seconds a worker waits on a silent peer inside a collective before failing. */
+    public static final String COLLECTIVE_TIMEOUT = "spark.kindling.timeout.collective";
+    /** Spark conf key: gradient bucket size in bytes. */
+    public static final String BUCKET_BYTES = "spark.kindling.allreduce.bucketBytes";
+
     private TrainJob() {
     }
 
-    /** What the driver hands the task: plain strings, nothing a host deserializes as code. */
-    record Plan(String run, String data, String configYaml, int threads) implements Serializable {
+    /**
+     * A test-only failure: rank {@code rank} fails after step {@code step}, in the first stage
+     * attempt only or in every attempt.
+     */
+    record Fault(int rank, int step, boolean everyAttempt) implements Serializable {
+        static final Fault NONE = new Fault(-1, -1, false);
     }
 
-    /** The task's report: every step it ran. */
-    record Outcome(List<StepResult> steps) implements Serializable {
+    /** What the driver hands each task: plain values, nothing a host deserializes as code. */
+    record Plan(String run, String data, String configYaml, int threads, int world, String coordinatorHost, int coordinatorPort,
+                String secret, long rendezvousTimeoutS, long collectiveTimeoutS, long bucketBytes, Fault fault)
+            implements Serializable {
     }
 
-    /** Trains until max_steps (resuming a run that has checkpoints); returns the steps this call ran. */
-    public static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config) throws IOException {
+    /** Trains until max_steps on {@code workers} tasks (resuming a run that has checkpoints); returns the steps this call ran. */
+    public static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config, int workers)
+            throws IOException {
+        return run(spark, run, data, config, workers, Fault.NONE);
+    }
+
+    static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config, int workers, Fault fault)
+            throws IOException {
         JavaSparkContext sc = JavaSparkContext.fromSparkContext(spark.sparkContext());
+        if (workers < 1) {
+            throw new IllegalArgumentException("--workers must be at least 1, got " + workers);
+        }
+        boolean local = spark.sparkContext().master().startsWith("local");
+        int taskCpus = Integer.parseInt(spark.conf().get("spark.task.cpus", "1"));
+        if (local && sc.defaultParallelism() < workers * taskCpus) {
+            throw new IllegalArgumentException("--workers " + workers + " needs " + workers * taskCpus + " task slots but "
+                    + spark.sparkContext().master() + " has " + sc.defaultParallelism() + "; use local[" + workers * taskCpus
+                    + "] or fewer workers");
+        }
         Configuration conf = sc.hadoopConfiguration();
         HadoopRunStorage storage = new HadoopRunStorage(run, conf);
         HadoopRunStorage dataset = new HadoopRunStorage(data, conf);
@@ -61,44 +102,62 @@ public final class TrainJob {
         try (OutputStream out = storage.create("config.yaml")) {
             out.write(yaml.getBytes(StandardCharsets.UTF_8));
         }
-        int threads = Integer.parseInt(spark.conf().get("spark.task.cpus", "1"));
-        if (spark.sparkContext().master().startsWith("local")) {
-            threads = Math.max(threads, sc.defaultParallelism()); // local mode: the one worker may use every core
-        }
-        Plan plan = new Plan(storage.root(), dataset.root(), yaml, threads);
-        List<Outcome> outcomes = sc.parallelize(List.of(0), 1).rdd().barrier()
-                .mapPartitions(new Task(plan), false, ClassTag$.MODULE$.apply(Outcome.class))
-                .toJavaRDD().repartition(1).collect();
-        List<StepResult> steps = outcomes.get(0).steps();
-        writeMetrics(storage, steps);
-        return steps;
-    }
-
-    /** metrics.jsonl: the lines of earlier runs up to where this one resumed, then this run's steps. */
-    private static void writeMetrics(HadoopRunStorage storage, List<StepResult> steps) throws IOException {
-        int first = steps.isEmpty() ? Integer.MAX_VALUE : steps.get(0).step();
-        StringBuilder sb = new StringBuilder();
-        if (storage.exists("metrics.jsonl")) {
-            try (InputStream in = storage.open("metrics.jsonl")) {
-                for (String line : new String(in.readAllBytes(), StandardCharsets.UTF_8).split("\n")) {
-                    java.util.regex.Matcher m = java.util.regex.Pattern.compile("^\\{\"step\":(\\d+),").matcher(line);
-                    if (m.find() && Integer.parseInt(m.group(1)) < first) {
-                        sb.append(line).append('\n');
-                    }
+        // Local mode: the workers share this machine's cores; on a cluster each task has spark.task.cpus.
+        int threads = local ? Math.max(taskCpus, sc.defaultParallelism() / workers) : taskCpus;
+        long rendezvousS = positive(sc, RENDEZVOUS_TIMEOUT, 300);
+        long collectiveS = positive(sc, COLLECTIVE_TIMEOUT, 600);
+        long bucketBytes = positive(sc, BUCKET_BYTES, RingSync.DEFAULT_BUCKET_BYTES);
+        String secret = Handshake.newSecret();
+        Checkpoints checkpoints = new Checkpoints(storage);
+        Progress progress = new Progress(storage, config.train());
+        String host = spark.conf().get("spark.driver.host", InetAddress.getLocalHost().getHostAddress());
+        String group = "kindling-train-" + UUID.randomUUID();
+        try (Coordinator coordinator = new Coordinator(workers, secret, Duration.ofSeconds(rendezvousS), checkpoints::latest,
+                progress)) {
+            Plan plan = new Plan(storage.root(), dataset.root(), yaml, threads, workers, host, coordinator.port(), secret,
+                    rendezvousS, collectiveS, bucketBytes, fault);
+            // Interrupt-on-cancel: when one task dies, Spark stops its peers at once instead of at their next barrier().
+            sc.setJobGroup(group, "kindling train " + run, true);
+            List<Long> checksums;
+            try {
+                checksums = sc.parallelize(IntStream.range(0, workers).boxed().toList(), workers).rdd().barrier()
+                        .mapPartitions(new Task(plan), false, ClassTag$.MODULE$.apply(Long.class))
+                        .toJavaRDD().repartition(1).collect();
+            } catch (Exception e) { // Spark's SparkException is checked but undeclared
+                Optional<Coordinator.Failure> cause = coordinator.firstFailure(Duration.ofSeconds(5));
+                if (cause.isEmpty()) {
+                    throw e;
                 }
+                throw new TrainingFailedException("training failed (stage attempt " + cause.get().attempt() + "): rank "
+                        + cause.get().rank() + ": " + cause.get().message(), e);
+            } finally {
+                sc.clearJobGroup();
             }
+            if (checksums.stream().distinct().count() != 1) {
+                throw new IllegalStateException("the workers' final weights differ (checksums " + checksums
+                        + "): the replicas diverged, which the ring's fixed reduction order should make impossible");
+            }
+        } finally {
+            progress.flush();
         }
-        for (StepResult r : steps) {
-            sb.append(metricsLine(r)).append('\n');
-        }
-        try (OutputStream out = storage.create("metrics.jsonl.tmp")) {
-            out.write(sb.toString().getBytes(StandardCharsets.UTF_8));
-        }
-        storage.replace("metrics.jsonl.tmp", "metrics.jsonl");
+        return progress.thisRun();
     }
 
-    /** The barrier task: train rank 0 of 1. */
-    static final class Task extends AbstractFunction1<scala.collection.Iterator<Integer>, scala.collection.Iterator<Outcome>>
+    private static long positive(JavaSparkContext sc, String key, long dflt) {
+        String v = sc.getConf().get(key, String.valueOf(dflt));
+        try {
+            long n = Long.parseLong(v.trim());
+            if (n >= 1) {
+                return n;
+            }
+        } catch (NumberFormatException ignored) {
+            // reported below
+        }
+        throw new IllegalArgumentException(key + " must be a whole number >= 1, got \"" + v + "\"");
+    }
+
+    /** The barrier task: one worker of the ring. */
+    static final class Task extends AbstractFunction1<scala.collection.Iterator<Integer>, scala.collection.Iterator<Long>>
             implements Serializable {
         private final Plan plan;
 
@@ -107,25 +166,87 @@ public final class TrainJob {
         }
 
         @Override
-        public scala.collection.Iterator<Outcome> apply(scala.collection.Iterator<Integer> ignored) {
+        public scala.collection.Iterator<Long> apply(scala.collection.Iterator<Integer> ignored) {
             BarrierTaskContext ctx = BarrierTaskContext.get();
+            int rank = ctx.partitionId();
+            int attempt = ctx.stageAttemptNumber();
+            String address = ctx.getTaskInfos()[rank].address();
+            String host = address.substring(0, address.lastIndexOf(':') < 0 ? address.length() : address.lastIndexOf(':'));
             RunConfig cfg = RunConfig.parse(plan.configYaml(), plan.run() + "/config.yaml");
             Configuration conf = new Configuration();
-            List<StepResult> results = new ArrayList<>();
-            try (CpuDevice dev = Device.cpu(plan.threads()); Gpt model = new Gpt(cfg.model(), dev, cfg.train().seed());
-                 Trainer trainer = new Trainer(model, cfg.train());
-                 DatasetSource source = new DatasetSource(new DatasetReader(plan.data(), conf, cfg.train().seed(),
-                         ctx.partitionId(), ctx.numPartitions(), cfg.train().batchTokens()))) {
-                TrainLoop.run(trainer, source, new Checkpoints(new HadoopRunStorage(plan.run(), conf)), cfg, results::add);
+            Duration collective = Duration.ofSeconds(plan.collectiveTimeoutS());
+            long checksum;
+            try (ServerSocket server = Ring.listen();
+                 Coordinator.Client coordinator = Coordinator.Client.connect(plan.coordinatorHost(), plan.coordinatorPort(),
+                         plan.secret(), Duration.ofSeconds(plan.rendezvousTimeoutS()))) {
+                Coordinator.Rendezvous rv = coordinator.hello(attempt, rank, new Ring.Peer(host, server.getLocalPort()));
+                try (Ring ring = Ring.connect(rank, rv.peers(), server, plan.secret(), collective);
+                     RingSync ringSync = new RingSync(ring, plan.bucketBytes());
+                     CpuDevice dev = Device.cpu(plan.threads()); Gpt model = new Gpt(cfg.model(), dev, cfg.train().seed());
+                     Trainer trainer = new Trainer(model, cfg.train(), plan.world() == 1 ? GradientSync.SINGLE : ringSync);
+                     DatasetSource source = new DatasetSource(new DatasetReader(plan.data(), conf, cfg.train().seed(), rank,
+                             plan.world(), cfg.train().batchTokens()))) {
+                    try {
+                        TrainLoop.run(trainer, source, new Checkpoints(new HadoopRunStorage(plan.run(), conf)), rv.resume(), cfg,
+                                r -> afterStep(r, rank, attempt, coordinator));
+                        checksum = checksum(model.params().values().toFloatArray());
+                    } catch (RuntimeException | Error e) {
+                        // Told before the ring closes, so the driver hears the cause before its peers' echoes of it.
+                        coordinator.failed(describe(e), isEcho(e));
+                        throw e;
+                    }
+                } catch (IOException e) {
+                    coordinator.failed(describe(e), isEcho(e));
+                    throw e;
+                }
             } catch (IOException e) {
-                throw new UncheckedIOException(e);
+                throw new UncheckedIOException("rank " + rank + ": " + e.getMessage(), e);
             }
-            return scala.jdk.javaapi.CollectionConverters.asScala(List.of(new Outcome(results)).iterator());
+            return scala.jdk.javaapi.CollectionConverters.asScala(List.of(checksum).iterator());
         }
-    }
 
-    static String metricsLine(StepResult r) {
-        return String.format(java.util.Locale.ROOT, "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"tokens_per_s\":%.1f}",
-                r.step(), r.loss(), r.lr(), r.gradNorm(), r.tokensPerSecond());
+        /** Rank 0 reports each step to the driver; the test-only fault strikes here. */
+        private void afterStep(StepResult r, int rank, int attempt, Coordinator.Client coordinator) {
+            if (rank == 0) {
+                try {
+                    coordinator.report(r);
+                } catch (IOException e) {
+                    throw new UncheckedIOException("rank 0 lost the driver's coordinator: " + e.getMessage(), e);
+                }
+            }
+            Fault f = plan.fault();
+            if (f.rank() == rank && f.step() == r.step() && (f.everyAttempt() || attempt == 0)) {
+                throw new IllegalStateException("injected test fault: rank " + rank + " fails after step " + r.step()
+                        + " in stage attempt " + attempt);
+            }
+        }
+
+        private static boolean isEcho(Throwable t) {
+            for (Throwable c = t; c != null; c = c.getCause() == c ? null : c.getCause()) {
+                if (c instanceof org.kindling.dist.PeerFailureException) {
+                    return true;
+                }
+            }
+            return false;
+        }
+
+        private static String describe(Throwable t) {
+            StringBuilder sb = new StringBuilder(String.valueOf(t.getMessage()));
+            for (Throwable c = t.getCause(); c != null && c != c.getCause(); c = c.getCause()) {
+                if (c.getMessage() != null && !sb.toString().contains(c.getMessage())) {
+                    sb.append(": ").append(c.getMessage());
+                }
+            }
+            return t.getClass().getSimpleName() + ": " + sb;
+        }
+
+        /** A hash of the weights' bits, to check at the end that every replica holds the same model. */
+        private static long checksum(float[] w) {
+            long h = 1125899906842597L;
+            for (float f : w) {
+                h = 31 * h + Float.floatToRawIntBits(f);
+            }
+            return h;
+        }
     }
 }

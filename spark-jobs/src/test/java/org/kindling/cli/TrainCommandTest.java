@@ -51,9 +51,10 @@ class TrainCommandTest {
         Result gen = cli("generate", "--run", run.toString(), "--prompt", "the cat", "--max-new-tokens", "5", "--temperature", "0");
         assertEquals(0, gen.code(), gen.err());
         assertTrue(!gen.out().isBlank());
-        Result many = cli("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--workers", "2");
+        Result many = cli("train", "--config", "tiny", "--data", data.toString(), "--run", dir.resolve("run3").toString(),
+                "--workers", "3", "--master", "local[2]");
         assertEquals(2, many.code());
-        assertTrue(many.err().contains("--workers 2"), many.err());
+        assertTrue(many.err().contains("--workers 3 needs 3 task slots"), many.err());
         Result badSet = cli("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--set", "lr=fast");
         assertEquals(2, badSet.code());
         assertTrue(badSet.err().contains("train.lr must be a number"), badSet.err());

@@ -7,7 +7,6 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.DataInputStream;
 import java.io.IOException;
-import java.io.UncheckedIOException;
 import java.net.ServerSocket;
 import java.net.Socket;
 import java.time.Duration;
@@ -188,7 +187,7 @@ class RingTest {
                 ring.close();
                 return "";
             }
-            UncheckedIOException e = assertThrows(UncheckedIOException.class, () -> ring.allReduce(new float[10], 0, 10));
+            PeerFailureException e = assertThrows(PeerFailureException.class, () -> ring.allReduce(new float[10], 0, 10));
             return e.getMessage();
         });
         assertTrue(errors.get(0).contains("rank 1"), errors.get(0));
