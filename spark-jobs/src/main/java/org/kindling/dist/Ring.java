@@ -130,6 +130,41 @@ public final class Ring implements AutoCloseable {
         }
     }
 
+    /**
+     * A ring of {@code world} ranks inside this process, over loopback, with a fresh secret: for
+     * benchmarks and tests of the collectives. The caller closes every ring.
+     */
+    public static List<Ring> loopback(int world, Duration timeout) throws IOException {
+        String secret = Handshake.newSecret();
+        List<ServerSocket> servers = new java.util.ArrayList<>();
+        List<Peer> peers = new java.util.ArrayList<>();
+        for (int r = 0; r < world; r++) {
+            ServerSocket s = listen();
+            servers.add(s);
+            peers.add(new Peer("127.0.0.1", s.getLocalPort()));
+        }
+        ExecutorService pool = Executors.newFixedThreadPool(world);
+        try {
+            List<Future<Ring>> rings = new java.util.ArrayList<>();
+            for (int r = 0; r < world; r++) {
+                int rank = r;
+                rings.add(pool.submit(() -> connect(rank, peers, servers.get(rank), secret, timeout)));
+            }
+            List<Ring> out = new java.util.ArrayList<>();
+            for (Future<Ring> f : rings) {
+                out.add(f.get());
+            }
+            return out;
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new IOException("interrupted while forming a loopback ring", e);
+        } catch (ExecutionException e) {
+            throw new IOException("cannot form a loopback ring: " + e.getCause().getMessage(), e.getCause());
+        } finally {
+            pool.shutdownNow();
+        }
+    }
+
     private static int millis(Duration d) {
         return (int) Math.max(1, Math.min(Integer.MAX_VALUE, d.toMillis()));
     }

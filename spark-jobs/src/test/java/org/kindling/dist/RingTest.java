@@ -26,22 +26,15 @@ import org.kindling.models.StepResult;
 class RingTest {
     static final String SECRET = Handshake.newSecret();
 
-    /** Runs {@code body} on each rank of a fresh ring of {@code world} ranks, in parallel; returns the results by rank. */
+    /** Runs {@code body} on each rank of a fresh loopback ring of {@code world} ranks, in parallel; returns the results by rank. */
     static <T> List<T> onRing(int world, Duration timeout, Function<Ring, T> body) throws Exception {
-        List<ServerSocket> servers = new ArrayList<>();
-        List<Ring.Peer> peers = new ArrayList<>();
-        for (int r = 0; r < world; r++) {
-            ServerSocket s = Ring.listen();
-            servers.add(s);
-            peers.add(new Ring.Peer("127.0.0.1", s.getLocalPort()));
-        }
+        List<Ring> rings = Ring.loopback(world, timeout);
         ExecutorService pool = Executors.newFixedThreadPool(world);
         try {
             List<Future<T>> futures = new ArrayList<>();
-            for (int r = 0; r < world; r++) {
-                int rank = r;
+            for (Ring ring : rings) {
                 futures.add(pool.submit(() -> {
-                    try (Ring ring = Ring.connect(rank, peers, servers.get(rank), SECRET, timeout)) {
+                    try (ring) {
                         return body.apply(ring);
                     }
                 }));
