@@ -146,4 +146,31 @@ class TrainerTest {
             assertTrue(e.getMessage().contains("predicts no token"), e.getMessage());
         }
     }
+
+    /**
+     * What data-parallel overlap relies on: the backward pass hands over every parameter exactly
+     * once, final LayerNorm first and embeddings last, and a gradient never changes after it was handed over.
+     */
+    @Test
+    void backwardHandsOverEachParameterOnceWithItsFinalGradient() {
+        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 3)) {
+            TokenBatch batch = Synthetic.associativeRecall(20, 32, 4, 9).batch(0, 4);
+            List<String> order = new ArrayList<>();
+            List<float[]> atHandOver = new ArrayList<>();
+            model.params().zeroGrad();
+            model.forward(batch, 1f / batch.predicted());
+            model.backward(group -> group.forEach(p -> {
+                order.add(p.name());
+                atHandOver.add(p.grad().toFloatArray());
+            }));
+            assertEquals(model.params().list().size(), order.size());
+            assertEquals(model.params().list().size(), new java.util.HashSet<>(order).size(), "each parameter once: " + order);
+            assertTrue(order.get(0).startsWith("ln_f."), order.toString());
+            assertTrue(order.indexOf("h.1.ln_1.weight") < order.indexOf("h.0.ln_1.weight"), order.toString());
+            assertEquals(List.of("wte.weight", "wpe.weight"), order.subList(order.size() - 2, order.size()));
+            for (int i = 0; i < order.size(); i++) {
+                assertArrayEquals(atHandOver.get(i), model.params().get(order.get(i)).grad().toFloatArray(), order.get(i));
+            }
+        }
+    }
 }
