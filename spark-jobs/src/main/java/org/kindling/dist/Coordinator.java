@@ -58,6 +58,7 @@ public final class Coordinator implements AutoCloseable {
         final long deadline = System.nanoTime() + rendezvousTimeout.toNanos();
         List<Ring.Peer> peers;
         Optional<String> resume;
+        String aborted;
     }
 
     private final int world;
@@ -67,6 +68,7 @@ public final class Coordinator implements AutoCloseable {
     private final Consumer<StepResult> onStep;
     private final ServerSocket server;
     private final Map<Integer, Group> groups = new HashMap<>();
+    private final Map<Integer, String> abandoned = new HashMap<>();
     private final List<Socket> open = new ArrayList<>();
     private final AtomicInteger refused = new AtomicInteger();
     private final List<Failure> failures = new ArrayList<>();
@@ -239,6 +241,9 @@ public final class Coordinator implements AutoCloseable {
             throw new IllegalStateException("stage attempt " + attempt + " is stale: attempt " + newest + " has started");
         }
         Group g = groups.computeIfAbsent(attempt, a -> new Group());
+        if (abandoned.containsKey(attempt)) {
+            g.aborted = abandoned.get(attempt);
+        }
         if (g.members.containsKey(rank) || g.peers != null) {
             throw new IllegalStateException("rank " + rank + " joined stage attempt " + attempt + " twice");
         }
@@ -249,6 +254,9 @@ public final class Coordinator implements AutoCloseable {
             notifyAll();
         }
         while (g.peers == null) {
+            if (g.aborted != null) {
+                throw new IllegalStateException("rendezvous of stage attempt " + attempt + " was abandoned: " + g.aborted);
+            }
             long left = (g.deadline - System.nanoTime()) / 1_000_000;
             if (left <= 0 || closed) {
                 List<Integer> missing = new ArrayList<>();
@@ -269,6 +277,20 @@ public final class Coordinator implements AutoCloseable {
             }
         }
         return g;
+    }
+
+    /**
+     * Fails the rendezvous of a stage attempt that Spark has given up on, now or when its workers
+     * arrive, so that they stop at once instead of at the timeout (a blocked socket read ignores
+     * Spark's interrupt when it cancels a failed stage).
+     */
+    public synchronized void abandon(int attempt, String reason) {
+        abandoned.putIfAbsent(attempt, reason);
+        Group g = groups.get(attempt);
+        if (g != null && g.peers == null && g.aborted == null) {
+            g.aborted = reason;
+        }
+        notifyAll();
     }
 
     @Override

@@ -16,6 +16,9 @@ import java.util.stream.IntStream;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.spark.BarrierTaskContext;
 import org.apache.spark.api.java.JavaSparkContext;
+import org.apache.spark.scheduler.SparkListener;
+import org.apache.spark.scheduler.SparkListenerJobStart;
+import org.apache.spark.scheduler.SparkListenerStageCompleted;
 import org.apache.spark.sql.SparkSession;
 import org.kindling.data.DatasetReader;
 import org.kindling.dist.Coordinator;
@@ -55,8 +58,8 @@ public final class TrainJob {
     }
 
     /**
-     * A test-only failure: rank {@code rank} fails after step {@code step}, in the first stage
-     * attempt only or in every attempt.
+     * A test-only failure: rank {@code rank} fails after step {@code step} (step 0: before it
+     * reaches the coordinator), in the first stage attempt only or in every attempt.
      */
     record Fault(int rank, int step, boolean everyAttempt) implements Serializable {
         static final Fault NONE = new Fault(-1, -1, false);
@@ -118,6 +121,8 @@ public final class TrainJob {
                     rendezvousS, collectiveS, bucketBytes, fault);
             // Interrupt-on-cancel: when one task dies, Spark stops its peers at once instead of at their next barrier().
             sc.setJobGroup(group, "kindling train " + run, true);
+            StageFailures failures = new StageFailures(group, coordinator);
+            spark.sparkContext().addSparkListener(failures);
             List<Long> checksums;
             try {
                 checksums = sc.parallelize(IntStream.range(0, workers).boxed().toList(), workers).rdd().barrier()
@@ -132,6 +137,7 @@ public final class TrainJob {
                         + cause.get().rank() + ": " + cause.get().message(), e);
             } finally {
                 sc.clearJobGroup();
+                spark.sparkContext().removeSparkListener(failures);
             }
             if (checksums.stream().distinct().count() != 1) {
                 throw new IllegalStateException("the workers' final weights differ (checksums " + checksums
@@ -141,6 +147,33 @@ public final class TrainJob {
             progress.flush();
         }
         return progress.thisRun();
+    }
+
+    /** Tells the coordinator when a stage of this run's job fails, so that workers still waiting to meet stop. */
+    private static final class StageFailures extends SparkListener {
+        private final String group;
+        private final Coordinator coordinator;
+        private final java.util.Set<Integer> stages = java.util.concurrent.ConcurrentHashMap.newKeySet();
+
+        StageFailures(String group, Coordinator coordinator) {
+            this.group = group;
+            this.coordinator = coordinator;
+        }
+
+        @Override
+        public void onJobStart(SparkListenerJobStart job) {
+            if (job.properties() != null && group.equals(job.properties().getProperty("spark.jobGroup.id"))) {
+                scala.jdk.javaapi.CollectionConverters.asJava(job.stageIds()).forEach(id -> stages.add((Integer) id));
+            }
+        }
+
+        @Override
+        public void onStageCompleted(SparkListenerStageCompleted completed) {
+            var info = completed.stageInfo();
+            if (stages.contains(info.stageId()) && info.failureReason().isDefined()) {
+                coordinator.abandon(info.attemptNumber(), "Spark failed the stage: " + info.failureReason().get());
+            }
+        }
     }
 
     private static long positive(JavaSparkContext sc, String key, long dflt) {
@@ -176,6 +209,10 @@ public final class TrainJob {
             Configuration conf = new Configuration();
             Duration collective = Duration.ofSeconds(plan.collectiveTimeoutS());
             long checksum;
+            Fault f = plan.fault();
+            if (f.rank() == rank && f.step() == 0 && (f.everyAttempt() || attempt == 0)) {
+                throw new IllegalStateException("injected test fault: rank " + rank + " fails before the rendezvous");
+            }
             try (ServerSocket server = Ring.listen();
                  Coordinator.Client coordinator = Coordinator.Client.connect(plan.coordinatorHost(), plan.coordinatorPort(),
                          plan.secret(), Duration.ofSeconds(plan.rendezvousTimeoutS()))) {

@@ -164,6 +164,16 @@ class DistributedTrainTest {
     }
 
     @Test
+    void aWorkerThatDiesBeforeTheRendezvousDoesNotLeaveItsPeerWaiting() {
+        long t0 = System.nanoTime();
+        assertThrows(Exception.class, () -> TrainJob.run(spark, dir.resolve("early").toString(), data.toString(),
+                config(DOCS_PER_BATCH * LEN), 2, new TrainJob.Fault(0, 0, true)));
+        double seconds = (System.nanoTime() - t0) / 1e9;
+        // Four stage attempts; without abandoning the rendezvous each would wait out its 60 s timeout.
+        assertTrue(seconds < 40, "took " + seconds + " s");
+    }
+
+    @Test
     void moreWorkersThanSlotsIsRefusedUpFront() {
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
                 () -> TrainJob.run(spark, dir.resolve("big").toString(), data.toString(), config(DOCS_PER_BATCH * LEN), 3));
