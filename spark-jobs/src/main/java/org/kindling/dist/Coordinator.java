@@ -117,7 +117,8 @@ public final class Coordinator implements AutoCloseable {
         long deadline = System.nanoTime() + wait.toNanos();
         synchronized (failures) {
             while (true) {
-                int newest = failures.stream().mapToInt(Failure::attempt).max().orElse(-1);
+                int newest = Math.max(failures.stream().mapToInt(Failure::attempt).max().orElse(-1),
+                        connected.keySet().stream().mapToInt(Integer::intValue).max().orElse(-1));
                 List<Failure> last = failures.stream().filter(f -> f.attempt() == newest).toList();
                 Optional<Failure> cause = last.stream().filter(f -> !f.echo()).findFirst();
                 long left = (deadline - System.nanoTime()) / 1_000_000;

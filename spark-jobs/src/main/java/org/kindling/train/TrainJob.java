@@ -28,6 +28,7 @@ import org.kindling.dist.RingSync;
 import org.kindling.models.Checkpoints;
 import org.kindling.models.GradientSync;
 import org.kindling.models.Gpt;
+import org.kindling.models.NonFiniteException;
 import org.kindling.models.RunConfig;
 import org.kindling.models.StepResult;
 import org.kindling.models.TrainLoop;
@@ -63,6 +64,13 @@ public final class TrainJob {
      */
     record Fault(int rank, int step, boolean everyAttempt) implements Serializable {
         static final Fault NONE = new Fault(-1, -1, false);
+    }
+
+    /**
+     * What a task reports: a hash of its final weights, or why training stopped at a NaN/∞, which
+     * every rank sees alike (the values are all-reduced) and which a retry would only repeat.
+     */
+    record Outcome(long checksum, String nonFinite) implements Serializable {
     }
 
     /** What the driver hands each task: plain values, nothing a host deserializes as code. */
@@ -123,10 +131,10 @@ public final class TrainJob {
             sc.setJobGroup(group, "kindling train " + run, true);
             StageFailures failures = new StageFailures(group, coordinator);
             spark.sparkContext().addSparkListener(failures);
-            List<Long> checksums;
+            List<Outcome> outcomes;
             try {
-                checksums = sc.parallelize(IntStream.range(0, workers).boxed().toList(), workers).rdd().barrier()
-                        .mapPartitions(new Task(plan), false, ClassTag$.MODULE$.apply(Long.class))
+                outcomes = sc.parallelize(IntStream.range(0, workers).boxed().toList(), workers).rdd().barrier()
+                        .mapPartitions(new Task(plan), false, ClassTag$.MODULE$.apply(Outcome.class))
                         .toJavaRDD().repartition(1).collect();
             } catch (Exception e) { // Spark's SparkException is checked but undeclared
                 Optional<Coordinator.Failure> cause = coordinator.firstFailure(Duration.ofSeconds(5));
@@ -139,6 +147,12 @@ public final class TrainJob {
                 sc.clearJobGroup();
                 spark.sparkContext().removeSparkListener(failures);
             }
+            Optional<String> nonFinite = outcomes.stream().map(Outcome::nonFinite).filter(m -> m != null).findFirst();
+            if (nonFinite.isPresent()) {
+                throw new TrainingFailedException("training stopped at a non-finite value: " + nonFinite.get()
+                        + "; the last checkpoint before it is " + checkpoints.latest().orElse("none"), null);
+            }
+            List<Long> checksums = outcomes.stream().map(Outcome::checksum).toList();
             if (checksums.stream().distinct().count() != 1) {
                 throw new IllegalStateException("the workers' final weights differ (checksums " + checksums
                         + "): the replicas diverged, which the ring's fixed reduction order should make impossible");
@@ -190,7 +204,7 @@ public final class TrainJob {
     }
 
     /** The barrier task: one worker of the ring. */
-    static final class Task extends AbstractFunction1<scala.collection.Iterator<Integer>, scala.collection.Iterator<Long>>
+    static final class Task extends AbstractFunction1<scala.collection.Iterator<Integer>, scala.collection.Iterator<Outcome>>
             implements Serializable {
         private final Plan plan;
 
@@ -199,7 +213,7 @@ public final class TrainJob {
         }
 
         @Override
-        public scala.collection.Iterator<Long> apply(scala.collection.Iterator<Integer> ignored) {
+        public scala.collection.Iterator<Outcome> apply(scala.collection.Iterator<Integer> ignored) {
             BarrierTaskContext ctx = BarrierTaskContext.get();
             int rank = ctx.partitionId();
             int attempt = ctx.stageAttemptNumber();
@@ -208,7 +222,7 @@ public final class TrainJob {
             RunConfig cfg = RunConfig.parse(plan.configYaml(), plan.run() + "/config.yaml");
             Configuration conf = new Configuration();
             Duration collective = Duration.ofSeconds(plan.collectiveTimeoutS());
-            long checksum;
+            Outcome outcome;
             Fault f = plan.fault();
             if (f.rank() == rank && f.step() == 0 && (f.everyAttempt() || attempt == 0)) {
                 throw new IllegalStateException("injected test fault: rank " + rank + " fails before the rendezvous");
@@ -226,7 +240,9 @@ public final class TrainJob {
                     try {
                         TrainLoop.run(trainer, source, new Checkpoints(new HadoopRunStorage(plan.run(), conf)), rv.resume(), cfg,
                                 r -> afterStep(r, rank, attempt, coordinator));
-                        checksum = checksum(model.params().values().toFloatArray());
+                        outcome = new Outcome(checksum(model.params().values().toFloatArray()), null);
+                    } catch (NonFiniteException e) {
+                        outcome = new Outcome(0, e.getMessage());
                     } catch (RuntimeException | Error e) {
                         // Told before the ring closes, so the driver hears the cause before its peers' echoes of it.
                         coordinator.failed(describe(e), isEcho(e));
@@ -239,7 +255,7 @@ public final class TrainJob {
             } catch (IOException e) {
                 throw new UncheckedIOException("rank " + rank + ": " + e.getMessage(), e);
             }
-            return scala.jdk.javaapi.CollectionConverters.asScala(List.of(checksum).iterator());
+            return scala.jdk.javaapi.CollectionConverters.asScala(List.of(outcome).iterator());
         }
 
         /** Rank 0 reports each step to the driver; the test-only fault strikes here. */

@@ -158,7 +158,7 @@ class DistributedTrainTest {
         TrainingFailedException e = assertThrows(TrainingFailedException.class, () -> TrainJob.run(spark, run.toString(),
                 data.toString(), config(DOCS_PER_BATCH * LEN), 2, new TrainJob.Fault(0, 1, true)));
         assertTrue(e.getMessage().startsWith("training failed (stage attempt 3): rank 0: IllegalStateException: injected test fault: "
-                + "rank 0 fails after step 1"), e.getMessage());
+                + "rank 0 fails after step 1 in stage attempt 3"), e.getMessage());
         assertEquals(3L, spark.sparkContext().parallelize(scala.jdk.javaapi.CollectionConverters.asScala(List.of(1, 2, 3)).toSeq(),
                 2, scala.reflect.ClassTag$.MODULE$.apply(Integer.class)).count());
     }
@@ -171,6 +171,15 @@ class DistributedTrainTest {
         double seconds = (System.nanoTime() - t0) / 1e9;
         // Four stage attempts; without abandoning the rendezvous each would wait out its 60 s timeout.
         assertTrue(seconds < 40, "took " + seconds + " s");
+    }
+
+    @Test
+    void aNonFiniteLossStopsTheRunWithoutRetries() {
+        RunConfig explosive = new RunConfig(MODEL, new TrainConfig(7, 1e30, 1e30, 0, 6, 0.0, 0.9, 0.95, 1e-8, 0.0, 1,
+                DOCS_PER_BATCH * LEN, 1, 0, 5));
+        TrainingFailedException e = assertThrows(TrainingFailedException.class,
+                () -> TrainJob.run(spark, dir.resolve("nan").toString(), data.toString(), explosive, 2));
+        assertTrue(e.getMessage().startsWith("training stopped at a non-finite value: step "), e.getMessage());
     }
 
     @Test
