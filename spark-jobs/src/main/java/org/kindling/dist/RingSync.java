@@ -30,6 +30,7 @@ public final class RingSync implements GradientSync, AutoCloseable {
     private long pendingElements;
     private int reported;
     private long commNanos;
+    private long waitNanos;
 
     public RingSync(Ring ring, long bucketBytes) {
         if (bucketBytes < 1) {
@@ -57,6 +58,14 @@ public final class RingSync implements GradientSync, AutoCloseable {
     /** Wall time the communication thread has spent in bucket all-reduces, in seconds. */
     public double commSeconds() {
         return commNanos / 1e9;
+    }
+
+    /**
+     * Wall time the trainer has spent blocked on gradient sync, in seconds: the all-reduce time
+     * that did not overlap the backward pass, plus the small loss/count all-reduces.
+     */
+    public double waitSeconds() {
+        return waitNanos / 1e9;
     }
 
     @Override
@@ -130,6 +139,7 @@ public final class RingSync implements GradientSync, AutoCloseable {
 
     @Override
     public void finishGradients(Params params) {
+        long t0 = System.nanoTime();
         flush();
         int expected = params.list().size();
         int got = reported;
@@ -140,6 +150,7 @@ public final class RingSync implements GradientSync, AutoCloseable {
             }
         } finally {
             inFlight.clear();
+            waitNanos += System.nanoTime() - t0;
         }
         if (got != expected) {
             throw new IllegalStateException("the backward pass handed over " + got + " parameters for gradient sync, the model has "
@@ -148,7 +159,12 @@ public final class RingSync implements GradientSync, AutoCloseable {
     }
 
     private <T> T onComm(java.util.concurrent.Callable<T> work) {
-        return await(comm.submit(work));
+        long t0 = System.nanoTime();
+        try {
+            return await(comm.submit(work));
+        } finally {
+            waitNanos += System.nanoTime() - t0;
+        }
     }
 
     private static <T> T await(Future<T> f) {
