@@ -58,20 +58,24 @@ class RingTest {
         return x;
     }
 
+    /** Each rank's data(rank, n) at offset 3 of a longer array: the ring must touch only [off, off+len). */
+    static List<float[]> reduceInside(int world, int n) throws Exception {
+        return onRing(world, Duration.ofSeconds(20), ring -> {
+            float[] x = new float[n + 5];
+            System.arraycopy(data(ring.rank(), n), 0, x, 3, n);
+            x[0] = -7;
+            x[n + 4] = 9;
+            ring.allReduce(x, 3, n);
+            ring.allReduce(new float[0], 0, 0);
+            return x;
+        });
+    }
+
     @Test
     void allReduceSumsLikeASequentialSumAndEveryRankGetsTheSameBits() throws Exception {
         for (int world : new int[] {2, 3}) {
             for (int n : new int[] {1, 2, 97, 1025, 100_003}) {
-                // offset 3 inside a longer array: the ring must touch only [off, off+len)
-                List<float[]> results = onRing(world, Duration.ofSeconds(20), ring -> {
-                    float[] x = new float[n + 5];
-                    System.arraycopy(data(ring.rank(), n), 0, x, 3, n);
-                    x[0] = -7;
-                    x[n + 4] = 9;
-                    ring.allReduce(x, 3, n);
-                    ring.allReduce(new float[0], 0, 0);
-                    return x;
-                });
+                List<float[]> results = reduceInside(world, n);
                 double maxErr = 0;
                 double[] exactSums = new double[n];
                 for (int r = 0; r < world; r++) {
@@ -91,15 +95,7 @@ class RingTest {
                     assertEquals(-7f, r[0]);
                     assertEquals(9f, r[n + 4]);
                 }
-                List<float[]> again = onRing(world, Duration.ofSeconds(20), ring -> {
-                    float[] x = new float[n + 5];
-                    System.arraycopy(data(ring.rank(), n), 0, x, 3, n);
-                    x[0] = -7;
-                    x[n + 4] = 9;
-                    ring.allReduce(x, 3, n);
-                    return x;
-                });
-                assertArrayEquals(results.get(0), again.get(0), "a rerun must repeat the bits");
+                assertArrayEquals(results.get(0), reduceInside(world, n).get(0), "a rerun must repeat the bits");
             }
         }
     }
