@@ -61,10 +61,15 @@ public final class TrainJob {
 
     /**
      * A test-only failure: rank {@code rank} fails after step {@code step} (step 0: before it
-     * reaches the coordinator), in the first stage attempt only or in every attempt.
+     * reaches the coordinator), or with {@code stall} stops answering there, in the first stage
+     * attempt only or in every attempt.
      */
-    record Fault(int rank, int step, boolean everyAttempt) implements Serializable {
-        static final Fault NONE = new Fault(-1, -1, false);
+    record Fault(int rank, int step, boolean everyAttempt, boolean stall) implements Serializable {
+        static final Fault NONE = new Fault(-1, -1, false, false);
+
+        Fault(int rank, int step, boolean everyAttempt) {
+            this(rank, step, everyAttempt, false);
+        }
     }
 
     /**
@@ -116,9 +121,9 @@ public final class TrainJob {
         }
         // Local mode: the workers share this machine's cores; on a cluster each task has spark.task.cpus.
         int threads = local ? Math.max(taskCpus, sc.defaultParallelism() / workers) : taskCpus;
-        long rendezvousS = positive(sc, RENDEZVOUS_TIMEOUT, 300);
-        long collectiveS = positive(sc, COLLECTIVE_TIMEOUT, 600);
-        long bucketBytes = positive(sc, BUCKET_BYTES, RingSync.DEFAULT_BUCKET_BYTES);
+        long rendezvousS = positive(spark, RENDEZVOUS_TIMEOUT, 300);
+        long collectiveS = positive(spark, COLLECTIVE_TIMEOUT, 600);
+        long bucketBytes = positive(spark, BUCKET_BYTES, RingSync.DEFAULT_BUCKET_BYTES);
         String secret = Handshake.newSecret();
         Checkpoints checkpoints = new Checkpoints(storage);
         Progress progress = new Progress(storage, config.train());
@@ -191,8 +196,9 @@ public final class TrainJob {
         }
     }
 
-    private static long positive(JavaSparkContext sc, String key, long dflt) {
-        String v = sc.getConf().get(key, String.valueOf(dflt));
+    /** A Kindling setting from the session's conf (so a notebook can change it between runs with spark.conf().set). */
+    private static long positive(SparkSession spark, String key, long dflt) {
+        String v = spark.conf().get(key, String.valueOf(dflt));
         try {
             long n = Long.parseLong(v.trim());
             if (n >= 1) {
@@ -251,7 +257,8 @@ public final class TrainJob {
                         outcome = new Outcome(0, e.getMessage());
                     } catch (RuntimeException | Error e) {
                         // Told before the ring closes, so the driver hears the cause before its peers' echoes of it.
-                        coordinator.failed(describe(e), isEcho(e));
+                        // A task Spark is killing fails because another did: an echo too.
+                        coordinator.failed(describe(e), isEcho(e) || ctx.isInterrupted());
                         throw e;
                     }
                 } catch (IOException e) {
@@ -275,6 +282,14 @@ public final class TrainJob {
             }
             Fault f = plan.fault();
             if (f.rank() == rank && f.step() == r.step() && (f.everyAttempt() || attempt == 0)) {
+                if (f.stall()) {
+                    try {
+                        Thread.sleep(Long.MAX_VALUE);
+                    } catch (InterruptedException e) {
+                        Thread.currentThread().interrupt();
+                        throw new IllegalStateException("injected test stall of rank " + rank + " interrupted", e);
+                    }
+                }
                 throw new IllegalStateException("injected test fault: rank " + rank + " fails after step " + r.step()
                         + " in stage attempt " + attempt);
             }

@@ -174,6 +174,22 @@ class DistributedTrainTest {
     }
 
     @Test
+    void aWorkerThatStopsAnsweringTripsTheCollectiveTimeoutWithAClearError() {
+        spark.conf().set(TrainJob.COLLECTIVE_TIMEOUT, "2");
+        try {
+            long t0 = System.nanoTime();
+            TrainingFailedException e = assertThrows(TrainingFailedException.class, () -> TrainJob.run(spark,
+                    dir.resolve("stalled").toString(), data.toString(), config(DOCS_PER_BATCH * LEN), 2,
+                    new TrainJob.Fault(1, 2, true, true)));
+            assertTrue(e.getMessage().contains("rank 0: CollectiveTimeoutException: rank 0: rank 1 (")
+                    && e.getMessage().contains("sent nothing for 2 s") && e.getMessage().contains("stalled or dead"), e.getMessage());
+            assertTrue((System.nanoTime() - t0) / 1e9 < 60, "four attempts, each ending 2 s after the stall");
+        } finally {
+            spark.conf().unset(TrainJob.COLLECTIVE_TIMEOUT);
+        }
+    }
+
+    @Test
     void aNonFiniteLossStopsTheRunWithoutRetries() {
         RunConfig explosive = new RunConfig(MODEL, new TrainConfig(7, 1e30, 1e30, 0, 6, 0.0, 0.9, 0.95, 1e-8, 0.0, 1,
                 DOCS_PER_BATCH * LEN, 1, 0, 5));
