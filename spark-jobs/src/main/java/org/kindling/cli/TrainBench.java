@@ -1,11 +1,14 @@
 package org.kindling.cli;
 
 import java.io.PrintWriter;
+import java.util.ArrayList;
 import java.util.Collections;
+import java.util.List;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.concurrent.Callable;
+import org.kindling.models.DataParallel;
 import org.kindling.models.DataSource;
 import org.kindling.models.Gpt;
 import org.kindling.models.ModelConfig;
@@ -21,7 +24,7 @@ import picocli.CommandLine.Option;
 
 @Command(name = "train", mixinStandardHelpOptions = true,
         description = {"Training throughput of a GPT model on random tokens: tokens/s and ms per optimizer step, split",
-            "into forward, backward and optimizer. The model is a preset, or built from --layers/--d-model/--heads/--vocab."})
+            "into forward, backward and optimizer (of replica 0). The model is a preset, or built from --layers/--d-model/--heads/--vocab."})
 final class TrainBench implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -48,11 +51,16 @@ final class TrainBench implements Callable<Integer> {
     int batch;
 
     @Option(names = "--steps", description = "timed steps, after --warmup untimed ones (default ${DEFAULT-VALUE})",
-            defaultValue = "10")
+            defaultValue = "20")
     int steps;
 
-    @Option(names = "--warmup", description = "untimed steps first (default ${DEFAULT-VALUE})", defaultValue = "3")
+    @Option(names = "--warmup", description = "untimed steps first, while the JIT compiles (default ${DEFAULT-VALUE})",
+            defaultValue = "10")
     int warmup;
+
+    @Option(names = "--replicas", description = {"model replicas training data-parallel in this JVM, each on --threads/R",
+        "threads and B/R sequences, summing gradients in shared memory (default: one per thread when B divides evenly)"})
+    Integer replicas;
 
     @CommandLine.Mixin
     BenchOptions common;
@@ -63,6 +71,11 @@ final class TrainBench implements Callable<Integer> {
         BenchOptions.requirePositive(cmd, "--layers", layers, "--d-model", dModel, "--heads", heads, "--vocab", vocab, "--seq", seq,
                 "--batch", batch, "--steps", steps);
         int threads = common.threads(cmd);
+        int reps = replicas != null ? replicas : batch % threads == 0 ? threads : 1;
+        if (reps < 1 || batch % reps != 0 || threads % reps != 0) {
+            throw new CommandLine.ParameterException(cmd, "--replicas " + reps + " must divide both --batch " + batch
+                    + " and the " + threads + " threads");
+        }
         ModelConfig cfg;
         try {
             cfg = preset != null ? ModelConfig.load(Presets.resolve(preset))
@@ -81,24 +94,33 @@ final class TrainBench implements Callable<Integer> {
         double opt = 0;
         double total = 0;
         int params;
-        try (CpuDevice dev = Device.cpu(threads); Gpt model = new Gpt(cfg, dev, 1); Trainer trainer = new Trainer(model, train)) {
-            params = model.params().count();
-            DataSource data = randomTokens(cfg.vocab(), batch, seq);
+        int perThreads = threads / reps;
+        try (DataParallel dp = new DataParallel(reps, (rank, sync) -> {
+            CpuDevice dev = Device.cpu(perThreads);
+            Gpt model = new Gpt(cfg, dev, 1);
+            return new DataParallel.Replica(dev, model, new Trainer(model, train, sync));
+        })) {
+            Trainer first = dp.replicas().get(0).trainer();
+            params = first.model().params().count();
+            List<DataSource> data = new ArrayList<>();
+            for (int r = 0; r < reps; r++) {
+                data.add(randomTokens(cfg.vocab(), batch / reps, seq, r, reps));
+            }
             for (int i = 0; i < warmup + steps; i++) {
-                StepResult r = trainer.step(data);
+                StepResult r = dp.step(data);
                 if (i >= warmup) {
-                    fwd += trainer.lastForwardMs();
-                    bwd += trainer.lastBackwardMs();
-                    opt += trainer.lastOptimizerMs();
+                    fwd += first.lastForwardMs();
+                    bwd += first.lastBackwardMs();
+                    opt += first.lastOptimizerMs();
                     total += r.seconds() * 1e3;
                 }
             }
         }
         double msPerStep = total / steps;
         double tokensPerS = batch * seq / (msPerStep / 1e3);
-        err.printf("train %,d params (L=%d C=%d H=%d V=%d), B=%d T=%d, %d threads: %.0f tokens/s, %.1f ms/step "
+        err.printf("train %,d params (L=%d C=%d H=%d V=%d), B=%d T=%d, %d replica(s) x %d thread(s): %.0f tokens/s, %.1f ms/step "
                 + "(forward %.1f, backward %.1f, optimizer %.1f)%n", params, cfg.nLayer(), cfg.dModel(), cfg.nHead(), cfg.vocab(),
-                batch, seq, threads, tokensPerS, msPerStep, fwd / steps, bwd / steps, opt / steps);
+                batch, seq, reps, perThreads, tokensPerS, msPerStep, fwd / steps, bwd / steps, opt / steps);
         err.flush();
         if (common.json) {
             Map<String, Object> row = new LinkedHashMap<>();
@@ -116,9 +138,10 @@ final class TrainBench implements Callable<Integer> {
         return 0;
     }
 
-    private static DataSource randomTokens(int vocab, int batch, int seq) {
+    /** Random sequences; replica {@code rank} of {@code replicas} gets its own. */
+    private static DataSource randomTokens(int vocab, int batch, int seq, int rank, int replicas) {
         return DataSource.indexed(position -> {
-            SplittableRandom r = new SplittableRandom(position);
+            SplittableRandom r = new SplittableRandom(position * replicas + rank);
             int[] tokens = new int[batch * seq];
             int[] cu = new int[batch + 1];
             for (int i = 0; i < tokens.length; i++) {
