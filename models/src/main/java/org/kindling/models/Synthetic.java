@@ -167,8 +167,16 @@ public final class Synthetic {
 
     /** An endless source of fresh examples: batch p is generated from (seed, p), so it never repeats and resumes exactly. */
     public static DataSource stream(Task task, int vocab, int seqLen, int batchSize, long seed) {
+        return stream(task, vocab, seqLen, batchSize, seed, 0, batchSize);
+    }
+
+    /** Examples [from, to) of each batch of {@link #stream}: one data-parallel replica's slice. */
+    public static DataSource stream(Task task, int vocab, int seqLen, int batchSize, long seed, int from, int to) {
         generate(task, vocab, seqLen, 1, seed); // validates the arguments now, not at the first batch
-        return DataSource.indexed(p -> generate(task, vocab, seqLen, batchSize, seed * 1_000_003L + p).batch(0, batchSize));
+        if (from < 0 || to > batchSize || from >= to) {
+            throw new IllegalArgumentException("slice [" + from + ", " + to + ") is not inside a batch of " + batchSize);
+        }
+        return DataSource.indexed(p -> generate(task, vocab, seqLen, batchSize, seed * 1_000_003L + p).batch(from, to));
     }
 
     /** A data source cycling through the training examples in batches of {@code batchSize}. */

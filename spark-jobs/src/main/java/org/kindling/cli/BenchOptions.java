@@ -2,6 +2,13 @@ package org.kindling.cli;
 
 import java.util.LinkedHashMap;
 import java.util.Map;
+import org.kindling.models.DataParallel;
+import org.kindling.models.Gpt;
+import org.kindling.models.ModelConfig;
+import org.kindling.models.TrainConfig;
+import org.kindling.models.Trainer;
+import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 import picocli.CommandLine;
 import picocli.CommandLine.Option;
 
@@ -30,6 +37,25 @@ final class BenchOptions {
             if (value < 1) {
                 throw new CommandLine.ParameterException(cmd, name + " must be at least 1, got " + value);
             }
+        });
+    }
+
+    /** Replicas for a CPU benchmark: one per thread when {@code batch} divides evenly (or {@code requested}), checked. */
+    static int replicas(CommandLine cmd, Integer requested, int batch, int threads) {
+        int reps = requested != null ? requested : batch % threads == 0 ? threads : 1;
+        if (reps < 1 || batch % reps != 0 || threads % reps != 0) {
+            throw new CommandLine.ParameterException(cmd, "--replicas " + reps + " must divide both the batch " + batch
+                    + " and the " + threads + " threads");
+        }
+        return reps;
+    }
+
+    /** {@code count} data-parallel replicas of a model on CPU devices of {@code threadsEach} threads, all from {@code seed}. */
+    static DataParallel cpuReplicas(int count, int threadsEach, ModelConfig cfg, long seed, TrainConfig train) {
+        return new DataParallel(count, (rank, sync) -> {
+            CpuDevice dev = Device.cpu(threadsEach);
+            Gpt model = new Gpt(cfg, dev, seed);
+            return new DataParallel.Replica(dev, model, new Trainer(model, train, sync));
         });
     }
 

@@ -1,19 +1,18 @@
 package org.kindling.cli;
 
 import java.io.PrintWriter;
+import java.util.ArrayList;
 import java.util.Collections;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Callable;
+import org.kindling.models.DataParallel;
 import org.kindling.models.DataSource;
-import org.kindling.models.Gpt;
 import org.kindling.models.ModelConfig;
 import org.kindling.models.StepResult;
 import org.kindling.models.Synthetic;
 import org.kindling.models.TrainConfig;
-import org.kindling.models.Trainer;
-import org.kindling.ops.Device;
-import org.kindling.ops.cpu.CpuDevice;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -57,6 +56,11 @@ final class RecallBench implements Callable<Integer> {
     @Option(names = "--lr", description = "peak AdamW learning rate (default ${DEFAULT-VALUE})", defaultValue = "1e-3")
     double lr;
 
+    @Option(names = "--replicas", description = {"data-parallel replicas in this JVM, each on --threads/R threads and",
+        "batch/R of each step's examples (default: one per thread when the batch divides evenly); the result does not",
+        "depend on it beyond fp32 rounding"})
+    Integer replicas;
+
     @CommandLine.Mixin
     BenchOptions common;
 
@@ -84,16 +88,21 @@ final class RecallBench implements Callable<Integer> {
                 batch * seq, 100, 0, 1);
         PrintWriter err = cmd.getErr();
         double accuracy;
-        try (CpuDevice dev = Device.cpu(threads); Gpt model = new Gpt(cfg, dev, seed); Trainer trainer = new Trainer(model, tc)) {
-            DataSource data = Synthetic.stream(t, vocab, seq, batch, seed);
+        int reps = BenchOptions.replicas(cmd, replicas, batch, threads);
+        try (DataParallel dp = BenchOptions.cpuReplicas(reps, threads / reps, cfg, seed, tc)) {
+            List<DataSource> data = new ArrayList<>();
+            int per = batch / reps;
+            for (int r = 0; r < reps; r++) {
+                data.add(Synthetic.stream(t, vocab, seq, batch, seed, r * per, (r + 1) * per));
+            }
             for (int i = 0; i < steps; i++) {
-                StepResult r = trainer.step(data);
+                StepResult r = dp.step(data);
                 if (r.step() % tc.logInterval() == 0) {
                     err.printf("step %d loss %.4f%n", r.step(), r.loss());
                     err.flush();
                 }
             }
-            accuracy = Synthetic.accuracy(model, heldOut, 250);
+            accuracy = Synthetic.accuracy(dp.replicas().get(0).model(), heldOut, 250);
         }
         err.printf("%s with %s after %d steps: held-out accuracy %.4f%n", t.cliName(), mixer, steps, accuracy);
         err.flush();

@@ -3,21 +3,18 @@ package org.kindling.cli;
 import java.io.PrintWriter;
 import java.util.ArrayList;
 import java.util.Collections;
-import java.util.List;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.concurrent.Callable;
 import org.kindling.models.DataParallel;
 import org.kindling.models.DataSource;
-import org.kindling.models.Gpt;
 import org.kindling.models.ModelConfig;
 import org.kindling.models.StepResult;
 import org.kindling.models.TokenBatch;
 import org.kindling.models.TrainConfig;
 import org.kindling.models.Trainer;
-import org.kindling.ops.Device;
-import org.kindling.ops.cpu.CpuDevice;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -71,11 +68,7 @@ final class TrainBench implements Callable<Integer> {
         BenchOptions.requirePositive(cmd, "--layers", layers, "--d-model", dModel, "--heads", heads, "--vocab", vocab, "--seq", seq,
                 "--batch", batch, "--steps", steps);
         int threads = common.threads(cmd);
-        int reps = replicas != null ? replicas : batch % threads == 0 ? threads : 1;
-        if (reps < 1 || batch % reps != 0 || threads % reps != 0) {
-            throw new CommandLine.ParameterException(cmd, "--replicas " + reps + " must divide both --batch " + batch
-                    + " and the " + threads + " threads");
-        }
+        int reps = BenchOptions.replicas(cmd, replicas, batch, threads);
         ModelConfig cfg;
         try {
             cfg = preset != null ? ModelConfig.load(Presets.resolve(preset))
@@ -95,11 +88,7 @@ final class TrainBench implements Callable<Integer> {
         double total = 0;
         int params;
         int perThreads = threads / reps;
-        try (DataParallel dp = new DataParallel(reps, (rank, sync) -> {
-            CpuDevice dev = Device.cpu(perThreads);
-            Gpt model = new Gpt(cfg, dev, 1);
-            return new DataParallel.Replica(dev, model, new Trainer(model, train, sync));
-        })) {
+        try (DataParallel dp = BenchOptions.cpuReplicas(reps, perThreads, cfg, 1, train)) {
             Trainer first = dp.replicas().get(0).trainer();
             params = first.model().params().count();
             List<DataSource> data = new ArrayList<>();
