@@ -80,4 +80,26 @@ class DataParallelTest {
             assertTrue((System.nanoTime() - t0) / 1e9 < 30);
         }
     }
+
+    @Test
+    void sharedMemoryCollectivesGiveEveryReplicaTheSameAnswer() throws Exception {
+        List<SharedMemorySync> group = SharedMemorySync.group(3, 60);
+        java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newFixedThreadPool(3);
+        try {
+            List<java.util.concurrent.Future<String>> results = new ArrayList<>();
+            for (SharedMemorySync sync : group) {
+                results.add(pool.submit(() -> {
+                    long[] positions = sync.allGather(100L + sync.rank());
+                    double[] v = {sync.rank(), 0.1};
+                    sync.allReduceSum(v);
+                    return java.util.Arrays.toString(positions) + " " + java.util.Arrays.toString(v);
+                }));
+            }
+            for (java.util.concurrent.Future<String> f : results) {
+                assertEquals("[100, 101, 102] [3.0, 0.30000000000000004]", f.get());
+            }
+        } finally {
+            pool.shutdownNow();
+        }
+    }
 }
