@@ -19,8 +19,8 @@ import picocli.CommandLine.Option;
 
 @Command(name = "recall", mixinStandardHelpOptions = true,
         description = {"Held-out accuracy on an H3 synthetic task (associative recall or induction head) after a fixed",
-            "step budget, the same for every token mixer: a 2-layer model, d_model 64, 4 heads, vocab 20, 64 tokens,",
-            "128 fresh examples per step, AdamW at lr 1e-3."})
+            "step budget, the same for every token mixer: a 2-layer model, d_model 128, 2 heads, vocab 20, 64 tokens,",
+            "128 fresh examples per step, AdamW at lr 1e-3 (warmup, cosine to lr/10)."})
 final class RecallBench implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -32,7 +32,7 @@ final class RecallBench implements Callable<Integer> {
     @Option(names = "--mixer", description = "token mixer of both layers (default ${DEFAULT-VALUE})", defaultValue = "attention")
     String mixer;
 
-    @Option(names = "--steps", description = "optimizer steps (default ${DEFAULT-VALUE})", defaultValue = "2500")
+    @Option(names = "--steps", description = "optimizer steps (default ${DEFAULT-VALUE})", defaultValue = "3000")
     int steps;
 
     @Option(names = "--vocab", description = "task vocabulary (default ${DEFAULT-VALUE})", defaultValue = "20")
@@ -44,10 +44,10 @@ final class RecallBench implements Callable<Integer> {
     @Option(names = "--seed", description = "seed of data and weights (default ${DEFAULT-VALUE})", defaultValue = "1")
     long seed;
 
-    @Option(names = "--d-model", description = "channels of the 2-layer model (default ${DEFAULT-VALUE})", defaultValue = "64")
+    @Option(names = "--d-model", description = "channels of the 2-layer model (default ${DEFAULT-VALUE})", defaultValue = "128")
     int dModel;
 
-    @Option(names = "--heads", description = "attention heads per layer (default ${DEFAULT-VALUE})", defaultValue = "4")
+    @Option(names = "--heads", description = "attention heads per layer (default ${DEFAULT-VALUE})", defaultValue = "2")
     int heads;
 
     @Option(names = "--batch", description = "fresh examples per step (default ${DEFAULT-VALUE})", defaultValue = "128")
