@@ -146,9 +146,11 @@ class ElementwiseTest {
         float[] b = Check.uniform(8, 59);
         try (Tensor ta = dev.fromFloats(a, a.length); Tensor tb = dev.fromFloats(b, b.length)) {
             double want = Reference.sumOfSquares(a);
-            assertEquals(want, be.sumOfSquares(ta), want * 1e-12);
+            // Lanes sum at most 16 squares in fp32 before the double total: relative error <= 16·2^-24 (1e-6), against
+            // ~n·2^-24 for a plain fp32 running sum of the same n = 99,425 squares.
+            assertEquals(want, be.sumOfSquares(ta), want * 1e-6);
             double norm = Math.sqrt(want + Reference.sumOfSquares(b));
-            assertEquals(norm, be.globalL2Norm(List.of(ta, tb)), norm * 1e-12);
+            assertEquals(norm, be.globalL2Norm(List.of(ta, tb)), norm * 1e-6);
         }
     }
 }

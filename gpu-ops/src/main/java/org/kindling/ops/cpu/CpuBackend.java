@@ -481,12 +481,7 @@ final class CpuBackend implements Backend {
         pool.parallelFor(blocks, Math.max(1, GRAIN / SUM_BLOCK), (lo, hi) -> {
             for (int blk = lo; blk < hi; blk++) {
                 int end = Math.min(n, (blk + 1) * SUM_BLOCK);
-                double s = 0;
-                for (int i = blk * SUM_BLOCK; i < end; i++) {
-                    double v = xv[ox + i];
-                    s += v * v;
-                }
-                partial[blk] = s;
+                partial[blk] = VecMath.sumOfSquares(xv, ox + blk * SUM_BLOCK, end - blk * SUM_BLOCK);
             }
         });
         double total = 0;

@@ -357,6 +357,33 @@ final class VecMath {
         return s;
     }
 
+    /**
+     * Σ x[i]² over [off, off+n): squares summed lane-wise in fp32 over runs of 16 vectors (so no
+     * lane sums more than 16 terms), each run's lanes then added in order in double.
+     */
+    static double sumOfSquares(float[] x, int off, int n) {
+        float[] lanes = new float[LANES];
+        int run = 16 * LANES;
+        double s = 0;
+        int i = 0;
+        for (; i + run <= n; i += run) {
+            FloatVector acc = FloatVector.zero(F);
+            for (int j = i; j < i + run; j += LANES) {
+                FloatVector v = FloatVector.fromArray(F, x, off + j);
+                acc = v.lanewise(VectorOperators.FMA, v, acc);
+            }
+            acc.intoArray(lanes, 0);
+            for (float l : lanes) {
+                s += l;
+            }
+        }
+        for (; i < n; i++) {
+            double v = x[off + i];
+            s += v * v;
+        }
+        return s;
+    }
+
     /** dst[i] += src[i]. */
     static void addTo(float[] dst, int dOff, float[] src, int sOff, int n) {
         int i = 0;
