@@ -11,7 +11,7 @@ import org.kindling.ops.Device;
 
 /**
  * The H3 associative-recall target: a 2-layer attention model reaches ≥ 99 % held-out accuracy
- * (vocab 20, 64 tokens). It takes 8,000 steps of 128 fresh sequences (about 34 minutes on two
+ * (vocab 20, 64 tokens). It takes 8,000 steps of 128 fresh sequences (about 31 minutes on two
  * cores), so it is tagged "long": {@code mvn -B verify -Plong-tests} runs it.
  */
 @Tag("long")
