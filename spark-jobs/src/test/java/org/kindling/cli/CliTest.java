@@ -5,31 +5,19 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.util.ArrayList;
 import java.util.List;
 import org.junit.jupiter.api.Test;
 
 class CliTest {
-    record Result(int code, String out, String err) {
-    }
-
-    static Result run(String... args) {
-        StringWriter out = new StringWriter();
-        StringWriter err = new StringWriter();
-        int code = Kindling.run(new PrintWriter(out, true), new PrintWriter(err, true), args);
-        return new Result(code, out.toString(), err.toString());
-    }
-
     @Test
     void versionNamesTheBuildAndTheGemm() {
-        Result r = run("version");
+        CliRun r = CliRun.of("version");
         assertEquals(0, r.code(), r.err());
         assertTrue(r.out().startsWith("kindling " + BuildInfo.version()), r.out());
         assertTrue(r.out().contains("cpu gemm "), r.out());
         assertTrue(r.out().contains("spark " + BuildInfo.sparkVersion() + " (built against"), "Spark is on the test classpath: " + r.out());
-        assertEquals("kindling " + BuildInfo.version(), run("--version").out().trim());
+        assertEquals("kindling " + BuildInfo.version(), CliRun.of("--version").out().trim());
     }
 
     @Test
@@ -38,16 +26,16 @@ class CliTest {
             {"bench", "attention", "--help"}, {"bench", "train", "--help"}, {"bench", "recall", "--help"},
             {"prepare", "--help"}, {"bench", "tokenize", "--help"}, {"generate", "--help"}, {"export", "--help"},
             {"eval", "--help"}, {"train", "--help"}, {"quickstart", "--help"}}) {
-            Result r = run(cmd);
+            CliRun r = CliRun.of(cmd);
             assertEquals(0, r.code(), String.join(" ", cmd));
             assertTrue(r.out().contains("Usage:"), r.out());
         }
-        assertTrue(run("--help").out().contains("bench"));
+        assertTrue(CliRun.of("--help").out().contains("bench"));
     }
 
     @Test
     void benchGemmJsonHasExactlyTheIssueFields() throws Exception {
-        Result r = run("bench", "gemm", "--m", "67", "--n", "45", "--k", "33", "--threads", "2", "--seconds", "0.05", "--json");
+        CliRun r = CliRun.of("bench", "gemm", "--m", "67", "--n", "45", "--k", "33", "--threads", "2", "--seconds", "0.05", "--json");
         assertEquals(0, r.code(), r.err());
         String[] lines = r.out().strip().split("\n");
         assertEquals(1, lines.length, r.out());
@@ -68,7 +56,7 @@ class CliTest {
 
     @Test
     void benchAttentionJsonHasExactlyTheIssueFields() throws Exception {
-        Result r = run("bench", "attention", "--seq", "300", "--heads", "2", "--head-dim", "59", "--reps", "1", "--json");
+        CliRun r = CliRun.of("bench", "attention", "--seq", "300", "--heads", "2", "--head-dim", "59", "--reps", "1", "--json");
         assertEquals(0, r.code(), r.err());
         String[] lines = r.out().strip().split("\n");
         assertEquals(1, lines.length, r.out());
@@ -86,10 +74,10 @@ class CliTest {
         assertTrue(row.get("naive_extra_bytes").asLong() >= 2L * 300 * 300 * 4, lines[0]);
         assertTrue(row.get("extra_bytes").asLong() < row.get("naive_extra_bytes").asLong(), lines[0]);
 
-        Result nc = run("bench", "attention", "--seq", "64", "--no-causal", "--reps", "1", "--json");
+        CliRun nc = CliRun.of("bench", "attention", "--seq", "64", "--no-causal", "--reps", "1", "--json");
         assertEquals(0, nc.code(), nc.err());
         assertTrue(!new ObjectMapper().readTree(nc.out().strip()).get("causal").asBoolean());
-        Result bad = run("bench", "attention", "--head-dim", "300");
+        CliRun bad = CliRun.of("bench", "attention", "--head-dim", "300");
         assertEquals(2, bad.code());
         assertTrue(bad.err().contains("head dim"), bad.err());
     }
@@ -103,7 +91,7 @@ class CliTest {
 
     @Test
     void benchTrainJsonHasExactlyTheIssueFields() throws Exception {
-        Result r = run("bench", "train", "--layers", "1", "--d-model", "32", "--heads", "2", "--vocab", "50", "--seq", "16",
+        CliRun r = CliRun.of("bench", "train", "--layers", "1", "--d-model", "32", "--heads", "2", "--vocab", "50", "--seq", "16",
                 "--batch", "2", "--steps", "2", "--warmup", "1", "--json");
         assertEquals(0, r.code(), r.err());
         String line = r.out().strip();
@@ -112,17 +100,17 @@ class CliTest {
         JsonNode row = new ObjectMapper().readTree(line);
         assertEquals("train", row.get("bench").asText());
         assertTrue(row.get("tokens_per_s").asDouble() > 0);
-        Result preset = run("bench", "train", "--preset", "tiny", "--seq", "16", "--batch", "2", "--steps", "1", "--warmup", "0");
+        CliRun preset = CliRun.of("bench", "train", "--preset", "tiny", "--seq", "16", "--batch", "2", "--steps", "1", "--warmup", "0");
         assertEquals(0, preset.code(), preset.err());
         assertTrue(preset.err().contains("L=2 C=64"), preset.err());
-        Result missing = run("bench", "train", "--preset", "no-such-preset");
+        CliRun missing = CliRun.of("bench", "train", "--preset", "no-such-preset");
         assertEquals(2, missing.code());
         assertTrue(missing.err().contains("no-such-preset"), missing.err());
     }
 
     @Test
     void benchRecallJsonHasExactlyTheIssueFields() throws Exception {
-        Result r = run("bench", "recall", "--task", "induction-head", "--steps", "3", "--json");
+        CliRun r = CliRun.of("bench", "recall", "--task", "induction-head", "--steps", "3", "--json");
         assertEquals(0, r.code(), r.err());
         String line = r.out().strip();
         assertEquals(List.of("bench", "task", "mixer", "steps", "accuracy"), fieldNames(line));
@@ -132,10 +120,10 @@ class CliTest {
         assertEquals(3, row.get("steps").asInt());
         double acc = row.get("accuracy").asDouble();
         assertTrue(acc >= 0 && acc <= 1, line);
-        Result bad = run("bench", "recall", "--mixer", "rnn");
+        CliRun bad = CliRun.of("bench", "recall", "--mixer", "rnn");
         assertEquals(2, bad.code());
         assertTrue(bad.err().contains("\"rnn\""), bad.err());
-        Result task = run("bench", "recall", "--task", "copy");
+        CliRun task = CliRun.of("bench", "recall", "--task", "copy");
         assertEquals(2, task.code());
         assertTrue(task.err().contains("unknown task \"copy\""), task.err());
     }
@@ -146,17 +134,17 @@ class CliTest {
         java.nio.file.Files.createDirectories(in);
         java.nio.file.Files.writeString(in.resolve("a.txt"), "one line of text\nanother line\n\nlast line\n");
         java.nio.file.Path out = dir.resolve("ds");
-        Result r = run("prepare", "--input", in.toString(), "--output", out.toString(), "--line-docs", "--vocab-size", "300",
+        CliRun r = CliRun.of("prepare", "--input", in.toString(), "--output", out.toString(), "--line-docs", "--vocab-size", "300",
                 "--max-len", "128", "--master", "local[1]");
         assertEquals(0, r.code(), r.err());
         assertTrue(r.err().contains("prepared " + out + ": 3 documents"), r.err());
         assertTrue(r.err().contains("documents/s") && r.err().contains("MB/s") && r.err().contains("tokens/s"), r.err());
         JsonNode m = new ObjectMapper().readTree(out.resolve("manifest.json").toFile());
         assertEquals(1, m.get("rejects").get("empty").asInt());
-        Result again = run("prepare", "--input", in.toString(), "--output", out.toString(), "--vocab-size", "300", "--master", "local[1]");
+        CliRun again = CliRun.of("prepare", "--input", in.toString(), "--output", out.toString(), "--vocab-size", "300", "--master", "local[1]");
         assertEquals(1, again.code());
         assertTrue(again.err().contains("--overwrite"), again.err());
-        Result bad = run("prepare", "--input", in.toString(), "--output", out.toString(), "--format", "csv");
+        CliRun bad = CliRun.of("prepare", "--input", in.toString(), "--output", out.toString(), "--format", "csv");
         assertEquals(2, bad.code());
         assertTrue(bad.err().contains("--format must be text, jsonl or parquet"), bad.err());
     }
@@ -171,7 +159,7 @@ class CliTest {
                 List.of(org.kindling.data.BpeTokenizer.END_OF_TEXT)).toJson());
         java.nio.file.Path in = dir.resolve("in.txt");
         java.nio.file.Files.writeString(in, text);
-        Result r = run("bench", "tokenize", "--tokenizer", tok.toString(), "--input", in.toString(), "--seconds", "0.05", "--json");
+        CliRun r = CliRun.of("bench", "tokenize", "--tokenizer", tok.toString(), "--input", in.toString(), "--seconds", "0.05", "--json");
         assertEquals(0, r.code(), r.err());
         String line = r.out().strip();
         assertEquals(List.of("bench", "mb_per_s", "peer_mb_per_s", "tokens", "agree"), fieldNames(line));
@@ -182,7 +170,7 @@ class CliTest {
 
     @Test
     void humanOutputOnlyWithoutJson() {
-        Result r = run("bench", "gemm", "--m", "8", "--n", "8", "--k", "8", "--seconds", "0.01");
+        CliRun r = CliRun.of("bench", "gemm", "--m", "8", "--n", "8", "--k", "8", "--seconds", "0.01");
         assertEquals(0, r.code(), r.err());
         assertEquals("", r.out());
         assertTrue(r.err().contains("gemm 8x8x8"), r.err());
@@ -190,16 +178,16 @@ class CliTest {
 
     @Test
     void badOptionsAreUsageErrorsThatNameTheOption() {
-        Result r = run("bench", "gemm", "--m", "0");
+        CliRun r = CliRun.of("bench", "gemm", "--m", "0");
         assertEquals(2, r.code());
         assertTrue(r.err().contains("--m must be at least 1"), r.err());
-        Result t = run("bench", "gemm", "--threads", "0");
+        CliRun t = CliRun.of("bench", "gemm", "--threads", "0");
         assertEquals(2, t.code());
         assertTrue(t.err().contains("--threads"), t.err());
-        Result u = run("bench", "gemm", "--bogus");
+        CliRun u = CliRun.of("bench", "gemm", "--bogus");
         assertEquals(2, u.code());
         assertTrue(u.err().contains("--bogus"), u.err());
-        assertEquals(2, run("bench").code());
-        assertEquals(2, run().code());
+        assertEquals(2, CliRun.of("bench").code());
+        assertEquals(2, CliRun.of().code());
     }
 }

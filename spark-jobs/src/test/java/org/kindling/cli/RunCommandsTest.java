@@ -5,8 +5,6 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -60,19 +58,9 @@ class RunCommandsTest {
         Files.writeString(run.resolve(RunDir.TOKENIZER), tok.toJson());
     }
 
-    record Result(int code, String out, String err) {
-    }
-
-    static Result cli(String... args) {
-        StringWriter out = new StringWriter();
-        StringWriter err = new StringWriter();
-        int code = Kindling.run(new PrintWriter(out, true), new PrintWriter(err, true), args);
-        return new Result(code, out.toString(), err.toString());
-    }
-
     @Test
     void generatePrintsOnlyTheContinuation() throws Exception {
-        Result r = cli("generate", "--run", run.toString(), "--prompt", "the cat", "--max-new-tokens", "12", "--temperature", "0");
+        CliRun r = CliRun.of("generate", "--run", run.toString(), "--prompt", "the cat", "--max-new-tokens", "12", "--temperature", "0");
         assertEquals(0, r.code(), r.err());
         String expected;
         try (Device dev = Device.cpu(); Gpt model = new RunDir(run.toString(), new Configuration()).model("step-40", dev)) {
@@ -86,13 +74,13 @@ class RunCommandsTest {
         try (Device dev = Device.cpu(); Gpt model = new RunDir(run.toString(), new Configuration()).model("step-40", dev)) {
             assertEquals(expected, RunDir.continuation(model, tok, "the cat", 12, Sampling.greedy(), 0));
         }
-        Result sampled = cli("generate", "--run", run.toString(), "--prompt", "", "--temperature", "0.8", "--top-k", "20", "--seed", "3");
+        CliRun sampled = CliRun.of("generate", "--run", run.toString(), "--prompt", "", "--temperature", "0.8", "--top-k", "20", "--seed", "3");
         assertEquals(0, sampled.code(), sampled.err());
-        assertEquals(sampled.out(), cli("generate", "--run", run.toString(), "--prompt", "", "--temperature", "0.8", "--top-k", "20",
+        assertEquals(sampled.out(), CliRun.of("generate", "--run", run.toString(), "--prompt", "", "--temperature", "0.8", "--top-k", "20",
                 "--seed", "3").out(), "seeded sampling repeats");
-        Result older = cli("generate", "--run", run.toString(), "--step", "20", "--temperature", "0");
+        CliRun older = CliRun.of("generate", "--run", run.toString(), "--step", "20", "--temperature", "0");
         assertEquals(0, older.code(), older.err());
-        Result missing = cli("generate", "--run", run.toString(), "--step", "7");
+        CliRun missing = CliRun.of("generate", "--run", run.toString(), "--step", "7");
         assertEquals(1, missing.code());
         assertTrue(missing.err().contains("no checkpoint at step 7"), missing.err());
     }
@@ -103,10 +91,10 @@ class RunCommandsTest {
         Files.createDirectories(corpus);
         Files.writeString(corpus.resolve("a.txt"), "the cat sat on the mat. the dog sat on the log.\n".repeat(30));
         Path data = dir.resolve("data");
-        Result prep = cli("prepare", "--input", corpus.toString(), "--output", data.toString(), "--line-docs", "--tokenizer",
+        CliRun prep = CliRun.of("prepare", "--input", corpus.toString(), "--output", data.toString(), "--line-docs", "--tokenizer",
                 run.resolve(RunDir.TOKENIZER).toString(), "--max-len", "128", "--master", "local[1]");
         assertEquals(0, prep.code(), prep.err());
-        Result r = cli("eval", "--run", run.toString(), "--data", data.toString());
+        CliRun r = CliRun.of("eval", "--run", run.toString(), "--data", data.toString());
         assertEquals(0, r.code(), r.err());
         java.util.regex.Matcher m = java.util.regex.Pattern.compile("loss (\\S+) perplexity (\\S+) \\(").matcher(r.out());
         assertTrue(m.find(), r.out());
@@ -114,7 +102,7 @@ class RunCommandsTest {
         assertTrue(loss > 0 && loss < Math.log(tok.vocabSize()), "a trained model beats uniform guessing: " + r.out());
         assertEquals(Math.exp(loss), Double.parseDouble(m.group(2)), 0.01 * Math.exp(loss));
         assertTrue(r.out().contains("predicted tokens in"), r.out());
-        Result other = cli("eval", "--run", run.toString(), "--data", dir.resolve("nowhere").toString());
+        CliRun other = CliRun.of("eval", "--run", run.toString(), "--data", dir.resolve("nowhere").toString());
         assertEquals(1, other.code());
         assertTrue(other.err().contains("no manifest.json"), other.err());
     }
@@ -122,16 +110,16 @@ class RunCommandsTest {
     @Test
     void exportWritesATransformersDirectory() throws Exception {
         Path out = dir.resolve("hf");
-        Result r = cli("export", "--run", run.toString(), "--format", "hf-gpt2", "--out", out.toString());
+        CliRun r = CliRun.of("export", "--run", run.toString(), "--format", "hf-gpt2", "--out", out.toString());
         assertEquals(0, r.code(), r.err());
         JsonNode config = new ObjectMapper().readTree(out.resolve("config.json").toFile());
         assertEquals(tok.vocabSize(), config.get("vocab_size").asInt());
         assertEquals(tok.endOfText(), config.get("eos_token_id").asInt());
         assertEquals(tok.toJson(), Files.readString(out.resolve("tokenizer.json")));
         assertTrue(Files.size(out.resolve("model.safetensors")) > 4L * 32 * tok.vocabSize());
-        Result bad = cli("export", "--run", run.toString(), "--format", "onnx", "--out", out.toString());
+        CliRun bad = CliRun.of("export", "--run", run.toString(), "--format", "onnx", "--out", out.toString());
         assertEquals(2, bad.code());
-        Result noTokenizer = cli("generate", "--run", dir.resolve("nowhere").toString());
+        CliRun noTokenizer = CliRun.of("generate", "--run", dir.resolve("nowhere").toString());
         assertEquals(1, noTokenizer.code());
         assertTrue(noTokenizer.err().contains("no checkpoint yet") || noTokenizer.err().contains("tokenizer"), noTokenizer.err());
         List<String> names = new ArrayList<>();

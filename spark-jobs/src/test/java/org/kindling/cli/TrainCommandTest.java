@@ -3,8 +3,6 @@ package org.kindling.cli;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
-import java.io.PrintWriter;
-import java.io.StringWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.List;
@@ -16,16 +14,6 @@ class TrainCommandTest {
     @TempDir
     Path dir;
 
-    record Result(int code, String out, String err) {
-    }
-
-    static Result cli(String... args) {
-        StringWriter out = new StringWriter();
-        StringWriter err = new StringWriter();
-        int code = Kindling.run(new PrintWriter(out, true), new PrintWriter(err, true), args);
-        return new Result(code, out.toString(), err.toString());
-    }
-
     @Test
     void trainsCheckpointsResumesAndGenerates() throws Exception {
         Path corpus = dir.resolve("corpus");
@@ -33,29 +21,29 @@ class TrainCommandTest {
         Files.writeString(corpus.resolve("a.txt"), "the cat sat on the mat. the dog sat on the log.\n".repeat(40));
         Path data = dir.resolve("data");
         Path run = dir.resolve("run");
-        assertEquals(0, cli("prepare", "--input", corpus.toString(), "--output", data.toString(), "--line-docs", "--vocab-size",
+        assertEquals(0, CliRun.of("prepare", "--input", corpus.toString(), "--output", data.toString(), "--line-docs", "--vocab-size",
                 "300", "--max-len", "128", "--master", "local[2]").code());
-        Result first = cli("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--master", "local[2]",
+        CliRun first = CliRun.of("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--master", "local[2]",
                 "--set", "max_steps=6", "--set", "checkpoint_interval=3", "--set", "batch_tokens=512", "--set", "warmup_steps=2");
         assertEquals(0, first.code(), first.err());
         assertTrue(first.err().contains("step 6"), first.err());
         assertTrue(Files.exists(run.resolve("checkpoints/step-3")) && Files.exists(run.resolve("checkpoints/step-6")));
         int vocab = org.kindling.data.BpeTokenizer.fromJson(Files.readString(data.resolve("tokenizer.json")), "t").vocabSize();
         assertTrue(Files.readString(run.resolve("config.yaml")).contains("vocab: " + vocab + "\n"), "the vocabulary follows the dataset");
-        Result more = cli("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--master", "local[2]",
+        CliRun more = CliRun.of("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--master", "local[2]",
                 "--set", "max_steps=8", "--set", "checkpoint_interval=3", "--set", "batch_tokens=512", "--set", "warmup_steps=2");
         assertEquals(0, more.code(), more.err());
         List<String> metrics = Files.readAllLines(run.resolve("metrics.jsonl"));
         assertEquals(8, metrics.size(), "6 steps, then 2 more after resuming from step-6");
         assertTrue(metrics.get(7).startsWith("{\"step\":8,"), metrics.get(7));
-        Result gen = cli("generate", "--run", run.toString(), "--prompt", "the cat", "--max-new-tokens", "5", "--temperature", "0");
+        CliRun gen = CliRun.of("generate", "--run", run.toString(), "--prompt", "the cat", "--max-new-tokens", "5", "--temperature", "0");
         assertEquals(0, gen.code(), gen.err());
         assertTrue(!gen.out().isBlank());
-        Result many = cli("train", "--config", "tiny", "--data", data.toString(), "--run", dir.resolve("run3").toString(),
+        CliRun many = CliRun.of("train", "--config", "tiny", "--data", data.toString(), "--run", dir.resolve("run3").toString(),
                 "--workers", "3", "--master", "local[2]");
         assertEquals(2, many.code());
         assertTrue(many.err().contains("--workers 3 needs 3 task slots"), many.err());
-        Result badSet = cli("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--set", "lr=fast");
+        CliRun badSet = CliRun.of("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--set", "lr=fast");
         assertEquals(2, badSet.code());
         assertTrue(badSet.err().contains("train.lr must be a number"), badSet.err());
     }
