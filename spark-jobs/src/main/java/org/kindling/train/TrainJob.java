@@ -21,10 +21,10 @@ import org.apache.spark.scheduler.SparkListenerJobStart;
 import org.apache.spark.scheduler.SparkListenerStageCompleted;
 import org.apache.spark.sql.SparkSession;
 import org.kindling.data.DatasetReader;
-import org.kindling.dist.Coordinator;
-import org.kindling.dist.Handshake;
-import org.kindling.dist.Ring;
-import org.kindling.dist.RingSync;
+import org.kindling.collective.Coordinator;
+import org.kindling.collective.Handshake;
+import org.kindling.collective.Ring;
+import org.kindling.collective.RingSync;
 import org.kindling.models.Checkpoints;
 import org.kindling.models.GradientSync;
 import org.kindling.models.Gpt;
@@ -297,7 +297,7 @@ public final class TrainJob {
 
         private static boolean isEcho(Throwable t) {
             for (Throwable c = t; c != null; c = c.getCause() == c ? null : c.getCause()) {
-                if (c instanceof org.kindling.dist.PeerFailureException) {
+                if (c instanceof org.kindling.collective.PeerFailureException) {
                     return true;
                 }
             }

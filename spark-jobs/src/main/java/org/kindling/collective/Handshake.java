@@ -1,4 +1,4 @@
-package org.kindling.dist;
+package org.kindling.collective;
 
 import java.io.DataInputStream;
 import java.io.DataOutputStream;

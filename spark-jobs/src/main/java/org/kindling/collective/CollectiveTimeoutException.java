@@ -1,4 +1,4 @@
-package org.kindling.dist;
+package org.kindling.collective;
 
 /** A worker stopped answering during a collective operation. */
 public final class CollectiveTimeoutException extends PeerFailureException {

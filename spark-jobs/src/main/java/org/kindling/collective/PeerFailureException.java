@@ -1,4 +1,4 @@
-package org.kindling.dist;
+package org.kindling.collective;
 
 /**
  * A collective failed because of another worker: it closed the ring (it failed or was stopped) or

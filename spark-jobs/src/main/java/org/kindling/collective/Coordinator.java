@@ -1,4 +1,4 @@
-package org.kindling.dist;
+package org.kindling.collective;
 
 import java.io.BufferedOutputStream;
 import java.io.DataInputStream;

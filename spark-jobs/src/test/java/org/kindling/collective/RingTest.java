@@ -1,4 +1,4 @@
-package org.kindling.dist;
+package org.kindling.collective;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;

@@ -1,4 +1,4 @@
-package org.kindling.dist;
+package org.kindling.collective;
 
 import java.nio.ByteBuffer;
 import java.util.ArrayList;
