@@ -3,9 +3,11 @@ package org.kindling.data;
 import com.fasterxml.jackson.databind.JsonNode;
 import java.io.IOException;
 import java.io.InputStream;
+import java.io.UncheckedIOException;
 import java.util.ArrayList;
-import java.util.Arrays;
+import java.util.LinkedHashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.SplittableRandom;
 import org.apache.arrow.memory.BufferAllocator;
 import org.apache.arrow.memory.RootAllocator;
@@ -15,10 +17,14 @@ import org.apache.hadoop.fs.Path;
 
 /**
  * Reads a prepared dataset for training, as an endless stream of packed batches of at most
- * {@code tokenBudget} tokens: the token ids of whole documents (chunks) back to back, with their
- * offsets ({@code cu_seqlens}, from the Arrow list offsets) and document ids. The record batches
- * of all shards are shuffled per epoch from the seed and dealt round-robin to the ranks, so each
- * of {@code world} readers sees its own slice. {@link #position} / {@link #seek} resume exactly.
+ * {@code tokenBudget} tokens: the token ids of whole chunks (documents, or pieces of long ones)
+ * back to back, with their offsets ({@code cu_seqlens}) and document ids. Every epoch draws a
+ * seeded permutation of every chunk of every shard, as an i.i.d. shuffle would: neighbouring
+ * chunks of a record batch (consecutive documents, consecutive pieces of one document, one length
+ * bucket) do not train together. The permuted chunks are dealt round-robin to the ranks, so each of
+ * {@code world} readers sees its own slice. Chunks are read one by one from their place in the
+ * shard ({@link ShardReader#readTokens}); only an index of 24 bytes per chunk stays in memory.
+ * {@link #position} / {@link #seek} resume exactly.
  */
 public final class DatasetReader implements AutoCloseable {
     /** Token ids of sequences back to back; sequence s is tokens[cuSeqlens[s] .. cuSeqlens[s+1]). */
@@ -28,26 +34,29 @@ public final class DatasetReader implements AutoCloseable {
         }
     }
 
-    private record Unit(int shard, int batch) {
-    }
+    /** Shards kept open at once: enough for locality, few enough for HDFS's open streams. */
+    private static final int OPEN_SHARDS = 64;
+    private static final int CURSOR_BITS = 40;
 
     private final FileSystem fs;
     private final Path root;
     private final List<String> shards = new ArrayList<>();
-    private final List<Unit> units = new ArrayList<>();
+    /** Per chunk: its shard, the byte offset of its first token id, its length in tokens, its document. */
+    private final int[] chunkShard;
+    private final long[] chunkStart;
+    private final int[] chunkLength;
+    private final long[] chunkDoc;
     private final long seed;
     private final int rank;
     private final int world;
     private final int tokenBudget;
     private final Shard.Info info;
     private final BufferAllocator allocator = new RootAllocator();
+    private final Map<Integer, ShardReader> open = new LinkedHashMap<>(16, 0.75f, true);
 
     private int[] order;
     private int epoch = -1;
-    private int unitCursor;
-    private int docCursor;
-    private ShardReader.Batch current;
-    private int currentUnit = -1;
+    private int cursor;
 
     /** Opens the dataset at {@code dir}: it must be complete (have its manifest). */
     public DatasetReader(String dir, Configuration conf, long seed, int rank, int world, int tokenBudget) throws IOException {
@@ -74,6 +83,8 @@ public final class DatasetReader implements AutoCloseable {
         }
         Shard.Info first = null;
         int maxLen = 0;
+        List<List<ShardReader.Layout>> layouts = new ArrayList<>();
+        long chunks = 0;
         for (JsonNode s : manifest.path("shards")) {
             String path = s.path("path").asText();
             try (ShardReader r = open(path)) {
@@ -82,26 +93,49 @@ public final class DatasetReader implements AutoCloseable {
                 }
                 first = first == null ? r.info() : first;
                 maxLen = Math.max(maxLen, r.info().bucketMax());
+                List<ShardReader.Layout> shardLayouts = new ArrayList<>();
                 for (int b = 0; b < r.batches(); b++) {
-                    units.add(new Unit(shards.size(), b));
+                    ShardReader.Layout layout = r.layout(b);
+                    shardLayouts.add(layout);
+                    chunks += layout.documents();
                 }
+                layouts.add(shardLayouts);
             }
             shards.add(path);
         }
-        if (units.isEmpty()) {
+        if (chunks == 0) {
             throw new IllegalArgumentException(dir + " holds no documents");
+        }
+        if (chunks > Integer.MAX_VALUE - 8) {
+            throw new IllegalArgumentException(dir + " has " + chunks + " chunks, more than one reader indexes (2^31)");
+        }
+        if (chunks < world) {
+            throw new IllegalArgumentException(dir + " has " + chunks + " chunks, fewer than the " + world + " ranks");
         }
         if (tokenBudget < maxLen) {
             throw new IllegalArgumentException("token budget " + tokenBudget + " is below the dataset's longest chunk " + maxLen);
         }
-        if (units.size() / world >= 1 << 20) {
-            throw new IllegalArgumentException(dir + " has " + units.size() + " record batches: over 2^20 per rank, which the "
-                    + "position does not encode; use more ranks or larger record batches");
-        }
-        if (units.size() < world) {
-            throw new IllegalArgumentException(dir + " has " + units.size() + " record batches, fewer than the " + world + " ranks");
-        }
         this.info = first;
+        int n = (int) chunks;
+        chunkShard = new int[n];
+        chunkStart = new long[n];
+        chunkLength = new int[n];
+        chunkDoc = new long[n];
+        int c = 0;
+        for (int sh = 0; sh < layouts.size(); sh++) {
+            for (ShardReader.Layout l : layouts.get(sh)) {
+                for (int d = 0; d < l.documents(); d++, c++) {
+                    chunkShard[c] = sh;
+                    chunkStart[c] = l.valuesStart() + (long) l.offsets()[d] * Integer.BYTES;
+                    chunkLength[c] = l.offsets()[d + 1] - l.offsets()[d];
+                    chunkDoc[c] = l.docIds()[d];
+                    if (chunkLength[c] > maxLen) {
+                        throw new IllegalArgumentException(shards.get(sh) + ": a chunk of document " + chunkDoc[c] + " has "
+                                + chunkLength[c] + " tokens, more than its bucket's " + maxLen);
+                    }
+                }
+            }
+        }
         seek(0);
     }
 
@@ -114,13 +148,18 @@ public final class DatasetReader implements AutoCloseable {
         return info;
     }
 
-    /** This rank's units of an epoch, in the epoch's seeded order. */
+    /** The number of chunks (documents and pieces of long documents) in the dataset. */
+    public int chunks() {
+        return chunkLength.length;
+    }
+
+    /** This rank's chunks of an epoch: every world-th of the epoch's seeded permutation of all chunks. */
     private void startEpoch(int e) {
-        int[] all = new int[units.size()];
+        int[] all = new int[chunkLength.length];
         for (int i = 0; i < all.length; i++) {
             all[i] = i;
         }
-        SplittableRandom r = new SplittableRandom(seed * 1_000_003L + e);
+        SplittableRandom r = new SplittableRandom(mix(mix(seed) + e));
         for (int i = all.length - 1; i > 0; i--) {
             int j = r.nextInt(i + 1);
             int t = all[i];
@@ -135,84 +174,90 @@ public final class DatasetReader implements AutoCloseable {
         epoch = e;
     }
 
-    /** The next batch; the stream never ends (epochs follow one another, a batch never spans two). */
-    public Batch next() throws IOException {
-        List<int[]> docs = new ArrayList<>();
-        List<Long> ids = new ArrayList<>();
-        int tokens = 0;
-        while (true) {
-            if (unitCursor == order.length) {
-                if (!docs.isEmpty()) {
-                    break; // a batch never spans two epochs
-                }
-                startEpoch(epoch + 1);
-                unitCursor = 0;
-                docCursor = 0;
-            }
-            ShardReader.Batch unit = unit(order[unitCursor]);
-            if (docCursor == unit.documents()) {
-                unitCursor++;
-                docCursor = 0;
-                continue;
-            }
-            int len = unit.offsets()[docCursor + 1] - unit.offsets()[docCursor];
-            if (tokens + len > tokenBudget && !docs.isEmpty()) {
-                break;
-            }
-            docs.add(Arrays.copyOfRange(unit.tokens(), unit.offsets()[docCursor], unit.offsets()[docCursor + 1]));
-            ids.add(unit.docIds()[docCursor]);
-            tokens += len;
-            docCursor++;
-        }
-        int[] all = new int[tokens];
-        int[] cu = new int[docs.size() + 1];
-        for (int d = 0; d < docs.size(); d++) {
-            System.arraycopy(docs.get(d), 0, all, cu[d], docs.get(d).length);
-            cu[d + 1] = cu[d] + docs.get(d).length;
-        }
-        return new Batch(all, cu, ids.stream().mapToLong(Long::longValue).toArray());
+    /** SplitMix64's finaliser: nearby seeds (S, S+1; epoch e, e+1) give unrelated streams. */
+    private static long mix(long z) {
+        z = (z ^ (z >>> 30)) * 0xbf58476d1ce4e5b9L;
+        z = (z ^ (z >>> 27)) * 0x94d049bb133111ebL;
+        return z ^ (z >>> 31);
     }
 
-    private ShardReader.Batch unit(int u) throws IOException {
-        if (u != currentUnit) {
-            Unit unit = units.get(u);
-            try (ShardReader r = open(shards.get(unit.shard()))) {
-                current = r.read(unit.batch());
-            }
-            currentUnit = u;
+    /** The next batch; the stream never ends (epochs follow one another, a batch never spans two). */
+    public Batch next() throws IOException {
+        if (cursor == order.length) {
+            startEpoch(epoch + 1);
+            cursor = 0;
         }
-        return current;
+        int end = cursor;
+        int tokens = 0;
+        while (end < order.length && (end == cursor || tokens + chunkLength[order[end]] <= tokenBudget)) {
+            tokens += chunkLength[order[end]];
+            end++;
+        }
+        int[] all = new int[tokens];
+        int[] cu = new int[end - cursor + 1];
+        long[] ids = new long[end - cursor];
+        for (int i = cursor; i < end; i++) {
+            int c = order[i];
+            int s = i - cursor;
+            int[] t = reader(chunkShard[c]).readTokens(chunkStart[c], 0, chunkLength[c]);
+            System.arraycopy(t, 0, all, cu[s], t.length);
+            cu[s + 1] = cu[s] + t.length;
+            ids[s] = chunkDoc[c];
+        }
+        cursor = end;
+        return new Batch(all, cu, ids);
+    }
+
+    private ShardReader reader(int shard) throws IOException {
+        ShardReader r = open.get(shard);
+        if (r == null) {
+            if (open.size() == OPEN_SHARDS) {
+                Map.Entry<Integer, ShardReader> eldest = open.entrySet().iterator().next();
+                open.remove(eldest.getKey());
+                eldest.getValue().close();
+            }
+            r = open(shards.get(shard));
+            open.put(shard, r);
+        }
+        return r;
     }
 
     /** Whether the last batch ended this rank's epoch: the next one starts the next epoch. */
-    public boolean atEpochEnd() throws IOException {
-        while (unitCursor < order.length && docCursor == unit(order[unitCursor]).documents()) {
-            unitCursor++;
-            docCursor = 0;
-        }
-        return unitCursor == order.length;
+    public boolean atEpochEnd() {
+        return cursor == order.length;
     }
 
-    /** Where the stream stands: epoch, record batch and document, packed into one number. */
+    /** Where the stream stands: the epoch and how many of this rank's chunks of it were read, in one number. */
     public long position() {
-        return ((long) epoch << 40) | ((long) unitCursor << 20) | docCursor;
+        return ((long) epoch << CURSOR_BITS) | cursor;
     }
 
     /** Returns to a {@link #position}. */
     public void seek(long position) {
-        int e = (int) (position >>> 40);
+        int e = (int) (position >>> CURSOR_BITS);
+        long c = position & ((1L << CURSOR_BITS) - 1);
         startEpoch(e);
-        int u = (int) ((position >>> 20) & 0xFFFFF);
-        int d = (int) (position & 0xFFFFF);
-        if (u > order.length) {
-            throw new IllegalArgumentException("position " + position + " is past this rank's " + order.length + " record batches");
+        if (c > order.length) {
+            throw new IllegalArgumentException("position " + position + " is past this rank's " + order.length
+                    + " chunks of epoch " + e);
         }
-        unitCursor = u;
-        docCursor = d;
+        cursor = (int) c;
     }
 
     @Override
     public void close() {
+        IOException failed = null;
+        for (ShardReader r : open.values()) {
+            try {
+                r.close();
+            } catch (IOException e) {
+                failed = failed == null ? e : failed;
+            }
+        }
+        open.clear();
         allocator.close();
+        if (failed != null) {
+            throw new UncheckedIOException("cannot close a shard of " + root + ": " + failed.getMessage(), failed);
+        }
     }
 }

@@ -166,6 +166,109 @@ class DatasetReaderTest {
     }
 
     @Test
+    void chunksCarryTheTokensTheirShardHolds() throws IOException {
+        java.util.Map<Long, int[]> written = new java.util.HashMap<>();
+        try (RootAllocator allocator = new RootAllocator()) {
+            for (int s = 0; s < 3; s++) {
+                Path p = mixed.resolve("shards/part-0000" + s + "-bucket-64.arrow");
+                try (ShardReader r = new ShardReader(Files.newByteChannel(p), allocator, p.toString())) {
+                    for (int b = 0; b < r.batches(); b++) {
+                        ShardReader.Batch batch = r.read(b);
+                        for (int d = 0; d < batch.documents(); d++) {
+                            written.put(batch.docIds()[d], java.util.Arrays.copyOfRange(batch.tokens(), batch.offsets()[d],
+                                    batch.offsets()[d + 1]));
+                        }
+                    }
+                }
+            }
+        }
+        try (DatasetReader r = reader(mixed, 2, 0, 1, 200)) {
+            assertEquals(DOCS, r.chunks());
+            int seen = 0;
+            do {
+                DatasetReader.Batch b = r.next();
+                for (int d = 0; d < b.sequences(); d++, seen++) {
+                    assertArrayEquals(written.get(b.docIds()[d]), java.util.Arrays.copyOfRange(b.tokens(), b.cuSeqlens()[d],
+                            b.cuSeqlens()[d + 1]), "tokens of document " + b.docIds()[d]);
+                }
+            } while (!r.atEpochEnd());
+            assertEquals(DOCS, seen);
+        }
+    }
+
+    /**
+     * Batch-stream statistics against an i.i.d. shuffle of the same chunks: 400 documents of 4
+     * consecutive 64-token chunks, stored in order in 16-row record batches (record batch = doc / 4),
+     * read as batches of 8 chunks over 5 epochs. A reader that shuffled record batches would put
+     * pieces of one document together in almost every batch and draw each batch from 1–2 record
+     * batches; an i.i.d. shuffle does so in ≈ 5 % of batches and draws from ≈ 7.7. The tolerances are
+     * over 3 standard deviations of the 1,000-batch estimates.
+     */
+    @Test
+    void batchesMixTheCorpusLikeAnIidShuffle() throws IOException {
+        int docs = 400;
+        int pieces = 4;
+        Path root = dir.resolve("pieces");
+        Files.createDirectories(root.resolve("shards"));
+        ObjectNode manifest = PrepareJob.JSON.createObjectNode();
+        manifest.put("format_version", 1);
+        try (RootAllocator allocator = new RootAllocator();
+             ShardWriter w = new ShardWriter(Files.newOutputStream(root.resolve("shards/part-00000-bucket-64.arrow")),
+                     new Shard.Info("00".repeat(32), 500, "{}", 1, 64), allocator, 16)) {
+            for (int d = 0; d < docs; d++) {
+                for (int p = 0; p < pieces; p++) {
+                    w.write(d, new int[64], 0, 64);
+                }
+            }
+            manifest.putArray("shards").addObject().put("path", "shards/part-00000-bucket-64.arrow").put("bucket", 64);
+        }
+        Files.write(root.resolve("manifest.json"), PrepareJob.JSON.writeValueAsBytes(manifest));
+        List<long[]> stream = new ArrayList<>();
+        try (DatasetReader r = reader(root, 11, 0, 1, 8 * 64)) {
+            for (int i = 0; i < 5 * docs * pieces / 8; i++) {
+                stream.add(r.next().docIds());
+            }
+        }
+        List<long[]> iid = new ArrayList<>();
+        List<Long> chunks = new ArrayList<>();
+        for (long d = 0; d < docs; d++) {
+            for (int p = 0; p < pieces; p++) {
+                chunks.add(d);
+            }
+        }
+        java.util.Random rnd = new java.util.Random(5);
+        for (int e = 0; e < 5; e++) {
+            java.util.Collections.shuffle(chunks, rnd);
+            for (int i = 0; i < chunks.size(); i += 8) {
+                iid.add(chunks.subList(i, i + 8).stream().mapToLong(Long::longValue).toArray());
+            }
+        }
+        double[] reader = stats(stream);
+        double[] expected = stats(iid);
+        assertTrue(reader[0] <= expected[0] + 0.025, "share of batches holding two pieces of one document: " + reader[0]
+                + " vs " + expected[0] + " for an i.i.d. shuffle");
+        assertTrue(reader[1] >= expected[1] - 0.05, "record batches per batch: " + reader[1] + " vs " + expected[1]
+                + " for an i.i.d. shuffle");
+    }
+
+    /** [share of batches with two chunks of one document, mean distinct record batches (doc / 4) per batch]. */
+    private static double[] stats(List<long[]> batches) {
+        int repeats = 0;
+        double spread = 0;
+        for (long[] b : batches) {
+            Set<Long> docs = new HashSet<>();
+            Set<Long> recordBatches = new HashSet<>();
+            for (long d : b) {
+                docs.add(d);
+                recordBatches.add(d / 4);
+            }
+            repeats += docs.size() < b.length ? 1 : 0;
+            spread += recordBatches.size();
+        }
+        return new double[] {(double) repeats / batches.size(), spread / batches.size()};
+    }
+
+    @Test
     void refusesIncompleteDatasetsAndImpossibleSettings() throws IOException {
         Path incomplete = dir.resolve("incomplete");
         Files.createDirectories(incomplete);
