@@ -11,10 +11,6 @@ public final class DropoutMask {
 
     /** Whether dropout with probability p keeps element {@code index} under {@code seed}. */
     public static boolean keeps(long seed, long index, float p) {
-        long z = seed + (index + 1) * 0x9E3779B97F4A7C15L;
-        z = (z ^ (z >>> 30)) * 0xBF58476D1CE4E5B9L;
-        z = (z ^ (z >>> 27)) * 0x94D049BB133111EBL;
-        z ^= z >>> 31;
-        return (z >>> 40) >= (long) (p * (1L << 24));
+        return (Seeds.mix(seed + (index + 1) * 0x9E3779B97F4A7C15L) >>> 40) >= (long) (p * (1L << 24));
     }
 }

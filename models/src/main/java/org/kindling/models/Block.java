@@ -32,30 +32,46 @@ final class Block implements AutoCloseable {
     }
 
     void forward(Tensor y, Tensor x, Seqs seqs) {
-        forward(y, x, "", (m, a) -> mixer.forward(m, a, seqs), dropout);
+        forward(y, x, seqs, null);
     }
 
-    /** The forward for t new tokens of one sequence during incremental decoding (never with dropout). */
+    /**
+     * The forward for t new tokens of one sequence during incremental decoding (never with
+     * dropout): its own buffers, and nothing kept, so a pending backward stays intact.
+     */
     void forwardStep(Tensor y, Tensor x, DecodeState state) {
-        forward(y, x, "step_", (m, a) -> mixer.forwardStep(m, a, state), 0f);
+        forward(y, x, null, state);
     }
 
-    /** h = x + drop(mix(ln1(x))); y = h + drop(channel(ln2(h))), with buffers named by {@code prefix}. */
-    private void forward(Tensor y, Tensor x, String prefix, java.util.function.BiConsumer<Tensor, Tensor> mix, float p) {
+    /** h = x + drop(mix(ln1(x))); y = h + drop(channel(ln2(h))): training over seqs, or decoding from state. */
+    private void forward(Tensor y, Tensor x, Seqs seqs, DecodeState state) {
+        boolean step = state != null;
+        String prefix = step ? "step_" : "";
+        float p = step ? 0f : dropout;
         int t = x.rows();
         Backend be = x.device().backend();
         Tensor a = saved.f32(prefix + "ln1", t, c);
         Tensor m = saved.f32(prefix + "mix", t, c);
         Tensor h = saved.f32(prefix + "h", t, c);
         Tensor b = saved.f32(prefix + "ln2", t, c);
-        ln1.forward(a, x);
-        mix.accept(m, a);
+        if (step) {
+            ln1.forwardStep(a, x);
+            mixer.forwardStep(m, a, state);
+        } else {
+            ln1.forward(a, x);
+            mixer.forward(m, a, seqs);
+        }
         if (p > 0) {
             be.dropoutForward(m, m, p, seed);
         }
         be.binary(BinaryOp.ADD, h, x, m);
-        ln2.forward(b, h);
-        channel.forward(y, b);
+        if (step) {
+            ln2.forwardStep(b, h);
+            channel.forwardStep(y, b);
+        } else {
+            ln2.forward(b, h);
+            channel.forward(y, b);
+        }
         if (p > 0) {
             be.dropoutForward(y, y, p, seed + 1);
         }

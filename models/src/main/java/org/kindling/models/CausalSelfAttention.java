@@ -51,8 +51,9 @@ final class CausalSelfAttention implements TokenMixer {
         Tensor dq = saved.zeros("dq", t, q.out);
         Tensor dk = saved.zeros("dk", t, k.out);
         Tensor dv = saved.zeros("dv", t, v.out);
-        be.attentionBackward(dq, dk, dv, dout, saved.f32("q", t, q.out), saved.f32("k", t, k.out), saved.f32("v", t, v.out),
-                saved.f32("attn", t, q.out), saved.f32("lse", attn.heads(), t), seqs.cuSeqlens(), seqs.cuSeqlens(), attn);
+        be.attentionBackward(dq, dk, dv, dout, saved.saved("q", t, q.out), saved.saved("k", t, k.out),
+                saved.saved("v", t, v.out), saved.saved("attn", t, q.out), saved.saved("lse", attn.heads(), t), seqs.cuSeqlens(),
+                seqs.cuSeqlens(), attn);
         q.backward(dx, dq);
         k.backward(dx, dk);
         v.backward(dx, dv);
@@ -104,14 +105,14 @@ final class CausalSelfAttention implements TokenMixer {
         Tensor tq = saved.f32("step_q", t, q.out);
         Tensor out = saved.f32("step_attn", t, q.out);
         Tensor lse = saved.f32("step_lse", attn.heads(), t);
-        q.forward(tq, x);
-        k.forward(cache.k.view(cache.length * k.out, t, k.out), x);
-        v.forward(cache.v.view(cache.length * v.out, t, v.out), x);
+        q.apply(tq, x);
+        k.apply(cache.k.view(cache.length * k.out, t, k.out), x);
+        v.apply(cache.v.view(cache.length * v.out, t, v.out), x);
         cache.cuQ.copyFrom(new int[] {0, t});
         cache.cuK.copyFrom(new int[] {0, total});
         // Causal attention aligns the t new queries with the last t of the cached keys.
         be.attentionForward(out, lse, tq, cache.k.view(0, total, k.out), cache.v.view(0, total, v.out), cache.cuQ, cache.cuK, attn);
-        proj.forward(y, out);
+        proj.apply(y, out);
         cache.length = total;
     }
 

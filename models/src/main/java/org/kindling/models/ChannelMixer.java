@@ -6,6 +6,9 @@ import org.kindling.ops.Tensor;
 public interface ChannelMixer extends AutoCloseable {
     void forward(Tensor y, Tensor x);
 
+    /** The forward for incremental decoding: keeps nothing, so a pending backward stays intact. */
+    void forwardStep(Tensor y, Tensor x);
+
     /** dx += ∂L/∂x for upstream dy; parameter gradients +=. */
     void backward(Tensor dx, Tensor dy);
 

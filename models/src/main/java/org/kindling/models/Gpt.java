@@ -7,6 +7,7 @@ import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Gemm;
+import org.kindling.ops.Seeds;
 import org.kindling.ops.Tensor;
 
 /**
@@ -35,7 +36,7 @@ public final class Gpt implements AutoCloseable {
     public Gpt(ModelConfig cfg, Device dev, long seed) {
         this.cfg = cfg;
         this.dev = dev;
-        this.acts = new Buffers(dev);
+        this.acts = new Buffers(dev, "gpt");
         int c = cfg.dModel();
         double std = cfg.initStd();
         double residualStd = std / Math.sqrt(2.0 * cfg.nLayer());
@@ -44,19 +45,19 @@ public final class Gpt implements AutoCloseable {
         wpe = pb.add("wpe.weight", Params.Init.NORMAL, std, true, cfg.maxSeq(), c);
         for (int l = 0; l < cfg.nLayer(); l++) {
             String p = "h." + l;
-            LayerNorm ln1 = new LayerNorm(pb, new Buffers(dev), p + ".ln_1", c, cfg.layerNormEps());
+            LayerNorm ln1 = new LayerNorm(pb, new Buffers(dev, p + ".ln_1"), p + ".ln_1", c, cfg.layerNormEps());
             TokenMixer mixer = switch (cfg.mixers().get(l)) {
-                case "attention" -> new CausalSelfAttention(pb, new Buffers(dev), p + ".attn", cfg, std, residualStd);
+                case "attention" -> new CausalSelfAttention(pb, new Buffers(dev, p + ".attn"), p + ".attn", cfg, std, residualStd);
                 default -> throw new IllegalArgumentException("unknown mixer " + cfg.mixers().get(l));
             };
-            LayerNorm ln2 = new LayerNorm(pb, new Buffers(dev), p + ".ln_2", c, cfg.layerNormEps());
+            LayerNorm ln2 = new LayerNorm(pb, new Buffers(dev, p + ".ln_2"), p + ".ln_2", c, cfg.layerNormEps());
             ChannelMixer channel = switch (cfg.channelMixers().get(l)) {
-                case "mlp" -> new Mlp(pb, new Buffers(dev), p + ".mlp", c, cfg.mlpRatio(), std, residualStd);
+                case "mlp" -> new Mlp(pb, new Buffers(dev, p + ".mlp"), p + ".mlp", c, cfg.mlpRatio(), std, residualStd);
                 default -> throw new IllegalArgumentException("unknown channel mixer " + cfg.channelMixers().get(l));
             };
-            blocks.add(new Block(ln1, mixer, ln2, channel, c, new Buffers(dev)));
+            blocks.add(new Block(ln1, mixer, ln2, channel, c, new Buffers(dev, p)));
         }
-        lnf = new LayerNorm(pb, new Buffers(dev), "ln_f", c, cfg.layerNormEps());
+        lnf = new LayerNorm(pb, new Buffers(dev, "ln_f"), "ln_f", c, cfg.layerNormEps());
         params = pb.build(dev, seed);
         backwardGroups.add(withPrefix("ln_f."));
         for (int l = cfg.nLayer() - 1; l >= 0; l--) {
@@ -129,7 +130,7 @@ public final class Gpt implements AutoCloseable {
         }
         for (int l = 0; l < blocks.size(); l++) {
             Tensor y = acts.f32("x" + (l + 1), t, c);
-            blocks.get(l).dropout(p, dropoutSeed + 2L * (l + 1));
+            blocks.get(l).dropout(p, Seeds.derive(dropoutSeed, l));
             blocks.get(l).forward(y, x, seqs);
             x = y;
         }
@@ -194,7 +195,7 @@ public final class Gpt implements AutoCloseable {
             y = swap;
         }
         Tensor xf = acts.f32("step_xf", t, c);
-        lnf.forward(xf, x);
+        lnf.forwardStep(xf, x);
         Tensor logits = acts.f32("step_logits", t, cfg.vocab());
         be.gemm(Gemm.of(false, true, t, cfg.vocab(), c), logits, xf, wte.value());
         return logits;
@@ -252,8 +253,8 @@ public final class Gpt implements AutoCloseable {
         int c = cfg.dModel();
         int v = cfg.vocab();
         Backend be = dev.backend();
-        Tensor dlogits = acts.f32("logits", t, v);
-        Tensor xf = acts.f32("xf", t, c);
+        Tensor dlogits = acts.saved("logits", t, v);
+        Tensor xf = acts.saved("xf", t, c);
         Tensor dxf = acts.zeros("dxf", t, c);
         be.gemm(Gemm.of(false, false, t, c, v).scaled(1f, 1f), dxf, dlogits, wte.value());
         be.gemm(Gemm.of(true, false, v, c, t).scaled(1f, 1f), wte.grad(), dlogits, xf);
@@ -274,7 +275,7 @@ public final class Gpt implements AutoCloseable {
             be.dropoutBackward(demb, dx, p, dropoutSeed);
             dx = demb;
         }
-        be.embeddingBackward(wte.grad(), dx, acts.get("ids", DType.I32, t));
+        be.embeddingBackward(wte.grad(), dx, acts.saved("ids", DType.I32, t));
         be.embeddingBackward(wpe.grad(), dx, seqs.positions());
         finished.accept(backwardGroups.get(backwardGroups.size() - 1));
     }

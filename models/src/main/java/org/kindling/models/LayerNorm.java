@@ -18,17 +18,27 @@ final class LayerNorm implements AutoCloseable {
     }
 
     void forward(Tensor y, Tensor x) {
-        int t = x.rows();
-        y.device().backend().layerNormForward(y, saved.f32("mean", t), saved.f32("rstd", t), x, weight.value(),
-                bias.value(), eps);
+        normalize(y, x, "");
         this.x = x;
+    }
+
+    /** The forward for decoding: its own buffers, and x is not kept, so a pending backward stays intact. */
+    void forwardStep(Tensor y, Tensor x) {
+        normalize(y, x, "step_");
+    }
+
+    private void normalize(Tensor y, Tensor x, String prefix) {
+        int t = x.rows();
+        y.device().backend().layerNormForward(y, saved.f32(prefix + "mean", t), saved.f32(prefix + "rstd", t), x,
+                weight.value(), bias.value(), eps);
     }
 
     /** dx += ∂L/∂x; weight and bias gradients +=. */
     void backward(Tensor dx, Tensor dy) {
         int t = dy.rows();
-        dy.device().backend().layerNormBackward(dx, weight.grad(), bias.grad(), dy, x, weight.value(), saved.f32("mean", t),
-                saved.f32("rstd", t));
+        Tensor mean = saved.saved("mean", t);
+        Tensor rstd = saved.saved("rstd", t);
+        dy.device().backend().layerNormBackward(dx, weight.grad(), bias.grad(), dy, x, weight.value(), mean, rstd);
     }
 
     @Override

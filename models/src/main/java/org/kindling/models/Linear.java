@@ -7,6 +7,7 @@ import org.kindling.ops.Tensor;
 
 /** y[T, OC] = x[T, IC]·Wᵀ + b, with W[OC, IC] (PyTorch's layout) and an optional bias b[OC]. */
 final class Linear {
+    private final String name;
     final int in;
     final int out;
     final Params.Handle weight;
@@ -14,6 +15,7 @@ final class Linear {
     private Tensor x;
 
     Linear(Params.Builder pb, String name, int in, int out, boolean bias, double std) {
+        this.name = name;
         this.in = in;
         this.out = out;
         this.weight = pb.add(name + ".weight", Params.Init.NORMAL, std, true, out, in);
@@ -22,13 +24,18 @@ final class Linear {
 
     /** y = x·Wᵀ + b; keeps a reference to x, which must stay unchanged until {@link #backward}. */
     void forward(Tensor y, Tensor x) {
+        apply(y, x);
+        this.x = x;
+    }
+
+    /** y = x·Wᵀ + b without keeping x: for decoding, which must leave a pending backward intact. */
+    void apply(Tensor y, Tensor x) {
         Backend be = y.device().backend();
         int t = x.rows();
         be.gemm(Gemm.of(false, true, t, out, in), y, x, weight.value());
         if (bias != null) {
             be.binary(BinaryOp.ADD, y, y, bias.value());
         }
-        this.x = x;
     }
 
     /** dx += dy·W (skipped when dx is null); dW += dyᵀ·x; db += Σ_t dy. */
@@ -44,6 +51,9 @@ final class Linear {
     private void backward(Tensor dx, Tensor dy, float beta) {
         Backend be = dy.device().backend();
         int t = dy.rows();
+        if (x == null || x.rows() != t) {
+            throw new IllegalStateException(name + ": backward for " + t + " rows without a forward over them");
+        }
         if (dx != null) {
             be.gemm(Gemm.of(false, false, t, in, out).scaled(1f, beta), dx, dy, weight.value());
         }

@@ -28,13 +28,23 @@ final class Mlp implements ChannelMixer {
     }
 
     @Override
+    public void forwardStep(Tensor y, Tensor x) {
+        int t = x.rows();
+        Tensor h = saved.f32("step_h", t, hidden);
+        Tensor g = saved.f32("step_gelu", t, hidden);
+        fc.apply(h, x);
+        y.device().backend().geluForward(g, h);
+        proj.apply(y, g);
+    }
+
+    @Override
     public void backward(Tensor dx, Tensor dy) {
         int t = dy.rows();
         Backend be = dy.device().backend();
         Tensor dg = saved.f32("dgelu", t, hidden);
         proj.backwardOverwrite(dg, dy);
         Tensor dh = saved.zeros("dh", t, hidden);
-        be.geluBackward(dh, dg, saved.f32("h", t, hidden));
+        be.geluBackward(dh, dg, saved.saved("h", t, hidden));
         fc.backward(dx, dh);
     }
 

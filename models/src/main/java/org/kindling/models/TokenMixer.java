@@ -15,7 +15,8 @@ public interface TokenMixer extends AutoCloseable {
 
     /**
      * Incremental decoding of one sequence: y[t, C] for t new tokens x[t, C] that follow the
-     * tokens {@code state} has seen; the state is updated to include them.
+     * tokens {@code state} has seen; the state is updated to include them. Keeps nothing for
+     * backward, so a pending backward stays intact.
      */
     void forwardStep(Tensor y, Tensor x, DecodeState state);
 

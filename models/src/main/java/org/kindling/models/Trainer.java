@@ -3,6 +3,7 @@ package org.kindling.models;
 import org.kindling.ops.AdamW;
 import org.kindling.ops.Backend;
 import org.kindling.ops.DType;
+import org.kindling.ops.Seeds;
 import org.kindling.ops.Tensor;
 
 /**
@@ -112,7 +113,7 @@ public final class Trainer implements AutoCloseable {
         bwdMs = 0;
         for (int micro = 0; micro < batches.length; micro++) {
             long f0 = System.nanoTime();
-            model.training(true, dropoutSeed(sync.rank(), step, micro));
+            model.training(true, dropoutSeed(cfg.seed(), sync.rank(), step, micro));
             lossSum[0] += model.forward(batches[micro], scale);
             long f1 = System.nanoTime();
             if (micro == batches.length - 1) {
@@ -154,8 +155,8 @@ public final class Trainer implements AutoCloseable {
      * The dropout seed of a micro-batch: a function of the run seed, worker and position, so resumed
      * runs redraw the same masks and workers draw different ones.
      */
-    private long dropoutSeed(int rank, int step, int micro) {
-        return cfg.seed() * 0x9E3779B97F4A7C15L + (long) step * 1_000_003L + micro * 7919L + rank * 0xD1B54A32D192ED03L;
+    static long dropoutSeed(long runSeed, int rank, int step, int micro) {
+        return Seeds.derive(runSeed, rank, step, micro);
     }
 
     /** Name of the first parameter, in layer order, with a NaN or ±∞ gradient. */

@@ -41,6 +41,40 @@ class GeneratorTest {
         }
     }
 
+    /** Decoding between a training forward and its backward leaves the backward's saved activations intact. */
+    @Test
+    void decodingBetweenForwardAndBackwardLeavesTheGradientsAlone() {
+        SplittableRandom r = new SplittableRandom(3);
+        int[] tokens = new int[97];
+        for (int i = 0; i < tokens.length; i++) {
+            tokens[i] = r.nextInt(23);
+        }
+        TokenBatch batch = new TokenBatch(tokens, new int[] {0, 40, 97});
+        try (Device dev = Device.cpu(2); Gpt model = new Gpt(CFG, dev, 4)) {
+            model.forward(batch, 1f);
+            model.backward();
+            float[] plain = model.params().grads().toFloatArray();
+            model.params().zeroGrad();
+            model.forward(batch, 1f);
+            new Generator(model).generate(new int[] {1, 2, 3, 4, 5}, 7, Sampling.greedy(), 0, -1);
+            model.backward();
+            assertArrayEquals(plain, model.params().grads().toFloatArray());
+        }
+    }
+
+    @Test
+    void readingASavedActivationThatWasNeverWrittenIsAnError() {
+        try (Device dev = Device.cpu(1); Buffers saved = new Buffers(dev, "h.0.attn")) {
+            IllegalStateException e = assertThrows(IllegalStateException.class, () -> saved.saved("q", 5, 8));
+            assertTrue(e.getMessage().contains("h.0.attn: saved activation 'q'") && e.getMessage().contains("never written"),
+                    e.getMessage());
+            saved.f32("q", 4, 8);
+            e = assertThrows(IllegalStateException.class, () -> saved.saved("q", 5, 8));
+            assertTrue(e.getMessage().contains("last written as F32[4, 8]"), e.getMessage());
+            assertEquals(4, saved.saved("q", 4, 8).rows());
+        }
+    }
+
     private static void assertClose(float[] full, int offset, float[] got, int n, String what) {
         for (int i = 0; i < n; i++) {
             float want = full[offset + i];

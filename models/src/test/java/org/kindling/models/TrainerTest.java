@@ -51,6 +51,28 @@ class TrainerTest {
     static final double[] GOLDEN = {3.031944779679179, 2.9900568183511496, 2.946925899013877, 2.903836578130722,
         2.852422036230564, 2.7999118641018867, 2.771446041762829, 2.7453444935381413};
 
+    /** Nearby run seeds, steps, workers and micro-batches draw unrelated masks, not shifted copies of one another. */
+    @Test
+    void nearbySeedsDrawUnrelatedDropoutMasks() {
+        long[] seeds = {Trainer.dropoutSeed(5, 0, 3, 0), Trainer.dropoutSeed(6, 0, 3, 0), Trainer.dropoutSeed(5, 1, 3, 0),
+            Trainer.dropoutSeed(5, 0, 4, 0), Trainer.dropoutSeed(5, 0, 3, 1)};
+        int n = 4096;
+        for (int a = 0; a < seeds.length; a++) {
+            for (int b = a + 1; b < seeds.length; b++) {
+                for (int shift = -3; shift <= 3; shift++) {
+                    int same = 0;
+                    for (int i = 3; i < n - 3; i++) {
+                        same += org.kindling.ops.DropoutMask.keeps(seeds[a], i, 0.5f)
+                                == org.kindling.ops.DropoutMask.keeps(seeds[b], i + shift, 0.5f) ? 1 : 0;
+                    }
+                    // Independent masks agree on about half the elements (± 4 standard deviations).
+                    assertTrue(Math.abs(same - (n - 6) / 2.0) < 4 * Math.sqrt(n) / 2, "streams " + a + " and " + b
+                            + " shifted by " + shift + " agree on " + same + " of " + (n - 6));
+                }
+            }
+        }
+    }
+
     @Test
     void sameSeedAndDataGiveBitIdenticalRuns() {
         float[][] a = new float[1][];
