@@ -228,12 +228,26 @@ final class CpuAttention {
         try (Tensor rowDot = device.allocate(DType.F32, nh, totalQ);
              Tensor dqPartial = device.allocate(DType.F32, segments - 1, totalQ * nh * hs)) {
             float[] di = f(rowDot);
-            // D_i = Σ_d dO·O: the softmax-backward row term, once per (row, head).
-            pool.parallelFor(totalQ * nh, 64, (lo, hi) -> {
-                for (int x = lo; x < hi; x++) {
-                    int r = x / nh;
-                    int h = x % nh;
-                    di[h * totalQ + r] = (float) VecMath.dot(dO, odo + r * c.ldq + h * hs, o, oo + r * c.ldq + h * hs, hs);
+            // D_i = dO_i·O_i, the softmax-backward row term, from the same fp32 GEMM tiles that form
+            // dP_ij = dO_i·V_j: where a row attends one key (O_i = V_j) dP − D then cancels exactly,
+            // as in exact arithmetic; a D rounded from double would leave dP's rounding error behind.
+            List<int[]> rowTiles = new ArrayList<>();
+            for (int b = 0; b < batch.sequences(); b++) {
+                for (int qt = 0; qt < tiles(batch.lengthQ(b)); qt++) {
+                    for (int h = 0; h < nh; h++) {
+                        rowTiles.add(new int[] {b, qt, h});
+                    }
+                }
+            }
+            runItems(rowTiles.size(), T * T, (it, ws, w) -> {
+                int[] tile = rowTiles.get(it);
+                int h = tile[2];
+                int rows = Math.min(T, batch.lengthQ(tile[0]) - tile[1] * T);
+                int qRow = batch.cuQ()[tile[0]] + tile[1] * T;
+                Blas.sgemm(false, true, rows, rows, hs, 1f, dO, odo + qRow * c.ldq + h * hs, c.ldq, o, oo + qRow * c.ldq + h * hs,
+                        c.ldq, 0f, ws, w, T);
+                for (int i = 0; i < rows; i++) {
+                    di[h * totalQ + qRow + i] = ws[w + i * T + i];
                 }
             });
             float[] dqa = f(dq);
