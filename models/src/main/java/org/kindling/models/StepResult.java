@@ -15,10 +15,4 @@ public record StepResult(int step, double loss, double lr, double gradNorm, long
     public double tokensPerSecond() {
         return tokens / seconds;
     }
-
-    /** The progress line: step, loss, lr, grad-norm, tokens/s. */
-    public String logLine() {
-        return String.format("step %d | loss %.4f | lr %.3e | grad-norm %.4f | %,.0f tokens/s", step, loss, lr, gradNorm,
-                tokensPerSecond());
-    }
 }

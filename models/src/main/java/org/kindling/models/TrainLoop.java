@@ -5,8 +5,8 @@ import java.util.function.Consumer;
 
 /**
  * The training loop: resumes from a checkpoint if there is one, steps until {@code max_steps},
- * logs every {@code log_interval} steps, and checkpoints every {@code checkpoint_interval} steps
- * and at the end. In a data-parallel run every worker runs it with its own data slice; rank 0
+ * hands every step's result to the caller (who owns the progress display, so a run shows one
+ * progress line per interval), and checkpoints every {@code checkpoint_interval} steps and at the end. In a data-parallel run every worker runs it with its own data slice; rank 0
  * writes the checkpoints, with every worker's data position.
  */
 public final class TrainLoop {
@@ -47,9 +47,6 @@ public final class TrainLoop {
         while (trainer.stepCount() < cfg.maxSteps()) {
             StepResult r = trainer.step(data);
             onStep.accept(r);
-            if (sync.rank() == 0 && (r.step() % cfg.logInterval() == 0 || r.step() == cfg.maxSteps())) {
-                LOG.log(System.Logger.Level.INFO, r.logLine());
-            }
             boolean interval = cfg.checkpointInterval() > 0 && r.step() % cfg.checkpointInterval() == 0;
             if (interval || r.step() == cfg.maxSteps()) {
                 long[] positions = sync.allGather(data.position());

@@ -11,6 +11,7 @@ import picocli.CommandLine.Command;
             EvalCommand.class,
             BenchCommand.class, CommandLine.HelpCommand.class})
 public final class Kindling implements Runnable {
+    private static final System.Logger LOG = System.getLogger(Kindling.class.getName());
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
@@ -25,14 +26,43 @@ public final class Kindling implements Runnable {
 
     /** Runs a command line with the given stdout and stderr. */
     public static int run(PrintWriter out, PrintWriter err, String... args) {
+        routeJdkLoggingToLog4j();
         return new CommandLine(new Kindling())
                 .setOut(out)
                 .setErr(err)
+                .setExecutionStrategy(parsed -> {
+                    if (computes(parsed)) {
+                        LOG.log(System.Logger.Level.INFO, VersionCommand.gemmNotice());
+                    }
+                    return new CommandLine.RunLast().execute(parsed);
+                })
                 .setExecutionExceptionHandler((e, cmd, parsed) -> {
                     cmd.getErr().println("kindling " + cmd.getCommandName() + ": " + message(e));
                     return 1;
                 })
                 .execute(args);
+    }
+
+    /** Whether the command runs kernels (not version, help or a usage error). */
+    private static boolean computes(CommandLine.ParseResult parsed) {
+        CommandLine.ParseResult last = parsed;
+        while (last.hasSubcommand()) {
+            last = last.subcommand();
+        }
+        Object command = last.commandSpec().userObject();
+        return !(command instanceof VersionCommand || command instanceof CommandLine.HelpCommand
+                || command instanceof Kindling || command instanceof BenchCommand || last.isUsageHelpRequested());
+    }
+
+    /**
+     * Kindling logs through the JDK's System.Logger; Spark bridges it to log4j only once a
+     * SparkContext starts, so commands without one would print the JDK's two-line format.
+     */
+    private static void routeJdkLoggingToLog4j() {
+        if (!org.slf4j.bridge.SLF4JBridgeHandler.isInstalled()) {
+            org.slf4j.bridge.SLF4JBridgeHandler.removeHandlersForRootLogger();
+            org.slf4j.bridge.SLF4JBridgeHandler.install();
+        }
     }
 
     private static String message(Throwable e) {

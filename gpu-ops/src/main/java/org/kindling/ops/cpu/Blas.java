@@ -1,16 +1,85 @@
 package org.kindling.ops.cpu;
 
 import dev.ludovic.netlib.blas.BLAS;
+import dev.ludovic.netlib.blas.JavaBLAS;
 import java.io.IOException;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.stream.Stream;
 
 /** Row-major single-precision GEMM over netlib BLAS (OpenBLAS through JNI when present, else the Vector API). */
 final class Blas {
-    private static final BLAS INSTANCE = BLAS.getInstance();
+    private static final BLAS INSTANCE = nativeLibraryPresent() ? BLAS.getInstance() : javaBlas();
     static final String IMPL = describe(INSTANCE);
 
     private Blas() {
+    }
+
+    /**
+     * Whether the native BLAS netlib would load is on the library path. Looked up here because
+     * netlib's own attempt prints a dlopen error to stderr from native code when it is missing.
+     * Off Linux (no ld.so.conf) netlib decides as before.
+     */
+    private static boolean nativeLibraryPresent() {
+        String path = System.getProperty("dev.ludovic.netlib.blas.nativeLibPath");
+        if (path != null) {
+            return Files.isReadable(Path.of(path));
+        }
+        String name = System.getProperty("dev.ludovic.netlib.blas.nativeLib", "libblas.so.3");
+        if (name.contains("/")) {
+            return Files.isReadable(Path.of(name));
+        }
+        Path conf = Path.of("/etc/ld.so.conf");
+        if (!Files.exists(conf)) {
+            return true;
+        }
+        return libraryDirectories(conf).stream().anyMatch(dir -> Files.isReadable(dir.resolve(name)));
+    }
+
+    /**
+     * netlib's pure-Java BLAS, taken directly: its public entry point initialises the native one
+     * first (and prints that dlopen error). Vector API first, as netlib itself prefers.
+     */
+    private static BLAS javaBlas() {
+        for (String cls : List.of("dev.ludovic.netlib.blas.VectorBLAS", "dev.ludovic.netlib.blas.Java11BLAS")) {
+            try {
+                java.lang.reflect.Method instance = Class.forName(cls).getMethod("getInstance");
+                instance.setAccessible(true);
+                BLAS blas = (BLAS) instance.invoke(null);
+                if (blas != null) {
+                    return blas;
+                }
+            } catch (ReflectiveOperationException | LinkageError | RuntimeException e) {
+                // Not usable in this JVM (e.g. no jdk.incubator.vector): try the next one.
+            }
+        }
+        return JavaBLAS.getInstance();
+    }
+
+    /** LD_LIBRARY_PATH, the ld.so.conf directories (one level of includes) and the default ones. */
+    private static List<Path> libraryDirectories(Path conf) {
+        List<Path> dirs = new ArrayList<>();
+        String env = System.getenv("LD_LIBRARY_PATH");
+        if (env != null) {
+            Stream.of(env.split(":")).filter(d -> !d.isEmpty()).map(Path::of).forEach(dirs::add);
+        }
+        List<Path> confs = new ArrayList<>(List.of(conf));
+        try (Stream<Path> more = Files.list(Path.of("/etc/ld.so.conf.d"))) {
+            more.filter(f -> f.toString().endsWith(".conf")).sorted().forEach(confs::add);
+        } catch (IOException | RuntimeException e) {
+            // No conf.d: the main file and the defaults still count.
+        }
+        for (Path f : confs) {
+            try {
+                Files.readAllLines(f).stream().map(String::strip).filter(l -> l.startsWith("/")).map(Path::of).forEach(dirs::add);
+            } catch (IOException | RuntimeException e) {
+                // An unreadable file adds no directories.
+            }
+        }
+        Stream.of("/lib", "/usr/lib", "/lib64", "/usr/lib64").map(Path::of).forEach(dirs::add);
+        return dirs;
     }
 
     private static String describe(BLAS blas) {
