@@ -139,6 +139,8 @@ public final class TrainJob {
             sc.setJobGroup(group, "kindling train " + run, true);
             StageFailures failures = new StageFailures(group, coordinator);
             spark.sparkContext().addSparkListener(failures);
+            CorruptInputs corrupt = new CorruptInputs(group, spark.sparkContext());
+            spark.sparkContext().addSparkListener(corrupt);
             // Tasks rebuild the driver's Hadoop configuration: a fresh one would lack every spark.hadoop.* setting.
             Broadcast<SerializableConfiguration> hadoop = sc.broadcast(new SerializableConfiguration(conf));
             List<Outcome> outcomes;
@@ -147,6 +149,9 @@ public final class TrainJob {
                         .mapPartitions(new Task(plan, hadoop), false, ClassTag$.MODULE$.apply(Outcome.class))
                         .toJavaRDD().repartition(1).collect();
             } catch (Exception e) { // Spark's SparkException is checked but undeclared
+                if (corrupt.cause().isPresent()) {
+                    throw new TrainingFailedException("training failed without retries: " + corrupt.cause().get(), e);
+                }
                 Optional<Coordinator.Failure> cause = coordinator.firstFailure(Duration.ofSeconds(5));
                 if (cause.isEmpty()) {
                     throw e;
@@ -156,6 +161,7 @@ public final class TrainJob {
             } finally {
                 sc.clearJobGroup();
                 spark.sparkContext().removeSparkListener(failures);
+                spark.sparkContext().removeSparkListener(corrupt);
                 hadoop.destroy();
             }
             Optional<String> nonFinite = outcomes.stream().map(Outcome::nonFinite).filter(m -> m != null).findFirst();
@@ -228,6 +234,15 @@ public final class TrainJob {
 
         @Override
         public scala.collection.Iterator<Outcome> apply(scala.collection.Iterator<Integer> ignored) {
+            try {
+                return train();
+            } catch (RuntimeException e) {
+                CorruptInputException corrupt = CorruptInputException.of(BarrierTaskContext.get().partitionId(), e);
+                throw corrupt != null ? corrupt : e;
+            }
+        }
+
+        private scala.collection.Iterator<Outcome> train() {
             BarrierTaskContext ctx = BarrierTaskContext.get();
             int rank = ctx.partitionId();
             int attempt = ctx.stageAttemptNumber();
