@@ -34,6 +34,7 @@ import org.apache.spark.broadcast.Broadcast;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
 import org.apache.spark.sql.functions;
+import org.apache.spark.util.SerializableConfiguration;
 import scala.Tuple2;
 
 /**
@@ -158,7 +159,9 @@ public final class PrepareJob {
             Path p = new Path(f);
             inputBytes += p.getFileSystem(conf).getFileStatus(p).getLen();
         }
-        JavaRDD<Doc> docs = read(spark, sc, opt, files);
+        // Tasks rebuild the driver's Hadoop configuration: a fresh one would lack every spark.hadoop.* setting.
+        Broadcast<SerializableConfiguration> hadoop = sc.broadcast(new SerializableConfiguration(conf));
+        JavaRDD<Doc> docs = read(spark, sc, opt, files, hadoop);
         if (opt.dedup()) {
             docs = dedup(docs);
         }
@@ -197,8 +200,9 @@ public final class PrepareJob {
         });
         String outDir = out.toString();
         List<Part> parts = records.repartitionAndSortWithinPartitions(new BucketPartitioner(buckets.size() + 1, slices))
-                .mapPartitionsWithIndex((part, it) -> part / slices == rejectBucket ? writeRejects(part, it, outDir)
-                        : writeShard(part, it, outDir, template, buckets, slices), true)
+                .mapPartitionsWithIndex((part, it) -> part / slices == rejectBucket
+                        ? writeRejects(part, it, outDir, hadoop.value().value())
+                        : writeShard(part, it, outDir, hadoop.value().value(), template, buckets, slices), true)
                 .collect();
         if (train) {
             docs.unpersist();
@@ -263,7 +267,8 @@ public final class PrepareJob {
         }
     }
 
-    private static JavaRDD<Doc> read(SparkSession spark, JavaSparkContext sc, PrepareOptions opt, List<String> files) {
+    private static JavaRDD<Doc> read(SparkSession spark, JavaSparkContext sc, PrepareOptions opt, List<String> files,
+                                     Broadcast<SerializableConfiguration> hadoop) {
         Map<String, Integer> index = new LinkedHashMap<>();
         List<String> byteFiles = new ArrayList<>();
         List<String> parquet = new ArrayList<>();
@@ -283,8 +288,7 @@ public final class PrepareJob {
             // One task per file (binaryFiles would pack small files into too few splits to use every core).
             int partitions = Math.max(1, Math.min(byteFiles.size(), 4 * sc.defaultParallelism()));
             docs = sc.parallelize(byteFiles, partitions).flatMap(path -> readFile(path, fileIndex.value().get(path),
-                    forced != null ? forced : PrepareOptions.Format.of(path), lineDocs, field, maxBytes,
-                    org.apache.spark.deploy.SparkHadoopUtil.get().newConfiguration(org.apache.spark.SparkEnv.get().conf())).iterator());
+                    forced != null ? forced : PrepareOptions.Format.of(path), lineDocs, field, maxBytes, hadoop.value().value()).iterator());
         }
         if (!parquet.isEmpty()) {
             JavaRDD<Doc> rows = spark.read().parquet(parquet.toArray(new String[0]))
@@ -420,8 +424,8 @@ public final class PrepareJob {
         return BpeTrainer.train(counts, vocabSize, List.of(BpeTokenizer.END_OF_TEXT));
     }
 
-    private static Iterator<Part> writeShard(int part, Iterator<Tuple2<ChunkKey, Object>> it, String outDir, Shard.Info template,
-                                             List<Integer> buckets, int slices) throws IOException {
+    private static Iterator<Part> writeShard(int part, Iterator<Tuple2<ChunkKey, Object>> it, String outDir, Configuration conf,
+                                             Shard.Info template, List<Integer> buckets, int slices) throws IOException {
         if (!it.hasNext()) {
             return java.util.Collections.emptyIterator();
         }
@@ -433,7 +437,7 @@ public final class PrepareJob {
         long documents = 0;
         long rows;
         long tokens;
-        try (Replacing file = new Replacing(outDir, name); RootAllocator allocator = new RootAllocator();
+        try (Replacing file = new Replacing(outDir, name, conf); RootAllocator allocator = new RootAllocator();
              ShardWriter w = new ShardWriter(file.stream(), info, allocator, 1024)) {
             while (it.hasNext()) {
                 Tuple2<ChunkKey, Object> t = it.next();
@@ -447,12 +451,13 @@ public final class PrepareJob {
         return List.of(new Part(new ShardEntry(name, hi, rows, tokens), documents, Map.of())).iterator();
     }
 
-    private static Iterator<Part> writeRejects(int part, Iterator<Tuple2<ChunkKey, Object>> it, String outDir) throws IOException {
+    private static Iterator<Part> writeRejects(int part, Iterator<Tuple2<ChunkKey, Object>> it, String outDir, Configuration conf)
+            throws IOException {
         if (!it.hasNext()) {
             return java.util.Collections.emptyIterator();
         }
         Map<String, Long> counts = new TreeMap<>();
-        try (Replacing file = new Replacing(outDir, String.format("rejects/part-%05d.jsonl", part))) {
+        try (Replacing file = new Replacing(outDir, String.format("rejects/part-%05d.jsonl", part), conf)) {
             OutputStream o = file.stream();
             while (it.hasNext()) {
                 Doc d = (Doc) it.next()._2();
@@ -473,9 +478,9 @@ public final class PrepareJob {
         private final Path tmp;
         private final OutputStream stream;
 
-        Replacing(String dir, String name) throws IOException {
+        Replacing(String dir, String name, Configuration conf) throws IOException {
             target = new Path(dir, name);
-            fs = target.getFileSystem(new Configuration());
+            fs = target.getFileSystem(conf);
             tmp = new Path(dir, "_tmp/" + name.replace('/', '_') + "." + java.util.UUID.randomUUID());
             stream = new java.io.BufferedOutputStream(fs.create(tmp, true), 1 << 16);
         }

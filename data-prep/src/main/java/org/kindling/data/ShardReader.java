@@ -77,9 +77,13 @@ public final class ShardReader implements AutoCloseable {
         } catch (IllegalArgumentException e) {
             reader.close();
             throw e;
-        } catch (IOException | RuntimeException e) {
+        } catch (IOException e) {
             reader.close();
-            throw new IOException(source + ": not a readable Arrow IPC file: " + e.getMessage(), e);
+            throw new IOException(source + ": cannot read: " + e.getMessage(), e);
+        } catch (RuntimeException e) {
+            // Arrow reports a malformed file (a truncated one: no footer) with unchecked exceptions.
+            reader.close();
+            throw new CorruptShardException(source + ": not a readable Arrow IPC file (truncated or corrupt): " + e.getMessage(), e);
         }
     }
 
@@ -93,8 +97,12 @@ public final class ShardReader implements AutoCloseable {
 
     /** Record batch {@code i}, copied to the host. */
     public Batch read(int i) throws IOException {
-        if (!reader.loadRecordBatch(blocks.get(i))) {
-            throw new IOException(source + ": record batch " + i + " could not be loaded");
+        try {
+            if (!reader.loadRecordBatch(blocks.get(i))) {
+                throw new CorruptShardException(source + ": record batch " + i + " is missing", null);
+            }
+        } catch (RuntimeException e) {
+            throw new CorruptShardException(source + ": record batch " + i + " is corrupt: " + e.getMessage(), e);
         }
         VectorSchemaRoot root = reader.getVectorSchemaRoot();
         ListVector list = (ListVector) root.getVector(Shard.TOKENS);

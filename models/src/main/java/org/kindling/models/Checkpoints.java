@@ -43,9 +43,16 @@ public final class Checkpoints {
     }
 
     private final RunStorage storage;
+    private final int readChunkBytes;
 
     public Checkpoints(RunStorage storage) {
+        this(storage, Safetensors.CHUNK_BYTES);
+    }
+
+    /** Reading tensors {@code readChunkBytes} at a time (tests use small pieces to exercise the streaming path). */
+    Checkpoints(RunStorage storage, int readChunkBytes) {
         this.storage = storage;
+        this.readChunkBytes = readChunkBytes;
     }
 
     public RunStorage storage() {
@@ -157,17 +164,20 @@ public final class Checkpoints {
             JsonNode s;
             try {
                 s = JSON.readTree(in);
-            } catch (IOException e) {
-                throw new IllegalStateException(storage.describe(path) + ": not valid JSON: " + e.getMessage(), e);
+            } catch (com.fasterxml.jackson.core.JsonProcessingException e) {
+                throw corrupt(storage.describe(path) + ": not valid JSON: " + e.getMessage(), e);
+            }
+            if (s == null) {
+                throw corrupt(storage.describe(path) + ": empty", null);
             }
             int version = s.path("format_version").asInt(-1);
             if (version != FORMAT_VERSION) {
-                throw new IllegalStateException(storage.describe(path) + ": format_version " + s.path("format_version")
-                        + " is not the supported " + FORMAT_VERSION);
+                throw corrupt(storage.describe(path) + ": format_version " + s.path("format_version") + " is not the supported "
+                        + FORMAT_VERSION, null);
             }
             for (String field : new String[] {"step", "data_position", "config"}) {
                 if (s.path(field).isMissingNode()) {
-                    throw new IllegalStateException(storage.describe(path) + ": missing field " + field);
+                    throw corrupt(storage.describe(path) + ": missing field " + field, null);
                 }
             }
             @SuppressWarnings("unchecked")
@@ -187,25 +197,30 @@ public final class Checkpoints {
         }
     }
 
+    /** A checkpoint file that reading again cannot fix: marked by a {@link CorruptFileException} cause. */
+    private static IllegalStateException corrupt(String message, Throwable cause) {
+        return new IllegalStateException(message, new CorruptFileException(message, cause));
+    }
+
     /** Loads a checkpoint's weights into a model of the same architecture. */
     public void loadWeights(String name, Gpt model) {
-        String path = DIR + "/" + name + "/model.safetensors";
-        Map<String, Safetensors.Tensor> tensors = readTensors(path);
+        Map<String, Tensor> targets = new LinkedHashMap<>();
         for (Param p : model.params().list()) {
-            copyInto(path, tensors, p.name(), p.value());
+            targets.put(p.name(), p.value());
         }
+        readInto(DIR + "/" + name + "/model.safetensors", targets);
     }
 
     /** Restores weights, AdamW moments and the step counter; returns the checkpoint's state. */
     public State restore(String name, Trainer trainer) {
         State state = state(name);
         loadWeights(name, trainer.model());
-        String path = DIR + "/" + name + "/optimizer.safetensors";
-        Map<String, Safetensors.Tensor> tensors = readTensors(path);
+        Map<String, Tensor> targets = new LinkedHashMap<>();
         for (Param p : trainer.model().params().list()) {
-            copyInto(path, tensors, "m." + p.name(), momentView(trainer.firstMoments(), trainer, p));
-            copyInto(path, tensors, "v." + p.name(), momentView(trainer.secondMoments(), trainer, p));
+            targets.put("m." + p.name(), momentView(trainer.firstMoments(), trainer, p));
+            targets.put("v." + p.name(), momentView(trainer.secondMoments(), trainer, p));
         }
+        readInto(DIR + "/" + name + "/optimizer.safetensors", targets);
         trainer.restoreStep(state.step());
         return state;
     }
@@ -214,23 +229,47 @@ public final class Checkpoints {
         return flat.view(p.value().offset() - trainer.model().params().values().offset(), p.shape());
     }
 
-    private void copyInto(String path, Map<String, Safetensors.Tensor> tensors, String name, Tensor dst) {
-        Safetensors.Tensor t = tensors.get(name);
-        if (t == null) {
-            throw new IllegalStateException(storage.describe(path) + " has no tensor " + name);
-        }
-        if (!Arrays.equals(t.shape(), dst.shape())) {
-            throw new IllegalStateException(storage.describe(path) + ": tensor " + name + " has shape "
-                    + Arrays.toString(t.shape()) + " but the model expects " + Arrays.toString(dst.shape()));
-        }
-        dst.copyFrom(t.data());
-    }
-
-    private Map<String, Safetensors.Tensor> readTensors(String path) {
+    /**
+     * Streams a file's tensors straight into {@code targets} (by name), a piece at a time, so no
+     * host copy of the whole file or of a whole tensor is made. Tensors the file has beyond
+     * {@code targets} are skipped; one it lacks, or of another shape, is an error naming the file.
+     */
+    private void readInto(String path, Map<String, Tensor> targets) {
+        String source = storage.describe(path);
+        java.util.Set<String> seen = new java.util.HashSet<>();
         try (InputStream in = storage.open(path)) {
-            return Safetensors.read(in, storage.describe(path)).tensors();
+            Safetensors.read(in, source, readChunkBytes, new Safetensors.Sink() {
+                private Tensor flat;
+
+                @Override
+                public void begin(String name, int[] shape) {
+                    Tensor dst = targets.get(name);
+                    flat = null;
+                    if (dst == null) {
+                        return;
+                    }
+                    if (!Arrays.equals(shape, dst.shape())) {
+                        throw new IllegalStateException(source + ": tensor " + name + " has shape " + Arrays.toString(shape)
+                                + " but the model expects " + Arrays.toString(dst.shape()));
+                    }
+                    seen.add(name);
+                    flat = dst.reshape(dst.numel());
+                }
+
+                @Override
+                public void values(long offset, float[] values) {
+                    if (flat != null) {
+                        flat.view((int) offset, values.length).copyFrom(values);
+                    }
+                }
+            });
         } catch (IOException e) {
             throw new IllegalStateException(e.getMessage(), e);
+        }
+        for (String name : targets.keySet()) {
+            if (!seen.contains(name)) {
+                throw new IllegalStateException(source + " has no tensor " + name);
+            }
         }
     }
 

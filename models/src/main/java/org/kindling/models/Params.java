@@ -41,26 +41,28 @@ public final class Params implements AutoCloseable {
 
         /** Allocates the buffers on {@code dev} and fills them from {@code seed}. */
         public Params build(Device dev, long seed) {
+            // Sizes and offsets are summed in longs, so an oversized model is reported rather than overflowing.
             long total = 0;
             for (Spec s : specs) {
-                total += Tensor.numel(s.shape());
+                total += numel(s.shape());
             }
             if (total > Integer.MAX_VALUE) {
-                throw new IllegalArgumentException("model has " + total + " parameters; the flat buffer holds at most 2^31-1");
+                throw new IllegalArgumentException("model has " + total + " parameters; one device tensor, and so the flat "
+                        + "parameter buffer, holds at most 2^31-1 elements");
             }
             Tensor values = dev.allocate(DType.F32, (int) total);
             Tensor grads = dev.allocate(DType.F32, (int) total);
             float[] host = new float[(int) total];
             SplittableRandom rnd = new SplittableRandom(seed);
             // Decayed parameters first, so AdamW runs as two flat calls (with and without weight decay).
-            int[] offsets = new int[specs.size()];
-            int off = 0;
-            int decayed = 0;
+            long[] offsets = new long[specs.size()];
+            long off = 0;
+            long decayed = 0;
             for (boolean decay : new boolean[] {true, false}) {
                 for (int i = 0; i < specs.size(); i++) {
                     if (specs.get(i).decay() == decay) {
                         offsets[i] = off;
-                        off += Tensor.numel(specs.get(i).shape());
+                        off += numel(specs.get(i).shape());
                     }
                 }
                 if (decay) {
@@ -72,18 +74,28 @@ public final class Params implements AutoCloseable {
                 Spec s = specs.get(i);
                 int n = Tensor.numel(s.shape());
                 for (int j = 0; j < n; j++) {
-                    host[offsets[i] + j] = switch (s.init()) {
+                    host[(int) offsets[i] + j] = switch (s.init()) {
                         case ZEROS -> 0f;
                         case ONES -> 1f;
                         case NORMAL -> (float) (gaussian(rnd) * s.std());
                     };
                 }
-                Param p = new Param(s.name(), values.view(offsets[i], s.shape()), grads.view(offsets[i], s.shape()), s.decay());
+                Param p = new Param(s.name(), values.view((int) offsets[i], s.shape()), grads.view((int) offsets[i], s.shape()),
+                        s.decay());
                 byName.put(s.name(), p);
                 handles.get(i).param = p;
             }
             values.copyFrom(host);
-            return new Params(values, grads, byName, decayed);
+            return new Params(values, grads, byName, (int) decayed);
+        }
+
+        /** Elements of a shape, in a long: a single parameter may exceed 2^31-1 elements, which build() then reports. */
+        private static long numel(int[] shape) {
+            long n = 1;
+            for (int d : shape) {
+                n *= d;
+            }
+            return n;
         }
 
         private static double gaussian(SplittableRandom r) {

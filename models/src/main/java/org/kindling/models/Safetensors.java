@@ -10,15 +10,20 @@ import java.io.OutputStream;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.Comparator;
+import java.util.HashMap;
 import java.util.Iterator;
+import java.util.List;
 import java.util.LinkedHashMap;
 import java.util.Map;
 
 /**
  * The safetensors format (Hugging Face): an 8-byte little-endian header length, a JSON header
  * naming each tensor's dtype, shape and byte range, then the raw little-endian data. Only F32 is
- * written and read here. Reading checks every claim of the header against the bytes present, so a
- * truncated or foreign file fails with the file's name and what is wrong.
+ * written and read here. Reading streams: the header, then each tensor in pieces (byte offsets are
+ * longs, so files may exceed 2 GiB). It checks every claim of the header against the bytes
+ * present, so a truncated or foreign file fails with the file's name and what is wrong.
  */
 public final class Safetensors {
     private static final ObjectMapper JSON = new ObjectMapper();
@@ -81,76 +86,158 @@ public final class Safetensors {
     public record Contents(Map<String, Tensor> tensors, Map<String, String> metadata) {
     }
 
-    /** Reads a whole file; {@code source} names it in errors. */
+    /** Where {@link #read(InputStream, String, Sink)} delivers tensors, one after another in the order of their data. */
+    public interface Sink {
+        /** Tensor {@code name} of {@code shape} comes next; its values follow through {@link #values}. */
+        void begin(String name, int[] shape) throws IOException;
+
+        /** The next {@code values.length} values of the current tensor, the first of them its element {@code offset}. */
+        void values(long offset, float[] values) throws IOException;
+    }
+
+    /** The header's view of a file: tensor names in header order, and the metadata. */
+    public record Header(List<String> names, Map<String, String> metadata) {
+    }
+
+    /** Bytes read at a time: tensors stream through a buffer of this size, whatever their size. */
+    static final int CHUNK_BYTES = 1 << 20;
+
+    /** Reads a whole file into host arrays; {@code source} names it in errors. */
     public static Contents read(InputStream in, String source) throws IOException {
-        byte[] bytes = in.readAllBytes();
-        if (bytes.length < 8) {
-            throw new IOException(source + ": not a safetensors file: " + bytes.length + " bytes, too short for a header");
+        Map<String, Tensor> byName = new HashMap<>();
+        Header header = read(in, source, new Sink() {
+            private float[] data;
+
+            @Override
+            public void begin(String name, int[] shape) {
+                data = new float[org.kindling.ops.Tensor.numel(shape)];
+                byName.put(name, new Tensor(shape, data));
+            }
+
+            @Override
+            public void values(long offset, float[] values) {
+                System.arraycopy(values, 0, data, (int) offset, values.length);
+            }
+        });
+        Map<String, Tensor> tensors = new LinkedHashMap<>();
+        header.names().forEach(n -> tensors.put(n, byName.get(n)));
+        return new Contents(tensors, header.metadata());
+    }
+
+    /**
+     * Streams a file: reads the header (its length capped before anything is allocated), checks
+     * its claims, then hands each tensor's values to {@code sink} in pieces of at most
+     * {@link #CHUNK_BYTES}, so no file or tensor size limits the reader. Format errors, a
+     * truncated file included, are {@link CorruptFileException}s naming {@code source}.
+     */
+    public static Header read(InputStream in, String source, Sink sink) throws IOException {
+        return read(in, source, CHUNK_BYTES, sink);
+    }
+
+    private record Entry(String name, int[] shape, long begin, long end) {
+    }
+
+    static Header read(InputStream in, String source, int chunkBytes, Sink sink) throws IOException {
+        if (chunkBytes < 4 || chunkBytes % 4 != 0) {
+            throw new IllegalArgumentException("chunk of " + chunkBytes + " bytes is not a positive multiple of 4");
         }
-        long headerLen = ByteBuffer.wrap(bytes, 0, 8).order(ByteOrder.LITTLE_ENDIAN).getLong();
-        if (headerLen <= 0 || headerLen > MAX_HEADER || headerLen > bytes.length - 8) {
-            throw new IOException(source + ": not a safetensors file (or truncated): the header length field says "
-                    + headerLen + " bytes but the file has " + (bytes.length - 8) + " after it");
+        byte[] lengthField = in.readNBytes(8);
+        if (lengthField.length < 8) {
+            throw new CorruptFileException(source + ": not a safetensors file: " + lengthField.length
+                    + " bytes, too short for a header");
+        }
+        long headerLen = ByteBuffer.wrap(lengthField).order(ByteOrder.LITTLE_ENDIAN).getLong();
+        if (headerLen <= 0 || headerLen > MAX_HEADER) {
+            throw new CorruptFileException(source + ": not a safetensors file: the header length field says " + headerLen
+                    + " bytes, outside 1.." + MAX_HEADER);
+        }
+        byte[] headerBytes = in.readNBytes((int) headerLen);
+        if (headerBytes.length < headerLen) {
+            throw new CorruptFileException(source + ": not a safetensors file (or truncated): the header length field says "
+                    + headerLen + " bytes but the file has " + headerBytes.length + " after it");
         }
         JsonNode header;
         try {
-            header = JSON.readTree(new String(bytes, 8, (int) headerLen, StandardCharsets.UTF_8));
+            header = JSON.readTree(new String(headerBytes, StandardCharsets.UTF_8));
         } catch (IOException e) {
-            throw new IOException(source + ": not a safetensors file: the header is not JSON", e);
+            throw new CorruptFileException(source + ": not a safetensors file: the header is not JSON", e);
         }
         if (header == null || !header.isObject()) {
-            throw new IOException(source + ": not a safetensors file: the header is not a JSON object");
+            throw new CorruptFileException(source + ": not a safetensors file: the header is not a JSON object");
         }
-        int dataStart = 8 + (int) headerLen;
-        long dataSize = bytes.length - dataStart;
-        Map<String, Tensor> tensors = new LinkedHashMap<>();
+        List<String> names = new ArrayList<>();
+        List<Entry> entries = new ArrayList<>();
         Map<String, String> metadata = new LinkedHashMap<>();
-        long end = 0;
         for (Iterator<Map.Entry<String, JsonNode>> it = header.fields(); it.hasNext(); ) {
             Map.Entry<String, JsonNode> e = it.next();
             if (e.getKey().equals("__metadata__")) {
                 e.getValue().fields().forEachRemaining(m -> metadata.put(m.getKey(), m.getValue().asText()));
                 continue;
             }
-            String name = e.getKey();
-            JsonNode t = e.getValue();
-            if (!"F32".equals(t.path("dtype").asText())) {
-                throw new IOException(source + ": tensor " + name + " has dtype " + t.path("dtype") + "; only F32 is supported");
+            names.add(e.getKey());
+            entries.add(entry(source, e.getKey(), e.getValue()));
+        }
+        // The data is streamed in file order; the format allows neither holes nor overlaps between tensors.
+        entries.sort(Comparator.comparingLong(Entry::begin));
+        long at = 0;
+        for (Entry e : entries) {
+            if (e.begin() != at) {
+                throw new CorruptFileException(source + ": tensor " + e.name() + " starts at byte " + e.begin()
+                        + " of the data but the tensors before it end at " + at + " (holes and overlaps are not allowed)");
             }
-            JsonNode shapeNode = t.path("shape");
-            JsonNode offsets = t.path("data_offsets");
-            if (!shapeNode.isArray() || !offsets.isArray() || offsets.size() != 2) {
-                throw new IOException(source + ": tensor " + name + " lacks a shape or a [begin, end] data_offsets pair");
-            }
-            int[] shape = new int[shapeNode.size()];
-            for (int i = 0; i < shape.length; i++) {
-                shape[i] = shapeNode.get(i).asInt(-1);
-                if (shape[i] < 0) {
-                    throw new IOException(source + ": tensor " + name + " has a bad shape " + shapeNode);
+            at = e.end();
+        }
+        byte[] buffer = new byte[chunkBytes];
+        float[] full = new float[chunkBytes / 4];
+        for (Entry e : entries) {
+            sink.begin(e.name(), e.shape().clone());
+            for (long pos = e.begin(); pos < e.end(); ) {
+                int n = (int) Math.min(chunkBytes, e.end() - pos);
+                int got = in.readNBytes(buffer, 0, n);
+                if (got < n) {
+                    throw new CorruptFileException(source + ": truncated: tensor " + e.name() + " ends at byte " + e.end()
+                            + " of the data but only " + (pos + got) + " bytes are present");
                 }
+                float[] values = n == chunkBytes ? full : new float[n / 4];
+                ByteBuffer.wrap(buffer, 0, n).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(values);
+                sink.values((pos - e.begin()) / 4, values);
+                pos += n;
             }
-            long begin = offsets.get(0).asLong(-1);
-            long stop = offsets.get(1).asLong(-1);
-            long numel = 1;
-            for (int d : shape) {
-                numel *= d;
-            }
-            if (begin < 0 || stop < begin || stop - begin != 4 * numel) {
-                throw new IOException(source + ": tensor " + name + " of shape " + shapeNode + " has data_offsets " + offsets
-                        + ", which do not span " + 4 * numel + " bytes");
-            }
-            if (stop > dataSize) {
-                throw new IOException(source + ": truncated: tensor " + name + " ends at byte " + stop + " of the data but only "
-                        + dataSize + " bytes are present");
-            }
-            float[] data = new float[(int) numel];
-            ByteBuffer.wrap(bytes, dataStart + (int) begin, (int) (stop - begin)).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().get(data);
-            tensors.put(name, new Tensor(shape, data));
-            end = Math.max(end, stop);
         }
-        if (end != dataSize) {
-            throw new IOException(source + ": the header accounts for " + end + " bytes of data but the file holds " + dataSize);
+        if (in.read() >= 0) {
+            throw new CorruptFileException(source + ": the header accounts for " + at + " bytes of data but the file holds more");
         }
-        return new Contents(tensors, metadata);
+        return new Header(names, metadata);
+    }
+
+    private static Entry entry(String source, String name, JsonNode t) throws IOException {
+        if (!"F32".equals(t.path("dtype").asText())) {
+            throw new CorruptFileException(source + ": tensor " + name + " has dtype " + t.path("dtype") + "; only F32 is supported");
+        }
+        JsonNode shapeNode = t.path("shape");
+        JsonNode offsets = t.path("data_offsets");
+        if (!shapeNode.isArray() || !offsets.isArray() || offsets.size() != 2) {
+            throw new CorruptFileException(source + ": tensor " + name + " lacks a shape or a [begin, end] data_offsets pair");
+        }
+        int[] shape = new int[shapeNode.size()];
+        long numel = 1;
+        for (int i = 0; i < shape.length; i++) {
+            shape[i] = shapeNode.get(i).canConvertToInt() ? shapeNode.get(i).asInt() : -1;
+            if (shape[i] < 0) {
+                throw new CorruptFileException(source + ": tensor " + name + " has a bad shape " + shapeNode);
+            }
+            numel = numel > Integer.MAX_VALUE ? numel : numel * shape[i];
+        }
+        if (numel > Integer.MAX_VALUE) {
+            throw new CorruptFileException(source + ": tensor " + name + " of shape " + shapeNode + " has more than 2^31-1 elements, "
+                    + "more than one tensor holds");
+        }
+        long begin = offsets.get(0).canConvertToLong() ? offsets.get(0).asLong() : -1;
+        long end = offsets.get(1).canConvertToLong() ? offsets.get(1).asLong() : -1;
+        if (begin < 0 || end < begin || end - begin != 4 * numel) {
+            throw new CorruptFileException(source + ": tensor " + name + " of shape " + shapeNode + " has data_offsets " + offsets
+                    + ", which do not span " + 4 * numel + " bytes");
+        }
+        return new Entry(name, shape, begin, end);
     }
 }

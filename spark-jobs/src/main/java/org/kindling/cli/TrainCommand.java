@@ -57,30 +57,32 @@ final class TrainCommand implements Callable<Integer> {
         if (workers < 1) {
             throw new CommandLine.ParameterException(cmd, "--workers must be at least 1, got " + workers);
         }
-        Configuration conf = new Configuration();
-        BpeTokenizer tok;
-        HadoopRunStorage dataset = new HadoopRunStorage(data, conf);
-        if (!dataset.exists(RunDir.TOKENIZER)) {
-            throw new CommandLine.ParameterException(cmd, "--data " + data + " has no " + RunDir.TOKENIZER + ": is it a prepared dataset?");
-        }
-        try (InputStream in = dataset.open(RunDir.TOKENIZER)) {
-            tok = BpeTokenizer.fromJson(new String(in.readAllBytes(), StandardCharsets.UTF_8), dataset.describe(RunDir.TOKENIZER));
-        }
-        Map<String, String> sets = new LinkedHashMap<>(overrides);
-        sets.putIfAbsent("vocab", String.valueOf(tok.vocabSize()));
-        RunConfig cfg;
-        try {
-            Path file = Presets.resolve(config);
-            cfg = RunConfig.load(file, sets);
-        } catch (IllegalArgumentException e) {
-            throw new CommandLine.ParameterException(cmd, e.getMessage());
-        }
-        if (cfg.model().vocab() < tok.vocabSize()) {
-            throw new CommandLine.ParameterException(cmd, "vocab " + cfg.model().vocab() + " is smaller than the dataset's tokenizer ("
-                    + tok.vocabSize() + ")");
-        }
         SparkSession spark = Spark.session("kindling train", master, sparkConf);
         try {
+            // The session's Hadoop configuration carries the spark.hadoop.* settings (credentials, mount tables).
+            Configuration conf = spark.sparkContext().hadoopConfiguration();
+            BpeTokenizer tok;
+            HadoopRunStorage dataset = new HadoopRunStorage(data, conf);
+            if (!dataset.exists(RunDir.TOKENIZER)) {
+                throw new CommandLine.ParameterException(cmd, "--data " + data + " has no " + RunDir.TOKENIZER
+                        + ": is it a prepared dataset?");
+            }
+            try (InputStream in = dataset.open(RunDir.TOKENIZER)) {
+                tok = BpeTokenizer.fromJson(new String(in.readAllBytes(), StandardCharsets.UTF_8), dataset.describe(RunDir.TOKENIZER));
+            }
+            Map<String, String> sets = new LinkedHashMap<>(overrides);
+            sets.putIfAbsent("vocab", String.valueOf(tok.vocabSize()));
+            RunConfig cfg;
+            try {
+                Path file = Presets.resolve(config);
+                cfg = RunConfig.load(file, sets);
+            } catch (IllegalArgumentException e) {
+                throw new CommandLine.ParameterException(cmd, e.getMessage());
+            }
+            if (cfg.model().vocab() < tok.vocabSize()) {
+                throw new CommandLine.ParameterException(cmd, "vocab " + cfg.model().vocab() + " is smaller than the dataset's "
+                        + "tokenizer (" + tok.vocabSize() + ")");
+            }
             long t0 = System.nanoTime();
             List<StepResult> steps;
             try {

@@ -3,7 +3,6 @@ package org.kindling.train;
 import java.io.IOException;
 import java.io.InputStream;
 import java.io.OutputStream;
-import java.io.UncheckedIOException;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
@@ -18,24 +17,34 @@ import org.kindling.models.TrainConfig;
 
 /**
  * The driver's view of a run: rank 0's step results as they arrive. Every {@code log_interval}
- * steps it prints a progress line (step, loss, tokens/s, ETA) and rewrites {@code metrics.jsonl}
- * (the lines of earlier runs before this one's first step, then this run's). A retried stage
- * re-sends the steps after its checkpoint; they replace the ones the failed attempt sent.
+ * steps it prints a progress line (step, loss, tokens/s, ETA) and brings {@code metrics.jsonl} up
+ * to date: the lines of earlier runs before this one's first step, then this run's. The file is
+ * written whole once, then appended to, so a run writes each line about once. A retried stage
+ * re-sends the steps after its checkpoint; they replace the ones the failed attempt sent, and when
+ * those were already written the file is rewritten whole. File systems that cannot append (S3A)
+ * get the whole file every time. A failing write is logged and retried at the next interval:
+ * metrics never stop training.
  */
 final class Progress implements Consumer<StepResult> {
     private static final System.Logger LOG = System.getLogger(Progress.class.getName());
+    static final String METRICS = "metrics.jsonl";
     private static final Pattern STEP = Pattern.compile("^\\{\"step\":(\\d+),");
 
     private final HadoopRunStorage storage;
     private final TrainConfig cfg;
     private final TreeMap<Integer, String> earlier = new TreeMap<>();
     private final TreeMap<Integer, StepResult> steps = new TreeMap<>();
+    /** The newest step of this run in metrics.jsonl (0: none yet). */
+    private int written;
+    /** Whether metrics.jsonl must be rewritten whole: before the first write, after a rewind or a failed write. */
+    private boolean rewrite = true;
+    private boolean appendable = true;
 
     Progress(HadoopRunStorage storage, TrainConfig cfg) throws IOException {
         this.storage = storage;
         this.cfg = cfg;
-        if (storage.exists("metrics.jsonl")) {
-            try (InputStream in = storage.open("metrics.jsonl")) {
+        if (storage.exists(METRICS)) {
+            try (InputStream in = storage.open(METRICS)) {
                 for (String line : new String(in.readAllBytes(), StandardCharsets.UTF_8).split("\n")) {
                     Matcher m = STEP.matcher(line);
                     if (m.find()) {
@@ -48,6 +57,9 @@ final class Progress implements Consumer<StepResult> {
 
     @Override
     public synchronized void accept(StepResult r) {
+        if (r.step() <= written) {
+            rewrite = true;
+        }
         steps.tailMap(r.step(), true).clear();
         steps.put(r.step(), r);
         if (r.step() % cfg.logInterval() == 0 || r.step() == cfg.maxSteps()) {
@@ -69,10 +81,27 @@ final class Progress implements Consumer<StepResult> {
                 r.step(), cfg.maxSteps(), r.loss(), r.lr(), r.gradNorm(), r.tokensPerSecond(), eta / 60, eta % 60);
     }
 
-    /** Rewrites metrics.jsonl with what has arrived. */
+    /** Brings metrics.jsonl up to date with what has arrived; a failure is logged, never thrown. */
     synchronized void flush() {
-        if (steps.isEmpty()) {
+        if (steps.isEmpty() || (!rewrite && steps.lastKey() == written)) {
             return;
+        }
+        if (!rewrite && appendable) {
+            StringBuilder sb = new StringBuilder();
+            for (StepResult r : steps.tailMap(written, false).values()) {
+                sb.append(metricsLine(r)).append('\n');
+            }
+            try (OutputStream out = storage.append(METRICS)) {
+                out.write(sb.toString().getBytes(StandardCharsets.UTF_8));
+                written = steps.lastKey();
+                return;
+            } catch (UnsupportedOperationException e) {
+                appendable = false;
+            } catch (IOException | RuntimeException e) {
+                // A partial append is repaired by the rewrite below, or by the next interval's.
+                LOG.log(System.Logger.Level.WARNING, "cannot append to " + storage.describe(METRICS) + ": " + e.getMessage()
+                        + "; rewriting it");
+            }
         }
         StringBuilder sb = new StringBuilder();
         for (Map.Entry<Integer, String> e : earlier.headMap(steps.firstKey()).entrySet()) {
@@ -81,13 +110,17 @@ final class Progress implements Consumer<StepResult> {
         for (StepResult r : steps.values()) {
             sb.append(metricsLine(r)).append('\n');
         }
+        rewrite = true;
         try {
-            try (OutputStream out = storage.create("metrics.jsonl.tmp")) {
+            try (OutputStream out = storage.create(METRICS + ".tmp")) {
                 out.write(sb.toString().getBytes(StandardCharsets.UTF_8));
             }
-            storage.replace("metrics.jsonl.tmp", "metrics.jsonl");
-        } catch (IOException e) {
-            throw new UncheckedIOException("cannot write " + storage.describe("metrics.jsonl") + ": " + e.getMessage(), e);
+            storage.replace(METRICS + ".tmp", METRICS);
+            written = steps.lastKey();
+            rewrite = false;
+        } catch (IOException | RuntimeException e) {
+            LOG.log(System.Logger.Level.WARNING, "cannot write " + storage.describe(METRICS) + ": " + e.getMessage()
+                    + "; training goes on and the next log interval tries again");
         }
     }
 

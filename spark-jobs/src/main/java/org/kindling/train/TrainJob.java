@@ -16,10 +16,12 @@ import java.util.stream.IntStream;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.spark.BarrierTaskContext;
 import org.apache.spark.api.java.JavaSparkContext;
+import org.apache.spark.broadcast.Broadcast;
 import org.apache.spark.scheduler.SparkListener;
 import org.apache.spark.scheduler.SparkListenerJobStart;
 import org.apache.spark.scheduler.SparkListenerStageCompleted;
 import org.apache.spark.sql.SparkSession;
+import org.apache.spark.util.SerializableConfiguration;
 import org.kindling.data.DatasetReader;
 import org.kindling.collective.Coordinator;
 import org.kindling.collective.Handshake;
@@ -137,12 +139,19 @@ public final class TrainJob {
             sc.setJobGroup(group, "kindling train " + run, true);
             StageFailures failures = new StageFailures(group, coordinator);
             spark.sparkContext().addSparkListener(failures);
+            CorruptInputs corrupt = new CorruptInputs(group, spark.sparkContext());
+            spark.sparkContext().addSparkListener(corrupt);
+            // Tasks rebuild the driver's Hadoop configuration: a fresh one would lack every spark.hadoop.* setting.
+            Broadcast<SerializableConfiguration> hadoop = sc.broadcast(new SerializableConfiguration(conf));
             List<Outcome> outcomes;
             try {
                 outcomes = sc.parallelize(IntStream.range(0, workers).boxed().toList(), workers).rdd().barrier()
-                        .mapPartitions(new Task(plan), false, ClassTag$.MODULE$.apply(Outcome.class))
+                        .mapPartitions(new Task(plan, hadoop), false, ClassTag$.MODULE$.apply(Outcome.class))
                         .toJavaRDD().repartition(1).collect();
             } catch (Exception e) { // Spark's SparkException is checked but undeclared
+                if (corrupt.cause().isPresent()) {
+                    throw new TrainingFailedException("training failed without retries: " + corrupt.cause().get(), e);
+                }
                 Optional<Coordinator.Failure> cause = coordinator.firstFailure(Duration.ofSeconds(5));
                 if (cause.isEmpty()) {
                     throw e;
@@ -152,6 +161,8 @@ public final class TrainJob {
             } finally {
                 sc.clearJobGroup();
                 spark.sparkContext().removeSparkListener(failures);
+                spark.sparkContext().removeSparkListener(corrupt);
+                hadoop.destroy();
             }
             Optional<String> nonFinite = outcomes.stream().map(Outcome::nonFinite).filter(m -> m != null).findFirst();
             if (nonFinite.isPresent()) {
@@ -214,20 +225,31 @@ public final class TrainJob {
     static final class Task extends AbstractFunction1<scala.collection.Iterator<Integer>, scala.collection.Iterator<Outcome>>
             implements Serializable {
         private final Plan plan;
+        private final Broadcast<SerializableConfiguration> hadoop;
 
-        Task(Plan plan) {
+        Task(Plan plan, Broadcast<SerializableConfiguration> hadoop) {
             this.plan = plan;
+            this.hadoop = hadoop;
         }
 
         @Override
         public scala.collection.Iterator<Outcome> apply(scala.collection.Iterator<Integer> ignored) {
+            try {
+                return train();
+            } catch (RuntimeException e) {
+                CorruptInputException corrupt = CorruptInputException.of(BarrierTaskContext.get().partitionId(), e);
+                throw corrupt != null ? corrupt : e;
+            }
+        }
+
+        private scala.collection.Iterator<Outcome> train() {
             BarrierTaskContext ctx = BarrierTaskContext.get();
             int rank = ctx.partitionId();
             int attempt = ctx.stageAttemptNumber();
             String address = ctx.getTaskInfos()[rank].address();
             String host = address.substring(0, address.lastIndexOf(':') < 0 ? address.length() : address.lastIndexOf(':'));
             RunConfig cfg = RunConfig.parse(plan.configYaml(), plan.run() + "/config.yaml");
-            Configuration conf = new Configuration();
+            Configuration conf = hadoop.value().value();
             Duration collective = Duration.ofSeconds(plan.collectiveTimeoutS());
             Outcome outcome;
             Fault f = plan.fault();

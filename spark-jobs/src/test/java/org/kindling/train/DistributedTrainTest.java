@@ -12,6 +12,8 @@ import java.nio.file.Path;
 import java.util.List;
 import java.util.SplittableRandom;
 import org.apache.arrow.memory.RootAllocator;
+import org.apache.spark.scheduler.SparkListener;
+import org.apache.spark.scheduler.SparkListenerStageSubmitted;
 import org.apache.spark.sql.SparkSession;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -196,6 +198,35 @@ class DistributedTrainTest {
         TrainingFailedException e = assertThrows(TrainingFailedException.class,
                 () -> TrainJob.run(spark, dir.resolve("nan").toString(), data.toString(), explosive, 2));
         assertTrue(e.getMessage().startsWith("training stopped at a non-finite value: step "), e.getMessage());
+    }
+
+    @Test
+    void aTruncatedShardFailsTheRunAtOnceNamingTheFile() throws Exception {
+        Path broken = dir.resolve("broken-data");
+        writeDataset(broken, 16);
+        Path shard = broken.resolve("shard-0.arrow");
+        byte[] whole = Files.readAllBytes(shard);
+        Files.write(shard, java.util.Arrays.copyOf(whole, whole.length / 2));
+        java.util.concurrent.atomic.AtomicInteger retries = new java.util.concurrent.atomic.AtomicInteger();
+        SparkListener retryCounter = new SparkListener() {
+            @Override
+            public void onStageSubmitted(SparkListenerStageSubmitted submitted) {
+                if (submitted.stageInfo().attemptNumber() > 0) {
+                    retries.incrementAndGet();
+                }
+            }
+        };
+        spark.sparkContext().addSparkListener(retryCounter);
+        try {
+            TrainingFailedException e = assertThrows(TrainingFailedException.class, () -> TrainJob.run(spark,
+                    dir.resolve("broken-run").toString(), broken.toString(), config(DOCS_PER_BATCH * LEN), 2));
+            assertTrue(e.getMessage().startsWith("training failed without retries: rank ") && e.getMessage().contains(shard.toString())
+                    && e.getMessage().contains("not a readable Arrow IPC file (truncated or corrupt)"), e.getMessage());
+            spark.sparkContext().listenerBus().waitUntilEmpty();
+            assertEquals(0, retries.get(), "stage attempts after the first");
+        } finally {
+            spark.sparkContext().removeSparkListener(retryCounter);
+        }
     }
 
     @Test

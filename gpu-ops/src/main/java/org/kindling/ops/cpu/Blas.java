@@ -11,8 +11,19 @@ import java.util.stream.Stream;
 
 /** Row-major single-precision GEMM over netlib BLAS (OpenBLAS through JNI when present, else the Vector API). */
 final class Blas {
+    private static final System.Logger LOG = System.getLogger(Blas.class.getName());
     private static final BLAS INSTANCE = nativeLibraryPresent() ? BLAS.getInstance() : javaBlas();
     static final String IMPL = describe(INSTANCE);
+
+    static {
+        String threads = System.getenv("OPENBLAS_NUM_THREADS");
+        if (IMPL.equals("openblas") && !"1".equals(threads)) {
+            // OpenBLAS reads it once, as it loads: too late to change from Java, so say what to do.
+            LOG.log(System.Logger.Level.WARNING, "OPENBLAS_NUM_THREADS is " + (threads == null ? "unset" : threads) + ": OpenBLAS "
+                    + "may start threads of its own on top of Kindling's and oversubscribe the cores; set OPENBLAS_NUM_THREADS=1 "
+                    + "(bin/kindling does, and kindling's Spark sessions set spark.executorEnv.OPENBLAS_NUM_THREADS=1)");
+        }
+    }
 
     private Blas() {
     }

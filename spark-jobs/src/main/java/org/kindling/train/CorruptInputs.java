@@ -1,0 +1,48 @@
+package org.kindling.train;
+
+import java.util.Optional;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
+import org.apache.spark.ExceptionFailure;
+import org.apache.spark.SparkContext;
+import org.apache.spark.scheduler.SparkListener;
+import org.apache.spark.scheduler.SparkListenerJobStart;
+import org.apache.spark.scheduler.SparkListenerTaskEnd;
+
+/**
+ * Cancels a training job as soon as one of its tasks fails with a {@link CorruptInputException}:
+ * Spark would otherwise retry the whole barrier stage, which reads the same file and fails again,
+ * before the error reaches the user.
+ */
+final class CorruptInputs extends SparkListener {
+    private final String group;
+    private final SparkContext sc;
+    private final Set<Integer> stages = ConcurrentHashMap.newKeySet();
+    private volatile String cause;
+
+    CorruptInputs(String group, SparkContext sc) {
+        this.group = group;
+        this.sc = sc;
+    }
+
+    @Override
+    public void onJobStart(SparkListenerJobStart job) {
+        if (job.properties() != null && group.equals(job.properties().getProperty("spark.jobGroup.id"))) {
+            scala.jdk.javaapi.CollectionConverters.asJava(job.stageIds()).forEach(id -> stages.add((Integer) id));
+        }
+    }
+
+    @Override
+    public void onTaskEnd(SparkListenerTaskEnd end) {
+        if (cause == null && stages.contains(end.stageId()) && end.reason() instanceof ExceptionFailure f
+                && f.className().equals(CorruptInputException.class.getName())) {
+            cause = f.description();
+            sc.cancelJobGroup(group, "a corrupt input fails every attempt alike: " + cause);
+        }
+    }
+
+    /** The corrupt input's error, once a task has reported one. */
+    Optional<String> cause() {
+        return Optional.ofNullable(cause);
+    }
+}
