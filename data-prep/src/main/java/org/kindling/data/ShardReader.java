@@ -1,6 +1,5 @@
 package org.kindling.data;
 
-import java.io.EOFException;
 import java.io.IOException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -134,19 +133,24 @@ public final class ShardReader implements AutoCloseable {
         ArrowBlock block = blocks.get(i);
         long bodyStart = block.getOffset() + block.getMetadataLength();
         if (block.getOffset() < 0 || block.getBodyLength() < 0 || bodyStart + block.getBodyLength() > channel.size()) {
-            throw new IOException(source + ": record batch " + i + " lies outside the file");
+            throw new CorruptShardException(source + ": record batch " + i + " lies outside the file", null);
         }
         channel.position(block.getOffset());
-        MessageMetadataResult meta = MessageSerializer.readMessage(new ReadChannel(channel));
+        MessageMetadataResult meta;
+        try {
+            meta = MessageSerializer.readMessage(new ReadChannel(channel));
+        } catch (RuntimeException e) {
+            throw new CorruptShardException(source + ": record batch " + i + " has an unreadable header: " + e.getMessage(), e);
+        }
         if (meta == null || meta.headerType() != MessageHeader.RecordBatch) {
-            throw new IOException(source + ": record batch " + i + " has no record batch header");
+            throw new CorruptShardException(source + ": record batch " + i + " has no record batch header", null);
         }
         RecordBatch header = (RecordBatch) meta.getMessage().header(new RecordBatch());
         if (header.compression() != null) {
-            throw new IOException(source + ": record batch " + i + " is compressed, which Kindling shards never are");
+            throw new CorruptShardException(source + ": record batch " + i + " is compressed, which Kindling shards never are", null);
         }
         if (header.buffersLength() <= Math.max(docIdBuffer, valuesBuffer)) {
-            throw new IOException(source + ": record batch " + i + " has " + header.buffersLength() + " buffers, too few");
+            throw new CorruptShardException(source + ": record batch " + i + " has " + header.buffersLength() + " buffers, too few", null);
         }
         long rows = header.length();
         ByteBuffer offsetBytes = readBuffer(i, header, offsetsBuffer, bodyStart, block, (rows + 1) * Integer.BYTES);
@@ -157,7 +161,7 @@ public final class ShardReader implements AutoCloseable {
         for (int d = 0; d <= rows; d++) {
             offsets[d] = offsetBytes.getInt();
             if (offsets[d] < (d == 0 ? 0 : offsets[d - 1]) || offsets[d] > values) {
-                throw new IOException(source + ": record batch " + i + " has a bad token offset at document " + d);
+                throw new CorruptShardException(source + ": record batch " + i + " has a bad token offset at document " + d, null);
             }
         }
         for (int d = 0; d < rows; d++) {
@@ -172,8 +176,8 @@ public final class ShardReader implements AutoCloseable {
         long offset = header.buffers(b).offset();
         long length = header.buffers(b).length();
         if (offset < 0 || length < need || offset + length > block.getBodyLength() || need > Integer.MAX_VALUE) {
-            throw new IOException(source + ": record batch " + i + " buffer " + b + " (" + length + " bytes at " + offset
-                    + ") does not hold its " + need + " bytes inside the " + block.getBodyLength() + "-byte body");
+            throw new CorruptShardException(source + ": record batch " + i + " buffer " + b + " (" + length + " bytes at " + offset
+                    + ") does not hold its " + need + " bytes inside the " + block.getBodyLength() + "-byte body", null);
         }
         return read(bodyStart + offset, (int) need);
     }
@@ -191,7 +195,7 @@ public final class ShardReader implements AutoCloseable {
         channel.position(position);
         while (buf.hasRemaining()) {
             if (channel.read(buf) < 0) {
-                throw new EOFException(source + ": ends before byte " + (position + n));
+                throw new CorruptShardException(source + ": ends before byte " + (position + n) + " (truncated?)", null);
             }
         }
         return buf.flip();
