@@ -35,6 +35,27 @@ public interface Backend {
     /** Copies an I32 tensor into {@code dst}. */
     void copyToHost(int[] dst, Tensor src);
 
+    /**
+     * Copies host doubles into a floating tensor. A device that stores F32 rounds each value to
+     * float (BF16: further to bfloat16); the reference device keeps them exactly.
+     */
+    default void copyFromHost(Tensor dst, double[] src) {
+        float[] f = new float[src.length];
+        for (int i = 0; i < src.length; i++) {
+            f[i] = (float) src[i];
+        }
+        copyFromHost(dst, f);
+    }
+
+    /** Copies a floating tensor into host doubles, exactly: what the device holds, widened. */
+    default void copyToHost(double[] dst, Tensor src) {
+        float[] f = new float[dst.length];
+        copyToHost(f, src);
+        for (int i = 0; i < f.length; i++) {
+            dst[i] = f[i];
+        }
+    }
+
     // ---- data movement ----
 
     /** Sets every element to {@code value}. */

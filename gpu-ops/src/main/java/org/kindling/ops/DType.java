@@ -2,7 +2,10 @@ package org.kindling.ops;
 
 /** Element types a {@link Tensor} can hold. */
 public enum DType {
-    /** 32-bit IEEE float: activations, weights, gradients and optimizer state. */
+    /**
+     * 32-bit IEEE float: activations, weights, gradients and optimizer state. The floating type
+     * layers allocate; on the reference device ({@link Device#reference}) it is held in double.
+     */
     F32(4),
     /** 32-bit signed integer: token ids, targets, sequence offsets. */
     I32(4),

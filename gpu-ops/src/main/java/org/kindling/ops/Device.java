@@ -5,6 +5,7 @@ import java.util.Collections;
 import java.util.IdentityHashMap;
 import java.util.Set;
 import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * A compute device: it allocates {@link Tensor}s, runs kernels through its {@link Backend}, and
@@ -12,8 +13,8 @@ import org.kindling.ops.cpu.CpuDevice;
  * so a test that closes its device proves it leaked nothing.
  */
 public abstract class Device implements AutoCloseable {
-    /** Where a device's memory lives. */
-    public enum Kind { CPU, CUDA }
+    /** What kind of device: a host CPU, a CUDA GPU, or the fp64 reference ({@link #reference}). */
+    public enum Kind { CPU, CUDA, REFERENCE }
 
     private final Set<Tensor> live = Collections.synchronizedSet(Collections.newSetFromMap(new IdentityHashMap<>()));
     private long liveBytes;
@@ -28,6 +29,15 @@ public abstract class Device implements AutoCloseable {
     /** A CPU device with one thread per core this process may use. */
     public static CpuDevice cpu() {
         return new CpuDevice(Runtime.getRuntime().availableProcessors());
+    }
+
+    /**
+     * The fp64 reference device: floating tensors (dtype F32) are held and computed in double, and
+     * every kernel is the {@link Reference} twin, single-threaded. Layers run on it unchanged, so
+     * their gradients can be checked by finite differences in double precision. Slow; for tests.
+     */
+    public static ReferenceDevice reference() {
+        return new ReferenceDevice();
     }
 
     public abstract Kind kind();
@@ -129,6 +139,10 @@ public abstract class Device implements AutoCloseable {
 
     @Override
     public String toString() {
-        return kind() == Kind.CPU ? "cpu" : "cuda:" + ordinal();
+        return switch (kind()) {
+            case CPU -> "cpu";
+            case CUDA -> "cuda:" + ordinal();
+            case REFERENCE -> "reference";
+        };
     }
 }

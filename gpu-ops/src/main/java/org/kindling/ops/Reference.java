@@ -2,7 +2,9 @@ package org.kindling.ops;
 
 /**
  * Plain reference twins of every {@link Backend} kernel: simple loops over host arrays in double
- * precision, written for obviousness rather than speed. Tests compare each backend to these.
+ * precision, written for obviousness rather than speed. Tests compare each backend to these, and
+ * the reference device ({@link Device#reference()}) runs them as its kernels. Inputs are doubles,
+ * so the twins compute in double end to end; fp32 test data goes in through {@link #widen}.
  * Shapes follow {@link Backend}: row-wise kernels take {@code [N, C]} as {@code n} rows of
  * {@code c} values. Outputs are fresh arrays; "backward" twins return the gradient itself, not an
  * accumulation.
@@ -11,8 +13,17 @@ public final class Reference {
     private Reference() {
     }
 
+    /** The values of {@code x} as doubles (exact): fp32 data for the twins. */
+    public static double[] widen(float[] x) {
+        double[] out = new double[x.length];
+        for (int i = 0; i < x.length; i++) {
+            out[i] = x[i];
+        }
+        return out;
+    }
+
     /** Row-major C[M,N] = alpha·op(A)·op(B) + beta·C for one matrix of a {@link Gemm} layout. */
-    public static double[] gemm(Gemm g, float[] c, int oc, float[] a, int oa, float[] b, int ob) {
+    public static double[] gemm(Gemm g, double[] c, int oc, double[] a, int oa, double[] b, int ob) {
         double[] out = new double[g.m() * g.n()];
         for (int i = 0; i < g.m(); i++) {
             for (int j = 0; j < g.n(); j++) {
@@ -29,7 +40,7 @@ public final class Reference {
         return out;
     }
 
-    public static double[] unary(UnaryOp op, float[] x) {
+    public static double[] unary(UnaryOp op, double[] x) {
         double[] out = new double[x.length];
         for (int i = 0; i < x.length; i++) {
             out[i] = op.apply(x[i]);
@@ -38,7 +49,7 @@ public final class Reference {
     }
 
     /** b has a's length, or the length of a's rows (broadcast). */
-    public static double[] binary(BinaryOp op, float[] a, float[] b) {
+    public static double[] binary(BinaryOp op, double[] a, double[] b) {
         double[] out = new double[a.length];
         for (int i = 0; i < a.length; i++) {
             out[i] = op.apply(a[i], b[i % b.length]);
@@ -46,7 +57,7 @@ public final class Reference {
         return out;
     }
 
-    public static double[] reduceRows(ReduceOp op, float[] x, int n, int c) {
+    public static double[] reduceRows(ReduceOp op, double[] x, int n, int c) {
         double[] out = new double[n];
         for (int r = 0; r < n; r++) {
             double acc = op == ReduceOp.MAX ? Double.NEGATIVE_INFINITY : 0;
@@ -60,7 +71,7 @@ public final class Reference {
     }
 
     /** Σ over rows of x[N, C]: the column sums, length C. */
-    public static double[] columnSums(float[] x, int n, int c) {
+    public static double[] columnSums(double[] x, int n, int c) {
         double[] out = new double[c];
         for (int r = 0; r < n; r++) {
             for (int j = 0; j < c; j++) {
@@ -70,15 +81,15 @@ public final class Reference {
         return out;
     }
 
-    public static double sumOfSquares(float[] x) {
+    public static double sumOfSquares(double[] x) {
         double s = 0;
-        for (float v : x) {
-            s += (double) v * v;
+        for (double v : x) {
+            s += v * v;
         }
         return s;
     }
 
-    public static double[] softmax(float[] x, int n, int c) {
+    public static double[] softmax(double[] x, int n, int c) {
         double[] y = new double[n * c];
         for (int r = 0; r < n; r++) {
             double max = Double.NEGATIVE_INFINITY;
@@ -100,8 +111,12 @@ public final class Reference {
     }
 
     /** dx = y ⊙ (dy − Σ dy·y), y = softmax(x). */
-    public static double[] softmaxBackward(float[] dy, float[] x, int n, int c) {
-        double[] y = softmax(x, n, c);
+    public static double[] softmaxBackward(double[] dy, double[] x, int n, int c) {
+        return softmaxBackwardFromOutput(dy, softmax(x, n, c), n, c);
+    }
+
+    /** dx = y ⊙ (dy − Σ dy·y) from the softmax output y itself, as {@link Backend#softmaxBackward} takes it. */
+    public static double[] softmaxBackwardFromOutput(double[] dy, double[] y, int n, int c) {
         double[] dx = new double[n * c];
         for (int r = 0; r < n; r++) {
             double dot = 0;
@@ -116,7 +131,7 @@ public final class Reference {
     }
 
     /** Returns {out[N·C], mean[N], rstd[N]}. */
-    public static double[][] layerNorm(float[] x, float[] w, float[] b, int n, int c, double eps) {
+    public static double[][] layerNorm(double[] x, double[] w, double[] b, int n, int c, double eps) {
         double[] out = new double[n * c];
         double[] mean = new double[n];
         double[] rstd = new double[n];
@@ -141,19 +156,25 @@ public final class Reference {
     }
 
     /** Returns {dx[N·C], dweight[C], dbias[C]}. */
-    public static double[][] layerNormBackward(float[] dy, float[] x, float[] w, int n, int c, double eps) {
-        double[][] fwd = layerNorm(x, w, new float[c], n, c, eps);
+    public static double[][] layerNormBackward(double[] dy, double[] x, double[] w, int n, int c, double eps) {
+        double[][] fwd = layerNorm(x, w, new double[c], n, c, eps);
+        return layerNormBackward(dy, x, w, fwd[1], fwd[2], n, c);
+    }
+
+    /** Returns {dx[N·C], dweight[C], dbias[C]} from the statistics the forward saved, as {@link Backend#layerNormBackward} takes them. */
+    public static double[][] layerNormBackward(double[] dy, double[] x, double[] w, double[] mean, double[] rstd, int n,
+                                               int c) {
         double[] dx = new double[n * c];
         double[] dw = new double[c];
         double[] db = new double[c];
         for (int r = 0; r < n; r++) {
-            double mu = fwd[1][r];
-            double rs = fwd[2][r];
+            double mu = mean[r];
+            double rs = rstd[r];
             double meanDn = 0;
             double meanDnX = 0;
             for (int j = 0; j < c; j++) {
                 double xhat = (x[r * c + j] - mu) * rs;
-                double dn = (double) w[j] * dy[r * c + j];
+                double dn = w[j] * dy[r * c + j];
                 meanDn += dn / c;
                 meanDnX += dn * xhat / c;
                 dw[j] += dy[r * c + j] * xhat;
@@ -161,20 +182,20 @@ public final class Reference {
             }
             for (int j = 0; j < c; j++) {
                 double xhat = (x[r * c + j] - mu) * rs;
-                dx[r * c + j] = ((double) w[j] * dy[r * c + j] - meanDn - xhat * meanDnX) * rs;
+                dx[r * c + j] = (w[j] * dy[r * c + j] - meanDn - xhat * meanDnX) * rs;
             }
         }
         return new double[][] {dx, dw, db};
     }
 
     /** Returns {out[N·C], rstd[N]}. */
-    public static double[][] rmsNorm(float[] x, float[] w, int n, int c, double eps) {
+    public static double[][] rmsNorm(double[] x, double[] w, int n, int c, double eps) {
         double[] out = new double[n * c];
         double[] rstd = new double[n];
         for (int r = 0; r < n; r++) {
             double ss = 0;
             for (int j = 0; j < c; j++) {
-                ss += (double) x[r * c + j] * x[r * c + j];
+                ss += x[r * c + j] * x[r * c + j];
             }
             double rs = 1 / Math.sqrt(ss / c + eps);
             for (int j = 0; j < c; j++) {
@@ -186,8 +207,12 @@ public final class Reference {
     }
 
     /** Returns {dx[N·C], dweight[C]}. */
-    public static double[][] rmsNormBackward(float[] dy, float[] x, float[] w, int n, int c, double eps) {
-        double[] rstd = rmsNorm(x, w, n, c, eps)[1];
+    public static double[][] rmsNormBackward(double[] dy, double[] x, double[] w, int n, int c, double eps) {
+        return rmsNormBackward(dy, x, w, rmsNorm(x, w, n, c, eps)[1], n, c);
+    }
+
+    /** Returns {dx[N·C], dweight[C]} from the rstd the forward saved, as {@link Backend#rmsNormBackward} takes it. */
+    public static double[][] rmsNormBackward(double[] dy, double[] x, double[] w, double[] rstd, int n, int c) {
         double[] dx = new double[n * c];
         double[] dw = new double[c];
         for (int r = 0; r < n; r++) {
@@ -195,12 +220,12 @@ public final class Reference {
             double meanDnX = 0;
             for (int j = 0; j < c; j++) {
                 double xhat = x[r * c + j] * rs;
-                meanDnX += (double) w[j] * dy[r * c + j] * xhat / c;
+                meanDnX += w[j] * dy[r * c + j] * xhat / c;
                 dw[j] += dy[r * c + j] * xhat;
             }
             for (int j = 0; j < c; j++) {
                 double xhat = x[r * c + j] * rs;
-                dx[r * c + j] = ((double) w[j] * dy[r * c + j] - xhat * meanDnX) * rs;
+                dx[r * c + j] = (w[j] * dy[r * c + j] - xhat * meanDnX) * rs;
             }
         }
         return new double[][] {dx, dw};
@@ -209,7 +234,7 @@ public final class Reference {
     private static final double GELU_SCALE = Math.sqrt(2 / Math.PI);
 
     /** GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
-    public static double[] gelu(float[] x) {
+    public static double[] gelu(double[] x) {
         double[] out = new double[x.length];
         for (int i = 0; i < x.length; i++) {
             double v = x[i];
@@ -218,7 +243,7 @@ public final class Reference {
         return out;
     }
 
-    public static double[] geluBackward(float[] dy, float[] x) {
+    public static double[] geluBackward(double[] dy, double[] x) {
         double[] dx = new double[x.length];
         for (int i = 0; i < x.length; i++) {
             double v = x[i];
@@ -229,7 +254,7 @@ public final class Reference {
         return dx;
     }
 
-    public static double[] embedding(int[] ids, float[] table, int c) {
+    public static double[] embedding(int[] ids, double[] table, int c) {
         double[] out = new double[ids.length * c];
         for (int r = 0; r < ids.length; r++) {
             for (int j = 0; j < c; j++) {
@@ -240,7 +265,7 @@ public final class Reference {
     }
 
     /** dtable[V·C] from dout[N·C]. */
-    public static double[] embeddingBackward(float[] dout, int[] ids, int vocab, int c) {
+    public static double[] embeddingBackward(double[] dout, int[] ids, int vocab, int c) {
         double[] dt = new double[vocab * c];
         for (int r = 0; r < ids.length; r++) {
             for (int j = 0; j < c; j++) {
@@ -251,7 +276,7 @@ public final class Reference {
     }
 
     /** Per-row losses[N]; 0 where the target is {@code ignoreIndex}. */
-    public static double[] crossEntropy(float[] logits, int[] targets, int n, int v, int ignoreIndex) {
+    public static double[] crossEntropy(double[] logits, int[] targets, int n, int v, int ignoreIndex) {
         double[] loss = new double[n];
         double[] p = softmax(logits, n, v);
         for (int r = 0; r < n; r++) {
@@ -261,7 +286,7 @@ public final class Reference {
     }
 
     /** dlogits[N·V] = (softmax − onehot)·scale; zero rows where the target is ignored. */
-    public static double[] crossEntropyBackward(float[] logits, int[] targets, int n, int v, int ignoreIndex,
+    public static double[] crossEntropyBackward(double[] logits, int[] targets, int n, int v, int ignoreIndex,
                                                 double scale) {
         double[] p = softmax(logits, n, v);
         double[] d = new double[n * v];
@@ -277,7 +302,7 @@ public final class Reference {
     }
 
     /** Returns {params, m, v} after one AdamW step (PyTorch's update order). */
-    public static double[][] adamW(float[] params, float[] grads, float[] m, float[] v, AdamW s) {
+    public static double[][] adamW(double[] params, double[] grads, double[] m, double[] v, AdamW s) {
         int n = params.length;
         double[] po = new double[n];
         double[] mo = new double[n];
@@ -285,9 +310,9 @@ public final class Reference {
         double bc1 = 1 - Math.pow(s.beta1(), s.step());
         double bc2 = 1 - Math.pow(s.beta2(), s.step());
         for (int i = 0; i < n; i++) {
-            double g = (double) grads[i] * s.gradScale();
-            mo[i] = s.beta1() * (double) m[i] + (1 - (double) s.beta1()) * g;
-            vo[i] = s.beta2() * (double) v[i] + (1 - (double) s.beta2()) * g * g;
+            double g = grads[i] * s.gradScale();
+            mo[i] = s.beta1() * m[i] + (1 - (double) s.beta1()) * g;
+            vo[i] = s.beta2() * v[i] + (1 - (double) s.beta2()) * g * g;
             double update = (mo[i] / bc1) / (Math.sqrt(vo[i] / bc2) + s.eps());
             po[i] = params[i] * (1 - (double) s.lr() * s.weightDecay()) - s.lr() * update;
         }
@@ -298,7 +323,7 @@ public final class Reference {
      * Attention with materialized scores in double: returns {out[Tq·NH·HS], lse[NH·Tq]} for packed
      * q[Tq, NH, HS], k and v[Tk, NKV, HS]. A query that attends no key gets out 0 and lse −∞.
      */
-    public static double[][] attention(Attention a, float[] q, float[] k, float[] v, int[] cuQ, int[] cuK) {
+    public static double[][] attention(Attention a, double[] q, double[] k, double[] v, int[] cuQ, int[] cuK) {
         int nh = a.heads();
         int hs = a.headDim();
         int nkv = a.kvHeads();
@@ -348,7 +373,7 @@ public final class Reference {
     }
 
     /** Scaled scores of query row qi against every key of a sequence; −∞ where not attended. */
-    private static double[] scores(Attention a, float[] q, int qi, float[] k, int k0, int g, int nkv, int i, int lq, int lk) {
+    private static double[] scores(Attention a, double[] q, int qi, double[] k, int k0, int g, int nkv, int i, int lq, int lk) {
         int hs = a.headDim();
         double[] s = new double[lk];
         for (int j = 0; j < lk; j++) {
@@ -359,7 +384,7 @@ public final class Reference {
             int kj = ((k0 + j) * nkv + g) * hs;
             double dot = 0;
             for (int d = 0; d < hs; d++) {
-                dot += (double) q[qi + d] * k[kj + d];
+                dot += q[qi + d] * k[kj + d];
             }
             s[j] = a.softmaxScale() * dot;
         }
@@ -367,7 +392,7 @@ public final class Reference {
     }
 
     /** Gradients of {@link #attention} for upstream dout: returns {dq, dk, dv} shaped like q, k, v. */
-    public static double[][] attentionBackward(Attention a, float[] dout, float[] q, float[] k, float[] v, int[] cuQ,
+    public static double[][] attentionBackward(Attention a, double[] dout, double[] q, double[] k, double[] v, int[] cuQ,
                                                int[] cuK) {
         int nh = a.heads();
         int hs = a.headDim();
@@ -391,7 +416,7 @@ public final class Reference {
                     for (int j = 0; j < lk; j++) {
                         int vj = ((cuK[b] + j) * nkv + g) * hs;
                         for (int d = 0; d < hs; d++) {
-                            dp[j] += (double) dout[qi + d] * v[vj + d];
+                            dp[j] += dout[qi + d] * v[vj + d];
                         }
                         rowDot += p[j] * dp[j];
                     }
@@ -414,7 +439,7 @@ public final class Reference {
     }
 
     /** x ⊙ keep / (1 − p). */
-    public static double[] dropout(float[] x, float p, long seed) {
+    public static double[] dropout(double[] x, float p, long seed) {
         double[] out = new double[x.length];
         for (int i = 0; i < x.length; i++) {
             out[i] = DropoutMask.keeps(seed, i, p) ? x[i] / (1.0 - p) : 0;

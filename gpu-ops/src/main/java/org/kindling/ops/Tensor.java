@@ -8,7 +8,7 @@ import java.util.Arrays;
  * <p>A tensor either owns its storage (made by {@link Device#allocate}) or is a view into an
  * owner's storage ({@link #view}, {@link #reshape}). Closing the owner frees the memory and makes
  * every view unusable; closing a view does nothing. Element access happens only through explicit
- * host copies ({@link #copyFrom}, {@link #toFloatArray}) and backend kernels, so the same layer
+ * host copies ({@link #copyFrom}, {@link #toFloatArray}, {@link #toDoubleArray}) and backend kernels, so the same layer
  * code runs on any backend.
  */
 public final class Tensor implements AutoCloseable {
@@ -120,6 +120,13 @@ public final class Tensor implements AutoCloseable {
         return this;
     }
 
+    /** Copies host doubles into this F32 or BF16 tensor, rounded to what the device stores (see {@link Device#reference}). */
+    public Tensor copyFrom(double[] src) {
+        checkOpen();
+        device.backend().copyFromHost(this, src);
+        return this;
+    }
+
     /** Copies host ints into this I32 tensor. */
     public Tensor copyFrom(int[] src) {
         checkOpen();
@@ -131,6 +138,14 @@ public final class Tensor implements AutoCloseable {
     public float[] toFloatArray() {
         checkOpen();
         float[] out = new float[numel];
+        device.backend().copyToHost(out, this);
+        return out;
+    }
+
+    /** The elements of this F32 or BF16 tensor as host doubles: exact, in the precision the device holds. */
+    public double[] toDoubleArray() {
+        checkOpen();
+        double[] out = new double[numel];
         device.backend().copyToHost(out, this);
         return out;
     }

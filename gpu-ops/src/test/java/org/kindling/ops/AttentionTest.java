@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.kindling.ops.Reference.widen;
 
 import java.util.ArrayList;
 import java.util.List;
@@ -116,8 +117,8 @@ class AttentionTest {
         float[] k = gaussian(seed + 1, tk * a.kvHeads() * a.headDim());
         float[] v = gaussian(seed + 2, tk * a.kvHeads() * a.headDim());
         float[] dout = gaussian(seed + 3, q.length);
-        double[][] ref = Reference.attention(a, q, k, v, cuQ, cuK);
-        double[][] grad = Reference.attentionBackward(a, dout, q, k, v, cuQ, cuK);
+        double[][] ref = Reference.attention(a, widen(q), widen(k), widen(v), cuQ, cuK);
+        double[][] grad = Reference.attentionBackward(a, widen(dout), widen(q), widen(k), widen(v), cuQ, cuK);
         Run f = fused(dev, a, q, k, v, dout, cuQ, cuK);
         Run n = naive(a, q, k, v, dout, cuQ, cuK);
         assertOracle("out", ref[0], f.out(), n.out(), 2);

@@ -3,6 +3,7 @@ package org.kindling.ops;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.kindling.ops.Reference.widen;
 
 import java.util.ArrayList;
 import java.util.List;
@@ -47,7 +48,7 @@ class ElementwiseTest {
         float[] x = positive ? Check.uniform(n, n, 0.05, 4) : Check.uniform(n, n, -4, 4);
         try (Tensor tx = dev.fromFloats(x, n); Tensor out = dev.allocate(DType.F32, n)) {
             be.unary(op, out, tx);
-            Check.close(op.name(), Reference.unary(op, x), out.toFloatArray(), 2e-6);
+            Check.close(op.name(), Reference.unary(op, widen(x)), out.toFloatArray(), 2e-6);
             be.unary(op, tx, tx);
             assertArrayEquals(out.toFloatArray(), tx.toFloatArray(), "in place");
         }
@@ -94,7 +95,7 @@ class ElementwiseTest {
         try (Tensor ta = dev.fromFloats(a, rows, cols); Tensor tb = dev.fromFloats(b, b.length);
              Tensor out = dev.allocate(DType.F32, rows, cols)) {
             be.binary(op, out, ta, tb);
-            Check.close(op.name(), Reference.binary(op, a, b), out.toFloatArray(), 2e-6);
+            Check.close(op.name(), Reference.binary(op, widen(a), widen(b)), out.toFloatArray(), 2e-6);
             be.binary(op, ta, ta, tb);
             assertArrayEquals(out.toFloatArray(), ta.toFloatArray(), "in place");
         }
@@ -123,7 +124,7 @@ class ElementwiseTest {
         float[] x = Check.uniform(6, rows * cols);
         try (Tensor tx = dev.fromFloats(x, rows, cols); Tensor out = dev.allocate(DType.F32, rows)) {
             be.reduceRows(op, out, tx);
-            Check.close(op.name(), Reference.reduceRows(op, x, rows, cols), out.toFloatArray(), 1e-6);
+            Check.close(op.name(), Reference.reduceRows(op, widen(x), rows, cols), out.toFloatArray(), 1e-6);
         }
     }
 
@@ -135,7 +136,7 @@ class ElementwiseTest {
         try (Tensor tx = dev.fromFloats(x, rows, cols); Tensor out = dev.fromFloats(prior, cols)) {
             be.addColumnSums(out, tx);
             // An fp32 sum of N terms: tolerance grows as √N.
-            Check.close("column sums", Check.plus(Reference.columnSums(x, rows, cols), prior), out.toFloatArray(),
+            Check.close("column sums", Check.plus(Reference.columnSums(widen(x), rows, cols), prior), out.toFloatArray(),
                     2e-6 * Math.sqrt(rows), 1e-6);
         }
     }
@@ -145,11 +146,11 @@ class ElementwiseTest {
         float[] a = Check.uniform(7, 97 * 1025);
         float[] b = Check.uniform(8, 59);
         try (Tensor ta = dev.fromFloats(a, a.length); Tensor tb = dev.fromFloats(b, b.length)) {
-            double want = Reference.sumOfSquares(a);
+            double want = Reference.sumOfSquares(widen(a));
             // Lanes sum at most 16 squares in fp32 before the double total: relative error <= 16·2^-24 (1e-6), against
             // ~n·2^-24 for a plain fp32 running sum of the same n = 99,425 squares.
             assertEquals(want, be.sumOfSquares(ta), want * 1e-6);
-            double norm = Math.sqrt(want + Reference.sumOfSquares(b));
+            double norm = Math.sqrt(want + Reference.sumOfSquares(widen(b)));
             assertEquals(norm, be.globalL2Norm(List.of(ta, tb)), norm * 1e-6);
         }
     }

@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.kindling.ops.Reference.widen;
 
 import java.util.ArrayList;
 import java.util.List;
@@ -48,7 +49,7 @@ class GemmTest {
         float[] absA = abs(a);
         float[] absB = abs(b);
         Gemm unit = g.scaled(Math.abs(g.alpha()), 0f);
-        double[] mag = Reference.gemm(unit, c, oc, absA, oa, absB, ob);
+        double[] mag = Reference.gemm(unit, widen(c), oc, widen(absA), oa, widen(absB), ob);
         for (int i = 0; i < mag.length; i++) {
             mag[i] = 1e-5 * mag[i] + 1e-6 + (g.beta() == 0f ? 0 : 1e-6 * Math.abs(g.beta() * c[oc + (i / g.n()) * g.ldc() + i % g.n()]));
         }
@@ -65,7 +66,7 @@ class GemmTest {
 
     /** Compares the M×N block of C laid out with ldc at offset oc. */
     static void assertGemm(String what, Gemm g, float[] a, int oa, float[] b, int ob, float[] c0, float[] c, int oc) {
-        double[] want = Reference.gemm(g, c0, oc, a, oa, b, ob);
+        double[] want = Reference.gemm(g, widen(c0), oc, widen(a), oa, widen(b), ob);
         double[] tol = bound(g, a, oa, b, ob, c0, oc);
         for (int i = 0; i < g.m(); i++) {
             for (int j = 0; j < g.n(); j++) {

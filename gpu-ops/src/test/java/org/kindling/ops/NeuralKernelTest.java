@@ -4,6 +4,7 @@ import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
+import static org.kindling.ops.Reference.widen;
 
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
@@ -42,9 +43,9 @@ class NeuralKernelTest {
         try (Tensor tx = dev.fromFloats(x, rows, cols); Tensor y = dev.allocate(DType.F32, rows, cols);
              Tensor tdy = dev.fromFloats(dy, rows, cols); Tensor dx = dev.fromFloats(prior, rows, cols)) {
             be.softmaxForward(y, tx);
-            Check.close("softmax", Reference.softmax(x, rows, cols), y.toFloatArray(), 1e-7, 1e-5);
+            Check.close("softmax", Reference.softmax(widen(x), rows, cols), y.toFloatArray(), 1e-7, 1e-5);
             be.softmaxBackward(dx, tdy, y);
-            Check.close("softmax dx", Check.plus(Reference.softmaxBackward(dy, x, rows, cols), prior),
+            Check.close("softmax dx", Check.plus(Reference.softmaxBackward(widen(dy), widen(x), rows, cols), prior),
                     dx.toFloatArray(), 1e-6, 1e-5);
         }
     }
@@ -67,12 +68,12 @@ class NeuralKernelTest {
              Tensor tdy = dev.fromFloats(dy, rows, cols); Tensor dx = dev.fromFloats(prior, rows, cols);
              Tensor dw = dev.fromFloats(priorW, cols); Tensor db = dev.fromFloats(priorB, cols)) {
             be.layerNormForward(out, mean, rstd, tx, tw, tb, eps);
-            double[][] ref = Reference.layerNorm(x, w, b, rows, cols, eps);
+            double[][] ref = Reference.layerNorm(widen(x), widen(w), widen(b), rows, cols, eps);
             Check.close("layerNorm out", ref[0], out.toFloatArray(), 1e-5, 1e-5);
             Check.close("layerNorm mean", ref[1], mean.toFloatArray(), 1e-6, 1e-6);
             Check.close("layerNorm rstd", ref[2], rstd.toFloatArray(), 1e-5, 1e-5);
             be.layerNormBackward(dx, dw, db, tdy, tx, tw, mean, rstd);
-            double[][] g = Reference.layerNormBackward(dy, x, w, rows, cols, eps);
+            double[][] g = Reference.layerNormBackward(widen(dy), widen(x), widen(w), rows, cols, eps);
             double gtol = cols == 1 ? 2e-2 : 1e-4; // C = 1: rstd = 1/√eps amplifies rounding
             Check.close("layerNorm dx", Check.plus(g[0], prior), dx.toFloatArray(), gtol, 1e-4);
             Check.close("layerNorm dweight", Check.plus(g[1], priorW), dw.toFloatArray(), 1e-4 * Math.sqrt(rows), 1e-4);
@@ -95,11 +96,11 @@ class NeuralKernelTest {
              Tensor tdy = dev.fromFloats(dy, rows, cols); Tensor dx = dev.fromFloats(prior, rows, cols);
              Tensor dw = dev.fromFloats(priorW, cols)) {
             be.rmsNormForward(out, rstd, tx, tw, eps);
-            double[][] ref = Reference.rmsNorm(x, w, rows, cols, eps);
+            double[][] ref = Reference.rmsNorm(widen(x), widen(w), rows, cols, eps);
             Check.close("rmsNorm out", ref[0], out.toFloatArray(), 1e-5, 1e-5);
             Check.close("rmsNorm rstd", ref[1], rstd.toFloatArray(), 1e-5, 1e-5);
             be.rmsNormBackward(dx, dw, tdy, tx, tw, rstd);
-            double[][] g = Reference.rmsNormBackward(dy, x, w, rows, cols, eps);
+            double[][] g = Reference.rmsNormBackward(widen(dy), widen(x), widen(w), rows, cols, eps);
             Check.close("rmsNorm dx", Check.plus(g[0], prior), dx.toFloatArray(), 1e-4, 1e-4);
             Check.close("rmsNorm dweight", Check.plus(g[1], priorW), dw.toFloatArray(), 1e-4 * Math.sqrt(rows), 1e-4);
         }
@@ -114,9 +115,9 @@ class NeuralKernelTest {
         try (Tensor tx = dev.fromFloats(x, n); Tensor out = dev.allocate(DType.F32, n);
              Tensor tdy = dev.fromFloats(dy, n); Tensor dx = dev.fromFloats(prior, n)) {
             be.geluForward(out, tx);
-            Check.close("gelu", Reference.gelu(x), out.toFloatArray(), 1e-6, 1e-6);
+            Check.close("gelu", Reference.gelu(widen(x)), out.toFloatArray(), 1e-6, 1e-6);
             be.geluBackward(dx, tdy, tx);
-            Check.close("gelu dx", Check.plus(Reference.geluBackward(dy, x), prior), dx.toFloatArray(), 1e-6, 1e-5);
+            Check.close("gelu dx", Check.plus(Reference.geluBackward(widen(dy), widen(x)), prior), dx.toFloatArray(), 1e-6, 1e-5);
         }
     }
 
@@ -132,9 +133,9 @@ class NeuralKernelTest {
              Tensor out = dev.allocate(DType.F32, tokens, cols); Tensor tdout = dev.fromFloats(dout, tokens, cols);
              Tensor dt = dev.fromFloats(prior, vocab, cols)) {
             be.embeddingForward(out, tids, tt);
-            Check.close("embedding", Reference.embedding(ids, table, cols), out.toFloatArray(), 0, 0);
+            Check.close("embedding", Reference.embedding(ids, widen(table), cols), out.toFloatArray(), 0, 0);
             be.embeddingBackward(dt, tdout, tids);
-            Check.close("embedding dtable", Check.plus(Reference.embeddingBackward(dout, ids, vocab, cols), prior),
+            Check.close("embedding dtable", Check.plus(Reference.embeddingBackward(widen(dout), ids, vocab, cols), prior),
                     dt.toFloatArray(), 1e-5, 1e-5);
         }
     }
@@ -161,8 +162,8 @@ class NeuralKernelTest {
         float scale = 1f / rows;
         try (Tensor tl = dev.fromFloats(logits, rows, vocab); Tensor tt = dev.fromInts(targets, rows);
              Tensor losses = dev.allocate(DType.F32, rows); Tensor dl = dev.fromFloats(Check.uniform(63, rows * vocab), rows, vocab)) {
-            double[] wantLoss = Reference.crossEntropy(logits, targets, rows, vocab, ignore);
-            double[] wantGrad = Reference.crossEntropyBackward(logits, targets, rows, vocab, ignore, scale);
+            double[] wantLoss = Reference.crossEntropy(widen(logits), targets, rows, vocab, ignore);
+            double[] wantGrad = Reference.crossEntropyBackward(widen(logits), targets, rows, vocab, ignore, scale);
             be.crossEntropyForward(losses, tl, tt, ignore);
             Check.close("loss", wantLoss, losses.toFloatArray(), 1e-5, 1e-5);
             be.fill(losses, 7f);
@@ -206,9 +207,9 @@ class NeuralKernelTest {
         try (Tensor tx = dev.fromFloats(x, n); Tensor out = dev.allocate(DType.F32, n); Tensor tdy = dev.fromFloats(dy, n);
              Tensor dx = dev.fromFloats(prior, n)) {
             be.dropoutForward(out, tx, p, 1234);
-            Check.close("dropout", Reference.dropout(x, p, 1234), out.toFloatArray(), 1e-7, 1e-6);
+            Check.close("dropout", Reference.dropout(widen(x), p, 1234), out.toFloatArray(), 1e-7, 1e-6);
             be.dropoutBackward(dx, tdy, p, 1234);
-            Check.close("dropout dx", Check.plus(Reference.dropout(dy, p, 1234), prior), dx.toFloatArray(), 1e-6, 1e-6);
+            Check.close("dropout dx", Check.plus(Reference.dropout(widen(dy), p, 1234), prior), dx.toFloatArray(), 1e-6, 1e-6);
             be.dropoutForward(tx, tx, 0f, 99);
             assertArrayEquals(x, tx.toFloatArray(), "p = 0 keeps everything");
         }
@@ -244,7 +245,7 @@ class NeuralKernelTest {
         try (Tensor tp = dev.fromFloats(p, n); Tensor tg = dev.fromFloats(g, n); Tensor tm = dev.fromFloats(m, n);
              Tensor tv = dev.fromFloats(v, n)) {
             be.adamW(tp, tg, tm, tv, step);
-            double[][] ref = Reference.adamW(p, g, m, v, step);
+            double[][] ref = Reference.adamW(widen(p), widen(g), widen(m), widen(v), step);
             Check.close("adamW params", ref[0], tp.toFloatArray(), 1e-6, 1e-5);
             Check.close("adamW m", ref[1], tm.toFloatArray(), 1e-7, 1e-5);
             Check.close("adamW v", ref[2], tv.toFloatArray(), 1e-9, 1e-5);

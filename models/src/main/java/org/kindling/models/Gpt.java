@@ -223,7 +223,7 @@ public final class Gpt implements AutoCloseable {
             dev.backend().crossEntropyForward(losses, logits, tt, TokenBatch.IGNORE);
         }
         double sum = 0;
-        for (float l : losses.toFloatArray()) {
+        for (double l : losses.toDoubleArray()) {
             sum += l;
         }
         return sum;

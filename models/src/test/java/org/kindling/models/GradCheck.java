@@ -6,16 +6,21 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.SplittableRandom;
 import java.util.function.DoubleSupplier;
+import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
 
 /**
- * Central finite differences in fp32 against a layer's backward. The loss L is summed in double
- * from fp32 outputs; the step h = 1e-2 keeps fp32 rounding of L below the tolerance, and the
- * tolerance |fd − analytic| ≤ 2e-2·max(|fd|, |analytic|) + 2e-3 is far below what a wrong or
- * missing term produces on the probed entries (the largest gradients of each tensor plus random ones).
+ * Central finite differences in double precision against a layer's backward, on the fp64
+ * reference device ({@link Device#reference}), where layers run unchanged with every tensor held
+ * in double. With h = 1e-5 the difference quotient errs by about h²·L''' + ε·Σ|terms of L|/h,
+ * around 1e-10 here, so the cap |fd − analytic| ≤ 1e-6·max(|fd|, |analytic|) + 1e-9 holds for a
+ * right gradient and fails for any wrong or missing term (those err by a fraction of the gradient
+ * itself). Every entry of every probed tensor is checked.
  */
 final class GradCheck {
-    private static final float H = 1e-2f;
+    private static final double H = 1e-5;
+    static final double RTOL = 1e-6;
+    static final double ATOL = 1e-9;
 
     /** A tensor to probe and the tensor its analytic gradient was accumulated into. */
     record Probe(String name, Tensor value, Tensor grad) {
@@ -29,32 +34,33 @@ final class GradCheck {
      * @param backward runs the backward, accumulating into zeroed gradient tensors
      */
     static void check(String what, DoubleSupplier loss, Runnable backward, List<Probe> probes) {
+        for (Probe p : probes) {
+            if (p.value().device().kind() != Device.Kind.REFERENCE) {
+                throw new IllegalArgumentException(what + ": " + p.name() + " is on " + p.value().device()
+                        + "; double-precision gradient checks run on Device.reference()");
+            }
+        }
         loss.getAsDouble();
         backward.run();
-        List<float[]> analytic = new ArrayList<>();
+        List<double[]> analytic = new ArrayList<>();
         for (Probe p : probes) {
-            analytic.add(p.grad().toFloatArray());
+            analytic.add(p.grad().toDoubleArray());
         }
-        SplittableRandom rnd = new SplittableRandom(17);
         int checked = 0;
         for (int pi = 0; pi < probes.size(); pi++) {
             Probe p = probes.get(pi);
-            float[] g = analytic.get(pi);
-            for (int idx : indices(g, rnd)) {
-                float[] v = p.value().toFloatArray();
-                float keep = v[idx];
-                v[idx] = keep + H;
-                p.value().copyFrom(v);
+            double[] g = analytic.get(pi);
+            double[] v = p.value().toDoubleArray();
+            for (int idx = 0; idx < v.length; idx++) {
+                Tensor entry = p.value().view(idx, 1);
+                entry.copyFrom(new double[] {v[idx] + H});
                 double plus = loss.getAsDouble();
-                v[idx] = keep - H;
-                p.value().copyFrom(v);
+                entry.copyFrom(new double[] {v[idx] - H});
                 double minus = loss.getAsDouble();
-                v[idx] = keep;
-                p.value().copyFrom(v);
-                double fd = (plus - minus) / ((double) (keep + H) - (double) (keep - H));
-                double an = g[idx];
-                if (!(Math.abs(fd - an) <= 2e-2 * Math.max(Math.abs(fd), Math.abs(an)) + 2e-3)) {
-                    fail(what + ": d/d" + p.name() + "[" + idx + "] analytic " + an + " vs finite difference " + fd);
+                entry.copyFrom(new double[] {v[idx]});
+                double fd = (plus - minus) / (2 * H);
+                if (!(Math.abs(fd - g[idx]) <= RTOL * Math.max(Math.abs(fd), Math.abs(g[idx])) + ATOL)) {
+                    fail(what + ": d/d" + p.name() + "[" + idx + "] analytic " + g[idx] + " vs finite difference " + fd);
                 }
                 checked++;
             }
@@ -64,46 +70,21 @@ final class GradCheck {
         }
     }
 
-    /** The two largest-magnitude entries and three random ones. */
-    private static List<Integer> indices(float[] g, SplittableRandom rnd) {
-        List<Integer> out = new ArrayList<>();
-        int best = -1;
-        int second = -1;
-        for (int i = 0; i < g.length; i++) {
-            if (best < 0 || Math.abs(g[i]) > Math.abs(g[best])) {
-                second = best;
-                best = i;
-            } else if (second < 0 || Math.abs(g[i]) > Math.abs(g[second])) {
-                second = i;
-            }
-        }
-        if (best >= 0) {
-            out.add(best);
-        }
-        if (second >= 0) {
-            out.add(second);
-        }
-        for (int i = 0; i < 3 && g.length > 0; i++) {
-            out.add(rnd.nextInt(g.length));
-        }
-        return out;
-    }
-
     /** Σ w·y in double: the probe loss for a layer output y and fixed random weights w. */
-    static double dot(Tensor y, float[] w) {
-        float[] v = y.toFloatArray();
+    static double dot(Tensor y, double[] w) {
+        double[] v = y.toDoubleArray();
         double s = 0;
         for (int i = 0; i < v.length; i++) {
-            s += (double) v[i] * w[i];
+            s += v[i] * w[i];
         }
         return s;
     }
 
-    static float[] uniform(long seed, int n, double scale) {
+    static double[] uniform(long seed, int n, double scale) {
         SplittableRandom r = new SplittableRandom(seed);
-        float[] x = new float[n];
+        double[] x = new double[n];
         for (int i = 0; i < n; i++) {
-            x[i] = (float) ((r.nextDouble() * 2 - 1) * scale);
+            x[i] = (r.nextDouble() * 2 - 1) * scale;
         }
         return x;
     }

@@ -2,20 +2,26 @@ package org.kindling.models;
 
 import java.util.ArrayList;
 import java.util.List;
+import java.util.function.BiConsumer;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
+import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
 
-/** Finite-difference gradient checks of every layer, on packed batches of awkward lengths. */
+/**
+ * Double-precision finite-difference gradient checks of every layer on the fp64 reference
+ * device, on packed batches of awkward lengths, every entry of the input and of every parameter
+ * (see {@link GradCheck} for the tolerance).
+ */
 class LayerGradientTest {
     private Device dev;
     private final List<AutoCloseable> open = new ArrayList<>();
 
     @BeforeEach
     void setUp() {
-        dev = Device.cpu(2);
+        dev = Device.reference();
     }
 
     @AfterEach
@@ -32,7 +38,14 @@ class LayerGradientTest {
     }
 
     private Tensor input(long seed, int t, int c) {
-        return keep(dev.fromFloats(GradCheck.uniform(seed, t * c, 1.0), t, c));
+        return keep(dev.allocate(DType.F32, t, c)).copyFrom(GradCheck.uniform(seed, t * c, 1.0));
+    }
+
+    /** Parameters built from {@code seed}, then every weight (biases and norm affines too) redrawn so each term matters. */
+    private Params params(Params.Builder pb, long seed, double scale) {
+        Params params = keep(pb.build(dev, seed));
+        params.values().copyFrom(GradCheck.uniform(seed + 1, params.count(), scale));
+        return params;
     }
 
     private List<GradCheck.Probe> probes(Params params, Tensor x, Tensor dx) {
@@ -45,14 +58,16 @@ class LayerGradientTest {
     }
 
     /** The shared harness: L = Σ w·layer(x). */
-    private void check(String what, Params params, Tensor x, Tensor y, Runnable forward, java.util.function.BiConsumer<Tensor, Tensor> backward) {
-        float[] w = GradCheck.uniform(99, y.numel(), 1.0);
-        Tensor dy = keep(dev.fromFloats(w, y.shape()));
-        Tensor dx = keep(dev.allocate(org.kindling.ops.DType.F32, x.shape()));
+    private void check(String what, Params params, Tensor x, Tensor y, Runnable forward, BiConsumer<Tensor, Tensor> backward) {
+        double[] w = GradCheck.uniform(99, y.numel(), 1.0);
+        Tensor dy = keep(dev.allocate(DType.F32, y.shape()));
+        Tensor dx = keep(dev.allocate(DType.F32, x.shape()));
         GradCheck.check(what, () -> {
             forward.run();
             return GradCheck.dot(y, w);
         }, () -> {
+            // Some layers consume dy (Block turns it into the residual gradient): hand over a fresh copy.
+            dy.copyFrom(w);
             dev.backend().fill(dx, 0f);
             params.zeroGrad();
             backward.accept(dx, dy);
@@ -63,21 +78,29 @@ class LayerGradientTest {
     void linear() {
         Params.Builder pb = new Params.Builder();
         Linear lin = new Linear(pb, "lin", 7, 5, true, 0.5);
-        Params params = keep(pb.build(dev, 1));
+        Params params = params(pb, 1, 0.5);
         Tensor x = input(2, 9, 7);
-        Tensor y = keep(dev.allocate(org.kindling.ops.DType.F32, 9, 5));
+        Tensor y = keep(dev.allocate(DType.F32, 9, 5));
         check("linear", params, x, y, () -> lin.forward(y, x), lin::backward);
+    }
+
+    @Test
+    void linearWithoutBiasOverwritingItsInputGradient() {
+        Params.Builder pb = new Params.Builder();
+        Linear lin = new Linear(pb, "lin", 6, 3, false, 0.5);
+        Params params = params(pb, 3, 0.5);
+        Tensor x = input(4, 5, 6);
+        Tensor y = keep(dev.allocate(DType.F32, 5, 3));
+        check("linear without bias", params, x, y, () -> lin.forward(y, x), lin::backwardOverwrite);
     }
 
     @Test
     void layerNorm() {
         Params.Builder pb = new Params.Builder();
         LayerNorm ln = keep(new LayerNorm(pb, new Buffers(dev), "ln", 11, 1e-5));
-        Params params = keep(pb.build(dev, 3));
-        // Perturb the affine parameters away from 1/0 so their gradients are exercised.
-        params.values().copyFrom(GradCheck.uniform(4, params.count(), 1.0));
+        Params params = params(pb, 3, 1.0);
         Tensor x = input(5, 6, 11);
-        Tensor y = keep(dev.allocate(org.kindling.ops.DType.F32, 6, 11));
+        Tensor y = keep(dev.allocate(DType.F32, 6, 11));
         check("layer norm", params, x, y, () -> ln.forward(y, x), ln::backward);
     }
 
@@ -85,9 +108,9 @@ class LayerGradientTest {
     void mlp() {
         Params.Builder pb = new Params.Builder();
         Mlp mlp = keep(new Mlp(pb, new Buffers(dev), "mlp", 6, 4, 0.4, 0.3));
-        Params params = keep(pb.build(dev, 6));
+        Params params = params(pb, 6, 0.6);
         Tensor x = input(7, 5, 6);
-        Tensor y = keep(dev.allocate(org.kindling.ops.DType.F32, 5, 6));
+        Tensor y = keep(dev.allocate(DType.F32, 5, 6));
         check("mlp", params, x, y, () -> mlp.forward(y, x), mlp::backward);
     }
 
@@ -110,25 +133,41 @@ class LayerGradientTest {
         ModelConfig cfg = config(8, 4, 2);
         Params.Builder pb = new Params.Builder();
         CausalSelfAttention attn = keep(new CausalSelfAttention(pb, new Buffers(dev), "attn", cfg, 0.5, 0.5));
-        Params params = keep(pb.build(dev, 8));
+        Params params = params(pb, 8, 0.7);
         Seqs s = seqs(1, 7, 3);
         Tensor x = input(9, 11, 8);
-        Tensor y = keep(dev.allocate(org.kindling.ops.DType.F32, 11, 8));
+        Tensor y = keep(dev.allocate(DType.F32, 11, 8));
         check("attention", params, x, y, () -> attn.forward(y, x, s), (dx, dy) -> attn.backward(dx, dy, s));
+    }
+
+    private Block block(Params.Builder pb, ModelConfig cfg) {
+        return keep(new Block(new LayerNorm(pb, new Buffers(dev), "ln_1", 8, 1e-5),
+                new CausalSelfAttention(pb, new Buffers(dev), "attn", cfg, 0.5, 0.5),
+                new LayerNorm(pb, new Buffers(dev), "ln_2", 8, 1e-5),
+                new Mlp(pb, new Buffers(dev), "mlp", 8, 2, 0.5, 0.5), 8, new Buffers(dev)));
     }
 
     @Test
     void block() {
-        ModelConfig cfg = config(8, 2, 2);
         Params.Builder pb = new Params.Builder();
-        Block block = keep(new Block(new LayerNorm(pb, new Buffers(dev), "ln_1", 8, 1e-5),
-                new CausalSelfAttention(pb, new Buffers(dev), "attn", cfg, 0.5, 0.5),
-                new LayerNorm(pb, new Buffers(dev), "ln_2", 8, 1e-5),
-                new Mlp(pb, new Buffers(dev), "mlp", 8, 2, 0.5, 0.5), 8, new Buffers(dev)));
-        Params params = keep(pb.build(dev, 10));
+        Block block = block(pb, config(8, 2, 2));
+        Params params = params(pb, 10, 0.7);
         Seqs s = seqs(5, 4);
         Tensor x = input(11, 9, 8);
-        Tensor y = keep(dev.allocate(org.kindling.ops.DType.F32, 9, 8));
+        Tensor y = keep(dev.allocate(DType.F32, 9, 8));
         check("block", params, x, y, () -> block.forward(y, x, s), (dx, dy) -> block.backward(dx, dy, s));
+    }
+
+    @Test
+    void blockWithResidualDropout() {
+        // The masks are a function of the seed, so the loss stays a deterministic function of x and the weights.
+        Params.Builder pb = new Params.Builder();
+        Block block = block(pb, config(8, 4, 1));
+        block.dropout(0.3f, 1234);
+        Params params = params(pb, 12, 0.7);
+        Seqs s = seqs(2, 6, 1);
+        Tensor x = input(13, 9, 8);
+        Tensor y = keep(dev.allocate(DType.F32, 9, 8));
+        check("block with dropout", params, x, y, () -> block.forward(y, x, s), (dx, dy) -> block.backward(dx, dy, s));
     }
 }

@@ -1,5 +1,14 @@
 package org.kindling.ops.cpu;
 
+import static org.kindling.ops.KernelChecks.binaryPeriod;
+import static org.kindling.ops.KernelChecks.checkDropout;
+import static org.kindling.ops.KernelChecks.checkIds;
+import static org.kindling.ops.KernelChecks.checkSpan;
+import static org.kindling.ops.KernelChecks.checkTargets;
+import static org.kindling.ops.KernelChecks.numel;
+import static org.kindling.ops.KernelChecks.sameNumel;
+import static org.kindling.ops.KernelChecks.sameRows;
+
 import java.util.List;
 import org.kindling.ops.AdamW;
 import org.kindling.ops.Attention;
@@ -64,24 +73,6 @@ final class CpuBackend implements Backend {
 
     private static int[] i32(Tensor t, String what) {
         return storage(t, DType.I32, what).ints();
-    }
-
-    private static void sameNumel(Tensor a, String an, Tensor b, String bn) {
-        if (a.numel() != b.numel()) {
-            throw new IllegalArgumentException(an + " " + a + " and " + bn + " " + b + " differ in element count");
-        }
-    }
-
-    private static void numel(Tensor t, String what, int expected) {
-        if (t.numel() != expected) {
-            throw new IllegalArgumentException(what + " must have " + expected + " elements, got " + t);
-        }
-    }
-
-    private static void sameRows(Tensor t, String what, Tensor ref) {
-        if (t.rows() != ref.rows() || t.cols() != ref.cols()) {
-            throw new IllegalArgumentException(what + " " + t + " must be [" + ref.rows() + ", " + ref.cols() + "]");
-        }
     }
 
     // ---- host transfers ----
@@ -197,14 +188,6 @@ final class CpuBackend implements Backend {
     }
 
     // ---- matrix products ----
-
-    private static void checkSpan(Tensor t, String what, long span, long stride, int batch) {
-        long need = span == 0 ? 0 : (long) (batch - 1) * stride + span;
-        if (need > t.numel()) {
-            throw new IllegalArgumentException("gemm " + what + " " + t + " holds " + t.numel()
-                    + " elements but the layout needs " + need);
-        }
-    }
 
     @Override
     public void gemm(Gemm g, Tensor c, Tensor a, Tensor b) {
@@ -372,15 +355,7 @@ final class CpuBackend implements Backend {
     public void binary(BinaryOp op, Tensor out, Tensor a, Tensor b) {
         sameNumel(out, "out", a, "a");
         int n = a.numel();
-        int period;
-        if (b.numel() == n) {
-            period = n;
-        } else if (b.numel() == a.cols()) {
-            period = a.cols();
-        } else {
-            throw new IllegalArgumentException("binary " + op + ": b " + b + " must match a " + a
-                    + " or its last dimension (" + a.cols() + ")");
-        }
+        int period = binaryPeriod(op, a, b);
         float[] o = f32(out, "out");
         float[] av = f32(a, "a");
         float[] bv = f32(b, "b");
@@ -747,12 +722,6 @@ final class CpuBackend implements Backend {
 
     // ---- dropout ----
 
-    private static void checkDropout(float p) {
-        if (!(p >= 0 && p < 1)) {
-            throw new IllegalArgumentException("dropout probability must be in [0, 1), got " + p);
-        }
-    }
-
     @Override
     public void dropoutForward(Tensor out, Tensor x, float p, long seed) {
         checkDropout(p);
@@ -788,15 +757,6 @@ final class CpuBackend implements Backend {
     }
 
     // ---- embeddings ----
-
-    private static void checkIds(int[] ids, int off, int n, int vocab, String what) {
-        for (int i = 0; i < n; i++) {
-            int id = ids[off + i];
-            if (id < 0 || id >= vocab) {
-                throw new IllegalArgumentException(what + "[" + i + "] = " + id + " is outside [0, " + vocab + ")");
-            }
-        }
-    }
 
     @Override
     public void embeddingForward(Tensor out, Tensor ids, Tensor table) {
@@ -844,16 +804,6 @@ final class CpuBackend implements Backend {
     }
 
     // ---- loss ----
-
-    private static void checkTargets(int[] t, int off, int n, int vocab, int ignoreIndex) {
-        for (int i = 0; i < n; i++) {
-            int id = t[off + i];
-            if (id != ignoreIndex && (id < 0 || id >= vocab)) {
-                throw new IllegalArgumentException("cross-entropy targets[" + i + "] = " + id + " is outside [0, "
-                        + vocab + ") and is not the ignore index " + ignoreIndex);
-            }
-        }
-    }
 
     @Override
     public void crossEntropyForward(Tensor losses, Tensor logits, Tensor targets, int ignoreIndex) {

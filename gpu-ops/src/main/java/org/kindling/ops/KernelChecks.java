@@ -1,0 +1,80 @@
+package org.kindling.ops;
+
+/**
+ * Argument checks every {@link Backend} runs before a kernel, shared so that each backend rejects
+ * bad calls with the same message naming the argument and the reason.
+ */
+public final class KernelChecks {
+    private KernelChecks() {
+    }
+
+    public static void sameNumel(Tensor a, String an, Tensor b, String bn) {
+        if (a.numel() != b.numel()) {
+            throw new IllegalArgumentException(an + " " + a + " and " + bn + " " + b + " differ in element count");
+        }
+    }
+
+    public static void numel(Tensor t, String what, int expected) {
+        if (t.numel() != expected) {
+            throw new IllegalArgumentException(what + " must have " + expected + " elements, got " + t);
+        }
+    }
+
+    /** {@code t} must have {@code ref}'s rows and columns. */
+    public static void sameRows(Tensor t, String what, Tensor ref) {
+        if (t.rows() != ref.rows() || t.cols() != ref.cols()) {
+            throw new IllegalArgumentException(what + " " + t + " must be [" + ref.rows() + ", " + ref.cols() + "]");
+        }
+    }
+
+    /**
+     * Elements from one element-wise b value to the next for {@link Backend#binary}: a's element
+     * count (no broadcast) or a's last dimension (b is one row).
+     */
+    public static int binaryPeriod(BinaryOp op, Tensor a, Tensor b) {
+        if (b.numel() == a.numel()) {
+            return a.numel();
+        }
+        if (b.numel() == a.cols()) {
+            return a.cols();
+        }
+        throw new IllegalArgumentException("binary " + op + ": b " + b + " must match a " + a
+                + " or its last dimension (" + a.cols() + ")");
+    }
+
+    /** Each of the {@code n} ids from {@code off} must index a row of a {@code vocab}-row table. */
+    public static void checkIds(int[] ids, int off, int n, int vocab, String what) {
+        for (int i = 0; i < n; i++) {
+            int id = ids[off + i];
+            if (id < 0 || id >= vocab) {
+                throw new IllegalArgumentException(what + "[" + i + "] = " + id + " is outside [0, " + vocab + ")");
+            }
+        }
+    }
+
+    /** Cross-entropy targets: a class in [0, vocab) or the ignore index. */
+    public static void checkTargets(int[] t, int off, int n, int vocab, int ignoreIndex) {
+        for (int i = 0; i < n; i++) {
+            int id = t[off + i];
+            if (id != ignoreIndex && (id < 0 || id >= vocab)) {
+                throw new IllegalArgumentException("cross-entropy targets[" + i + "] = " + id + " is outside [0, "
+                        + vocab + ") and is not the ignore index " + ignoreIndex);
+            }
+        }
+    }
+
+    public static void checkDropout(float p) {
+        if (!(p >= 0 && p < 1)) {
+            throw new IllegalArgumentException("dropout probability must be in [0, 1), got " + p);
+        }
+    }
+
+    /** {@code t} must hold every element {@code batch} matrices of {@code span} elements, {@code stride} apart, reach. */
+    public static void checkSpan(Tensor t, String what, long span, long stride, int batch) {
+        long need = span == 0 ? 0 : (long) (batch - 1) * stride + span;
+        if (need > t.numel()) {
+            throw new IllegalArgumentException("gemm " + what + " " + t + " holds " + t.numel()
+                    + " elements but the layout needs " + need);
+        }
+    }
+}

@@ -1,0 +1,469 @@
+package org.kindling.ops.reference;
+
+import static org.kindling.ops.KernelChecks.binaryPeriod;
+import static org.kindling.ops.KernelChecks.checkDropout;
+import static org.kindling.ops.KernelChecks.checkIds;
+import static org.kindling.ops.KernelChecks.checkSpan;
+import static org.kindling.ops.KernelChecks.checkTargets;
+import static org.kindling.ops.KernelChecks.numel;
+import static org.kindling.ops.KernelChecks.sameNumel;
+import static org.kindling.ops.KernelChecks.sameRows;
+
+import java.util.Arrays;
+import java.util.List;
+import org.kindling.ops.AdamW;
+import org.kindling.ops.Attention;
+import org.kindling.ops.Backend;
+import org.kindling.ops.BinaryOp;
+import org.kindling.ops.DType;
+import org.kindling.ops.Gemm;
+import org.kindling.ops.ReduceOp;
+import org.kindling.ops.Reference;
+import org.kindling.ops.Tensor;
+import org.kindling.ops.UnaryOp;
+
+/**
+ * Every kernel as its {@link Reference} twin over double storage: each call reads its inputs into
+ * fresh arrays, runs the twin and then writes (forward) or adds (backward) the result, so outputs
+ * may alias inputs anywhere. Argument checks are the CPU backend's ({@link org.kindling.ops.KernelChecks}).
+ */
+final class ReferenceBackend implements Backend {
+
+    @Override
+    public String name() {
+        return "reference";
+    }
+
+    @Override
+    public String gemmImpl() {
+        return "reference";
+    }
+
+    // ---- storage access ----
+
+    private static ReferenceStorage storage(Tensor t, DType want, String what) {
+        if (t.dtype() != want) {
+            throw new IllegalArgumentException(what + " must be " + want + ", got " + t);
+        }
+        if (!(t.storage() instanceof ReferenceStorage s)) {
+            throw new IllegalArgumentException(what + " is not on the reference device: " + t);
+        }
+        return s;
+    }
+
+    private static double[] f64(Tensor t, String what) {
+        return storage(t, DType.F32, what).doubles();
+    }
+
+    private static int[] i32(Tensor t, String what) {
+        return storage(t, DType.I32, what).ints();
+    }
+
+    /** A copy of a floating tensor's elements. */
+    private static double[] read(Tensor t, String what) {
+        return Arrays.copyOfRange(f64(t, what), t.offset(), t.offset() + t.numel());
+    }
+
+    private static int[] readInts(Tensor t, String what) {
+        return Arrays.copyOfRange(i32(t, what), t.offset(), t.offset() + t.numel());
+    }
+
+    private static void write(Tensor t, String what, double[] v) {
+        numel(t, what, v.length);
+        System.arraycopy(v, 0, f64(t, what), t.offset(), v.length);
+    }
+
+    /** t += v: backward kernels accumulate. */
+    private static void add(Tensor t, String what, double[] v) {
+        numel(t, what, v.length);
+        double[] d = f64(t, what);
+        for (int i = 0; i < v.length; i++) {
+            d[t.offset() + i] += v[i];
+        }
+    }
+
+    // ---- host transfers ----
+
+    @Override
+    public void copyFromHost(Tensor dst, float[] src) {
+        copyFromHost(dst, Reference.widen(src));
+    }
+
+    @Override
+    public void copyFromHost(Tensor dst, double[] src) {
+        if (src.length != dst.numel()) {
+            throw new IllegalArgumentException(src.length + " host values for " + dst);
+        }
+        write(dst, "dst", src);
+    }
+
+    @Override
+    public void copyFromHost(Tensor dst, int[] src) {
+        if (src.length != dst.numel()) {
+            throw new IllegalArgumentException(src.length + " host ints for " + dst);
+        }
+        System.arraycopy(src, 0, i32(dst, "dst"), dst.offset(), src.length);
+    }
+
+    @Override
+    public void copyToHost(float[] dst, Tensor src) {
+        if (dst.length != src.numel()) {
+            throw new IllegalArgumentException(dst.length + " host floats for " + src);
+        }
+        double[] s = f64(src, "src");
+        for (int i = 0; i < dst.length; i++) {
+            dst[i] = (float) s[src.offset() + i];
+        }
+    }
+
+    @Override
+    public void copyToHost(double[] dst, Tensor src) {
+        if (dst.length != src.numel()) {
+            throw new IllegalArgumentException(dst.length + " host doubles for " + src);
+        }
+        System.arraycopy(f64(src, "src"), src.offset(), dst, 0, dst.length);
+    }
+
+    @Override
+    public void copyToHost(int[] dst, Tensor src) {
+        if (dst.length != src.numel()) {
+            throw new IllegalArgumentException(dst.length + " host ints for " + src);
+        }
+        System.arraycopy(i32(src, "src"), src.offset(), dst, 0, dst.length);
+    }
+
+    // ---- data movement ----
+
+    @Override
+    public void fill(Tensor out, float value) {
+        int o = out.offset();
+        int n = out.numel();
+        if (out.dtype() == DType.I32) {
+            if (value != (int) value) {
+                throw new IllegalArgumentException("cannot fill I32 " + out + " with " + value);
+            }
+            Arrays.fill(i32(out, "out"), o, o + n, (int) value);
+        } else {
+            Arrays.fill(f64(out, "out"), o, o + n, value);
+        }
+    }
+
+    @Override
+    public void copy(Tensor dst, Tensor src) {
+        sameNumel(dst, "dst", src, "src");
+        if (src.dtype() != dst.dtype()) {
+            throw new IllegalArgumentException("copy from " + src.dtype() + " to " + dst.dtype() + " is not supported");
+        }
+        if (src.dtype() == DType.I32) {
+            System.arraycopy(i32(src, "src"), src.offset(), i32(dst, "dst"), dst.offset(), src.numel());
+        } else {
+            write(dst, "dst", read(src, "src"));
+        }
+    }
+
+    // ---- matrix products ----
+
+    @Override
+    public void gemm(Gemm g, Tensor c, Tensor a, Tensor b) {
+        double[] av = f64(a, "gemm A");
+        double[] bv = f64(b, "gemm B");
+        double[] cv = f64(c, "gemm C");
+        checkSpan(a, "A", g.spanA(), g.strideA(), g.batch());
+        checkSpan(b, "B", g.spanB(), g.strideB(), g.batch());
+        checkSpan(c, "C", g.spanC(), g.strideC(), g.batch());
+        for (int i = 0; i < g.batch(); i++) {
+            gemmOne(g, cv, c.offset() + (int) (i * g.strideC()), av, a.offset() + (int) (i * g.strideA()),
+                    bv, b.offset() + (int) (i * g.strideB()));
+        }
+    }
+
+    @Override
+    public void gemmBatched(Gemm g, List<Tensor> c, List<Tensor> a, List<Tensor> b) {
+        if (c.size() != a.size() || c.size() != b.size()) {
+            throw new IllegalArgumentException("gemmBatched needs as many A (" + a.size() + ") and B (" + b.size()
+                    + ") as C (" + c.size() + ") matrices");
+        }
+        if (g.batch() != 1) {
+            throw new IllegalArgumentException("gemmBatched takes a single-matrix layout; the lists give the batch");
+        }
+        for (int i = 0; i < c.size(); i++) {
+            Tensor ci = c.get(i);
+            Tensor ai = a.get(i);
+            Tensor bi = b.get(i);
+            checkSpan(ai, "A[" + i + "]", g.spanA(), 0, 1);
+            checkSpan(bi, "B[" + i + "]", g.spanB(), 0, 1);
+            checkSpan(ci, "C[" + i + "]", g.spanC(), 0, 1);
+            gemmOne(g, f64(ci, "gemmBatched C[" + i + "]"), ci.offset(), f64(ai, "gemmBatched A[" + i + "]"), ai.offset(),
+                    f64(bi, "gemmBatched B[" + i + "]"), bi.offset());
+        }
+    }
+
+    /** One product, written back into C's M×N block with row stride ldc. */
+    private static void gemmOne(Gemm g, double[] c, int oc, double[] a, int oa, double[] b, int ob) {
+        double[] r = Reference.gemm(g, c, oc, a, oa, b, ob);
+        for (int i = 0; i < g.m(); i++) {
+            System.arraycopy(r, i * g.n(), c, oc + i * g.ldc(), g.n());
+        }
+    }
+
+    // ---- elementwise ----
+
+    @Override
+    public void unary(UnaryOp op, Tensor out, Tensor x) {
+        sameNumel(out, "out", x, "x");
+        write(out, "out", Reference.unary(op, read(x, "x")));
+    }
+
+    @Override
+    public void affine(Tensor out, Tensor x, float alpha, float beta) {
+        sameNumel(out, "out", x, "x");
+        double[] v = read(x, "x");
+        for (int i = 0; i < v.length; i++) {
+            v[i] = alpha * v[i] + beta;
+        }
+        write(out, "out", v);
+    }
+
+    @Override
+    public void binary(BinaryOp op, Tensor out, Tensor a, Tensor b) {
+        sameNumel(out, "out", a, "a");
+        binaryPeriod(op, a, b);
+        write(out, "out", Reference.binary(op, read(a, "a"), read(b, "b")));
+    }
+
+    // ---- reductions ----
+
+    @Override
+    public void reduceRows(ReduceOp op, Tensor out, Tensor x) {
+        numel(out, "reduceRows out", x.rows());
+        if (x.cols() == 0 && op != ReduceOp.SUM) {
+            throw new IllegalArgumentException("reduceRows " + op + " over an empty last dimension of " + x);
+        }
+        write(out, "out", Reference.reduceRows(op, read(x, "x"), x.rows(), x.cols()));
+    }
+
+    @Override
+    public void addColumnSums(Tensor out, Tensor x) {
+        numel(out, "addColumnSums out", x.cols());
+        add(out, "out", Reference.columnSums(read(x, "x"), x.rows(), x.cols()));
+    }
+
+    @Override
+    public double sumOfSquares(Tensor x) {
+        return Reference.sumOfSquares(read(x, "x"));
+    }
+
+    // ---- softmax ----
+
+    @Override
+    public void softmaxForward(Tensor y, Tensor x) {
+        sameRows(y, "softmax y", x);
+        write(y, "y", Reference.softmax(read(x, "x"), x.rows(), x.cols()));
+    }
+
+    @Override
+    public void softmaxBackward(Tensor dx, Tensor dy, Tensor y) {
+        sameRows(dx, "softmax dx", y);
+        sameRows(dy, "softmax dy", y);
+        add(dx, "dx", Reference.softmaxBackwardFromOutput(read(dy, "dy"), read(y, "y"), y.rows(), y.cols()));
+    }
+
+    // ---- normalization ----
+
+    @Override
+    public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias, float eps) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(out, "layerNorm out", x);
+        numel(mean, "layerNorm mean", rows);
+        numel(rstd, "layerNorm rstd", rows);
+        numel(weight, "layerNorm weight", cols);
+        numel(bias, "layerNorm bias", cols);
+        double[][] r = Reference.layerNorm(read(x, "x"), read(weight, "weight"), read(bias, "bias"), rows, cols, eps);
+        write(out, "out", r[0]);
+        write(mean, "mean", r[1]);
+        write(rstd, "rstd", r[2]);
+    }
+
+    @Override
+    public void layerNormBackward(Tensor dx, Tensor dweight, Tensor dbias, Tensor dy, Tensor x, Tensor weight,
+                                  Tensor mean, Tensor rstd) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(dx, "layerNorm dx", x);
+        sameRows(dy, "layerNorm dy", x);
+        numel(dweight, "layerNorm dweight", cols);
+        numel(dbias, "layerNorm dbias", cols);
+        numel(weight, "layerNorm weight", cols);
+        numel(mean, "layerNorm mean", rows);
+        numel(rstd, "layerNorm rstd", rows);
+        double[][] g = Reference.layerNormBackward(read(dy, "dy"), read(x, "x"), read(weight, "weight"), read(mean, "mean"),
+                read(rstd, "rstd"), rows, cols);
+        add(dx, "dx", g[0]);
+        add(dweight, "dweight", g[1]);
+        add(dbias, "dbias", g[2]);
+    }
+
+    @Override
+    public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(out, "rmsNorm out", x);
+        numel(rstd, "rmsNorm rstd", rows);
+        numel(weight, "rmsNorm weight", cols);
+        double[][] r = Reference.rmsNorm(read(x, "x"), read(weight, "weight"), rows, cols, eps);
+        write(out, "out", r[0]);
+        write(rstd, "rstd", r[1]);
+    }
+
+    @Override
+    public void rmsNormBackward(Tensor dx, Tensor dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(dx, "rmsNorm dx", x);
+        sameRows(dy, "rmsNorm dy", x);
+        numel(dweight, "rmsNorm dweight", cols);
+        numel(weight, "rmsNorm weight", cols);
+        numel(rstd, "rmsNorm rstd", rows);
+        double[][] g = Reference.rmsNormBackward(read(dy, "dy"), read(x, "x"), read(weight, "weight"), read(rstd, "rstd"),
+                rows, cols);
+        add(dx, "dx", g[0]);
+        add(dweight, "dweight", g[1]);
+    }
+
+    // ---- activations ----
+
+    @Override
+    public void geluForward(Tensor out, Tensor x) {
+        sameNumel(out, "out", x, "x");
+        write(out, "out", Reference.gelu(read(x, "x")));
+    }
+
+    @Override
+    public void geluBackward(Tensor dx, Tensor dy, Tensor x) {
+        sameNumel(dx, "dx", x, "x");
+        sameNumel(dy, "dy", x, "x");
+        add(dx, "dx", Reference.geluBackward(read(dy, "dy"), read(x, "x")));
+    }
+
+    // ---- dropout ----
+
+    @Override
+    public void dropoutForward(Tensor out, Tensor x, float p, long seed) {
+        checkDropout(p);
+        sameNumel(out, "out", x, "x");
+        write(out, "out", Reference.dropout(read(x, "x"), p, seed));
+    }
+
+    @Override
+    public void dropoutBackward(Tensor dx, Tensor dy, float p, long seed) {
+        checkDropout(p);
+        sameNumel(dx, "dx", dy, "dy");
+        // The same mask and scale as the forward: dropout is linear in its input.
+        add(dx, "dx", Reference.dropout(read(dy, "dy"), p, seed));
+    }
+
+    // ---- embeddings ----
+
+    @Override
+    public void embeddingForward(Tensor out, Tensor ids, Tensor table) {
+        int n = ids.numel();
+        int cols = table.cols();
+        numel(out, "embedding out", n * cols);
+        int[] idv = readInts(ids, "ids");
+        checkIds(idv, 0, n, table.rows(), "embedding ids");
+        write(out, "out", Reference.embedding(idv, read(table, "table"), cols));
+    }
+
+    @Override
+    public void embeddingBackward(Tensor dtable, Tensor dout, Tensor ids) {
+        int n = ids.numel();
+        int cols = dtable.cols();
+        numel(dout, "embedding dout", n * cols);
+        int[] idv = readInts(ids, "ids");
+        checkIds(idv, 0, n, dtable.rows(), "embedding ids");
+        add(dtable, "dtable", Reference.embeddingBackward(read(dout, "dout"), idv, dtable.rows(), cols));
+    }
+
+    // ---- loss ----
+
+    private static int[] targets(Tensor logits, Tensor losses, Tensor targets, int ignoreIndex) {
+        numel(losses, "cross-entropy losses", logits.rows());
+        numel(targets, "cross-entropy targets", logits.rows());
+        int[] tv = readInts(targets, "targets");
+        checkTargets(tv, 0, tv.length, logits.cols(), ignoreIndex);
+        return tv;
+    }
+
+    @Override
+    public void crossEntropyForward(Tensor losses, Tensor logits, Tensor targets, int ignoreIndex) {
+        int[] tv = targets(logits, losses, targets, ignoreIndex);
+        write(losses, "losses", Reference.crossEntropy(read(logits, "logits"), tv, logits.rows(), logits.cols(), ignoreIndex));
+    }
+
+    @Override
+    public void crossEntropyForwardBackward(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets,
+                                            int ignoreIndex, float dlossScale) {
+        sameRows(dlogits, "cross-entropy dlogits", logits);
+        int[] tv = targets(logits, losses, targets, ignoreIndex);
+        double[] lv = read(logits, "logits");
+        // Both results come from the copy in lv, so dlogits may be the logits themselves.
+        double[] loss = Reference.crossEntropy(lv, tv, logits.rows(), logits.cols(), ignoreIndex);
+        double[] grad = Reference.crossEntropyBackward(lv, tv, logits.rows(), logits.cols(), ignoreIndex, dlossScale);
+        write(losses, "losses", loss);
+        write(dlogits, "dlogits", grad);
+    }
+
+    // ---- optimizer ----
+
+    @Override
+    public void adamW(Tensor params, Tensor grads, Tensor m, Tensor v, AdamW step) {
+        sameNumel(grads, "grads", params, "params");
+        sameNumel(m, "m", params, "params");
+        sameNumel(v, "v", params, "params");
+        double[][] r = Reference.adamW(read(params, "params"), read(grads, "grads"), read(m, "m"), read(v, "v"), step);
+        write(params, "params", r[0]);
+        write(m, "m", r[1]);
+        write(v, "v", r[2]);
+    }
+
+    // ---- attention ----
+
+    @Override
+    public void attentionForward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor cuSeqlensQ,
+                                 Tensor cuSeqlensK, Attention attn) {
+        Attention.Batch batch = attn.check(q, k, v, cuSeqlensQ, cuSeqlensK);
+        attn.checkOutputs(batch, out, lse);
+        double[][] r = Reference.attention(attn, read(q, "q"), read(k, "k"), read(v, "v"), batch.cuQ(), batch.cuK());
+        write(out, "out", r[0]);
+        write(lse, "lse", r[1]);
+    }
+
+    /**
+     * The twin recomputes the probabilities from q, k, v; the saved out and lse a fused kernel
+     * would read instead must be exactly what the forward wrote for these inputs (the twin is
+     * deterministic), so a layer handing over stale or wrong saved state fails here too.
+     */
+    @Override
+    public void attentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
+                                  Tensor lse, Tensor cuSeqlensQ, Tensor cuSeqlensK, Attention attn) {
+        Attention.Batch batch = attn.check(q, k, v, cuSeqlensQ, cuSeqlensK);
+        attn.checkOutputs(batch, out, lse);
+        sameNumel(dq, "attention dq", q, "q");
+        sameNumel(dk, "attention dk", k, "k");
+        sameNumel(dv, "attention dv", v, "v");
+        sameNumel(dout, "attention dout", q, "q");
+        double[] qv = read(q, "q");
+        double[] kv = read(k, "k");
+        double[] vv = read(v, "v");
+        double[][] fwd = Reference.attention(attn, qv, kv, vv, batch.cuQ(), batch.cuK());
+        if (!Arrays.equals(fwd[0], read(out, "out")) || !Arrays.equals(fwd[1], read(lse, "lse"))) {
+            throw new IllegalArgumentException("attention backward: out " + out + " and lse " + lse
+                    + " are not what the forward computes from these q, k and v (stale or wrong saved state)");
+        }
+        double[][] g = Reference.attentionBackward(attn, read(dout, "dout"), qv, kv, vv, batch.cuQ(), batch.cuK());
+        add(dq, "dq", g[0]);
+        add(dk, "dk", g[1]);
+        add(dv, "dv", g[2]);
+    }
+}
