@@ -156,7 +156,8 @@ final class TokenizeBench implements Callable<Integer> {
     }
 
     private HuggingFaceTokenizer peer() throws IOException {
-        return HuggingFaceTokenizer.builder().optTokenizerPath(tokenizerFile).optTruncation(false).optAddSpecialTokens(false).build();
+        return HuggingFaceTokenizer.builder().optTokenizerPath(tokenizerFile).optTruncation(false).optPadding(false)
+                .optAddSpecialTokens(false).build();
     }
 
     /** Every document encoded, the documents split into contiguous ranges across the pool's threads. */

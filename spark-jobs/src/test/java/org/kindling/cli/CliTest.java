@@ -156,7 +156,8 @@ class CliTest {
 
     @Test
     void benchTokenizeJsonHasExactlyTheIssueFields(@org.junit.jupiter.api.io.TempDir java.nio.file.Path dir) throws Exception {
-        String text = "Tokenizers split text into pieces. Pieces become ids; ids become text again. 12345 🎉\n".repeat(50);
+        // Lines of different lengths: a peer that pads a batch to its longest document would not agree.
+        String text = "Tokenizers split text into pieces. Pieces become ids; ids become text again. 12345 🎉\nshort\n".repeat(25);
         java.util.Map<String, Long> counts = new java.util.HashMap<>();
         org.kindling.data.BpeTrainer.count(text, counts);
         java.nio.file.Path tok = dir.resolve("tokenizer.json");
