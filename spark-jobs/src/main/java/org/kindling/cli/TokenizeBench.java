@@ -95,33 +95,9 @@ final class TokenizeBench implements Callable<Integer> {
         }
         boolean agree;
         Timing.Stats peer;
-        try (HuggingFaceTokenizer warmPeer = peer()) {
-            Encoding[] theirs = warmPeer.batchEncode(docs);
-            agree = theirs.length == docs.size();
-            for (int d = 0; agree && d < docs.size(); d++) {
-                long[] t = theirs[d].getIds();
-                agree = t.length == ids[d].length;
-                for (int i = 0; agree && i < t.length; i++) {
-                    agree = t[i] == ids[d][i];
-                }
-            }
-            HuggingFaceTokenizer[] cold = new HuggingFaceTokenizer[1];
-            peer = Timing.measure(rule, () -> warmPeer.batchEncode(warm), new Timing.Trial() {
-                @Override
-                public void before() throws IOException {
-                    cold[0] = peer();
-                }
-
-                @Override
-                public void run() {
-                    cold[0].batchEncode(timed);
-                }
-
-                @Override
-                public void after() {
-                    cold[0].close();
-                }
-            });
+        try {
+            agree = HfPeer.agrees(tokenizerFile, docs, ids);
+            peer = HfPeer.measure(tokenizerFile, rule, warm, timed);
         } catch (NoClassDefFoundError e) {
             throw new IllegalStateException("bench tokenize needs ai.djl.huggingface:tokenizers on the classpath; bin/kindling puts it there");
         }
@@ -155,9 +131,61 @@ final class TokenizeBench implements Callable<Integer> {
         return agree ? 0 : 1;
     }
 
-    private HuggingFaceTokenizer peer() throws IOException {
-        return HuggingFaceTokenizer.builder().optTokenizerPath(tokenizerFile).optTruncation(false).optPadding(false)
-                .optAddSpecialTokens(false).build();
+    /**
+     * Hugging Face tokenizers through DJL, in a class of its own: DJL is on bin/kindling's classpath only, and picocli
+     * reflects over every command's methods at start-up, so no method of the command itself may name a DJL type.
+     */
+    private static final class HfPeer {
+        /** Whether batchEncode of {@code docs} gives exactly {@code ids}, document by document. */
+        static boolean agrees(Path tokenizer, List<String> docs, int[][] ids) throws IOException {
+            try (HuggingFaceTokenizer hf = open(tokenizer)) {
+                Encoding[] theirs = hf.batchEncode(docs);
+                if (theirs.length != docs.size()) {
+                    return false;
+                }
+                for (int d = 0; d < docs.size(); d++) {
+                    long[] t = theirs[d].getIds();
+                    if (t.length != ids[d].length) {
+                        return false;
+                    }
+                    for (int i = 0; i < t.length; i++) {
+                        if (t[i] != ids[d][i]) {
+                            return false;
+                        }
+                    }
+                }
+                return true;
+            }
+        }
+
+        /** Warm-up batchEncodes of {@code warm}; timed batchEncodes of {@code timed}, each by a freshly loaded tokenizer. */
+        static Timing.Stats measure(Path tokenizer, Timing.Rule rule, List<String> warm, List<String> timed) throws Exception {
+            try (HuggingFaceTokenizer warmPeer = open(tokenizer)) {
+                HuggingFaceTokenizer[] cold = new HuggingFaceTokenizer[1];
+                return Timing.measure(rule, () -> warmPeer.batchEncode(warm), new Timing.Trial() {
+                    @Override
+                    public void before() throws IOException {
+                        cold[0] = open(tokenizer);
+                    }
+
+                    @Override
+                    public void run() {
+                        cold[0].batchEncode(timed);
+                    }
+
+                    @Override
+                    public void after() {
+                        cold[0].close();
+                    }
+                });
+            }
+        }
+
+        /** As a user encoding documents for training would: no truncation, no padding, no special tokens added. */
+        private static HuggingFaceTokenizer open(Path tokenizer) throws IOException {
+            return HuggingFaceTokenizer.builder().optTokenizerPath(tokenizer).optTruncation(false).optPadding(false)
+                    .optAddSpecialTokens(false).build();
+        }
     }
 
     /** Every document encoded, the documents split into contiguous ranges across the pool's threads. */
