@@ -84,7 +84,7 @@ final class GemmBench implements Callable<Integer> {
         double gflops = fast.bestRate(g.flops()) / 1e9;
         double loopGflops = loop.bestRate(g.flops()) / 1e9;
 
-        err.printf("gemm %dx%dx%d fp32, %d threads, %s of the timed runs:%n", m, n, k, t, "best (median)");
+        err.printf("gemm %dx%dx%d fp32, %d threads, best (median) of the timed runs:%n", m, n, k, t);
         err.printf("  %s: %.2f (%.2f) GFLOP/s over %d runs%n", impl, gflops, fast.medianRate(g.flops()) / 1e9, fast.reps());
         err.printf("  plain i-k-j loop: %.2f (%.2f) GFLOP/s over %d runs; the backend is %.1fx faster%n", loopGflops,
                 loop.medianRate(g.flops()) / 1e9, loop.reps(), gflops / loopGflops);
