@@ -1,6 +1,7 @@
 package org.kindling.ops;
 
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.List;
 
 /**
@@ -9,11 +10,21 @@ import java.util.List;
  * and keeps P for the backward. It is the same-precision baseline that FlashAttention's error is
  * judged against and the baseline of {@code kindling bench attention}; its memory grows as
  * Σ Lq·Lk·NH, which is the point of comparison.
+ *
+ * <p>Its buffers (P of every head, the mask biases, and dP/dS scratch for one head) are allocated by
+ * the first call for a sequence layout and reused while the layout stays the same, so that a timed
+ * call measures the algorithm rather than allocation and host-side mask building. They are held
+ * until {@link #close}.
  */
 public final class NaiveAttention implements AutoCloseable {
     private final Device dev;
     private final Attention a;
     private final List<Tensor> probs = new ArrayList<>();
+    private final List<Tensor> biases = new ArrayList<>();
+    private int[] layoutQ;
+    private int[] layoutK;
+    private Tensor scratchDp;
+    private Tensor scratchDs;
     private Attention.Batch batch;
 
     public NaiveAttention(Device dev, Attention a) {
@@ -24,7 +35,7 @@ public final class NaiveAttention implements AutoCloseable {
     /** out[Tq, NH, HS] = softmax(scale·QKᵀ + mask)·V; keeps the probabilities for {@link #backward}. */
     public void forward(Tensor out, Tensor q, Tensor k, Tensor v, Tensor cuSeqlensQ, Tensor cuSeqlensK) {
         batch = a.check(q, k, v, cuSeqlensQ, cuSeqlensK);
-        releaseProbs();
+        allocate(batch);
         Backend be = dev.backend();
         int hs = a.headDim();
         int ldq = a.heads() * hs;
@@ -32,33 +43,26 @@ public final class NaiveAttention implements AutoCloseable {
         for (int b = 0; b < batch.sequences(); b++) {
             int lq = batch.lengthQ(b);
             int lk = batch.lengthK(b);
-            Tensor bias = maskBias(b, lq, lk);
-            try {
-                for (int h = 0; h < a.heads(); h++) {
-                    int g = h / a.group();
-                    Tensor p = dev.allocate(DType.F32, lq, lk);
-                    probs.add(p);
-                    if (lq == 0 || lk == 0) {
-                        continue;
-                    }
-                    be.gemm(Gemm.of(false, true, lq, lk, hs).leading(ldq, ldk, lk).scaled(a.softmaxScale(), 0f), p,
-                            rows(q, batch.cuQ()[b], lq, ldq, h * hs, hs), rows(k, batch.cuK()[b], lk, ldk, g * hs, hs));
-                    if (bias != null) {
-                        be.binary(BinaryOp.ADD, p, p, bias);
-                    }
-                    be.softmaxForward(p, p);
-                    be.gemm(Gemm.of(false, false, lq, hs, lk).leading(lk, ldk, ldq), rows(out, batch.cuQ()[b], lq, ldq, h * hs, hs),
-                            p, rows(v, batch.cuK()[b], lk, ldk, g * hs, hs));
+            Tensor bias = biases.get(b);
+            for (int h = 0; h < a.heads(); h++) {
+                int g = h / a.group();
+                Tensor p = probs.get(b * a.heads() + h);
+                if (lq == 0 || lk == 0) {
+                    continue;
                 }
-            } finally {
+                be.gemm(Gemm.of(false, true, lq, lk, hs).leading(ldq, ldk, lk).scaled(a.softmaxScale(), 0f), p,
+                        rows(q, batch.cuQ()[b], lq, ldq, h * hs, hs), rows(k, batch.cuK()[b], lk, ldk, g * hs, hs));
                 if (bias != null) {
-                    bias.close();
+                    be.binary(BinaryOp.ADD, p, p, bias);
                 }
+                be.softmaxForward(p, p);
+                be.gemm(Gemm.of(false, false, lq, hs, lk).leading(lk, ldk, ldq), rows(out, batch.cuQ()[b], lq, ldq, h * hs, hs),
+                        p, rows(v, batch.cuK()[b], lk, ldk, g * hs, hs));
             }
         }
     }
 
-    /** dq, dk, dv += the gradients of the last {@link #forward} for upstream dout; releases the probabilities. */
+    /** dq, dk, dv += the gradients of the last {@link #forward} for upstream dout. */
     public void backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v) {
         if (batch == null) {
             throw new IllegalStateException("backward before forward");
@@ -82,18 +86,40 @@ public final class NaiveAttention implements AutoCloseable {
                 Tensor dO = rows(dout, q0, lq, ldq, h * hs, hs);
                 be.gemm(Gemm.of(true, false, lk, hs, lq).leading(lk, ldq, ldk).scaled(1f, 1f),
                         rows(dv, k0, lk, ldk, g * hs, hs), p, dO);
-                try (Tensor dp = dev.allocate(DType.F32, lq, lk); Tensor ds = dev.allocate(DType.F32, lq, lk)) {
-                    be.gemm(Gemm.of(false, true, lq, lk, hs).leading(ldq, ldk, lk), dp, dO, rows(v, k0, lk, ldk, g * hs, hs));
-                    be.softmaxBackward(ds, dp, p);
-                    be.gemm(Gemm.of(false, false, lq, hs, lk).leading(lk, ldk, ldq).scaled(a.softmaxScale(), 1f),
-                            rows(dq, q0, lq, ldq, h * hs, hs), ds, rows(k, k0, lk, ldk, g * hs, hs));
-                    be.gemm(Gemm.of(true, false, lk, hs, lq).leading(lk, ldq, ldk).scaled(a.softmaxScale(), 1f),
-                            rows(dk, k0, lk, ldk, g * hs, hs), ds, rows(q, q0, lq, ldq, h * hs, hs));
-                }
+                Tensor dp = scratchDp.view(0, lq, lk);
+                Tensor ds = scratchDs.view(0, lq, lk);
+                be.gemm(Gemm.of(false, true, lq, lk, hs).leading(ldq, ldk, lk), dp, dO, rows(v, k0, lk, ldk, g * hs, hs));
+                be.fill(ds, 0f); // softmaxBackward accumulates, and the scratch holds the previous head's dS
+                be.softmaxBackward(ds, dp, p);
+                be.gemm(Gemm.of(false, false, lq, hs, lk).leading(lk, ldk, ldq).scaled(a.softmaxScale(), 1f),
+                        rows(dq, q0, lq, ldq, h * hs, hs), ds, rows(k, k0, lk, ldk, g * hs, hs));
+                be.gemm(Gemm.of(true, false, lk, hs, lq).leading(lk, ldq, ldk).scaled(a.softmaxScale(), 1f),
+                        rows(dk, k0, lk, ldk, g * hs, hs), ds, rows(q, q0, lq, ldq, h * hs, hs));
             }
         }
-        releaseProbs();
         batch = null;
+    }
+
+    /** P for every (sequence, head), the mask biases and the dP/dS scratch for {@code layout}, kept while it repeats. */
+    private void allocate(Attention.Batch layout) {
+        if (Arrays.equals(layout.cuQ(), layoutQ) && Arrays.equals(layout.cuK(), layoutK)) {
+            return;
+        }
+        release();
+        int largest = 0;
+        for (int b = 0; b < layout.sequences(); b++) {
+            int lq = layout.lengthQ(b);
+            int lk = layout.lengthK(b);
+            largest = Math.max(largest, lq * lk);
+            biases.add(maskBias(lq, lk));
+            for (int h = 0; h < a.heads(); h++) {
+                probs.add(dev.allocate(DType.F32, lq, lk));
+            }
+        }
+        scratchDp = dev.allocate(DType.F32, largest);
+        scratchDs = dev.allocate(DType.F32, largest);
+        layoutQ = layout.cuQ().clone();
+        layoutK = layout.cuK().clone();
     }
 
     /** The strided block of {@code count} rows × {@code width} starting at (row0, col) of a packed [T, ld] tensor. */
@@ -103,7 +129,7 @@ public final class NaiveAttention implements AutoCloseable {
     }
 
     /** 0 where query i attends key j, −∞ elsewhere; null when everything is attended. */
-    private Tensor maskBias(int b, int lq, int lk) {
+    private Tensor maskBias(int lq, int lk) {
         if (!a.causal() && a.mask() == null) {
             return null;
         }
@@ -116,13 +142,25 @@ public final class NaiveAttention implements AutoCloseable {
         return dev.fromFloats(bias, lq * lk);
     }
 
-    private void releaseProbs() {
+    private void release() {
         probs.forEach(Tensor::close);
         probs.clear();
+        biases.stream().filter(java.util.Objects::nonNull).forEach(Tensor::close);
+        biases.clear();
+        for (Tensor t : new Tensor[] {scratchDp, scratchDs}) {
+            if (t != null) {
+                t.close();
+            }
+        }
+        scratchDp = null;
+        scratchDs = null;
+        layoutQ = null;
+        layoutK = null;
     }
 
     @Override
     public void close() {
-        releaseProbs();
+        release();
+        batch = null;
     }
 }

@@ -1,6 +1,5 @@
 package org.kindling.cli;
 
-import java.io.IOException;
 import java.io.PrintWriter;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -8,19 +7,21 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Callable;
-import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
 import org.kindling.collective.Ring;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
 @Command(name = "allreduce", mixinStandardHelpOptions = true,
-        description = {"Algorithm bandwidth of the gradient ring's all-reduce (reduce-scatter + all-gather) between",
-            "--workers ranks in this process over loopback TCP, as in nccl-tests: GB/s = bytes reduced per rank / time.",
-            "Beside it: an in-process copy of the same bytes (System.arraycopy), measured in the same run."})
+        description = {"Bandwidth of the gradient ring's all-reduce (reduce-scatter + all-gather) between --workers ranks in this",
+            "process over loopback TCP, as nccl-tests reports it: algorithm bandwidth = bytes reduced per rank / time, bus",
+            "bandwidth = algorithm bandwidth x 2(n-1)/n. Every run's sums are checked on every rank; a wrong value fails.",
+            "Beside it: an in-process copy of the same bytes (System.arraycopy). Both timed by the same rule (one warm-up",
+            "run, then --reps timed runs: best and median)."})
 final class AllReduceBench implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -34,45 +35,74 @@ final class AllReduceBench implements Callable<Integer> {
     @Option(names = "--reps", description = "timed all-reduces, after one untimed (default ${DEFAULT-VALUE})", defaultValue = "5")
     int reps;
 
+    @Option(names = "--peer", description = "also all-reduce the same bytes with PyTorch's Gloo backend over loopback "
+            + "(peers/torch_allreduce_gloo.py, one process per rank) in the same run: torch")
+    String peer;
+
+    @Option(names = "--python", description = "the Python for --peer (default: $KINDLING_PYTHON, else python3)")
+    String python;
+
     @Option(names = "--json", description = "print the result as one JSON line on stdout (human-readable output goes to stderr)")
     boolean json;
 
+    /** Rank r's input: small integers, so that every sum is exact in fp32 and a misplaced or dropped block shows. */
+    static float input(int rank, int i) {
+        return rank + 1 + i % 7;
+    }
+
+    /** The all-reduced value of element i over {@code world} ranks. */
+    static float expected(int world, int i) {
+        return world * (world + 1) / 2f + world * (float) (i % 7);
+    }
+
     @Override
-    public Integer call() throws IOException, InterruptedException, ExecutionException {
+    public Integer call() throws Exception {
         CommandLine cmd = spec.commandLine();
         BenchOptions.requirePositive(cmd, "--workers", workers, "--mb", mb, "--reps", reps);
         if (workers < 2) {
             throw new CommandLine.ParameterException(cmd, "--workers must be at least 2 for a ring, got " + workers);
         }
+        Peer torch = Peer.parse(cmd, peer, python);
         int n = (int) Math.min(Integer.MAX_VALUE - 8, (long) mb * (1 << 20) / Float.BYTES);
         long bytes = (long) n * Float.BYTES;
+        Timing.Rule rule = new Timing.Rule(1, reps, 0);
         List<Ring> rings = Ring.loopback(workers, Duration.ofSeconds(120));
         ExecutorService pool = Executors.newFixedThreadPool(workers);
-        double seconds;
+        Timing.Stats ring;
         try {
             List<float[]> data = new ArrayList<>();
             for (int r = 0; r < workers; r++) {
-                float[] x = new float[n];
-                java.util.Arrays.fill(x, r + 1f);
-                data.add(x);
+                data.add(new float[n]);
             }
-            seconds = Double.MAX_VALUE;
-            for (int rep = 0; rep <= reps; rep++) {
-                long t0 = System.nanoTime();
-                List<Future<?>> fs = new ArrayList<>();
-                for (int r = 0; r < workers; r++) {
-                    Ring ring = rings.get(r);
-                    float[] x = data.get(r);
-                    fs.add(pool.submit(() -> ring.allReduce(x, 0, n)));
+            ring = Timing.measure(rule, new Timing.Trial() {
+                @Override
+                public void before() {
+                    for (int r = 0; r < workers; r++) {
+                        float[] x = data.get(r);
+                        for (int i = 0; i < n; i++) {
+                            x[i] = input(r, i);
+                        }
+                    }
                 }
-                for (Future<?> f : fs) {
-                    f.get();
+
+                @Override
+                public void run() throws Exception {
+                    List<Future<?>> fs = new ArrayList<>();
+                    for (int r = 0; r < workers; r++) {
+                        Ring rr = rings.get(r);
+                        float[] x = data.get(r);
+                        fs.add(pool.submit(() -> rr.allReduce(x, 0, n)));
+                    }
+                    for (Future<?> f : fs) {
+                        f.get(10, TimeUnit.MINUTES);
+                    }
                 }
-                double s = (System.nanoTime() - t0) / 1e9;
-                if (rep > 0) {
-                    seconds = Math.min(seconds, s);
+
+                @Override
+                public void after() {
+                    check(data, n);
                 }
-            }
+            });
         } finally {
             pool.shutdownNow();
             rings.forEach(Ring::close);
@@ -80,20 +110,14 @@ final class AllReduceBench implements Callable<Integer> {
         float[] src = new float[n];
         float[] dst = new float[n];
         java.util.Arrays.fill(src, 1f);
-        double copySeconds = Double.MAX_VALUE;
-        for (int rep = 0; rep <= reps; rep++) {
-            long t0 = System.nanoTime();
-            System.arraycopy(src, 0, dst, 0, n);
-            double s = (System.nanoTime() - t0) / 1e9;
-            if (rep > 0) {
-                copySeconds = Math.min(copySeconds, s);
-            }
-        }
-        double gbps = bytes / seconds / 1e9;
-        double memcpy = bytes / copySeconds / 1e9;
+        Timing.Stats copy = Timing.measure(rule, () -> System.arraycopy(src, 0, dst, 0, n));
+        double gbps = ring.bestRate(bytes) / 1e9;
+        double busbw = gbps * 2 * (workers - 1) / workers;
+        double memcpy = copy.bestRate(bytes) / 1e9;
         PrintWriter err = cmd.getErr();
-        err.printf("all-reduce of %d MiB over %d ranks (loopback TCP): %.3f s, %.2f GB/s; in-process copy %.2f GB/s%n", mb, workers,
-                seconds, gbps, memcpy);
+        err.printf("all-reduce of %d MiB over %d ranks (loopback TCP), sums checked: best %.3f s (median %.3f) of %d runs: "
+                + "algbw %.2f GB/s, busbw %.2f GB/s; in-process copy %.2f GB/s%n", mb, workers, ring.best(), ring.median(),
+                ring.reps(), gbps, busbw, memcpy);
         err.flush();
         if (json) {
             Map<String, Object> row = new LinkedHashMap<>();
@@ -102,8 +126,35 @@ final class AllReduceBench implements Callable<Integer> {
             row.put("mb", mb);
             row.put("gbps", BenchOptions.round(gbps));
             row.put("memcpy_gbps", BenchOptions.round(memcpy));
+            row.put("busbw_gbps", BenchOptions.round(busbw));
+            row.put("median_gbps", BenchOptions.round(ring.medianRate(bytes) / 1e9));
+            row.put("impl", "kindling");
             Json.printLine(cmd.getOut(), row);
         }
+        if (torch != null) {
+            Map<String, Object> theirs = torch.run(cmd, "torch_allreduce_gloo.py", "--workers", workers, "--mb", mb, "--reps", reps);
+            double peerGbps = Peer.number(theirs, "gbps");
+            err.printf("  %s: algbw %.2f GB/s; kindling / peer = %.2fx%n", theirs.get("impl"), peerGbps, gbps / peerGbps);
+            err.flush();
+            if (json) {
+                Json.printLine(cmd.getOut(), theirs);
+            }
+        }
         return 0;
+    }
+
+    /** Fails naming the first rank and element whose all-reduced value is not the exact sum. */
+    static void check(List<float[]> data, int n) {
+        int world = data.size();
+        for (int r = 0; r < world; r++) {
+            float[] x = data.get(r);
+            for (int i = 0; i < n; i++) {
+                float want = expected(world, i);
+                if (x[i] != want) {
+                    throw new IllegalStateException("the all-reduce is wrong: rank " + r + " holds " + x[i] + " at element " + i
+                            + " of " + n + ", the sum over " + world + " ranks is " + want);
+                }
+            }
+        }
     }
 }

@@ -19,8 +19,9 @@ import picocli.CommandLine.Option;
 
 @Command(name = "attention", mixinStandardHelpOptions = true,
         description = {"FlashAttention forward and forward+backward beside naive attention (materialized fp32 scores,",
-            "the same backend's GEMM and softmax) in the same run, with the peak extra memory of each: bytes",
-            "allocated beyond inputs, outputs and gradients. The naive path is skipped when it would not fit."})
+            "the same backend's GEMM and softmax, buffers allocated by its warm-up run and reused) in the same run, both timed",
+            "by the same rule (one warm-up run, then --reps timed runs: best and median), with the peak extra memory of each:",
+            "bytes allocated beyond inputs, outputs and gradients. The naive path is skipped when it would not fit."})
 final class AttentionBench implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -42,9 +43,16 @@ final class AttentionBench implements Callable<Integer> {
     boolean causal;
 
 
-    @Option(names = "--reps", description = "timed repetitions; the best is reported (default ${DEFAULT-VALUE})",
+    @Option(names = "--reps", description = "timed repetitions after one warm-up; the best is reported (default ${DEFAULT-VALUE})",
             defaultValue = "3")
     int reps;
+
+    @Option(names = "--peer", description = "also run peers/torch_attention.py (PyTorch, materialized scores, autograd) on the "
+            + "same shapes and threads in the same run: torch")
+    String peer;
+
+    @Option(names = "--python", description = "the Python for --peer (default: $KINDLING_PYTHON, else python3)")
+    String python;
 
     @CommandLine.Mixin
     BenchOptions common;
@@ -96,25 +104,17 @@ final class AttentionBench implements Callable<Integer> {
         }
     }
 
-    /** Best wall time of {@code reps} runs after one warm-up, and the peak bytes allocated beyond the live ones. */
-    private record Timing(double ms, long extraBytes) {
+    /** Best and median milliseconds of the timed runs, and the peak bytes allocated beyond those live before the warm-up. */
+    private record Measured(double ms, double medianMs, long extraBytes) {
     }
 
-    private Timing time(Device dev, Runnable body) {
-        body.run();
-        double best = Double.MAX_VALUE;
-        long base = dev.liveBytes();
-        dev.resetPeak();
-        for (int i = 0; i < reps; i++) {
-            long t0 = System.nanoTime();
-            body.run();
-            best = Math.min(best, (System.nanoTime() - t0) / 1e6);
-        }
-        return new Timing(best, dev.peakBytes() - base);
+    private Measured time(Device dev, long base, Timing.Trial body) throws Exception {
+        Timing.Stats s = Timing.measure(new Timing.Rule(1, reps, 0), body);
+        return new Measured(s.best() * 1e3, s.median() * 1e3, dev.peakBytes() - base);
     }
 
     @Override
-    public Integer call() {
+    public Integer call() throws Exception {
         BenchOptions.requirePositive(spec.commandLine(), "--seq", seq, "--heads", heads, "--head-dim", headDim, "--batch", batch,
                 "--reps", reps);
         int t = common.threads(spec.commandLine());
@@ -124,18 +124,21 @@ final class AttentionBench implements Callable<Integer> {
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(spec.commandLine(), e.getMessage());
         }
+        Peer torch = Peer.parse(spec.commandLine(), peer, python);
         PrintWriter err = spec.commandLine().getErr();
         double flopsFwd = 4.0 * batch * heads * (double) seq * seq * headDim / (causal ? 2 : 1);
         double flopsFwdBwd = 3.5 * flopsFwd;
-        Timing fwd;
-        Timing fwdBwd;
-        Timing naiveFwd = null;
-        Timing naiveFwdBwd = null;
+        Measured fwd;
+        Measured fwdBwd;
+        Measured naiveFwd = null;
+        Measured naiveFwdBwd = null;
         double gemmGflops;
         try (CpuDevice dev = Device.cpu(t); Operands o = new Operands(dev, batch, seq, heads, headDim)) {
             Backend be = dev.backend();
-            fwd = time(dev, () -> be.attentionForward(o.out, o.lse, o.q, o.k, o.v, o.cu, o.cu, a));
-            fwdBwd = time(dev, () -> {
+            long base = dev.liveBytes();
+            dev.resetPeak();
+            fwd = time(dev, base, () -> be.attentionForward(o.out, o.lse, o.q, o.k, o.v, o.cu, o.cu, a));
+            fwdBwd = time(dev, base, () -> {
                 be.attentionForward(o.out, o.lse, o.q, o.k, o.v, o.cu, o.cu, a);
                 be.attentionBackward(o.dq, o.dk, o.dv, o.dout, o.q, o.k, o.v, o.out, o.lse, o.cu, o.cu, a);
             });
@@ -143,12 +146,10 @@ final class AttentionBench implements Callable<Integer> {
             long naiveBytes = ((long) batch * heads + 2) * seq * seq * 4L;
             long headroom = Runtime.getRuntime().maxMemory() - (Runtime.getRuntime().totalMemory() - Runtime.getRuntime().freeMemory());
             if (naiveBytes < headroom / 2) {
+                dev.resetPeak();
                 try (NaiveAttention naive = new NaiveAttention(dev, a)) {
-                    naiveFwd = time(dev, () -> {
-                        naive.forward(o.out, o.q, o.k, o.v, o.cu, o.cu);
-                        naive.close();
-                    });
-                    naiveFwdBwd = time(dev, () -> {
+                    naiveFwd = time(dev, base, () -> naive.forward(o.out, o.q, o.k, o.v, o.cu, o.cu));
+                    naiveFwdBwd = time(dev, base, () -> {
                         naive.forward(o.out, o.q, o.k, o.v, o.cu, o.cu);
                         naive.backward(o.dq, o.dk, o.dv, o.dout, o.q, o.k, o.v);
                     });
@@ -161,11 +162,14 @@ final class AttentionBench implements Callable<Integer> {
         }
         double gflops = flopsFwdBwd / (fwdBwd.ms() / 1e3) / 1e9;
         err.printf("attention B=%d H=%d N=%d D=%d %s, %d threads%n", batch, heads, seq, headDim, causal ? "causal" : "non-causal", t);
-        err.printf("  flash: fwd %.1f ms, fwd+bwd %.1f ms = %.1f GFLOP/s (%.0f%% of the %.1f GFLOP/s 1024^3 GEMM), extra memory %s%n",
-                fwd.ms(), fwdBwd.ms(), gflops, 100 * gflops / gemmGflops, gemmGflops, mib(fwdBwd.extraBytes()));
+        err.printf("  best (median) of %d runs after one warm-up%n", reps);
+        err.printf("  flash: fwd %.1f (%.1f) ms, fwd+bwd %.1f (%.1f) ms = %.1f GFLOP/s (%.0f%% of the %.1f GFLOP/s 1024^3 GEMM), "
+                + "extra memory %s%n", fwd.ms(), fwd.medianMs(), fwdBwd.ms(), fwdBwd.medianMs(), gflops, 100 * gflops / gemmGflops,
+                gemmGflops, mib(fwdBwd.extraBytes()));
         if (naiveFwdBwd != null) {
-            err.printf("  naive: fwd %.1f ms, fwd+bwd %.1f ms, extra memory %s; flash is %.1fx faster fwd+bwd%n",
-                    naiveFwd.ms(), naiveFwdBwd.ms(), mib(naiveFwdBwd.extraBytes()), naiveFwdBwd.ms() / fwdBwd.ms());
+            err.printf("  naive: fwd %.1f (%.1f) ms, fwd+bwd %.1f (%.1f) ms, extra memory %s; flash is %.1fx faster fwd+bwd%n",
+                    naiveFwd.ms(), naiveFwd.medianMs(), naiveFwdBwd.ms(), naiveFwdBwd.medianMs(), mib(naiveFwdBwd.extraBytes()),
+                    naiveFwdBwd.ms() / fwdBwd.ms());
         }
         err.flush();
         if (common.json) {
@@ -182,24 +186,33 @@ final class AttentionBench implements Callable<Integer> {
             row.put("gflops_fwd_bwd", BenchOptions.round(gflops));
             row.put("extra_bytes", fwdBwd.extraBytes());
             row.put("naive_extra_bytes", naiveFwdBwd == null ? null : naiveFwdBwd.extraBytes());
+            row.put("fwd_median_ms", BenchOptions.round(fwd.medianMs()));
+            row.put("fwd_bwd_median_ms", BenchOptions.round(fwdBwd.medianMs()));
+            row.put("naive_fwd_median_ms", naiveFwd == null ? null : BenchOptions.round(naiveFwd.medianMs()));
+            row.put("naive_fwd_bwd_median_ms", naiveFwdBwd == null ? null : BenchOptions.round(naiveFwdBwd.medianMs()));
+            row.put("impl", "kindling");
             Json.printLine(spec.commandLine().getOut(), row);
+        }
+        if (torch != null) {
+            Map<String, Object> theirs = torch.run(spec.commandLine(), "torch_attention.py", "--seq", seq, "--heads", heads,
+                    "--head-dim", headDim, "--batch", batch, causal ? "--causal" : "--no-causal", "--threads", t, "--reps", reps);
+            double peerMs = Peer.number(theirs, "fwd_bwd_ms");
+            err.printf("  %s: fwd+bwd %.1f ms; kindling flash is %.2fx faster fwd+bwd%n", theirs.get("impl"), peerMs,
+                    peerMs / fwdBwd.ms());
+            err.flush();
+            if (common.json) {
+                Json.printLine(spec.commandLine().getOut(), theirs);
+            }
         }
         return 0;
     }
 
     /** The backend's GEMM rate at 1024³ in this run, the yardstick the fused kernel is judged by. */
-    private static double gemmRate(Device dev) {
+    private static double gemmRate(Device dev) throws Exception {
         int n = 1024;
         try (Tensor a = dev.allocate(DType.F32, n, n); Tensor b = dev.allocate(DType.F32, n, n); Tensor c = dev.allocate(DType.F32, n, n)) {
             Gemm g = Gemm.of(false, false, n, n, n);
-            dev.backend().gemm(g, c, a, b);
-            double best = Double.MAX_VALUE;
-            for (int i = 0; i < 10; i++) {
-                long t0 = System.nanoTime();
-                dev.backend().gemm(g, c, a, b);
-                best = Math.min(best, (System.nanoTime() - t0) / 1e9);
-            }
-            return g.flops() / best / 1e9;
+            return Timing.measure(new Timing.Rule(1, 10, 0), () -> dev.backend().gemm(g, c, a, b)).bestRate(g.flops()) / 1e9;
         }
     }
 

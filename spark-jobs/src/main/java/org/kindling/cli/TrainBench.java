@@ -11,7 +11,6 @@ import java.util.concurrent.Callable;
 import org.kindling.models.DataParallel;
 import org.kindling.models.DataSource;
 import org.kindling.models.ModelConfig;
-import org.kindling.models.StepResult;
 import org.kindling.models.TokenBatch;
 import org.kindling.models.TrainConfig;
 import org.kindling.models.Trainer;
@@ -20,8 +19,10 @@ import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
 @Command(name = "train", mixinStandardHelpOptions = true,
-        description = {"Training throughput of a GPT model on random tokens: tokens/s and ms per optimizer step, split",
-            "into forward, backward and optimizer (of replica 0). The model is a preset, or built from --layers/--d-model/--heads/--vocab."})
+        description = {"Training throughput of a GPT model on random tokens: tokens/s and ms per optimizer step (median step),",
+            "split into forward, backward and optimizer (of replica 0, mean of the timed steps). The model is a preset, or built",
+            "from --layers/--d-model/--heads/--vocab. --peer torch trains the same model in PyTorch (peers/torch_train.py) on",
+            "the same threads in the same run and prints the ratio."})
 final class TrainBench implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -59,14 +60,24 @@ final class TrainBench implements Callable<Integer> {
         "threads and B/R sequences, summing gradients in shared memory (default: one per thread when B divides evenly)"})
     Integer replicas;
 
+    @Option(names = "--peer", description = "also train the same model in PyTorch in this run: torch")
+    String peer;
+
+    @Option(names = "--python", description = "the Python for --peer (default: $KINDLING_PYTHON, else python3)")
+    String python;
+
     @CommandLine.Mixin
     BenchOptions common;
 
     @Override
-    public Integer call() {
+    public Integer call() throws Exception {
         CommandLine cmd = spec.commandLine();
         BenchOptions.requirePositive(cmd, "--layers", layers, "--d-model", dModel, "--heads", heads, "--vocab", vocab, "--seq", seq,
                 "--batch", batch, "--steps", steps);
+        if (warmup < 0) {
+            throw new CommandLine.ParameterException(cmd, "--warmup must be 0 or more, got " + warmup);
+        }
+        Peer torch = Peer.parse(cmd, peer, python);
         int threads = common.threads(cmd);
         int reps = BenchOptions.replicas(cmd, replicas, batch, threads);
         ModelConfig cfg;
@@ -81,11 +92,14 @@ final class TrainBench implements Callable<Integer> {
             throw new CommandLine.ParameterException(cmd, "--seq " + seq + " exceeds the model's max_seq " + cfg.maxSeq());
         }
         TrainConfig train = new TrainConfig(1, 1e-4, 1e-5, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1);
+        if (torch != null && (cfg.nKvHead() != cfg.nHead() || !cfg.mixers().stream().allMatch("attention"::equals)
+                || !cfg.channelMixers().stream().allMatch("mlp"::equals) || cfg.dropout() != 0)) {
+            throw new CommandLine.ParameterException(cmd, "--peer torch trains only multi-head attention + MLP models without "
+                    + "dropout; this model has n_kv_head " + cfg.nKvHead() + ", mixers " + cfg.mixers() + ", dropout " + cfg.dropout());
+        }
         PrintWriter err = cmd.getErr();
-        double fwd = 0;
-        double bwd = 0;
-        double opt = 0;
-        double total = 0;
+        double[] split = new double[3];
+        Timing.Stats stats;
         int params;
         int perThreads = threads / reps;
         try (DataParallel dp = BenchOptions.cpuReplicas(reps, perThreads, cfg, 1, train)) {
@@ -95,21 +109,31 @@ final class TrainBench implements Callable<Integer> {
             for (int r = 0; r < reps; r++) {
                 data.add(randomTokens(cfg.vocab(), batch / reps, seq, r, reps));
             }
-            for (int i = 0; i < warmup + steps; i++) {
-                StepResult r = dp.step(data);
-                if (i >= warmup) {
-                    fwd += first.lastForwardMs();
-                    bwd += first.lastBackwardMs();
-                    opt += first.lastOptimizerMs();
-                    total += r.seconds() * 1e3;
+            Timing.Trial step = () -> dp.step(data);
+            Timing.Trial counted = new Timing.Trial() {
+                @Override
+                public void run() {
+                    dp.step(data);
                 }
-            }
+
+                @Override
+                public void after() {
+                    split[0] += first.lastForwardMs();
+                    split[1] += first.lastBackwardMs();
+                    split[2] += first.lastOptimizerMs();
+                }
+            };
+            stats = Timing.measure(new Timing.Rule(warmup, steps, 0), step, counted);
         }
-        double msPerStep = total / steps;
-        double tokensPerS = batch * seq / (msPerStep / 1e3);
+        double msPerStep = stats.median() * 1e3;
+        double tokensPerS = stats.medianRate(batch * seq);
+        double fwd = split[0] / steps;
+        double bwd = split[1] / steps;
+        double opt = split[2] / steps;
         err.printf("train %,d params (L=%d C=%d H=%d V=%d), B=%d T=%d, %d replica(s) x %d thread(s): %.0f tokens/s, %.1f ms/step "
-                + "(forward %.1f, backward %.1f, optimizer %.1f)%n", params, cfg.nLayer(), cfg.dModel(), cfg.nHead(), cfg.vocab(),
-                batch, seq, reps, perThreads, tokensPerS, msPerStep, fwd / steps, bwd / steps, opt / steps);
+                + "(median of %d; best %.1f; forward %.1f, backward %.1f, optimizer %.1f)%n", params, cfg.nLayer(), cfg.dModel(),
+                cfg.nHead(), cfg.vocab(), batch, seq, reps, perThreads, tokensPerS, msPerStep, stats.reps(), stats.best() * 1e3,
+                fwd, bwd, opt);
         err.flush();
         if (common.json) {
             Map<String, Object> row = new LinkedHashMap<>();
@@ -119,10 +143,23 @@ final class TrainBench implements Callable<Integer> {
             row.put("batch", batch);
             row.put("tokens_per_s", BenchOptions.round(tokensPerS));
             row.put("ms_per_step", BenchOptions.round(msPerStep));
-            row.put("fwd_ms", BenchOptions.round(fwd / steps));
-            row.put("bwd_ms", BenchOptions.round(bwd / steps));
-            row.put("opt_ms", BenchOptions.round(opt / steps));
+            row.put("fwd_ms", BenchOptions.round(fwd));
+            row.put("bwd_ms", BenchOptions.round(bwd));
+            row.put("opt_ms", BenchOptions.round(opt));
+            row.put("impl", "kindling");
             Json.printLine(cmd.getOut(), row);
+        }
+        if (torch != null) {
+            Map<String, Object> theirs = torch.run(cmd, "torch_train.py", "--layers", cfg.nLayer(), "--d-model", cfg.dModel(),
+                    "--heads", cfg.nHead(), "--vocab", cfg.vocab(), "--max-seq", cfg.maxSeq(), "--mlp-ratio", cfg.mlpRatio(),
+                    "--seq", seq, "--batch", batch, "--steps", steps, "--warmup", warmup, "--threads", threads);
+            double peerRate = Peer.number(theirs, "tokens_per_s");
+            err.printf("kindling / %s = %.2fx tokens/s (same model, batch and threads, this run)%n", theirs.get("impl"),
+                    tokensPerS / peerRate);
+            err.flush();
+            if (common.json) {
+                Json.printLine(cmd.getOut(), theirs);
+            }
         }
         return 0;
     }

@@ -42,7 +42,8 @@ class CliTest {
         JsonNode row = new ObjectMapper().readTree(lines[0]);
         List<String> names = new ArrayList<>();
         row.fieldNames().forEachRemaining(names::add);
-        assertEquals(List.of("bench", "m", "n", "k", "threads", "gflops", "naive_gflops", "impl"), names);
+        assertEquals(List.of("bench", "m", "n", "k", "threads", "gflops", "naive_gflops", "impl", "median_gflops",
+                "naive_median_gflops", "max_rel_error"), names);
         assertEquals("gemm", row.get("bench").asText());
         assertEquals(67, row.get("m").asInt());
         assertEquals(45, row.get("n").asInt());
@@ -51,6 +52,9 @@ class CliTest {
         assertTrue(row.get("gflops").asDouble() > 0);
         assertTrue(row.get("naive_gflops").asDouble() > 0);
         assertTrue(List.of("openblas", "native", "vector", "java").contains(row.get("impl").asText()));
+        assertTrue(row.get("median_gflops").asDouble() > 0 && row.get("median_gflops").asDouble() <= row.get("gflops").asDouble());
+        double err = row.get("max_rel_error").asDouble();
+        assertTrue(err >= 0 && err <= GemmBench.MAX_REL_ERROR, lines[0]);
         assertTrue(r.err().contains("GFLOP/s"), "the human-readable line goes to stderr");
     }
 
@@ -64,7 +68,8 @@ class CliTest {
         List<String> names = new ArrayList<>();
         row.fieldNames().forEachRemaining(names::add);
         assertEquals(List.of("bench", "seq", "heads", "head_dim", "causal", "fwd_ms", "fwd_bwd_ms", "naive_fwd_ms",
-                "naive_fwd_bwd_ms", "gflops_fwd_bwd", "extra_bytes", "naive_extra_bytes"), names);
+                "naive_fwd_bwd_ms", "gflops_fwd_bwd", "extra_bytes", "naive_extra_bytes", "fwd_median_ms", "fwd_bwd_median_ms",
+                "naive_fwd_median_ms", "naive_fwd_bwd_median_ms", "impl"), names);
         assertEquals("attention", row.get("bench").asText());
         assertEquals(300, row.get("seq").asInt());
         assertEquals(59, row.get("head_dim").asInt());
@@ -95,7 +100,7 @@ class CliTest {
                 "--batch", "2", "--steps", "2", "--warmup", "1", "--json");
         assertEquals(0, r.code(), r.err());
         String line = r.out().strip();
-        assertEquals(List.of("bench", "params", "seq", "batch", "tokens_per_s", "ms_per_step", "fwd_ms", "bwd_ms", "opt_ms"),
+        assertEquals(List.of("bench", "params", "seq", "batch", "tokens_per_s", "ms_per_step", "fwd_ms", "bwd_ms", "opt_ms", "impl"),
                 fieldNames(line));
         JsonNode row = new ObjectMapper().readTree(line);
         assertEquals("train", row.get("bench").asText());
@@ -151,7 +156,8 @@ class CliTest {
 
     @Test
     void benchTokenizeJsonHasExactlyTheIssueFields(@org.junit.jupiter.api.io.TempDir java.nio.file.Path dir) throws Exception {
-        String text = "Tokenizers split text into pieces. Pieces become ids; ids become text again. 12345 🎉\n".repeat(50);
+        // Lines of different lengths: a peer that pads a batch to its longest document would not agree.
+        String text = "Tokenizers split text into pieces. Pieces become ids; ids become text again. 12345 🎉\nshort\n".repeat(25);
         java.util.Map<String, Long> counts = new java.util.HashMap<>();
         org.kindling.data.BpeTrainer.count(text, counts);
         java.nio.file.Path tok = dir.resolve("tokenizer.json");
@@ -162,10 +168,28 @@ class CliTest {
         CliRun r = CliRun.of("bench", "tokenize", "--tokenizer", tok.toString(), "--input", in.toString(), "--seconds", "0.05", "--json");
         assertEquals(0, r.code(), r.err());
         String line = r.out().strip();
-        assertEquals(List.of("bench", "mb_per_s", "peer_mb_per_s", "tokens", "agree"), fieldNames(line));
+        assertEquals(List.of("bench", "mb_per_s", "peer_mb_per_s", "tokens", "agree", "median_mb_per_s", "peer_median_mb_per_s",
+                "threads", "documents", "timed_documents", "timed_mb"), fieldNames(line));
         JsonNode row = new ObjectMapper().readTree(line);
         assertTrue(row.get("agree").asBoolean(), line);
         assertTrue(row.get("mb_per_s").asDouble() > 0 && row.get("peer_mb_per_s").asDouble() > 0, line);
+        assertEquals(50, row.get("documents").asInt(), "one document per line");
+        assertEquals(25, row.get("timed_documents").asInt(), "the second half is timed, the first warms up");
+        assertTrue(r.err().contains("batchEncode"), "says what each side computes: " + r.err());
+
+        // Invalid UTF-8: a clear error naming the file and the offset of the first bad byte, no usage text.
+        java.nio.file.Path bad = dir.resolve("bad.txt");
+        byte[] ok = "fine line\nsecond line\n".getBytes(java.nio.charset.StandardCharsets.UTF_8);
+        byte[] bytes = java.util.Arrays.copyOf(ok, ok.length + 3);
+        bytes[ok.length] = 'a';
+        bytes[ok.length + 1] = (byte) 0xC3; // a two-byte lead followed by a byte that cannot continue it
+        bytes[ok.length + 2] = '(';
+        java.nio.file.Files.write(bad, bytes);
+        CliRun b = CliRun.of("bench", "tokenize", "--tokenizer", tok.toString(), "--input", bad.toString(), "--seconds", "0");
+        assertEquals(1, b.code(), b.err());
+        assertTrue(b.err().contains(bad + " is not valid UTF-8: the byte sequence at byte offset " + (ok.length + 1)
+                + " (first byte 0xc3) is malformed"), b.err());
+        assertTrue(!b.err().contains("Usage:") && !b.err().contains("Input length"), b.err());
     }
 
     @Test
