@@ -8,6 +8,17 @@ public final class KernelChecks {
     private KernelChecks() {
     }
 
+    /** {@code t}'s storage as the backend's own kind, checking its dtype and that it lives on {@code device}. */
+    public static <S extends Storage> S storage(Tensor t, DType want, Class<S> kind, String device, String what) {
+        if (t.dtype() != want) {
+            throw new IllegalArgumentException(what + " must be " + want + ", got " + t);
+        }
+        if (!kind.isInstance(t.storage())) {
+            throw new IllegalArgumentException(what + " is not on " + device + ": " + t);
+        }
+        return kind.cast(t.storage());
+    }
+
     public static void sameNumel(Tensor a, String an, Tensor b, String bn) {
         if (a.numel() != b.numel()) {
             throw new IllegalArgumentException(an + " " + a + " and " + bn + " " + b + " differ in element count");

@@ -16,6 +16,7 @@ import org.kindling.ops.BF16;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
+import org.kindling.ops.KernelChecks;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.DropoutMask;
@@ -58,13 +59,7 @@ final class CpuBackend implements Backend {
     // ---- argument checks ----
 
     private static CpuStorage storage(Tensor t, DType want, String what) {
-        if (t.dtype() != want) {
-            throw new IllegalArgumentException(what + " must be " + want + ", got " + t);
-        }
-        if (!(t.storage() instanceof CpuStorage s)) {
-            throw new IllegalArgumentException(what + " is not on the CPU: " + t);
-        }
-        return s;
+        return KernelChecks.storage(t, want, CpuStorage.class, "the CPU", what);
     }
 
     private static float[] f32(Tensor t, String what) {

@@ -16,6 +16,7 @@ import org.kindling.ops.Attention;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
+import org.kindling.ops.KernelChecks;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.Reference;
@@ -42,13 +43,7 @@ final class ReferenceBackend implements Backend {
     // ---- storage access ----
 
     private static ReferenceStorage storage(Tensor t, DType want, String what) {
-        if (t.dtype() != want) {
-            throw new IllegalArgumentException(what + " must be " + want + ", got " + t);
-        }
-        if (!(t.storage() instanceof ReferenceStorage s)) {
-            throw new IllegalArgumentException(what + " is not on the reference device: " + t);
-        }
-        return s;
+        return KernelChecks.storage(t, want, ReferenceStorage.class, "the reference device", what);
     }
 
     private static double[] f64(Tensor t, String what) {
