@@ -1,10 +1,8 @@
 package org.kindling.collective;
 
 import java.io.Serializable;
-import java.security.GeneralSecurityException;
 import java.security.SecureRandom;
 import javax.crypto.Mac;
-import javax.crypto.spec.SecretKeySpec;
 
 /**
  * The per-run secret every connection of a run proves it holds. It travels to the workers inside

@@ -50,6 +50,7 @@ public final class LogCapture extends Handler implements AutoCloseable {
 
     @Override
     public void flush() {
+        // records are kept as they come; nothing is buffered
     }
 
     @Override

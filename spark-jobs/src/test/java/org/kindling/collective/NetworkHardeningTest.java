@@ -17,7 +17,6 @@ import java.net.InetSocketAddress;
 import java.net.NetworkInterface;
 import java.net.ServerSocket;
 import java.net.Socket;
-import java.net.SocketTimeoutException;
 import java.nio.ByteBuffer;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -42,65 +41,6 @@ import org.junit.jupiter.api.Test;
  */
 class NetworkHardeningTest {
     static final String HOST = "127.0.0.1";
-
-    /** Connections that stay silent or send garbage; each is kept open until the server hangs up. */
-    static final class Strangers implements AutoCloseable {
-        final List<Socket> sockets = new ArrayList<>();
-        int unreachable;
-
-        /** Opens {@code idle} silent and {@code garbage} garbage-sending connections to {@code port}, interleaved. */
-        Strangers(int port, int idle, int garbage) throws IOException {
-            SplittableRandom random = new SplittableRandom(7);
-            for (int i = 0; i < idle + garbage; i++) {
-                Socket s = new Socket();
-                try {
-                    s.connect(new InetSocketAddress(HOST, port), 5_000);
-                } catch (ConnectException | SocketTimeoutException e) {
-                    // the listener closed (its ring formed) while the flood went on
-                    s.close();
-                    unreachable++;
-                    continue;
-                }
-                sockets.add(s);
-                if (i % 2 == 1 && i / 2 < garbage || i >= 2 * idle) {
-                    byte[] junk = new byte[64 + random.nextInt(512)];
-                    random.nextBytes(junk);
-                    s.getOutputStream().write(junk);
-                }
-            }
-        }
-
-        /** Waits until the server hung up on every one; returns how many it did. */
-        int hungUp(Duration within) throws IOException {
-            long deadline = System.nanoTime() + within.toNanos();
-            int closed = 0;
-            byte[] sink = new byte[4096];
-            for (Socket s : sockets) {
-                InputStream in = s.getInputStream();
-                try {
-                    while (true) {
-                        s.setSoTimeout((int) Math.max(1, (deadline - System.nanoTime()) / 1_000_000));
-                        if (in.read(sink) < 0) {
-                            closed++;
-                            break;
-                        }
-                    }
-                } catch (SocketTimeoutException e) {
-                    return closed;
-                } catch (IOException e) {
-                    closed++; // reset by the server: hung up as well
-                }
-            }
-            return closed;
-        }
-
-        @Override
-        public void close() throws IOException {
-            for (Socket s : sockets) {
-                s.close();
-            }
-        }
-    }
 
     @Test
     void listenersBindOnlyTheGivenHostLogTheirAddressAndRefuseTheWildcard() throws Exception {
@@ -132,8 +72,8 @@ class NetworkHardeningTest {
         Ring.Listener l1 = Ring.listen(1, HOST, secret);
         List<Ring.Peer> peers = List.of(l0.address(), l1.address());
         ExecutorService pool = Executors.newFixedThreadPool(2);
-        try (Strangers strangers = new Strangers(l1.address().port(), 300, 300)) {
-            assertEquals(600, strangers.sockets.size(), "every stranger was accepted");
+        try (Strangers strangers = new Strangers(HOST, l1.address().port(), 600)) {
+            assertEquals(600, strangers.connected(), "every stranger was accepted");
             // Rank 0 reaches rank 1 while its strangers are still pending: it must not wait behind them.
             long t0 = System.nanoTime();
             List<Future<float[]>> ranks = new ArrayList<>();

@@ -7,13 +7,8 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.IOException;
-import java.net.ConnectException;
 import java.net.InetAddress;
-import java.net.InetSocketAddress;
-import java.net.Socket;
-import java.net.SocketTimeoutException;
 import java.time.Duration;
-import java.util.ArrayList;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
@@ -33,6 +28,7 @@ import org.junit.jupiter.api.io.TempDir;
 import org.kindling.data.Shard;
 import org.kindling.collective.LogCapture;
 import org.kindling.collective.RunSecret;
+import org.kindling.collective.Strangers;
 import org.kindling.data.ShardWriter;
 import org.kindling.models.ModelConfig;
 import org.kindling.models.RunConfig;
@@ -193,49 +189,10 @@ class DistributedTrainTest {
         assertArrayEquals(weights(two, 6), weights(flooded, 6), "strangers must not change a single bit");
     }
 
-    /** Opens 300 idle and 300 garbage-sending connections to {@code port}; returns how many connected and how many the server hung up on. */
+    /** 300 idle and 300 garbage-sending connections to {@code host:port}; returns how many connected and how many the server hung up on. */
     static int[] strangers(String host, int port) throws IOException {
-        SplittableRandom random = new SplittableRandom(port);
-        List<Socket> sockets = new ArrayList<>();
-        try {
-            for (int i = 0; i < 600; i++) {
-                Socket s = new Socket();
-                try {
-                    s.connect(new InetSocketAddress(host, port), 5_000);
-                } catch (ConnectException | SocketTimeoutException e) {
-                    s.close();
-                    continue; // a ring port closes once its ring forms
-                }
-                sockets.add(s);
-                if (i % 2 == 1) {
-                    byte[] junk = new byte[64 + random.nextInt(512)];
-                    random.nextBytes(junk);
-                    s.getOutputStream().write(junk);
-                }
-            }
-            int hungUp = 0;
-            byte[] sink = new byte[4096];
-            long deadline = System.nanoTime() + 20_000_000_000L;
-            for (Socket s : sockets) {
-                try {
-                    while (true) {
-                        s.setSoTimeout((int) Math.max(1, (deadline - System.nanoTime()) / 1_000_000));
-                        if (s.getInputStream().read(sink) < 0) {
-                            hungUp++;
-                            break;
-                        }
-                    }
-                } catch (SocketTimeoutException e) {
-                    break;
-                } catch (IOException e) {
-                    hungUp++; // reset: hung up too
-                }
-            }
-            return new int[] {sockets.size(), hungUp};
-        } finally {
-            for (Socket s : sockets) {
-                s.close();
-            }
+        try (Strangers s = new Strangers(host, port, 600)) {
+            return new int[] {s.connected(), s.hungUp(Duration.ofSeconds(20))};
         }
     }
 
