@@ -36,7 +36,7 @@ public final class Coordinator implements AutoCloseable {
     /** The largest message either side accepts: a rendezvous answer lists every worker's address. */
     static final int MAX_MESSAGE = 1 << 20;
     private static final System.Logger LOG = System.getLogger(Coordinator.class.getName());
-    private static final byte HELLO = 'H';
+    static final byte HELLO = 'H';
     private static final byte OK = 1;
     private static final byte ERROR = 0;
     private static final byte STEP = 'S';

@@ -244,4 +244,53 @@ class RingTest {
             }
         }
     }
+
+    @Test
+    void aRetriedAttemptLogsItsCheckpointAndTheWorkerThePreviousAttemptLost() throws Exception {
+        try (LogCapture logs = new LogCapture();
+             Coordinator c = new Coordinator("127.0.0.1", 2, SECRET, Duration.ofSeconds(20), () -> Optional.of("step-4"), r -> { })) {
+            ExecutorService pool = Executors.newFixedThreadPool(2);
+            try {
+                // Attempt 0: rank 0 fails as an echo; rank 1's executor dies without a word (its connection just ends).
+                Future<?> rank0 = pool.submit(() -> {
+                    try (Coordinator.Client cl = Coordinator.Client.connect("127.0.0.1", c.port(), SECRET, Duration.ofSeconds(20))) {
+                        cl.hello(0, 0, new Ring.Peer("h0", 1000));
+                        cl.failed("rank 0: rank 1 closed the ring", true);
+                    }
+                    return null;
+                });
+                try (Link rank1 = Link.dial("127.0.0.1", c.port(), SECRET, Coordinator.PURPOSE, "the coordinator", Duration.ofSeconds(5),
+                        System.nanoTime() + 5_000_000_000L)) {
+                    java.io.ByteArrayOutputStream hello = new java.io.ByteArrayOutputStream();
+                    java.io.DataOutputStream out = new java.io.DataOutputStream(hello);
+                    out.writeInt(0);
+                    out.writeInt(1);
+                    out.writeUTF("h1");
+                    out.writeInt(1001);
+                    rank1.send(Coordinator.HELLO, hello.toByteArray(), 0, hello.size());
+                    rank1.readTimeout(Duration.ofSeconds(20));
+                    rank1.receive(-1, -1, Coordinator.MAX_MESSAGE);
+                }
+                rank0.get(20, java.util.concurrent.TimeUnit.SECONDS);
+                sleep(300); // the coordinator notices the vanished connection
+                List<Future<Coordinator.Rendezvous>> retry = new ArrayList<>();
+                for (int r = 0; r < 2; r++) {
+                    int rank = r;
+                    retry.add(pool.submit(() -> {
+                        try (Coordinator.Client cl = Coordinator.Client.connect("127.0.0.1", c.port(), SECRET, Duration.ofSeconds(20))) {
+                            return cl.hello(1, rank, new Ring.Peer("h" + rank, 2000 + rank));
+                        }
+                    }));
+                }
+                for (Future<Coordinator.Rendezvous> f : retry) {
+                    assertEquals(Optional.of("step-4"), f.get(20, java.util.concurrent.TimeUnit.SECONDS).resume());
+                }
+            } finally {
+                pool.shutdownNow();
+            }
+            assertEquals(List.of("INFO stage attempt 1 resumes from checkpoint step-4 after stage attempt 0 lost rank 1 (h1): "
+                    + "its connection to the driver ended without a word (executor lost)"),
+                    logs.lines().stream().filter(l -> l.contains("resumes")).toList());
+        }
+    }
 }
