@@ -1,12 +1,11 @@
 package org.kindling.collective;
 
-import java.io.BufferedOutputStream;
+import java.io.ByteArrayInputStream;
+import java.io.ByteArrayOutputStream;
 import java.io.DataInputStream;
 import java.io.DataOutputStream;
 import java.io.EOFException;
 import java.io.IOException;
-import java.net.InetSocketAddress;
-import java.net.ServerSocket;
 import java.net.Socket;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -15,7 +14,6 @@ import java.util.List;
 import java.util.Map;
 import java.util.Optional;
 import java.util.TreeMap;
-import java.util.concurrent.atomic.AtomicInteger;
 import java.util.function.Consumer;
 import java.util.function.Supplier;
 import org.kindling.models.StepResult;
@@ -26,11 +24,19 @@ import org.kindling.models.StepResult;
  * of ring addresses and the checkpoint to resume from (chosen once per attempt, so every rank
  * restores the same one). Afterwards rank 0 streams its step results here for progress and
  * metrics. A rendezvous that is incomplete after the timeout answers the workers that came with
- * an error naming the missing ranks; a retried stage attempt starts a fresh rendezvous.
+ * an error naming the missing ranks; a retried stage attempt starts a fresh rendezvous, and the
+ * driver logs which checkpoint it resumes from and which worker the previous attempt lost.
+ *
+ * <p>Connections are accepted by a {@link Gate} (a deadline and a bounded number of connections
+ * before authentication, no thread for a stranger); every message after it is a MACed
+ * {@link Link} frame of at most {@link #MAX_MESSAGE} bytes.
  */
 public final class Coordinator implements AutoCloseable {
     static final String PURPOSE = "kindling-coordinator";
+    /** The largest message either side accepts: a rendezvous answer lists every worker's address. */
+    static final int MAX_MESSAGE = 1 << 20;
     private static final System.Logger LOG = System.getLogger(Coordinator.class.getName());
+    static final byte HELLO = 'H';
     private static final byte OK = 1;
     private static final byte ERROR = 0;
     private static final byte STEP = 'S';
@@ -62,51 +68,50 @@ public final class Coordinator implements AutoCloseable {
     }
 
     private final int world;
-    private final String secret;
     private final Duration rendezvousTimeout;
     private final Supplier<Optional<String>> resumeChooser;
     private final Consumer<StepResult> onStep;
-    private final ServerSocket server;
     private final Map<Integer, Group> groups = new HashMap<>();
     private final Map<Integer, String> abandoned = new HashMap<>();
-    private final List<Socket> open = new ArrayList<>();
-    private final AtomicInteger refused = new AtomicInteger();
+    private final List<Link> open = new ArrayList<>();
     private final List<Failure> failures = new ArrayList<>();
     /** Open worker connections per stage attempt; guarded by {@code failures}. */
     private final Map<Integer, Integer> connected = new HashMap<>();
-    private final Thread acceptor;
+    /** Per stage attempt, the first worker whose connection ended without a word (its executor died); guarded by {@code failures}. */
+    private final Map<Integer, Integer> silent = new HashMap<>();
+    private final Gate gate;
     private volatile boolean closed;
 
     /**
-     * Listens on every interface, on a free port.
+     * Listens on {@code host} (the address Spark advertises for the driver), on a free port.
      *
      * @param resumeChooser called once per stage attempt when its rendezvous completes
      * @param onStep receives rank 0's step results, on a coordinator thread
      */
-    public Coordinator(int world, String secret, Duration rendezvousTimeout, Supplier<Optional<String>> resumeChooser,
-                       Consumer<StepResult> onStep) throws IOException {
+    public Coordinator(String host, int world, RunSecret secret, Duration rendezvousTimeout,
+                       Supplier<Optional<String>> resumeChooser, Consumer<StepResult> onStep) throws IOException {
         if (world < 1) {
             throw new IllegalArgumentException("a run needs at least one worker, got " + world);
         }
         this.world = world;
-        this.secret = secret;
         this.rendezvousTimeout = rendezvousTimeout;
         this.resumeChooser = resumeChooser;
         this.onStep = onStep;
-        this.server = new ServerSocket();
-        server.bind(new InetSocketAddress(0), 64);
-        this.acceptor = new Thread(this::acceptLoop, "kindling-coordinator");
-        acceptor.setDaemon(true);
-        acceptor.start();
+        this.gate = new Gate("coordinator", host, secret, PURPOSE, (socket, session) -> {
+            Thread t = new Thread(() -> serve(socket, session), "kindling-coordinator-" + socket.getRemoteSocketAddress());
+            t.setDaemon(true);
+            t.start();
+        });
+        LOG.log(System.Logger.Level.INFO, "coordinator listening on " + host + ":" + port());
     }
 
     public int port() {
-        return server.getLocalPort();
+        return gate.address().getPort();
     }
 
-    /** Connections refused so far because they failed authentication. */
+    /** Connections refused so far before authentication (see {@link Gate#refused}). */
     public int refused() {
-        return refused.get();
+        return gate.refused();
     }
 
     /**
@@ -136,69 +141,54 @@ public final class Coordinator implements AutoCloseable {
         }
     }
 
-    private void acceptLoop() {
-        while (!closed) {
-            try {
-                Socket s = server.accept();
-                synchronized (open) {
-                    open.add(s);
-                }
-                Thread t = new Thread(() -> serve(s), "kindling-coordinator-" + s.getRemoteSocketAddress());
-                t.setDaemon(true);
-                t.start();
-            } catch (IOException e) {
-                if (!closed) {
-                    LOG.log(System.Logger.Level.WARNING, "coordinator stopped accepting: " + e.getMessage());
-                }
-                return;
-            }
-        }
-    }
-
-    private void serve(Socket s) {
+    private void serve(Socket s, Handshake.Session session) {
         int attempt = -1;
-        try (s) {
-            s.setSoTimeout(10_000);
-            try {
-                Handshake.accept(s, secret, PURPOSE);
-            } catch (IOException e) {
-                refused.incrementAndGet();
-                LOG.log(System.Logger.Level.WARNING, "coordinator refused a connection from " + s.getRemoteSocketAddress() + ": "
-                        + e.getMessage());
-                return;
+        int rank = -1;
+        boolean said = false;
+        Link link = null;
+        try {
+            link = new Link(s, session, "the worker at " + s.getRemoteSocketAddress(), rendezvousTimeout);
+            synchronized (open) {
+                if (closed) {
+                    return;
+                }
+                open.add(link);
             }
-            DataInputStream in = new DataInputStream(s.getInputStream());
-            DataOutputStream out = new DataOutputStream(new BufferedOutputStream(s.getOutputStream()));
+            link.readTimeout(Duration.ofSeconds(10));
+            DataInputStream in = receive(link, HELLO);
             attempt = in.readInt();
             synchronized (failures) {
                 connected.merge(attempt, 1, Integer::sum);
             }
-            int rank = in.readInt();
+            rank = in.readInt();
             Ring.Peer peer = new Ring.Peer(in.readUTF(), in.readInt());
             Group g;
             try {
                 g = join(attempt, rank, peer);
             } catch (IllegalStateException e) {
-                out.writeByte(ERROR);
-                out.writeUTF(e.getMessage());
-                out.flush();
+                send(link, ERROR, out -> out.writeUTF(e.getMessage()));
+                said = true;
                 return;
             }
-            out.writeByte(OK);
-            out.writeInt(world);
-            for (Ring.Peer p : g.peers) {
-                out.writeUTF(p.host());
-                out.writeInt(p.port());
-            }
-            out.writeUTF(g.resume.orElse(""));
-            out.flush();
-            s.setSoTimeout(0); // from here on the ring's timeouts watch the workers
+            send(link, OK, out -> {
+                out.writeInt(world);
+                for (Ring.Peer p : g.peers) {
+                    out.writeUTF(p.host());
+                    out.writeInt(p.port());
+                }
+                out.writeUTF(g.resume.orElse(""));
+            });
+            // From here on the ring's timeouts watch the workers; this read ends when the worker or the run does.
+            link.readTimeout(Duration.ZERO);
             while (true) {
-                byte kind = in.readByte();
+                in = receive(link, -1);
+                long kind = link.lastOp();
                 if (kind == BYE) {
+                    said = true;
                     return;
                 }
                 if (kind == FAILED) {
+                    said = true;
                     Failure f = new Failure(attempt, rank, in.readUTF(), in.readBoolean());
                     synchronized (failures) {
                         failures.add(f);
@@ -220,12 +210,18 @@ public final class Coordinator implements AutoCloseable {
                 LOG.log(System.Logger.Level.WARNING, "coordinator connection " + s.getRemoteSocketAddress() + ": " + e.getMessage());
             }
         } finally {
-            synchronized (open) {
-                open.remove(s);
+            if (link != null) {
+                link.close();
+                synchronized (open) {
+                    open.remove(link);
+                }
             }
             synchronized (failures) {
                 if (attempt >= 0) {
                     connected.merge(attempt, -1, Integer::sum);
+                    if (rank >= 0 && !said && !closed) {
+                        silent.putIfAbsent(attempt, rank);
+                    }
                 }
                 failures.notifyAll();
             }
@@ -252,6 +248,8 @@ public final class Coordinator implements AutoCloseable {
         if (g.members.size() == world) {
             g.peers = g.members.values().stream().map(Member::peer).toList();
             g.resume = resumeChooser.get();
+            groups.keySet().stream().filter(a -> a < attempt).max(Integer::compare)
+                    .ifPresent(previous -> LOG.log(System.Logger.Level.INFO, resumed(attempt, previous, g.resume)));
             notifyAll();
         }
         while (g.peers == null) {
@@ -281,6 +279,37 @@ public final class Coordinator implements AutoCloseable {
     }
 
     /**
+     * The line saying that stage attempt {@code attempt} resumes after {@code previous} failed: from
+     * which checkpoint, and which worker was lost, as the workers told it (the first that failed
+     * on its own, else the first that vanished without a word, else the first echo), else as Spark did.
+     */
+    private String resumed(int attempt, int previous, Optional<String> resume) {
+        String lost;
+        synchronized (failures) {
+            List<Failure> before = failures.stream().filter(f -> f.attempt() == previous).toList();
+            Optional<Failure> cause = before.stream().filter(f -> !f.echo()).findFirst();
+            Integer vanished = silent.get(previous);
+            if (cause.isPresent()) {
+                lost = worker(previous, cause.get().rank()) + ": " + cause.get().message();
+            } else if (vanished != null) {
+                lost = worker(previous, vanished) + ": its connection to the driver ended without a word (executor lost)";
+            } else if (!before.isEmpty()) {
+                lost = worker(previous, before.get(0).rank()) + ": " + before.get(0).message();
+            } else {
+                lost = "a worker: " + abandoned.getOrDefault(previous, "Spark gave no reason");
+            }
+        }
+        return "stage attempt " + attempt + " resumes from " + resume.map(c -> "checkpoint " + c).orElse("the start (no checkpoint yet)")
+                + " after stage attempt " + previous + " lost " + lost;
+    }
+
+    private String worker(int attempt, int rank) {
+        Group g = groups.get(attempt);
+        Member m = g == null ? null : g.members.get(rank);
+        return "rank " + rank + (m == null ? "" : " (" + m.peer().host() + ")");
+    }
+
+    /**
      * Fails the rendezvous of a stage attempt that Spark has given up on, now or when its workers
      * arrive, so that they stop at once instead of at the timeout (a blocked socket read ignores
      * Spark's interrupt when it cancels a failed stage).
@@ -300,63 +329,68 @@ public final class Coordinator implements AutoCloseable {
         synchronized (this) {
             notifyAll();
         }
-        try {
-            server.close();
-        } catch (IOException ignored) {
-            // the accept loop ends either way
-        }
+        gate.close();
         synchronized (open) {
-            for (Socket s : open) {
-                try {
-                    s.close();
-                } catch (IOException ignored) {
-                    // shutting down
-                }
-            }
+            open.forEach(Link::close);
         }
+    }
+
+    private interface Body {
+        void write(DataOutputStream out) throws IOException;
+    }
+
+    private static void send(Link link, byte kind, Body body) throws IOException {
+        ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+        DataOutputStream out = new DataOutputStream(bytes);
+        body.write(out);
+        out.flush();
+        link.send(kind, bytes.toByteArray(), 0, bytes.size());
+    }
+
+    /** The next message, of {@code kind} (any if negative), as a stream over its bytes. */
+    private static DataInputStream receive(Link link, long kind) throws IOException {
+        int n = link.receive(kind, -1, MAX_MESSAGE);
+        return new DataInputStream(new ByteArrayInputStream(link.buffer(), 0, n));
     }
 
     /** A worker's connection to the coordinator. */
     public static final class Client implements AutoCloseable {
-        private final Socket socket;
-        private final DataInputStream in;
-        private final DataOutputStream out;
+        private final Link link;
         private final Duration timeout;
 
-        private Client(Socket socket, Duration timeout) throws IOException {
-            this.socket = socket;
+        private Client(Link link, Duration timeout) {
+            this.link = link;
             this.timeout = timeout;
-            this.in = new DataInputStream(socket.getInputStream());
-            this.out = new DataOutputStream(new BufferedOutputStream(socket.getOutputStream()));
         }
 
-        /** Connects and authenticates; {@code timeout} is the rendezvous timeout, which bounds every wait for the driver. */
-        public static Client connect(String host, int port, String secret, Duration timeout) throws IOException {
-            Socket s = new Socket();
+        /**
+         * Connects and authenticates; {@code timeout} is the rendezvous timeout, which bounds every
+         * wait for the driver, reads and writes alike.
+         */
+        public static Client connect(String host, int port, RunSecret secret, Duration timeout) throws IOException {
             try {
-                s.connect(new InetSocketAddress(host, port), (int) Math.min(Integer.MAX_VALUE, timeout.toMillis()));
-                s.setTcpNoDelay(true);
-                s.setSoTimeout((int) Math.min(Integer.MAX_VALUE, timeout.toMillis()));
-                Handshake.connect(s, secret, PURPOSE);
-                return new Client(s, timeout);
+                Link link = Link.dial(host, port, secret, PURPOSE, "the driver's coordinator at " + host + ":" + port, timeout,
+                        System.nanoTime() + timeout.toNanos());
+                link.readTimeout(timeout);
+                return new Client(link, timeout);
             } catch (IOException e) {
-                s.close();
                 throw new IOException("cannot reach the driver's coordinator at " + host + ":" + port + ": " + e.getMessage(), e);
             }
         }
 
         /** Announces this worker and waits for every other one (the driver enforces the rendezvous timeout). */
         public Rendezvous hello(int attempt, int rank, Ring.Peer me) throws IOException {
-            out.writeInt(attempt);
-            out.writeInt(rank);
-            out.writeUTF(me.host());
-            out.writeInt(me.port());
-            out.flush();
+            send(link, HELLO, out -> {
+                out.writeInt(attempt);
+                out.writeInt(rank);
+                out.writeUTF(me.host());
+                out.writeInt(me.port());
+            });
             // The driver answers within its rendezvous timeout; the margin covers a slow driver, not a dead one.
-            socket.setSoTimeout((int) Math.min(Integer.MAX_VALUE, timeout.plusSeconds(30).toMillis()));
-            byte status = in.readByte();
-            if (status != OK) {
-                throw new IOException("rendezvous failed: " + in.readUTF());
+            link.readTimeout(timeout.plusSeconds(30));
+            DataInputStream in = receive(link, -1);
+            if (link.lastOp() != OK) {
+                throw new IOException("rendezvous failed: " + (link.lastOp() == ERROR ? in.readUTF() : "unexpected answer " + link.lastOp()));
             }
             int world = in.readInt();
             List<Ring.Peer> peers = new ArrayList<>();
@@ -364,20 +398,19 @@ public final class Coordinator implements AutoCloseable {
                 peers.add(new Ring.Peer(in.readUTF(), in.readInt()));
             }
             String resume = in.readUTF();
-            socket.setSoTimeout(0);
             return new Rendezvous(peers, resume.isEmpty() ? Optional.empty() : Optional.of(resume));
         }
 
         /** Sends a step's result for the driver's progress display and metrics. */
         public void report(StepResult r) throws IOException {
-            out.writeByte(STEP);
-            out.writeInt(r.step());
-            out.writeDouble(r.loss());
-            out.writeDouble(r.lr());
-            out.writeDouble(r.gradNorm());
-            out.writeLong(r.tokens());
-            out.writeDouble(r.seconds());
-            out.flush();
+            send(link, STEP, out -> {
+                out.writeInt(r.step());
+                out.writeDouble(r.loss());
+                out.writeDouble(r.lr());
+                out.writeDouble(r.gradNorm());
+                out.writeLong(r.tokens());
+                out.writeDouble(r.seconds());
+            });
         }
 
         /**
@@ -387,25 +420,24 @@ public final class Coordinator implements AutoCloseable {
          */
         public void failed(String message, boolean echo) {
             try {
-                out.writeByte(FAILED);
-                // writeUTF takes at most 65535 bytes of modified UTF-8
-                out.writeUTF(message.length() > 8000 ? message.substring(0, 8000) + "…" : message);
-                out.writeBoolean(echo);
-                out.flush();
+                send(link, FAILED, out -> {
+                    // writeUTF takes at most 65535 bytes of modified UTF-8
+                    out.writeUTF(message.length() > 8000 ? message.substring(0, 8000) + "…" : message);
+                    out.writeBoolean(echo);
+                });
             } catch (IOException ignored) {
                 // Spark reports the task failure either way
             }
         }
 
         @Override
-        public void close() throws IOException {
+        public void close() {
             try {
-                out.writeByte(BYE);
-                out.flush();
+                send(link, BYE, out -> { });
             } catch (IOException ignored) {
                 // the driver may be gone already
             } finally {
-                socket.close();
+                link.close();
             }
         }
     }

@@ -6,7 +6,6 @@ import java.io.OutputStream;
 import java.io.Serializable;
 import java.io.UncheckedIOException;
 import java.net.InetAddress;
-import java.net.ServerSocket;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.List;
@@ -24,9 +23,9 @@ import org.apache.spark.sql.SparkSession;
 import org.apache.spark.util.SerializableConfiguration;
 import org.kindling.data.DatasetReader;
 import org.kindling.collective.Coordinator;
-import org.kindling.collective.Handshake;
 import org.kindling.collective.Ring;
 import org.kindling.collective.RingSync;
+import org.kindling.collective.RunSecret;
 import org.kindling.models.Checkpoints;
 import org.kindling.models.GradientSync;
 import org.kindling.models.Gpt;
@@ -64,13 +63,22 @@ public final class TrainJob {
     /**
      * A test-only failure: rank {@code rank} fails after step {@code step} (step 0: before it
      * reaches the coordinator), or with {@code stall} stops answering there, in the first stage
-     * attempt only or in every attempt.
+     * attempt only or in every attempt; or, with {@code lateMs}, it only reaches the coordinator
+     * that much later than its peers (which keeps their ring ports open for a while).
      */
-    record Fault(int rank, int step, boolean everyAttempt, boolean stall) implements Serializable {
-        static final Fault NONE = new Fault(-1, -1, false, false);
+    record Fault(int rank, int step, boolean everyAttempt, boolean stall, long lateMs) implements Serializable {
+        static final Fault NONE = new Fault(-1, -1, false, false, 0);
 
         Fault(int rank, int step, boolean everyAttempt) {
-            this(rank, step, everyAttempt, false);
+            this(rank, step, everyAttempt, false, 0);
+        }
+
+        Fault(int rank, int step, boolean everyAttempt, boolean stall) {
+            this(rank, step, everyAttempt, stall, 0);
+        }
+
+        static Fault late(int rank, long ms) {
+            return new Fault(rank, -1, true, false, ms);
         }
     }
 
@@ -81,9 +89,12 @@ public final class TrainJob {
     record Outcome(long checksum, String nonFinite) implements Serializable {
     }
 
-    /** What the driver hands each task: plain values, nothing a host deserializes as code. */
+    /**
+     * What the driver hands each task: plain values, nothing a host deserializes as code. The
+     * secret's {@code toString} is redacted, so printing a plan does not print it.
+     */
     record Plan(String run, String data, String configYaml, int threads, int world, String coordinatorHost, int coordinatorPort,
-                String secret, long rendezvousTimeoutS, long collectiveTimeoutS, long bucketBytes, Fault fault)
+                RunSecret secret, long rendezvousTimeoutS, long collectiveTimeoutS, long bucketBytes, Fault fault)
             implements Serializable {
     }
 
@@ -126,12 +137,12 @@ public final class TrainJob {
         long rendezvousS = positive(spark, RENDEZVOUS_TIMEOUT, 300);
         long collectiveS = positive(spark, COLLECTIVE_TIMEOUT, 600);
         long bucketBytes = positive(spark, BUCKET_BYTES, RingSync.DEFAULT_BUCKET_BYTES);
-        String secret = Handshake.newSecret();
+        RunSecret secret = RunSecret.generate();
         Checkpoints checkpoints = new Checkpoints(storage);
         Progress progress = new Progress(storage, config.train());
         String host = spark.conf().get("spark.driver.host", InetAddress.getLocalHost().getHostAddress());
         String group = "kindling-train-" + UUID.randomUUID();
-        try (Coordinator coordinator = new Coordinator(workers, secret, Duration.ofSeconds(rendezvousS), checkpoints::latest,
+        try (Coordinator coordinator = new Coordinator(host, workers, secret, Duration.ofSeconds(rendezvousS), checkpoints::latest,
                 progress)) {
             Plan plan = new Plan(storage.root(), dataset.root(), yaml, threads, workers, host, coordinator.port(), secret,
                     rendezvousS, collectiveS, bucketBytes, fault);
@@ -246,8 +257,7 @@ public final class TrainJob {
             BarrierTaskContext ctx = BarrierTaskContext.get();
             int rank = ctx.partitionId();
             int attempt = ctx.stageAttemptNumber();
-            String address = ctx.getTaskInfos()[rank].address();
-            String host = address.substring(0, address.lastIndexOf(':') < 0 ? address.length() : address.lastIndexOf(':'));
+            String host = host(ctx.getTaskInfos()[rank].address());
             RunConfig cfg = RunConfig.parse(plan.configYaml(), plan.run() + "/config.yaml");
             Configuration conf = hadoop.value().value();
             Duration collective = Duration.ofSeconds(plan.collectiveTimeoutS());
@@ -256,11 +266,14 @@ public final class TrainJob {
             if (f.rank() == rank && f.step() == 0 && (f.everyAttempt() || attempt == 0)) {
                 throw new IllegalStateException("injected test fault: rank " + rank + " fails before the rendezvous");
             }
-            try (ServerSocket server = Ring.listen();
+            if (f.rank() == rank && f.lateMs() > 0) {
+                pause(f.lateMs());
+            }
+            try (Ring.Listener server = Ring.listen(rank, host, plan.secret());
                  Coordinator.Client coordinator = Coordinator.Client.connect(plan.coordinatorHost(), plan.coordinatorPort(),
                          plan.secret(), Duration.ofSeconds(plan.rendezvousTimeoutS()))) {
-                Coordinator.Rendezvous rv = coordinator.hello(attempt, rank, new Ring.Peer(host, server.getLocalPort()));
-                try (Ring ring = Ring.connect(rank, rv.peers(), server, plan.secret(), collective);
+                Coordinator.Rendezvous rv = coordinator.hello(attempt, rank, server.address());
+                try (Ring ring = Ring.connect(rank, rv.peers(), server, collective);
                      RingSync ringSync = new RingSync(ring, plan.bucketBytes());
                      CpuDevice dev = Device.cpu(plan.threads()); Gpt model = new Gpt(cfg.model(), dev, cfg.train().seed());
                      Trainer trainer = new Trainer(model, cfg.train(), plan.world() == 1 ? GradientSync.SINGLE : ringSync);
@@ -291,6 +304,25 @@ public final class TrainJob {
                 throw new UncheckedIOException("rank " + rank + ": " + e.getMessage(), e);
             }
             return scala.jdk.javaapi.CollectionConverters.asScala(List.of(outcome).iterator());
+        }
+
+        /**
+         * The host of the executor's address as Spark advertises it ({@code host:port}, or
+         * {@code [v6]:port}): this worker's ring listens there, and only there.
+         */
+        static String host(String address) {
+            int colon = address.lastIndexOf(':');
+            String host = colon < 0 ? address : address.substring(0, colon);
+            return host.startsWith("[") && host.endsWith("]") ? host.substring(1, host.length() - 1) : host;
+        }
+
+        private static void pause(long ms) {
+            try {
+                Thread.sleep(ms);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IllegalStateException("injected test delay interrupted", e);
+            }
         }
 
         /** Rank 0 reports each step to the driver; the test-only fault strikes here. */

@@ -7,7 +7,6 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.DataInputStream;
 import java.io.IOException;
-import java.net.ServerSocket;
 import java.net.Socket;
 import java.time.Duration;
 import java.util.ArrayList;
@@ -24,7 +23,7 @@ import org.kindling.models.StepResult;
 
 /** The ring's collectives against sequential sums, its authentication and its timeouts; the coordinator's rendezvous. */
 class RingTest {
-    static final String SECRET = Handshake.newSecret();
+    static final RunSecret SECRET = RunSecret.generate();
 
     /** Runs {@code body} on each rank of a fresh loopback ring of {@code world} ranks, in parallel; returns the results by rank. */
     static <T> List<T> onRing(int world, Duration timeout, Function<Ring, T> body) throws Exception {
@@ -112,25 +111,25 @@ class RingTest {
 
     @Test
     void aStrangerIsRefusedAndTheRingStillForms() throws Exception {
-        ServerSocket s0 = Ring.listen();
-        ServerSocket s1 = Ring.listen();
-        List<Ring.Peer> peers = List.of(new Ring.Peer("127.0.0.1", s0.getLocalPort()), new Ring.Peer("127.0.0.1", s1.getLocalPort()));
+        Ring.Listener s0 = Ring.listen(0, "127.0.0.1", SECRET);
+        Ring.Listener s1 = Ring.listen(1, "127.0.0.1", SECRET);
+        List<Ring.Peer> peers = List.of(s0.address(), s1.address());
         ExecutorService pool = Executors.newFixedThreadPool(2);
         try {
             Future<float[]> rank0 = pool.submit(() -> {
-                try (Ring ring = Ring.connect(0, peers, s0, SECRET, Duration.ofSeconds(20))) {
+                try (Ring ring = Ring.connect(0, peers, s0, Duration.ofSeconds(20))) {
                     float[] x = {1f};
                     ring.allReduce(x, 0, 1);
                     return x;
                 }
             });
             // Before rank 1 joins, a stranger with the wrong secret and one that speaks another protocol reach rank 0.
-            try (Socket stranger = new Socket("127.0.0.1", s0.getLocalPort())) {
+            try (Socket stranger = new Socket("127.0.0.1", s0.address().port())) {
                 stranger.setSoTimeout(5000);
-                IOException e = assertThrows(IOException.class, () -> Handshake.connect(stranger, "not-the-secret", Ring.PURPOSE));
+                IOException e = assertThrows(IOException.class, () -> Handshake.connect(stranger, RunSecret.generate(), Ring.PURPOSE));
                 assertTrue(e.getMessage().contains("authentication"), e.toString());
             }
-            try (Socket garbage = new Socket("127.0.0.1", s0.getLocalPort())) {
+            try (Socket garbage = new Socket("127.0.0.1", s0.address().port())) {
                 garbage.setSoTimeout(5000);
                 garbage.getOutputStream().write("GET / HTTP/1.0\r\n\r\n".getBytes());
                 DataInputStream in = new DataInputStream(garbage.getInputStream());
@@ -139,7 +138,7 @@ class RingTest {
                 assertEquals(-1, in.read(), "rank 0 must hang up on a peer that fails the handshake");
             }
             Future<float[]> rank1 = pool.submit(() -> {
-                try (Ring ring = Ring.connect(1, peers, s1, SECRET, Duration.ofSeconds(20))) {
+                try (Ring ring = Ring.connect(1, peers, s1, Duration.ofSeconds(20))) {
                     float[] x = {2f};
                     ring.allReduce(x, 0, 1);
                     return x;
@@ -147,6 +146,7 @@ class RingTest {
             });
             assertEquals(3f, rank0.get()[0]);
             assertEquals(3f, rank1.get()[0]);
+            assertEquals(2, s0.refused());
         } finally {
             pool.shutdownNow();
         }
@@ -193,7 +193,7 @@ class RingTest {
     @Test
     void coordinatorRendezvousNamesPeersAndResumeAndStreamsSteps() throws Exception {
         List<StepResult> steps = new CopyOnWriteArrayList<>();
-        try (Coordinator c = new Coordinator(2, SECRET, Duration.ofSeconds(20), () -> Optional.of("step-4"), steps::add)) {
+        try (Coordinator c = new Coordinator("127.0.0.1", 2, SECRET, Duration.ofSeconds(20), () -> Optional.of("step-4"), steps::add)) {
             ExecutorService pool = Executors.newFixedThreadPool(2);
             try {
                 List<Future<Coordinator.Rendezvous>> fs = new ArrayList<>();
@@ -227,20 +227,70 @@ class RingTest {
 
     @Test
     void coordinatorRefusesStrangersAndTimesOutAnIncompleteRendezvous() throws Exception {
-        try (Coordinator c = new Coordinator(2, SECRET, Duration.ofSeconds(1), Optional::empty, r -> { })) {
+        try (Coordinator c = new Coordinator("127.0.0.1", 2, SECRET, Duration.ofSeconds(1), Optional::empty, r -> { })) {
             IOException e = assertThrows(IOException.class,
-                    () -> Coordinator.Client.connect("127.0.0.1", c.port(), "wrong", Duration.ofSeconds(5)).close());
+                    () -> Coordinator.Client.connect("127.0.0.1", c.port(), RunSecret.generate(), Duration.ofSeconds(5)).close());
             assertTrue(e.getMessage().contains("coordinator"), e.getMessage());
             long deadline = System.nanoTime() + 5_000_000_000L;
-            while (c.refused() == 0 && System.nanoTime() < deadline) {
+            while (c.refused() < Link.DIAL_ATTEMPTS && System.nanoTime() < deadline) {
                 sleep(10);
             }
-            assertEquals(1, c.refused());
+            // A client dropped before authenticating tries again a few times, then gives up.
+            assertEquals(Link.DIAL_ATTEMPTS, c.refused());
             try (Coordinator.Client cl = Coordinator.Client.connect("127.0.0.1", c.port(), SECRET, Duration.ofSeconds(5))) {
                 IOException t = assertThrows(IOException.class, () -> cl.hello(0, 1, new Ring.Peer("h", 1)));
                 assertTrue(t.getMessage().contains("timed out") && t.getMessage().contains("ranks [0] of 2 never arrived"),
                         t.getMessage());
             }
+        }
+    }
+
+    @Test
+    void aRetriedAttemptLogsItsCheckpointAndTheWorkerThePreviousAttemptLost() throws Exception {
+        try (LogCapture logs = new LogCapture();
+             Coordinator c = new Coordinator("127.0.0.1", 2, SECRET, Duration.ofSeconds(20), () -> Optional.of("step-4"), r -> { })) {
+            ExecutorService pool = Executors.newFixedThreadPool(2);
+            try {
+                // Attempt 0: rank 0 fails as an echo; rank 1's executor dies without a word (its connection just ends).
+                Future<?> rank0 = pool.submit(() -> {
+                    try (Coordinator.Client cl = Coordinator.Client.connect("127.0.0.1", c.port(), SECRET, Duration.ofSeconds(20))) {
+                        cl.hello(0, 0, new Ring.Peer("h0", 1000));
+                        cl.failed("rank 0: rank 1 closed the ring", true);
+                    }
+                    return null;
+                });
+                try (Link rank1 = Link.dial("127.0.0.1", c.port(), SECRET, Coordinator.PURPOSE, "the coordinator", Duration.ofSeconds(5),
+                        System.nanoTime() + 5_000_000_000L)) {
+                    java.io.ByteArrayOutputStream hello = new java.io.ByteArrayOutputStream();
+                    java.io.DataOutputStream out = new java.io.DataOutputStream(hello);
+                    out.writeInt(0);
+                    out.writeInt(1);
+                    out.writeUTF("h1");
+                    out.writeInt(1001);
+                    rank1.send(Coordinator.HELLO, hello.toByteArray(), 0, hello.size());
+                    rank1.readTimeout(Duration.ofSeconds(20));
+                    rank1.receive(-1, -1, Coordinator.MAX_MESSAGE);
+                }
+                rank0.get(20, java.util.concurrent.TimeUnit.SECONDS);
+                sleep(300); // the coordinator notices the vanished connection
+                List<Future<Coordinator.Rendezvous>> retry = new ArrayList<>();
+                for (int r = 0; r < 2; r++) {
+                    int rank = r;
+                    retry.add(pool.submit(() -> {
+                        try (Coordinator.Client cl = Coordinator.Client.connect("127.0.0.1", c.port(), SECRET, Duration.ofSeconds(20))) {
+                            return cl.hello(1, rank, new Ring.Peer("h" + rank, 2000 + rank));
+                        }
+                    }));
+                }
+                for (Future<Coordinator.Rendezvous> f : retry) {
+                    assertEquals(Optional.of("step-4"), f.get(20, java.util.concurrent.TimeUnit.SECONDS).resume());
+                }
+            } finally {
+                pool.shutdownNow();
+            }
+            assertEquals(List.of("INFO stage attempt 1 resumes from checkpoint step-4 after stage attempt 0 lost rank 1 (h1): "
+                    + "its connection to the driver ended without a word (executor lost)"),
+                    logs.lines().stream().filter(l -> l.contains("resumes")).toList());
         }
     }
 }

@@ -2,10 +2,18 @@ package org.kindling.train;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.IOException;
+import java.net.InetAddress;
+import java.time.Duration;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.concurrent.TimeUnit;
+import java.util.regex.Matcher;
 import java.io.InputStream;
 import java.nio.file.Files;
 import java.nio.file.Path;
@@ -20,6 +28,9 @@ import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.kindling.data.Shard;
+import org.kindling.collective.LogCapture;
+import org.kindling.collective.RunSecret;
+import org.kindling.collective.Strangers;
 import org.kindling.data.ShardWriter;
 import org.kindling.models.ModelConfig;
 import org.kindling.models.RunConfig;
@@ -126,8 +137,15 @@ class DistributedTrainTest {
                 "the checkpoint records each worker's data position");
 
         // Rank 1 fails after step 3 in the first stage attempt; the retried stage resumes from step-2 and ends where `two` did.
-        List<StepResult> retried = TrainJob.run(spark, faulty.toString(), data.toString(), config(DOCS_PER_BATCH * LEN), 2,
-                new TrainJob.Fault(1, 3, false));
+        List<StepResult> retried;
+        try (LogCapture logs = new LogCapture()) {
+            retried = TrainJob.run(spark, faulty.toString(), data.toString(), config(DOCS_PER_BATCH * LEN), 2,
+                    new TrainJob.Fault(1, 3, false));
+            List<String> resumed = logs.lines().stream().filter(l -> l.contains("resumes from")).toList();
+            assertEquals(1, resumed.size(), resumed.toString());
+            assertTrue(resumed.get(0).matches("INFO stage attempt 1 resumes from checkpoint step-2 after stage attempt 0 lost rank 1 "
+                    + "\\([^)]+\\): IllegalStateException: injected test fault: rank 1 fails after step 3 in stage attempt 0"), resumed.get(0));
+        }
         assertEquals(6, retried.get(retried.size() - 1).step());
         assertArrayEquals(w2, weights(faulty, 6), "a retried stage must end bit-identical to an uninterrupted run");
         List<String> metrics = Files.readAllLines(faulty.resolve("metrics.jsonl"));
@@ -140,6 +158,59 @@ class DistributedTrainTest {
                 new RunConfig(MODEL, new TrainConfig(7, 3e-3, 3e-4, 2, 8, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, 2 * DOCS_PER_BATCH * LEN, 1,
                         2, 5)), 1));
         assertTrue(rootMessage(e).contains("was written by 2 worker(s)"), rootMessage(e));
+    }
+
+    @Test
+    void strangersFloodingTheCoordinatorAndARingPortDoNotDisturbARun() throws Exception {
+        Path two = dir.resolve("undisturbed");
+        TrainJob.run(spark, two.toString(), data.toString(), config(DOCS_PER_BATCH * LEN), 2);
+        Path flooded = dir.resolve("flooded");
+        ExecutorService flood = Executors.newFixedThreadPool(2);
+        try (LogCapture logs = new LogCapture()) {
+            // Rank 0 comes 3 s late, so rank 1's ring port is open (and flooded) before the ring forms.
+            Future<List<StepResult>> run = flood.submit(() -> TrainJob.run(spark, flooded.toString(), data.toString(),
+                    config(DOCS_PER_BATCH * LEN), 2, TrainJob.Fault.late(0, 3_000)));
+            // Both listen on the host Spark advertises here (SPARK_LOCAL_IP is 127.0.0.1), never on every interface.
+            Matcher coordinator = logs.await("coordinator listening on (.+):(\\d+)$", Duration.ofSeconds(60));
+            assertTrue(InetAddress.getByName(coordinator.group(1)).isLoopbackAddress(), coordinator.group());
+            Future<int[]> atCoordinator = flood.submit(() -> strangers(coordinator.group(1), Integer.parseInt(coordinator.group(2))));
+            Matcher ring = logs.await("rank 1 ring listening on (.+):(\\d+)$", Duration.ofSeconds(60));
+            assertTrue(InetAddress.getByName(ring.group(1)).isLoopbackAddress(), ring.group());
+            int[] atRing = strangers(ring.group(1), Integer.parseInt(ring.group(2)));
+            assertEquals(6, run.get(120, TimeUnit.SECONDS).size());
+            int[] c = atCoordinator.get(60, TimeUnit.SECONDS);
+            assertEquals(600, c[0], "all 600 strangers reached the coordinator");
+            assertEquals(600, c[1], "and the coordinator hung up on every one");
+            assertTrue(atRing[0] >= 300, "strangers reached the ring port while it was open: " + atRing[0]);
+            assertEquals(atRing[0], atRing[1], "the ring hung up on every stranger that reached it");
+            assertTrue(logs.lines().stream().anyMatch(l -> l.startsWith("WARNING rank 1 ring refused a connection from")));
+            assertTrue(logs.lines().stream().noneMatch(l -> l.contains("resumes from")), "the stage ran once: " + logs.lines());
+        } finally {
+            flood.shutdownNow();
+        }
+        assertArrayEquals(weights(two, 6), weights(flooded, 6), "strangers must not change a single bit");
+    }
+
+    /** 300 idle and 300 garbage-sending connections to {@code host:port}; returns how many connected and how many the server hung up on. */
+    static int[] strangers(String host, int port) throws IOException {
+        try (Strangers s = new Strangers(host, port, 600)) {
+            return new int[] {s.connected(), s.hungUp(Duration.ofSeconds(20))};
+        }
+    }
+
+    @Test
+    void aPlanDoesNotPrintItsSecret() {
+        TrainJob.Plan plan = new TrainJob.Plan("run", "data", "yaml", 1, 2, "127.0.0.1", 1, RunSecret.generate(), 1, 1, 1,
+                TrainJob.Fault.NONE);
+        assertTrue(plan.toString().contains("secret=RunSecret(redacted)"), plan.toString());
+        assertFalse(java.util.regex.Pattern.compile("[0-9a-fA-F]{16}").matcher(plan.toString()).find(), plan.toString());
+    }
+
+    @Test
+    void aWorkersHostIsTheAddressSparkAdvertisesWithoutItsPort() {
+        assertEquals("10.1.2.3", TrainJob.Task.host("10.1.2.3:41000"));
+        assertEquals("worker-7.example", TrainJob.Task.host("worker-7.example:41000"));
+        assertEquals("fe80::1", TrainJob.Task.host("[fe80::1]:41000"));
     }
 
     static String lossOnly(String metricsLine) {
