@@ -231,8 +231,8 @@ public final class Checkpoints {
 
     /**
      * Streams a file's tensors straight into {@code targets} (by name), a piece at a time, so no
-     * host copy of the whole file or of a whole tensor is made. Tensors the file has beyond
-     * {@code targets} are skipped; one it lacks, or of another shape, is an error naming the file.
+     * host copy of the whole file or of a whole tensor is made. A tensor the model lacks, one the
+     * file lacks, or one of another shape is an error naming the file: nothing is skipped silently.
      */
     private void readInto(String path, Map<String, Tensor> targets) {
         String source = storage.describe(path);
@@ -244,9 +244,9 @@ public final class Checkpoints {
                 @Override
                 public void begin(String name, int[] shape) {
                     Tensor dst = targets.get(name);
-                    flat = null;
                     if (dst == null) {
-                        return;
+                        throw new IllegalStateException(source + ": tensor " + name + " is not part of this model "
+                                + "(a checkpoint of another architecture or configuration?)");
                     }
                     if (!Arrays.equals(shape, dst.shape())) {
                         throw new IllegalStateException(source + ": tensor " + name + " has shape " + Arrays.toString(shape)
@@ -258,9 +258,7 @@ public final class Checkpoints {
 
                 @Override
                 public void values(long offset, float[] values) {
-                    if (flat != null) {
-                        flat.view((int) offset, values.length).copyFrom(values);
-                    }
+                    flat.view((int) offset, values.length).copyFrom(values);
                 }
             });
         } catch (IOException e) {

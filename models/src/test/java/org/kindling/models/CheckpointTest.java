@@ -224,6 +224,12 @@ class CheckpointTest {
             IllegalStateException e = assertThrows(IllegalStateException.class, () -> ckpt.loadWeights("step-1", other));
             assertTrue(e.getMessage().contains("has shape [20, 32] but the model expects [20, 64]"), e.getMessage());
         }
+        try (Device dev = Device.cpu(1); Gpt shallower = new Gpt(new ModelConfig(20, 32, 1, 4, 2, 64, List.of("attention"),
+                List.of("mlp"), 4, 0, 0.02, 1e-5), dev, 1)) {
+            IllegalStateException e = assertThrows(IllegalStateException.class, () -> ckpt.loadWeights("step-1", shallower));
+            assertTrue(e.getMessage().contains("tensor h.1.") && e.getMessage().contains("is not part of this model"),
+                    e.getMessage());
+        }
         Files.writeString(dir.resolve("checkpoints/LATEST"), "step-77\n");
         IllegalStateException e = assertThrows(IllegalStateException.class, ckpt::latest);
         assertTrue(e.getMessage().contains("step-77"), e.getMessage());
