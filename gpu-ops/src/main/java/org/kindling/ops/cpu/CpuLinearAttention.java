@@ -75,20 +75,22 @@ final class CpuLinearAttention {
             return base + r * ldv() + h * l.headDim();
         }
 
-        /**
-         * P = Q·Kᵀ for rows [r0, r0+rows) into ws[p], masked to j ≤ i; den[i] = eps + q_i·z + Σ_j P_ij,
-         * summed in double.
-         */
-        void scores(int r0, int rows, int h, float[] ws, int p, int z, int den) {
-            int f = l.features();
-            Blas.sgemm(false, true, rows, rows, f, 1f, q, qAt(oq, r0, h), ldq(), k, qAt(ok, r0, h), ldq(), 0f, ws, p, C);
+        /** P = Q·Kᵀ for rows [r0, r0+rows) into ws[p], masked to j ≤ i. */
+        void scores(int r0, int rows, int h, float[] ws, int p) {
+            Blas.sgemm(false, true, rows, rows, l.features(), 1f, q, qAt(oq, r0, h), ldq(), k, qAt(ok, r0, h), ldq(), 0f,
+                    ws, p, C);
             for (int i = 0; i < rows; i++) {
-                int row = p + i * C;
-                double s = eps + VecMath.dot(q, qAt(oq, r0 + i, h), ws, z, f);
+                Arrays.fill(ws, p + i * C + i + 1, p + i * C + rows, 0f);
+            }
+        }
+
+        /** den[i] = eps + q_i·z + Σ_j P_ij for masked scores P, summed in double. */
+        void denominators(int r0, int rows, int h, float[] ws, int p, int z, int den) {
+            for (int i = 0; i < rows; i++) {
+                double s = eps + VecMath.dot(q, qAt(oq, r0 + i, h), ws, z, l.features());
                 for (int j = 0; j <= i; j++) {
-                    s += ws[row + j];
+                    s += ws[p + i * C + j];
                 }
-                Arrays.fill(ws, row + i + 1, row + rows, 0f);
                 ws[den + i] = (float) s;
             }
         }
@@ -126,7 +128,8 @@ final class CpuLinearAttention {
             for (int c0 = 0; c0 < l.length(b); c0 += C) {
                 int r0 = l.cu()[b] + c0;
                 int rows = Math.min(C, l.length(b) - c0);
-                op.scores(r0, rows, h, ws, p, z, den);
+                op.scores(r0, rows, h, ws, p);
+                op.denominators(r0, rows, h, ws, p, z, den);
                 int dst = op.vAt(oo, r0, h);
                 Blas.sgemm(false, false, rows, l.headDim(), rows, 1f, ws, p, C, op.v, op.vAt(op.ov, r0, h), op.ldv(), 0f, o,
                         dst, op.ldv());
@@ -186,7 +189,8 @@ final class CpuLinearAttention {
                 int qr = op.qAt(op.oq, r0, h);
                 int kr = op.qAt(op.ok, r0, h);
                 int vr = op.vAt(op.ov, r0, h);
-                op.scores(r0, rows, h, ws, p, z, den);
+                op.scores(r0, rows, h, ws, p);
+                op.denominators(r0, rows, h, ws, p, z, den);
                 Blas.sgemm(false, false, rows, d, rows, 1f, ws, p, C, op.v, vr, op.ldv(), 0f, ws, o, d);
                 Blas.sgemm(false, false, rows, d, f, 1f, op.q, qr, op.ldq(), ws, s, d, 1f, ws, o, d);
                 for (int i = 0; i < rows; i++) {
@@ -218,7 +222,7 @@ final class CpuLinearAttention {
                 int qr = op.qAt(op.oq, r0, h);
                 int kr = op.qAt(op.ok, r0, h);
                 int vr = op.vAt(op.ov, r0, h);
-                op.scores(r0, rows, h, ws, p, z, den);
+                op.scores(r0, rows, h, ws, p);
                 gradScores(op, rows, vr, h, ws, u + c0 * d, cs + c0, ds);
                 // dK += dSᵀ·Q + V·Rᵀ + r; dV += Pᵀ·U + K·R, R and r summing the chunks after this one.
                 int dkr = op.qAt(dk.offset(), r0, h);
