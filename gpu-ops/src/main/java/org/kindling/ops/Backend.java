@@ -195,4 +195,26 @@ public interface Backend {
      */
     void attentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
                            Tensor lse, Tensor cuSeqlensQ, Tensor cuSeqlensK, Attention attn);
+
+    // ---- linear attention ----
+
+    /**
+     * Causal linear attention (Katharopoulos et al. 2020) over packed sequences (see
+     * {@link LinearAttention}): q and k are feature-mapped, non-negative [T, NH·F]; v and out
+     * [T, NH·D]; per head, out[t] = Σ_{j≤t} (q_t·k_j) v_j / (q_t·Σ_{j≤t} k_j + eps), never across
+     * sequences. Blockwise, with no T×F×D buffer; out must not alias q, k or v.
+     */
+    void linearAttentionForward(Tensor out, Tensor q, Tensor k, Tensor v, Tensor cuSeqlens, int heads, float eps);
+
+    /** dq, dk, dv += the gradients of {@link #linearAttentionForward} for upstream dout, recomputing its state. */
+    void linearAttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                                 Tensor cuSeqlens, int heads, float eps);
+
+    /**
+     * Recurrent decoding of one sequence: for each of the t new tokens in order, per head,
+     * state[NH, F, D] += k vᵀ and norm[NH, F] += k, then out = qᵀ·state / (q·norm + eps) — O(F·D)
+     * per token, constant memory. Zeroed state and norm start a sequence; stepping every token of
+     * a sequence gives what {@link #linearAttentionForward} gives. out [t, NH·D] must not alias q, k or v.
+     */
+    void linearAttentionStep(Tensor out, Tensor state, Tensor norm, Tensor q, Tensor k, Tensor v, int heads, float eps);
 }

@@ -446,4 +446,122 @@ public final class Reference {
         }
         return out;
     }
+
+    // ---- linear attention ----
+
+    /**
+     * Causal linear attention in its quadratic form, for packed q, k [T, NH·F] and v [T, NH·D]:
+     * out[t] = Σ_{j≤t} (q_t·k_j) v_j / (Σ_{j≤t} q_t·k_j + eps) per head, within each sequence.
+     */
+    public static double[] linearAttention(LinearAttention l, double[] q, double[] k, double[] v, double eps) {
+        int nh = l.heads();
+        int f = l.features();
+        int d = l.headDim();
+        double[] out = new double[l.tokens() * nh * d];
+        for (int b = 0; b < l.sequences(); b++) {
+            for (int h = 0; h < nh; h++) {
+                for (int t = l.cu()[b]; t < l.cu()[b + 1]; t++) {
+                    double den = eps;
+                    double[] num = new double[d];
+                    for (int j = l.cu()[b]; j <= t; j++) {
+                        double s = dot(q, (t * nh + h) * f, k, (j * nh + h) * f, f);
+                        den += s;
+                        for (int e = 0; e < d; e++) {
+                            num[e] += s * v[(j * nh + h) * d + e];
+                        }
+                    }
+                    for (int e = 0; e < d; e++) {
+                        out[(t * nh + h) * d + e] = num[e] / den;
+                    }
+                }
+            }
+        }
+        return out;
+    }
+
+    /**
+     * Gradients of {@link #linearAttention} for upstream dout: {dq, dk, dv}. With n_t the
+     * denominator, u_t = dout_t / n_t and c_t = −dout_t·out_t / n_t, each score s_tj = q_t·k_j
+     * (j ≤ t) gets ds_tj = v_j·u_t + c_t, so dq_t += ds_tj k_j, dk_j += ds_tj q_t, dv_j += s_tj u_t.
+     */
+    public static double[][] linearAttentionBackward(LinearAttention l, double[] dout, double[] q, double[] k, double[] v,
+                                                     double eps) {
+        int nh = l.heads();
+        int f = l.features();
+        int d = l.headDim();
+        double[] out = linearAttention(l, q, k, v, eps);
+        double[] dq = new double[q.length];
+        double[] dk = new double[k.length];
+        double[] dv = new double[v.length];
+        for (int b = 0; b < l.sequences(); b++) {
+            for (int h = 0; h < nh; h++) {
+                for (int t = l.cu()[b]; t < l.cu()[b + 1]; t++) {
+                    int qt = (t * nh + h) * f;
+                    int ot = (t * nh + h) * d;
+                    double den = eps;
+                    for (int j = l.cu()[b]; j <= t; j++) {
+                        den += dot(q, qt, k, (j * nh + h) * f, f);
+                    }
+                    double c = -dot(dout, ot, out, ot, d) / den;
+                    for (int j = l.cu()[b]; j <= t; j++) {
+                        int kj = (j * nh + h) * f;
+                        int vj = (j * nh + h) * d;
+                        double s = dot(q, qt, k, kj, f);
+                        double ds = dot(v, vj, dout, ot, d) / den + c;
+                        for (int e = 0; e < f; e++) {
+                            dq[qt + e] += ds * k[kj + e];
+                            dk[kj + e] += ds * q[qt + e];
+                        }
+                        for (int e = 0; e < d; e++) {
+                            dv[vj + e] += s * dout[ot + e] / den;
+                        }
+                    }
+                }
+            }
+        }
+        return new double[][] {dq, dk, dv};
+    }
+
+    /**
+     * The recurrent form over the t tokens of one sequence: per head, state[F, D] += k vᵀ and
+     * norm[F] += k for each token, then out = qᵀ·state / (q·norm + eps). Returns {out, state, norm}.
+     */
+    public static double[][] linearAttentionStep(LinearAttention l, double[] state, double[] norm, double[] q, double[] k,
+                                                 double[] v, double eps) {
+        int nh = l.heads();
+        int f = l.features();
+        int d = l.headDim();
+        double[] s = state.clone();
+        double[] z = norm.clone();
+        double[] out = new double[l.tokens() * nh * d];
+        for (int t = 0; t < l.tokens(); t++) {
+            for (int h = 0; h < nh; h++) {
+                int qt = (t * nh + h) * f;
+                int vt = (t * nh + h) * d;
+                for (int a = 0; a < f; a++) {
+                    z[h * f + a] += k[qt + a];
+                    for (int e = 0; e < d; e++) {
+                        s[(h * f + a) * d + e] += k[qt + a] * v[vt + e];
+                    }
+                }
+                double den = eps + dot(q, qt, z, h * f, f);
+                for (int e = 0; e < d; e++) {
+                    double num = 0;
+                    for (int a = 0; a < f; a++) {
+                        num += q[qt + a] * s[(h * f + a) * d + e];
+                    }
+                    out[vt + e] = num / den;
+                }
+            }
+        }
+        return new double[][] {out, s, z};
+    }
+
+    private static double dot(double[] a, int ao, double[] b, int bo, int n) {
+        double s = 0;
+        for (int i = 0; i < n; i++) {
+            s += a[ao + i] * b[bo + i];
+        }
+        return s;
+    }
 }

@@ -324,4 +324,38 @@ class ReferenceBackendTest {
             assertTrue(e.getMessage().contains("stale"), e.getMessage());
         }
     }
+
+    // ---- linear attention ----
+
+    @Test
+    void linearAttentionAgreesWithTheCpuBackend() {
+        int[] cu = {0, 1, 98, 165};
+        int heads = 2;
+        int f = 59;
+        int d = 33;
+        float[] q = LinearAttentionTest.features(70, 165 * heads * f);
+        float[] k = LinearAttentionTest.features(71, 165 * heads * f);
+        float[] v = Check.uniform(72, 165 * heads * d);
+        float[] dout = Check.uniform(73, v.length);
+        agree("linear attention", 2e-5, 1e-4, o -> {
+            Tensor tq = o.f(q, 165, heads * f);
+            Tensor tk = o.f(k, 165, heads * f);
+            Tensor tv = o.f(v, 165, heads * d);
+            Tensor tcu = o.i(cu);
+            Tensor out = o.zeros(165, heads * d);
+            o.be.linearAttentionForward(out, tq, tk, tv, tcu, heads, 1e-6f);
+            // Backward accumulates onto what the gradients already hold.
+            Tensor dq = o.f(Check.uniform(74, q.length), 165, heads * f);
+            Tensor dk = o.f(Check.uniform(75, k.length), 165, heads * f);
+            Tensor dv = o.f(Check.uniform(76, v.length), 165, heads * d);
+            o.be.linearAttentionBackward(dq, dk, dv, o.f(dout, 165, heads * d), tq, tk, tv, tcu, heads, 1e-6f);
+            // Decoding the last sequence from a state that already holds 5 tokens' worth.
+            Tensor state = o.f(Check.uniform(77, heads * f * d, 0, 5), heads, f, d);
+            Tensor norm = o.f(Check.uniform(78, heads * f, 1, 5), heads, f);
+            Tensor stepOut = o.zeros(67, heads * d);
+            o.be.linearAttentionStep(stepOut, state, norm, tq.view(98 * heads * f, 67, heads * f),
+                    tk.view(98 * heads * f, 67, heads * f), tv.view(98 * heads * d, 67, heads * d), heads, 1e-6f);
+            return new Tensor[] {out, dq, dk, dv, stepOut, state, norm};
+        });
+    }
 }

@@ -4,7 +4,6 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Comparator;
 import java.util.List;
-import java.util.concurrent.atomic.AtomicInteger;
 import org.kindling.ops.Attention;
 import org.kindling.ops.BlockMask;
 import org.kindling.ops.DType;
@@ -89,25 +88,6 @@ final class CpuAttention {
         }
     }
 
-    /** Runs items on up to {@code threads} workers, each with its own slice of a scratch tensor. */
-    private void runItems(int items, int scratchPerWorker, ItemBody body) {
-        int workers = Math.max(1, Math.min(pool.threads(), items));
-        AtomicInteger next = new AtomicInteger();
-        try (Tensor scratch = device.allocate(DType.F32, workers, scratchPerWorker)) {
-            float[] ws = f(scratch);
-            pool.parallelFor(workers, 1, (lo, hi) -> {
-                for (int it = next.getAndIncrement(); it < items; it = next.getAndIncrement()) {
-                    body.run(it, ws, lo * scratchPerWorker);
-                }
-            });
-        }
-    }
-
-    @FunctionalInterface
-    private interface ItemBody {
-        void run(int item, float[] ws, int wsOff);
-    }
-
     // ---- forward ----
 
     void forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor cuQ, Tensor cuK, Attention a) {
@@ -130,7 +110,7 @@ final class CpuAttention {
             items.sort(Comparator.comparingInt((int[] it) -> -it[2])); // long rows first: better balance
         }
         int scratch = T * T + T * c.hs + 2 * T;
-        runItems(items.size(), scratch, (it, ws, w) -> {
+        pool.runItems(device, items.size(), scratch, (it, ws, w) -> {
             int[] item = items.get(it);
             forwardItem(c, item[0], item[1], item[2], o, oo, l, ol, ws, w);
         });
@@ -239,7 +219,7 @@ final class CpuAttention {
                     }
                 }
             }
-            runItems(rowTiles.size(), T * T, (it, ws, w) -> {
+            pool.runItems(device, rowTiles.size(), T * T, (it, ws, w) -> {
                 int[] tile = rowTiles.get(it);
                 int h = tile[2];
                 int rows = Math.min(T, batch.lengthQ(tile[0]) - tile[1] * T);
@@ -267,7 +247,7 @@ final class CpuAttention {
                 }
             }
             int scratch = 2 * T * T + 2 * T * hs;
-            runItems(items.size(), scratch, (it, ws, w) -> {
+            pool.runItems(device, items.size(), scratch, (it, ws, w) -> {
                 int[] item = items.get(it);
                 int s = item[2];
                 float[] dst = s == 0 ? dqa : part;

@@ -40,10 +40,12 @@ final class CpuBackend implements Backend {
 
     private final CpuPool pool;
     private final CpuAttention attention;
+    private final CpuLinearAttention linearAttention;
 
     CpuBackend(CpuDevice device, CpuPool pool) {
         this.pool = pool;
         this.attention = new CpuAttention(device, pool);
+        this.linearAttention = new CpuLinearAttention(device, pool);
     }
 
     @Override
@@ -895,5 +897,24 @@ final class CpuBackend implements Backend {
     public void attentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
                                   Tensor out, Tensor lse, Tensor cuSeqlensQ, Tensor cuSeqlensK, Attention attn) {
         attention.backward(dq, dk, dv, dout, q, k, v, out, lse, cuSeqlensQ, cuSeqlensK, attn);
+    }
+
+    // ---- linear attention ----
+
+    @Override
+    public void linearAttentionForward(Tensor out, Tensor q, Tensor k, Tensor v, Tensor cuSeqlens, int heads, float eps) {
+        linearAttention.forward(out, q, k, v, cuSeqlens, heads, eps);
+    }
+
+    @Override
+    public void linearAttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                                        Tensor cuSeqlens, int heads, float eps) {
+        linearAttention.backward(dq, dk, dv, dout, q, k, v, cuSeqlens, heads, eps);
+    }
+
+    @Override
+    public void linearAttentionStep(Tensor out, Tensor state, Tensor norm, Tensor q, Tensor k, Tensor v, int heads,
+                                    float eps) {
+        linearAttention.step(out, state, norm, q, k, v, heads, eps);
     }
 }

@@ -5,6 +5,8 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.ThreadFactory;
 import java.util.concurrent.atomic.AtomicInteger;
+import org.kindling.ops.DType;
+import org.kindling.ops.Tensor;
 
 /**
  * A fixed set of threads for data-parallel loops. Work is split into at most {@code threads}
@@ -98,6 +100,31 @@ public final class CpuPool implements AutoCloseable {
         }
         if (failure != null) {
             throw new IllegalStateException("parallel loop interrupted", failure);
+        }
+    }
+
+    /** The body of one work item of {@link #runItems}: {@code ws[wsOff…]} is its worker's scratch. */
+    @FunctionalInterface
+    interface Item {
+        void run(int item, float[] ws, int wsOff);
+    }
+
+    /**
+     * Runs items 0..items−1 on up to {@code threads} workers, each taking the next unclaimed item
+     * and owning a slice of {@code scratchPerWorker} floats of one scratch tensor allocated on
+     * {@code device} (so the device's peak counts it). An item's result must not depend on which
+     * worker runs it.
+     */
+    void runItems(CpuDevice device, int items, int scratchPerWorker, Item body) {
+        int workers = Math.max(1, Math.min(threads, items));
+        AtomicInteger next = new AtomicInteger();
+        try (Tensor scratch = device.allocate(DType.F32, workers, scratchPerWorker)) {
+            float[] ws = ((CpuStorage) scratch.storage()).floats();
+            parallelFor(workers, 1, (lo, hi) -> {
+                for (int it = next.getAndIncrement(); it < items; it = next.getAndIncrement()) {
+                    body.run(it, ws, lo * scratchPerWorker);
+                }
+            });
         }
     }
 

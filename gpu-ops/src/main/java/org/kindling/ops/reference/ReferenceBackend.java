@@ -17,6 +17,7 @@ import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
 import org.kindling.ops.KernelChecks;
+import org.kindling.ops.LinearAttention;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.Reference;
@@ -460,5 +461,43 @@ final class ReferenceBackend implements Backend {
         add(dq, "dq", g[0]);
         add(dk, "dk", g[1]);
         add(dv, "dv", g[2]);
+    }
+
+    // ---- linear attention ----
+
+    /** q or k's elements, checked to be non-negative features. */
+    private static double[] features(Tensor t, String what, LinearAttention l) {
+        double[] x = read(t, what);
+        LinearAttention.checkFeatures(what, x.length, l.heads() * l.features(), i -> x[i]);
+        return x;
+    }
+
+    @Override
+    public void linearAttentionForward(Tensor out, Tensor q, Tensor k, Tensor v, Tensor cuSeqlens, int heads, float eps) {
+        LinearAttention l = LinearAttention.check(out, q, k, v, cuSeqlens, heads, eps);
+        write(out, "out", Reference.linearAttention(l, features(q, "q", l), features(k, "k", l), read(v, "v"), eps));
+    }
+
+    @Override
+    public void linearAttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                                        Tensor cuSeqlens, int heads, float eps) {
+        LinearAttention l = LinearAttention.check(dout, q, k, v, cuSeqlens, heads, eps);
+        l.checkGrads(dq, dk, dv, dout, q, k, v);
+        double[][] g = Reference.linearAttentionBackward(l, read(dout, "dout"), features(q, "q", l), features(k, "k", l),
+                read(v, "v"), eps);
+        add(dq, "dq", g[0]);
+        add(dk, "dk", g[1]);
+        add(dv, "dv", g[2]);
+    }
+
+    @Override
+    public void linearAttentionStep(Tensor out, Tensor state, Tensor norm, Tensor q, Tensor k, Tensor v, int heads,
+                                    float eps) {
+        LinearAttention l = LinearAttention.checkStep(out, state, norm, q, k, v, heads, eps);
+        double[][] r = Reference.linearAttentionStep(l, read(state, "state"), read(norm, "norm"), features(q, "q", l),
+                features(k, "k", l), read(v, "v"), eps);
+        write(out, "out", r[0]);
+        write(state, "state", r[1]);
+        write(norm, "norm", r[2]);
     }
 }
