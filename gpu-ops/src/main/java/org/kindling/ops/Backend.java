@@ -195,4 +195,16 @@ public interface Backend {
      */
     void attentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
                            Tensor lse, Tensor cuSeqlensQ, Tensor cuSeqlensK, Attention attn);
+
+    // ---- causal long convolution (S4D, H3) ----
+
+    /**
+     * Causal long convolution over packed variable-length sequences (see {@link CausalConv}):
+     * y[t, c] = Σ_{j ≤ t} k[j, c]·u[t − j, c] within each sequence, for u, y [T, C] and k [L, C]
+     * with L ≥ the longest sequence. Never mixes sequences; y must not alias u.
+     */
+    void causalConvForward(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens);
+
+    /** du[T, C] +=, dk[L, C] += the gradients of {@link #causalConvForward} for upstream dy. */
+    void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Tensor cuSeqlens);
 }

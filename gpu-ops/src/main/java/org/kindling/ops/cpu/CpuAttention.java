@@ -4,7 +4,6 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Comparator;
 import java.util.List;
-import java.util.concurrent.atomic.AtomicInteger;
 import org.kindling.ops.Attention;
 import org.kindling.ops.BlockMask;
 import org.kindling.ops.DType;
@@ -90,22 +89,8 @@ final class CpuAttention {
     }
 
     /** Runs items on up to {@code threads} workers, each with its own slice of a scratch tensor. */
-    private void runItems(int items, int scratchPerWorker, ItemBody body) {
-        int workers = Math.max(1, Math.min(pool.threads(), items));
-        AtomicInteger next = new AtomicInteger();
-        try (Tensor scratch = device.allocate(DType.F32, workers, scratchPerWorker)) {
-            float[] ws = f(scratch);
-            pool.parallelFor(workers, 1, (lo, hi) -> {
-                for (int it = next.getAndIncrement(); it < items; it = next.getAndIncrement()) {
-                    body.run(it, ws, lo * scratchPerWorker);
-                }
-            });
-        }
-    }
-
-    @FunctionalInterface
-    private interface ItemBody {
-        void run(int item, float[] ws, int wsOff);
+    private void runItems(int items, int scratchPerWorker, CpuItems.Body body) {
+        CpuItems.run(device, pool, items, scratchPerWorker, body);
     }
 
     // ---- forward ----

@@ -40,10 +40,12 @@ final class CpuBackend implements Backend {
 
     private final CpuPool pool;
     private final CpuAttention attention;
+    private final CpuCausalConv causalConv;
 
     CpuBackend(CpuDevice device, CpuPool pool) {
         this.pool = pool;
         this.attention = new CpuAttention(device, pool);
+        this.causalConv = new CpuCausalConv(device, pool);
     }
 
     @Override
@@ -895,5 +897,17 @@ final class CpuBackend implements Backend {
     public void attentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
                                   Tensor out, Tensor lse, Tensor cuSeqlensQ, Tensor cuSeqlensK, Attention attn) {
         attention.backward(dq, dk, dv, dout, q, k, v, out, lse, cuSeqlensQ, cuSeqlensK, attn);
+    }
+
+    // ---- causal long convolution (S4D, H3) ----
+
+    @Override
+    public void causalConvForward(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens) {
+        causalConv.forward(y, u, k, cuSeqlens);
+    }
+
+    @Override
+    public void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Tensor cuSeqlens) {
+        causalConv.backward(du, dk, dy, u, k, cuSeqlens);
     }
 }
