@@ -26,6 +26,10 @@ public record CausalConv(int[] cu, int tokens, int channels, int kernelLength, i
     public static CausalConv check(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens) {
         CausalConv c = inputs(u, k, cuSeqlens);
         like(y, "y", u);
+        // The direct sum reads u[t − j] after writing y[t − j]; overlapping them would corrupt u.
+        if (y.storage() == u.storage() && y.offset() < u.offset() + u.numel() && u.offset() < y.offset() + y.numel()) {
+            throw new IllegalArgumentException("causal conv y " + y + " must not overlap u " + u);
+        }
         return c;
     }
 

@@ -252,6 +252,8 @@ class CausalConvTest {
             assertTrue(m.contains("channels"), m);
             m = assertThrows(IllegalArgumentException.class, () -> be.causalConvForward(y, u, k, badCs)).getMessage();
             assertTrue(m.contains("cu_seqlens ends at 9"), m);
+            m = assertThrows(IllegalArgumentException.class, () -> be.causalConvForward(u, u, k, cs)).getMessage();
+            assertTrue(m.contains("must not overlap u"), m);
             m = assertThrows(IllegalArgumentException.class, () -> be.causalConvBackward(y, wideK, y, u, k, cs)).getMessage();
             assertTrue(m.contains("causal conv dk"), m);
         }
