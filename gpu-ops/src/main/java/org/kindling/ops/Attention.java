@@ -120,7 +120,8 @@ public record Attention(int heads, int kvHeads, int headDim, float softmaxScale,
         }
     }
 
-    private static int[] offsets(Tensor cu, String what, int rows) {
+    /** Validated sequence offsets of an I32 cu_seqlens tensor over {@code rows} packed rows. */
+    static int[] offsets(Tensor cu, String what, int rows) {
         if (cu.dtype() != DType.I32 || cu.numel() < 2) {
             throw new IllegalArgumentException(what + " must be I32 with at least 2 offsets, got " + cu);
         }

@@ -217,4 +217,16 @@ public interface Backend {
      * a sequence gives what {@link #linearAttentionForward} gives. out [t, NH·D] must not alias q, k or v.
      */
     void linearAttentionStep(Tensor out, Tensor state, Tensor norm, Tensor q, Tensor k, Tensor v, int heads, float eps);
+
+    // ---- causal long convolution (S4D, H3) ----
+
+    /**
+     * Causal long convolution over packed variable-length sequences (see {@link CausalConv}):
+     * y[t, c] = Σ_{j ≤ t} k[j, c]·u[t − j, c] within each sequence, for u, y [T, C] and k [L, C]
+     * with L ≥ the longest sequence. Never mixes sequences; y must not alias u.
+     */
+    void causalConvForward(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens);
+
+    /** du[T, C] +=, dk[L, C] += the gradients of {@link #causalConvForward} for upstream dy. */
+    void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Tensor cuSeqlens);
 }

@@ -564,4 +564,47 @@ public final class Reference {
         }
         return s;
     }
+
+    // ---- causal long convolution (S4D, H3) ----
+
+    /** y[T, C] of {@link Backend#causalConvForward}: the direct O(L²) sum per sequence and channel. */
+    public static double[] causalConv(double[] u, double[] k, int[] cu, int c) {
+        double[] y = new double[u.length];
+        for (int s = 0; s + 1 < cu.length; s++) {
+            int len = cu[s + 1] - cu[s];
+            for (int ch = 0; ch < c; ch++) {
+                for (int t = 0; t < len; t++) {
+                    double acc = 0;
+                    for (int j = 0; j <= t; j++) {
+                        acc += k[j * c + ch] * u[(cu[s] + t - j) * c + ch];
+                    }
+                    y[(cu[s] + t) * c + ch] = acc;
+                }
+            }
+        }
+        return y;
+    }
+
+    /**
+     * {du[T, C], dk[L, C]} of {@link #causalConv} for upstream dy, with L = k.length / c:
+     * du[t] = Σ_{s ≥ t} k[s − t]·dy[s] and dk[j] = Σ over sequences of Σ_{t ≥ j} dy[t]·u[t − j].
+     */
+    public static double[][] causalConvBackward(double[] dy, double[] u, double[] k, int[] cu, int c) {
+        double[] du = new double[u.length];
+        double[] dk = new double[k.length];
+        for (int s = 0; s + 1 < cu.length; s++) {
+            int base = cu[s];
+            int len = cu[s + 1] - base;
+            for (int ch = 0; ch < c; ch++) {
+                for (int t = 0; t < len; t++) {
+                    for (int j = 0; j <= t; j++) {
+                        double g = dy[(base + t) * c + ch];
+                        du[(base + t - j) * c + ch] += k[j * c + ch] * g;
+                        dk[j * c + ch] += u[(base + t - j) * c + ch] * g;
+                    }
+                }
+            }
+        }
+        return new double[][] {du, dk};
+    }
 }

@@ -41,11 +41,13 @@ final class CpuBackend implements Backend {
     private final CpuPool pool;
     private final CpuAttention attention;
     private final CpuLinearAttention linearAttention;
+    private final CpuCausalConv causalConv;
 
     CpuBackend(CpuDevice device, CpuPool pool) {
         this.pool = pool;
         this.attention = new CpuAttention(device, pool);
         this.linearAttention = new CpuLinearAttention(device, pool);
+        this.causalConv = new CpuCausalConv(device, pool);
     }
 
     @Override
@@ -916,5 +918,17 @@ final class CpuBackend implements Backend {
     public void linearAttentionStep(Tensor out, Tensor state, Tensor norm, Tensor q, Tensor k, Tensor v, int heads,
                                     float eps) {
         linearAttention.step(out, state, norm, q, k, v, heads, eps);
+    }
+
+    // ---- causal long convolution (S4D, H3) ----
+
+    @Override
+    public void causalConvForward(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens) {
+        causalConv.forward(y, u, k, cuSeqlens);
+    }
+
+    @Override
+    public void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Tensor cuSeqlens) {
+        causalConv.backward(du, dk, dy, u, k, cuSeqlens);
     }
 }

@@ -15,6 +15,7 @@ import org.kindling.ops.AdamW;
 import org.kindling.ops.Attention;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
+import org.kindling.ops.CausalConv;
 import org.kindling.ops.DType;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.LinearAttention;
@@ -499,5 +500,22 @@ final class ReferenceBackend implements Backend {
         write(out, "out", r[0]);
         write(state, "state", r[1]);
         write(norm, "norm", r[2]);
+    }
+
+    // ---- causal long convolution (S4D, H3) ----
+
+    @Override
+    public void causalConvForward(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens) {
+        CausalConv conv = CausalConv.check(y, u, k, cuSeqlens);
+        write(y, "y", Reference.causalConv(read(u, "u"), read(k, "k"), conv.cu(), conv.channels()));
+    }
+
+    @Override
+    public void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Tensor cuSeqlens) {
+        CausalConv conv = CausalConv.checkBackward(du, dk, dy, u, k, cuSeqlens);
+        double[][] g = Reference.causalConvBackward(read(dy, "dy"), read(u, "u"), read(k, "k"), conv.cu(),
+                conv.channels());
+        add(du, "du", g[0]);
+        add(dk, "dk", g[1]);
     }
 }

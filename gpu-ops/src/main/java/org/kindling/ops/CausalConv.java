@@ -1,0 +1,76 @@
+package org.kindling.ops;
+
+/**
+ * The layout of a causal long convolution (S4D, H3): u and y are [T, C] packed by cu_seqlens like
+ * attention (sequence s owns rows cu[s] ≤ row &lt; cu[s+1]), k is [L, C] with L at least the
+ * longest sequence, and per sequence and channel y[t, c] = Σ_{j ≤ t} k[j, c]·u[t − j, c] over
+ * that sequence's tokens only.
+ *
+ * @param cu validated sequence offsets (B + 1 of them)
+ * @param tokens T
+ * @param channels C
+ * @param kernelLength L, the rows of k
+ * @param maxLength the longest sequence
+ */
+public record CausalConv(int[] cu, int tokens, int channels, int kernelLength, int maxLength) {
+
+    public int sequences() {
+        return cu.length - 1;
+    }
+
+    public int length(int s) {
+        return cu[s + 1] - cu[s];
+    }
+
+    /** Checks the operands of {@link Backend#causalConvForward} and reads the sequence offsets. */
+    public static CausalConv check(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens) {
+        CausalConv c = inputs(u, k, cuSeqlens);
+        like(y, "y", u);
+        // The direct sum reads u[t − j] after writing y[t − j]; overlapping them would corrupt u.
+        if (y.storage() == u.storage() && y.offset() < u.offset() + u.numel() && u.offset() < y.offset() + y.numel()) {
+            throw new IllegalArgumentException("causal conv y " + y + " must not overlap u " + u);
+        }
+        return c;
+    }
+
+    /** Checks the operands of {@link Backend#causalConvBackward} and reads the sequence offsets. */
+    public static CausalConv checkBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Tensor cuSeqlens) {
+        CausalConv c = inputs(u, k, cuSeqlens);
+        like(du, "du", u);
+        like(dy, "dy", u);
+        like(dk, "dk", k);
+        return c;
+    }
+
+    private static CausalConv inputs(Tensor u, Tensor k, Tensor cuSeqlens) {
+        f32(u, "u");
+        f32(k, "k");
+        if (u.rank() < 2 || k.rank() != 2) {
+            throw new IllegalArgumentException("causal conv needs u [T, C] and k [L, C], got u " + u + " and k " + k);
+        }
+        if (k.cols() != u.cols()) {
+            throw new IllegalArgumentException("causal conv k " + k + " must have u's " + u.cols() + " channels");
+        }
+        int[] cu = Attention.offsets(cuSeqlens, "cu_seqlens", u.rows());
+        int max = 0;
+        for (int s = 0; s + 1 < cu.length; s++) {
+            max = Math.max(max, cu[s + 1] - cu[s]);
+        }
+        if (k.rows() < max) {
+            throw new IllegalArgumentException("causal conv k " + k + " has " + k.rows()
+                    + " rows but the longest sequence has " + max + " tokens");
+        }
+        return new CausalConv(cu, u.rows(), u.cols(), k.rows(), max);
+    }
+
+    private static void f32(Tensor t, String what) {
+        if (t.dtype() != DType.F32) {
+            throw new IllegalArgumentException("causal conv " + what + " must be F32, got " + t);
+        }
+    }
+
+    private static void like(Tensor t, String what, Tensor ref) {
+        f32(t, what);
+        KernelChecks.sameRows(t, "causal conv " + what, ref);
+    }
+}
