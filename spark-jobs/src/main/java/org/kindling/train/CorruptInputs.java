@@ -1,12 +1,8 @@
 package org.kindling.train;
 
 import java.util.Optional;
-import java.util.Set;
-import java.util.concurrent.ConcurrentHashMap;
 import org.apache.spark.ExceptionFailure;
 import org.apache.spark.SparkContext;
-import org.apache.spark.scheduler.SparkListener;
-import org.apache.spark.scheduler.SparkListenerJobStart;
 import org.apache.spark.scheduler.SparkListenerTaskEnd;
 
 /**
@@ -14,27 +10,18 @@ import org.apache.spark.scheduler.SparkListenerTaskEnd;
  * Spark would otherwise retry the whole barrier stage, which reads the same file and fails again,
  * before the error reaches the user.
  */
-final class CorruptInputs extends SparkListener {
-    private final String group;
+final class CorruptInputs extends JobGroupListener {
     private final SparkContext sc;
-    private final Set<Integer> stages = ConcurrentHashMap.newKeySet();
     private volatile String cause;
 
     CorruptInputs(String group, SparkContext sc) {
-        this.group = group;
+        super(group);
         this.sc = sc;
     }
 
     @Override
-    public void onJobStart(SparkListenerJobStart job) {
-        if (job.properties() != null && group.equals(job.properties().getProperty("spark.jobGroup.id"))) {
-            scala.jdk.javaapi.CollectionConverters.asJava(job.stageIds()).forEach(id -> stages.add((Integer) id));
-        }
-    }
-
-    @Override
     public void onTaskEnd(SparkListenerTaskEnd end) {
-        if (cause == null && stages.contains(end.stageId()) && end.reason() instanceof ExceptionFailure f
+        if (cause == null && ours(end.stageId()) && end.reason() instanceof ExceptionFailure f
                 && f.className().equals(CorruptInputException.class.getName())) {
             cause = f.description();
             sc.cancelJobGroup(group, "a corrupt input fails every attempt alike: " + cause);

@@ -16,8 +16,6 @@ import org.apache.hadoop.conf.Configuration;
 import org.apache.spark.BarrierTaskContext;
 import org.apache.spark.api.java.JavaSparkContext;
 import org.apache.spark.broadcast.Broadcast;
-import org.apache.spark.scheduler.SparkListener;
-import org.apache.spark.scheduler.SparkListenerJobStart;
 import org.apache.spark.scheduler.SparkListenerStageCompleted;
 import org.apache.spark.sql.SparkSession;
 import org.apache.spark.util.SerializableConfiguration;
@@ -192,27 +190,18 @@ public final class TrainJob {
     }
 
     /** Tells the coordinator when a stage of this run's job fails, so that workers still waiting to meet stop. */
-    private static final class StageFailures extends SparkListener {
-        private final String group;
+    private static final class StageFailures extends JobGroupListener {
         private final Coordinator coordinator;
-        private final java.util.Set<Integer> stages = java.util.concurrent.ConcurrentHashMap.newKeySet();
 
         StageFailures(String group, Coordinator coordinator) {
-            this.group = group;
+            super(group);
             this.coordinator = coordinator;
-        }
-
-        @Override
-        public void onJobStart(SparkListenerJobStart job) {
-            if (job.properties() != null && group.equals(job.properties().getProperty("spark.jobGroup.id"))) {
-                scala.jdk.javaapi.CollectionConverters.asJava(job.stageIds()).forEach(id -> stages.add((Integer) id));
-            }
         }
 
         @Override
         public void onStageCompleted(SparkListenerStageCompleted completed) {
             var info = completed.stageInfo();
-            if (stages.contains(info.stageId()) && info.failureReason().isDefined()) {
+            if (ours(info.stageId()) && info.failureReason().isDefined()) {
                 coordinator.abandon(info.attemptNumber(), "Spark failed the stage: " + info.failureReason().get());
             }
         }
