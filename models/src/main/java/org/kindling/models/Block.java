@@ -1,5 +1,12 @@
 package org.kindling.models;
 
+import org.kindling.models.channel.ChannelMixer;
+import org.kindling.models.mixers.MixerState;
+import org.kindling.models.mixers.TokenMixer;
+import org.kindling.models.nn.Activation;
+import org.kindling.models.nn.Activations;
+import org.kindling.models.nn.LayerNorm;
+import org.kindling.models.nn.Seqs;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.Tensor;
@@ -11,15 +18,38 @@ final class Block implements AutoCloseable {
     final LayerNorm ln2;
     final ChannelMixer channel;
     private final int c;
-    private final Buffers saved;
+    private final Activations acts;
+    /** Saved by forward: ln1(x), mixer output, h, ln2(h), each [T, C]. */
+    private final Activation a;
+    private final Activation m;
+    private final Activation h;
+    private final Activation b;
+    /** Decoding's own copies of the four, [R, C]. */
+    private final Activation stepA;
+    private final Activation stepM;
+    private final Activation stepH;
+    private final Activation stepB;
+    /** Backward scratch [T, C]: a LayerNorm's input gradient, and a branch's gradient through dropout. */
+    private final Activation dln;
+    private final Activation ddrop;
 
-    Block(LayerNorm ln1, TokenMixer mixer, LayerNorm ln2, ChannelMixer channel, int c, Buffers saved) {
+    Block(LayerNorm ln1, TokenMixer mixer, LayerNorm ln2, ChannelMixer channel, int c, Activations acts) {
         this.ln1 = ln1;
         this.mixer = mixer;
         this.ln2 = ln2;
         this.channel = channel;
         this.c = c;
-        this.saved = saved;
+        this.acts = acts;
+        a = acts.f32("ln1");
+        m = acts.f32("mix");
+        h = acts.f32("h");
+        b = acts.f32("ln2");
+        stepA = acts.f32("step_ln1");
+        stepM = acts.f32("step_mix");
+        stepH = acts.f32("step_h");
+        stepB = acts.f32("step_ln2");
+        dln = acts.f32("dln");
+        ddrop = acts.f32("ddrop");
     }
 
     /** Residual dropout of the next forward and backward: probability and the seed of this block's masks. */
@@ -31,59 +61,53 @@ final class Block implements AutoCloseable {
         this.seed = seed;
     }
 
+    /** h = x + drop(mix(ln1(x))); y = h + drop(channel(ln2(h))). */
     void forward(Tensor y, Tensor x, Seqs seqs) {
-        forward(y, x, seqs, null);
+        int t = x.rows();
+        Backend be = x.device().backend();
+        Tensor ta = a.write(t, c);
+        Tensor tm = m.write(t, c);
+        Tensor th = h.write(t, c);
+        Tensor tb = b.write(t, c);
+        ln1.forward(ta, x);
+        mixer.forward(tm, ta, seqs);
+        if (dropout > 0) {
+            be.dropoutForward(tm, tm, dropout, seed);
+        }
+        be.binary(BinaryOp.ADD, th, x, tm);
+        ln2.forward(tb, th);
+        channel.forward(y, tb);
+        if (dropout > 0) {
+            be.dropoutForward(y, y, dropout, seed + 1);
+        }
+        be.binary(BinaryOp.ADD, y, y, th);
     }
 
     /**
-     * The forward for t new tokens of one sequence during incremental decoding (never with
-     * dropout): its own buffers, and nothing kept, so a pending backward stays intact.
+     * The forward for new tokens of a batch of sequences during decoding (never with dropout): its
+     * own buffers, and nothing kept, so a pending backward stays intact.
      */
-    void forwardStep(Tensor y, Tensor x, DecodeState state) {
-        forward(y, x, null, state);
-    }
-
-    /** h = x + drop(mix(ln1(x))); y = h + drop(channel(ln2(h))): training over seqs, or decoding from state. */
-    private void forward(Tensor y, Tensor x, Seqs seqs, DecodeState state) {
-        boolean step = state != null;
-        String prefix = step ? "step_" : "";
-        float p = step ? 0f : dropout;
+    void forwardStep(Tensor y, Tensor x, int[] cu, MixerState state) {
         int t = x.rows();
         Backend be = x.device().backend();
-        Tensor a = saved.f32(prefix + "ln1", t, c);
-        Tensor m = saved.f32(prefix + "mix", t, c);
-        Tensor h = saved.f32(prefix + "h", t, c);
-        Tensor b = saved.f32(prefix + "ln2", t, c);
-        if (step) {
-            ln1.forwardStep(a, x);
-            mixer.forwardStep(m, a, state);
-        } else {
-            ln1.forward(a, x);
-            mixer.forward(m, a, seqs);
-        }
-        if (p > 0) {
-            be.dropoutForward(m, m, p, seed);
-        }
-        be.binary(BinaryOp.ADD, h, x, m);
-        if (step) {
-            ln2.forwardStep(b, h);
-            channel.forwardStep(y, b);
-        } else {
-            ln2.forward(b, h);
-            channel.forward(y, b);
-        }
-        if (p > 0) {
-            be.dropoutForward(y, y, p, seed + 1);
-        }
-        be.binary(BinaryOp.ADD, y, y, h);
+        Tensor ta = stepA.write(t, c);
+        Tensor tm = stepM.write(t, c);
+        Tensor th = stepH.write(t, c);
+        Tensor tb = stepB.write(t, c);
+        ln1.forwardStep(ta, x);
+        mixer.forwardStep(tm, ta, cu, state);
+        be.binary(BinaryOp.ADD, th, x, tm);
+        ln2.forwardStep(tb, th);
+        channel.forwardStep(y, tb);
+        be.binary(BinaryOp.ADD, y, y, th);
     }
 
     /** The gradient a dropped-out branch passes on: dy itself, or dy ⊙ mask/(1−p) in a buffer. */
-    private Tensor throughDropout(Tensor dy, String key, long maskSeed) {
+    private Tensor throughDropout(Tensor dy, long maskSeed) {
         if (dropout == 0) {
             return dy;
         }
-        Tensor d = saved.zeros(key, dy.rows(), c);
+        Tensor d = ddrop.zeros(dy.rows(), c);
         dy.device().backend().dropoutBackward(d, dy, dropout, maskSeed);
         return d;
     }
@@ -96,11 +120,11 @@ final class Block implements AutoCloseable {
         int t = dy.rows();
         Backend be = dy.device().backend();
         Tensor dh = dy;
-        Tensor db = saved.zeros("dln", t, c);
-        channel.backward(db, throughDropout(dy, "ddrop", seed + 1));
+        Tensor db = dln.zeros(t, c);
+        channel.backward(db, throughDropout(dy, seed + 1));
         ln2.backward(dh, db);
-        Tensor da = saved.zeros("dln", t, c);
-        mixer.backward(da, throughDropout(dh, "ddrop", seed), seqs);
+        Tensor da = dln.zeros(t, c);
+        mixer.backward(da, throughDropout(dh, seed), seqs);
         ln1.backward(dx, da);
         be.binary(BinaryOp.ADD, dx, dx, dh);
     }
@@ -111,6 +135,6 @@ final class Block implements AutoCloseable {
         mixer.close();
         ln2.close();
         channel.close();
-        saved.close();
+        acts.close();
     }
 }

@@ -2,29 +2,70 @@ package org.kindling.models;
 
 import java.util.ArrayList;
 import java.util.List;
+import org.kindling.models.channel.ChannelMixer;
+import org.kindling.models.channel.ChannelSpec;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.data.TokenBatch;
+import org.kindling.models.mixers.MixerSpec;
+import org.kindling.models.mixers.MixerState;
+import org.kindling.models.mixers.TokenMixer;
+import org.kindling.models.nn.Activation;
+import org.kindling.models.nn.Activations;
+import org.kindling.models.nn.Init;
+import org.kindling.models.nn.LayerContext;
+import org.kindling.models.nn.LayerNorm;
+import org.kindling.models.nn.Param;
+import org.kindling.models.nn.ParamGroup;
+import org.kindling.models.nn.Params;
+import org.kindling.models.nn.Seqs;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
-import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.Seeds;
 import org.kindling.ops.Tensor;
 
 /**
- * A GPT-style decoder: token + learned position embeddings, pre-LayerNorm blocks (token mixer and
- * channel mixer per layer from the config), a final LayerNorm and an LM head tied to the token
- * embedding, trained with fused softmax cross-entropy. Layers run forward in order and backward in
- * reverse (llm.c); every activation lives in named, reused buffers.
+ * A GPT-style decoder: token embeddings (plus learned position embeddings when the config has
+ * them), pre-LayerNorm blocks (token mixer and channel mixer per layer, built from the config's
+ * specs), a final LayerNorm and an LM head tied to the token embedding, trained with fused softmax
+ * cross-entropy. Layers run forward in order and backward in reverse (llm.c); every activation
+ * lives in declared, reused buffers.
  */
 public final class Gpt implements AutoCloseable {
     private final ModelConfig cfg;
     private final Device dev;
     private final Params params;
+    /** wte[V, C]; wpe[max_seq, C] or null without learned positions. */
     private final Params.Handle wte;
     private final Params.Handle wpe;
     private final List<Block> blocks = new ArrayList<>();
     private final LayerNorm lnf;
-    private final Buffers acts;
+    private final Activations acts;
+    /** The batch on the device: ids, positions [T] and cu_seqlens [B+1] (I32). */
+    private final Activation ids;
+    private final Activation positions;
+    private final Activation cuSeqlens;
+    private final Activation targets;
+    /** Residual stream into block l: x_l [T, C] (x_0 the embeddings, x_L the last block's output); xf = ln_f(x_L). */
+    private final Activation[] xs;
+    private final Activation posEmb;
+    private final Activation xf;
+    /** logits [T, V], overwritten by dlogits when the loss kernel computes gradients; losses [T]. */
+    private final Activation logits;
+    private final Activation losses;
+    /** Backward: d(xf) [T, C], the residual gradient in two alternating [T, C] buffers, d(embeddings) through dropout. */
+    private final Activation dxf;
+    private final Activation[] dres;
+    private final Activation demb;
+    /** Decoding: ids and positions [R], x and y [R, C] (swapped per block), pos_emb and xf [R, C], logits [R, V]. */
+    private final Activation stepIds;
+    private final Activation stepPositions;
+    private final Activation stepX;
+    private final Activation stepY;
+    private final Activation stepPosEmb;
+    private final Activation stepXf;
+    private final Activation stepLogits;
     /** Parameters in the order the backward pass finishes with them: ln_f, blocks last to first, embeddings. */
     private final List<List<Param>> backwardGroups = new ArrayList<>();
     private Seqs seqs;
@@ -36,34 +77,53 @@ public final class Gpt implements AutoCloseable {
     public Gpt(ModelConfig cfg, Device dev, long seed) {
         this.cfg = cfg;
         this.dev = dev;
-        this.acts = new Buffers(dev, "gpt");
         int c = cfg.dModel();
-        double std = cfg.initStd();
-        double residualStd = std / Math.sqrt(2.0 * cfg.nLayer());
         Params.Builder pb = new Params.Builder();
-        wte = pb.add("wte.weight", Params.Init.NORMAL, std, true, cfg.vocab(), c);
-        wpe = pb.add("wpe.weight", Params.Init.NORMAL, std, true, cfg.maxSeq(), c);
+        wte = pb.add("wte.weight", Init.normal(cfg.initStd()), ParamGroup.DECAY, cfg.vocab(), c);
+        wpe = cfg.posEmb() == ModelConfig.PosEmb.LEARNED
+                ? pb.add("wpe.weight", Init.normal(cfg.initStd()), ParamGroup.DECAY, cfg.maxSeq(), c) : null;
         for (int l = 0; l < cfg.nLayer(); l++) {
             String p = "h." + l;
-            LayerNorm ln1 = new LayerNorm(pb, new Buffers(dev, p + ".ln_1"), p + ".ln_1", c, cfg.layerNormEps());
-            TokenMixer mixer = switch (cfg.mixers().get(l)) {
-                case "attention" -> new CausalSelfAttention(pb, new Buffers(dev, p + ".attn"), p + ".attn", cfg, std, residualStd);
-                default -> throw new IllegalArgumentException("unknown mixer " + cfg.mixers().get(l));
-            };
-            LayerNorm ln2 = new LayerNorm(pb, new Buffers(dev, p + ".ln_2"), p + ".ln_2", c, cfg.layerNormEps());
-            ChannelMixer channel = switch (cfg.channelMixers().get(l)) {
-                case "mlp" -> new Mlp(pb, new Buffers(dev, p + ".mlp"), p + ".mlp", c, cfg.mlpRatio(), std, residualStd);
-                default -> throw new IllegalArgumentException("unknown channel mixer " + cfg.channelMixers().get(l));
-            };
-            blocks.add(new Block(ln1, mixer, ln2, channel, c, new Buffers(dev, p)));
+            LayerNorm ln1 = new LayerNorm(pb, dev, p + ".ln_1", c, cfg.layerNormEps());
+            MixerSpec ms = cfg.mixers().get(l);
+            TokenMixer mixer = ms.build(new LayerContext(pb, dev, p + "." + ms.paramPrefix(), c, l, cfg.nLayer(), cfg.initStd(),
+                    seed));
+            LayerNorm ln2 = new LayerNorm(pb, dev, p + ".ln_2", c, cfg.layerNormEps());
+            ChannelSpec cs = cfg.channelMixers().get(l);
+            ChannelMixer channel = cs.build(new LayerContext(pb, dev, p + "." + cs.paramPrefix(), c, l, cfg.nLayer(), cfg.initStd(),
+                    seed));
+            blocks.add(new Block(ln1, mixer, ln2, channel, c, new Activations(dev, p)));
         }
-        lnf = new LayerNorm(pb, new Buffers(dev, "ln_f"), "ln_f", c, cfg.layerNormEps());
+        lnf = new LayerNorm(pb, dev, "ln_f", c, cfg.layerNormEps());
         params = pb.build(dev, seed);
+        acts = new Activations(dev, "gpt");
+        ids = acts.i32("ids");
+        positions = acts.i32("positions");
+        cuSeqlens = acts.i32("cu_seqlens");
+        targets = acts.i32("targets");
+        xs = new Activation[cfg.nLayer() + 1];
+        for (int l = 0; l < xs.length; l++) {
+            xs[l] = acts.f32("x" + l);
+        }
+        posEmb = acts.f32("pos_emb");
+        xf = acts.f32("xf");
+        logits = acts.f32("logits");
+        losses = acts.f32("losses");
+        dxf = acts.f32("dxf");
+        dres = new Activation[] {acts.f32("dx_a"), acts.f32("dx_b")};
+        demb = acts.f32("demb");
+        stepIds = acts.i32("step_ids");
+        stepPositions = acts.i32("step_positions");
+        stepX = acts.f32("step_x");
+        stepY = acts.f32("step_y");
+        stepPosEmb = acts.f32("step_pos_emb");
+        stepXf = acts.f32("step_xf");
+        stepLogits = acts.f32("step_logits");
         backwardGroups.add(withPrefix("ln_f."));
         for (int l = cfg.nLayer() - 1; l >= 0; l--) {
             backwardGroups.add(withPrefix("h." + l + "."));
         }
-        backwardGroups.add(List.of(wte.get(), wpe.get()));
+        backwardGroups.add(wpe == null ? List.of(wte.get()) : List.of(wte.get(), wpe.get()));
         if (backwardGroups.stream().mapToInt(List::size).sum() != params.list().size()) {
             throw new IllegalStateException("a parameter belongs to no backward group: " + params.list());
         }
@@ -94,23 +154,44 @@ public final class Gpt implements AutoCloseable {
         this.dropoutSeed = seed;
     }
 
+    /** Tells every layer that optimizer step {@code step} (0-based) begins: layers that redraw fixed tensors do it here. */
+    public void startStep(long step) {
+        for (Block b : blocks) {
+            b.mixer.startStep(step);
+        }
+    }
+
     private float activeDropout(boolean train) {
         return train && training ? (float) cfg.dropout() : 0f;
     }
 
-    /** Uploads a batch's ids, positions and offsets; checks positions against max_seq. */
+    /** Checks a sequence length against the model's limit (max_seq), if it has one. */
+    void checkLength(int len, String what) {
+        if (cfg.limited() && len > cfg.maxSeq()) {
+            throw new IllegalArgumentException(what + " has " + len + " tokens but the model's max_seq is " + cfg.maxSeq());
+        }
+    }
+
+    /** Uploads a batch's ids, positions and offsets; checks lengths against max_seq. */
     private Seqs upload(TokenBatch batch) {
         int t = batch.size();
         for (int b = 0; b < batch.sequences(); b++) {
-            int len = batch.cuSeqlens()[b + 1] - batch.cuSeqlens()[b];
-            if (len > cfg.maxSeq()) {
-                throw new IllegalArgumentException("sequence " + b + " has " + len + " tokens but max_seq is " + cfg.maxSeq());
-            }
+            checkLength(batch.cuSeqlens()[b + 1] - batch.cuSeqlens()[b], "sequence " + b);
         }
-        acts.get("ids", DType.I32, t).copyFrom(batch.tokens());
-        Tensor pos = acts.get("positions", DType.I32, t).copyFrom(batch.positions());
-        Tensor cu = acts.get("cu_seqlens", DType.I32, batch.cuSeqlens().length).copyFrom(batch.cuSeqlens());
+        ids.write(t).copyFrom(batch.tokens());
+        Tensor pos = positions.write(t).copyFrom(batch.positions());
+        Tensor cu = cuSeqlens.write(batch.cuSeqlens().length).copyFrom(batch.cuSeqlens());
         return new Seqs(cu, pos, batch.cuSeqlens().clone());
+    }
+
+    /** x = wte[ids] (+ wpe[positions]). */
+    private void embed(Tensor x, Tensor tokenIds, Tensor pos, Tensor posBuffer) {
+        Backend be = dev.backend();
+        be.embeddingForward(x, tokenIds, wte.value());
+        if (wpe != null) {
+            be.embeddingForward(posBuffer, pos, wpe.value());
+            be.binary(BinaryOp.ADD, x, x, posBuffer);
+        }
     }
 
     /** Runs embeddings, blocks and the final LayerNorm; returns the final hidden states [T, C]. */
@@ -119,24 +200,20 @@ public final class Gpt implements AutoCloseable {
         seqs = upload(batch);
         int t = batch.size();
         int c = cfg.dModel();
-        Backend be = dev.backend();
-        Tensor x = acts.f32("x0", t, c);
-        Tensor posEmb = acts.f32("pos_emb", t, c);
-        be.embeddingForward(x, acts.get("ids", DType.I32, t), wte.value());
-        be.embeddingForward(posEmb, seqs.positions(), wpe.value());
-        be.binary(BinaryOp.ADD, x, x, posEmb);
+        Tensor x = xs[0].write(t, c);
+        embed(x, ids.saved(t), seqs.positions(), wpe == null ? null : posEmb.write(t, c));
         if (p > 0) {
-            be.dropoutForward(x, x, p, dropoutSeed);
+            dev.backend().dropoutForward(x, x, p, dropoutSeed);
         }
         for (int l = 0; l < blocks.size(); l++) {
-            Tensor y = acts.f32("x" + (l + 1), t, c);
+            Tensor y = xs[l + 1].write(t, c);
             blocks.get(l).dropout(p, Seeds.derive(dropoutSeed, l));
             blocks.get(l).forward(y, x, seqs);
             x = y;
         }
-        Tensor xf = acts.f32("xf", t, c);
-        lnf.forward(xf, x);
-        return xf;
+        Tensor out = xf.write(t, c);
+        lnf.forward(out, x);
+        return out;
     }
 
     /** Logits [T, V] for every token of the batch (no loss): for evaluation and generation. */
@@ -145,60 +222,51 @@ public final class Gpt implements AutoCloseable {
     }
 
     private Tensor logits(TokenBatch batch, boolean train) {
-        Tensor xf = hidden(batch, train);
-        Tensor logits = acts.f32("logits", batch.size(), cfg.vocab());
-        dev.backend().gemm(Gemm.of(false, true, batch.size(), cfg.vocab(), cfg.dModel()), logits, xf, wte.value());
+        Tensor h = hidden(batch, train);
+        Tensor out = logits.write(batch.size(), cfg.vocab());
+        dev.backend().gemm(Gemm.of(false, true, batch.size(), cfg.vocab(), cfg.dModel()), out, h, wte.value());
         gradReady = false;
-        return logits;
+        return out;
     }
 
-    /** Decoding states for one sequence, one per layer. */
-    public List<DecodeState> newDecodeStates() {
-        List<DecodeState> states = new ArrayList<>();
-        for (Block b : blocks) {
-            states.add(b.mixer.newState(cfg.maxSeq()));
+    /** A decoding session over {@code sequences} sequences, each starting empty. */
+    public DecodeSession newSession(int sequences) {
+        if (sequences < 1) {
+            throw new IllegalArgumentException("a decoding session needs at least one sequence, got " + sequences);
         }
-        return states;
+        List<MixerState> states = new ArrayList<>();
+        try {
+            for (Block b : blocks) {
+                states.add(b.mixer.newState(sequences));
+            }
+        } catch (RuntimeException e) {
+            states.forEach(MixerState::close);
+            throw e;
+        }
+        return new DecodeSession(this, states, sequences);
     }
 
     /**
-     * Incremental decoding: logits [t, V] for t new tokens of one sequence that follow what
-     * {@code states} (from {@link #newDecodeStates}) have seen; the states advance past them.
+     * Incremental decoding: logits [R, V] for the R new tokens of a batch of sequences, packed by
+     * {@code cu} (host offsets), at {@code pos} within their sequences; the states advance past them.
      */
-    public Tensor forwardStep(int[] tokens, List<DecodeState> states) {
-        int t = tokens.length;
-        int start = states.get(0).length();
-        if (t == 0) {
-            throw new IllegalArgumentException("forwardStep needs at least one token");
-        }
-        if (start + t > cfg.maxSeq()) {
-            throw new IllegalArgumentException("sequence of " + (start + t) + " tokens exceeds max_seq " + cfg.maxSeq());
-        }
+    Tensor forwardStep(int[] tokens, int[] pos, int[] cu, List<MixerState> states) {
+        int r = tokens.length;
         int c = cfg.dModel();
-        Backend be = dev.backend();
-        int[] positions = new int[t];
-        for (int i = 0; i < t; i++) {
-            positions[i] = start + i;
-        }
-        Tensor ids = acts.get("step_ids", DType.I32, t).copyFrom(tokens);
-        Tensor pos = acts.get("step_positions", DType.I32, t).copyFrom(positions);
-        Tensor x = acts.f32("step_x", t, c);
-        Tensor y = acts.f32("step_y", t, c);
-        Tensor posEmb = acts.f32("step_pos_emb", t, c);
-        be.embeddingForward(x, ids, wte.value());
-        be.embeddingForward(posEmb, pos, wpe.value());
-        be.binary(BinaryOp.ADD, x, x, posEmb);
+        Tensor x = stepX.write(r, c);
+        Tensor y = stepY.write(r, c);
+        embed(x, stepIds.write(r).copyFrom(tokens), stepPositions.write(r).copyFrom(pos), wpe == null ? null : stepPosEmb.write(r, c));
         for (int l = 0; l < blocks.size(); l++) {
-            blocks.get(l).forwardStep(y, x, states.get(l));
+            blocks.get(l).forwardStep(y, x, cu, states.get(l));
             Tensor swap = x;
             x = y;
             y = swap;
         }
-        Tensor xf = acts.f32("step_xf", t, c);
-        lnf.forwardStep(xf, x);
-        Tensor logits = acts.f32("step_logits", t, cfg.vocab());
-        be.gemm(Gemm.of(false, true, t, cfg.vocab(), c), logits, xf, wte.value());
-        return logits;
+        Tensor out = stepXf.write(r, c);
+        lnf.forwardStep(out, x);
+        Tensor lg = stepLogits.write(r, cfg.vocab());
+        dev.backend().gemm(Gemm.of(false, true, r, cfg.vocab(), c), lg, out, wte.value());
+        return lg;
     }
 
     /**
@@ -207,23 +275,23 @@ public final class Gpt implements AutoCloseable {
      * kernel also leaves dlogits = gradScale·∂(summed loss)/∂logits for {@link #backward}.
      */
     public double forward(TokenBatch batch, float gradScale) {
-        Tensor logits = logits(batch, true);
+        Tensor lg = logits(batch, true);
         int t = batch.size();
-        int[] targets = batch.targets();
+        int[] tg = batch.targets();
         predicted = 0;
-        for (int target : targets) {
+        for (int target : tg) {
             predicted += target == TokenBatch.IGNORE ? 0 : 1;
         }
-        Tensor tt = acts.get("targets", DType.I32, t).copyFrom(targets);
-        Tensor losses = acts.f32("losses", t);
+        Tensor tt = targets.write(t).copyFrom(tg);
+        Tensor ls = losses.write(t);
         if (gradScale > 0) {
-            dev.backend().crossEntropyForwardBackward(losses, logits, logits, tt, TokenBatch.IGNORE, gradScale);
+            dev.backend().crossEntropyForwardBackward(ls, lg, lg, tt, TokenBatch.IGNORE, gradScale);
             gradReady = true;
         } else {
-            dev.backend().crossEntropyForward(losses, logits, tt, TokenBatch.IGNORE);
+            dev.backend().crossEntropyForward(ls, lg, tt, TokenBatch.IGNORE);
         }
         double sum = 0;
-        for (double l : losses.toDoubleArray()) {
+        for (double l : ls.toDoubleArray()) {
             sum += l;
         }
         return sum;
@@ -253,30 +321,30 @@ public final class Gpt implements AutoCloseable {
         int c = cfg.dModel();
         int v = cfg.vocab();
         Backend be = dev.backend();
-        Tensor dlogits = acts.saved("logits", t, v);
-        Tensor xf = acts.saved("xf", t, c);
-        Tensor dxf = acts.zeros("dxf", t, c);
-        be.gemm(Gemm.of(false, false, t, c, v).scaled(1f, 1f), dxf, dlogits, wte.value());
-        be.gemm(Gemm.of(true, false, v, c, t).scaled(1f, 1f), wte.grad(), dlogits, xf);
+        Tensor dlogits = logits.saved(t, v);
+        Tensor dh = dxf.zeros(t, c);
+        be.gemm(Gemm.of(false, false, t, c, v).scaled(1f, 1f), dh, dlogits, wte.value());
+        be.gemm(Gemm.of(true, false, v, c, t).scaled(1f, 1f), wte.grad(), dlogits, xf.saved(t, c));
         // Two residual-gradient buffers, used alternately: block l reads one and accumulates into the other.
-        String[] names = {"dx_a", "dx_b"};
-        Tensor dx = acts.zeros(names[0], t, c);
-        lnf.backward(dx, dxf);
+        Tensor dx = dres[0].zeros(t, c);
+        lnf.backward(dx, dh);
         finished.accept(backwardGroups.get(0));
         for (int l = blocks.size() - 1, i = 1; l >= 0; l--, i ^= 1) {
-            Tensor dprev = acts.zeros(names[i], t, c);
+            Tensor dprev = dres[i].zeros(t, c);
             blocks.get(l).backward(dprev, dx, seqs);
             finished.accept(backwardGroups.get(blocks.size() - l));
             dx = dprev;
         }
         float p = activeDropout(true);
         if (p > 0) {
-            Tensor demb = acts.zeros("demb", t, c);
-            be.dropoutBackward(demb, dx, p, dropoutSeed);
-            dx = demb;
+            Tensor d = demb.zeros(t, c);
+            be.dropoutBackward(d, dx, p, dropoutSeed);
+            dx = d;
         }
-        be.embeddingBackward(wte.grad(), dx, acts.saved("ids", DType.I32, t));
-        be.embeddingBackward(wpe.grad(), dx, seqs.positions());
+        be.embeddingBackward(wte.grad(), dx, ids.saved(t));
+        if (wpe != null) {
+            be.embeddingBackward(wpe.grad(), dx, seqs.positions());
+        }
         finished.accept(backwardGroups.get(backwardGroups.size() - 1));
     }
 

@@ -3,10 +3,15 @@ package org.kindling.models;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.util.ArrayList;
-import java.util.Collections;
 import java.util.List;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.data.DataSource;
+import org.kindling.models.data.Synthetic;
+import org.kindling.models.train.DataParallel;
+import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
 
 /**
@@ -24,8 +29,7 @@ class AssociativeRecallTest {
         while (batch % replicas != 0) {
             replicas--;
         }
-        ModelConfig cfg = new ModelConfig(20, 128, 2, 2, 2, 64, Collections.nCopies(2, "attention"), Collections.nCopies(2, "mlp"),
-                4, 0, 0.02, 1e-5);
+        ModelConfig cfg = ModelConfig.gpt(20, 128, 2, 2, 2, 64, 4, 0, 0.02, 1e-5);
         TrainConfig train = new TrainConfig(1, 1e-3, 1e-4, 100, steps, 0.0, 0.9, 0.98, 1e-8, 1.0, 1, batch * 64, 100, 0, 1);
         Synthetic.Examples heldOut = Synthetic.associativeRecall(20, 64, 1000, -1);
         int per = batch / replicas;

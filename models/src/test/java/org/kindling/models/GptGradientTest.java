@@ -7,6 +7,9 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import org.junit.jupiter.api.Test;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.data.TokenBatch;
+import org.kindling.models.nn.Param;
 import org.kindling.ops.Device;
 
 /**
@@ -26,7 +29,7 @@ class GptGradientTest {
     }
 
     private static ModelConfig config(double dropout) {
-        return new ModelConfig(17, 8, 2, 2, 1, 16, List.of("attention", "attention"), List.of("mlp", "mlp"), 2, dropout,
+        return ModelConfig.gpt(17, 8, 2, 2, 1, 16, 2, dropout,
                 0.2, 1e-5);
     }
 

@@ -6,6 +6,19 @@ import java.util.function.BiConsumer;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
+import org.kindling.models.channel.ChannelMixer;
+import org.kindling.models.channel.MlpSpec;
+import org.kindling.models.data.TokenBatch;
+import org.kindling.models.mixers.MixerSpec;
+import org.kindling.models.mixers.TokenMixer;
+import org.kindling.models.mixers.attention.AttentionSpec;
+import org.kindling.models.nn.Activations;
+import org.kindling.models.nn.LayerContext;
+import org.kindling.models.nn.LayerNorm;
+import org.kindling.models.nn.Linear;
+import org.kindling.models.nn.Param;
+import org.kindling.models.nn.Params;
+import org.kindling.models.nn.Seqs;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
@@ -97,7 +110,7 @@ class LayerGradientTest {
     @Test
     void layerNorm() {
         Params.Builder pb = new Params.Builder();
-        LayerNorm ln = keep(new LayerNorm(pb, new Buffers(dev), "ln", 11, 1e-5));
+        LayerNorm ln = keep(new LayerNorm(pb, dev, "ln", 11, 1e-5));
         Params params = params(pb, 3, 1.0);
         Tensor x = input(5, 6, 11);
         Tensor y = keep(dev.allocate(DType.F32, 6, 11));
@@ -107,7 +120,7 @@ class LayerGradientTest {
     @Test
     void mlp() {
         Params.Builder pb = new Params.Builder();
-        Mlp mlp = keep(new Mlp(pb, new Buffers(dev), "mlp", 6, 4, 0.4, 0.3));
+        ChannelMixer mlp = keep(new MlpSpec(4).build(context(pb, "mlp", 6)));
         Params params = params(pb, 6, 0.6);
         Tensor x = input(7, 5, 6);
         Tensor y = keep(dev.allocate(DType.F32, 5, 6));
@@ -123,34 +136,35 @@ class LayerGradientTest {
         return new Seqs(keep(dev.fromInts(cu, cu.length)), keep(dev.fromInts(b.positions(), b.size())), cu);
     }
 
-    private ModelConfig config(int c, int heads, int kvHeads) {
-        return new ModelConfig(13, c, 2, heads, kvHeads, 32, List.of("attention", "attention"), List.of("mlp", "mlp"), 4, 0,
-                0.3, 1e-5);
+    private LayerContext context(Params.Builder pb, String name, int c) {
+        return new LayerContext(pb, dev, name, c, 0, 2, 0.3, 5);
+    }
+
+    /** The gradient check of a token mixer built from its spec, over packed sequences of the given lengths. */
+    void checkMixer(String what, MixerSpec spec, int c, long seed, int... lengths) {
+        Params.Builder pb = new Params.Builder();
+        TokenMixer mixer = keep(spec.build(context(pb, "mixer", c)));
+        Params params = params(pb, seed, 0.7);
+        Seqs s = seqs(lengths);
+        Tensor x = input(seed + 2, s.tokens(), c);
+        Tensor y = keep(dev.allocate(DType.F32, s.tokens(), c));
+        check(what, params, x, y, () -> mixer.forward(y, x, s), (dx, dy) -> mixer.backward(dx, dy, s));
     }
 
     @Test
     void causalSelfAttentionWithGroupedQueries() {
-        ModelConfig cfg = config(8, 4, 2);
-        Params.Builder pb = new Params.Builder();
-        CausalSelfAttention attn = keep(new CausalSelfAttention(pb, new Buffers(dev), "attn", cfg, 0.5, 0.5));
-        Params params = params(pb, 8, 0.7);
-        Seqs s = seqs(1, 7, 3);
-        Tensor x = input(9, 11, 8);
-        Tensor y = keep(dev.allocate(DType.F32, 11, 8));
-        check("attention", params, x, y, () -> attn.forward(y, x, s), (dx, dy) -> attn.backward(dx, dy, s));
+        checkMixer("attention", new AttentionSpec(4, 2), 8, 8, 1, 7, 3);
     }
 
-    private Block block(Params.Builder pb, ModelConfig cfg) {
-        return keep(new Block(new LayerNorm(pb, new Buffers(dev), "ln_1", 8, 1e-5),
-                new CausalSelfAttention(pb, new Buffers(dev), "attn", cfg, 0.5, 0.5),
-                new LayerNorm(pb, new Buffers(dev), "ln_2", 8, 1e-5),
-                new Mlp(pb, new Buffers(dev), "mlp", 8, 2, 0.5, 0.5), 8, new Buffers(dev)));
+    private Block block(Params.Builder pb, int heads, int kvHeads) {
+        return keep(new Block(new LayerNorm(pb, dev, "ln_1", 8, 1e-5), new AttentionSpec(heads, kvHeads).build(context(pb, "attn", 8)),
+                new LayerNorm(pb, dev, "ln_2", 8, 1e-5), new MlpSpec(2).build(context(pb, "mlp", 8)), 8, new Activations(dev, "block")));
     }
 
     @Test
     void block() {
         Params.Builder pb = new Params.Builder();
-        Block block = block(pb, config(8, 2, 2));
+        Block block = block(pb, 2, 2);
         Params params = params(pb, 10, 0.7);
         Seqs s = seqs(5, 4);
         Tensor x = input(11, 9, 8);
@@ -162,7 +176,7 @@ class LayerGradientTest {
     void blockWithResidualDropout() {
         // The masks are a function of the seed, so the loss stays a deterministic function of x and the weights.
         Params.Builder pb = new Params.Builder();
-        Block block = block(pb, config(8, 4, 1));
+        Block block = block(pb, 4, 1);
         block.dropout(0.3f, 1234);
         Params params = params(pb, 12, 0.7);
         Seqs s = seqs(2, 6, 1);

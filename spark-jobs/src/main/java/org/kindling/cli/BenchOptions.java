@@ -2,11 +2,11 @@ package org.kindling.cli;
 
 import java.util.LinkedHashMap;
 import java.util.Map;
-import org.kindling.models.DataParallel;
 import org.kindling.models.Gpt;
-import org.kindling.models.ModelConfig;
-import org.kindling.models.TrainConfig;
-import org.kindling.models.Trainer;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.train.DataParallel;
+import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
 import org.kindling.ops.cpu.CpuDevice;
 import picocli.CommandLine;

@@ -5,7 +5,7 @@ import java.util.concurrent.Callable;
 import org.apache.hadoop.conf.Configuration;
 import org.kindling.data.DatasetReader;
 import org.kindling.models.Gpt;
-import org.kindling.models.TokenBatch;
+import org.kindling.models.data.TokenBatch;
 import org.kindling.ops.Device;
 import org.kindling.ops.cpu.CpuDevice;
 import org.kindling.train.RunDir;

@@ -7,7 +7,7 @@ import java.util.concurrent.Callable;
 import org.apache.hadoop.conf.Configuration;
 import org.kindling.data.BpeTokenizer;
 import org.kindling.models.Gpt;
-import org.kindling.models.HfExport;
+import org.kindling.models.io.HfExport;
 import org.kindling.ops.Device;
 import org.kindling.ops.cpu.CpuDevice;
 import org.kindling.train.RunDir;

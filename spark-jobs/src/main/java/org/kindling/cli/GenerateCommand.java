@@ -5,7 +5,7 @@ import java.util.concurrent.Callable;
 import org.apache.hadoop.conf.Configuration;
 import org.kindling.data.BpeTokenizer;
 import org.kindling.models.Gpt;
-import org.kindling.models.Sampling;
+import org.kindling.models.generate.Sampling;
 import org.kindling.ops.Device;
 import org.kindling.ops.cpu.CpuDevice;
 import org.kindling.train.RunDir;

@@ -7,12 +7,14 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Callable;
-import org.kindling.models.DataParallel;
-import org.kindling.models.DataSource;
-import org.kindling.models.ModelConfig;
-import org.kindling.models.StepResult;
-import org.kindling.models.Synthetic;
-import org.kindling.models.TrainConfig;
+import org.kindling.models.config.LayerDefaults;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.data.DataSource;
+import org.kindling.models.data.Synthetic;
+import org.kindling.models.mixers.Mixers;
+import org.kindling.models.train.DataParallel;
+import org.kindling.models.train.StepResult;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -78,8 +80,8 @@ final class RecallBench implements Callable<Integer> {
         Synthetic.Examples heldOut;
         try {
             t = Synthetic.Task.parse(task);
-            cfg = new ModelConfig(vocab, dModel, 2, heads, heads, seq, Collections.nCopies(2, mixer), Collections.nCopies(2, "mlp"), 4, 0,
-                    0.02, 1e-5);
+            ModelConfig base = ModelConfig.gpt(vocab, dModel, 2, heads, heads, seq, 4, 0, 0.02, 1e-5);
+            cfg = base.withMixers(Collections.nCopies(2, Mixers.named(mixer, new LayerDefaults(dModel, heads, heads, 4))));
             heldOut = Synthetic.generate(t, vocab, seq, 1000, -seed);
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(cmd, e.getMessage());

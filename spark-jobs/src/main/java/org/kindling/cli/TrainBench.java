@@ -2,18 +2,18 @@ package org.kindling.cli;
 
 import java.io.PrintWriter;
 import java.util.ArrayList;
-import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.concurrent.Callable;
-import org.kindling.models.DataParallel;
-import org.kindling.models.DataSource;
-import org.kindling.models.ModelConfig;
-import org.kindling.models.TokenBatch;
-import org.kindling.models.TrainConfig;
-import org.kindling.models.Trainer;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.data.DataSource;
+import org.kindling.models.data.TokenBatch;
+import org.kindling.models.io.HfExport;
+import org.kindling.models.train.DataParallel;
+import org.kindling.models.train.Trainer;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -83,19 +83,24 @@ final class TrainBench implements Callable<Integer> {
         ModelConfig cfg;
         try {
             cfg = preset != null ? ModelConfig.load(Presets.resolve(preset))
-                    : new ModelConfig(vocab, dModel, layers, heads, heads, seq, Collections.nCopies(layers, "attention"),
-                            Collections.nCopies(layers, "mlp"), 4, 0, 0.02, 1e-5);
+                    : ModelConfig.gpt(vocab, dModel, layers, heads, heads, seq, 4, 0, 0.02, 1e-5);
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(cmd, e.getMessage());
         }
-        if (seq > cfg.maxSeq()) {
+        if (cfg.limited() && seq > cfg.maxSeq()) {
             throw new CommandLine.ParameterException(cmd, "--seq " + seq + " exceeds the model's max_seq " + cfg.maxSeq());
         }
         TrainConfig train = new TrainConfig(1, 1e-4, 1e-5, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1);
-        if (torch != null && (cfg.nKvHead() != cfg.nHead() || !cfg.mixers().stream().allMatch("attention"::equals)
-                || !cfg.channelMixers().stream().allMatch("mlp"::equals) || cfg.dropout() != 0)) {
-            throw new CommandLine.ParameterException(cmd, "--peer torch trains only multi-head attention + MLP models without "
-                    + "dropout; this model has n_kv_head " + cfg.nKvHead() + ", mixers " + cfg.mixers() + ", dropout " + cfg.dropout());
+        if (torch != null) {
+            try {
+                HfExport.requireGpt2(cfg);
+            } catch (IllegalArgumentException e) {
+                throw new CommandLine.ParameterException(cmd, "--peer torch trains only GPT-2-shaped models: " + e.getMessage());
+            }
+            if (cfg.dropout() != 0) {
+                throw new CommandLine.ParameterException(cmd, "--peer torch trains only models without dropout; this one has "
+                        + cfg.dropout());
+            }
         }
         PrintWriter err = cmd.getErr();
         double[] split = new double[3];

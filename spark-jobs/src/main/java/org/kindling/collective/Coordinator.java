@@ -16,7 +16,7 @@ import java.util.Optional;
 import java.util.TreeMap;
 import java.util.function.Consumer;
 import java.util.function.Supplier;
-import org.kindling.models.StepResult;
+import org.kindling.models.train.StepResult;
 
 /**
  * The driver's side of a run: workers connect (authenticating with the run's secret), announce

@@ -7,9 +7,9 @@ import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
-import org.kindling.models.GradientSync;
-import org.kindling.models.Param;
-import org.kindling.models.Params;
+import org.kindling.models.nn.Param;
+import org.kindling.models.nn.Params;
+import org.kindling.models.train.GradientSync;
 
 /**
  * Data-parallel gradient sync over a {@link Ring}. Gradients are summed in buckets: the backward

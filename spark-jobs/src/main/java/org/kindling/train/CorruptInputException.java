@@ -1,7 +1,7 @@
 package org.kindling.train;
 
 import org.kindling.data.CorruptShardException;
-import org.kindling.models.CorruptFileException;
+import org.kindling.models.io.CorruptFileException;
 
 /**
  * A worker read a file that can never be read as it is: a truncated or corrupt shard or

@@ -3,8 +3,8 @@ package org.kindling.train;
 import java.io.IOException;
 import java.io.UncheckedIOException;
 import org.kindling.data.DatasetReader;
-import org.kindling.models.DataSource;
-import org.kindling.models.TokenBatch;
+import org.kindling.models.data.DataSource;
+import org.kindling.models.data.TokenBatch;
 
 /** A prepared dataset as the trainer's data source: the reader's packed batches as token batches. */
 public final class DatasetSource implements DataSource, AutoCloseable {

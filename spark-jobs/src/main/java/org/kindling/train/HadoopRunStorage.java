@@ -12,7 +12,7 @@ import org.apache.hadoop.fs.FileSystem;
 import org.apache.hadoop.fs.LocalFileSystem;
 import org.apache.hadoop.fs.Options;
 import org.apache.hadoop.fs.Path;
-import org.kindling.models.RunStorage;
+import org.kindling.models.io.RunStorage;
 
 /**
  * A run directory on any Hadoop file system (HDFS, S3A, file:). Directory renames are atomic on

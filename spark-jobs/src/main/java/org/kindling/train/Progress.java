@@ -12,8 +12,8 @@ import java.util.TreeMap;
 import java.util.function.Consumer;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
-import org.kindling.models.StepResult;
-import org.kindling.models.TrainConfig;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.train.StepResult;
 
 /**
  * The driver's view of a run: rank 0's step results as they arrive. Every {@code log_interval}

@@ -6,11 +6,11 @@ import java.nio.charset.StandardCharsets;
 import java.util.List;
 import org.apache.hadoop.conf.Configuration;
 import org.kindling.data.BpeTokenizer;
-import org.kindling.models.Checkpoints;
-import org.kindling.models.Generator;
 import org.kindling.models.Gpt;
-import org.kindling.models.RunConfig;
-import org.kindling.models.Sampling;
+import org.kindling.models.config.RunConfig;
+import org.kindling.models.generate.Generator;
+import org.kindling.models.generate.Sampling;
+import org.kindling.models.io.Checkpoints;
 import org.kindling.ops.Device;
 
 /**

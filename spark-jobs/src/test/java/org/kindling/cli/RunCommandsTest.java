@@ -17,17 +17,17 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.kindling.data.BpeTokenizer;
 import org.kindling.data.BpeTrainer;
-import org.kindling.models.Checkpoints;
-import org.kindling.models.DataSource;
-import org.kindling.models.Generator;
 import org.kindling.models.Gpt;
-import org.kindling.models.ModelConfig;
-import org.kindling.models.RunConfig;
-import org.kindling.models.Sampling;
-import org.kindling.models.TokenBatch;
-import org.kindling.models.TrainConfig;
-import org.kindling.models.TrainLoop;
-import org.kindling.models.Trainer;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.RunConfig;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.data.DataSource;
+import org.kindling.models.data.TokenBatch;
+import org.kindling.models.generate.Generator;
+import org.kindling.models.generate.Sampling;
+import org.kindling.models.io.Checkpoints;
+import org.kindling.models.train.TrainLoop;
+import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
 import org.kindling.train.HadoopRunStorage;
 import org.kindling.train.RunDir;
@@ -46,8 +46,7 @@ class RunCommandsTest {
         BpeTrainer.count(text, counts);
         tok = BpeTrainer.train(counts, 280, List.of(BpeTokenizer.END_OF_TEXT));
         int[] ids = tok.encode(text.repeat(4));
-        ModelConfig model = new ModelConfig(tok.vocabSize(), 32, 2, 4, 4, 128, List.of("attention", "attention"),
-                List.of("mlp", "mlp"), 4, 0, 0.02, 1e-5);
+        ModelConfig model = ModelConfig.gpt(tok.vocabSize(), 32, 2, 4, 4, 128, 4, 0, 0.02, 1e-5);
         TrainConfig train = new TrainConfig(1, 3e-3, 3e-4, 5, 40, 0.0, 0.9, 0.95, 1e-8, 1.0, 1, 256, 10, 20, 2);
         run = dir.resolve("run");
         try (Device dev = Device.cpu(2); Gpt gpt = new Gpt(model, dev, 1); Trainer t = new Trainer(gpt, train)) {

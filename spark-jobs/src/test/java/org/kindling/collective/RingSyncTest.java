@@ -8,19 +8,19 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import org.junit.jupiter.api.Test;
-import org.kindling.models.DataSource;
 import org.kindling.models.Gpt;
-import org.kindling.models.ModelConfig;
-import org.kindling.models.StepResult;
-import org.kindling.models.Synthetic;
-import org.kindling.models.TrainConfig;
-import org.kindling.models.Trainer;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.data.DataSource;
+import org.kindling.models.data.Synthetic;
+import org.kindling.models.train.GradientSync;
+import org.kindling.models.train.StepResult;
+import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
 
 /** Data-parallel training over the ring equals one worker with the combined batch; replicas stay bit-identical. */
 class RingSyncTest {
-    static final ModelConfig MODEL = new ModelConfig(20, 32, 2, 4, 2, 64, List.of("attention", "attention"),
-            List.of("mlp", "mlp"), 4, 0.1, 0.02, 1e-5);
+    static final ModelConfig MODEL = ModelConfig.gpt(20, 32, 2, 4, 2, 64, 4, 0.1, 0.02, 1e-5);
     static final int B = 4;
     static final int STEPS = 6;
     static final Synthetic.Examples EXAMPLES = Synthetic.associativeRecall(20, 32, 2 * B * STEPS, 11);
@@ -32,9 +32,9 @@ class RingSyncTest {
     void twoWorkersWithBatchBEqualOneWorkerWithBatch2B() throws Exception {
         // Dropout masks differ by worker, so the comparison with one worker runs without dropout.
         TrainConfig cfg = new TrainConfig(5, 3e-3, 3e-4, 2, STEPS, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, 4096, 1, 0, 1);
-        ModelConfig noDropout = new ModelConfig(20, 32, 2, 4, 2, 64, MODEL.mixers(), MODEL.channelMixers(), 4, 0, 0.02, 1e-5);
+        ModelConfig noDropout = ModelConfig.gpt(20, 32, 2, 4, 2, 64, 4, 0, 0.02, 1e-5);
         assertEquals(0.0, noDropout.dropout());
-        Run single = trainWith(noDropout, 0, 1, cfg, org.kindling.models.GradientSync.SINGLE);
+        Run single = trainWith(noDropout, 0, 1, cfg, org.kindling.models.train.GradientSync.SINGLE);
         for (long bucket : new long[] {1024, RingSync.DEFAULT_BUCKET_BYTES}) {
             List<Run> ranks = RingTest.onRing(2, Duration.ofSeconds(60), ring -> {
                 try (RingSync sync = new RingSync(ring, bucket)) {
@@ -61,7 +61,7 @@ class RingSyncTest {
         }
     }
 
-    static Run trainWith(ModelConfig model, int rank, int world, TrainConfig cfg, org.kindling.models.GradientSync sync) {
+    static Run trainWith(ModelConfig model, int rank, int world, TrainConfig cfg, org.kindling.models.train.GradientSync sync) {
         int per = 2 * B / world;
         DataSource data = DataSource.indexed(i -> {
             int p = (int) (i % STEPS);

@@ -19,7 +19,7 @@ import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.function.Function;
 import org.junit.jupiter.api.Test;
-import org.kindling.models.StepResult;
+import org.kindling.models.train.StepResult;
 
 /** The ring's collectives against sequential sums, its authentication and its timeouts; the coordinator's rendezvous. */
 class RingTest {

@@ -7,18 +7,18 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.io.IOException;
+import java.io.InputStream;
 import java.net.InetAddress;
+import java.nio.file.Files;
+import java.nio.file.Path;
 import java.time.Duration;
+import java.util.List;
+import java.util.SplittableRandom;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.concurrent.TimeUnit;
 import java.util.regex.Matcher;
-import java.io.InputStream;
-import java.nio.file.Files;
-import java.nio.file.Path;
-import java.util.List;
-import java.util.SplittableRandom;
 import org.apache.arrow.memory.RootAllocator;
 import org.apache.spark.scheduler.SparkListener;
 import org.apache.spark.scheduler.SparkListenerStageSubmitted;
@@ -27,23 +27,22 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
-import org.kindling.data.Shard;
 import org.kindling.collective.LogCapture;
 import org.kindling.collective.RunSecret;
 import org.kindling.collective.Strangers;
+import org.kindling.data.Shard;
 import org.kindling.data.ShardWriter;
-import org.kindling.models.ModelConfig;
-import org.kindling.models.RunConfig;
-import org.kindling.models.Safetensors;
-import org.kindling.models.StepResult;
-import org.kindling.models.TrainConfig;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.RunConfig;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.io.Safetensors;
+import org.kindling.models.train.StepResult;
 
 /** Data-parallel training in a Spark barrier stage on local[2]: 2 workers vs 1, a failed task, a failed run. */
 class DistributedTrainTest {
     static final int LEN = 32;
     static final int DOCS_PER_BATCH = 3;
-    static final ModelConfig MODEL = new ModelConfig(64, 32, 2, 4, 2, LEN, List.of("attention", "attention"),
-            List.of("mlp", "mlp"), 4, 0, 0.02, 1e-5);
+    static final ModelConfig MODEL = ModelConfig.gpt(64, 32, 2, 4, 2, LEN, 4, 0, 0.02, 1e-5);
     static SparkSession spark;
     @TempDir
     static Path dir;

@@ -20,16 +20,16 @@ import org.junit.jupiter.api.io.TempDir;
 import org.kindling.data.DatasetReader;
 import org.kindling.data.PrepareJob;
 import org.kindling.data.PrepareOptions;
-import org.kindling.models.Checkpoints;
-import org.kindling.models.DataSource;
 import org.kindling.models.Gpt;
-import org.kindling.models.ModelConfig;
-import org.kindling.models.RunConfig;
-import org.kindling.models.StepResult;
-import org.kindling.models.Synthetic;
-import org.kindling.models.TrainConfig;
-import org.kindling.models.TrainLoop;
-import org.kindling.models.Trainer;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.RunConfig;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.data.DataSource;
+import org.kindling.models.data.Synthetic;
+import org.kindling.models.io.Checkpoints;
+import org.kindling.models.train.StepResult;
+import org.kindling.models.train.TrainLoop;
+import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
 
 /** Run directories and datasets on an in-process MiniDFSCluster: checkpoints, LATEST, resume, and training from shards. */
@@ -40,8 +40,7 @@ class HadoopRunTest {
     @TempDir
     static Path base;
 
-    static final ModelConfig MODEL = new ModelConfig(20, 32, 2, 4, 2, 64, List.of("attention", "attention"), List.of("mlp", "mlp"),
-            4, 0, 0.02, 1e-5);
+    static final ModelConfig MODEL = ModelConfig.gpt(20, 32, 2, 4, 2, 64, 4, 0, 0.02, 1e-5);
     static final TrainConfig TRAIN = new TrainConfig(3, 3e-3, 3e-4, 2, 6, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, 512, 2, 2, 2);
 
     @BeforeAll
@@ -105,7 +104,7 @@ class HadoopRunTest {
         } finally {
             spark.stop();
         }
-        ModelConfig cfg = new ModelConfig(300, 32, 1, 2, 2, 64, List.of("attention"), List.of("mlp"), 4, 0, 0.02, 1e-5);
+        ModelConfig cfg = ModelConfig.gpt(300, 32, 1, 2, 2, 64, 4, 0, 0.02, 1e-5);
         List<Double> losses = new ArrayList<>();
         long position;
         try (Device dev = Device.cpu(2); Gpt model = new Gpt(cfg, dev, 1); Trainer t = new Trainer(model, TRAIN);

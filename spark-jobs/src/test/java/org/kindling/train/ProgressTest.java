@@ -12,8 +12,8 @@ import java.util.stream.IntStream;
 import org.apache.hadoop.conf.Configuration;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
-import org.kindling.models.StepResult;
-import org.kindling.models.TrainConfig;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.train.StepResult;
 
 /** metrics.jsonl: appended between log intervals, rewritten only when a retry rewinds, and never fatal when unwritable. */
 class ProgressTest {

@@ -16,10 +16,10 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.kindling.data.PrepareJob;
 import org.kindling.data.PrepareOptions;
-import org.kindling.models.ModelConfig;
-import org.kindling.models.RunConfig;
-import org.kindling.models.StepResult;
-import org.kindling.models.TrainConfig;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.RunConfig;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.train.StepResult;
 
 /**
  * Tasks use the driver's Hadoop configuration: a corpus, dataset and run directory reachable only
@@ -27,7 +27,7 @@ import org.kindling.models.TrainConfig;
  * workers and resumed.
  */
 class ViewFsTrainTest {
-    static final ModelConfig MODEL = new ModelConfig(300, 32, 1, 2, 2, 64, List.of("attention"), List.of("mlp"), 4, 0, 0.02, 1e-5);
+    static final ModelConfig MODEL = ModelConfig.gpt(300, 32, 1, 2, 2, 64, 4, 0, 0.02, 1e-5);
 
     @TempDir
     Path dir;

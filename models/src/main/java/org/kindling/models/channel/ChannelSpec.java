@@ -1,0 +1,20 @@
+package org.kindling.models.channel;
+
+import java.util.Map;
+import org.kindling.models.nn.LayerContext;
+
+/** A validated description of one layer's channel mixer, read by its {@link ChannelMixers} entry. */
+public interface ChannelSpec {
+    /** The registry name, the {@code type} key of the mapping. */
+    String type();
+
+    ChannelMixer build(LayerContext ctx);
+
+    /** The prefix of the mixer's parameter names inside its block ({@code h.L.<name>.…}). */
+    default String paramPrefix() {
+        return type();
+    }
+
+    /** The mapping {@link ChannelMixers#read} accepts, {@code type} first, every default filled in. */
+    Map<String, Object> toMap();
+}

@@ -1,0 +1,75 @@
+package org.kindling.models.channel;
+
+import org.kindling.models.nn.Activation;
+import org.kindling.models.nn.Activations;
+import org.kindling.models.nn.LayerContext;
+import org.kindling.models.nn.Linear;
+import org.kindling.ops.Backend;
+import org.kindling.ops.Tensor;
+
+/** GPT-2's MLP: y = proj(GELU(fc(x))), hidden width H = ratio·C. */
+final class Mlp implements ChannelMixer {
+    final Linear fc;
+    final Linear proj;
+    private final int hidden;
+    private final Activations acts;
+    /** Saved for backward: h = fc(x) [T, H] and GELU(h) [T, H]. */
+    private final Activation h;
+    private final Activation gelu;
+    /** Backward scratch: dGELU and dh [T, H]. */
+    private final Activation dgelu;
+    private final Activation dh;
+    /** Decoding's own h and GELU(h) [R, H], so a pending backward stays intact. */
+    private final Activation stepH;
+    private final Activation stepGelu;
+
+    Mlp(LayerContext ctx, int ratio) {
+        int c = ctx.dModel();
+        this.hidden = ratio * c;
+        this.fc = new Linear(ctx.params(), ctx.child("fc"), c, hidden, true, ctx.initStd());
+        this.proj = new Linear(ctx.params(), ctx.child("proj"), hidden, c, true, ctx.residualStd());
+        this.acts = new Activations(ctx.device(), ctx.name());
+        h = acts.f32("h");
+        gelu = acts.f32("gelu");
+        dgelu = acts.f32("dgelu");
+        dh = acts.f32("dh");
+        stepH = acts.f32("step_h");
+        stepGelu = acts.f32("step_gelu");
+    }
+
+    @Override
+    public void forward(Tensor y, Tensor x) {
+        int t = x.rows();
+        Tensor th = h.write(t, hidden);
+        Tensor g = gelu.write(t, hidden);
+        fc.forward(th, x);
+        y.device().backend().geluForward(g, th);
+        proj.forward(y, g);
+    }
+
+    @Override
+    public void forwardStep(Tensor y, Tensor x) {
+        int t = x.rows();
+        Tensor th = stepH.write(t, hidden);
+        Tensor g = stepGelu.write(t, hidden);
+        fc.apply(th, x);
+        y.device().backend().geluForward(g, th);
+        proj.apply(y, g);
+    }
+
+    @Override
+    public void backward(Tensor dx, Tensor dy) {
+        int t = dy.rows();
+        Backend be = dy.device().backend();
+        Tensor dg = dgelu.write(t, hidden);
+        proj.backwardOverwrite(dg, dy);
+        Tensor d = dh.zeros(t, hidden);
+        be.geluBackward(d, dg, h.saved(t, hidden));
+        fc.backward(dx, d);
+    }
+
+    @Override
+    public void close() {
+        acts.close();
+    }
+}

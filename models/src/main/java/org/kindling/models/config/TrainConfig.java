@@ -1,0 +1,107 @@
+package org.kindling.models.config;
+
+import java.util.Map;
+
+/**
+ * Training settings: the {@code train} section of a run config. Defaults follow nanoGPT/GPT-2
+ * practice (AdamW 0.9/0.95, weight decay 0.1, clip 1.0, warmup then cosine to lr/10).
+ *
+ * @param seed seeds initialization and data order
+ * @param lr peak learning rate
+ * @param minLr learning rate at the end of the cosine
+ * @param warmupSteps linear warmup from lr/warmupSteps to lr
+ * @param maxSteps optimizer steps of the whole run
+ * @param gradAccum micro-batches summed per optimizer step
+ * @param batchTokens tokens per micro-batch (the data reader's budget)
+ * @param gradClip global-norm clip (0 = off)
+ * @param logInterval steps between progress lines
+ * @param checkpointInterval steps between checkpoints (0 = only at the end)
+ * @param keepCheckpoints checkpoints kept on disk, newest first
+ */
+public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay,
+                          double beta1, double beta2, double eps, double gradClip, int gradAccum, int batchTokens,
+                          int logInterval, int checkpointInterval, int keepCheckpoints) {
+
+    public TrainConfig {
+        if (!(lr > 0) || !(minLr >= 0) || minLr > lr) {
+            throw new IllegalArgumentException("need lr > 0 and 0 <= min_lr <= lr, got lr " + lr + ", min_lr " + minLr);
+        }
+        if (warmupSteps < 0 || maxSteps < 1 || warmupSteps > maxSteps) {
+            throw new IllegalArgumentException("need max_steps >= 1 and 0 <= warmup_steps <= max_steps, got " + warmupSteps
+                    + " and " + maxSteps);
+        }
+        if (!(weightDecay >= 0) || !(beta1 >= 0 && beta1 < 1) || !(beta2 >= 0 && beta2 < 1) || !(eps > 0)) {
+            throw new IllegalArgumentException("need weight_decay >= 0, beta1 and beta2 in [0, 1), eps > 0");
+        }
+        if (!(gradClip >= 0)) {
+            throw new IllegalArgumentException("grad_clip must be >= 0 (0 = off), got " + gradClip);
+        }
+        if (gradAccum < 1 || batchTokens < 1 || logInterval < 1 || checkpointInterval < 0 || keepCheckpoints < 1) {
+            throw new IllegalArgumentException("need grad_accum, batch_tokens, log_interval, keep_checkpoints >= 1 and "
+                    + "checkpoint_interval >= 0");
+        }
+    }
+
+    /** Defaults for everything but the step budget. */
+    public static TrainConfig defaults(int maxSteps) {
+        return new TrainConfig(1337, 6e-4, 6e-5, Math.min(100, maxSteps / 10), maxSteps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1,
+                8192, 10, 0, 3);
+    }
+
+    /** Learning rate of optimizer step {@code step} (0-based): linear warmup, then cosine decay to minLr. */
+    public double lrAt(int step) {
+        if (step < warmupSteps) {
+            return lr * (step + 1) / warmupSteps;
+        }
+        if (maxSteps <= warmupSteps) {
+            return lr;
+        }
+        double progress = Math.min(1.0, (double) (step - warmupSteps) / (maxSteps - warmupSteps));
+        return minLr + 0.5 * (1 + Math.cos(Math.PI * progress)) * (lr - minLr);
+    }
+
+    static TrainConfig read(ConfigReader r) {
+        TrainConfig d = defaults(r.has("max_steps") ? r.integer("max_steps", null) : 1000);
+        double lr = r.number("lr", d.lr());
+        long seed = r.integer("seed", (int) d.seed());
+        double minLr = r.number("min_lr", lr / 10);
+        int maxSteps = r.integer("max_steps", d.maxSteps());
+        int warmup = r.integer("warmup_steps", d.warmupSteps());
+        double wd = r.number("weight_decay", d.weightDecay());
+        double b1 = r.number("beta1", d.beta1());
+        double b2 = r.number("beta2", d.beta2());
+        double eps = r.number("eps", d.eps());
+        double clip = r.number("grad_clip", d.gradClip());
+        int accum = r.integer("grad_accum", d.gradAccum());
+        int batchTokens = r.integer("batch_tokens", d.batchTokens());
+        int logInterval = r.integer("log_interval", d.logInterval());
+        int ckpt = r.integer("checkpoint_interval", d.checkpointInterval());
+        int keep = r.integer("keep_checkpoints", d.keepCheckpoints());
+        try {
+            return new TrainConfig(seed, lr, minLr, warmup, maxSteps, wd, b1, b2, eps, clip, accum, batchTokens, logInterval,
+                    ckpt, keep);
+        } catch (IllegalArgumentException e) {
+            throw r.invalid(e);
+        }
+    }
+
+    public Map<String, Object> toMap() {
+        Map<String, Object> m = ConfigReader.ordered();
+        m.put("seed", seed);
+        m.put("lr", lr);
+        m.put("min_lr", minLr);
+        m.put("warmup_steps", warmupSteps);
+        m.put("max_steps", maxSteps);
+        m.put("weight_decay", weightDecay);
+        m.put("beta1", beta1);
+        m.put("beta2", beta2);
+        m.put("eps", eps);
+        m.put("grad_clip", gradClip);
+        m.put("grad_accum", gradAccum);
+        m.put("batch_tokens", batchTokens);
+        m.put("log_interval", logInterval);
+        m.put("checkpoint_interval", checkpointInterval);
+        m.put("keep_checkpoints", keepCheckpoints);
+        return m;
+    }
+}

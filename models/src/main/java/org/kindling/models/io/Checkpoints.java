@@ -1,0 +1,306 @@
+package org.kindling.models.io;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
+import java.io.InputStream;
+import java.io.OutputStream;
+import java.io.UncheckedIOException;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Optional;
+import org.kindling.models.Gpt;
+import org.kindling.models.config.RunConfig;
+import org.kindling.models.nn.Param;
+import org.kindling.models.train.Trainer;
+import org.kindling.ops.Tensor;
+
+/**
+ * Checkpoints of a run directory: {@code checkpoints/step-N/} holds {@code model.safetensors}
+ * (weights and fixed tensors by name), {@code optimizer.safetensors} (AdamW moments {@code m.NAME},
+ * {@code v.NAME}) and {@code state.json} (format version, step, each worker's data position, RNG
+ * seed, resolved config). A checkpoint is written into a temporary directory and renamed into place, then
+ * {@code checkpoints/LATEST} is replaced atomically to name it; only the newest K are kept. A
+ * crash at any point leaves the previous LATEST checkpoint complete and usable.
+ */
+public final class Checkpoints {
+    public static final int FORMAT_VERSION = 1;
+    static final String DIR = "checkpoints";
+    static final String LATEST = DIR + "/LATEST";
+    private static final ObjectMapper JSON = new ObjectMapper();
+
+    /**
+     * What {@code state.json} records besides the tensors.
+     *
+     * @param dataPositions each worker's data position, by rank (one entry for a single-process run)
+     */
+    public record State(int formatVersion, int step, long[] dataPositions, long seed, Map<String, Object> config) {
+        /** The data position of rank 0: that of the only worker of a single-process run. */
+        public long dataPosition() {
+            return dataPositions[0];
+        }
+    }
+
+    private final RunStorage storage;
+    private final int readChunkBytes;
+
+    public Checkpoints(RunStorage storage) {
+        this(storage, Safetensors.CHUNK_BYTES);
+    }
+
+    /** Reading tensors {@code readChunkBytes} at a time (tests use small pieces to exercise the streaming path). */
+    Checkpoints(RunStorage storage, int readChunkBytes) {
+        this.storage = storage;
+        this.readChunkBytes = readChunkBytes;
+    }
+
+    public RunStorage storage() {
+        return storage;
+    }
+
+    static String name(int step) {
+        return "step-" + step;
+    }
+
+    /**
+     * Saves the trainer's weights, moments and step with the data positions (one per worker, by
+     * rank), then points LATEST at it and prunes to {@code keep}. Saving a step that already exists
+     * (a retried task) only re-points LATEST: training is deterministic, so the existing files are the same.
+     */
+    public String save(Trainer trainer, RunConfig config, int keep, long... dataPositions) {
+        if (dataPositions.length == 0) {
+            throw new IllegalArgumentException("a checkpoint needs the data position of every worker, got none");
+        }
+        String name = name(trainer.stepCount());
+        String dir = DIR + "/" + name;
+        try {
+            if (!storage.exists(dir + "/state.json")) {
+                String tmp = DIR + "/.tmp-" + name + "-" + Long.toHexString(System.nanoTime());
+                writeTensors(tmp + "/model.safetensors", weights(trainer.model()));
+                writeTensors(tmp + "/optimizer.safetensors", moments(trainer));
+                ObjectNode state = JSON.createObjectNode();
+                state.put("format_version", FORMAT_VERSION);
+                state.put("step", trainer.stepCount());
+                state.put("data_position", dataPositions[0]);
+                var positions = state.putArray("data_positions");
+                for (long p : dataPositions) {
+                    positions.add(p);
+                }
+                state.putObject("rng").put("seed", config.train().seed());
+                state.set("config", JSON.valueToTree(config.toMap()));
+                try (OutputStream out = storage.create(tmp + "/state.json")) {
+                    out.write(JSON.writerWithDefaultPrettyPrinter().writeValueAsBytes(state));
+                }
+                storage.delete(dir); // a directory without state.json is an interrupted rename target: redo it
+                storage.rename(tmp, dir);
+            }
+            try (OutputStream out = storage.create(LATEST + ".tmp")) {
+                out.write((name + "\n").getBytes(StandardCharsets.UTF_8));
+            }
+            storage.replace(LATEST + ".tmp", LATEST);
+            prune(keep, name);
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot write checkpoint " + storage.describe(dir) + ": " + e.getMessage(), e);
+        }
+        return name;
+    }
+
+    /** The checkpoint LATEST names, if the run has one. */
+    public Optional<String> latest() {
+        try {
+            if (!storage.exists(LATEST)) {
+                return Optional.empty();
+            }
+            String name;
+            try (InputStream in = storage.open(LATEST)) {
+                name = new String(in.readAllBytes(), StandardCharsets.UTF_8).trim();
+            }
+            if (!name.matches("step-\\d+") || !storage.exists(DIR + "/" + name + "/state.json")) {
+                throw new IllegalStateException(storage.describe(LATEST) + " names \"" + name
+                        + "\", which is not a complete checkpoint of this run");
+            }
+            return Optional.of(name);
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot read " + storage.describe(LATEST), e);
+        }
+    }
+
+    /** Step numbers of the complete checkpoints on disk, ascending. */
+    public List<Integer> steps() {
+        List<Integer> out = new ArrayList<>();
+        try {
+            for (String entry : storage.list(DIR)) {
+                if (entry.matches("step-\\d+") && storage.exists(DIR + "/" + entry + "/state.json")) {
+                    out.add(Integer.parseInt(entry.substring(5)));
+                }
+            }
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot list " + storage.describe(DIR), e);
+        }
+        out.sort(null);
+        return out;
+    }
+
+    private void prune(int keep, String current) throws IOException {
+        List<Integer> steps = steps();
+        for (int i = 0; i < steps.size() - keep; i++) {
+            String name = name(steps.get(i));
+            if (!name.equals(current)) {
+                storage.delete(DIR + "/" + name);
+            }
+        }
+        for (String entry : storage.list(DIR)) {
+            if (entry.startsWith(".tmp-")) {
+                storage.delete(DIR + "/" + entry); // leftovers of interrupted saves
+            }
+        }
+    }
+
+    /** Reads a checkpoint's state.json. */
+    public State state(String name) {
+        String path = DIR + "/" + name + "/state.json";
+        try (InputStream in = storage.open(path)) {
+            JsonNode s;
+            try {
+                s = JSON.readTree(in);
+            } catch (com.fasterxml.jackson.core.JsonProcessingException e) {
+                throw corrupt(storage.describe(path) + ": not valid JSON: " + e.getMessage(), e);
+            }
+            if (s == null) {
+                throw corrupt(storage.describe(path) + ": empty", null);
+            }
+            int version = s.path("format_version").asInt(-1);
+            if (version != FORMAT_VERSION) {
+                throw corrupt(storage.describe(path) + ": format_version " + s.path("format_version") + " is not the supported "
+                        + FORMAT_VERSION, null);
+            }
+            for (String field : new String[] {"step", "data_position", "config"}) {
+                if (s.path(field).isMissingNode()) {
+                    throw corrupt(storage.describe(path) + ": missing field " + field, null);
+                }
+            }
+            @SuppressWarnings("unchecked")
+            Map<String, Object> config = JSON.convertValue(s.get("config"), Map.class);
+            long[] positions;
+            if (s.path("data_positions").isArray() && !s.get("data_positions").isEmpty()) {
+                positions = new long[s.get("data_positions").size()];
+                for (int i = 0; i < positions.length; i++) {
+                    positions[i] = s.get("data_positions").get(i).asLong();
+                }
+            } else {
+                positions = new long[] {s.get("data_position").asLong()};
+            }
+            return new State(version, s.get("step").asInt(), positions, s.path("rng").path("seed").asLong(), config);
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot read " + storage.describe(path), e);
+        }
+    }
+
+    /** A checkpoint file that reading again cannot fix: marked by a {@link CorruptFileException} cause. */
+    private static IllegalStateException corrupt(String message, Throwable cause) {
+        return new IllegalStateException(message, new CorruptFileException(message, cause));
+    }
+
+    /** Loads a checkpoint's weights into a model of the same architecture. */
+    public void loadWeights(String name, Gpt model) {
+        Map<String, Tensor> targets = new LinkedHashMap<>();
+        for (Param p : model.params().list()) {
+            targets.put(p.name(), p.value());
+        }
+        for (Param p : model.params().fixed()) {
+            targets.put(p.name(), p.value());
+        }
+        readInto(DIR + "/" + name + "/model.safetensors", targets);
+    }
+
+    /** Restores weights, AdamW moments and the step counter; returns the checkpoint's state. */
+    public State restore(String name, Trainer trainer) {
+        State state = state(name);
+        loadWeights(name, trainer.model());
+        Map<String, Tensor> targets = new LinkedHashMap<>();
+        for (Param p : trainer.model().params().list()) {
+            targets.put("m." + p.name(), momentView(trainer.firstMoments(), trainer, p));
+            targets.put("v." + p.name(), momentView(trainer.secondMoments(), trainer, p));
+        }
+        readInto(DIR + "/" + name + "/optimizer.safetensors", targets);
+        trainer.restoreStep(state.step());
+        return state;
+    }
+
+    private static Tensor momentView(Tensor flat, Trainer trainer, Param p) {
+        return flat.view(p.value().offset() - trainer.model().params().values().offset(), p.shape());
+    }
+
+    /**
+     * Streams a file's tensors straight into {@code targets} (by name), a piece at a time, so no
+     * host copy of the whole file or of a whole tensor is made. A tensor the model lacks, one the
+     * file lacks, or one of another shape is an error naming the file: nothing is skipped silently.
+     */
+    private void readInto(String path, Map<String, Tensor> targets) {
+        String source = storage.describe(path);
+        java.util.Set<String> seen = new java.util.HashSet<>();
+        try (InputStream in = storage.open(path)) {
+            Safetensors.read(in, source, readChunkBytes, new Safetensors.Sink() {
+                private Tensor flat;
+
+                @Override
+                public void begin(String name, int[] shape) {
+                    Tensor dst = targets.get(name);
+                    if (dst == null) {
+                        throw new IllegalStateException(source + ": tensor " + name + " is not part of this model "
+                                + "(a checkpoint of another architecture or configuration?)");
+                    }
+                    if (!Arrays.equals(shape, dst.shape())) {
+                        throw new IllegalStateException(source + ": tensor " + name + " has shape " + Arrays.toString(shape)
+                                + " but the model expects " + Arrays.toString(dst.shape()));
+                    }
+                    seen.add(name);
+                    flat = dst.reshape(dst.numel());
+                }
+
+                @Override
+                public void values(long offset, float[] values) {
+                    flat.view((int) offset, values.length).copyFrom(values);
+                }
+            });
+        } catch (IOException e) {
+            throw new IllegalStateException(e.getMessage(), e);
+        }
+        for (String name : targets.keySet()) {
+            if (!seen.contains(name)) {
+                throw new IllegalStateException(source + " has no tensor " + name);
+            }
+        }
+    }
+
+    private void writeTensors(String path, Map<String, Safetensors.Tensor> tensors) throws IOException {
+        try (OutputStream out = storage.create(path)) {
+            Safetensors.write(out, tensors, Map.of("format", "pt"));
+        }
+    }
+
+    private static Map<String, Safetensors.Tensor> weights(Gpt model) {
+        Map<String, Safetensors.Tensor> out = new LinkedHashMap<>();
+        for (Param p : model.params().list()) {
+            out.put(p.name(), new Safetensors.Tensor(p.shape(), p.value().toFloatArray()));
+        }
+        for (Param p : model.params().fixed()) {
+            out.put(p.name(), new Safetensors.Tensor(p.shape(), p.value().toFloatArray()));
+        }
+        return out;
+    }
+
+    private static Map<String, Safetensors.Tensor> moments(Trainer trainer) {
+        Map<String, Safetensors.Tensor> out = new LinkedHashMap<>();
+        for (Param p : trainer.model().params().list()) {
+            out.put("m." + p.name(), new Safetensors.Tensor(p.shape(), momentView(trainer.firstMoments(), trainer, p).toFloatArray()));
+            out.put("v." + p.name(), new Safetensors.Tensor(p.shape(), momentView(trainer.secondMoments(), trainer, p).toFloatArray()));
+        }
+        return out;
+    }
+}

@@ -1,0 +1,63 @@
+package org.kindling.models.mixers.attention;
+
+import java.util.Map;
+import org.kindling.models.config.ConfigReader;
+import org.kindling.models.config.LayerDefaults;
+import org.kindling.models.mixers.MixerSpec;
+import org.kindling.models.mixers.TokenMixer;
+import org.kindling.models.nn.LayerContext;
+import org.kindling.ops.Attention;
+
+/**
+ * Causal multi-head softmax attention (FlashAttention).
+ *
+ * @param heads query heads NH ({@code heads}, default {@code n_head}); HS = C / NH
+ * @param kvHeads key/value heads NKV ({@code kv_heads}, default {@code n_kv_head}, else NH): grouped-query attention below NH
+ */
+public record AttentionSpec(int heads, int kvHeads) implements MixerSpec {
+    public static final String TYPE = "attention";
+
+    public static AttentionSpec read(ConfigReader r, LayerDefaults d) {
+        if (!r.has("heads") && d.nHead() == null) {
+            throw r.error("heads", "is required (or set n_head for every attention layer)");
+        }
+        int heads = r.integer("heads", d.nHead(), 1);
+        int kv = r.integer("kv_heads", d.nKvHead() != null ? d.nKvHead() : heads, 1);
+        if (d.dModel() % heads != 0) {
+            throw r.error("heads", "= " + heads + " does not divide d_model " + d.dModel());
+        }
+        if (heads % kv != 0) {
+            throw r.error("kv_heads", "= " + kv + " does not divide heads " + heads);
+        }
+        if (d.dModel() / heads > Attention.MAX_HEAD_DIM) {
+            throw r.error("heads", "= " + heads + " gives head dim " + d.dModel() / heads + ", above the kernel's "
+                    + Attention.MAX_HEAD_DIM);
+        }
+        return new AttentionSpec(heads, kv);
+    }
+
+    @Override
+    public String type() {
+        return TYPE;
+    }
+
+    /** GPT-2's name, so checkpoints and the Hugging Face export keep their tensor names. */
+    @Override
+    public String paramPrefix() {
+        return "attn";
+    }
+
+    @Override
+    public TokenMixer build(LayerContext ctx) {
+        return new CausalSelfAttention(ctx, this);
+    }
+
+    @Override
+    public Map<String, Object> toMap() {
+        Map<String, Object> m = ConfigReader.ordered();
+        m.put("type", TYPE);
+        m.put("heads", heads);
+        m.put("kv_heads", kvHeads);
+        return m;
+    }
+}

@@ -1,0 +1,206 @@
+package org.kindling.models.mixers.attention;
+
+import org.kindling.models.mixers.MixerState;
+import org.kindling.models.mixers.TokenMixer;
+import org.kindling.models.nn.Activation;
+import org.kindling.models.nn.Activations;
+import org.kindling.models.nn.LayerContext;
+import org.kindling.models.nn.Linear;
+import org.kindling.models.nn.Seqs;
+import org.kindling.ops.Attention;
+import org.kindling.ops.Backend;
+import org.kindling.ops.DType;
+import org.kindling.ops.Device;
+import org.kindling.ops.Tensor;
+
+/**
+ * Causal multi-head self-attention over packed sequences: q, k, v projections (NKV key/value
+ * heads for grouped-query attention), FlashAttention, and an output projection. Its decoding
+ * state is a KV cache per sequence, growing with the context.
+ */
+final class CausalSelfAttention implements TokenMixer {
+    final Linear q;
+    final Linear k;
+    final Linear v;
+    final Linear proj;
+    final Attention attn;
+    private final Device dev;
+    private final Activations acts;
+    /** Saved for backward: q[T, NH·HS], k and v [T, NKV·HS], attention output [T, NH·HS], lse[NH, T]. */
+    private final Activation tq;
+    private final Activation tk;
+    private final Activation tv;
+    private final Activation out;
+    private final Activation lse;
+    /** Backward scratch: d(attention output)[T, NH·HS], dq[T, NH·HS], dk and dv [T, NKV·HS]. */
+    private final Activation dout;
+    private final Activation dq;
+    private final Activation dk;
+    private final Activation dv;
+    /** Decoding: q, k, v and attention output of the R new rows, lse[NH, R]. */
+    private final Activation stepQ;
+    private final Activation stepK;
+    private final Activation stepV;
+    private final Activation stepOut;
+    private final Activation stepLse;
+
+    CausalSelfAttention(LayerContext ctx, AttentionSpec spec) {
+        int c = ctx.dModel();
+        int hs = c / spec.heads();
+        this.attn = Attention.of(spec.heads(), spec.kvHeads(), hs).withCausal(true);
+        this.q = new Linear(ctx.params(), ctx.child("q"), c, spec.heads() * hs, true, ctx.initStd());
+        this.k = new Linear(ctx.params(), ctx.child("k"), c, spec.kvHeads() * hs, true, ctx.initStd());
+        this.v = new Linear(ctx.params(), ctx.child("v"), c, spec.kvHeads() * hs, true, ctx.initStd());
+        this.proj = new Linear(ctx.params(), ctx.child("proj"), spec.heads() * hs, c, true, ctx.residualStd());
+        this.dev = ctx.device();
+        this.acts = new Activations(dev, ctx.name());
+        tq = acts.f32("q");
+        tk = acts.f32("k");
+        tv = acts.f32("v");
+        out = acts.f32("attn");
+        lse = acts.f32("lse");
+        dout = acts.f32("dattn");
+        dq = acts.f32("dq");
+        dk = acts.f32("dk");
+        dv = acts.f32("dv");
+        stepQ = acts.f32("step_q");
+        stepK = acts.f32("step_k");
+        stepV = acts.f32("step_v");
+        stepOut = acts.f32("step_attn");
+        stepLse = acts.f32("step_lse");
+    }
+
+    @Override
+    public void forward(Tensor y, Tensor x, Seqs seqs) {
+        int t = x.rows();
+        Tensor a = out.write(t, q.out);
+        q.forward(tq.write(t, q.out), x);
+        k.forward(tk.write(t, k.out), x);
+        v.forward(tv.write(t, v.out), x);
+        y.device().backend().attentionForward(a, lse.write(attn.heads(), t), tq.saved(t, q.out), tk.saved(t, k.out),
+                tv.saved(t, v.out), seqs.cuSeqlens(), seqs.cuSeqlens(), attn);
+        proj.forward(y, a);
+    }
+
+    @Override
+    public void backward(Tensor dx, Tensor dy, Seqs seqs) {
+        int t = dy.rows();
+        Backend be = dy.device().backend();
+        Tensor d = dout.write(t, q.out);
+        proj.backwardOverwrite(d, dy);
+        Tensor gq = dq.zeros(t, q.out);
+        Tensor gk = dk.zeros(t, k.out);
+        Tensor gv = dv.zeros(t, v.out);
+        be.attentionBackward(gq, gk, gv, d, tq.saved(t, q.out), tk.saved(t, k.out), tv.saved(t, v.out), out.saved(t, q.out),
+                lse.saved(attn.heads(), t), seqs.cuSeqlens(), seqs.cuSeqlens(), attn);
+        q.backward(dx, gq);
+        k.backward(dx, gk);
+        v.backward(dx, gv);
+    }
+
+    /** Keys and values of every token each sequence has seen: per sequence k, v[capacity, NKV·HS], grown by doubling. */
+    private static final class KvCache implements MixerState {
+        private final Device dev;
+        private final int width;
+        final Tensor[] k;
+        final Tensor[] v;
+        final int[] length;
+        final Tensor cuQ;
+        final Tensor cuK;
+
+        KvCache(Device dev, int sequences, int width) {
+            this.dev = dev;
+            this.width = width;
+            k = new Tensor[sequences];
+            v = new Tensor[sequences];
+            length = new int[sequences];
+            cuQ = dev.allocate(DType.I32, 2);
+            cuK = dev.allocate(DType.I32, 2);
+        }
+
+        /** Makes room for {@code total} tokens of sequence b, keeping what it holds. */
+        void reserve(int b, int total) {
+            int cap = k[b] == null ? 0 : k[b].rows();
+            if (total <= cap) {
+                return;
+            }
+            int grown = Math.max(total, Math.max(64, 2 * cap));
+            k[b] = grow(k[b], grown, length[b]);
+            v[b] = grow(v[b], grown, length[b]);
+        }
+
+        private Tensor grow(Tensor old, int rows, int used) {
+            Tensor t = dev.allocate(DType.F32, rows, width);
+            if (old != null) {
+                if (used > 0) {
+                    dev.backend().copy(t.view(0, used, width), old.view(0, used, width));
+                }
+                old.close();
+            }
+            return t;
+        }
+
+        @Override
+        public long bytes() {
+            long n = 0;
+            for (Tensor t : k) {
+                n += t == null ? 0 : 2L * t.numel() * Float.BYTES;
+            }
+            return n;
+        }
+
+        @Override
+        public void close() {
+            for (int b = 0; b < k.length; b++) {
+                if (k[b] != null) {
+                    k[b].close();
+                    v[b].close();
+                }
+            }
+            cuQ.close();
+            cuK.close();
+        }
+    }
+
+    @Override
+    public MixerState newState(int sequences) {
+        return new KvCache(dev, sequences, k.out);
+    }
+
+    @Override
+    public void forwardStep(Tensor y, Tensor x, int[] cu, MixerState state) {
+        KvCache cache = (KvCache) state;
+        int rows = x.rows();
+        Backend be = y.device().backend();
+        Tensor sq = stepQ.write(rows, q.out);
+        Tensor sk = stepK.write(rows, k.out);
+        Tensor sv = stepV.write(rows, v.out);
+        Tensor so = stepOut.write(rows, q.out);
+        q.apply(sq, x);
+        k.apply(sk, x);
+        v.apply(sv, x);
+        for (int b = 0; b + 1 < cu.length; b++) {
+            int n = cu[b + 1] - cu[b];
+            if (n == 0) {
+                continue;
+            }
+            int len = cache.length[b];
+            int total = len + n;
+            cache.reserve(b, total);
+            be.copy(cache.k[b].view(len * k.out, n, k.out), sk.view(cu[b] * k.out, n, k.out));
+            be.copy(cache.v[b].view(len * v.out, n, v.out), sv.view(cu[b] * v.out, n, v.out));
+            cache.cuQ.copyFrom(new int[] {0, n});
+            cache.cuK.copyFrom(new int[] {0, total});
+            // Causal attention aligns the n new queries with the last n of the cached keys.
+            be.attentionForward(so.view(cu[b] * q.out, n, q.out), stepLse.write(attn.heads(), n), sq.view(cu[b] * q.out, n, q.out),
+                    cache.k[b].view(0, total, k.out), cache.v[b].view(0, total, v.out), cache.cuQ, cache.cuK, attn);
+            cache.length[b] = total;
+        }
+        proj.apply(y, so);
+    }
+
+    @Override
+    public void close() {
+        acts.close();
+    }
+}

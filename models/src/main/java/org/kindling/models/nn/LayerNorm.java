@@ -1,0 +1,52 @@
+package org.kindling.models.nn;
+
+import org.kindling.ops.Tensor;
+
+/** y[T, C] = (x − mean)/σ · weight + bias over channels. */
+public final class LayerNorm implements AutoCloseable {
+    public final Params.Handle weight;
+    public final Params.Handle bias;
+    private final float eps;
+    private final Activations acts;
+    /** Saved for backward: mean[T], rstd[T]. */
+    private final Activation mean;
+    private final Activation rstd;
+    /** Decoding's own statistics [t], so a pending backward stays intact. */
+    private final Activation stepMean;
+    private final Activation stepRstd;
+    private Tensor x;
+
+    public LayerNorm(Params.Builder pb, org.kindling.ops.Device dev, String name, int channels, double eps) {
+        this.weight = pb.add(name + ".weight", Init.ones(), ParamGroup.NO_DECAY, channels);
+        this.bias = pb.add(name + ".bias", Init.zeros(), ParamGroup.NO_DECAY, channels);
+        this.eps = (float) eps;
+        this.acts = new Activations(dev, name);
+        this.mean = acts.f32("mean");
+        this.rstd = acts.f32("rstd");
+        this.stepMean = acts.f32("step_mean");
+        this.stepRstd = acts.f32("step_rstd");
+    }
+
+    public void forward(Tensor y, Tensor x) {
+        int t = x.rows();
+        y.device().backend().layerNormForward(y, mean.write(t), rstd.write(t), x, weight.value(), bias.value(), eps);
+        this.x = x;
+    }
+
+    /** The forward for decoding: its own buffers, and x is not kept, so a pending backward stays intact. */
+    public void forwardStep(Tensor y, Tensor x) {
+        int t = x.rows();
+        y.device().backend().layerNormForward(y, stepMean.write(t), stepRstd.write(t), x, weight.value(), bias.value(), eps);
+    }
+
+    /** dx += ∂L/∂x; weight and bias gradients +=. */
+    public void backward(Tensor dx, Tensor dy) {
+        int t = dy.rows();
+        dy.device().backend().layerNormBackward(dx, weight.grad(), bias.grad(), dy, x, weight.value(), mean.saved(t), rstd.saved(t));
+    }
+
+    @Override
+    public void close() {
+        acts.close();
+    }
+}

@@ -1,0 +1,72 @@
+package org.kindling.models.nn;
+
+import org.kindling.ops.Backend;
+import org.kindling.ops.BinaryOp;
+import org.kindling.ops.Gemm;
+import org.kindling.ops.Tensor;
+
+/** y[T, OC] = x[T, IC]·Wᵀ + b, with W[OC, IC] (PyTorch's layout) and an optional bias b[OC]. */
+public final class Linear {
+    private final String name;
+    /** IC */
+    public final int in;
+    /** OC */
+    public final int out;
+    public final Params.Handle weight;
+    public final Params.Handle bias;
+    private Tensor x;
+
+    /** Weight N(0, std²), decayed; bias zero, not decayed. */
+    public Linear(Params.Builder pb, String name, int in, int out, boolean bias, double std) {
+        this(pb, name, in, out, bias, Init.normal(std), ParamGroup.DECAY);
+    }
+
+    public Linear(Params.Builder pb, String name, int in, int out, boolean bias, Init init, ParamGroup group) {
+        this.name = name;
+        this.in = in;
+        this.out = out;
+        this.weight = pb.add(name + ".weight", init, group, out, in);
+        this.bias = bias ? pb.add(name + ".bias", Init.zeros(), ParamGroup.NO_DECAY, out) : null;
+    }
+
+    /** y = x·Wᵀ + b; keeps a reference to x, which must stay unchanged until {@link #backward}. */
+    public void forward(Tensor y, Tensor x) {
+        apply(y, x);
+        this.x = x;
+    }
+
+    /** y = x·Wᵀ + b without keeping x: for decoding, which must leave a pending backward intact. */
+    public void apply(Tensor y, Tensor x) {
+        Backend be = y.device().backend();
+        int t = x.rows();
+        be.gemm(Gemm.of(false, true, t, out, in), y, x, weight.value());
+        if (bias != null) {
+            be.binary(BinaryOp.ADD, y, y, bias.value());
+        }
+    }
+
+    /** dx += dy·W (skipped when dx is null); dW += dyᵀ·x; db += Σ_t dy. */
+    public void backward(Tensor dx, Tensor dy) {
+        backward(dx, dy, 1f);
+    }
+
+    /** Like {@link #backward} but dx = dy·W, overwriting it: spares zeroing a fresh gradient buffer. */
+    public void backwardOverwrite(Tensor dx, Tensor dy) {
+        backward(dx, dy, 0f);
+    }
+
+    private void backward(Tensor dx, Tensor dy, float beta) {
+        Backend be = dy.device().backend();
+        int t = dy.rows();
+        if (x == null || x.rows() != t) {
+            throw new IllegalStateException(name + ": backward for " + t + " rows without a forward over them");
+        }
+        if (dx != null) {
+            be.gemm(Gemm.of(false, false, t, in, out).scaled(1f, beta), dx, dy, weight.value());
+        }
+        be.gemm(Gemm.of(true, false, out, in, t).scaled(1f, 1f), weight.grad(), dy, x);
+        if (bias != null) {
+            be.addColumnSums(bias.grad(), dy);
+        }
+    }
+}

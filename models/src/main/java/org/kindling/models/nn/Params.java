@@ -1,0 +1,238 @@
+package org.kindling.models.nn;
+
+import java.util.ArrayList;
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.SplittableRandom;
+import org.kindling.ops.DType;
+import org.kindling.ops.Device;
+import org.kindling.ops.Tensor;
+
+/**
+ * All tensors of a model: the trainable parameters in two flat buffers (weights and gradients),
+ * laid out by {@link ParamGroup} so the optimizer runs one call per group, and the fixed tensors
+ * (no gradient, saved in checkpoints) in a third. Layers declare them on a {@link Builder};
+ * {@link Builder#build} allocates once and initialises every tensor from one seeded stream in
+ * declaration order, so a model's weights depend only on its config and seed.
+ */
+public final class Params implements AutoCloseable {
+
+    private record Spec(String name, int[] shape, Init init, ParamGroup group) {
+        boolean trainable() {
+            return group != null;
+        }
+    }
+
+    /**
+     * A run of the flat buffers whose parameters share a group.
+     *
+     * @param offset first element
+     * @param length elements
+     */
+    public record Segment(ParamGroup group, int offset, int length) {
+    }
+
+    /** Collects declarations; handles become usable after {@link #build}. */
+    public static final class Builder {
+        private final List<Spec> specs = new ArrayList<>();
+        private final List<Handle> handles = new ArrayList<>();
+
+        /** A trainable parameter. */
+        public Handle add(String name, Init init, ParamGroup group, int... shape) {
+            if (group == null) {
+                throw new IllegalArgumentException("parameter " + name + " needs a group");
+            }
+            return declare(new Spec(name, shape.clone(), init, group));
+        }
+
+        /** A fixed tensor: no gradient, never updated by the optimizer, saved and restored with the weights. */
+        public Handle fixed(String name, Init init, int... shape) {
+            return declare(new Spec(name, shape.clone(), init, null));
+        }
+
+        private Handle declare(Spec spec) {
+            for (Spec s : specs) {
+                if (s.name().equals(spec.name())) {
+                    throw new IllegalArgumentException("parameter " + spec.name() + " declared twice");
+                }
+            }
+            specs.add(spec);
+            Handle h = new Handle(spec.name());
+            handles.add(h);
+            return h;
+        }
+
+        /** Allocates the buffers on {@code dev} and fills them from {@code seed}. */
+        public Params build(Device dev, long seed) {
+            // Groups in order: decayed matrices first (the layout the first models had), then others as declared.
+            List<ParamGroup> groups = new ArrayList<>();
+            groups.add(ParamGroup.DECAY);
+            for (Spec s : specs) {
+                if (s.trainable() && !groups.contains(s.group())) {
+                    groups.add(s.group());
+                }
+            }
+            long[] offsets = new long[specs.size()];
+            List<Segment> segments = new ArrayList<>();
+            long off = 0;
+            for (ParamGroup g : groups) {
+                long start = off;
+                for (int i = 0; i < specs.size(); i++) {
+                    if (g.equals(specs.get(i).group())) {
+                        offsets[i] = off;
+                        off += numel(specs.get(i).shape());
+                    }
+                }
+                if (off > start) {
+                    segments.add(new Segment(g, (int) Math.min(start, Integer.MAX_VALUE), (int) Math.min(off - start, Integer.MAX_VALUE)));
+                }
+            }
+            long fixedTotal = 0;
+            for (int i = 0; i < specs.size(); i++) {
+                if (!specs.get(i).trainable()) {
+                    offsets[i] = fixedTotal;
+                    fixedTotal += numel(specs.get(i).shape());
+                }
+            }
+            // Sizes are summed in longs, so an oversized model is reported rather than overflowing.
+            if (off > Integer.MAX_VALUE || fixedTotal > Integer.MAX_VALUE) {
+                throw new IllegalArgumentException("model has " + off + " parameters and " + fixedTotal + " fixed values; one "
+                        + "device tensor, and so each flat buffer, holds at most 2^31-1 elements");
+            }
+            Tensor values = dev.allocate(DType.F32, (int) off);
+            Tensor grads = dev.allocate(DType.F32, (int) off);
+            Tensor fixed = dev.allocate(DType.F32, (int) fixedTotal);
+            float[] host = new float[(int) off];
+            float[] fixedHost = new float[(int) fixedTotal];
+            SplittableRandom rnd = new SplittableRandom(seed);
+            Map<String, Param> trainable = new LinkedHashMap<>();
+            Map<String, Param> constant = new LinkedHashMap<>();
+            for (int i = 0; i < specs.size(); i++) {
+                Spec s = specs.get(i);
+                int o = (int) offsets[i];
+                Param p;
+                if (s.trainable()) {
+                    s.init().fill(host, o, s.shape(), rnd);
+                    p = new Param(s.name(), values.view(o, s.shape()), grads.view(o, s.shape()), s.group());
+                    trainable.put(s.name(), p);
+                } else {
+                    s.init().fill(fixedHost, o, s.shape(), rnd);
+                    p = new Param(s.name(), fixed.view(o, s.shape()), null, null);
+                    constant.put(s.name(), p);
+                }
+                handles.get(i).param = p;
+            }
+            values.copyFrom(host);
+            fixed.copyFrom(fixedHost);
+            return new Params(values, grads, fixed, trainable, constant, List.copyOf(segments));
+        }
+
+        /** Elements of a shape, in a long: a single parameter may exceed 2^31-1 elements, which build() then reports. */
+        private static long numel(int[] shape) {
+            long n = 1;
+            for (int d : shape) {
+                n *= d;
+            }
+            return n;
+        }
+    }
+
+    /** A layer's reference to its tensor, resolved when the buffers are built. */
+    public static final class Handle {
+        private final String name;
+        private Param param;
+
+        private Handle(String name) {
+            this.name = name;
+        }
+
+        public Param get() {
+            if (param == null) {
+                throw new IllegalStateException("parameter " + name + " used before the model's parameters were built");
+            }
+            return param;
+        }
+
+        public Tensor value() {
+            return get().value();
+        }
+
+        /** The gradient; an error for a fixed tensor. */
+        public Tensor grad() {
+            Tensor g = get().grad();
+            if (g == null) {
+                throw new IllegalStateException(name + " is a fixed tensor: it has no gradient");
+            }
+            return g;
+        }
+    }
+
+    private final Tensor values;
+    private final Tensor grads;
+    private final Tensor fixed;
+    private final Map<String, Param> trainable;
+    private final Map<String, Param> constant;
+    private final List<Segment> segments;
+
+    private Params(Tensor values, Tensor grads, Tensor fixed, Map<String, Param> trainable, Map<String, Param> constant,
+                   List<Segment> segments) {
+        this.values = values;
+        this.grads = grads;
+        this.fixed = fixed;
+        this.trainable = trainable;
+        this.constant = constant;
+        this.segments = segments;
+    }
+
+    /** The flat buffers' runs by group, in layout order: the optimizer makes one call per segment. */
+    public List<Segment> segments() {
+        return segments;
+    }
+
+    /** Every trainable weight, flat, laid out by {@link #segments}. */
+    public Tensor values() {
+        return values;
+    }
+
+    /** Every gradient, flat, aligned with {@link #values}. */
+    public Tensor grads() {
+        return grads;
+    }
+
+    /** The trainable parameters in declaration order. */
+    public List<Param> list() {
+        return Collections.unmodifiableList(new ArrayList<>(trainable.values()));
+    }
+
+    /** The fixed tensors in declaration order. */
+    public List<Param> fixed() {
+        return Collections.unmodifiableList(new ArrayList<>(constant.values()));
+    }
+
+    /** A trainable parameter or a fixed tensor by name. */
+    public Param get(String name) {
+        Param p = trainable.containsKey(name) ? trainable.get(name) : constant.get(name);
+        if (p == null) {
+            throw new IllegalArgumentException("no parameter named " + name);
+        }
+        return p;
+    }
+
+    /** Trainable elements. */
+    public int count() {
+        return values.numel();
+    }
+
+    public void zeroGrad() {
+        grads.device().backend().fill(grads, 0f);
+    }
+
+    @Override
+    public void close() {
+        values.close();
+        grads.close();
+        fixed.close();
+    }
+}

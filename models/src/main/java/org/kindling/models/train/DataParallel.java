@@ -1,0 +1,121 @@
+package org.kindling.models.train;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.Future;
+import java.util.function.BiFunction;
+import org.kindling.models.Gpt;
+import org.kindling.models.data.DataSource;
+import org.kindling.ops.Device;
+
+/**
+ * Data-parallel training inside one JVM: R replicas of a model, each on its own device (on the
+ * CPU: its own share of the cores), step in lock-step on their own slices of the batch and sum
+ * gradients through {@link SharedMemorySync}. Every replica takes the same AdamW step, so they
+ * stay bit-identical; the step equals one replica training on the whole batch up to the order of
+ * fp32 sums. On a CPU this beats splitting each kernel across the cores: every GEMM runs whole on
+ * one core, and the many small kernels of a step need no hand-off between threads.
+ */
+public final class DataParallel implements AutoCloseable {
+    /** One replica and what it owns. */
+    public record Replica(Device device, Gpt model, Trainer trainer) implements AutoCloseable {
+        @Override
+        public void close() {
+            trainer.close();
+            model.close();
+            device.close();
+        }
+    }
+
+    private final List<Replica> replicas = new ArrayList<>();
+    private final List<SharedMemorySync> syncs;
+    private final ExecutorService threads;
+    private boolean broken;
+
+    /**
+     * @param make builds replica {@code rank} around its sync (its trainer must use that sync)
+     */
+    public DataParallel(int count, BiFunction<Integer, GradientSync, Replica> make) {
+        this.syncs = SharedMemorySync.group(count, 600);
+        try {
+            for (int r = 0; r < count; r++) {
+                Replica replica = make.apply(r, syncs.get(r));
+                replicas.add(replica);
+                if (replica.trainer().sync() != syncs.get(r)) {
+                    throw new IllegalArgumentException("replica " + r + "'s trainer does not use the sync it was given");
+                }
+            }
+        } catch (RuntimeException e) {
+            replicas.forEach(Replica::close);
+            throw e;
+        }
+        this.threads = count > 1 ? Executors.newFixedThreadPool(count - 1, r -> {
+            Thread t = new Thread(r, "kindling-replica");
+            t.setDaemon(true);
+            return t;
+        }) : null;
+    }
+
+    public List<Replica> replicas() {
+        return List.copyOf(replicas);
+    }
+
+    /** One optimizer step: replica r trains on {@code data.get(r)}. Returns replica 0's result (the loss is over all replicas). */
+    public StepResult step(List<DataSource> data) {
+        if (broken) {
+            throw new IllegalStateException("a replica failed in an earlier step; the replicas may differ now");
+        }
+        if (data.size() != replicas.size()) {
+            throw new IllegalArgumentException(data.size() + " data sources for " + replicas.size() + " replicas");
+        }
+        List<Future<StepResult>> others = new ArrayList<>();
+        for (int r = 1; r < replicas.size(); r++) {
+            int rank = r;
+            others.add(threads.submit(() -> stepOf(rank, data.get(rank))));
+        }
+        List<RuntimeException> failures = new ArrayList<>();
+        StepResult first = null;
+        try {
+            first = stepOf(0, data.get(0));
+        } catch (RuntimeException e) {
+            failures.add(e);
+        }
+        for (Future<StepResult> f : others) {
+            try {
+                f.get();
+            } catch (ExecutionException e) {
+                failures.add(e.getCause() instanceof RuntimeException re ? re : new IllegalStateException(e.getCause()));
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                failures.add(new IllegalStateException("interrupted", e));
+            }
+        }
+        if (!failures.isEmpty()) {
+            broken = true;
+            // The replica that failed first, not the ones that then found the barrier broken.
+            throw failures.stream().filter(e -> !(e.getCause() instanceof java.util.concurrent.BrokenBarrierException))
+                    .findFirst().orElse(failures.get(0));
+        }
+        return first;
+    }
+
+    private StepResult stepOf(int rank, DataSource data) {
+        try {
+            return replicas.get(rank).trainer().step(data);
+        } catch (RuntimeException | Error e) {
+            syncs.get(rank).abort(); // the others must not wait for this replica
+            throw e;
+        }
+    }
+
+    @Override
+    public void close() {
+        if (threads != null) {
+            threads.shutdownNow();
+        }
+        replicas.forEach(Replica::close);
+    }
+}

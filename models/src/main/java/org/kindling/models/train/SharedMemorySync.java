@@ -1,0 +1,150 @@
+package org.kindling.models.train;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.BrokenBarrierException;
+import java.util.concurrent.Phaser;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.TimeoutException;
+import org.kindling.models.nn.Param;
+import org.kindling.models.nn.Params;
+
+/**
+ * Gradient sync between replicas in one JVM, through shared memory: each replica copies its
+ * gradients to the host, sums one slice of the flat buffer over all replicas (in rank order, so
+ * every element's sum is formed once and every replica gets the same bits) and copies the whole
+ * sum back. The replicas meet at a barrier; a replica that fails calls {@link #abort}, which
+ * lets the others through the barrier to find the group broken, so they fail at once instead of waiting.
+ */
+public final class SharedMemorySync implements GradientSync {
+    private final Group group;
+    private final int rank;
+
+    /** The state the replicas of one group share. */
+    private static final class Group {
+        final int size;
+        final Phaser barrier;
+        final long timeoutSeconds;
+        volatile boolean broken;
+        final float[][] host;
+        final Object[] slots;
+        float[] sum = new float[0];
+
+        Group(int size, long timeoutSeconds) {
+            this.size = size;
+            this.barrier = new Phaser(size);
+            this.timeoutSeconds = timeoutSeconds;
+            this.host = new float[size][];
+            this.slots = new Object[size];
+        }
+
+        void await() {
+            try {
+                barrier.awaitAdvanceInterruptibly(barrier.arrive(), timeoutSeconds, TimeUnit.SECONDS);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IllegalStateException("interrupted while waiting for the other replicas", e);
+            } catch (TimeoutException e) {
+                throw new IllegalStateException("the other replicas did not arrive within " + timeoutSeconds + " s", e);
+            }
+            if (broken) {
+                throw new IllegalStateException("another replica failed", new BrokenBarrierException());
+            }
+        }
+    }
+
+    private SharedMemorySync(Group group, int rank) {
+        this.group = group;
+        this.rank = rank;
+    }
+
+    /** One sync per replica, by rank; a replica that does not arrive within {@code timeoutSeconds} fails the others. */
+    public static List<SharedMemorySync> group(int replicas, long timeoutSeconds) {
+        if (replicas < 1) {
+            throw new IllegalArgumentException("need at least 1 replica, got " + replicas);
+        }
+        Group g = new Group(replicas, timeoutSeconds);
+        List<SharedMemorySync> out = new ArrayList<>();
+        for (int r = 0; r < replicas; r++) {
+            out.add(new SharedMemorySync(g, r));
+        }
+        return out;
+    }
+
+    /**
+     * Called by a replica that fails: it leaves the group, so the others pass the barrier (now or
+     * when they reach it) and fail with "another replica failed". Call it once per failing replica.
+     */
+    public void abort() {
+        group.broken = true;
+        group.barrier.arriveAndDeregister();
+    }
+
+    @Override
+    public int rank() {
+        return rank;
+    }
+
+    @Override
+    public int world() {
+        return group.size;
+    }
+
+    @Override
+    public void allReduceSum(double[] values) {
+        group.slots[rank] = values.clone();
+        group.await();
+        double[] out = new double[values.length];
+        for (int r = 0; r < group.size; r++) {
+            double[] v = (double[]) group.slots[r];
+            for (int i = 0; i < out.length; i++) {
+                out[i] += v[i];
+            }
+        }
+        group.await(); // nobody overwrites a slot before everyone has read it
+        System.arraycopy(out, 0, values, 0, values.length);
+    }
+
+    @Override
+    public long[] allGather(long value) {
+        group.slots[rank] = value;
+        group.await();
+        long[] out = new long[group.size];
+        for (int r = 0; r < group.size; r++) {
+            out[r] = (Long) group.slots[r];
+        }
+        group.await();
+        return out;
+    }
+
+    @Override
+    public void gradientsReady(List<Param> params) {
+        // Shared memory needs no early start: the sum runs in parallel slices once all are done.
+    }
+
+    @Override
+    public void finishGradients(Params params) {
+        int n = params.count();
+        if (group.host[rank] == null || group.host[rank].length != n) {
+            group.host[rank] = new float[n];
+        }
+        params.grads().device().backend().copyToHost(group.host[rank], params.grads());
+        if (rank == 0 && group.sum.length != n) {
+            group.sum = new float[n];
+        }
+        group.await();
+        float[] sum = group.sum;
+        int from = (int) ((long) n * rank / group.size);
+        int to = (int) ((long) n * (rank + 1) / group.size);
+        float[] first = group.host[0];
+        System.arraycopy(first, from, sum, from, to - from);
+        for (int r = 1; r < group.size; r++) {
+            float[] h = group.host[r];
+            for (int i = from; i < to; i++) {
+                sum[i] += h[i];
+            }
+        }
+        group.await();
+        params.grads().copyFrom(sum);
+    }
+}

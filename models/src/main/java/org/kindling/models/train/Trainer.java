@@ -1,0 +1,186 @@
+package org.kindling.models.train;
+
+import org.kindling.models.Gpt;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.data.DataSource;
+import org.kindling.models.data.TokenBatch;
+import org.kindling.models.nn.Param;
+import org.kindling.models.nn.Params;
+import org.kindling.ops.AdamW;
+import org.kindling.ops.Backend;
+import org.kindling.ops.DType;
+import org.kindling.ops.Seeds;
+import org.kindling.ops.Tensor;
+
+/**
+ * Training steps: gradient accumulation over micro-batches, global-norm clipping, AdamW with
+ * decoupled weight decay on fp32 master weights, one call per parameter group (its decay and
+ * learning-rate multiplier), warmup + cosine schedule.
+ * Deterministic: the same model, config and data give bit-identical weights. With a
+ * {@link GradientSync} of several workers, the loss and gradients are means over every worker's
+ * tokens, so all replicas take the same step.
+ */
+public final class Trainer implements AutoCloseable {
+    private final Gpt model;
+    private final TrainConfig cfg;
+    private final GradientSync sync;
+    private final Tensor m;
+    private final Tensor v;
+    private int step;
+    /** Filled in by the last {@link #step}: the phases' wall times in ms. */
+    private double fwdMs;
+    private double bwdMs;
+    private double optMs;
+
+    public Trainer(Gpt model, TrainConfig cfg) {
+        this(model, cfg, GradientSync.SINGLE);
+    }
+
+    public Trainer(Gpt model, TrainConfig cfg, GradientSync sync) {
+        this.model = model;
+        this.cfg = cfg;
+        this.sync = sync;
+        int n = model.params().count();
+        this.m = model.device().allocate(DType.F32, n);
+        this.v = model.device().allocate(DType.F32, n);
+    }
+
+    public Gpt model() {
+        return model;
+    }
+
+    public TrainConfig config() {
+        return cfg;
+    }
+
+    public GradientSync sync() {
+        return sync;
+    }
+
+    /** Optimizer steps taken so far. */
+    public int stepCount() {
+        return step;
+    }
+
+    /** AdamW first moments, flat like the parameters. */
+    public Tensor firstMoments() {
+        return m;
+    }
+
+    /** AdamW second moments, flat like the parameters. */
+    public Tensor secondMoments() {
+        return v;
+    }
+
+    /** Restores the step counter (with moments and weights loaded by a checkpoint). */
+    public void restoreStep(int step) {
+        if (step < 0) {
+            throw new IllegalArgumentException("step must be >= 0, got " + step);
+        }
+        this.step = step;
+    }
+
+    public double lastForwardMs() {
+        return fwdMs;
+    }
+
+    public double lastBackwardMs() {
+        return bwdMs;
+    }
+
+    public double lastOptimizerMs() {
+        return optMs;
+    }
+
+    /**
+     * One optimizer step over {@code gradAccum} micro-batches from {@code data}.
+     *
+     * @throws NonFiniteException on a NaN/∞ loss or gradient; the weights are left as before the step
+     */
+    public StepResult step(DataSource data) {
+        long t0 = System.nanoTime();
+        Params params = model.params();
+        params.zeroGrad();
+        TokenBatch[] batches = new TokenBatch[cfg.gradAccum()];
+        double[] counts = {0, 0}; // predicted tokens, tokens
+        for (int micro = 0; micro < batches.length; micro++) {
+            batches[micro] = data.next();
+            if (batches[micro].predicted() == 0) {
+                throw new IllegalArgumentException("step " + step + ": a micro-batch of " + batches[micro].size()
+                        + " tokens predicts no token (every sequence has length 1 or is masked)");
+            }
+            counts[0] += batches[micro].predicted();
+            counts[1] += batches[micro].size();
+        }
+        // The loss is the mean over every predicted token of the step, on all workers together.
+        sync.allReduceSum(counts);
+        float scale = (float) (1.0 / counts[0]);
+        double[] lossSum = {0};
+        fwdMs = 0;
+        bwdMs = 0;
+        model.startStep(step);
+        for (int micro = 0; micro < batches.length; micro++) {
+            long f0 = System.nanoTime();
+            model.training(true, dropoutSeed(cfg.seed(), sync.rank(), step, micro));
+            lossSum[0] += model.forward(batches[micro], scale);
+            long f1 = System.nanoTime();
+            if (micro == batches.length - 1) {
+                model.backward(sync::gradientsReady);
+                sync.finishGradients(params);
+            } else {
+                model.backward();
+            }
+            model.training(false, 0);
+            long f2 = System.nanoTime();
+            fwdMs += (f1 - f0) / 1e6;
+            bwdMs += (f2 - f1) / 1e6;
+        }
+        sync.allReduceSum(lossSum);
+        double meanLoss = lossSum[0] / counts[0];
+        long o0 = System.nanoTime();
+        Backend be = model.device().backend();
+        double norm = Math.sqrt(be.sumOfSquares(params.grads()));
+        if (!Double.isFinite(meanLoss) || !Double.isFinite(norm)) {
+            throw new NonFiniteException(step + 1, meanLoss, firstNonFinite());
+        }
+        float clip = cfg.gradClip() > 0 && norm > cfg.gradClip() ? (float) (cfg.gradClip() / norm) : 1f;
+        float lr = (float) cfg.lrAt(step);
+        // One AdamW call per parameter group: its learning-rate multiplier, and decay only where it applies.
+        for (Params.Segment seg : params.segments()) {
+            AdamW update = new AdamW((float) (lr * seg.group().lrScale()), (float) cfg.beta1(), (float) cfg.beta2(), (float) cfg.eps(),
+                    seg.group().decay() ? (float) cfg.weightDecay() : 0f, step + 1, clip);
+            int o = seg.offset();
+            int n = seg.length();
+            be.adamW(params.values().view(o, n), params.grads().view(o, n), m.view(o, n), v.view(o, n), update);
+        }
+        step++;
+        long t1 = System.nanoTime();
+        optMs = (t1 - o0) / 1e6;
+        return new StepResult(step, meanLoss, lr, norm, (long) counts[1], (t1 - t0) / 1e9);
+    }
+
+    /**
+     * The dropout seed of a micro-batch: a function of the run seed, worker and position, so resumed
+     * runs redraw the same masks and workers draw different ones.
+     */
+    static long dropoutSeed(long runSeed, int rank, int step, int micro) {
+        return Seeds.derive(runSeed, rank, step, micro);
+    }
+
+    /** Name of the first parameter, in layer order, with a NaN or ±∞ gradient. */
+    private String firstNonFinite() {
+        Backend be = model.device().backend();
+        for (Param p : model.params().list()) {
+            if (!Double.isFinite(be.sumOfSquares(p.grad()))) {
+                return p.name();
+            }
+        }
+        return null;
+    }
+
+    @Override
+    public void close() {
+        m.close();
+        v.close();
+    }
+}

@@ -1,0 +1,128 @@
+package org.kindling.models.config;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Path;
+import java.util.List;
+import org.junit.jupiter.api.Test;
+import org.kindling.models.Gpt;
+import org.kindling.models.mixers.MixerSpec;
+import org.kindling.models.mixers.attention.AttentionSpec;
+import org.kindling.ops.Device;
+
+class ModelConfigTest {
+    private static final Path PRESETS = Path.of("..", "conf", "models");
+
+    private static long parameters(ModelConfig cfg) {
+        long c = cfg.dModel();
+        long perLayer = 2 * 2 * c + (c * c + c) * 2 + 2 * (c * (c / cfg.nHead()) * cfg.nKvHead() + (c / cfg.nHead()) * cfg.nKvHead())
+                + 2 * cfg.mlpRatio() * c * c + cfg.mlpRatio() * c + c;
+        return (long) cfg.vocab() * c + (long) cfg.maxSeq() * c + cfg.nLayer() * perLayer + 2 * c;
+    }
+
+    @Test
+    void presetsLoadWithTheirSizes() {
+        RunConfig tiny = RunConfig.load(PRESETS.resolve("tiny.yaml"));
+        assertEquals(64, tiny.model().dModel());
+        assertEquals(List.of("attention", "attention"), tiny.model().mixers().stream().map(MixerSpec::type).toList());
+        assertEquals(300, tiny.train().maxSteps());
+        ModelConfig small = ModelConfig.load(PRESETS.resolve("small.yaml"));
+        long smallParams = parameters(small);
+        assertTrue(smallParams > 9_000_000 && smallParams < 11_000_000, "small has " + smallParams + " parameters");
+        ModelConfig gpt2 = ModelConfig.load(PRESETS.resolve("gpt2-124m.yaml"));
+        assertEquals(124_439_808L, parameters(gpt2), "GPT-2 small's parameter count");
+    }
+
+    @Test
+    void parameterCountMatchesTheBuiltModel() {
+        ModelConfig tiny = ModelConfig.load(PRESETS.resolve("tiny.yaml"));
+        try (Device dev = Device.cpu(1); Gpt model = new Gpt(tiny, dev, 1)) {
+            assertEquals(parameters(tiny), model.params().count());
+        }
+    }
+
+    @Test
+    void unknownKeysAndWrongTypesNameTheKey() {
+        String base = "vocab: 10\nd_model: 8\nn_layer: 1\nn_head: 2\nmax_seq: 16\n";
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "n_heads: 3\n", "m.yaml"));
+        assertTrue(e.getMessage().startsWith("m.yaml: unknown key n_heads"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base.replace("n_layer: 1", "n_layer: two"), "m.yaml"));
+        assertEquals("m.yaml: n_layer must be an integer, got \"two\"", e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "train:\n  lr: fast\n", "m.yaml"));
+        assertEquals("m.yaml: train.lr must be a number, got \"fast\"", e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "train:\n  max_step: 3\n", "m.yaml"));
+        assertTrue(e.getMessage().startsWith("m.yaml: unknown key train.max_step"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base.replace("vocab: 10\n", ""), "m.yaml"));
+        assertEquals("m.yaml: vocab is required", e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base.replace("n_head: 2", "n_head: 3"), "m.yaml"));
+        assertEquals("m.yaml: mixer.heads = 3 does not divide d_model 8", e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "mixer: [attention, s4]\n", "m.yaml"));
+        assertTrue(e.getMessage().contains("mixer lists 2 entries but n_layer is 1"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "mixer: [s4]\n", "m.yaml"));
+        assertTrue(e.getMessage().startsWith("m.yaml: mixer[0].type is \"s4\"; known token mixers: attention"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "mixer: {type: attention, heads: 2, window: 4}\n",
+                "m.yaml"));
+        assertTrue(e.getMessage().startsWith("m.yaml: unknown key mixer.window"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base.replace("n_layer: 1", "n_layer: 2")
+                + "mixer: [attention, {type: attention, kv_heads: 3}]\n", "m.yaml"));
+        assertEquals("m.yaml: mixer[1].kv_heads = 3 does not divide heads 2", e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base.replace("max_seq: 16\n", ""), "m.yaml"));
+        assertEquals("m.yaml: max_seq is required", e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "pos_emb: rotary\n", "m.yaml"));
+        assertEquals("m.yaml: pos_emb is \"rotary\"; known: learned, none", e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "dropout: 1.0\n", "m.yaml"));
+        assertTrue(e.getMessage().contains("dropout must be in [0, 1)"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse("- 1\n", "m.yaml"));
+        assertTrue(e.getMessage().contains("expected a mapping"), e.getMessage());
+    }
+
+    @Test
+    void positionsAreAChoiceAndMaxSeqOnlyLimitsWhereSet() {
+        String base = "vocab: 10\nd_model: 8\nn_layer: 2\nn_head: 2\npos_emb: none\n";
+        ModelConfig free = RunConfig.parse(base, "m.yaml").model();
+        assertEquals(ModelConfig.PosEmb.NONE, free.posEmb());
+        assertEquals(0, free.maxSeq());
+        try (Device dev = Device.cpu(1); Gpt model = new Gpt(free, dev, 1)) {
+            assertTrue(model.params().list().stream().noneMatch(p -> p.name().startsWith("wpe")));
+            // No table, no limit: a sequence longer than any max_seq a learned table would have had.
+            model.logits(org.kindling.models.data.TokenBatch.single(new int[300]));
+        }
+        assertEquals(free, RunConfig.fromMap(RunConfig.parse(base, "m.yaml").toMap(), "resolved").model());
+    }
+
+    @Test
+    void setReachesNestedKeysAndLayers(@org.junit.jupiter.api.io.TempDir Path dir) throws java.io.IOException {
+        Path file = dir.resolve("m.yaml");
+        java.nio.file.Files.writeString(file, "vocab: 10\nd_model: 8\nn_layer: 2\nn_head: 2\nmax_seq: 16\nmixer: attention\n");
+        ModelConfig m = RunConfig.load(file, java.util.Map.of("mixer.kv_heads", "1")).model();
+        assertEquals(List.of(new AttentionSpec(2, 1), new AttentionSpec(2, 1)), m.mixers());
+        java.nio.file.Files.writeString(file, "vocab: 10\nd_model: 8\nn_layer: 2\nn_head: 2\nmax_seq: 16\n"
+                + "mixer: [attention, {type: attention, heads: 4}]\n");
+        RunConfig r = RunConfig.load(file, new java.util.LinkedHashMap<>(java.util.Map.of("mixer.0.kv_heads", "1", "lr", "0.5")));
+        assertEquals(List.of(new AttentionSpec(2, 1), new AttentionSpec(4, 2)), r.model().mixers());
+        assertEquals(0.5, r.train().lr());
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> RunConfig.load(file, java.util.Map.of("mixer.5.heads", "1")));
+        assertTrue(e.getMessage().contains("index 5 is past the 2 entries"), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.load(file, java.util.Map.of("vocab.size", "1")));
+        assertTrue(e.getMessage().contains("vocab is a value"), e.getMessage());
+    }
+
+    @Test
+    void resolvedConfigRoundTrips() {
+        RunConfig tiny = RunConfig.load(PRESETS.resolve("tiny.yaml"));
+        assertEquals(tiny, RunConfig.fromMap(tiny.toMap(), "resolved"));
+    }
+
+    @Test
+    void scheduleWarmsUpThenDecays() {
+        TrainConfig t = new TrainConfig(1, 1e-3, 1e-4, 10, 110, 0.1, 0.9, 0.95, 1e-8, 1, 1, 64, 10, 0, 3);
+        assertEquals(1e-4, t.lrAt(0), 1e-12);
+        assertEquals(1e-3, t.lrAt(9), 1e-12);
+        assertEquals(1e-3, t.lrAt(10), 1e-12);
+        assertEquals(5.5e-4, t.lrAt(60), 1e-12);
+        assertEquals(1e-4, t.lrAt(110), 1e-12);
+    }
+}

@@ -1,0 +1,109 @@
+package org.kindling.models.train;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.util.ArrayList;
+import java.util.List;
+import org.junit.jupiter.api.Test;
+import org.kindling.models.Gpt;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.data.DataSource;
+import org.kindling.models.data.Synthetic;
+import org.kindling.ops.Device;
+
+/** Replicas in one JVM with shared-memory gradient sums equal one trainer on the whole batch, and stay identical. */
+class DataParallelTest {
+    static final ModelConfig MODEL = ModelConfig.gpt(20, 32, 2, 4, 2, 64, 4, 0, 0.02, 1e-5);
+    static final TrainConfig TRAIN = new TrainConfig(5, 3e-3, 3e-4, 2, 6, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, 4096, 1, 0, 1);
+    static final int B = 8;
+    static final Synthetic.Examples EXAMPLES = Synthetic.associativeRecall(20, 32, B * 6, 11);
+
+    /** Batch p, the slice of replica {@code rank} of {@code world}. */
+    static DataSource slice(int rank, int world) {
+        int per = B / world;
+        return DataSource.indexed(p -> EXAMPLES.batch((int) (B * p + rank * per), (int) (B * p + rank * per + per)));
+    }
+
+    static DataParallel replicas(int n) {
+        return new DataParallel(n, (rank, sync) -> {
+            Device dev = Device.cpu(1);
+            Gpt model = new Gpt(MODEL, dev, 5);
+            return new DataParallel.Replica(dev, model, new Trainer(model, TRAIN, sync));
+        });
+    }
+
+    @Test
+    void replicasOnSlicesEqualOneTrainerOnTheWholeBatch() {
+        float[] single;
+        List<Double> singleLoss = new ArrayList<>();
+        try (Device dev = Device.cpu(1); Gpt model = new Gpt(MODEL, dev, 5); Trainer t = new Trainer(model, TRAIN)) {
+            DataSource d = slice(0, 1);
+            for (int s = 0; s < 6; s++) {
+                singleLoss.add(t.step(d).loss());
+            }
+            single = model.params().values().toFloatArray();
+        }
+        for (int n : new int[] {2, 4}) {
+            try (DataParallel dp = replicas(n)) {
+                List<DataSource> data = new ArrayList<>();
+                for (int r = 0; r < n; r++) {
+                    data.add(slice(r, n));
+                }
+                for (int s = 0; s < 6; s++) {
+                    StepResult r = dp.step(data);
+                    assertEquals(singleLoss.get(s), r.loss(), 1e-5, n + " replicas, step " + (s + 1));
+                    assertEquals(B * 32L, r.tokens(), "tokens of all replicas");
+                }
+                float[] w0 = dp.replicas().get(0).model().params().values().toFloatArray();
+                for (DataParallel.Replica rep : dp.replicas()) {
+                    assertArrayEquals(w0, rep.model().params().values().toFloatArray(), "replicas must stay bit-identical");
+                }
+                double maxDiff = 0;
+                for (int i = 0; i < w0.length; i++) {
+                    maxDiff = Math.max(maxDiff, Math.abs(w0[i] - single[i]));
+                }
+                // Only the order of fp32 sums differs from the single trainer.
+                assertTrue(maxDiff < 1e-4, n + " replicas: max weight difference " + maxDiff);
+            }
+        }
+    }
+
+    @Test
+    void aFailingReplicaFailsTheStepWithItsOwnErrorAndNobodyWaits() {
+        try (DataParallel dp = replicas(2)) {
+            DataSource broken = DataSource.indexed(p -> {
+                throw new IllegalStateException("replica 1 cannot read batch " + p);
+            });
+            long t0 = System.nanoTime();
+            IllegalStateException e = assertThrows(IllegalStateException.class, () -> dp.step(List.of(slice(0, 2), broken)));
+            assertEquals("replica 1 cannot read batch 0", e.getMessage());
+            assertTrue((System.nanoTime() - t0) / 1e9 < 30);
+        }
+    }
+
+    @Test
+    void sharedMemoryCollectivesGiveEveryReplicaTheSameAnswer() throws Exception {
+        List<SharedMemorySync> group = SharedMemorySync.group(3, 60);
+        java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newFixedThreadPool(3);
+        try {
+            List<java.util.concurrent.Future<String>> results = new ArrayList<>();
+            for (SharedMemorySync sync : group) {
+                results.add(pool.submit(() -> {
+                    long[] positions = sync.allGather(100L + sync.rank());
+                    double[] v = {sync.rank(), 0.1};
+                    sync.allReduceSum(v);
+                    return java.util.Arrays.toString(positions) + " " + java.util.Arrays.toString(v);
+                }));
+            }
+            for (java.util.concurrent.Future<String> f : results) {
+                assertEquals("[100, 101, 102] [3.0, 0.30000000000000004]", f.get());
+            }
+        } finally {
+            pool.shutdownNow();
+        }
+    }
+}
