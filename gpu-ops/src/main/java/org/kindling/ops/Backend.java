@@ -229,4 +229,28 @@ public interface Backend {
 
     /** du[T, C] +=, dk[L, C] += the gradients of {@link #causalConvForward} for upstream dy. */
     void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Tensor cuSeqlens);
+
+    // ---- diagonal state-space convolution (S4D, H3's diagonal SSM) ----
+
+    /**
+     * y[T, C] = the causal convolution of u[T, C] with the S4D kernel K[j, c] = 2·Re(Σ_n w_n·Ā_n^j)
+     * of logDt [C], aRe, aIm [C, N] and c [C, N, 2] (see {@link Ssm}), within each packed sequence.
+     * FlashConv: blocks of {@code block} tokens are convolved with the kernel's first {@code block}
+     * lags and earlier blocks reach later ones through the N complex states per channel, so cost
+     * stays near-linear in T. The D skip term is not included; y must not overlap u.
+     */
+    void ssmConvForward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens,
+                        int block);
+
+    /** du, dlogDt, daRe, daIm, dc += the gradients of {@link #ssmConvForward} for upstream dy. */
+    void ssmConvBackward(Tensor du, Tensor dlogDt, Tensor daRe, Tensor daIm, Tensor dc, Tensor dy, Tensor u,
+                         Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens, int block);
+
+    /**
+     * Recurrent decoding of t new tokens u[t, C] of one sequence in order: per channel and mode,
+     * x ← Ā·x + u_t on state [C, N, 2] (complex x), then y_t = 2·Re(Σ_n w_n·x_n) — O(N·C) per token.
+     * A zeroed state starts a sequence; stepping every token gives what {@link #ssmConvForward} gives.
+     * y must not overlap u or state.
+     */
+    void ssmStep(Tensor y, Tensor state, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c);
 }

@@ -607,4 +607,144 @@ public final class Reference {
         }
         return new double[][] {du, dk};
     }
+
+    // ---- diagonal state-space convolution (S4D, H3's diagonal SSM) ----
+
+    /** A complex number, for the state-space twins below. */
+    private record Z(double re, double im) {
+        static Z polar(double mag, double arg) {
+            return new Z(mag * Math.cos(arg), mag * Math.sin(arg));
+        }
+
+        Z plus(Z o) {
+            return new Z(re + o.re, im + o.im);
+        }
+
+        Z minus(Z o) {
+            return new Z(re - o.re, im - o.im);
+        }
+
+        Z times(Z o) {
+            return new Z(re * o.re - im * o.im, re * o.im + im * o.re);
+        }
+
+        Z times(double s) {
+            return new Z(re * s, im * s);
+        }
+
+        Z over(Z o) {
+            double d = o.re * o.re + o.im * o.im;
+            return new Z((re * o.re + im * o.im) / d, (im * o.re - re * o.im) / d);
+        }
+    }
+
+    /**
+     * K[L, C] of {@link Backend#ssmConvForward} by the definition, for L = lags:
+     * K[j, ch] = 2·Re(Σ_n w_n·exp(j·dt·A_n)), each power taken directly rather than by repeated products.
+     */
+    public static double[] ssmKernel(double[] logDt, double[] aRe, double[] aIm, double[] c, int channels, int lags) {
+        int modes = aRe.length / channels;
+        double[] k = new double[lags * channels];
+        for (int ch = 0; ch < channels; ch++) {
+            double dt = Math.exp(logDt[ch]);
+            for (int n = 0; n < modes; n++) {
+                int i = ch * modes + n;
+                double[] m = Ssm.zoh(dt, aRe[i], aIm[i], c[2 * i], c[2 * i + 1]);
+                Z w = new Z(m[4], m[5]);
+                for (int j = 0; j < lags; j++) {
+                    Z p = Z.polar(Math.exp(-j * dt * Math.exp(aRe[i])), j * dt * aIm[i]);
+                    k[j * channels + ch] += 2 * w.times(p).re();
+                }
+            }
+        }
+        return k;
+    }
+
+    private static int longest(int[] cu) {
+        int max = 0;
+        for (int s = 0; s + 1 < cu.length; s++) {
+            max = Math.max(max, cu[s + 1] - cu[s]);
+        }
+        return max;
+    }
+
+    /** y[T, C] of {@link Backend#ssmConvForward}: the kernel by the definition, then the direct convolution. */
+    public static double[] ssmConv(double[] u, double[] logDt, double[] aRe, double[] aIm, double[] c, int[] cu,
+                                   int channels) {
+        return causalConv(u, ssmKernel(logDt, aRe, aIm, c, channels, longest(cu)), cu, channels);
+    }
+
+    /**
+     * {du, dlogDt, daRe, daIm, dc} of {@link #ssmConv} for upstream dy: du and dK by
+     * {@link #causalConvBackward}, then each K[j] = 2·Re(w·Ā^j) differentiated along each parameter,
+     * with Ā^j = exp(j·dt·A), w = C̃·(Ā − 1)/A and A = −exp(aRe) + i·aIm (holomorphic in C̃, A and dt,
+     * so d Re(f)/dx = Re(df/dx) for a real parameter x, and i·df/dz for an imaginary part).
+     */
+    public static double[][] ssmConvBackward(double[] dy, double[] u, double[] logDt, double[] aRe, double[] aIm,
+                                             double[] c, int[] cu, int channels) {
+        int modes = aRe.length / channels;
+        int lags = longest(cu);
+        double[][] g = causalConvBackward(dy, u, ssmKernel(logDt, aRe, aIm, c, channels, lags), cu, channels);
+        double[] dk = g[1];
+        double[] dLogDt = new double[logDt.length];
+        double[] dRe = new double[aRe.length];
+        double[] dIm = new double[aIm.length];
+        double[] dc = new double[c.length];
+        for (int ch = 0; ch < channels; ch++) {
+            double dt = Math.exp(logDt[ch]);
+            for (int n = 0; n < modes; n++) {
+                int i = ch * modes + n;
+                Z a = new Z(-Math.exp(aRe[i]), aIm[i]);
+                Z ct = new Z(c[2 * i], c[2 * i + 1]);
+                Z bar = Z.polar(Math.exp(dt * a.re()), dt * a.im());
+                Z q = bar.minus(new Z(1, 0)).over(a);
+                Z w = ct.times(q);
+                // dw/dA = C̃·(dt·Ā·A − (Ā − 1))/A², dw/ddt = C̃·Ā.
+                Z dwdA = ct.times(bar.times(a).times(dt).minus(bar.minus(new Z(1, 0)))).over(a.times(a));
+                Z dwdDt = ct.times(bar);
+                for (int j = 0; j < lags; j++) {
+                    double gk = 2 * dk[j * channels + ch];
+                    Z p = Z.polar(Math.exp(j * dt * a.re()), j * dt * a.im());
+                    Z dA = dwdA.times(p).plus(w.times(p).times(j * dt));
+                    Z dDt = dwdDt.times(p).plus(w.times(p).times(a).times(j));
+                    Z dC = q.times(p);
+                    dc[2 * i] += gk * dC.re();
+                    dc[2 * i + 1] -= gk * dC.im();
+                    dRe[i] += gk * dA.re() * a.re();
+                    dIm[i] -= gk * dA.im();
+                    dLogDt[ch] += gk * dDt.re() * dt;
+                }
+            }
+        }
+        return new double[][] {g[0], dLogDt, dRe, dIm, dc};
+    }
+
+    /**
+     * {y[t, C], state'} of {@link Backend#ssmStep}: per channel and mode x ← Ā·x + u_t, then
+     * y_t = 2·Re(Σ_n w_n·x_n), from state [C, N, 2].
+     */
+    public static double[][] ssmStep(double[] state, double[] u, double[] logDt, double[] aRe, double[] aIm,
+                                     double[] c, int channels) {
+        int modes = aRe.length / channels;
+        int tokens = u.length / channels;
+        double[] x = state.clone();
+        double[] y = new double[u.length];
+        for (int ch = 0; ch < channels; ch++) {
+            double dt = Math.exp(logDt[ch]);
+            for (int n = 0; n < modes; n++) {
+                int i = ch * modes + n;
+                double[] m = Ssm.zoh(dt, aRe[i], aIm[i], c[2 * i], c[2 * i + 1]);
+                Z bar = new Z(m[0], m[1]);
+                Z w = new Z(m[4], m[5]);
+                Z xi = new Z(x[2 * i], x[2 * i + 1]);
+                for (int t = 0; t < tokens; t++) {
+                    xi = bar.times(xi).plus(new Z(u[t * channels + ch], 0));
+                    y[t * channels + ch] += 2 * w.times(xi).re();
+                }
+                x[2 * i] = xi.re();
+                x[2 * i + 1] = xi.im();
+            }
+        }
+        return new double[][] {y, x};
+    }
 }

@@ -42,12 +42,14 @@ final class CpuBackend implements Backend {
     private final CpuAttention attention;
     private final CpuLinearAttention linearAttention;
     private final CpuCausalConv causalConv;
+    private final CpuSsmConv ssmConv;
 
     CpuBackend(CpuDevice device, CpuPool pool) {
         this.pool = pool;
         this.attention = new CpuAttention(device, pool);
         this.linearAttention = new CpuLinearAttention(device, pool);
         this.causalConv = new CpuCausalConv(device, pool);
+        this.ssmConv = new CpuSsmConv(device, pool, causalConv);
     }
 
     @Override
@@ -930,5 +932,24 @@ final class CpuBackend implements Backend {
     @Override
     public void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Tensor cuSeqlens) {
         causalConv.backward(du, dk, dy, u, k, cuSeqlens);
+    }
+
+    // ---- diagonal state-space convolution (S4D, H3's diagonal SSM) ----
+
+    @Override
+    public void ssmConvForward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens,
+                               int block) {
+        ssmConv.forward(y, u, logDt, aRe, aIm, c, cuSeqlens, block);
+    }
+
+    @Override
+    public void ssmConvBackward(Tensor du, Tensor dlogDt, Tensor daRe, Tensor daIm, Tensor dc, Tensor dy, Tensor u,
+                                Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens, int block) {
+        ssmConv.backward(du, dlogDt, daRe, daIm, dc, dy, u, logDt, aRe, aIm, c, cuSeqlens, block);
+    }
+
+    @Override
+    public void ssmStep(Tensor y, Tensor state, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c) {
+        ssmConv.step(y, state, u, logDt, aRe, aIm, c);
     }
 }

@@ -52,7 +52,7 @@ final class CpuCausalConv {
         return Integer.highestOneBit(Math.max(1, 2 * len - 2)) << 1;
     }
 
-    private FloatFFT_1D plan(int n) {
+    FloatFFT_1D plan(int n) {
         return plans.computeIfAbsent(n, FloatFFT_1D::new);
     }
 
@@ -62,7 +62,7 @@ final class CpuCausalConv {
     }
 
     /** Loads rows [row0, row0 + len) of channel ch of a [rows, C] array into ws[at, at + n), zero-padded. */
-    private static void gather(float[] src, int off, int row0, int len, int ch, int channels, float[] ws, int at, int n) {
+    static void gather(float[] src, int off, int row0, int len, int ch, int channels, float[] ws, int at, int n) {
         for (int t = 0; t < len; t++) {
             ws[at + t] = src[off + (row0 + t) * channels + ch];
         }
@@ -73,7 +73,7 @@ final class CpuCausalConv {
      * ws[a..a+n) ← a·b (conj(a)·b when {@code conj}) bin by bin, times scale, over JTransforms'
      * packed real spectrum of even n: [Re₀, Re_{n/2}, Re₁, Im₁, …].
      */
-    private static void multiply(float[] ws, int a, int b, int n, boolean conj, float scale) {
+    static void multiply(float[] ws, int a, int b, int n, boolean conj, float scale) {
         ws[a] *= ws[b] * scale;
         ws[a + 1] *= ws[b + 1] * scale;
         float sign = conj ? -1f : 1f;

@@ -22,6 +22,7 @@ import org.kindling.ops.LinearAttention;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.Reference;
+import org.kindling.ops.Ssm;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.UnaryOp;
 
@@ -517,5 +518,37 @@ final class ReferenceBackend implements Backend {
                 conv.channels());
         add(du, "du", g[0]);
         add(dk, "dk", g[1]);
+    }
+
+    // ---- diagonal state-space convolution (S4D, H3's diagonal SSM) ----
+
+    @Override
+    public void ssmConvForward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens,
+                               int block) {
+        Ssm m = Ssm.check(y, u, logDt, aRe, aIm, c, cuSeqlens, block);
+        write(y, "y", Reference.ssmConv(read(u, "u"), read(logDt, "logDt"), read(aRe, "aRe"), read(aIm, "aIm"),
+                read(c, "c"), m.cu(), m.channels()));
+    }
+
+    @Override
+    public void ssmConvBackward(Tensor du, Tensor dlogDt, Tensor daRe, Tensor daIm, Tensor dc, Tensor dy, Tensor u,
+                                Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens, int block) {
+        Ssm m = Ssm.checkBackward(du, dlogDt, daRe, daIm, dc, dy, u, logDt, aRe, aIm, c, cuSeqlens, block);
+        double[][] g = Reference.ssmConvBackward(read(dy, "dy"), read(u, "u"), read(logDt, "logDt"),
+                read(aRe, "aRe"), read(aIm, "aIm"), read(c, "c"), m.cu(), m.channels());
+        add(du, "du", g[0]);
+        add(dlogDt, "dlogDt", g[1]);
+        add(daRe, "daRe", g[2]);
+        add(daIm, "daIm", g[3]);
+        add(dc, "dc", g[4]);
+    }
+
+    @Override
+    public void ssmStep(Tensor y, Tensor state, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c) {
+        Ssm m = Ssm.checkStep(y, state, u, logDt, aRe, aIm, c);
+        double[][] r = Reference.ssmStep(read(state, "state"), read(u, "u"), read(logDt, "logDt"), read(aRe, "aRe"),
+                read(aIm, "aIm"), read(c, "c"), m.channels());
+        write(y, "y", r[0]);
+        write(state, "state", r[1]);
     }
 }
