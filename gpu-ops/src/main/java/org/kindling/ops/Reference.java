@@ -607,4 +607,79 @@ public final class Reference {
         }
         return new double[][] {du, dk};
     }
+
+    // ---- feature maps: unary backward, FAVOR+ (issue 11) ----
+
+    /** dx = dy·f′(x) of {@link Backend#unaryBackward}. */
+    public static double[] unaryBackward(UnaryOp op, double[] dy, double[] x) {
+        double[] dx = new double[x.length];
+        for (int i = 0; i < x.length; i++) {
+            dx[i] = dy[i] * op.derivative(x[i]);
+        }
+        return dx;
+    }
+
+    /** w_i·x_h for every feature i of row-head r (x_h at x[r·D]): the exponent before shifts. */
+    private static double[] favorLogits(FavorFeatures f, double[] x, int r, double[] w) {
+        int d = f.headDim();
+        double[] a = new double[f.features()];
+        for (int i = 0; i < a.length; i++) {
+            a[i] = dot(w, i * d, x, r * d, d);
+        }
+        return a;
+    }
+
+    /** The first index of the largest value: the query stabiliser's argmax. */
+    private static int argmax(double[] a) {
+        int best = 0;
+        for (int i = 1; i < a.length; i++) {
+            if (a[i] > a[best]) {
+                best = i;
+            }
+        }
+        return best;
+    }
+
+    /** out[T, NH·M] of {@link Backend#favorFeatures}. */
+    public static double[] favorFeatures(FavorFeatures f, double[] x, double[] w, boolean query) {
+        int d = f.headDim();
+        int m = f.features();
+        double[] out = new double[f.tokens() * f.heads() * m];
+        double scale = 1 / Math.sqrt(m);
+        for (int r = 0; r < f.tokens() * f.heads(); r++) {
+            double[] a = favorLogits(f, x, r, w);
+            double shift = dot(x, r * d, x, r * d, d) / 2 + (query ? a[argmax(a)] : 0);
+            for (int i = 0; i < m; i++) {
+                out[r * m + i] = Math.exp(a[i] - shift) * scale;
+            }
+        }
+        return out;
+    }
+
+    /**
+     * dx of {@link #favorFeatures} for upstream dout: with g_i = dout_i·out_i,
+     * dx_h = Σ_i g_i·(w_i − x_h) − (Σ_i g_i)·w_{i*} for queries (i* the argmax), without the last
+     * term for keys.
+     */
+    public static double[] favorFeaturesBackward(FavorFeatures f, double[] dout, double[] x, double[] w, boolean query) {
+        int d = f.headDim();
+        int m = f.features();
+        double[] out = favorFeatures(f, x, w, query);
+        double[] dx = new double[x.length];
+        for (int r = 0; r < f.tokens() * f.heads(); r++) {
+            double total = 0;
+            for (int i = 0; i < m; i++) {
+                double g = dout[r * m + i] * out[r * m + i];
+                total += g;
+                for (int j = 0; j < d; j++) {
+                    dx[r * d + j] += g * w[i * d + j];
+                }
+            }
+            int star = query ? argmax(favorLogits(f, x, r, w)) : -1;
+            for (int j = 0; j < d; j++) {
+                dx[r * d + j] -= total * (x[r * d + j] + (query ? w[star * d + j] : 0));
+            }
+        }
+        return dx;
+    }
 }
