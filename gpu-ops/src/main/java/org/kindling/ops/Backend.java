@@ -222,8 +222,9 @@ public interface Backend {
 
     /**
      * Causal long convolution over packed variable-length sequences (see {@link CausalConv}):
-     * y[t, c] = Σ_{j ≤ t} k[j, c]·u[t − j, c] within each sequence, for u, y [T, C] and k [L, C]
-     * with L ≥ the longest sequence. Never mixes sequences; y must not alias u.
+     * y[t, c] = Σ_{j ≤ min(t, L − 1)} k[j, c]·u[t − j, c] within each sequence, for u, y [T, C]
+     * and k [L, C] with any L ≥ 1 (shorter than a sequence: taps beyond L are zero). Never mixes
+     * sequences; y must not alias u.
      */
     void causalConvForward(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens);
 

@@ -567,15 +567,16 @@ public final class Reference {
 
     // ---- causal long convolution (S4D, H3) ----
 
-    /** y[T, C] of {@link Backend#causalConvForward}: the direct O(L²) sum per sequence and channel. */
+    /** y[T, C] of {@link Backend#causalConvForward}: the direct sum per sequence and channel, taps beyond L = k.length / c zero. */
     public static double[] causalConv(double[] u, double[] k, int[] cu, int c) {
         double[] y = new double[u.length];
+        int l = k.length / c;
         for (int s = 0; s + 1 < cu.length; s++) {
             int len = cu[s + 1] - cu[s];
             for (int ch = 0; ch < c; ch++) {
                 for (int t = 0; t < len; t++) {
                     double acc = 0;
-                    for (int j = 0; j <= t; j++) {
+                    for (int j = 0; j <= Math.min(t, l - 1); j++) {
                         acc += k[j * c + ch] * u[(cu[s] + t - j) * c + ch];
                     }
                     y[(cu[s] + t) * c + ch] = acc;
@@ -587,17 +588,18 @@ public final class Reference {
 
     /**
      * {du[T, C], dk[L, C]} of {@link #causalConv} for upstream dy, with L = k.length / c:
-     * du[t] = Σ_{s ≥ t} k[s − t]·dy[s] and dk[j] = Σ over sequences of Σ_{t ≥ j} dy[t]·u[t − j].
+     * du[t] = Σ_{t ≤ s &lt; t + L} k[s − t]·dy[s] and dk[j] = Σ over sequences of Σ_{t ≥ j} dy[t]·u[t − j] (j &lt; L).
      */
     public static double[][] causalConvBackward(double[] dy, double[] u, double[] k, int[] cu, int c) {
         double[] du = new double[u.length];
         double[] dk = new double[k.length];
+        int l = k.length / c;
         for (int s = 0; s + 1 < cu.length; s++) {
             int base = cu[s];
             int len = cu[s + 1] - base;
             for (int ch = 0; ch < c; ch++) {
                 for (int t = 0; t < len; t++) {
-                    for (int j = 0; j <= t; j++) {
+                    for (int j = 0; j <= Math.min(t, l - 1); j++) {
                         double g = dy[(base + t) * c + ch];
                         du[(base + t - j) * c + ch] += k[j * c + ch] * g;
                         dk[j * c + ch] += u[(base + t - j) * c + ch] * g;
