@@ -222,8 +222,9 @@ public interface Backend {
 
     /**
      * Causal long convolution over packed variable-length sequences (see {@link CausalConv}):
-     * y[t, c] = Σ_{j ≤ t} k[j, c]·u[t − j, c] within each sequence, for u, y [T, C] and k [L, C]
-     * with L ≥ the longest sequence. Never mixes sequences; y must not alias u.
+     * y[t, c] = Σ_{j ≤ min(t, L − 1)} k[j, c]·u[t − j, c] within each sequence, for u, y [T, C]
+     * and k [L, C] with any L ≥ 1 (shorter than a sequence: taps beyond L are zero). Never mixes
+     * sequences; y must not alias u.
      */
     void causalConvForward(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens);
 
@@ -253,4 +254,30 @@ public interface Backend {
      * y must not overlap u or state.
      */
     void ssmStep(Tensor y, Tensor state, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c);
+    // ---- feature maps: unary backward, FAVOR+ ----
+
+    /**
+     * dx += dy·f′(x) elementwise for f = {@code op}, with {@link UnaryOp#derivative} as the
+     * reference (and its convention where f has no derivative); dx may alias dy.
+     */
+    void unaryBackward(UnaryOp op, Tensor dx, Tensor dy, Tensor x);
+
+    /**
+     * Performer's positive random features (FAVOR+, see {@link FavorFeatures}): per row t and head
+     * h, with x_h = x[t, h·D … h·D + D) and w_i the rows of w,
+     * out[t, h·M + i] = exp(w_i·x_h − |x_h|²/2 − s)/√M, so that φ(q)·φ(k) is an unbiased estimate of
+     * exp(q·k) (times e^(−s)) for w_i ~ N(0, I). For queries ({@code query}) the stabiliser s is
+     * max_i w_i·x_h, per row and head: it cancels in linear attention's ratio. For keys s = 0,
+     * because a stabiliser over the sequence would look at future tokens and make recurrent
+     * decoding differ from the full forward; the exponent w_i·x − |x|²/2 = (|w_i|² − |w_i − x|²)/2
+     * is then at most |w_i|²/2, so keys stay finite for any x. out must not alias x.
+     */
+    void favorFeatures(Tensor out, Tensor x, Tensor w, int heads, boolean query);
+
+    /**
+     * dx += the gradient of {@link #favorFeatures} for upstream dout, given its output out. The
+     * query stabiliser is differentiated too (one-hot at the first argmax), so the gradient is
+     * that of the function computed. w is fixed (redrawn, never trained) and gets none.
+     */
+    void favorFeaturesBackward(Tensor dx, Tensor dout, Tensor out, Tensor x, Tensor w, int heads, boolean query);
 }

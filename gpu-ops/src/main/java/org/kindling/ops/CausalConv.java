@@ -2,9 +2,10 @@ package org.kindling.ops;
 
 /**
  * The layout of a causal long convolution (S4D, H3): u and y are [T, C] packed by cu_seqlens like
- * attention (sequence s owns rows cu[s] ≤ row &lt; cu[s+1]), k is [L, C] with L at least the
- * longest sequence, and per sequence and channel y[t, c] = Σ_{j ≤ t} k[j, c]·u[t − j, c] over
- * that sequence's tokens only.
+ * attention (sequence s owns rows cu[s] ≤ row &lt; cu[s+1]), k is [L, C] with L ≥ 1, and per
+ * sequence and channel y[t, c] = Σ_{j ≤ min(t, L − 1)} k[j, c]·u[t − j, c] over that sequence's
+ * tokens only: taps beyond L are zero, so L may be shorter than a sequence (H3's shift SSM, L =
+ * d_state) or longer (S4D, a kernel for the longest sequence; its tail is not read).
  *
  * @param cu validated sequence offsets (B + 1 of them)
  * @param tokens T
@@ -20,6 +21,11 @@ public record CausalConv(int[] cu, int tokens, int channels, int kernelLength, i
 
     public int length(int s) {
         return cu[s + 1] - cu[s];
+    }
+
+    /** Taps of k that reach inside sequence s: min(L, its length). */
+    public int taps(int s) {
+        return Math.min(kernelLength, length(s));
     }
 
     /** Checks the operands of {@link Backend#causalConvForward} and reads the sequence offsets. */
@@ -56,9 +62,8 @@ public record CausalConv(int[] cu, int tokens, int channels, int kernelLength, i
         for (int s = 0; s + 1 < cu.length; s++) {
             max = Math.max(max, cu[s + 1] - cu[s]);
         }
-        if (k.rows() < max) {
-            throw new IllegalArgumentException("causal conv k " + k + " has " + k.rows()
-                    + " rows but the longest sequence has " + max + " tokens");
+        if (k.rows() < 1) {
+            throw new IllegalArgumentException("causal conv k " + k + " must have at least 1 row (tap)");
         }
         return new CausalConv(cu, u.rows(), u.cols(), k.rows(), max);
     }

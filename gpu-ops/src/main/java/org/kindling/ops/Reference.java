@@ -567,15 +567,16 @@ public final class Reference {
 
     // ---- causal long convolution (S4D, H3) ----
 
-    /** y[T, C] of {@link Backend#causalConvForward}: the direct O(L²) sum per sequence and channel. */
+    /** y[T, C] of {@link Backend#causalConvForward}: the direct sum per sequence and channel, taps beyond L = k.length / c zero. */
     public static double[] causalConv(double[] u, double[] k, int[] cu, int c) {
         double[] y = new double[u.length];
+        int l = k.length / c;
         for (int s = 0; s + 1 < cu.length; s++) {
             int len = cu[s + 1] - cu[s];
             for (int ch = 0; ch < c; ch++) {
                 for (int t = 0; t < len; t++) {
                     double acc = 0;
-                    for (int j = 0; j <= t; j++) {
+                    for (int j = 0; j <= Math.min(t, l - 1); j++) {
                         acc += k[j * c + ch] * u[(cu[s] + t - j) * c + ch];
                     }
                     y[(cu[s] + t) * c + ch] = acc;
@@ -587,17 +588,18 @@ public final class Reference {
 
     /**
      * {du[T, C], dk[L, C]} of {@link #causalConv} for upstream dy, with L = k.length / c:
-     * du[t] = Σ_{s ≥ t} k[s − t]·dy[s] and dk[j] = Σ over sequences of Σ_{t ≥ j} dy[t]·u[t − j].
+     * du[t] = Σ_{t ≤ s &lt; t + L} k[s − t]·dy[s] and dk[j] = Σ over sequences of Σ_{t ≥ j} dy[t]·u[t − j] (j &lt; L).
      */
     public static double[][] causalConvBackward(double[] dy, double[] u, double[] k, int[] cu, int c) {
         double[] du = new double[u.length];
         double[] dk = new double[k.length];
+        int l = k.length / c;
         for (int s = 0; s + 1 < cu.length; s++) {
             int base = cu[s];
             int len = cu[s + 1] - base;
             for (int ch = 0; ch < c; ch++) {
                 for (int t = 0; t < len; t++) {
-                    for (int j = 0; j <= t; j++) {
+                    for (int j = 0; j <= Math.min(t, l - 1); j++) {
                         double g = dy[(base + t) * c + ch];
                         du[(base + t - j) * c + ch] += k[j * c + ch] * g;
                         dk[j * c + ch] += u[(base + t - j) * c + ch] * g;
@@ -745,6 +747,80 @@ public final class Reference {
                 x[2 * i + 1] = xi.im();
             }
         }
-        return new double[][] {y, x};
+        return new double[][] {y, x};    }
+
+    // ---- feature maps: unary backward, FAVOR+ ----
+
+    /** dx = dy·f′(x) of {@link Backend#unaryBackward}. */
+    public static double[] unaryBackward(UnaryOp op, double[] dy, double[] x) {
+        double[] dx = new double[x.length];
+        for (int i = 0; i < x.length; i++) {
+            dx[i] = dy[i] * op.derivative(x[i]);
+        }
+        return dx;
+    }
+
+    /** w_i·x_h for every feature i of row-head r (x_h at x[r·D]): the exponent before shifts. */
+    private static double[] favorLogits(FavorFeatures f, double[] x, int r, double[] w) {
+        int d = f.headDim();
+        double[] a = new double[f.features()];
+        for (int i = 0; i < a.length; i++) {
+            a[i] = dot(w, i * d, x, r * d, d);
+        }
+        return a;
+    }
+
+    /** The first index of the largest value: the query stabiliser's argmax. */
+    private static int argmax(double[] a) {
+        int best = 0;
+        for (int i = 1; i < a.length; i++) {
+            if (a[i] > a[best]) {
+                best = i;
+            }
+        }
+        return best;
+    }
+
+    /** out[T, NH·M] of {@link Backend#favorFeatures}. */
+    public static double[] favorFeatures(FavorFeatures f, double[] x, double[] w, boolean query) {
+        int d = f.headDim();
+        int m = f.features();
+        double[] out = new double[f.tokens() * f.heads() * m];
+        double scale = 1 / Math.sqrt(m);
+        for (int r = 0; r < f.tokens() * f.heads(); r++) {
+            double[] a = favorLogits(f, x, r, w);
+            double shift = dot(x, r * d, x, r * d, d) / 2 + (query ? a[argmax(a)] : 0);
+            for (int i = 0; i < m; i++) {
+                out[r * m + i] = Math.exp(a[i] - shift) * scale;
+            }
+        }
+        return out;
+    }
+
+    /**
+     * dx of {@link #favorFeatures} for upstream dout: with g_i = dout_i·out_i,
+     * dx_h = Σ_i g_i·(w_i − x_h) − (Σ_i g_i)·w_{i*} for queries (i* the argmax), without the last
+     * term for keys.
+     */
+    public static double[] favorFeaturesBackward(FavorFeatures f, double[] dout, double[] x, double[] w, boolean query) {
+        int d = f.headDim();
+        int m = f.features();
+        double[] out = favorFeatures(f, x, w, query);
+        double[] dx = new double[x.length];
+        for (int r = 0; r < f.tokens() * f.heads(); r++) {
+            double total = 0;
+            for (int i = 0; i < m; i++) {
+                double g = dout[r * m + i] * out[r * m + i];
+                total += g;
+                for (int j = 0; j < d; j++) {
+                    dx[r * d + j] += g * w[i * d + j];
+                }
+            }
+            int star = query ? argmax(favorLogits(f, x, r, w)) : -1;
+            for (int j = 0; j < d; j++) {
+                dx[r * d + j] -= total * (x[r * d + j] + (query ? w[star * d + j] : 0));
+            }
+        }
+        return dx;
     }
 }

@@ -8,13 +8,17 @@ import static org.kindling.ops.AttentionTest.cu;
 import static org.kindling.ops.AttentionTest.gaussian;
 import static org.kindling.ops.Reference.widen;
 
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.List;
 import java.util.stream.Stream;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
+import org.junit.jupiter.params.provider.ValueSource;
 
 /**
  * The causal long convolution (S4D, H3) against flash-attention's relative oracle, as
@@ -67,6 +71,7 @@ class CausalConvTest {
         float[] y = new float[u.length];
         float[] du = new float[u.length];
         float[] dk = new float[k.length];
+        int l = k.length / c;
         for (int s = 0; s + 1 < cuSeqlens.length; s++) {
             int base = cuSeqlens[s];
             int len = cuSeqlens[s + 1] - base;
@@ -74,16 +79,16 @@ class CausalConvTest {
                 for (int t = 0; t < len; t++) {
                     float acc = 0;
                     float accU = 0;
-                    for (int j = 0; j <= t; j++) {
+                    for (int j = 0; j <= Math.min(t, l - 1); j++) {
                         acc += k[j * c + ch] * u[(base + t - j) * c + ch];
                     }
-                    for (int q = t; q < len; q++) {
+                    for (int q = t; q < Math.min(len, t + l); q++) {
                         accU += k[(q - t) * c + ch] * dy[(base + q) * c + ch];
                     }
                     y[(base + t) * c + ch] = acc;
                     du[(base + t) * c + ch] = accU;
                 }
-                for (int j = 0; j < len; j++) {
+                for (int j = 0; j < Math.min(len, l); j++) {
                     float acc = 0;
                     for (int t = j; t < len; t++) {
                         acc += dy[(base + t) * c + ch] * u[(base + t - j) * c + ch];
@@ -242,12 +247,12 @@ class CausalConvTest {
     @Test
     void badCallsNameTheArgument() {
         try (Tensor u = cpu.allocate(DType.F32, 10, 4); Tensor y = cpu.allocate(DType.F32, 10, 4);
-             Tensor shortK = cpu.allocate(DType.F32, 5, 4); Tensor wideK = cpu.allocate(DType.F32, 10, 3);
+             Tensor noK = cpu.allocate(DType.F32, 0, 4); Tensor wideK = cpu.allocate(DType.F32, 10, 3);
              Tensor cs = cpu.fromInts(new int[] {0, 6, 10}, 3); Tensor badCs = cpu.fromInts(new int[] {0, 6, 9}, 3);
              Tensor k = cpu.allocate(DType.F32, 6, 4)) {
             Backend be = cpu.backend();
-            String m = assertThrows(IllegalArgumentException.class, () -> be.causalConvForward(y, u, shortK, cs)).getMessage();
-            assertTrue(m.contains("longest sequence has 6"), m);
+            String m = assertThrows(IllegalArgumentException.class, () -> be.causalConvForward(y, u, noK, cs)).getMessage();
+            assertTrue(m.contains("at least 1 row"), m);
             m = assertThrows(IllegalArgumentException.class, () -> be.causalConvForward(y, u, wideK, cs)).getMessage();
             assertTrue(m.contains("channels"), m);
             m = assertThrows(IllegalArgumentException.class, () -> be.causalConvForward(y, u, k, badCs)).getMessage();
@@ -256,6 +261,125 @@ class CausalConvTest {
             assertTrue(m.contains("must not overlap u"), m);
             m = assertThrows(IllegalArgumentException.class, () -> be.causalConvBackward(y, wideK, y, u, k, cs)).getMessage();
             assertTrue(m.contains("causal conv dk"), m);
+        }
+    }
+
+    // ---- kernels shorter than the sequences (H3's shift SSM) ----
+
+    static Stream<Arguments> shortKernels() {
+        List<Arguments> out = new ArrayList<>();
+        for (int l : new int[] {1, 2, 64}) {
+            for (int[] c : new int[][] {cu(1), cu(97), cu(1025), cu(1, 97, 1025, 2)}) {
+                out.add(Arguments.of(l, c));
+            }
+        }
+        return out.stream();
+    }
+
+    /** Taps beyond L are zero: the same relative oracle as full-length kernels (64 taps take the FFT past 96 tokens). */
+    @ParameterizedTest(name = "L={0} cu={1}")
+    @MethodSource("shortKernels")
+    void shortKernelMatchesOracle(int l, int[] cuSeqlens) {
+        int t = cuSeqlens[cuSeqlens.length - 1];
+        long seed = t * 37L + l;
+        float[] u = gaussian(seed, t * C);
+        float[] k = gaussian(seed + 1, l * C);
+        float[] dy = gaussian(seed + 2, t * C);
+        double[] y = Reference.causalConv(widen(u), widen(k), cuSeqlens, C);
+        double[][] g = Reference.causalConvBackward(widen(dy), widen(u), widen(k), cuSeqlens, C);
+        Run f = run(cpu, cuSeqlens, C, u, k, dy);
+        Run n = naive(cuSeqlens, C, u, k, dy);
+        assertOracle("y", y, f.y(), n.y(), 2);
+        assertOracle("du", g[0], f.du(), n.du(), 3);
+        assertOracle("dk", g[1], f.dk(), n.dk(), 3);
+        Run r = run(ref, cuSeqlens, C, u, k, dy);
+        Check.close("reference device y (read back as floats)", y, r.y(), 0, 1e-7);
+    }
+
+    /**
+     * A kernel with no more taps than a sequence is the same convolution as that kernel padded with
+     * zeros to the full length, on both paths: 64 taps over 1025 tokens (FFT) and 2 taps (direct)
+     * give, within the FFT bound of {@link #fftConvolutionEqualsDirectConvolution}, what the
+     * zero-padded kernel gives, and dk's rows beyond the taps stay untouched.
+     */
+    @ParameterizedTest
+    @ValueSource(ints = {2, 64})
+    void shortKernelEqualsZeroPaddedKernel(int l) {
+        int len = 1025;
+        float[] u = gaussian(121, len * C);
+        float[] k = gaussian(122, l * C);
+        float[] dy = gaussian(123, len * C);
+        Run sh = run(cpu, cu(len), C, u, k, dy);
+        Run padded = run(cpu, cu(len), C, u, Arrays.copyOf(k, len * C), dy);
+        close("y", padded.y(), sh.y());
+        close("du", padded.du(), sh.du());
+        close("dk", Arrays.copyOf(padded.dk(), l * C), sh.dk());
+    }
+
+    /** The FFT (64 taps, 1025 tokens) and the direct sum (64 taps, 96 tokens) agree on the shared prefix. */
+    @Test
+    void shortKernelFftEqualsDirect() {
+        int shortLen = 96;
+        int longLen = 1025;
+        int l = 64;
+        float[] u = gaussian(131, longLen * C);
+        float[] k = gaussian(132, l * C);
+        float[] dy = gaussian(133, longLen * C);
+        Arrays.fill(dy, shortLen * C, dy.length, 0f);
+        Run direct = run(cpu, cu(shortLen), C, Arrays.copyOf(u, shortLen * C), k, Arrays.copyOf(dy, shortLen * C));
+        Run fft = run(cpu, cu(longLen), C, u, k, dy);
+        close("y", direct.y(), Arrays.copyOf(fft.y(), shortLen * C));
+        close("du", Arrays.copyOf(direct.du(), longLen * C), fft.du());
+        close("dk", direct.dk(), fft.dk());
+    }
+
+    @Test
+    void shortKernelReferenceBackwardMatchesFiniteDifferences() {
+        int c = 2;
+        int[] cuSeqlens = cu(3, 1, 5);
+        int t = 9;
+        int l = 2;
+        double[] u = ReferenceGradientTest.data(141, t * c);
+        double[] k = ReferenceGradientTest.data(142, l * c);
+        double[] dy = ReferenceGradientTest.data(143, t * c);
+        double[][] g = Reference.causalConvBackward(dy, u, k, cuSeqlens, c);
+        ReferenceGradientTest.assertGradient("short causal conv du",
+                ReferenceGradientTest.numeric(x -> Reference.causalConv(x, k, cuSeqlens, c), u, dy), g[0]);
+        ReferenceGradientTest.assertGradient("short causal conv dk",
+                ReferenceGradientTest.numeric(x -> Reference.causalConv(u, x, cuSeqlens, c), k, dy), g[1]);
+    }
+
+    /** With 1 and 64 taps, on the direct and the FFT path: other sequences' outputs stay bit-identical; same bits on 1 and 3 threads. */
+    @ParameterizedTest
+    @ValueSource(ints = {1, 64})
+    void shortKernelSequencesDoNotLeakAndAreDeterministic(int l) {
+        int[] cuSeqlens = cu(97, 1025, 1, 200);
+        int t = cuSeqlens[cuSeqlens.length - 1];
+        float[] u = gaussian(151, t * C);
+        float[] k = gaussian(152, l * C);
+        float[] dy = gaussian(153, t * C);
+        Run before = run(cpu, cuSeqlens, C, u, k, dy);
+        float[] u2 = u.clone();
+        float[] dy2 = dy.clone();
+        for (int i = cuSeqlens[1] * C; i < cuSeqlens[2] * C; i++) {
+            u2[i] += 1;
+            dy2[i] -= 1;
+        }
+        Run after = run(cpu, cuSeqlens, C, u2, k, dy2);
+        for (int s : new int[] {0, 2, 3}) {
+            int from = cuSeqlens[s] * C;
+            int to = cuSeqlens[s + 1] * C;
+            assertArrayEquals(Arrays.copyOfRange(before.y(), from, to), Arrays.copyOfRange(after.y(), from, to),
+                    "y of sequence " + s);
+            assertArrayEquals(Arrays.copyOfRange(before.du(), from, to), Arrays.copyOfRange(after.du(), from, to),
+                    "du of sequence " + s);
+        }
+        assertTrue(!Arrays.equals(before.y(), after.y()), "the changed sequence's y changes");
+        try (Device single = Device.cpu(1)) {
+            Run one = run(single, cuSeqlens, C, u, k, dy);
+            assertArrayEquals(before.y(), one.y());
+            assertArrayEquals(before.du(), one.du());
+            assertArrayEquals(before.dk(), one.dk());
         }
     }
 }

@@ -9,6 +9,7 @@ import static org.kindling.ops.KernelChecks.numel;
 import static org.kindling.ops.KernelChecks.sameNumel;
 import static org.kindling.ops.KernelChecks.sameRows;
 
+import java.util.Arrays;
 import java.util.List;
 import org.kindling.ops.AdamW;
 import org.kindling.ops.Attention;
@@ -16,6 +17,7 @@ import org.kindling.ops.BF16;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
+import org.kindling.ops.FavorFeatures;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.ReduceOp;
@@ -332,6 +334,12 @@ final class CpuBackend implements Backend {
                     for (int i = lo; i < hi; i++) {
                         float v = xv[ox + i];
                         o[oo + i] = v > 0f ? v : 0f;
+                    }
+                }
+                case ELU_PLUS_ONE -> {
+                    for (int i = lo; i < hi; i++) {
+                        float v = xv[ox + i];
+                        o[oo + i] = v > 0f ? v + 1f : (float) Math.exp(v);
                     }
                 }
             }
@@ -950,6 +958,138 @@ final class CpuBackend implements Backend {
 
     @Override
     public void ssmStep(Tensor y, Tensor state, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c) {
-        ssmConv.step(y, state, u, logDt, aRe, aIm, c);
+        ssmConv.step(y, state, u, logDt, aRe, aIm, c);    }
+
+    // ---- feature maps: unary backward, FAVOR+ ----
+
+    @Override
+    public void unaryBackward(UnaryOp op, Tensor dx, Tensor dy, Tensor x) {
+        sameNumel(dx, "unary backward dx", x, "x");
+        sameNumel(dy, "unary backward dy", x, "x");
+        float[] dxv = f32(dx, "dx");
+        float[] dyv = f32(dy, "dy");
+        float[] xv = f32(x, "x");
+        int odx = dx.offset();
+        int ody = dy.offset();
+        int ox = x.offset();
+        pool.parallelFor(x.numel(), GRAIN, (lo, hi) -> {
+            for (int i = lo; i < hi; i++) {
+                dxv[odx + i] += dyv[ody + i] * derivative(op, xv[ox + i]);
+            }
+        });
+    }
+
+    /** f′(v) in fp32 (transcendentals in double, as {@link #unary} computes them); {@link UnaryOp#derivative}'s conventions. */
+    private static float derivative(UnaryOp op, float v) {
+        return switch (op) {
+            case COPY -> 1f;
+            case NEG -> -1f;
+            case ABS -> v > 0f ? 1f : v < 0f ? -1f : 0f;
+            case SQUARE -> 2f * v;
+            case SQRT -> 0.5f / (float) Math.sqrt(v);
+            case RECIPROCAL -> {
+                float r = 1f / v;
+                yield -r * r;
+            }
+            case EXP -> (float) Math.exp(v);
+            case LOG -> 1f / v;
+            case TANH -> {
+                float t = (float) Math.tanh(v);
+                yield 1f - t * t;
+            }
+            case SIGMOID -> {
+                float sg = (float) (1.0 / (1.0 + Math.exp(-v)));
+                yield sg * (1f - sg);
+            }
+            case RELU -> v > 0f ? 1f : 0f;
+            case ELU_PLUS_ONE -> v > 0f ? 1f : (float) Math.exp(v);
+        };
+    }
+
+    /** w_i·x_h in double, in a fixed order: forward and backward find the same stabiliser and argmax. */
+    private static double favorLogit(float[] wv, int ow, float[] xv, int ox, int d) {
+        double acc = 0;
+        for (int j = 0; j < d; j++) {
+            acc += (double) wv[ow + j] * xv[ox + j];
+        }
+        return acc;
+    }
+
+    /** The first feature with the largest logit for the head at xv[ox…]. */
+    private static int favorArgmax(float[] wv, int ow, float[] xv, int ox, FavorFeatures f) {
+        int d = f.headDim();
+        int best = 0;
+        double top = favorLogit(wv, ow, xv, ox, d);
+        for (int i = 1; i < f.features(); i++) {
+            double a = favorLogit(wv, ow + i * d, xv, ox, d);
+            if (a > top) {
+                top = a;
+                best = i;
+            }
+        }
+        return best;
+    }
+
+    /** Row-heads per parallel chunk: each costs about 2·M·D multiply-adds. */
+    private static int favorGrain(FavorFeatures f) {
+        return Math.max(1, GRAIN / Math.max(1, f.features() * f.headDim()));
+    }
+
+    @Override
+    public void favorFeatures(Tensor out, Tensor x, Tensor w, int heads, boolean query) {
+        FavorFeatures f = FavorFeatures.check(out, x, w, heads);
+        float[] o = f32(out, "out");
+        float[] xv = f32(x, "x");
+        float[] wv = f32(w, "w");
+        int d = f.headDim();
+        int m = f.features();
+        double scale = 1 / Math.sqrt(m);
+        pool.parallelFor(f.tokens() * f.heads(), favorGrain(f), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                int ox = x.offset() + r * d;
+                double shift = favorLogit(xv, ox, xv, ox, d) / 2;
+                if (query) {
+                    int star = favorArgmax(wv, w.offset(), xv, ox, f);
+                    shift += favorLogit(wv, w.offset() + star * d, xv, ox, d);
+                }
+                for (int i = 0; i < m; i++) {
+                    double a = favorLogit(wv, w.offset() + i * d, xv, ox, d);
+                    o[out.offset() + r * m + i] = (float) (Math.exp(a - shift) * scale);
+                }
+            }
+        });
+    }
+
+    @Override
+    public void favorFeaturesBackward(Tensor dx, Tensor dout, Tensor out, Tensor x, Tensor w, int heads, boolean query) {
+        FavorFeatures f = FavorFeatures.checkBackward(dx, dout, out, x, w, heads);
+        float[] dxv = f32(dx, "dx");
+        float[] gv = f32(dout, "dout");
+        float[] ov = f32(out, "out");
+        float[] xv = f32(x, "x");
+        float[] wv = f32(w, "w");
+        int d = f.headDim();
+        int m = f.features();
+        pool.parallelFor(f.tokens() * f.heads(), favorGrain(f), (lo, hi) -> {
+            double[] acc = new double[d];
+            for (int r = lo; r < hi; r++) {
+                int ox = x.offset() + r * d;
+                Arrays.fill(acc, 0);
+                double total = 0;
+                for (int i = 0; i < m; i++) {
+                    double g = (double) gv[dout.offset() + r * m + i] * ov[out.offset() + r * m + i];
+                    total += g;
+                    int ow = w.offset() + i * d;
+                    for (int j = 0; j < d; j++) {
+                        acc[j] += g * wv[ow + j];
+                    }
+                }
+                int ws = query ? w.offset() + favorArgmax(wv, w.offset(), xv, ox, f) * d : -1;
+                for (int j = 0; j < d; j++) {
+                    double back = acc[j] - total * (xv[ox + j] + (query ? wv[ws + j] : 0f));
+                    dxv[dx.offset() + r * d + j] += (float) back;
+                }
+            }
+        });
     }
 }

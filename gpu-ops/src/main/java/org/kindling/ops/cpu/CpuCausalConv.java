@@ -10,9 +10,10 @@ import pl.edu.icm.jlargearrays.ConcurrencyUtils;
 /**
  * Causal long convolution on the CPU (FlashConv's idea without the GPU: the whole convolution of
  * one sequence and channel in one pass through a worker's scratch). Sequences of at most
- * {@link #DIRECT_MAX} tokens are summed directly in double; longer ones go through fp32 real FFTs
- * (JTransforms) of the next power of two ≥ 2·len − 1, so the circular convolution equals the
- * causal one. Power-of-two sizes take JTransforms' in-place split-radix path, which allocates
+ * {@link #DIRECT_MAX} tokens, and short kernels of at most {@link #DIRECT_TAPS} taps at any
+ * length, are summed directly in double; the rest go through fp32 real FFTs (JTransforms) of the
+ * next power of two ≥ 2·len − 1, with the kernel zero-padded past its taps, so the circular
+ * convolution equals the causal one. Power-of-two sizes take JTransforms' in-place split-radix path, which allocates
  * nothing per call and measured faster than its mixed-radix sizes and than our own radix-2 FFT.
  *
  * <p>Parallelism: the forward runs one item per (sequence, channel); the backward one per channel,
@@ -23,6 +24,13 @@ import pl.edu.icm.jlargearrays.ConcurrencyUtils;
 final class CpuCausalConv {
     /** Longest sequence summed directly: measured as fast as three FFTs of 2·len up to here, slower from 128. */
     static final int DIRECT_MAX = 96;
+    /**
+     * Most taps summed directly at any length. Both paths cost about the same per token whatever
+     * the length (L multiply-adds against a few log n FFT stages), so the rule is on taps alone:
+     * measured warm on one thread, 64 channels, forward + backward, direct vs FFT at 1025 tokens
+     * 10.4 vs 11.9 ms for 48 taps and 15.6 vs 11.6 ms for 64; at 4097 tokens 42 vs 55 and 61 vs 54.
+     */
+    static final int DIRECT_TAPS = 48;
 
     static {
         // JTransforms splits large transforms over a global pool of its own; each of our threads
@@ -56,9 +64,20 @@ final class CpuCausalConv {
         return plans.computeIfAbsent(n, FloatFFT_1D::new);
     }
 
+    /** Whether a sequence of len tokens convolved with taps taps is summed directly rather than by FFT. */
+    static boolean direct(int len, int taps) {
+        return len <= DIRECT_MAX || taps <= DIRECT_TAPS;
+    }
+
     /** Floats of scratch a worker needs: {@code buffers} transforms of the longest sequence, if any takes the FFT. */
     private static int scratch(CausalConv c, int buffers) {
-        return c.maxLength() > DIRECT_MAX ? buffers * fftSize(c.maxLength()) : 1;
+        int n = 1;
+        for (int s = 0; s < c.sequences(); s++) {
+            if (!direct(c.length(s), c.taps(s))) {
+                n = Math.max(n, buffers * fftSize(c.length(s)));
+            }
+        }
+        return n;
     }
 
     /** Loads rows [row0, row0 + len) of channel ch of a [rows, C] array into ws[at, at + n), zero-padded. */
@@ -100,10 +119,11 @@ final class CpuCausalConv {
             int cc = it % ch;
             int base = c.cu()[s];
             int len = c.length(s);
-            if (len <= DIRECT_MAX) {
+            int taps = c.taps(s);
+            if (direct(len, taps)) {
                 for (int t = 0; t < len; t++) {
                     double acc = 0;
-                    for (int j = 0; j <= t; j++) {
+                    for (int j = 0; j <= Math.min(t, taps - 1); j++) {
                         acc += (double) kv[k.offset() + j * ch + cc] * uv[u.offset() + (base + t - j) * ch + cc];
                     }
                     yv[y.offset() + (base + t) * ch + cc] = (float) acc;
@@ -114,7 +134,7 @@ final class CpuCausalConv {
             FloatFFT_1D fft = plan(n);
             int kb = w + n;
             gather(uv, u.offset(), base, len, cc, ch, ws, w, n);
-            gather(kv, k.offset(), 0, len, cc, ch, ws, kb, n);
+            gather(kv, k.offset(), 0, taps, cc, ch, ws, kb, n);
             fft.realForward(ws, w);
             fft.realForward(ws, kb);
             // The unscaled inverse returns n/2 times the signal; 2/n is a power of two, so exact.
@@ -137,20 +157,30 @@ final class CpuCausalConv {
         float[] kv = f(k, "k");
         int ch = c.channels();
         pool.runItems(device, ch, scratch(c, 3), (cc, ws, w) -> {
+            double[] dkAcc = new double[Math.min(c.kernelLength(), c.maxLength())];
             for (int s = 0; s < c.sequences(); s++) {
                 int base = c.cu()[s];
                 int len = c.length(s);
-                if (len <= DIRECT_MAX) {
+                int taps = c.taps(s);
+                if (direct(len, taps)) {
                     for (int t = 0; t < len; t++) {
-                        double accU = 0;
-                        double accK = 0;
-                        for (int q = t; q < len; q++) {
-                            float g = gv[dy.offset() + (base + q) * ch + cc];
-                            accU += (double) kv[k.offset() + (q - t) * ch + cc] * g;
-                            accK += (double) uv[u.offset() + (base + q - t) * ch + cc] * g;
+                        double acc = 0;
+                        for (int q = t; q < Math.min(len, t + taps); q++) {
+                            acc += (double) kv[k.offset() + (q - t) * ch + cc] * gv[dy.offset() + (base + q) * ch + cc];
                         }
-                        duv[du.offset() + (base + t) * ch + cc] += (float) accU;
-                        dkv[dk.offset() + t * ch + cc] += (float) accK;
+                        duv[du.offset() + (base + t) * ch + cc] += (float) acc;
+                    }
+                    // One pass over the tokens (each tap's sum still in token order): a pass per tap
+                    // would stream the whole sequence's column taps times.
+                    Arrays.fill(dkAcc, 0, taps, 0);
+                    for (int q = 0; q < len; q++) {
+                        double g = gv[dy.offset() + (base + q) * ch + cc];
+                        for (int j = 0; j <= Math.min(q, taps - 1); j++) {
+                            dkAcc[j] += uv[u.offset() + (base + q - j) * ch + cc] * g;
+                        }
+                    }
+                    for (int j = 0; j < taps; j++) {
+                        dkv[dk.offset() + j * ch + cc] += (float) dkAcc[j];
                     }
                     continue;
                 }
@@ -159,7 +189,7 @@ final class CpuCausalConv {
                 int kb = w + n;
                 int ub = w + 2 * n;
                 gather(gv, dy.offset(), base, len, cc, ch, ws, w, n);
-                gather(kv, k.offset(), 0, len, cc, ch, ws, kb, n);
+                gather(kv, k.offset(), 0, taps, cc, ch, ws, kb, n);
                 gather(uv, u.offset(), base, len, cc, ch, ws, ub, n);
                 fft.realForward(ws, w);
                 fft.realForward(ws, kb);
@@ -172,7 +202,9 @@ final class CpuCausalConv {
                 fft.realInverse(ws, ub, false);
                 for (int t = 0; t < len; t++) {
                     duv[du.offset() + (base + t) * ch + cc] += ws[kb + t];
-                    dkv[dk.offset() + t * ch + cc] += ws[ub + t];
+                }
+                for (int j = 0; j < taps; j++) {
+                    dkv[dk.offset() + j * ch + cc] += ws[ub + j];
                 }
             }
         });

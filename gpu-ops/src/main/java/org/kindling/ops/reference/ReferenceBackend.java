@@ -17,6 +17,7 @@ import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.CausalConv;
 import org.kindling.ops.DType;
+import org.kindling.ops.FavorFeatures;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.LinearAttention;
 import org.kindling.ops.Gemm;
@@ -549,6 +550,26 @@ final class ReferenceBackend implements Backend {
         double[][] r = Reference.ssmStep(read(state, "state"), read(u, "u"), read(logDt, "logDt"), read(aRe, "aRe"),
                 read(aIm, "aIm"), read(c, "c"), m.channels());
         write(y, "y", r[0]);
-        write(state, "state", r[1]);
+        write(state, "state", r[1]);    }
+
+    // ---- feature maps: unary backward, FAVOR+ ----
+
+    @Override
+    public void unaryBackward(UnaryOp op, Tensor dx, Tensor dy, Tensor x) {
+        sameNumel(dx, "unary backward dx", x, "x");
+        sameNumel(dy, "unary backward dy", x, "x");
+        add(dx, "dx", Reference.unaryBackward(op, read(dy, "dy"), read(x, "x")));
+    }
+
+    @Override
+    public void favorFeatures(Tensor out, Tensor x, Tensor w, int heads, boolean query) {
+        FavorFeatures f = FavorFeatures.check(out, x, w, heads);
+        write(out, "out", Reference.favorFeatures(f, read(x, "x"), read(w, "w"), query));
+    }
+
+    @Override
+    public void favorFeaturesBackward(Tensor dx, Tensor dout, Tensor out, Tensor x, Tensor w, int heads, boolean query) {
+        FavorFeatures f = FavorFeatures.checkBackward(dx, dout, out, x, w, heads);
+        add(dx, "dx", Reference.favorFeaturesBackward(f, read(dout, "dout"), read(x, "x"), read(w, "w"), query));
     }
 }
