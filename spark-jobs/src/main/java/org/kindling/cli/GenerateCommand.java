@@ -1,6 +1,9 @@
 package org.kindling.cli;
 
 import java.io.IOException;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
 import java.util.concurrent.Callable;
 import org.apache.hadoop.conf.Configuration;
 import org.kindling.data.BpeTokenizer;
@@ -15,7 +18,9 @@ import picocli.CommandLine.Option;
 
 @Command(name = "generate", mixinStandardHelpOptions = true,
         description = {"Sample a continuation of a prompt from a run's checkpoint. Prints only the generated text on",
-            "stdout. --temperature 0 is greedy; an empty prompt starts from the end-of-text token."})
+            "stdout. --temperature 0 is greedy; an empty prompt starts from the end-of-text token. Several --prompt",
+            "options decode together as one batch, each continuing as it would alone: their continuations print in",
+            "order, one per line, or with --json one line {\"prompt\": …, \"text\": …} each."})
 final class GenerateCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -23,8 +28,11 @@ final class GenerateCommand implements Callable<Integer> {
     @CommandLine.Mixin
     RunOptions target;
 
-    @Option(names = "--prompt", defaultValue = "", description = "text to continue (default: empty)")
-    String prompt;
+    @Option(names = "--prompt", description = "text to continue (default: empty); repeat for a batch of prompts")
+    List<String> prompts;
+
+    @Option(names = "--json", description = "one JSON line per prompt on stdout: prompt, text")
+    boolean json;
 
     @Option(names = "--max-new-tokens", defaultValue = "64", description = "tokens to generate at most (default ${DEFAULT-VALUE})")
     int maxNewTokens;
@@ -54,10 +62,20 @@ final class GenerateCommand implements Callable<Integer> {
         String ckpt = dir.checkpoint(target.step);
         BpeTokenizer tok = dir.tokenizer();
         try (CpuDevice dev = Device.cpu(); Gpt model = dir.model(ckpt, dev)) {
-            String text = RunDir.continuation(model, tok, prompt, maxNewTokens, sampling, seed);
+            List<String> in = prompts == null ? List.of("") : prompts;
+            List<String> texts = RunDir.continuations(model, tok, in, maxNewTokens, sampling, seed);
             cmd.getErr().printf("%s, %s%n", target.run, ckpt);
             cmd.getErr().flush();
-            cmd.getOut().println(text);
+            for (int i = 0; i < texts.size(); i++) {
+                if (json) {
+                    Map<String, Object> row = new LinkedHashMap<>();
+                    row.put("prompt", in.get(i));
+                    row.put("text", texts.get(i));
+                    Json.printLine(cmd.getOut(), row);
+                } else {
+                    cmd.getOut().println(texts.get(i));
+                }
+            }
             cmd.getOut().flush();
         }
         return 0;

@@ -71,15 +71,32 @@ public final class RunDir {
         }
     }
 
-    /** The text a model generates after {@code prompt}, without a final end-of-text. */
+    /**
+     * Continues {@code prompt} by up to {@code maxNewTokens} tokens and decodes the new ones (an
+     * end-of-text token that stopped generation is not part of the text).
+     */
     public static String continuation(Gpt model, BpeTokenizer tok, String prompt, int maxNewTokens, Sampling sampling, long seed) {
+        return continuations(model, tok, List.of(prompt), maxNewTokens, sampling, seed).get(0);
+    }
+
+    /** {@link #continuation} for several prompts, decoded together as one batch; each prompt continues as it would alone. */
+    public static List<String> continuations(Gpt model, BpeTokenizer tok, List<String> prompts, int maxNewTokens, Sampling sampling,
+                                             long seed) {
         if (tok.vocabSize() > model.config().vocab()) {
             throw new IllegalArgumentException("the run's tokenizer has " + tok.vocabSize() + " ids but the model only "
                     + model.config().vocab());
         }
-        int[] ids = new Generator(model).generate(tok.encode(prompt), maxNewTokens, sampling, seed, tok.endOfText());
-        int n = ids.length > 0 && ids[ids.length - 1] == tok.endOfText() ? ids.length - 1 : ids.length;
-        return tok.decode(java.util.Arrays.copyOf(ids, n));
+        int[][] encoded = new int[prompts.size()][];
+        for (int i = 0; i < encoded.length; i++) {
+            encoded[i] = tok.encode(prompts.get(i));
+        }
+        int[][] ids = new Generator(model).generate(encoded, maxNewTokens, sampling, seed, tok.endOfText());
+        List<String> out = new java.util.ArrayList<>();
+        for (int[] seq : ids) {
+            int n = seq.length > 0 && seq[seq.length - 1] == tok.endOfText() ? seq.length - 1 : seq.length;
+            out.add(tok.decode(java.util.Arrays.copyOf(seq, n)));
+        }
+        return out;
     }
 
     /** Checkpoints on disk, ascending. */

@@ -1,0 +1,104 @@
+package org.kindling.cli;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+
+/**
+ * The linear-time mixers everywhere a model goes, through the CLI: trained by `kindling train` on
+ * two workers, resumed bit-identically after losing the newest checkpoint, generated from with a
+ * batch of prompts, evaluated, and refused by the GPT-2 export.
+ */
+class MixerTrainCommandTest {
+    @TempDir
+    static Path dir;
+    static Path data;
+
+    @BeforeAll
+    static void prepare() throws Exception {
+        Path corpus = dir.resolve("corpus");
+        Files.createDirectories(corpus);
+        Files.writeString(corpus.resolve("a.txt"), "the cat sat on the mat. the dog sat on the log.\n".repeat(40));
+        data = dir.resolve("data");
+        CliRun prep = CliRun.of("prepare", "--input", corpus.toString(), "--output", data.toString(), "--line-docs", "--vocab-size",
+                "300", "--max-len", "128", "--master", "local[2]");
+        assertEquals(0, prep.code(), prep.err());
+    }
+
+    private static CliRun train(Path config, Path run) {
+        return CliRun.of("train", "--config", config.toString(), "--data", data.toString(), "--run", run.toString(), "--master",
+                "local[2]", "--workers", "2");
+    }
+
+    /** H3 with attention in one layer, as the H3 paper's hybrids have. */
+    @Test
+    void anH3Hybrid() throws Exception {
+        trainsResumesGeneratesAndEvaluates("hybrid", 2, "[{type: h3, d_state: 8}, attention]");
+    }
+
+    /** The other linear-time mixers, Performer redrawing its features every other step. */
+    @Test
+    void s4dPerformerAndLinearAttention() throws Exception {
+        trainsResumesGeneratesAndEvaluates("linear-time", 3, "[{type: s4d, d_state: 8}, {type: performer, redraw: 2}, linear]");
+    }
+
+    private void trainsResumesGeneratesAndEvaluates(String name, int layers, String mixers) throws Exception {
+        Path config = dir.resolve(name + ".yaml");
+        Files.writeString(config, "vocab: 300\nd_model: 32\nn_layer: " + layers + "\nn_head: 4\npos_emb: none\nmixer: " + mixers + "\n"
+                + "train:\n  max_steps: 4\n  checkpoint_interval: 2\n  batch_tokens: 512\n  warmup_steps: 1\n  lr: 3.0e-3\n");
+        Path run = dir.resolve("run-" + name);
+        CliRun first = train(config, run);
+        assertEquals(0, first.code(), first.err());
+        byte[] straight = Files.readAllBytes(run.resolve("checkpoints/step-4/model.safetensors"));
+        List<String> metrics = Files.readAllLines(run.resolve("metrics.jsonl"));
+        assertEquals(4, metrics.size());
+
+        // Lose everything after step 2, as a crash right after that checkpoint would, and train again.
+        Path step4 = run.resolve("checkpoints/step-4");
+        try (var files = Files.walk(step4)) {
+            files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
+        }
+        Files.writeString(run.resolve("checkpoints/LATEST"), "step-2\n");
+        CliRun again = train(config, run);
+        assertEquals(0, again.code(), again.err());
+        assertTrue(again.err().contains("step-2"), again.err());
+        assertArrayEquals(straight, Files.readAllBytes(run.resolve("checkpoints/step-4/model.safetensors")),
+                mixers + ": a resumed run must end bit-identical to an uninterrupted one");
+        assertEquals(metrics.stream().map(MixerTrainCommandTest::withoutSpeed).toList(),
+                Files.readAllLines(run.resolve("metrics.jsonl")).stream().map(MixerTrainCommandTest::withoutSpeed).toList());
+
+        CliRun gen = CliRun.of("generate", "--run", run.toString(), "--prompt", "the cat", "--prompt", "", "--prompt", "the dog sat on",
+                "--max-new-tokens", "6", "--temperature", "0", "--json");
+        assertEquals(0, gen.code(), gen.err());
+        List<String> lines = gen.out().lines().toList();
+        assertEquals(3, lines.size(), gen.out());
+        assertTrue(lines.get(2).startsWith("{\"prompt\":\"the dog sat on\",\"text\":"), lines.get(2));
+        CliRun alone = CliRun.of("generate", "--run", run.toString(), "--prompt", "the dog sat on", "--max-new-tokens", "6",
+                "--temperature", "0", "--json");
+        assertEquals(lines.get(2), alone.out().strip(), "a prompt continues in a batch as it does alone");
+
+        CliRun eval = CliRun.of("eval", "--run", run.toString(), "--data", data.toString());
+        assertEquals(0, eval.code(), eval.err());
+        Matcher m = Pattern.compile("loss (\\S+) perplexity").matcher(eval.out());
+        assertTrue(m.find(), eval.out());
+        assertTrue(Double.parseDouble(m.group(1)) < Math.log(300), eval.out());
+
+        CliRun export = CliRun.of("export", "--run", run.toString(), "--format", "hf-gpt2", "--out", dir.resolve("hf-" + name).toString());
+        assertEquals(1, export.code(), export.err());
+        assertTrue(export.err().contains("pos_emb is none; the GPT-2 format needs learned position embeddings"), export.err());
+    }
+
+    /** A metrics line without its speed, which differs between runs. */
+    private static String withoutSpeed(String line) {
+        return line.replaceAll(",\"tokens_per_s\":[0-9.]+", "");
+    }
+}
