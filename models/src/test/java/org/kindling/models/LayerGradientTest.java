@@ -12,6 +12,8 @@ import org.kindling.models.data.TokenBatch;
 import org.kindling.models.mixers.MixerSpec;
 import org.kindling.models.mixers.TokenMixer;
 import org.kindling.models.mixers.attention.AttentionSpec;
+import org.kindling.models.mixers.ssm.H3Spec;
+import org.kindling.models.mixers.ssm.S4dSpec;
 import org.kindling.models.nn.Activations;
 import org.kindling.models.nn.LayerContext;
 import org.kindling.models.nn.LayerNorm;
@@ -154,6 +156,32 @@ class LayerGradientTest {
     @Test
     void causalSelfAttentionWithGroupedQueries() {
         checkMixer("attention", new AttentionSpec(4, 2), 8, 8, 1, 7, 3);
+    }
+
+    @Test
+    void s4dLinWithStatePassingBetweenBlocks() {
+        // block 2 < the 7-token sequence: later blocks see earlier ones only through the carried state.
+        checkMixer("s4d lin", new S4dSpec(4, "lin", 1e-3, 1e-1, 0.1, 2), 4, 14, 1, 7, 3);
+    }
+
+    @Test
+    void s4dInv() {
+        checkMixer("s4d inv", new S4dSpec(4, "inv", 1e-3, 1e-1, 0.1, 3), 4, 15, 1, 7, 3);
+    }
+
+    @Test
+    void h3OneHeadOfFourChannels() {
+        checkMixer("h3 1 head", new H3Spec(4, 1, 0.1, 2), 4, 16, 1, 7, 3);
+    }
+
+    @Test
+    void h3TwoHeads() {
+        checkMixer("h3 2 heads", new H3Spec(4, 2, 0.1, 2), 4, 17, 1, 7, 3);
+    }
+
+    @Test
+    void h3HeadDimOneIsTheElementwiseGate() {
+        checkMixer("h3 head dim 1", new H3Spec(4, 4, 0.1, 2), 4, 18, 1, 7, 3);
     }
 
     private Block block(Params.Builder pb, int heads, int kvHeads) {
