@@ -21,10 +21,12 @@ import picocli.CommandLine.Option;
 @Command(name = "decode", mixinStandardHelpOptions = true,
         description = {"Incremental decoding speed of a small model per token mixer (vocab 256, no position embedding, so",
             "contexts are unbounded) beside attention's in the same run: a decoding session is prefilled with --context random",
-            "tokens (untimed), then --tokens one-token steps are timed one by one (the median step is reported). Prints the",
-            "session's decoding state bytes: growing with the context for attention, constant for recurrent mixers."})
+            "tokens (untimed), then --tokens one-token steps are timed one by one (the median step is reported; 8 untimed",
+            "steps of a second session warm up first). Prints the session's decoding state bytes: growing with the context",
+            "for attention, constant for recurrent mixers."})
 final class DecodeBench implements Callable<Integer> {
     static final int VOCAB = 256;
+    static final int WARMUP_STEPS = 8;
 
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -108,10 +110,11 @@ final class DecodeBench implements Callable<Integer> {
         SplittableRandom rnd = new SplittableRandom(context);
         int[] prompt = rnd.ints(context, 0, VOCAB).toArray();
         int[][] next = new int[1][1];
-        try (CpuDevice dev = Device.cpu(threads); Gpt model = new Gpt(cfg, dev, 1); DecodeSession session = model.newSession(1)) {
+        try (CpuDevice dev = Device.cpu(threads); Gpt model = new Gpt(cfg, dev, 1); DecodeSession session = model.newSession(1);
+             DecodeSession warm = model.newSession(1)) {
             session.step(new int[][] {prompt});
             long before = session.stateBytes();
-            Timing.Stats stats = Timing.measure(new Timing.Rule(0, tokens, 0), new Timing.Trial() {
+            Timing.Trial timed = new Timing.Trial() {
                 @Override
                 public void before() {
                     next[0][0] = rnd.nextInt(VOCAB);
@@ -121,7 +124,9 @@ final class DecodeBench implements Callable<Integer> {
                 public void run() {
                     session.step(next);
                 }
-            });
+            };
+            // Warm-up steps go to a second session, so the timed steps start exactly at --context.
+            Timing.Stats stats = Timing.measure(new Timing.Rule(WARMUP_STEPS, tokens, 0), () -> warm.step(next), timed);
             return new Decoded(stats.medianRate(1), before, session.stateBytes());
         } catch (OutOfMemoryError e) {
             throw new IllegalStateException("out of memory decoding " + mixer + " at --context " + context
