@@ -89,11 +89,7 @@ final class AttentionBench implements Callable<Integer> {
         }
 
         private static Tensor random(Device dev, SplittableRandom r, int... shape) {
-            float[] x = new float[Tensor.numel(shape)];
-            for (int i = 0; i < x.length; i++) {
-                x[i] = (float) (r.nextDouble() * 2 - 1);
-            }
-            return dev.allocate(DType.F32, shape).copyFrom(x);
+            return dev.fromFloats(BenchOptions.uniform(r, Tensor.numel(shape)), shape);
         }
 
         @Override
@@ -165,10 +161,10 @@ final class AttentionBench implements Callable<Integer> {
         err.printf("  best (median) of %d runs after one warm-up%n", reps);
         err.printf("  flash: fwd %.1f (%.1f) ms, fwd+bwd %.1f (%.1f) ms = %.1f GFLOP/s (%.0f%% of the %.1f GFLOP/s 1024^3 GEMM), "
                 + "extra memory %s%n", fwd.ms(), fwd.medianMs(), fwdBwd.ms(), fwdBwd.medianMs(), gflops, 100 * gflops / gemmGflops,
-                gemmGflops, mib(fwdBwd.extraBytes()));
+                gemmGflops, BenchOptions.mib(fwdBwd.extraBytes()));
         if (naiveFwdBwd != null) {
             err.printf("  naive: fwd %.1f (%.1f) ms, fwd+bwd %.1f (%.1f) ms, extra memory %s; flash is %.1fx faster fwd+bwd%n",
-                    naiveFwd.ms(), naiveFwd.medianMs(), naiveFwdBwd.ms(), naiveFwdBwd.medianMs(), mib(naiveFwdBwd.extraBytes()),
+                    naiveFwd.ms(), naiveFwd.medianMs(), naiveFwdBwd.ms(), naiveFwdBwd.medianMs(), BenchOptions.mib(naiveFwdBwd.extraBytes()),
                     naiveFwdBwd.ms() / fwdBwd.ms());
         }
         err.flush();
@@ -215,9 +211,4 @@ final class AttentionBench implements Callable<Integer> {
             return Timing.measure(new Timing.Rule(1, 10, 0), () -> dev.backend().gemm(g, c, a, b)).bestRate(g.flops()) / 1e9;
         }
     }
-
-    private static String mib(long bytes) {
-        return String.format("%.2f MiB", bytes / 1048576.0);
-    }
-
 }

@@ -59,6 +59,19 @@ final class BenchOptions {
         });
     }
 
+    /** {@code n} values drawn uniformly from [-1, 1): benchmark inputs. */
+    static float[] uniform(java.util.SplittableRandom r, int n) {
+        float[] v = new float[n];
+        for (int i = 0; i < n; i++) {
+            v[i] = (float) (r.nextDouble() * 2 - 1);
+        }
+        return v;
+    }
+
+    static String mib(long bytes) {
+        return String.format("%.2f MiB", bytes / 1048576.0);
+    }
+
     static double round(double v) {
         return Math.round(v * 100) / 100.0;
     }

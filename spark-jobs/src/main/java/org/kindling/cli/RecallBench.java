@@ -12,6 +12,7 @@ import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
 import org.kindling.models.data.Synthetic;
+import org.kindling.models.mixers.MixerSpec;
 import org.kindling.models.mixers.Mixers;
 import org.kindling.models.train.DataParallel;
 import org.kindling.models.train.StepResult;
@@ -31,7 +32,13 @@ final class RecallBench implements Callable<Integer> {
             defaultValue = "associative-recall")
     String task;
 
-    @Option(names = "--mixer", description = "token mixer of both layers (default ${DEFAULT-VALUE})", defaultValue = "attention")
+    /** Layer 0 h3, layer 1 attention: the H3 paper's hybrid. */
+    static final String HYBRID = "hybrid";
+    static final String HYBRID_FIRST = "h3";
+
+    @Option(names = "--mixer", completionCandidates = MixerChoice.class, description = {"token mixer of both layers: "
+        + "${COMPLETION-CANDIDATES}, or hybrid (layer 0 h3, layer 1 attention, as in the H3 paper's hybrids)",
+        "(default ${DEFAULT-VALUE})"}, defaultValue = "attention")
     String mixer;
 
     @Option(names = "--steps", description = "optimizer steps (default ${DEFAULT-VALUE})", defaultValue = "3000")
@@ -81,7 +88,7 @@ final class RecallBench implements Callable<Integer> {
         try {
             t = Synthetic.Task.parse(task);
             ModelConfig base = ModelConfig.gpt(vocab, dModel, 2, heads, heads, seq, 4, 0, 0.02, 1e-5);
-            cfg = base.withMixers(Collections.nCopies(2, Mixers.named(mixer, new LayerDefaults(dModel, heads, heads, 4))));
+            cfg = base.withMixers(mixers(cmd, new LayerDefaults(dModel, heads, heads, 4)));
             heldOut = Synthetic.generate(t, vocab, seq, 1000, -seed);
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(cmd, e.getMessage());
@@ -118,5 +125,17 @@ final class RecallBench implements Callable<Integer> {
             Json.printLine(cmd.getOut(), row);
         }
         return 0;
+    }
+
+    /** The two layers' mixers: --mixer in both, or the hybrid. */
+    private List<MixerSpec> mixers(CommandLine cmd, LayerDefaults defaults) {
+        if (!mixer.equals(HYBRID)) {
+            return Collections.nCopies(2, Mixers.named(mixer, defaults));
+        }
+        if (!Mixers.types().contains(HYBRID_FIRST)) {
+            throw new CommandLine.ParameterException(cmd, "--mixer hybrid needs the " + HYBRID_FIRST + " token mixer, which this "
+                    + "build does not register; known: " + String.join(", ", Mixers.types()));
+        }
+        return List.of(Mixers.named(HYBRID_FIRST, defaults), Mixers.named(MixerChoice.BASELINE, defaults));
     }
 }

@@ -87,7 +87,7 @@ class CliTest {
         assertTrue(bad.err().contains("head dim"), bad.err());
     }
 
-    private static List<String> fieldNames(String jsonLine) throws Exception {
+    static List<String> fieldNames(String jsonLine) throws Exception {
         JsonNode row = new ObjectMapper().readTree(jsonLine);
         List<String> names = new ArrayList<>();
         row.fieldNames().forEachRemaining(names::add);

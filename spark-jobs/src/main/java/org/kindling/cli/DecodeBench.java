@@ -1,0 +1,136 @@
+package org.kindling.cli;
+
+import java.io.PrintWriter;
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.SplittableRandom;
+import java.util.concurrent.Callable;
+import org.kindling.models.DecodeSession;
+import org.kindling.models.Gpt;
+import org.kindling.models.config.LayerDefaults;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.mixers.Mixers;
+import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
+import picocli.CommandLine;
+import picocli.CommandLine.Command;
+import picocli.CommandLine.Option;
+
+@Command(name = "decode", mixinStandardHelpOptions = true,
+        description = {"Incremental decoding speed of a small model per token mixer (vocab 256, no position embedding, so",
+            "contexts are unbounded) beside attention's in the same run: a decoding session is prefilled with --context random",
+            "tokens (untimed), then --tokens one-token steps are timed one by one (the median step is reported; 8 untimed",
+            "steps of a second session warm up first). Prints the session's decoding state bytes: growing with the context",
+            "for attention, constant for recurrent mixers."})
+final class DecodeBench implements Callable<Integer> {
+    static final int VOCAB = 256;
+    static final int WARMUP_STEPS = 8;
+
+    @CommandLine.Spec
+    CommandLine.Model.CommandSpec spec;
+
+    @Option(names = "--mixer", split = ",", completionCandidates = MixerChoice.class,
+            description = "token mixers to measure beside attention (default: every registered one: ${COMPLETION-CANDIDATES})")
+    List<String> mixers;
+
+    @Option(names = "--context", split = ",", description = "tokens prefilled before the timed steps, one row per value "
+            + "(default ${DEFAULT-VALUE})", defaultValue = "256,1024,4096")
+    List<Integer> contexts;
+
+    @Option(names = "--tokens", description = "timed one-token steps after the prefill (default ${DEFAULT-VALUE})",
+            defaultValue = "64")
+    int tokens;
+
+    @Option(names = "--d-model", description = "channels C of the model (default ${DEFAULT-VALUE})", defaultValue = "256")
+    int dModel;
+
+    @Option(names = "--layers", description = "blocks of the model, all of one mixer (default ${DEFAULT-VALUE})", defaultValue = "2")
+    int layers;
+
+    @Option(names = "--heads", description = "heads of mixers that have them (default ${DEFAULT-VALUE})", defaultValue = "4")
+    int heads;
+
+    @CommandLine.Mixin
+    BenchOptions common;
+
+    @Override
+    public Integer call() throws Exception {
+        CommandLine cmd = spec.commandLine();
+        BenchOptions.requirePositive(cmd, "--tokens", tokens, "--d-model", dModel, "--layers", layers, "--heads", heads);
+        List<Integer> lengths = MixerChoice.positiveList(cmd, "--context", contexts);
+        List<String> names = MixerChoice.withBaseline(cmd, mixers);
+        int threads = common.threads(cmd);
+        Map<String, ModelConfig> configs = new LinkedHashMap<>();
+        for (String m : names) {
+            try {
+                ModelConfig base = ModelConfig.gpt(VOCAB, dModel, layers, heads, heads, 1, 4, 0, 0.02, 1e-5)
+                        .withPositions(ModelConfig.PosEmb.NONE, 0);
+                configs.put(m, base.withMixers(Collections.nCopies(layers, Mixers.named(m, new LayerDefaults(dModel, heads, heads, 4)))));
+            } catch (IllegalArgumentException e) {
+                throw new CommandLine.ParameterException(cmd, e.getMessage());
+            }
+        }
+        PrintWriter err = cmd.getErr();
+        err.printf("decoding one sequence, %d layers, C=%d, vocab %d, %d threads; tokens/s of the median of %d one-token steps%n",
+                layers, dModel, VOCAB, threads, tokens);
+        for (int context : lengths) {
+            double baseline = 0;
+            for (String m : names) {
+                Decoded d = decode(configs.get(m), m, context, threads);
+                if (m.equals(MixerChoice.BASELINE)) {
+                    baseline = d.tokensPerS();
+                    err.printf("  context %-6d %-12s %10.1f tokens/s  state %d → %d bytes%n", context, m, d.tokensPerS(),
+                            d.stateBefore(), d.stateAfter());
+                } else {
+                    err.printf("  context %-6d %-12s %10.1f tokens/s  state %d → %d bytes  (attention %.1f tokens/s: %.2fx its speed)%n",
+                            context, m, d.tokensPerS(), d.stateBefore(), d.stateAfter(), baseline,
+                            d.tokensPerS() / baseline);
+                }
+                err.flush();
+                if (common.json) {
+                    Map<String, Object> row = new LinkedHashMap<>();
+                    row.put("bench", "decode");
+                    row.put("mixer", m);
+                    row.put("context", context);
+                    row.put("tokens_per_s", BenchOptions.round(d.tokensPerS()));
+                    Json.printLine(cmd.getOut(), row);
+                }
+            }
+        }
+        return 0;
+    }
+
+    /** Tokens/s at the median step, and the session's state bytes after the prefill and after the timed steps. */
+    record Decoded(double tokensPerS, long stateBefore, long stateAfter) {
+    }
+
+    private Decoded decode(ModelConfig cfg, String mixer, int context, int threads) throws Exception {
+        SplittableRandom rnd = new SplittableRandom(context);
+        int[] prompt = rnd.ints(context, 0, VOCAB).toArray();
+        int[][] next = new int[1][1];
+        try (CpuDevice dev = Device.cpu(threads); Gpt model = new Gpt(cfg, dev, 1); DecodeSession session = model.newSession(1);
+             DecodeSession warm = model.newSession(1)) {
+            session.step(new int[][] {prompt});
+            long before = session.stateBytes();
+            Timing.Trial timed = new Timing.Trial() {
+                @Override
+                public void before() {
+                    next[0][0] = rnd.nextInt(VOCAB);
+                }
+
+                @Override
+                public void run() {
+                    session.step(next);
+                }
+            };
+            // Warm-up steps go to a second session, so the timed steps start exactly at --context.
+            Timing.Stats stats = Timing.measure(new Timing.Rule(WARMUP_STEPS, tokens, 0), () -> warm.step(next), timed);
+            return new Decoded(stats.medianRate(1), before, session.stateBytes());
+        } catch (OutOfMemoryError e) {
+            throw new IllegalStateException("out of memory decoding " + mixer + " at --context " + context
+                    + "; measure shorter contexts or give the JVM more heap (KINDLING_JAVA_OPTS=-Xmx…)", e);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+package org.kindling.cli;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import com.fasterxml.jackson.databind.ObjectMapper;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.junit.jupiter.api.Test;
+import org.kindling.models.mixers.Mixers;
+
+/** The mixer benches of issue 11 at tiny sizes: their JSON rows, stderr reports and option checks. */
+class MixerBenchTest {
+    private static final ObjectMapper JSON = new ObjectMapper();
+
+    private static List<JsonNode> rows(CliRun r, List<String> fields) throws Exception {
+        assertEquals(0, r.code(), r.err());
+        List<JsonNode> rows = new ArrayList<>();
+        for (String line : r.out().strip().split("\n")) {
+            assertEquals(fields, CliTest.fieldNames(line), line);
+            rows.add(JSON.readTree(line));
+        }
+        return rows;
+    }
+
+    private static void assertUsageError(String expected, String... args) {
+        CliRun r = CliRun.of(args);
+        assertEquals(2, r.code(), String.join(" ", args) + ": " + r.err());
+        assertTrue(r.err().contains(expected), r.err());
+    }
+
+    @Test
+    void mixersMeasuresEveryRegisteredMixerAtEveryLengthBaselineFirst() throws Exception {
+        CliRun r = CliRun.of("bench", "mixers", "--seq", "16,40", "--d-model", "16", "--heads", "2", "--reps", "1", "--threads", "1",
+                "--json");
+        List<JsonNode> rows = rows(r, List.of("bench", "mixer", "seq", "fwd_bwd_ms", "extra_bytes"));
+        int types = Mixers.types().size();
+        assertEquals(2 * types, rows.size(), r.out());
+        long[] attentionExtra = new long[2];
+        for (int i = 0; i < rows.size(); i++) {
+            JsonNode row = rows.get(i);
+            assertEquals("mixers", row.get("bench").asText());
+            assertEquals(i < types ? 16 : 40, row.get("seq").asInt());
+            assertTrue(row.get("fwd_bwd_ms").asDouble() > 0, row.toString());
+            assertTrue(row.get("extra_bytes").asLong() > 0, "the layer's activations count as extra: " + row);
+            if (i % types == 0) {
+                assertEquals("attention", row.get("mixer").asText(), "the baseline comes first at every length");
+                attentionExtra[i / types] = row.get("extra_bytes").asLong();
+            }
+        }
+        List<String> measured = rows.subList(0, types).stream().map(n -> n.get("mixer").asText()).sorted().toList();
+        assertEquals(List.copyOf(Mixers.types()), measured);
+        assertTrue(attentionExtra[1] > attentionExtra[0], "activations grow with T: " + r.out());
+        for (String m : Mixers.types()) {
+            if (!m.equals("attention")) {
+                assertTrue(r.err().contains("crossover " + m + ": "), r.err());
+            }
+        }
+        assertTrue(r.err().contains("T=40") && r.err().contains(" ms"), r.err());
+    }
+
+    @Test
+    void mixersChecksItsOptions() throws Exception {
+        List<JsonNode> only = rows(CliRun.of("bench", "mixers", "--mixer", "attention", "--seq", "8", "--d-model", "8", "--heads", "2",
+                "--reps", "1", "--threads", "1", "--json"), List.of("bench", "mixer", "seq", "fwd_bwd_ms", "extra_bytes"));
+        assertEquals(1, only.size());
+        assertUsageError("--mixer \"rnn\" is not a registered token mixer; known: attention", "bench", "mixers", "--mixer", "rnn");
+        assertUsageError("--seq must be at least 1, got 0", "bench", "mixers", "--seq", "64,0");
+        assertUsageError("--seq lists 64 twice", "bench", "mixers", "--seq", "64,64");
+        assertUsageError("--seq 1500000000 × --batch 1 × --d-model 2 exceeds", "bench", "mixers", "--seq", "1500000000", "--d-model",
+                "2", "--mixer", "attention", "--heads", "1");
+        assertUsageError("heads", "bench", "mixers", "--d-model", "10", "--heads", "4");
+        assertUsageError("--reps must be at least 1", "bench", "mixers", "--reps", "0");
+    }
+
+    @Test
+    void decodeReportsTokensPerSecondAndAttentionsGrowingState() throws Exception {
+        // The KV cache grows by doubling from 64 rows: 62 + 3 tokens and 200 + 3 both pass a capacity.
+        CliRun r = CliRun.of("bench", "decode", "--context", "62,200", "--tokens", "3", "--d-model", "16", "--heads", "2", "--layers",
+                "1", "--threads", "1", "--json");
+        List<JsonNode> rows = rows(r, List.of("bench", "mixer", "context", "tokens_per_s"));
+        int types = Mixers.types().size();
+        assertEquals(2 * types, rows.size(), r.out());
+        for (int i = 0; i < rows.size(); i++) {
+            JsonNode row = rows.get(i);
+            assertEquals("decode", row.get("bench").asText());
+            assertEquals(i < types ? 62 : 200, row.get("context").asInt());
+            assertTrue(row.get("tokens_per_s").asDouble() > 0, row.toString());
+        }
+        assertEquals("attention", rows.get(types).get("mixer").asText());
+        Matcher m = Pattern.compile("context (\\d+) +attention .* state (\\d+) → (\\d+) bytes").matcher(r.err());
+        List<long[]> states = new ArrayList<>();
+        while (m.find()) {
+            states.add(new long[] {Long.parseLong(m.group(2)), Long.parseLong(m.group(3))});
+        }
+        assertEquals(2, states.size(), r.err());
+        assertTrue(states.get(0)[1] > states.get(0)[0], "the KV cache grows while decoding: " + r.err());
+        assertTrue(states.get(1)[0] > states.get(0)[0], "and with the context: " + r.err());
+    }
+
+    @Test
+    void decodeChecksItsOptions() {
+        assertUsageError("--context must be at least 1, got 0", "bench", "decode", "--context", "0");
+        assertUsageError("--tokens must be at least 1, got 0", "bench", "decode", "--tokens", "0");
+        assertUsageError("--layers must be at least 1, got 0", "bench", "decode", "--layers", "0");
+        assertUsageError("--mixer \"lstm\" is not a registered token mixer", "bench", "decode", "--mixer", "attention,lstm");
+        assertUsageError("--mixer names \"attention\" twice", "bench", "decode", "--mixer", "attention,attention");
+    }
+
+    @Test
+    void recallRunsTheHybridOnlyWhenH3IsRegistered() throws Exception {
+        if (Mixers.types().contains("h3")) {
+            List<JsonNode> rows = rows(CliRun.of("bench", "recall", "--mixer", "hybrid", "--steps", "1", "--batch", "2", "--d-model",
+                    "16", "--threads", "1", "--json"), List.of("bench", "task", "mixer", "steps", "accuracy"));
+            assertEquals("hybrid", rows.get(0).get("mixer").asText());
+        } else {
+            assertUsageError("--mixer hybrid needs the h3 token mixer, which this build does not register", "bench", "recall",
+                    "--mixer", "hybrid");
+        }
+        CliRun help = CliRun.of("bench", "recall", "--help");
+        assertTrue(help.out().contains(String.join(", ", Mixers.types()) + ", or hybrid"), help.out());
+    }
+
+    @Test
+    void theMixerBenchesHaveHelpListingTheRegisteredMixers() {
+        for (String bench : List.of("mixers", "decode")) {
+            CliRun r = CliRun.of("bench", bench, "--help");
+            assertEquals(0, r.code(), bench);
+            assertTrue(r.out().contains("every registered one: " + String.join(", ", Mixers.types())), r.out());
+        }
+    }
+}
