@@ -31,6 +31,9 @@ class ModelConfigTest {
         ModelConfig small = ModelConfig.load(PRESETS.resolve("small.yaml"));
         long smallParams = parameters(small);
         assertTrue(smallParams > 9_000_000 && smallParams < 11_000_000, "small has " + smallParams + " parameters");
+        ModelConfig hybrid = ModelConfig.load(PRESETS.resolve("h3-small.yaml"));
+        assertEquals(List.of("h3", "attention", "h3", "h3", "attention", "h3"), hybrid.mixers().stream().map(MixerSpec::type).toList());
+        assertEquals(ModelConfig.PosEmb.NONE, hybrid.posEmb());
         ModelConfig gpt2 = ModelConfig.load(PRESETS.resolve("gpt2-124m.yaml"));
         assertEquals(124_439_808L, parameters(gpt2), "GPT-2 small's parameter count");
     }
