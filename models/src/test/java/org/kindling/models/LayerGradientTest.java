@@ -12,6 +12,8 @@ import org.kindling.models.data.TokenBatch;
 import org.kindling.models.mixers.MixerSpec;
 import org.kindling.models.mixers.TokenMixer;
 import org.kindling.models.mixers.attention.AttentionSpec;
+import org.kindling.models.mixers.linear.LinearAttentionSpec;
+import org.kindling.models.mixers.linear.PerformerSpec;
 import org.kindling.models.nn.Activations;
 import org.kindling.models.nn.LayerContext;
 import org.kindling.models.nn.LayerNorm;
@@ -154,6 +156,17 @@ class LayerGradientTest {
     @Test
     void causalSelfAttentionWithGroupedQueries() {
         checkMixer("attention", new AttentionSpec(4, 2), 8, 8, 1, 7, 3);
+    }
+
+    @Test
+    void linearAttention() {
+        checkMixer("linear attention", new LinearAttentionSpec(2, 1e-6), 8, 14, 1, 7, 3);
+    }
+
+    @Test
+    void performerWithTwoFeatureBlocks() {
+        // M = 5 over HS = 4: one full orthogonal block and one partial one.
+        checkMixer("performer", new PerformerSpec(2, 5, 0, 1e-6), 8, 16, 1, 7, 3);
     }
 
     private Block block(Params.Builder pb, int heads, int kvHeads) {

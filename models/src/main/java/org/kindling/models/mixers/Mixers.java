@@ -5,6 +5,8 @@ import java.util.TreeMap;
 import org.kindling.models.config.ConfigReader;
 import org.kindling.models.config.LayerDefaults;
 import org.kindling.models.mixers.attention.AttentionSpec;
+import org.kindling.models.mixers.linear.LinearAttentionSpec;
+import org.kindling.models.mixers.linear.PerformerSpec;
 
 /**
  * The token mixers this build implements, by the {@code type} a config names. A new mixer is a
@@ -18,7 +20,9 @@ public final class Mixers {
     }
 
     private static final Map<String, Reader> REGISTRY = new TreeMap<>(Map.of(
-            AttentionSpec.TYPE, AttentionSpec::read));
+            AttentionSpec.TYPE, AttentionSpec::read,
+            LinearAttentionSpec.TYPE, LinearAttentionSpec::read,
+            PerformerSpec.TYPE, PerformerSpec::read));
 
     private Mixers() {
     }
