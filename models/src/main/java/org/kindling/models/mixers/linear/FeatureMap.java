@@ -88,11 +88,6 @@ interface FeatureMap {
             return features;
         }
 
-        /** The features [M, HS] now in use. */
-        Tensor weights() {
-            return w.value();
-        }
-
         @Override
         public void startStep(long step) {
             if (redraw > 0 && step > 0 && step % redraw == 0) {
