@@ -12,6 +12,8 @@ import org.kindling.models.data.TokenBatch;
 import org.kindling.models.mixers.MixerSpec;
 import org.kindling.models.mixers.TokenMixer;
 import org.kindling.models.mixers.attention.AttentionSpec;
+import org.kindling.models.mixers.linear.LinearAttentionSpec;
+import org.kindling.models.mixers.linear.PerformerSpec;
 import org.kindling.models.mixers.ssm.H3Spec;
 import org.kindling.models.mixers.ssm.S4dSpec;
 import org.kindling.models.nn.Activations;
@@ -182,6 +184,17 @@ class LayerGradientTest {
     @Test
     void h3HeadDimOneIsTheElementwiseGate() {
         checkMixer("h3 head dim 1", new H3Spec(4, 4, 0.1, 2), 4, 18, 1, 7, 3);
+    }
+
+    @Test
+    void linearAttention() {
+        checkMixer("linear attention", new LinearAttentionSpec(2, 1e-6), 8, 14, 1, 7, 3);
+    }
+
+    @Test
+    void performerWithTwoFeatureBlocks() {
+        // M = 5 over HS = 4: one full orthogonal block and one partial one.
+        checkMixer("performer", new PerformerSpec(2, 5, 0, 1e-6), 8, 16, 1, 7, 3);
     }
 
     private Block block(Params.Builder pb, int heads, int kvHeads) {

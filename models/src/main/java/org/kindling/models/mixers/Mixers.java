@@ -5,6 +5,8 @@ import java.util.TreeMap;
 import org.kindling.models.config.ConfigReader;
 import org.kindling.models.config.LayerDefaults;
 import org.kindling.models.mixers.attention.AttentionSpec;
+import org.kindling.models.mixers.linear.LinearAttentionSpec;
+import org.kindling.models.mixers.linear.PerformerSpec;
 import org.kindling.models.mixers.ssm.H3Spec;
 import org.kindling.models.mixers.ssm.S4dSpec;
 
@@ -22,6 +24,8 @@ public final class Mixers {
     private static final Map<String, Reader> REGISTRY = new TreeMap<>(Map.of(
             AttentionSpec.TYPE, AttentionSpec::read,
             H3Spec.TYPE, H3Spec::read,
+            LinearAttentionSpec.TYPE, LinearAttentionSpec::read,
+            PerformerSpec.TYPE, PerformerSpec::read,
             S4dSpec.TYPE, S4dSpec::read));
 
     private Mixers() {
