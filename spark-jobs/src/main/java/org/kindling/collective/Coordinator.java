@@ -165,8 +165,9 @@ public final class Coordinator implements AutoCloseable {
             Group g;
             try {
                 g = join(attempt, rank, peer);
-            } catch (IllegalStateException e) {
-                send(link, ERROR, out -> out.writeUTF(e.getMessage()));
+            } catch (RuntimeException e) {
+                // A stale attempt, or a run directory whose checkpoint cannot be read: the worker fails with the reason.
+                send(link, ERROR, out -> out.writeUTF(reason(e)));
                 said = true;
                 return;
             }
@@ -228,6 +229,12 @@ public final class Coordinator implements AutoCloseable {
         }
     }
 
+    /** An error's message with its cause's, for a worker that cannot see the driver's log. */
+    private static String reason(RuntimeException e) {
+        return e.getCause() != null && e.getCause().getMessage() != null ? e.getMessage() + ": " + e.getCause().getMessage()
+                : String.valueOf(e.getMessage());
+    }
+
     /** Adds a worker to its attempt's rendezvous and waits until the rendezvous completes or times out. */
     private synchronized Group join(int attempt, int rank, Ring.Peer peer) {
         if (rank < 0 || rank >= world) {
@@ -246,8 +253,15 @@ public final class Coordinator implements AutoCloseable {
         }
         g.members.put(rank, new Member(rank, peer));
         if (g.members.size() == world) {
+            try {
+                g.resume = resumeChooser.get();
+            } catch (RuntimeException e) {
+                // The waiting members fail with the same reason instead of waiting out the rendezvous.
+                g.aborted = reason(e);
+                notifyAll();
+                throw e;
+            }
             g.peers = g.members.values().stream().map(Member::peer).toList();
-            g.resume = resumeChooser.get();
             groups.keySet().stream().filter(a -> a < attempt).max(Integer::compare)
                     .ifPresent(previous -> LOG.log(System.Logger.Level.INFO, resumed(attempt, previous, g.resume)));
             notifyAll();

@@ -290,7 +290,7 @@ public final class TrainJob {
                     throw e;
                 }
             } catch (IOException e) {
-                throw new UncheckedIOException("rank " + rank + ": " + e.getMessage(), e);
+                throw new UncheckedIOException("rank " + rank + ": " + describe(e), e);
             }
             return scala.jdk.javaapi.CollectionConverters.asScala(List.of(outcome).iterator());
         }

@@ -67,14 +67,24 @@ class MixerTrainCommandTest {
         try (var files = Files.walk(step4)) {
             files.sorted(java.util.Comparator.reverseOrder()).forEach(p -> p.toFile().delete());
         }
-        Files.writeString(run.resolve("checkpoints/LATEST"), "step-2\n");
+        writeLatest(run, "step-2");
         CliRun again = train(config, run);
         assertEquals(0, again.code(), again.err());
-        assertTrue(again.err().contains("step-2"), again.err());
+        assertTrue(again.err().contains("(2 step(s) after step 2)"), "resumed from step-2: " + again.err());
         assertArrayEquals(straight, Files.readAllBytes(run.resolve("checkpoints/step-4/model.safetensors")),
                 mixers + ": a resumed run must end bit-identical to an uninterrupted one");
         assertEquals(metrics.stream().map(MixerTrainCommandTest::withoutSpeed).toList(),
                 Files.readAllLines(run.resolve("metrics.jsonl")).stream().map(MixerTrainCommandTest::withoutSpeed).toList());
+
+        if (name.equals("hybrid")) {
+            // A LATEST naming no checkpoint stops every worker at the rendezvous with the reason, not a dropped connection.
+            Path broken = dir.resolve("run-broken");
+            org.apache.commons.io.FileUtils.copyDirectory(run.toFile(), broken.toFile());
+            writeLatest(broken, "step-9");
+            CliRun refused = train(config, broken);
+            assertEquals(1, refused.code(), refused.err());
+            assertTrue(refused.err().contains("names \"step-9\", which is not a complete checkpoint"), refused.err());
+        }
 
         CliRun gen = CliRun.of("generate", "--run", run.toString(), "--prompt", "the cat", "--prompt", "", "--prompt", "the dog sat on",
                 "--max-new-tokens", "6", "--temperature", "0", "--json");
@@ -95,6 +105,14 @@ class MixerTrainCommandTest {
         CliRun export = CliRun.of("export", "--run", run.toString(), "--format", "hf-gpt2", "--out", dir.resolve("hf-" + name).toString());
         assertEquals(1, export.code(), export.err());
         assertTrue(export.err().contains("pos_emb is none; the GPT-2 format needs learned position embeddings"), export.err());
+    }
+
+    /** Points a run's LATEST at {@code name} through the Hadoop FileSystem, as a run does (the local one keeps a checksum beside each file). */
+    private static void writeLatest(Path run, String name) throws java.io.IOException {
+        try (var out = org.apache.hadoop.fs.FileSystem.getLocal(new org.apache.hadoop.conf.Configuration())
+                .create(new org.apache.hadoop.fs.Path(run.resolve("checkpoints/LATEST").toString()), true)) {
+            out.write((name + "\n").getBytes(java.nio.charset.StandardCharsets.UTF_8));
+        }
     }
 
     /** A metrics line without its speed, which differs between runs. */
