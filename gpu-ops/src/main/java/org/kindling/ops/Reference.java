@@ -747,7 +747,8 @@ public final class Reference {
                 x[2 * i + 1] = xi.im();
             }
         }
-        return new double[][] {y, x};    }
+        return new double[][] {y, x};
+    }
 
     // ---- feature maps: unary backward, FAVOR+ ----
 

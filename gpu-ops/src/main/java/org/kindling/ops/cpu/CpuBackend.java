@@ -958,7 +958,8 @@ final class CpuBackend implements Backend {
 
     @Override
     public void ssmStep(Tensor y, Tensor state, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c) {
-        ssmConv.step(y, state, u, logDt, aRe, aIm, c);    }
+        ssmConv.step(y, state, u, logDt, aRe, aIm, c);
+    }
 
     // ---- feature maps: unary backward, FAVOR+ ----
 

@@ -550,7 +550,8 @@ final class ReferenceBackend implements Backend {
         double[][] r = Reference.ssmStep(read(state, "state"), read(u, "u"), read(logDt, "logDt"), read(aRe, "aRe"),
                 read(aIm, "aIm"), read(c, "c"), m.channels());
         write(y, "y", r[0]);
-        write(state, "state", r[1]);    }
+        write(state, "state", r[1]);
+    }
 
     // ---- feature maps: unary backward, FAVOR+ ----
 

@@ -55,6 +55,42 @@ class TrainerTest {
         }
     }
 
+    /**
+     * AdamW's first update is lr·g/(|g| + ε) per element (bias correction makes m̂ = g, v̂ = g²), so
+     * each parameter group's step size shows directly: the S4D dynamics move by dynamics_lr × lr
+     * without decay, matrices by lr plus lr·wd·w of decay.
+     */
+    @Test
+    void eachParameterGroupStepsAtItsOwnRateAndDecay() {
+        ModelConfig s4d = MODEL.withMixers(java.util.Collections.nCopies(2,
+                new org.kindling.models.mixers.ssm.S4dSpec(8, "lin", 1e-3, 1e-1, 0.25, 1024)));
+        TrainConfig cfg = new TrainConfig(7, 1e-3, 1e-3, 0, 100, 0.1, 0.9, 0.95, 1e-12, 0, 1, 512, 5, 0, 2);
+        try (Device dev = Device.cpu(2); Gpt model = new Gpt(s4d, dev, 3); Trainer t = new Trainer(model, cfg)) {
+            float[] before = model.params().values().toFloatArray();
+            t.step(data(8));
+            float[] after = model.params().values().toFloatArray();
+            float[] grads = model.params().grads().toFloatArray();
+            int base = model.params().values().offset();
+            int checked = 0;
+            for (Param p : model.params().list()) {
+                int off = p.value().offset() - base;
+                for (int i = 0; i < p.numel(); i++) {
+                    double g = grads[off + i];
+                    if (Math.abs(g) < 1e-6) {
+                        continue;
+                    }
+                    double w = before[off + i];
+                    double expected = -cfg.lr() * p.group().lrScale() * Math.signum(g)
+                            - (p.group().decay() ? cfg.lr() * p.group().lrScale() * cfg.weightDecay() * w : 0);
+                    assertEquals(expected, after[off + i] - w, 1e-6 * cfg.lr() + 1e-6 * Math.abs(w), p.name() + "[" + i + "]");
+                    checked++;
+                }
+            }
+            assertTrue(checked > 1000, "checked " + checked);
+            assertTrue(model.params().list().stream().anyMatch(p -> p.group().lrScale() == 0.25 && !p.group().decay()));
+        }
+    }
+
     static final double[] GOLDEN = {3.031944779679179, 2.9900568183511496, 2.946925899013877, 2.903836578130722,
         2.852422036230564, 2.7999118641018867, 2.771446041762829, 2.7453444935381413};
 
