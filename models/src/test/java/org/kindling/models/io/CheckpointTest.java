@@ -241,6 +241,29 @@ class CheckpointTest {
         assertTrue(e.getMessage().contains("step-77"), e.getMessage());
     }
 
+    /** Fixed tensors (Performer's random features) are saved and restored with the weights, and are part of the model's names. */
+    @Test
+    void fixedTensorsTravelWithTheWeights() {
+        ModelConfig performer = MODEL.withMixers(java.util.Collections.nCopies(2,
+                new org.kindling.models.mixers.linear.PerformerSpec(4, 16, 0, 1e-6)));
+        Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir));
+        float[] features;
+        try (Device dev = Device.cpu(1); Gpt model = new Gpt(performer, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
+            features = model.params().get("h.1.performer.features").value().toFloatArray();
+            ckpt.save(t, new RunConfig(performer, TRAIN), 2, 0);
+        }
+        try (Device dev = Device.cpu(1); Gpt other = new Gpt(performer, dev, 2)) {
+            assertFalse(java.util.Arrays.equals(features, other.params().get("h.1.performer.features").value().toFloatArray()),
+                    "another seed draws other features");
+            ckpt.loadWeights("step-0", other);
+            assertArrayEquals(features, other.params().get("h.1.performer.features").value().toFloatArray());
+        }
+        try (Device dev = Device.cpu(1); Gpt plain = new Gpt(MODEL, dev, 1)) {
+            IllegalStateException e = assertThrows(IllegalStateException.class, () -> ckpt.loadWeights("step-0", plain));
+            assertTrue(e.getMessage().contains("is not part of this model"), e.getMessage());
+        }
+    }
+
     @Test
     void safetensorsRoundTripsWithMetadata() throws IOException {
         Map<String, Safetensors.Tensor> tensors = new LinkedHashMap<>();
