@@ -15,7 +15,7 @@ import org.junit.jupiter.api.io.TempDir;
 
 /**
  * The linear-time mixers everywhere a model goes, through the CLI: trained by `kindling train` on
- * two workers, resumed bit-identically after losing the newest checkpoint, generated from with a
+ * one and two workers, resumed bit-identically after losing the newest checkpoint, generated from with a
  * batch of prompts, evaluated, and refused by the GPT-2 export.
  */
 class MixerTrainCommandTest {
@@ -35,8 +35,12 @@ class MixerTrainCommandTest {
     }
 
     private static CliRun train(Path config, Path run) {
+        return train(config, run, 2);
+    }
+
+    private static CliRun train(Path config, Path run, int workers) {
         return CliRun.of("train", "--config", config.toString(), "--data", data.toString(), "--run", run.toString(), "--master",
-                "local[2]", "--workers", "2");
+                "local[2]", "--workers", String.valueOf(workers));
     }
 
     /** H3 with attention in one layer, as the H3 paper's hybrids have. */
@@ -75,6 +79,10 @@ class MixerTrainCommandTest {
                 mixers + ": a resumed run must end bit-identical to an uninterrupted one");
         assertEquals(metrics.stream().map(MixerTrainCommandTest::withoutSpeed).toList(),
                 Files.readAllLines(run.resolve("metrics.jsonl")).stream().map(MixerTrainCommandTest::withoutSpeed).toList());
+
+        CliRun single = train(config, dir.resolve("run-" + name + "-1"), 1);
+        assertEquals(0, single.code(), single.err());
+        assertTrue(single.err().contains("step 4,"), single.err());
 
         if (name.equals("hybrid")) {
             // A LATEST naming no checkpoint stops every worker at the rendezvous with the reason, not a dropped connection.
