@@ -42,11 +42,13 @@ final class CpuBackend implements Backend {
 
     private final CpuPool pool;
     private final CpuAttention attention;
+    private final CpuDevice device;
     private final CpuLinearAttention linearAttention;
     private final CpuCausalConv causalConv;
     private final CpuSsmConv ssmConv;
 
     CpuBackend(CpuDevice device, CpuPool pool) {
+        this.device = device;
         this.pool = pool;
         this.attention = new CpuAttention(device, pool);
         this.linearAttention = new CpuLinearAttention(device, pool);
@@ -1007,90 +1009,98 @@ final class CpuBackend implements Backend {
         };
     }
 
-    /** w_i·x_h in double, in a fixed order: forward and backward find the same stabiliser and argmax. */
-    private static double favorLogit(float[] wv, int ow, float[] xv, int ox, int d) {
-        double acc = 0;
-        for (int j = 0; j < d; j++) {
-            acc += (double) wv[ow + j] * xv[ox + j];
-        }
-        return acc;
+    /** Row-heads per parallel chunk of the elementwise passes: each touches M features. */
+    private static int favorGrain(FavorFeatures f) {
+        return Math.max(1, GRAIN / Math.max(1, f.features()));
     }
 
-    /** The first feature with the largest logit for the head at xv[ox…]. */
-    private static int favorArgmax(float[] wv, int ow, float[] xv, int ox, FavorFeatures f) {
-        int d = f.headDim();
+    /** The first feature with the largest value in row-head r of φ or of the logits [R, M] (exp is monotone). */
+    private static int favorArgmax(float[] v, int off, int m) {
         int best = 0;
-        double top = favorLogit(wv, ow, xv, ox, d);
-        for (int i = 1; i < f.features(); i++) {
-            double a = favorLogit(wv, ow + i * d, xv, ox, d);
-            if (a > top) {
-                top = a;
+        for (int i = 1; i < m; i++) {
+            if (v[off + i] > v[off + best]) {
                 best = i;
             }
         }
         return best;
     }
 
-    /** Row-heads per parallel chunk: each costs about 2·M·D multiply-adds. */
-    private static int favorGrain(FavorFeatures f) {
-        return Math.max(1, GRAIN / Math.max(1, f.features() * f.headDim()));
-    }
-
+    /**
+     * The logits w_i·x of every row-head come from one GEMM ([T·NH, D]·[M, D]ᵀ, written into out),
+     * then each row-head is exponentiated in place with its shift |x|²/2 (+ the largest logit for
+     * queries) accumulated in double.
+     */
     @Override
     public void favorFeatures(Tensor out, Tensor x, Tensor w, int heads, boolean query) {
         FavorFeatures f = FavorFeatures.check(out, x, w, heads);
-        float[] o = f32(out, "out");
-        float[] xv = f32(x, "x");
-        float[] wv = f32(w, "w");
+        int rows = f.tokens() * f.heads();
         int d = f.headDim();
         int m = f.features();
-        double scale = 1 / Math.sqrt(m);
-        pool.parallelFor(f.tokens() * f.heads(), favorGrain(f), (lo, hi) -> {
+        if (rows == 0) {
+            return;
+        }
+        gemm(Gemm.of(false, true, rows, m, d), out.view(0, rows, m), x.view(0, rows, d), w);
+        float[] o = f32(out, "out");
+        float[] xv = f32(x, "x");
+        float scale = (float) (1 / Math.sqrt(m));
+        pool.parallelFor(rows, favorGrain(f), (lo, hi) -> {
             for (int r = lo; r < hi; r++) {
                 int ox = x.offset() + r * d;
-                double shift = favorLogit(xv, ox, xv, ox, d) / 2;
-                if (query) {
-                    int star = favorArgmax(wv, w.offset(), xv, ox, f);
-                    shift += favorLogit(wv, w.offset() + star * d, xv, ox, d);
+                int oo = out.offset() + r * m;
+                double norm = 0;
+                for (int j = 0; j < d; j++) {
+                    norm += (double) xv[ox + j] * xv[ox + j];
                 }
+                double shift = norm / 2 + (query ? o[oo + favorArgmax(o, oo, m)] : 0);
                 for (int i = 0; i < m; i++) {
-                    double a = favorLogit(wv, w.offset() + i * d, xv, ox, d);
-                    o[out.offset() + r * m + i] = (float) (Math.exp(a - shift) * scale);
+                    o[oo + i] = (float) Math.exp(o[oo + i] - shift) * scale;
                 }
             }
         });
     }
 
+    /**
+     * dφ_i/dx = φ_i·(w_i − x − w_i*) (w_i* the query's stabilising feature): with g = dout ⊙ φ,
+     * dx += g·W − (Σ_i g_i)·(x + w_i*), the first term one GEMM through a [T·NH, M] scratch.
+     */
     @Override
     public void favorFeaturesBackward(Tensor dx, Tensor dout, Tensor out, Tensor x, Tensor w, int heads, boolean query) {
         FavorFeatures f = FavorFeatures.checkBackward(dx, dout, out, x, w, heads);
+        int rows = f.tokens() * f.heads();
+        int d = f.headDim();
+        int m = f.features();
+        if (rows == 0) {
+            return;
+        }
         float[] dxv = f32(dx, "dx");
         float[] gv = f32(dout, "dout");
         float[] ov = f32(out, "out");
         float[] xv = f32(x, "x");
         float[] wv = f32(w, "w");
-        int d = f.headDim();
-        int m = f.features();
-        pool.parallelFor(f.tokens() * f.heads(), favorGrain(f), (lo, hi) -> {
-            double[] acc = new double[d];
-            for (int r = lo; r < hi; r++) {
-                int ox = x.offset() + r * d;
-                Arrays.fill(acc, 0);
-                double total = 0;
-                for (int i = 0; i < m; i++) {
-                    double g = (double) gv[dout.offset() + r * m + i] * ov[out.offset() + r * m + i];
-                    total += g;
-                    int ow = w.offset() + i * d;
+        try (Tensor g = device.allocate(DType.F32, rows, m)) {
+            float[] gs = f32(g, "scratch");
+            double[] totals = new double[rows];
+            pool.parallelFor(rows, favorGrain(f), (lo, hi) -> {
+                for (int r = lo; r < hi; r++) {
+                    double total = 0;
+                    for (int i = 0; i < m; i++) {
+                        float gi = gv[dout.offset() + r * m + i] * ov[out.offset() + r * m + i];
+                        gs[g.offset() + r * m + i] = gi;
+                        total += gi;
+                    }
+                    totals[r] = total;
+                }
+            });
+            gemm(Gemm.of(false, false, rows, d, m).scaled(1f, 1f), dx.view(0, rows, d), g, w);
+            pool.parallelFor(rows, favorGrain(f), (lo, hi) -> {
+                for (int r = lo; r < hi; r++) {
+                    int ox = x.offset() + r * d;
+                    int ws = query ? w.offset() + favorArgmax(ov, out.offset() + r * m, m) * d : -1;
                     for (int j = 0; j < d; j++) {
-                        acc[j] += g * wv[ow + j];
+                        dxv[dx.offset() + r * d + j] -= (float) (totals[r] * (xv[ox + j] + (query ? wv[ws + j] : 0f)));
                     }
                 }
-                int ws = query ? w.offset() + favorArgmax(wv, w.offset(), xv, ox, f) * d : -1;
-                for (int j = 0; j < d; j++) {
-                    double back = acc[j] - total * (xv[ox + j] + (query ? wv[ws + j] : 0f));
-                    dxv[dx.offset() + r * d + j] += (float) back;
-                }
-            }
-        });
+            });
+        }
     }
 }
