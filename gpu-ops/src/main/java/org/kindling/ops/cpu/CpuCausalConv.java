@@ -16,8 +16,10 @@ import pl.edu.icm.jlargearrays.ConcurrencyUtils;
  * convolution equals the causal one. Power-of-two sizes take JTransforms' in-place split-radix path, which allocates
  * nothing per call and measured faster than its mixed-radix sizes and than our own radix-2 FFT.
  *
- * <p>Parallelism: the forward runs one item per (sequence, channel); the backward one per channel,
- * walking the sequences in order, because dk sums over sequences and must have a single writer.
+ * <p>Parallelism: the forward runs one item per (sequence, block of channels); the backward one
+ * per block of channels, walking the sequences in order, because dk sums over sequences and must
+ * have a single writer. The direct sums run across a block's channels, which lie side by side in
+ * memory (each channel's sum still in its own fixed order); the FFTs run channel by channel.
  * An item's arithmetic does not depend on the thread, so results are bit-identical for the same
  * inputs and any thread count. Scratch is allocated on the device.
  */
@@ -106,6 +108,9 @@ final class CpuCausalConv {
         }
     }
 
+    /** Channels per work item: the direct sums run across a block's channels, which lie side by side in memory. */
+    static final int CHANNEL_BLOCK = 16;
+
     // ---- forward ----
 
     void forward(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens) {
@@ -114,34 +119,47 @@ final class CpuCausalConv {
         float[] uv = f(u, "u");
         float[] kv = f(k, "k");
         int ch = c.channels();
-        pool.runItems(device, c.sequences() * ch, scratch(c, 2), (it, ws, w) -> {
-            int s = it / ch;
-            int cc = it % ch;
+        int blocks = (ch + CHANNEL_BLOCK - 1) / CHANNEL_BLOCK;
+        pool.runItems(device, c.sequences() * blocks, scratch(c, 2), (it, ws, w) -> {
+            int s = it / blocks;
+            int c0 = (it % blocks) * CHANNEL_BLOCK;
+            int c1 = Math.min(ch, c0 + CHANNEL_BLOCK);
             int base = c.cu()[s];
             int len = c.length(s);
             int taps = c.taps(s);
             if (direct(len, taps)) {
+                // y[t, c] = Σ_j k[j, c]·u[t − j, c] in double, j ascending, for the block's channels at once.
+                double[] acc = new double[c1 - c0];
                 for (int t = 0; t < len; t++) {
-                    double acc = 0;
+                    Arrays.fill(acc, 0);
                     for (int j = 0; j <= Math.min(t, taps - 1); j++) {
-                        acc += (double) kv[k.offset() + j * ch + cc] * uv[u.offset() + (base + t - j) * ch + cc];
+                        int ko = k.offset() + j * ch;
+                        int uo = u.offset() + (base + t - j) * ch;
+                        for (int cc = c0; cc < c1; cc++) {
+                            acc[cc - c0] += (double) kv[ko + cc] * uv[uo + cc];
+                        }
                     }
-                    yv[y.offset() + (base + t) * ch + cc] = (float) acc;
+                    int yo = y.offset() + (base + t) * ch;
+                    for (int cc = c0; cc < c1; cc++) {
+                        yv[yo + cc] = (float) acc[cc - c0];
+                    }
                 }
                 return;
             }
             int n = fftSize(len);
             FloatFFT_1D fft = plan(n);
             int kb = w + n;
-            gather(uv, u.offset(), base, len, cc, ch, ws, w, n);
-            gather(kv, k.offset(), 0, taps, cc, ch, ws, kb, n);
-            fft.realForward(ws, w);
-            fft.realForward(ws, kb);
-            // The unscaled inverse returns n/2 times the signal; 2/n is a power of two, so exact.
-            multiply(ws, w, kb, n, false, 2f / n);
-            fft.realInverse(ws, w, false);
-            for (int t = 0; t < len; t++) {
-                yv[y.offset() + (base + t) * ch + cc] = ws[w + t];
+            for (int cc = c0; cc < c1; cc++) {
+                gather(uv, u.offset(), base, len, cc, ch, ws, w, n);
+                gather(kv, k.offset(), 0, taps, cc, ch, ws, kb, n);
+                fft.realForward(ws, w);
+                fft.realForward(ws, kb);
+                // The unscaled inverse returns n/2 times the signal; 2/n is a power of two, so exact.
+                multiply(ws, w, kb, n, false, 2f / n);
+                fft.realInverse(ws, w, false);
+                for (int t = 0; t < len; t++) {
+                    yv[y.offset() + (base + t) * ch + cc] = ws[w + t];
+                }
             }
         });
     }
@@ -156,31 +174,50 @@ final class CpuCausalConv {
         float[] uv = f(u, "u");
         float[] kv = f(k, "k");
         int ch = c.channels();
-        pool.runItems(device, ch, scratch(c, 3), (cc, ws, w) -> {
-            double[] dkAcc = new double[Math.min(c.kernelLength(), c.maxLength())];
+        // dk sums over sequences, so a block of channels walks them all in order: its one writer.
+        int cb = Math.max(1, Math.min(CHANNEL_BLOCK, ch / (4 * pool.threads())));
+        int blocks = (ch + cb - 1) / cb;
+        pool.runItems(device, blocks, scratch(c, 3), (b, ws, w) -> {
+            int c0 = b * cb;
+            int c1 = Math.min(ch, c0 + cb);
+            int width = c1 - c0;
+            double[] acc = new double[width];
+            double[] dkAcc = new double[Math.min(c.kernelLength(), c.maxLength()) * width];
             for (int s = 0; s < c.sequences(); s++) {
                 int base = c.cu()[s];
                 int len = c.length(s);
                 int taps = c.taps(s);
                 if (direct(len, taps)) {
+                    // du[t, c] += Σ_{q ≥ t} k[q − t, c]·dy[q, c], q ascending.
                     for (int t = 0; t < len; t++) {
-                        double acc = 0;
+                        Arrays.fill(acc, 0);
                         for (int q = t; q < Math.min(len, t + taps); q++) {
-                            acc += (double) kv[k.offset() + (q - t) * ch + cc] * gv[dy.offset() + (base + q) * ch + cc];
+                            int ko = k.offset() + (q - t) * ch;
+                            int go = dy.offset() + (base + q) * ch;
+                            for (int cc = c0; cc < c1; cc++) {
+                                acc[cc - c0] += (double) kv[ko + cc] * gv[go + cc];
+                            }
                         }
-                        duv[du.offset() + (base + t) * ch + cc] += (float) acc;
+                        int o = du.offset() + (base + t) * ch;
+                        for (int cc = c0; cc < c1; cc++) {
+                            duv[o + cc] += (float) acc[cc - c0];
+                        }
                     }
-                    // One pass over the tokens (each tap's sum still in token order): a pass per tap
-                    // would stream the whole sequence's column taps times.
-                    Arrays.fill(dkAcc, 0, taps, 0);
+                    // dk[j, c] += Σ_q u[q − j, c]·dy[q, c]: one pass over the tokens, each tap's sum in token order.
+                    Arrays.fill(dkAcc, 0, taps * width, 0);
                     for (int q = 0; q < len; q++) {
-                        double g = gv[dy.offset() + (base + q) * ch + cc];
+                        int go = dy.offset() + (base + q) * ch;
                         for (int j = 0; j <= Math.min(q, taps - 1); j++) {
-                            dkAcc[j] += uv[u.offset() + (base + q - j) * ch + cc] * g;
+                            int uo = u.offset() + (base + q - j) * ch;
+                            for (int cc = c0; cc < c1; cc++) {
+                                dkAcc[j * width + cc - c0] += uv[uo + cc] * (double) gv[go + cc];
+                            }
                         }
                     }
                     for (int j = 0; j < taps; j++) {
-                        dkv[dk.offset() + j * ch + cc] += (float) dkAcc[j];
+                        for (int cc = c0; cc < c1; cc++) {
+                            dkv[dk.offset() + j * ch + cc] += (float) dkAcc[j * width + cc - c0];
+                        }
                     }
                     continue;
                 }
@@ -188,23 +225,25 @@ final class CpuCausalConv {
                 FloatFFT_1D fft = plan(n);
                 int kb = w + n;
                 int ub = w + 2 * n;
-                gather(gv, dy.offset(), base, len, cc, ch, ws, w, n);
-                gather(kv, k.offset(), 0, taps, cc, ch, ws, kb, n);
-                gather(uv, u.offset(), base, len, cc, ch, ws, ub, n);
-                fft.realForward(ws, w);
-                fft.realForward(ws, kb);
-                fft.realForward(ws, ub);
-                // du = dy ⋆ k and dk = dy ⋆ u (correlations: conj(K)·DY, conj(U)·DY); negative lags
-                // wrap to indices ≥ len, which are not read.
-                multiply(ws, kb, w, n, true, 2f / n);
-                multiply(ws, ub, w, n, true, 2f / n);
-                fft.realInverse(ws, kb, false);
-                fft.realInverse(ws, ub, false);
-                for (int t = 0; t < len; t++) {
-                    duv[du.offset() + (base + t) * ch + cc] += ws[kb + t];
-                }
-                for (int j = 0; j < taps; j++) {
-                    dkv[dk.offset() + j * ch + cc] += ws[ub + j];
+                for (int cc = c0; cc < c1; cc++) {
+                    gather(gv, dy.offset(), base, len, cc, ch, ws, w, n);
+                    gather(kv, k.offset(), 0, taps, cc, ch, ws, kb, n);
+                    gather(uv, u.offset(), base, len, cc, ch, ws, ub, n);
+                    fft.realForward(ws, w);
+                    fft.realForward(ws, kb);
+                    fft.realForward(ws, ub);
+                    // du = dy ⋆ k and dk = dy ⋆ u (correlations: conj(K)·DY, conj(U)·DY); negative lags
+                    // wrap to indices ≥ len, which are not read.
+                    multiply(ws, kb, w, n, true, 2f / n);
+                    multiply(ws, ub, w, n, true, 2f / n);
+                    fft.realInverse(ws, kb, false);
+                    fft.realInverse(ws, ub, false);
+                    for (int t = 0; t < len; t++) {
+                        duv[du.offset() + (base + t) * ch + cc] += ws[kb + t];
+                    }
+                    for (int j = 0; j < taps; j++) {
+                        dkv[dk.offset() + j * ch + cc] += ws[ub + j];
+                    }
                 }
             }
         });

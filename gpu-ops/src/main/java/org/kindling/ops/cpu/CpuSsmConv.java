@@ -105,6 +105,32 @@ final class CpuSsmConv {
         int ch = m.channels();
         int modes = m.modes();
         int b = Math.min(block, m.maxLength());
+        if (b == 0) {
+            return;
+        }
+        // Per channel, once per call: {Ā, w} of every mode and the kernel's first b lags (a shorter
+        // sequence uses a prefix), so a batch of many sequences pays the Vandermonde product once.
+        double[] zAll = new double[ch * 4 * modes];
+        try (Tensor kernels = device.allocate(DType.F32, ch, b)) {
+            float[] kv = f(kernels, "kernel scratch");
+            int ko = kernels.offset();
+            pool.parallelFor(ch, 1, (lo, hi) -> {
+                double[] pw = new double[2 * modes];
+                double[] zc = new double[4 * modes];
+                for (int cc = lo; cc < hi; cc++) {
+                    p.discretize(cc, zc);
+                    System.arraycopy(zc, 0, zAll, cc * 4 * modes, 4 * modes);
+                    kernel(zc, modes, b, pw, kv, ko + cc * b, 1);
+                }
+            });
+            forwardItems(m, yv, y.offset(), uv, u.offset(), zAll, kv, ko, b);
+        }
+    }
+
+    /** The (sequence, channel) items of {@link #forward}, from the per-channel {Ā, w} and kernels [C, b]. */
+    private void forwardItems(Ssm m, float[] yv, int yOff, float[] uv, int uOff, double[] zAll, float[] kv, int ko, int b) {
+        int ch = m.channels();
+        int modes = m.modes();
         int scratch = b > CpuCausalConv.DIRECT_MAX ? 2 * CpuCausalConv.fftSize(b) : Math.max(1, b);
         pool.runItems(device, m.sequences() * ch, scratch, (it, ws, w) -> {
             int s = it / ch;
@@ -119,11 +145,10 @@ final class CpuSsmConv {
             int nfft = fft ? CpuCausalConv.fftSize(lags) : 0;
             int kb = fft ? w + nfft : w;
             // z: {Ā, w} per mode; x: the state; v: w·Ā^(i+1)·x while a block is carried.
-            double[] z = new double[4 * modes];
+            double[] z = Arrays.copyOfRange(zAll, cc * 4 * modes, (cc + 1) * 4 * modes);
             double[] x = new double[2 * modes];
             double[] v = new double[2 * modes];
-            p.discretize(cc, z);
-            kernel(z, modes, lags, v, ws, kb, 1);
+            System.arraycopy(kv, ko + cc * b, ws, kb, lags);
             FloatFFT_1D plan = fft ? conv.plan(nfft) : null;
             if (fft) {
                 Arrays.fill(ws, kb + lags, kb + nfft, 0f);
@@ -133,7 +158,7 @@ final class CpuSsmConv {
                 int bl = Math.min(lags, len - t0);
                 int row0 = base + t0;
                 if (fft) {
-                    CpuCausalConv.gather(uv, u.offset(), row0, bl, cc, ch, ws, w, nfft);
+                    CpuCausalConv.gather(uv, uOff, row0, bl, cc, ch, ws, w, nfft);
                     plan.realForward(ws, w);
                     // The unscaled inverse returns n/2 times the signal; 2/n is a power of two, so exact.
                     CpuCausalConv.multiply(ws, w, kb, nfft, false, 2f / nfft);
@@ -152,7 +177,7 @@ final class CpuSsmConv {
                     } else {
                         acc = 0;
                         for (int j = 0; j <= i; j++) {
-                            acc += (double) ws[kb + j] * uv[u.offset() + (row0 + i - j) * ch + cc];
+                            acc += (double) ws[kb + j] * uv[uOff + (row0 + i - j) * ch + cc];
                         }
                     }
                     if (t0 > 0) {
@@ -168,11 +193,11 @@ final class CpuSsmConv {
                         }
                         acc += 2 * carry;
                     }
-                    yv[y.offset() + (row0 + i) * ch + cc] = (float) acc;
+                    yv[yOff + (row0 + i) * ch + cc] = (float) acc;
                 }
                 if (t0 + bl < len) {
                     for (int i = 0; i < bl; i++) {
-                        advance(z, x, modes, uv[u.offset() + (row0 + i) * ch + cc]);
+                        advance(z, x, modes, uv[uOff + (row0 + i) * ch + cc]);
                     }
                 }
             }
