@@ -21,12 +21,12 @@ import picocli.CommandLine.Option;
 @Command(name = "decode", mixinStandardHelpOptions = true,
         description = {"Incremental decoding speed of a small model per token mixer (vocab 256, no position embedding, so",
             "contexts are unbounded) beside attention's in the same run: a decoding session is prefilled with --context random",
-            "tokens (untimed), then --tokens one-token steps are timed one by one (the median step is reported; 8 untimed",
+            "tokens (untimed), then --tokens one-token steps are timed one by one (the median step is reported; 64 untimed",
             "steps of a second session warm up first). Prints the session's decoding state bytes: growing with the context",
             "for attention, constant for recurrent mixers."})
 final class DecodeBench implements Callable<Integer> {
     static final int VOCAB = 256;
-    static final int WARMUP_STEPS = 8;
+    static final int WARMUP_STEPS = 64;
 
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
