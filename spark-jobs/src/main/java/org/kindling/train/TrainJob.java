@@ -137,6 +137,8 @@ public final class TrainJob {
         long bucketBytes = positive(spark, BUCKET_BYTES, RingSync.DEFAULT_BUCKET_BYTES);
         RunSecret secret = RunSecret.generate();
         Checkpoints checkpoints = new Checkpoints(storage);
+        // A LATEST naming no complete checkpoint fails every attempt alike: say so before any task starts.
+        checkpoints.latest();
         Progress progress = new Progress(storage, config.train());
         String host = spark.conf().get("spark.driver.host", InetAddress.getLocalHost().getHostAddress());
         String group = "kindling-train-" + UUID.randomUUID();

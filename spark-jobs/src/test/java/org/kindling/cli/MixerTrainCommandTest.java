@@ -2,6 +2,7 @@ package org.kindling.cli;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.nio.file.Files;
@@ -85,13 +86,14 @@ class MixerTrainCommandTest {
         assertTrue(single.err().contains("step 4,"), single.err());
 
         if (name.equals("hybrid")) {
-            // A LATEST naming no checkpoint stops every worker at the rendezvous with the reason, not a dropped connection.
+            // A LATEST naming no checkpoint stops the run before any task starts, with the reason.
             Path broken = dir.resolve("run-broken");
             org.apache.commons.io.FileUtils.copyDirectory(run.toFile(), broken.toFile());
             writeLatest(broken, "step-9");
             CliRun refused = train(config, broken);
             assertEquals(1, refused.code(), refused.err());
             assertTrue(refused.err().contains("names \"step-9\", which is not a complete checkpoint"), refused.err());
+            assertFalse(refused.err().contains("rendezvous failed"), "the driver refused it, not the workers: " + refused.err());
         }
 
         CliRun gen = CliRun.of("generate", "--run", run.toString(), "--prompt", "the cat", "--prompt", "", "--prompt", "the dog sat on",
