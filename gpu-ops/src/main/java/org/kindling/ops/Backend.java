@@ -280,4 +280,15 @@ public interface Backend {
      * that of the function computed. w is fixed (redrawn, never trained) and gets none.
      */
     void favorFeaturesBackward(Tensor dx, Tensor dout, Tensor out, Tensor x, Tensor w, int heads, boolean query);
+
+    // ---- grouped GEMM (dropless mixture of experts) ----
+
+    /**
+     * One GEMM over variable-size groups of rows (see {@link GroupedGemm} for the two forms):
+     * group e of the rows of a (offsets[e] ≤ row &lt; offsets[e+1], I32 offsets [E + 1]) meets
+     * expert e's matrix, so every token is computed and none is padded beyond the GEMM's own
+     * blocking. Per group the result is what {@link #gemm} gives for that group's product, bit for
+     * bit. c must not overlap a or b.
+     */
+    void groupedGemm(Gemm g, Tensor c, Tensor a, Tensor b, Tensor offsets);
 }

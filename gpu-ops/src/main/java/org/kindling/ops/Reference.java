@@ -824,4 +824,23 @@ public final class Reference {
         }
         return dx;
     }
+
+    // ---- grouped GEMM (dropless mixture of experts) ----
+
+    /**
+     * The new c of {@link Backend#groupedGemm}: {@link #gemm} once per group over that group's
+     * rows and expert matrix; c is read for beta, and parts no group writes keep their values.
+     */
+    public static double[] groupedGemm(GroupedGemm gg, double[] c, double[] a, double[] b) {
+        double[] out = c.clone();
+        for (int e = 0; e < gg.experts(); e++) {
+            if (!gg.runs(e)) {
+                continue;
+            }
+            int oc = gg.cStart(e);
+            double[] r = gemm(gg.group(e), c, oc, a, gg.aStart(e), b, gg.bStart(e));
+            System.arraycopy(r, 0, out, oc, r.length);
+        }
+        return out;
+    }
 }

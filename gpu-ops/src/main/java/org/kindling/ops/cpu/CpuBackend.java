@@ -20,6 +20,7 @@ import org.kindling.ops.DType;
 import org.kindling.ops.FavorFeatures;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.Gemm;
+import org.kindling.ops.GroupedGemm;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.DropoutMask;
 import org.kindling.ops.Tensor;
@@ -1128,6 +1129,19 @@ final class CpuBackend implements Backend {
                     }
                 }
             });
+        }
+    }
+
+    // ---- grouped GEMM (dropless mixture of experts) ----
+
+    /** One plain GEMM per group, in group order: deterministic, each split across the pool as {@link #gemm} splits it. */
+    @Override
+    public void groupedGemm(Gemm g, Tensor c, Tensor a, Tensor b, Tensor offsets) {
+        GroupedGemm gg = GroupedGemm.check(g, c, a, b, offsets);
+        for (int e = 0; e < gg.experts(); e++) {
+            if (gg.runs(e)) {
+                gemm(gg.group(e), gg.c(c, e), gg.a(a, e), gg.b(b, e));
+            }
         }
     }
 }

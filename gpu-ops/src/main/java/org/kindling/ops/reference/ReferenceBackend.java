@@ -21,6 +21,7 @@ import org.kindling.ops.FavorFeatures;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.LinearAttention;
 import org.kindling.ops.Gemm;
+import org.kindling.ops.GroupedGemm;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.Reference;
 import org.kindling.ops.Ssm;
@@ -572,5 +573,13 @@ final class ReferenceBackend implements Backend {
     public void favorFeaturesBackward(Tensor dx, Tensor dout, Tensor out, Tensor x, Tensor w, int heads, boolean query) {
         FavorFeatures f = FavorFeatures.checkBackward(dx, dout, out, x, w, heads);
         add(dx, "dx", Reference.favorFeaturesBackward(f, read(dout, "dout"), read(x, "x"), read(w, "w"), query));
+    }
+
+    // ---- grouped GEMM (dropless mixture of experts) ----
+
+    @Override
+    public void groupedGemm(Gemm g, Tensor c, Tensor a, Tensor b, Tensor offsets) {
+        GroupedGemm gg = GroupedGemm.check(g, c, a, b, offsets);
+        write(c, "c", Reference.groupedGemm(gg, read(c, "c"), read(a, "a"), read(b, "b")));
     }
 }
