@@ -95,7 +95,16 @@ public record GroupedGemm(Gemm g, int[] offsets) {
                     : "[" + experts + ", " + g.k() + ", " + g.n() + "]");
             f32(c, "c", (long) rows * g.n(), "[" + rows + ", " + g.n() + "]");
         }
+        // Each group writes its part of c while later groups still read a and b.
+        disjoint(c, a, "a");
+        disjoint(c, b, "b");
         return new GroupedGemm(g, Attention.offsets(offsets, "grouped gemm offsets", rows));
+    }
+
+    private static void disjoint(Tensor c, Tensor t, String what) {
+        if (c.storage() == t.storage() && c.offset() < t.offset() + t.numel() && t.offset() < c.offset() + c.numel()) {
+            throw new IllegalArgumentException("grouped gemm c " + c + " must not overlap " + what + " " + t);
+        }
     }
 
     private static void f32(Tensor t, String what, long numel, String shape) {

@@ -253,5 +253,11 @@ class GroupedGemmTest {
             assertNames(assertThrows(IllegalArgumentException.class, () -> cpu.backend().groupedGemm(fwd, c, a, b, off))
                     .getMessage(), "grouped gemm offsets must be I32");
         }
+        try (Tensor x = cpu.allocate(DType.F32, 5, K); Tensor b = cpu.allocate(DType.F32, 2, K, K);
+             Tensor off = cpu.fromInts(good, 3)) {
+            assertNames(assertThrows(IllegalArgumentException.class,
+                    () -> cpu.backend().groupedGemm(Gemm.of(false, false, 5, K, K), x, x, b, off)).getMessage(),
+                    "grouped gemm c", "must not overlap a");
+        }
     }
 }
