@@ -291,4 +291,40 @@ public interface Backend {
      * bit. c must not overlap a or b.
      */
     void groupedGemm(Gemm g, Tensor c, Tensor a, Tensor b, Tensor offsets);
+
+    // ==== mixture-of-experts routing (dropless, MegaBlocks-style; see MoeRouting) ====
+
+    /**
+     * Per row of router scores x [T, E] (see {@link TopK}): the k largest, in descending order,
+     * into values [T, k] F32 and their expert ids into indices [T, k] I32; equal scores go lower
+     * index first. A NaN score is an error naming its row and column. values must not overlap x.
+     */
+    void topK(Tensor values, Tensor indices, Tensor x, int k);
+
+    /**
+     * offsets [E + 1] I32 = the exclusive prefix sum of the histogram of expert ids in indices [N]
+     * (each in [0, E)): expert e's entries will occupy [offsets[e], offsets[e + 1]) once grouped.
+     */
+    void expertOffsets(Tensor offsets, Tensor indices, int experts);
+
+    /**
+     * order [N] I32: the stable permutation grouping entries by expert, order[offsets[e] + r] = the
+     * index of the r-th entry (in index order) whose id is e (see {@link MoeRouting}). offsets must
+     * be what {@link #expertOffsets} gives for indices.
+     */
+    void permutation(Tensor order, Tensor indices, Tensor offsets);
+
+    /**
+     * out[i, :] = x[rows[i], :] for x [R, C], rows [N] I32 in [0, R), out [N, C] (see {@link RowMap}).
+     * Its backward is {@link #scatterAddRows}(dx, dout, rows, null); out must not overlap x.
+     */
+    void gatherRows(Tensor out, Tensor x, Tensor rows);
+
+    /**
+     * out[rows[i], :] += weights[i]·x[i, :] for x [N, C], out [R, C], weights [N] F32 or null (all 1).
+     * Each destination row sums its contributions in increasing i, whatever the thread count, so
+     * the result is deterministic. Its backward in x is {@link #gatherRows}(dx, dout, rows) scaled
+     * row-wise by the weights; out must not overlap x.
+     */
+    void scatterAddRows(Tensor out, Tensor x, Tensor rows, Tensor weights);
 }

@@ -1,5 +1,7 @@
 package org.kindling.ops;
 
+import java.util.Arrays;
+
 /**
  * Plain reference twins of every {@link Backend} kernel: simple loops over host arrays in double
  * precision, written for obviousness rather than speed. Tests compare each backend to these, and
@@ -840,6 +842,81 @@ public final class Reference {
             int oc = gg.cStart(e);
             double[] r = gemm(gg.group(e), c, oc, a, gg.aStart(e), b, gg.bStart(e));
             System.arraycopy(r, 0, out, oc, r.length);
+        }
+        return out;
+    }
+
+    // ==== mixture-of-experts routing (dropless, MegaBlocks-style; see MoeRouting) ====
+
+    /**
+     * indices [T, k] of {@link Backend#topK} for scores x [T, E]: each row's expert ids fully sorted
+     * by score descending, then id ascending, and the first k kept.
+     */
+    public static int[] topK(double[] x, int e, int k) {
+        int t = x.length / e;
+        int[] out = new int[t * k];
+        for (int r = 0; r < t; r++) {
+            Integer[] ids = new Integer[e];
+            for (int j = 0; j < e; j++) {
+                TopK.checkScore(x[r * e + j], r, j);
+                ids[j] = j;
+            }
+            int row = r;
+            Arrays.sort(ids, (a, b) -> {
+                int byScore = Double.compare(x[row * e + b] + 0.0, x[row * e + a] + 0.0);
+                return byScore != 0 ? byScore : Integer.compare(a, b);
+            });
+            for (int j = 0; j < k; j++) {
+                out[r * k + j] = ids[j];
+            }
+        }
+        return out;
+    }
+
+    /** offsets [E + 1] of {@link Backend#expertOffsets}: entries with an id below e, for each e. */
+    public static int[] expertOffsets(int[] indices, int experts) {
+        int[] out = new int[experts + 1];
+        for (int e = 0; e <= experts; e++) {
+            for (int id : indices) {
+                if (id < e) {
+                    out[e]++;
+                }
+            }
+        }
+        return out;
+    }
+
+    /** order of {@link Backend#permutation}: expert by expert, that expert's entries in index order. */
+    public static int[] permutation(int[] indices, int experts) {
+        int[] out = new int[indices.length];
+        int j = 0;
+        for (int e = 0; e < experts; e++) {
+            for (int i = 0; i < indices.length; i++) {
+                if (indices[i] == e) {
+                    out[j++] = i;
+                }
+            }
+        }
+        return out;
+    }
+
+    /** out [N, C] of {@link Backend#gatherRows}: row i is x's row rows[i]. */
+    public static double[] gatherRows(double[] x, int c, int[] rows) {
+        double[] out = new double[rows.length * c];
+        for (int i = 0; i < rows.length; i++) {
+            System.arraycopy(x, rows[i] * c, out, i * c, c);
+        }
+        return out;
+    }
+
+    /** What {@link Backend#scatterAddRows} adds to an [R, C] out: Σ_{i: rows[i] = r} w_i·x[i]; weights null = 1. */
+    public static double[] scatterAddRows(double[] x, int c, int[] rows, double[] weights, int denseRows) {
+        double[] out = new double[denseRows * c];
+        for (int i = 0; i < rows.length; i++) {
+            double w = weights == null ? 1 : weights[i];
+            for (int j = 0; j < c; j++) {
+                out[rows[i] * c + j] += w * x[i * c + j];
+            }
         }
         return out;
     }

@@ -11,22 +11,25 @@ import static org.kindling.ops.KernelChecks.sameRows;
 
 import java.util.Arrays;
 import java.util.List;
+import jdk.incubator.vector.FloatVector;
+import jdk.incubator.vector.VectorOperators;
 import org.kindling.ops.AdamW;
 import org.kindling.ops.Attention;
 import org.kindling.ops.BF16;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
+import org.kindling.ops.DropoutMask;
 import org.kindling.ops.FavorFeatures;
-import org.kindling.ops.KernelChecks;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.GroupedGemm;
+import org.kindling.ops.KernelChecks;
+import org.kindling.ops.MoeRouting;
 import org.kindling.ops.ReduceOp;
-import org.kindling.ops.DropoutMask;
+import org.kindling.ops.RowMap;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.TopK;
 import org.kindling.ops.UnaryOp;
-import jdk.incubator.vector.FloatVector;
-import jdk.incubator.vector.VectorOperators;
 
 /**
  * Java kernels over heap arrays, parallel over rows (or columns, where rows would race) on a
@@ -1143,5 +1146,125 @@ final class CpuBackend implements Backend {
                 gemm(gg.group(e), gg.c(c, e), gg.a(a, e), gg.b(b, e));
             }
         }
+    }
+
+    // ==== mixture-of-experts routing (dropless, MegaBlocks-style; see MoeRouting) ====
+
+    /** Insertion into a k-long descending list per row: O(E·k), and k is 1 or 2 in practice. */
+    @Override
+    public void topK(Tensor values, Tensor indices, Tensor x, int k) {
+        TopK t = TopK.check(values, indices, x, k);
+        int e = t.experts();
+        float[] xv = f32(x, "x");
+        float[] vv = f32(values, "values");
+        int[] iv = i32(indices, "indices");
+        int ox = x.offset();
+        int ov = values.offset();
+        int oi = indices.offset();
+        pool.parallelFor(t.tokens(), rowGrain(e), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                int base = r * k;
+                int filled = 0;
+                for (int j = 0; j < e; j++) {
+                    float s = xv[ox + r * e + j];
+                    TopK.checkScore(s, r, j);
+                    // Strictly greater moves ahead, so an equal score stays behind the lower index.
+                    int p = filled;
+                    while (p > 0 && s > vv[ov + base + p - 1]) {
+                        p--;
+                    }
+                    if (p == k) {
+                        continue;
+                    }
+                    int last = Math.min(filled, k - 1);
+                    for (int q = last; q > p; q--) {
+                        vv[ov + base + q] = vv[ov + base + q - 1];
+                        iv[oi + base + q] = iv[oi + base + q - 1];
+                    }
+                    vv[ov + base + p] = s;
+                    iv[oi + base + p] = j;
+                    filled = Math.min(filled + 1, k);
+                }
+            }
+        });
+    }
+
+    @Override
+    public void expertOffsets(Tensor offsets, Tensor indices, int experts) {
+        MoeRouting m = MoeRouting.checkOffsets(offsets, indices, experts);
+        int[] counts = m.counts(i32(indices, "indices"), indices.offset(), "expertOffsets indices");
+        int[] o = i32(offsets, "offsets");
+        int oo = offsets.offset();
+        o[oo] = 0;
+        for (int e = 0; e < experts; e++) {
+            o[oo + e + 1] = o[oo + e] + counts[e];
+        }
+    }
+
+    /** One serial pass with a cursor per expert: O(N), a few microseconds next to the expert GEMMs. */
+    @Override
+    public void permutation(Tensor order, Tensor indices, Tensor offsets) {
+        MoeRouting m = MoeRouting.checkPermutation(order, indices, offsets);
+        int[] ids = i32(indices, "indices");
+        int oi = indices.offset();
+        int[] off = i32(offsets, "offsets");
+        m.checkOffsetsMatch(off, offsets.offset(), m.counts(ids, oi, "permutation indices"));
+        int[] cursor = Arrays.copyOfRange(off, offsets.offset(), offsets.offset() + m.experts());
+        int[] o = i32(order, "order");
+        int oo = order.offset();
+        for (int i = 0; i < m.entries(); i++) {
+            o[oo + cursor[ids[oi + i]]++] = i;
+        }
+    }
+
+    @Override
+    public void gatherRows(Tensor out, Tensor x, Tensor rows) {
+        RowMap m = RowMap.checkGather(out, x, rows);
+        int c = m.channels();
+        int[] rv = i32(rows, "rows");
+        int or = rows.offset();
+        checkIds(rv, or, m.mappedRows(), m.denseRows(), "gatherRows rows");
+        float[] o = f32(out, "out");
+        float[] xv = f32(x, "x");
+        int oo = out.offset();
+        int ox = x.offset();
+        pool.parallelFor(m.mappedRows(), rowGrain(c), (lo, hi) -> {
+            for (int i = lo; i < hi; i++) {
+                System.arraycopy(xv, ox + rv[or + i] * c, o, oo + i * c, c);
+            }
+        });
+    }
+
+    @Override
+    public void scatterAddRows(Tensor out, Tensor x, Tensor rows, Tensor weights) {
+        RowMap m = RowMap.checkScatter(out, x, rows, weights);
+        int c = m.channels();
+        int[] rv = i32(rows, "rows");
+        int or = rows.offset();
+        checkIds(rv, or, m.mappedRows(), m.denseRows(), "scatterAddRows rows");
+        float[] o = f32(out, "out");
+        float[] xv = f32(x, "x");
+        float[] wv = weights == null ? null : f32(weights, "weights");
+        int oo = out.offset();
+        int ox = x.offset();
+        int ow = weights == null ? 0 : weights.offset();
+        // Split channels, as the embedding backward does: no two workers touch one element, and
+        // each element sums its rows in increasing i.
+        pool.parallelFor(c, Math.max(16, rowGrain(m.mappedRows())), (lo, hi) -> {
+            for (int i = 0; i < m.mappedRows(); i++) {
+                int src = ox + i * c;
+                int dst = oo + rv[or + i] * c;
+                if (wv == null) {
+                    for (int j = lo; j < hi; j++) {
+                        o[dst + j] += xv[src + j];
+                    }
+                } else {
+                    float w = wv[ow + i];
+                    for (int j = lo; j < hi; j++) {
+                        o[dst + j] += w * xv[src + j];
+                    }
+                }
+            }
+        });
     }
 }

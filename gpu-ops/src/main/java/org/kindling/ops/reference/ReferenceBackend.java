@@ -18,14 +18,17 @@ import org.kindling.ops.BinaryOp;
 import org.kindling.ops.CausalConv;
 import org.kindling.ops.DType;
 import org.kindling.ops.FavorFeatures;
-import org.kindling.ops.KernelChecks;
-import org.kindling.ops.LinearAttention;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.GroupedGemm;
+import org.kindling.ops.KernelChecks;
+import org.kindling.ops.LinearAttention;
+import org.kindling.ops.MoeRouting;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.Reference;
+import org.kindling.ops.RowMap;
 import org.kindling.ops.Ssm;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.TopK;
 import org.kindling.ops.UnaryOp;
 
 /**
@@ -581,5 +584,55 @@ final class ReferenceBackend implements Backend {
     public void groupedGemm(Gemm g, Tensor c, Tensor a, Tensor b, Tensor offsets) {
         GroupedGemm gg = GroupedGemm.check(g, c, a, b, offsets);
         write(c, "c", Reference.groupedGemm(gg, read(c, "c"), read(a, "a"), read(b, "b")));
+    }
+
+    // ==== mixture-of-experts routing (dropless, MegaBlocks-style; see MoeRouting) ====
+
+    @Override
+    public void topK(Tensor values, Tensor indices, Tensor x, int k) {
+        TopK t = TopK.check(values, indices, x, k);
+        double[] xv = read(x, "x");
+        int[] ids = Reference.topK(xv, t.experts(), k);
+        double[] v = new double[ids.length];
+        for (int i = 0; i < ids.length; i++) {
+            v[i] = xv[(i / k) * t.experts() + ids[i]];
+        }
+        write(values, "values", v);
+        System.arraycopy(ids, 0, i32(indices, "indices"), indices.offset(), ids.length);
+    }
+
+    @Override
+    public void expertOffsets(Tensor offsets, Tensor indices, int experts) {
+        MoeRouting m = MoeRouting.checkOffsets(offsets, indices, experts);
+        int[] ids = readInts(indices, "indices");
+        m.counts(ids, 0, "expertOffsets indices");
+        int[] o = Reference.expertOffsets(ids, experts);
+        System.arraycopy(o, 0, i32(offsets, "offsets"), offsets.offset(), o.length);
+    }
+
+    @Override
+    public void permutation(Tensor order, Tensor indices, Tensor offsets) {
+        MoeRouting m = MoeRouting.checkPermutation(order, indices, offsets);
+        int[] ids = readInts(indices, "indices");
+        m.checkOffsetsMatch(readInts(offsets, "offsets"), 0, m.counts(ids, 0, "permutation indices"));
+        int[] o = Reference.permutation(ids, m.experts());
+        System.arraycopy(o, 0, i32(order, "order"), order.offset(), o.length);
+    }
+
+    @Override
+    public void gatherRows(Tensor out, Tensor x, Tensor rows) {
+        RowMap m = RowMap.checkGather(out, x, rows);
+        int[] r = readInts(rows, "rows");
+        checkIds(r, 0, r.length, m.denseRows(), "gatherRows rows");
+        write(out, "out", Reference.gatherRows(read(x, "x"), m.channels(), r));
+    }
+
+    @Override
+    public void scatterAddRows(Tensor out, Tensor x, Tensor rows, Tensor weights) {
+        RowMap m = RowMap.checkScatter(out, x, rows, weights);
+        int[] r = readInts(rows, "rows");
+        checkIds(r, 0, r.length, m.denseRows(), "scatterAddRows rows");
+        add(out, "out", Reference.scatterAddRows(read(x, "x"), m.channels(), r,
+                weights == null ? null : read(weights, "weights"), m.denseRows()));
     }
 }
