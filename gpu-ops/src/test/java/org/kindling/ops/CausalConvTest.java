@@ -157,30 +157,36 @@ class CausalConvTest {
         Check.close(what, widen(want), got, 1e-5 * scale, 0);
     }
 
-    @Test
-    void referenceBackwardMatchesFiniteDifferences() {
+    /** Taps: at least the longest sequence (6), and a short kernel (2) with zero taps beyond it. */
+    @ParameterizedTest
+    @ValueSource(ints = {6, 2})
+    void referenceBackwardMatchesFiniteDifferences(int l) {
         int c = 2;
         int[] cuSeqlens = cu(3, 1, 5);
         int t = 9;
-        int l = 6;
-        double[] u = ReferenceGradientTest.data(81, t * c);
-        double[] k = ReferenceGradientTest.data(82, l * c);
-        double[] dy = ReferenceGradientTest.data(83, t * c);
+        double[] u = ReferenceGradientTest.data(81 + l, t * c);
+        double[] k = ReferenceGradientTest.data(82 + l, l * c);
+        double[] dy = ReferenceGradientTest.data(83 + l, t * c);
         double[][] g = Reference.causalConvBackward(dy, u, k, cuSeqlens, c);
-        ReferenceGradientTest.assertGradient("causal conv du",
+        ReferenceGradientTest.assertGradient("causal conv du, " + l + " taps",
                 ReferenceGradientTest.numeric(x -> Reference.causalConv(x, k, cuSeqlens, c), u, dy), g[0]);
-        ReferenceGradientTest.assertGradient("causal conv dk",
+        ReferenceGradientTest.assertGradient("causal conv dk, " + l + " taps",
                 ReferenceGradientTest.numeric(x -> Reference.causalConv(u, x, cuSeqlens, c), k, dy), g[1]);
     }
 
-    /** Changing one sequence's inputs leaves every other sequence's outputs bit-identical. */
-    @Test
-    void sequencesDoNotLeak() {
+    /**
+     * Changing one sequence's inputs leaves every other sequence's outputs bit-identical, with a
+     * full-length kernel and short ones on the direct (1 tap) and FFT (64 taps) paths; the same
+     * bits on 1 and 3 threads.
+     */
+    @ParameterizedTest
+    @ValueSource(ints = {1025, 1, 64})
+    void sequencesDoNotLeak(int l) {
         int[] cuSeqlens = cu(97, 1025, 1, 200);
         int t = cuSeqlens[cuSeqlens.length - 1];
-        float[] u = gaussian(91, t * C);
-        float[] k = gaussian(92, 1025 * C);
-        float[] dy = gaussian(93, t * C);
+        float[] u = gaussian(91 + l, t * C);
+        float[] k = gaussian(92 + l, l * C);
+        float[] dy = gaussian(93 + l, t * C);
         Run before = run(cpu, cuSeqlens, C, u, k, dy);
         float[] u2 = u.clone();
         float[] dy2 = dy.clone();
@@ -198,6 +204,12 @@ class CausalConvTest {
                     "du of sequence " + s);
         }
         assertTrue(!Arrays.equals(before.y(), after.y()), "the changed sequence's y changes");
+        try (Device single = Device.cpu(1)) {
+            Run one = run(single, cuSeqlens, C, u, k, dy);
+            assertArrayEquals(before.y(), one.y());
+            assertArrayEquals(before.du(), one.du());
+            assertArrayEquals(before.dk(), one.dk());
+        }
     }
 
     /** Each (sequence, channel pair) is computed by one thread in a fixed order: same bits for 1 and 3 threads. */
@@ -331,55 +343,5 @@ class CausalConvTest {
         close("y", direct.y(), Arrays.copyOf(fft.y(), shortLen * C));
         close("du", Arrays.copyOf(direct.du(), longLen * C), fft.du());
         close("dk", direct.dk(), fft.dk());
-    }
-
-    @Test
-    void shortKernelReferenceBackwardMatchesFiniteDifferences() {
-        int c = 2;
-        int[] cuSeqlens = cu(3, 1, 5);
-        int t = 9;
-        int l = 2;
-        double[] u = ReferenceGradientTest.data(141, t * c);
-        double[] k = ReferenceGradientTest.data(142, l * c);
-        double[] dy = ReferenceGradientTest.data(143, t * c);
-        double[][] g = Reference.causalConvBackward(dy, u, k, cuSeqlens, c);
-        ReferenceGradientTest.assertGradient("short causal conv du",
-                ReferenceGradientTest.numeric(x -> Reference.causalConv(x, k, cuSeqlens, c), u, dy), g[0]);
-        ReferenceGradientTest.assertGradient("short causal conv dk",
-                ReferenceGradientTest.numeric(x -> Reference.causalConv(u, x, cuSeqlens, c), k, dy), g[1]);
-    }
-
-    /** With 1 and 64 taps, on the direct and the FFT path: other sequences' outputs stay bit-identical; same bits on 1 and 3 threads. */
-    @ParameterizedTest
-    @ValueSource(ints = {1, 64})
-    void shortKernelSequencesDoNotLeakAndAreDeterministic(int l) {
-        int[] cuSeqlens = cu(97, 1025, 1, 200);
-        int t = cuSeqlens[cuSeqlens.length - 1];
-        float[] u = gaussian(151, t * C);
-        float[] k = gaussian(152, l * C);
-        float[] dy = gaussian(153, t * C);
-        Run before = run(cpu, cuSeqlens, C, u, k, dy);
-        float[] u2 = u.clone();
-        float[] dy2 = dy.clone();
-        for (int i = cuSeqlens[1] * C; i < cuSeqlens[2] * C; i++) {
-            u2[i] += 1;
-            dy2[i] -= 1;
-        }
-        Run after = run(cpu, cuSeqlens, C, u2, k, dy2);
-        for (int s : new int[] {0, 2, 3}) {
-            int from = cuSeqlens[s] * C;
-            int to = cuSeqlens[s + 1] * C;
-            assertArrayEquals(Arrays.copyOfRange(before.y(), from, to), Arrays.copyOfRange(after.y(), from, to),
-                    "y of sequence " + s);
-            assertArrayEquals(Arrays.copyOfRange(before.du(), from, to), Arrays.copyOfRange(after.du(), from, to),
-                    "du of sequence " + s);
-        }
-        assertTrue(!Arrays.equals(before.y(), after.y()), "the changed sequence's y changes");
-        try (Device single = Device.cpu(1)) {
-            Run one = run(single, cuSeqlens, C, u, k, dy);
-            assertArrayEquals(before.y(), one.y());
-            assertArrayEquals(before.du(), one.du());
-            assertArrayEquals(before.dk(), one.dk());
-        }
     }
 }
