@@ -91,7 +91,7 @@ public interface Backend {
 
     // ---- reductions ----
 
-    /** out[N] = op over the last dimension of x[N, C]. */
+    /** out[N] = op over the last dimension of x[N, C] (see {@link ReduceOp}). */
     void reduceRows(ReduceOp op, Tensor out, Tensor x);
 
     /** out[C] += Σ_n x[n, :] for x[N, C]: the bias gradient of a linear layer; summed in row order. */
@@ -315,16 +315,55 @@ public interface Backend {
     void permutation(Tensor order, Tensor indices, Tensor offsets);
 
     /**
-     * out[i, :] = x[rows[i], :] for x [R, C], rows [N] I32 in [0, R), out [N, C] (see {@link RowMap}).
-     * Its backward is {@link #scatterAddRows}(dx, dout, rows, null); out must not overlap x.
+     * out[i, :] = x[rows[i], :] for x [R, C], rows [N] I32 in [0, R), out [N, C] (see {@link RowMap});
+     * rows[i] = −1 marks an empty slot and gives a zero row. Any other id outside [0, R) is an
+     * error naming its position and value. Its backward is {@link #scatterAddRows}(dx, dout, rows,
+     * null); out must not overlap x.
      */
     void gatherRows(Tensor out, Tensor x, Tensor rows);
 
     /**
-     * out[rows[i], :] += weights[i]·x[i, :] for x [N, C], out [R, C], weights [N] F32 or null (all 1).
+     * out[rows[i], :] += weights[i]·x[i, :] for x [N, C], out [R, C], weights [N] F32 or null (all 1);
+     * rows[i] = −1 marks an empty slot, which adds nothing, and any other id must be in [0, R).
      * Each destination row sums its contributions in increasing i, whatever the thread count, so
      * the result is deterministic. Its backward in x is {@link #gatherRows}(dx, dout, rows) scaled
      * row-wise by the weights; out must not overlap x.
      */
     void scatterAddRows(Tensor out, Tensor x, Tensor rows, Tensor weights);
+
+    // ==== mixture-of-experts capacity, gates and router gradients (Switch-style; see MoeRouting) ====
+
+    /**
+     * rows[i] = entries[i] / k for I32 rows and entries of one length: the token row t of each
+     * routed entry t·k + j; entries[i] = −1 (an empty slot) gives −1, any other negative value is
+     * an error naming its position. k ≥ 1; rows may be entries.
+     */
+    void entryTokens(Tensor rows, Tensor entries, int k);
+
+    /**
+     * Switch-style capacity: slots [E·capacity] I32, with E = offsets.numel() − 1, gets
+     * slots[e·capacity + r] = order[offsets[e] + r] for r &lt; min(count_e, capacity) and −1 for
+     * the empty rest, count_e = offsets[e + 1] − offsets[e]. So each expert keeps its first
+     * {@code capacity} entries in entry (= token) order and drops the others. order [N] and
+     * offsets [E + 1] are what {@link #permutation} and {@link #expertOffsets} give; offsets must
+     * start at 0, not decrease and end at N. capacity ≥ 1.
+     */
+    void capacitySlots(Tensor slots, Tensor order, Tensor offsets, int capacity);
+
+    /** out[i, :] = s[i]·x[i, :] for x [N, C] F32, s [N] F32 (gates); out has x's shape and may be x. */
+    void scaleRows(Tensor out, Tensor x, Tensor s);
+
+    /**
+     * The backward of {@link #topK}'s gather of values: dx[t, indices[t, j]] += dvalues[t, j] for
+     * dx [T, E], dvalues [T, k] F32 and indices [T, k] I32, each id in [0, E) (checked, named in
+     * the error). Accumulates; dx must not overlap dvalues.
+     */
+    void topKBackward(Tensor dx, Tensor dvalues, Tensor indices);
+
+    /**
+     * out[i] = {@link Noise#uniform}(seed, i, lo, hi), uniform in [lo, hi) for finite lo &lt; hi: a
+     * pure function of (seed, i), so the values do not depend on threads or backend. For
+     * Switch's multiplicative router jitter (lo = 1 − ε, hi = 1 + ε). out is F32 of any shape.
+     */
+    void uniformNoise(Tensor out, float lo, float hi, long seed);
 }

@@ -11,6 +11,6 @@ public final class DropoutMask {
 
     /** Whether dropout with probability p keeps element {@code index} under {@code seed}. */
     public static boolean keeps(long seed, long index, float p) {
-        return (Seeds.mix(seed + (index + 1) * 0x9E3779B97F4A7C15L) >>> 40) >= (long) (p * (1L << 24));
+        return Seeds.bits24(seed, index) >= (long) (p * (1L << 24));
     }
 }

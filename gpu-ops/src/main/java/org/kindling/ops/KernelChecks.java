@@ -1,5 +1,7 @@
 package org.kindling.ops;
 
+import java.util.Arrays;
+
 /**
  * Argument checks every {@link Backend} runs before a kernel, shared so that each backend rejects
  * bad calls with the same message naming the argument and the reason.
@@ -51,6 +53,29 @@ public final class KernelChecks {
         }
         throw new IllegalArgumentException("binary " + op + ": b " + b + " must match a " + a
                 + " or its last dimension (" + a.cols() + ")");
+    }
+
+    /** Whether two tensors share any element. */
+    public static boolean overlap(Tensor a, Tensor b) {
+        return a.storage() == b.storage() && a.offset() < b.offset() + b.numel()
+                && b.offset() < a.offset() + a.numel();
+    }
+
+    /**
+     * Checks {@link Backend#scaleRows}: x [N, C] and out of x's shape, s [N], all F32; out is x
+     * itself or apart from it, since rows are scaled in parallel.
+     */
+    public static void checkScaleRows(Tensor out, Tensor x, Tensor s) {
+        if (out.dtype() != DType.F32 || x.dtype() != DType.F32 || s.dtype() != DType.F32) {
+            throw new IllegalArgumentException("scaleRows out " + out + ", x " + x + " and s " + s + " must be F32");
+        }
+        if (!Arrays.equals(out.shape(), x.shape())) {
+            throw new IllegalArgumentException("scaleRows out " + out + " must have x's shape " + x);
+        }
+        numel(s, "scaleRows s (one per row of x " + x + ")", x.rows());
+        if (overlap(out, x) && out.offset() != x.offset()) {
+            throw new IllegalArgumentException("scaleRows out " + out + " must be x " + x + " or not overlap it");
+        }
     }
 
     /** Each of the {@code n} ids from {@code off} must index a row of a {@code vocab}-row table. */

@@ -6,7 +6,10 @@ package org.kindling.ops;
  * prefix sum of their histogram, and order [N] I32 lists the entries grouped by expert, each
  * expert's in entry order: order[offsets[e] + r] = the r-th entry routed to e. Gathering rows by
  * order makes each expert's rows contiguous for a grouped GEMM; {@link Backend#scatterAddRows}
- * with the same order undoes it. Checked the same way by every backend.
+ * with the same order undoes it. With a capacity (Switch Transformer), {@link Backend#capacitySlots}
+ * lays each expert's first {@code capacity} entries into fixed slots and marks the rest empty
+ * (−1); {@link Backend#entryTokens} turns entries (t·k + j) into token rows, keeping −1, which
+ * gather and scatter-add treat as an empty slot. Checked the same way by every backend.
  *
  * @param entries N
  * @param experts E
@@ -60,6 +63,68 @@ public record MoeRouting(int entries, int experts) {
             if (e < experts) {
                 sum += counts[e];
             }
+        }
+    }
+
+    /** Checks the operands of {@link Backend#entryTokens}: I32 rows and entries of one length, k ≥ 1. */
+    public static void checkEntryTokens(Tensor rows, Tensor entries, int k) {
+        if (k < 1) {
+            throw new IllegalArgumentException("entryTokens k must be ≥ 1, got " + k);
+        }
+        i32(rows, "entryTokens rows");
+        i32(entries, "entryTokens entries");
+        KernelChecks.sameNumel(rows, "entryTokens rows", entries, "entries");
+    }
+
+    /** Each of the n entries from {@code off} must be an entry id (≥ 0) or −1, an empty slot. */
+    public static void checkEntries(int[] entries, int off, int n, String what) {
+        for (int i = 0; i < n; i++) {
+            if (entries[off + i] < -1) {
+                throw new IllegalArgumentException(what + "[" + i + "] = " + entries[off + i]
+                        + " is neither an entry (≥ 0) nor −1 (an empty slot)");
+            }
+        }
+    }
+
+    /**
+     * Checks the operands of {@link Backend#capacitySlots}: slots [E·capacity], order [N] and
+     * offsets [E + 1], all I32, capacity ≥ 1; E is offsets' length − 1.
+     */
+    public static MoeRouting checkCapacity(Tensor slots, Tensor order, Tensor offsets, int capacity) {
+        if (capacity < 1) {
+            throw new IllegalArgumentException("capacitySlots capacity must be ≥ 1, got " + capacity);
+        }
+        i32(slots, "capacitySlots slots");
+        i32(order, "capacitySlots order");
+        i32(offsets, "capacitySlots offsets");
+        if (offsets.numel() < 2) {
+            throw new IllegalArgumentException("capacitySlots offsets " + offsets + " must hold E + 1 ≥ 2 values");
+        }
+        int experts = offsets.numel() - 1;
+        if ((long) experts * capacity != slots.numel()) {
+            throw new IllegalArgumentException("capacitySlots slots " + slots + " must hold E·capacity = " + experts
+                    + "·" + capacity + " values");
+        }
+        return new MoeRouting(order.numel(), experts);
+    }
+
+    /**
+     * The E + 1 offsets from {@code off} must run from 0 to N without decreasing: otherwise an
+     * expert's range would reach outside order.
+     */
+    public void checkOffsetsRange(int[] offsets, int off, String what) {
+        if (offsets[off] != 0) {
+            throw new IllegalArgumentException(what + "[0] = " + offsets[off] + " must be 0");
+        }
+        for (int e = 1; e <= experts; e++) {
+            if (offsets[off + e] < offsets[off + e - 1]) {
+                throw new IllegalArgumentException(what + "[" + e + "] = " + offsets[off + e] + " is below "
+                        + what + "[" + (e - 1) + "] = " + offsets[off + e - 1]);
+            }
+        }
+        if (offsets[off + experts] != entries) {
+            throw new IllegalArgumentException(what + "[" + experts + "] = " + offsets[off + experts]
+                    + " must be the number of entries in order, " + entries);
         }
     }
 

@@ -62,6 +62,10 @@ public final class Reference {
     public static double[] reduceRows(ReduceOp op, double[] x, int n, int c) {
         double[] out = new double[n];
         for (int r = 0; r < n; r++) {
+            if (op == ReduceOp.LOG_SUM_EXP) {
+                out[r] = logSumExp(x, r * c, c);
+                continue;
+            }
             double acc = op == ReduceOp.MAX ? Double.NEGATIVE_INFINITY : 0;
             for (int j = 0; j < c; j++) {
                 double v = x[r * c + j];
@@ -70,6 +74,22 @@ public final class Reference {
             out[r] = op == ReduceOp.MEAN ? acc / c : acc;
         }
         return out;
+    }
+
+    /** log Σ exp(x[off … off + c)), shifted by the maximum; an infinite maximum is the result itself. */
+    private static double logSumExp(double[] x, int off, int c) {
+        double m = Double.NEGATIVE_INFINITY;
+        for (int j = 0; j < c; j++) {
+            m = Math.max(m, x[off + j]);
+        }
+        if (Double.isInfinite(m)) {
+            return m;
+        }
+        double s = 0;
+        for (int j = 0; j < c; j++) {
+            s += Math.exp(x[off + j] - m);
+        }
+        return m + Math.log(s);
     }
 
     /** Σ over rows of x[N, C]: the column sums, length C. */
@@ -900,23 +920,85 @@ public final class Reference {
         return out;
     }
 
-    /** out [N, C] of {@link Backend#gatherRows}: row i is x's row rows[i]. */
+    /** out [N, C] of {@link Backend#gatherRows}: row i is x's row rows[i], or zeros where rows[i] = −1. */
     public static double[] gatherRows(double[] x, int c, int[] rows) {
         double[] out = new double[rows.length * c];
         for (int i = 0; i < rows.length; i++) {
+            if (rows[i] == -1) {
+                continue;
+            }
             System.arraycopy(x, rows[i] * c, out, i * c, c);
         }
         return out;
     }
 
-    /** What {@link Backend#scatterAddRows} adds to an [R, C] out: Σ_{i: rows[i] = r} w_i·x[i]; weights null = 1. */
+    /**
+     * What {@link Backend#scatterAddRows} adds to an [R, C] out: Σ_{i: rows[i] = r} w_i·x[i];
+     * weights null = 1; rows[i] = −1 adds nothing.
+     */
     public static double[] scatterAddRows(double[] x, int c, int[] rows, double[] weights, int denseRows) {
         double[] out = new double[denseRows * c];
         for (int i = 0; i < rows.length; i++) {
+            if (rows[i] == -1) {
+                continue;
+            }
             double w = weights == null ? 1 : weights[i];
             for (int j = 0; j < c; j++) {
                 out[rows[i] * c + j] += w * x[i * c + j];
             }
+        }
+        return out;
+    }
+
+    // ==== mixture-of-experts capacity, gates and router gradients (Switch-style; see MoeRouting) ====
+
+    /** rows of {@link Backend#entryTokens}: entry / k, −1 kept. */
+    public static int[] entryTokens(int[] entries, int k) {
+        int[] out = new int[entries.length];
+        for (int i = 0; i < entries.length; i++) {
+            out[i] = entries[i] == -1 ? -1 : entries[i] / k;
+        }
+        return out;
+    }
+
+    /** slots [E·capacity] of {@link Backend#capacitySlots}: each expert's first capacity entries, then −1. */
+    public static int[] capacitySlots(int[] order, int[] offsets, int capacity) {
+        int experts = offsets.length - 1;
+        int[] out = new int[experts * capacity];
+        Arrays.fill(out, -1);
+        for (int e = 0; e < experts; e++) {
+            for (int i = offsets[e]; i < offsets[e + 1] && i - offsets[e] < capacity; i++) {
+                out[e * capacity + i - offsets[e]] = order[i];
+            }
+        }
+        return out;
+    }
+
+    /** out [N, C] of {@link Backend#scaleRows}: row i of x times s[i]. */
+    public static double[] scaleRows(double[] x, double[] s, int c) {
+        double[] out = new double[x.length];
+        for (int i = 0; i < x.length; i++) {
+            out[i] = s[i / c] * x[i];
+        }
+        return out;
+    }
+
+    /** The gradient [T, E] that {@link Backend#topKBackward} adds: dvalues [T, k] put back at their experts. */
+    public static double[] topKBackward(double[] dvalues, int[] indices, int t, int e, int k) {
+        double[] out = new double[t * e];
+        for (int r = 0; r < t; r++) {
+            for (int j = 0; j < k; j++) {
+                out[r * e + indices[r * k + j]] += dvalues[r * k + j];
+            }
+        }
+        return out;
+    }
+
+    /** out [n] of {@link Backend#uniformNoise}: {@link Noise#uniform} for each index. */
+    public static double[] uniformNoise(int n, float lo, float hi, long seed) {
+        double[] out = new double[n];
+        for (int i = 0; i < n; i++) {
+            out[i] = Noise.uniform(seed, i, lo, hi);
         }
         return out;
     }

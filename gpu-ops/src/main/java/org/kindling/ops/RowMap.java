@@ -3,8 +3,9 @@ package org.kindling.ops;
 /**
  * The layout of {@link Backend#gatherRows} and {@link Backend#scatterAddRows}: a dense [R, C]
  * tensor (the tokens), a mapped [N, C] tensor (one row per routed entry) and rows [N] I32 in
- * [0, R) naming each mapped row's dense row. Gather reads dense rows into mapped ones; scatter-add
- * adds mapped rows (optionally weighted) back into dense ones. Checked the same way by every backend.
+ * [0, R) naming each mapped row's dense row, or −1 for an empty slot (an entry dropped past an
+ * expert's capacity). Gather reads dense rows into mapped ones, zero rows into empty slots;
+ * scatter-add adds mapped rows (optionally weighted) back into dense ones, skipping empty slots. Checked the same way by every backend.
  *
  * @param denseRows R
  * @param mappedRows N
@@ -35,6 +36,17 @@ public record RowMap(int denseRows, int mappedRows, int channels) {
             throw new IllegalArgumentException("scatterAddRows out " + out + " must not overlap x " + x);
         }
         return m;
+    }
+
+    /** Each of the N row ids from {@code off} must be a dense row in [0, R) or −1 (an empty slot). */
+    public void checkRows(int[] rows, int off, String what) {
+        for (int i = 0; i < mappedRows; i++) {
+            int r = rows[off + i];
+            if (r != -1 && (r < 0 || r >= denseRows)) {
+                throw new IllegalArgumentException(what + "[" + i + "] = " + r + " is outside [0, " + denseRows
+                        + ") and is not −1 (an empty slot)");
+            }
+        }
     }
 
     private static RowMap of(String op, Tensor mapped, String mn, Tensor dense, String dn, Tensor rows) {

@@ -18,6 +18,14 @@ public final class Seeds {
         return z ^ (z >>> 31);
     }
 
+    /**
+     * 24 uniform random bits for element {@code index} of the counter-based stream {@code seed}:
+     * a pure function of the two, so any thread or backend draws the same value for an element.
+     */
+    public static int bits24(long seed, long index) {
+        return (int) (mix(seed + (index + 1) * GOLDEN) >>> 40);
+    }
+
     /** The seed of the stream at {@code coordinates} under {@code seed}. */
     public static long derive(long seed, long... coordinates) {
         long h = mix(seed);

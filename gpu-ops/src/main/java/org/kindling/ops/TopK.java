@@ -36,6 +36,34 @@ public record TopK(int tokens, int experts, int k) {
         return new TopK(t, e, k);
     }
 
+    /**
+     * Checks the operands of {@link Backend#topKBackward}: dx [T, E] F32, dvalues [T, k] F32 and
+     * indices [T, k] I32 (the ids themselves are checked by {@link #checkIds}).
+     */
+    public static TopK checkBackward(Tensor dx, Tensor dvalues, Tensor indices) {
+        if (dx.dtype() != DType.F32 || dx.rank() < 1 || dx.cols() < 1) {
+            throw new IllegalArgumentException("topKBackward dx must be F32 [T, E] with E ≥ 1, got " + dx);
+        }
+        int t = dx.rows();
+        if (indices.dtype() != DType.I32 || indices.rank() < 1 || indices.rows() != t || indices.cols() < 1) {
+            throw new IllegalArgumentException("topKBackward indices " + indices + " must be I32 [" + t + ", k]");
+        }
+        int k = indices.cols();
+        if (dvalues.dtype() != DType.F32 || dvalues.rows() != t || dvalues.cols() != k) {
+            throw new IllegalArgumentException("topKBackward dvalues " + dvalues + " must be F32 [" + t + ", " + k + "]");
+        }
+        // dx rows are added to while later rows of dvalues are still read.
+        if (KernelChecks.overlap(dx, dvalues)) {
+            throw new IllegalArgumentException("topKBackward dx " + dx + " must not overlap dvalues " + dvalues);
+        }
+        return new TopK(t, dx.cols(), k);
+    }
+
+    /** The T·k ids from {@code off} must name experts in [0, E). */
+    public void checkIds(int[] ids, int off, String what) {
+        KernelChecks.checkIds(ids, off, tokens * k, experts, what);
+    }
+
     /** A NaN score has no place in the order: it names the row and column of the bad router output. */
     public static void checkScore(double v, int row, int col) {
         if (Double.isNaN(v)) {

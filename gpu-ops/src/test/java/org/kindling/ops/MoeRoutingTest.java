@@ -20,8 +20,9 @@ import org.junit.jupiter.params.provider.MethodSource;
  * scatter-add): the CPU backend against the fp64 reference device, exactly for every integer
  * output, top-k values and gathers (copies), and for the scatter-add bit-identical to a plain fp32
  * loop in row order and within 1e-6 of Σ|terms| of the fp64 sum; permute then un-permute is the
- * identity; ties go to the lower expert; results do not depend on the thread count; bad operands
- * are named in the error.
+ * identity; ties go to the lower expert; empty slots (−1, entries dropped past capacity) gather
+ * zero rows and scatter nothing; results do not depend on the thread count; bad operands are
+ * named in the error.
  */
 class MoeRoutingTest {
     private static final int C = 59;
@@ -230,6 +231,72 @@ class MoeRoutingTest {
         }
     }
 
+    /**
+     * The Switch data path with a capacity: slots from capacitySlots, their tokens from
+     * entryTokens, a gather (zero rows in empty slots) and a weighted scatter-add that skips them,
+     * against the reference and a plain fp32 loop over the kept slots.
+     */
+    @ParameterizedTest(name = "T={0} E={1} k={2}")
+    @MethodSource("shapes")
+    void emptySlotsGatherZerosAndScatterNothing(int t, int e, int k) {
+        int n = t * k;
+        int capacity = Math.max(1, n / e);
+        // Half the entries go to expert 0, so it overflows its capacity while the others leave slots empty.
+        int[] ids = Check.ints(n + 61L, n, e);
+        for (int i = 0; i < n; i += 2) {
+            ids[i] = 0;
+        }
+        float[] x = gaussian(n + 62L, t * C);
+        float[] w = gaussian(n + 63L, e * capacity);
+        float[] init = gaussian(n + 64L, t * C);
+        float[][] gathered = new float[2][];
+        float[][] combined = new float[2][];
+        int[] tokens = null;
+        Device[] devices = {cpu, ref};
+        for (int di = 0; di < 2; di++) {
+            Device d = devices[di];
+            Backend be = d.backend();
+            try (Tensor indices = d.fromInts(ids, n);
+                 Tensor offsets = d.allocate(DType.I32, e + 1);
+                 Tensor order = d.allocate(DType.I32, n);
+                 Tensor slots = d.allocate(DType.I32, e * capacity);
+                 Tensor tx = d.fromFloats(x, t, C);
+                 Tensor tw = d.fromFloats(w, e * capacity);
+                 Tensor grouped = d.allocate(DType.F32, e * capacity, C);
+                 Tensor out = d.fromFloats(init, t, C)) {
+                be.expertOffsets(offsets, indices, e);
+                be.permutation(order, indices, offsets);
+                be.capacitySlots(slots, order, offsets, capacity);
+                be.entryTokens(slots, slots, k);
+                be.fill(grouped, 1f);
+                be.gatherRows(grouped, tx, slots);
+                be.scatterAddRows(out, grouped, slots, tw);
+                tokens = slots.toIntArray();
+                gathered[di] = grouped.toFloatArray();
+                combined[di] = out.toFloatArray();
+            }
+        }
+        assertArrayEquals(gathered[1], gathered[0], "gathered rows vs reference");
+        float[] plain = init.clone();
+        int empty = 0;
+        for (int i = 0; i < tokens.length; i++) {
+            for (int c = 0; c < C; c++) {
+                float want = tokens[i] < 0 ? 0f : x[tokens[i] * C + c];
+                assertEquals(want, gathered[0][i * C + c], 0f, "slot " + i + " (token " + tokens[i] + ")");
+                if (tokens[i] >= 0) {
+                    plain[tokens[i] * C + c] += w[i] * x[tokens[i] * C + c];
+                }
+            }
+            empty += tokens[i] < 0 ? 1 : 0;
+        }
+        assertArrayEquals(plain, combined[0], "scatter-add vs an fp32 loop over the kept slots");
+        Check.close("scatter-add vs reference", Reference.widen(combined[1]), combined[0], 1e-5, 1e-5);
+        if (e > 1 && n >= 2 * e) {
+            assertTrue(empty > 0, "capacity " + capacity + " left no slot empty");
+            assertTrue(tokens.length - empty < n, "capacity " + capacity + " dropped no entry");
+        }
+    }
+
     /** Many rows into few: every destination sums its rows in row order, whatever the thread count. */
     @Test
     void scatterManyToOneIsDeterministic() {
@@ -266,6 +333,7 @@ class MoeRoutingTest {
                  Tensor i = d.allocate(DType.I32, 2, 2);
                  Tensor ids = d.fromInts(new int[] {0, 2, 1, 3}, 4);
                  Tensor badIds = d.fromInts(new int[] {0, 2, 1, 4}, 4);
+                 Tensor negIds = d.fromInts(new int[] {0, -2, 1, -1}, 4);
                  Tensor off = d.allocate(DType.I32, 5);
                  Tensor wrongOff = d.fromInts(new int[] {0, 1, 1, 3, 4}, 5);
                  Tensor order = d.allocate(DType.I32, 4);
@@ -285,6 +353,8 @@ class MoeRoutingTest {
                         "permutation offsets[2] = 1 but the indices put 2 entries before expert 2");
                 assertMessage(() -> be.permutation(off, ids, wrongOff), "permutation order");
                 assertMessage(() -> be.gatherRows(out, x, badIds), "gatherRows rows[3] = 4 is outside [0, 4)");
+                assertMessage(() -> be.gatherRows(out, x, negIds), "gatherRows rows[1] = -2 is outside [0, 4) and is not −1");
+                assertMessage(() -> be.scatterAddRows(out, x, negIds, null), "scatterAddRows rows[1] = -2");
                 assertMessage(() -> be.gatherRows(narrow, x, ids), "gatherRows out");
                 assertMessage(() -> be.gatherRows(x, x, ids), "must not overlap x");
                 assertMessage(() -> be.scatterAddRows(out, x, ids, w), "scatterAddRows weights");

@@ -3,6 +3,7 @@ package org.kindling.ops.cpu;
 import static org.kindling.ops.KernelChecks.binaryPeriod;
 import static org.kindling.ops.KernelChecks.checkDropout;
 import static org.kindling.ops.KernelChecks.checkIds;
+import static org.kindling.ops.KernelChecks.checkScaleRows;
 import static org.kindling.ops.KernelChecks.checkSpan;
 import static org.kindling.ops.KernelChecks.checkTargets;
 import static org.kindling.ops.KernelChecks.numel;
@@ -25,6 +26,7 @@ import org.kindling.ops.Gemm;
 import org.kindling.ops.GroupedGemm;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.MoeRouting;
+import org.kindling.ops.Noise;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.RowMap;
 import org.kindling.ops.Tensor;
@@ -455,12 +457,21 @@ final class CpuBackend implements Backend {
         pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
             for (int r = lo; r < hi; r++) {
                 int base = ox + r * cols;
-                if (op == ReduceOp.MAX) {
+                if (op == ReduceOp.MAX || op == ReduceOp.LOG_SUM_EXP) {
                     float m = Float.NEGATIVE_INFINITY;
                     for (int c = 0; c < cols; c++) {
                         m = Math.max(m, xv[base + c]);
                     }
-                    o[oo + r] = m;
+                    // An infinite maximum is the log-sum-exp itself (and a row of −∞ gives −∞).
+                    if (op == ReduceOp.MAX || Float.isInfinite(m)) {
+                        o[oo + r] = m;
+                        continue;
+                    }
+                    double s = 0;
+                    for (int c = 0; c < cols; c++) {
+                        s += Math.exp((double) xv[base + c] - m);
+                    }
+                    o[oo + r] = (float) (m + Math.log(s));
                 } else {
                     double s = 0;
                     for (int c = 0; c < cols; c++) {
@@ -1223,14 +1234,18 @@ final class CpuBackend implements Backend {
         int c = m.channels();
         int[] rv = i32(rows, "rows");
         int or = rows.offset();
-        checkIds(rv, or, m.mappedRows(), m.denseRows(), "gatherRows rows");
+        m.checkRows(rv, or, "gatherRows rows");
         float[] o = f32(out, "out");
         float[] xv = f32(x, "x");
         int oo = out.offset();
         int ox = x.offset();
         pool.parallelFor(m.mappedRows(), rowGrain(c), (lo, hi) -> {
             for (int i = lo; i < hi; i++) {
-                System.arraycopy(xv, ox + rv[or + i] * c, o, oo + i * c, c);
+                if (rv[or + i] == -1) {
+                    Arrays.fill(o, oo + i * c, oo + (i + 1) * c, 0f);
+                } else {
+                    System.arraycopy(xv, ox + rv[or + i] * c, o, oo + i * c, c);
+                }
             }
         });
     }
@@ -1241,7 +1256,7 @@ final class CpuBackend implements Backend {
         int c = m.channels();
         int[] rv = i32(rows, "rows");
         int or = rows.offset();
-        checkIds(rv, or, m.mappedRows(), m.denseRows(), "scatterAddRows rows");
+        m.checkRows(rv, or, "scatterAddRows rows");
         float[] o = f32(out, "out");
         float[] xv = f32(x, "x");
         float[] wv = weights == null ? null : f32(weights, "weights");
@@ -1252,6 +1267,9 @@ final class CpuBackend implements Backend {
         // each element sums its rows in increasing i.
         pool.parallelFor(c, Math.max(16, rowGrain(m.mappedRows())), (lo, hi) -> {
             for (int i = 0; i < m.mappedRows(); i++) {
+                if (rv[or + i] == -1) {
+                    continue;
+                }
                 int src = ox + i * c;
                 int dst = oo + rv[or + i] * c;
                 if (wv == null) {
@@ -1264,6 +1282,97 @@ final class CpuBackend implements Backend {
                         o[dst + j] += w * xv[src + j];
                     }
                 }
+            }
+        });
+    }
+
+    // ==== mixture-of-experts capacity, gates and router gradients (Switch-style; see MoeRouting) ====
+
+    @Override
+    public void entryTokens(Tensor rows, Tensor entries, int k) {
+        MoeRouting.checkEntryTokens(rows, entries, k);
+        int[] ev = i32(entries, "entries");
+        int oe = entries.offset();
+        // Checked in full before any write: rows may be entries.
+        MoeRouting.checkEntries(ev, oe, entries.numel(), "entryTokens entries");
+        int[] rv = i32(rows, "rows");
+        int or = rows.offset();
+        pool.parallelFor(entries.numel(), GRAIN, (lo, hi) -> {
+            for (int i = lo; i < hi; i++) {
+                int v = ev[oe + i];
+                rv[or + i] = v == -1 ? -1 : v / k;
+            }
+        });
+    }
+
+    /** One serial pass over E·capacity slots: a copy per slot, not worth splitting. */
+    @Override
+    public void capacitySlots(Tensor slots, Tensor order, Tensor offsets, int capacity) {
+        MoeRouting m = MoeRouting.checkCapacity(slots, order, offsets, capacity);
+        int[] off = i32(offsets, "offsets");
+        int oo = offsets.offset();
+        m.checkOffsetsRange(off, oo, "capacitySlots offsets");
+        int[] ov = i32(order, "order");
+        int[] sv = i32(slots, "slots");
+        int os = slots.offset();
+        for (int e = 0; e < m.experts(); e++) {
+            int start = off[oo + e];
+            int kept = Math.min(off[oo + e + 1] - start, capacity);
+            System.arraycopy(ov, order.offset() + start, sv, os + e * capacity, kept);
+            Arrays.fill(sv, os + e * capacity + kept, os + (e + 1) * capacity, -1);
+        }
+    }
+
+    @Override
+    public void scaleRows(Tensor out, Tensor x, Tensor s) {
+        checkScaleRows(out, x, s);
+        int c = x.cols();
+        float[] o = f32(out, "out");
+        float[] xv = f32(x, "x");
+        float[] sv = f32(s, "s");
+        int oo = out.offset();
+        int ox = x.offset();
+        int os = s.offset();
+        pool.parallelFor(x.rows(), rowGrain(c), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                float w = sv[os + r];
+                for (int j = 0; j < c; j++) {
+                    o[oo + r * c + j] = w * xv[ox + r * c + j];
+                }
+            }
+        });
+    }
+
+    @Override
+    public void topKBackward(Tensor dx, Tensor dvalues, Tensor indices) {
+        TopK t = TopK.checkBackward(dx, dvalues, indices);
+        int[] iv = i32(indices, "indices");
+        int oi = indices.offset();
+        t.checkIds(iv, oi, "topKBackward indices");
+        float[] d = f32(dx, "dx");
+        float[] g = f32(dvalues, "dvalues");
+        int od = dx.offset();
+        int og = dvalues.offset();
+        int e = t.experts();
+        int k = t.k();
+        // Each row adds only into its own dx row, in j order.
+        pool.parallelFor(t.tokens(), rowGrain(e + k), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                for (int j = 0; j < k; j++) {
+                    d[od + r * e + iv[oi + r * k + j]] += g[og + r * k + j];
+                }
+            }
+        });
+    }
+
+    @Override
+    public void uniformNoise(Tensor out, float lo, float hi, long seed) {
+        Noise.checkRange(lo, hi);
+        float[] o = f32(out, "out");
+        int oo = out.offset();
+        pool.parallelFor(out.numel(), GRAIN, (a, b) -> {
+            for (int i = a; i < b; i++) {
+                o[oo + i] = Noise.uniform(seed, i, lo, hi);
             }
         });
     }

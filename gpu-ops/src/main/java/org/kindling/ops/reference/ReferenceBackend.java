@@ -3,6 +3,7 @@ package org.kindling.ops.reference;
 import static org.kindling.ops.KernelChecks.binaryPeriod;
 import static org.kindling.ops.KernelChecks.checkDropout;
 import static org.kindling.ops.KernelChecks.checkIds;
+import static org.kindling.ops.KernelChecks.checkScaleRows;
 import static org.kindling.ops.KernelChecks.checkSpan;
 import static org.kindling.ops.KernelChecks.checkTargets;
 import static org.kindling.ops.KernelChecks.numel;
@@ -23,6 +24,7 @@ import org.kindling.ops.GroupedGemm;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.LinearAttention;
 import org.kindling.ops.MoeRouting;
+import org.kindling.ops.Noise;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.Reference;
 import org.kindling.ops.RowMap;
@@ -623,7 +625,7 @@ final class ReferenceBackend implements Backend {
     public void gatherRows(Tensor out, Tensor x, Tensor rows) {
         RowMap m = RowMap.checkGather(out, x, rows);
         int[] r = readInts(rows, "rows");
-        checkIds(r, 0, r.length, m.denseRows(), "gatherRows rows");
+        m.checkRows(r, 0, "gatherRows rows");
         write(out, "out", Reference.gatherRows(read(x, "x"), m.channels(), r));
     }
 
@@ -631,8 +633,48 @@ final class ReferenceBackend implements Backend {
     public void scatterAddRows(Tensor out, Tensor x, Tensor rows, Tensor weights) {
         RowMap m = RowMap.checkScatter(out, x, rows, weights);
         int[] r = readInts(rows, "rows");
-        checkIds(r, 0, r.length, m.denseRows(), "scatterAddRows rows");
+        m.checkRows(r, 0, "scatterAddRows rows");
         add(out, "out", Reference.scatterAddRows(read(x, "x"), m.channels(), r,
                 weights == null ? null : read(weights, "weights"), m.denseRows()));
+    }
+
+    // ==== mixture-of-experts capacity, gates and router gradients (Switch-style; see MoeRouting) ====
+
+    @Override
+    public void entryTokens(Tensor rows, Tensor entries, int k) {
+        MoeRouting.checkEntryTokens(rows, entries, k);
+        int[] e = readInts(entries, "entries");
+        MoeRouting.checkEntries(e, 0, e.length, "entryTokens entries");
+        int[] r = Reference.entryTokens(e, k);
+        System.arraycopy(r, 0, i32(rows, "rows"), rows.offset(), r.length);
+    }
+
+    @Override
+    public void capacitySlots(Tensor slots, Tensor order, Tensor offsets, int capacity) {
+        MoeRouting m = MoeRouting.checkCapacity(slots, order, offsets, capacity);
+        int[] off = readInts(offsets, "offsets");
+        m.checkOffsetsRange(off, 0, "capacitySlots offsets");
+        int[] s = Reference.capacitySlots(readInts(order, "order"), off, capacity);
+        System.arraycopy(s, 0, i32(slots, "slots"), slots.offset(), s.length);
+    }
+
+    @Override
+    public void scaleRows(Tensor out, Tensor x, Tensor s) {
+        checkScaleRows(out, x, s);
+        write(out, "out", Reference.scaleRows(read(x, "x"), read(s, "s"), x.cols()));
+    }
+
+    @Override
+    public void topKBackward(Tensor dx, Tensor dvalues, Tensor indices) {
+        TopK t = TopK.checkBackward(dx, dvalues, indices);
+        int[] ids = readInts(indices, "indices");
+        t.checkIds(ids, 0, "topKBackward indices");
+        add(dx, "dx", Reference.topKBackward(read(dvalues, "dvalues"), ids, t.tokens(), t.experts(), t.k()));
+    }
+
+    @Override
+    public void uniformNoise(Tensor out, float lo, float hi, long seed) {
+        Noise.checkRange(lo, hi);
+        write(out, "out", Reference.uniformNoise(out.numel(), lo, hi, seed));
     }
 }
