@@ -18,6 +18,8 @@ import org.kindling.models.nn.Param;
 import org.kindling.models.nn.ParamGroup;
 import org.kindling.models.nn.Params;
 import org.kindling.models.nn.Seqs;
+import org.kindling.models.nn.StepContext;
+import org.kindling.models.nn.StepMetrics;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.Device;
@@ -68,11 +70,11 @@ public final class Gpt implements AutoCloseable {
     private final Activation stepLogits;
     /** Parameters in the order the backward pass finishes with them: ln_f, blocks last to first, embeddings. */
     private final List<List<Param>> backwardGroups = new ArrayList<>();
+    /** The pass in progress, shared with every layer. */
+    private final StepContext step = new StepContext();
     private Seqs seqs;
     private int predicted;
     private boolean gradReady;
-    private boolean training;
-    private long dropoutSeed;
 
     public Gpt(ModelConfig cfg, Device dev, long seed) {
         this.cfg = cfg;
@@ -87,11 +89,11 @@ public final class Gpt implements AutoCloseable {
             LayerNorm ln1 = new LayerNorm(pb, dev, p + ".ln_1", c, cfg.layerNormEps());
             MixerSpec ms = cfg.mixers().get(l);
             TokenMixer mixer = ms.build(new LayerContext(pb, dev, p + "." + ms.paramPrefix(), c, l, cfg.nLayer(), cfg.initStd(),
-                    seed));
+                    seed, step));
             LayerNorm ln2 = new LayerNorm(pb, dev, p + ".ln_2", c, cfg.layerNormEps());
             ChannelSpec cs = cfg.channelMixers().get(l);
             ChannelMixer channel = cs.build(new LayerContext(pb, dev, p + "." + cs.paramPrefix(), c, l, cfg.nLayer(), cfg.initStd(),
-                    seed));
+                    seed, step));
             blocks.add(new Block(ln1, mixer, ln2, channel, c, new Activations(dev, p)));
         }
         lnf = new LayerNorm(pb, dev, "ln_f", c, cfg.layerNormEps());
@@ -145,13 +147,44 @@ public final class Gpt implements AutoCloseable {
         return params;
     }
 
+    /** Trainable and fixed parameters: every weight the model holds. */
+    public long parameterCount() {
+        long n = params.count();
+        for (Param p : params.fixed()) {
+            n += p.numel();
+        }
+        return n;
+    }
+
+    /** Parameters one token uses: all but the experts a mixture of experts does not send it to. */
+    public long activeParameterCount() {
+        long n = parameterCount();
+        for (ChannelSpec cs : cfg.channelMixers()) {
+            n -= cs.inactiveParameters(cfg.dModel());
+        }
+        return n;
+    }
+
     /**
-     * Training mode turns dropout on in {@link #forward} (never in {@link #logits} or decoding);
-     * {@code seed} draws this forward's masks, so a step's dropout is reproducible from its seed.
+     * Training mode for the next {@link #forward}s: dropout on (never in {@link #logits} or
+     * decoding), router jitter and auxiliary losses on.
+     *
+     * @param seed draws this forward's masks and noise, so a step's randomness is reproducible
+     * @param tokenWeight 1 / the step's tokens on all workers: the weight of a token in auxiliary losses
+     * @param reducer sums the statistics layers share over the workers (MoE routing counts)
      */
-    public void training(boolean on, long seed) {
-        this.training = on;
-        this.dropoutSeed = seed;
+    public void train(long seed, double tokenWeight, StepContext.Reducer reducer) {
+        step.train(seed, tokenWeight, reducer);
+    }
+
+    /** Evaluation mode: no dropout, no jitter, no auxiliary losses, no communication. */
+    public void eval() {
+        step.eval();
+    }
+
+    /** What the layers reported since the last {@link StepMetrics#clear}: the trainer clears it every step. */
+    public StepMetrics metrics() {
+        return step.metrics();
     }
 
     /** Tells every layer that optimizer step {@code step} (0-based) begins: layers that redraw fixed tensors do it here. */
@@ -162,7 +195,7 @@ public final class Gpt implements AutoCloseable {
     }
 
     private float activeDropout(boolean train) {
-        return train && training ? (float) cfg.dropout() : 0f;
+        return train && step.training() ? (float) cfg.dropout() : 0f;
     }
 
     /** Checks a sequence length against the model's limit (max_seq), if it has one. */
@@ -203,11 +236,11 @@ public final class Gpt implements AutoCloseable {
         Tensor x = xs[0].write(t, c);
         embed(x, ids.saved(t), seqs.positions(), wpe == null ? null : posEmb.write(t, c));
         if (p > 0) {
-            dev.backend().dropoutForward(x, x, p, dropoutSeed);
+            dev.backend().dropoutForward(x, x, p, step.seed());
         }
         for (int l = 0; l < blocks.size(); l++) {
             Tensor y = xs[l + 1].write(t, c);
-            blocks.get(l).dropout(p, Seeds.derive(dropoutSeed, l));
+            blocks.get(l).dropout(p, Seeds.derive(step.seed(), l));
             blocks.get(l).forward(y, x, seqs);
             x = y;
         }
@@ -216,8 +249,9 @@ public final class Gpt implements AutoCloseable {
         return out;
     }
 
-    /** Logits [T, V] for every token of the batch (no loss): for evaluation and generation. */
+    /** Logits [T, V] for every token of the batch (no loss): for evaluation and generation, so it leaves training mode. */
     public Tensor logits(TokenBatch batch) {
+        step.eval();
         return logits(batch, false);
     }
 
@@ -338,7 +372,7 @@ public final class Gpt implements AutoCloseable {
         float p = activeDropout(true);
         if (p > 0) {
             Tensor d = demb.zeros(t, c);
-            be.dropoutBackward(d, dx, p, dropoutSeed);
+            be.dropoutBackward(d, dx, p, step.seed());
             dx = d;
         }
         be.embeddingBackward(wte.grad(), dx, ids.saved(t));

@@ -57,7 +57,11 @@ class GptGradientTest {
     private static void check(double dropout, boolean training) {
         TokenBatch batch = batch();
         try (Device dev = Device.reference(); Gpt model = new Gpt(config(dropout), dev, 5)) {
-            model.training(training, 42);
+            if (training) {
+                model.train(42, 1.0 / batch.size(), v -> { });
+            } else {
+                model.eval();
+            }
             perturb(model);
             List<GradCheck.Probe> probes = new ArrayList<>();
             for (Param p : model.params().list()) {
@@ -79,7 +83,7 @@ class GptGradientTest {
             double[] loss = new double[2];
             int i = 0;
             for (Gpt m : List.of(onCpu, onRef)) {
-                m.training(true, 42);
+                m.train(42, 1.0 / batch.size(), v -> { });
                 perturb(m);
                 m.params().zeroGrad();
                 loss[i++] = m.forward(batch, 1f);

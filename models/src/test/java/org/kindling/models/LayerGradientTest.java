@@ -2,12 +2,14 @@ package org.kindling.models;
 
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import java.util.function.BiConsumer;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.kindling.models.channel.ChannelMixer;
 import org.kindling.models.channel.MlpSpec;
+import org.kindling.models.channel.MoeSpec;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.models.mixers.MixerSpec;
 import org.kindling.models.mixers.TokenMixer;
@@ -23,6 +25,7 @@ import org.kindling.models.nn.Linear;
 import org.kindling.models.nn.Param;
 import org.kindling.models.nn.Params;
 import org.kindling.models.nn.Seqs;
+import org.kindling.models.nn.StepContext;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
@@ -129,6 +132,50 @@ class LayerGradientTest {
         Tensor x = input(7, 5, 6);
         Tensor y = keep(dev.allocate(DType.F32, 5, 6));
         check("mlp", params, x, y, () -> mlp.forward(y, x), mlp::backward);
+    }
+
+    /**
+     * A mixture of experts, its auxiliary losses in the objective: L = Σ w·y + balance loss + z-loss.
+     * Routing (argmax choices, capacity drops) is piecewise constant, so the probes stay off its edges.
+     */
+    private void checkMoe(String what, MoeSpec spec, int t, long seed) {
+        Params.Builder pb = new Params.Builder();
+        StepContext step = new StepContext();
+        ChannelMixer moe = keep(spec.build(new LayerContext(pb, dev, "moe", 6, 0, 2, 0.3, 5, step)));
+        Params params = params(pb, seed, 0.8);
+        Tensor x = input(seed + 2, t, 6);
+        Tensor y = keep(dev.allocate(DType.F32, t, 6));
+        double[] w = GradCheck.uniform(99, y.numel(), 1.0);
+        Tensor dy = keep(dev.allocate(DType.F32, y.shape()));
+        Tensor dx = keep(dev.allocate(DType.F32, x.shape()));
+        GradCheck.check(what, () -> {
+            step.metrics().clear();
+            step.train(17, 1.0 / t, v -> { });
+            moe.forward(y, x);
+            Map<String, Double> m = step.metrics().values();
+            return GradCheck.dot(y, w) + m.get("moe_balance_loss") + m.get("moe_z_loss");
+        }, () -> {
+            dy.copyFrom(w);
+            dev.backend().fill(dx, 0f);
+            params.zeroGrad();
+            moe.backward(dx, dy);
+        }, probes(params, x, dx));
+    }
+
+    @Test
+    void droplessMoeTopTwoWithJitterAndAuxiliaryLosses() {
+        checkMoe("dropless moe, k = 2", new MoeSpec(3, 5, 2, 0, 0.3, 0.2, 0.1), 7, 21);
+    }
+
+    @Test
+    void moeWithCapacityDroppingEntries() {
+        // 9 tokens over 3 experts at factor 0.5: 2 slots each, so at least 3 entries are dropped.
+        checkMoe("capacity moe, k = 1", new MoeSpec(3, 4, 1, 0.5, 0.3, 0.2, 0), 9, 23);
+    }
+
+    @Test
+    void droplessMoeTopOne() {
+        checkMoe("dropless moe, k = 1", new MoeSpec(4, 3, 1, 0, 0.5, 0.1, 0), 6, 25);
     }
 
     private Seqs seqs(int... lengths) {

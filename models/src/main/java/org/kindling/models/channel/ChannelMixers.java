@@ -13,7 +13,8 @@ public final class ChannelMixers {
         ChannelSpec read(ConfigReader r, LayerDefaults defaults);
     }
 
-    private static final Map<String, Reader> REGISTRY = new TreeMap<>(Map.of(MlpSpec.TYPE, MlpSpec::read));
+    private static final Map<String, Reader> REGISTRY = new TreeMap<>(Map.of(MlpSpec.TYPE, MlpSpec::read, MoeSpec.TYPE,
+            MoeSpec::read));
 
     private ChannelMixers() {
     }

@@ -15,6 +15,11 @@ public interface ChannelSpec {
         return type();
     }
 
+    /** Parameters of the layer that a token does not use (a mixture's unvisited experts), for the active-parameter count. */
+    default long inactiveParameters(int dModel) {
+        return 0;
+    }
+
     /** The mapping {@link ChannelMixers#read} accepts, {@code type} first, every default filled in. */
     Map<String, Object> toMap();
 }

@@ -7,7 +7,7 @@ import org.kindling.models.nn.Linear;
 import org.kindling.ops.Backend;
 import org.kindling.ops.Tensor;
 
-/** GPT-2's MLP: y = proj(GELU(fc(x))), hidden width H = ratio·C. */
+/** GPT-2's MLP: y = proj(GELU(fc(x))), hidden width H = ratio·C, with or without biases. */
 final class Mlp implements ChannelMixer {
     final Linear fc;
     final Linear proj;
@@ -23,11 +23,11 @@ final class Mlp implements ChannelMixer {
     private final Activation stepH;
     private final Activation stepGelu;
 
-    Mlp(LayerContext ctx, int ratio) {
+    Mlp(LayerContext ctx, int ratio, boolean bias) {
         int c = ctx.dModel();
         this.hidden = ratio * c;
-        this.fc = new Linear(ctx.params(), ctx.child("fc"), c, hidden, true, ctx.initStd());
-        this.proj = new Linear(ctx.params(), ctx.child("proj"), hidden, c, true, ctx.residualStd());
+        this.fc = new Linear(ctx.params(), ctx.child("fc"), c, hidden, bias, ctx.initStd());
+        this.proj = new Linear(ctx.params(), ctx.child("proj"), hidden, c, bias, ctx.residualStd());
         this.acts = new Activations(ctx.device(), ctx.name());
         h = acts.f32("h");
         gelu = acts.f32("gelu");

@@ -9,12 +9,19 @@ import org.kindling.models.nn.LayerContext;
  * GPT-2's MLP.
  *
  * @param ratio hidden width as a multiple of C ({@code ratio}, default {@code mlp_ratio})
+ * @param bias whether both projections have biases ({@code bias}, default true as in GPT-2; a
+ *     mixture's experts have none, so a one-expert mixture equals the MLP without them)
  */
-public record MlpSpec(int ratio) implements ChannelSpec {
+public record MlpSpec(int ratio, boolean bias) implements ChannelSpec {
     public static final String TYPE = "mlp";
 
     public static MlpSpec read(ConfigReader r, LayerDefaults d) {
-        return new MlpSpec(r.integer("ratio", d.mlpRatio(), 1));
+        return new MlpSpec(r.integer("ratio", d.mlpRatio(), 1), r.bool("bias", true));
+    }
+
+    /** GPT-2's MLP, with biases. */
+    public MlpSpec(int ratio) {
+        this(ratio, true);
     }
 
     @Override
@@ -24,7 +31,7 @@ public record MlpSpec(int ratio) implements ChannelSpec {
 
     @Override
     public ChannelMixer build(LayerContext ctx) {
-        return new Mlp(ctx, ratio);
+        return new Mlp(ctx, ratio, bias);
     }
 
     @Override
@@ -32,6 +39,7 @@ public record MlpSpec(int ratio) implements ChannelSpec {
         Map<String, Object> m = ConfigReader.ordered();
         m.put("type", TYPE);
         m.put("ratio", ratio);
+        m.put("bias", bias);
         return m;
     }
 }

@@ -78,6 +78,20 @@ public final class ConfigReader {
         throw error(k, "must be a number, got " + describe(v));
     }
 
+    public boolean bool(String k, boolean dflt) {
+        Object v = raw(k);
+        if (v == null) {
+            return dflt;
+        }
+        if (v instanceof Boolean b) {
+            return b;
+        }
+        if (v instanceof String s && (s.equals("true") || s.equals("false"))) {
+            return Boolean.parseBoolean(s);
+        }
+        throw error(k, "must be true or false, got " + describe(v));
+    }
+
     public String string(String k, String dflt) {
         Object v = raw(k);
         if (v == null) {

@@ -98,6 +98,12 @@ public record ModelConfig(int vocab, int dModel, int nLayer, int nHead, int nKvH
                 layerNormEps);
     }
 
+    /** This config with other channel mixers (one per layer). */
+    public ModelConfig withChannelMixers(List<ChannelSpec> specs) {
+        return new ModelConfig(vocab, dModel, nLayer, nHead, nKvHead, maxSeq, posEmb, mixers, specs, mlpRatio, dropout, initStd,
+                layerNormEps);
+    }
+
     /** This config with another position embedding and sequence limit (0 = none). */
     public ModelConfig withPositions(PosEmb emb, int limit) {
         return new ModelConfig(vocab, dModel, nLayer, nHead, nKvHead, limit, emb, mixers, channelMixers, mlpRatio, dropout, initStd,

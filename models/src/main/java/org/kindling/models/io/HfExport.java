@@ -40,6 +40,9 @@ public final class HfExport {
                 throw new IllegalArgumentException("layer " + l + " uses " + m.type() + " + " + ch.type()
                         + "; the GPT-2 format holds attention + mlp layers only");
             }
+            if (!mlp.bias()) {
+                throw new IllegalArgumentException("layer " + l + "'s mlp has no biases; GPT-2's MLP has them");
+            }
             if (a.kvHeads() != a.heads()) {
                 throw new IllegalArgumentException("layer " + l + " has " + a.kvHeads() + " key/value heads for " + a.heads()
                         + " query heads; GPT-2 has no grouped-query attention");

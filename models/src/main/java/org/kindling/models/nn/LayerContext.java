@@ -14,9 +14,16 @@ import org.kindling.ops.Device;
  * @param nLayer blocks in the model
  * @param initStd standard deviation of weight init
  * @param seed the model's seed, for tensors a layer redraws while training (Performer's features)
+ * @param step the pass in progress, shared by all layers of the model (training, seeds, metrics)
  */
 public record LayerContext(Params.Builder params, Device device, String name, int dModel, int layer, int nLayer,
-                           double initStd, long seed) {
+                           double initStd, long seed, StepContext step) {
+    /** A layer of its own, outside a model: passes are evaluation until its step context is told otherwise. */
+    public LayerContext(Params.Builder params, Device device, String name, int dModel, int layer, int nLayer, double initStd,
+                        long seed) {
+        this(params, device, name, dModel, layer, nLayer, initStd, seed, new StepContext());
+    }
+
     /** GPT-2's init for projections into the residual stream: initStd/√(2·nLayer). */
     public double residualStd() {
         return initStd / Math.sqrt(2.0 * nLayer);

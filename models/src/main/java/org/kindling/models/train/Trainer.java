@@ -1,5 +1,7 @@
 package org.kindling.models.train;
 
+import java.util.Arrays;
+import java.util.SortedMap;
 import org.kindling.models.Gpt;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
@@ -112,17 +114,19 @@ public final class Trainer implements AutoCloseable {
             counts[0] += batches[micro].predicted();
             counts[1] += batches[micro].size();
         }
-        // The loss is the mean over every predicted token of the step, on all workers together.
+        // The loss is the mean over every predicted token of the step, on all workers together; an
+        // auxiliary loss is a mean over every token of the step.
         sync.allReduceSum(counts);
         float scale = (float) (1.0 / counts[0]);
-        double[] lossSum = {0};
+        double lossSum = 0;
         fwdMs = 0;
         bwdMs = 0;
         model.startStep(step);
+        model.metrics().clear();
         for (int micro = 0; micro < batches.length; micro++) {
             long f0 = System.nanoTime();
-            model.training(true, dropoutSeed(cfg.seed(), sync.rank(), step, micro));
-            lossSum[0] += model.forward(batches[micro], scale);
+            model.train(dropoutSeed(cfg.seed(), sync.rank(), step, micro), 1.0 / counts[1], sync::allReduceSum);
+            lossSum += model.forward(batches[micro], scale);
             long f1 = System.nanoTime();
             if (micro == batches.length - 1) {
                 model.backward(sync::gradientsReady);
@@ -130,13 +134,19 @@ public final class Trainer implements AutoCloseable {
             } else {
                 model.backward();
             }
-            model.training(false, 0);
+            model.eval();
             long f2 = System.nanoTime();
             fwdMs += (f1 - f0) / 1e6;
             bwdMs += (f2 - f1) / 1e6;
         }
-        sync.allReduceSum(lossSum);
-        double meanLoss = lossSum[0] / counts[0];
+        // The loss and the layers' metrics travel together: one exchange per step.
+        double[] metrics = model.metrics().toArray();
+        double[] summed = new double[metrics.length + 1];
+        summed[0] = lossSum;
+        System.arraycopy(metrics, 0, summed, 1, metrics.length);
+        sync.allReduceSum(summed);
+        double meanLoss = summed[0] / counts[0];
+        SortedMap<String, Double> named = model.metrics().values(Arrays.copyOfRange(summed, 1, summed.length));
         long o0 = System.nanoTime();
         Backend be = model.device().backend();
         double norm = Math.sqrt(be.sumOfSquares(params.grads()));
@@ -156,7 +166,7 @@ public final class Trainer implements AutoCloseable {
         step++;
         long t1 = System.nanoTime();
         optMs = (t1 - o0) / 1e6;
-        return new StepResult(step, meanLoss, lr, norm, (long) counts[1], (t1 - t0) / 1e9);
+        return new StepResult(step, meanLoss, lr, norm, (long) counts[1], (t1 - t0) / 1e9, named);
     }
 
     /**
