@@ -99,6 +99,7 @@ final class RecallBench implements Callable<Integer> {
                 batch * seq, 100, 0, 1);
         PrintWriter err = cmd.getErr();
         double accuracy;
+        StepResult last = null;
         int reps = BenchOptions.replicas(cmd, replicas, batch, threads);
         try (DataParallel dp = BenchOptions.cpuReplicas(reps, threads / reps, cfg, seed, tc)) {
             List<DataSource> data = new ArrayList<>();
@@ -108,14 +109,15 @@ final class RecallBench implements Callable<Integer> {
             }
             for (int i = 0; i < steps; i++) {
                 StepResult r = dp.step(data);
+                last = r;
                 if (r.step() % tc.logInterval() == 0) {
-                    err.printf("step %d loss %.4f%n", r.step(), r.loss());
+                    err.printf("step %d loss %.4f%s%n", r.step(), r.loss(), r.metricsText());
                     err.flush();
                 }
             }
             accuracy = Synthetic.accuracy(dp.replicas().get(0).model(), heldOut, 250);
         }
-        err.printf("%s with %s after %d steps: held-out accuracy %.4f%n", t.cliName(), mixer, steps, accuracy);
+        err.printf("%s with %s after %d steps: held-out accuracy %.4f%s%n", t.cliName(), mixer, steps, accuracy, last.metricsText());
         err.flush();
         if (common.json) {
             Map<String, Object> row = new LinkedHashMap<>();
@@ -124,6 +126,7 @@ final class RecallBench implements Callable<Integer> {
             row.put("mixer", mixer);
             row.put("steps", steps);
             row.put("accuracy", accuracy);
+            Json.putMetrics(row, last.metrics());
             Json.printLine(cmd.getOut(), row);
         }
         return 0;

@@ -13,6 +13,7 @@ import org.kindling.models.data.DataSource;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.models.io.HfExport;
 import org.kindling.models.train.DataParallel;
+import org.kindling.models.train.StepResult;
 import org.kindling.models.train.Trainer;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
@@ -106,6 +107,8 @@ final class TrainBench implements Callable<Integer> {
         double[] split = new double[3];
         Timing.Stats stats;
         int params;
+        // The final step's result, for its layer metrics.
+        StepResult[] last = new StepResult[1];
         int perThreads = threads / reps;
         try (DataParallel dp = BenchOptions.cpuReplicas(reps, perThreads, cfg, 1, train)) {
             Trainer first = dp.replicas().get(0).trainer();
@@ -114,11 +117,11 @@ final class TrainBench implements Callable<Integer> {
             for (int r = 0; r < reps; r++) {
                 data.add(randomTokens(cfg.vocab(), batch / reps, seq, r, reps));
             }
-            Timing.Trial step = () -> dp.step(data);
+            Timing.Trial step = () -> last[0] = dp.step(data);
             Timing.Trial counted = new Timing.Trial() {
                 @Override
                 public void run() {
-                    dp.step(data);
+                    last[0] = dp.step(data);
                 }
 
                 @Override
@@ -136,9 +139,9 @@ final class TrainBench implements Callable<Integer> {
         double bwd = split[1] / steps;
         double opt = split[2] / steps;
         err.printf("train %,d params (L=%d C=%d H=%d V=%d), B=%d T=%d, %d replica(s) x %d thread(s): %.0f tokens/s, %.1f ms/step "
-                + "(median of %d; best %.1f; forward %.1f, backward %.1f, optimizer %.1f)%n", params, cfg.nLayer(), cfg.dModel(),
+                + "(median of %d; best %.1f; forward %.1f, backward %.1f, optimizer %.1f)%s%n", params, cfg.nLayer(), cfg.dModel(),
                 cfg.nHead(), cfg.vocab(), batch, seq, reps, perThreads, tokensPerS, msPerStep, stats.reps(), stats.best() * 1e3,
-                fwd, bwd, opt);
+                fwd, bwd, opt, last[0].metricsText());
         err.flush();
         if (common.json) {
             Map<String, Object> row = new LinkedHashMap<>();
@@ -152,6 +155,7 @@ final class TrainBench implements Callable<Integer> {
             row.put("bwd_ms", BenchOptions.round(bwd));
             row.put("opt_ms", BenchOptions.round(opt));
             row.put("impl", "kindling");
+            Json.putMetrics(row, last[0].metrics());
             Json.printLine(cmd.getOut(), row);
         }
         if (torch != null) {

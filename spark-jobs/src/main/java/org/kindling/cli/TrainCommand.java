@@ -96,8 +96,9 @@ final class TrainCommand implements Callable<Integer> {
                 err.printf("%s is already at max_steps %d%n", run, cfg.train().maxSteps());
             } else {
                 StepResult last = steps.get(steps.size() - 1);
-                err.printf("trained %s: step %d, loss %.4f, %.0f s (%d step(s) after step %d); checkpoints in %s/checkpoints, metrics in "
-                        + "%s/metrics.jsonl%n", run, last.step(), last.loss(), s, steps.size(), steps.get(0).step() - 1, run, run);
+                err.printf("trained %s: step %d, loss %.4f%s, %.0f s (%d step(s) after step %d); checkpoints in %s/checkpoints, "
+                        + "metrics in %s/metrics.jsonl%n", run, last.step(), last.loss(), last.metricsText(), s, steps.size(),
+                        steps.get(0).step() - 1, run, run);
             }
             err.flush();
         } finally {

@@ -39,7 +39,7 @@ public final class Coordinator implements AutoCloseable {
     static final byte HELLO = 'H';
     private static final byte OK = 1;
     private static final byte ERROR = 0;
-    private static final byte STEP = 'S';
+    static final byte STEP = 'S';
     private static final byte BYE = 'B';
     private static final byte FAILED = 'F';
 
@@ -200,9 +200,7 @@ public final class Coordinator implements AutoCloseable {
                 if (kind != STEP) {
                     throw new IOException("unknown message " + kind + " from rank " + rank);
                 }
-                StepResult r = new StepResult(in.readInt(), in.readDouble(), in.readDouble(), in.readDouble(), in.readLong(),
-                        in.readDouble());
-                onStep.accept(r);
+                onStep.accept(readStep(in, rank));
             }
         } catch (EOFException e) {
             // the worker went away; Spark reports why
@@ -226,6 +224,36 @@ public final class Coordinator implements AutoCloseable {
                 }
                 failures.notifyAll();
             }
+        }
+    }
+
+    /**
+     * A STEP message: the fixed fields, then the count of named metrics and (name, value) pairs. The
+     * count is capped before anything is allocated and names are checked as {@link StepResult} checks them.
+     */
+    static StepResult readStep(DataInputStream in, int rank) throws IOException {
+        int step = in.readInt();
+        double loss = in.readDouble();
+        double lr = in.readDouble();
+        double gradNorm = in.readDouble();
+        long tokens = in.readLong();
+        double seconds = in.readDouble();
+        int count = in.readInt();
+        if (count < 0 || count > StepResult.MAX_METRICS) {
+            throw new IOException("rank " + rank + " reported step " + step + " with " + count + " metrics; at most "
+                    + StepResult.MAX_METRICS);
+        }
+        TreeMap<String, Double> metrics = new TreeMap<>();
+        for (int i = 0; i < count; i++) {
+            String name = in.readUTF();
+            if (metrics.put(name, in.readDouble()) != null) {
+                throw new IOException("rank " + rank + " reported metric " + name + " twice in step " + step);
+            }
+        }
+        try {
+            return new StepResult(step, loss, lr, gradNorm, tokens, seconds, metrics);
+        } catch (IllegalArgumentException e) {
+            throw new IOException("rank " + rank + " reported a bad step " + step + ": " + e.getMessage(), e);
         }
     }
 
@@ -424,6 +452,11 @@ public final class Coordinator implements AutoCloseable {
                 out.writeDouble(r.gradNorm());
                 out.writeLong(r.tokens());
                 out.writeDouble(r.seconds());
+                out.writeInt(r.metrics().size());
+                for (Map.Entry<String, Double> m : r.metrics().entrySet()) {
+                    out.writeUTF(m.getKey());
+                    out.writeDouble(m.getValue());
+                }
             });
         }
 

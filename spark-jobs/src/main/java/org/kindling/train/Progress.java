@@ -17,8 +17,8 @@ import org.kindling.models.train.StepResult;
 
 /**
  * The driver's view of a run: rank 0's step results as they arrive. Every {@code log_interval}
- * steps it prints a progress line (step, loss, tokens/s, ETA) and brings {@code metrics.jsonl} up
- * to date: the lines of earlier runs before this one's first step, then this run's. The file is
+ * steps it prints a progress line (step, loss, tokens/s, ETA, then the layers' named metrics) and
+ * brings {@code metrics.jsonl} up to date (the same metrics as extra fields): the lines of earlier runs before this one's first step, then this run's. The file is
  * written whole once, then appended to, so a run writes each line about once. A retried stage
  * re-sends the steps after its checkpoint; they replace the ones the failed attempt sent, and when
  * those were already written the file is rewritten whole. File systems that cannot append (S3A)
@@ -68,7 +68,8 @@ final class Progress implements Consumer<StepResult> {
         }
     }
 
-    private String line(StepResult r) {
+    /** The progress line of step {@code r}: the fixed fields, then each layer metric as {@code | name value}. */
+    String line(StepResult r) {
         // ETA from the mean step time of the last (up to) 20 steps.
         List<StepResult> recent = new ArrayList<>(steps.headMap(r.step(), true).descendingMap().values());
         double s = 0;
@@ -78,7 +79,7 @@ final class Progress implements Consumer<StepResult> {
         }
         long eta = Math.round(s / n * (cfg.maxSteps() - r.step()));
         return String.format(Locale.ROOT, "step %d/%d | loss %.4f | lr %.3e | grad-norm %.4f | %,.0f tokens/s | ETA %dm%02ds",
-                r.step(), cfg.maxSteps(), r.loss(), r.lr(), r.gradNorm(), r.tokensPerSecond(), eta / 60, eta % 60);
+                r.step(), cfg.maxSteps(), r.loss(), r.lr(), r.gradNorm(), r.tokensPerSecond(), eta / 60, eta % 60) + r.metricsText();
     }
 
     /** Brings metrics.jsonl up to date with what has arrived; a failure is logged, never thrown. */
@@ -129,8 +130,13 @@ final class Progress implements Consumer<StepResult> {
         return List.copyOf(steps.values());
     }
 
+    /** A metrics.jsonl line: the fixed fields, then each layer metric by name (NaN and ±∞ as null: JSON has no such numbers). */
     static String metricsLine(StepResult r) {
-        return String.format(Locale.ROOT, "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"tokens_per_s\":%.1f}",
-                r.step(), r.loss(), r.lr(), r.gradNorm(), r.tokensPerSecond());
+        StringBuilder sb = new StringBuilder(String.format(Locale.ROOT,
+                "{\"step\":%d,\"loss\":%.6f,\"lr\":%.6e,\"grad_norm\":%.6f,\"tokens_per_s\":%.1f",
+                r.step(), r.loss(), r.lr(), r.gradNorm(), r.tokensPerSecond()));
+        r.metrics().forEach((name, value) -> sb.append(",\"").append(name).append("\":")
+                .append(Double.isFinite(value) ? String.format(Locale.ROOT, "%.6g", value) : "null"));
+        return sb.append('}').toString();
     }
 }

@@ -11,8 +11,10 @@ import java.net.Socket;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import java.util.Optional;
 import java.util.SplittableRandom;
+import java.util.TreeMap;
 import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
@@ -190,6 +192,10 @@ class RingTest {
         }
     }
 
+    /** A step with named metrics, NaN and -0.0 among them: the wire carries every double bit for bit. */
+    static final StepResult REPORTED = new StepResult(5, 2.5, 1e-3, 0.7, 1024, 0.1,
+            new TreeMap<>(Map.of("moe_balance_loss", 0.0123, "z_loss", Double.NaN, "dropped_fraction", -0.0)));
+
     @Test
     void coordinatorRendezvousNamesPeersAndResumeAndStreamsSteps() throws Exception {
         List<StepResult> steps = new CopyOnWriteArrayList<>();
@@ -203,7 +209,8 @@ class RingTest {
                         try (Coordinator.Client cl = Coordinator.Client.connect("127.0.0.1", c.port(), SECRET, Duration.ofSeconds(20))) {
                             Coordinator.Rendezvous rv = cl.hello(0, rank, new Ring.Peer("h" + rank, 1000 + rank));
                             if (rank == 0) {
-                                cl.report(new StepResult(5, 2.5, 1e-3, 0.7, 1024, 0.1));
+                                cl.report(new StepResult(4, 2.75, 1e-3, 0.8, 1024, 0.1));
+                                cl.report(REPORTED);
                             }
                             return rv;
                         }
@@ -218,11 +225,61 @@ class RingTest {
                 pool.shutdownNow();
             }
             long deadline = System.nanoTime() + 5_000_000_000L;
-            while (steps.isEmpty() && System.nanoTime() < deadline) {
+            while (steps.size() < 2 && System.nanoTime() < deadline) {
                 sleep(10);
             }
-            assertEquals(List.of(new StepResult(5, 2.5, 1e-3, 0.7, 1024, 0.1)), steps);
+            assertEquals(List.of(new StepResult(4, 2.75, 1e-3, 0.8, 1024, 0.1), REPORTED), steps);
+            assertEquals(List.of("dropped_fraction", "moe_balance_loss", "z_loss"), List.copyOf(steps.get(1).metrics().keySet()));
         }
+    }
+
+    /** Joins stage attempt {@code attempt} as rank 0 of 1 over a raw link and sends one STEP message written by {@code body}. */
+    private static void sendRawStep(int port, int attempt, IoWriter body) throws Exception {
+        try (Link link = Link.dial("127.0.0.1", port, SECRET, Coordinator.PURPOSE, "the coordinator", Duration.ofSeconds(5),
+                System.nanoTime() + 5_000_000_000L)) {
+            java.io.ByteArrayOutputStream bytes = new java.io.ByteArrayOutputStream();
+            java.io.DataOutputStream out = new java.io.DataOutputStream(bytes);
+            out.writeInt(attempt);
+            out.writeInt(0);
+            out.writeUTF("h0");
+            out.writeInt(1000);
+            link.send(Coordinator.HELLO, bytes.toByteArray(), 0, bytes.size());
+            link.readTimeout(Duration.ofSeconds(20));
+            link.receive(-1, -1, Coordinator.MAX_MESSAGE);
+            bytes.reset();
+            out.writeInt(5);
+            out.writeDouble(2.5);
+            out.writeDouble(1e-3);
+            out.writeDouble(0.7);
+            out.writeLong(1024);
+            out.writeDouble(0.1);
+            body.write(out);
+            link.send(Coordinator.STEP, bytes.toByteArray(), 0, bytes.size());
+        }
+    }
+
+    interface IoWriter {
+        void write(java.io.DataOutputStream out) throws IOException;
+    }
+
+    @Test
+    void aStepWithTooManyMetricsOrABadNameIsRefusedNamingTheRank() throws Exception {
+        List<StepResult> steps = new CopyOnWriteArrayList<>();
+        try (LogCapture logs = new LogCapture();
+             Coordinator c = new Coordinator("127.0.0.1", 1, SECRET, Duration.ofSeconds(20), Optional::empty, steps::add)) {
+            // The count alone is refused: nothing of the claimed 65 pairs follows, nor is anything allocated for them.
+            sendRawStep(c.port(), 0, out -> out.writeInt(StepResult.MAX_METRICS + 1));
+            logs.await("rank 0 reported step 5 with 65 metrics; at most 64", Duration.ofSeconds(10));
+            sendRawStep(c.port(), 1, out -> {
+                out.writeInt(1);
+                out.writeUTF("Moe-Loss");
+                out.writeDouble(1.0);
+            });
+            logs.await("rank 0 reported a bad step 5: metric name 'Moe-Loss' must match", Duration.ofSeconds(10));
+            sendRawStep(c.port(), 2, out -> out.writeInt(-1));
+            logs.await("rank 0 reported step 5 with -1 metrics", Duration.ofSeconds(10));
+        }
+        assertEquals(List.of(), steps);
     }
 
     @Test
