@@ -81,22 +81,11 @@ public final class Gpt implements AutoCloseable {
         this.dev = dev;
         int c = cfg.dModel();
         Params.Builder pb = new Params.Builder();
-        wte = pb.add("wte.weight", Init.normal(cfg.initStd()), ParamGroup.DECAY, cfg.vocab(), c);
-        wpe = cfg.posEmb() == ModelConfig.PosEmb.LEARNED
-                ? pb.add("wpe.weight", Init.normal(cfg.initStd()), ParamGroup.DECAY, cfg.maxSeq(), c) : null;
-        for (int l = 0; l < cfg.nLayer(); l++) {
-            String p = "h." + l;
-            LayerNorm ln1 = new LayerNorm(pb, dev, p + ".ln_1", c, cfg.layerNormEps());
-            MixerSpec ms = cfg.mixers().get(l);
-            TokenMixer mixer = ms.build(new LayerContext(pb, dev, p + "." + ms.paramPrefix(), c, l, cfg.nLayer(), cfg.initStd(),
-                    seed, step));
-            LayerNorm ln2 = new LayerNorm(pb, dev, p + ".ln_2", c, cfg.layerNormEps());
-            ChannelSpec cs = cfg.channelMixers().get(l);
-            ChannelMixer channel = cs.build(new LayerContext(pb, dev, p + "." + cs.paramPrefix(), c, l, cfg.nLayer(), cfg.initStd(),
-                    seed, step));
-            blocks.add(new Block(ln1, mixer, ln2, channel, c, new Activations(dev, p)));
-        }
-        lnf = new LayerNorm(pb, dev, "ln_f", c, cfg.layerNormEps());
+        Layout layout = declare(cfg, dev, seed, step, pb);
+        wte = layout.wte();
+        wpe = layout.wpe();
+        blocks.addAll(layout.blocks());
+        lnf = layout.lnf();
         params = pb.build(dev, seed);
         acts = new Activations(dev, "gpt");
         ids = acts.i32("ids");
@@ -131,6 +120,56 @@ public final class Gpt implements AutoCloseable {
         }
     }
 
+    /** The model's layers and embedding handles, declared on a builder that has not allocated them yet. */
+    private record Layout(Params.Handle wte, Params.Handle wpe, List<Block> blocks, LayerNorm lnf) {
+    }
+
+    private static Layout declare(ModelConfig cfg, Device dev, long seed, StepContext step, Params.Builder pb) {
+        int c = cfg.dModel();
+        Params.Handle wte = pb.add("wte.weight", Init.normal(cfg.initStd()), ParamGroup.DECAY, cfg.vocab(), c);
+        Params.Handle wpe = cfg.posEmb() == ModelConfig.PosEmb.LEARNED
+                ? pb.add("wpe.weight", Init.normal(cfg.initStd()), ParamGroup.DECAY, cfg.maxSeq(), c) : null;
+        List<Block> blocks = new ArrayList<>();
+        for (int l = 0; l < cfg.nLayer(); l++) {
+            String p = "h." + l;
+            LayerNorm ln1 = new LayerNorm(pb, dev, p + ".ln_1", c, cfg.layerNormEps());
+            MixerSpec ms = cfg.mixers().get(l);
+            TokenMixer mixer = ms.build(new LayerContext(pb, dev, p + "." + ms.paramPrefix(), c, l, cfg.nLayer(), cfg.initStd(),
+                    seed, step));
+            LayerNorm ln2 = new LayerNorm(pb, dev, p + ".ln_2", c, cfg.layerNormEps());
+            ChannelSpec cs = cfg.channelMixers().get(l);
+            ChannelMixer channel = cs.build(new LayerContext(pb, dev, p + "." + cs.paramPrefix(), c, l, cfg.nLayer(), cfg.initStd(),
+                    seed, step));
+            blocks.add(new Block(ln1, mixer, ln2, channel, c, new Activations(dev, p)));
+        }
+        return new Layout(wte, wpe, blocks, new LayerNorm(pb, dev, "ln_f", c, cfg.layerNormEps()));
+    }
+
+    /**
+     * Trainable parameters of a config and those one token uses (all but the experts a mixture of
+     * experts does not send it to), counted from the declarations without allocating the weights.
+     */
+    public record ParameterCounts(long total, long active) {
+    }
+
+    public static ParameterCounts parameterCounts(ModelConfig cfg) {
+        Params.Builder pb = new Params.Builder();
+        try (Device dev = Device.reference()) {
+            Layout layout = declare(cfg, dev, 0, new StepContext(), pb);
+            layout.blocks().forEach(Block::close);
+            layout.lnf().close();
+        }
+        return counts(cfg, pb.trainableCount());
+    }
+
+    private static ParameterCounts counts(ModelConfig cfg, long total) {
+        long active = total;
+        for (ChannelSpec cs : cfg.channelMixers()) {
+            active -= cs.inactiveParameters(cfg.dModel());
+        }
+        return new ParameterCounts(total, active);
+    }
+
     private List<Param> withPrefix(String prefix) {
         return params.list().stream().filter(p -> p.name().startsWith(prefix)).toList();
     }
@@ -147,22 +186,9 @@ public final class Gpt implements AutoCloseable {
         return params;
     }
 
-    /** Trainable and fixed parameters: every weight the model holds. */
-    public long parameterCount() {
-        long n = params.count();
-        for (Param p : params.fixed()) {
-            n += p.numel();
-        }
-        return n;
-    }
-
-    /** Parameters one token uses: all but the experts a mixture of experts does not send it to. */
-    public long activeParameterCount() {
-        long n = parameterCount();
-        for (ChannelSpec cs : cfg.channelMixers()) {
-            n -= cs.inactiveParameters(cfg.dModel());
-        }
-        return n;
+    /** This model's trainable parameters and those one token uses. */
+    public ParameterCounts parameterCounts() {
+        return counts(cfg, params.count());
     }
 
     /**

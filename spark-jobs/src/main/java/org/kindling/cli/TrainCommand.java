@@ -11,6 +11,7 @@ import java.util.concurrent.Callable;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.spark.sql.SparkSession;
 import org.kindling.data.BpeTokenizer;
+import org.kindling.models.Gpt;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.train.StepResult;
 import org.kindling.train.HadoopRunStorage;
@@ -83,6 +84,8 @@ final class TrainCommand implements Callable<Integer> {
                 throw new CommandLine.ParameterException(cmd, "vocab " + cfg.model().vocab() + " is smaller than the dataset's "
                         + "tokenizer (" + tok.vocabSize() + ")");
             }
+            Gpt.ParameterCounts counts = Gpt.parameterCounts(cfg.model());
+            cmd.getErr().printf("model: %,d parameters, %,d active per token%n", counts.total(), counts.active());
             long t0 = System.nanoTime();
             List<StepResult> steps;
             try {

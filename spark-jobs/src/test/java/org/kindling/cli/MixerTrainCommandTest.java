@@ -47,18 +47,32 @@ class MixerTrainCommandTest {
     /** H3 with attention in one layer, as the H3 paper's hybrids have. */
     @Test
     void anH3Hybrid() throws Exception {
-        trainsResumesGeneratesAndEvaluates("hybrid", 2, "[{type: h3, d_state: 8}, attention]");
+        trainsResumesGeneratesAndEvaluates("hybrid", 2, "[{type: h3, d_state: 8}, attention]", "pos_emb: none\n",
+                "pos_emb is none; the GPT-2 format needs learned position embeddings");
     }
 
     /** The other linear-time mixers, Performer redrawing its features every other step. */
     @Test
     void s4dPerformerAndLinearAttention() throws Exception {
-        trainsResumesGeneratesAndEvaluates("linear-time", 3, "[{type: s4d, d_state: 8}, {type: performer, redraw: 2}, linear]");
+        trainsResumesGeneratesAndEvaluates("linear-time", 3, "[{type: s4d, d_state: 8}, {type: performer, redraw: 2}, linear]",
+                "pos_emb: none\n", "pos_emb is none; the GPT-2 format needs learned position embeddings");
     }
 
-    private void trainsResumesGeneratesAndEvaluates(String name, int layers, String mixers) throws Exception {
+    /**
+     * A mixture of experts (top-2 of 4, with router jitter) every other layer: its metrics reach the
+     * progress line and metrics.jsonl, and a resumed run redraws the same jitter.
+     */
+    @Test
+    void mixtureOfExpertsEveryOtherLayer() throws Exception {
+        trainsResumesGeneratesAndEvaluates("moe", 2, "attention",
+                "max_seq: 128\nchannel_mixer: [mlp, {type: moe, experts: 4, hidden: 48, k: 2, jitter: 0.01}]\n",
+                "layer 1 uses attention + moe; the GPT-2 format holds attention + mlp layers only");
+    }
+
+    private void trainsResumesGeneratesAndEvaluates(String name, int layers, String mixers, String extra, String exportRefusal)
+            throws Exception {
         Path config = dir.resolve(name + ".yaml");
-        Files.writeString(config, "vocab: 300\nd_model: 32\nn_layer: " + layers + "\nn_head: 4\npos_emb: none\nmixer: " + mixers + "\n"
+        Files.writeString(config, "vocab: 300\nd_model: 32\nn_layer: " + layers + "\nn_head: 4\n" + extra + "mixer: " + mixers + "\n"
                 + "train:\n  max_steps: 4\n  checkpoint_interval: 2\n  batch_tokens: 512\n  warmup_steps: 1\n  lr: 3.0e-3\n");
         Path run = dir.resolve("run-" + name);
         CliRun first = train(config, run);
@@ -66,6 +80,12 @@ class MixerTrainCommandTest {
         byte[] straight = Files.readAllBytes(run.resolve("checkpoints/step-4/model.safetensors"));
         List<String> metrics = Files.readAllLines(run.resolve("metrics.jsonl"));
         assertEquals(4, metrics.size());
+        if (name.equals("moe")) {
+            for (String field : List.of("moe_balance_loss", "moe_dropped_fraction", "moe_load_imbalance", "moe_z_loss")) {
+                assertTrue(metrics.get(3).contains("\"" + field + "\":"), field + " in " + metrics.get(3));
+                assertTrue(first.err().contains("| " + field + " "), field + " on the progress line: " + first.err());
+            }
+        }
 
         // Lose everything after step 2, as a crash right after that checkpoint would, and train again.
         Path step4 = run.resolve("checkpoints/step-4");
@@ -114,7 +134,7 @@ class MixerTrainCommandTest {
 
         CliRun export = CliRun.of("export", "--run", run.toString(), "--format", "hf-gpt2", "--out", dir.resolve("hf-" + name).toString());
         assertEquals(1, export.code(), export.err());
-        assertTrue(export.err().contains("pos_emb is none; the GPT-2 format needs learned position embeddings"), export.err());
+        assertTrue(export.err().contains(exportRefusal), export.err());
     }
 
     /** Points a run's LATEST at {@code name} through the Hadoop FileSystem, as a run does (the local one keeps a checksum beside each file). */

@@ -64,6 +64,15 @@ public final class Params implements AutoCloseable {
             return h;
         }
 
+        /** Trainable elements declared so far. */
+        public long trainableCount() {
+            long n = 0;
+            for (Spec s : specs) {
+                n += s.trainable() ? numel(s.shape()) : 0;
+            }
+            return n;
+        }
+
         /** Allocates the buffers on {@code dev} and fills them from {@code seed}. */
         public Params build(Device dev, long seed) {
             // Groups in order: decayed matrices first (the layout the first models had), then others as declared.

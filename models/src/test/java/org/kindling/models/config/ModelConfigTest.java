@@ -8,6 +8,8 @@ import java.nio.file.Path;
 import java.util.List;
 import org.junit.jupiter.api.Test;
 import org.kindling.models.Gpt;
+import org.kindling.models.channel.MlpSpec;
+import org.kindling.models.channel.MoeSpec;
 import org.kindling.models.mixers.MixerSpec;
 import org.kindling.models.mixers.attention.AttentionSpec;
 import org.kindling.ops.Device;
@@ -43,6 +45,25 @@ class ModelConfigTest {
         ModelConfig tiny = ModelConfig.load(PRESETS.resolve("tiny.yaml"));
         try (Device dev = Device.cpu(1); Gpt model = new Gpt(tiny, dev, 1)) {
             assertEquals(parameters(tiny), model.params().count());
+        }
+    }
+
+    /** Counted from the declarations alone (GPT-2 small without allocating it), and a mixture's unvisited experts are inactive. */
+    @Test
+    void totalAndActiveParameterCounts() {
+        ModelConfig gpt2 = ModelConfig.load(PRESETS.resolve("gpt2-124m.yaml"));
+        assertEquals(new Gpt.ParameterCounts(124_439_808L, 124_439_808L), Gpt.parameterCounts(gpt2));
+        ModelConfig tiny = ModelConfig.load(PRESETS.resolve("tiny.yaml"));
+        ModelConfig moe = tiny.withChannelMixers(List.of(new MlpSpec(4), new MoeSpec(8, 96, 2, 0, 0.01, 0.001, 0)));
+        try (Device dev = Device.cpu(1); Gpt model = new Gpt(moe, dev, 1)) {
+            Gpt.ParameterCounts counts = model.parameterCounts();
+            assertEquals(counts, Gpt.parameterCounts(moe));
+            assertEquals(model.params().count(), counts.total());
+            int c = tiny.dModel();
+            // Layer 1 trades the MLP (with biases) for a router and 8 bias-free experts, of which a token visits 2.
+            long mlp = 2L * 4 * c * c + 4 * c + c;
+            assertEquals(parameters(tiny) - mlp + 8L * c + 8 * 2L * 96 * c, counts.total());
+            assertEquals(counts.total() - 6 * 2L * 96 * c, counts.active());
         }
     }
 

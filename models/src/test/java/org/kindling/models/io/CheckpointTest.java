@@ -18,6 +18,8 @@ import java.util.Map;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.kindling.models.Gpt;
+import org.kindling.models.channel.MlpSpec;
+import org.kindling.models.channel.MoeSpec;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.TrainConfig;
@@ -80,6 +82,24 @@ class CheckpointTest {
         assertArrayEquals(straight.weights(), resumed.weights());
         assertArrayEquals(straight.m(), resumed.m());
         assertArrayEquals(straight.v(), resumed.v());
+    }
+
+    /** The expert count is in the tensors' shapes: a model with another one refuses the checkpoint, naming the tensor. */
+    @Test
+    void aCheckpointOfAnotherExpertCountFailsToLoad() {
+        ModelConfig four = MODEL.withChannelMixers(List.of(new MlpSpec(4), new MoeSpec(4, 64, 1, 0, 0.01, 0.001, 0)));
+        ModelConfig two = MODEL.withChannelMixers(List.of(new MlpSpec(4), new MoeSpec(2, 64, 1, 0, 0.01, 0.001, 0)));
+        Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir));
+        try (Device dev = Device.cpu(2); Gpt model = new Gpt(four, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
+            t.step(data());
+            ckpt.save(t, new RunConfig(four, TRAIN), 3, 1);
+        }
+        try (Device dev = Device.cpu(2); Gpt model = new Gpt(two, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
+            IllegalStateException e = assertThrows(IllegalStateException.class, () -> ckpt.restore("step-1", t));
+            assertTrue(e.getMessage().contains("tensor h.1.moe.experts.fc.weight has shape [4, 64, 32] but the model expects [2, 64, 32]")
+                    || e.getMessage().contains("tensor h.1.moe.router.weight has shape [4, 32] but the model expects [2, 32]"),
+                    e.getMessage());
+        }
     }
 
     @Test

@@ -9,6 +9,8 @@ import java.util.ArrayList;
 import java.util.List;
 import org.junit.jupiter.api.Test;
 import org.kindling.models.Gpt;
+import org.kindling.models.channel.MlpSpec;
+import org.kindling.models.channel.MoeSpec;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
@@ -19,8 +21,15 @@ import org.kindling.ops.Device;
 class DataParallelTest {
     static final ModelConfig MODEL = ModelConfig.gpt(20, 32, 2, 4, 2, 64, 4, 0, 0.02, 1e-5);
     static final TrainConfig TRAIN = new TrainConfig(5, 3e-3, 3e-4, 2, 6, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, 4096, 1, 0, 1);
+    /**
+     * A mixture of experts in the second layer: top-2 of 4, both auxiliary losses at a weight that
+     * shows. No jitter: like dropout masks, its noise is drawn per worker, so it differs between
+     * the split and the whole batch by design.
+     */
+    static final ModelConfig MOE = MODEL.withChannelMixers(List.of(new MlpSpec(4), new MoeSpec(4, 48, 2, 0, 0.1, 0.01, 0)));
     static final int B = 8;
-    static final Synthetic.Examples EXAMPLES = Synthetic.associativeRecall(20, 32, B * 6, 11);
+    static final int STEPS = 6;
+    static final Synthetic.Examples EXAMPLES = Synthetic.associativeRecall(20, 32, B * STEPS * 2, 11);
 
     /** Batch p, the slice of replica {@code rank} of {@code world}. */
     static DataSource slice(int rank, int world) {
@@ -28,35 +37,66 @@ class DataParallelTest {
         return DataSource.indexed(p -> EXAMPLES.batch((int) (B * p + rank * per), (int) (B * p + rank * per + per)));
     }
 
-    static DataParallel replicas(int n) {
+    static DataParallel replicas(ModelConfig model, TrainConfig train, int n) {
         return new DataParallel(n, (rank, sync) -> {
             Device dev = Device.cpu(1);
-            Gpt model = new Gpt(MODEL, dev, 5);
-            return new DataParallel.Replica(dev, model, new Trainer(model, TRAIN, sync));
+            Gpt m = new Gpt(model, dev, 5);
+            return new DataParallel.Replica(dev, m, new Trainer(m, train, sync));
         });
+    }
+
+    static TrainConfig withGradAccum(int micro) {
+        return new TrainConfig(TRAIN.seed(), TRAIN.lr(), TRAIN.minLr(), TRAIN.warmupSteps(), TRAIN.maxSteps(), TRAIN.weightDecay(),
+                TRAIN.beta1(), TRAIN.beta2(), TRAIN.eps(), TRAIN.gradClip(), micro, TRAIN.batchTokens(), TRAIN.logInterval(),
+                TRAIN.checkpointInterval(), TRAIN.keepCheckpoints());
     }
 
     @Test
     void replicasOnSlicesEqualOneTrainerOnTheWholeBatch() {
+        replicasEqualOneTrainer(MODEL, TRAIN);
+    }
+
+    /**
+     * The auxiliary losses are token means over the step's global batch: 2 or 4 workers on slices
+     * of each micro-batch train as one worker on the whole micro-batch, with one micro-batch or two.
+     */
+    @Test
+    void mixtureOfExpertsReplicasEqualOneTrainerWithAndWithoutGradientAccumulation() {
+        for (int micro : new int[] {1, 2}) {
+            List<StepResult> single = replicasEqualOneTrainer(MOE, withGradAccum(micro));
+            assertEquals(java.util.Set.of("moe_balance_loss", "moe_dropped_fraction", "moe_load_imbalance", "moe_z_loss"),
+                    single.get(0).metrics().keySet());
+        }
+    }
+
+    /** Runs one trainer on whole batches and 2 and 4 replicas on slices, comparing them; returns the single trainer's steps. */
+    private static List<StepResult> replicasEqualOneTrainer(ModelConfig model, TrainConfig train) {
         float[] single;
-        List<Double> singleLoss = new ArrayList<>();
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(MODEL, dev, 5); Trainer t = new Trainer(model, TRAIN)) {
+        List<StepResult> singleSteps = new ArrayList<>();
+        try (Device dev = Device.cpu(1); Gpt m = new Gpt(model, dev, 5); Trainer t = new Trainer(m, train)) {
             DataSource d = slice(0, 1);
-            for (int s = 0; s < 6; s++) {
-                singleLoss.add(t.step(d).loss());
+            for (int s = 0; s < STEPS; s++) {
+                singleSteps.add(t.step(d));
             }
-            single = model.params().values().toFloatArray();
+            single = m.params().values().toFloatArray();
         }
         for (int n : new int[] {2, 4}) {
-            try (DataParallel dp = replicas(n)) {
+            try (DataParallel dp = replicas(model, train, n)) {
                 List<DataSource> data = new ArrayList<>();
                 for (int r = 0; r < n; r++) {
                     data.add(slice(r, n));
                 }
-                for (int s = 0; s < 6; s++) {
+                for (int s = 0; s < STEPS; s++) {
                     StepResult r = dp.step(data);
-                    assertEquals(singleLoss.get(s), r.loss(), 1e-5, n + " replicas, step " + (s + 1));
-                    assertEquals(B * 32L, r.tokens(), "tokens of all replicas");
+                    StepResult one = singleSteps.get(s);
+                    String what = n + " replicas, step " + (s + 1);
+                    assertEquals(one.loss(), r.loss(), 1e-5, what);
+                    assertEquals((long) B * 32 * train.gradAccum(), r.tokens(), "tokens of all replicas");
+                    assertEquals(one.metrics().keySet(), r.metrics().keySet(), what);
+                    for (var e : one.metrics().entrySet()) {
+                        assertEquals(e.getValue(), r.metrics().get(e.getKey()), 1e-6 * Math.max(1, Math.abs(e.getValue())),
+                                what + ": " + e.getKey());
+                    }
                 }
                 float[] w0 = dp.replicas().get(0).model().params().values().toFloatArray();
                 for (DataParallel.Replica rep : dp.replicas()) {
@@ -70,11 +110,12 @@ class DataParallelTest {
                 assertTrue(maxDiff < 1e-4, n + " replicas: max weight difference " + maxDiff);
             }
         }
+        return singleSteps;
     }
 
     @Test
     void aFailingReplicaFailsTheStepWithItsOwnErrorAndNobodyWaits() {
-        try (DataParallel dp = replicas(2)) {
+        try (DataParallel dp = replicas(MODEL, TRAIN, 2)) {
             DataSource broken = DataSource.indexed(p -> {
                 throw new IllegalStateException("replica 1 cannot read batch " + p);
             });
