@@ -23,7 +23,9 @@ import org.kindling.ops.Tensor;
  * dropped. With a capacity factor (Switch): each expert owns ⌈factor·T·k/E⌉ slots, filled by its
  * first entries in token order; the entries past them are dropped (they add nothing, so the block's
  * residual carries the token) and empty slots are computed as zero rows, which is the padding
- * that makes capacity cost what it does. The backward pass runs the same grouping in reverse.
+ * that makes capacity cost what it does. Capacity applies to training passes only: evaluation and
+ * decoding compute every entry, so a token's output never depends on the other tokens of its
+ * batch. The backward pass runs the same grouping in reverse.
  */
 final class Moe implements ChannelMixer {
     static final String DROPPED_FRACTION = "moe_dropped_fraction";
@@ -67,6 +69,8 @@ final class Moe implements ChannelMixer {
         final Activation yp;
         final Activation w;
         int slotCount;
+        /** Whether the pass ran under a capacity (slots) or dropless (the permutation itself). */
+        boolean capped;
 
         Pass(Activations acts, String prefix) {
             order = acts.i32(prefix + "order");
@@ -117,10 +121,10 @@ final class Moe implements ChannelMixer {
     @Override
     public void forward(Tensor y, Tensor x) {
         Router.Routing r = router.forward(x);
-        run(train, y, x, r);
+        run(train, y, x, r, !spec.dropless() && step.training());
         if (step.training()) {
             int dropped = 0;
-            if (!spec.dropless()) {
+            if (train.capped) {
                 int cap = capacity(spec.capacityFactor(), x.rows(), k, experts);
                 for (int n : r.counts()) {
                     dropped += Math.max(0, n - cap);
@@ -132,11 +136,11 @@ final class Moe implements ChannelMixer {
 
     @Override
     public void forwardStep(Tensor y, Tensor x) {
-        run(decode, y, x, router.forwardStep(x));
+        run(decode, y, x, router.forwardStep(x), false);
     }
 
     /** Groups the entries, runs the experts on their rows and sums their outputs back, weighted. */
-    private void run(Pass p, Tensor y, Tensor x, Router.Routing r) {
+    private void run(Pass p, Tensor y, Tensor x, Router.Routing r, boolean capped) {
         Backend be = x.device().backend();
         int t = x.rows();
         int n = t * k;
@@ -144,7 +148,8 @@ final class Moe implements ChannelMixer {
         be.permutation(order, r.indices().reshape(n), r.offsets());
         Tensor slots;
         Tensor groups;
-        if (spec.dropless()) {
+        p.capped = capped;
+        if (!capped) {
             slots = order;
             groups = r.offsets();
         } else {
@@ -183,8 +188,8 @@ final class Moe implements ChannelMixer {
         Pass p = train;
         int s = p.slotCount;
         Tensor rows = p.rows.saved(s);
-        Tensor slots = spec.dropless() ? p.order.saved(n) : p.slots.saved(s);
-        Tensor groups = spec.dropless() ? router.savedOffsets() : p.groups.saved(experts + 1);
+        Tensor slots = p.capped ? p.slots.saved(s) : p.order.saved(n);
+        Tensor groups = p.capped ? p.groups.saved(experts + 1) : router.savedOffsets();
         Tensor d = dyp.write(s, c);
         be.gatherRows(d, dy, rows);
         // ∂L/∂w[s] = ⟨dy[row], expert output⟩; then the experts see dy weighted by w.

@@ -166,13 +166,20 @@ class MoeTest {
     }
 
     private void checkAgainstLoop(MoeSpec spec, int t, int c, long seed) {
+        checkAgainstLoop(spec, t, c, seed, true);
+    }
+
+    /** Checks a training pass (capacity applies) or an evaluation pass (every entry computed). */
+    private void checkAgainstLoop(MoeSpec spec, int t, int c, long seed, boolean training) {
         Built b = build(spec, c, seed);
         Moe m = (Moe) b.layer();
         Tensor x = input(seed + 2, t, c);
         Tensor y = keep(dev.allocate(DType.F32, t, c));
-        b.step().train(seed, 1.0 / t, v -> { });
+        if (training) {
+            b.step().train(seed, 1.0 / t, v -> { });
+        }
         m.forward(y, x);
-        int cap = spec.dropless() ? 0 : Moe.capacity(spec.capacityFactor(), t, spec.k(), spec.experts());
+        int cap = spec.dropless() || !training ? 0 : Moe.capacity(spec.capacityFactor(), t, spec.k(), spec.experts());
         int[] dropped = {0};
         double[] expected = perTokenLoop(m, spec, x.toFloatArray(), t, c, cap, dropped);
         float[] actual = y.toFloatArray();
@@ -185,6 +192,10 @@ class MoeTest {
             if (Math.abs(expected[i] - actual[i]) > 1e-5 * scale) {
                 throw new AssertionError(spec + " y[" + i / c + ", " + i % c + "]: loop " + expected[i] + ", layer " + actual[i]);
             }
+        }
+        if (!training) {
+            assertTrue(b.step().metrics().isEmpty(), "evaluation reports nothing");
+            return;
         }
         Map<String, Double> metrics = b.step().metrics().values();
         assertEquals((double) dropped[0] / (t * spec.k()), metrics.get(Moe.DROPPED_FRACTION), 1e-15, spec + " dropped fraction");
@@ -205,6 +216,12 @@ class MoeTest {
         checkAgainstLoop(new MoeSpec(5, 40, 1, 1.0, 0.01, 0.001, 0), 97, 59, 14);
         checkAgainstLoop(new MoeSpec(3, 17, 2, 0.5, 0.01, 0.001, 0), 1025, 24, 15);
         checkAgainstLoop(new MoeSpec(4, 8, 1, 1.25, 0.01, 0.001, 0), 33, 16, 16);
+    }
+
+    /** Capacity is a training device: evaluation computes every entry, so no token depends on its batch. */
+    @Test
+    void evaluationComputesEveryEntryUnderACapacity() {
+        checkAgainstLoop(new MoeSpec(3, 17, 2, 0.5, 0.01, 0.001, 0.1), 97, 24, 17, false);
     }
 
     @Test
