@@ -7,6 +7,8 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import org.junit.jupiter.api.Test;
+import org.kindling.models.channel.MlpSpec;
+import org.kindling.models.channel.MoeSpec;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.models.nn.Param;
@@ -54,9 +56,19 @@ class GptGradientTest {
         check(0.25, true);
     }
 
+    /** A dropless top-2 mixture of experts in the second layer (auxiliary losses off: the probe is the LM loss). */
+    @Test
+    void withAMixtureOfExpertsLayer() {
+        check(config(0).withChannelMixers(List.of(new MlpSpec(2), new MoeSpec(3, 10, 2, 0, 0, 0, 0))), true);
+    }
+
     private static void check(double dropout, boolean training) {
+        check(config(dropout), training);
+    }
+
+    private static void check(ModelConfig cfg, boolean training) {
         TokenBatch batch = batch();
-        try (Device dev = Device.reference(); Gpt model = new Gpt(config(dropout), dev, 5)) {
+        try (Device dev = Device.reference(); Gpt model = new Gpt(cfg, dev, 5)) {
             if (training) {
                 model.train(42, 1.0 / batch.size(), v -> { });
             } else {
