@@ -7,6 +7,12 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Callable;
+import org.kindling.models.Gpt;
+import org.kindling.models.channel.ChannelMixers;
+import org.kindling.models.channel.ChannelSpec;
+import org.kindling.models.channel.MlpSpec;
+import org.kindling.models.channel.MoeSpec;
+import org.kindling.models.config.ConfigReader;
 import org.kindling.models.config.LayerDefaults;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.TrainConfig;
@@ -42,6 +48,16 @@ final class RecallBench implements Callable<Integer> {
         + "${COMPLETION-CANDIDATES}, or hybrid (layer 0 h3, layer 1 attention, as in the H3 paper's hybrids)",
         "(default ${DEFAULT-VALUE})"}, defaultValue = "attention")
     String mixer;
+
+    @Option(names = "--channel-mixer", description = "channel mixer of both layers: mlp or moe (default ${DEFAULT-VALUE})",
+            defaultValue = MlpSpec.TYPE)
+    String channelMixer;
+
+    @Option(names = "--experts", description = "experts of --channel-mixer moe (default: the moe config's, 8)")
+    Integer experts;
+
+    @Option(names = "--top-k", description = "experts per token of --channel-mixer moe (default: the moe config's, 1)")
+    Integer topK;
 
     @Option(names = "--steps", description = "optimizer steps (default ${DEFAULT-VALUE})", defaultValue = "1500")
     int steps;
@@ -84,13 +100,18 @@ final class RecallBench implements Callable<Integer> {
             throw new CommandLine.ParameterException(cmd, "--lr must be > 0, got " + lr);
         }
         int threads = common.threads(cmd);
+        checkChannelMixer(cmd);
         Synthetic.Task t;
         ModelConfig cfg;
         Synthetic.Examples heldOut;
         try {
             t = Synthetic.Task.parse(task);
             ModelConfig base = ModelConfig.gpt(vocab, dModel, 2, heads, heads, seq, 4, 0, 0.02, 1e-5);
-            cfg = base.withMixers(mixers(cmd, new LayerDefaults(dModel, heads, heads, 4)));
+            LayerDefaults defaults = new LayerDefaults(dModel, heads, heads, 4);
+            cfg = base.withMixers(mixers(cmd, defaults));
+            if (channelMixer.equals(MoeSpec.TYPE)) {
+                cfg = cfg.withChannelMixers(Collections.nCopies(2, moe(defaults)));
+            }
             heldOut = Synthetic.generate(t, vocab, seq, 1000, -seed);
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(cmd, e.getMessage());
@@ -99,6 +120,8 @@ final class RecallBench implements Callable<Integer> {
                 batch * seq, 100, 0, 1);
         PrintWriter err = cmd.getErr();
         double accuracy;
+        long params;
+        long activeParams;
         StepResult last = null;
         int reps = BenchOptions.replicas(cmd, replicas, batch, threads);
         try (DataParallel dp = BenchOptions.cpuReplicas(reps, threads / reps, cfg, seed, tc)) {
@@ -115,9 +138,13 @@ final class RecallBench implements Callable<Integer> {
                     err.flush();
                 }
             }
-            accuracy = Synthetic.accuracy(dp.replicas().get(0).model(), heldOut, 250);
+            Gpt model = dp.replicas().get(0).model();
+            params = model.parameterCount();
+            activeParams = model.activeParameterCount();
+            accuracy = Synthetic.accuracy(model, heldOut, 250);
         }
-        err.printf("%s with %s after %d steps: held-out accuracy %.4f%s%n", t.cliName(), mixer, steps, accuracy, last.metricsText());
+        err.printf("%s with %s and %s (%,d params, %,d active) after %d steps: held-out accuracy %.4f%s%n", t.cliName(), mixer,
+                channelMixer, params, activeParams, steps, accuracy, last.metricsText());
         err.flush();
         if (common.json) {
             Map<String, Object> row = new LinkedHashMap<>();
@@ -126,10 +153,45 @@ final class RecallBench implements Callable<Integer> {
             row.put("mixer", mixer);
             row.put("steps", steps);
             row.put("accuracy", accuracy);
+            row.put("params", params);
+            row.put("active_params", activeParams);
             Json.putMetrics(row, last.metrics());
             Json.printLine(cmd.getOut(), row);
         }
         return 0;
+    }
+
+    /** --channel-mixer names mlp or moe, and the moe options come only with moe. */
+    private void checkChannelMixer(CommandLine cmd) {
+        if (!channelMixer.equals(MlpSpec.TYPE) && !channelMixer.equals(MoeSpec.TYPE)) {
+            throw new CommandLine.ParameterException(cmd, "--channel-mixer \"" + channelMixer + "\" is not mlp or moe");
+        }
+        if (channelMixer.equals(MlpSpec.TYPE) && (experts != null || topK != null)) {
+            throw new CommandLine.ParameterException(cmd, (experts != null ? "--experts" : "--top-k")
+                    + " applies only with --channel-mixer moe");
+        }
+        if (experts != null) {
+            BenchOptions.requirePositive(cmd, "--experts", experts);
+        }
+        if (topK != null) {
+            BenchOptions.requirePositive(cmd, "--top-k", topK);
+        }
+        if (topK != null && experts != null && topK > experts) {
+            throw new CommandLine.ParameterException(cmd, "--top-k " + topK + " exceeds --experts " + experts);
+        }
+    }
+
+    /** Both layers' mixture, read like a config's {@code channel_mixer: {type: moe, …}} so every other key keeps its default. */
+    private ChannelSpec moe(LayerDefaults defaults) {
+        Map<String, Object> m = new LinkedHashMap<>();
+        m.put("type", MoeSpec.TYPE);
+        if (experts != null) {
+            m.put("experts", experts);
+        }
+        if (topK != null) {
+            m.put("k", topK);
+        }
+        return ChannelMixers.read(new ConfigReader("--channel-mixer moe", "channel_mixer", m), defaults);
     }
 
     /** The two layers' mixers: --mixer in both, or the hybrid. */

@@ -8,6 +8,7 @@ import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.concurrent.Callable;
 import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
 import org.kindling.models.data.TokenBatch;
@@ -30,6 +31,10 @@ final class TrainBench implements Callable<Integer> {
 
     @Option(names = "--preset", description = "model preset name (conf/models/NAME.yaml) or a config file")
     String preset;
+
+    @Option(names = "--set", description = {"override a key of the --preset config as `kindling train --set` does, e.g.",
+        "--set channel_mixer=moe --set channel_mixer.experts=4"})
+    Map<String, String> overrides = new LinkedHashMap<>();
 
     @Option(names = "--layers", description = "blocks (default ${DEFAULT-VALUE})", defaultValue = "4")
     int layers;
@@ -81,9 +86,12 @@ final class TrainBench implements Callable<Integer> {
         Peer torch = Peer.parse(cmd, peer, python);
         int threads = common.threads(cmd);
         int reps = BenchOptions.replicas(cmd, replicas, batch, threads);
+        if (preset == null && !overrides.isEmpty()) {
+            throw new CommandLine.ParameterException(cmd, "--set overrides keys of a config: give it with --preset");
+        }
         ModelConfig cfg;
         try {
-            cfg = preset != null ? ModelConfig.load(Presets.resolve(preset))
+            cfg = preset != null ? RunConfig.load(Presets.resolve(preset), overrides).model()
                     : ModelConfig.gpt(vocab, dModel, layers, heads, heads, seq, 4, 0, 0.02, 1e-5);
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(cmd, e.getMessage());
@@ -107,12 +115,14 @@ final class TrainBench implements Callable<Integer> {
         double[] split = new double[3];
         Timing.Stats stats;
         int params;
+        long activeParams;
         // The final step's result, for its layer metrics.
         StepResult[] last = new StepResult[1];
         int perThreads = threads / reps;
         try (DataParallel dp = BenchOptions.cpuReplicas(reps, perThreads, cfg, 1, train)) {
             Trainer first = dp.replicas().get(0).trainer();
             params = first.model().params().count();
+            activeParams = first.model().activeParameterCount();
             List<DataSource> data = new ArrayList<>();
             for (int r = 0; r < reps; r++) {
                 data.add(randomTokens(cfg.vocab(), batch / reps, seq, r, reps));
@@ -138,9 +148,9 @@ final class TrainBench implements Callable<Integer> {
         double fwd = split[0] / steps;
         double bwd = split[1] / steps;
         double opt = split[2] / steps;
-        err.printf("train %,d params (L=%d C=%d H=%d V=%d), B=%d T=%d, %d replica(s) x %d thread(s): %.0f tokens/s, %.1f ms/step "
-                + "(median of %d; best %.1f; forward %.1f, backward %.1f, optimizer %.1f)%s%n", params, cfg.nLayer(), cfg.dModel(),
-                cfg.nHead(), cfg.vocab(), batch, seq, reps, perThreads, tokensPerS, msPerStep, stats.reps(), stats.best() * 1e3,
+        err.printf("train %,d params, %,d active (L=%d C=%d H=%d V=%d), B=%d T=%d, %d replica(s) x %d thread(s): %.0f tokens/s, "
+                + "%.1f ms/step (median of %d; best %.1f; forward %.1f, backward %.1f, optimizer %.1f)%s%n", params, activeParams,
+                cfg.nLayer(), cfg.dModel(), cfg.nHead(), cfg.vocab(), batch, seq, reps, perThreads, tokensPerS, msPerStep, stats.reps(), stats.best() * 1e3,
                 fwd, bwd, opt, last[0].metricsText());
         err.flush();
         if (common.json) {
@@ -155,6 +165,7 @@ final class TrainBench implements Callable<Integer> {
             row.put("bwd_ms", BenchOptions.round(bwd));
             row.put("opt_ms", BenchOptions.round(opt));
             row.put("impl", "kindling");
+            row.put("active_params", activeParams);
             Json.putMetrics(row, last[0].metrics());
             Json.printLine(cmd.getOut(), row);
         }

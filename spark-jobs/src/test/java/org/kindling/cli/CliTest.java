@@ -23,7 +23,7 @@ class CliTest {
     @Test
     void everyCommandHasHelp() {
         for (String[] cmd : new String[][] {{"--help"}, {"version", "--help"}, {"bench", "--help"}, {"bench", "gemm", "--help"},
-            {"bench", "attention", "--help"}, {"bench", "train", "--help"}, {"bench", "recall", "--help"},
+            {"bench", "attention", "--help"}, {"bench", "train", "--help"}, {"bench", "recall", "--help"}, {"bench", "moe", "--help"},
             {"prepare", "--help"}, {"bench", "tokenize", "--help"}, {"generate", "--help"}, {"export", "--help"},
             {"eval", "--help"}, {"train", "--help"}, {"quickstart", "--help"}}) {
             CliRun r = CliRun.of(cmd);
@@ -100,7 +100,8 @@ class CliTest {
                 "--batch", "2", "--steps", "2", "--warmup", "1", "--json");
         assertEquals(0, r.code(), r.err());
         String line = r.out().strip();
-        assertEquals(List.of("bench", "params", "seq", "batch", "tokens_per_s", "ms_per_step", "fwd_ms", "bwd_ms", "opt_ms", "impl"),
+        assertEquals(List.of("bench", "params", "seq", "batch", "tokens_per_s", "ms_per_step", "fwd_ms", "bwd_ms", "opt_ms", "impl",
+                "active_params"),
                 fieldNames(line));
         JsonNode row = new ObjectMapper().readTree(line);
         assertEquals("train", row.get("bench").asText());
@@ -118,7 +119,7 @@ class CliTest {
         CliRun r = CliRun.of("bench", "recall", "--task", "induction-head", "--steps", "3", "--json");
         assertEquals(0, r.code(), r.err());
         String line = r.out().strip();
-        assertEquals(List.of("bench", "task", "mixer", "steps", "accuracy"), fieldNames(line));
+        assertEquals(List.of("bench", "task", "mixer", "steps", "accuracy", "params", "active_params"), fieldNames(line));
         JsonNode row = new ObjectMapper().readTree(line);
         assertEquals("induction-head", row.get("task").asText());
         assertEquals("attention", row.get("mixer").asText());

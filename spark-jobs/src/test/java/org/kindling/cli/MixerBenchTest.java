@@ -114,7 +114,8 @@ class MixerBenchTest {
     void recallRunsTheHybridOnlyWhenH3IsRegistered() throws Exception {
         if (Mixers.types().contains("h3")) {
             List<JsonNode> rows = rows(CliRun.of("bench", "recall", "--mixer", "hybrid", "--steps", "1", "--batch", "2", "--d-model",
-                    "16", "--threads", "1", "--json"), List.of("bench", "task", "mixer", "steps", "accuracy"));
+                    "16", "--threads", "1", "--json"), List.of("bench", "task", "mixer", "steps", "accuracy", "params",
+                    "active_params"));
             assertEquals("hybrid", rows.get(0).get("mixer").asText());
         } else {
             assertUsageError("--mixer hybrid needs the h3 token mixer, which this build does not register", "bench", "recall",
