@@ -139,8 +139,8 @@ final class RecallBench implements Callable<Integer> {
                 }
             }
             Gpt model = dp.replicas().get(0).model();
-            params = model.parameterCount();
-            activeParams = model.activeParameterCount();
+            params = model.parameterCounts().total();
+            activeParams = model.parameterCounts().active();
             accuracy = Synthetic.accuracy(model, heldOut, 250);
         }
         err.printf("%s with %s and %s (%,d params, %,d active) after %d steps: held-out accuracy %.4f%s%n", t.cliName(), mixer,

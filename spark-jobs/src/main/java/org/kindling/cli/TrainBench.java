@@ -122,7 +122,7 @@ final class TrainBench implements Callable<Integer> {
         try (DataParallel dp = BenchOptions.cpuReplicas(reps, perThreads, cfg, 1, train)) {
             Trainer first = dp.replicas().get(0).trainer();
             params = first.model().params().count();
-            activeParams = first.model().activeParameterCount();
+            activeParams = first.model().parameterCounts().active();
             List<DataSource> data = new ArrayList<>();
             for (int r = 0; r < reps; r++) {
                 data.add(randomTokens(cfg.vocab(), batch / reps, seq, r, reps));
