@@ -4,7 +4,6 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.fasterxml.jackson.databind.JsonNode;
-import com.fasterxml.jackson.databind.ObjectMapper;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.regex.Matcher;
@@ -14,29 +13,12 @@ import org.kindling.models.mixers.Mixers;
 
 /** The mixer benches of issue 11 at tiny sizes: their JSON rows, stderr reports and option checks. */
 class MixerBenchTest {
-    private static final ObjectMapper JSON = new ObjectMapper();
-
-    private static List<JsonNode> rows(CliRun r, List<String> fields) throws Exception {
-        assertEquals(0, r.code(), r.err());
-        List<JsonNode> rows = new ArrayList<>();
-        for (String line : r.out().strip().split("\n")) {
-            assertEquals(fields, CliTest.fieldNames(line), line);
-            rows.add(JSON.readTree(line));
-        }
-        return rows;
-    }
-
-    private static void assertUsageError(String expected, String... args) {
-        CliRun r = CliRun.of(args);
-        assertEquals(2, r.code(), String.join(" ", args) + ": " + r.err());
-        assertTrue(r.err().contains(expected), r.err());
-    }
 
     @Test
     void mixersMeasuresEveryRegisteredMixerAtEveryLengthBaselineFirst() throws Exception {
         CliRun r = CliRun.of("bench", "mixers", "--seq", "16,40", "--d-model", "16", "--heads", "2", "--reps", "1", "--threads", "1",
                 "--json");
-        List<JsonNode> rows = rows(r, List.of("bench", "mixer", "seq", "fwd_bwd_ms", "extra_bytes"));
+        List<JsonNode> rows = r.rows(List.of("bench", "mixer", "seq", "fwd_bwd_ms", "extra_bytes"));
         int types = Mixers.types().size();
         assertEquals(2 * types, rows.size(), r.out());
         long[] attentionExtra = new long[2];
@@ -64,16 +46,16 @@ class MixerBenchTest {
 
     @Test
     void mixersChecksItsOptions() throws Exception {
-        List<JsonNode> only = rows(CliRun.of("bench", "mixers", "--mixer", "attention", "--seq", "8", "--d-model", "8", "--heads", "2",
-                "--reps", "1", "--threads", "1", "--json"), List.of("bench", "mixer", "seq", "fwd_bwd_ms", "extra_bytes"));
+        List<JsonNode> only = CliRun.of("bench", "mixers", "--mixer", "attention", "--seq", "8", "--d-model", "8", "--heads", "2",
+                "--reps", "1", "--threads", "1", "--json").rows(List.of("bench", "mixer", "seq", "fwd_bwd_ms", "extra_bytes"));
         assertEquals(1, only.size());
-        assertUsageError("--mixer \"rnn\" is not a registered token mixer; known: attention", "bench", "mixers", "--mixer", "rnn");
-        assertUsageError("--seq must be at least 1, got 0", "bench", "mixers", "--seq", "64,0");
-        assertUsageError("--seq lists 64 twice", "bench", "mixers", "--seq", "64,64");
-        assertUsageError("--seq 1500000000 × --batch 1 × --d-model 2 exceeds", "bench", "mixers", "--seq", "1500000000", "--d-model",
+        CliRun.assertUsageError("--mixer \"rnn\" is not a registered token mixer; known: attention", "bench", "mixers", "--mixer", "rnn");
+        CliRun.assertUsageError("--seq must be at least 1, got 0", "bench", "mixers", "--seq", "64,0");
+        CliRun.assertUsageError("--seq lists 64 twice", "bench", "mixers", "--seq", "64,64");
+        CliRun.assertUsageError("--seq 1500000000 × --batch 1 × --d-model 2 exceeds", "bench", "mixers", "--seq", "1500000000", "--d-model",
                 "2", "--mixer", "attention", "--heads", "1");
-        assertUsageError("heads", "bench", "mixers", "--d-model", "10", "--heads", "4");
-        assertUsageError("--reps must be at least 1", "bench", "mixers", "--reps", "0");
+        CliRun.assertUsageError("heads", "bench", "mixers", "--d-model", "10", "--heads", "4");
+        CliRun.assertUsageError("--reps must be at least 1", "bench", "mixers", "--reps", "0");
     }
 
     @Test
@@ -81,7 +63,7 @@ class MixerBenchTest {
         // The KV cache grows by doubling from 64 rows: 62 + 3 tokens and 200 + 3 both pass a capacity.
         CliRun r = CliRun.of("bench", "decode", "--context", "62,200", "--tokens", "3", "--d-model", "16", "--heads", "2", "--layers",
                 "1", "--threads", "1", "--json");
-        List<JsonNode> rows = rows(r, List.of("bench", "mixer", "context", "tokens_per_s"));
+        List<JsonNode> rows = r.rows(List.of("bench", "mixer", "context", "tokens_per_s"));
         int types = Mixers.types().size();
         assertEquals(2 * types, rows.size(), r.out());
         for (int i = 0; i < rows.size(); i++) {
@@ -103,22 +85,22 @@ class MixerBenchTest {
 
     @Test
     void decodeChecksItsOptions() {
-        assertUsageError("--context must be at least 1, got 0", "bench", "decode", "--context", "0");
-        assertUsageError("--tokens must be at least 1, got 0", "bench", "decode", "--tokens", "0");
-        assertUsageError("--layers must be at least 1, got 0", "bench", "decode", "--layers", "0");
-        assertUsageError("--mixer \"lstm\" is not a registered token mixer", "bench", "decode", "--mixer", "attention,lstm");
-        assertUsageError("--mixer names \"attention\" twice", "bench", "decode", "--mixer", "attention,attention");
+        CliRun.assertUsageError("--context must be at least 1, got 0", "bench", "decode", "--context", "0");
+        CliRun.assertUsageError("--tokens must be at least 1, got 0", "bench", "decode", "--tokens", "0");
+        CliRun.assertUsageError("--layers must be at least 1, got 0", "bench", "decode", "--layers", "0");
+        CliRun.assertUsageError("--mixer \"lstm\" is not a registered token mixer", "bench", "decode", "--mixer", "attention,lstm");
+        CliRun.assertUsageError("--mixer names \"attention\" twice", "bench", "decode", "--mixer", "attention,attention");
     }
 
     @Test
     void recallRunsTheHybridOnlyWhenH3IsRegistered() throws Exception {
         if (Mixers.types().contains("h3")) {
-            List<JsonNode> rows = rows(CliRun.of("bench", "recall", "--mixer", "hybrid", "--steps", "1", "--batch", "2", "--d-model",
-                    "16", "--threads", "1", "--json"), List.of("bench", "task", "mixer", "steps", "accuracy", "params",
+            List<JsonNode> rows = CliRun.of("bench", "recall", "--mixer", "hybrid", "--steps", "1", "--batch", "2", "--d-model",
+                    "16", "--threads", "1", "--json").rows(List.of("bench", "task", "mixer", "steps", "accuracy", "params",
                     "active_params"));
             assertEquals("hybrid", rows.get(0).get("mixer").asText());
         } else {
-            assertUsageError("--mixer hybrid needs the h3 token mixer, which this build does not register", "bench", "recall",
+            CliRun.assertUsageError("--mixer hybrid needs the h3 token mixer, which this build does not register", "bench", "recall",
                     "--mixer", "hybrid");
         }
         CliRun help = CliRun.of("bench", "recall", "--help");

@@ -4,8 +4,6 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.fasterxml.jackson.databind.JsonNode;
-import com.fasterxml.jackson.databind.ObjectMapper;
-import java.util.ArrayList;
 import java.util.List;
 import org.junit.jupiter.api.Test;
 import org.kindling.models.channel.MlpSpec;
@@ -15,30 +13,14 @@ import org.kindling.models.config.RunConfig;
 
 /** The MoE benches of issue 12 at tiny sizes: bench moe's rows and checks, MoE models in bench train and recall, the preset. */
 class MoeBenchTest {
-    private static final ObjectMapper JSON = new ObjectMapper();
     private static final List<String> MOE_METRICS = List.of("moe_balance_loss", "moe_dropped_fraction", "moe_load_imbalance",
             "moe_z_loss");
-
-    private static List<JsonNode> rows(CliRun r) throws Exception {
-        assertEquals(0, r.code(), r.err());
-        List<JsonNode> rows = new ArrayList<>();
-        for (String line : r.out().strip().split("\n")) {
-            rows.add(JSON.readTree(line));
-        }
-        return rows;
-    }
-
-    private static void assertUsageError(String expected, String... args) {
-        CliRun r = CliRun.of(args);
-        assertEquals(2, r.code(), String.join(" ", args) + ": " + r.err());
-        assertTrue(r.err().contains(expected), r.err());
-    }
 
     @Test
     void moeMeasuresDroplessEachCapacityAndTheDenseMlpInOneRun() throws Exception {
         CliRun r = CliRun.of("bench", "moe", "--experts", "4", "--top-k", "2", "--tokens", "64", "--d-model", "16", "--ffn", "24",
                 "--capacity-factors", "0.5,1.0,2.0", "--reps", "1", "--threads", "1", "--json");
-        List<JsonNode> rows = rows(r);
+        List<JsonNode> rows = r.rows(null);
         assertEquals(5, rows.size(), r.out());
         for (String line : r.out().strip().split("\n")) {
             assertEquals(List.of("bench", "impl", "capacity_factor", "ms", "dropped_fraction"), CliTest.fieldNames(line), line);
@@ -67,13 +49,13 @@ class MoeBenchTest {
 
     @Test
     void moeChecksItsOptions() {
-        assertUsageError("--top-k 3 exceeds --experts 2", "bench", "moe", "--experts", "2", "--top-k", "3");
-        assertUsageError("--top-k 1 × --ffn 100 = 100 is not a multiple of --d-model 64", "bench", "moe", "--d-model", "64", "--ffn",
+        CliRun.assertUsageError("--top-k 3 exceeds --experts 2", "bench", "moe", "--experts", "2", "--top-k", "3");
+        CliRun.assertUsageError("--top-k 1 × --ffn 100 = 100 is not a multiple of --d-model 64", "bench", "moe", "--d-model", "64", "--ffn",
                 "100");
-        assertUsageError("--experts must be at least 1, got 0", "bench", "moe", "--experts", "0");
-        assertUsageError("--capacity-factors must be finite and above 0, got 0.0", "bench", "moe", "--capacity-factors", "1,0");
-        assertUsageError("--capacity-factors lists 1.0 twice", "bench", "moe", "--capacity-factors", "1,1.0");
-        assertUsageError("exceeds one tensor's 2^31-1 elements", "bench", "moe", "--tokens", "2000000000", "--d-model", "2", "--ffn",
+        CliRun.assertUsageError("--experts must be at least 1, got 0", "bench", "moe", "--experts", "0");
+        CliRun.assertUsageError("--capacity-factors must be finite and above 0, got 0.0", "bench", "moe", "--capacity-factors", "1,0");
+        CliRun.assertUsageError("--capacity-factors lists 1.0 twice", "bench", "moe", "--capacity-factors", "1,1.0");
+        CliRun.assertUsageError("exceeds one tensor's 2^31-1 elements", "bench", "moe", "--tokens", "2000000000", "--d-model", "2", "--ffn",
                 "2");
     }
 
@@ -81,15 +63,15 @@ class MoeBenchTest {
     void benchTrainTakesOverridesThatMakeAMixture() throws Exception {
         CliRun r = CliRun.of("bench", "train", "--preset", "tiny", "--set", "channel_mixer=moe", "--set", "channel_mixer.experts=4",
                 "--seq", "16", "--batch", "2", "--steps", "1", "--warmup", "0", "--threads", "1", "--json");
-        JsonNode row = rows(r).get(0);
+        JsonNode row = r.rows(null).get(0);
         List<String> fields = CliTest.fieldNames(r.out().strip());
         assertEquals(List.of("bench", "params", "seq", "batch", "tokens_per_s", "ms_per_step", "fwd_ms", "bwd_ms", "opt_ms", "impl",
                 "active_params"), fields.subList(0, 11));
         assertEquals(MOE_METRICS, fields.subList(11, fields.size()));
         // 2 layers of 4 experts, 2·64·256 weights each: 3 of them idle per token.
         assertEquals(2L * 3 * 2 * 64 * 256, row.get("params").asLong() - row.get("active_params").asLong(), r.out());
-        assertUsageError("--set overrides keys of a config: give it with --preset", "bench", "train", "--set", "n_layer=1");
-        assertUsageError("channel_mixer.k", "bench", "train", "--preset", "tiny", "--set", "channel_mixer=moe", "--set",
+        CliRun.assertUsageError("--set overrides keys of a config: give it with --preset", "bench", "train", "--set", "n_layer=1");
+        CliRun.assertUsageError("channel_mixer.k", "bench", "train", "--preset", "tiny", "--set", "channel_mixer=moe", "--set",
                 "channel_mixer.k=9");
     }
 
@@ -97,18 +79,18 @@ class MoeBenchTest {
     void benchRecallRunsMoeLayers() throws Exception {
         CliRun r = CliRun.of("bench", "recall", "--channel-mixer", "moe", "--experts", "4", "--top-k", "2", "--steps", "2", "--batch",
                 "2", "--d-model", "16", "--threads", "1", "--json");
-        JsonNode row = rows(r).get(0);
+        JsonNode row = r.rows(null).get(0);
         List<String> fields = CliTest.fieldNames(r.out().strip());
         assertEquals(List.of("bench", "task", "mixer", "steps", "accuracy", "params", "active_params"), fields.subList(0, 7));
         assertEquals(MOE_METRICS, fields.subList(7, fields.size()));
         assertEquals(2L * 2 * 2 * 16 * 64, row.get("params").asLong() - row.get("active_params").asLong(), r.out());
-        JsonNode mlp = rows(CliRun.of("bench", "recall", "--steps", "1", "--batch", "2", "--d-model", "16", "--threads", "1",
-                "--json")).get(0);
+        JsonNode mlp = CliRun.of("bench", "recall", "--steps", "1", "--batch", "2", "--d-model", "16", "--threads", "1",
+                "--json").rows(null).get(0);
         assertEquals(mlp.get("params").asLong(), mlp.get("active_params").asLong());
-        assertUsageError("--channel-mixer \"glu\" is not mlp or moe", "bench", "recall", "--channel-mixer", "glu");
-        assertUsageError("--experts applies only with --channel-mixer moe", "bench", "recall", "--experts", "4");
-        assertUsageError("--top-k 5 exceeds --experts 4", "bench", "recall", "--channel-mixer", "moe", "--experts", "4", "--top-k", "5");
-        assertUsageError("k = 9 exceeds experts = 8", "bench", "recall", "--channel-mixer", "moe", "--top-k", "9");
+        CliRun.assertUsageError("--channel-mixer \"glu\" is not mlp or moe", "bench", "recall", "--channel-mixer", "glu");
+        CliRun.assertUsageError("--experts applies only with --channel-mixer moe", "bench", "recall", "--experts", "4");
+        CliRun.assertUsageError("--top-k 5 exceeds --experts 4", "bench", "recall", "--channel-mixer", "moe", "--experts", "4", "--top-k", "5");
+        CliRun.assertUsageError("k = 9 exceeds experts = 8", "bench", "recall", "--channel-mixer", "moe", "--top-k", "9");
     }
 
     @Test
