@@ -100,6 +100,16 @@ public interface Backend {
     /** Σ x² over all elements, accumulated in double in a fixed order. */
     double sumOfSquares(Tensor x);
 
+    /**
+     * out[0] += scale·Σ x over every element of x (out: one F32 element), the sum formed in double in
+     * a fixed order: a training step's scalars (loss sums, metrics) accumulate on the device and are
+     * read back once per step.
+     */
+    void addSum(Tensor out, Tensor x, float scale);
+
+    /** out[0] += scale·Σ x², like {@link #addSum}: the gradient norm's square stays on the device. */
+    void addSumOfSquares(Tensor out, Tensor x, float scale);
+
     /** √(Σ over tensors of Σ x²): the global gradient norm used for clipping. */
     default double globalL2Norm(List<Tensor> tensors) {
         double s = 0;

@@ -27,6 +27,13 @@ public final class KernelChecks {
         }
     }
 
+    /** The one F32 element a scalar accumulation writes. */
+    public static void scalarOut(Tensor out, String what) {
+        if (out.dtype() != DType.F32 || out.numel() != 1) {
+            throw new IllegalArgumentException(what + " must be one F32 element, got " + out);
+        }
+    }
+
     public static void numel(Tensor t, String what, int expected) {
         if (t.numel() != expected) {
             throw new IllegalArgumentException(what + " must have " + expected + " elements, got " + t);

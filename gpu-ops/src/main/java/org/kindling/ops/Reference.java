@@ -103,6 +103,14 @@ public final class Reference {
         return out;
     }
 
+    public static double sum(double[] x) {
+        double s = 0;
+        for (double v : x) {
+            s += v;
+        }
+        return s;
+    }
+
     public static double sumOfSquares(double[] x) {
         double s = 0;
         for (double v : x) {

@@ -331,10 +331,28 @@ public final class Gpt implements AutoCloseable {
 
     /**
      * Forward pass with next-token cross-entropy. Returns the summed loss over predicted tokens
-     * (divide by {@link #predicted()} for the mean). With {@code gradScale} > 0 the fused loss
-     * kernel also leaves dlogits = gradScale·∂(summed loss)/∂logits for {@link #backward}.
+     * (divide by {@link #predicted()} for the mean), read back from the device. With
+     * {@code gradScale} > 0 the fused loss kernel also leaves dlogits = gradScale·∂(summed
+     * loss)/∂logits for {@link #backward}.
      */
     public double forward(TokenBatch batch, float gradScale) {
+        double sum = 0;
+        for (double l : losses(batch, gradScale).toDoubleArray()) {
+            sum += l;
+        }
+        return sum;
+    }
+
+    /**
+     * {@link #forward(TokenBatch, float)} that adds the summed loss to {@code lossSum} (one F32
+     * element) on the device instead of reading it back: the trainer reads a step's sums once.
+     */
+    public void forward(TokenBatch batch, float gradScale, Tensor lossSum) {
+        dev.backend().addSum(lossSum, losses(batch, gradScale), 1f);
+    }
+
+    /** Runs the forward pass and the loss kernel; returns the per-token losses [T] (0 where ignored). */
+    private Tensor losses(TokenBatch batch, float gradScale) {
         Tensor lg = logits(batch, true);
         int t = batch.size();
         int[] tg = batch.targets();
@@ -350,11 +368,7 @@ public final class Gpt implements AutoCloseable {
         } else {
             dev.backend().crossEntropyForward(ls, lg, tt, TokenBatch.IGNORE);
         }
-        double sum = 0;
-        for (double l : ls.toDoubleArray()) {
-            sum += l;
-        }
-        return sum;
+        return ls;
     }
 
     /** Tokens that had a target in the last {@link #forward}. */
@@ -413,6 +427,7 @@ public final class Gpt implements AutoCloseable {
         blocks.forEach(Block::close);
         lnf.close();
         acts.close();
+        step.close();
         params.close();
     }
 }

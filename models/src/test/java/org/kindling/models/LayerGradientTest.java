@@ -140,7 +140,7 @@ class LayerGradientTest {
      */
     private void checkMoe(String what, MoeSpec spec, int t, long seed) {
         Params.Builder pb = new Params.Builder();
-        StepContext step = new StepContext();
+        StepContext step = keep(new StepContext());
         ChannelMixer moe = keep(spec.build(new LayerContext(pb, dev, "moe", 6, 0, 2, 0.3, 5, step)));
         Params params = params(pb, seed, 0.8);
         Tensor x = input(seed + 2, t, 6);

@@ -162,18 +162,18 @@ final class MoeBench implements Callable<Integer> {
 
     private Result time(ChannelSpec layerSpec, float[] xs, float[] dys, int threads) throws Exception {
         int c = dModel;
-        StepContext step = new StepContext();
-        // Training mode: the router's auxiliary losses and metrics run as they do in a training step.
-        step.train(1, 1.0 / tokens, v -> { });
         double[] dropped = new double[1];
         Params.Builder pb = new Params.Builder();
         try (CpuDevice dev = Device.cpu(threads);
+             StepContext step = new StepContext();
              ChannelMixer layer = layerSpec.build(new LayerContext(pb, dev, "h.0." + layerSpec.paramPrefix(), c, 0, 1, 0.02, 1, step));
              Params params = pb.build(dev, 1);
              Tensor x = dev.fromFloats(xs, tokens, c);
              Tensor dy = dev.fromFloats(dys, tokens, c);
              Tensor y = dev.allocate(DType.F32, tokens, c);
              Tensor dx = dev.allocate(DType.F32, tokens, c)) {
+            // Training mode: the router's auxiliary losses and metrics run as they do in a training step.
+            step.train(1, 1.0 / tokens, v -> { });
             Timing.Stats stats = Timing.measure(new Timing.Rule(1, reps, 0), new Timing.Trial() {
                 @Override
                 public void before() {

@@ -13,7 +13,6 @@ import static org.kindling.ops.KernelChecks.sameRows;
 import java.util.Arrays;
 import java.util.List;
 import jdk.incubator.vector.FloatVector;
-import jdk.incubator.vector.VectorOperators;
 import org.kindling.ops.AdamW;
 import org.kindling.ops.Attention;
 import org.kindling.ops.BF16;
@@ -501,6 +500,23 @@ final class CpuBackend implements Backend {
 
     @Override
     public double sumOfSquares(Tensor x) {
+        return blockSum(x, true);
+    }
+
+    @Override
+    public void addSum(Tensor out, Tensor x, float scale) {
+        KernelChecks.scalarOut(out, "addSum out");
+        f32(out, "out")[out.offset()] += (float) (scale * blockSum(x, false));
+    }
+
+    @Override
+    public void addSumOfSquares(Tensor out, Tensor x, float scale) {
+        KernelChecks.scalarOut(out, "addSumOfSquares out");
+        f32(out, "out")[out.offset()] += (float) (scale * blockSum(x, true));
+    }
+
+    /** Σ x (or Σ x²) in double: fixed blocks summed in parallel, then in block order, so any thread count gives the same bits. */
+    private double blockSum(Tensor x, boolean squares) {
         float[] xv = f32(x, "x");
         int ox = x.offset();
         int n = x.numel();
@@ -509,7 +525,8 @@ final class CpuBackend implements Backend {
         pool.parallelFor(blocks, Math.max(1, GRAIN / SUM_BLOCK), (lo, hi) -> {
             for (int blk = lo; blk < hi; blk++) {
                 int end = Math.min(n, (blk + 1) * SUM_BLOCK);
-                partial[blk] = VecMath.sumOfSquares(xv, ox + blk * SUM_BLOCK, end - blk * SUM_BLOCK);
+                partial[blk] = squares ? VecMath.sumOfSquares(xv, ox + blk * SUM_BLOCK, end - blk * SUM_BLOCK)
+                        : VecMath.sumDouble(xv, ox + blk * SUM_BLOCK, end - blk * SUM_BLOCK);
             }
         });
         double total = 0;

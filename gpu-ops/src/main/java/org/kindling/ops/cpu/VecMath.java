@@ -357,6 +357,15 @@ final class VecMath {
         return s;
     }
 
+    /** Σ x[i] over [off, off+n), in double in index order (a step's loss sum: accuracy over speed). */
+    static double sumDouble(float[] x, int off, int n) {
+        double s = 0;
+        for (int i = 0; i < n; i++) {
+            s += x[off + i];
+        }
+        return s;
+    }
+
     /**
      * Σ x[i]² over [off, off+n): squares summed lane-wise in fp32 over runs of 16 vectors (so no
      * lane sums more than 16 terms), each run's lanes then added in order in double.

@@ -258,6 +258,18 @@ final class ReferenceBackend implements Backend {
         return Reference.sumOfSquares(read(x, "x"));
     }
 
+    @Override
+    public void addSum(Tensor out, Tensor x, float scale) {
+        KernelChecks.scalarOut(out, "addSum out");
+        add(out, "out", new double[] {scale * Reference.sum(read(x, "x"))});
+    }
+
+    @Override
+    public void addSumOfSquares(Tensor out, Tensor x, float scale) {
+        KernelChecks.scalarOut(out, "addSumOfSquares out");
+        add(out, "out", new double[] {scale * Reference.sumOfSquares(read(x, "x"))});
+    }
+
     // ---- softmax ----
 
     @Override

@@ -43,7 +43,7 @@ final class Router {
     private final int layer;
     private final Pass train;
     private final Pass decode;
-    /** Backward scratch: ∂L/∂probs, ∂L/∂logits and the z-loss term [T, E], its per-token scale [T]; the balance gradient row [E]; ∂L/∂(jittered x) [T, C]. */
+    /** Backward scratch: ∂L/∂probs, ∂L/∂logits and the z-loss term [T, E], its per-token scale [T]; the balance gradient row [E] (written by forward); ∂L/∂(jittered x) [T, C]. */
     private final Activation dprobs;
     private final Activation dlogits;
     private final Activation dz;
@@ -134,6 +134,7 @@ final class Router {
         fractions = null;
         tokenWeight = step.tokenWeight();
         if (step.training()) {
+            // The ring sums on the host: this layer's one exchange per micro-batch (E + 1 numbers).
             int[] counts = r.offsets().toIntArray();
             int[] local = new int[experts];
             double[] global = new double[experts + 1];
@@ -184,22 +185,27 @@ final class Router {
         return train.offsets.saved(experts + 1);
     }
 
-    /** The step's auxiliary losses as this worker's shares, and the load imbalance (max load / mean load). */
+    /**
+     * The step's auxiliary losses as this worker's shares, summed on the device, and the load
+     * imbalance (max load / mean load). Leaves the balance loss's gradient row α·E·fᵢ·w [E] for backward.
+     */
     private void report(Pass p, int t, double imbalance) {
-        Backend be = p.probs.saved(t, experts).device().backend();
+        Tensor probs = p.probs.saved(t, experts);
+        Backend be = probs.device().backend();
         StepMetrics m = step.metrics();
-        Tensor logits = p.logits.saved(t, experts);
         Tensor lse = p.lse.write(t);
-        be.reduceRows(ReduceOp.LOG_SUM_EXP, lse, logits);
-        m.sum(Z_LOSS, zLoss * be.sumOfSquares(lse) * tokenWeight);
-        Tensor sums = p.probSums.zeros(experts);
-        be.addColumnSums(sums, p.probs.saved(t, experts));
-        double[] ps = sums.toDoubleArray();
-        double balance = 0;
+        be.reduceRows(ReduceOp.LOG_SUM_EXP, lse, p.logits.saved(t, experts));
+        be.addSumOfSquares(m.deviceSum(Z_LOSS, probs.device()), lse, (float) (zLoss * tokenWeight));
+        // α·E·Σᵢ fᵢ·Pᵢ·w = Σᵢ (α·E·fᵢ·w)·Σ_t probs[t, i]: the gradient row dotted with the column sums.
+        float[] row = new float[experts];
         for (int e = 0; e < experts; e++) {
-            balance += fractions[e] * ps[e];
+            row[e] = (float) (balanceLoss * experts * fractions[e] * tokenWeight);
         }
-        m.sum(BALANCE_LOSS, balanceLoss * experts * balance * tokenWeight);
+        Tensor gradRow = balanceRow.write(experts).copyFrom(row);
+        Tensor sums = p.probSums.zeros(experts);
+        be.addColumnSums(sums, probs);
+        be.binary(BinaryOp.MUL, sums, sums, gradRow);
+        be.addSum(m.deviceSum(BALANCE_LOSS, probs.device()), sums, 1f);
         m.ratio(LOAD_IMBALANCE, imbalance * t, t);
     }
 
@@ -216,11 +222,7 @@ final class Router {
         be.topKBackward(dp, dvalues, p.indices.saved(t, k));
         if (fractions != null && balanceLoss > 0) {
             // ∂(α·E·Σᵢ fᵢ·Pᵢ)/∂probs[t, i] = α·E·fᵢ per token weight, with f constant (it counts argmax choices).
-            float[] row = new float[experts];
-            for (int e = 0; e < experts; e++) {
-                row[e] = (float) (balanceLoss * experts * fractions[e] * tokenWeight);
-            }
-            be.binary(BinaryOp.ADD, dp, dp, balanceRow.write(experts).copyFrom(row));
+            be.binary(BinaryOp.ADD, dp, dp, balanceRow.saved(experts));
         }
         Tensor dl = dlogits.zeros(t, experts);
         be.softmaxBackward(dl, dp, probs);

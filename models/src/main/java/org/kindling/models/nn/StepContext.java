@@ -6,7 +6,7 @@ package org.kindling.models.nn;
  * statistic over every worker, and where to report named metrics. The model owns one and hands it
  * to every layer through {@link LayerContext}; the trainer sets it before each micro-batch.
  */
-public final class StepContext {
+public final class StepContext implements AutoCloseable {
     /** Sums values over every worker of a data-parallel run, in place; every worker calls it in the same order. */
     @FunctionalInterface
     public interface Reducer {
@@ -68,5 +68,11 @@ public final class StepContext {
 
     public StepMetrics metrics() {
         return metrics;
+    }
+
+    /** Frees the device sums of the metrics. */
+    @Override
+    public void close() {
+        metrics.close();
     }
 }

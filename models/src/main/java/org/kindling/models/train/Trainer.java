@@ -8,9 +8,11 @@ import org.kindling.models.data.DataSource;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.models.nn.Param;
 import org.kindling.models.nn.Params;
+import org.kindling.models.nn.StepMetrics;
 import org.kindling.ops.AdamW;
 import org.kindling.ops.Backend;
 import org.kindling.ops.DType;
+import org.kindling.ops.Device;
 import org.kindling.ops.Seeds;
 import org.kindling.ops.Tensor;
 
@@ -118,15 +120,16 @@ public final class Trainer implements AutoCloseable {
         // auxiliary loss is a mean over every token of the step.
         sync.allReduceSum(counts);
         float scale = (float) (1.0 / counts[0]);
-        double lossSum = 0;
         fwdMs = 0;
         bwdMs = 0;
         model.startStep(step);
-        model.metrics().clear();
+        StepMetrics metrics = model.metrics();
+        metrics.clear();
+        Device dev = model.device();
         for (int micro = 0; micro < batches.length; micro++) {
             long f0 = System.nanoTime();
             model.train(dropoutSeed(cfg.seed(), sync.rank(), step, micro), 1.0 / counts[1], sync::allReduceSum);
-            lossSum += model.forward(batches[micro], scale);
+            model.forward(batches[micro], scale, metrics.lossSum(dev));
             long f1 = System.nanoTime();
             if (micro == batches.length - 1) {
                 model.backward(sync::gradientsReady);
@@ -139,17 +142,21 @@ public final class Trainer implements AutoCloseable {
             fwdMs += (f1 - f0) / 1e6;
             bwdMs += (f2 - f1) / 1e6;
         }
+        long o0 = System.nanoTime();
+        Backend be = dev.backend();
+        // Gradients are summed over the workers by now, so every worker computes the same norm.
+        be.addSumOfSquares(metrics.gradSquares(dev), params.grads(), 1f);
+        // The step's one read-back: loss sum, squared gradient norm and the layers' device metrics.
+        double[] own = metrics.collect();
+        double norm = Math.sqrt(own[1]);
         // The loss and the layers' metrics travel together: one exchange per step.
-        double[] metrics = model.metrics().toArray();
-        double[] summed = new double[metrics.length + 1];
-        summed[0] = lossSum;
-        System.arraycopy(metrics, 0, summed, 1, metrics.length);
+        double[] local = metrics.toArray();
+        double[] summed = new double[local.length + 1];
+        summed[0] = own[0];
+        System.arraycopy(local, 0, summed, 1, local.length);
         sync.allReduceSum(summed);
         double meanLoss = summed[0] / counts[0];
-        SortedMap<String, Double> named = model.metrics().values(Arrays.copyOfRange(summed, 1, summed.length));
-        long o0 = System.nanoTime();
-        Backend be = model.device().backend();
-        double norm = Math.sqrt(be.sumOfSquares(params.grads()));
+        SortedMap<String, Double> named = metrics.values(Arrays.copyOfRange(summed, 1, summed.length));
         if (!Double.isFinite(meanLoss) || !Double.isFinite(norm)) {
             throw new NonFiniteException(step + 1, meanLoss, firstNonFinite());
         }

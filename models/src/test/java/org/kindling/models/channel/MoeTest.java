@@ -54,7 +54,7 @@ class MoeTest {
 
     private Built build(ChannelSpec spec, int c, long seed) {
         Params.Builder pb = new Params.Builder();
-        StepContext step = new StepContext();
+        StepContext step = keep(new StepContext());
         ChannelMixer layer = keep(spec.build(new LayerContext(pb, dev, "layer", c, 0, 2, 0.3, 5, step)));
         Params params = keep(pb.build(dev, seed));
         params.values().copyFrom(uniform(seed + 1, params.count(), 0.3));
