@@ -76,8 +76,8 @@ public record Attention(int heads, int kvHeads, int headDim, float softmaxScale,
         }
     }
 
-    /** Checks the tensors of a call against this spec and reads the sequence offsets. */
-    public Batch check(Tensor q, Tensor k, Tensor v, Tensor cuSeqlensQ, Tensor cuSeqlensK) {
+    /** Checks the tensors of a call against this spec and the host offsets against their shapes. */
+    public Batch check(Tensor q, Tensor k, Tensor v, Varlen cuSeqlensQ, Varlen cuSeqlensK) {
         requireF32(q, "q");
         requireF32(k, "k");
         requireF32(v, "v");
@@ -89,20 +89,18 @@ public record Attention(int heads, int kvHeads, int headDim, float softmaxScale,
         if (k.numel() % rowK != 0 || v.numel() != k.numel()) {
             throw new IllegalArgumentException("k " + k + " and v " + v + " must both be [Tk, " + kvHeads + ", " + headDim + "]");
         }
-        int[] cuQ = offsets(cuSeqlensQ, "cu_seqlens_q", q.numel() / rowQ);
-        int[] cuK = offsets(cuSeqlensK, "cu_seqlens_k", k.numel() / rowK);
+        int[] cuQ = cuSeqlensQ.over(q.numel() / rowQ, "cu_seqlens_q", "q");
+        int[] cuK = cuSeqlensK.over(k.numel() / rowK, "cu_seqlens_k", "k");
         if (cuQ.length != cuK.length) {
             throw new IllegalArgumentException("cu_seqlens_q has " + (cuQ.length - 1) + " sequences but cu_seqlens_k has "
                     + (cuK.length - 1));
         }
-        int maxQ = 0;
-        int maxK = 0;
-        for (int b = 0; b + 1 < cuQ.length; b++) {
+        int maxQ = cuSeqlensQ.maxSeqlen();
+        int maxK = cuSeqlensK.maxSeqlen();
+        for (int b = 0; mask != null && b + 1 < cuQ.length; b++) {
             int lq = cuQ[b + 1] - cuQ[b];
             int lk = cuK[b + 1] - cuK[b];
-            maxQ = Math.max(maxQ, lq);
-            maxK = Math.max(maxK, lk);
-            if (mask != null && lq != lk) {
+            if (lq != lk) {
                 throw new IllegalArgumentException("block-sparse attention needs equal query and key lengths; sequence " + b
                         + " has " + lq + " queries and " + lk + " keys");
             }
@@ -118,27 +116,6 @@ public record Attention(int heads, int kvHeads, int headDim, float softmaxScale,
         if (t.dtype() != DType.F32) {
             throw new IllegalArgumentException("attention " + what + " must be F32, got " + t);
         }
-    }
-
-    /** Validated sequence offsets of an I32 cu_seqlens tensor over {@code rows} packed rows. */
-    static int[] offsets(Tensor cu, String what, int rows) {
-        if (cu.dtype() != DType.I32 || cu.numel() < 2) {
-            throw new IllegalArgumentException(what + " must be I32 with at least 2 offsets, got " + cu);
-        }
-        int[] c = cu.toIntArray();
-        if (c[0] != 0) {
-            throw new IllegalArgumentException(what + "[0] must be 0, got " + c[0]);
-        }
-        for (int i = 1; i < c.length; i++) {
-            if (c[i] < c[i - 1]) {
-                throw new IllegalArgumentException(what + "[" + i + "] = " + c[i] + " is less than " + what + "[" + (i - 1)
-                        + "] = " + c[i - 1]);
-            }
-        }
-        if (c[c.length - 1] != rows) {
-            throw new IllegalArgumentException(what + " ends at " + c[c.length - 1] + " but the tensor has " + rows + " rows");
-        }
-        return c;
     }
 
     /** Out shapes: out like q, lse [NH, Tq]. */

@@ -190,13 +190,20 @@ public interface Backend {
     void adamW(Tensor params, Tensor grads, Tensor m, Tensor v, AdamW step);
 
     // ---- attention ----
+    //
+    // Packed-sequence kernels take their offsets as a Varlen: the I32 tensor a device kernel reads
+    // and the same offsets on the host, with the longest sequence, for the launch and CPU loops (as
+    // flash-attention's varlen API takes cu_seqlens and max_seqlen). They never read offsets back;
+    // the host offsets must cover the tensors' rows, and the reference backend checks that the
+    // device holds the same values.
 
     /**
      * FlashAttention forward over packed variable-length sequences (see {@link Attention} for the
-     * layout): out[Tq, NH, HS] and the per-row log-sum-exp lse[NH, Tq] that the backward needs.
+     * layout; cuSeqlensQ covers q's rows, cuSeqlensK k's): out[Tq, NH, HS] and the per-row
+     * log-sum-exp lse[NH, Tq] that the backward needs.
      * No Tq×Tk buffer is allocated.
      */
-    void attentionForward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor cuSeqlensQ, Tensor cuSeqlensK,
+    void attentionForward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Varlen cuSeqlensQ, Varlen cuSeqlensK,
                           Attention attn);
 
     /**
@@ -204,7 +211,7 @@ public interface Backend {
      * from q, k, v, out and lse.
      */
     void attentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
-                           Tensor lse, Tensor cuSeqlensQ, Tensor cuSeqlensK, Attention attn);
+                           Tensor lse, Varlen cuSeqlensQ, Varlen cuSeqlensK, Attention attn);
 
     // ---- linear attention ----
 
@@ -214,11 +221,11 @@ public interface Backend {
      * [T, NH·D]; per head, out[t] = Σ_{j≤t} (q_t·k_j) v_j / (q_t·Σ_{j≤t} k_j + eps), never across
      * sequences. Blockwise, with no T×F×D buffer; out must not alias q, k or v.
      */
-    void linearAttentionForward(Tensor out, Tensor q, Tensor k, Tensor v, Tensor cuSeqlens, int heads, float eps);
+    void linearAttentionForward(Tensor out, Tensor q, Tensor k, Tensor v, Varlen cuSeqlens, int heads, float eps);
 
     /** dq, dk, dv += the gradients of {@link #linearAttentionForward} for upstream dout, recomputing its state. */
     void linearAttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
-                                 Tensor cuSeqlens, int heads, float eps);
+                                 Varlen cuSeqlens, int heads, float eps);
 
     /**
      * Recurrent decoding of one sequence: for each of the t new tokens in order, per head,
@@ -236,10 +243,10 @@ public interface Backend {
      * and k [L, C] with any L ≥ 1 (shorter than a sequence: taps beyond L are zero). Never mixes
      * sequences; y must not alias u.
      */
-    void causalConvForward(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens);
+    void causalConvForward(Tensor y, Tensor u, Tensor k, Varlen cuSeqlens);
 
     /** du[T, C] +=, dk[L, C] += the gradients of {@link #causalConvForward} for upstream dy. */
-    void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Tensor cuSeqlens);
+    void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Varlen cuSeqlens);
 
     // ---- diagonal state-space convolution (S4D, H3's diagonal SSM) ----
 
@@ -250,12 +257,12 @@ public interface Backend {
      * lags and earlier blocks reach later ones through the N complex states per channel, so cost
      * stays near-linear in T. The D skip term is not included; y must not overlap u.
      */
-    void ssmConvForward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens,
+    void ssmConvForward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens,
                         int block);
 
     /** du, dlogDt, daRe, daIm, dc += the gradients of {@link #ssmConvForward} for upstream dy. */
     void ssmConvBackward(Tensor du, Tensor dlogDt, Tensor daRe, Tensor daIm, Tensor dc, Tensor dy, Tensor u,
-                         Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens, int block);
+                         Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens, int block);
 
     /**
      * Recurrent decoding of t new tokens u[t, C] of one sequence in order: per channel and mode,

@@ -29,7 +29,7 @@ public record CausalConv(int[] cu, int tokens, int channels, int kernelLength, i
     }
 
     /** Checks the operands of {@link Backend#causalConvForward} and reads the sequence offsets. */
-    public static CausalConv check(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens) {
+    public static CausalConv check(Tensor y, Tensor u, Tensor k, Varlen cuSeqlens) {
         CausalConv c = inputs(u, k, cuSeqlens);
         like(y, "y", u);
         // The direct sum reads u[t − j] after writing y[t − j]; overlapping them would corrupt u.
@@ -40,7 +40,7 @@ public record CausalConv(int[] cu, int tokens, int channels, int kernelLength, i
     }
 
     /** Checks the operands of {@link Backend#causalConvBackward} and reads the sequence offsets. */
-    public static CausalConv checkBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Tensor cuSeqlens) {
+    public static CausalConv checkBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Varlen cuSeqlens) {
         CausalConv c = inputs(u, k, cuSeqlens);
         like(du, "du", u);
         like(dy, "dy", u);
@@ -48,7 +48,7 @@ public record CausalConv(int[] cu, int tokens, int channels, int kernelLength, i
         return c;
     }
 
-    private static CausalConv inputs(Tensor u, Tensor k, Tensor cuSeqlens) {
+    private static CausalConv inputs(Tensor u, Tensor k, Varlen cuSeqlens) {
         f32(u, "u");
         f32(k, "k");
         if (u.rank() < 2 || k.rank() != 2) {
@@ -57,11 +57,8 @@ public record CausalConv(int[] cu, int tokens, int channels, int kernelLength, i
         if (k.cols() != u.cols()) {
             throw new IllegalArgumentException("causal conv k " + k + " must have u's " + u.cols() + " channels");
         }
-        int[] cu = Attention.offsets(cuSeqlens, "cu_seqlens", u.rows());
-        int max = 0;
-        for (int s = 0; s + 1 < cu.length; s++) {
-            max = Math.max(max, cu[s + 1] - cu[s]);
-        }
+        int[] cu = cuSeqlens.over(u.rows(), "cu_seqlens", "u");
+        int max = cuSeqlens.maxSeqlen();
         if (k.rows() < 1) {
             throw new IllegalArgumentException("causal conv k " + k + " must have at least 1 row (tap)");
         }

@@ -50,6 +50,12 @@ public abstract class Device implements AutoCloseable {
     /** Threads (CPU) or streams the backend runs kernels on. */
     public abstract int threads();
 
+    /**
+     * A fence recorded after every kernel issued on this device so far: once it is done, their
+     * outputs may be read from any thread. Synchronous devices return {@link Fence#DONE}.
+     */
+    public abstract Fence fence();
+
     /** Makes uninitialized-but-zeroed storage for {@code length} elements. */
     protected abstract Storage newStorage(DType dtype, int length);
 

@@ -98,7 +98,21 @@ public record GroupedGemm(Gemm g, int[] offsets) {
         // Each group writes its part of c while later groups still read a and b.
         disjoint(c, a, "a");
         disjoint(c, b, "b");
-        return new GroupedGemm(g, Attention.offsets(offsets, "grouped gemm offsets", rows));
+        return new GroupedGemm(g, offsets(offsets, rows));
+    }
+
+    /**
+     * The expert offsets, read back: routing computes them on the device, so no host copy exists
+     * to pass. Checked to cover the {@code rows} rows of a; their dtype and length are checked above.
+     */
+    private static int[] offsets(Tensor offsets, int rows) {
+        String what = "grouped gemm offsets";
+        int[] c = offsets.toIntArray();
+        Varlen.checkOffsets(c, what);
+        if (c[c.length - 1] != rows) {
+            throw new IllegalArgumentException(what + " ends at " + c[c.length - 1] + " but the tensor has " + rows + " rows");
+        }
+        return c;
     }
 
     private static void disjoint(Tensor c, Tensor t, String what) {

@@ -36,22 +36,9 @@ public record LinearAttention(int[] cu, int tokens, int heads, int features, int
     }
 
     /** Checks a forward call (out shaped like v) and reads its layout. */
-    public static LinearAttention check(Tensor out, Tensor q, Tensor k, Tensor v, Tensor cuSeqlens, int heads, float eps) {
+    public static LinearAttention check(Tensor out, Tensor q, Tensor k, Tensor v, Varlen cuSeqlens, int heads, float eps) {
         checkScalars(heads, eps);
-        if (cuSeqlens.dtype() != DType.I32 || cuSeqlens.numel() < 2) {
-            throw new IllegalArgumentException("linear attention cu_seqlens must be I32 with at least 2 offsets, got "
-                    + cuSeqlens);
-        }
-        int[] cu = cuSeqlens.toIntArray();
-        if (cu[0] != 0) {
-            throw new IllegalArgumentException("linear attention cu_seqlens[0] must be 0, got " + cu[0]);
-        }
-        for (int i = 1; i < cu.length; i++) {
-            if (cu[i] < cu[i - 1]) {
-                throw new IllegalArgumentException("linear attention cu_seqlens[" + i + "] = " + cu[i]
-                        + " is less than cu_seqlens[" + (i - 1) + "] = " + cu[i - 1]);
-            }
-        }
+        int[] cu = cuSeqlens.host();
         int[] fd = shapes(out, q, k, v, cu[cu.length - 1], heads);
         return new LinearAttention(cu, cu[cu.length - 1], heads, fd[0], fd[1]);
     }

@@ -33,7 +33,7 @@ public final class NaiveAttention implements AutoCloseable {
     }
 
     /** out[Tq, NH, HS] = softmax(scale·QKᵀ + mask)·V; keeps the probabilities for {@link #backward}. */
-    public void forward(Tensor out, Tensor q, Tensor k, Tensor v, Tensor cuSeqlensQ, Tensor cuSeqlensK) {
+    public void forward(Tensor out, Tensor q, Tensor k, Tensor v, Varlen cuSeqlensQ, Varlen cuSeqlensK) {
         batch = a.check(q, k, v, cuSeqlensQ, cuSeqlensK);
         allocate(batch);
         Backend be = dev.backend();

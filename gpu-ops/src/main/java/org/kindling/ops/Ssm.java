@@ -27,7 +27,7 @@ public record Ssm(int[] cu, int tokens, int channels, int modes, int block, int 
     }
 
     /** Checks the operands of {@link Backend#ssmConvForward} and reads the sequence offsets. */
-    public static Ssm check(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens,
+    public static Ssm check(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens,
                             int block) {
         Ssm s = inputs(u, logDt, aRe, aIm, c, cuSeqlens, block);
         like(y, "y", u);
@@ -38,7 +38,7 @@ public record Ssm(int[] cu, int tokens, int channels, int modes, int block, int 
 
     /** Checks the operands of {@link Backend#ssmConvBackward} and reads the sequence offsets. */
     public static Ssm checkBackward(Tensor du, Tensor dlogDt, Tensor daRe, Tensor daIm, Tensor dc, Tensor dy,
-                                    Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens,
+                                    Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens,
                                     int block) {
         Ssm s = inputs(u, logDt, aRe, aIm, c, cuSeqlens, block);
         like(du, "du", u);
@@ -83,7 +83,7 @@ public record Ssm(int[] cu, int tokens, int channels, int modes, int block, int 
         return new double[] {br, bi, qr, qi, cRe * qr - cIm * qi, cRe * qi + cIm * qr};
     }
 
-    private static Ssm inputs(Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens, int block) {
+    private static Ssm inputs(Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens, int block) {
         if (block < 1) {
             throw new IllegalArgumentException("ssm block must be at least 1, got " + block);
         }
@@ -92,11 +92,8 @@ public record Ssm(int[] cu, int tokens, int channels, int modes, int block, int 
             throw new IllegalArgumentException("ssm u must be [T, C], got " + u);
         }
         int n = params(u.cols(), logDt, aRe, aIm, c);
-        int[] cu = Attention.offsets(cuSeqlens, "cu_seqlens", u.rows());
-        int max = 0;
-        for (int s = 0; s + 1 < cu.length; s++) {
-            max = Math.max(max, cu[s + 1] - cu[s]);
-        }
+        int[] cu = cuSeqlens.over(u.rows(), "cu_seqlens", "u");
+        int max = cuSeqlens.maxSeqlen();
         return new Ssm(cu, u.rows(), u.cols(), n, block, max);
     }
 

@@ -59,8 +59,10 @@ class AttentionTest {
              Tensor ck = d.fromInts(cuK, cuK.length); Tensor out = d.allocate(DType.F32, q.length);
              Tensor lse = d.allocate(DType.F32, a.heads() * tq); Tensor dq = d.allocate(DType.F32, q.length);
              Tensor dk = d.allocate(DType.F32, k.length); Tensor dv = d.allocate(DType.F32, v.length)) {
-            be.attentionForward(out, lse, tq_, tk, tv, cq, ck, a);
-            be.attentionBackward(dq, dk, dv, tdo, tq_, tk, tv, out, lse, cq, ck, a);
+            Varlen vq = Varlen.of(cq, cuQ);
+            Varlen vk = Varlen.of(ck, cuK);
+            be.attentionForward(out, lse, tq_, tk, tv, vq, vk, a);
+            be.attentionBackward(dq, dk, dv, tdo, tq_, tk, tv, out, lse, vq, vk, a);
             return new Run(out.toFloatArray(), lse.toFloatArray(), dq.toFloatArray(), dk.toFloatArray(), dv.toFloatArray());
         }
     }
@@ -72,7 +74,7 @@ class AttentionTest {
              Tensor ck = dev.fromInts(cuK, cuK.length); Tensor out = dev.allocate(DType.F32, q.length);
              Tensor dq = dev.allocate(DType.F32, q.length); Tensor dk = dev.allocate(DType.F32, k.length);
              Tensor dv = dev.allocate(DType.F32, v.length)) {
-            na.forward(out, tq, tk, tv, cq, ck);
+            na.forward(out, tq, tk, tv, Varlen.of(cq, cuQ), Varlen.of(ck, cuK));
             na.backward(dq, dk, dv, tdo, tq, tk, tv);
             return new Run(out.toFloatArray(), null, dq.toFloatArray(), dk.toFloatArray(), dv.toFloatArray());
         }
@@ -262,8 +264,9 @@ class AttentionTest {
              Tensor dk = d.allocate(DType.F32, seq, 1, 64); Tensor dv = d.allocate(DType.F32, seq, 1, 64)) {
             long base = d.liveBytes();
             d.resetPeak();
-            d.backend().attentionForward(out, lse, tq, tk, tv, c, c, a);
-            d.backend().attentionBackward(dq, dk, dv, tdo, tq, tk, tv, out, lse, c, c, a);
+            Varlen vc = Varlen.of(c, cu(seq));
+            d.backend().attentionForward(out, lse, tq, tk, tv, vc, vc, a);
+            d.backend().attentionBackward(dq, dk, dv, tdo, tq, tk, tv, out, lse, vc, vc, a);
             long extra = d.peakBytes() - base;
             assertTrue(extra < (long) seq * seq * 4 / 2, "extra memory " + extra + " bytes is not far below one score matrix");
             assertEquals(base, d.liveBytes(), "scratch is released");
@@ -304,8 +307,9 @@ class AttentionTest {
         try (Tensor t = dev.fromFloats(q, q.length); Tensor cc = dev.fromInts(c, 2); Tensor out = dev.allocate(DType.F32, q.length);
              Tensor lse = dev.allocate(DType.F32, 2 * 97); Tensor dq = dev.fromFloats(prior, q.length);
              Tensor dk = dev.fromFloats(prior, q.length); Tensor dv = dev.fromFloats(prior, q.length)) {
-            dev.backend().attentionForward(out, lse, t, t, t, cc, cc, a);
-            dev.backend().attentionBackward(dq, dk, dv, t, t, t, t, out, lse, cc, cc, a);
+            Varlen vc = Varlen.of(cc, c);
+            dev.backend().attentionForward(out, lse, t, t, t, vc, vc, a);
+            dev.backend().attentionBackward(dq, dk, dv, t, t, t, t, out, lse, vc, vc, a);
             double[] want = new double[q.length];
             for (int i = 0; i < q.length; i++) {
                 want[i] = prior[i] + clean.dq()[i];
@@ -336,22 +340,50 @@ class AttentionTest {
         Attention a = Attention.of(2, 1, 4);
         try (Tensor q = dev.allocate(DType.F32, 10, 2, 4); Tensor k = dev.allocate(DType.F32, 10, 1, 4);
              Tensor out = dev.allocate(DType.F32, 10, 2, 4); Tensor lse = dev.allocate(DType.F32, 2, 10);
-             Tensor bad = dev.fromInts(new int[] {0, 6, 4, 10}, 4); Tensor shortCu = dev.fromInts(new int[] {0, 9}, 2);
-             Tensor good = dev.fromInts(new int[] {0, 4, 10}, 3); Tensor one = dev.fromInts(new int[] {0, 10}, 2)) {
-            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
-                    () -> dev.backend().attentionForward(out, lse, q, k, k, bad, bad, a));
-            assertTrue(e.getMessage().contains("cu_seqlens_q[2] = 4"), e.getMessage());
+             Tensor bad = dev.fromInts(new int[] {0, 6, 4, 10}, 4); Tensor shortT = dev.fromInts(new int[] {0, 9}, 2);
+             Tensor goodT = dev.fromInts(new int[] {0, 4, 10}, 3); Tensor oneT = dev.fromInts(new int[] {0, 10}, 2)) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> Varlen.of(bad, new int[] {0, 6, 4, 10}));
+            assertEquals("cu_seqlens[2] = 4 is less than cu_seqlens[1] = 6", e.getMessage());
+            Varlen shortCu = Varlen.of(shortT, new int[] {0, 9});
+            Varlen good = Varlen.of(goodT, new int[] {0, 4, 10});
+            Varlen one = Varlen.of(oneT, new int[] {0, 10});
             e = assertThrows(IllegalArgumentException.class, () -> dev.backend().attentionForward(out, lse, q, k, k, shortCu, shortCu, a));
-            assertTrue(e.getMessage().contains("ends at 9"), e.getMessage());
+            assertEquals("cu_seqlens_q ends at 9 but q has 10 rows", e.getMessage());
             e = assertThrows(IllegalArgumentException.class, () -> dev.backend().attentionForward(out, lse, q, k, k, good,
                     one, a));
             assertTrue(e.getMessage().contains("sequences"), e.getMessage());
             assertThrows(IllegalArgumentException.class, () -> dev.backend().attentionForward(out, lse, q, q, q, good, good, a));
             Attention sparse = Attention.of(2, 1, 4).withMask(BlockMask.dense(10, 128));
-            try (Tensor kq = dev.fromInts(new int[] {0, 3, 10}, 3)) {
+            try (Tensor kqT = dev.fromInts(new int[] {0, 3, 10}, 3)) {
+                Varlen kq = Varlen.of(kqT, new int[] {0, 3, 10});
                 e = assertThrows(IllegalArgumentException.class, () -> dev.backend().attentionForward(out, lse, q, k, k, good, kq, sparse));
                 assertTrue(e.getMessage().contains("equal query and key lengths"), e.getMessage());
             }
+        }
+    }
+
+    /**
+     * Host offsets travel with the device tensor: a host array whose length does not match the
+     * tensor is refused at once, and the reference backend refuses host offsets that differ from
+     * what the device holds, naming both.
+     */
+    @Test
+    void hostOffsetsThatDoNotMatchTheDeviceTensorAreRefused() {
+        try (Tensor cu = dev.fromInts(new int[] {0, 4, 10}, 3)) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> Varlen.of(cu, new int[] {0, 10}));
+            assertTrue(e.getMessage().startsWith("cu_seqlens on the device must be I32 [2] like the host offsets"), e.getMessage());
+        }
+        Attention a = Attention.of(1, 1, 4);
+        try (Device ref = Device.reference(); Tensor q = ref.allocate(DType.F32, 10, 1, 4);
+             Tensor out = ref.allocate(DType.F32, 10, 1, 4); Tensor lse = ref.allocate(DType.F32, 1, 10);
+             Tensor cu = ref.fromInts(new int[] {0, 4, 10}, 3)) {
+            Varlen stale = Varlen.of(cu, new int[] {0, 5, 10});
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> ref.backend().attentionForward(out, lse, q, q, q, stale, stale, a));
+            assertEquals("cu_seqlens_q on the device [0, 4, 10] differ from the host offsets [0, 5, 10]", e.getMessage());
+            Varlen agreeing = Varlen.of(cu, new int[] {0, 4, 10});
+            ref.backend().attentionForward(out, lse, q, q, q, agreeing, agreeing, a);
+            assertEquals(6, agreeing.maxSeqlen());
         }
     }
 }

@@ -54,8 +54,9 @@ class CausalConvTest {
         int l = k.length / c;
         Backend be = d.backend();
         try (Tensor tu = d.fromFloats(u, t, c); Tensor tk = d.fromFloats(k, l, c); Tensor tdy = d.fromFloats(dy, t, c);
-             Tensor cs = d.fromInts(cuSeqlens, cuSeqlens.length); Tensor y = d.allocate(DType.F32, t, c);
+             Tensor csT = d.fromInts(cuSeqlens, cuSeqlens.length); Tensor y = d.allocate(DType.F32, t, c);
              Tensor du = d.fromFloats(duInit, t, c); Tensor dk = d.fromFloats(dkInit, l, c)) {
+            Varlen cs = Varlen.of(csT, cuSeqlens);
             be.causalConvForward(y, tu, tk, cs);
             be.causalConvBackward(du, dk, tdy, tu, tk, cs);
             return new Run(y.toFloatArray(), du.toFloatArray(), dk.toFloatArray());
@@ -260,8 +261,10 @@ class CausalConvTest {
     void badCallsNameTheArgument() {
         try (Tensor u = cpu.allocate(DType.F32, 10, 4); Tensor y = cpu.allocate(DType.F32, 10, 4);
              Tensor noK = cpu.allocate(DType.F32, 0, 4); Tensor wideK = cpu.allocate(DType.F32, 10, 3);
-             Tensor cs = cpu.fromInts(new int[] {0, 6, 10}, 3); Tensor badCs = cpu.fromInts(new int[] {0, 6, 9}, 3);
+             Tensor csT = cpu.fromInts(new int[] {0, 6, 10}, 3); Tensor badCsT = cpu.fromInts(new int[] {0, 6, 9}, 3);
              Tensor k = cpu.allocate(DType.F32, 6, 4)) {
+            Varlen badCs = Varlen.of(badCsT, new int[] {0, 6, 9});
+            Varlen cs = Varlen.of(csT, new int[] {0, 6, 10});
             Backend be = cpu.backend();
             String m = assertThrows(IllegalArgumentException.class, () -> be.causalConvForward(y, u, noK, cs)).getMessage();
             assertTrue(m.contains("at least 1 row"), m);

@@ -74,9 +74,10 @@ class LinearAttentionTest {
         Backend be = d.backend();
         try (Tensor q = d.fromFloats(x.q(), x.q().length); Tensor k = d.fromFloats(x.k(), x.k().length);
              Tensor v = d.fromFloats(x.v(), x.v().length); Tensor g = d.fromFloats(x.dout(), x.dout().length);
-             Tensor cu = d.fromInts(x.cu(), x.cu().length); Tensor out = d.allocate(DType.F32, x.v().length);
+             Tensor cuT = d.fromInts(x.cu(), x.cu().length); Tensor out = d.allocate(DType.F32, x.v().length);
              Tensor dq = d.allocate(DType.F32, x.q().length); Tensor dk = d.allocate(DType.F32, x.k().length);
              Tensor dv = d.allocate(DType.F32, x.v().length)) {
+            Varlen cu = Varlen.of(cuT, x.cu());
             be.linearAttentionForward(out, q, k, v, cu, NH, EPS);
             be.linearAttentionBackward(dq, dk, dv, g, q, k, v, cu, NH, EPS);
             return new Run(out.toFloatArray(), dq.toFloatArray(), dk.toFloatArray(), dv.toFloatArray());
@@ -311,8 +312,10 @@ class LinearAttentionTest {
         Backend be = dev.backend();
         try (Tensor q = dev.fromFloats(new float[] {1, 2, 0.5f, -0.25f}, 2, 2); Tensor k = dev.fromFloats(new float[4], 2, 2);
              Tensor v = dev.allocate(DType.F32, 2, 3); Tensor out = dev.allocate(DType.F32, 2, 3);
-             Tensor cu = dev.fromInts(new int[] {0, 2}, 2); Tensor badCu = dev.fromInts(new int[] {0, 3}, 2);
+             Tensor cuT = dev.fromInts(new int[] {0, 2}, 2); Tensor badCuT = dev.fromInts(new int[] {0, 3}, 2);
              Tensor state = dev.allocate(DType.F32, 1, 2, 3); Tensor norm = dev.allocate(DType.F32, 1, 3)) {
+            Varlen badCu = Varlen.of(badCuT, new int[] {0, 3});
+            Varlen cu = Varlen.of(cuT, new int[] {0, 2});
             String neg = assertThrows(IllegalArgumentException.class,
                     () -> be.linearAttentionForward(out, q, k, v, cu, 1, EPS)).getMessage();
             assertTrue(neg.contains("q[1, 1] = -0.25") && neg.contains("non-negative"), neg);

@@ -19,9 +19,10 @@ class NaiveAttentionReuseTest {
     private static AttentionTest.Run run(Device d, NaiveAttention na, Layout l) {
         int n = l.q().length;
         try (Tensor tq = d.fromFloats(l.q(), n); Tensor tk = d.fromFloats(l.k(), n); Tensor tv = d.fromFloats(l.v(), n);
-             Tensor tdo = d.fromFloats(l.dout(), n); Tensor cu = d.fromInts(l.cu(), l.cu().length);
+             Tensor tdo = d.fromFloats(l.dout(), n); Tensor cuT = d.fromInts(l.cu(), l.cu().length);
              Tensor out = d.allocate(DType.F32, n); Tensor dq = d.allocate(DType.F32, n); Tensor dk = d.allocate(DType.F32, n);
              Tensor dv = d.allocate(DType.F32, n)) {
+            Varlen cu = Varlen.of(cuT, l.cu());
             na.forward(out, tq, tk, tv, cu, cu);
             na.backward(dq, dk, dv, tdo, tq, tk, tv);
             return new AttentionTest.Run(out.toFloatArray(), null, dq.toFloatArray(), dk.toFloatArray(), dv.toFloatArray());

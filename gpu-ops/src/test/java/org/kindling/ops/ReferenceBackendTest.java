@@ -58,6 +58,10 @@ class ReferenceBackendTest {
             return keep(d.fromInts(v, v.length));
         }
 
+        Varlen cu(int[] host) {
+            return Varlen.of(i(host), host);
+        }
+
         Tensor zeros(int... shape) {
             return keep(d.allocate(DType.F32, shape));
         }
@@ -266,8 +270,8 @@ class ReferenceBackendTest {
             Tensor tq = o.f(q, q.length);
             Tensor tk = o.f(k, k.length);
             Tensor tv = o.f(v, v.length);
-            Tensor cq = o.i(cuQ);
-            Tensor ck = o.i(cuK);
+            Varlen cq = o.cu(cuQ);
+            Varlen ck = o.cu(cuK);
             Tensor out = o.zeros(q.length);
             Tensor lse = o.zeros(4 * 105);
             o.be.attentionForward(out, lse, tq, tk, tv, cq, ck, a);
@@ -311,7 +315,7 @@ class ReferenceBackendTest {
             Tensor q = o.f(Check.uniform(60, 5 * 6), 5 * 6);
             Tensor k = o.f(Check.uniform(61, 5 * 3), 5 * 3);
             Tensor v = o.f(Check.uniform(62, 5 * 3), 5 * 3);
-            Tensor cu = o.i(new int[] {0, 5});
+            Varlen cu = o.cu(new int[] {0, 5});
             Tensor out = o.zeros(30);
             Tensor lse = o.zeros(10);
             o.be.attentionForward(out, lse, q, k, v, cu, cu, a);
@@ -341,7 +345,7 @@ class ReferenceBackendTest {
             Tensor tq = o.f(q, 165, heads * f);
             Tensor tk = o.f(k, 165, heads * f);
             Tensor tv = o.f(v, 165, heads * d);
-            Tensor tcu = o.i(cu);
+            Varlen tcu = o.cu(cu);
             Tensor out = o.zeros(165, heads * d);
             o.be.linearAttentionForward(out, tq, tk, tv, tcu, heads, 1e-6f);
             // Backward accumulates onto what the gradients already hold.

@@ -71,10 +71,11 @@ class SsmConvTest {
         try (Tensor tu = d.fromFloats(u, t, C); Tensor tdy = d.fromFloats(dy, t, C);
              Tensor logDt = d.fromFloats(p.logDt(), C); Tensor aRe = d.fromFloats(p.aRe(), C, n);
              Tensor aIm = d.fromFloats(p.aIm(), C, n); Tensor c = d.fromFloats(p.c(), C, n, 2);
-             Tensor cs = d.fromInts(cuSeqlens, cuSeqlens.length); Tensor y = d.allocate(DType.F32, t, C);
+             Tensor csT = d.fromInts(cuSeqlens, cuSeqlens.length); Tensor y = d.allocate(DType.F32, t, C);
              Tensor du = d.fromFloats(init[0], t, C); Tensor dlogDt = d.fromFloats(init[1], C);
              Tensor daRe = d.fromFloats(init[2], C, n); Tensor daIm = d.fromFloats(init[3], C, n);
              Tensor dc = d.fromFloats(init[4], C, n, 2)) {
+            Varlen cs = Varlen.of(csT, cuSeqlens);
             be.ssmConvForward(y, tu, logDt, aRe, aIm, c, cs, block);
             be.ssmConvBackward(du, dlogDt, daRe, daIm, dc, tdy, tu, logDt, aRe, aIm, c, cs, block);
             return new Run(y.toFloatArray(), du.toFloatArray(), dlogDt.toFloatArray(), daRe.toFloatArray(),
@@ -217,7 +218,8 @@ class SsmConvTest {
         double[] k = Reference.ssmKernel(widen(p.logDt()), widen(p.aRe()), widen(p.aIm()), widen(p.c()), C, 1025);
         float[] direct;
         try (Tensor tu = cpu.fromFloats(u, t, C); Tensor tk = cpu.allocate(DType.F32, 1025, C).copyFrom(k);
-             Tensor cs = cpu.fromInts(cuSeqlens, cuSeqlens.length); Tensor y = cpu.allocate(DType.F32, t, C)) {
+             Tensor csT = cpu.fromInts(cuSeqlens, cuSeqlens.length); Tensor y = cpu.allocate(DType.F32, t, C)) {
+            Varlen cs = Varlen.of(csT, cuSeqlens);
             cpu.backend().causalConvForward(y, tu, tk, cs);
             direct = y.toFloatArray();
         }
@@ -366,7 +368,9 @@ class SsmConvTest {
              Tensor aIm = cpu.allocate(DType.F32, 4, 2); Tensor c = cpu.allocate(DType.F32, 4, 2, 2);
              Tensor flatC = cpu.allocate(DType.F32, 4, 4); Tensor wideDt = cpu.allocate(DType.F32, 5);
              Tensor state = cpu.allocate(DType.F32, 4, 3, 2);
-             Tensor cs = cpu.fromInts(new int[] {0, 6, 10}, 3); Tensor badCs = cpu.fromInts(new int[] {0, 6, 9}, 3)) {
+             Tensor csT = cpu.fromInts(new int[] {0, 6, 10}, 3); Tensor badCsT = cpu.fromInts(new int[] {0, 6, 9}, 3)) {
+            Varlen badCs = Varlen.of(badCsT, new int[] {0, 6, 9});
+            Varlen cs = Varlen.of(csT, new int[] {0, 6, 10});
             Backend be = cpu.backend();
             String m = assertThrows(IllegalArgumentException.class,
                     () -> be.ssmConvForward(y, u, logDt, aRe, aIm, c, cs, 0)).getMessage();

@@ -23,6 +23,7 @@ import org.kindling.models.nn.StepMetrics;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.Device;
+import org.kindling.ops.Fence;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.Seeds;
 import org.kindling.ops.Tensor;
@@ -378,15 +379,17 @@ public final class Gpt implements AutoCloseable {
 
     /** Accumulates parameter gradients (+=) for the dlogits the last {@link #forward} left. */
     public void backward() {
-        backward(done -> { });
+        backward((done, ready) -> { });
     }
 
     /**
      * {@link #backward()}, telling {@code finished} about each group of parameters as soon as their
      * gradients are complete (the final LayerNorm, then the blocks last to first, then the
-     * embeddings), so that a data-parallel run can send them while the rest is computed.
+     * embeddings), so that a data-parallel run can send them while the rest is computed. Each group
+     * comes with the fence recorded after its last kernel: on an asynchronous device the gradients
+     * may be read only once it is done.
      */
-    public void backward(java.util.function.Consumer<List<Param>> finished) {
+    public void backward(java.util.function.BiConsumer<List<Param>, Fence> finished) {
         if (!gradReady) {
             throw new IllegalStateException("backward needs a forward with gradScale > 0 first");
         }
@@ -402,11 +405,11 @@ public final class Gpt implements AutoCloseable {
         // Two residual-gradient buffers, used alternately: block l reads one and accumulates into the other.
         Tensor dx = dres[0].zeros(t, c);
         lnf.backward(dx, dh);
-        finished.accept(backwardGroups.get(0));
+        finished.accept(backwardGroups.get(0), dev.fence());
         for (int l = blocks.size() - 1, i = 1; l >= 0; l--, i ^= 1) {
             Tensor dprev = dres[i].zeros(t, c);
             blocks.get(l).backward(dprev, dx, seqs);
-            finished.accept(backwardGroups.get(blocks.size() - l));
+            finished.accept(backwardGroups.get(blocks.size() - l), dev.fence());
             dx = dprev;
         }
         float p = activeDropout(true);
@@ -419,7 +422,7 @@ public final class Gpt implements AutoCloseable {
         if (wpe != null) {
             be.embeddingBackward(wpe.grad(), dx, seqs.positions());
         }
-        finished.accept(backwardGroups.get(backwardGroups.size() - 1));
+        finished.accept(backwardGroups.get(backwardGroups.size() - 1), dev.fence());
     }
 
     @Override

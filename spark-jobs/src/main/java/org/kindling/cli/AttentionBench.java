@@ -12,6 +12,7 @@ import org.kindling.ops.Device;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.NaiveAttention;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.Varlen;
 import org.kindling.ops.cpu.CpuDevice;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
@@ -67,7 +68,7 @@ final class AttentionBench implements Callable<Integer> {
         final Tensor dq;
         final Tensor dk;
         final Tensor dv;
-        final Tensor cu;
+        final Varlen cu;
 
         Operands(Device dev, int batch, int seq, int heads, int headDim) {
             int rows = batch * seq;
@@ -85,7 +86,7 @@ final class AttentionBench implements Callable<Integer> {
             for (int b = 0; b <= batch; b++) {
                 offsets[b] = b * seq;
             }
-            cu = dev.fromInts(offsets, batch + 1);
+            cu = Varlen.upload(dev, offsets);
         }
 
         private static Tensor random(Device dev, SplittableRandom r, int... shape) {
@@ -94,7 +95,7 @@ final class AttentionBench implements Callable<Integer> {
 
         @Override
         public void close() {
-            for (Tensor t : new Tensor[] {q, k, v, dout, out, lse, dq, dk, dv, cu}) {
+            for (Tensor t : new Tensor[] {q, k, v, dout, out, lse, dq, dk, dv, cu.device()}) {
                 t.close();
             }
         }

@@ -261,6 +261,11 @@ public final class Ring implements AutoCloseable {
         return world;
     }
 
+    /** How long any one read, write or connection of this ring may take. */
+    public Duration timeout() {
+        return timeout;
+    }
+
     /** Replaces {@code data[off, off+len)} by its element-wise sum over all ranks. */
     public void allReduce(float[] data, int off, int len) {
         if (world == 1 || len == 0) {

@@ -10,11 +10,14 @@ import java.util.concurrent.Future;
 import org.kindling.models.nn.Param;
 import org.kindling.models.nn.Params;
 import org.kindling.models.train.GradientSync;
+import org.kindling.ops.Fence;
 
 /**
  * Data-parallel gradient sync over a {@link Ring}. Gradients are summed in buckets: the backward
  * pass hands over parameters as it finishes them (last layer first); once their size reaches the
  * bucket size they are all-reduced on a communication thread while the backward pass goes on.
+ * That thread reads a bucket's gradients only once the fences of its groups are done (waiting at
+ * most the ring's timeout), so it never reads a buffer a device kernel is still writing.
  * Bucket boundaries depend only on the model, so every rank forms the same buckets. All ring
  * traffic runs on that one thread, in the order the trainer asks for it.
  */
@@ -26,11 +29,16 @@ public final class RingSync implements GradientSync, AutoCloseable {
     private final long bucketBytes;
     private final ExecutorService comm;
     private final List<Param> pending = new ArrayList<>();
+    /** The groups with a parameter in {@link #pending}, with the fences their gradients wait on. */
+    private final List<Ready> pendingGroups = new ArrayList<>();
     private final List<Future<?>> inFlight = new ArrayList<>();
     private long pendingElements;
     private int reported;
     private long commNanos;
     private long waitNanos;
+
+    private record Ready(List<Param> params, Fence fence) {
+    }
 
     public RingSync(Ring ring, long bucketBytes) {
         if (bucketBytes < 1) {
@@ -96,13 +104,19 @@ public final class RingSync implements GradientSync, AutoCloseable {
     }
 
     @Override
-    public void gradientsReady(List<Param> params) {
-        for (Param p : params) {
+    public void gradientsReady(List<Param> params, Fence ready) {
+        Ready group = new Ready(List.copyOf(params), ready);
+        pendingGroups.add(group);
+        for (int i = 0; i < params.size(); i++) {
+            Param p = params.get(i);
             pending.add(p);
             pendingElements += p.numel();
             reported++;
             if (pendingElements * Float.BYTES >= bucketBytes) {
                 flush();
+                if (i + 1 < params.size()) {
+                    pendingGroups.add(group); // the group's rest goes into the next bucket
+                }
             }
         }
     }
@@ -112,11 +126,16 @@ public final class RingSync implements GradientSync, AutoCloseable {
             return;
         }
         List<Param> bucket = List.copyOf(pending);
+        List<Ready> groups = List.copyOf(pendingGroups);
         int size = (int) pendingElements;
         pending.clear();
+        pendingGroups.clear();
         pendingElements = 0;
         inFlight.add(comm.submit(() -> {
             long t0 = System.nanoTime();
+            for (Ready g : groups) {
+                GradientSync.awaitGradients(g.params(), g.fence(), ring.timeout());
+            }
             float[] flat = new float[size];
             int off = 0;
             for (Param p : bucket) {

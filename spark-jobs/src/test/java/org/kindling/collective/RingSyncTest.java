@@ -2,6 +2,7 @@ package org.kindling.collective;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.time.Duration;
@@ -13,9 +14,13 @@ import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
 import org.kindling.models.data.Synthetic;
+import org.kindling.models.nn.Init;
+import org.kindling.models.nn.ParamGroup;
+import org.kindling.models.nn.Params;
 import org.kindling.models.train.GradientSync;
 import org.kindling.models.train.StepResult;
 import org.kindling.models.train.Trainer;
+import org.kindling.ops.CompletableFence;
 import org.kindling.ops.Device;
 
 /** Data-parallel training over the ring equals one worker with the combined batch; replicas stay bit-identical. */
@@ -86,5 +91,74 @@ class RingSyncTest {
         });
         assertArrayEquals(ranks.get(0).weights(), ranks.get(1).weights(), "replicas must stay bit-identical");
         assertTrue(ranks.get(0).steps().get(STEPS - 1).loss() < ranks.get(0).steps().get(0).loss());
+    }
+
+    /** Two parameters, 6 + 4 elements, gradients zero. */
+    static Params twoParams(Device dev) {
+        Params.Builder b = new Params.Builder();
+        b.add("a", Init.zeros(), ParamGroup.DECAY, 2, 3);
+        b.add("b", Init.zeros(), ParamGroup.NO_DECAY, 4);
+        return b.build(dev, 1);
+    }
+
+    /** What a slow kernel on rank {@code rank} writes into the gradients. */
+    static float[] lateGradients(int rank) {
+        float[] g = new float[10];
+        for (int i = 0; i < g.length; i++) {
+            g[i] = (rank + 1) * 10 + i;
+        }
+        return g;
+    }
+
+    /**
+     * A 4-byte bucket starts the all-reduce while the "kernel" (a thread standing in for an
+     * asynchronous device) has not yet written the gradients: the sums hold the late values only
+     * because the communication thread waits for the group's fence.
+     */
+    @Test
+    void theRingReadsGradientsOnlyAfterTheirFenceIsDone() throws Exception {
+        List<float[]> sums = RingTest.onRing(2, Duration.ofSeconds(60), ring -> {
+            try (Device dev = Device.cpu(1); Params params = twoParams(dev); RingSync sync = new RingSync(ring, 4)) {
+                CompletableFence ready = new CompletableFence();
+                sync.gradientsReady(params.list(), ready);
+                Thread kernel = new Thread(() -> {
+                    try {
+                        Thread.sleep(300);
+                    } catch (InterruptedException e) {
+                        return;
+                    }
+                    params.grads().copyFrom(lateGradients(ring.rank()));
+                    ready.complete();
+                });
+                kernel.start();
+                sync.finishGradients(params);
+                kernel.join();
+                return params.grads().toFloatArray();
+            } catch (InterruptedException e) {
+                throw new IllegalStateException(e);
+            }
+        });
+        float[] expected = new float[10];
+        for (int i = 0; i < expected.length; i++) {
+            expected[i] = lateGradients(0)[i] + lateGradients(1)[i];
+        }
+        assertArrayEquals(expected, sums.get(0));
+        assertArrayEquals(expected, sums.get(1));
+    }
+
+    @Test
+    void aFenceThatNeverCompletesFailsNamingTheGroupWithinTheRingTimeout() throws Exception {
+        List<String> errors = RingTest.onRing(2, Duration.ofSeconds(3), ring -> {
+            try (Device dev = Device.cpu(1); Params params = twoParams(dev); RingSync sync = new RingSync(ring, 1 << 20)) {
+                sync.gradientsReady(params.list(), new CompletableFence());
+                long t0 = System.nanoTime();
+                IllegalStateException e = assertThrows(IllegalStateException.class, () -> sync.finishGradients(params));
+                assertTrue((System.nanoTime() - t0) / 1e9 < 30, "waited " + (System.nanoTime() - t0) / 1e9 + " s");
+                return e.getMessage();
+            }
+        });
+        for (String e : errors) {
+            assertEquals("gradients of [a, b] not ready within 3000 ms: the kernels writing them have not finished", e);
+        }
     }
 }

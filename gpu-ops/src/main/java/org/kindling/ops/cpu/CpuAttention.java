@@ -8,6 +8,7 @@ import org.kindling.ops.Attention;
 import org.kindling.ops.BlockMask;
 import org.kindling.ops.DType;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.Varlen;
 
 /**
  * FlashAttention (Dao et al. 2022) on the CPU: exact attention tiled over query and key blocks of
@@ -90,7 +91,7 @@ final class CpuAttention {
 
     // ---- forward ----
 
-    void forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor cuQ, Tensor cuK, Attention a) {
+    void forward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Varlen cuQ, Varlen cuK, Attention a) {
         Attention.Batch batch = a.check(q, k, v, cuQ, cuK);
         a.checkOutputs(batch, out, lse);
         Call c = new Call(a, batch, q, k, v);
@@ -184,7 +185,7 @@ final class CpuAttention {
     // ---- backward ----
 
     void backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse,
-                  Tensor cuQ, Tensor cuK, Attention a) {
+                  Varlen cuQ, Varlen cuK, Attention a) {
         Attention.Batch batch = a.check(q, k, v, cuQ, cuK);
         a.checkOutputs(batch, out, lse);
         a.checkOutputs(batch, dout, lse);

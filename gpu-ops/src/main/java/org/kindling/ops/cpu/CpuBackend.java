@@ -31,6 +31,7 @@ import org.kindling.ops.RowMap;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.TopK;
 import org.kindling.ops.UnaryOp;
+import org.kindling.ops.Varlen;
 
 /**
  * Java kernels over heap arrays, parallel over rows (or columns, where rows would race) on a
@@ -961,27 +962,27 @@ final class CpuBackend implements Backend {
     // ---- attention ----
 
     @Override
-    public void attentionForward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor cuSeqlensQ,
-                                 Tensor cuSeqlensK, Attention attn) {
+    public void attentionForward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Varlen cuSeqlensQ,
+                                 Varlen cuSeqlensK, Attention attn) {
         attention.forward(out, lse, q, k, v, cuSeqlensQ, cuSeqlensK, attn);
     }
 
     @Override
     public void attentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
-                                  Tensor out, Tensor lse, Tensor cuSeqlensQ, Tensor cuSeqlensK, Attention attn) {
+                                  Tensor out, Tensor lse, Varlen cuSeqlensQ, Varlen cuSeqlensK, Attention attn) {
         attention.backward(dq, dk, dv, dout, q, k, v, out, lse, cuSeqlensQ, cuSeqlensK, attn);
     }
 
     // ---- linear attention ----
 
     @Override
-    public void linearAttentionForward(Tensor out, Tensor q, Tensor k, Tensor v, Tensor cuSeqlens, int heads, float eps) {
+    public void linearAttentionForward(Tensor out, Tensor q, Tensor k, Tensor v, Varlen cuSeqlens, int heads, float eps) {
         linearAttention.forward(out, q, k, v, cuSeqlens, heads, eps);
     }
 
     @Override
     public void linearAttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
-                                        Tensor cuSeqlens, int heads, float eps) {
+                                        Varlen cuSeqlens, int heads, float eps) {
         linearAttention.backward(dq, dk, dv, dout, q, k, v, cuSeqlens, heads, eps);
     }
 
@@ -994,26 +995,26 @@ final class CpuBackend implements Backend {
     // ---- causal long convolution (S4D, H3) ----
 
     @Override
-    public void causalConvForward(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens) {
+    public void causalConvForward(Tensor y, Tensor u, Tensor k, Varlen cuSeqlens) {
         causalConv.forward(y, u, k, cuSeqlens);
     }
 
     @Override
-    public void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Tensor cuSeqlens) {
+    public void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Varlen cuSeqlens) {
         causalConv.backward(du, dk, dy, u, k, cuSeqlens);
     }
 
     // ---- diagonal state-space convolution (S4D, H3's diagonal SSM) ----
 
     @Override
-    public void ssmConvForward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens,
+    public void ssmConvForward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens,
                                int block) {
         ssmConv.forward(y, u, logDt, aRe, aIm, c, cuSeqlens, block);
     }
 
     @Override
     public void ssmConvBackward(Tensor du, Tensor dlogDt, Tensor daRe, Tensor daIm, Tensor dc, Tensor dy, Tensor u,
-                                Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens, int block) {
+                                Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens, int block) {
         ssmConv.backward(du, dlogDt, daRe, daIm, dc, dy, u, logDt, aRe, aIm, c, cuSeqlens, block);
     }
 

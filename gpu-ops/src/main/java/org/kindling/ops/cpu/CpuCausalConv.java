@@ -5,6 +5,7 @@ import java.util.concurrent.ConcurrentHashMap;
 import org.jtransforms.fft.FloatFFT_1D;
 import org.kindling.ops.CausalConv;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.Varlen;
 import pl.edu.icm.jlargearrays.ConcurrencyUtils;
 
 /**
@@ -113,7 +114,7 @@ final class CpuCausalConv {
 
     // ---- forward ----
 
-    void forward(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens) {
+    void forward(Tensor y, Tensor u, Tensor k, Varlen cuSeqlens) {
         CausalConv c = CausalConv.check(y, u, k, cuSeqlens);
         float[] yv = f(y, "y");
         float[] uv = f(u, "u");
@@ -166,7 +167,7 @@ final class CpuCausalConv {
 
     // ---- backward ----
 
-    void backward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Tensor cuSeqlens) {
+    void backward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Varlen cuSeqlens) {
         CausalConv c = CausalConv.checkBackward(du, dk, dy, u, k, cuSeqlens);
         float[] duv = f(du, "du");
         float[] dkv = f(dk, "dk");

@@ -3,6 +3,7 @@ package org.kindling.ops.cpu;
 import org.kindling.ops.Backend;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
+import org.kindling.ops.Fence;
 import org.kindling.ops.Storage;
 
 /** The host CPU: heap storage and Java kernels on a pool of {@code threads} threads. */
@@ -38,6 +39,12 @@ public final class CpuDevice extends Device {
     @Override
     protected Storage newStorage(DType dtype, int length) {
         return new CpuStorage(dtype, length);
+    }
+
+    /** Kernels have finished when they return, so a fence is done at once. */
+    @Override
+    public Fence fence() {
+        return Fence.DONE;
     }
 
     @Override

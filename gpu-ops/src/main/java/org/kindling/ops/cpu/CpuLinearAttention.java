@@ -8,6 +8,7 @@ import org.kindling.ops.DType;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.LinearAttention;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.Varlen;
 
 /**
  * Causal linear attention (Katharopoulos et al. 2020) on the CPU, blockwise: each sequence is cut
@@ -108,7 +109,7 @@ final class CpuLinearAttention {
 
     // ---- forward ----
 
-    void forward(Tensor out, Tensor q, Tensor k, Tensor v, Tensor cuSeqlens, int heads, float eps) {
+    void forward(Tensor out, Tensor q, Tensor k, Tensor v, Varlen cuSeqlens, int heads, float eps) {
         LinearAttention l = LinearAttention.check(out, q, k, v, cuSeqlens, heads, eps);
         checkFeatures("q", q, heads * l.features());
         checkFeatures("k", k, heads * l.features());
@@ -151,7 +152,7 @@ final class CpuLinearAttention {
 
     // ---- backward ----
 
-    void backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor cuSeqlens, int heads,
+    void backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Varlen cuSeqlens, int heads,
                   float eps) {
         LinearAttention l = LinearAttention.check(dout, q, k, v, cuSeqlens, heads, eps);
         l.checkGrads(dq, dk, dv, dout, q, k, v);

@@ -6,6 +6,7 @@ import org.kindling.ops.DType;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.Ssm;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.Varlen;
 
 /**
  * The diagonal state-space convolution (S4D, H3) on the CPU, FlashConv-style (see {@link Ssm}).
@@ -97,7 +98,7 @@ final class CpuSsmConv {
 
     // ---- forward ----
 
-    void forward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens, int block) {
+    void forward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens, int block) {
         Ssm m = Ssm.check(y, u, logDt, aRe, aIm, c, cuSeqlens, block);
         float[] yv = f(y, "y");
         float[] uv = f(u, "u");
@@ -219,7 +220,7 @@ final class CpuSsmConv {
     // ---- backward ----
 
     void backward(Tensor du, Tensor dlogDt, Tensor daRe, Tensor daIm, Tensor dc, Tensor dy, Tensor u, Tensor logDt,
-                  Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens, int block) {
+                  Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens, int block) {
         Ssm m = Ssm.checkBackward(du, dlogDt, daRe, daIm, dc, dy, u, logDt, aRe, aIm, c, cuSeqlens, block);
         int lags = m.maxLength();
         if (lags == 0) {

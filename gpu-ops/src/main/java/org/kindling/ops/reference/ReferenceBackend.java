@@ -32,6 +32,7 @@ import org.kindling.ops.Ssm;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.TopK;
 import org.kindling.ops.UnaryOp;
+import org.kindling.ops.Varlen;
 
 /**
  * Every kernel as its {@link Reference} twin over double storage: each call reads its inputs into
@@ -446,10 +447,20 @@ final class ReferenceBackend implements Backend {
 
     // ---- attention ----
 
+    /**
+     * The reference backend alone reads the device offsets back: a layer whose host offsets are
+     * not what the device holds would run a device kernel on one layout and its launch on another.
+     */
+    private static void agree(Varlen cu, String what) {
+        cu.checkDevice(what);
+    }
+
     @Override
-    public void attentionForward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Tensor cuSeqlensQ,
-                                 Tensor cuSeqlensK, Attention attn) {
+    public void attentionForward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Varlen cuSeqlensQ,
+                                 Varlen cuSeqlensK, Attention attn) {
         Attention.Batch batch = attn.check(q, k, v, cuSeqlensQ, cuSeqlensK);
+        agree(cuSeqlensQ, "cu_seqlens_q");
+        agree(cuSeqlensK, "cu_seqlens_k");
         attn.checkOutputs(batch, out, lse);
         double[][] r = Reference.attention(attn, read(q, "q"), read(k, "k"), read(v, "v"), batch.cuQ(), batch.cuK());
         write(out, "out", r[0]);
@@ -463,8 +474,10 @@ final class ReferenceBackend implements Backend {
      */
     @Override
     public void attentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
-                                  Tensor lse, Tensor cuSeqlensQ, Tensor cuSeqlensK, Attention attn) {
+                                  Tensor lse, Varlen cuSeqlensQ, Varlen cuSeqlensK, Attention attn) {
         Attention.Batch batch = attn.check(q, k, v, cuSeqlensQ, cuSeqlensK);
+        agree(cuSeqlensQ, "cu_seqlens_q");
+        agree(cuSeqlensK, "cu_seqlens_k");
         attn.checkOutputs(batch, out, lse);
         sameNumel(dq, "attention dq", q, "q");
         sameNumel(dk, "attention dk", k, "k");
@@ -494,15 +507,17 @@ final class ReferenceBackend implements Backend {
     }
 
     @Override
-    public void linearAttentionForward(Tensor out, Tensor q, Tensor k, Tensor v, Tensor cuSeqlens, int heads, float eps) {
+    public void linearAttentionForward(Tensor out, Tensor q, Tensor k, Tensor v, Varlen cuSeqlens, int heads, float eps) {
         LinearAttention l = LinearAttention.check(out, q, k, v, cuSeqlens, heads, eps);
+        agree(cuSeqlens, "cu_seqlens");
         write(out, "out", Reference.linearAttention(l, features(q, "q", l), features(k, "k", l), read(v, "v"), eps));
     }
 
     @Override
     public void linearAttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
-                                        Tensor cuSeqlens, int heads, float eps) {
+                                        Varlen cuSeqlens, int heads, float eps) {
         LinearAttention l = LinearAttention.check(dout, q, k, v, cuSeqlens, heads, eps);
+        agree(cuSeqlens, "cu_seqlens");
         l.checkGrads(dq, dk, dv, dout, q, k, v);
         double[][] g = Reference.linearAttentionBackward(l, read(dout, "dout"), features(q, "q", l), features(k, "k", l),
                 read(v, "v"), eps);
@@ -525,14 +540,16 @@ final class ReferenceBackend implements Backend {
     // ---- causal long convolution (S4D, H3) ----
 
     @Override
-    public void causalConvForward(Tensor y, Tensor u, Tensor k, Tensor cuSeqlens) {
+    public void causalConvForward(Tensor y, Tensor u, Tensor k, Varlen cuSeqlens) {
         CausalConv conv = CausalConv.check(y, u, k, cuSeqlens);
+        agree(cuSeqlens, "cu_seqlens");
         write(y, "y", Reference.causalConv(read(u, "u"), read(k, "k"), conv.cu(), conv.channels()));
     }
 
     @Override
-    public void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Tensor cuSeqlens) {
+    public void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Varlen cuSeqlens) {
         CausalConv conv = CausalConv.checkBackward(du, dk, dy, u, k, cuSeqlens);
+        agree(cuSeqlens, "cu_seqlens");
         double[][] g = Reference.causalConvBackward(read(dy, "dy"), read(u, "u"), read(k, "k"), conv.cu(),
                 conv.channels());
         add(du, "du", g[0]);
@@ -542,17 +559,19 @@ final class ReferenceBackend implements Backend {
     // ---- diagonal state-space convolution (S4D, H3's diagonal SSM) ----
 
     @Override
-    public void ssmConvForward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens,
+    public void ssmConvForward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens,
                                int block) {
         Ssm m = Ssm.check(y, u, logDt, aRe, aIm, c, cuSeqlens, block);
+        agree(cuSeqlens, "cu_seqlens");
         write(y, "y", Reference.ssmConv(read(u, "u"), read(logDt, "logDt"), read(aRe, "aRe"), read(aIm, "aIm"),
                 read(c, "c"), m.cu(), m.channels()));
     }
 
     @Override
     public void ssmConvBackward(Tensor du, Tensor dlogDt, Tensor daRe, Tensor daIm, Tensor dc, Tensor dy, Tensor u,
-                                Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Tensor cuSeqlens, int block) {
+                                Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens, int block) {
         Ssm m = Ssm.checkBackward(du, dlogDt, daRe, daIm, dc, dy, u, logDt, aRe, aIm, c, cuSeqlens, block);
+        agree(cuSeqlens, "cu_seqlens");
         double[][] g = Reference.ssmConvBackward(read(dy, "dy"), read(u, "u"), read(logDt, "logDt"),
                 read(aRe, "aRe"), read(aIm, "aIm"), read(c, "c"), m.cu(), m.channels());
         add(du, "du", g[0]);

@@ -3,6 +3,7 @@ package org.kindling.ops.reference;
 import org.kindling.ops.Backend;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
+import org.kindling.ops.Fence;
 import org.kindling.ops.Storage;
 
 /**
@@ -35,6 +36,12 @@ public final class ReferenceDevice extends Device {
     @Override
     protected Storage newStorage(DType dtype, int length) {
         return new ReferenceStorage(dtype, length);
+    }
+
+    /** Kernels have finished when they return, so a fence is done at once. */
+    @Override
+    public Fence fence() {
+        return Fence.DONE;
     }
 
     @Override

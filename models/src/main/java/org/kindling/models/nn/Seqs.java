@@ -1,6 +1,7 @@
 package org.kindling.models.nn;
 
 import org.kindling.ops.Tensor;
+import org.kindling.ops.Varlen;
 
 /**
  * The packed-sequence layout of one batch on the device: what token mixers need besides x.
@@ -16,5 +17,10 @@ public record Seqs(Tensor cuSeqlens, Tensor positions, int[] host) {
 
     public int sequences() {
         return host.length - 1;
+    }
+
+    /** The offsets as the packed-sequence kernels take them: on the device and on the host, so none reads them back. */
+    public Varlen varlen() {
+        return Varlen.of(cuSeqlens, host);
     }
 }

@@ -1,8 +1,10 @@
 package org.kindling.models.train;
 
+import java.time.Duration;
 import java.util.List;
 import org.kindling.models.nn.Param;
 import org.kindling.models.nn.Params;
+import org.kindling.ops.Fence;
 
 /**
  * How the workers of a data-parallel run combine what each computed. The {@link Trainer} calls it
@@ -11,7 +13,9 @@ import org.kindling.models.nn.Params;
  *
  * <p>Gradient exchange is split so that it can overlap the backward pass: {@link #gradientsReady}
  * hands over parameters as soon as the backward pass has finished with them (last layer first),
- * and {@link #finishGradients} waits until every gradient holds the sum over all workers.
+ * and {@link #finishGradients} waits until every gradient holds the sum over all workers. On an
+ * asynchronous device the kernels that wrote a group's gradients may still be running when it is
+ * handed over: implementations read them only after the group's fence is done ({@link #awaitGradients}).
  */
 public interface GradientSync {
     /** This worker's index in [0, world). */
@@ -26,8 +30,11 @@ public interface GradientSync {
     /** Every worker's {@code value}, indexed by rank. */
     long[] allGather(long value);
 
-    /** The backward pass of the step's last micro-batch is done with these parameters' gradients. */
-    void gradientsReady(List<Param> params);
+    /**
+     * The backward pass of the step's last micro-batch is done with these parameters' gradients:
+     * they are final once {@code ready} is done.
+     */
+    void gradientsReady(List<Param> params, Fence ready);
 
     /** Blocks until every parameter gradient of the model is summed over all workers. */
     void finishGradients(Params params);
@@ -54,11 +61,28 @@ public interface GradientSync {
         }
 
         @Override
-        public void gradientsReady(List<Param> params) {
+        public void gradientsReady(List<Param> params, Fence ready) {
         }
 
         @Override
         public void finishGradients(Params params) {
         }
     };
+    /**
+     * Waits for a group's fence before its gradients are read, failing after {@code timeout} with
+     * an error that names the group, so a device that never finishes is found rather than waited on.
+     */
+    static void awaitGradients(List<Param> group, Fence ready, Duration timeout) {
+        if (ready.isDone()) {
+            return;
+        }
+        StringBuilder names = new StringBuilder();
+        for (int i = 0; i < group.size() && i < 3; i++) {
+            names.append(i == 0 ? "" : ", ").append(group.get(i).name());
+        }
+        if (group.size() > 3) {
+            names.append(", … (").append(group.size()).append(" parameters)");
+        }
+        ready.awaitOrFail(timeout, "gradients of [" + names + "]");
+    }
 }

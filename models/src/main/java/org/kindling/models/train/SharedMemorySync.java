@@ -1,5 +1,6 @@
 package org.kindling.models.train;
 
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.BrokenBarrierException;
@@ -8,6 +9,7 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
 import org.kindling.models.nn.Param;
 import org.kindling.models.nn.Params;
+import org.kindling.ops.Fence;
 
 /**
  * Gradient sync between replicas in one JVM, through shared memory: each replica copies its
@@ -15,10 +17,13 @@ import org.kindling.models.nn.Params;
  * every element's sum is formed once and every replica gets the same bits) and copies the whole
  * sum back. The replicas meet at a barrier; a replica that fails calls {@link #abort}, which
  * lets the others through the barrier to find the group broken, so they fail at once instead of waiting.
+ * The gradients are copied only once the fence of every group handed over is done.
  */
 public final class SharedMemorySync implements GradientSync {
     private final Group group;
     private final int rank;
+    private final List<List<Param>> readyGroups = new ArrayList<>();
+    private final List<Fence> readyFences = new ArrayList<>();
 
     /** The state the replicas of one group share. */
     private static final class Group {
@@ -118,12 +123,23 @@ public final class SharedMemorySync implements GradientSync {
     }
 
     @Override
-    public void gradientsReady(List<Param> params) {
+    public void gradientsReady(List<Param> params, Fence ready) {
         // Shared memory needs no early start: the sum runs in parallel slices once all are done.
+        readyGroups.add(params);
+        readyFences.add(ready);
     }
 
     @Override
     public void finishGradients(Params params) {
+        try {
+            Duration timeout = Duration.ofSeconds(group.timeoutSeconds);
+            for (int i = 0; i < readyGroups.size(); i++) {
+                GradientSync.awaitGradients(readyGroups.get(i), readyFences.get(i), timeout);
+            }
+        } finally {
+            readyGroups.clear();
+            readyFences.clear();
+        }
         int n = params.count();
         if (group.host[rank] == null || group.host[rank].length != n) {
             group.host[rank] = new float[n];

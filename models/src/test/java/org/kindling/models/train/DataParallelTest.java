@@ -15,6 +15,10 @@ import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
 import org.kindling.models.data.Synthetic;
+import org.kindling.models.nn.Init;
+import org.kindling.models.nn.ParamGroup;
+import org.kindling.models.nn.Params;
+import org.kindling.ops.CompletableFence;
 import org.kindling.ops.Device;
 
 /** Replicas in one JVM with shared-memory gradient sums equal one trainer on the whole batch, and stay identical. */
@@ -143,6 +147,74 @@ class DataParallelTest {
             for (java.util.concurrent.Future<String> f : results) {
                 assertEquals("[100, 101, 102] [3.0, 0.30000000000000004]", f.get());
             }
+        } finally {
+            pool.shutdownNow();
+        }
+    }
+
+    /**
+     * Each replica's gradients are written by a "kernel" (a thread standing in for an asynchronous
+     * device) after they were handed over: the sums hold the late values only because
+     * finishGradients waits for the group's fence; a fence that never completes fails naming the group.
+     */
+    @Test
+    void sharedMemorySyncReadsGradientsOnlyAfterTheirFenceIsDone() throws Exception {
+        float[] expected = new float[10];
+        for (int i = 0; i < expected.length; i++) {
+            expected[i] = 10 + i + 20 + i;
+        }
+        for (String result : onGroup(2, 60, true)) {
+            assertEquals(java.util.Arrays.toString(expected), result);
+        }
+        long t0 = System.nanoTime();
+        for (String result : onGroup(2, 1, false)) {
+            assertEquals("gradients of [a, b] not ready within 1000 ms: the kernels writing them have not finished", result);
+        }
+        assertTrue((System.nanoTime() - t0) / 1e9 < 30);
+    }
+
+    /** Per replica: the summed gradients, or the error of finishGradients; the fences complete only when {@code complete}. */
+    private static List<String> onGroup(int replicas, long timeoutSeconds, boolean complete) throws Exception {
+        List<SharedMemorySync> group = SharedMemorySync.group(replicas, timeoutSeconds);
+        java.util.concurrent.ExecutorService pool = java.util.concurrent.Executors.newFixedThreadPool(2 * replicas);
+        try {
+            List<java.util.concurrent.Future<String>> results = new ArrayList<>();
+            for (SharedMemorySync sync : group) {
+                results.add(pool.submit(() -> {
+                    Params.Builder b = new Params.Builder();
+                    b.add("a", Init.zeros(), ParamGroup.DECAY, 2, 3);
+                    b.add("b", Init.zeros(), ParamGroup.NO_DECAY, 4);
+                    try (Device dev = Device.cpu(1); Params params = b.build(dev, 1)) {
+                        CompletableFence ready = new CompletableFence();
+                        sync.gradientsReady(params.list(), ready);
+                        java.util.concurrent.Future<?> kernel = pool.submit(() -> {
+                            Thread.sleep(300);
+                            float[] g = new float[10];
+                            for (int i = 0; i < g.length; i++) {
+                                g[i] = (sync.rank() + 1) * 10 + i;
+                            }
+                            params.grads().copyFrom(g);
+                            if (complete) {
+                                ready.complete();
+                            }
+                            return null;
+                        });
+                        try {
+                            sync.finishGradients(params);
+                            return java.util.Arrays.toString(params.grads().toFloatArray());
+                        } catch (IllegalStateException e) {
+                            return e.getMessage();
+                        } finally {
+                            kernel.get();
+                        }
+                    }
+                }));
+            }
+            List<String> out = new ArrayList<>();
+            for (java.util.concurrent.Future<String> f : results) {
+                out.add(f.get());
+            }
+            return out;
         } finally {
             pool.shutdownNow();
         }

@@ -12,6 +12,7 @@ import org.kindling.ops.Backend;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.Varlen;
 
 /**
  * Causal multi-head self-attention over packed sequences: q, k, v projections (NKV key/value
@@ -77,8 +78,9 @@ final class CausalSelfAttention implements TokenMixer {
         q.forward(tq.write(t, q.out), x);
         k.forward(tk.write(t, k.out), x);
         v.forward(tv.write(t, v.out), x);
+        Varlen cu = seqs.varlen();
         y.device().backend().attentionForward(a, lse.write(attn.heads(), t), tq.saved(t, q.out), tk.saved(t, k.out),
-                tv.saved(t, v.out), seqs.cuSeqlens(), seqs.cuSeqlens(), attn);
+                tv.saved(t, v.out), cu, cu, attn);
         proj.forward(y, a);
     }
 
@@ -91,8 +93,9 @@ final class CausalSelfAttention implements TokenMixer {
         Tensor gq = dq.zeros(t, q.out);
         Tensor gk = dk.zeros(t, k.out);
         Tensor gv = dv.zeros(t, v.out);
+        Varlen cu = seqs.varlen();
         be.attentionBackward(gq, gk, gv, d, tq.saved(t, q.out), tk.saved(t, k.out), tv.saved(t, v.out), out.saved(t, q.out),
-                lse.saved(attn.heads(), t), seqs.cuSeqlens(), seqs.cuSeqlens(), attn);
+                lse.saved(attn.heads(), t), cu, cu, attn);
         q.backward(dx, gq);
         k.backward(dx, gk);
         v.backward(dx, gv);
@@ -189,11 +192,14 @@ final class CausalSelfAttention implements TokenMixer {
             cache.reserve(b, total);
             be.copy(cache.k[b].view(len * k.out, n, k.out), sk.view(cu[b] * k.out, n, k.out));
             be.copy(cache.v[b].view(len * v.out, n, v.out), sv.view(cu[b] * v.out, n, v.out));
-            cache.cuQ.copyFrom(new int[] {0, n});
-            cache.cuK.copyFrom(new int[] {0, total});
+            int[] hostQ = {0, n};
+            int[] hostK = {0, total};
+            cache.cuQ.copyFrom(hostQ);
+            cache.cuK.copyFrom(hostK);
             // Causal attention aligns the n new queries with the last n of the cached keys.
             be.attentionForward(so.view(cu[b] * q.out, n, q.out), stepLse.write(attn.heads(), n), sq.view(cu[b] * q.out, n, q.out),
-                    cache.k[b].view(0, total, k.out), cache.v[b].view(0, total, v.out), cache.cuQ, cache.cuK, attn);
+                    cache.k[b].view(0, total, k.out), cache.v[b].view(0, total, v.out), Varlen.of(cache.cuQ, hostQ),
+                    Varlen.of(cache.cuK, hostK), attn);
             cache.length[b] = total;
         }
         proj.apply(y, so);

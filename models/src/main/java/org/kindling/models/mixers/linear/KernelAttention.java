@@ -99,7 +99,7 @@ final class KernelAttention implements TokenMixer {
         features.forward(fq, sq, true);
         features.forward(fk, sk, false);
         Tensor a = out.write(t, width);
-        y.device().backend().linearAttentionForward(a, fq, fk, sv, seqs.cuSeqlens(), heads, eps);
+        y.device().backend().linearAttentionForward(a, fq, fk, sv, seqs.varlen(), heads, eps);
         proj.forward(y, a);
     }
 
@@ -114,7 +114,7 @@ final class KernelAttention implements TokenMixer {
         Tensor gfq = dphiQ.zeros(t, featureWidth);
         Tensor gfk = dphiK.zeros(t, featureWidth);
         Tensor gv = dv.zeros(t, width);
-        be.linearAttentionBackward(gfq, gfk, gv, d, fq, fk, tv.saved(t, width), seqs.cuSeqlens(), heads, eps);
+        be.linearAttentionBackward(gfq, gfk, gv, d, fq, fk, tv.saved(t, width), seqs.varlen(), heads, eps);
         Tensor gq = dq.write(t, width);
         Tensor gk = dk.write(t, width);
         features.backward(gq, gfq, fq, tq.saved(t, width), true);

@@ -9,6 +9,7 @@ import org.kindling.models.nn.Params;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.Varlen;
 
 /**
  * The diagonal state-space layer of S4D and of H3's second SSM with its skip: y = SSM(u) + D⊙u
@@ -82,14 +83,14 @@ final class DiagonalSsm implements AutoCloseable {
     }
 
     /** y[T, W] = SSM(u) + D⊙u within each sequence of {@code cuSeqlens}; y must not overlap u. */
-    void forward(Tensor y, Tensor u, Tensor cuSeqlens) {
+    void forward(Tensor y, Tensor u, Varlen cuSeqlens) {
         Backend be = y.device().backend();
         be.ssmConvForward(y, u, logDt.value(), aRe.value(), aIm.value(), c.value(), cuSeqlens, block);
         skipForward(be, y, u, d.value(), prod.write(u.rows(), width));
     }
 
     /** du += ∂L/∂u for upstream dy; parameter gradients +=. u is the forward's input. */
-    void backward(Tensor du, Tensor dy, Tensor u, Tensor cuSeqlens) {
+    void backward(Tensor du, Tensor dy, Tensor u, Varlen cuSeqlens) {
         Backend be = dy.device().backend();
         be.ssmConvBackward(du, logDt.grad(), aRe.grad(), aIm.grad(), c.grad(), dy, u, logDt.value(), aRe.value(),
                 aIm.value(), c.value(), cuSeqlens, block);

@@ -15,6 +15,7 @@ import org.kindling.ops.BinaryOp;
 import org.kindling.ops.Device;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.Varlen;
 
 /**
  * H3 over packed sequences, per head h of HS = C/NH channels:
@@ -162,10 +163,10 @@ final class H3 implements TokenMixer {
         q.forward(sq, x);
         k.forward(sk, x);
         v.forward(sv, x);
-        be.causalConvForward(skp, sk, shift.value(), seqs.cuSeqlens());
+        be.causalConvForward(skp, sk, shift.value(), seqs.varlen());
         DiagonalSsm.skipForward(be, skp, sk, shiftD.value(), prod.write(t, c));
         outer(be, skv, skp, sv, t);
-        ssm.forward(ss, skv, seqs.cuSeqlens());
+        ssm.forward(ss, skv, seqs.varlen());
         readout(be, m, sq, ss, t);
         out.forward(y, m);
     }
@@ -188,14 +189,14 @@ final class H3 implements TokenMixer {
         Tensor gs = ds.write(t, width);
         outer(be, gs, sq, dm, t);
         Tensor gkv = dkv.zeros(t, width);
-        ssm.backward(gkv, gs, skv, seqs.cuSeqlens());
+        ssm.backward(gkv, gs, skv, seqs.varlen());
         // kv_h = k′_h v_hᵀ: dk′_h = dkv_h v_h, dv_h = dkv_hᵀ k′_h.
         Tensor gkp = dkp.write(t, c);
         apply(be, gkp, gkv, sv, t);
         Tensor gv = dv.write(t, c);
         readout(be, gv, skp, gkv, t);
         Tensor gk = dk.zeros(t, c);
-        be.causalConvBackward(gk, shift.grad(), gkp, sk, shift.value(), seqs.cuSeqlens());
+        be.causalConvBackward(gk, shift.grad(), gkp, sk, shift.value(), seqs.varlen());
         DiagonalSsm.skipBackward(be, gk, shiftD.grad(), gkp, sk, shiftD.value(), prod.write(t, c));
         q.backward(dx, gq);
         k.backward(dx, gk);
@@ -233,8 +234,9 @@ final class H3 implements TokenMixer {
             Tensor conv = stepConv.write(hist + n, c);
             be.copy(window.view(0, hist, c), st.history(b));
             be.copy(window.view(hist * c, n, c), sk.view(cu[b] * c, n, c));
-            st.cu.copyFrom(new int[] {0, hist + n});
-            be.causalConvForward(conv, window, shift.value(), st.cu);
+            int[] windowCu = {0, hist + n};
+            st.cu.copyFrom(windowCu);
+            be.causalConvForward(conv, window, shift.value(), Varlen.of(st.cu, windowCu));
             be.copy(skp.view(cu[b] * c, n, c), conv.view(hist * c, n, c));
             be.copy(st.history(b), window.view(n * c, hist, c));
         }

@@ -54,7 +54,7 @@ final class S4d implements TokenMixer {
         int t = x.rows();
         Tensor th = h.write(t, c);
         Tensor g = gelu.write(t, c);
-        ssm.forward(th, x, seqs.cuSeqlens());
+        ssm.forward(th, x, seqs.varlen());
         y.device().backend().geluForward(g, th);
         out.forward(y, g);
         this.x = x;
@@ -71,7 +71,7 @@ final class S4d implements TokenMixer {
         out.backwardOverwrite(dg, dy);
         Tensor d = dh.zeros(t, c);
         be.geluBackward(d, dg, h.saved(t, c));
-        ssm.backward(dx, d, x, seqs.cuSeqlens());
+        ssm.backward(dx, d, x, seqs.varlen());
     }
 
     @Override
