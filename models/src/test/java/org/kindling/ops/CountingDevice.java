@@ -63,6 +63,11 @@ public final class CountingDevice extends Device {
     }
 
     @Override
+    public Fence fence() {
+        return cpu.fence();
+    }
+
+    @Override
     protected Storage newStorage(DType dtype, int length) {
         return ((Device) cpu).newStorage(dtype, length);
     }
