@@ -17,6 +17,7 @@ import org.kindling.models.train.GradientSync;
 import org.kindling.models.train.StepResult;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 
 /** Data-parallel training over the ring equals one worker with the combined batch; replicas stay bit-identical. */
 class RingSyncTest {
@@ -68,7 +69,7 @@ class RingSyncTest {
             return EXAMPLES.batch(2 * B * p + rank * per, 2 * B * p + rank * per + per);
         });
         List<StepResult> steps = new ArrayList<>();
-        try (Device dev = Device.cpu(1); Gpt gpt = new Gpt(model, dev, 5); Trainer t = new Trainer(gpt, cfg, sync)) {
+        try (Device dev = CpuDevice.open(1); Gpt gpt = new Gpt(model, dev, 5); Trainer t = new Trainer(gpt, cfg, sync)) {
             for (int i = 0; i < STEPS; i++) {
                 steps.add(t.step(data));
             }

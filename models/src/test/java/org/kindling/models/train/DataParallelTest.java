@@ -16,6 +16,7 @@ import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
 import org.kindling.models.data.Synthetic;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 
 /** Replicas in one JVM with shared-memory gradient sums equal one trainer on the whole batch, and stay identical. */
 class DataParallelTest {
@@ -39,7 +40,7 @@ class DataParallelTest {
 
     static DataParallel replicas(ModelConfig model, TrainConfig train, int n) {
         return new DataParallel(n, (rank, sync) -> {
-            Device dev = Device.cpu(1);
+            Device dev = CpuDevice.open(1);
             Gpt m = new Gpt(model, dev, 5);
             return new DataParallel.Replica(dev, m, new Trainer(m, train, sync));
         });
@@ -73,7 +74,7 @@ class DataParallelTest {
     private static List<StepResult> replicasEqualOneTrainer(ModelConfig model, TrainConfig train) {
         float[] single;
         List<StepResult> singleSteps = new ArrayList<>();
-        try (Device dev = Device.cpu(1); Gpt m = new Gpt(model, dev, 5); Trainer t = new Trainer(m, train)) {
+        try (Device dev = CpuDevice.open(1); Gpt m = new Gpt(model, dev, 5); Trainer t = new Trainer(m, train)) {
             DataSource d = slice(0, 1);
             for (int s = 0; s < STEPS; s++) {
                 singleSteps.add(t.step(d));
