@@ -236,6 +236,8 @@ class CliTest {
         CliRun.assertUsageError("--threads 2 is for the CPU, not --device reference", concat(gemm, "--device", "reference", "--threads", "2"));
         CliRun.assertUsageError("device \"cpu:0\": the argument is the thread count", concat(gemm, "--device", "cpu:0"));
         CliRun.assertUsageError("device \"cpu:x\": the argument is the thread count", concat(gemm, "--device", "cpu:x"));
+        CliRun.assertUsageError("bench tokenize runs on the CPU only, not --device reference", "bench", "tokenize", "--tokenizer",
+                "/nonexistent/tokenizer.json", "--input", "/nonexistent/input.txt", "--device", "reference");
         CliRun.assertUsageError("no device \"cuda\"", "eval", "--run", "/nonexistent/run", "--data", "/nonexistent/data", "--device", "cuda");
         CliRun.assertUsageError("no device \"cuda\"", "generate", "--run", "/nonexistent/run", "--device", "cuda");
         // train checks before it starts Spark: no session, no dataset read.
