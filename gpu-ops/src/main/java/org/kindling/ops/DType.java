@@ -4,7 +4,7 @@ package org.kindling.ops;
 public enum DType {
     /**
      * 32-bit IEEE float: activations, weights, gradients and optimizer state. The floating type
-     * layers allocate; on the reference device ({@link Device#reference}) it is held in double.
+     * layers allocate; on the reference device ({@link org.kindling.ops.reference.ReferenceDevice#open}) it is held in double.
      */
     F32(4),
     /** 32-bit signed integer: token ids, targets, sequence offsets. */

@@ -1,11 +1,14 @@
 package org.kindling.ops;
 
+import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.Collections;
+import java.util.Comparator;
 import java.util.IdentityHashMap;
+import java.util.List;
+import java.util.Optional;
+import java.util.ServiceLoader;
 import java.util.Set;
-import org.kindling.ops.cpu.CpuDevice;
-import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * A compute device: it allocates {@link Tensor}s, runs kernels through its {@link Backend}, and
@@ -13,7 +16,7 @@ import org.kindling.ops.reference.ReferenceDevice;
  * so a test that closes its device proves it leaked nothing.
  */
 public abstract class Device implements AutoCloseable {
-    /** What kind of device: a host CPU, a CUDA GPU, or the fp64 reference ({@link #reference}). */
+    /** What kind of device: a host CPU, a CUDA GPU, or the fp64 reference ({@code reference}). */
     public enum Kind { CPU, CUDA, REFERENCE }
 
     private final Set<Tensor> live = Collections.synchronizedSet(Collections.newSetFromMap(new IdentityHashMap<>()));
@@ -21,23 +24,72 @@ public abstract class Device implements AutoCloseable {
     private long peakBytes;
     private boolean closed;
 
-    /** A CPU device whose kernels run on {@code threads} threads. */
-    public static CpuDevice cpu(int threads) {
-        return new CpuDevice(threads);
-    }
-
-    /** A CPU device with one thread per core this process may use. */
-    public static CpuDevice cpu() {
-        return new CpuDevice(Runtime.getRuntime().availableProcessors());
+    /**
+     * Opens the device a spec names: {@code NAME} or {@code NAME:ARGUMENT}, e.g. {@code cpu} (one
+     * thread per core), {@code cpu:4} (four threads), {@code reference}, or {@code cuda:0} once a
+     * provider of that name is on the classpath (see {@link DeviceProvider}).
+     *
+     * @throws IllegalArgumentException naming the spec: an unknown name (listing the known ones), a
+     *     bad argument, or a device this process cannot open, and why
+     */
+    public static Device open(String spec) {
+        DeviceProvider provider = provider(spec);
+        provider.checkArgument(argument(spec));
+        Optional<String> why = provider.unavailable();
+        if (why.isPresent()) {
+            throw new IllegalArgumentException("device \"" + spec + "\" is unavailable here: " + why.get());
+        }
+        return provider.open(argument(spec));
     }
 
     /**
-     * The fp64 reference device: floating tensors (dtype F32) are held and computed in double, and
-     * every kernel is the {@link Reference} twin, single-threaded. Layers run on it unchanged, so
-     * their gradients can be checked by finite differences in double precision. Slow; for tests.
+     * Checks that a spec names a provider in this build with a valid argument, without opening or
+     * asking for the hardware: a driver checks so before its tasks open the device elsewhere.
+     *
+     * @throws IllegalArgumentException as {@link #open}, except for availability
      */
-    public static ReferenceDevice reference() {
-        return new ReferenceDevice();
+    public static void check(String spec) {
+        provider(spec).checkArgument(argument(spec));
+    }
+
+    /**
+     * The provider a spec names.
+     *
+     * @throws IllegalArgumentException when no provider of that name is in this build, listing the known ones
+     */
+    public static DeviceProvider provider(String spec) {
+        String name = name(spec);
+        List<DeviceProvider> all = providers();
+        for (DeviceProvider p : all) {
+            if (p.name().equals(name)) {
+                return p;
+            }
+        }
+        throw new IllegalArgumentException("no device \"" + name + "\" in this build (spec \"" + spec + "\"); known: "
+                + String.join(", ", all.stream().map(DeviceProvider::name).toList()));
+    }
+
+    /** Every provider in this build, by name; loaded from the class loader that loaded {@code Device}, as its plugins are. */
+    public static List<DeviceProvider> providers() {
+        List<DeviceProvider> all = new ArrayList<>();
+        ServiceLoader.load(DeviceProvider.class, Device.class.getClassLoader()).forEach(all::add);
+        all.sort(Comparator.comparing(DeviceProvider::name));
+        return all;
+    }
+
+    /** The name part of a spec: {@code cpu} in {@code cpu:4}. */
+    public static String name(String spec) {
+        if (spec == null || spec.isBlank()) {
+            throw new IllegalArgumentException("empty device spec; give NAME or NAME:ARGUMENT, e.g. cpu or cpu:4");
+        }
+        int colon = spec.indexOf(':');
+        return colon < 0 ? spec : spec.substring(0, colon);
+    }
+
+    /** The argument part of a spec ({@code 4} in {@code cpu:4}), or null when it has none. */
+    public static String argument(String spec) {
+        int colon = spec.indexOf(':');
+        return colon < 0 ? null : spec.substring(colon + 1);
     }
 
     public abstract Kind kind();

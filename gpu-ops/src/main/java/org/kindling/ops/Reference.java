@@ -5,7 +5,7 @@ import java.util.Arrays;
 /**
  * Plain reference twins of every {@link Backend} kernel: simple loops over host arrays in double
  * precision, written for obviousness rather than speed. Tests compare each backend to these, and
- * the reference device ({@link Device#reference()}) runs them as its kernels. Inputs are doubles,
+ * the reference device ({@link org.kindling.ops.reference.ReferenceDevice#open()}) runs them as its kernels. Inputs are doubles,
  * so the twins compute in double end to end; fp32 test data goes in through {@link #widen}.
  * Shapes follow {@link Backend}: row-wise kernels take {@code [N, C]} as {@code n} rows of
  * {@code c} values. Outputs are fresh arrays; "backward" twins return the gradient itself, not an

@@ -120,7 +120,7 @@ public final class Tensor implements AutoCloseable {
         return this;
     }
 
-    /** Copies host doubles into this F32 or BF16 tensor, rounded to what the device stores (see {@link Device#reference}). */
+    /** Copies host doubles into this F32 or BF16 tensor, rounded to what the device stores (see {@link org.kindling.ops.reference.ReferenceDevice#open}). */
     public Tensor copyFrom(double[] src) {
         checkOpen();
         device.backend().copyFromHost(this, src);

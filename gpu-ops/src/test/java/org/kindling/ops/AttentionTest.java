@@ -16,6 +16,8 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * FlashAttention against flash-attention's relative oracle: measured against the fp64
@@ -28,7 +30,7 @@ class AttentionTest {
 
     @BeforeAll
     static void open() {
-        dev = Device.cpu(3);
+        dev = CpuDevice.open(3);
     }
 
     @AfterAll
@@ -257,7 +259,7 @@ class AttentionTest {
         int seq = 1025;
         Attention a = Attention.of(1, 1, 64).withCausal(true);
         float[] q = gaussian(21, seq * 64);
-        try (Device d = Device.cpu(3); Tensor tq = d.fromFloats(q, seq, 1, 64); Tensor tk = d.fromFloats(gaussian(22, q.length), seq, 1, 64);
+        try (Device d = CpuDevice.open(3); Tensor tq = d.fromFloats(q, seq, 1, 64); Tensor tk = d.fromFloats(gaussian(22, q.length), seq, 1, 64);
              Tensor tv = d.fromFloats(gaussian(23, q.length), seq, 1, 64); Tensor tdo = d.fromFloats(gaussian(24, q.length), seq, 1, 64);
              Tensor c = d.fromInts(cu(seq), 2); Tensor out = d.allocate(DType.F32, seq, 1, 64);
              Tensor lse = d.allocate(DType.F32, 1, seq); Tensor dq = d.allocate(DType.F32, seq, 1, 64);
@@ -284,10 +286,10 @@ class AttentionTest {
         for (int threads : new int[] {1, 2, 3}) {
             Run first;
             Run second;
-            try (Device d = Device.cpu(threads)) {
+            try (Device d = CpuDevice.open(threads)) {
                 first = fused(d, a, q, k, v, dout, c, c);
             }
-            try (Device d = Device.cpu(threads)) {
+            try (Device d = CpuDevice.open(threads)) {
                 second = fused(d, a, q, k, v, dout, c, c);
             }
             assertArrayEquals(first.out(), second.out());
@@ -374,7 +376,7 @@ class AttentionTest {
             assertTrue(e.getMessage().startsWith("cu_seqlens on the device must be I32 [2] like the host offsets"), e.getMessage());
         }
         Attention a = Attention.of(1, 1, 4);
-        try (Device ref = Device.reference(); Tensor q = ref.allocate(DType.F32, 10, 1, 4);
+        try (Device ref = ReferenceDevice.open(); Tensor q = ref.allocate(DType.F32, 10, 1, 4);
              Tensor out = ref.allocate(DType.F32, 10, 1, 4); Tensor lse = ref.allocate(DType.F32, 1, 10);
              Tensor cu = ref.fromInts(new int[] {0, 4, 10}, 3)) {
             Varlen stale = Varlen.of(cu, new int[] {0, 5, 10});

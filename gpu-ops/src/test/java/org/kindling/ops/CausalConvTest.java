@@ -19,6 +19,8 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 import org.junit.jupiter.params.provider.ValueSource;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * The causal long convolution (S4D, H3) against flash-attention's relative oracle, as
@@ -35,8 +37,8 @@ class CausalConvTest {
 
     @BeforeAll
     static void open() {
-        cpu = Device.cpu(3);
-        ref = Device.reference();
+        cpu = CpuDevice.open(3);
+        ref = ReferenceDevice.open();
     }
 
     @AfterAll
@@ -205,7 +207,7 @@ class CausalConvTest {
                     "du of sequence " + s);
         }
         assertTrue(!Arrays.equals(before.y(), after.y()), "the changed sequence's y changes");
-        try (Device single = Device.cpu(1)) {
+        try (Device single = CpuDevice.open(1)) {
             Run one = run(single, cuSeqlens, C, u, k, dy);
             assertArrayEquals(before.y(), one.y());
             assertArrayEquals(before.du(), one.du());
@@ -224,7 +226,7 @@ class CausalConvTest {
         Run a = run(cpu, cuSeqlens, C, u, k, dy);
         Run b = run(cpu, cuSeqlens, C, u, k, dy);
         Run one;
-        try (Device single = Device.cpu(1)) {
+        try (Device single = CpuDevice.open(1)) {
             one = run(single, cuSeqlens, C, u, k, dy);
         }
         for (Run r : new Run[] {b, one}) {

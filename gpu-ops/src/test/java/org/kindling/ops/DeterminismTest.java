@@ -6,6 +6,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import java.util.ArrayList;
 import java.util.List;
 import org.junit.jupiter.api.Test;
+import org.kindling.ops.cpu.CpuDevice;
 
 /** Same inputs and thread count → bit-identical outputs, for every kernel, on fresh devices. */
 class DeterminismTest {
@@ -17,7 +18,7 @@ class DeterminismTest {
         int n = rows * cols;
         int vocab = 301;
         List<float[]> out = new ArrayList<>();
-        try (Device dev = Device.cpu(threads)) {
+        try (Device dev = CpuDevice.open(threads)) {
             Backend be = dev.backend();
             try (Tensor x = dev.fromFloats(Check.uniform(1, n), rows, cols);
                  Tensor dy = dev.fromFloats(Check.uniform(2, n), rows, cols);
@@ -99,7 +100,7 @@ class DeterminismTest {
         float[] x = Check.uniform(10, 1 << 20);
         double[] sums = new double[3];
         for (int t = 1; t <= 3; t++) {
-            try (Device dev = Device.cpu(t); Tensor tx = dev.fromFloats(x, x.length)) {
+            try (Device dev = CpuDevice.open(t); Tensor tx = dev.fromFloats(x, x.length)) {
                 sums[t - 1] = dev.backend().sumOfSquares(tx);
             }
         }

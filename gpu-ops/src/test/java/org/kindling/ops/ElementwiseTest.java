@@ -14,6 +14,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
+import org.kindling.ops.cpu.CpuDevice;
 
 /** Elementwise ops, row reductions and the sum of squares, against {@link Reference}; fp32 tolerance 2e-6. */
 class ElementwiseTest {
@@ -22,7 +23,7 @@ class ElementwiseTest {
 
     @BeforeAll
     static void open() {
-        dev = Device.cpu(3);
+        dev = CpuDevice.open(3);
         be = dev.backend();
     }
 

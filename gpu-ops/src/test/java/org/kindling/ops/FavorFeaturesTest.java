@@ -15,6 +15,8 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
 import org.junit.jupiter.params.provider.ValueSource;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * Performer's FAVOR+ features ({@link Backend#favorFeatures}): the reference device against the
@@ -31,8 +33,8 @@ class FavorFeaturesTest {
 
     @BeforeAll
     static void open() {
-        cpu = Device.cpu(3);
-        ref = Device.reference();
+        cpu = CpuDevice.open(3);
+        ref = ReferenceDevice.open();
     }
 
     @AfterAll

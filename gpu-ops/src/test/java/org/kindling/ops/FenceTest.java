@@ -8,12 +8,14 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.time.Duration;
 import org.junit.jupiter.api.Test;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /** Synchronous devices hand out done fences; a completable fence waits, times out and publishes writes. */
 class FenceTest {
     @Test
     void synchronousDevicesFenceDoneAtOnce() {
-        try (Device cpu = Device.cpu(1); Device ref = Device.reference()) {
+        try (Device cpu = CpuDevice.open(1); Device ref = ReferenceDevice.open()) {
             assertSame(Fence.DONE, cpu.fence());
             assertSame(Fence.DONE, ref.fence());
             assertTrue(cpu.fence().await(Duration.ZERO));

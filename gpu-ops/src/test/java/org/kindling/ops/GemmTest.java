@@ -15,6 +15,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
+import org.kindling.ops.cpu.CpuDevice;
 
 /**
  * GEMM against the double reference. Tolerance: |C − ref| ≤ 1e-5·Σ_p|a_ip·b_pj| + 1e-6, a few
@@ -25,7 +26,7 @@ class GemmTest {
 
     @BeforeAll
     static void open() {
-        dev = Device.cpu(3);
+        dev = CpuDevice.open(3);
     }
 
     @AfterAll

@@ -19,6 +19,8 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * The grouped GEMM of dropless MoE in each form the MoE forward and backward use, at awkward
@@ -36,8 +38,8 @@ class GroupedGemmTest {
 
     @BeforeAll
     static void open() {
-        cpu = Device.cpu(3);
-        ref = Device.reference();
+        cpu = CpuDevice.open(3);
+        ref = ReferenceDevice.open();
     }
 
     @AfterAll

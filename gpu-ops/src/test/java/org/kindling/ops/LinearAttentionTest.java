@@ -13,6 +13,7 @@ import java.util.Arrays;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
+import org.kindling.ops.cpu.CpuDevice;
 
 /**
  * Causal linear attention: the blockwise CPU kernels against the fp64 {@link Reference} under
@@ -33,7 +34,7 @@ class LinearAttentionTest {
 
     @BeforeAll
     static void open() {
-        dev = Device.cpu(3);
+        dev = CpuDevice.open(3);
     }
 
     @AfterAll
@@ -237,10 +238,10 @@ class LinearAttentionTest {
         Run one;
         Run three;
         Run again;
-        try (Device d = Device.cpu(1)) {
+        try (Device d = CpuDevice.open(1)) {
             one = fused(d, x);
         }
-        try (Device d = Device.cpu(3)) {
+        try (Device d = CpuDevice.open(3)) {
             three = fused(d, x);
             again = fused(d, x);
         }
@@ -257,7 +258,7 @@ class LinearAttentionTest {
         Data x = data(CU, 6);
         long inputs;
         long peak;
-        try (Device d = Device.cpu(3)) {
+        try (Device d = CpuDevice.open(3)) {
             fused(d, x);
             d.resetPeak();
             fused(d, x);

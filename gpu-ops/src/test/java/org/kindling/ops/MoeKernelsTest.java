@@ -15,6 +15,8 @@ import org.junit.jupiter.api.function.Executable;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * The Switch-style MoE kernels (entry → token rows, capacity slots, row scaling, top-k backward,
@@ -31,9 +33,9 @@ class MoeKernelsTest {
 
     @BeforeAll
     static void open() {
-        cpu = Device.cpu(3);
-        cpu1 = Device.cpu(1);
-        ref = Device.reference();
+        cpu = CpuDevice.open(3);
+        cpu1 = CpuDevice.open(1);
+        ref = ReferenceDevice.open();
     }
 
     @AfterAll

@@ -14,6 +14,8 @@ import org.junit.jupiter.api.function.Executable;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * MoE routing kernels (top-k, expert offsets, grouping permutation, row gather and weighted
@@ -32,9 +34,9 @@ class MoeRoutingTest {
 
     @BeforeAll
     static void open() {
-        cpu = Device.cpu(3);
-        cpu1 = Device.cpu(1);
-        ref = Device.reference();
+        cpu = CpuDevice.open(3);
+        cpu1 = CpuDevice.open(1);
+        ref = ReferenceDevice.open();
     }
 
     @AfterAll

@@ -5,6 +5,7 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
 import org.junit.jupiter.api.Test;
+import org.kindling.ops.cpu.CpuDevice;
 
 /** NaiveAttention keeps its buffers between calls: reusing them, or switching layouts, must not change any result. */
 class NaiveAttentionReuseTest {
@@ -41,7 +42,7 @@ class NaiveAttentionReuseTest {
         Attention a = Attention.of(2, 2, 8).withCausal(true);
         Layout two = Layout.of(1, 2, 8, 0, 5, 12);
         Layout one = Layout.of(9, 2, 8, 0, 17);
-        try (Device d = Device.cpu(2)) {
+        try (Device d = CpuDevice.open(2)) {
             AttentionTest.Run freshTwo;
             AttentionTest.Run freshOne;
             try (NaiveAttention na = new NaiveAttention(d, a)) {

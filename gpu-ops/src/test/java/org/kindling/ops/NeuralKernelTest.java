@@ -12,6 +12,7 @@ import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
 import org.junit.jupiter.params.provider.ValueSource;
+import org.kindling.ops.cpu.CpuDevice;
 
 /**
  * Softmax, normalizations, GELU, embeddings, cross-entropy and AdamW against {@link Reference}.
@@ -25,7 +26,7 @@ class NeuralKernelTest {
 
     @BeforeAll
     static void open() {
-        dev = Device.cpu(3);
+        dev = CpuDevice.open(3);
         be = dev.backend();
     }
 

@@ -15,6 +15,8 @@ import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.MethodSource;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * The fp64 reference device runs every kernel and agrees with the CPU backend on the same fp32
@@ -29,8 +31,8 @@ class ReferenceBackendTest {
 
     @BeforeAll
     static void open() {
-        cpu = Device.cpu(2);
-        ref = Device.reference();
+        cpu = CpuDevice.open(2);
+        ref = ReferenceDevice.open();
     }
 
     @AfterAll
@@ -301,7 +303,7 @@ class ReferenceBackendTest {
     void refusesBf16AndReportsLeaks() {
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> ref.allocate(DType.BF16, 2));
         assertTrue(e.getMessage().contains("BF16"), e.getMessage());
-        Device d = Device.reference();
+        Device d = ReferenceDevice.open();
         d.allocate(DType.F32, 5, 2);
         IllegalStateException leak = assertThrows(IllegalStateException.class, d::close);
         assertTrue(leak.getMessage().contains("F32[5, 2]"), leak.getMessage());

@@ -14,6 +14,8 @@ import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * The diagonal state-space convolution (S4D, H3) against flash-attention's relative oracle, as
@@ -32,8 +34,8 @@ class SsmConvTest {
 
     @BeforeAll
     static void open() {
-        cpu = Device.cpu(3);
-        ref = Device.reference();
+        cpu = CpuDevice.open(3);
+        ref = ReferenceDevice.open();
     }
 
     @AfterAll
@@ -328,7 +330,7 @@ class SsmConvTest {
             Run a = run(cpu, cuSeqlens, p, u, dy, block);
             Run b = run(cpu, cuSeqlens, p, u, dy, block);
             Run one;
-            try (Device single = Device.cpu(1)) {
+            try (Device single = CpuDevice.open(1)) {
                 one = run(single, cuSeqlens, p, u, dy, block);
             }
             for (Run r : new Run[] {b, one}) {

@@ -5,6 +5,8 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import org.junit.jupiter.api.Test;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /** addSum and addSumOfSquares: a step's scalars accumulated on the device, against the fp64 twin, for any thread count. */
 class StepSumsTest {
@@ -28,7 +30,7 @@ class StepSumsTest {
                 sum += v;
                 squares += (double) v * v;
             }
-            try (Device one = Device.cpu(1); Device three = Device.cpu(3); Device ref = Device.reference()) {
+            try (Device one = CpuDevice.open(1); Device three = CpuDevice.open(3); Device ref = ReferenceDevice.open()) {
                 float[] a = run(one, x);
                 float[] b = run(three, x);
                 float[] r = run(ref, x);
@@ -45,7 +47,7 @@ class StepSumsTest {
 
     @Test
     void theOutputIsOneF32Element() {
-        try (Device dev = Device.cpu(1); Tensor x = dev.allocate(DType.F32, 4); Tensor two = dev.allocate(DType.F32, 2);
+        try (Device dev = CpuDevice.open(1); Tensor x = dev.allocate(DType.F32, 4); Tensor two = dev.allocate(DType.F32, 2);
              Tensor ints = dev.allocate(DType.I32, 1)) {
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> dev.backend().addSum(two, x, 1f));
             assertTrue(e.getMessage().startsWith("addSum out must be one F32 element"), e.getMessage());

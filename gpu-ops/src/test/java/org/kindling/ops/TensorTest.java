@@ -6,12 +6,13 @@ import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import org.junit.jupiter.api.Test;
+import org.kindling.ops.cpu.CpuDevice;
 
 class TensorTest {
 
     @Test
     void allocatesZeroedAndRoundTripsHostData() {
-        try (Device dev = Device.cpu(2)) {
+        try (Device dev = CpuDevice.open(2)) {
             try (Tensor t = dev.allocate(DType.F32, 2, 3)) {
                 assertArrayEquals(new float[6], t.toFloatArray());
                 assertArrayEquals(new int[] {2, 3}, t.shape());
@@ -31,7 +32,7 @@ class TensorTest {
 
     @Test
     void viewsShareStorageAndCheckBounds() {
-        try (Device dev = Device.cpu(1); Tensor t = dev.fromFloats(new float[] {0, 1, 2, 3, 4, 5}, 6)) {
+        try (Device dev = CpuDevice.open(1); Tensor t = dev.fromFloats(new float[] {0, 1, 2, 3, 4, 5}, 6)) {
             Tensor v = t.view(2, 2, 2);
             assertArrayEquals(new float[] {2, 3, 4, 5}, v.toFloatArray());
             v.copyFrom(new float[] {9, 9, 9, 9});
@@ -48,7 +49,7 @@ class TensorTest {
 
     @Test
     void closedTensorsAndTheirViewsRefuseUse() {
-        try (Device dev = Device.cpu(1)) {
+        try (Device dev = CpuDevice.open(1)) {
             Tensor t = dev.allocate(DType.F32, 4);
             Tensor v = t.view(0, 2);
             t.close();
@@ -60,7 +61,7 @@ class TensorTest {
 
     @Test
     void closingADeviceWithOpenTensorsReportsTheLeak() {
-        Device dev = Device.cpu(1);
+        Device dev = CpuDevice.open(1);
         dev.allocate(DType.F32, 3, 5);
         IllegalStateException e = assertThrows(IllegalStateException.class, dev::close);
         assertTrue(e.getMessage().contains("1 open tensors") && e.getMessage().contains("[3, 5]"), e.getMessage());
@@ -68,7 +69,7 @@ class TensorTest {
 
     @Test
     void tracksLiveAndPeakBytes() {
-        try (Device dev = Device.cpu(1)) {
+        try (Device dev = CpuDevice.open(1)) {
             try (Tensor a = dev.allocate(DType.F32, 10); Tensor b = dev.allocate(DType.BF16, 10)) {
                 assertEquals(60, dev.liveBytes());
             }
@@ -81,7 +82,7 @@ class TensorTest {
 
     @Test
     void rejectsBadShapesAndHostLengths() {
-        try (Device dev = Device.cpu(1)) {
+        try (Device dev = CpuDevice.open(1)) {
             assertThrows(IllegalArgumentException.class, () -> dev.allocate(DType.F32, 2, -1));
             assertThrows(IllegalArgumentException.class, () -> dev.allocate(DType.F32, 1 << 16, 1 << 16));
             assertThrows(IllegalArgumentException.class, () -> dev.fromFloats(new float[3], 2, 2));
@@ -101,7 +102,7 @@ class TensorTest {
         assertTrue(Float.isNaN(BF16.toFloat(BF16.fromFloat(Float.NaN))));
         assertEquals(Float.POSITIVE_INFINITY, BF16.toFloat(BF16.fromFloat(Float.POSITIVE_INFINITY)));
         float[] x = Check.uniform(3, 1025, -100, 100);
-        try (Device dev = Device.cpu(2);
+        try (Device dev = CpuDevice.open(2);
              Tensor f = dev.fromFloats(x, 1025);
              Tensor h = dev.allocate(DType.BF16, 1025);
              Tensor back = dev.allocate(DType.F32, 1025)) {

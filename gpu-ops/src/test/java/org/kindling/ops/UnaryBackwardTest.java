@@ -15,6 +15,8 @@ import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.EnumSource;
 import org.junit.jupiter.params.provider.MethodSource;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * {@link Backend#unaryBackward}: each op's {@link UnaryOp#derivative} against central finite
@@ -27,8 +29,8 @@ class UnaryBackwardTest {
 
     @BeforeAll
     static void open() {
-        cpu = Device.cpu(3);
-        ref = Device.reference();
+        cpu = CpuDevice.open(3);
+        ref = ReferenceDevice.open();
     }
 
     @AfterAll

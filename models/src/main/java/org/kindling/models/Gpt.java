@@ -27,6 +27,7 @@ import org.kindling.ops.Fence;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.Seeds;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * A GPT-style decoder: token embeddings (plus learned position embeddings when the config has
@@ -155,7 +156,7 @@ public final class Gpt implements AutoCloseable {
 
     public static ParameterCounts parameterCounts(ModelConfig cfg) {
         Params.Builder pb = new Params.Builder();
-        try (Device dev = Device.reference()) {
+        try (Device dev = ReferenceDevice.open()) {
             Layout layout = declare(cfg, dev, 0, new StepContext(), pb);
             layout.blocks().forEach(Block::close);
             layout.lnf().close();

@@ -13,6 +13,7 @@ import org.kindling.models.data.Synthetic;
 import org.kindling.models.train.DataParallel;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 
 /**
  * The H3 associative-recall target: a 2-layer attention model reaches ≥ 99 % held-out accuracy
@@ -34,7 +35,7 @@ class AssociativeRecallTest {
         Synthetic.Examples heldOut = Synthetic.associativeRecall(20, 64, 1000, -1);
         int per = batch / replicas;
         try (DataParallel dp = new DataParallel(replicas, (rank, sync) -> {
-            Device dev = Device.cpu(1);
+            Device dev = CpuDevice.open(1);
             Gpt model = new Gpt(cfg, dev, 1);
             return new DataParallel.Replica(dev, model, new Trainer(model, train, sync));
         })) {

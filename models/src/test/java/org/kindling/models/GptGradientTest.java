@@ -13,6 +13,8 @@ import org.kindling.models.config.ModelConfig;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.models.nn.Param;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * End to end through a 2-layer model (embeddings, dropout, blocks, final norm, tied head,
@@ -68,7 +70,7 @@ class GptGradientTest {
 
     private static void check(ModelConfig cfg, boolean training) {
         TokenBatch batch = batch();
-        try (Device dev = Device.reference(); Gpt model = new Gpt(cfg, dev, 5)) {
+        try (Device dev = ReferenceDevice.open(); Gpt model = new Gpt(cfg, dev, 5)) {
             if (training) {
                 model.train(42, 1.0 / batch.size(), v -> { });
             } else {
@@ -90,7 +92,7 @@ class GptGradientTest {
     @Test
     void cpuGradientsMatchTheReferenceDevice() {
         TokenBatch batch = batch();
-        try (Device cpu = Device.cpu(2); Device ref = Device.reference(); Gpt onCpu = new Gpt(config(0.25), cpu, 5);
+        try (Device cpu = CpuDevice.open(2); Device ref = ReferenceDevice.open(); Gpt onCpu = new Gpt(config(0.25), cpu, 5);
              Gpt onRef = new Gpt(config(0.25), ref, 5)) {
             double[] loss = new double[2];
             int i = 0;

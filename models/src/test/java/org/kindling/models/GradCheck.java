@@ -8,10 +8,11 @@ import java.util.SplittableRandom;
 import java.util.function.DoubleSupplier;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * Central finite differences in double precision against a layer's backward, on the fp64
- * reference device ({@link Device#reference}), where layers run unchanged with every tensor held
+ * reference device ({@link org.kindling.ops.reference.ReferenceDevice#open}), where layers run unchanged with every tensor held
  * in double. With h = 1e-5 the difference quotient errs by about h²·L''' + ε·Σ|terms of L|/h,
  * around 1e-10 here, so the cap |fd − analytic| ≤ 1e-6·max(|fd|, |analytic|) + 1e-9 holds for a
  * right gradient and fails for any wrong or missing term (those err by a fraction of the gradient
@@ -37,7 +38,7 @@ final class GradCheck {
         for (Probe p : probes) {
             if (p.value().device().kind() != Device.Kind.REFERENCE) {
                 throw new IllegalArgumentException(what + ": " + p.name() + " is on " + p.value().device()
-                        + "; double-precision gradient checks run on Device.reference()");
+                        + "; double-precision gradient checks run on ReferenceDevice.open()");
             }
         }
         loss.getAsDouble();

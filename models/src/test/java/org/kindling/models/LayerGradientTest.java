@@ -29,6 +29,7 @@ import org.kindling.models.nn.StepContext;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * Double-precision finite-difference gradient checks of every layer on the fp64 reference
@@ -41,7 +42,7 @@ class LayerGradientTest {
 
     @BeforeEach
     void setUp() {
-        dev = Device.reference();
+        dev = ReferenceDevice.open();
     }
 
     @AfterEach

@@ -15,7 +15,7 @@ public final class CountingDevice extends Device {
     private int readBacks;
 
     public CountingDevice(int threads) {
-        cpu = new CpuDevice(threads);
+        cpu = CpuDevice.open(threads);
         Backend inner = cpu.backend();
         backend = (Backend) Proxy.newProxyInstance(Backend.class.getClassLoader(), new Class<?>[] {Backend.class}, (proxy, m, args) -> {
             int[] d = depth.get();

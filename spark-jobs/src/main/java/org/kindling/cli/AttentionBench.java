@@ -13,7 +13,6 @@ import org.kindling.ops.Gemm;
 import org.kindling.ops.NaiveAttention;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.Varlen;
-import org.kindling.ops.cpu.CpuDevice;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -130,7 +129,7 @@ final class AttentionBench implements Callable<Integer> {
         Measured naiveFwd = null;
         Measured naiveFwdBwd = null;
         double gemmGflops;
-        try (CpuDevice dev = Device.cpu(t); Operands o = new Operands(dev, batch, seq, heads, headDim)) {
+        try (Device dev = common.open(t); Operands o = new Operands(dev, batch, seq, heads, headDim)) {
             Backend be = dev.backend();
             long base = dev.liveBytes();
             dev.resetPeak();

@@ -14,17 +14,63 @@ import picocli.CommandLine.Option;
 
 /** Options every benchmark shares, and their checks. */
 final class BenchOptions {
-    @Option(names = "--threads", description = "CPU threads (default: every core this process may use)")
+    @CommandLine.Mixin
+    DeviceOption device;
+
+    @Option(names = "--threads", description = "CPU threads, the same as --device cpu:N (default: every core this process may use)")
     Integer threads;
 
     @Option(names = "--json", description = "print the result as one JSON line on stdout (human-readable output goes to stderr)")
     boolean json;
 
-    /** The thread count to run on, checked. */
+    /**
+     * The device spec, checked, with {@code --threads} folded into a CPU one ({@code cpu} with
+     * {@code --threads 4} is {@code cpu:4}); giving the threads both ways, or threads for another
+     * device, is a usage error naming both options.
+     */
+    String deviceSpec(CommandLine cmd) {
+        String spec = device.checked(cmd);
+        if (threads == null) {
+            return spec;
+        }
+        if (!isCpu(spec)) {
+            throw new CommandLine.ParameterException(cmd, "--threads " + threads + " is for the CPU, not --device " + spec);
+        }
+        if (Device.argument(spec) != null) {
+            throw new CommandLine.ParameterException(cmd, "--device " + spec + " and --threads " + threads
+                    + " both set the CPU threads; give one of them");
+        }
+        requirePositive(cmd, "--threads", threads);
+        return "cpu:" + threads;
+    }
+
+    /**
+     * The CPU threads the benchmark runs on, checked: from --device cpu:N or --threads, else every
+     * core; on another device 1, the host thread that drives it.
+     */
     int threads(CommandLine cmd) {
-        int t = threads == null ? Runtime.getRuntime().availableProcessors() : threads;
-        requirePositive(cmd, "--threads", t);
-        return t;
+        String spec = deviceSpec(cmd);
+        if (!isCpu(spec)) {
+            return 1;
+        }
+        return Device.argument(spec) == null ? Runtime.getRuntime().availableProcessors() : Integer.parseInt(Device.argument(spec));
+    }
+
+    /** Fails with a usage error unless the benchmark runs on the CPU, for a {@code what} that only the CPU runs. */
+    void requireCpu(CommandLine cmd, String what) {
+        String spec = deviceSpec(cmd);
+        if (!isCpu(spec)) {
+            throw new CommandLine.ParameterException(cmd, what + " runs on the CPU only, not --device " + spec);
+        }
+    }
+
+    /** Opens the benchmark's device (after {@link #threads} checked it): the CPU with {@code cpuThreads} threads, else --device as given. */
+    Device open(int cpuThreads) {
+        return isCpu(device.spec) ? CpuDevice.open(cpuThreads) : Device.open(device.spec);
+    }
+
+    private static boolean isCpu(String spec) {
+        return Device.name(spec).equals("cpu");
     }
 
     /** Fails with a usage error naming the first option whose value is below 1. */
@@ -50,10 +96,10 @@ final class BenchOptions {
         return reps;
     }
 
-    /** {@code count} data-parallel replicas of a model on CPU devices of {@code threadsEach} threads, all from {@code seed}. */
-    static DataParallel cpuReplicas(int count, int threadsEach, ModelConfig cfg, long seed, TrainConfig train) {
+    /** {@code count} data-parallel replicas of a model, each on its own device ({@link #open}), all from {@code seed}. */
+    DataParallel replicas(int count, int threadsEach, ModelConfig cfg, long seed, TrainConfig train) {
         return new DataParallel(count, (rank, sync) -> {
-            CpuDevice dev = Device.cpu(threadsEach);
+            Device dev = open(threadsEach);
             Gpt model = new Gpt(cfg, dev, seed);
             return new DataParallel.Replica(dev, model, new Trainer(model, train, sync));
         });

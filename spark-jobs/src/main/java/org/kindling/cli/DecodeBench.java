@@ -13,7 +13,6 @@ import org.kindling.models.config.LayerDefaults;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.mixers.Mixers;
 import org.kindling.ops.Device;
-import org.kindling.ops.cpu.CpuDevice;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -110,7 +109,7 @@ final class DecodeBench implements Callable<Integer> {
         SplittableRandom rnd = new SplittableRandom(context);
         int[] prompt = rnd.ints(context, 0, VOCAB).toArray();
         int[][] next = new int[1][1];
-        try (CpuDevice dev = Device.cpu(threads); Gpt model = new Gpt(cfg, dev, 1); DecodeSession session = model.newSession(1);
+        try (Device dev = common.open(threads); Gpt model = new Gpt(cfg, dev, 1); DecodeSession session = model.newSession(1);
              DecodeSession warm = model.newSession(1)) {
             session.step(new int[][] {prompt});
             long before = session.stateBytes();

@@ -7,7 +7,6 @@ import org.kindling.data.DatasetReader;
 import org.kindling.models.Gpt;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.ops.Device;
-import org.kindling.ops.cpu.CpuDevice;
 import org.kindling.train.RunDir;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
@@ -22,6 +21,9 @@ final class EvalCommand implements Callable<Integer> {
 
     @CommandLine.Mixin
     RunOptions target;
+
+    @CommandLine.Mixin
+    DeviceOption device;
 
     @Option(names = "--data", required = true, description = "a prepared dataset (any Hadoop path)")
     String data;
@@ -38,6 +40,7 @@ final class EvalCommand implements Callable<Integer> {
         if (batches != null && batches < 1) {
             throw new CommandLine.ParameterException(cmd, "--batches must be at least 1, got " + batches);
         }
+        device.checked(cmd);
         Configuration conf = new Configuration();
         RunDir dir = new RunDir(target.run, conf);
         String ckpt = dir.checkpoint(target.step);
@@ -45,7 +48,7 @@ final class EvalCommand implements Callable<Integer> {
         double loss = 0;
         long predicted = 0;
         int read = 0;
-        try (CpuDevice dev = Device.cpu(); Gpt model = dir.model(ckpt, dev);
+        try (Device dev = device.open(cmd); Gpt model = dir.model(ckpt, dev);
              DatasetReader reader = new DatasetReader(data, conf, 0, 0, 1, batchTokens)) {
             if (!reader.info().tokenizerSha256().equals(runTokenizer)) {
                 throw new IllegalArgumentException(data + " was tokenized with another tokenizer than the run's " + target.run + "/"

@@ -8,7 +8,6 @@ import org.apache.hadoop.conf.Configuration;
 import org.kindling.data.BpeTokenizer;
 import org.kindling.models.Gpt;
 import org.kindling.models.io.HfExport;
-import org.kindling.ops.Device;
 import org.kindling.ops.cpu.CpuDevice;
 import org.kindling.train.RunDir;
 import picocli.CommandLine;
@@ -40,7 +39,7 @@ final class ExportCommand implements Callable<Integer> {
         RunDir dir = new RunDir(target.run, new Configuration());
         String ckpt = dir.checkpoint(target.step);
         BpeTokenizer tok = dir.tokenizer();
-        try (CpuDevice dev = Device.cpu(); Gpt model = dir.model(ckpt, dev)) {
+        try (CpuDevice dev = CpuDevice.open(); Gpt model = dir.model(ckpt, dev)) {
             HfExport.write(model, tok.endOfText(), out);
         }
         Files.writeString(out.resolve("tokenizer.json"), tok.toJson());

@@ -9,7 +9,6 @@ import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.Tensor;
-import org.kindling.ops.cpu.CpuDevice;
 import org.kindling.ops.cpu.CpuPool;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
@@ -67,7 +66,7 @@ final class GemmBench implements Callable<Integer> {
         Timing.Stats fast;
         float[] c;
         String impl;
-        try (CpuDevice dev = Device.cpu(t);
+        try (Device dev = common.open(t);
              Tensor ta = dev.fromFloats(a, m, k);
              Tensor tb = dev.fromFloats(b, k, n);
              Tensor tc = dev.allocate(DType.F32, m, n)) {

@@ -10,7 +10,6 @@ import org.kindling.data.BpeTokenizer;
 import org.kindling.models.Gpt;
 import org.kindling.models.generate.Sampling;
 import org.kindling.ops.Device;
-import org.kindling.ops.cpu.CpuDevice;
 import org.kindling.train.RunDir;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
@@ -27,6 +26,9 @@ final class GenerateCommand implements Callable<Integer> {
 
     @CommandLine.Mixin
     RunOptions target;
+
+    @CommandLine.Mixin
+    DeviceOption device;
 
     @Option(names = "--prompt", description = "text to continue (default: empty); repeat for a batch of prompts")
     List<String> prompts;
@@ -58,10 +60,11 @@ final class GenerateCommand implements Callable<Integer> {
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(cmd, e.getMessage());
         }
+        device.checked(cmd);
         RunDir dir = new RunDir(target.run, new Configuration());
         String ckpt = dir.checkpoint(target.step);
         BpeTokenizer tok = dir.tokenizer();
-        try (CpuDevice dev = Device.cpu(); Gpt model = dir.model(ckpt, dev)) {
+        try (Device dev = device.open(cmd); Gpt model = dir.model(ckpt, dev)) {
             List<String> in = prompts == null ? List.of("") : prompts;
             List<String> texts = RunDir.continuations(model, tok, in, maxNewTokens, sampling, seed);
             cmd.getErr().printf("%s, %s%n", target.run, ckpt);

@@ -1,7 +1,6 @@
 package org.kindling.cli;
 
 import java.io.PrintWriter;
-import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -18,7 +17,6 @@ import org.kindling.models.nn.Seqs;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
-import org.kindling.ops.cpu.CpuDevice;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -142,7 +140,7 @@ final class MixersBench implements Callable<Integer> {
         }
         SplittableRandom rnd = new SplittableRandom(1);
         Params.Builder pb = new Params.Builder();
-        try (CpuDevice dev = Device.cpu(threads);
+        try (Device dev = common.open(threads);
              TokenMixer layer = mixerSpec.build(new LayerContext(pb, dev, "h.0." + mixerSpec.paramPrefix(), c, 0, 1, 0.02, 1));
              Params params = pb.build(dev, 1);
              Tensor x = dev.fromFloats(BenchOptions.uniform(rnd, tokens * c), tokens, c);

@@ -17,7 +17,6 @@ import org.kindling.models.nn.StepContext;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
-import org.kindling.ops.cpu.CpuDevice;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -164,7 +163,7 @@ final class MoeBench implements Callable<Integer> {
         int c = dModel;
         double[] dropped = new double[1];
         Params.Builder pb = new Params.Builder();
-        try (CpuDevice dev = Device.cpu(threads);
+        try (Device dev = common.open(threads);
              StepContext step = new StepContext();
              ChannelMixer layer = layerSpec.build(new LayerContext(pb, dev, "h.0." + layerSpec.paramPrefix(), c, 0, 1, 0.02, 1, step));
              Params params = pb.build(dev, 1);

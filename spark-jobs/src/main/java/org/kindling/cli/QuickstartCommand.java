@@ -20,8 +20,8 @@ import org.kindling.models.config.RunConfig;
 import org.kindling.models.generate.Sampling;
 import org.kindling.models.train.StepResult;
 import org.kindling.ops.Device;
-import org.kindling.ops.cpu.CpuDevice;
 import org.kindling.train.RunDir;
+import org.kindling.train.TaskDevice;
 import org.kindling.train.TrainJob;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
@@ -38,6 +38,9 @@ final class QuickstartCommand implements Callable<Integer> {
     @Option(names = "--dir", defaultValue = "kindling-quickstart", description = "working directory (default ${DEFAULT-VALUE})")
     Path dir;
 
+    @CommandLine.Mixin
+    DeviceOption device;
+
     @Option(names = "--steps", defaultValue = "1500", description = "training steps (default ${DEFAULT-VALUE}, about two minutes on 2 cores)")
     int steps;
 
@@ -45,6 +48,12 @@ final class QuickstartCommand implements Callable<Integer> {
     public Integer call() throws IOException {
         CommandLine cmd = spec.commandLine();
         BenchOptions.requirePositive(cmd, "--steps", steps);
+        TaskDevice taskDevice = new TaskDevice(device.checked(cmd), false);
+        try {
+            taskDevice.check();
+        } catch (IllegalArgumentException e) {
+            throw new CommandLine.ParameterException(cmd, e.getMessage());
+        }
         PrintWriter err = cmd.getErr();
         Path home = Path.of(System.getProperty("kindling.home", ".")).toAbsolutePath().normalize();
         List<String> inputs = corpus(home);
@@ -74,7 +83,7 @@ final class QuickstartCommand implements Callable<Integer> {
             RunConfig cfg = RunConfig.load(Presets.resolve("tiny"), Map.of("vocab", String.valueOf(prepared.tokenizer().vocabSize()),
                     "max_steps", String.valueOf(steps), "warmup_steps", String.valueOf(Math.min(50, steps / 10)),
                     "checkpoint_interval", String.valueOf(Math.max(1, steps / 4)), "log_interval", String.valueOf(Math.max(1, steps / 10))));
-            List<StepResult> trained = TrainJob.run(spark, run.toString(), data.toString(), cfg, 1);
+            List<StepResult> trained = TrainJob.run(spark, run.toString(), data.toString(), cfg, 1, taskDevice);
             StepResult last = trained.get(trained.size() - 1);
             err.printf("    step %d, loss %.3f (from %.3f)%n", last.step(), last.loss(), trained.get(0).loss());
         } finally {
@@ -84,7 +93,7 @@ final class QuickstartCommand implements Callable<Integer> {
         BpeTokenizer tok = runDir.tokenizer();
         String prompt = "public final class ";
         String sample;
-        try (CpuDevice dev = Device.cpu(); Gpt model = runDir.model(runDir.checkpoint(null), dev)) {
+        try (Device dev = device.open(cmd); Gpt model = runDir.model(runDir.checkpoint(null), dev)) {
             sample = prompt + RunDir.continuation(model, tok, prompt, 120, new Sampling(0.8, 40, 0.95), 7);
         }
         err.println("3/3 a sample (temperature 0.8, top-k 40, top-p 0.95):");

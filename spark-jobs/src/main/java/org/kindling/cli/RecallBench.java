@@ -124,7 +124,7 @@ final class RecallBench implements Callable<Integer> {
         long activeParams;
         StepResult last = null;
         int reps = BenchOptions.replicas(cmd, replicas, batch, threads);
-        try (DataParallel dp = BenchOptions.cpuReplicas(reps, threads / reps, cfg, seed, tc)) {
+        try (DataParallel dp = common.replicas(reps, threads / reps, cfg, seed, tc)) {
             List<DataSource> data = new ArrayList<>();
             int per = batch / reps;
             for (int r = 0; r < reps; r++) {

@@ -52,6 +52,7 @@ final class TokenizeBench implements Callable<Integer> {
         if (!(seconds >= 0)) {
             throw new CommandLine.ParameterException(cmd, "--seconds must be 0 or more, got " + seconds);
         }
+        common.requireCpu(cmd, "bench tokenize");
         int threads = common.threads(cmd);
         String json;
         try {

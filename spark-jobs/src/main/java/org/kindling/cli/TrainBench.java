@@ -119,7 +119,7 @@ final class TrainBench implements Callable<Integer> {
         // The final step's result, for its layer metrics.
         StepResult[] last = new StepResult[1];
         int perThreads = threads / reps;
-        try (DataParallel dp = BenchOptions.cpuReplicas(reps, perThreads, cfg, 1, train)) {
+        try (DataParallel dp = common.replicas(reps, perThreads, cfg, 1, train)) {
             Trainer first = dp.replicas().get(0).trainer();
             params = first.model().params().count();
             activeParams = first.model().parameterCounts().active();

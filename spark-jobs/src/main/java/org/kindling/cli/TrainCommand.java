@@ -16,6 +16,7 @@ import org.kindling.models.config.RunConfig;
 import org.kindling.models.train.StepResult;
 import org.kindling.train.HadoopRunStorage;
 import org.kindling.train.RunDir;
+import org.kindling.train.TaskDevice;
 import org.kindling.train.TrainJob;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
@@ -41,6 +42,13 @@ final class TrainCommand implements Callable<Integer> {
             description = "data-parallel workers: barrier tasks that sum gradients in a ring every step (default ${DEFAULT-VALUE})")
     int workers;
 
+    @CommandLine.Mixin
+    DeviceOption device;
+
+    @Option(names = "--cpu-fallback", description = {"with --device cuda: a task that Spark gave no GPU trains on the CPU, with a",
+        "warning, instead of failing"})
+    boolean cpuFallback;
+
     @Option(names = "--master", description = "Spark master (default: the spark-submit one, else local[*])")
     String master;
 
@@ -57,6 +65,13 @@ final class TrainCommand implements Callable<Integer> {
         CommandLine cmd = spec.commandLine();
         if (workers < 1) {
             throw new CommandLine.ParameterException(cmd, "--workers must be at least 1, got " + workers);
+        }
+        // Checked here, before Spark starts; whether the GPUs are there is each executor's to say.
+        TaskDevice taskDevice = new TaskDevice(device.spec, cpuFallback);
+        try {
+            taskDevice.check();
+        } catch (IllegalArgumentException e) {
+            throw new CommandLine.ParameterException(cmd, e.getMessage());
         }
         SparkSession spark = Spark.session("kindling train", master, sparkConf);
         try {
@@ -89,7 +104,7 @@ final class TrainCommand implements Callable<Integer> {
             long t0 = System.nanoTime();
             List<StepResult> steps;
             try {
-                steps = TrainJob.run(spark, run, data, cfg, workers);
+                steps = TrainJob.run(spark, run, data, cfg, workers, taskDevice);
             } catch (IllegalArgumentException e) {
                 throw new CommandLine.ParameterException(cmd, e.getMessage());
             }

@@ -8,7 +8,7 @@ import picocli.CommandLine.Model.CommandSpec;
 import picocli.CommandLine.Spec;
 
 @Command(name = "version", mixinStandardHelpOptions = true,
-        description = "Print the Kindling version and the runtime it found (Java, Spark, CPU GEMM).")
+        description = "Print the Kindling version and the runtime it found (Java, Spark, CPU GEMM, devices).")
 final class VersionCommand implements Callable<Integer> {
     @Spec
     CommandSpec spec;
@@ -21,13 +21,21 @@ final class VersionCommand implements Callable<Integer> {
         out.println("java " + Runtime.version() + " (" + System.getProperty("java.vendor") + ")");
         out.println("spark " + runtimeSparkVersion() + " (built against " + BuildInfo.sparkVersion() + ")");
         out.println("cpu gemm " + gemm + ", " + Runtime.getRuntime().availableProcessors() + " cores");
+        out.println("devices " + devices());
         out.flush();
         return 0;
     }
 
+    /** The device providers in this build, each with why it cannot open here when it cannot: "cpu, reference". */
+    static String devices() {
+        return String.join(", ", Device.providers().stream()
+                .map(p -> p.name() + p.unavailable().map(why -> " (unavailable: " + why + ")").orElse(""))
+                .toList());
+    }
+
     /** Which GEMM the CPU backend runs: openblas, native, vector or java. */
     static String gemmImpl() {
-        try (CpuDevice cpu = Device.cpu(1)) {
+        try (CpuDevice cpu = CpuDevice.open(1)) {
             return cpu.backend().gemmImpl();
         }
     }

@@ -8,7 +8,9 @@ import java.io.UncheckedIOException;
 import java.net.InetAddress;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
+import java.util.HashMap;
 import java.util.List;
+import java.util.Map;
 import java.util.Optional;
 import java.util.UUID;
 import java.util.stream.IntStream;
@@ -33,7 +35,6 @@ import org.kindling.models.train.StepResult;
 import org.kindling.models.train.TrainLoop;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
-import org.kindling.ops.cpu.CpuDevice;
 import scala.reflect.ClassTag$;
 import scala.runtime.AbstractFunction1;
 
@@ -43,8 +44,9 @@ import scala.runtime.AbstractFunction1;
  * runs a {@link Coordinator}: the tasks meet there (authenticated with a per-run secret), learn
  * each other's ring addresses and the checkpoint to resume from, and rank 0 streams its step
  * results back for progress lines and {@code metrics.jsonl}. The tasks sum gradients among
- * themselves in a {@link Ring}; each trains on the CPU with its share of the cores, reads its
- * slice of the dataset by (rank, world size), and rank 0 checkpoints through the Hadoop FileSystem.
+ * themselves in a {@link Ring}; each trains on its {@link TaskDevice} (the CPU with its share of the
+ * cores, or the GPU Spark assigned it), reads its slice of the dataset by (rank, world size), and
+ * rank 0 checkpoints through the Hadoop FileSystem.
  */
 public final class TrainJob {
     private static final System.Logger LOG = System.getLogger(TrainJob.class.getName());
@@ -91,23 +93,35 @@ public final class TrainJob {
      * What the driver hands each task: plain values, nothing a host deserializes as code. The
      * secret's {@code toString} is redacted, so printing a plan does not print it.
      */
-    record Plan(String run, String data, String configYaml, int threads, int world, String coordinatorHost, int coordinatorPort,
-                RunSecret secret, long rendezvousTimeoutS, long collectiveTimeoutS, long bucketBytes, Fault fault)
+    record Plan(String run, String data, String configYaml, int threads, TaskDevice device, int world, String coordinatorHost,
+                int coordinatorPort, RunSecret secret, long rendezvousTimeoutS, long collectiveTimeoutS, long bucketBytes, Fault fault)
             implements Serializable {
     }
 
     /** Trains until max_steps on {@code workers} tasks (resuming a run that has checkpoints); returns the steps this call ran. */
     public static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config, int workers)
             throws IOException {
-        return run(spark, run, data, config, workers, Fault.NONE);
+        return run(spark, run, data, config, workers, TaskDevice.CPU);
+    }
+
+    /** As {@link #run(SparkSession, String, String, RunConfig, int)}, each task on what {@code device} resolves to in it. */
+    public static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config, int workers, TaskDevice device)
+            throws IOException {
+        return run(spark, run, data, config, workers, device, Fault.NONE);
     }
 
     static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config, int workers, Fault fault)
             throws IOException {
+        return run(spark, run, data, config, workers, TaskDevice.CPU, fault);
+    }
+
+    static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config, int workers, TaskDevice device,
+                                Fault fault) throws IOException {
         JavaSparkContext sc = JavaSparkContext.fromSparkContext(spark.sparkContext());
         if (workers < 1) {
             throw new IllegalArgumentException("--workers must be at least 1, got " + workers);
         }
+        device.check();
         boolean local = spark.sparkContext().master().startsWith("local");
         int taskCpus = Integer.parseInt(spark.conf().get("spark.task.cpus", "1"));
         if (local && sc.defaultParallelism() < workers * taskCpus) {
@@ -144,7 +158,7 @@ public final class TrainJob {
         String group = "kindling-train-" + UUID.randomUUID();
         try (Coordinator coordinator = new Coordinator(host, workers, secret, Duration.ofSeconds(rendezvousS), checkpoints::latest,
                 progress)) {
-            Plan plan = new Plan(storage.root(), dataset.root(), yaml, threads, workers, host, coordinator.port(), secret,
+            Plan plan = new Plan(storage.root(), dataset.root(), yaml, threads, device, workers, host, coordinator.port(), secret,
                     rendezvousS, collectiveS, bucketBytes, fault);
             // Interrupt-on-cancel: when one task dies, Spark stops its peers at once instead of at their next barrier().
             sc.setJobGroup(group, "kindling train " + run, true);
@@ -260,13 +274,14 @@ public final class TrainJob {
             if (f.rank() == rank && f.lateMs() > 0) {
                 pause(f.lateMs());
             }
+            String deviceSpec = deviceSpec(ctx, rank);
             try (Ring.Listener server = Ring.listen(rank, host, plan.secret());
                  Coordinator.Client coordinator = Coordinator.Client.connect(plan.coordinatorHost(), plan.coordinatorPort(),
                          plan.secret(), Duration.ofSeconds(plan.rendezvousTimeoutS()))) {
                 Coordinator.Rendezvous rv = coordinator.hello(attempt, rank, server.address());
                 try (Ring ring = Ring.connect(rank, rv.peers(), server, collective);
                      RingSync ringSync = new RingSync(ring, plan.bucketBytes());
-                     CpuDevice dev = Device.cpu(plan.threads()); Gpt model = new Gpt(cfg.model(), dev, cfg.train().seed());
+                     Device dev = Device.open(deviceSpec); Gpt model = new Gpt(cfg.model(), dev, cfg.train().seed());
                      Trainer trainer = new Trainer(model, cfg.train(), plan.world() == 1 ? GradientSync.SINGLE : ringSync);
                      DatasetSource source = new DatasetSource(new DatasetReader(plan.data(), conf, cfg.train().seed(), rank,
                              plan.world(), cfg.train().batchTokens()))) {
@@ -295,6 +310,17 @@ public final class TrainJob {
                 throw new UncheckedIOException("rank " + rank + ": " + describe(e), e);
             }
             return scala.jdk.javaapi.CollectionConverters.asScala(List.of(outcome).iterator());
+        }
+
+        /** The device this task opens, from {@code --device} and the resources Spark gave the task. */
+        private String deviceSpec(BarrierTaskContext ctx, int rank) {
+            Map<String, List<String>> resources = new HashMap<>();
+            ctx.resourcesJMap().forEach((name, info) -> resources.put(name, List.of(info.addresses())));
+            TaskDevice.Choice choice = plan.device().resolve(resources, plan.threads());
+            if (choice.warning() != null) {
+                LOG.log(System.Logger.Level.WARNING, "rank " + rank + ": " + choice.warning());
+            }
+            return choice.spec();
         }
 
         /**

@@ -16,6 +16,7 @@ class CliTest {
         assertEquals(0, r.code(), r.err());
         assertTrue(r.out().startsWith("kindling " + BuildInfo.version()), r.out());
         assertTrue(r.out().contains("cpu gemm "), r.out());
+        assertTrue(r.out().contains("\ndevices cpu, reference\n"), r.out());
         assertTrue(r.out().contains("spark " + BuildInfo.sparkVersion() + " (built against"), "Spark is on the test classpath: " + r.out());
         assertEquals("kindling " + BuildInfo.version(), CliRun.of("--version").out().trim());
     }
@@ -214,5 +215,41 @@ class CliTest {
         assertTrue(u.err().contains("--bogus"), u.err());
         assertEquals(2, CliRun.of("bench").code());
         assertEquals(2, CliRun.of().code());
+    }
+
+    @Test
+    void deviceOptionPicksTheDeviceAndFoldsThreads() throws Exception {
+        String[] gemm = {"bench", "gemm", "--m", "9", "--n", "7", "--k", "5", "--seconds", "0.01", "--json"};
+        JsonNode cpu = CliRun.of(concat(gemm, "--device", "cpu:2")).rows(null).get(0);
+        assertEquals(2, cpu.get("threads").asInt());
+        JsonNode reference = CliRun.of(concat(gemm, "--device", "reference")).rows(null).get(0);
+        assertEquals(1, reference.get("threads").asInt());
+        assertEquals("reference", reference.get("impl").asText());
+    }
+
+    @Test
+    void badDeviceSpecsAreUsageErrorsWithTheReason() {
+        String[] gemm = {"bench", "gemm", "--m", "8", "--n", "8", "--k", "8", "--seconds", "0.01"};
+        CliRun.assertUsageError("no device \"cuda\" in this build (spec \"cuda:0\"); known: cpu, reference",
+                concat(gemm, "--device", "cuda:0"));
+        CliRun.assertUsageError("--device cpu:4 and --threads 2 both set the CPU threads", concat(gemm, "--device", "cpu:4", "--threads", "2"));
+        CliRun.assertUsageError("--threads 2 is for the CPU, not --device reference", concat(gemm, "--device", "reference", "--threads", "2"));
+        CliRun.assertUsageError("device \"cpu:0\": the argument is the thread count", concat(gemm, "--device", "cpu:0"));
+        CliRun.assertUsageError("device \"cpu:x\": the argument is the thread count", concat(gemm, "--device", "cpu:x"));
+        CliRun.assertUsageError("bench tokenize runs on the CPU only, not --device reference", "bench", "tokenize", "--tokenizer",
+                "/nonexistent/tokenizer.json", "--input", "/nonexistent/input.txt", "--device", "reference");
+        CliRun.assertUsageError("no device \"cuda\"", "eval", "--run", "/nonexistent/run", "--data", "/nonexistent/data", "--device", "cuda");
+        CliRun.assertUsageError("no device \"cuda\"", "generate", "--run", "/nonexistent/run", "--device", "cuda");
+        // train checks before it starts Spark: no session, no dataset read.
+        CliRun.assertUsageError("no device \"cuda\" in this build", "train", "--config", "tiny", "--data", "/nonexistent/data",
+                "--run", "/nonexistent/run", "--device", "cuda");
+        CliRun.assertUsageError("--cpu-fallback is for a GPU device", "train", "--config", "tiny", "--data", "/nonexistent/data",
+                "--run", "/nonexistent/run", "--cpu-fallback");
+    }
+
+    private static String[] concat(String[] a, String... b) {
+        String[] all = java.util.Arrays.copyOf(a, a.length + b.length);
+        System.arraycopy(b, 0, all, a.length, b.length);
+        return all;
     }
 }

@@ -29,6 +29,7 @@ import org.kindling.models.io.Checkpoints;
 import org.kindling.models.train.TrainLoop;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 import org.kindling.train.HadoopRunStorage;
 import org.kindling.train.RunDir;
 
@@ -49,7 +50,7 @@ class RunCommandsTest {
         ModelConfig model = ModelConfig.gpt(tok.vocabSize(), 32, 2, 4, 4, 128, 4, 0, 0.02, 1e-5);
         TrainConfig train = new TrainConfig(1, 3e-3, 3e-4, 5, 40, 0.0, 0.9, 0.95, 1e-8, 1.0, 1, 256, 10, 20, 2);
         run = dir.resolve("run");
-        try (Device dev = Device.cpu(2); Gpt gpt = new Gpt(model, dev, 1); Trainer t = new Trainer(gpt, train)) {
+        try (Device dev = CpuDevice.open(2); Gpt gpt = new Gpt(model, dev, 1); Trainer t = new Trainer(gpt, train)) {
             DataSource data = DataSource.indexed(p -> TokenBatch.single(java.util.Arrays.copyOf(ids, Math.min(ids.length, 128))));
             TrainLoop.run(t, data, new Checkpoints(new HadoopRunStorage(run.toUri().toString(), new Configuration())),
                     new RunConfig(model, train), r -> { });
@@ -62,7 +63,7 @@ class RunCommandsTest {
         CliRun r = CliRun.of("generate", "--run", run.toString(), "--prompt", "the cat", "--max-new-tokens", "12", "--temperature", "0");
         assertEquals(0, r.code(), r.err());
         String expected;
-        try (Device dev = Device.cpu(); Gpt model = new RunDir(run.toString(), new Configuration()).model("step-40", dev)) {
+        try (Device dev = CpuDevice.open(); Gpt model = new RunDir(run.toString(), new Configuration()).model("step-40", dev)) {
             int[] ids = new Generator(model).generate(tok.encode("the cat"), 12, Sampling.greedy(), 0, tok.endOfText());
             assertTrue(ids.length > 0);
             int n = ids[ids.length - 1] == tok.endOfText() ? ids.length - 1 : ids.length;
@@ -70,7 +71,7 @@ class RunCommandsTest {
         }
         assertEquals(expected + System.lineSeparator(), r.out());
         assertTrue(r.err().contains("step-40"), r.err());
-        try (Device dev = Device.cpu(); Gpt model = new RunDir(run.toString(), new Configuration()).model("step-40", dev)) {
+        try (Device dev = CpuDevice.open(); Gpt model = new RunDir(run.toString(), new Configuration()).model("step-40", dev)) {
             assertEquals(expected, RunDir.continuation(model, tok, "the cat", 12, Sampling.greedy(), 0));
         }
         CliRun sampled = CliRun.of("generate", "--run", run.toString(), "--prompt", "", "--temperature", "0.8", "--top-k", "20", "--seed", "3");

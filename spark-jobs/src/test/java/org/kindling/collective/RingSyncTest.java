@@ -22,6 +22,7 @@ import org.kindling.models.train.StepResult;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.CompletableFence;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 
 /** Data-parallel training over the ring equals one worker with the combined batch; replicas stay bit-identical. */
 class RingSyncTest {
@@ -73,7 +74,7 @@ class RingSyncTest {
             return EXAMPLES.batch(2 * B * p + rank * per, 2 * B * p + rank * per + per);
         });
         List<StepResult> steps = new ArrayList<>();
-        try (Device dev = Device.cpu(1); Gpt gpt = new Gpt(model, dev, 5); Trainer t = new Trainer(gpt, cfg, sync)) {
+        try (Device dev = CpuDevice.open(1); Gpt gpt = new Gpt(model, dev, 5); Trainer t = new Trainer(gpt, cfg, sync)) {
             for (int i = 0; i < STEPS; i++) {
                 steps.add(t.step(data));
             }
@@ -118,7 +119,7 @@ class RingSyncTest {
     @Test
     void theRingReadsGradientsOnlyAfterTheirFenceIsDone() throws Exception {
         List<float[]> sums = RingTest.onRing(2, Duration.ofSeconds(60), ring -> {
-            try (Device dev = Device.cpu(1); Params params = twoParams(dev); RingSync sync = new RingSync(ring, 4)) {
+            try (Device dev = CpuDevice.open(1); Params params = twoParams(dev); RingSync sync = new RingSync(ring, 4)) {
                 CompletableFence ready = new CompletableFence();
                 sync.gradientsReady(params.list(), ready);
                 Thread kernel = new Thread(() -> {
@@ -149,7 +150,7 @@ class RingSyncTest {
     @Test
     void aFenceThatNeverCompletesFailsNamingTheGroupWithinTheRingTimeout() throws Exception {
         List<String> errors = RingTest.onRing(2, Duration.ofSeconds(3), ring -> {
-            try (Device dev = Device.cpu(1); Params params = twoParams(dev); RingSync sync = new RingSync(ring, 1 << 20)) {
+            try (Device dev = CpuDevice.open(1); Params params = twoParams(dev); RingSync sync = new RingSync(ring, 1 << 20)) {
                 sync.gradientsReady(params.list(), new CompletableFence());
                 long t0 = System.nanoTime();
                 IllegalStateException e = assertThrows(IllegalStateException.class, () -> sync.finishGradients(params));

@@ -199,7 +199,7 @@ class DistributedTrainTest {
 
     @Test
     void aPlanDoesNotPrintItsSecret() {
-        TrainJob.Plan plan = new TrainJob.Plan("run", "data", "yaml", 1, 2, "127.0.0.1", 1, RunSecret.generate(), 1, 1, 1,
+        TrainJob.Plan plan = new TrainJob.Plan("run", "data", "yaml", 1, TaskDevice.CPU, 2, "127.0.0.1", 1, RunSecret.generate(), 1, 1, 1,
                 TrainJob.Fault.NONE);
         assertTrue(plan.toString().contains("secret=RunSecret(redacted)"), plan.toString());
         assertFalse(java.util.regex.Pattern.compile("[0-9a-fA-F]{16}").matcher(plan.toString()).find(), plan.toString());

@@ -31,6 +31,7 @@ import org.kindling.models.train.StepResult;
 import org.kindling.models.train.TrainLoop;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 
 /** Run directories and datasets on an in-process MiniDFSCluster: checkpoints, LATEST, resume, and training from shards. */
 class HadoopRunTest {
@@ -63,7 +64,7 @@ class HadoopRunTest {
     @Test
     void checkpointsOnHdfsRotateAndResumeBitIdentically() throws IOException {
         float[] straight;
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 3); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 3); Trainer t = new Trainer(model, TRAIN)) {
             DataSource d = data();
             for (int i = 0; i < 6; i++) {
                 t.step(d);
@@ -72,7 +73,7 @@ class HadoopRunTest {
         }
         Checkpoints ckpt = new Checkpoints(new HadoopRunStorage(hdfs + "/runs/r1", conf));
         // The first attempt stops after 4 of its 6 steps (as if its executor died).
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 3); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 3); Trainer t = new Trainer(model, TRAIN)) {
             DataSource d = data();
             for (int i = 0; i < 4; i++) {
                 t.step(d);
@@ -83,7 +84,7 @@ class HadoopRunTest {
         }
         assertEquals(List.of(2, 4), ckpt.steps());
         assertEquals("step-4", ckpt.latest().orElseThrow());
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 99); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 99); Trainer t = new Trainer(model, TRAIN)) {
             assertEquals(6, TrainLoop.run(t, data(), ckpt, new RunConfig(MODEL, TRAIN), r -> { }));
             assertArrayEquals(straight, model.params().values().toFloatArray());
         }
@@ -107,7 +108,7 @@ class HadoopRunTest {
         ModelConfig cfg = ModelConfig.gpt(300, 32, 1, 2, 2, 64, 4, 0, 0.02, 1e-5);
         List<Double> losses = new ArrayList<>();
         long position;
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(cfg, dev, 1); Trainer t = new Trainer(model, TRAIN);
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(cfg, dev, 1); Trainer t = new Trainer(model, TRAIN);
              DatasetSource source = new DatasetSource(new DatasetReader(hdfs + "/datasets/cats", conf, 1, 0, 1, 256))) {
             for (int i = 0; i < 6; i++) {
                 StepResult r = t.step(source);

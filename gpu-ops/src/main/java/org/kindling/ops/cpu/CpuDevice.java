@@ -11,9 +11,19 @@ public final class CpuDevice extends Device {
     private final CpuPool pool;
     private final CpuBackend backend;
 
-    public CpuDevice(int threads) {
+    private CpuDevice(int threads) {
         this.pool = new CpuPool(threads);
         this.backend = new CpuBackend(this, pool);
+    }
+
+    /** A CPU device whose kernels run on {@code threads} threads. */
+    public static CpuDevice open(int threads) {
+        return new CpuDevice(threads);
+    }
+
+    /** A CPU device with one thread per core this process may use. */
+    public static CpuDevice open() {
+        return new CpuDevice(Runtime.getRuntime().availableProcessors());
     }
 
     @Override

@@ -7,11 +7,23 @@ import org.kindling.ops.Fence;
 import org.kindling.ops.Storage;
 
 /**
- * The fp64 reference device ({@link Device#reference}): host memory, F32 tensors held in double,
- * every kernel a {@link org.kindling.ops.Reference} twin on the calling thread.
+ * The fp64 reference device: host memory, F32 tensors held in double, every kernel a
+ * {@link org.kindling.ops.Reference} twin on the calling thread.
  */
 public final class ReferenceDevice extends Device {
     private final ReferenceBackend backend = new ReferenceBackend();
+
+    private ReferenceDevice() {
+    }
+
+    /**
+     * The fp64 reference device: floating tensors (dtype F32) are held and computed in double, and
+     * every kernel is the {@link org.kindling.ops.Reference} twin, single-threaded. Layers run on it
+     * unchanged, so their gradients can be checked by finite differences in double precision. Slow; for tests.
+     */
+    public static ReferenceDevice open() {
+        return new ReferenceDevice();
+    }
 
     @Override
     public Kind kind() {

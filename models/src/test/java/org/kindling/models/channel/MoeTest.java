@@ -20,11 +20,12 @@ import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Reference;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.cpu.CpuDevice;
 
 /** The mixture of experts against the dense MLP and a plain per-token loop; the capacity rule; its config. */
 class MoeTest {
     private final List<AutoCloseable> open = new ArrayList<>();
-    private final Device dev = Device.cpu(2);
+    private final Device dev = CpuDevice.open(2);
 
     @AfterEach
     void tearDown() throws Exception {

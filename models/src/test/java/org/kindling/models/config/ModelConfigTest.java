@@ -13,6 +13,7 @@ import org.kindling.models.channel.MoeSpec;
 import org.kindling.models.mixers.MixerSpec;
 import org.kindling.models.mixers.attention.AttentionSpec;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 
 class ModelConfigTest {
     private static final Path PRESETS = Path.of("..", "conf", "models");
@@ -43,7 +44,7 @@ class ModelConfigTest {
     @Test
     void parameterCountMatchesTheBuiltModel() {
         ModelConfig tiny = ModelConfig.load(PRESETS.resolve("tiny.yaml"));
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(tiny, dev, 1)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(tiny, dev, 1)) {
             assertEquals(parameters(tiny), model.params().count());
         }
     }
@@ -55,7 +56,7 @@ class ModelConfigTest {
         assertEquals(new Gpt.ParameterCounts(124_439_808L, 124_439_808L), Gpt.parameterCounts(gpt2));
         ModelConfig tiny = ModelConfig.load(PRESETS.resolve("tiny.yaml"));
         ModelConfig moe = tiny.withChannelMixers(List.of(new MlpSpec(4), new MoeSpec(8, 96, 2, 0, 0.01, 0.001, 0)));
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(moe, dev, 1)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(moe, dev, 1)) {
             Gpt.ParameterCounts counts = model.parameterCounts();
             assertEquals(counts, Gpt.parameterCounts(moe));
             assertEquals(model.params().count(), counts.total());
@@ -108,7 +109,7 @@ class ModelConfigTest {
         ModelConfig free = RunConfig.parse(base, "m.yaml").model();
         assertEquals(ModelConfig.PosEmb.NONE, free.posEmb());
         assertEquals(0, free.maxSeq());
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(free, dev, 1)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(free, dev, 1)) {
             assertTrue(model.params().list().stream().noneMatch(p -> p.name().startsWith("wpe")));
             // No table, no limit: a sequence longer than any max_seq a learned table would have had.
             model.logits(org.kindling.models.data.TokenBatch.single(new int[300]));

@@ -15,6 +15,7 @@ import org.kindling.models.data.TokenBatch;
 import org.kindling.models.nn.Activation;
 import org.kindling.models.nn.Activations;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 
 class GeneratorTest {
     private static final ModelConfig CFG = ModelConfig.gpt(23, 32, 2, 4, 2, 300, 4, 0, 0.2, 1e-5);
@@ -26,7 +27,7 @@ class GeneratorTest {
         for (int i = 0; i < tokens.length; i++) {
             tokens[i] = r.nextInt(23);
         }
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(CFG, dev, 4)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(CFG, dev, 4)) {
             float[] full = model.logits(TokenBatch.single(tokens)).toFloatArray();
             try (DecodeSession session = model.newSession(1)) {
                 // A 150-token prefill (two attention tiles), then one token at a time.
@@ -49,7 +50,7 @@ class GeneratorTest {
             tokens[i] = r.nextInt(23);
         }
         TokenBatch batch = new TokenBatch(tokens, new int[] {0, 40, 97});
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(CFG, dev, 4)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(CFG, dev, 4)) {
             model.forward(batch, 1f);
             model.backward();
             float[] plain = model.params().grads().toFloatArray();
@@ -63,7 +64,7 @@ class GeneratorTest {
 
     @Test
     void readingASavedActivationThatWasNeverWrittenIsAnError() {
-        try (Device dev = Device.cpu(1); Activations acts = new Activations(dev, "h.0.attn")) {
+        try (Device dev = CpuDevice.open(1); Activations acts = new Activations(dev, "h.0.attn")) {
             Activation q = acts.f32("q");
             IllegalStateException e = assertThrows(IllegalStateException.class, () -> q.saved(5, 8));
             assertTrue(e.getMessage().contains("saved activation h.0.attn.q F32[5, 8]") && e.getMessage().contains("never written"),
@@ -84,7 +85,7 @@ class GeneratorTest {
 
     @Test
     void greedyIsArgmaxAndSeededSamplingRepeats() {
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(CFG, dev, 4)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(CFG, dev, 4)) {
             Generator gen = new Generator(model);
             int[] prompt = {1, 2, 3};
             int[] greedy = gen.generate(prompt, 20, Sampling.greedy(), 0, -1);
@@ -111,7 +112,7 @@ class GeneratorTest {
 
     @Test
     void emptyPromptStartsFromEndOfTextAndStopsAtIt() {
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(CFG, dev, 4)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(CFG, dev, 4)) {
             Generator gen = new Generator(model);
             int eot = 22;
             int[] fromEmpty = gen.generate(new int[0], 10, Sampling.greedy(), 0, eot);
@@ -130,7 +131,7 @@ class GeneratorTest {
     /** Prompts of different lengths decode as one batch, each continuing as it would alone. */
     @Test
     void aBatchOfPromptsDecodesAsEachPromptAlone() {
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(CFG, dev, 4)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(CFG, dev, 4)) {
             Generator gen = new Generator(model);
             int[][] prompts = {{1, 2, 3}, {7}, {4, 4, 9, 11, 2, 6, 0, 13}};
             Sampling warm = new Sampling(1.2, 0, 1.0);

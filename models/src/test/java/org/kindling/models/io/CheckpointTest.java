@@ -29,6 +29,7 @@ import org.kindling.models.data.TokenBatch;
 import org.kindling.models.train.TrainLoop;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 
 class CheckpointTest {
     private static final ModelConfig MODEL = ModelConfig.gpt(20, 32, 2, 4, 2, 64, 4, 0, 0.02, 1e-5);
@@ -56,18 +57,18 @@ class CheckpointTest {
     @Test
     void resumingFromACheckpointIsBitIdentical() {
         Outcome straight;
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, TRAIN.seed()); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, TRAIN.seed()); Trainer t = new Trainer(model, TRAIN)) {
             straight = train(t, data(), 20, new ArrayList<>());
         }
         Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir));
         List<Double> losses = new ArrayList<>();
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, TRAIN.seed()); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, TRAIN.seed()); Trainer t = new Trainer(model, TRAIN)) {
             DataSource d = data();
             train(t, d, 10, losses);
             assertEquals("step-10", ckpt.save(t, RUN, 3, d.position()));
         }
         Outcome resumed;
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 999); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 999); Trainer t = new Trainer(model, TRAIN)) {
             String latest = ckpt.latest().orElseThrow();
             // Tensors stream in 12-byte pieces: most arrive in many, the last of each often shorter.
             Checkpoints.State state = new Checkpoints(new LocalRunStorage(dir), 12).restore(latest, t);
@@ -90,11 +91,11 @@ class CheckpointTest {
         ModelConfig four = MODEL.withChannelMixers(List.of(new MlpSpec(4), new MoeSpec(4, 64, 1, 0, 0.01, 0.001, 0)));
         ModelConfig two = MODEL.withChannelMixers(List.of(new MlpSpec(4), new MoeSpec(2, 64, 1, 0, 0.01, 0.001, 0)));
         Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir));
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(four, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(four, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
             t.step(data());
             ckpt.save(t, new RunConfig(four, TRAIN), 3, 1);
         }
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(two, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(two, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
             IllegalStateException e = assertThrows(IllegalStateException.class, () -> ckpt.restore("step-1", t));
             assertTrue(e.getMessage().contains("tensor h.1.moe.experts.fc.weight has shape [4, 64, 32] but the model expects [2, 64, 32]")
                     || e.getMessage().contains("tensor h.1.moe.router.weight has shape [4, 32] but the model expects [2, 32]"),
@@ -107,13 +108,13 @@ class CheckpointTest {
         TrainConfig cfg = new TrainConfig(7, 3e-3, 3e-4, 2, 8, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, 512, 2, 3, 5);
         RunConfig run = new RunConfig(MODEL, cfg);
         float[] straight;
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 7); Trainer t = new Trainer(model, cfg)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 7); Trainer t = new Trainer(model, cfg)) {
             TrainLoop.run(t, data(), new Checkpoints(new LocalRunStorage(dir.resolve("straight"))), run, r -> { });
             straight = model.params().values().toFloatArray();
         }
         Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir.resolve("run")));
         List<Integer> seen = new ArrayList<>();
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 7); Trainer t = new Trainer(model, cfg)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 7); Trainer t = new Trainer(model, cfg)) {
             DataSource inner = data();
             DataSource crashing = new DataSource() {
                 @Override
@@ -137,7 +138,7 @@ class CheckpointTest {
             assertThrows(IllegalStateException.class, () -> TrainLoop.run(t, crashing, ckpt, run, r -> seen.add(r.step())));
         }
         assertEquals(List.of(3, 6), ckpt.steps());
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 7); Trainer t = new Trainer(model, cfg)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 7); Trainer t = new Trainer(model, cfg)) {
             assertEquals(8, TrainLoop.run(t, data(), ckpt, run, r -> seen.add(r.step())));
             assertArrayEquals(straight, model.params().values().toFloatArray(), "crash at 7, resume from 6: same weights");
         }
@@ -148,7 +149,7 @@ class CheckpointTest {
     @Test
     void keepsTheNewestKAndPointsLatestAtTheLast() throws IOException {
         Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir));
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
             DataSource d = data();
             for (int i = 0; i < 5; i++) {
                 t.step(d);
@@ -210,7 +211,7 @@ class CheckpointTest {
             }
         };
         float[] atStep1;
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
             DataSource d = data();
             t.step(d);
             new Checkpoints(local).save(t, RUN, 3, d.position());
@@ -220,7 +221,7 @@ class CheckpointTest {
         }
         Checkpoints ckpt = new Checkpoints(local);
         assertEquals("step-1", ckpt.latest().orElseThrow());
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(MODEL, dev, 2); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(MODEL, dev, 2); Trainer t = new Trainer(model, TRAIN)) {
             ckpt.restore("step-1", t);
             assertArrayEquals(atStep1, model.params().values().toFloatArray());
         }
@@ -229,7 +230,7 @@ class CheckpointTest {
     @Test
     void truncatedOrForeignFilesNameTheFileAndTheProblem() throws IOException {
         Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir));
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
             DataSource d = data();
             t.step(d);
             ckpt.save(t, RUN, 3, d.position());
@@ -247,11 +248,11 @@ class CheckpointTest {
             e = assertThrows(IllegalStateException.class, () -> ckpt.restore("step-1", t));
             assertTrue(e.getMessage().contains("format_version 99"), e.getMessage());
         }
-        try (Device dev = Device.cpu(1); Gpt other = new Gpt(ModelConfig.gpt(20, 64, 2, 4, 2, 64, 4, 0, 0.02, 1e-5), dev, 1)) {
+        try (Device dev = CpuDevice.open(1); Gpt other = new Gpt(ModelConfig.gpt(20, 64, 2, 4, 2, 64, 4, 0, 0.02, 1e-5), dev, 1)) {
             IllegalStateException e = assertThrows(IllegalStateException.class, () -> ckpt.loadWeights("step-1", other));
             assertTrue(e.getMessage().contains("has shape [20, 32] but the model expects [20, 64]"), e.getMessage());
         }
-        try (Device dev = Device.cpu(1); Gpt shallower = new Gpt(ModelConfig.gpt(20, 32, 1, 4, 2, 64, 4, 0, 0.02, 1e-5), dev, 1)) {
+        try (Device dev = CpuDevice.open(1); Gpt shallower = new Gpt(ModelConfig.gpt(20, 32, 1, 4, 2, 64, 4, 0, 0.02, 1e-5), dev, 1)) {
             IllegalStateException e = assertThrows(IllegalStateException.class, () -> ckpt.loadWeights("step-1", shallower));
             assertTrue(e.getMessage().contains("tensor h.1.") && e.getMessage().contains("is not part of this model"),
                     e.getMessage());
@@ -268,17 +269,17 @@ class CheckpointTest {
                 new org.kindling.models.mixers.linear.PerformerSpec(4, 16, 0, 1e-6)));
         Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir));
         float[] features;
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(performer, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(performer, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
             features = model.params().get("h.1.performer.features").value().toFloatArray();
             ckpt.save(t, new RunConfig(performer, TRAIN), 2, 0);
         }
-        try (Device dev = Device.cpu(1); Gpt other = new Gpt(performer, dev, 2)) {
+        try (Device dev = CpuDevice.open(1); Gpt other = new Gpt(performer, dev, 2)) {
             assertFalse(java.util.Arrays.equals(features, other.params().get("h.1.performer.features").value().toFloatArray()),
                     "another seed draws other features");
             ckpt.loadWeights("step-0", other);
             assertArrayEquals(features, other.params().get("h.1.performer.features").value().toFloatArray());
         }
-        try (Device dev = Device.cpu(1); Gpt plain = new Gpt(MODEL, dev, 1)) {
+        try (Device dev = CpuDevice.open(1); Gpt plain = new Gpt(MODEL, dev, 1)) {
             IllegalStateException e = assertThrows(IllegalStateException.class, () -> ckpt.loadWeights("step-0", plain));
             assertTrue(e.getMessage().contains("is not part of this model"), e.getMessage());
         }

@@ -17,6 +17,7 @@ import org.kindling.models.Gpt;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 
 /**
  * The export is checked by running GPT-2 exactly as transformers' modeling_gpt2 does — Conv1D
@@ -33,7 +34,7 @@ class HfExportTest {
     void transformersLayoutReproducesOurLogits() throws Exception {
         int[] tokens = {3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5, 8, 9, 7, 9, 3, 2};
         float[] ours;
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(CFG, dev, 11)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(CFG, dev, 11)) {
             // Give LayerNorms and biases non-trivial values, so a mislaid one shows.
             float[] w = model.params().values().toFloatArray();
             java.util.SplittableRandom r = new java.util.SplittableRandom(2);
@@ -72,12 +73,12 @@ class HfExportTest {
     @Test
     void refusesArchitecturesGpt2CannotHold() {
         ModelConfig gqa = ModelConfig.gpt(23, 16, 1, 2, 1, 32, 4, 0, 0.2, 1e-5);
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(gqa, dev, 1)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(gqa, dev, 1)) {
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> HfExport.write(model, 0, dir));
             assertTrue(e.getMessage().contains("grouped-query attention"), e.getMessage());
         }
         ModelConfig unlearned = ModelConfig.gpt(23, 16, 1, 2, 2, 32, 4, 0, 0.2, 1e-5).withPositions(ModelConfig.PosEmb.NONE, 0);
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(unlearned, dev, 1)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(unlearned, dev, 1)) {
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> HfExport.write(model, 0, dir));
             assertTrue(e.getMessage().contains("pos_emb is none"), e.getMessage());
         }

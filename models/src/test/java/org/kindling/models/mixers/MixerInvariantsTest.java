@@ -26,6 +26,7 @@ import org.kindling.models.io.Checkpoints;
 import org.kindling.models.io.LocalRunStorage;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 
 /**
  * What every registered token mixer must do inside a model, checked for each type of the
@@ -71,7 +72,7 @@ class MixerInvariantsTest {
     @MethodSource("types")
     void decodingReproducesTheFullForward(String type) {
         int[] seq = tokens(1, 97);
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(model(type), dev, 3)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(model(type), dev, 3)) {
             float[] full = model.logits(TokenBatch.single(seq)).toFloatArray();
             try (DecodeSession s = model.newSession(1)) {
                 float[] pre = s.stepAll(java.util.Arrays.copyOf(seq, 40));
@@ -88,7 +89,7 @@ class MixerInvariantsTest {
     void aBatchOfSequencesDecodesAsEachAlone(String type) {
         int[][] prompts = {tokens(2, 5), tokens(3, 1), tokens(4, 23)};
         int[][] next = {tokens(5, 4), tokens(6, 4), tokens(7, 4)};
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(model(type), dev, 3)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(model(type), dev, 3)) {
             List<float[][]> batched = new ArrayList<>();
             try (DecodeSession s = model.newSession(3)) {
                 batched.add(s.step(prompts));
@@ -117,7 +118,7 @@ class MixerInvariantsTest {
         int[] both = new int[48];
         System.arraycopy(a, 0, both, 0, 31);
         System.arraycopy(b, 0, both, 31, 17);
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(model(type), dev, 3)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(model(type), dev, 3)) {
             float[] alone = model.logits(TokenBatch.single(b)).toFloatArray();
             float[] packed = model.logits(new TokenBatch(both, new int[] {0, 31, 48})).toFloatArray();
             assertClose(alone, 0, packed, 31 * VOCAB, 17 * VOCAB, type + " second sequence");
@@ -132,7 +133,7 @@ class MixerInvariantsTest {
         RunConfig run = new RunConfig(cfg, train);
         List<Double> straight = new ArrayList<>();
         float[] straightWeights;
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(cfg, dev, train.seed()); Trainer t = new Trainer(model, train)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(cfg, dev, train.seed()); Trainer t = new Trainer(model, train)) {
             DataSource d = data();
             for (int i = 0; i < 8; i++) {
                 straight.add(t.step(d).loss());
@@ -141,14 +142,14 @@ class MixerInvariantsTest {
         }
         assertTrue(straight.get(7) < straight.get(0), type + " loss did not fall: " + straight);
         Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir));
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(cfg, dev, train.seed()); Trainer t = new Trainer(model, train)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(cfg, dev, train.seed()); Trainer t = new Trainer(model, train)) {
             DataSource d = data();
             for (int i = 0; i < 4; i++) {
                 t.step(d);
             }
             ckpt.save(t, run, 2, d.position());
         }
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(cfg, dev, train.seed()); Trainer t = new Trainer(model, train)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(cfg, dev, train.seed()); Trainer t = new Trainer(model, train)) {
             Checkpoints.State state = ckpt.restore(ckpt.latest().orElseThrow(), t);
             DataSource d = data();
             d.seek(state.dataPosition());

@@ -20,6 +20,7 @@ import org.kindling.models.nn.ParamGroup;
 import org.kindling.models.nn.Params;
 import org.kindling.ops.CompletableFence;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 
 /** Replicas in one JVM with shared-memory gradient sums equal one trainer on the whole batch, and stay identical. */
 class DataParallelTest {
@@ -43,7 +44,7 @@ class DataParallelTest {
 
     static DataParallel replicas(ModelConfig model, TrainConfig train, int n) {
         return new DataParallel(n, (rank, sync) -> {
-            Device dev = Device.cpu(1);
+            Device dev = CpuDevice.open(1);
             Gpt m = new Gpt(model, dev, 5);
             return new DataParallel.Replica(dev, m, new Trainer(m, train, sync));
         });
@@ -77,7 +78,7 @@ class DataParallelTest {
     private static List<StepResult> replicasEqualOneTrainer(ModelConfig model, TrainConfig train) {
         float[] single;
         List<StepResult> singleSteps = new ArrayList<>();
-        try (Device dev = Device.cpu(1); Gpt m = new Gpt(model, dev, 5); Trainer t = new Trainer(m, train)) {
+        try (Device dev = CpuDevice.open(1); Gpt m = new Gpt(model, dev, 5); Trainer t = new Trainer(m, train)) {
             DataSource d = slice(0, 1);
             for (int s = 0; s < STEPS; s++) {
                 singleSteps.add(t.step(d));
@@ -184,7 +185,7 @@ class DataParallelTest {
                     Params.Builder b = new Params.Builder();
                     b.add("a", Init.zeros(), ParamGroup.DECAY, 2, 3);
                     b.add("b", Init.zeros(), ParamGroup.NO_DECAY, 4);
-                    try (Device dev = Device.cpu(1); Params params = b.build(dev, 1)) {
+                    try (Device dev = CpuDevice.open(1); Params params = b.build(dev, 1)) {
                         CompletableFence ready = new CompletableFence();
                         sync.gradientsReady(params.list(), ready);
                         java.util.concurrent.Future<?> kernel = pool.submit(() -> {

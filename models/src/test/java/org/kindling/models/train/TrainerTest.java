@@ -17,6 +17,7 @@ import org.kindling.models.data.TokenBatch;
 import org.kindling.models.nn.LayerNorm;
 import org.kindling.models.nn.Param;
 import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
 
 class TrainerTest {
     private static final ModelConfig MODEL = ModelConfig.gpt(20, 32, 2, 4, 2, 64, 4, 0, 0.02, 1e-5);
@@ -47,7 +48,7 @@ class TrainerTest {
     void goldenLossTrajectory() {
         double[] golden = GOLDEN;
         float[][] w = new float[1][];
-        try (Device dev = Device.cpu(2)) {
+        try (Device dev = CpuDevice.open(2)) {
             List<Double> losses = run(dev, train(1), data(8), golden.length, w);
             for (int i = 0; i < golden.length; i++) {
                 assertEquals(golden[i], losses.get(i), 1e-4 * golden[i], "loss at step " + (i + 1) + " of " + losses);
@@ -65,7 +66,7 @@ class TrainerTest {
         ModelConfig s4d = MODEL.withMixers(java.util.Collections.nCopies(2,
                 new org.kindling.models.mixers.ssm.S4dSpec(8, "lin", 1e-3, 1e-1, 0.25, 1024)));
         TrainConfig cfg = new TrainConfig(7, 1e-3, 1e-3, 0, 100, 0.1, 0.9, 0.95, 1e-12, 0, 1, 512, 5, 0, 2);
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(s4d, dev, 3); Trainer t = new Trainer(model, cfg)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(s4d, dev, 3); Trainer t = new Trainer(model, cfg)) {
             float[] before = model.params().values().toFloatArray();
             t.step(data(8));
             float[] after = model.params().values().toFloatArray();
@@ -120,7 +121,7 @@ class TrainerTest {
     void sameSeedAndDataGiveBitIdenticalRuns() {
         float[][] a = new float[1][];
         float[][] b = new float[1][];
-        try (Device dev = Device.cpu(2)) {
+        try (Device dev = CpuDevice.open(2)) {
             List<Double> first = run(dev, train(2), data(8), 6, a);
             List<Double> second = run(dev, train(2), data(8), 6, b);
             assertEquals(first, second);
@@ -135,7 +136,7 @@ class TrainerTest {
         List<List<Double>> runs = new ArrayList<>();
         float[] logitsA = null;
         for (int r = 0; r < 2; r++) {
-            try (Device dev = Device.cpu(2); Gpt model = new Gpt(withDropout, dev, 7); Trainer t = new Trainer(model, train(1))) {
+            try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(withDropout, dev, 7); Trainer t = new Trainer(model, train(1))) {
                 List<Double> losses = new ArrayList<>();
                 DataSource d = data(8);
                 for (int i = 0; i < 4; i++) {
@@ -150,7 +151,7 @@ class TrainerTest {
         }
         assertEquals(runs.get(0), runs.get(1));
         float[][] w = new float[1][];
-        try (Device dev = Device.cpu(2)) {
+        try (Device dev = CpuDevice.open(2)) {
             List<Double> without = run(dev, train(1), data(8), 4, w);
             assertTrue(!without.equals(runs.get(0)), "dropout changes the trajectory");
         }
@@ -161,7 +162,7 @@ class TrainerTest {
     void accumulatingTwoHalvesMatchesOneWholeBatch() {
         float[][] halves = new float[1][];
         float[][] whole = new float[1][];
-        try (Device dev = Device.cpu(2)) {
+        try (Device dev = CpuDevice.open(2)) {
             List<Double> a = run(dev, train(2), data(4), 5, halves);
             List<Double> b = run(dev, train(1), data(8), 5, whole);
             for (int i = 0; i < 5; i++) {
@@ -175,7 +176,7 @@ class TrainerTest {
 
     @Test
     void aNanStopsTrainingNamingTheStepAndParameter() {
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, train(1))) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, train(1))) {
             DataSource d = data(8);
             t.step(d);
             Param fc = model.params().get("h.1.mlp.fc.weight");
@@ -194,7 +195,7 @@ class TrainerTest {
 
     @Test
     void aBatchWithNothingToPredictIsRefused() {
-        try (Device dev = Device.cpu(1); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, train(1))) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, train(1))) {
             DataSource single = new DataSource() {
                 public TokenBatch next() {
                     return new TokenBatch(new int[] {1, 2}, new int[] {0, 1, 2});
@@ -218,7 +219,7 @@ class TrainerTest {
      */
     @Test
     void backwardHandsOverEachParameterOnceWithItsFinalGradient() {
-        try (Device dev = Device.cpu(2); Gpt model = new Gpt(MODEL, dev, 3)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 3)) {
             TokenBatch batch = Synthetic.associativeRecall(20, 32, 4, 9).batch(0, 4);
             List<String> order = new ArrayList<>();
             List<float[]> atHandOver = new ArrayList<>();

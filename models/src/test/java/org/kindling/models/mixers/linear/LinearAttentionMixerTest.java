@@ -24,6 +24,7 @@ import org.kindling.models.nn.Seqs;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /** Recurrent decoding of both linear-attention mixers, and how their specs read. */
 class LinearAttentionMixerTest {
@@ -33,7 +34,7 @@ class LinearAttentionMixerTest {
 
     @BeforeEach
     void setUp() {
-        dev = Device.reference();
+        dev = ReferenceDevice.open();
     }
 
     @AfterEach

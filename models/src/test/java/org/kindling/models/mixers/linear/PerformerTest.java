@@ -23,6 +23,7 @@ import org.kindling.models.nn.Seqs;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /** FAVOR+: it approximates softmax attention, its random features are seeded and orthogonal. */
 class PerformerTest {
@@ -39,7 +40,7 @@ class PerformerTest {
 
     @BeforeEach
     void setUp() {
-        dev = Device.reference();
+        dev = ReferenceDevice.open();
     }
 
     @AfterEach

@@ -26,6 +26,7 @@ import org.kindling.models.nn.Seqs;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.cpu.CpuDevice;
 
 /** S4D's and H3's initialisations, parameter groups, recurrent decoding and FFT blocking. */
 class SsmMixerTest {
@@ -35,7 +36,7 @@ class SsmMixerTest {
 
     @BeforeEach
     void setUp() {
-        dev = Device.cpu(1);
+        dev = CpuDevice.open(1);
     }
 
     @AfterEach

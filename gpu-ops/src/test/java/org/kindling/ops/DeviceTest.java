@@ -1,0 +1,82 @@
+package org.kindling.ops;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.util.List;
+import org.junit.jupiter.api.Test;
+import org.kindling.ops.cpu.CpuDevice;
+import org.kindling.ops.cpu.CpuDeviceProvider;
+import org.kindling.ops.reference.ReferenceDevice;
+import org.kindling.ops.reference.ReferenceDeviceProvider;
+
+class DeviceTest {
+    @Test
+    void serviceLoaderFindsBothProvidersByName() {
+        List<DeviceProvider> all = Device.providers();
+        assertEquals(List.of("cpu", "reference"), all.stream().map(DeviceProvider::name).toList());
+        assertInstanceOf(CpuDeviceProvider.class, all.get(0));
+        assertInstanceOf(ReferenceDeviceProvider.class, all.get(1));
+        assertTrue(all.stream().allMatch(p -> p.unavailable().isEmpty()), "cpu and reference open everywhere");
+    }
+
+    @Test
+    void cpuOpensWithTheThreadsItNames() {
+        try (Device d = Device.open("cpu:3")) {
+            assertInstanceOf(CpuDevice.class, d);
+            assertEquals(Device.Kind.CPU, d.kind());
+            assertEquals(3, d.threads());
+            try (Tensor t = d.fromFloats(new float[] {1, 2}, 2)) {
+                assertEquals(2f, t.toFloatArray()[1]);
+            }
+        }
+        try (Device d = Device.open("cpu")) {
+            assertEquals(Runtime.getRuntime().availableProcessors(), d.threads());
+        }
+    }
+
+    @Test
+    void referenceOpensByName() {
+        try (Device d = Device.open("reference")) {
+            assertInstanceOf(ReferenceDevice.class, d);
+            assertEquals(Device.Kind.REFERENCE, d.kind());
+            assertEquals("reference", d.toString());
+        }
+    }
+
+    @Test
+    void unknownNameListsTheKnownOnes() {
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> Device.open("cuda:0"));
+        assertEquals("no device \"cuda\" in this build (spec \"cuda:0\"); known: cpu, reference", e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> Device.check("cuda"));
+        assertTrue(e.getMessage().startsWith("no device \"cuda\" in this build"), e.getMessage());
+    }
+
+    @Test
+    void badArgumentsSayWhatTheyShouldBe() {
+        for (String spec : new String[] {"cpu:0", "cpu:x", "cpu:-2", "cpu:"}) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> Device.check(spec), spec);
+            assertEquals("device \"" + spec + "\": the argument is the thread count, a whole number >= 1", e.getMessage());
+            assertThrows(IllegalArgumentException.class, () -> Device.open(spec), spec);
+        }
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> Device.open("reference:1"));
+        assertEquals("device \"reference:1\": reference takes no argument", e.getMessage());
+        for (String blank : new String[] {"", " ", null}) {
+            e = assertThrows(IllegalArgumentException.class, () -> Device.check(blank));
+            assertTrue(e.getMessage().startsWith("empty device spec"), e.getMessage());
+        }
+    }
+
+    @Test
+    void specSplitsAtTheFirstColon() {
+        assertEquals("cuda", Device.name("cuda:1"));
+        assertEquals("1", Device.argument("cuda:1"));
+        assertEquals("cpu", Device.name("cpu"));
+        assertNull(Device.argument("cpu"));
+        Device.check("cpu:2");
+        Device.check("reference");
+    }
+}
