@@ -1,0 +1,254 @@
+package org.kindling.ops.cuda;
+
+import static org.kindling.ops.KernelChecks.binaryPeriod;
+import static org.kindling.ops.KernelChecks.numel;
+import static org.kindling.ops.KernelChecks.sameNumel;
+import static org.kindling.ops.KernelChecks.scalarOut;
+import static org.kindling.ops.cuda.Cuda.check;
+
+import java.util.HashMap;
+import java.util.Map;
+import jcuda.Pointer;
+import jcuda.driver.CUdeviceptr;
+import jcuda.driver.CUfunction;
+import jcuda.driver.CUmodule;
+import jcuda.driver.JCudaDriver;
+import org.kindling.ops.BF16;
+import org.kindling.ops.BinaryOp;
+import org.kindling.ops.DType;
+import org.kindling.ops.KernelChecks;
+import org.kindling.ops.ReduceOp;
+import org.kindling.ops.Tensor;
+import org.kindling.ops.UnaryOp;
+
+/**
+ * The {@link org.kindling.ops.Backend} operations that have a CUDA kernel (kernels.cu), plus the
+ * host copies; {@link org.kindling.ops.HostFallback} runs every other operation on the CPU. Each
+ * method here has the signature of the {@code Backend} method it implements, checks its arguments
+ * with the same {@link KernelChecks} as the CPU backend, and launches on the device's stream.
+ */
+final class CudaKernels {
+    private static final int THREADS = 256;
+    /** Grid-stride loops cover the rest; more blocks than this only adds scheduling. */
+    private static final long MAX_BLOCKS = 1 << 16;
+    private static final String[] FUNCTIONS = {"fill_f32", "fill_i32", "fill_bf16", "f32_to_bf16", "bf16_to_f32",
+        "affine_f32", "unary_f32", "binary_f32", "reduce_rows_f32", "block_sum_f32"};
+
+    private final CudaDevice device;
+    private final CUmodule module = new CUmodule();
+    private final Map<String, CUfunction> functions = new HashMap<>();
+    /** One double the sum kernel writes for {@link #sumOfSquares}; guarded by {@code this}. */
+    private final CUdeviceptr total;
+
+    CudaKernels(CudaDevice device, byte[] fatbin) {
+        this.device = device;
+        check(JCudaDriver.cuModuleLoadData(module, fatbin), "cuModuleLoadData of " + Cuda.FATBIN);
+        for (String name : FUNCTIONS) {
+            CUfunction f = new CUfunction();
+            check(JCudaDriver.cuModuleGetFunction(f, module, name), "cuModuleGetFunction(" + name + ")");
+            functions.put(name, f);
+        }
+        total = device.allocZeroed(Double.BYTES);
+    }
+
+    void unload() {
+        device.free(total);
+        check(JCudaDriver.cuModuleUnload(module), "cuModuleUnload");
+    }
+
+    public String name() {
+        return "cuda";
+    }
+
+    /** GEMM has no CUDA kernel yet: it runs on the host's BLAS. */
+    public String gemmImpl() {
+        return "host:" + device.host().backend().gemmImpl();
+    }
+
+    // ---- arguments ----
+
+    private CudaStorage storage(Tensor t, DType want, String what) {
+        CudaStorage s = KernelChecks.storage(t, want, CudaStorage.class, device.toString(), what);
+        if (s.device() != device) {
+            throw new IllegalArgumentException(what + " is not on " + device + ": " + t);
+        }
+        return s;
+    }
+
+    /** The address of {@code t}'s first element. */
+    private CUdeviceptr at(Tensor t, DType want, String what) {
+        return storage(t, want, what).ptr().withByteOffset((long) t.offset() * want.bytes());
+    }
+
+    /** The storage base; kernels add the element offset themselves. */
+    private CUdeviceptr base(Tensor t, DType want, String what) {
+        return storage(t, want, what).ptr();
+    }
+
+    private void launch(String name, long n, Object... args) {
+        launchBlocks(name, (int) Math.min((n + THREADS - 1) / THREADS, MAX_BLOCKS), args);
+    }
+
+    private void launchBlocks(String name, int blocks, Object... args) {
+        if (blocks == 0) {
+            return;
+        }
+        Pointer[] params = new Pointer[args.length];
+        for (int i = 0; i < args.length; i++) {
+            Object a = args[i];
+            if (a instanceof CUdeviceptr p) {
+                params[i] = Pointer.to(p);
+            } else if (a instanceof Integer v) {
+                params[i] = Pointer.to(new int[] {v});
+            } else if (a instanceof Float v) {
+                params[i] = Pointer.to(new float[] {v});
+            } else {
+                throw new IllegalArgumentException("kernel argument " + i + " of " + name + " is a " + a.getClass());
+            }
+        }
+        device.makeCurrent();
+        check(JCudaDriver.cuLaunchKernel(functions.get(name), blocks, 1, 1, THREADS, 1, 1, 0, device.stream(),
+                Pointer.to(params), null), "launch of " + name);
+    }
+
+    // ---- host transfers: synchronous, so they wait for the stream's earlier kernels ----
+
+    public void copyFromHost(Tensor dst, float[] src) {
+        numel(dst, "dst", src.length);
+        if (src.length == 0) {
+            return;
+        }
+        device.makeCurrent();
+        if (dst.dtype() == DType.BF16) {
+            short[] h = new short[src.length];
+            for (int i = 0; i < h.length; i++) {
+                h[i] = BF16.fromFloat(src[i]);
+            }
+            check(JCudaDriver.cuMemcpyHtoD(at(dst, DType.BF16, "dst"), Pointer.to(h), 2L * h.length), "cuMemcpyHtoD");
+        } else {
+            check(JCudaDriver.cuMemcpyHtoD(at(dst, DType.F32, "dst"), Pointer.to(src), 4L * src.length), "cuMemcpyHtoD");
+        }
+    }
+
+    public void copyFromHost(Tensor dst, int[] src) {
+        numel(dst, "dst", src.length);
+        if (src.length == 0) {
+            return;
+        }
+        device.makeCurrent();
+        check(JCudaDriver.cuMemcpyHtoD(at(dst, DType.I32, "dst"), Pointer.to(src), 4L * src.length), "cuMemcpyHtoD");
+    }
+
+    public void copyToHost(float[] dst, Tensor src) {
+        numel(src, "src", dst.length);
+        if (dst.length == 0) {
+            return;
+        }
+        device.makeCurrent();
+        if (src.dtype() == DType.BF16) {
+            short[] h = new short[dst.length];
+            check(JCudaDriver.cuMemcpyDtoH(Pointer.to(h), at(src, DType.BF16, "src"), 2L * h.length), "cuMemcpyDtoH");
+            for (int i = 0; i < h.length; i++) {
+                dst[i] = BF16.toFloat(h[i]);
+            }
+        } else {
+            check(JCudaDriver.cuMemcpyDtoH(Pointer.to(dst), at(src, DType.F32, "src"), 4L * dst.length), "cuMemcpyDtoH");
+        }
+    }
+
+    public void copyToHost(int[] dst, Tensor src) {
+        numel(src, "src", dst.length);
+        if (dst.length == 0) {
+            return;
+        }
+        device.makeCurrent();
+        check(JCudaDriver.cuMemcpyDtoH(Pointer.to(dst), at(src, DType.I32, "src"), 4L * dst.length), "cuMemcpyDtoH");
+    }
+
+    // ---- data movement ----
+
+    public void fill(Tensor out, float value) {
+        switch (out.dtype()) {
+            case F32 -> launch("fill_f32", out.numel(), base(out, DType.F32, "out"), out.offset(), out.numel(), value);
+            case BF16 -> launch("fill_bf16", out.numel(), base(out, DType.BF16, "out"), out.offset(), out.numel(), value);
+            case I32 -> {
+                if (value != (int) value) {
+                    throw new IllegalArgumentException("cannot fill I32 " + out + " with " + value);
+                }
+                launch("fill_i32", out.numel(), base(out, DType.I32, "out"), out.offset(), out.numel(), (int) value);
+            }
+        }
+    }
+
+    public void copy(Tensor dst, Tensor src) {
+        sameNumel(dst, "dst", src, "src");
+        int n = src.numel();
+        if (src.dtype() == dst.dtype()) {
+            if (n > 0) {
+                device.makeCurrent();
+                check(JCudaDriver.cuMemcpyDtoDAsync(at(dst, dst.dtype(), "dst"), at(src, src.dtype(), "src"),
+                        (long) n * src.dtype().bytes(), device.stream()), "cuMemcpyDtoDAsync");
+            }
+        } else if (src.dtype() == DType.F32 && dst.dtype() == DType.BF16) {
+            launch("f32_to_bf16", n, base(dst, DType.BF16, "dst"), dst.offset(), base(src, DType.F32, "src"), src.offset(), n);
+        } else if (src.dtype() == DType.BF16 && dst.dtype() == DType.F32) {
+            launch("bf16_to_f32", n, base(dst, DType.F32, "dst"), dst.offset(), base(src, DType.BF16, "src"), src.offset(), n);
+        } else {
+            throw new IllegalArgumentException("cannot copy " + src + " into " + dst + ": only F32 and BF16 convert");
+        }
+    }
+
+    // ---- elementwise ----
+
+    public void unary(UnaryOp op, Tensor out, Tensor x) {
+        sameNumel(out, "out", x, "x");
+        launch("unary_f32", x.numel(), op.ordinal(), base(out, DType.F32, "out"), out.offset(), base(x, DType.F32, "x"),
+                x.offset(), x.numel());
+    }
+
+    public void affine(Tensor out, Tensor x, float alpha, float beta) {
+        sameNumel(out, "out", x, "x");
+        launch("affine_f32", x.numel(), base(out, DType.F32, "out"), out.offset(), base(x, DType.F32, "x"), x.offset(),
+                x.numel(), alpha, beta);
+    }
+
+    public void binary(BinaryOp op, Tensor out, Tensor a, Tensor b) {
+        sameNumel(out, "out", a, "a");
+        int period = binaryPeriod(op, a, b);
+        launch("binary_f32", a.numel(), op.ordinal(), base(out, DType.F32, "out"), out.offset(), base(a, DType.F32, "a"),
+                a.offset(), base(b, DType.F32, "b"), b.offset(), a.numel(), Math.max(1, period));
+    }
+
+    // ---- reductions ----
+
+    public void reduceRows(ReduceOp op, Tensor out, Tensor x) {
+        int rows = x.rows();
+        int cols = x.cols();
+        numel(out, "reduceRows out", rows);
+        if (cols == 0 && op != ReduceOp.SUM) {
+            throw new IllegalArgumentException("reduceRows " + op + " over an empty last dimension of " + x);
+        }
+        launch("reduce_rows_f32", rows, op.ordinal(), base(out, DType.F32, "out"), out.offset(), base(x, DType.F32, "x"),
+                x.offset(), rows, cols);
+    }
+
+    public synchronized double sumOfSquares(Tensor x) {
+        launchBlocks("block_sum_f32", 1, base(x, DType.F32, "x"), x.offset(), x.numel(), 1, new CUdeviceptr(), 0, 1f, total);
+        double[] s = new double[1];
+        device.makeCurrent();
+        check(JCudaDriver.cuMemcpyDtoH(Pointer.to(s), total, Double.BYTES), "cuMemcpyDtoH");
+        return s[0];
+    }
+
+    public void addSum(Tensor out, Tensor x, float scale) {
+        scalarOut(out, "addSum out");
+        launchBlocks("block_sum_f32", 1, base(x, DType.F32, "x"), x.offset(), x.numel(), 0, base(out, DType.F32, "out"),
+                out.offset(), scale, new CUdeviceptr());
+    }
+
+    public void addSumOfSquares(Tensor out, Tensor x, float scale) {
+        scalarOut(out, "addSumOfSquares out");
+        launchBlocks("block_sum_f32", 1, base(x, DType.F32, "x"), x.offset(), x.numel(), 1, base(out, DType.F32, "out"),
+                out.offset(), scale, new CUdeviceptr());
+    }
+}
