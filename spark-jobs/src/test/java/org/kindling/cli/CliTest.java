@@ -7,7 +7,9 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Optional;
 import org.junit.jupiter.api.Test;
+import org.kindling.ops.Device;
 
 class CliTest {
     @Test
@@ -16,7 +18,8 @@ class CliTest {
         assertEquals(0, r.code(), r.err());
         assertTrue(r.out().startsWith("kindling " + BuildInfo.version()), r.out());
         assertTrue(r.out().contains("cpu gemm "), r.out());
-        assertTrue(r.out().contains("\ndevices cpu, reference\n"), r.out());
+        String cuda = "cuda" + Device.provider("cuda").unavailable().map(why -> " (unavailable: " + why + ")").orElse("");
+        assertTrue(r.out().contains("\ndevices cpu, " + cuda + ", reference\n"), r.out());
         assertTrue(r.out().contains("spark " + BuildInfo.sparkVersion() + " (built against"), "Spark is on the test classpath: " + r.out());
         assertEquals("kindling " + BuildInfo.version(), CliRun.of("--version").out().trim());
     }
@@ -230,19 +233,24 @@ class CliTest {
     @Test
     void badDeviceSpecsAreUsageErrorsWithTheReason() {
         String[] gemm = {"bench", "gemm", "--m", "8", "--n", "8", "--k", "8", "--seconds", "0.01"};
-        CliRun.assertUsageError("no device \"cuda\" in this build (spec \"cuda:0\"); known: cpu, reference",
-                concat(gemm, "--device", "cuda:0"));
+        CliRun.assertUsageError("no device \"tpu\" in this build (spec \"tpu:0\"); known: cpu, cuda, reference",
+                concat(gemm, "--device", "tpu:0"));
+        // The cuda provider is in the build; without a GPU it says why (a GPU machine opens it instead).
+        Optional<String> noGpu = Device.provider("cuda").unavailable();
+        if (noGpu.isPresent()) {
+            CliRun.assertUsageError("--device cuda:0 is unavailable here: " + noGpu.get(), concat(gemm, "--device", "cuda:0"));
+        }
         CliRun.assertUsageError("--device cpu:4 and --threads 2 both set the CPU threads", concat(gemm, "--device", "cpu:4", "--threads", "2"));
         CliRun.assertUsageError("--threads 2 is for the CPU, not --device reference", concat(gemm, "--device", "reference", "--threads", "2"));
         CliRun.assertUsageError("device \"cpu:0\": the argument is the thread count", concat(gemm, "--device", "cpu:0"));
         CliRun.assertUsageError("device \"cpu:x\": the argument is the thread count", concat(gemm, "--device", "cpu:x"));
         CliRun.assertUsageError("bench tokenize runs on the CPU only, not --device reference", "bench", "tokenize", "--tokenizer",
                 "/nonexistent/tokenizer.json", "--input", "/nonexistent/input.txt", "--device", "reference");
-        CliRun.assertUsageError("no device \"cuda\"", "eval", "--run", "/nonexistent/run", "--data", "/nonexistent/data", "--device", "cuda");
-        CliRun.assertUsageError("no device \"cuda\"", "generate", "--run", "/nonexistent/run", "--device", "cuda");
+        CliRun.assertUsageError("no device \"tpu\"", "eval", "--run", "/nonexistent/run", "--data", "/nonexistent/data", "--device", "tpu");
+        CliRun.assertUsageError("no device \"tpu\"", "generate", "--run", "/nonexistent/run", "--device", "tpu");
         // train checks before it starts Spark: no session, no dataset read.
-        CliRun.assertUsageError("no device \"cuda\" in this build", "train", "--config", "tiny", "--data", "/nonexistent/data",
-                "--run", "/nonexistent/run", "--device", "cuda");
+        CliRun.assertUsageError("no device \"tpu\" in this build", "train", "--config", "tiny", "--data", "/nonexistent/data",
+                "--run", "/nonexistent/run", "--device", "tpu");
         CliRun.assertUsageError("--cpu-fallback is for a GPU device", "train", "--config", "tiny", "--data", "/nonexistent/data",
                 "--run", "/nonexistent/run", "--cpu-fallback");
     }

@@ -8,9 +8,11 @@ import static org.junit.jupiter.api.Assertions.fail;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.time.Duration;
+import java.util.Optional;
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
@@ -45,12 +47,21 @@ class CudaParityTest {
     private static Device dev;
     private static Backend be;
 
+    private static Optional<String> unavailable;
+
     @BeforeAll
     static void open() {
-        var why = Device.provider("cuda").unavailable();
-        assumeTrue(why.isEmpty(), () -> "no GPU: " + why.orElse(""));
-        dev = Device.open("cuda");
-        be = dev.backend();
+        unavailable = Device.provider("cuda").unavailable();
+        if (unavailable.isEmpty()) {
+            dev = Device.open("cuda");
+            be = dev.backend();
+        }
+    }
+
+    /** Skipped per test, so reports count each skipped test and say why. */
+    @BeforeEach
+    void needsAGpu() {
+        assumeTrue(unavailable.isEmpty(), () -> "cuda unavailable: " + unavailable.orElse(""));
     }
 
     @AfterAll
