@@ -22,8 +22,9 @@ import java.util.concurrent.ConcurrentHashMap;
  *
  * <p>Tensors that share one storage map to views of one host mirror at the same offsets, so an
  * output that aliases an input (softmax with {@code y == x}, {@code out == a}) behaves as on the
- * host. Every mirrored storage is copied back whole, inputs included: a generic fallback cannot
- * tell outputs from inputs, and rewriting unchanged values is harmless. The host transfers go
+ * host. Every argument's elements are copied back, inputs included: a generic fallback cannot
+ * tell outputs from inputs, and rewriting unchanged values is harmless; elements between the
+ * arguments are neither read nor written. The host transfers go
  * through the tensors' own {@code copyFrom}/{@code to…Array}, that is through {@code kernels}'
  * host copies, which therefore every device must provide. Each operation that falls back is
  * logged once, so a device's missing kernels show in its log.
@@ -152,28 +153,61 @@ public final class HostFallback implements InvocationHandler {
         }
     }
 
-    /** One host copy per device storage the arguments touch, spanning every tensor on it. */
+    /** BF16 widens to float and narrows back exactly, so every dtype round-trips bit for bit. */
+    private static void copy(Tensor dst, Tensor src) {
+        if (src.dtype() == DType.I32) {
+            dst.copyFrom(src.toIntArray());
+        } else {
+            dst.copyFrom(src.toFloatArray());
+        }
+    }
+
+    /**
+     * One host copy per device storage the arguments touch, spanning every tensor on it. Only the
+     * elements the arguments cover move, in merged runs: another thread may be writing the gaps
+     * between them (the gradient sync filling another group of a flat gradient buffer).
+     */
     private final class Mirrors {
         private final Map<Storage, Span> spans = new IdentityHashMap<>();
 
         private final class Span {
             final Storage storage;
-            int lo = Integer.MAX_VALUE;
-            int hi = Integer.MIN_VALUE;
-            Tensor deviceView;
+            final List<int[]> ranges = new ArrayList<>();
+            int lo;
             Tensor mirror;
 
             Span(Storage storage) {
                 this.storage = storage;
+            }
+
+            /** The ranges sorted and merged where they overlap or touch. */
+            List<int[]> runs() {
+                ranges.sort((a, b) -> Integer.compare(a[0], b[0]));
+                List<int[]> runs = new ArrayList<>();
+                for (int[] r : ranges) {
+                    int[] last = runs.isEmpty() ? null : runs.get(runs.size() - 1);
+                    if (last != null && r[0] <= last[1]) {
+                        last[1] = Math.max(last[1], r[1]);
+                    } else {
+                        runs.add(r.clone());
+                    }
+                }
+                return runs;
+            }
+
+            Tensor onDevice(int[] run) {
+                return new Tensor(device, storage, run[0], new int[] {run[1] - run[0]}, false);
+            }
+
+            Tensor onHost(int[] run) {
+                return mirror.view(run[0] - lo, run[1] - run[0]);
             }
         }
 
         void collect(Object a) {
             if (a instanceof Tensor t) {
                 if (t.device() == device) {
-                    Span s = spans.computeIfAbsent(t.storage(), Span::new);
-                    s.lo = Math.min(s.lo, t.offset());
-                    s.hi = Math.max(s.hi, t.offset() + t.numel());
+                    spans.computeIfAbsent(t.storage(), Span::new).ranges.add(new int[] {t.offset(), t.offset() + t.numel()});
                 }
             } else if (a instanceof Varlen v) {
                 collect(v.device());
@@ -186,14 +220,11 @@ public final class HostFallback implements InvocationHandler {
 
         void upload() {
             for (Span s : spans.values()) {
-                int n = s.hi - s.lo;
-                s.deviceView = new Tensor(device, s.storage, s.lo, new int[] {n}, false);
-                s.mirror = host.allocate(s.storage.dtype(), n);
-                // BF16 widens to float and narrows back exactly, so every dtype round-trips bit for bit.
-                if (s.storage.dtype() == DType.I32) {
-                    s.mirror.copyFrom(s.deviceView.toIntArray());
-                } else {
-                    s.mirror.copyFrom(s.deviceView.toFloatArray());
+                List<int[]> runs = s.runs();
+                s.lo = runs.get(0)[0];
+                s.mirror = host.allocate(s.storage.dtype(), runs.get(runs.size() - 1)[1] - s.lo);
+                for (int[] run : runs) {
+                    copy(s.onHost(run), s.onDevice(run));
                 }
             }
         }
@@ -221,10 +252,8 @@ public final class HostFallback implements InvocationHandler {
 
         void download() {
             for (Span s : spans.values()) {
-                if (s.storage.dtype() == DType.I32) {
-                    s.deviceView.copyFrom(s.mirror.toIntArray());
-                } else {
-                    s.deviceView.copyFrom(s.mirror.toFloatArray());
+                for (int[] run : s.runs()) {
+                    copy(s.onDevice(run), s.onHost(run));
                 }
             }
         }

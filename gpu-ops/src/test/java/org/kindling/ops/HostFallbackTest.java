@@ -61,6 +61,8 @@ class HostFallbackTest {
     /** The remote device's own kernels: host copies (required) and fill (to prove native ops are not mirrored). */
     public static final class RemoteKernels {
         final AtomicInteger fills = new AtomicInteger();
+        /** Elements moved by the host copies, both ways. */
+        final AtomicInteger moved = new AtomicInteger();
 
         public String name() {
             return "remote";
@@ -75,6 +77,7 @@ class HostFallbackTest {
         }
 
         public void copyFromHost(Tensor dst, float[] src) {
+            moved.addAndGet(src.length);
             KernelChecks.numel(dst, "dst", src.length);
             RemoteStorage s = storage(dst);
             for (int i = 0; i < src.length; i++) {
@@ -87,11 +90,13 @@ class HostFallbackTest {
         }
 
         public void copyFromHost(Tensor dst, int[] src) {
+            moved.addAndGet(src.length);
             KernelChecks.numel(dst, "dst", src.length);
             System.arraycopy(src, 0, storage(dst).ints, dst.offset(), src.length);
         }
 
         public void copyToHost(float[] dst, Tensor src) {
+            moved.addAndGet(dst.length);
             KernelChecks.numel(src, "src", dst.length);
             RemoteStorage s = storage(src);
             for (int i = 0; i < dst.length; i++) {
@@ -100,6 +105,7 @@ class HostFallbackTest {
         }
 
         public void copyToHost(int[] dst, Tensor src) {
+            moved.addAndGet(dst.length);
             KernelChecks.numel(src, "src", dst.length);
             System.arraycopy(storage(src).ints, src.offset(), dst, 0, dst.length);
         }
@@ -308,6 +314,18 @@ class HostFallbackTest {
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
                 () -> remote.backend().unary(UnaryOp.EXP, y.r, x.r));
         assertTrue(e.getMessage().contains("differ in element count"), e.getMessage());
+    }
+
+    @Test
+    void onlyTheArgumentsElementsMoveNotTheGapsBetweenThem() {
+        Twin buf = floats(Check.uniform(16, 100), 100);
+        Twin x = buf.view(0, 10);
+        Twin out = buf.view(90, 10);
+        remote.kernels.moved.set(0);
+        cpu.backend().unary(UnaryOp.TANH, out.c, x.c);
+        remote.backend().unary(UnaryOp.TANH, out.r, x.r);
+        assertEquals(2 * 20, remote.kernels.moved.get(), "10 + 10 elements up and back, none of the 80 between");
+        buf.assertSame("unary across one buffer");
     }
 
     @Test

@@ -42,9 +42,14 @@ final class CudaDevice extends Device {
         this.ordinal = ordinal;
         Cuda.check(JCudaDriver.cuDeviceGet(cuDevice, ordinal), "cuDeviceGet(" + ordinal + ")");
         Cuda.check(JCudaDriver.cuDevicePrimaryCtxRetain(context, cuDevice), "cuDevicePrimaryCtxRetain(" + ordinal + ")");
-        makeCurrent();
-        Cuda.check(JCudaDriver.cuStreamCreate(stream, CUstream_flags.CU_STREAM_DEFAULT), "cuStreamCreate");
-        this.kernels = new CudaKernels(this, fatbin);
+        try {
+            makeCurrent();
+            Cuda.check(JCudaDriver.cuStreamCreate(stream, CUstream_flags.CU_STREAM_DEFAULT), "cuStreamCreate");
+            this.kernels = new CudaKernels(this, fatbin);
+        } catch (RuntimeException e) {
+            JCudaDriver.cuDevicePrimaryCtxRelease(cuDevice);
+            throw e;
+        }
         this.host = Device.open("cpu");
         this.backend = HostFallback.backend(this, kernels, host);
     }

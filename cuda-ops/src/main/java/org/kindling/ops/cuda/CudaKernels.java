@@ -184,10 +184,18 @@ final class CudaKernels {
         sameNumel(dst, "dst", src, "src");
         int n = src.numel();
         if (src.dtype() == dst.dtype()) {
-            if (n > 0) {
-                device.makeCurrent();
-                check(JCudaDriver.cuMemcpyDtoDAsync(at(dst, dst.dtype(), "dst"), at(src, src.dtype(), "src"),
-                        (long) n * src.dtype().bytes(), device.stream()), "cuMemcpyDtoDAsync");
+            boolean overlap = dst.storage() == src.storage() && dst.offset() < src.offset() + n && src.offset() < dst.offset() + n;
+            if (n == 0 || overlap && dst.offset() == src.offset()) {
+                return;
+            }
+            if (overlap) {
+                // A device-to-device copy between overlapping ranges is undefined: go through a temporary, as memmove would.
+                try (Tensor tmp = device.allocate(src.dtype(), n)) {
+                    copyBytes(tmp, src);
+                    copyBytes(dst, tmp);
+                }
+            } else {
+                copyBytes(dst, src);
             }
         } else if (src.dtype() == DType.F32 && dst.dtype() == DType.BF16) {
             launch("f32_to_bf16", n, base(dst, DType.BF16, "dst"), dst.offset(), base(src, DType.F32, "src"), src.offset(), n);
@@ -196,6 +204,12 @@ final class CudaKernels {
         } else {
             throw new IllegalArgumentException("cannot copy " + src + " into " + dst + ": only F32 and BF16 convert");
         }
+    }
+
+    private void copyBytes(Tensor dst, Tensor src) {
+        device.makeCurrent();
+        check(JCudaDriver.cuMemcpyDtoDAsync(at(dst, dst.dtype(), "dst"), at(src, src.dtype(), "src"),
+                (long) src.numel() * src.dtype().bytes(), device.stream()), "cuMemcpyDtoDAsync");
     }
 
     // ---- elementwise ----
