@@ -118,17 +118,15 @@ extern "C" __global__ void reduce_rows_f32(int op, float* out, int oo, const flo
 
 #define SUM_THREADS 256
 
-// Σ x (or Σ x²) in double by ONE block: thread t sums its contiguous slice in order, then a fixed tree
-// combines the slices. If out is set, out[oo] += (float) (scale·Σ); if total is set, *total = Σ.
+// Σ x (or Σ x²) in double by ONE block: thread t sums elements t, t + 256, … in order (neighbouring
+// threads read neighbouring elements, so loads coalesce), then a fixed tree combines the threads'
+// sums: the same order on every run. If out is set, out[oo] += (float) (scale·Σ); if total is set, *total = Σ.
 extern "C" __global__ void block_sum_f32(const float* x, int ox, int n, int squares, float* out, int oo, float scale,
                                          double* total) {
     __shared__ double partial[SUM_THREADS];
     int t = threadIdx.x;
-    long long per = (n + SUM_THREADS - 1) / SUM_THREADS;
-    long long lo = t * per;
-    long long hi = lo + per < n ? lo + per : n;
     double s = 0;
-    for (long long i = lo; i < hi; i++) {
+    for (long long i = t; i < n; i += SUM_THREADS) {
         double v = x[ox + i];
         s += squares ? v * v : v;
     }

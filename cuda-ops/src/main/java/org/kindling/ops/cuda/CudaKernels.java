@@ -28,6 +28,7 @@ import org.kindling.ops.UnaryOp;
  * with the same {@link KernelChecks} as the CPU backend, and launches on the device's stream.
  */
 final class CudaKernels {
+    /** Threads per block; block_sum_f32 relies on it being kernels.cu's SUM_THREADS. */
     private static final int THREADS = 256;
     /** Grid-stride loops cover the rest; more blocks than this only adds scheduling. */
     private static final long MAX_BLOCKS = 1 << 16;
