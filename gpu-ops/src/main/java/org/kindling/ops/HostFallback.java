@@ -24,10 +24,10 @@ import java.util.concurrent.ConcurrentHashMap;
  * output that aliases an input (softmax with {@code y == x}, {@code out == a}) behaves as on the
  * host. Every argument's elements are copied back, inputs included: a generic fallback cannot
  * tell outputs from inputs, and rewriting unchanged values is harmless; elements between the
- * arguments are neither read nor written. The host transfers go
- * through the tensors' own {@code copyFrom}/{@code to…Array}, that is through {@code kernels}'
- * host copies, which therefore every device must provide. Each operation that falls back is
- * logged once, so a device's missing kernels show in its log.
+ * arguments are neither read nor written. The host transfers go through the tensors' own
+ * {@code copyFrom}/{@code to…Array}, that is through {@code kernels}' host copies, which
+ * therefore every device must provide. Each operation that falls back is logged once, so a
+ * device's missing kernels show in its log.
  */
 public final class HostFallback implements InvocationHandler {
     private static final System.Logger LOG = System.getLogger(HostFallback.class.getName());
