@@ -48,6 +48,8 @@ SUMMARY="$OUT/summary.txt"
 rm -f "$OUT"/{gemm,attention,train}.jsonl "$OUT/tests.xml"
 if [ "$QUICK" = 1 ]; then DEADLINE=240; else DEADLINE=480; fi
 FAILED=0
+STDERR=$(mktemp)
+trap 'rm -f "$STDERR"' EXIT
 
 KINDLING=("$HERE/kindling")
 say() {
@@ -63,6 +65,11 @@ field() {
 # An attribute of an XML element, as text.
 attr() {
   sed -n "s/.* $2=\"\([^\"]*\)\".*/\1/p" <<< "$1"
+}
+
+# Why the last step failed: the first line of its stderr that is no log line, usage text or stack frame.
+reason() {
+  grep -v -e '^WARNING' -e '^INFO ' -e '^[Uu]sage:' -e '^\s' -e '^$' "$STDERR" | head -n 1 | cut -c1-200
 }
 
 # step NAME FILE LIMIT CMD…: runs CMD in the bundle folder, its stdout appended to OUT/FILE (-: to run.log) and its
@@ -84,14 +91,15 @@ step() {
     before=$(wc -l < "$target")
   fi
   printf '== %s (limit %d s): %s\n' "$name" "$limit" "$*" >> "$LOG"
-  (cd "$HERE" && timeout --kill-after=10 "$limit" "$@") >> "$target" 2>> "$LOG"
+  (cd "$HERE" && timeout --kill-after=10 "$limit" "$@") >> "$target" 2> "$STDERR"
   rc=$?
+  cat "$STDERR" >> "$LOG"
   [ "$file" = - ] || ROWS=$(tail -n +$((before + 1)) "$target")
   STEP_TIME=$((SECONDS - start))
   if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     say "$name: timed out after $limit s"
   elif [ "$rc" != 0 ]; then
-    say "$name: failed (exit $rc; $(grep -v '^\s*$' "$LOG" | tail -n 1 | cut -c1-200))"
+    say "$name: failed (exit $rc: $(reason))"
   fi
   [ "$rc" = 0 ] || FAILED=1
   return "$rc"
