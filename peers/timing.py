@@ -57,3 +57,39 @@ def emit(row, as_json):
     """The result row: one JSON line on stdout with --json (human-readable lines go to stderr)."""
     if as_json:
         print(json.dumps(row), flush=True)
+
+
+def add_device_args(parser):
+    """--device cpu|cuda[:N] and --dtype fp32|bf16: where and in what precision a peer runs (CPU fp32 by default)."""
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda[:N] (default cpu)")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="operand precision (default fp32)")
+
+
+def open_device(torch, parser, a):
+    """The torch.device and dtype of --device/--dtype, checked; a usage error names a device this PyTorch cannot use."""
+    try:
+        device = torch.device(a.device)
+    except RuntimeError as e:
+        parser.error(f"--device {a.device}: {e}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device must be cpu or cuda[:N], got {a.device}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {a.device}: this PyTorch ({torch.__version__}) sees no CUDA device")
+    return device, {"fp32": torch.float32, "bf16": torch.bfloat16}[a.dtype]
+
+
+def synced(torch, device, fn):
+    """fn, then a wait for the device's queued work: the timing rule reads a host clock, and CUDA runs asynchronously."""
+    if device.type != "cuda":
+        return fn
+
+    def run():
+        fn()
+        torch.cuda.synchronize(device)
+    return run
+
+
+def impl_name(torch, device, dtype_name):
+    """`torch VERSION`, plus the device and precision when not the CPU in fp32 (the CPU rows stay as they were)."""
+    name = "torch " + torch.__version__
+    return name if device.type == "cpu" and dtype_name == "fp32" else f"{name} {device.type} {dtype_name}"

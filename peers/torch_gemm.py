@@ -1,4 +1,7 @@
-"""PyTorch peer of `kindling bench gemm`: fp32 C[M,N] = A[M,K] @ B[K,N] on CPU, same threads and timing rule.
+"""PyTorch peer of `kindling bench gemm`: C[M,N] = A[M,K] @ B[K,N], same threads and timing rule.
+
+fp32 on the CPU by default; `--device cuda --dtype bf16` is torch.matmul in bf16 (cuBLAS), each timed run waiting
+for the GPU to finish.
 
 Prints the same JSON fields as the Kindling bench (naive_* are null: the peer has no plain loop).
 """
@@ -15,17 +18,19 @@ def main():
     p.add_argument("--k", type=int, default=1024)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seconds", type=float, default=2.0)
+    timing.add_device_args(p)
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     import torch
+    device, dtype = timing.open_device(torch, p, a)
     timing.set_threads(torch, a.threads)
     g = torch.Generator().manual_seed(42)
-    x = torch.rand(a.m, a.k, generator=g) * 2 - 1
-    y = torch.rand(a.k, a.n, generator=g) * 2 - 1
-    out = torch.empty(a.m, a.n)
-    best, median, reps = timing.measure(2, 3, a.seconds, lambda: torch.mm(x, y, out=out))
+    x = (torch.rand(a.m, a.k, generator=g) * 2 - 1).to(device, dtype)
+    y = (torch.rand(a.k, a.n, generator=g) * 2 - 1).to(device, dtype)
+    out = torch.empty(a.m, a.n, device=device, dtype=dtype)
+    best, median, reps = timing.measure(2, 3, a.seconds, timing.synced(torch, device, lambda: torch.matmul(x, y, out=out)))
     flops = 2.0 * a.m * a.n * a.k
-    impl = "torch " + torch.__version__
+    impl = timing.impl_name(torch, device, a.dtype)
     print(f"  {impl}: {flops / best / 1e9:.2f} ({flops / median / 1e9:.2f}) GFLOP/s over {reps} runs, {a.threads} threads",
           file=sys.stderr)
     timing.emit({"bench": "gemm", "m": a.m, "n": a.n, "k": a.k, "threads": a.threads,

@@ -1,4 +1,4 @@
-"""PyTorch peer of `kindling bench train`: the same GPT trained on random tokens on CPU.
+"""PyTorch peer of `kindling bench train`: the same GPT trained on random tokens, on the CPU or (`--device cuda`) a GPU.
 
 The model is Kindling's layout: learned position embeddings, pre-LayerNorm blocks with biases
 (causal multi-head attention, tanh-GELU MLP), final LayerNorm, head tied to the token embedding;
@@ -7,9 +7,12 @@ AdamW (decay 0.1 on matrices only), global-norm clipping at 1.0, lr 1e-4. Attent
 intra-op threads, B sequences of T tokens per step. Each step is one timed run of the shared timing
 rule (--warmup untimed steps, then --steps timed); tokens/s and ms/step come from the median step,
 the forward/backward/optimizer split is the mean over the timed steps. Prints the same JSON fields
-as the Kindling bench.
+as the Kindling bench. On a GPU it is PyTorch eager as its users train: attention by scaled_dot_product_attention,
+and with `--dtype bf16` the forward pass under autocast to bf16 (fp32 weights and optimizer state); each split point
+waits for the GPU, so the split adds up to the step.
 """
 import argparse
+import contextlib
 import math
 import sys
 import time
@@ -17,7 +20,7 @@ import time
 import timing
 
 
-def build(torch, vocab, d_model, layers, heads, max_seq, mlp_ratio):
+def build(torch, vocab, d_model, layers, heads, max_seq, mlp_ratio, sdpa):
     nn = torch.nn
     F = torch.nn.functional
 
@@ -35,9 +38,13 @@ def build(torch, vocab, d_model, layers, heads, max_seq, mlp_ratio):
             b, t, c = x.shape
             q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
             q, k, v = (z.view(b, t, heads, c // heads).transpose(1, 2) for z in (q, k, v))
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(c // heads))
-            att = att.masked_fill(mask[:t, :t], float("-inf")).softmax(dim=-1)
-            y = (att @ v).transpose(1, 2).contiguous().view(b, t, c)
+            if sdpa:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(c // heads))
+                att = att.masked_fill(mask[:t, :t], float("-inf")).softmax(dim=-1)
+                y = att @ v
+            y = y.transpose(1, 2).contiguous().view(b, t, c)
             x = x + self.proj(y)
             return x + self.fc_proj(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
 
@@ -55,7 +62,7 @@ def build(torch, vocab, d_model, layers, heads, max_seq, mlp_ratio):
 
         def forward(self, idx, targets):
             t = idx.shape[1]
-            x = self.wte(idx) + self.wpe(torch.arange(t))
+            x = self.wte(idx) + self.wpe(torch.arange(t, device=idx.device))
             for blk in self.blocks:
                 x = blk(x, self.mask)
             logits = self.ln_f(x) @ self.wte.weight.t()
@@ -77,6 +84,7 @@ def main():
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
+    timing.add_device_args(p)
     p.add_argument("--json", action="store_true")
     a = p.parse_args()
     if a.d_model % a.heads != 0:
@@ -85,9 +93,13 @@ def main():
     if a.seq > max_seq:
         p.error(f"--seq {a.seq} exceeds --max-seq {max_seq}")
     import torch
+    device, dtype = timing.open_device(torch, p, a)
     timing.set_threads(torch, a.threads)
     torch.manual_seed(1)
-    model = build(torch, a.vocab, a.d_model, a.layers, a.heads, max_seq, a.mlp_ratio)
+    model = build(torch, a.vocab, a.d_model, a.layers, a.heads, max_seq, a.mlp_ratio, sdpa=device.type == "cuda").to(device)
+    # Entered only for bf16: PyTorch 1.13 refuses even a disabled CPU autocast with fp32.
+    autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype != torch.float32 else contextlib.nullcontext
+    sync = timing.synced(torch, device, lambda: None)
     params = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.dim() > 1]
     no_decay = [p for p in model.parameters() if p.dim() <= 1]
@@ -100,17 +112,21 @@ def main():
 
     def fresh_batch():
         tokens = torch.randint(a.vocab, (a.batch, a.seq + 1), generator=gen)
-        batch["x"], batch["y"] = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+        batch["x"], batch["y"] = tokens[:, :-1].contiguous().to(device), tokens[:, 1:].contiguous().to(device)
 
     def step():
         t0 = time.perf_counter()
-        loss = model(batch["x"], batch["y"])
+        with autocast():
+            loss = model(batch["x"], batch["y"])
+        sync()
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        sync()
         t2 = time.perf_counter()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        sync()
         t3 = time.perf_counter()
         last.update(fwd=t1 - t0, bwd=t2 - t1, opt=t3 - t2, loss=loss.item())
 
@@ -122,7 +138,7 @@ def main():
                                          warm=timing.Trial(step, before=fresh_batch))
     tokens = a.batch * a.seq
     ms = {k: 1e3 * v / steps for k, v in split.items()}
-    impl = "torch " + torch.__version__
+    impl = timing.impl_name(torch, device, a.dtype)
     print(f"  {impl}: {params:,} params, {a.threads} thread(s): {tokens / median:.0f} tokens/s, {1e3 * median:.1f} ms/step "
           f"(forward {ms['fwd']:.1f}, backward {ms['bwd']:.1f}, optimizer {ms['opt']:.1f}); last loss {last['loss']:.3f}",
           file=sys.stderr)

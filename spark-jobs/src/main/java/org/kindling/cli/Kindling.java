@@ -27,7 +27,15 @@ public final class Kindling implements Runnable {
     /** Runs a command line with the given stdout and stderr. */
     public static int run(PrintWriter out, PrintWriter err, String... args) {
         routeJdkLoggingToLog4j();
-        return new CommandLine(new Kindling())
+        return execute(new Kindling(), out, err, args);
+    }
+
+    /**
+     * Runs a command line of the command {@code root} (Kindling, or {@link DeviceCheck}'s subset): the CPU GEMM
+     * notice before a command that computes, errors as one line naming the command; returns the exit code.
+     */
+    static int execute(Object root, PrintWriter out, PrintWriter err, String... args) {
+        return new CommandLine(root)
                 .setOut(out)
                 .setErr(err)
                 .setExecutionStrategy(parsed -> {
@@ -43,7 +51,7 @@ public final class Kindling implements Runnable {
                 .execute(args);
     }
 
-    /** Whether the command runs kernels (not version, help or a usage error). */
+    /** Whether the command runs kernels (not version, help, a group of subcommands or a usage error). */
     private static boolean computes(CommandLine.ParseResult parsed) {
         CommandLine.ParseResult last = parsed;
         while (last.hasSubcommand()) {
@@ -51,7 +59,7 @@ public final class Kindling implements Runnable {
         }
         Object command = last.commandSpec().userObject();
         return !(command instanceof VersionCommand || command instanceof CommandLine.HelpCommand
-                || command instanceof Kindling || command instanceof BenchCommand || last.isUsageHelpRequested());
+                || !last.commandSpec().subcommands().isEmpty() || last.isUsageHelpRequested());
     }
 
     /**
