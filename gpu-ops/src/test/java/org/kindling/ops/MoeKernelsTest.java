@@ -8,15 +8,11 @@ import static org.kindling.ops.AttentionTest.gaussian;
 
 import java.util.Arrays;
 import java.util.stream.Stream;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.function.Executable;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
-import org.kindling.ops.cpu.CpuDevice;
-import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * The Switch-style MoE kernels (entry → token rows, capacity slots, row scaling, top-k backward,
@@ -25,26 +21,7 @@ import org.kindling.ops.reference.ReferenceDevice;
  * within 1e-6 relative; capacity against a plain loop over the entries; top-k backward as the
  * adjoint of top-k's gather; results independent of the thread count; bad operands named.
  */
-class MoeKernelsTest {
-    private static final int C = 59;
-    private static Device cpu;
-    private static Device cpu1;
-    private static Device ref;
-
-    @BeforeAll
-    static void open() {
-        cpu = CpuDevice.open(3);
-        cpu1 = CpuDevice.open(1);
-        ref = ReferenceDevice.open();
-    }
-
-    @AfterAll
-    static void close() {
-        cpu.close();
-        cpu1.close();
-        ref.close();
-    }
-
+class MoeKernelsTest extends RoutingDevices {
     static Stream<Arguments> shapes() {
         return MoeRoutingTest.shapes();
     }

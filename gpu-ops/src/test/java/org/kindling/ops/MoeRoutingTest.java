@@ -7,15 +7,11 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.kindling.ops.AttentionTest.gaussian;
 
 import java.util.stream.Stream;
-import org.junit.jupiter.api.AfterAll;
-import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.function.Executable;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.MethodSource;
-import org.kindling.ops.cpu.CpuDevice;
-import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * MoE routing kernels (top-k, expert offsets, grouping permutation, row gather and weighted
@@ -26,26 +22,7 @@ import org.kindling.ops.reference.ReferenceDevice;
  * zero rows and scatter nothing; results do not depend on the thread count; bad operands are
  * named in the error.
  */
-class MoeRoutingTest {
-    private static final int C = 59;
-    private static Device cpu;
-    private static Device cpu1;
-    private static Device ref;
-
-    @BeforeAll
-    static void open() {
-        cpu = CpuDevice.open(3);
-        cpu1 = CpuDevice.open(1);
-        ref = ReferenceDevice.open();
-    }
-
-    @AfterAll
-    static void close() {
-        cpu.close();
-        cpu1.close();
-        ref.close();
-    }
-
+class MoeRoutingTest extends RoutingDevices {
     static Stream<Arguments> shapes() {
         Stream.Builder<Arguments> b = Stream.builder();
         for (int t : new int[] {1, 97, 1025}) {
