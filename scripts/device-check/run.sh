@@ -130,8 +130,10 @@ ratio() {
 }
 
 # bf16 where the bench takes --dtype, else fp32 (the bench's own precision); sets KDTYPE (its options) and PDTYPE.
+# The CPU's GEMM is fp32 only, so bench gemm stays fp32 on a CPU device.
 precision() {
-  if "${KINDLING[@]}" bench "$1" --help 2>/dev/null | grep -q -- '--dtype'; then
+  if "${KINDLING[@]}" bench "$1" --help 2>/dev/null | grep -q -- '--dtype' \
+      && ! { [ "$1" = gemm ] && [[ "$DEVICE" == cpu* ]]; }; then
     KDTYPE=(--dtype bf16); PDTYPE=bf16
   else
     KDTYPE=(); PDTYPE=fp32

@@ -1,26 +1,34 @@
 package org.kindling.cli;
 
 import java.io.PrintWriter;
+import java.time.Duration;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.concurrent.Callable;
+import org.kindling.ops.BF16;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.cpu.CpuDevice;
 import org.kindling.ops.cpu.CpuPool;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
 @Command(name = "gemm", mixinStandardHelpOptions = true,
-        description = {"GFLOP/s of the CPU backend's fp32 GEMM (C[M,N] = A[M,K]·B[K,N]) beside a plain i-k-j loop over the",
-            "same matrices on the same threads, both timed by the same rule (warm-up, then best and median of the timed runs)",
-            "in the same run. The backend's C is checked against the loop's; a max relative error above 1e-4 fails."})
+        description = {"GFLOP/s of the backend's GEMM (C[M,N] = A[M,K]·B[K,N], fp32 or bf16 operands, fp32 C). On the CPU",
+            "it runs beside a plain i-k-j loop over the same matrices on the same threads, both timed by the same rule",
+            "(warm-up, then best and median of the timed runs) in the same run, and C is checked against the loop's. On",
+            "another device the loop would take minutes at the target sizes: C is checked against the host BLAS instead",
+            "(over the operands as the device holds them), and the same-run baseline is the PyTorch peer (--peer torch).",
+            "A max relative error above 1e-4 fails."})
 final class GemmBench implements Callable<Integer> {
-    /** Largest max|C − C_loop| / max|C_loop| accepted: fp32 sums of K products differ by rounding only. */
+    /** Largest max|C − C_ref| / max|C_ref| accepted: fp32 sums of K products differ by rounding only. */
     static final double MAX_REL_ERROR = 1e-4;
+    /** How long one timed GEMM may take on an asynchronous device before the bench gives up on it. */
+    private static final Duration DEVICE_DEADLINE = Duration.ofMinutes(5);
 
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -34,11 +42,16 @@ final class GemmBench implements Callable<Integer> {
     @Option(names = "--k", description = "columns of A, rows of B (default ${DEFAULT-VALUE})", defaultValue = "1024")
     int k;
 
+    @Option(names = "--dtype", description = "operand precision, fp32 or bf16 (bf16 A and B, fp32 accumulation and C; not on "
+            + "the CPU, whose GEMM is fp32 only) (default ${DEFAULT-VALUE})", defaultValue = "fp32")
+    String dtype;
+
     @Option(names = "--seconds", description = "least timed work for each side, after 2 warm-up runs and with at least 3 "
             + "timed runs (default ${DEFAULT-VALUE})", defaultValue = "2")
     double seconds;
 
-    @Option(names = "--peer", description = "also run peers/torch_gemm.py (PyTorch on the same threads) in the same run: torch")
+    @Option(names = "--peer", description = "also run peers/torch_gemm.py (PyTorch on the same device, threads and dtype) in "
+            + "the same run: torch")
     String peer;
 
     @Option(names = "--python", description = "the Python for --peer (default: $KINDLING_PYTHON, else python3)")
@@ -54,6 +67,10 @@ final class GemmBench implements Callable<Integer> {
         if (!(seconds >= 0)) {
             throw new CommandLine.ParameterException(cmd, "--seconds must be 0 or more, got " + seconds);
         }
+        if (!dtype.equals("fp32") && !dtype.equals("bf16")) {
+            throw new CommandLine.ParameterException(cmd, "--dtype must be fp32 or bf16, got " + dtype);
+        }
+        DType operands = dtype.equals("bf16") ? DType.BF16 : DType.F32;
         Peer torch = Peer.parse(cmd, peer, python);
         int t = common.threads(cmd);
         PrintWriter err = cmd.getErr();
@@ -66,28 +83,57 @@ final class GemmBench implements Callable<Integer> {
         Timing.Stats fast;
         float[] c;
         String impl;
-        try (Device dev = common.open(t);
-             Tensor ta = dev.fromFloats(a, m, k);
-             Tensor tb = dev.fromFloats(b, k, n);
-             Tensor tc = dev.allocate(DType.F32, m, n)) {
-            impl = dev.backend().gemmImpl();
-            fast = Timing.measure(rule, () -> dev.backend().gemm(g, tc, ta, tb));
-            c = tc.toFloatArray();
+        Device.Kind kind;
+        int ordinal;
+        try (Device dev = common.open(t)) {
+            kind = dev.kind();
+            ordinal = dev.ordinal();
+            if (operands == DType.BF16 && kind == Device.Kind.CPU) {
+                throw new CommandLine.ParameterException(cmd, "--dtype bf16 needs a device whose GEMM takes bf16 operands "
+                        + "(cuda); the CPU backend's GEMM is fp32 only");
+            }
+            try (Tensor ta = dev.allocate(operands, m, k).copyFrom(a);
+                 Tensor tb = dev.allocate(operands, k, n).copyFrom(b);
+                 Tensor tc = dev.allocate(DType.F32, m, n)) {
+                impl = dev.backend().gemmImpl();
+                String name = impl;
+                fast = Timing.measure(rule, () -> {
+                    dev.backend().gemm(g, tc, ta, tb);
+                    // An asynchronous device returns at once: each timed run waits for its kernels.
+                    if (!dev.fence().await(DEVICE_DEADLINE)) {
+                        throw new IllegalStateException("the " + name + " GEMM did not finish within " + DEVICE_DEADLINE);
+                    }
+                });
+                c = tc.toFloatArray();
+            }
         }
-        float[] plain = new float[m * n];
-        Timing.Stats loop;
-        try (CpuPool pool = new CpuPool(t)) {
-            loop = Timing.measure(rule, () -> plainGemm(pool, a, b, plain, m, n, k));
+        boolean onCpu = kind == Device.Kind.CPU;
+        float[] ref = new float[m * n];
+        Timing.Stats loop = null;
+        String refName;
+        if (onCpu) {
+            try (CpuPool pool = new CpuPool(t)) {
+                loop = Timing.measure(rule, () -> plainGemm(pool, a, b, ref, m, n, k));
+            }
+            refName = "C_loop";
+        } else {
+            refName = "C_host";
+            hostGemm(g, operands, a, b, ref, err);
         }
-        double relError = maxRelError(c, plain);
+        double relError = maxRelError(c, ref);
         double gflops = fast.bestRate(g.flops()) / 1e9;
-        double loopGflops = loop.bestRate(g.flops()) / 1e9;
+        Double loopGflops = loop == null ? null : BenchOptions.round(loop.bestRate(g.flops()) / 1e9);
 
-        err.printf("gemm %dx%dx%d fp32, %d threads, best (median) of the timed runs:%n", m, n, k, t);
+        err.printf("gemm %dx%dx%d %s, %d threads, best (median) of the timed runs:%n", m, n, k, dtype, t);
         err.printf("  %s: %.2f (%.2f) GFLOP/s over %d runs%n", impl, gflops, fast.medianRate(g.flops()) / 1e9, fast.reps());
-        err.printf("  plain i-k-j loop: %.2f (%.2f) GFLOP/s over %d runs; the backend is %.1fx faster%n", loopGflops,
-                loop.medianRate(g.flops()) / 1e9, loop.reps(), gflops / loopGflops);
-        err.printf("  max |C - C_loop| / max |C_loop| = %.1e (limit %.0e)%n", relError, MAX_REL_ERROR);
+        if (loop != null) {
+            err.printf("  plain i-k-j loop: %.2f (%.2f) GFLOP/s over %d runs; the backend is %.1fx faster%n", loop.bestRate(g.flops()) / 1e9,
+                    loop.medianRate(g.flops()) / 1e9, loop.reps(), gflops / (loop.bestRate(g.flops()) / 1e9));
+        } else {
+            err.printf("  no plain-loop baseline off the CPU (minutes at the target sizes); on a GPU the same-run baseline is "
+                    + "the torch/cuBLAS peer: --peer torch%n");
+        }
+        err.printf("  max |C - %s| / max |%s| = %.1e (limit %.0e)%n", refName, refName, relError, MAX_REL_ERROR);
         err.flush();
         if (common.json) {
             Map<String, Object> row = new LinkedHashMap<>();
@@ -97,20 +143,22 @@ final class GemmBench implements Callable<Integer> {
             row.put("k", k);
             row.put("threads", t);
             row.put("gflops", BenchOptions.round(gflops));
-            row.put("naive_gflops", BenchOptions.round(loopGflops));
-            row.put("impl", impl);
+            row.put("naive_gflops", loopGflops);
+            row.put("impl", operands == DType.F32 ? impl : impl + " " + dtype);
             row.put("median_gflops", BenchOptions.round(fast.medianRate(g.flops()) / 1e9));
-            row.put("naive_median_gflops", BenchOptions.round(loop.medianRate(g.flops()) / 1e9));
+            row.put("naive_median_gflops", loop == null ? null : BenchOptions.round(loop.medianRate(g.flops()) / 1e9));
             row.put("max_rel_error", relError);
             Json.printLine(cmd.getOut(), row);
         }
         if (!(relError <= MAX_REL_ERROR)) {
-            throw new IllegalStateException(String.format("the %s GEMM is wrong: max relative error %.3e against the plain loop "
-                    + "exceeds %.0e", impl, relError, MAX_REL_ERROR));
+            throw new IllegalStateException(String.format("the %s GEMM is wrong: max relative error %.3e against %s "
+                    + "exceeds %.0e", impl, relError, onCpu ? "the plain loop" : "the host BLAS", MAX_REL_ERROR));
         }
         if (torch != null) {
-            Map<String, Object> theirs = torch.run(cmd, "torch_gemm.py", "--m", m, "--n", n, "--k", k, "--threads", t,
-                    "--seconds", seconds);
+            Map<String, Object> theirs = kind == Device.Kind.CUDA
+                    ? torch.run(cmd, "torch_gemm.py", "--m", m, "--n", n, "--k", k, "--threads", t, "--seconds", seconds,
+                            "--device", "cuda:" + ordinal, "--dtype", dtype)
+                    : torch.run(cmd, "torch_gemm.py", "--m", m, "--n", n, "--k", k, "--threads", t, "--seconds", seconds);
             double peerGflops = Peer.number(theirs, "gflops");
             err.printf("  %s: %.2f GFLOP/s; kindling / peer = %.2fx%n", theirs.get("impl"), peerGflops, gflops / peerGflops);
             err.flush();
@@ -119,6 +167,30 @@ final class GemmBench implements Callable<Integer> {
             }
         }
         return 0;
+    }
+
+    /**
+     * The reference C off the CPU: the host BLAS on every core over the operands as the device holds them
+     * (rounded to bf16 for bf16), so only the order of the fp32 sums differs.
+     */
+    private static void hostGemm(Gemm g, DType operands, float[] a, float[] b, float[] out, PrintWriter err) {
+        try (Device host = CpuDevice.open();
+             Tensor ha = host.fromFloats(operands == DType.BF16 ? bf16(a) : a, g.m(), g.k());
+             Tensor hb = host.fromFloats(operands == DType.BF16 ? bf16(b) : b, g.k(), g.n());
+             Tensor hc = host.allocate(DType.F32, g.m(), g.n())) {
+            err.printf("checking C against the host BLAS (%s, %d threads)...%n", host.backend().gemmImpl(), host.threads());
+            err.flush();
+            host.backend().gemm(g, hc, ha, hb);
+            System.arraycopy(hc.toFloatArray(), 0, out, 0, out.length);
+        }
+    }
+
+    private static float[] bf16(float[] x) {
+        float[] r = new float[x.length];
+        for (int i = 0; i < x.length; i++) {
+            r[i] = BF16.toFloat(BF16.fromFloat(x[i]));
+        }
+        return r;
     }
 
     /** max |c − ref| / max |ref|: the error relative to the result's scale (NaN anywhere makes it NaN). */

@@ -231,6 +231,33 @@ class CliTest {
     }
 
     @Test
+    void benchGemmOffTheCpuChecksAgainstTheHostBlasWithoutTheLoop() throws Exception {
+        CliRun r = CliRun.of("bench", "gemm", "--m", "13", "--n", "11", "--k", "9", "--seconds", "0.01", "--device", "reference",
+                "--dtype", "fp32", "--json");
+        assertEquals(0, r.code(), r.err());
+        JsonNode row = r.rows(null).get(0);
+        List<String> names = new ArrayList<>();
+        row.fieldNames().forEachRemaining(names::add);
+        assertEquals(List.of("bench", "m", "n", "k", "threads", "gflops", "naive_gflops", "impl", "median_gflops",
+                "naive_median_gflops", "max_rel_error"), names);
+        assertTrue(row.get("naive_gflops").isNull() && row.get("naive_median_gflops").isNull(), row.toString());
+        assertEquals("reference", row.get("impl").asText());
+        assertTrue(row.get("max_rel_error").asDouble() <= 1e-6, row.toString());
+        assertTrue(r.err().contains("C_host") && r.err().contains("--peer torch") && !r.err().contains("plain i-k-j loop"), r.err());
+    }
+
+    @Test
+    void benchGemmDtypeIsCheckedAndBf16IsNotForTheCpu() {
+        String[] gemm = {"bench", "gemm", "--m", "8", "--n", "8", "--k", "8", "--seconds", "0.01"};
+        CliRun.assertUsageError("--dtype must be fp32 or bf16, got fp16", concat(gemm, "--dtype", "fp16"));
+        CliRun.assertUsageError("--dtype bf16 needs a device whose GEMM takes bf16 operands (cuda); the CPU backend's GEMM is "
+                + "fp32 only", concat(gemm, "--dtype", "bf16", "--threads", "2"));
+        CliRun fp32 = CliRun.of(concat(gemm, "--dtype", "fp32", "--threads", "2"));
+        assertEquals(0, fp32.code(), fp32.err());
+        assertTrue(fp32.err().contains("gemm 8x8x8 fp32") && fp32.err().contains("plain i-k-j loop"), fp32.err());
+    }
+
+    @Test
     void badDeviceSpecsAreUsageErrorsWithTheReason() {
         String[] gemm = {"bench", "gemm", "--m", "8", "--n", "8", "--k", "8", "--seconds", "0.01"};
         CliRun.assertUsageError("no device \"tpu\" in this build (spec \"tpu:0\"); known: cpu, cuda, reference",

@@ -6,6 +6,8 @@ import java.nio.charset.StandardCharsets;
 import java.util.Optional;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
+import jcuda.Pointer;
+import jcuda.driver.CUdeviceptr;
 import jcuda.driver.CUresult;
 import jcuda.driver.JCudaDriver;
 
@@ -115,5 +117,30 @@ final class Cuda {
         if (result != CUresult.CUDA_SUCCESS) {
             throw new IllegalStateException("CUDA " + what + " failed: " + CUresult.stringFor(result));
         }
+    }
+
+    /**
+     * The kernel parameter array cuLaunchKernel takes for {@code args}: device pointers, and ints,
+     * longs and floats (C's int, long long and float).
+     *
+     * @throws IllegalArgumentException naming the kernel and argument of any other type
+     */
+    static Pointer params(String kernel, Object... args) {
+        Pointer[] params = new Pointer[args.length];
+        for (int i = 0; i < args.length; i++) {
+            Object a = args[i];
+            if (a instanceof CUdeviceptr p) {
+                params[i] = Pointer.to(p);
+            } else if (a instanceof Integer v) {
+                params[i] = Pointer.to(new int[] {v});
+            } else if (a instanceof Long v) {
+                params[i] = Pointer.to(new long[] {v});
+            } else if (a instanceof Float v) {
+                params[i] = Pointer.to(new float[] {v});
+            } else {
+                throw new IllegalArgumentException("kernel argument " + i + " of " + kernel + " is a " + a.getClass());
+            }
+        }
+        return Pointer.to(params);
     }
 }

@@ -7,6 +7,7 @@ import static org.kindling.ops.KernelChecks.scalarOut;
 import static org.kindling.ops.cuda.Cuda.check;
 
 import java.util.HashMap;
+import java.util.List;
 import java.util.Map;
 import jcuda.Pointer;
 import jcuda.driver.CUdeviceptr;
@@ -16,6 +17,7 @@ import jcuda.driver.JCudaDriver;
 import org.kindling.ops.BF16;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
+import org.kindling.ops.Gemm;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.Tensor;
@@ -40,6 +42,7 @@ final class CudaKernels {
     private final Map<String, CUfunction> functions = new HashMap<>();
     /** One double the sum kernel writes for {@link #sumOfSquares}; guarded by {@code this}. */
     private final CUdeviceptr total;
+    private final CudaGemm gemm;
 
     CudaKernels(CudaDevice device, byte[] fatbin) {
         this.device = device;
@@ -50,6 +53,7 @@ final class CudaKernels {
             functions.put(name, f);
         }
         total = device.allocZeroed(Double.BYTES);
+        gemm = new CudaGemm(device, module);
     }
 
     void unload() {
@@ -61,9 +65,9 @@ final class CudaKernels {
         return "cuda";
     }
 
-    /** GEMM has no CUDA kernel yet: it runs on the host's BLAS. */
+    /** GEMM runs on the device: gemm.cu's kernels (see {@link CudaGemm}). */
     public String gemmImpl() {
-        return "host:" + device.host().backend().gemmImpl();
+        return "cuda";
     }
 
     // ---- arguments ----
@@ -94,22 +98,9 @@ final class CudaKernels {
         if (blocks == 0) {
             return;
         }
-        Pointer[] params = new Pointer[args.length];
-        for (int i = 0; i < args.length; i++) {
-            Object a = args[i];
-            if (a instanceof CUdeviceptr p) {
-                params[i] = Pointer.to(p);
-            } else if (a instanceof Integer v) {
-                params[i] = Pointer.to(new int[] {v});
-            } else if (a instanceof Float v) {
-                params[i] = Pointer.to(new float[] {v});
-            } else {
-                throw new IllegalArgumentException("kernel argument " + i + " of " + name + " is a " + a.getClass());
-            }
-        }
         device.makeCurrent();
         check(JCudaDriver.cuLaunchKernel(functions.get(name), blocks, 1, 1, THREADS, 1, 1, 0, device.stream(),
-                Pointer.to(params), null), "launch of " + name);
+                Cuda.params(name, args), null), "launch of " + name);
     }
 
     // ---- host transfers: synchronous, so they wait for the stream's earlier kernels ----
@@ -265,5 +256,19 @@ final class CudaKernels {
         scalarOut(out, "addSumOfSquares out");
         launchBlocks("block_sum_f32", 1, base(x, DType.F32, "x"), x.offset(), x.numel(), 1, base(out, DType.F32, "out"),
                 out.offset(), scale, new CUdeviceptr());
+    }
+
+    // ---- matrix products (CudaGemm) ----
+
+    public void gemm(Gemm g, Tensor c, Tensor a, Tensor b) {
+        gemm.gemm(g, c, a, b);
+    }
+
+    public void gemmBatched(Gemm g, List<Tensor> c, List<Tensor> a, List<Tensor> b) {
+        gemm.gemmBatched(g, c, a, b);
+    }
+
+    public void groupedGemm(Gemm g, Tensor c, Tensor a, Tensor b, Tensor offsets) {
+        gemm.groupedGemm(g, c, a, b, offsets);
     }
 }

@@ -3,11 +3,13 @@ package org.kindling.ops.cuda;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 import static org.junit.jupiter.api.Assertions.fail;
 import static org.junit.jupiter.api.Assumptions.assumeTrue;
 
 import java.time.Duration;
+import java.util.List;
 import java.util.Optional;
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.AfterAll;
@@ -30,6 +32,8 @@ import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Fence;
+import org.kindling.ops.Gemm;
+import org.kindling.ops.GroupedGemm;
 import org.kindling.ops.HostFallback;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.Reference;
@@ -231,7 +235,7 @@ class CudaParityTest {
      */
     @Test
     void twoGptTrainingStepsMatchTheCpu() {
-        assertTrue(HostFallback.fallsBack(be, "gemm"), "gemm has no kernel yet; update this test when it does");
+        assertFalse(HostFallback.fallsBack(be, "gemm"));
         assertFalse(HostFallback.fallsBack(be, "binary"));
         ModelConfig model = ModelConfig.gpt(20, 32, 2, 4, 2, 64, 4, 0, 0.02, 1e-5);
         TrainConfig train = new TrainConfig(7, 3e-3, 3e-4, 1, 10, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, 512, 5, 0, 2);
@@ -247,5 +251,271 @@ class CudaParityTest {
         assertEquals(steps[0][0].loss(), steps[1][0].loss(), 1e-5 * Math.abs(steps[0][0].loss()), "first loss");
         assertEquals(steps[0][0].gradNorm(), steps[1][0].gradNorm(), 1e-4 * steps[0][0].gradNorm(), "first gradient norm");
         assertEquals(steps[0][1].loss(), steps[1][1].loss(), 1e-3 * Math.abs(steps[0][1].loss()), "second loss");
+    }
+
+    // ---- GEMM (gemm.cu) ----
+
+    /** m, n, k: unit sizes, sizes off every tile multiple (97×59×1025), a k below one K step, several tiles. */
+    private static final int[][] GEMM_SIZES = {{1, 1, 1}, {97, 59, 1025}, {59, 97, 1}, {1, 97, 59}, {1025, 1, 97},
+        {130, 257, 33}, {97, 0, 7}, {5, 6, 0}};
+
+    /**
+     * A layout with padded leading dimensions and, for batch > 1, gaps between the matrices, so
+     * the kernels must honour lda/ldb/ldc and the strides rather than assume packed operands.
+     */
+    private static Gemm padded(boolean ta, boolean tb, int m, int n, int k, int batch, float alpha, float beta) {
+        Gemm g = Gemm.of(ta, tb, m, n, k).scaled(alpha, beta);
+        g = g.leading(g.lda() + 3, g.ldb() + 5, g.ldc() + 2);
+        return batch == 1 ? g : g.strided(batch, g.spanA() + 11, g.spanB() + 4, g.spanC() + 7);
+    }
+
+    /** Elements a buffer needs for every matrix of g (plus a lead of `lead` elements before the first). */
+    private static int length(long span, long stride, int batch, int lead) {
+        return lead + (int) (span == 0 ? 0 : (batch - 1) * stride + span) + 1;
+    }
+
+    /** The fp64 result over whole buffers: every C of the batch replaced, everything else kept. */
+    private static double[] reference(Gemm g, double[] c, int oc, double[] a, int oa, double[] b, int ob) {
+        double[] out = c.clone();
+        for (int z = 0; z < g.batch(); z++) {
+            int zc = oc + (int) (z * g.strideC());
+            double[] r = Reference.gemm(g, c, zc, a, oa + (int) (z * g.strideA()), b, ob + (int) (z * g.strideB()));
+            for (int i = 0; i < g.m(); i++) {
+                for (int j = 0; j < g.n(); j++) {
+                    out[zc + i * g.ldc() + j] = r[i * g.n() + j];
+                }
+            }
+        }
+        return out;
+    }
+
+    private static float[] bf16(float[] x) {
+        float[] r = new float[x.length];
+        for (int i = 0; i < x.length; i++) {
+            r[i] = BF16.toFloat(BF16.fromFloat(x[i]));
+        }
+        return r;
+    }
+
+    /**
+     * The naive bf16 GEMM the tensor-core path is held to: operands rounded to bf16, products
+     * summed in fp32 in k order, alpha and beta applied in fp32; C outside the matrices kept.
+     */
+    private static float[] naiveBf16(Gemm g, float[] c, int oc, float[] a, int oa, float[] b, int ob) {
+        float[] ra = bf16(a);
+        float[] rb = bf16(b);
+        float[] out = c.clone();
+        for (int z = 0; z < g.batch(); z++) {
+            int za = oa + (int) (z * g.strideA());
+            int zb = ob + (int) (z * g.strideB());
+            int zc = oc + (int) (z * g.strideC());
+            for (int i = 0; i < g.m(); i++) {
+                for (int j = 0; j < g.n(); j++) {
+                    float s = 0;
+                    for (int p = 0; p < g.k(); p++) {
+                        float av = g.transA() ? ra[za + p * g.lda() + i] : ra[za + i * g.lda() + p];
+                        float bv = g.transB() ? rb[zb + j * g.ldb() + p] : rb[zb + p * g.ldb() + j];
+                        s += av * bv;
+                    }
+                    int at = zc + i * g.ldc() + j;
+                    out[at] = g.beta() == 0f ? g.alpha() * s : g.alpha() * s + g.beta() * c[at];
+                }
+            }
+        }
+        return out;
+    }
+
+    private static double maxError(double[] want, float[] got) {
+        double e = 0;
+        for (int i = 0; i < want.length; i++) {
+            double d = Math.abs(got[i] - want[i]);
+            e = Double.isNaN(d) ? Double.POSITIVE_INFINITY : Math.max(e, d);
+        }
+        return e;
+    }
+
+    /** Runs g on the device over buffers A, B, C (C prefilled; NaN when beta = 0, which must not be read). */
+    private static float[] runGemm(Gemm g, DType operands, float[] a, int oa, float[] b, int ob, float[] c, int oc) {
+        try (Tensor ta = dev.allocate(operands, a.length); Tensor tb = dev.allocate(operands, b.length);
+             Tensor tc = dev.fromFloats(c, c.length)) {
+            ta.copyFrom(a);
+            tb.copyFrom(b);
+            be.gemm(g, tc.view(oc, c.length - oc), ta.view(oa, a.length - oa), tb.view(ob, b.length - ob));
+            return tc.toFloatArray();
+        }
+    }
+
+    /** C before the product: NaN where beta = 0 (the kernel must not read it), else random; the gaps random too. */
+    private static float[] initialC(Gemm g, int length, long seed) {
+        float[] c = uniform(seed, length, -1, 1);
+        if (g.beta() == 0f) {
+            for (int z = 0; z < g.batch(); z++) {
+                for (int i = 0; i < g.m(); i++) {
+                    for (int j = 0; j < g.n(); j++) {
+                        c[1 + (int) (z * g.strideC()) + i * g.ldc() + j] = Float.NaN;
+                    }
+                }
+            }
+        }
+        return c;
+    }
+
+    private static List<Gemm> gemmCases() {
+        List<Gemm> cases = new java.util.ArrayList<>();
+        for (boolean ta : new boolean[] {false, true}) {
+            for (boolean tb : new boolean[] {false, true}) {
+                for (int[] s : GEMM_SIZES) {
+                    cases.add(Gemm.of(ta, tb, s[0], s[1], s[2]));
+                    cases.add(padded(ta, tb, s[0], s[1], s[2], 1, -0.5f, 0.75f));
+                }
+                cases.add(padded(ta, tb, 97, 59, 1025, 3, 1f, 0f));
+                cases.add(padded(ta, tb, 33, 130, 17, 4, 2f, 1f));
+                cases.add(Gemm.batched(2, ta, tb, 129, 127, 64).scaled(0.5f, -1f));
+            }
+        }
+        return cases;
+    }
+
+    @Test
+    void gemmRunsOnTheDevice() {
+        assertEquals("cuda", be.gemmImpl());
+        assertFalse(HostFallback.fallsBack(be, "gemmBatched"));
+        assertFalse(HostFallback.fallsBack(be, "groupedGemm"));
+    }
+
+    /** fp32: every transpose combination, awkward sizes, padded leading dimensions, batches with gaps, alpha/beta. */
+    @Test
+    void f32GemmMatchesReferenceForEveryLayout() {
+        long seed = 100;
+        for (Gemm g : gemmCases()) {
+            // Operands start one element into their buffers and C has a lead element: offsets are honoured.
+            float[] a = uniform(seed++, length(g.spanA(), g.strideA(), g.batch(), 1), -1, 1);
+            float[] b = uniform(seed++, length(g.spanB(), g.strideB(), g.batch(), 1), -1, 1);
+            float[] c = initialC(g, length(g.spanC(), g.strideC(), g.batch(), 1), seed++);
+            float[] got = runGemm(g, DType.F32, a, 1, b, 1, c, 1);
+            double[] want = reference(g, Reference.widen(c), 1, Reference.widen(a), 1, Reference.widen(b), 1);
+            close("f32 " + g, want, got, 1e-6 * Math.max(1, g.k()));
+            assertArrayEquals(got, runGemm(g, DType.F32, a, 1, b, 1, c, 1), "the same bits on a second run: " + g);
+        }
+    }
+
+    /**
+     * bf16 operands on tensor cores: against fp64 over the unrounded operands, the error may be at
+     * most twice that of a naive bf16 GEMM (operands rounded to bf16, fp32 sums in k order) plus
+     * fp32 rounding of the result; the fp32 accumulation must also be deterministic.
+     */
+    @Test
+    void bf16GemmIsWithinTwiceTheNaiveBf16Error() {
+        long seed = 500;
+        for (Gemm g : gemmCases()) {
+            float[] a = uniform(seed++, length(g.spanA(), g.strideA(), g.batch(), 1), -1, 1);
+            float[] b = uniform(seed++, length(g.spanB(), g.strideB(), g.batch(), 1), -1, 1);
+            float[] c = initialC(g, length(g.spanC(), g.strideC(), g.batch(), 1), seed++);
+            float[] got = runGemm(g, DType.BF16, a, 1, b, 1, c, 1);
+            double[] want = reference(g, Reference.widen(c), 1, Reference.widen(a), 1, Reference.widen(b), 1);
+            double naive = maxError(want, naiveBf16(g, c, 1, a, 1, b, 1));
+            double bound = 2 * naive + 1e-6 * Math.max(1, g.k());
+            double err = maxError(want, got);
+            assertTrue(err <= bound, "bf16 " + g + ": max error " + err + " exceeds twice the naive bf16 error " + naive);
+            assertArrayEquals(got, runGemm(g, DType.BF16, a, 1, b, 1, c, 1), "the same bits on a second run: " + g);
+        }
+    }
+
+    /** A large bf16 product spans many tiles and K steps; its error still stays within the rule. */
+    @Test
+    void largeBf16GemmIsWithinTwiceTheNaiveBf16Error() {
+        Gemm g = Gemm.of(false, true, 515, 389, 2049);
+        float[] a = uniform(900, (int) g.spanA(), -1, 1);
+        float[] b = uniform(901, (int) g.spanB(), -1, 1);
+        float[] c = new float[(int) g.spanC()];
+        float[] got = runGemm(g, DType.BF16, a, 0, b, 0, c, 0);
+        double[] want = reference(g, Reference.widen(c), 0, Reference.widen(a), 0, Reference.widen(b), 0);
+        double naive = maxError(want, naiveBf16(g, c, 0, a, 0, b, 0));
+        assertTrue(maxError(want, got) <= 2 * naive + 1e-6 * g.k(), "max error " + maxError(want, got) + ", naive " + naive);
+    }
+
+    @Test
+    void gemmBatchedMatchesGemmPerTriple() {
+        Gemm g = padded(true, false, 97, 59, 130, 1, 1.5f, 0.5f);
+        int span = length(g.spanC(), 0, 1, 0);
+        try (Tensor a = dev.fromFloats(uniform(20, 3 * (int) g.spanA(), -1, 1), 3 * (int) g.spanA());
+             Tensor b = dev.fromFloats(uniform(21, 3 * (int) g.spanB(), -1, 1), 3 * (int) g.spanB());
+             Tensor c = dev.fromFloats(uniform(22, 3 * span, -1, 1), 3 * span);
+             Tensor each = dev.fromFloats(c.toFloatArray(), 3 * span)) {
+            List<Tensor> as = List.of(a.view(0, (int) g.spanA()), a.view(2 * (int) g.spanA(), (int) g.spanA()),
+                    a.view((int) g.spanA(), (int) g.spanA()));
+            List<Tensor> bs = List.of(b.view((int) g.spanB(), (int) g.spanB()), b.view(0, (int) g.spanB()),
+                    b.view(2 * (int) g.spanB(), (int) g.spanB()));
+            be.gemmBatched(g, List.of(c.view(0, span), c.view(span, span), c.view(2 * span, span)), as, bs);
+            for (int i = 0; i < 3; i++) {
+                be.gemm(g, each.view(i * span, span), as.get(i), bs.get(i));
+            }
+            assertArrayEquals(each.toFloatArray(), c.toFloatArray());
+            double[] want = Reference.gemm(g, Reference.widen(uniform(22, 3 * span, -1, 1)), span,
+                    Reference.widen(a.toFloatArray()), 2 * (int) g.spanA(), Reference.widen(b.toFloatArray()), 0);
+            float[] all = c.toFloatArray();
+            float[] got = new float[g.m() * g.n()];
+            for (int i = 0; i < g.m(); i++) {
+                System.arraycopy(all, span + i * g.ldc(), got, i * g.n(), g.n());
+            }
+            close("gemmBatched[1]", want, got, 1e-6 * g.k());
+        }
+    }
+
+    /**
+     * Both grouped forms with empty groups (first, middle, last): against the fp64 reference, and
+     * bit for bit what gemm gives for each group's product, as Backend.groupedGemm promises.
+     */
+    @Test
+    void groupedGemmBothFormsWithEmptyGroupsMatchReferenceAndPerGroupGemm() {
+        int[] offsets = {0, 0, 37, 37, 130, 131, 131};
+        int rows = 131;
+        int experts = offsets.length - 1;
+        int m = 24;
+        int n = 19;
+        int k = 40;
+        for (int form = 0; form < 3; form++) {
+            Gemm g = switch (form) {
+                case 0 -> Gemm.of(false, false, rows, n, k).scaled(1f, 0f);
+                case 1 -> Gemm.of(false, true, rows, n, k).scaled(-1f, 0.5f);
+                default -> Gemm.of(true, false, m, n, rows).scaled(1f, 1f);
+            };
+            int na = g.transA() ? rows * m : rows * k;
+            int nb = g.transA() ? rows * n : experts * k * n;
+            int nc = g.transA() ? experts * m * n : rows * n;
+            float[] a = uniform(30 + form, na, -1, 1);
+            float[] b = uniform(40 + form, nb, -1, 1);
+            float[] c = uniform(50 + form, nc, -1, 1);
+            try (Tensor ta = dev.fromFloats(a, na); Tensor tb = dev.fromFloats(b, nb); Tensor tc = dev.fromFloats(c, nc);
+                 Tensor each = dev.fromFloats(c, nc); Tensor off = dev.fromInts(offsets, offsets.length)) {
+                be.groupedGemm(g, tc, ta, tb, off);
+                GroupedGemm gg = new GroupedGemm(g, offsets);
+                for (int e = 0; e < experts; e++) {
+                    if (gg.runs(e)) {
+                        be.gemm(gg.group(e), gg.c(each, e), gg.a(ta, e), gg.b(tb, e));
+                    }
+                }
+                float[] got = tc.toFloatArray();
+                assertArrayEquals(each.toFloatArray(), got, "form " + form + ": per-group gemm");
+                double[] want = Reference.groupedGemm(gg, Reference.widen(c), Reference.widen(a), Reference.widen(b));
+                close("grouped form " + form, want, got, 1e-6 * Math.max(k, rows));
+            }
+        }
+    }
+
+    @Test
+    void gemmRejectsMixedOperandsAndShortBuffers() {
+        Gemm g = Gemm.of(false, false, 4, 5, 6);
+        try (Tensor a = dev.allocate(DType.F32, 24); Tensor b = dev.allocate(DType.BF16, 30);
+             Tensor fb = dev.allocate(DType.F32, 30); Tensor c = dev.allocate(DType.F32, 20)) {
+            IllegalArgumentException mixed = assertThrows(IllegalArgumentException.class, () -> be.gemm(g, c, a, b));
+            assertTrue(mixed.getMessage().contains("both F32 or both BF16"), mixed.getMessage());
+            IllegalArgumentException span = assertThrows(IllegalArgumentException.class,
+                    () -> be.gemm(g, c, a, fb.view(0, 29)));
+            assertTrue(span.getMessage().contains("needs 30"), span.getMessage());
+            IllegalArgumentException out = assertThrows(IllegalArgumentException.class,
+                    () -> be.gemm(g, b.view(0, 20), a, fb));
+            assertTrue(out.getMessage().contains("gemm C"), out.getMessage());
+        }
     }
 }
