@@ -147,3 +147,5 @@ extern "C" __global__ void block_sum_f32(const float* x, int ox, int n, int squa
         }
     }
 }
+
+#include "nn.cu"
