@@ -45,7 +45,8 @@ import org.kindling.ops.UnaryOp;
 
 /**
  * Every CUDA kernel against the fp64 {@link Reference} twins with the CPU kernels' fp32
- * tolerances, and one GPT training step on cuda against cpu. Runs only where a GPU is: elsewhere
+ * tolerances (the transformer kernels: relative to the CPU backend's own fp32 error), and one GPT
+ * training step on cuda against cpu. Runs only where a GPU is: elsewhere
  * every test is skipped, saying why.
  */
 @Tag("gpu")
