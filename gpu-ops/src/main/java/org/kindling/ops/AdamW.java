@@ -30,4 +30,19 @@ public record AdamW(float lr, float beta1, float beta2, float eps, float weightD
             throw new IllegalArgumentException("AdamW gradient scale must be finite, got " + gradScale);
         }
     }
+
+    /** The weight-decay factor 1 − lr·wd that multiplies every parameter. */
+    public float decay() {
+        return 1f - lr * weightDecay;
+    }
+
+    /** lr / (1 − β1^t): the learning rate with the first moment's bias correction folded in. */
+    public float stepSize() {
+        return (float) (lr / (1.0 - Math.pow(beta1, step)));
+    }
+
+    /** √(1 − β2^t), which divides √v to correct the second moment's bias. */
+    public float bc2Sqrt() {
+        return (float) Math.sqrt(1.0 - Math.pow(beta2, step));
+    }
 }

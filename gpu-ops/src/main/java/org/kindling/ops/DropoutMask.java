@@ -11,6 +11,11 @@ public final class DropoutMask {
 
     /** Whether dropout with probability p keeps element {@code index} under {@code seed}. */
     public static boolean keeps(long seed, long index, float p) {
-        return Seeds.bits24(seed, index) >= (long) (p * (1L << 24));
+        return Seeds.bits24(seed, index) >= threshold(p);
+    }
+
+    /** The least 24-bit draw that keeps an element under probability p (device kernels compare against it). */
+    public static int threshold(float p) {
+        return (int) (long) (p * (1L << 24));
     }
 }

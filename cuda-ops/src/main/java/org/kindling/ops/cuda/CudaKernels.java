@@ -1,8 +1,12 @@
 package org.kindling.ops.cuda;
 
 import static org.kindling.ops.KernelChecks.binaryPeriod;
+import static org.kindling.ops.KernelChecks.checkDropout;
+import static org.kindling.ops.KernelChecks.checkIds;
+import static org.kindling.ops.KernelChecks.checkTargets;
 import static org.kindling.ops.KernelChecks.numel;
 import static org.kindling.ops.KernelChecks.sameNumel;
+import static org.kindling.ops.KernelChecks.sameRows;
 import static org.kindling.ops.KernelChecks.scalarOut;
 import static org.kindling.ops.cuda.Cuda.check;
 
@@ -14,9 +18,11 @@ import jcuda.driver.CUdeviceptr;
 import jcuda.driver.CUfunction;
 import jcuda.driver.CUmodule;
 import jcuda.driver.JCudaDriver;
+import org.kindling.ops.AdamW;
 import org.kindling.ops.BF16;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
+import org.kindling.ops.DropoutMask;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.ReduceOp;
@@ -35,7 +41,10 @@ final class CudaKernels {
     /** Grid-stride loops cover the rest; more blocks than this only adds scheduling. */
     private static final long MAX_BLOCKS = 1 << 16;
     private static final String[] FUNCTIONS = {"fill_f32", "fill_i32", "fill_bf16", "f32_to_bf16", "bf16_to_f32",
-        "affine_f32", "unary_f32", "binary_f32", "reduce_rows_f32", "block_sum_f32"};
+        "affine_f32", "unary_f32", "binary_f32", "reduce_rows_f32", "block_sum_f32",
+        "softmax_forward_f32", "softmax_backward_f32", "layer_norm_forward_f32", "layer_norm_backward_dx_f32",
+        "layer_norm_backward_dwb_f32", "gelu_forward_f32", "gelu_backward_f32", "dropout_forward_f32",
+        "dropout_backward_f32", "embedding_forward_f32", "embedding_backward_f32", "cross_entropy_f32", "adamw_f32"};
 
     private final CudaDevice device;
     private final CUmodule module = new CUmodule();
@@ -270,5 +279,190 @@ final class CudaKernels {
 
     public void groupedGemm(Gemm g, Tensor c, Tensor a, Tensor b, Tensor offsets) {
         gemm.groupedGemm(g, c, a, b, offsets);
+    }
+
+    // ---- transformer kernels (nn.cu): F32 only, as on the CPU; one block per row for row-wise ops ----
+
+    /** One block per row (grid-stride beyond MAX_BLOCKS rows). */
+    private void launchRows(String name, int rows, Object... args) {
+        launchBlocks(name, (int) Math.min(rows, MAX_BLOCKS), args);
+    }
+
+    /** The I32 tensor's values on the host, for the CPU's range checks (ids and targets: one int per token). */
+    private int[] hostInts(Tensor t, String what) {
+        storage(t, DType.I32, what);
+        int[] h = new int[t.numel()];
+        copyToHost(h, t);
+        return h;
+    }
+
+    public void softmaxForward(Tensor y, Tensor x) {
+        sameRows(y, "softmax y", x);
+        launchRows("softmax_forward_f32", x.rows(), base(y, DType.F32, "y"), y.offset(), base(x, DType.F32, "x"), x.offset(),
+                x.rows(), x.cols());
+    }
+
+    public void softmaxBackward(Tensor dx, Tensor dy, Tensor y) {
+        sameRows(dx, "softmax dx", y);
+        sameRows(dy, "softmax dy", y);
+        launchRows("softmax_backward_f32", y.rows(), base(dx, DType.F32, "dx"), dx.offset(), base(dy, DType.F32, "dy"),
+                dy.offset(), base(y, DType.F32, "y"), y.offset(), y.rows(), y.cols());
+    }
+
+    public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias, float eps) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(out, "layerNorm out", x);
+        numel(mean, "layerNorm mean", rows);
+        numel(rstd, "layerNorm rstd", rows);
+        numel(weight, "layerNorm weight", cols);
+        numel(bias, "layerNorm bias", cols);
+        launchRows("layer_norm_forward_f32", rows, base(out, DType.F32, "out"), out.offset(), base(mean, DType.F32, "mean"),
+                mean.offset(), base(rstd, DType.F32, "rstd"), rstd.offset(), base(x, DType.F32, "x"), x.offset(),
+                base(weight, DType.F32, "weight"), weight.offset(), base(bias, DType.F32, "bias"), bias.offset(), rows, cols,
+                eps);
+    }
+
+    public void layerNormBackward(Tensor dx, Tensor dweight, Tensor dbias, Tensor dy, Tensor x, Tensor weight,
+                                  Tensor mean, Tensor rstd) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(dx, "layerNorm dx", x);
+        sameRows(dy, "layerNorm dy", x);
+        numel(dweight, "layerNorm dweight", cols);
+        numel(dbias, "layerNorm dbias", cols);
+        numel(weight, "layerNorm weight", cols);
+        numel(mean, "layerNorm mean", rows);
+        numel(rstd, "layerNorm rstd", rows);
+        CUdeviceptr dyp = base(dy, DType.F32, "dy");
+        CUdeviceptr xp = base(x, DType.F32, "x");
+        CUdeviceptr mp = base(mean, DType.F32, "mean");
+        CUdeviceptr rp = base(rstd, DType.F32, "rstd");
+        launchRows("layer_norm_backward_dx_f32", rows, base(dx, DType.F32, "dx"), dx.offset(), dyp, dy.offset(), xp,
+                x.offset(), base(weight, DType.F32, "weight"), weight.offset(), mp, mean.offset(), rp, rstd.offset(), rows,
+                cols);
+        launch("layer_norm_backward_dwb_f32", cols, base(dweight, DType.F32, "dweight"), dweight.offset(),
+                base(dbias, DType.F32, "dbias"), dbias.offset(), dyp, dy.offset(), xp, x.offset(), mp, mean.offset(), rp,
+                rstd.offset(), rows, cols);
+    }
+
+    public void geluForward(Tensor out, Tensor x) {
+        sameNumel(out, "out", x, "x");
+        launch("gelu_forward_f32", x.numel(), base(out, DType.F32, "out"), out.offset(), base(x, DType.F32, "x"), x.offset(),
+                x.numel());
+    }
+
+    public void geluBackward(Tensor dx, Tensor dy, Tensor x) {
+        sameNumel(dx, "dx", x, "x");
+        sameNumel(dy, "dy", x, "x");
+        launch("gelu_backward_f32", x.numel(), base(dx, DType.F32, "dx"), dx.offset(), base(dy, DType.F32, "dy"),
+                dy.offset(), base(x, DType.F32, "x"), x.offset(), x.numel());
+    }
+
+    public void dropoutForward(Tensor out, Tensor x, float p, long seed) {
+        checkDropout(p);
+        sameNumel(out, "out", x, "x");
+        launch("dropout_forward_f32", x.numel(), base(out, DType.F32, "out"), out.offset(), base(x, DType.F32, "x"),
+                x.offset(), x.numel(), DropoutMask.threshold(p), 1f / (1f - p), seed);
+    }
+
+    public void dropoutBackward(Tensor dx, Tensor dy, float p, long seed) {
+        checkDropout(p);
+        sameNumel(dx, "dx", dy, "dy");
+        launch("dropout_backward_f32", dy.numel(), base(dx, DType.F32, "dx"), dx.offset(), base(dy, DType.F32, "dy"),
+                dy.offset(), dy.numel(), DropoutMask.threshold(p), 1f / (1f - p), seed);
+    }
+
+    public void embeddingForward(Tensor out, Tensor ids, Tensor table) {
+        int n = ids.numel();
+        int cols = table.cols();
+        numel(out, "embedding out", n * cols);
+        CUdeviceptr op = base(out, DType.F32, "out");
+        CUdeviceptr tp = base(table, DType.F32, "table");
+        checkIds(hostInts(ids, "ids"), 0, n, table.rows(), "embedding ids");
+        launch("embedding_forward_f32", (long) n * cols, op, out.offset(), base(ids, DType.I32, "ids"), ids.offset(), tp,
+                table.offset(), n, cols);
+    }
+
+    /**
+     * Deterministic without float atomics: the ids, already on the host for the range check, are
+     * grouped by a counting pass into each distinct id's tokens in token order; one thread per
+     * (id, column) then adds them in that order (see nn.cu), the CPU's order, so the sums match it.
+     */
+    public void embeddingBackward(Tensor dtable, Tensor dout, Tensor ids) {
+        int n = ids.numel();
+        int cols = dtable.cols();
+        int vocab = dtable.rows();
+        numel(dout, "embedding dout", n * cols);
+        CUdeviceptr dtp = base(dtable, DType.F32, "dtable");
+        CUdeviceptr dop = base(dout, DType.F32, "dout");
+        int[] idv = hostInts(ids, "ids");
+        checkIds(idv, 0, n, vocab, "embedding ids");
+        if (n == 0 || cols == 0) {
+            return;
+        }
+        int[] count = new int[vocab];
+        int distinct = 0;
+        for (int id : idv) {
+            if (count[id]++ == 0) {
+                distinct++;
+            }
+        }
+        // groups = distinct ids | each one's first token slot (plus the end) | token indices by id, in token order
+        int[] groups = new int[2 * distinct + 1 + n];
+        int[] next = new int[vocab];
+        int u = 0;
+        int slot = 0;
+        for (int id = 0; id < vocab; id++) {
+            if (count[id] > 0) {
+                groups[u] = id;
+                groups[distinct + u] = slot;
+                next[id] = slot;
+                slot += count[id];
+                u++;
+            }
+        }
+        groups[2 * distinct] = n;
+        for (int t = 0; t < n; t++) {
+            groups[2 * distinct + 1 + next[idv[t]]++] = t;
+        }
+        try (Tensor g = device.allocate(DType.I32, groups.length)) {
+            copyFromHost(g, groups);
+            launch("embedding_backward_f32", (long) distinct * cols, dtp, dtable.offset(), dop, dout.offset(),
+                    base(g, DType.I32, "groups"), g.offset(), distinct, cols);
+        }
+    }
+
+    public void crossEntropyForward(Tensor losses, Tensor logits, Tensor targets, int ignoreIndex) {
+        crossEntropy(losses, null, logits, targets, ignoreIndex, 0f);
+    }
+
+    public void crossEntropyForwardBackward(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets, int ignoreIndex,
+                                            float dlossScale) {
+        sameRows(dlogits, "cross-entropy dlogits", logits);
+        crossEntropy(losses, dlogits, logits, targets, ignoreIndex, dlossScale);
+    }
+
+    private void crossEntropy(Tensor losses, Tensor dlogits, Tensor logits, Tensor targets, int ignoreIndex, float scale) {
+        int rows = logits.rows();
+        int vocab = logits.cols();
+        numel(losses, "cross-entropy losses", rows);
+        numel(targets, "cross-entropy targets", rows);
+        CUdeviceptr lp = base(losses, DType.F32, "losses");
+        CUdeviceptr xp = base(logits, DType.F32, "logits");
+        CUdeviceptr dp = dlogits == null ? new CUdeviceptr() : base(dlogits, DType.F32, "dlogits");
+        checkTargets(hostInts(targets, "targets"), 0, rows, vocab, ignoreIndex);
+        launchRows("cross_entropy_f32", rows, lp, losses.offset(), dp, dlogits == null ? 0 : dlogits.offset(), xp,
+                logits.offset(), base(targets, DType.I32, "targets"), targets.offset(), rows, vocab, ignoreIndex, scale);
+    }
+
+    public void adamW(Tensor params, Tensor grads, Tensor m, Tensor v, AdamW s) {
+        sameNumel(grads, "grads", params, "params");
+        sameNumel(m, "m", params, "params");
+        sameNumel(v, "v", params, "params");
+        launch("adamw_f32", params.numel(), base(params, DType.F32, "params"), params.offset(), base(grads, DType.F32, "grads"),
+                grads.offset(), base(m, DType.F32, "m"), m.offset(), base(v, DType.F32, "v"), v.offset(), params.numel(),
+                s.beta1(), 1f - s.beta1(), s.beta2(), 1f - s.beta2(), s.decay(), s.stepSize(), s.bc2Sqrt(), s.eps(),
+                s.gradScale());
     }
 }

@@ -12,13 +12,17 @@ import java.time.Duration;
 import java.util.List;
 import java.util.Optional;
 import java.util.SplittableRandom;
+import java.util.stream.Stream;
 import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.Arguments;
 import org.junit.jupiter.params.provider.EnumSource;
+import org.junit.jupiter.params.provider.MethodSource;
+import org.junit.jupiter.params.provider.ValueSource;
 import org.kindling.models.Gpt;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.TrainConfig;
@@ -26,11 +30,13 @@ import org.kindling.models.data.DataSource;
 import org.kindling.models.data.Synthetic;
 import org.kindling.models.train.StepResult;
 import org.kindling.models.train.Trainer;
+import org.kindling.ops.AdamW;
 import org.kindling.ops.BF16;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
+import org.kindling.ops.DropoutMask;
 import org.kindling.ops.Fence;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.GroupedGemm;
@@ -50,6 +56,9 @@ class CudaParityTest {
     private static final int[] SIZES = {1, 7, 59, 97, 1025, 97 * 1025};
     private static Device dev;
     private static Backend be;
+    /** The fp32 CPU backend: the yardstick whose error against fp64 each fused CUDA kernel's error must stay near. */
+    private static Device cpu;
+    private static Backend cb;
 
     private static Optional<String> unavailable;
 
@@ -59,6 +68,8 @@ class CudaParityTest {
         if (unavailable.isEmpty()) {
             dev = Device.open("cuda");
             be = dev.backend();
+            cpu = Device.open("cpu:2");
+            cb = cpu.backend();
         }
     }
 
@@ -72,6 +83,9 @@ class CudaParityTest {
     static void close() {
         if (dev != null) {
             dev.close();
+        }
+        if (cpu != null) {
+            cpu.close();
         }
     }
 
@@ -516,6 +530,358 @@ class CudaParityTest {
             IllegalArgumentException out = assertThrows(IllegalArgumentException.class,
                     () -> be.gemm(g, b.view(0, 20), a, fb));
             assertTrue(out.getMessage().contains("gemm C"), out.getMessage());
+        }
+    }
+
+    // ---- transformer kernels (nn.cu) ----
+    //
+    // The project's rule for fused kernels: against the fp64 Reference, a CUDA kernel's largest error
+    // may be at most 2× (outputs) or 3× (gradients) that of an fp32 implementation, here the CPU
+    // backend on the same inputs, plus a floor of 8 fp32 ulps at the data's scale for the cases
+    // where the fp32 result happens to be exact. Gradients start from random values, so each
+    // backward kernel is checked to accumulate.
+
+    private static final String[] NN_OPS = {"softmaxForward", "softmaxBackward", "layerNormForward", "layerNormBackward",
+        "geluForward", "geluBackward", "dropoutForward", "dropoutBackward", "embeddingForward", "embeddingBackward",
+        "crossEntropyForward", "crossEntropyForwardBackward", "adamW"};
+
+    static Stream<Arguments> rowsCols() {
+        return Stream.of(Arguments.of(1, 1), Arguments.of(7, 59), Arguments.of(97, 59), Arguments.of(97, 1025),
+                Arguments.of(3, 4099), Arguments.of(1025, 7));
+    }
+
+    private static double maxErr(double[] want, float[] got) {
+        assertEquals(want.length, got.length);
+        double m = 0;
+        for (int i = 0; i < want.length; i++) {
+            double e = Math.abs(got[i] - want[i]);
+            if (Double.isNaN(e)) {
+                return Double.POSITIVE_INFINITY;
+            }
+            m = Math.max(m, e);
+        }
+        return m;
+    }
+
+    private static void oracle(String what, double[] ref, float[] gpu, float[] fp32, double factor) {
+        double eg = maxErr(ref, gpu);
+        double ec = maxErr(ref, fp32);
+        double scale = 1;
+        for (double v : ref) {
+            scale = Math.max(scale, Math.abs(v));
+        }
+        double floor = 8 * Math.ulp(1f) * scale;
+        assertTrue(eg <= factor * ec + floor, String.format("%s: cuda error %.3e > %.0f x fp32 cpu error %.3e (+%.1e)",
+                what, eg, factor, ec, floor));
+    }
+
+    private static double[] plus(double[] a, float[] b) {
+        double[] out = new double[a.length];
+        for (int i = 0; i < a.length; i++) {
+            out[i] = a[i] + b[i];
+        }
+        return out;
+    }
+
+    private static int[] ints(long seed, int n, int bound) {
+        SplittableRandom r = new SplittableRandom(seed);
+        int[] x = new int[n];
+        for (int i = 0; i < n; i++) {
+            x[i] = r.nextInt(bound);
+        }
+        return x;
+    }
+
+    @Test
+    void noTransformerKernelFallsBackToTheHost() {
+        for (String op : NN_OPS) {
+            assertFalse(HostFallback.fallsBack(be, op), op + " falls back to the host");
+        }
+    }
+
+    @ParameterizedTest(name = "{0}x{1}")
+    @MethodSource("rowsCols")
+    void softmaxMatchesReferenceInPlaceAndAccumulates(int rows, int cols) {
+        int n = rows * cols;
+        float[] x = uniform(11, n, -6, 6);
+        x[0] = Float.NEGATIVE_INFINITY; // a masked element
+        float[] dy = uniform(12, n, -1, 1);
+        float[] prior = uniform(13, n, -1, 1);
+        double[] ref = Reference.softmax(Reference.widen(x), rows, cols);
+        try (Tensor tx = dev.fromFloats(x, rows, cols); Tensor y = dev.allocate(DType.F32, rows, cols);
+             Tensor tdy = dev.fromFloats(dy, rows, cols); Tensor dx = dev.fromFloats(prior, rows, cols);
+             Tensor cx = cpu.fromFloats(x, rows, cols); Tensor cy = cpu.allocate(DType.F32, rows, cols);
+             Tensor cdy = cpu.fromFloats(dy, rows, cols); Tensor cdx = cpu.fromFloats(prior, rows, cols)) {
+            be.softmaxForward(y, tx);
+            cb.softmaxForward(cy, cx);
+            float[] got = y.toFloatArray();
+            oracle("softmax " + rows + "x" + cols, ref, got, cy.toFloatArray(), 2);
+            be.softmaxBackward(dx, tdy, y);
+            cb.softmaxBackward(cdx, cdy, cy);
+            double[] g = plus(Reference.softmaxBackwardFromOutput(Reference.widen(dy), ref, rows, cols), prior);
+            oracle("softmax dx " + rows + "x" + cols, g, dx.toFloatArray(), cdx.toFloatArray(), 3);
+            be.softmaxForward(tx, tx);
+            assertArrayEquals(got, tx.toFloatArray(), "in place gives the same bits");
+        }
+    }
+
+    @Test
+    void softmaxOfAFullyMaskedRowIsZero() {
+        float[] x = {Float.NEGATIVE_INFINITY, Float.NEGATIVE_INFINITY, Float.NEGATIVE_INFINITY, 0f, 1f, 2f};
+        try (Tensor tx = dev.fromFloats(x, 2, 3); Tensor y = dev.fromFloats(new float[] {5, 5, 5, 5, 5, 5}, 2, 3)) {
+            be.softmaxForward(y, tx);
+            float[] got = y.toFloatArray();
+            assertArrayEquals(new float[] {0, 0, 0}, java.util.Arrays.copyOf(got, 3));
+            assertEquals(1.0, got[3] + got[4] + got[5], 1e-6);
+        }
+    }
+
+    @ParameterizedTest(name = "{0}x{1}")
+    @MethodSource("rowsCols")
+    void layerNormMatchesReferenceAndAccumulates(int rows, int cols) {
+        int n = rows * cols;
+        float[] x = uniform(21, n, -3, 5);
+        float[] w = uniform(22, cols, 0.5, 1.5);
+        float[] b = uniform(23, cols, -1, 1);
+        float[] dy = uniform(24, n, -1, 1);
+        float[] prior = uniform(25, n, -1, 1);
+        float[] priorW = uniform(26, cols, -1, 1);
+        float[] priorB = uniform(27, cols, -1, 1);
+        float eps = 1e-5f;
+        double[][] ref = Reference.layerNorm(Reference.widen(x), Reference.widen(w), Reference.widen(b), rows, cols, eps);
+        double[][] g = Reference.layerNormBackward(Reference.widen(dy), Reference.widen(x), Reference.widen(w), rows, cols, eps);
+        float[][] got = new float[6][];
+        float[][] fp32 = new float[6][];
+        for (Device d : new Device[] {dev, cpu}) {
+            Backend k = d.backend();
+            try (Tensor tx = d.fromFloats(x, rows, cols); Tensor tw = d.fromFloats(w, cols); Tensor tb = d.fromFloats(b, cols);
+                 Tensor out = d.allocate(DType.F32, rows, cols); Tensor mean = d.allocate(DType.F32, rows);
+                 Tensor rstd = d.allocate(DType.F32, rows); Tensor tdy = d.fromFloats(dy, rows, cols);
+                 Tensor dx = d.fromFloats(prior, rows, cols); Tensor dw = d.fromFloats(priorW, cols);
+                 Tensor db = d.fromFloats(priorB, cols)) {
+                k.layerNormForward(out, mean, rstd, tx, tw, tb, eps);
+                k.layerNormBackward(dx, dw, db, tdy, tx, tw, mean, rstd);
+                float[][] r = d == dev ? got : fp32;
+                r[0] = out.toFloatArray();
+                r[1] = mean.toFloatArray();
+                r[2] = rstd.toFloatArray();
+                r[3] = dx.toFloatArray();
+                r[4] = dw.toFloatArray();
+                r[5] = db.toFloatArray();
+                if (d == dev) {
+                    // Fixed-order sums: a second backward adds exactly the same gradient again.
+                    try (Tensor dw2 = d.fromFloats(priorW, cols); Tensor db2 = d.fromFloats(priorB, cols);
+                         Tensor dx2 = d.fromFloats(prior, rows, cols)) {
+                        k.layerNormBackward(dx2, dw2, db2, tdy, tx, tw, mean, rstd);
+                        assertArrayEquals(r[3], dx2.toFloatArray(), "deterministic dx");
+                        assertArrayEquals(r[4], dw2.toFloatArray(), "deterministic dweight");
+                        assertArrayEquals(r[5], db2.toFloatArray(), "deterministic dbias");
+                    }
+                }
+            }
+        }
+        String at = " " + rows + "x" + cols;
+        oracle("layerNorm out" + at, ref[0], got[0], fp32[0], 2);
+        oracle("layerNorm mean" + at, ref[1], got[1], fp32[1], 2);
+        oracle("layerNorm rstd" + at, ref[2], got[2], fp32[2], 2);
+        oracle("layerNorm dx" + at, plus(g[0], prior), got[3], fp32[3], 3);
+        oracle("layerNorm dweight" + at, plus(g[1], priorW), got[4], fp32[4], 3);
+        oracle("layerNorm dbias" + at, plus(g[2], priorB), got[5], fp32[5], 3);
+    }
+
+    @ParameterizedTest(name = "n={0}")
+    @ValueSource(ints = {1, 7, 59, 97, 1025, 97 * 1025})
+    void geluMatchesReferenceInPlaceAndAccumulates(int n) {
+        float[] x = uniform(41, n, -6, 6);
+        if (n > 3) {
+            x[0] = 60f;   // exp(2u) overflows: GELU(x) = x
+            x[1] = -60f;  // exp(2u) underflows: GELU(x) = 0
+            x[2] = 0f;
+        }
+        float[] dy = uniform(42, n, -1, 1);
+        float[] prior = uniform(43, n, -1, 1);
+        try (Tensor tx = dev.fromFloats(x, n); Tensor out = dev.allocate(DType.F32, n); Tensor tdy = dev.fromFloats(dy, n);
+             Tensor dx = dev.fromFloats(prior, n); Tensor cx = cpu.fromFloats(x, n); Tensor cout = cpu.allocate(DType.F32, n);
+             Tensor cdy = cpu.fromFloats(dy, n); Tensor cdx = cpu.fromFloats(prior, n)) {
+            be.geluForward(out, tx);
+            cb.geluForward(cout, cx);
+            float[] got = out.toFloatArray();
+            oracle("gelu n=" + n, Reference.gelu(Reference.widen(x)), got, cout.toFloatArray(), 2);
+            be.geluBackward(dx, tdy, tx);
+            cb.geluBackward(cdx, cdy, cx);
+            oracle("gelu dx n=" + n, plus(Reference.geluBackward(Reference.widen(dy), Reference.widen(x)), prior),
+                    dx.toFloatArray(), cdx.toFloatArray(), 3);
+            be.geluForward(tx, tx);
+            assertArrayEquals(got, tx.toFloatArray(), "in place gives the same bits");
+        }
+    }
+
+    /** The mask bits: dropout of ones gives 1/(1 − p) exactly where DropoutMask keeps, 0 elsewhere. */
+    @Test
+    void dropoutMaskIsBitIdenticalToDropoutMask() {
+        int n = 97 * 1025;
+        float[] ones = new float[n];
+        java.util.Arrays.fill(ones, 1f);
+        long[] seeds = {0, 1, 1234, -1, Long.MIN_VALUE, Long.MAX_VALUE, 0x9E3779B97F4A7C15L};
+        float[] ps = {0f, 1e-7f, 0.1f, 0.3f, 0.5f, 0.999f};
+        try (Tensor t = dev.fromFloats(ones, n); Tensor out = dev.allocate(DType.F32, n + 5)) {
+            for (long seed : seeds) {
+                for (float p : ps) {
+                    float scale = 1f / (1f - p);
+                    // A view at an offset: the mask follows the element index within the tensor, not the storage.
+                    be.dropoutForward(out.view(5, n), t, p, seed);
+                    float[] got = out.toFloatArray();
+                    for (int i = 0; i < n; i++) {
+                        float want = DropoutMask.keeps(seed, i, p) ? scale : 0f;
+                        if (got[5 + i] != want) {
+                            fail("seed " + seed + " p " + p + ": element " + i + " is " + got[5 + i] + ", DropoutMask gives " + want);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @ParameterizedTest(name = "n={0}")
+    @ValueSource(ints = {1, 7, 59, 97, 1025, 97 * 1025})
+    void dropoutMatchesTheCpuAndBackwardUsesTheSameMask(int n) {
+        float p = 0.3f;
+        long seed = -8_070_450_532_247_928_832L;
+        float[] x = uniform(81, n, -1, 1);
+        float[] dy = uniform(82, n, -1, 1);
+        float[] prior = uniform(83, n, -1, 1);
+        try (Tensor tx = dev.fromFloats(x, n); Tensor out = dev.allocate(DType.F32, n); Tensor tdy = dev.fromFloats(dy, n);
+             Tensor dx = dev.fromFloats(prior, n); Tensor cx = cpu.fromFloats(x, n); Tensor cout = cpu.allocate(DType.F32, n);
+             Tensor cdy = cpu.fromFloats(dy, n); Tensor cdx = cpu.fromFloats(prior, n)) {
+            be.dropoutForward(out, tx, p, seed);
+            cb.dropoutForward(cout, cx, p, seed);
+            assertArrayEquals(cout.toFloatArray(), out.toFloatArray(), "forward: the CPU's bits");
+            be.dropoutBackward(dx, tdy, p, seed);
+            cb.dropoutBackward(cdx, cdy, p, seed);
+            assertArrayEquals(cdx.toFloatArray(), dx.toFloatArray(), "backward: the CPU's bits");
+            close("dropout dx", plus(Reference.dropout(Reference.widen(dy), p, seed), prior), dx.toFloatArray(), 1e-6);
+            be.dropoutForward(tx, tx, 0f, 99);
+            assertArrayEquals(x, tx.toFloatArray(), "p = 0 keeps everything, in place");
+            assertThrows(IllegalArgumentException.class, () -> be.dropoutForward(out, tx, 1f, 0));
+        }
+    }
+
+    @ParameterizedTest(name = "{0}x{1}")
+    @MethodSource("rowsCols")
+    void embeddingGathersExactlyAndScatterAddsInTokenOrder(int tokens, int cols) {
+        int vocab = 59;
+        float[] table = uniform(51, vocab * cols, -1, 1);
+        int[] ids = ints(52, tokens, tokens > 7 ? 5 : vocab); // many tokens share few ids
+        if (tokens > 1) {
+            ids[tokens - 1] = vocab - 1;
+        }
+        float[] dout = uniform(53, tokens * cols, -1, 1);
+        float[] prior = uniform(54, vocab * cols, -1, 1);
+        try (Tensor tt = dev.fromFloats(table, vocab, cols); Tensor tids = dev.fromInts(ids, tokens);
+             Tensor out = dev.allocate(DType.F32, tokens, cols); Tensor tdout = dev.fromFloats(dout, tokens, cols);
+             Tensor dt = dev.fromFloats(prior, vocab, cols); Tensor cids = cpu.fromInts(ids, tokens);
+             Tensor cdout = cpu.fromFloats(dout, tokens, cols); Tensor cdt = cpu.fromFloats(prior, vocab, cols)) {
+            be.embeddingForward(out, tids, tt);
+            close("embedding", Reference.embedding(ids, Reference.widen(table), cols), out.toFloatArray(), 0);
+            be.embeddingBackward(dt, tdout, tids);
+            cb.embeddingBackward(cdt, cdout, cids);
+            assertArrayEquals(cdt.toFloatArray(), dt.toFloatArray(), "the CPU's token-order sums, bit for bit");
+            close("embedding dtable", plus(Reference.embeddingBackward(Reference.widen(dout), ids, vocab, cols), prior),
+                    dt.toFloatArray(), 1e-5);
+        }
+    }
+
+    @Test
+    void embeddingRejectsOutOfRangeIds() {
+        try (Tensor table = dev.allocate(DType.F32, 5, 3); Tensor ids = dev.fromInts(new int[] {0, 5}, 2);
+             Tensor out = dev.allocate(DType.F32, 2, 3)) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> be.embeddingForward(out, ids, table));
+            assertTrue(e.getMessage().contains("ids[1] = 5"), e.getMessage());
+            e = assertThrows(IllegalArgumentException.class, () -> be.embeddingBackward(table, out, ids));
+            assertTrue(e.getMessage().contains("ids[1] = 5"), e.getMessage());
+        }
+    }
+
+    @ParameterizedTest(name = "{0}x{1}")
+    @MethodSource("rowsCols")
+    void crossEntropyForwardFusedAndInPlaceMatchReference(int rows, int vocab) {
+        float[] logits = uniform(61, rows * vocab, -8, 8);
+        int[] targets = ints(62, rows, vocab);
+        int ignore = -100;
+        for (int r = 1; r < rows; r += 3) {
+            targets[r] = ignore;
+        }
+        float scale = 1f / rows;
+        double[] wantLoss = Reference.crossEntropy(Reference.widen(logits), targets, rows, vocab, ignore);
+        double[] wantGrad = Reference.crossEntropyBackward(Reference.widen(logits), targets, rows, vocab, ignore, scale);
+        float[] garbage = uniform(63, rows * vocab, -1, 1);
+        try (Tensor tl = dev.fromFloats(logits, rows, vocab); Tensor tt = dev.fromInts(targets, rows);
+             Tensor losses = dev.allocate(DType.F32, rows); Tensor dl = dev.fromFloats(garbage, rows, vocab);
+             Tensor cl = cpu.fromFloats(logits, rows, vocab); Tensor ct = cpu.fromInts(targets, rows);
+             Tensor closses = cpu.allocate(DType.F32, rows); Tensor cdl = cpu.fromFloats(garbage, rows, vocab)) {
+            String at = " " + rows + "x" + vocab;
+            be.crossEntropyForward(losses, tl, tt, ignore);
+            cb.crossEntropyForward(closses, cl, ct, ignore);
+            float[] loss = losses.toFloatArray();
+            oracle("loss" + at, wantLoss, loss, closses.toFloatArray(), 2);
+            be.fill(losses, 7f);
+            be.crossEntropyForwardBackward(losses, dl, tl, tt, ignore, scale);
+            cb.crossEntropyForwardBackward(closses, cdl, cl, ct, ignore, scale);
+            assertArrayEquals(loss, losses.toFloatArray(), "the fused pass's losses are the forward's");
+            float[] grad = dl.toFloatArray();
+            oracle("dlogits" + at, wantGrad, grad, cdl.toFloatArray(), 3);
+            for (int r = 1; r < rows; r += 3) {
+                assertEquals(0f, loss[r], "ignored row " + r);
+            }
+            be.crossEntropyForwardBackward(losses, tl, tl, tt, ignore, scale);
+            assertArrayEquals(grad, tl.toFloatArray(), "in place: dlogits overwrite the logits, same bits");
+            assertArrayEquals(loss, losses.toFloatArray(), "in place: same losses");
+        }
+    }
+
+    @Test
+    void crossEntropyNamesTheBadTargetAndIsStableForHugeLogits() {
+        try (Tensor logits = dev.allocate(DType.F32, 3, 4); Tensor targets = dev.fromInts(new int[] {0, 3, 4}, 3);
+             Tensor losses = dev.allocate(DType.F32, 3)) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> be.crossEntropyForward(losses, logits, targets, -1));
+            assertTrue(e.getMessage().contains("targets[2] = 4"), e.getMessage());
+        }
+        try (Tensor logits = dev.fromFloats(new float[] {1e30f, -1e30f, 0f, 80f, 90f, 100f}, 2, 3);
+             Tensor targets = dev.fromInts(new int[] {0, 1}, 2); Tensor losses = dev.allocate(DType.F32, 2)) {
+            be.crossEntropyForward(losses, logits, targets, -1);
+            float[] l = losses.toFloatArray();
+            assertEquals(0f, l[0], 0f);
+            assertEquals(10f, l[1], 1e-3f);
+        }
+    }
+
+    @ParameterizedTest(name = "n={0}")
+    @ValueSource(ints = {1, 7, 59, 97, 1025, 97 * 1025})
+    void adamWMatchesTheCpuWithinAnUlp(int n) {
+        float[] p = uniform(71, n, -1, 1);
+        float[] g = uniform(72, n, -1, 1);
+        float[] m = uniform(73, n, -0.1, 0.1);
+        float[] v = uniform(74, n, 0, 0.01);
+        AdamW step = new AdamW(3e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 7, 0.5f);
+        try (Tensor tp = dev.fromFloats(p, n); Tensor tg = dev.fromFloats(g, n); Tensor tm = dev.fromFloats(m, n);
+             Tensor tv = dev.fromFloats(v, n); Tensor cp = cpu.fromFloats(p, n); Tensor cg = cpu.fromFloats(g, n);
+             Tensor cm = cpu.fromFloats(m, n); Tensor cv = cpu.fromFloats(v, n)) {
+            be.adamW(tp, tg, tm, tv, step);
+            cb.adamW(cp, cg, cm, cv, step);
+            String[] names = {"params", "m", "v"};
+            float[][] got = {tp.toFloatArray(), tm.toFloatArray(), tv.toFloatArray()};
+            float[][] want = {cp.toFloatArray(), cm.toFloatArray(), cv.toFloatArray()};
+            for (int k = 0; k < 3; k++) {
+                for (int i = 0; i < n; i++) {
+                    if (!(Math.abs(got[k][i] - want[k][i]) <= Math.ulp(want[k][i]))) {
+                        fail("adamW " + names[k] + "[" + i + "] is " + got[k][i] + ", the CPU gives " + want[k][i]);
+                    }
+                }
+            }
+            double[][] ref = Reference.adamW(Reference.widen(p), Reference.widen(g), Reference.widen(m), Reference.widen(v), step);
+            close("adamW params", ref[0], got[0], 1e-5);
+            assertArrayEquals(g, tg.toFloatArray(), "gradients are left as they were");
         }
     }
 }

@@ -950,9 +950,9 @@ final class CpuBackend implements Backend {
         int ov = v.offset();
         float b1 = s.beta1();
         float b2 = s.beta2();
-        float decay = 1f - s.lr() * s.weightDecay();
-        float stepSize = (float) (s.lr() / (1.0 - Math.pow(b1, s.step())));
-        float bc2Sqrt = (float) Math.sqrt(1.0 - Math.pow(b2, s.step()));
+        float decay = s.decay();
+        float stepSize = s.stepSize();
+        float bc2Sqrt = s.bc2Sqrt();
         float eps = s.eps();
         float gs = s.gradScale();
         pool.parallelFor(params.numel(), GRAIN, (lo, hi) -> VecMath.adamW(p, op + lo, g, og + lo, mv, om + lo, vv, ov + lo,
