@@ -217,10 +217,15 @@ __device__ __forceinline__ unsigned long long seeds_mix(unsigned long long z) {
     return z ^ (z >> 31);
 }
 
+// Seeds.bits24(seed, i): 24 random bits for element i of the counter-based stream seed.
+__device__ __forceinline__ int seeds_bits24(long long seed, long long i) {
+    unsigned long long h = seeds_mix((unsigned long long) seed + ((unsigned long long) i + 1ull) * 0x9E3779B97F4A7C15ull);
+    return (int) (h >> 40);
+}
+
 // DropoutMask.keeps(seed, i, p): Seeds.bits24(seed, i) >= threshold, threshold = (long) (p · 2^24) from the host.
 __device__ __forceinline__ bool dropout_keeps(long long seed, long long i, int threshold) {
-    unsigned long long h = seeds_mix((unsigned long long) seed + ((unsigned long long) i + 1ull) * 0x9E3779B97F4A7C15ull);
-    return (int) (h >> 40) >= threshold;
+    return seeds_bits24(seed, i) >= threshold;
 }
 
 extern "C" __global__ void dropout_forward_f32(float* out, int oo, const float* x, int ox, int n, int threshold,
@@ -239,35 +244,13 @@ extern "C" __global__ void dropout_backward_f32(float* dx, int odx, const float*
     }
 }
 
-// ---- embeddings ----
+// ---- embeddings (the backward is moe.cu's scatter_add_rows_f32, the ids as destination rows) ----
 
 extern "C" __global__ void embedding_forward_f32(float* out, int oo, const int* ids, int oi, const float* table, int ot,
                                                  int n, int cols) {
     GRID_STRIDE(i, (long long) n * cols) {
         long long r = i / cols;
         out[oo + i] = table[ot + (long long) ids[oi + r] * cols + (i - r * cols)];
-    }
-}
-
-// dtable[id, c] += dout[t, c] over the tokens t with that id. The host groups the tokens by id (a counting
-// pass over the ids it already read to check them): groups[0, u) are the distinct ids, groups[u, 2u + 1) the
-// start of each id's tokens in groups[2u + 1, …), which list token indices in increasing order. Each
-// (id, column) has one owning thread that adds that id's tokens in token order, so no two threads write one
-// element and the float sums follow the CPU's order exactly: deterministic without atomics or a sort.
-extern "C" __global__ void embedding_backward_f32(float* dtable, int odt, const float* dout, int odo, const int* groups,
-                                                  int og, int distinct, int cols) {
-    const int* idsOf = groups + og;
-    const int* starts = idsOf + distinct;
-    const int* tokens = starts + distinct + 1;
-    GRID_STRIDE(i, (long long) distinct * cols) {
-        int u = (int) (i / cols);
-        int c = (int) (i - (long long) u * cols);
-        float* dst = dtable + odt + (long long) idsOf[u] * cols + c;
-        float acc = *dst;
-        for (int k = starts[u]; k < starts[u + 1]; k++) {
-            acc = __fadd_rn(acc, dout[odo + (long long) tokens[k] * cols + c]);
-        }
-        *dst = acc;
     }
 }
 

@@ -3,6 +3,7 @@ package org.kindling.ops.cuda;
 import static org.kindling.ops.KernelChecks.binaryPeriod;
 import static org.kindling.ops.KernelChecks.checkDropout;
 import static org.kindling.ops.KernelChecks.checkIds;
+import static org.kindling.ops.KernelChecks.checkScaleRows;
 import static org.kindling.ops.KernelChecks.checkTargets;
 import static org.kindling.ops.KernelChecks.numel;
 import static org.kindling.ops.KernelChecks.sameNumel;
@@ -25,8 +26,12 @@ import org.kindling.ops.DType;
 import org.kindling.ops.DropoutMask;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.KernelChecks;
+import org.kindling.ops.MoeRouting;
+import org.kindling.ops.Noise;
 import org.kindling.ops.ReduceOp;
+import org.kindling.ops.RowMap;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.TopK;
 import org.kindling.ops.UnaryOp;
 
 /**
@@ -44,7 +49,10 @@ final class CudaKernels {
         "affine_f32", "unary_f32", "binary_f32", "reduce_rows_f32", "block_sum_f32",
         "softmax_forward_f32", "softmax_backward_f32", "layer_norm_forward_f32", "layer_norm_backward_dx_f32",
         "layer_norm_backward_dwb_f32", "gelu_forward_f32", "gelu_backward_f32", "dropout_forward_f32",
-        "dropout_backward_f32", "embedding_forward_f32", "embedding_backward_f32", "cross_entropy_f32", "adamw_f32"};
+        "dropout_backward_f32", "embedding_forward_f32", "cross_entropy_f32", "adamw_f32",
+        "topk_f32", "topk_backward_f32", "moe_histogram", "moe_offsets_scan", "moe_permutation", "gather_rows_f32",
+        "scatter_add_rows_f32", "scale_rows_f32", "entry_tokens", "capacity_slots", "rms_norm_forward_f32",
+        "rms_norm_backward_dx_f32", "rms_norm_backward_dw_f32", "unary_backward_f32", "uniform_noise_f32"};
 
     private final CudaDevice device;
     private final CUmodule module = new CUmodule();
@@ -386,8 +394,8 @@ final class CudaKernels {
 
     /**
      * Deterministic without float atomics: the ids, already on the host for the range check, are
-     * grouped by a counting pass into each distinct id's tokens in token order; one thread per
-     * (id, column) then adds them in that order (see nn.cu), the CPU's order, so the sums match it.
+     * the destination rows of {@link #scatterRows}, which adds each id's tokens in token order, the
+     * CPU's order, so the sums match it.
      */
     public void embeddingBackward(Tensor dtable, Tensor dout, Tensor ids) {
         int n = ids.numel();
@@ -398,39 +406,7 @@ final class CudaKernels {
         CUdeviceptr dop = base(dout, DType.F32, "dout");
         int[] idv = hostInts(ids, "ids");
         checkIds(idv, 0, n, vocab, "embedding ids");
-        if (n == 0 || cols == 0) {
-            return;
-        }
-        int[] count = new int[vocab];
-        int distinct = 0;
-        for (int id : idv) {
-            if (count[id]++ == 0) {
-                distinct++;
-            }
-        }
-        // groups = distinct ids | each one's first token slot (plus the end) | token indices by id, in token order
-        int[] groups = new int[2 * distinct + 1 + n];
-        int[] next = new int[vocab];
-        int u = 0;
-        int slot = 0;
-        for (int id = 0; id < vocab; id++) {
-            if (count[id] > 0) {
-                groups[u] = id;
-                groups[distinct + u] = slot;
-                next[id] = slot;
-                slot += count[id];
-                u++;
-            }
-        }
-        groups[2 * distinct] = n;
-        for (int t = 0; t < n; t++) {
-            groups[2 * distinct + 1 + next[idv[t]]++] = t;
-        }
-        try (Tensor g = device.allocate(DType.I32, groups.length)) {
-            copyFromHost(g, groups);
-            launch("embedding_backward_f32", (long) distinct * cols, dtp, dtable.offset(), dop, dout.offset(),
-                    base(g, DType.I32, "groups"), g.offset(), distinct, cols);
-        }
+        scatterRows(dtp, dtable.offset(), dop, dout.offset(), new CUdeviceptr(), 0, idv, vocab, cols);
     }
 
     public void crossEntropyForward(Tensor losses, Tensor logits, Tensor targets, int ignoreIndex) {
@@ -464,5 +440,189 @@ final class CudaKernels {
                 grads.offset(), base(m, DType.F32, "m"), m.offset(), base(v, DType.F32, "v"), v.offset(), params.numel(),
                 s.beta1(), 1f - s.beta1(), s.beta2(), 1f - s.beta2(), s.decay(), s.stepSize(), s.bc2Sqrt(), s.eps(),
                 s.gradScale());
+    }
+
+    // ---- mixture of experts, RMSNorm, unary backward and noise (moe.cu): the CPU's checks, ids checked on the host ----
+
+    /**
+     * A NaN score is an error naming its row and column, as on the CPU: topk_f32 leaves NaNs out
+     * and records the least NaN position, which the host reads back after the launch.
+     */
+    public void topK(Tensor values, Tensor indices, Tensor x, int k) {
+        TopK t = TopK.check(values, indices, x, k);
+        CUdeviceptr vp = base(values, DType.F32, "values");
+        CUdeviceptr ip = base(indices, DType.I32, "indices");
+        CUdeviceptr xp = base(x, DType.F32, "x");
+        try (Tensor nanAt = device.allocate(DType.I32, 1)) {
+            launch("fill_i32", 1, base(nanAt, DType.I32, "nanAt"), nanAt.offset(), 1, Integer.MAX_VALUE);
+            launch("topk_f32", t.tokens(), vp, values.offset(), ip, indices.offset(), xp, x.offset(), t.tokens(),
+                    t.experts(), k, base(nanAt, DType.I32, "nanAt"));
+            int at = hostInts(nanAt, "nanAt")[0];
+            if (at != Integer.MAX_VALUE) {
+                TopK.checkScore(Double.NaN, at / t.experts(), at % t.experts());
+            }
+        }
+    }
+
+    public void topKBackward(Tensor dx, Tensor dvalues, Tensor indices) {
+        TopK t = TopK.checkBackward(dx, dvalues, indices);
+        CUdeviceptr dxp = base(dx, DType.F32, "dx");
+        CUdeviceptr dvp = base(dvalues, DType.F32, "dvalues");
+        t.checkIds(hostInts(indices, "indices"), 0, "topKBackward indices");
+        launch("topk_backward_f32", t.tokens(), dxp, dx.offset(), dvp, dvalues.offset(), base(indices, DType.I32, "indices"),
+                indices.offset(), t.tokens(), t.experts(), t.k());
+    }
+
+    /** A histogram by integer atomics (their order cannot change a count), then one thread's prefix sum. */
+    public void expertOffsets(Tensor offsets, Tensor indices, int experts) {
+        MoeRouting m = MoeRouting.checkOffsets(offsets, indices, experts);
+        CUdeviceptr op = base(offsets, DType.I32, "offsets");
+        checkIds(hostInts(indices, "indices"), 0, m.entries(), experts, "expertOffsets indices");
+        fill(offsets, 0);
+        launch("moe_histogram", m.entries(), op, offsets.offset(), base(indices, DType.I32, "indices"), indices.offset(),
+                m.entries());
+        launchBlocks("moe_offsets_scan", 1, op, offsets.offset(), experts);
+    }
+
+    /** One block per expert ranks that expert's entries in index order (see moe.cu): stable. */
+    public void permutation(Tensor order, Tensor indices, Tensor offsets) {
+        MoeRouting m = MoeRouting.checkPermutation(order, indices, offsets);
+        CUdeviceptr op = base(order, DType.I32, "order");
+        int[] ids = hostInts(indices, "indices");
+        m.checkOffsetsMatch(hostInts(offsets, "offsets"), 0, m.counts(ids, 0, "permutation indices"));
+        launchBlocks("moe_permutation", (int) Math.min(m.experts(), MAX_BLOCKS), op, order.offset(),
+                base(indices, DType.I32, "indices"), indices.offset(), base(offsets, DType.I32, "offsets"), offsets.offset(),
+                m.entries(), m.experts());
+    }
+
+    public void gatherRows(Tensor out, Tensor x, Tensor rows) {
+        RowMap m = RowMap.checkGather(out, x, rows);
+        CUdeviceptr op = base(out, DType.F32, "out");
+        CUdeviceptr xp = base(x, DType.F32, "x");
+        m.checkRows(hostInts(rows, "rows"), 0, "gatherRows rows");
+        launch("gather_rows_f32", (long) m.mappedRows() * m.channels(), op, out.offset(), xp, x.offset(),
+                base(rows, DType.I32, "rows"), rows.offset(), m.mappedRows(), m.channels());
+    }
+
+    public void scatterAddRows(Tensor out, Tensor x, Tensor rows, Tensor weights) {
+        RowMap m = RowMap.checkScatter(out, x, rows, weights);
+        CUdeviceptr op = base(out, DType.F32, "out");
+        CUdeviceptr xp = base(x, DType.F32, "x");
+        CUdeviceptr wp = weights == null ? new CUdeviceptr() : base(weights, DType.F32, "weights");
+        int[] rv = hostInts(rows, "rows");
+        m.checkRows(rv, 0, "scatterAddRows rows");
+        scatterRows(op, out.offset(), xp, x.offset(), wp, weights == null ? 0 : weights.offset(), rv, m.denseRows(),
+                m.channels());
+    }
+
+    /**
+     * out[rows[i], :] += (w[i]·) x[i, :] in increasing i per destination row, skipping −1: a
+     * counting pass inverts the checked host rows into scatter_add_rows_f32's groups (each
+     * distinct destination, where its sources start, the sources in order), so one thread per
+     * (destination, column) sums in the CPU's order. A null {@code w} pointer means unweighted.
+     */
+    private void scatterRows(CUdeviceptr out, int oo, CUdeviceptr x, int ox, CUdeviceptr w, int ow, int[] rows,
+                             int denseRows, int cols) {
+        int[] count = new int[denseRows];
+        int distinct = 0;
+        int sources = 0;
+        for (int r : rows) {
+            if (r != -1) {
+                if (count[r]++ == 0) {
+                    distinct++;
+                }
+                sources++;
+            }
+        }
+        if (sources == 0 || cols == 0) {
+            return;
+        }
+        int[] groups = new int[2 * distinct + 1 + sources];
+        int[] next = new int[denseRows];
+        int u = 0;
+        int slot = 0;
+        for (int r = 0; r < denseRows; r++) {
+            if (count[r] > 0) {
+                groups[u] = r;
+                groups[distinct + u] = slot;
+                next[r] = slot;
+                slot += count[r];
+                u++;
+            }
+        }
+        groups[2 * distinct] = sources;
+        for (int i = 0; i < rows.length; i++) {
+            if (rows[i] != -1) {
+                groups[2 * distinct + 1 + next[rows[i]]++] = i;
+            }
+        }
+        try (Tensor g = device.allocate(DType.I32, groups.length)) {
+            copyFromHost(g, groups);
+            launch("scatter_add_rows_f32", (long) distinct * cols, out, oo, x, ox, w, ow, base(g, DType.I32, "groups"),
+                    g.offset(), distinct, cols);
+        }
+    }
+
+    public void entryTokens(Tensor rows, Tensor entries, int k) {
+        MoeRouting.checkEntryTokens(rows, entries, k);
+        CUdeviceptr rp = base(rows, DType.I32, "rows");
+        MoeRouting.checkEntries(hostInts(entries, "entries"), 0, entries.numel(), "entryTokens entries");
+        launch("entry_tokens", entries.numel(), rp, rows.offset(), base(entries, DType.I32, "entries"), entries.offset(),
+                entries.numel(), k);
+    }
+
+    public void capacitySlots(Tensor slots, Tensor order, Tensor offsets, int capacity) {
+        MoeRouting m = MoeRouting.checkCapacity(slots, order, offsets, capacity);
+        CUdeviceptr sp = base(slots, DType.I32, "slots");
+        CUdeviceptr op = base(order, DType.I32, "order");
+        m.checkOffsetsRange(hostInts(offsets, "offsets"), 0, "capacitySlots offsets");
+        launch("capacity_slots", slots.numel(), sp, slots.offset(), op, order.offset(), base(offsets, DType.I32, "offsets"),
+                offsets.offset(), m.experts(), capacity);
+    }
+
+    public void scaleRows(Tensor out, Tensor x, Tensor s) {
+        checkScaleRows(out, x, s);
+        launch("scale_rows_f32", x.numel(), base(out, DType.F32, "out"), out.offset(), base(x, DType.F32, "x"), x.offset(),
+                base(s, DType.F32, "s"), s.offset(), x.rows(), x.cols());
+    }
+
+    public void uniformNoise(Tensor out, float lo, float hi, long seed) {
+        Noise.checkRange(lo, hi);
+        launch("uniform_noise_f32", out.numel(), base(out, DType.F32, "out"), out.offset(), out.numel(), lo, hi, seed);
+    }
+
+    public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(out, "rmsNorm out", x);
+        numel(rstd, "rmsNorm rstd", rows);
+        numel(weight, "rmsNorm weight", cols);
+        launchRows("rms_norm_forward_f32", rows, base(out, DType.F32, "out"), out.offset(), base(rstd, DType.F32, "rstd"),
+                rstd.offset(), base(x, DType.F32, "x"), x.offset(), base(weight, DType.F32, "weight"), weight.offset(),
+                rows, cols, eps);
+    }
+
+    public void rmsNormBackward(Tensor dx, Tensor dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(dx, "rmsNorm dx", x);
+        sameRows(dy, "rmsNorm dy", x);
+        numel(dweight, "rmsNorm dweight", cols);
+        numel(weight, "rmsNorm weight", cols);
+        numel(rstd, "rmsNorm rstd", rows);
+        CUdeviceptr dyp = base(dy, DType.F32, "dy");
+        CUdeviceptr xp = base(x, DType.F32, "x");
+        CUdeviceptr rp = base(rstd, DType.F32, "rstd");
+        launchRows("rms_norm_backward_dx_f32", rows, base(dx, DType.F32, "dx"), dx.offset(), dyp, dy.offset(), xp,
+                x.offset(), base(weight, DType.F32, "weight"), weight.offset(), rp, rstd.offset(), rows, cols);
+        launch("rms_norm_backward_dw_f32", cols, base(dweight, DType.F32, "dweight"), dweight.offset(), dyp, dy.offset(),
+                xp, x.offset(), rp, rstd.offset(), rows, cols);
+    }
+
+    public void unaryBackward(UnaryOp op, Tensor dx, Tensor dy, Tensor x) {
+        sameNumel(dx, "unary backward dx", x, "x");
+        sameNumel(dy, "unary backward dy", x, "x");
+        launch("unary_backward_f32", x.numel(), op.ordinal(), base(dx, DType.F32, "dx"), dx.offset(),
+                base(dy, DType.F32, "dy"), dy.offset(), base(x, DType.F32, "x"), x.offset(), x.numel());
     }
 }

@@ -18,14 +18,16 @@ import org.kindling.ops.Backend;
 /**
  * What runs on the GPU, checked without one: {@link org.kindling.ops.HostFallback} sends a
  * {@link Backend} method to the device when the kernels' class declares a public method with its
- * name, parameter types and return type, so the transformer kernels must be declared that way;
+ * name, parameter types and return type, so the transformer and MoE kernels must be declared that way;
  * and every kernel {@link CudaKernels} loads by name must be in the fatbin this build compiled.
  */
 class CudaKernelsTest {
     private static final List<String> ON_THE_GPU = List.of("softmaxForward", "softmaxBackward", "layerNormForward",
             "layerNormBackward", "geluForward", "geluBackward", "dropoutForward", "dropoutBackward", "embeddingForward",
             "embeddingBackward", "crossEntropyForward", "crossEntropyForwardBackward", "adamW", "unary", "binary", "affine",
-            "reduceRows", "fill", "copy", "sumOfSquares", "addSum", "addSumOfSquares");
+            "reduceRows", "fill", "copy", "sumOfSquares", "addSum", "addSumOfSquares", "topK", "topKBackward", "expertOffsets",
+            "permutation", "gatherRows", "scatterAddRows", "entryTokens", "capacitySlots", "scaleRows", "uniformNoise",
+            "rmsNormForward", "rmsNormBackward", "unaryBackward");
 
     @Test
     void theTransformerKernelsDoNotFallBackToTheHost() {
@@ -64,6 +66,8 @@ class CudaKernelsTest {
         f.setAccessible(true);
         String[] functions = (String[]) f.get(null);
         assertTrue(List.of(functions).contains("cross_entropy_f32"));
+        assertTrue(List.of(functions).contains("moe_permutation"));
+        assertTrue(List.of(functions).contains("uniform_noise_f32"));
         for (String name : functions) {
             assertTrue(bytes.contains(name + "\0"), name + " is not in " + Cuda.FATBIN);
         }

@@ -884,4 +884,364 @@ class CudaParityTest {
             assertArrayEquals(g, tg.toFloatArray(), "gradients are left as they were");
         }
     }
+
+    // ---- mixture of experts, RMSNorm, unary backward and noise (moe.cu) ----
+
+    private static final String[] MOE_OPS = {"topK", "topKBackward", "expertOffsets", "permutation", "gatherRows",
+        "scatterAddRows", "entryTokens", "capacitySlots", "scaleRows", "uniformNoise", "rmsNormForward", "rmsNormBackward",
+        "unaryBackward"};
+
+    /** T × E × k at awkward sizes: one token, sizes off every block multiple, one expert, k ≤ E. */
+    static Stream<Arguments> tokensExpertsK() {
+        Stream.Builder<Arguments> b = Stream.builder();
+        for (int t : new int[] {1, 97, 1025}) {
+            for (int e : new int[] {1, 3, 8}) {
+                for (int k : new int[] {1, 2}) {
+                    if (k <= e) {
+                        b.add(Arguments.of(t, e, k));
+                    }
+                }
+            }
+        }
+        return b.build();
+    }
+
+    /** A device tensor over {@code values} that starts 3 elements into its storage, so kernels must honour offsets. */
+    private static Tensor offsetFloats(List<Tensor> keep, float[] values, int... shape) {
+        Tensor whole = dev.allocate(DType.F32, values.length + 5);
+        keep.add(whole);
+        return whole.view(3, shape).copyFrom(values);
+    }
+
+    private static Tensor offsetInts(List<Tensor> keep, int[] values, int... shape) {
+        Tensor whole = dev.allocate(DType.I32, values.length + 5);
+        keep.add(whole);
+        return whole.view(3, shape).copyFrom(values);
+    }
+
+    private static void closeAll(List<Tensor> tensors) {
+        for (Tensor t : tensors) {
+            t.close();
+        }
+    }
+
+    /** Scores on a coarse grid (many ties, −0 beside +0) so the lower-expert-first rule is exercised. */
+    private static float[] tiedScores(long seed, int n) {
+        float[] x = uniform(seed, n, -2, 2);
+        for (int i = 0; i < n; i++) {
+            x[i] = Math.round(x[i] * 2) / 2f;
+            if (x[i] == 0f && i % 2 == 1) {
+                x[i] = -0f;
+            }
+        }
+        return x;
+    }
+
+    @Test
+    void noMoeKernelFallsBackToTheHost() {
+        for (String op : MOE_OPS) {
+            assertFalse(HostFallback.fallsBack(be, op), op + " falls back to the host");
+        }
+    }
+
+    @ParameterizedTest(name = "T={0} E={1} k={2}")
+    @MethodSource("tokensExpertsK")
+    void topKAndItsBackwardMatchTheCpuExactly(int t, int e, int k) {
+        float[] x = tiedScores(101 + t + e, t * e);
+        float[] dv = uniform(102, t * k, -1, 1);
+        float[] prior = uniform(103, t * e, -1, 1);
+        List<Tensor> keep = new java.util.ArrayList<>();
+        try (Tensor cx = cpu.fromFloats(x, t, e); Tensor cv = cpu.allocate(DType.F32, t, k);
+             Tensor ci = cpu.allocate(DType.I32, t, k); Tensor cdv = cpu.fromFloats(dv, t, k);
+             Tensor cdx = cpu.fromFloats(prior, t, e)) {
+            Tensor gx = offsetFloats(keep, x, t, e);
+            Tensor gv = offsetFloats(keep, new float[t * k], t, k);
+            Tensor gi = offsetInts(keep, new int[t * k], t, k);
+            be.topK(gv, gi, gx, k);
+            cb.topK(cv, ci, cx, k);
+            String at = " T=" + t + " E=" + e + " k=" + k;
+            assertArrayEquals(Reference.topK(Reference.widen(x), e, k), gi.toIntArray(), "indices" + at);
+            assertArrayEquals(ci.toIntArray(), gi.toIntArray(), "the CPU's indices" + at);
+            assertArrayEquals(cv.toFloatArray(), gv.toFloatArray(), "the CPU's values" + at);
+            Tensor gdx = offsetFloats(keep, prior, t, e);
+            be.topKBackward(gdx, offsetFloats(keep, dv, t, k), gi);
+            cb.topKBackward(cdx, cdv, ci);
+            assertArrayEquals(cdx.toFloatArray(), gdx.toFloatArray(), "topKBackward: the CPU's bits" + at);
+            close("topKBackward" + at, plus(Reference.topKBackward(Reference.widen(dv), ci.toIntArray(), t, e, k), prior),
+                    gdx.toFloatArray(), 1e-6);
+        } finally {
+            closeAll(keep);
+        }
+    }
+
+    @Test
+    void topKNamesTheNaNAndTopKBackwardTheBadId() {
+        float[] x = {0, 1, 2, 3, 4, 5, Float.NaN, 7, 8, 9, 10, Float.NaN};
+        try (Tensor tx = dev.fromFloats(x, 3, 4); Tensor v = dev.allocate(DType.F32, 3, 2); Tensor i = dev.allocate(DType.I32, 3, 2);
+             Tensor dx = dev.allocate(DType.F32, 3, 4); Tensor bad = dev.fromInts(new int[] {0, 1, 2, 3, 4, 0}, 3, 2)) {
+            IllegalArgumentException ex = assertThrows(IllegalArgumentException.class, () -> be.topK(v, i, tx, 2));
+            assertTrue(ex.getMessage().contains("x[1, 2] is NaN"), ex.getMessage());
+            assertThrows(IllegalArgumentException.class, () -> be.topK(v, i, tx, 5));
+            ex = assertThrows(IllegalArgumentException.class, () -> be.topKBackward(dx, v, bad));
+            assertTrue(ex.getMessage().contains("indices[4] = 4"), ex.getMessage());
+        }
+    }
+
+    @ParameterizedTest(name = "T={0} E={1} k={2}")
+    @MethodSource("tokensExpertsK")
+    void expertOffsetsPermutationAndCapacityMatchTheReferenceExactly(int t, int e, int k) {
+        int n = t * k;
+        for (boolean skewed : new boolean[] {false, true}) {
+            // Skewed: every entry but the last on expert 0 (empty experts, one full), else uniform ids.
+            int[] ids = skewed ? new int[n] : ints(111 + n + e, n, e);
+            if (skewed) {
+                ids[n - 1] = e - 1;
+            }
+            int[] wantOffsets = Reference.expertOffsets(ids, e);
+            int[] wantOrder = Reference.permutation(ids, e);
+            String at = " T=" + t + " E=" + e + " k=" + k + (skewed ? " skewed" : "");
+            List<Tensor> keep = new java.util.ArrayList<>();
+            try {
+                Tensor gids = offsetInts(keep, ids, n);
+                Tensor offsets = offsetInts(keep, new int[e + 1], e + 1);
+                Tensor order = offsetInts(keep, new int[n], n);
+                be.expertOffsets(offsets, gids, e);
+                assertArrayEquals(wantOffsets, offsets.toIntArray(), "offsets" + at);
+                be.permutation(order, gids, offsets);
+                assertArrayEquals(wantOrder, order.toIntArray(), "stable order" + at);
+                for (int capacity : new int[] {1, Math.max(1, n / e), n + 1}) {
+                    Tensor slots = offsetInts(keep, new int[e * capacity], e * capacity);
+                    be.capacitySlots(slots, order, offsets, capacity);
+                    int[] want = Reference.capacitySlots(wantOrder, wantOffsets, capacity);
+                    assertArrayEquals(want, slots.toIntArray(), "capacity " + capacity + at);
+                    Tensor rows = offsetInts(keep, new int[e * capacity], e * capacity);
+                    be.entryTokens(rows, slots, k);
+                    assertArrayEquals(Reference.entryTokens(want, k), rows.toIntArray(), "entryTokens" + at);
+                    be.entryTokens(slots, slots, k);
+                    assertArrayEquals(rows.toIntArray(), slots.toIntArray(), "entryTokens in place" + at);
+                }
+            } finally {
+                closeAll(keep);
+            }
+        }
+    }
+
+    @Test
+    void routingOpsNameTheBadIdOrOffset() {
+        try (Tensor ids = dev.fromInts(new int[] {0, 2, 3, 1}, 4); Tensor offsets = dev.allocate(DType.I32, 4);
+             Tensor order = dev.allocate(DType.I32, 4); Tensor good = dev.fromInts(new int[] {0, 2, 1, 1}, 4);
+             Tensor wrong = dev.fromInts(new int[] {0, 1, 2, 4}, 4); Tensor slots = dev.allocate(DType.I32, 6);
+             Tensor decreasing = dev.fromInts(new int[] {0, 3, 2, 4}, 4); Tensor entries = dev.fromInts(new int[] {0, -2}, 2);
+             Tensor tokens = dev.allocate(DType.I32, 2)) {
+            IllegalArgumentException ex = assertThrows(IllegalArgumentException.class, () -> be.expertOffsets(offsets, ids, 3));
+            assertTrue(ex.getMessage().contains("indices[2] = 3"), ex.getMessage());
+            ex = assertThrows(IllegalArgumentException.class, () -> be.permutation(order, good, wrong));
+            assertTrue(ex.getMessage().contains("offsets[2] = 2"), ex.getMessage());
+            ex = assertThrows(IllegalArgumentException.class, () -> be.capacitySlots(slots, order, decreasing, 2));
+            assertTrue(ex.getMessage().contains("offsets[2] = 2 is below"), ex.getMessage());
+            ex = assertThrows(IllegalArgumentException.class, () -> be.entryTokens(tokens, entries, 2));
+            assertTrue(ex.getMessage().contains("entries[1] = -2"), ex.getMessage());
+        }
+    }
+
+    @ParameterizedTest(name = "T={0}")
+    @ValueSource(ints = {1, 97, 1025})
+    void gatherScatterAndScaleRowsMatchTheCpuBitForBit(int t) {
+        int c = 59;
+        int n = 2 * t + 3;
+        // Entries: many per token (repeated destinations, out of order) and empty slots.
+        int[] rows = ints(121 + t, n, t);
+        for (int i = 0; i < n; i += 5) {
+            rows[i] = -1;
+        }
+        float[] x = uniform(122, t * c, -1, 1);
+        float[] mapped = uniform(123, n * c, -1, 1);
+        float[] w = uniform(124, n, -2, 2);
+        float[] prior = uniform(125, t * c, -1, 1);
+        double[] wx = Reference.widen(x);
+        List<Tensor> keep = new java.util.ArrayList<>();
+        try (Tensor cx = cpu.fromFloats(mapped, n, c); Tensor crows = cpu.fromInts(rows, n); Tensor cw = cpu.fromFloats(w, n);
+             Tensor cout = cpu.fromFloats(prior, t, c); Tensor cunw = cpu.fromFloats(prior, t, c);
+             Tensor cs = cpu.allocate(DType.F32, n, c)) {
+            Tensor grows = offsetInts(keep, rows, n);
+            Tensor gathered = offsetFloats(keep, uniform(126, n * c, 5, 6), n, c);
+            be.gatherRows(gathered, offsetFloats(keep, x, t, c), grows);
+            close("gatherRows T=" + t, Reference.gatherRows(wx, c, rows), gathered.toFloatArray(), 0);
+            Tensor gx = offsetFloats(keep, mapped, n, c);
+            Tensor out = offsetFloats(keep, prior, t, c);
+            be.scatterAddRows(out, gx, grows, offsetFloats(keep, w, n));
+            cb.scatterAddRows(cout, cx, crows, cw);
+            assertArrayEquals(cout.toFloatArray(), out.toFloatArray(), "weighted scatter: the CPU's bits T=" + t);
+            close("scatterAddRows T=" + t, plus(Reference.scatterAddRows(Reference.widen(mapped), c, rows, Reference.widen(w), t),
+                    prior), out.toFloatArray(), 1e-5);
+            Tensor unweighted = offsetFloats(keep, prior, t, c);
+            be.scatterAddRows(unweighted, gx, grows, null);
+            cb.scatterAddRows(cunw, cx, crows, null);
+            assertArrayEquals(cunw.toFloatArray(), unweighted.toFloatArray(), "unweighted scatter: the CPU's bits T=" + t);
+            Tensor scaled = offsetFloats(keep, new float[n * c], n, c);
+            be.scaleRows(scaled, gx, offsetFloats(keep, w, n));
+            cb.scaleRows(cs, cx, cw);
+            assertArrayEquals(cs.toFloatArray(), scaled.toFloatArray(), "scaleRows: the CPU's bits T=" + t);
+            be.scaleRows(gx, gx, offsetFloats(keep, w, n));
+            assertArrayEquals(cs.toFloatArray(), gx.toFloatArray(), "scaleRows in place T=" + t);
+        } finally {
+            closeAll(keep);
+        }
+    }
+
+    @Test
+    void gatherAndScatterNameTheBadRow() {
+        try (Tensor x = dev.allocate(DType.F32, 3, 2); Tensor out = dev.allocate(DType.F32, 2, 2);
+             Tensor rows = dev.fromInts(new int[] {-1, 3}, 2)) {
+            IllegalArgumentException ex = assertThrows(IllegalArgumentException.class, () -> be.gatherRows(out, x, rows));
+            assertTrue(ex.getMessage().contains("rows[1] = 3"), ex.getMessage());
+            ex = assertThrows(IllegalArgumentException.class, () -> be.scatterAddRows(x, out, rows, null));
+            assertTrue(ex.getMessage().contains("rows[1] = 3"), ex.getMessage());
+        }
+    }
+
+    @Test
+    void uniformNoiseIsBitIdenticalToNoiseUniform() {
+        int n = 97 * 1025;
+        long[] seeds = {0, 1, -1, Long.MIN_VALUE, Long.MAX_VALUE, 0x9E3779B97F4A7C15L};
+        // The last ranges round values up to hi, which must become nextDown(hi) (below ±0 too).
+        float[][] ranges = {{0.99f, 1.01f}, {-1f, 0f}, {-3e38f, 3e38f}, {0.99999994f, 1f}, {-Float.MIN_VALUE, 0f},
+            {1e-45f, 3e-45f}};
+        try (Tensor out = dev.allocate(DType.F32, n + 5)) {
+            for (long seed : seeds) {
+                for (float[] r : ranges) {
+                    be.uniformNoise(out.view(5, n), r[0], r[1], seed);
+                    float[] got = out.toFloatArray();
+                    for (int i = 0; i < n; i++) {
+                        float want = org.kindling.ops.Noise.uniform(seed, i, r[0], r[1]);
+                        if (Float.floatToRawIntBits(got[5 + i]) != Float.floatToRawIntBits(want)) {
+                            fail("seed " + seed + " [" + r[0] + ", " + r[1] + "): element " + i + " is " + got[5 + i]
+                                    + ", Noise.uniform gives " + want);
+                        }
+                    }
+                }
+            }
+            assertThrows(IllegalArgumentException.class, () -> be.uniformNoise(out, 1f, 1f, 0));
+        }
+    }
+
+    @ParameterizedTest(name = "{0}x{1}")
+    @MethodSource("rowsCols")
+    void rmsNormMatchesReferenceAndAccumulates(int rows, int cols) {
+        int n = rows * cols;
+        float[] x = uniform(131, n, -3, 5);
+        float[] w = uniform(132, cols, 0.5, 1.5);
+        float[] dy = uniform(133, n, -1, 1);
+        float[] prior = uniform(134, n, -1, 1);
+        float[] priorW = uniform(135, cols, -1, 1);
+        float eps = 1e-5f;
+        double[][] ref = Reference.rmsNorm(Reference.widen(x), Reference.widen(w), rows, cols, eps);
+        double[][] g = Reference.rmsNormBackward(Reference.widen(dy), Reference.widen(x), Reference.widen(w), rows, cols, eps);
+        float[][] got = new float[4][];
+        float[][] fp32 = new float[4][];
+        for (Device d : new Device[] {dev, cpu}) {
+            Backend k = d.backend();
+            try (Tensor tx = d.fromFloats(x, rows, cols); Tensor tw = d.fromFloats(w, cols);
+                 Tensor out = d.allocate(DType.F32, rows, cols); Tensor rstd = d.allocate(DType.F32, rows);
+                 Tensor tdy = d.fromFloats(dy, rows, cols); Tensor dx = d.fromFloats(prior, rows, cols);
+                 Tensor dw = d.fromFloats(priorW, cols)) {
+                k.rmsNormForward(out, rstd, tx, tw, eps);
+                k.rmsNormBackward(dx, dw, tdy, tx, tw, rstd);
+                float[][] r = d == dev ? got : fp32;
+                r[0] = out.toFloatArray();
+                r[1] = rstd.toFloatArray();
+                r[2] = dx.toFloatArray();
+                r[3] = dw.toFloatArray();
+                if (d == dev) {
+                    try (Tensor dx2 = d.fromFloats(prior, rows, cols); Tensor dw2 = d.fromFloats(priorW, cols)) {
+                        k.rmsNormBackward(dx2, dw2, tdy, tx, tw, rstd);
+                        assertArrayEquals(r[2], dx2.toFloatArray(), "deterministic dx");
+                        assertArrayEquals(r[3], dw2.toFloatArray(), "deterministic dweight");
+                    }
+                    k.rmsNormForward(tx, rstd, tx, tw, eps);
+                    assertArrayEquals(r[0], tx.toFloatArray(), "in place gives the same bits");
+                }
+            }
+        }
+        String at = " " + rows + "x" + cols;
+        oracle("rmsNorm out" + at, ref[0], got[0], fp32[0], 2);
+        oracle("rmsNorm rstd" + at, ref[1], got[1], fp32[1], 2);
+        oracle("rmsNorm dx" + at, plus(g[0], prior), got[2], fp32[2], 3);
+        oracle("rmsNorm dweight" + at, plus(g[1], priorW), got[3], fp32[3], 3);
+    }
+
+    @ParameterizedTest
+    @EnumSource(UnaryOp.class)
+    void unaryBackwardMatchesReferenceAndTheCpuInPlace(UnaryOp op) {
+        boolean positive = op == UnaryOp.LOG || op == UnaryOp.SQRT || op == UnaryOp.RECIPROCAL;
+        for (int n : SIZES) {
+            float[] x = positive ? uniform(141, n, 0.05, 4) : uniform(141, n, -4, 4);
+            if (!positive && n > 2) {
+                x[1] = 0f;  // ABS and RELU take their subgradient 0 there
+            }
+            float[] dy = uniform(142, n, -1, 1);
+            float[] prior = uniform(143, n, -1, 1);
+            try (Tensor tx = dev.fromFloats(x, n); Tensor tdy = dev.fromFloats(dy, n); Tensor dx = dev.fromFloats(prior, n);
+                 Tensor cx = cpu.fromFloats(x, n); Tensor cdy = cpu.fromFloats(dy, n); Tensor cdx = cpu.fromFloats(prior, n)) {
+                be.unaryBackward(op, dx, tdy, tx);
+                cb.unaryBackward(op, cdx, cdy, cx);
+                float[] got = dx.toFloatArray();
+                oracle(op + " backward n=" + n, plus(Reference.unaryBackward(op, Reference.widen(dy), Reference.widen(x)),
+                        prior), got, cdx.toFloatArray(), 2);
+                // dx aliasing dy: dy + dy·f′(x), elementwise.
+                be.unaryBackward(op, tdy, tdy, tx);
+                cb.unaryBackward(op, cdy, cdy, cx);
+                oracle(op + " backward in place n=" + n, plus(Reference.unaryBackward(op, Reference.widen(dy),
+                        Reference.widen(x)), dy), tdy.toFloatArray(), cdy.toFloatArray(), 2);
+            }
+        }
+    }
+
+    /** A dropless (and a capacity) MoE layer's training forward and backward on cuda against cpu. */
+    @ParameterizedTest(name = "capacity factor {0}")
+    @ValueSource(doubles = {0, 1.25})
+    void moeLayerForwardAndBackwardMatchTheCpu(double capacityFactor) throws Exception {
+        int t = 97;
+        int c = 59;
+        org.kindling.models.channel.MoeSpec spec = new org.kindling.models.channel.MoeSpec(8, 40, 2, capacityFactor, 0.01,
+                0.001, 0.01);
+        float[] x = uniform(151, t * c, -1, 1);
+        float[] dy = uniform(152, t * c, -1, 1);
+        float[][][] results = new float[2][][];
+        Device[] devices = {cpu, dev};
+        for (int i = 0; i < 2; i++) {
+            Device d = devices[i];
+            org.kindling.models.nn.Params.Builder pb = new org.kindling.models.nn.Params.Builder();
+            try (org.kindling.models.nn.StepContext step = new org.kindling.models.nn.StepContext();
+                 org.kindling.models.channel.ChannelMixer layer = spec.build(
+                         new org.kindling.models.nn.LayerContext(pb, d, "moe", c, 0, 2, 0.3, 5, step));
+                 org.kindling.models.nn.Params params = pb.build(d, 5);
+                 Tensor tx = d.fromFloats(x, t, c); Tensor y = d.allocate(DType.F32, t, c);
+                 Tensor tdy = d.fromFloats(dy, t, c); Tensor dx = d.allocate(DType.F32, t, c)) {
+                params.values().copyFrom(uniform(6, params.count(), -0.3, 0.3));
+                params.zeroGrad();
+                d.backend().fill(dx, 0f);
+                step.train(7, 1.0 / t, v -> { });
+                layer.forward(y, tx);
+                layer.backward(dx, tdy);
+                results[i] = new float[][] {y.toFloatArray(), dx.toFloatArray(), params.grads().toFloatArray()};
+            }
+        }
+        String[] names = {"y", "dx", "parameter gradients"};
+        for (int j = 0; j < names.length; j++) {
+            float[] want = results[0][j];
+            float[] got = results[1][j];
+            double scale = 0;
+            for (float v : want) {
+                scale = Math.max(scale, Math.abs(v));
+            }
+            assertTrue(scale > 0, names[j] + " is all zeros");
+            for (int q = 0; q < want.length; q++) {
+                // The same routing and ops; only GEMM and row-sum orders differ between the devices.
+                if (!(Math.abs(got[q] - want[q]) <= 1e-5 * scale)) {
+                    fail("MoE " + names[j] + "[" + q + "] on cuda is " + got[q] + ", on cpu " + want[q] + " (scale " + scale + ")");
+                }
+            }
+        }
+    }
 }
