@@ -977,7 +977,8 @@ class CudaParityTest {
     @Test
     void topKNamesTheNaNAndTopKBackwardTheBadId() {
         float[] x = {0, 1, 2, 3, 4, 5, Float.NaN, 7, 8, 9, 10, Float.NaN};
-        try (Tensor tx = dev.fromFloats(x, 3, 4); Tensor v = dev.allocate(DType.F32, 3, 2); Tensor i = dev.allocate(DType.I32, 3, 2);
+        try (Tensor tx = dev.fromFloats(x, 3, 4); Tensor v = dev.allocate(DType.F32, 3, 2);
+             Tensor i = dev.allocate(DType.I32, 3, 2);
              Tensor dx = dev.allocate(DType.F32, 3, 4); Tensor bad = dev.fromInts(new int[] {0, 1, 2, 3, 4, 0}, 3, 2)) {
             IllegalArgumentException ex = assertThrows(IllegalArgumentException.class, () -> be.topK(v, i, tx, 2));
             assertTrue(ex.getMessage().contains("x[1, 2] is NaN"), ex.getMessage());
@@ -1239,7 +1240,8 @@ class CudaParityTest {
             for (int q = 0; q < want.length; q++) {
                 // The same routing and ops; only GEMM and row-sum orders differ between the devices.
                 if (!(Math.abs(got[q] - want[q]) <= 1e-5 * scale)) {
-                    fail("MoE " + names[j] + "[" + q + "] on cuda is " + got[q] + ", on cpu " + want[q] + " (scale " + scale + ")");
+                    fail("MoE " + names[j] + "[" + q + "] on cuda is " + got[q] + ", on cpu " + want[q]
+                            + " (scale " + scale + ")");
                 }
             }
         }
