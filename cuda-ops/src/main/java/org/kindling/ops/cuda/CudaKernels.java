@@ -19,6 +19,7 @@ import jcuda.driver.CUfunction;
 import jcuda.driver.CUmodule;
 import jcuda.driver.JCudaDriver;
 import org.kindling.ops.AdamW;
+import org.kindling.ops.Attention;
 import org.kindling.ops.BF16;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
@@ -28,6 +29,7 @@ import org.kindling.ops.KernelChecks;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.UnaryOp;
+import org.kindling.ops.Varlen;
 
 /**
  * The {@link org.kindling.ops.Backend} operations that have a CUDA kernel (kernels.cu), plus the
@@ -52,6 +54,7 @@ final class CudaKernels {
     /** One double the sum kernel writes for {@link #sumOfSquares}; guarded by {@code this}. */
     private final CUdeviceptr total;
     private final CudaGemm gemm;
+    private final CudaAttention attention;
 
     CudaKernels(CudaDevice device, byte[] fatbin) {
         this.device = device;
@@ -63,6 +66,7 @@ final class CudaKernels {
         }
         total = device.allocZeroed(Double.BYTES);
         gemm = new CudaGemm(device, module);
+        attention = new CudaAttention(device, module);
     }
 
     void unload() {
@@ -464,5 +468,21 @@ final class CudaKernels {
                 grads.offset(), base(m, DType.F32, "m"), m.offset(), base(v, DType.F32, "v"), v.offset(), params.numel(),
                 s.beta1(), 1f - s.beta1(), s.beta2(), 1f - s.beta2(), s.decay(), s.stepSize(), s.bc2Sqrt(), s.eps(),
                 s.gradScale());
+    }
+
+    // ---- attention and the bias gradient (CudaAttention, attention.cu) ----
+
+    public void attentionForward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Varlen cuSeqlensQ, Varlen cuSeqlensK,
+                                 Attention attn) {
+        attention.forward(out, lse, q, k, v, cuSeqlensQ, cuSeqlensK, attn);
+    }
+
+    public void attentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
+                                  Tensor lse, Varlen cuSeqlensQ, Varlen cuSeqlensK, Attention attn) {
+        attention.backward(dq, dk, dv, dout, q, k, v, out, lse, cuSeqlensQ, cuSeqlensK, attn);
+    }
+
+    public void addColumnSums(Tensor out, Tensor x) {
+        attention.addColumnSums(out, x);
     }
 }
