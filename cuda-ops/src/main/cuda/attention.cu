@@ -108,28 +108,24 @@ extern "C" __global__ void attention_forward_f32(float* out, int oo, float* lse,
                 s[t] = j < allowed ? scale * dot : -INFINITY;
                 tile_max = fmaxf(tile_max, s[t]);
             }
+            // The shuffles run on every lane (rows of one warp may differ in what they attend), so no branch here.
             float m_new = fmaxf(m, att_row_max(tile_max));
             float* sr = ss + row * (ATT_TILE + 1);
-            if (m_new == -INFINITY) {
+            float sum = 0.0f;
 #pragma unroll
-                for (int t = 0; t < ATT_TILE / 4; t++) {
-                    sr[sub + 4 * t] = 0.0f;  // nothing attended yet: P is zero and the state unchanged
-                }
-            } else {
-                float corr = expf(m - m_new);
-                float sum = 0.0f;
+            for (int t = 0; t < ATT_TILE / 4; t++) {
+                float p = s[t] == -INFINITY ? 0.0f : expf(s[t] - m_new);
+                sr[sub + 4 * t] = p;
+                sum += p;
+            }
+            sum = att_row_sum(sum);
+            // Nothing attended so far (m_new = −∞): P is zero and the state stays as it is.
+            float corr = m_new == -INFINITY ? 1.0f : expf(m - m_new);
+            l = l * corr + sum;
+            m = m_new;
 #pragma unroll
-                for (int t = 0; t < ATT_TILE / 4; t++) {
-                    float p = s[t] == -INFINITY ? 0.0f : expf(s[t] - m_new);
-                    sr[sub + 4 * t] = p;
-                    sum += p;
-                }
-                l = l * corr + att_row_sum(sum);
-                m = m_new;
-#pragma unroll
-                for (int t = 0; t < ATT_DPT; t++) {
-                    acc[t] *= corr;
-                }
+            for (int t = 0; t < ATT_DPT; t++) {
+                acc[t] *= corr;
             }
             __syncwarp();  // the row's 4 threads wrote its P; each reads all of it
 #pragma unroll
