@@ -151,3 +151,4 @@ extern "C" __global__ void block_sum_f32(const float* x, int ox, int n, int squa
 #include "gemm.cu"
 #include "nn.cu"
 #include "moe.cu"
+#include "attention.cu"

@@ -20,6 +20,7 @@ import jcuda.driver.CUfunction;
 import jcuda.driver.CUmodule;
 import jcuda.driver.JCudaDriver;
 import org.kindling.ops.AdamW;
+import org.kindling.ops.Attention;
 import org.kindling.ops.BF16;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
@@ -33,6 +34,7 @@ import org.kindling.ops.RowMap;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.TopK;
 import org.kindling.ops.UnaryOp;
+import org.kindling.ops.Varlen;
 
 /**
  * The {@link org.kindling.ops.Backend} operations that have a CUDA kernel (kernels.cu), plus the
@@ -60,6 +62,7 @@ final class CudaKernels {
     /** One double the sum kernel writes for {@link #sumOfSquares}; guarded by {@code this}. */
     private final CUdeviceptr total;
     private final CudaGemm gemm;
+    private final CudaAttention attention;
 
     CudaKernels(CudaDevice device, byte[] fatbin) {
         this.device = device;
@@ -71,6 +74,7 @@ final class CudaKernels {
         }
         total = device.allocZeroed(Double.BYTES);
         gemm = new CudaGemm(device, module);
+        attention = new CudaAttention(device, module);
     }
 
     void unload() {
@@ -624,5 +628,21 @@ final class CudaKernels {
         sameNumel(dy, "unary backward dy", x, "x");
         launch("unary_backward_f32", x.numel(), op.ordinal(), base(dx, DType.F32, "dx"), dx.offset(),
                 base(dy, DType.F32, "dy"), dy.offset(), base(x, DType.F32, "x"), x.offset(), x.numel());
+    }
+
+    // ---- attention and the bias gradient (CudaAttention, attention.cu) ----
+
+    public void attentionForward(Tensor out, Tensor lse, Tensor q, Tensor k, Tensor v, Varlen cuSeqlensQ, Varlen cuSeqlensK,
+                                 Attention attn) {
+        attention.forward(out, lse, q, k, v, cuSeqlensQ, cuSeqlensK, attn);
+    }
+
+    public void attentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out,
+                                  Tensor lse, Varlen cuSeqlensQ, Varlen cuSeqlensK, Attention attn) {
+        attention.backward(dq, dk, dv, dout, q, k, v, out, lse, cuSeqlensQ, cuSeqlensK, attn);
+    }
+
+    public void addColumnSums(Tensor out, Tensor x) {
+        attention.addColumnSums(out, x);
     }
 }

@@ -19,7 +19,8 @@ import org.kindling.ops.Backend;
  * What runs on the GPU, checked without one: {@link org.kindling.ops.HostFallback} sends a
  * {@link Backend} method to the device when the kernels' class declares a public method with its
  * name, parameter types and return type, so the transformer and MoE kernels must be declared that way;
- * and every kernel {@link CudaKernels} loads by name must be in the fatbin this build compiled.
+ * and every kernel {@link CudaKernels} and {@link CudaAttention} load by name must be in the fatbin
+ * this build compiled.
  */
 class CudaKernelsTest {
     private static final List<String> ON_THE_GPU = List.of("softmaxForward", "softmaxBackward", "layerNormForward",
@@ -27,7 +28,7 @@ class CudaKernelsTest {
             "embeddingBackward", "crossEntropyForward", "crossEntropyForwardBackward", "adamW", "unary", "binary", "affine",
             "reduceRows", "fill", "copy", "sumOfSquares", "addSum", "addSumOfSquares", "topK", "topKBackward", "expertOffsets",
             "permutation", "gatherRows", "scatterAddRows", "entryTokens", "capacitySlots", "scaleRows", "uniformNoise",
-            "rmsNormForward", "rmsNormBackward", "unaryBackward");
+            "rmsNormForward", "rmsNormBackward", "unaryBackward", "attentionForward", "attentionBackward", "addColumnSums");
 
     @Test
     void theTransformerKernelsDoNotFallBackToTheHost() {
@@ -64,10 +65,11 @@ class CudaKernelsTest {
         String bytes = new String(fatbin, StandardCharsets.ISO_8859_1);
         Field f = CudaKernels.class.getDeclaredField("FUNCTIONS");
         f.setAccessible(true);
-        String[] functions = (String[]) f.get(null);
-        assertTrue(List.of(functions).contains("cross_entropy_f32"));
-        assertTrue(List.of(functions).contains("moe_permutation"));
-        assertTrue(List.of(functions).contains("uniform_noise_f32"));
+        List<String> functions = new ArrayList<>(List.of((String[]) f.get(null)));
+        assertTrue(functions.contains("cross_entropy_f32"));
+        assertTrue(functions.contains("moe_permutation"));
+        assertTrue(functions.contains("uniform_noise_f32"));
+        functions.addAll(List.of(CudaAttention.FUNCTIONS));
         for (String name : functions) {
             assertTrue(bytes.contains(name + "\0"), name + " is not in " + Cuda.FATBIN);
         }

@@ -31,9 +31,11 @@ import org.kindling.models.data.Synthetic;
 import org.kindling.models.train.StepResult;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.AdamW;
+import org.kindling.ops.Attention;
 import org.kindling.ops.BF16;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
+import org.kindling.ops.BlockMask;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.DropoutMask;
@@ -45,6 +47,7 @@ import org.kindling.ops.ReduceOp;
 import org.kindling.ops.Reference;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.UnaryOp;
+import org.kindling.ops.Varlen;
 
 /**
  * Every CUDA kernel against the fp64 {@link Reference} twins with the CPU kernels' fp32
@@ -543,7 +546,8 @@ class CudaParityTest {
 
     private static final String[] NN_OPS = {"softmaxForward", "softmaxBackward", "layerNormForward", "layerNormBackward",
         "geluForward", "geluBackward", "dropoutForward", "dropoutBackward", "embeddingForward", "embeddingBackward",
-        "crossEntropyForward", "crossEntropyForwardBackward", "adamW"};
+        "crossEntropyForward", "crossEntropyForwardBackward", "adamW", "attentionForward", "attentionBackward",
+        "addColumnSums"};
 
     static Stream<Arguments> rowsCols() {
         return Stream.of(Arguments.of(1, 1), Arguments.of(7, 59), Arguments.of(97, 59), Arguments.of(97, 1025),
@@ -1242,6 +1246,157 @@ class CudaParityTest {
                 if (!(Math.abs(got[q] - want[q]) <= 1e-5 * scale)) {
                     fail("MoE " + names[j] + "[" + q + "] on cuda is " + got[q] + ", on cpu " + want[q]
                             + " (scale " + scale + ")");
+                }
+            }
+        }
+    }
+
+    // ---- attention and the bias gradient (attention.cu) ----
+
+    static Stream<Arguments> attentionShapes() {
+        Stream.Builder<Arguments> shapes = Stream.builder();
+        for (int hs : new int[] {59, 64, 128}) {
+            for (int kvHeads : new int[] {1, 2, 4}) {
+                for (boolean causal : new boolean[] {false, true}) {
+                    shapes.add(Arguments.of(hs, kvHeads, causal));
+                }
+            }
+        }
+        return shapes.build();
+    }
+
+    /** What one forward and backward on a device gives: out, lse, then dq, dk, dv accumulated onto their priors. */
+    private record AttentionRun(float[] out, float[] lse, float[] dq, float[] dk, float[] dv) {
+    }
+
+    private static AttentionRun runAttention(Device d, Attention a, int[] cuQ, int[] cuK, float[][] in) {
+        int tq = cuQ[cuQ.length - 1];
+        int tk = cuK[cuK.length - 1];
+        int nh = a.heads();
+        int nkv = a.kvHeads();
+        int hs = a.headDim();
+        Backend b = d.backend();
+        try (Tensor q = d.fromFloats(in[0], tq, nh, hs); Tensor k = d.fromFloats(in[1], tk, nkv, hs);
+             Tensor v = d.fromFloats(in[2], tk, nkv, hs); Tensor dout = d.fromFloats(in[3], tq, nh, hs);
+             Tensor dq = d.fromFloats(in[4], tq, nh, hs); Tensor dk = d.fromFloats(in[5], tk, nkv, hs);
+             Tensor dv = d.fromFloats(in[6], tk, nkv, hs); Tensor out = d.allocate(DType.F32, tq, nh, hs);
+             Tensor lse = d.allocate(DType.F32, nh, tq); Tensor cq = d.fromInts(cuQ, cuQ.length);
+             Tensor ck = d.fromInts(cuK, cuK.length)) {
+            Varlen vq = Varlen.of(cq, cuQ);
+            Varlen vk = Varlen.of(ck, cuK);
+            b.attentionForward(out, lse, q, k, v, vq, vk, a);
+            b.attentionBackward(dq, dk, dv, dout, q, k, v, out, lse, vq, vk, a);
+            return new AttentionRun(out.toFloatArray(), lse.toFloatArray(), dq.toFloatArray(), dk.toFloatArray(),
+                    dv.toFloatArray());
+        }
+    }
+
+    /**
+     * Forward and backward on cuda against the fp64 reference within the project's rule (2× the fp32
+     * CPU's error for outputs, 3× for gradients, plus a floor), gradients accumulating onto priors,
+     * and a second cuda run bit-identical to the first.
+     */
+    private static void attentionMatchesReference(String what, Attention a, int[] cuQ, int[] cuK, long seed) {
+        int tq = cuQ[cuQ.length - 1];
+        int tk = cuK[cuK.length - 1];
+        int nq = tq * a.heads() * a.headDim();
+        int nk = tk * a.kvHeads() * a.headDim();
+        float[][] in = {uniform(seed, nq, -2, 2), uniform(seed + 1, nk, -2, 2), uniform(seed + 2, nk, -1, 1),
+            uniform(seed + 3, nq, -1, 1), uniform(seed + 4, nq, -0.5, 0.5), uniform(seed + 5, nk, -0.5, 0.5),
+            uniform(seed + 6, nk, -0.5, 0.5)};
+        double[][] fwd = Reference.attention(a, Reference.widen(in[0]), Reference.widen(in[1]), Reference.widen(in[2]), cuQ,
+                cuK);
+        double[][] bwd = Reference.attentionBackward(a, Reference.widen(in[3]), Reference.widen(in[0]),
+                Reference.widen(in[1]), Reference.widen(in[2]), cuQ, cuK);
+        AttentionRun gpu = runAttention(dev, a, cuQ, cuK, in);
+        AttentionRun fp32 = runAttention(cpu, a, cuQ, cuK, in);
+        oracle(what + " out", fwd[0], gpu.out(), fp32.out(), 2);
+        oracle(what + " lse", fwd[1], gpu.lse(), fp32.lse(), 2);
+        oracle(what + " dq", plus(bwd[0], in[4]), gpu.dq(), fp32.dq(), 3);
+        oracle(what + " dk", plus(bwd[1], in[5]), gpu.dk(), fp32.dk(), 3);
+        oracle(what + " dv", plus(bwd[2], in[6]), gpu.dv(), fp32.dv(), 3);
+        AttentionRun again = runAttention(dev, a, cuQ, cuK, in);
+        assertArrayEquals(gpu.out(), again.out(), what + " out is deterministic");
+        assertArrayEquals(gpu.lse(), again.lse(), what + " lse is deterministic");
+        assertArrayEquals(gpu.dq(), again.dq(), what + " dq is deterministic");
+        assertArrayEquals(gpu.dk(), again.dk(), what + " dk is deterministic");
+        assertArrayEquals(gpu.dv(), again.dv(), what + " dv is deterministic");
+    }
+
+    @ParameterizedTest(name = "hs={0} kvHeads={1} causal={2}")
+    @MethodSource("attentionShapes")
+    void attentionOverPackedSequencesMatchesReference(int hs, int kvHeads, boolean causal) {
+        int[] cu = {0, 1, 98, 1123}; // lengths 1, 97, 1025: one row, a partial tile, many tiles and a partial one
+        Attention a = Attention.of(4, kvHeads, hs).withCausal(causal);
+        attentionMatchesReference("attention hs=" + hs + " kv=" + kvHeads + (causal ? " causal" : ""), a, cu, cu,
+                100L * hs + 10L * kvHeads + (causal ? 1 : 0));
+    }
+
+    @ParameterizedTest(name = "causal={0}")
+    @ValueSource(booleans = {false, true})
+    void attentionOfQueryChunksAgainstLongerKeysMatchesReference(boolean causal) {
+        // Query chunks shorter than their keys (a KV cache): causal masking aligns the last query with the last key.
+        int[] cuQ = {0, 1, 50, 150, 150};
+        int[] cuK = {0, 97, 200, 1225, 1290};
+        Attention a = Attention.of(4, 2, 64).withCausal(causal).withScale(0.3f);
+        attentionMatchesReference("attention chunks" + (causal ? " causal" : ""), a, cuQ, cuK, causal ? 7 : 8);
+    }
+
+    @ParameterizedTest(name = "causal={0}")
+    @ValueSource(booleans = {false, true})
+    void blockSparseAttentionMatchesReferenceAndADenseMaskMatchesNoMask(boolean causal) {
+        int[] cu = {0, 97, 1122, 1522};
+        BlockMask window = BlockMask.localWindow(1025, 128, 1);
+        BlockMask strided = BlockMask.strided(1025, 256, 2, 1);
+        Attention a = Attention.of(4, 1, 64).withCausal(causal);
+        attentionMatchesReference("local window" + (causal ? " causal" : ""), a.withMask(window), cu, cu, 21);
+        attentionMatchesReference("strided" + (causal ? " causal" : ""), a.withMask(strided), cu, cu, 22);
+        float[][] in = {uniform(31, 1522 * 4 * 64, -2, 2), uniform(32, 1522 * 64, -2, 2), uniform(33, 1522 * 64, -1, 1),
+            uniform(34, 1522 * 4 * 64, -1, 1), new float[1522 * 4 * 64], new float[1522 * 64], new float[1522 * 64]};
+        AttentionRun dense = runAttention(dev, a, cu, cu, in);
+        AttentionRun masked = runAttention(dev, a.withMask(BlockMask.dense(1025, 128)), cu, cu, in);
+        assertArrayEquals(dense.out(), masked.out(), "a dense mask gives the dense kernel's out");
+        assertArrayEquals(dense.dq(), masked.dq(), "a dense mask gives the dense kernel's dq");
+        assertArrayEquals(dense.dk(), masked.dk(), "a dense mask gives the dense kernel's dk");
+    }
+
+    @Test
+    void attentionRefusesWideHeadsAndBf16() {
+        int[] cu = {0, 3};
+        try (Tensor cq = dev.fromInts(cu, 2); Tensor q = dev.allocate(DType.F32, 3, 1, 129);
+             Tensor out = dev.allocate(DType.F32, 3, 1, 129); Tensor lse = dev.allocate(DType.F32, 1, 3);
+             Tensor qb = dev.allocate(DType.BF16, 3, 1, 64); Tensor outb = dev.allocate(DType.F32, 3, 1, 64)) {
+            Varlen vc = Varlen.of(cq, cu);
+            IllegalArgumentException wide = assertThrows(IllegalArgumentException.class,
+                    () -> be.attentionForward(out, lse, q, q, q, vc, vc, Attention.of(1, 1, 129)));
+            assertTrue(wide.getMessage().contains("128"), wide.getMessage());
+            IllegalArgumentException bf16 = assertThrows(IllegalArgumentException.class,
+                    () -> be.attentionForward(outb, lse, qb, qb, qb, vc, vc, Attention.of(1, 1, 64)));
+            assertTrue(bf16.getMessage().contains("F32"), bf16.getMessage());
+        }
+    }
+
+    @ParameterizedTest(name = "{0}x{1}")
+    @MethodSource("rowsCols")
+    void addColumnSumsAccumulatesInRowOrderWithinAnUlpOfTheReference(int rows, int cols) {
+        float[] x = uniform(81, rows * cols, -3, 3);
+        float[] prior = uniform(82, cols, -1, 1);
+        double[] sums = Reference.columnSums(Reference.widen(x), rows, cols);
+        try (Tensor tx = dev.fromFloats(x, rows, cols); Tensor out = dev.fromFloats(prior, cols);
+             Tensor again = dev.fromFloats(prior, cols); Tensor cx = cpu.fromFloats(x, rows, cols);
+             Tensor cout = cpu.fromFloats(prior, cols)) {
+            be.addColumnSums(out, tx);
+            be.addColumnSums(again, tx);
+            cb.addColumnSums(cout, cx);
+            float[] got = out.toFloatArray();
+            assertArrayEquals(got, again.toFloatArray(), "addColumnSums is deterministic");
+            double[] want = plus(sums, prior);
+            oracle("addColumnSums " + rows + "x" + cols, want, got, cout.toFloatArray(), 2);
+            for (int c = 0; c < cols; c++) {
+                // The sum rounded once to float, then added to the prior: within 1.5 ulps of the larger.
+                double tol = 2 * Math.ulp((float) Math.max(Math.abs(sums[c]), Math.abs(prior[c])));
+                if (!(Math.abs(got[c] - want[c]) <= tol)) {
+                    fail("addColumnSums column " + c + " is " + got[c] + ", expected " + want[c] + " (tolerance " + tol + ")");
                 }
             }
         }
