@@ -67,7 +67,7 @@ public record TopK(int tokens, int experts, int k) {
     /** A NaN score has no place in the order: it names the row and column of the bad router output. */
     public static void checkScore(double v, int row, int col) {
         if (Double.isNaN(v)) {
-            throw new IllegalArgumentException("topK x[" + row + ", " + col + "] is NaN");
+            throw new NonFiniteInputException("topK x[" + row + ", " + col + "] is NaN");
         }
     }
 }

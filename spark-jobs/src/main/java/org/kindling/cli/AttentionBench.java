@@ -105,7 +105,23 @@ final class AttentionBench implements Callable<Integer> {
     }
 
     private Measured time(Device dev, long base, Timing.Trial body) throws Exception {
-        Timing.Stats s = Timing.measure(new Timing.Rule(1, reps, 0), body);
+        Timing.Stats s = Timing.measure(new Timing.Rule(1, reps, 0), new Timing.Trial() {
+            @Override
+            public void before() throws Exception {
+                body.before();
+            }
+
+            @Override
+            public void run() throws Exception {
+                body.run();
+                Timing.finish(dev, "attention");
+            }
+
+            @Override
+            public void after() throws Exception {
+                body.after();
+            }
+        });
         return new Measured(s.best() * 1e3, s.median() * 1e3, dev.peakBytes() - base);
     }
 
@@ -208,7 +224,10 @@ final class AttentionBench implements Callable<Integer> {
         int n = 1024;
         try (Tensor a = dev.allocate(DType.F32, n, n); Tensor b = dev.allocate(DType.F32, n, n); Tensor c = dev.allocate(DType.F32, n, n)) {
             Gemm g = Gemm.of(false, false, n, n, n);
-            return Timing.measure(new Timing.Rule(1, 10, 0), () -> dev.backend().gemm(g, c, a, b)).bestRate(g.flops()) / 1e9;
+            return Timing.measure(new Timing.Rule(1, 10, 0), () -> {
+                dev.backend().gemm(g, c, a, b);
+                Timing.finish(dev, "the GEMM");
+            }).bestRate(g.flops()) / 1e9;
         }
     }
 }

@@ -1,7 +1,6 @@
 package org.kindling.cli;
 
 import java.io.PrintWriter;
-import java.time.Duration;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.SplittableRandom;
@@ -28,7 +27,6 @@ final class GemmBench implements Callable<Integer> {
     /** Largest max|C − C_ref| / max|C_ref| accepted: fp32 sums of K products differ by rounding only. */
     static final double MAX_REL_ERROR = 1e-4;
     /** How long one timed GEMM may take on an asynchronous device before the bench gives up on it. */
-    private static final Duration DEVICE_DEADLINE = Duration.ofMinutes(5);
 
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -99,10 +97,7 @@ final class GemmBench implements Callable<Integer> {
                 String name = impl;
                 fast = Timing.measure(rule, () -> {
                     dev.backend().gemm(g, tc, ta, tb);
-                    // An asynchronous device returns at once: each timed run waits for its kernels.
-                    if (!dev.fence().await(DEVICE_DEADLINE)) {
-                        throw new IllegalStateException("the " + name + " GEMM did not finish within " + DEVICE_DEADLINE);
-                    }
+                    Timing.finish(dev, "the " + name + " GEMM");
                 });
                 c = tc.toFloatArray();
             }

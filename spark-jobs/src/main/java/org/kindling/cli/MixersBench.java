@@ -164,6 +164,7 @@ final class MixersBench implements Callable<Integer> {
                 public void run() {
                     layer.forward(y, x, s);
                     layer.backward(dx, dy, s);
+                    Timing.finish(dev, "the mixer");
                 }
             });
             return new Result(stats.best() * 1e3, dev.peakBytes() - base);

@@ -27,9 +27,6 @@ import picocli.CommandLine.Option;
             "same run by the same rule (one warm-up, then --reps timed runs, the best reported), with the fraction of",
             "(token, expert) entries a capacity drops; prints dropless / dense and dropless / each capacity."})
 final class MoeBench implements Callable<Integer> {
-    /** The metric the MoE layer reports its dropped entries under. */
-    static final String DROPPED = "moe_dropped_fraction";
-
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
 
@@ -186,11 +183,12 @@ final class MoeBench implements Callable<Integer> {
                 public void run() {
                     layer.forward(y, x);
                     layer.backward(dx, dy);
+                    Timing.finish(dev, "the layer");
                 }
 
                 @Override
                 public void after() {
-                    dropped[0] = step.metrics().values().getOrDefault(DROPPED, 0.0);
+                    dropped[0] = step.metrics().values().getOrDefault(MoeSpec.DROPPED_FRACTION, 0.0);
                 }
             });
             return new Result(stats.best() * 1e3, dropped[0]);

@@ -48,7 +48,7 @@ final class QuickstartCommand implements Callable<Integer> {
     public Integer call() throws IOException {
         CommandLine cmd = spec.commandLine();
         BenchOptions.requirePositive(cmd, "--steps", steps);
-        TaskDevice taskDevice = new TaskDevice(device.checked(cmd), false);
+        TaskDevice taskDevice = TaskDevice.local(device.checked(cmd));
         try {
             taskDevice.check();
         } catch (IllegalArgumentException e) {

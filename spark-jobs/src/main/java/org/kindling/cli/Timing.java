@@ -1,7 +1,9 @@
 package org.kindling.cli;
 
+import java.time.Duration;
 import java.util.Arrays;
 import java.util.function.LongSupplier;
+import org.kindling.ops.Device;
 
 /**
  * The one timing rule of every benchmark and of both sides of every comparison: {@code warmup}
@@ -62,6 +64,19 @@ final class Timing {
 
         /** Untimed, after each run: e.g. checking its result. */
         default void after() throws Exception {
+        }
+    }
+
+    /** How long a timed run may leave kernels running on its device. */
+    static final Duration DEVICE_DEADLINE = Duration.ofMinutes(5);
+
+    /**
+     * Waits until the kernels launched on {@code dev} so far have finished: an asynchronous device
+     * returns at once from a launch, so every timed run ends here (at once on the CPU).
+     */
+    static void finish(Device dev, String what) {
+        if (!dev.fence().await(DEVICE_DEADLINE)) {
+            throw new IllegalStateException(what + " did not finish on " + dev + " within " + DEVICE_DEADLINE);
         }
     }
 

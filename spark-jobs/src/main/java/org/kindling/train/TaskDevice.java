@@ -15,8 +15,10 @@ import org.kindling.ops.Device;
  *     provider's name ({@code cuda}) without an ordinal
  * @param cpuFallback whether a GPU task that Spark gave no GPU trains on the CPU (with a warning)
  *     instead of failing
+ * @param local whether the run is one task in local Spark (the quickstart), which schedules no
+ *     GPUs: the task opens the spec as given ({@code cuda}, {@code cuda:1}) instead of asking Spark
  */
-public record TaskDevice(String spec, boolean cpuFallback) implements Serializable {
+public record TaskDevice(String spec, boolean cpuFallback, boolean local) implements Serializable {
     /** Training on the CPU, each task on its share of the cores. */
     public static final TaskDevice CPU = new TaskDevice("cpu", false);
     /** The device provider whose devices are GPUs that Spark schedules as the task resource {@link #GPU_RESOURCE}. */
@@ -26,6 +28,16 @@ public record TaskDevice(String spec, boolean cpuFallback) implements Serializab
 
     public TaskDevice {
         Objects.requireNonNull(spec, "spec");
+    }
+
+    /** A device for the tasks of a cluster run, each GPU task taking the GPU Spark assigned it. */
+    public TaskDevice(String spec, boolean cpuFallback) {
+        this(spec, cpuFallback, false);
+    }
+
+    /** The device of a single-task local run, opened as given. */
+    public static TaskDevice local(String spec) {
+        return new TaskDevice(spec, false, true);
     }
 
     /** A task's choice: the spec it opens, and a warning to log when it fell back to the CPU (else null). */
@@ -44,7 +56,7 @@ public record TaskDevice(String spec, boolean cpuFallback) implements Serializab
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("--device: " + e.getMessage(), e);
         }
-        if (gpu() && Device.argument(spec) != null) {
+        if (gpu() && !local && Device.argument(spec) != null) {
             throw new IllegalArgumentException("--device " + spec + ": kindling train takes each task's GPU from Spark's task "
                     + "resources; give --device " + GPU_PROVIDER);
         }
@@ -66,7 +78,7 @@ public record TaskDevice(String spec, boolean cpuFallback) implements Serializab
      */
     public Choice resolve(Map<String, List<String>> resources, int threads) {
         String cpu = "cpu:" + threads;
-        if (!gpu()) {
+        if (!gpu() || local) {
             return new Choice(spec.equals("cpu") ? cpu : spec, null);
         }
         List<String> gpus = resources.getOrDefault(GPU_RESOURCE, List.of());

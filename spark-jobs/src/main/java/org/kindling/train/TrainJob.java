@@ -279,6 +279,7 @@ public final class TrainJob {
                  Coordinator.Client coordinator = Coordinator.Client.connect(plan.coordinatorHost(), plan.coordinatorPort(),
                          plan.secret(), Duration.ofSeconds(plan.rendezvousTimeoutS()))) {
                 Coordinator.Rendezvous rv = coordinator.hello(attempt, rank, server.address());
+                boolean told = false;
                 try (Ring ring = Ring.connect(rank, rv.peers(), server, collective);
                      RingSync ringSync = new RingSync(ring, plan.bucketBytes());
                      Device dev = Device.open(deviceSpec); Gpt model = new Gpt(cfg.model(), dev, cfg.train().seed());
@@ -300,10 +301,17 @@ public final class TrainJob {
                         // Told before the ring closes, so the driver hears the cause before its peers' echoes of it.
                         // A task Spark is killing fails because another did: an echo too.
                         coordinator.failed(describe(e), isEcho(e) || ctx.isInterrupted());
+                        told = true;
                         throw e;
                     }
                 } catch (IOException e) {
                     coordinator.failed(describe(e), isEcho(e));
+                    throw e;
+                } catch (RuntimeException | Error e) {
+                    // Opening the device or building the model failed: the driver hears this rank's cause first.
+                    if (!told) {
+                        coordinator.failed(describe(e), isEcho(e) || ctx.isInterrupted());
+                    }
                     throw e;
                 }
             } catch (IOException e) {

@@ -47,6 +47,15 @@ class TaskDeviceTest {
         assertNull(new TaskDevice("cuda", true).resolve(Map.of("gpu", List.of("0")), 2).warning());
     }
 
+    /** The quickstart's one local task: local Spark schedules no GPUs, so the spec is opened as given. */
+    @Test
+    void aLocalRunOpensItsSpecAsGiven() {
+        assertEquals(new TaskDevice.Choice("cuda", null), TaskDevice.local("cuda").resolve(NONE, 2));
+        assertEquals(new TaskDevice.Choice("cuda:1", null), TaskDevice.local("cuda:1").resolve(NONE, 2));
+        assertEquals(new TaskDevice.Choice("cpu:2", null), TaskDevice.local("cpu").resolve(NONE, 2));
+        TaskDevice.local("cuda:1").check();
+    }
+
     @Test
     void theDriverRejectsBadSpecsBeforeAnyTaskStarts() {
         TaskDevice.CPU.check();

@@ -28,8 +28,6 @@ import org.kindling.ops.Tensor;
  * batch. The backward pass runs the same grouping in reverse.
  */
 final class Moe implements ChannelMixer {
-    static final String DROPPED_FRACTION = "moe_dropped_fraction";
-
     private final MoeSpec spec;
     private final int c;
     private final int hidden;
@@ -130,7 +128,7 @@ final class Moe implements ChannelMixer {
                     dropped += Math.max(0, n - cap);
                 }
             }
-            step.metrics().ratio(DROPPED_FRACTION, dropped, (double) x.rows() * k);
+            step.metrics().ratio(MoeSpec.DROPPED_FRACTION, dropped, (double) x.rows() * k);
         }
     }
 

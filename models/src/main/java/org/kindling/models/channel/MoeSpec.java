@@ -24,6 +24,14 @@ import org.kindling.models.nn.LayerContext;
 public record MoeSpec(int experts, int hidden, int k, double capacityFactor, double balanceLoss, double zLoss, double jitter)
         implements ChannelSpec {
     public static final String TYPE = "moe";
+    /** Metric: the load-balancing loss as added to the objective, summed over MoE layers. */
+    public static final String BALANCE_LOSS = "moe_balance_loss";
+    /** Metric: the router z-loss as added to the objective, summed over MoE layers. */
+    public static final String Z_LOSS = "moe_z_loss";
+    /** Metric: max expert load / mean load, a token-weighted mean over layers, micro-batches and workers. */
+    public static final String LOAD_IMBALANCE = "moe_load_imbalance";
+    /** Metric: the fraction of (token, choice) entries dropped past capacity, over the same. */
+    public static final String DROPPED_FRACTION = "moe_dropped_fraction";
     static final int DEFAULT_EXPERTS = 8;
 
     public MoeSpec {

@@ -24,11 +24,6 @@ import org.kindling.ops.Tensor;
  * drawn from the micro-batch's seed, so a resumed run redraws it.
  */
 final class Router {
-    /** Metric names, summed over every MoE layer of the model. */
-    static final String BALANCE_LOSS = "moe_balance_loss";
-    static final String Z_LOSS = "moe_z_loss";
-    static final String LOAD_IMBALANCE = "moe_load_imbalance";
-
     /** Separates the jitter's seed from other draws of the same layer and micro-batch. */
     private static final long JITTER_STREAM = 0x6a17e4L;
 
@@ -195,7 +190,7 @@ final class Router {
         StepMetrics m = step.metrics();
         Tensor lse = p.lse.write(t);
         be.reduceRows(ReduceOp.LOG_SUM_EXP, lse, p.logits.saved(t, experts));
-        be.addSumOfSquares(m.deviceSum(Z_LOSS, probs.device()), lse, (float) (zLoss * tokenWeight));
+        be.addSumOfSquares(m.deviceSum(MoeSpec.Z_LOSS, probs.device()), lse, (float) (zLoss * tokenWeight));
         // α·E·Σᵢ fᵢ·Pᵢ·w = Σᵢ (α·E·fᵢ·w)·Σ_t probs[t, i]: the gradient row dotted with the column sums.
         float[] row = new float[experts];
         for (int e = 0; e < experts; e++) {
@@ -205,8 +200,8 @@ final class Router {
         Tensor sums = p.probSums.zeros(experts);
         be.addColumnSums(sums, probs);
         be.binary(BinaryOp.MUL, sums, sums, gradRow);
-        be.addSum(m.deviceSum(BALANCE_LOSS, probs.device()), sums, 1f);
-        m.ratio(LOAD_IMBALANCE, imbalance * t, t);
+        be.addSum(m.deviceSum(MoeSpec.BALANCE_LOSS, probs.device()), sums, 1f);
+        m.ratio(MoeSpec.LOAD_IMBALANCE, imbalance * t, t);
     }
 
     /**

@@ -11,7 +11,7 @@ import org.kindling.ops.Tensor;
  * Named scalars the layers report over one optimizer step (a MoE layer's load-balancing loss,
  * dropped fraction, …), and the step's own sums (loss, squared gradient norm). Each metric is a
  * numerator and a denominator summed over layers, micro-batches and workers, so a worker's share
- * is added, never averaged: a sum metric ({@link #sum}) has no denominator, a ratio
+ * is added, never averaged: a sum metric ({@link #deviceSum}) has no denominator, a ratio
  * ({@link #ratio}) is Σ numerator / Σ denominator. What the device computes accumulates on the
  * device ({@link #deviceSum}, {@link #lossSum}, {@link #gradSquares}) in one buffer, which
  * {@link #collect} reads back once per step. Every worker reports the same names, so the step's
@@ -32,11 +32,6 @@ public final class StepMetrics implements AutoCloseable {
     private Tensor device;
     /** Whether the device holds sums not yet read back. */
     private boolean pending;
-
-    /** Adds {@code value} to metric {@code name}, reported as the total. */
-    public void sum(String name, double value) {
-        add(name, value, 0, false);
-    }
 
     /** Adds to metric {@code name}, reported as Σ numerator / Σ denominator. */
     public void ratio(String name, double numerator, double denominator) {

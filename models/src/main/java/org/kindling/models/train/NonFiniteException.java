@@ -12,6 +12,13 @@ public final class NonFiniteException extends RuntimeException {
         this.parameter = parameter;
     }
 
+    /** Stopped in the forward pass: a layer met a non-finite value where it must decide on it (an MoE router). */
+    public NonFiniteException(int step, String what) {
+        super("step " + step + ": " + what);
+        this.step = step;
+        this.parameter = null;
+    }
+
     public int step() {
         return step;
     }

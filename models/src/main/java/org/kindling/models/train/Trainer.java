@@ -13,6 +13,7 @@ import org.kindling.ops.AdamW;
 import org.kindling.ops.Backend;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
+import org.kindling.ops.NonFiniteInputException;
 import org.kindling.ops.Seeds;
 import org.kindling.ops.Tensor;
 
@@ -99,7 +100,8 @@ public final class Trainer implements AutoCloseable {
     /**
      * One optimizer step over {@code gradAccum} micro-batches from {@code data}.
      *
-     * @throws NonFiniteException on a NaN/∞ loss or gradient; the weights are left as before the step
+     * @throws NonFiniteException on a NaN/∞ loss or gradient, or one a layer meets in the forward pass
+     *     (an MoE router's scores); the weights are left as before the step
      */
     public StepResult step(DataSource data) {
         long t0 = System.nanoTime();
@@ -129,7 +131,11 @@ public final class Trainer implements AutoCloseable {
         for (int micro = 0; micro < batches.length; micro++) {
             long f0 = System.nanoTime();
             model.train(dropoutSeed(cfg.seed(), sync.rank(), step, micro), 1.0 / counts[1], sync::allReduceSum);
-            model.forward(batches[micro], scale, metrics.lossSum(dev));
+            try {
+                model.forward(batches[micro], scale, metrics.lossSum(dev));
+            } catch (NonFiniteInputException e) {
+                throw new NonFiniteException(step + 1, "the forward pass met a non-finite value: " + e.getMessage());
+            }
             long f1 = System.nanoTime();
             if (micro == batches.length - 1) {
                 model.backward(sync::gradientsReady);

@@ -199,7 +199,7 @@ class MoeTest {
             return;
         }
         Map<String, Double> metrics = b.step().metrics().values();
-        assertEquals((double) dropped[0] / (t * spec.k()), metrics.get(Moe.DROPPED_FRACTION), 1e-15, spec + " dropped fraction");
+        assertEquals((double) dropped[0] / (t * spec.k()), metrics.get(MoeSpec.DROPPED_FRACTION), 1e-15, spec + " dropped fraction");
         if (!spec.dropless()) {
             assertTrue(dropped[0] > 0, spec + ": the case should drop entries");
         }
@@ -255,8 +255,8 @@ class MoeTest {
             assertEquals(i >= cap, zero, "token " + i + (i >= cap ? " is past expert 0's capacity" : " fits"));
         }
         Map<String, Double> metrics = b.step().metrics().values();
-        assertEquals(6.0 / 8, metrics.get(Moe.DROPPED_FRACTION));
-        assertEquals(4.0, metrics.get(Router.LOAD_IMBALANCE), 1e-12, "all load on one of 4 experts");
+        assertEquals(6.0 / 8, metrics.get(MoeSpec.DROPPED_FRACTION));
+        assertEquals(4.0, metrics.get(MoeSpec.LOAD_IMBALANCE), 1e-12, "all load on one of 4 experts");
     }
 
     @Test

@@ -9,6 +9,8 @@ import java.util.ArrayList;
 import java.util.List;
 import org.junit.jupiter.api.Test;
 import org.kindling.models.Gpt;
+import org.kindling.models.channel.MlpSpec;
+import org.kindling.models.channel.MoeSpec;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
@@ -188,6 +190,26 @@ class TrainerTest {
             assertEquals(2, e.step());
             assertTrue(e.getMessage().startsWith("step 2: loss is NaN"), e.getMessage());
             assertEquals("wte.weight", e.parameter(), "the first parameter in layer order with a NaN gradient");
+            assertArrayEquals(before, model.params().values().toFloatArray(), "no update is applied");
+            assertEquals(1, t.stepCount());
+        }
+    }
+
+    /** A NaN reaching an MoE router's top-k is the same clean stop, not a kernel's argument error. */
+    @Test
+    void aNanReachingAMixtureOfExpertsRouterStopsTrainingAsNonFinite() {
+        ModelConfig moe = MODEL.withChannelMixers(List.of(new MlpSpec(4), new MoeSpec(4, 64, 1, 0, 0.01, 0.001, 0)));
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(moe, dev, 1); Trainer t = new Trainer(model, train(1))) {
+            DataSource d = data(8);
+            t.step(d);
+            Param router = model.params().get("h.1.moe.router.weight");
+            float[] w = router.value().toFloatArray();
+            w[0] = Float.NaN;
+            router.value().copyFrom(w);
+            float[] before = model.params().values().toFloatArray();
+            NonFiniteException e = assertThrows(NonFiniteException.class, () -> t.step(d));
+            assertEquals(2, e.step());
+            assertTrue(e.getMessage().startsWith("step 2: the forward pass met a non-finite value: topK x["), e.getMessage());
             assertArrayEquals(before, model.params().values().toFloatArray(), "no update is applied");
             assertEquals(1, t.stepCount());
         }
