@@ -63,6 +63,7 @@ final class CudaKernels {
     private final CUdeviceptr total;
     private final CudaGemm gemm;
     private final CudaAttention attention;
+    private final CudaSsm ssm;
 
     CudaKernels(CudaDevice device, byte[] fatbin) {
         this.device = device;
@@ -75,6 +76,7 @@ final class CudaKernels {
         total = device.allocZeroed(Double.BYTES);
         gemm = new CudaGemm(device, module);
         attention = new CudaAttention(device, module);
+        ssm = new CudaSsm(device, module);
     }
 
     void unload() {
@@ -644,5 +646,29 @@ final class CudaKernels {
 
     public void addColumnSums(Tensor out, Tensor x) {
         attention.addColumnSums(out, x);
+    }
+
+    // ---- causal long convolution and linear attention (CudaSsm, ssm.cu) ----
+
+    public void causalConvForward(Tensor y, Tensor u, Tensor k, Varlen cuSeqlens) {
+        ssm.causalConvForward(y, u, k, cuSeqlens);
+    }
+
+    public void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Varlen cuSeqlens) {
+        ssm.causalConvBackward(du, dk, dy, u, k, cuSeqlens);
+    }
+
+    public void linearAttentionForward(Tensor out, Tensor q, Tensor k, Tensor v, Varlen cuSeqlens, int heads, float eps) {
+        ssm.linearAttentionForward(out, q, k, v, cuSeqlens, heads, eps);
+    }
+
+    public void linearAttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                                        Varlen cuSeqlens, int heads, float eps) {
+        ssm.linearAttentionBackward(dq, dk, dv, dout, q, k, v, cuSeqlens, heads, eps);
+    }
+
+    public void linearAttentionStep(Tensor out, Tensor state, Tensor norm, Tensor q, Tensor k, Tensor v, int heads,
+                                    float eps) {
+        ssm.linearAttentionStep(out, state, norm, q, k, v, heads, eps);
     }
 }
