@@ -648,7 +648,7 @@ final class CudaKernels {
         attention.addColumnSums(out, x);
     }
 
-    // ---- causal long convolution and linear attention (CudaSsm, ssm.cu) ----
+    // ---- causal long convolution, linear attention and the diagonal SSM (CudaSsm, ssm.cu) ----
 
     public void causalConvForward(Tensor y, Tensor u, Tensor k, Varlen cuSeqlens) {
         ssm.causalConvForward(y, u, k, cuSeqlens);
@@ -670,5 +670,19 @@ final class CudaKernels {
     public void linearAttentionStep(Tensor out, Tensor state, Tensor norm, Tensor q, Tensor k, Tensor v, int heads,
                                     float eps) {
         ssm.linearAttentionStep(out, state, norm, q, k, v, heads, eps);
+    }
+
+    public void ssmConvForward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens,
+                               int block) {
+        ssm.ssmConvForward(y, u, logDt, aRe, aIm, c, cuSeqlens, block);
+    }
+
+    public void ssmConvBackward(Tensor du, Tensor dlogDt, Tensor daRe, Tensor daIm, Tensor dc, Tensor dy, Tensor u,
+                                Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens, int block) {
+        ssm.ssmConvBackward(du, dlogDt, daRe, daIm, dc, dy, u, logDt, aRe, aIm, c, cuSeqlens, block);
+    }
+
+    public void ssmStep(Tensor y, Tensor state, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c) {
+        ssm.ssmStep(y, state, u, logDt, aRe, aIm, c);
     }
 }

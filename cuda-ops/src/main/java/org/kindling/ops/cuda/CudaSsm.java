@@ -13,13 +13,16 @@ import org.kindling.ops.CausalConv;
 import org.kindling.ops.DType;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.LinearAttention;
+import org.kindling.ops.Ssm;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.Varlen;
 
 /**
- * ssm.cu on one device: causal long convolution and causal linear attention over packed
- * variable-length sequences, with the CPU backend's argument checks ({@link CausalConv},
- * {@link LinearAttention}). Each output element is summed by one thread in a fixed order, in
+ * ssm.cu on one device: causal long convolution, causal linear attention and the diagonal
+ * state-space convolution over packed variable-length sequences, with the CPU backend's argument
+ * checks ({@link CausalConv}, {@link LinearAttention}, {@link Ssm}). The state-space convolution
+ * forms its kernel for the longest sequence and convolves directly, so the CPU's FFT block size
+ * does not change the result. Each output element is summed by one thread in a fixed order, in
  * double (see ssm.cu), so results are deterministic and need no float atomics. Linear attention
  * keeps its F×(D + 1) state in shared memory, so F and D are at most {@link #MAX_DIM}.
  */
@@ -34,7 +37,8 @@ final class CudaSsm {
     private static final long MAX_BLOCKS = 1 << 16;
     static final String[] FUNCTIONS = {"causal_conv_forward_f32", "causal_conv_backward_du_f32",
         "causal_conv_backward_dk_f32", "linear_attention_forward_f32", "linear_attention_backward_f32",
-        "linear_attention_check_features_f32"};
+        "linear_attention_check_features_f32", "ssm_kernel_f32", "ssm_param_grads_f32", "ssm_sum_modes_f32",
+        "ssm_step_f32"};
 
     private final CudaDevice device;
     private final Map<String, CUfunction> functions = new HashMap<>();
@@ -207,5 +211,72 @@ final class CudaSsm {
                     new Object[] {new CUdeviceptr(), 0, 1, l.tokens(), heads, l.features(), l.headDim(), eps,
                         base(state, DType.F32, "linear attention state"), state.offset(),
                         base(norm, DType.F32, "linear attention norm"), norm.offset()}));
+    }
+
+    // ---- diagonal state-space convolution ----
+
+    /** The parameters' pointer-offset pairs in the kernels' order: logDt, aRe, aIm, c. */
+    private Object[] ssmParams(Tensor logDt, Tensor aRe, Tensor aIm, Tensor c) {
+        return new Object[] {base(logDt, DType.F32, "ssm logDt"), logDt.offset(), base(aRe, DType.F32, "ssm aRe"),
+            aRe.offset(), base(aIm, DType.F32, "ssm aIm"), aIm.offset(), base(c, DType.F32, "ssm c"), c.offset()};
+    }
+
+    /** K [lags, C] of the parameters on the device; the caller closes it. */
+    private Tensor ssmKernel(Ssm s, int lags, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c) {
+        Tensor k = device.allocate(DType.F32, lags, s.channels());
+        launchElementwise("ssm_kernel_f32", (long) lags * s.channels(), concat(new Object[] {base(k, DType.F32, "ssm K")},
+                ssmParams(logDt, aRe, aIm, c), new Object[] {s.channels(), s.modes(), lags}));
+        return k;
+    }
+
+    void ssmConvForward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens, int block) {
+        Ssm s = Ssm.check(y, u, logDt, aRe, aIm, c, cuSeqlens, block);
+        if (s.maxLength() == 0) {
+            return;
+        }
+        try (Tensor k = ssmKernel(s, s.maxLength(), logDt, aRe, aIm, c)) {
+            causalConvForward(y, u, k, cuSeqlens);
+        }
+    }
+
+    void ssmConvBackward(Tensor du, Tensor dlogDt, Tensor daRe, Tensor daIm, Tensor dc, Tensor dy, Tensor u,
+                         Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens, int block) {
+        Ssm s = Ssm.checkBackward(du, dlogDt, daRe, daIm, dc, dy, u, logDt, aRe, aIm, c, cuSeqlens, block);
+        int lags = s.maxLength();
+        if (lags == 0) {
+            return;
+        }
+        int modes = s.channels() * s.modes();
+        try (Tensor k = ssmKernel(s, lags, logDt, aRe, aIm, c); Tensor dk = device.allocate(DType.F32, lags, s.channels())) {
+            causalConvBackward(du, dk, dy, u, k, cuSeqlens);
+            // Each mode's share of dlogDt, in double, summed per channel in mode order by ssm_sum_modes_f32.
+            CUdeviceptr part = device.allocZeroed((long) modes * Double.BYTES);
+            try {
+                launchElementwise("ssm_param_grads_f32", modes, concat(new Object[] {base(daRe, DType.F32, "ssm daRe"),
+                    daRe.offset(), base(daIm, DType.F32, "ssm daIm"), daIm.offset(), base(dc, DType.F32, "ssm dc"),
+                    dc.offset(), part, base(dk, DType.F32, "ssm dK")}, ssmParams(logDt, aRe, aIm, c),
+                    new Object[] {s.channels(), s.modes(), lags}));
+                launchElementwise("ssm_sum_modes_f32", s.channels(), base(dlogDt, DType.F32, "ssm dlogDt"), dlogDt.offset(),
+                        part, s.channels(), s.modes());
+            } finally {
+                device.free(part);
+            }
+        }
+    }
+
+    void ssmStep(Tensor y, Tensor state, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c) {
+        Ssm s = Ssm.checkStep(y, state, u, logDt, aRe, aIm, c);
+        if (s.tokens() == 0) {
+            return;
+        }
+        // {Ā, w, x} per mode in double, so the state rounds to F32 once per call rather than per token.
+        CUdeviceptr modes = device.allocZeroed((long) s.channels() * s.modes() * 6 * Double.BYTES);
+        try {
+            launchElementwise("ssm_step_f32", s.channels(), concat(new Object[] {base(y, DType.F32, "ssm y"), y.offset(),
+                base(state, DType.F32, "ssm state"), state.offset(), base(u, DType.F32, "ssm u"), u.offset()},
+                ssmParams(logDt, aRe, aIm, c), new Object[] {s.tokens(), s.channels(), s.modes(), modes}));
+        } finally {
+            device.free(modes);
+        }
     }
 }

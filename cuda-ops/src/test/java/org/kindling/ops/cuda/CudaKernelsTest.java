@@ -18,9 +18,9 @@ import org.kindling.ops.Backend;
 /**
  * What runs on the GPU, checked without one: {@link org.kindling.ops.HostFallback} sends a
  * {@link Backend} method to the device when the kernels' class declares a public method with its
- * name, parameter types and return type, so the transformer, MoE, causal-conv and linear-attention kernels
- * must be declared that way; and every kernel {@link CudaKernels}, {@link CudaAttention} and {@link CudaSsm}
- * load by name must be in the fatbin this build compiled.
+ * name, parameter types and return type, so the transformer, MoE, causal-conv, linear-attention and
+ * SSM kernels must be declared that way; and every kernel {@link CudaKernels}, {@link CudaAttention}
+ * and {@link CudaSsm} load by name must be in the fatbin this build compiled.
  */
 class CudaKernelsTest {
     private static final List<String> ON_THE_GPU = List.of("softmaxForward", "softmaxBackward", "layerNormForward",
@@ -30,7 +30,7 @@ class CudaKernelsTest {
             "permutation", "gatherRows", "scatterAddRows", "entryTokens", "capacitySlots", "scaleRows", "uniformNoise",
             "rmsNormForward", "rmsNormBackward", "unaryBackward", "attentionForward", "attentionBackward", "addColumnSums",
             "causalConvForward", "causalConvBackward", "linearAttentionForward", "linearAttentionBackward",
-            "linearAttentionStep");
+            "linearAttentionStep", "ssmConvForward", "ssmConvBackward", "ssmStep");
 
     @Test
     void theTransformerKernelsDoNotFallBackToTheHost() {

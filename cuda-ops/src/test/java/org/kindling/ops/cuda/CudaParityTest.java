@@ -1406,7 +1406,7 @@ class CudaParityTest {
     // ---- causal long convolution and linear attention (ssm.cu) ----
 
     private static final String[] SSM_OPS = {"causalConvForward", "causalConvBackward", "linearAttentionForward",
-        "linearAttentionBackward", "linearAttentionStep"};
+        "linearAttentionBackward", "linearAttentionStep", "ssmConvForward", "ssmConvBackward", "ssmStep"};
     /** Lengths 1, 97 and 1025: one token, a partial chunk, many chunks and a partial one. */
     private static final int[] PACKED = {0, 1, 98, 1123};
 
@@ -1564,6 +1564,102 @@ class CudaParityTest {
             IllegalArgumentException w = assertThrows(IllegalArgumentException.class,
                     () -> be.linearAttentionForward(wout, wide, wide, v, vc, 1, 1e-3f));
             assertTrue(w.getMessage().contains("128"), w.getMessage());
+        }
+    }
+
+    /**
+     * S4D-Lin-like parameters of C channels and N modes: {logDt [C] with dt in [0.001, 0.1], aRe, aIm
+     * [C, N] with A = −exp(aRe) + i·aIm and aIm ≈ π·n, c [C, N, 2]}.
+     */
+    private static float[][] ssmParams(long seed, int channels, int modes) {
+        float[] logDt = uniform(seed, channels, Math.log(0.001), Math.log(0.1));
+        float[] aRe = uniform(seed + 1, channels * modes, Math.log(0.3), Math.log(0.7));
+        float[] aIm = uniform(seed + 2, channels * modes, -0.5, 0.5);
+        for (int i = 0; i < aIm.length; i++) {
+            aIm[i] += (float) (Math.PI * (i % modes));
+        }
+        return new float[][] {logDt, aRe, aIm, uniform(seed + 3, channels * modes * 2, -1, 1)};
+    }
+
+    /** y, then du, dlogDt, daRe, daIm, dc accumulated onto their priors (in[2..6]), for u = in[0] and dy = in[1]. */
+    private static float[][] runSsm(Device d, int channels, int modes, float[][] p, float[][] in) {
+        int t = PACKED[PACKED.length - 1];
+        Backend b = d.backend();
+        try (Tensor u = d.fromFloats(in[0], t, channels); Tensor dy = d.fromFloats(in[1], t, channels);
+             Tensor du = d.fromFloats(in[2], t, channels); Tensor dlogDt = d.fromFloats(in[3], channels);
+             Tensor daRe = d.fromFloats(in[4], channels, modes); Tensor daIm = d.fromFloats(in[5], channels, modes);
+             Tensor dc = d.fromFloats(in[6], channels, modes, 2); Tensor logDt = d.fromFloats(p[0], channels);
+             Tensor aRe = d.fromFloats(p[1], channels, modes); Tensor aIm = d.fromFloats(p[2], channels, modes);
+             Tensor c = d.fromFloats(p[3], channels, modes, 2); Tensor y = d.allocate(DType.F32, t, channels);
+             Tensor cu = d.fromInts(PACKED, PACKED.length)) {
+            Varlen v = Varlen.of(cu, PACKED);
+            b.ssmConvForward(y, u, logDt, aRe, aIm, c, v, 64);
+            b.ssmConvBackward(du, dlogDt, daRe, daIm, dc, dy, u, logDt, aRe, aIm, c, v, 64);
+            return new float[][] {y.toFloatArray(), du.toFloatArray(), dlogDt.toFloatArray(), daRe.toFloatArray(),
+                daIm.toFloatArray(), dc.toFloatArray()};
+        }
+    }
+
+    @ParameterizedTest(name = "modes={0}")
+    @ValueSource(ints = {1, 8})
+    void ssmConvMatchesReferenceAndIsDeterministic(int modes) {
+        int channels = 59;
+        int t = PACKED[PACKED.length - 1];
+        float[][] p = ssmParams(70 + modes, channels, modes);
+        float[][] in = {uniform(75, t * channels, -1, 1), uniform(76, t * channels, -1, 1),
+            uniform(77, t * channels, -0.5, 0.5), uniform(78, channels, -0.5, 0.5), uniform(79, channels * modes, -0.5, 0.5),
+            uniform(80, channels * modes, -0.5, 0.5), uniform(81, channels * modes * 2, -0.5, 0.5)};
+        double[] y = Reference.ssmConv(Reference.widen(in[0]), Reference.widen(p[0]), Reference.widen(p[1]),
+                Reference.widen(p[2]), Reference.widen(p[3]), PACKED, channels);
+        double[][] g = Reference.ssmConvBackward(Reference.widen(in[1]), Reference.widen(in[0]), Reference.widen(p[0]),
+                Reference.widen(p[1]), Reference.widen(p[2]), Reference.widen(p[3]), PACKED, channels);
+        float[][] gpu = runSsm(dev, channels, modes, p, in);
+        float[][] fp32 = runSsm(cpu, channels, modes, p, in);
+        String at = " modes=" + modes;
+        oracle("ssm y" + at, y, gpu[0], fp32[0], 2);
+        String[] names = {"du", "dlogDt", "daRe", "daIm", "dc"};
+        for (int i = 0; i < names.length; i++) {
+            oracle("ssm " + names[i] + at, plus(g[i], in[2 + i]), gpu[1 + i], fp32[1 + i], 3);
+        }
+        float[][] again = runSsm(dev, channels, modes, p, in);
+        for (int i = 0; i < gpu.length; i++) {
+            assertArrayEquals(gpu[i], again[i], "ssm output " + i + at + " is deterministic");
+        }
+    }
+
+    @Test
+    void ssmStepsContinueTheStateAndMatchReference() {
+        int channels = 59;
+        int modes = 8;
+        int[] split = {40, 57};
+        int t = split[0] + split[1];
+        float[][] p = ssmParams(85, channels, modes);
+        float[] u = uniform(86, t * channels, -1, 1);
+        double[][] want = Reference.ssmStep(new double[channels * modes * 2], Reference.widen(u), Reference.widen(p[0]),
+                Reference.widen(p[1]), Reference.widen(p[2]), Reference.widen(p[3]), channels);
+        float[][] gpu = runSsmSteps(dev, channels, modes, p, u, split);
+        float[][] fp32 = runSsmSteps(cpu, channels, modes, p, u, split);
+        oracle("ssm step y", want[0], gpu[0], fp32[0], 2);
+        oracle("ssm step state", want[1], gpu[1], fp32[1], 2);
+        float[][] again = runSsmSteps(dev, channels, modes, p, u, split);
+        assertArrayEquals(gpu[0], again[0], "ssm step y is deterministic");
+        assertArrayEquals(gpu[1], again[1], "ssm step state is deterministic");
+    }
+
+    /** y of every token, then the final state, stepping the tokens in calls of {@code split} tokens from a zeroed state. */
+    private static float[][] runSsmSteps(Device d, int channels, int modes, float[][] p, float[] u, int[] split) {
+        int t = u.length / channels;
+        Backend b = d.backend();
+        try (Tensor tu = d.fromFloats(u, t, channels); Tensor y = d.allocate(DType.F32, t, channels);
+             Tensor state = d.allocate(DType.F32, channels, modes, 2); Tensor logDt = d.fromFloats(p[0], channels);
+             Tensor aRe = d.fromFloats(p[1], channels, modes); Tensor aIm = d.fromFloats(p[2], channels, modes);
+             Tensor c = d.fromFloats(p[3], channels, modes, 2)) {
+            int r0 = 0;
+            for (int n : split) {
+                b.ssmStep(y.view(r0 * channels, n, channels), state, tu.view(r0 * channels, n, channels), logDt, aRe, aIm, c);
+                r0 += n;
+            }
+            return new float[][] {y.toFloatArray(), state.toFloatArray()};
         }
     }
 }
