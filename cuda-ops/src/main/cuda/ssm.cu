@@ -522,3 +522,98 @@ extern "C" __global__ void ssm_step_f32(float* y, int oy, float* state, int os, 
         }
     }
 }
+
+// ---- FAVOR+ positive random features ----
+// One block per row-head r of x [T·NH, D]: the logits w_i·x in double in shared memory (thread per
+// feature, d in order), then one thread takes |x|²/2, the first argmax and any sum in a fixed order.
+
+__device__ void favor_logits(double* a, const float* x, long long xr, const float* w, int ow, int d, int m) {
+    for (int i = threadIdx.x; i < m; i += blockDim.x) {
+        double s = 0;
+        for (int j = 0; j < d; j++) {
+            s += (double) w[ow + (long long) i * d + j] * x[xr + j];
+        }
+        a[i] = s;
+    }
+}
+
+__device__ int favor_argmax(const double* a, int m) {
+    int best = 0;
+    for (int i = 1; i < m; i++) {
+        if (a[i] > a[best]) {
+            best = i;
+        }
+    }
+    return best;
+}
+
+__device__ double favor_half_norm(const float* x, long long xr, int d) {
+    double s = 0;
+    for (int j = 0; j < d; j++) {
+        s += (double) x[xr + j] * x[xr + j];
+    }
+    return s / 2;
+}
+
+extern "C" __global__ void favor_features_f32(float* out, int oo, const float* x, int ox, const float* w, int ow, int rows,
+                                             int d, int m, int query) {
+    extern __shared__ double favor_smem[];
+    __shared__ double shift;
+    double scale = 1.0 / sqrt((double) m);
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        long long xr = ox + (long long) r * d;
+        favor_logits(favor_smem, x, xr, w, ow, d, m);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            shift = favor_half_norm(x, xr, d) + (query ? favor_smem[favor_argmax(favor_smem, m)] : 0.0);
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < m; i += blockDim.x) {
+            out[oo + (long long) r * m + i] = (float) (exp(favor_smem[i] - shift) * scale);
+        }
+        __syncthreads();
+    }
+}
+
+// dx_h += Σ_i g_i·w_i − (Σ_i g_i)·(x_h + w_{i*}) with g_i = dout_i·out_i; i* (queries only) the first argmax of
+// the logits recomputed in double, as Reference.favorFeaturesBackward takes it.
+extern "C" __global__ void favor_features_backward_f32(float* dx, int odx, const float* dout, int odo, const float* out,
+                                                      int oo, const float* x, int ox, const float* w, int ow, int rows,
+                                                      int d, int m, int query) {
+    extern __shared__ double favor_smem[];
+    __shared__ double total;
+    __shared__ int star;
+    for (int r = blockIdx.x; r < rows; r += gridDim.x) {
+        long long xr = ox + (long long) r * d;
+        if (query) {
+            favor_logits(favor_smem, x, xr, w, ow, d, m);
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                star = favor_argmax(favor_smem, m);
+            }
+            __syncthreads();
+        }
+        for (int i = threadIdx.x; i < m; i += blockDim.x) {
+            favor_smem[i] = (double) dout[odo + (long long) r * m + i] * out[oo + (long long) r * m + i];
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            double s = 0;
+            for (int i = 0; i < m; i++) {
+                s += favor_smem[i];
+            }
+            total = s;
+        }
+        __syncthreads();
+        for (int j = threadIdx.x; j < d; j += blockDim.x) {
+            double acc = 0;
+            for (int i = 0; i < m; i++) {
+                acc += favor_smem[i] * w[ow + (long long) i * d + j];
+            }
+            acc -= total * ((double) x[xr + j] + (query ? (double) w[ow + (long long) star * d + j] : 0.0));
+            long long at = odx + (long long) r * d + j;
+            dx[at] = __fadd_rn(dx[at], (float) acc);
+        }
+        __syncthreads();
+    }
+}

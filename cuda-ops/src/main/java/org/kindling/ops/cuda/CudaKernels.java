@@ -648,7 +648,7 @@ final class CudaKernels {
         attention.addColumnSums(out, x);
     }
 
-    // ---- causal long convolution, linear attention and the diagonal SSM (CudaSsm, ssm.cu) ----
+    // ---- causal long convolution, linear attention, the diagonal SSM and FAVOR+ (CudaSsm, ssm.cu) ----
 
     public void causalConvForward(Tensor y, Tensor u, Tensor k, Varlen cuSeqlens) {
         ssm.causalConvForward(y, u, k, cuSeqlens);
@@ -684,5 +684,13 @@ final class CudaKernels {
 
     public void ssmStep(Tensor y, Tensor state, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c) {
         ssm.ssmStep(y, state, u, logDt, aRe, aIm, c);
+    }
+
+    public void favorFeatures(Tensor out, Tensor x, Tensor w, int heads, boolean query) {
+        ssm.favorFeatures(out, x, w, heads, query);
+    }
+
+    public void favorFeaturesBackward(Tensor dx, Tensor dout, Tensor out, Tensor x, Tensor w, int heads, boolean query) {
+        ssm.favorFeaturesBackward(dx, dout, out, x, w, heads, query);
     }
 }

@@ -11,6 +11,7 @@ import jcuda.driver.CUmodule;
 import jcuda.driver.JCudaDriver;
 import org.kindling.ops.CausalConv;
 import org.kindling.ops.DType;
+import org.kindling.ops.FavorFeatures;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.LinearAttention;
 import org.kindling.ops.Ssm;
@@ -19,8 +20,9 @@ import org.kindling.ops.Varlen;
 
 /**
  * ssm.cu on one device: causal long convolution, causal linear attention and the diagonal
- * state-space convolution over packed variable-length sequences, with the CPU backend's argument
- * checks ({@link CausalConv}, {@link LinearAttention}, {@link Ssm}). The state-space convolution
+ * state-space convolution over packed variable-length sequences, and FAVOR+ features (M up to
+ * {@link #MAX_FEATURES}), with the CPU backend's argument checks ({@link CausalConv},
+ * {@link LinearAttention}, {@link Ssm}, {@link FavorFeatures}). The state-space convolution
  * forms its kernel for the longest sequence and convolves directly, so the CPU's FFT block size
  * does not change the result. Each output element is summed by one thread in a fixed order, in
  * double (see ssm.cu), so results are deterministic and need no float atomics. Linear attention
@@ -31,6 +33,8 @@ final class CudaSsm {
     private static final int CHUNK = 16;
     private static final int THREADS = 256;
     static final int MAX_DIM = 128;
+    /** FAVOR+ keeps a row's M logits in double in the default 48 KiB of shared memory. */
+    static final int MAX_FEATURES = 4096;
     /** The grid's y limit; the kernels loop over sequences beyond it. */
     private static final int MAX_GRID_Y = 65535;
     /** Grid-stride loops cover the rest; more blocks than this only adds scheduling. */
@@ -38,7 +42,7 @@ final class CudaSsm {
     static final String[] FUNCTIONS = {"causal_conv_forward_f32", "causal_conv_backward_du_f32",
         "causal_conv_backward_dk_f32", "linear_attention_forward_f32", "linear_attention_backward_f32",
         "linear_attention_check_features_f32", "ssm_kernel_f32", "ssm_param_grads_f32", "ssm_sum_modes_f32",
-        "ssm_step_f32"};
+        "ssm_step_f32", "favor_features_f32", "favor_features_backward_f32"};
 
     private final CudaDevice device;
     private final Map<String, CUfunction> functions = new HashMap<>();
@@ -278,5 +282,34 @@ final class CudaSsm {
         } finally {
             device.free(modes);
         }
+    }
+
+    // ---- FAVOR+ features ----
+
+    /** Row-heads, after refusing more features than a block's shared memory holds. */
+    private int favorRows(FavorFeatures f) {
+        if (f.features() > MAX_FEATURES) {
+            throw new IllegalArgumentException("favor features on " + device + " support up to " + MAX_FEATURES
+                    + " features (rows of w), got " + f.features());
+        }
+        return f.tokens() * f.heads();
+    }
+
+    void favorFeatures(Tensor out, Tensor x, Tensor w, int heads, boolean query) {
+        FavorFeatures f = FavorFeatures.check(out, x, w, heads);
+        int rows = favorRows(f);
+        launch("favor_features_f32", (int) Math.min(rows, MAX_BLOCKS), 1, f.features() * Double.BYTES,
+                base(out, DType.F32, "favor features out"), out.offset(), base(x, DType.F32, "favor features x"), x.offset(),
+                base(w, DType.F32, "favor features w"), w.offset(), rows, f.headDim(), f.features(), query ? 1 : 0);
+    }
+
+    void favorFeaturesBackward(Tensor dx, Tensor dout, Tensor out, Tensor x, Tensor w, int heads, boolean query) {
+        FavorFeatures f = FavorFeatures.checkBackward(dx, dout, out, x, w, heads);
+        int rows = favorRows(f);
+        launch("favor_features_backward_f32", (int) Math.min(rows, MAX_BLOCKS), 1, f.features() * Double.BYTES,
+                base(dx, DType.F32, "favor features dx"), dx.offset(), base(dout, DType.F32, "favor features dout"),
+                dout.offset(), base(out, DType.F32, "favor features out"), out.offset(),
+                base(x, DType.F32, "favor features x"), x.offset(), base(w, DType.F32, "favor features w"), w.offset(), rows,
+                f.headDim(), f.features(), query ? 1 : 0);
     }
 }

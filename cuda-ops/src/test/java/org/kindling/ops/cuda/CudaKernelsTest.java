@@ -18,8 +18,8 @@ import org.kindling.ops.Backend;
 /**
  * What runs on the GPU, checked without one: {@link org.kindling.ops.HostFallback} sends a
  * {@link Backend} method to the device when the kernels' class declares a public method with its
- * name, parameter types and return type, so the transformer, MoE, causal-conv, linear-attention and
- * SSM kernels must be declared that way; and every kernel {@link CudaKernels}, {@link CudaAttention}
+ * name, parameter types and return type, so the transformer, MoE, causal-conv, linear-attention,
+ * SSM and FAVOR+ kernels must be declared that way; and every kernel {@link CudaKernels}, {@link CudaAttention}
  * and {@link CudaSsm} load by name must be in the fatbin this build compiled.
  */
 class CudaKernelsTest {
@@ -30,7 +30,8 @@ class CudaKernelsTest {
             "permutation", "gatherRows", "scatterAddRows", "entryTokens", "capacitySlots", "scaleRows", "uniformNoise",
             "rmsNormForward", "rmsNormBackward", "unaryBackward", "attentionForward", "attentionBackward", "addColumnSums",
             "causalConvForward", "causalConvBackward", "linearAttentionForward", "linearAttentionBackward",
-            "linearAttentionStep", "ssmConvForward", "ssmConvBackward", "ssmStep");
+            "linearAttentionStep", "ssmConvForward", "ssmConvBackward", "ssmStep",
+            "favorFeatures", "favorFeaturesBackward");
 
     @Test
     void theTransformerKernelsDoNotFallBackToTheHost() {

@@ -39,6 +39,7 @@ import org.kindling.ops.BlockMask;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.DropoutMask;
+import org.kindling.ops.FavorFeatures;
 import org.kindling.ops.Fence;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.GroupedGemm;
@@ -1406,7 +1407,8 @@ class CudaParityTest {
     // ---- causal long convolution and linear attention (ssm.cu) ----
 
     private static final String[] SSM_OPS = {"causalConvForward", "causalConvBackward", "linearAttentionForward",
-        "linearAttentionBackward", "linearAttentionStep", "ssmConvForward", "ssmConvBackward", "ssmStep"};
+        "linearAttentionBackward", "linearAttentionStep", "ssmConvForward", "ssmConvBackward", "ssmStep", "favorFeatures",
+        "favorFeaturesBackward"};
     /** Lengths 1, 97 and 1025: one token, a partial chunk, many chunks and a partial one. */
     private static final int[] PACKED = {0, 1, 98, 1123};
 
@@ -1661,5 +1663,50 @@ class CudaParityTest {
             }
             return new float[][] {y.toFloatArray(), state.toFloatArray()};
         }
+    }
+
+    /** out, then dx accumulated onto its prior in[2], for x = in[0] and dout = in[1]. */
+    private static float[][] runFavor(Device d, FavorFeatures f, float[] w, boolean query, float[][] in) {
+        int t = f.tokens();
+        int nh = f.heads();
+        Backend b = d.backend();
+        try (Tensor x = d.fromFloats(in[0], t, nh * f.headDim()); Tensor tw = d.fromFloats(w, f.features(), f.headDim());
+             Tensor dout = d.fromFloats(in[1], t, nh * f.features()); Tensor dx = d.fromFloats(in[2], t, nh * f.headDim());
+             Tensor out = d.allocate(DType.F32, t, nh * f.features())) {
+            b.favorFeatures(out, x, tw, nh, query);
+            b.favorFeaturesBackward(dx, dout, out, x, tw, nh, query);
+            return new float[][] {out.toFloatArray(), dx.toFloatArray()};
+        }
+    }
+
+    @ParameterizedTest(name = "T={0} query={1}")
+    @MethodSource("favorShapes")
+    void favorFeaturesMatchReferenceAndAreDeterministic(int t, boolean query) {
+        FavorFeatures f = new FavorFeatures(t, 3, 59, 97);
+        int nx = t * f.heads() * f.headDim();
+        int no = t * f.heads() * f.features();
+        float[] w = uniform(50 + t, f.features() * f.headDim(), -1, 1);
+        float[][] in = {uniform(51 + t, nx, -0.4, 0.4), uniform(52 + t, no, -1, 1), uniform(53 + t, nx, -0.5, 0.5)};
+        double[] out = Reference.favorFeatures(f, Reference.widen(in[0]), Reference.widen(w), query);
+        double[] dx = Reference.favorFeaturesBackward(f, Reference.widen(in[1]), Reference.widen(in[0]), Reference.widen(w),
+                query);
+        float[][] gpu = runFavor(dev, f, w, query, in);
+        float[][] fp32 = runFavor(cpu, f, w, query, in);
+        String at = " T=" + t + (query ? " query" : " key");
+        oracle("favor out" + at, out, gpu[0], fp32[0], 2);
+        oracle("favor dx" + at, plus(dx, in[2]), gpu[1], fp32[1], 3);
+        float[][] again = runFavor(dev, f, w, query, in);
+        assertArrayEquals(gpu[0], again[0], "favor out" + at + " is deterministic");
+        assertArrayEquals(gpu[1], again[1], "favor dx" + at + " is deterministic");
+    }
+
+    static Stream<Arguments> favorShapes() {
+        Stream.Builder<Arguments> b = Stream.builder();
+        for (int t : new int[] {1, 97, 1025}) {
+            for (boolean query : new boolean[] {false, true}) {
+                b.add(Arguments.of(t, query));
+            }
+        }
+        return b.build();
     }
 }
