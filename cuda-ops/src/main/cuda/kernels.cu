@@ -152,3 +152,4 @@ extern "C" __global__ void block_sum_f32(const float* x, int ox, int n, int squa
 #include "nn.cu"
 #include "moe.cu"
 #include "attention.cu"
+#include "ssm.cu"

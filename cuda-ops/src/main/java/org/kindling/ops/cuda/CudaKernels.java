@@ -63,6 +63,7 @@ final class CudaKernels {
     private final CUdeviceptr total;
     private final CudaGemm gemm;
     private final CudaAttention attention;
+    private final CudaSsm ssm;
 
     CudaKernels(CudaDevice device, byte[] fatbin) {
         this.device = device;
@@ -75,6 +76,7 @@ final class CudaKernels {
         total = device.allocZeroed(Double.BYTES);
         gemm = new CudaGemm(device, module);
         attention = new CudaAttention(device, module);
+        ssm = new CudaSsm(device, module);
     }
 
     void unload() {
@@ -644,5 +646,51 @@ final class CudaKernels {
 
     public void addColumnSums(Tensor out, Tensor x) {
         attention.addColumnSums(out, x);
+    }
+
+    // ---- causal long convolution, linear attention, the diagonal SSM and FAVOR+ (CudaSsm, ssm.cu) ----
+
+    public void causalConvForward(Tensor y, Tensor u, Tensor k, Varlen cuSeqlens) {
+        ssm.causalConvForward(y, u, k, cuSeqlens);
+    }
+
+    public void causalConvBackward(Tensor du, Tensor dk, Tensor dy, Tensor u, Tensor k, Varlen cuSeqlens) {
+        ssm.causalConvBackward(du, dk, dy, u, k, cuSeqlens);
+    }
+
+    public void linearAttentionForward(Tensor out, Tensor q, Tensor k, Tensor v, Varlen cuSeqlens, int heads, float eps) {
+        ssm.linearAttentionForward(out, q, k, v, cuSeqlens, heads, eps);
+    }
+
+    public void linearAttentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                                        Varlen cuSeqlens, int heads, float eps) {
+        ssm.linearAttentionBackward(dq, dk, dv, dout, q, k, v, cuSeqlens, heads, eps);
+    }
+
+    public void linearAttentionStep(Tensor out, Tensor state, Tensor norm, Tensor q, Tensor k, Tensor v, int heads,
+                                    float eps) {
+        ssm.linearAttentionStep(out, state, norm, q, k, v, heads, eps);
+    }
+
+    public void ssmConvForward(Tensor y, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens,
+                               int block) {
+        ssm.ssmConvForward(y, u, logDt, aRe, aIm, c, cuSeqlens, block);
+    }
+
+    public void ssmConvBackward(Tensor du, Tensor dlogDt, Tensor daRe, Tensor daIm, Tensor dc, Tensor dy, Tensor u,
+                                Tensor logDt, Tensor aRe, Tensor aIm, Tensor c, Varlen cuSeqlens, int block) {
+        ssm.ssmConvBackward(du, dlogDt, daRe, daIm, dc, dy, u, logDt, aRe, aIm, c, cuSeqlens, block);
+    }
+
+    public void ssmStep(Tensor y, Tensor state, Tensor u, Tensor logDt, Tensor aRe, Tensor aIm, Tensor c) {
+        ssm.ssmStep(y, state, u, logDt, aRe, aIm, c);
+    }
+
+    public void favorFeatures(Tensor out, Tensor x, Tensor w, int heads, boolean query) {
+        ssm.favorFeatures(out, x, w, heads, query);
+    }
+
+    public void favorFeaturesBackward(Tensor dx, Tensor dout, Tensor out, Tensor x, Tensor w, int heads, boolean query) {
+        ssm.favorFeaturesBackward(dx, dout, out, x, w, heads, query);
     }
 }

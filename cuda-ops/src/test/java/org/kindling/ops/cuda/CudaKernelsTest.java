@@ -18,9 +18,9 @@ import org.kindling.ops.Backend;
 /**
  * What runs on the GPU, checked without one: {@link org.kindling.ops.HostFallback} sends a
  * {@link Backend} method to the device when the kernels' class declares a public method with its
- * name, parameter types and return type, so the transformer and MoE kernels must be declared that way;
- * and every kernel {@link CudaKernels} and {@link CudaAttention} load by name must be in the fatbin
- * this build compiled.
+ * name, parameter types and return type, so the transformer, MoE, causal-conv, linear-attention,
+ * SSM and FAVOR+ kernels must be declared that way; and every kernel {@link CudaKernels}, {@link CudaAttention}
+ * and {@link CudaSsm} load by name must be in the fatbin this build compiled.
  */
 class CudaKernelsTest {
     private static final List<String> ON_THE_GPU = List.of("softmaxForward", "softmaxBackward", "layerNormForward",
@@ -28,7 +28,10 @@ class CudaKernelsTest {
             "embeddingBackward", "crossEntropyForward", "crossEntropyForwardBackward", "adamW", "unary", "binary", "affine",
             "reduceRows", "fill", "copy", "sumOfSquares", "addSum", "addSumOfSquares", "topK", "topKBackward", "expertOffsets",
             "permutation", "gatherRows", "scatterAddRows", "entryTokens", "capacitySlots", "scaleRows", "uniformNoise",
-            "rmsNormForward", "rmsNormBackward", "unaryBackward", "attentionForward", "attentionBackward", "addColumnSums");
+            "rmsNormForward", "rmsNormBackward", "unaryBackward", "attentionForward", "attentionBackward", "addColumnSums",
+            "causalConvForward", "causalConvBackward", "linearAttentionForward", "linearAttentionBackward",
+            "linearAttentionStep", "ssmConvForward", "ssmConvBackward", "ssmStep",
+            "favorFeatures", "favorFeaturesBackward");
 
     @Test
     void theTransformerKernelsDoNotFallBackToTheHost() {
@@ -70,6 +73,8 @@ class CudaKernelsTest {
         assertTrue(functions.contains("moe_permutation"));
         assertTrue(functions.contains("uniform_noise_f32"));
         functions.addAll(List.of(CudaAttention.FUNCTIONS));
+        functions.addAll(List.of(CudaSsm.FUNCTIONS));
+        assertTrue(functions.contains("linear_attention_backward_f32"));
         for (String name : functions) {
             assertTrue(bytes.contains(name + "\0"), name + " is not in " + Cuda.FATBIN);
         }

@@ -39,10 +39,12 @@ import org.kindling.ops.BlockMask;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.DropoutMask;
+import org.kindling.ops.FavorFeatures;
 import org.kindling.ops.Fence;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.GroupedGemm;
 import org.kindling.ops.HostFallback;
+import org.kindling.ops.LinearAttention;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.Reference;
 import org.kindling.ops.Tensor;
@@ -1400,5 +1402,311 @@ class CudaParityTest {
                 }
             }
         }
+    }
+
+    // ---- causal long convolution and linear attention (ssm.cu) ----
+
+    private static final String[] SSM_OPS = {"causalConvForward", "causalConvBackward", "linearAttentionForward",
+        "linearAttentionBackward", "linearAttentionStep", "ssmConvForward", "ssmConvBackward", "ssmStep", "favorFeatures",
+        "favorFeaturesBackward"};
+    /** Lengths 1, 97 and 1025: one token, a partial chunk, many chunks and a partial one. */
+    private static final int[] PACKED = {0, 1, 98, 1123};
+
+    @Test
+    void noSsmKernelFallsBackToTheHost() {
+        for (String op : SSM_OPS) {
+            assertFalse(HostFallback.fallsBack(be, op), op + " falls back to the host");
+        }
+    }
+
+    /** y, then du and dk accumulated onto their priors, from one forward and backward on a device. */
+    private static float[][] runCausalConv(Device d, int channels, int taps, float[][] in) {
+        int t = PACKED[PACKED.length - 1];
+        Backend b = d.backend();
+        try (Tensor u = d.fromFloats(in[0], t, channels); Tensor k = d.fromFloats(in[1], taps, channels);
+             Tensor dy = d.fromFloats(in[2], t, channels); Tensor du = d.fromFloats(in[3], t, channels);
+             Tensor dk = d.fromFloats(in[4], taps, channels); Tensor y = d.allocate(DType.F32, t, channels);
+             Tensor cu = d.fromInts(PACKED, PACKED.length)) {
+            Varlen v = Varlen.of(cu, PACKED);
+            b.causalConvForward(y, u, k, v);
+            b.causalConvBackward(du, dk, dy, u, k, v);
+            return new float[][] {y.toFloatArray(), du.toFloatArray(), dk.toFloatArray()};
+        }
+    }
+
+    @ParameterizedTest(name = "taps={0}")
+    @ValueSource(ints = {1, 4, 97, 1300})
+    void causalConvMatchesReferenceAndIsDeterministic(int taps) {
+        int channels = 59;
+        int t = PACKED[PACKED.length - 1];
+        float[][] in = {uniform(90 + taps, t * channels, -1, 1), uniform(91 + taps, taps * channels, -1, 1),
+            uniform(92 + taps, t * channels, -1, 1), uniform(93 + taps, t * channels, -0.5, 0.5),
+            uniform(94 + taps, taps * channels, -0.5, 0.5)};
+        double[] y = Reference.causalConv(Reference.widen(in[0]), Reference.widen(in[1]), PACKED, channels);
+        double[][] g = Reference.causalConvBackward(Reference.widen(in[2]), Reference.widen(in[0]), Reference.widen(in[1]),
+                PACKED, channels);
+        float[][] gpu = runCausalConv(dev, channels, taps, in);
+        float[][] fp32 = runCausalConv(cpu, channels, taps, in);
+        String at = " taps=" + taps;
+        oracle("causal conv y" + at, y, gpu[0], fp32[0], 2);
+        oracle("causal conv du" + at, plus(g[0], in[3]), gpu[1], fp32[1], 3);
+        oracle("causal conv dk" + at, plus(g[1], in[4]), gpu[2], fp32[2], 3);
+        float[][] again = runCausalConv(dev, channels, taps, in);
+        for (int i = 0; i < gpu.length; i++) {
+            assertArrayEquals(gpu[i], again[i], "causal conv output " + i + at + " is deterministic");
+        }
+    }
+
+    /** out, then dq, dk, dv accumulated onto their priors, from one forward and backward on a device. */
+    private static float[][] runLinearAttention(Device d, int heads, int f, int hd, float eps, float[][] in) {
+        int t = PACKED[PACKED.length - 1];
+        Backend b = d.backend();
+        try (Tensor q = d.fromFloats(in[0], t, heads * f); Tensor k = d.fromFloats(in[1], t, heads * f);
+             Tensor v = d.fromFloats(in[2], t, heads * hd); Tensor dout = d.fromFloats(in[3], t, heads * hd);
+             Tensor dq = d.fromFloats(in[4], t, heads * f); Tensor dk = d.fromFloats(in[5], t, heads * f);
+             Tensor dv = d.fromFloats(in[6], t, heads * hd); Tensor out = d.allocate(DType.F32, t, heads * hd);
+             Tensor cu = d.fromInts(PACKED, PACKED.length)) {
+            Varlen vc = Varlen.of(cu, PACKED);
+            b.linearAttentionForward(out, q, k, v, vc, heads, eps);
+            b.linearAttentionBackward(dq, dk, dv, dout, q, k, v, vc, heads, eps);
+            return new float[][] {out.toFloatArray(), dq.toFloatArray(), dk.toFloatArray(), dv.toFloatArray()};
+        }
+    }
+
+    @ParameterizedTest(name = "F={0} D={1}")
+    @MethodSource("linearAttentionDims")
+    void linearAttentionMatchesReferenceAndIsDeterministic(int f, int hd) {
+        int heads = 3;
+        int t = PACKED[PACKED.length - 1];
+        float eps = 1e-3f;
+        int nq = t * heads * f;
+        int nv = t * heads * hd;
+        long seed = 100L * f + hd;
+        float[][] in = {uniform(seed, nq, 0, 1), uniform(seed + 1, nq, 0, 1), uniform(seed + 2, nv, -1, 1),
+            uniform(seed + 3, nv, -1, 1), uniform(seed + 4, nq, -0.5, 0.5), uniform(seed + 5, nq, -0.5, 0.5),
+            uniform(seed + 6, nv, -0.5, 0.5)};
+        LinearAttention l = new LinearAttention(PACKED, t, heads, f, hd);
+        double[] q = Reference.widen(in[0]);
+        double[] k = Reference.widen(in[1]);
+        double[] v = Reference.widen(in[2]);
+        double[] out = Reference.linearAttention(l, q, k, v, eps);
+        double[][] g = Reference.linearAttentionBackward(l, Reference.widen(in[3]), q, k, v, eps);
+        float[][] gpu = runLinearAttention(dev, heads, f, hd, eps, in);
+        float[][] fp32 = runLinearAttention(cpu, heads, f, hd, eps, in);
+        String at = " F=" + f + " D=" + hd;
+        oracle("linear attention out" + at, out, gpu[0], fp32[0], 2);
+        oracle("linear attention dq" + at, plus(g[0], in[4]), gpu[1], fp32[1], 3);
+        oracle("linear attention dk" + at, plus(g[1], in[5]), gpu[2], fp32[2], 3);
+        oracle("linear attention dv" + at, plus(g[2], in[6]), gpu[3], fp32[3], 3);
+        float[][] again = runLinearAttention(dev, heads, f, hd, eps, in);
+        for (int i = 0; i < gpu.length; i++) {
+            assertArrayEquals(gpu[i], again[i], "linear attention output " + i + at + " is deterministic");
+        }
+    }
+
+    static Stream<Arguments> linearAttentionDims() {
+        return Stream.of(Arguments.of(1, 1), Arguments.of(59, 33), Arguments.of(64, 64), Arguments.of(128, 128));
+    }
+
+    @Test
+    void linearAttentionStepsContinueTheStateAndMatchReference() {
+        int heads = 2;
+        int f = 59;
+        int hd = 37;
+        float eps = 1e-3f;
+        int[] split = {40, 57};
+        int t = split[0] + split[1];
+        float[] q = uniform(61, t * heads * f, 0, 1);
+        float[] k = uniform(62, t * heads * f, 0, 1);
+        float[] v = uniform(63, t * heads * hd, -1, 1);
+        double[][] want = Reference.linearAttentionStep(new LinearAttention(new int[] {0, t}, t, heads, f, hd),
+                new double[heads * f * hd], new double[heads * f], Reference.widen(q), Reference.widen(k), Reference.widen(v),
+                eps);
+        float[][] gpu = runSteps(dev, heads, f, hd, eps, split, q, k, v);
+        float[][] fp32 = runSteps(cpu, heads, f, hd, eps, split, q, k, v);
+        oracle("linear attention step out", want[0], gpu[0], fp32[0], 2);
+        oracle("linear attention step state", want[1], gpu[1], fp32[1], 2);
+        oracle("linear attention step norm", want[2], gpu[2], fp32[2], 2);
+        float[][] again = runSteps(dev, heads, f, hd, eps, split, q, k, v);
+        for (int i = 0; i < gpu.length; i++) {
+            assertArrayEquals(gpu[i], again[i], "linear attention step output " + i + " is deterministic");
+        }
+    }
+
+    /** out of every token, then the final state and norm, stepping the tokens in calls of {@code split} tokens. */
+    private static float[][] runSteps(Device d, int heads, int f, int hd, float eps, int[] split, float[] q, float[] k,
+                                      float[] v) {
+        int t = q.length / (heads * f);
+        Backend b = d.backend();
+        try (Tensor tq = d.fromFloats(q, t, heads * f); Tensor tk = d.fromFloats(k, t, heads * f);
+             Tensor tv = d.fromFloats(v, t, heads * hd); Tensor out = d.allocate(DType.F32, t, heads * hd);
+             Tensor state = d.allocate(DType.F32, heads, f, hd); Tensor norm = d.allocate(DType.F32, heads, f)) {
+            int r0 = 0;
+            for (int n : split) {
+                b.linearAttentionStep(out.view(r0 * heads * hd, n, heads * hd), state, norm, tq.view(r0 * heads * f, n,
+                        heads * f), tk.view(r0 * heads * f, n, heads * f), tv.view(r0 * heads * hd, n, heads * hd), heads, eps);
+                r0 += n;
+            }
+            return new float[][] {out.toFloatArray(), state.toFloatArray(), norm.toFloatArray()};
+        }
+    }
+
+    @Test
+    void linearAttentionNamesTheNegativeFeatureAndRefusesWideStates() {
+        int[] cu = {0, 3};
+        float[] q = new float[3 * 4];
+        q[2 * 4 + 1] = -0.5f;
+        try (Tensor cq = dev.fromInts(cu, 2); Tensor tq = dev.fromFloats(q, 3, 4); Tensor k = dev.allocate(DType.F32, 3, 4);
+             Tensor v = dev.allocate(DType.F32, 3, 2); Tensor out = dev.allocate(DType.F32, 3, 2);
+             Tensor wide = dev.allocate(DType.F32, 3, 129); Tensor wout = dev.allocate(DType.F32, 3, 2)) {
+            Varlen vc = Varlen.of(cq, cu);
+            IllegalArgumentException neg = assertThrows(IllegalArgumentException.class,
+                    () -> be.linearAttentionForward(out, tq, k, v, vc, 1, 1e-3f));
+            assertTrue(neg.getMessage().contains("q[2, 1] = -0.5"), neg.getMessage());
+            IllegalArgumentException w = assertThrows(IllegalArgumentException.class,
+                    () -> be.linearAttentionForward(wout, wide, wide, v, vc, 1, 1e-3f));
+            assertTrue(w.getMessage().contains("128"), w.getMessage());
+        }
+    }
+
+    /**
+     * S4D-Lin-like parameters of C channels and N modes: {logDt [C] with dt in [0.001, 0.1], aRe, aIm
+     * [C, N] with A = −exp(aRe) + i·aIm and aIm ≈ π·n, c [C, N, 2]}.
+     */
+    private static float[][] ssmParams(long seed, int channels, int modes) {
+        float[] logDt = uniform(seed, channels, Math.log(0.001), Math.log(0.1));
+        float[] aRe = uniform(seed + 1, channels * modes, Math.log(0.3), Math.log(0.7));
+        float[] aIm = uniform(seed + 2, channels * modes, -0.5, 0.5);
+        for (int i = 0; i < aIm.length; i++) {
+            aIm[i] += (float) (Math.PI * (i % modes));
+        }
+        return new float[][] {logDt, aRe, aIm, uniform(seed + 3, channels * modes * 2, -1, 1)};
+    }
+
+    /** y, then du, dlogDt, daRe, daIm, dc accumulated onto their priors (in[2..6]), for u = in[0] and dy = in[1]. */
+    private static float[][] runSsm(Device d, int channels, int modes, float[][] p, float[][] in) {
+        int t = PACKED[PACKED.length - 1];
+        Backend b = d.backend();
+        try (Tensor u = d.fromFloats(in[0], t, channels); Tensor dy = d.fromFloats(in[1], t, channels);
+             Tensor du = d.fromFloats(in[2], t, channels); Tensor dlogDt = d.fromFloats(in[3], channels);
+             Tensor daRe = d.fromFloats(in[4], channels, modes); Tensor daIm = d.fromFloats(in[5], channels, modes);
+             Tensor dc = d.fromFloats(in[6], channels, modes, 2); Tensor logDt = d.fromFloats(p[0], channels);
+             Tensor aRe = d.fromFloats(p[1], channels, modes); Tensor aIm = d.fromFloats(p[2], channels, modes);
+             Tensor c = d.fromFloats(p[3], channels, modes, 2); Tensor y = d.allocate(DType.F32, t, channels);
+             Tensor cu = d.fromInts(PACKED, PACKED.length)) {
+            Varlen v = Varlen.of(cu, PACKED);
+            b.ssmConvForward(y, u, logDt, aRe, aIm, c, v, 64);
+            b.ssmConvBackward(du, dlogDt, daRe, daIm, dc, dy, u, logDt, aRe, aIm, c, v, 64);
+            return new float[][] {y.toFloatArray(), du.toFloatArray(), dlogDt.toFloatArray(), daRe.toFloatArray(),
+                daIm.toFloatArray(), dc.toFloatArray()};
+        }
+    }
+
+    @ParameterizedTest(name = "modes={0}")
+    @ValueSource(ints = {1, 8})
+    void ssmConvMatchesReferenceAndIsDeterministic(int modes) {
+        int channels = 59;
+        int t = PACKED[PACKED.length - 1];
+        float[][] p = ssmParams(70 + modes, channels, modes);
+        float[][] in = {uniform(75, t * channels, -1, 1), uniform(76, t * channels, -1, 1),
+            uniform(77, t * channels, -0.5, 0.5), uniform(78, channels, -0.5, 0.5), uniform(79, channels * modes, -0.5, 0.5),
+            uniform(80, channels * modes, -0.5, 0.5), uniform(81, channels * modes * 2, -0.5, 0.5)};
+        double[] y = Reference.ssmConv(Reference.widen(in[0]), Reference.widen(p[0]), Reference.widen(p[1]),
+                Reference.widen(p[2]), Reference.widen(p[3]), PACKED, channels);
+        double[][] g = Reference.ssmConvBackward(Reference.widen(in[1]), Reference.widen(in[0]), Reference.widen(p[0]),
+                Reference.widen(p[1]), Reference.widen(p[2]), Reference.widen(p[3]), PACKED, channels);
+        float[][] gpu = runSsm(dev, channels, modes, p, in);
+        float[][] fp32 = runSsm(cpu, channels, modes, p, in);
+        String at = " modes=" + modes;
+        oracle("ssm y" + at, y, gpu[0], fp32[0], 2);
+        String[] names = {"du", "dlogDt", "daRe", "daIm", "dc"};
+        for (int i = 0; i < names.length; i++) {
+            oracle("ssm " + names[i] + at, plus(g[i], in[2 + i]), gpu[1 + i], fp32[1 + i], 3);
+        }
+        float[][] again = runSsm(dev, channels, modes, p, in);
+        for (int i = 0; i < gpu.length; i++) {
+            assertArrayEquals(gpu[i], again[i], "ssm output " + i + at + " is deterministic");
+        }
+    }
+
+    @Test
+    void ssmStepsContinueTheStateAndMatchReference() {
+        int channels = 59;
+        int modes = 8;
+        int[] split = {40, 57};
+        int t = split[0] + split[1];
+        float[][] p = ssmParams(85, channels, modes);
+        float[] u = uniform(86, t * channels, -1, 1);
+        double[][] want = Reference.ssmStep(new double[channels * modes * 2], Reference.widen(u), Reference.widen(p[0]),
+                Reference.widen(p[1]), Reference.widen(p[2]), Reference.widen(p[3]), channels);
+        float[][] gpu = runSsmSteps(dev, channels, modes, p, u, split);
+        float[][] fp32 = runSsmSteps(cpu, channels, modes, p, u, split);
+        oracle("ssm step y", want[0], gpu[0], fp32[0], 2);
+        oracle("ssm step state", want[1], gpu[1], fp32[1], 2);
+        float[][] again = runSsmSteps(dev, channels, modes, p, u, split);
+        assertArrayEquals(gpu[0], again[0], "ssm step y is deterministic");
+        assertArrayEquals(gpu[1], again[1], "ssm step state is deterministic");
+    }
+
+    /** y of every token, then the final state, stepping the tokens in calls of {@code split} tokens from a zeroed state. */
+    private static float[][] runSsmSteps(Device d, int channels, int modes, float[][] p, float[] u, int[] split) {
+        int t = u.length / channels;
+        Backend b = d.backend();
+        try (Tensor tu = d.fromFloats(u, t, channels); Tensor y = d.allocate(DType.F32, t, channels);
+             Tensor state = d.allocate(DType.F32, channels, modes, 2); Tensor logDt = d.fromFloats(p[0], channels);
+             Tensor aRe = d.fromFloats(p[1], channels, modes); Tensor aIm = d.fromFloats(p[2], channels, modes);
+             Tensor c = d.fromFloats(p[3], channels, modes, 2)) {
+            int r0 = 0;
+            for (int n : split) {
+                b.ssmStep(y.view(r0 * channels, n, channels), state, tu.view(r0 * channels, n, channels), logDt, aRe, aIm, c);
+                r0 += n;
+            }
+            return new float[][] {y.toFloatArray(), state.toFloatArray()};
+        }
+    }
+
+    /** out, then dx accumulated onto its prior in[2], for x = in[0] and dout = in[1]. */
+    private static float[][] runFavor(Device d, FavorFeatures f, float[] w, boolean query, float[][] in) {
+        int t = f.tokens();
+        int nh = f.heads();
+        Backend b = d.backend();
+        try (Tensor x = d.fromFloats(in[0], t, nh * f.headDim()); Tensor tw = d.fromFloats(w, f.features(), f.headDim());
+             Tensor dout = d.fromFloats(in[1], t, nh * f.features()); Tensor dx = d.fromFloats(in[2], t, nh * f.headDim());
+             Tensor out = d.allocate(DType.F32, t, nh * f.features())) {
+            b.favorFeatures(out, x, tw, nh, query);
+            b.favorFeaturesBackward(dx, dout, out, x, tw, nh, query);
+            return new float[][] {out.toFloatArray(), dx.toFloatArray()};
+        }
+    }
+
+    @ParameterizedTest(name = "T={0} query={1}")
+    @MethodSource("favorShapes")
+    void favorFeaturesMatchReferenceAndAreDeterministic(int t, boolean query) {
+        FavorFeatures f = new FavorFeatures(t, 3, 59, 97);
+        int nx = t * f.heads() * f.headDim();
+        int no = t * f.heads() * f.features();
+        float[] w = uniform(50 + t, f.features() * f.headDim(), -1, 1);
+        float[][] in = {uniform(51 + t, nx, -0.4, 0.4), uniform(52 + t, no, -1, 1), uniform(53 + t, nx, -0.5, 0.5)};
+        double[] out = Reference.favorFeatures(f, Reference.widen(in[0]), Reference.widen(w), query);
+        double[] dx = Reference.favorFeaturesBackward(f, Reference.widen(in[1]), Reference.widen(in[0]), Reference.widen(w),
+                query);
+        float[][] gpu = runFavor(dev, f, w, query, in);
+        float[][] fp32 = runFavor(cpu, f, w, query, in);
+        String at = " T=" + t + (query ? " query" : " key");
+        oracle("favor out" + at, out, gpu[0], fp32[0], 2);
+        oracle("favor dx" + at, plus(dx, in[2]), gpu[1], fp32[1], 3);
+        float[][] again = runFavor(dev, f, w, query, in);
+        assertArrayEquals(gpu[0], again[0], "favor out" + at + " is deterministic");
+        assertArrayEquals(gpu[1], again[1], "favor dx" + at + " is deterministic");
+    }
+
+    static Stream<Arguments> favorShapes() {
+        Stream.Builder<Arguments> b = Stream.builder();
+        for (int t : new int[] {1, 97, 1025}) {
+            for (boolean query : new boolean[] {false, true}) {
+                b.add(Arguments.of(t, query));
+            }
+        }
+        return b.build();
     }
 }
