@@ -55,7 +55,8 @@ done
 # Kindling loads its kernels through the driver API alone: JCuda's NVRTC and PTX-compiler bindings (24 MB of the
 # natives) never load, and dropping them keeps the bundle inside the device tool's 64 MiB carry.
 for n in "$DEST"/lib/jcuda-natives-*.jar; do
-  [ -f "$n" ] && zip -q -d "$n" 'lib/libJNvPTXCompiler-*' 'lib/libJNvrtc-*'
+  # zip exits 12 when nothing matched: a natives jar without those libraries is fine as it is.
+  [ -f "$n" ] && { zip -q -d "$n" 'lib/libJNvPTXCompiler-*' 'lib/libJNvrtc-*' || [ $? = 12 ]; }
 done
 if ls "$DEST/lib" | grep -q -e '^spark-' -e '^hadoop-' -e '^arrow-' -e '^scala-'; then
   echo "build.sh: Spark, Hadoop, Arrow or Scala jars reached the bundle:" $(ls "$DEST/lib" | grep -e '^spark-' -e '^hadoop-' -e '^arrow-' -e '^scala-') >&2

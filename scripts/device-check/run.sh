@@ -46,7 +46,7 @@ SUMMARY="$OUT/summary.txt"
 : > "$LOG"
 : > "$SUMMARY"
 rm -f "$OUT"/{gemm,attention,train}.jsonl "$OUT/tests.xml"
-if [ "$QUICK" = 1 ]; then DEADLINE=240; else DEADLINE=480; fi
+if [ "$QUICK" = 1 ]; then DEADLINE=300; else DEADLINE=540; fi
 FAILED=0
 STDERR=$(mktemp)
 trap 'rm -f "$STDERR"' EXIT
@@ -147,9 +147,9 @@ sed -n 's/^devices /devices: /p' "$LOG" | while IFS= read -r line; do say "$line
 # The tests tagged gpu, from every test jar of the bundle; they skip themselves where their device is unavailable.
 # One OpenBLAS thread, as under Maven: Kindling splits GEMMs across its own threads.
 REPORTS=$(mktemp -d)
-step "tests (tag gpu)" - $([ "$QUICK" = 1 ] && echo 120 || echo 90) \
+step "tests (tag gpu)" - 150 \
   env OPENBLAS_NUM_THREADS=1 jre/bin/java $(cat "$HERE/jvm.flags") -Dkindling.home="$HERE" -cp "lib/*:tests/*" \
-  org.junit.platform.console.ConsoleLauncher execute --disable-banner --disable-ansi-colors --details=summary \
+  org.junit.platform.console.ConsoleLauncher execute --disable-banner --disable-ansi-colors --details=tree \
   --scan-classpath "$(ls "$HERE"/tests/kindling-*-tests.jar | paste -sd: -)" --include-tag gpu --reports-dir "$REPORTS"
 if [ -f "$REPORTS/TEST-junit-jupiter.xml" ]; then
   cp "$REPORTS/TEST-junit-jupiter.xml" "$OUT/tests.xml"
@@ -179,7 +179,8 @@ else
   PEER_MODEL=(--layers "$(yaml n_layer)" --d-model "$(yaml d_model)" --heads "$(yaml n_head)" --vocab "$(yaml vocab)"
     --max-seq "$(yaml max_seq)")
   TRAIN_RUN=(--seq 1024 --batch 8 --steps 10 --warmup 3)
-  LIMITS=(75 30 50 25 120 60)
+  # With the tests' 150 s these add up to the 540 s deadline at most: gemm, its peer, each of two attentions and its peer, train and its peer.
+  LIMITS=(60 30 45 20 100 50)
 fi
 
 precision gemm

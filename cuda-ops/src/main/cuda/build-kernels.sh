@@ -6,8 +6,13 @@ set -euo pipefail
 src="$1"
 out="$2"
 mkdir -p "$out"
-rm -f "$out/kernels.fatbin" "$out/kernels-missing.txt"
 nvcc_bin="${NVCC:-nvcc}"
+# A fatbin newer than every source (and this script) is up to date: nvcc takes most of a module build.
+if command -v "$nvcc_bin" >/dev/null 2>&1 && [ -f "$out/kernels.fatbin" ] \
+    && [ -z "$(find "$src" -newer "$out/kernels.fatbin" -type f -print -quit)" ]; then
+  exit 0
+fi
+rm -f "$out/kernels.fatbin" "$out/kernels-missing.txt"
 if ! command -v "$nvcc_bin" >/dev/null 2>&1; then
   echo "the CUDA kernels were not built into this jar: $nvcc_bin was not found on the PATH of the machine that built it" > "$out/kernels-missing.txt"
   echo "build-kernels: $nvcc_bin not found; cuda-ops ships without CUDA kernels" >&2

@@ -42,16 +42,34 @@ final class CudaDevice extends Device {
         this.ordinal = ordinal;
         Cuda.check(JCudaDriver.cuDeviceGet(cuDevice, ordinal), "cuDeviceGet(" + ordinal + ")");
         Cuda.check(JCudaDriver.cuDevicePrimaryCtxRetain(context, cuDevice), "cuDevicePrimaryCtxRetain(" + ordinal + ")");
+        boolean streamMade = false;
+        CudaKernels k = null;
+        Device h = null;
+        Backend b;
         try {
             makeCurrent();
             Cuda.check(JCudaDriver.cuStreamCreate(stream, CUstream_flags.CU_STREAM_DEFAULT), "cuStreamCreate");
-            this.kernels = new CudaKernels(this, fatbin);
+            streamMade = true;
+            k = new CudaKernels(this, fatbin);
+            h = Device.open("cpu");
+            b = HostFallback.backend(this, k, h);
         } catch (RuntimeException e) {
+            // What was built so far goes back before the context is released.
+            if (h != null) {
+                h.close();
+            }
+            if (k != null) {
+                k.unload();
+            }
+            if (streamMade) {
+                JCudaDriver.cuStreamDestroy(stream);
+            }
             JCudaDriver.cuDevicePrimaryCtxRelease(cuDevice);
             throw e;
         }
-        this.host = Device.open("cpu");
-        this.backend = HostFallback.backend(this, kernels, host);
+        this.kernels = k;
+        this.host = h;
+        this.backend = b;
     }
 
     /** Opens GPU {@code ordinal} with the kernels of {@code fatbin}; the caller checked that it exists. */
@@ -161,9 +179,12 @@ final class CudaDevice extends Device {
                     f.markDone();
                 }
                 pending.clear();
+            }
+            // The module and the kernels' own buffer are freed while frees still reach the device.
+            kernels.unload();
+            synchronized (pending) {
                 shutDown = true;
             }
-            kernels.unload();
             Cuda.check(JCudaDriver.cuStreamDestroy(stream), "cuStreamDestroy");
         } catch (RuntimeException e) {
             errors.add(e);

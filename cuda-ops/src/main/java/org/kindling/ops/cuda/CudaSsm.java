@@ -132,7 +132,7 @@ final class CudaSsm {
         }
         try (Tensor bad = device.fromInts(new int[] {Integer.MAX_VALUE}, 1)) {
             launchElementwise("linear_attention_check_features_f32", n, base(x, DType.F32, "linear attention " + what),
-                    x.offset(), n, base(bad, DType.I32, "feature check"), bad.offset());
+                    x.offset(), n, base(bad, DType.I32, "feature check"));
             int at = bad.toIntArray()[0];
             if (at != Integer.MAX_VALUE) {
                 float v = x.view(at, 1).toFloatArray()[0];
