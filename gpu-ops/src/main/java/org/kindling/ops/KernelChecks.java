@@ -27,6 +27,20 @@ public final class KernelChecks {
         }
     }
 
+    /** The operands of {@link Backend#layerNormBackward}: x, dx, dy [N, C]; weight, dweight, dbias [C]; mean, rstd [N]. */
+    public static void checkLayerNormBackward(Tensor dx, Tensor dweight, Tensor dbias, Tensor dy, Tensor x, Tensor weight,
+                                              Tensor mean, Tensor rstd) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(dx, "layerNorm dx", x);
+        sameRows(dy, "layerNorm dy", x);
+        numel(dweight, "layerNorm dweight", cols);
+        numel(dbias, "layerNorm dbias", cols);
+        numel(weight, "layerNorm weight", cols);
+        numel(mean, "layerNorm mean", rows);
+        numel(rstd, "layerNorm rstd", rows);
+    }
+
     /** The one F32 element a scalar accumulation writes. */
     public static void scalarOut(Tensor out, String what) {
         if (out.dtype() != DType.F32 || out.numel() != 1) {

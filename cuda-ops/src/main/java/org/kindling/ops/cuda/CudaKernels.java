@@ -341,13 +341,7 @@ final class CudaKernels {
                                   Tensor mean, Tensor rstd) {
         int rows = x.rows();
         int cols = x.cols();
-        sameRows(dx, "layerNorm dx", x);
-        sameRows(dy, "layerNorm dy", x);
-        numel(dweight, "layerNorm dweight", cols);
-        numel(dbias, "layerNorm dbias", cols);
-        numel(weight, "layerNorm weight", cols);
-        numel(mean, "layerNorm mean", rows);
-        numel(rstd, "layerNorm rstd", rows);
+        KernelChecks.checkLayerNormBackward(dx, dweight, dbias, dy, x, weight, mean, rstd);
         CUdeviceptr dyp = base(dy, DType.F32, "dy");
         CUdeviceptr xp = base(x, DType.F32, "x");
         CUdeviceptr mp = base(mean, DType.F32, "mean");

@@ -642,13 +642,7 @@ final class CpuBackend implements Backend {
                                   Tensor mean, Tensor rstd) {
         int rows = x.rows();
         int cols = x.cols();
-        sameRows(dx, "layerNorm dx", x);
-        sameRows(dy, "layerNorm dy", x);
-        numel(dweight, "layerNorm dweight", cols);
-        numel(dbias, "layerNorm dbias", cols);
-        numel(weight, "layerNorm weight", cols);
-        numel(mean, "layerNorm mean", rows);
-        numel(rstd, "layerNorm rstd", rows);
+        KernelChecks.checkLayerNormBackward(dx, dweight, dbias, dy, x, weight, mean, rstd);
         float[] dxv = f32(dx, "dx");
         float[] dw = f32(dweight, "dweight");
         float[] db = f32(dbias, "dbias");

@@ -308,13 +308,7 @@ final class ReferenceBackend implements Backend {
                                   Tensor mean, Tensor rstd) {
         int rows = x.rows();
         int cols = x.cols();
-        sameRows(dx, "layerNorm dx", x);
-        sameRows(dy, "layerNorm dy", x);
-        numel(dweight, "layerNorm dweight", cols);
-        numel(dbias, "layerNorm dbias", cols);
-        numel(weight, "layerNorm weight", cols);
-        numel(mean, "layerNorm mean", rows);
-        numel(rstd, "layerNorm rstd", rows);
+        KernelChecks.checkLayerNormBackward(dx, dweight, dbias, dy, x, weight, mean, rstd);
         double[][] g = Reference.layerNormBackward(read(dy, "dy"), read(x, "x"), read(weight, "weight"), read(mean, "mean"),
                 read(rstd, "rstd"), rows, cols);
         add(dx, "dx", g[0]);
