@@ -27,6 +27,37 @@ public final class KernelChecks {
         }
     }
 
+    /** The operands of {@link Backend#layerNormForward}: x, out [N, C]; mean, rstd [N]; weight, bias [C]. */
+    public static void checkLayerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(out, "layerNorm out", x);
+        numel(mean, "layerNorm mean", rows);
+        numel(rstd, "layerNorm rstd", rows);
+        numel(weight, "layerNorm weight", cols);
+        numel(bias, "layerNorm bias", cols);
+    }
+
+    /** The operands of {@link Backend#rmsNormForward}: x, out [N, C]; rstd [N]; weight [C]. */
+    public static void checkRmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor weight) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(out, "rmsNorm out", x);
+        numel(rstd, "rmsNorm rstd", rows);
+        numel(weight, "rmsNorm weight", cols);
+    }
+
+    /** The operands of {@link Backend#rmsNormBackward}: x, dx, dy [N, C]; weight, dweight [C]; rstd [N]. */
+    public static void checkRmsNormBackward(Tensor dx, Tensor dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd) {
+        int rows = x.rows();
+        int cols = x.cols();
+        sameRows(dx, "rmsNorm dx", x);
+        sameRows(dy, "rmsNorm dy", x);
+        numel(dweight, "rmsNorm dweight", cols);
+        numel(weight, "rmsNorm weight", cols);
+        numel(rstd, "rmsNorm rstd", rows);
+    }
+
     /** The operands of {@link Backend#layerNormBackward}: x, dx, dy [N, C]; weight, dweight, dbias [C]; mean, rstd [N]. */
     public static void checkLayerNormBackward(Tensor dx, Tensor dweight, Tensor dbias, Tensor dy, Tensor x, Tensor weight,
                                               Tensor mean, Tensor rstd) {

@@ -13,7 +13,6 @@ import jcuda.driver.JCudaDriver;
 import org.kindling.ops.Attention;
 import org.kindling.ops.BlockMask;
 import org.kindling.ops.DType;
-import org.kindling.ops.KernelChecks;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.Varlen;
 
@@ -67,16 +66,8 @@ final class CudaAttention {
         return floats * Float.BYTES;
     }
 
-    private CudaStorage storage(Tensor t, DType want, String what) {
-        CudaStorage s = KernelChecks.storage(t, want, CudaStorage.class, device.toString(), what);
-        if (s.device() != device) {
-            throw new IllegalArgumentException(what + " is not on " + device + ": " + t);
-        }
-        return s;
-    }
-
     private CUdeviceptr base(Tensor t, DType want, String what) {
-        return storage(t, want, what).ptr();
+        return device.storage(t, want, what).ptr();
     }
 
     /** The checks every attention call makes beyond the CPU's: this device, and head dims the kernels' registers hold. */
@@ -86,8 +77,8 @@ final class CudaAttention {
             throw new IllegalArgumentException("attention on " + device + " supports head dims up to " + MAX_HEAD_DIM
                     + ", got " + a.headDim());
         }
-        storage(cuQ.device(), DType.I32, "cu_seqlens_q");
-        storage(cuK.device(), DType.I32, "cu_seqlens_k");
+        device.storage(cuQ.device(), DType.I32, "cu_seqlens_q");
+        device.storage(cuK.device(), DType.I32, "cu_seqlens_k");
         return batch;
     }
 

@@ -18,7 +18,9 @@ import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Fence;
 import org.kindling.ops.HostFallback;
+import org.kindling.ops.KernelChecks;
 import org.kindling.ops.Storage;
+import org.kindling.ops.Tensor;
 
 /**
  * One GPU: its primary context, one blocking stream that every kernel, allocation and free goes
@@ -97,6 +99,15 @@ final class CudaDevice extends Device {
         Cuda.check(JCudaDriver.cuMemAllocAsync(ptr, bytes, stream), "cuMemAllocAsync of " + bytes + " bytes on " + this);
         Cuda.check(JCudaDriver.cuMemsetD8Async(ptr, (byte) 0, bytes, stream), "cuMemsetD8Async");
         return ptr;
+    }
+
+    /** {@code t}'s storage, checked to hold {@code want} and to live on this device; errors name the operand. */
+    CudaStorage storage(Tensor t, DType want, String what) {
+        CudaStorage s = KernelChecks.storage(t, want, CudaStorage.class, toString(), what);
+        if (s.device() != this) {
+            throw new IllegalArgumentException(what + " is not on " + this + ": " + t);
+        }
+        return s;
     }
 
     void free(CUdeviceptr ptr) {

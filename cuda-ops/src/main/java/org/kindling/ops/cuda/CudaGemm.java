@@ -11,7 +11,6 @@ import jcuda.driver.JCudaDriver;
 import org.kindling.ops.DType;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.GroupedGemm;
-import org.kindling.ops.KernelChecks;
 import org.kindling.ops.Tensor;
 
 /**
@@ -35,14 +34,6 @@ final class CudaGemm {
         this.device = device;
         check(JCudaDriver.cuModuleGetFunction(f32, module, "gemm_f32"), "cuModuleGetFunction(gemm_f32)");
         check(JCudaDriver.cuModuleGetFunction(bf16, module, "gemm_bf16"), "cuModuleGetFunction(gemm_bf16)");
-    }
-
-    private CudaStorage storage(Tensor t, DType want, String what) {
-        CudaStorage s = KernelChecks.storage(t, want, CudaStorage.class, device.toString(), what);
-        if (s.device() != device) {
-            throw new IllegalArgumentException(what + " is not on " + device + ": " + t);
-        }
-        return s;
     }
 
     /** A and B are both F32 or both BF16: the kernel that runs. */
@@ -76,9 +67,9 @@ final class CudaGemm {
             checkSpan(a.get(i), "A[" + i + "]", g.spanA(), 0, 1);
             checkSpan(b.get(i), "B[" + i + "]", g.spanB(), 0, 1);
             checkSpan(c.get(i), "C[" + i + "]", g.spanC(), 0, 1);
-            storage(c.get(i), DType.F32, "gemmBatched C[" + i + "]");
-            storage(a.get(i), in[i], "gemmBatched A[" + i + "]");
-            storage(b.get(i), in[i], "gemmBatched B[" + i + "]");
+            device.storage(c.get(i), DType.F32, "gemmBatched C[" + i + "]");
+            device.storage(a.get(i), in[i], "gemmBatched A[" + i + "]");
+            device.storage(b.get(i), in[i], "gemmBatched B[" + i + "]");
         }
         for (int i = 0; i < c.size(); i++) {
             launch(g, in[i], c.get(i), a.get(i), b.get(i), "gemmBatched[" + i + "] ");
@@ -95,9 +86,9 @@ final class CudaGemm {
     }
 
     private void launch(Gemm g, DType in, Tensor c, Tensor a, Tensor b, String what) {
-        CUdeviceptr pc = storage(c, DType.F32, what + "C").ptr();
-        CUdeviceptr pa = storage(a, in, what + "A").ptr();
-        CUdeviceptr pb = storage(b, in, what + "B").ptr();
+        CUdeviceptr pc = device.storage(c, DType.F32, what + "C").ptr();
+        CUdeviceptr pa = device.storage(a, in, what + "A").ptr();
+        CUdeviceptr pb = device.storage(b, in, what + "B").ptr();
         if (g.m() == 0 || g.n() == 0) {
             return;
         }

@@ -95,22 +95,14 @@ final class CudaKernels {
 
     // ---- arguments ----
 
-    private CudaStorage storage(Tensor t, DType want, String what) {
-        CudaStorage s = KernelChecks.storage(t, want, CudaStorage.class, device.toString(), what);
-        if (s.device() != device) {
-            throw new IllegalArgumentException(what + " is not on " + device + ": " + t);
-        }
-        return s;
-    }
-
     /** The address of {@code t}'s first element. */
     private CUdeviceptr at(Tensor t, DType want, String what) {
-        return storage(t, want, what).ptr().withByteOffset((long) t.offset() * want.bytes());
+        return device.storage(t, want, what).ptr().withByteOffset((long) t.offset() * want.bytes());
     }
 
     /** The storage base; kernels add the element offset themselves. */
     private CUdeviceptr base(Tensor t, DType want, String what) {
-        return storage(t, want, what).ptr();
+        return device.storage(t, want, what).ptr();
     }
 
     private void launch(String name, long n, Object... args) {
@@ -304,7 +296,7 @@ final class CudaKernels {
 
     /** The I32 tensor's values on the host, for the CPU's range checks (ids and targets: one int per token). */
     private int[] hostInts(Tensor t, String what) {
-        storage(t, DType.I32, what);
+        device.storage(t, DType.I32, what);
         int[] h = new int[t.numel()];
         copyToHost(h, t);
         return h;
@@ -326,11 +318,7 @@ final class CudaKernels {
     public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias, float eps) {
         int rows = x.rows();
         int cols = x.cols();
-        sameRows(out, "layerNorm out", x);
-        numel(mean, "layerNorm mean", rows);
-        numel(rstd, "layerNorm rstd", rows);
-        numel(weight, "layerNorm weight", cols);
-        numel(bias, "layerNorm bias", cols);
+        KernelChecks.checkLayerNormForward(out, mean, rstd, x, weight, bias);
         launchRows("layer_norm_forward_f32", rows, base(out, DType.F32, "out"), out.offset(), base(mean, DType.F32, "mean"),
                 mean.offset(), base(rstd, DType.F32, "rstd"), rstd.offset(), base(x, DType.F32, "x"), x.offset(),
                 base(weight, DType.F32, "weight"), weight.offset(), base(bias, DType.F32, "bias"), bias.offset(), rows, cols,
@@ -594,9 +582,7 @@ final class CudaKernels {
     public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) {
         int rows = x.rows();
         int cols = x.cols();
-        sameRows(out, "rmsNorm out", x);
-        numel(rstd, "rmsNorm rstd", rows);
-        numel(weight, "rmsNorm weight", cols);
+        KernelChecks.checkRmsNormForward(out, rstd, x, weight);
         launchRows("rms_norm_forward_f32", rows, base(out, DType.F32, "out"), out.offset(), base(rstd, DType.F32, "rstd"),
                 rstd.offset(), base(x, DType.F32, "x"), x.offset(), base(weight, DType.F32, "weight"), weight.offset(),
                 rows, cols, eps);
@@ -605,11 +591,7 @@ final class CudaKernels {
     public void rmsNormBackward(Tensor dx, Tensor dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd) {
         int rows = x.rows();
         int cols = x.cols();
-        sameRows(dx, "rmsNorm dx", x);
-        sameRows(dy, "rmsNorm dy", x);
-        numel(dweight, "rmsNorm dweight", cols);
-        numel(weight, "rmsNorm weight", cols);
-        numel(rstd, "rmsNorm rstd", rows);
+        KernelChecks.checkRmsNormBackward(dx, dweight, dy, x, weight, rstd);
         CUdeviceptr dyp = base(dy, DType.F32, "dy");
         CUdeviceptr xp = base(x, DType.F32, "x");
         CUdeviceptr rp = base(rstd, DType.F32, "rstd");

@@ -12,7 +12,6 @@ import jcuda.driver.JCudaDriver;
 import org.kindling.ops.CausalConv;
 import org.kindling.ops.DType;
 import org.kindling.ops.FavorFeatures;
-import org.kindling.ops.KernelChecks;
 import org.kindling.ops.LinearAttention;
 import org.kindling.ops.Ssm;
 import org.kindling.ops.Tensor;
@@ -70,11 +69,7 @@ final class CudaSsm {
     }
 
     private CUdeviceptr base(Tensor t, DType want, String what) {
-        CudaStorage s = KernelChecks.storage(t, want, CudaStorage.class, device.toString(), what);
-        if (s.device() != device) {
-            throw new IllegalArgumentException(what + " is not on " + device + ": " + t);
-        }
-        return s.ptr();
+        return device.storage(t, want, what).ptr();
     }
 
     private void launch(String name, int gx, int gy, int shared, Object... args) {

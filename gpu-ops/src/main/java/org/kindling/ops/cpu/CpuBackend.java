@@ -608,11 +608,7 @@ final class CpuBackend implements Backend {
                                  float eps) {
         int rows = x.rows();
         int cols = x.cols();
-        sameRows(out, "layerNorm out", x);
-        numel(mean, "layerNorm mean", rows);
-        numel(rstd, "layerNorm rstd", rows);
-        numel(weight, "layerNorm weight", cols);
-        numel(bias, "layerNorm bias", cols);
+        KernelChecks.checkLayerNormForward(out, mean, rstd, x, weight, bias);
         float[] o = f32(out, "out");
         float[] mv = f32(mean, "mean");
         float[] rv = f32(rstd, "rstd");
@@ -680,9 +676,7 @@ final class CpuBackend implements Backend {
     public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) {
         int rows = x.rows();
         int cols = x.cols();
-        sameRows(out, "rmsNorm out", x);
-        numel(rstd, "rmsNorm rstd", rows);
-        numel(weight, "rmsNorm weight", cols);
+        KernelChecks.checkRmsNormForward(out, rstd, x, weight);
         float[] o = f32(out, "out");
         float[] rv = f32(rstd, "rstd");
         float[] xv = f32(x, "x");
@@ -713,11 +707,7 @@ final class CpuBackend implements Backend {
     public void rmsNormBackward(Tensor dx, Tensor dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd) {
         int rows = x.rows();
         int cols = x.cols();
-        sameRows(dx, "rmsNorm dx", x);
-        sameRows(dy, "rmsNorm dy", x);
-        numel(dweight, "rmsNorm dweight", cols);
-        numel(weight, "rmsNorm weight", cols);
-        numel(rstd, "rmsNorm rstd", rows);
+        KernelChecks.checkRmsNormBackward(dx, dweight, dy, x, weight, rstd);
         float[] dxv = f32(dx, "dx");
         float[] dw = f32(dweight, "dweight");
         float[] dyv = f32(dy, "dy");

@@ -292,11 +292,7 @@ final class ReferenceBackend implements Backend {
     public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias, float eps) {
         int rows = x.rows();
         int cols = x.cols();
-        sameRows(out, "layerNorm out", x);
-        numel(mean, "layerNorm mean", rows);
-        numel(rstd, "layerNorm rstd", rows);
-        numel(weight, "layerNorm weight", cols);
-        numel(bias, "layerNorm bias", cols);
+        KernelChecks.checkLayerNormForward(out, mean, rstd, x, weight, bias);
         double[][] r = Reference.layerNorm(read(x, "x"), read(weight, "weight"), read(bias, "bias"), rows, cols, eps);
         write(out, "out", r[0]);
         write(mean, "mean", r[1]);
@@ -320,9 +316,7 @@ final class ReferenceBackend implements Backend {
     public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) {
         int rows = x.rows();
         int cols = x.cols();
-        sameRows(out, "rmsNorm out", x);
-        numel(rstd, "rmsNorm rstd", rows);
-        numel(weight, "rmsNorm weight", cols);
+        KernelChecks.checkRmsNormForward(out, rstd, x, weight);
         double[][] r = Reference.rmsNorm(read(x, "x"), read(weight, "weight"), rows, cols, eps);
         write(out, "out", r[0]);
         write(rstd, "rstd", r[1]);
@@ -332,11 +326,7 @@ final class ReferenceBackend implements Backend {
     public void rmsNormBackward(Tensor dx, Tensor dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd) {
         int rows = x.rows();
         int cols = x.cols();
-        sameRows(dx, "rmsNorm dx", x);
-        sameRows(dy, "rmsNorm dy", x);
-        numel(dweight, "rmsNorm dweight", cols);
-        numel(weight, "rmsNorm weight", cols);
-        numel(rstd, "rmsNorm rstd", rows);
+        KernelChecks.checkRmsNormBackward(dx, dweight, dy, x, weight, rstd);
         double[][] g = Reference.rmsNormBackward(read(dy, "dy"), read(x, "x"), read(weight, "weight"), read(rstd, "rstd"),
                 rows, cols);
         add(dx, "dx", g[0]);
