@@ -48,6 +48,19 @@ public final class HadoopRunStorage implements RunStorage {
     }
 
     /**
+     * Creates a file that readers other than Hadoop's will list: on {@code file:} without the {@code .NAME.crc} file
+     * beside it (TensorBoard reads every file whose name holds "tfevents", checksum files included).
+     */
+    public OutputStream createWithoutChecksum(String path) throws IOException {
+        Path p = resolve(path);
+        if (fs instanceof LocalFileSystem local) {
+            local.delete(local.getChecksumFile(p), false);
+            return local.getRawFileSystem().create(p, true);
+        }
+        return fs.create(p, true);
+    }
+
+    /**
      * Appends to an existing file.
      *
      * @throws UnsupportedOperationException where the file system cannot append (S3A, for one)

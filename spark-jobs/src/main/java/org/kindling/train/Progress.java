@@ -23,7 +23,8 @@ import org.kindling.models.train.StepResult;
  * re-sends the steps after its checkpoint; they replace the ones the failed attempt sent, and when
  * those were already written the file is rewritten whole. File systems that cannot append (S3A)
  * get the whole file every time. A failing write is logged and retried at the next interval:
- * metrics never stop training.
+ * metrics never stop training. The same steps go to TensorBoard's events file ({@link TensorBoardEvents}) at the same
+ * flushes.
  */
 final class Progress implements Consumer<StepResult> {
     private static final System.Logger LOG = System.getLogger(Progress.class.getName());
@@ -39,10 +40,12 @@ final class Progress implements Consumer<StepResult> {
     /** Whether metrics.jsonl must be rewritten whole: before the first write, after a rewind or a failed write. */
     private boolean rewrite = true;
     private boolean appendable = true;
+    private final TensorBoardEvents events;
 
     Progress(HadoopRunStorage storage, TrainConfig cfg) throws IOException {
         this.storage = storage;
         this.cfg = cfg;
+        this.events = new TensorBoardEvents(storage, System.currentTimeMillis(), TensorBoardEvents.host());
         if (storage.exists(METRICS)) {
             try (InputStream in = storage.open(METRICS)) {
                 for (String line : new String(in.readAllBytes(), StandardCharsets.UTF_8).split("\n")) {
@@ -62,6 +65,7 @@ final class Progress implements Consumer<StepResult> {
         }
         steps.tailMap(r.step(), true).clear();
         steps.put(r.step(), r);
+        events.accept(r);
         if (r.step() % cfg.logInterval() == 0 || r.step() == cfg.maxSteps()) {
             LOG.log(System.Logger.Level.INFO, line(r));
             flush();
@@ -82,8 +86,13 @@ final class Progress implements Consumer<StepResult> {
                 r.step(), cfg.maxSteps(), r.loss(), r.lr(), r.gradNorm(), r.tokensPerSecond(), eta / 60, eta % 60) + r.metricsText();
     }
 
-    /** Brings metrics.jsonl up to date with what has arrived; a failure is logged, never thrown. */
+    /** Brings metrics.jsonl and the events file up to date with what has arrived; a failure is logged, never thrown. */
     synchronized void flush() {
+        flushMetrics();
+        events.flush();
+    }
+
+    private void flushMetrics() {
         if (steps.isEmpty() || (!rewrite && steps.lastKey() == written)) {
             return;
         }
@@ -123,6 +132,11 @@ final class Progress implements Consumer<StepResult> {
             LOG.log(System.Logger.Level.WARNING, "cannot write " + storage.describe(METRICS) + ": " + e.getMessage()
                     + "; training goes on and the next log interval tries again");
         }
+    }
+
+    /** The events file, relative to the run directory. */
+    String eventsFile() {
+        return events.file();
     }
 
     /** The steps this run has trained, in order. */

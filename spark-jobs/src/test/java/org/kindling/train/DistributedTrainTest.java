@@ -132,6 +132,7 @@ class DistributedTrainTest {
             assertEquals(single.get(s).tokens(), pair.get(s).tokens(), "tokens of all workers at step " + (s + 1));
         }
         assertEquals(6, Files.readAllLines(two.resolve("metrics.jsonl")).size());
+        TfEvents.assertMatchesMetrics(two);
         assertTrue(Files.readString(two.resolve("checkpoints/step-6/state.json")).contains("\"data_positions\" : [ "),
                 "the checkpoint records each worker's data position");
 
@@ -151,6 +152,7 @@ class DistributedTrainTest {
         assertEquals(6, metrics.size(), "steps redone after the retry replace the failed attempt's: " + metrics);
         assertEquals(Files.readAllLines(two.resolve("metrics.jsonl")).stream().map(DistributedTrainTest::lossOnly).toList(),
                 metrics.stream().map(DistributedTrainTest::lossOnly).toList());
+        TfEvents.assertMatchesMetrics(faulty);
 
         // Resuming with another number of workers is refused with a clear error.
         Exception e = assertThrows(Exception.class, () -> TrainJob.run(spark, two.toString(), data.toString(),
