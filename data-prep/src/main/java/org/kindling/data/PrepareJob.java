@@ -21,6 +21,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.TreeMap;
 import java.util.concurrent.ConcurrentHashMap;
+import java.util.function.Consumer;
 import org.apache.arrow.memory.RootAllocator;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.hadoop.fs.FileStatus;
@@ -34,6 +35,7 @@ import org.apache.spark.broadcast.Broadcast;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
 import org.apache.spark.sql.functions;
+import org.apache.spark.util.CollectionAccumulator;
 import org.apache.spark.util.SerializableConfiguration;
 import scala.Tuple2;
 
@@ -45,7 +47,10 @@ import scala.Tuple2;
  * {@code manifest.json}. Same input and options give byte-identical output.
  */
 public final class PrepareJob {
+    private static final System.Logger LOG = System.getLogger(PrepareJob.class.getName());
     static final ObjectMapper JSON = new ObjectMapper();
+    /** Spark conf key: the time between progress lines, a Spark time ("10s", the default, or "500ms"). */
+    public static final String PROGRESS_INTERVAL = PrepareProgress.INTERVAL;
     static final String MANIFEST = "manifest.json";
 
     private PrepareJob() {
@@ -137,7 +142,14 @@ public final class PrepareJob {
                          BpeTokenizer tokenizer) {
     }
 
+    /** Runs the job, logging a progress line every {@link #PROGRESS_INTERVAL} (default 10 s) and once all input is read. */
     public static Result run(SparkSession spark, PrepareOptions opt) throws IOException {
+        return run(spark, opt, line -> LOG.log(System.Logger.Level.INFO, line));
+    }
+
+    /** Runs the job, passing each progress line (input files and bytes read, rate, ETA) to {@code progressLines}. */
+    public static Result run(SparkSession spark, PrepareOptions opt, Consumer<String> progressLines) throws IOException {
+        long intervalMs = PrepareProgress.intervalMs(spark);
         JavaSparkContext sc = JavaSparkContext.fromSparkContext(spark.sparkContext());
         Configuration conf = sc.hadoopConfiguration();
         Path out = new Path(opt.output());
@@ -155,13 +167,25 @@ public final class PrepareJob {
             throw new IllegalArgumentException("no input files under " + opt.inputs());
         }
         long inputBytes = 0;
+        Map<String, Long> sizes = new LinkedHashMap<>();
         for (String f : files) {
             Path p = new Path(f);
-            inputBytes += p.getFileSystem(conf).getFileStatus(p).getLen();
+            long len = p.getFileSystem(conf).getFileStatus(p).getLen();
+            sizes.put(f, len);
+            inputBytes += len;
         }
+        try (PrepareProgress progress = new PrepareProgress(spark.sparkContext(), intervalMs, sizes,
+                progressLines)) {
+            return run(spark, sc, opt, outFs, out, files, inputBytes, progress);
+        }
+    }
+
+    private static Result run(SparkSession spark, JavaSparkContext sc, PrepareOptions opt, FileSystem outFs, Path out, List<String> files,
+                              long inputBytes, PrepareProgress progress) throws IOException {
+        Configuration conf = sc.hadoopConfiguration();
         // Tasks rebuild the driver's Hadoop configuration: a fresh one would lack every spark.hadoop.* setting.
         Broadcast<SerializableConfiguration> hadoop = sc.broadcast(new SerializableConfiguration(conf));
-        JavaRDD<Doc> docs = read(spark, sc, opt, files, hadoop);
+        JavaRDD<Doc> docs = read(spark, sc, opt, files, hadoop, progress.reads());
         if (opt.dedup()) {
             docs = dedup(docs);
         }
@@ -204,6 +228,7 @@ public final class PrepareJob {
                         ? writeRejects(part, it, outDir, hadoop.value().value())
                         : writeShard(part, it, outDir, hadoop.value().value(), template, buckets, slices), true)
                 .collect();
+        progress.finish();
         if (train) {
             docs.unpersist();
         }
@@ -268,7 +293,7 @@ public final class PrepareJob {
     }
 
     private static JavaRDD<Doc> read(SparkSession spark, JavaSparkContext sc, PrepareOptions opt, List<String> files,
-                                     Broadcast<SerializableConfiguration> hadoop) {
+                                     Broadcast<SerializableConfiguration> hadoop, CollectionAccumulator<PrepareProgress.Read> reads) {
         Map<String, Integer> index = new LinkedHashMap<>();
         List<String> byteFiles = new ArrayList<>();
         List<String> parquet = new ArrayList<>();
@@ -284,18 +309,30 @@ public final class PrepareJob {
         String field = opt.textField();
         long maxBytes = opt.maxDocBytes();
         JavaRDD<Doc> docs = sc.emptyRDD();
+        // Each task's copy of the closure keeps the split its previous row came from: one report per split, not per row.
+        PrepareProgress.Read[] lastSplit = new PrepareProgress.Read[1];
         if (!byteFiles.isEmpty()) {
             // One task per file (binaryFiles would pack small files into too few splits to use every core).
             int partitions = Math.max(1, Math.min(byteFiles.size(), 4 * sc.defaultParallelism()));
-            docs = sc.parallelize(byteFiles, partitions).flatMap(path -> readFile(path, fileIndex.value().get(path),
-                    forced != null ? forced : PrepareOptions.Format.of(path), lineDocs, field, maxBytes, hadoop.value().value()).iterator());
+            docs = sc.parallelize(byteFiles, partitions).flatMap(path -> {
+                List<Doc> read = readFile(path, fileIndex.value().get(path), forced != null ? forced : PrepareOptions.Format.of(path),
+                        lineDocs, field, maxBytes, hadoop.value().value());
+                reads.add(PrepareProgress.Read.whole(path));
+                return read.iterator();
+            });
         }
         if (!parquet.isEmpty()) {
             JavaRDD<Doc> rows = spark.read().parquet(parquet.toArray(new String[0]))
-                    .select(functions.col(field), functions.input_file_name().as("_file"))
+                    .select(functions.col(field), functions.input_file_name().as("_file"), functions.input_file_block_start(),
+                            functions.input_file_block_length())
                     .javaRDD().zipWithIndex().map(t -> {
                         Row r = t._1();
                         String path = new Path(r.getString(1)).toString(); // file:///x → file:/x, as the listing wrote it
+                        PrepareProgress.Read split = new PrepareProgress.Read(path, r.getLong(2), r.getLong(3));
+                        if (!split.equals(lastSplit[0])) {
+                            reads.add(split);
+                            lastSplit[0] = split;
+                        }
                         Integer fi = fileIndex.value().get(path);
                         if (fi == null) {
                             throw new IllegalStateException("Parquet row from " + path + ", which is not among the listed inputs");

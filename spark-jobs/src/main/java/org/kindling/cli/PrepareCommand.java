@@ -3,7 +3,9 @@ package org.kindling.cli;
 import java.io.IOException;
 import java.io.PrintWriter;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.Callable;
+import org.apache.spark.network.util.JavaUtils;
 import org.apache.spark.sql.SparkSession;
 import org.kindling.data.PrepareJob;
 import org.kindling.data.PrepareOptions;
@@ -58,6 +60,10 @@ final class PrepareCommand implements Callable<Integer> {
     @Option(names = "--overwrite", description = "replace an existing dataset")
     boolean overwrite;
 
+    @Option(names = "--progress-interval", description = "time between progress lines on stderr, e.g. 2s or 500ms (default 10s; "
+            + "sets Spark's " + PrepareJob.PROGRESS_INTERVAL + ")")
+    String progressInterval;
+
     @Override
     public Integer call() throws IOException {
         CommandLine cmd = spec.commandLine();
@@ -68,8 +74,13 @@ final class PrepareCommand implements Callable<Integer> {
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(cmd, e.getMessage());
         }
+        if (progressInterval != null && !positiveDuration(progressInterval)) {
+            throw new CommandLine.ParameterException(cmd, "--progress-interval must be a positive duration such as 2s or 500ms, got '"
+                    + progressInterval + "'");
+        }
         PrintWriter err = cmd.getErr();
-        SparkSession spark = Spark.session("kindling prepare", master);
+        SparkSession spark = Spark.session("kindling prepare", master,
+                progressInterval == null ? Map.of() : Map.of(PrepareJob.PROGRESS_INTERVAL, progressInterval));
         try {
             long t0 = System.nanoTime();
             PrepareJob.Result r = PrepareJob.run(spark, opts);
@@ -83,5 +94,13 @@ final class PrepareCommand implements Callable<Integer> {
             spark.stop();
         }
         return 0;
+    }
+
+    private static boolean positiveDuration(String v) {
+        try {
+            return JavaUtils.timeStringAsMs(v) > 0;
+        } catch (RuntimeException e) {
+            return false;
+        }
     }
 }

@@ -157,6 +157,10 @@ class CliTest {
         CliRun bad = CliRun.of("prepare", "--input", in.toString(), "--output", out.toString(), "--format", "csv");
         assertEquals(2, bad.code());
         assertTrue(bad.err().contains("--format must be text, jsonl or parquet"), bad.err());
+        CliRun badInterval = CliRun.of("prepare", "--input", in.toString(), "--output", out.toString(), "--progress-interval", "soon");
+        assertEquals(2, badInterval.code());
+        assertTrue(badInterval.err().contains("--progress-interval must be a positive duration such as 2s or 500ms, got 'soon'"),
+                badInterval.err());
     }
 
     @Test
