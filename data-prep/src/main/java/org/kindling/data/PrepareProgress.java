@@ -43,6 +43,8 @@ final class PrepareProgress implements AutoCloseable {
     private final Consumer<String> out;
     private final long t0 = System.nanoTime();
     private final ScheduledExecutorService timer;
+    /** When the reports first covered every byte (0: not yet): the rate stops there, the job goes on encoding. */
+    private long readAt;
 
     /** The session's {@link #INTERVAL} in milliseconds (default 10 s); a bad value is an error naming the key. */
     static long intervalMs(SparkSession spark) {
@@ -83,7 +85,7 @@ final class PrepareProgress implements AutoCloseable {
     }
 
     /** The progress line: read so far from the reports, or (at the end) everything. */
-    String line(boolean end) {
+    synchronized String line(boolean end) {
         long files;
         long bytes;
         if (end) {
@@ -107,11 +109,14 @@ final class PrepareProgress implements AutoCloseable {
                 }
             }
         }
-        double seconds = (System.nanoTime() - t0) / 1e9;
+        if (bytes >= totalBytes && readAt == 0) {
+            readAt = System.nanoTime();
+        }
+        double seconds = ((readAt != 0 ? readAt : System.nanoTime()) - t0) / 1e9;
         double rate = bytes / Math.max(seconds, 1e-9);
         String eta;
         if (bytes >= totalBytes) {
-            eta = "ETA 0m00s";
+            eta = end ? "ETA 0m00s" : "ETA 0m00s | all input read; encoding and writing shards";
         } else if (bytes == 0) {
             eta = "ETA unknown";
         } else {

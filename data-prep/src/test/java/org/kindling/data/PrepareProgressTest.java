@@ -22,7 +22,7 @@ import org.junit.jupiter.api.io.TempDir;
 /** Prepare's progress lines: files and bytes read as tasks report them, monotone, all of them at the end. */
 class PrepareProgressTest {
     private static final Pattern LINE = Pattern.compile(
-            "prepare: ([\\d,]+)/([\\d,]+) files \\| ([\\d,]+)/([\\d,]+) bytes \\((\\d+)%\\) \\| [\\d.]+ MB/s \\| ETA (\\d+m\\d\\ds|unknown)");
+            "prepare: ([\\d,]+)/([\\d,]+) files \\| ([\\d,]+)/([\\d,]+) bytes \\((\\d+)%\\) \\| [\\d.]+ MB/s \\| ETA (\\d+m\\d\\ds|unknown)( \\| all input read; encoding and writing shards)?");
     static SparkSession spark;
     @TempDir
     static Path dir;
@@ -78,6 +78,7 @@ class PrepareProgressTest {
         assertEquals(total, number(last, 3));
         assertEquals("100", last.group(5));
         assertEquals("0m00s", last.group(6));
+        assertEquals(null, last.group(7), "the last line is the end: " + last.group());
         assertTrue(seen.stream().limit(seen.size() - 1).anyMatch(l -> l.startsWith("prepare: 12/12 files")),
                 "the tasks' reports reach every file before the end line: " + seen);
     }
@@ -95,6 +96,7 @@ class PrepareProgressTest {
             assertTrue(p.line(false).startsWith("prepare: 1/2 files | 3,000/4,000 bytes (75%) |"), p.line(false));
             p.reads().add(new PrepareProgress.Read("b.parquet", 2000, 1000));
             assertTrue(p.line(false).startsWith("prepare: 2/2 files | 4,000/4,000 bytes (100%) |"), p.line(false));
+            assertTrue(p.line(false).endsWith("| ETA 0m00s | all input read; encoding and writing shards"), p.line(false));
         }
     }
 
