@@ -155,8 +155,9 @@ public final class TrainBuilder {
         if (spark == null) {
             throw new InvalidOptionException("spark", "a SparkSession is required to run");
         }
+        // System.err as it is now: a notebook kernel points it at the running cell's output.
+        PrintStream err = System.err;
         Consumer<String> out = progress != null ? progress : line -> {
-            PrintStream err = System.err;
             err.println(line);
             err.flush();
         };

@@ -182,6 +182,30 @@ class KindlingApiTest {
         assertTrue(resumed.finalStep() >= 3, "the metrics and checkpoints up to the interrupt stay: " + resumed.finalStep());
     }
 
+    /** The README's "Java API" example, compiled as it stands against this build, so it stays true. */
+    @Test
+    void theReadmeExampleCompiles() throws Exception {
+        String readme = Files.readString(Path.of("..", "README.md"));
+        int section = readme.indexOf("## Java API");
+        assertTrue(section >= 0, "README has a Java API section");
+        int from = readme.indexOf("```java\n", section) + "```java\n".length();
+        String example = readme.substring(from, readme.indexOf("```", from));
+        StringBuilder imports = new StringBuilder();
+        StringBuilder body = new StringBuilder();
+        for (String line : example.split("\n")) {
+            (line.startsWith("import ") ? imports : body).append(line).append('\n');
+        }
+        Path src = dir.resolve("readme/ReadmeExample.java");
+        Files.createDirectories(src.getParent());
+        Files.writeString(src, imports + "class ReadmeExample {\n    static void example() throws Exception {\n" + body + "    }\n}\n");
+        javax.tools.JavaCompiler javac = javax.tools.ToolProvider.getSystemJavaCompiler();
+        ByteArrayOutputStream diagnostics = new ByteArrayOutputStream();
+        String classpath = System.getProperty("surefire.test.class.path", System.getProperty("java.class.path"));
+        int rc = javac.run(null, null, diagnostics, "-proc:none", "-classpath", classpath, "-d", src.getParent().toString(),
+                src.toString());
+        assertEquals(0, rc, diagnostics.toString(StandardCharsets.UTF_8));
+    }
+
     private static void copy(Path from, Path to) throws Exception {
         try (var s = Files.walk(from)) {
             for (Path p : s.toList()) {
