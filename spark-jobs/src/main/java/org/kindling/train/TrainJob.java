@@ -260,7 +260,7 @@ public final class TrainJob {
     }
 
     /** Whether a job of {@code group} runs or a task of one of its stages is still active. */
-    static boolean running(JavaSparkContext sc, String group) {
+    private static boolean running(JavaSparkContext sc, String group) {
         var tracker = sc.statusTracker();
         for (int job : tracker.getJobIdsForGroup(group)) {
             var info = tracker.getJobInfo(job);
