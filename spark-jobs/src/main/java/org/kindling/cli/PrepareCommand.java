@@ -74,7 +74,7 @@ final class PrepareCommand implements Callable<Integer> {
             PreparedData r = builder(spark).run();
             double s = r.seconds();
             err.printf("prepared %s: %,d documents, %,d tokens, %d shards, vocab %d; rejects %s%n", output, r.documents(), r.tokens(),
-                    r.shards().size(), r.vocabSize(), r.rejects().isEmpty() ? "none" : new java.util.TreeMap<>(r.rejects()));
+                    r.shards().size(), r.vocabSize(), r.rejects().isEmpty() ? "none" : r.rejects());
             err.printf("%.1f s: %,.0f documents/s, %.2f MB/s of input, %,.0f tokens/s%n", s, r.documents() / s,
                     r.inputBytes() / 1e6 / s, r.tokens() / s);
             err.flush();
