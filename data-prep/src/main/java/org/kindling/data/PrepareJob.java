@@ -32,10 +32,12 @@ import org.apache.spark.api.java.JavaPairRDD;
 import org.apache.spark.api.java.JavaRDD;
 import org.apache.spark.api.java.JavaSparkContext;
 import org.apache.spark.broadcast.Broadcast;
+import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
 import org.apache.spark.sql.functions;
 import org.apache.spark.util.CollectionAccumulator;
+import org.apache.spark.util.LongAccumulator;
 import org.apache.spark.util.SerializableConfiguration;
 import scala.Tuple2;
 
@@ -152,16 +154,7 @@ public final class PrepareJob {
         long intervalMs = PrepareProgress.intervalMs(spark);
         JavaSparkContext sc = JavaSparkContext.fromSparkContext(spark.sparkContext());
         Configuration conf = sc.hadoopConfiguration();
-        Path out = new Path(opt.output());
-        FileSystem outFs = out.getFileSystem(conf);
-        out = outFs.makeQualified(out);
-        if (outFs.exists(out)) {
-            if (!opt.overwrite() && (outFs.exists(new Path(out, MANIFEST)) || outFs.listStatus(out).length > 0)) {
-                throw new IllegalArgumentException(out + " already holds " + (outFs.exists(new Path(out, MANIFEST))
-                        ? "a dataset" : "files") + "; pass --overwrite to replace it");
-            }
-            outFs.delete(out, true);
-        }
+        Path out = clearOutput(opt, conf);
         List<String> files = listInputs(opt.inputs(), conf);
         if (files.isEmpty()) {
             throw new IllegalArgumentException("no input files under " + opt.inputs());
@@ -176,16 +169,75 @@ public final class PrepareJob {
         }
         try (PrepareProgress progress = new PrepareProgress(spark.sparkContext(), intervalMs, sizes,
                 progressLines)) {
-            return run(spark, sc, opt, outFs, out, files, inputBytes, progress);
+            return run(spark, sc, opt, out, files, inputBytes, progress);
         }
     }
 
-    private static Result run(SparkSession spark, JavaSparkContext sc, PrepareOptions opt, FileSystem outFs, Path out, List<String> files,
+    private static Result run(SparkSession spark, JavaSparkContext sc, PrepareOptions opt, Path out, List<String> files,
                               long inputBytes, PrepareProgress progress) throws IOException {
         Configuration conf = sc.hadoopConfiguration();
         // Tasks rebuild the driver's Hadoop configuration: a fresh one would lack every spark.hadoop.* setting.
         Broadcast<SerializableConfiguration> hadoop = sc.broadcast(new SerializableConfiguration(conf));
         JavaRDD<Doc> docs = read(spark, sc, opt, files, hadoop, progress.reads());
+        Result r = write(sc, opt, out, files, docs, inputBytes, hadoop);
+        progress.finish();
+        return r;
+    }
+
+    /**
+     * Prepares the documents of a Spark DataFrame: every row's {@code opt.textField()} column is one
+     * document, validated like a file's (a null value is a {@code missing_field} reject, a value that
+     * is not a string a {@code not_text} reject, both in {@code rejects/} with the row's index as its
+     * line). {@code opt.inputs()} name the frame: rejects and the manifest give them as its source.
+     * {@link Result#inputBytes()} counts the UTF-8 bytes of the string values.
+     */
+    public static Result run(SparkSession spark, Dataset<Row> frame, PrepareOptions opt) throws IOException {
+        String field = opt.textField();
+        if (!java.util.Arrays.asList(frame.columns()).contains(field)) {
+            throw new IllegalArgumentException("the DataFrame has no column \"" + field + "\"; its columns are "
+                    + java.util.Arrays.toString(frame.columns()));
+        }
+        JavaSparkContext sc = JavaSparkContext.fromSparkContext(spark.sparkContext());
+        Configuration conf = sc.hadoopConfiguration();
+        Path out = clearOutput(opt, conf);
+        String source = String.join(",", opt.inputs());
+        long maxBytes = opt.maxDocBytes();
+        LongAccumulator bytes = sc.sc().longAccumulator("kindling prepare input bytes");
+        JavaRDD<Doc> docs = frame.select(functions.col(field)).javaRDD().zipWithIndex().map(t -> {
+            Object v = t._1().get(0);
+            if (!(v instanceof String s)) {
+                return Doc.reject(t._2(), source, t._2(), v == null ? new byte[0]
+                        : String.valueOf(v).getBytes(StandardCharsets.UTF_8), v == null ? "missing_field" : "not_text");
+            }
+            byte[] b = s.getBytes(StandardCharsets.UTF_8);
+            bytes.add(b.length);
+            return document(t._2(), source, t._2(), b, maxBytes);
+        });
+        Broadcast<SerializableConfiguration> hadoop = sc.broadcast(new SerializableConfiguration(conf));
+        Result r = write(sc, opt, out, opt.inputs(), docs, 0, hadoop);
+        return new Result(r.documents(), r.tokens(), r.rejects(), r.shards(), bytes.value(), r.tokenizer());
+    }
+
+    /** The qualified output directory, emptied when --overwrite allows it. */
+    private static Path clearOutput(PrepareOptions opt, Configuration conf) throws IOException {
+        Path out = new Path(opt.output());
+        FileSystem outFs = out.getFileSystem(conf);
+        out = outFs.makeQualified(out);
+        if (outFs.exists(out)) {
+            if (!opt.overwrite() && (outFs.exists(new Path(out, MANIFEST)) || outFs.listStatus(out).length > 0)) {
+                throw new IllegalArgumentException(out + " already holds " + (outFs.exists(new Path(out, MANIFEST))
+                        ? "a dataset" : "files") + "; pass --overwrite to replace it");
+            }
+            outFs.delete(out, true);
+        }
+        return out;
+    }
+
+    /** Dedup, tokenizer, shards, rejects, tokenizer.json and, last, the manifest of {@code docs}. */
+    private static Result write(JavaSparkContext sc, PrepareOptions opt, Path out, List<String> files, JavaRDD<Doc> docs,
+                                long inputBytes, Broadcast<SerializableConfiguration> hadoop) throws IOException {
+        Configuration conf = sc.hadoopConfiguration();
+        FileSystem outFs = out.getFileSystem(conf);
         if (opt.dedup()) {
             docs = dedup(docs);
         }
@@ -228,7 +280,6 @@ public final class PrepareJob {
                         ? writeRejects(part, it, outDir, hadoop.value().value())
                         : writeShard(part, it, outDir, hadoop.value().value(), template, buckets, slices), true)
                 .collect();
-        progress.finish();
         if (train) {
             docs.unpersist();
         }

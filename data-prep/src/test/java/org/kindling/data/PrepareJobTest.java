@@ -9,7 +9,6 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.io.IOException;
 import java.nio.channels.SeekableByteChannel;
-import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
@@ -217,6 +216,44 @@ class PrepareJobTest {
         }
         texts.sort(null);
         assertEquals(List.of("parquet document one", "parquet document two"), texts);
+    }
+
+    @Test
+    void preparesADataFrameColumnAndReportsNullAndNonTextValuesAsRejects() throws IOException {
+        org.apache.spark.sql.types.StructType schema = new org.apache.spark.sql.types.StructType()
+                .add("text", org.apache.spark.sql.types.DataTypes.StringType).add("n", org.apache.spark.sql.types.DataTypes.IntegerType);
+        List<org.apache.spark.sql.Row> rows = List.of(org.apache.spark.sql.RowFactory.create("frame document one", 1),
+                org.apache.spark.sql.RowFactory.create(null, 2), org.apache.spark.sql.RowFactory.create("frame document two", 3));
+        org.apache.spark.sql.Dataset<org.apache.spark.sql.Row> frame = spark.createDataFrame(rows, schema);
+        Path out = dir.resolve("frame-out");
+        PrepareJob.Result r = PrepareJob.run(spark, frame, new PrepareOptions(List.of("frame"), out.toString(), null, false, "text",
+                null, 280, 64, null, false, 4096, false));
+        assertEquals(2, r.documents());
+        assertEquals(java.util.Map.of("missing_field", 1L), r.rejects());
+        assertEquals("frame document one".length() + "frame document two".length(), r.inputBytes());
+        JsonNode reject = new ObjectMapper().readTree(Files.readAllLines(rejectFile(out)).get(0));
+        assertEquals("missing_field", reject.get("reason").asText());
+        assertEquals("frame", reject.get("source").asText());
+        assertEquals(1, reject.get("line").asLong());
+        assertEquals(2, manifest(out).get("documents").asLong());
+
+        // A column that holds numbers: every row is a reject that says why, none is dropped silently.
+        Path nums = dir.resolve("frame-nums");
+        PrepareJob.Result n = PrepareJob.run(spark, frame, new PrepareOptions(List.of("frame"), nums.toString(), null, false, "n",
+                dir.resolve("frame-out/tokenizer.json").toString(), 280, 64, null, false, 4096, false));
+        assertEquals(0, n.documents());
+        assertEquals(java.util.Map.of("not_text", 3L), n.rejects());
+
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> PrepareJob.run(spark, frame,
+                new PrepareOptions(List.of("frame"), dir.resolve("frame-x").toString(), null, false, "body", null, 280, 64, null, false,
+                        4096, false)));
+        assertTrue(e.getMessage().contains("no column \"body\""), e.getMessage());
+    }
+
+    private static Path rejectFile(Path out) throws IOException {
+        try (var s = Files.list(out.resolve("rejects"))) {
+            return s.filter(p -> p.toString().endsWith(".jsonl")).findFirst().orElseThrow();
+        }
     }
 
     @Test

@@ -1,18 +1,14 @@
 package org.kindling.cli;
 
 import java.io.IOException;
-import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.concurrent.Callable;
-import org.apache.hadoop.conf.Configuration;
-import org.kindling.data.BpeTokenizer;
-import org.kindling.models.Gpt;
-import org.kindling.models.io.HfExport;
-import org.kindling.ops.cpu.CpuDevice;
-import org.kindling.train.RunDir;
-import picocli.CommandLine;
+import org.kindling.api.ExportBuilder;
+import org.kindling.api.InvalidOptionException;
+import org.kindling.api.KindlingApi;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
+import picocli.CommandLine;
 
 @Command(name = "export", mixinStandardHelpOptions = true,
         description = {"Write a run's checkpoint for Hugging Face transformers: model.safetensors, config.json and",
@@ -33,16 +29,16 @@ final class ExportCommand implements Callable<Integer> {
     @Override
     public Integer call() throws IOException {
         CommandLine cmd = spec.commandLine();
-        if (!format.equals("hf-gpt2")) {
-            throw new CommandLine.ParameterException(cmd, "--format must be hf-gpt2, got \"" + format + "\"");
+        ExportBuilder b = KindlingApi.export(target.run).format(format).out(out);
+        if (target.step != null) {
+            b.step(target.step);
         }
-        RunDir dir = new RunDir(target.run, new Configuration());
-        String ckpt = dir.checkpoint(target.step);
-        BpeTokenizer tok = dir.tokenizer();
-        try (CpuDevice dev = CpuDevice.open(); Gpt model = dir.model(ckpt, dev)) {
-            HfExport.write(model, tok.endOfText(), out);
+        String ckpt;
+        try {
+            ckpt = b.run();
+        } catch (InvalidOptionException e) {
+            throw Kindling.usage(cmd, e);
         }
-        Files.writeString(out.resolve("tokenizer.json"), tok.toJson());
         cmd.getErr().printf("exported %s %s to %s%n", target.run, ckpt, out);
         cmd.getErr().flush();
         return 0;

@@ -5,15 +5,12 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Callable;
-import org.apache.hadoop.conf.Configuration;
-import org.kindling.data.BpeTokenizer;
-import org.kindling.models.Gpt;
-import org.kindling.models.generate.Sampling;
-import org.kindling.ops.Device;
-import org.kindling.train.RunDir;
-import picocli.CommandLine;
+import org.kindling.api.GenerateBuilder;
+import org.kindling.api.InvalidOptionException;
+import org.kindling.api.KindlingApi;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
+import picocli.CommandLine;
 
 @Command(name = "generate", mixinStandardHelpOptions = true,
         description = {"Sample a continuation of a prompt from a run's checkpoint. Prints only the generated text on",
@@ -54,33 +51,31 @@ final class GenerateCommand implements Callable<Integer> {
     @Override
     public Integer call() throws IOException {
         CommandLine cmd = spec.commandLine();
-        Sampling sampling;
+        List<String> in = prompts == null ? List.of("") : prompts;
+        GenerateBuilder b = KindlingApi.generate(target.run).prompt(in.toArray(String[]::new)).maxNewTokens(maxNewTokens)
+                .temperature(temperature).topK(topK).topP(topP).seed(seed).device(device.checked(cmd));
+        if (target.step != null) {
+            b.step(target.step);
+        }
+        List<String> texts;
         try {
-            sampling = new Sampling(temperature, topK, topP);
-        } catch (IllegalArgumentException e) {
-            throw new CommandLine.ParameterException(cmd, e.getMessage());
+            texts = b.run();
+        } catch (InvalidOptionException e) {
+            throw Kindling.usage(cmd, e);
         }
-        device.checked(cmd);
-        RunDir dir = new RunDir(target.run, new Configuration());
-        String ckpt = dir.checkpoint(target.step);
-        BpeTokenizer tok = dir.tokenizer();
-        try (Device dev = device.open(cmd); Gpt model = dir.model(ckpt, dev)) {
-            List<String> in = prompts == null ? List.of("") : prompts;
-            List<String> texts = RunDir.continuations(model, tok, in, maxNewTokens, sampling, seed);
-            cmd.getErr().printf("%s, %s%n", target.run, ckpt);
-            cmd.getErr().flush();
-            for (int i = 0; i < texts.size(); i++) {
-                if (json) {
-                    Map<String, Object> row = new LinkedHashMap<>();
-                    row.put("prompt", in.get(i));
-                    row.put("text", texts.get(i));
-                    Json.printLine(cmd.getOut(), row);
-                } else {
-                    cmd.getOut().println(texts.get(i));
-                }
+        cmd.getErr().printf("%s, %s%n", target.run, b.checkpoint());
+        cmd.getErr().flush();
+        for (int i = 0; i < texts.size(); i++) {
+            if (json) {
+                Map<String, Object> row = new LinkedHashMap<>();
+                row.put("prompt", in.get(i));
+                row.put("text", texts.get(i));
+                Json.printLine(cmd.getOut(), row);
+            } else {
+                cmd.getOut().println(texts.get(i));
             }
-            cmd.getOut().flush();
         }
+        cmd.getOut().flush();
         return 0;
     }
 }

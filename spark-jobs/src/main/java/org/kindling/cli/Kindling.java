@@ -73,6 +73,12 @@ public final class Kindling implements Runnable {
         }
     }
 
+    /** An API option error as this command's usage error, in the words of the layer that named the flag. */
+    static CommandLine.ParameterException usage(CommandLine cmd, IllegalArgumentException e) {
+        return new CommandLine.ParameterException(cmd, e instanceof org.kindling.api.InvalidOptionException o ? o.reason()
+                : e.getMessage());
+    }
+
     private static String message(Throwable e) {
         return e.getMessage() != null ? e.getMessage() : e.toString();
     }

@@ -7,11 +7,14 @@ import java.util.Map;
 import java.util.concurrent.Callable;
 import org.apache.spark.network.util.JavaUtils;
 import org.apache.spark.sql.SparkSession;
+import org.kindling.api.InvalidOptionException;
+import org.kindling.api.KindlingApi;
+import org.kindling.api.PrepareBuilder;
+import org.kindling.api.PreparedData;
 import org.kindling.data.PrepareJob;
-import org.kindling.data.PrepareOptions;
-import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
+import picocli.CommandLine;
 
 @Command(name = "prepare", mixinStandardHelpOptions = true,
         description = {"Tokenize a corpus into Arrow shards with Spark: validate documents (rejects go to DIR/rejects/),",
@@ -67,12 +70,10 @@ final class PrepareCommand implements Callable<Integer> {
     @Override
     public Integer call() throws IOException {
         CommandLine cmd = spec.commandLine();
-        PrepareOptions opts;
         try {
-            opts = new PrepareOptions(inputs, output, format == null ? null : PrepareOptions.Format.parse(format), lineDocs, textField,
-                    tokenizer, vocabSize, maxLen, buckets, dedup, maxDocBytes, overwrite);
-        } catch (IllegalArgumentException e) {
-            throw new CommandLine.ParameterException(cmd, e.getMessage());
+            builder(null).check();
+        } catch (InvalidOptionException e) {
+            throw Kindling.usage(cmd, e);
         }
         if (progressInterval != null && !positiveDuration(progressInterval)) {
             throw new CommandLine.ParameterException(cmd, "--progress-interval must be a positive duration such as 2s or 500ms, got '"
@@ -82,11 +83,10 @@ final class PrepareCommand implements Callable<Integer> {
         SparkSession spark = Spark.session("kindling prepare", master,
                 progressInterval == null ? Map.of() : Map.of(PrepareJob.PROGRESS_INTERVAL, progressInterval));
         try {
-            long t0 = System.nanoTime();
-            PrepareJob.Result r = PrepareJob.run(spark, opts);
-            double s = (System.nanoTime() - t0) / 1e9;
+            PreparedData r = builder(spark).progress(err).run();
+            double s = r.seconds();
             err.printf("prepared %s: %,d documents, %,d tokens, %d shards, vocab %d; rejects %s%n", output, r.documents(), r.tokens(),
-                    r.shards().size(), r.tokenizer().vocabSize(), r.rejects().isEmpty() ? "none" : r.rejects());
+                    r.shards().size(), r.vocabSize(), r.rejects().isEmpty() ? "none" : r.rejects());
             err.printf("%.1f s: %,.0f documents/s, %.2f MB/s of input, %,.0f tokens/s%n", s, r.documents() / s,
                     r.inputBytes() / 1e6 / s, r.tokens() / s);
             err.flush();
@@ -102,5 +102,11 @@ final class PrepareCommand implements Callable<Integer> {
         } catch (RuntimeException e) {
             return false;
         }
+    }
+
+    private PrepareBuilder builder(SparkSession spark) {
+        return KindlingApi.prepare(spark).input(inputs.toArray(String[]::new)).output(output).format(format).lineDocs(lineDocs)
+                .textField(textField).tokenizer(tokenizer).vocabSize(vocabSize).maxLen(maxLen).buckets(buckets).dedup(dedup)
+                .maxDocBytes(maxDocBytes).overwrite(overwrite);
     }
 }

@@ -7,25 +7,17 @@ import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.Comparator;
 import java.util.List;
-import java.util.Map;
 import java.util.concurrent.Callable;
 import java.util.stream.Stream;
-import org.apache.hadoop.conf.Configuration;
 import org.apache.spark.sql.SparkSession;
-import org.kindling.data.BpeTokenizer;
-import org.kindling.data.PrepareJob;
-import org.kindling.data.PrepareOptions;
-import org.kindling.models.Gpt;
-import org.kindling.models.config.RunConfig;
-import org.kindling.models.generate.Sampling;
+import org.kindling.api.KindlingApi;
+import org.kindling.api.PreparedData;
+import org.kindling.api.TrainedRun;
 import org.kindling.models.train.StepResult;
-import org.kindling.ops.Device;
-import org.kindling.train.RunDir;
 import org.kindling.train.TaskDevice;
-import org.kindling.train.TrainJob;
-import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
+import picocli.CommandLine;
 
 @Command(name = "quickstart", mixinStandardHelpOptions = true,
         description = {"The whole pipeline on local Spark in a few minutes: prepare Kindling's own docs and sources as a",
@@ -71,31 +63,26 @@ final class QuickstartCommand implements Callable<Integer> {
         }
         delete(run);
         SparkSession spark = SparkSession.builder().appName("kindling quickstart").master("local[*]").getOrCreate();
+        TrainedRun trained;
         try {
             err.printf("1/3 preparing %d files of %s as a corpus ...%n", inputs.size(), home);
             err.flush();
-            PrepareJob.Result prepared = PrepareJob.run(spark, new PrepareOptions(inputs, data.toString(), PrepareOptions.Format.TEXT,
-                    false, "text", null, 1024, 256, null, true, 1 << 20, true));
-            err.printf("    %,d documents, %,d tokens, vocabulary %d%n", prepared.documents(), prepared.tokens(),
-                    prepared.tokenizer().vocabSize());
+            PreparedData prepared = KindlingApi.prepare(spark).input(inputs.toArray(String[]::new)).output(data.toString())
+                    .format("text").vocabSize(1024).maxLen(256).dedup(true).maxDocBytes(1 << 20).overwrite(true).progress(err).run();
+            err.printf("    %,d documents, %,d tokens, vocabulary %d%n", prepared.documents(), prepared.tokens(), prepared.vocabSize());
             err.printf("2/3 training the tiny preset for %d steps ...%n", steps);
             err.flush();
-            RunConfig cfg = RunConfig.load(Presets.resolve("tiny"), Map.of("vocab", String.valueOf(prepared.tokenizer().vocabSize()),
-                    "max_steps", String.valueOf(steps), "warmup_steps", String.valueOf(Math.min(50, steps / 10)),
-                    "checkpoint_interval", String.valueOf(Math.max(1, steps / 4)), "log_interval", String.valueOf(Math.max(1, steps / 10))));
-            List<StepResult> trained = TrainJob.run(spark, run.toString(), data.toString(), cfg, 1, taskDevice);
-            StepResult last = trained.get(trained.size() - 1);
-            err.printf("    step %d, loss %.3f (from %.3f)%n", last.step(), last.loss(), trained.get(0).loss());
+            trained = KindlingApi.train(spark).preset("tiny").data(prepared).runDir(run.toString()).device(taskDevice).progress(err)
+                    .set("max_steps", steps).set("warmup_steps", Math.min(50, steps / 10))
+                    .set("checkpoint_interval", Math.max(1, steps / 4)).set("log_interval", Math.max(1, steps / 10)).run();
+            List<StepResult> done = trained.trainedSteps();
+            err.printf("    step %d, loss %.3f (from %.3f)%n", trained.finalStep(), done.get(done.size() - 1).loss(), done.get(0).loss());
         } finally {
             spark.stop();
         }
-        RunDir runDir = new RunDir(run.toString(), new Configuration());
-        BpeTokenizer tok = runDir.tokenizer();
         String prompt = "public final class ";
-        String sample;
-        try (Device dev = device.open(cmd); Gpt model = runDir.model(runDir.checkpoint(null), dev)) {
-            sample = prompt + RunDir.continuation(model, tok, prompt, 120, new Sampling(0.8, 40, 0.95), 7);
-        }
+        String sample = prompt + KindlingApi.generate(trained).prompt(prompt).maxNewTokens(120).temperature(0.8).topK(40).topP(0.95)
+                .seed(7).device(device.checked(cmd)).run().get(0);
         err.println("3/3 a sample (temperature 0.8, top-k 40, top-p 0.95):");
         err.flush();
         cmd.getOut().println(sample);

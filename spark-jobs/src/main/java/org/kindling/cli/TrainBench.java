@@ -7,6 +7,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.concurrent.Callable;
+import org.kindling.api.Presets;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.TrainConfig;
@@ -16,9 +17,9 @@ import org.kindling.models.io.HfExport;
 import org.kindling.models.train.DataParallel;
 import org.kindling.models.train.StepResult;
 import org.kindling.models.train.Trainer;
-import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
+import picocli.CommandLine;
 
 @Command(name = "train", mixinStandardHelpOptions = true,
         description = {"Training throughput of a GPT model on random tokens: tokens/s and ms per optimizer step (median step),",

@@ -1,26 +1,19 @@
 package org.kindling.cli;
 
 import java.io.IOException;
-import java.io.InputStream;
-import java.nio.charset.StandardCharsets;
-import java.nio.file.Path;
+import java.io.PrintWriter;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Callable;
-import org.apache.hadoop.conf.Configuration;
 import org.apache.spark.sql.SparkSession;
-import org.kindling.data.BpeTokenizer;
-import org.kindling.models.Gpt;
-import org.kindling.models.config.RunConfig;
+import org.kindling.api.KindlingApi;
+import org.kindling.api.TrainBuilder;
+import org.kindling.api.TrainedRun;
 import org.kindling.models.train.StepResult;
-import org.kindling.train.HadoopRunStorage;
-import org.kindling.train.RunDir;
-import org.kindling.train.TaskDevice;
-import org.kindling.train.TrainJob;
-import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
+import picocli.CommandLine;
 
 @Command(name = "train", mixinStandardHelpOptions = true,
         description = {"Train a model on a prepared dataset in a Spark barrier stage, checkpointing to the run directory",
@@ -63,55 +56,25 @@ final class TrainCommand implements Callable<Integer> {
     @Override
     public Integer call() throws IOException {
         CommandLine cmd = spec.commandLine();
-        if (workers < 1) {
-            throw new CommandLine.ParameterException(cmd, "--workers must be at least 1, got " + workers);
-        }
-        // Checked here, before Spark starts; whether the GPUs are there is each executor's to say.
-        TaskDevice taskDevice = new TaskDevice(device.spec, cpuFallback);
         try {
-            taskDevice.check();
+            builder(null).check();
         } catch (IllegalArgumentException e) {
-            throw new CommandLine.ParameterException(cmd, e.getMessage());
+            throw Kindling.usage(cmd, e);
         }
         SparkSession spark = Spark.session("kindling train", master, sparkConf);
         try {
-            // The session's Hadoop configuration carries the spark.hadoop.* settings (credentials, mount tables).
-            Configuration conf = spark.sparkContext().hadoopConfiguration();
-            BpeTokenizer tok;
-            HadoopRunStorage dataset = new HadoopRunStorage(data, conf);
-            if (!dataset.exists(RunDir.TOKENIZER)) {
-                throw new CommandLine.ParameterException(cmd, "--data " + data + " has no " + RunDir.TOKENIZER
-                        + ": is it a prepared dataset?");
-            }
-            try (InputStream in = dataset.open(RunDir.TOKENIZER)) {
-                tok = BpeTokenizer.fromJson(new String(in.readAllBytes(), StandardCharsets.UTF_8), dataset.describe(RunDir.TOKENIZER));
-            }
-            Map<String, String> sets = new LinkedHashMap<>(overrides);
-            sets.putIfAbsent("vocab", String.valueOf(tok.vocabSize()));
-            RunConfig cfg;
-            try {
-                Path file = Presets.resolve(config);
-                cfg = RunConfig.load(file, sets);
-            } catch (IllegalArgumentException e) {
-                throw new CommandLine.ParameterException(cmd, e.getMessage());
-            }
-            if (cfg.model().vocab() < tok.vocabSize()) {
-                throw new CommandLine.ParameterException(cmd, "vocab " + cfg.model().vocab() + " is smaller than the dataset's "
-                        + "tokenizer (" + tok.vocabSize() + ")");
-            }
-            Gpt.ParameterCounts counts = Gpt.parameterCounts(cfg.model());
-            cmd.getErr().printf("model: %,d parameters, %,d active per token%n", counts.total(), counts.active());
             long t0 = System.nanoTime();
-            List<StepResult> steps;
+            TrainedRun r;
             try {
-                steps = TrainJob.run(spark, run, data, cfg, workers, taskDevice);
+                r = builder(spark).run();
             } catch (IllegalArgumentException e) {
-                throw new CommandLine.ParameterException(cmd, e.getMessage());
+                throw Kindling.usage(cmd, e);
             }
             double s = (System.nanoTime() - t0) / 1e9;
-            var err = cmd.getErr();
+            PrintWriter err = cmd.getErr();
+            List<StepResult> steps = r.trainedSteps();
             if (steps.isEmpty()) {
-                err.printf("%s is already at max_steps %d%n", run, cfg.train().maxSteps());
+                err.printf("%s is already at max_steps (step %d)%n", run, r.finalStep());
             } else {
                 StepResult last = steps.get(steps.size() - 1);
                 err.printf("trained %s: step %d, loss %.4f%s, %.0f s (%d step(s) after step %d); checkpoints in %s/checkpoints, "
@@ -123,5 +86,12 @@ final class TrainCommand implements Callable<Integer> {
             spark.stop();
         }
         return 0;
+    }
+
+    private TrainBuilder builder(SparkSession spark) {
+        TrainBuilder b = KindlingApi.train(spark).preset(config).data(data).runDir(run).workers(workers).device(device.spec)
+                .cpuFallback(cpuFallback).progress(spec.commandLine().getErr());
+        overrides.forEach(b::set);
+        return b;
     }
 }

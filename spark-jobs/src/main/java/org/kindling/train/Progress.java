@@ -28,11 +28,12 @@ import org.kindling.models.train.StepResult;
  */
 final class Progress implements Consumer<StepResult> {
     private static final System.Logger LOG = System.getLogger(Progress.class.getName());
-    static final String METRICS = "metrics.jsonl";
+    static final String METRICS = RunDir.METRICS;
     private static final Pattern STEP = Pattern.compile("^\\{\"step\":(\\d+),");
 
     private final HadoopRunStorage storage;
     private final TrainConfig cfg;
+    private final Consumer<String> lines;
     private final TreeMap<Integer, String> earlier = new TreeMap<>();
     private final TreeMap<Integer, StepResult> steps = new TreeMap<>();
     /** The newest step of this run in metrics.jsonl (0: none yet). */
@@ -43,8 +44,14 @@ final class Progress implements Consumer<StepResult> {
     private final TensorBoardEvents events;
 
     Progress(HadoopRunStorage storage, TrainConfig cfg) throws IOException {
+        this(storage, cfg, line -> LOG.log(System.Logger.Level.INFO, line));
+    }
+
+    /** With the progress lines going to {@code lines} instead of the log (a notebook's output, say). */
+    Progress(HadoopRunStorage storage, TrainConfig cfg, Consumer<String> lines) throws IOException {
         this.storage = storage;
         this.cfg = cfg;
+        this.lines = lines;
         this.events = new TensorBoardEvents(storage, System.currentTimeMillis(), TensorBoardEvents.host());
         if (storage.exists(METRICS)) {
             try (InputStream in = storage.open(METRICS)) {
@@ -67,7 +74,7 @@ final class Progress implements Consumer<StepResult> {
         steps.put(r.step(), r);
         events.accept(r);
         if (r.step() % cfg.logInterval() == 0 || r.step() == cfg.maxSteps()) {
-            LOG.log(System.Logger.Level.INFO, line(r));
+            lines.accept(line(r));
             flush();
         }
     }

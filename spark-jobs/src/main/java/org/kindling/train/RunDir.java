@@ -19,6 +19,8 @@ import org.kindling.ops.Device;
  */
 public final class RunDir {
     public static final String TOKENIZER = "tokenizer.json";
+    /** One JSON line per logged step: step, loss, lr, grad_norm, tokens_per_s, then the layers' metrics. */
+    public static final String METRICS = "metrics.jsonl";
 
     private final String root;
     private final HadoopRunStorage storage;
@@ -28,6 +30,21 @@ public final class RunDir {
         this.root = root;
         this.storage = new HadoopRunStorage(root, conf);
         this.checkpoints = new Checkpoints(storage);
+    }
+
+    /** The run's metrics.jsonl lines, oldest step first; none before the first logged step. */
+    public List<String> metricsLines() throws IOException {
+        if (!storage.exists(METRICS)) {
+            return List.of();
+        }
+        try (InputStream in = storage.open(METRICS)) {
+            return new String(in.readAllBytes(), StandardCharsets.UTF_8).lines().filter(l -> !l.isBlank()).toList();
+        }
+    }
+
+    /** Where the run's file {@code name} is, for messages. */
+    public String describe(String name) {
+        return storage.describe(name);
     }
 
     public Checkpoints checkpoints() {

@@ -13,6 +13,7 @@ import java.util.List;
 import java.util.Map;
 import java.util.Optional;
 import java.util.UUID;
+import java.util.function.Consumer;
 import java.util.stream.IntStream;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.spark.BarrierTaskContext;
@@ -56,6 +57,8 @@ public final class TrainJob {
     public static final String COLLECTIVE_TIMEOUT = "spark.kindling.timeout.collective";
     /** Spark conf key: gradient bucket size in bytes. */
     public static final String BUCKET_BYTES = "spark.kindling.allreduce.bucketBytes";
+    /** Spark conf key: seconds an interrupted run waits for its cancelled tasks to stop. */
+    public static final String CANCEL_TIMEOUT = "spark.kindling.timeout.cancel";
 
     private TrainJob() {
     }
@@ -115,8 +118,25 @@ public final class TrainJob {
         return run(spark, run, data, config, workers, TaskDevice.CPU, fault);
     }
 
+    /**
+     * As {@link #run(SparkSession, String, String, RunConfig, int, TaskDevice)}, with the progress
+     * lines handed to {@code progressLines} instead of the log. When the calling thread is
+     * interrupted, the run's Spark job group is cancelled, the call waits (at most
+     * {@value #CANCEL_TIMEOUT} seconds, default 60) until none of its tasks runs, clears the
+     * interrupt and throws {@link TrainingInterruptedException}: the session stays usable.
+     */
+    public static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config, int workers, TaskDevice device,
+                                       Consumer<String> progressLines) throws IOException {
+        return run(spark, run, data, config, workers, device, Fault.NONE, progressLines);
+    }
+
     static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config, int workers, TaskDevice device,
                                 Fault fault) throws IOException {
+        return run(spark, run, data, config, workers, device, fault, line -> LOG.log(System.Logger.Level.INFO, line));
+    }
+
+    static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config, int workers, TaskDevice device,
+                                Fault fault, Consumer<String> progressLines) throws IOException {
         JavaSparkContext sc = JavaSparkContext.fromSparkContext(spark.sparkContext());
         if (workers < 1) {
             throw new IllegalArgumentException("--workers must be at least 1, got " + workers);
@@ -149,11 +169,12 @@ public final class TrainJob {
         long rendezvousS = positive(spark, RENDEZVOUS_TIMEOUT, 300);
         long collectiveS = positive(spark, COLLECTIVE_TIMEOUT, 600);
         long bucketBytes = positive(spark, BUCKET_BYTES, RingSync.DEFAULT_BUCKET_BYTES);
+        long cancelS = positive(spark, CANCEL_TIMEOUT, 60);
         RunSecret secret = RunSecret.generate();
         Checkpoints checkpoints = new Checkpoints(storage);
         // A LATEST naming no complete checkpoint fails every attempt alike: say so before any task starts.
         checkpoints.latest();
-        Progress progress = new Progress(storage, config.train());
+        Progress progress = new Progress(storage, config.train(), progressLines);
         String host = spark.conf().get("spark.driver.host", InetAddress.getLocalHost().getHostAddress());
         String group = "kindling-train-" + UUID.randomUUID();
         try (Coordinator coordinator = new Coordinator(host, workers, secret, Duration.ofSeconds(rendezvousS), checkpoints::latest,
@@ -174,6 +195,13 @@ public final class TrainJob {
                         .mapPartitions(new Task(plan, hadoop), false, ClassTag$.MODULE$.apply(Outcome.class))
                         .toJavaRDD().repartition(1).collect();
             } catch (Exception e) { // Spark's SparkException is checked but undeclared
+                // Spark's job waiter lets an InterruptedException through and leaves the job running: stop it here.
+                if (e instanceof InterruptedException || Thread.interrupted()) {
+                    cancel(sc, group, Duration.ofSeconds(cancelS));
+                    throw new TrainingInterruptedException("training of " + run + " was interrupted: its Spark jobs (group "
+                            + group + ") are cancelled and their tasks stopped; the last checkpoint is "
+                            + checkpoints.latest().orElse("none") + ", where the next run resumes", e);
+                }
                 if (corrupt.cause().isPresent()) {
                     throw new TrainingFailedException("training failed without retries: " + corrupt.cause().get(), e);
                 }
@@ -203,6 +231,53 @@ public final class TrainJob {
             progress.flush();
         }
         return progress.thisRun();
+    }
+
+    /**
+     * Cancels the jobs of {@code group} and waits until none of their tasks runs. The interrupt that
+     * led here is cleared first (else this thread could not wait); one arriving while it waits is
+     * kept for the caller.
+     */
+    private static void cancel(JavaSparkContext sc, String group, Duration deadline) {
+        Thread.interrupted();
+        sc.cancelJobGroup(group);
+        long end = System.nanoTime() + deadline.toNanos();
+        boolean again = false;
+        while (running(sc, group)) {
+            if (System.nanoTime() > end) {
+                throw new TrainingFailedException("training was interrupted and its Spark jobs (group " + group + ") cancelled, but "
+                        + "their tasks still ran after " + deadline.toSeconds() + " s (" + CANCEL_TIMEOUT + ")", null);
+            }
+            try {
+                Thread.sleep(20);
+            } catch (InterruptedException e) {
+                again = true;
+            }
+        }
+        if (again) {
+            Thread.currentThread().interrupt();
+        }
+    }
+
+    /** Whether a job of {@code group} runs or a task of one of its stages is still active. */
+    private static boolean running(JavaSparkContext sc, String group) {
+        var tracker = sc.statusTracker();
+        for (int job : tracker.getJobIdsForGroup(group)) {
+            var info = tracker.getJobInfo(job);
+            if (info == null) {
+                continue;
+            }
+            if (info.status() == org.apache.spark.JobExecutionStatus.RUNNING) {
+                return true;
+            }
+            for (int stage : info.stageIds()) {
+                var s = tracker.getStageInfo(stage);
+                if (s != null && s.numActiveTasks() > 0) {
+                    return true;
+                }
+            }
+        }
+        return false;
     }
 
     /** Tells the coordinator when a stage of this run's job fails, so that workers still waiting to meet stop. */
@@ -288,7 +363,7 @@ public final class TrainJob {
                              plan.world(), cfg.train().batchTokens()))) {
                     try {
                         TrainLoop.run(trainer, source, new Checkpoints(new HadoopRunStorage(plan.run(), conf)), rv.resume(), cfg,
-                                r -> afterStep(r, rank, attempt, coordinator));
+                                r -> afterStep(ctx, r, rank, attempt, coordinator));
                         outcome = new Outcome(checksum(model.params().values().toFloatArray()), null);
                         if (plan.world() > 1) {
                             LOG.log(System.Logger.Level.INFO, String.format(java.util.Locale.ROOT, "rank %d: gradient all-reduce "
@@ -350,8 +425,10 @@ public final class TrainJob {
             }
         }
 
-        /** Rank 0 reports each step to the driver; the test-only fault strikes here. */
-        private void afterStep(StepResult r, int rank, int attempt, Coordinator.Client coordinator) {
+        /** Rank 0 reports each step to the driver; a cancelled task stops and the test-only fault strikes here. */
+        private void afterStep(BarrierTaskContext ctx, StepResult r, int rank, int attempt, Coordinator.Client coordinator) {
+            // A cancelled job (an interrupted notebook cell) stops here, between steps, rather than at max_steps.
+            ctx.killTaskIfInterrupted();
             if (rank == 0) {
                 try {
                     coordinator.report(r);

@@ -1,15 +1,15 @@
 package org.kindling.cli;
 
-import static org.junit.jupiter.api.Assertions.assertEquals;
-import static org.junit.jupiter.api.Assertions.assertTrue;
-
 import com.fasterxml.jackson.databind.JsonNode;
 import java.util.List;
 import org.junit.jupiter.api.Test;
+import org.kindling.api.Presets;
 import org.kindling.models.channel.MlpSpec;
 import org.kindling.models.channel.MoeSpec;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.RunConfig;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 /** The MoE benches of issue 12 at tiny sizes: bench moe's rows and checks, MoE models in bench train and recall, the preset. */
 class MoeBenchTest {

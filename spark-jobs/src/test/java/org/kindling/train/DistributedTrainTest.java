@@ -263,6 +263,40 @@ class DistributedTrainTest {
         }
     }
 
+    /**
+     * A notebook's interrupt while a worker hangs (and its peer waits on it in the ring): the run's
+     * job group is cancelled, the call returns once no task of it runs, and the session runs jobs.
+     */
+    @Test
+    void anInterruptCancelsAHungRunAndLeavesTheSessionUsable() throws Exception {
+        java.util.concurrent.atomic.AtomicReference<Throwable> thrown = new java.util.concurrent.atomic.AtomicReference<>();
+        java.util.concurrent.CountDownLatch stepTwo = new java.util.concurrent.CountDownLatch(1);
+        Thread caller = new Thread(() -> {
+            try {
+                TrainJob.run(spark, dir.resolve("interrupted").toString(), data.toString(), config(DOCS_PER_BATCH * LEN), 2,
+                        TaskDevice.CPU, new TrainJob.Fault(1, 2, true, true), line -> {
+                            if (line.startsWith("step 2/")) {
+                                stepTwo.countDown();
+                            }
+                        });
+            } catch (Throwable t) {
+                thrown.set(t);
+            }
+        });
+        caller.start();
+        assertTrue(stepTwo.await(60, TimeUnit.SECONDS), "the run reached step 2");
+        Thread.sleep(500); // rank 1 now sleeps in its stall and rank 0 waits for it in the ring
+        long t0 = System.nanoTime();
+        caller.interrupt();
+        caller.join(30_000);
+        assertFalse(caller.isAlive(), "the interrupted run returned");
+        assertTrue((System.nanoTime() - t0) / 1e9 < 20, "well before the 60 s collective timeout");
+        assertTrue(thrown.get() instanceof TrainingInterruptedException, String.valueOf(thrown.get()));
+        assertTrue(thrown.get().getMessage().contains("was interrupted: its Spark jobs (group kindling-train-"), thrown.get().getMessage());
+        assertEquals(0, spark.sparkContext().statusTracker().getActiveJobIds().length);
+        assertEquals(3, spark.range(3).count());
+    }
+
     @Test
     void aNonFiniteLossStopsTheRunWithoutRetries() {
         RunConfig explosive = new RunConfig(MODEL, new TrainConfig(7, 1e30, 1e30, 0, 6, 0.0, 0.9, 0.95, 1e-8, 0.0, 1,

@@ -1,12 +1,15 @@
-package org.kindling.cli;
+package org.kindling.api;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 
-/** Finds a model config: a YAML path as given, or a preset name under {@code conf/models/}. */
-final class Presets {
+/**
+ * Finds a model config (the CLI's {@code --config}, the API's {@code preset}): a YAML path as given,
+ * or a preset name under {@code conf/models/} (of {@code kindling.home}, the working directory or its parent).
+ */
+public final class Presets {
     private Presets() {
     }
 
@@ -21,7 +24,8 @@ final class Presets {
         return dirs;
     }
 
-    static Path resolve(String nameOrPath) {
+    /** The YAML file of a preset name or path; an unknown name is an error listing where it looked. */
+    public static Path resolve(String nameOrPath) {
         Path given = Path.of(nameOrPath);
         if (Files.isRegularFile(given)) {
             return given;

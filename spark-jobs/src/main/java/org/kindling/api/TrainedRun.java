@@ -1,0 +1,82 @@
+package org.kindling.api;
+
+import java.io.IOException;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Map;
+import java.util.TreeSet;
+import org.apache.hadoop.conf.Configuration;
+import org.apache.spark.sql.Dataset;
+import org.apache.spark.sql.Row;
+import org.apache.spark.sql.RowFactory;
+import org.apache.spark.sql.SparkSession;
+import org.apache.spark.sql.types.DataTypes;
+import org.apache.spark.sql.types.StructType;
+import org.kindling.models.train.StepResult;
+import org.kindling.train.RunDir;
+
+/**
+ * A training run: its directory and what it holds after training. {@code kindling report} and the
+ * evaluate, generate and export builders take runs by their directory, {@link #runDir()}.
+ *
+ * @param runDir the run directory (any Hadoop path)
+ * @param finalStep the newest step trained (0 before any)
+ * @param latestCheckpoint the checkpoint LATEST names ({@code step-N}), or null when there is none yet
+ * @param metrics every logged step of the run's metrics.jsonl, earlier calls' included, oldest first
+ * @param trainedSteps the steps the call that returned this handle trained, in order (none when opened, or when the run
+ *     already was at max_steps), with their timings
+ */
+public record TrainedRun(String runDir, int finalStep, String latestCheckpoint, List<MetricRow> metrics, List<StepResult> trainedSteps) {
+    public TrainedRun {
+        metrics = List.copyOf(metrics);
+        trainedSteps = List.copyOf(trainedSteps);
+    }
+
+    /** The run in {@code runDir} as it is now. */
+    public static TrainedRun open(String runDir, Configuration conf) throws IOException {
+        return open(runDir, conf, List.of());
+    }
+
+    static TrainedRun open(String runDir, Configuration conf, List<StepResult> trainedSteps) throws IOException {
+        RunDir dir = new RunDir(runDir, conf);
+        List<MetricRow> rows = new ArrayList<>();
+        List<String> lines = dir.metricsLines();
+        for (int i = 0; i < lines.size(); i++) {
+            rows.add(MetricRow.parse(lines.get(i), dir.describe(RunDir.METRICS) + " line " + (i + 1)));
+        }
+        String latest = dir.checkpoints().latest().orElse(null);
+        int checkpointStep = latest == null ? 0 : Integer.parseInt(latest.substring("step-".length()));
+        int logged = rows.isEmpty() ? 0 : rows.get(rows.size() - 1).step();
+        return new TrainedRun(runDir, Math.max(checkpointStep, logged), latest, rows, trainedSteps);
+    }
+
+    /**
+     * The metrics as a Spark DataFrame: {@code step, loss, lr, grad_norm, tokens_per_s}, then one
+     * column per layer metric (sorted by name; null in rows that lack it).
+     */
+    public Dataset<Row> metricsFrame(SparkSession spark) {
+        TreeSet<String> names = new TreeSet<>();
+        metrics.forEach(m -> names.addAll(m.layerMetrics().keySet()));
+        StructType schema = new StructType().add("step", DataTypes.IntegerType, false).add("loss", DataTypes.DoubleType)
+                .add("lr", DataTypes.DoubleType).add("grad_norm", DataTypes.DoubleType).add("tokens_per_s", DataTypes.DoubleType);
+        for (String name : names) {
+            schema = schema.add(name, DataTypes.DoubleType);
+        }
+        List<Row> rows = new ArrayList<>(metrics.size());
+        for (MetricRow m : metrics) {
+            Object[] v = new Object[5 + names.size()];
+            v[0] = m.step();
+            v[1] = m.loss();
+            v[2] = m.lr();
+            v[3] = m.gradNorm();
+            v[4] = m.tokensPerSecond();
+            int i = 5;
+            for (String name : names) {
+                Map<String, Double> layer = m.layerMetrics();
+                v[i++] = layer.get(name);
+            }
+            rows.add(RowFactory.create(v));
+        }
+        return spark.createDataFrame(rows, schema);
+    }
+}

@@ -1,0 +1,221 @@
+package org.kindling.api;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.ByteArrayOutputStream;
+import java.io.PrintStream;
+import java.nio.charset.StandardCharsets;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.atomic.AtomicReference;
+import java.util.regex.Matcher;
+import java.util.regex.Pattern;
+import org.apache.spark.JobExecutionStatus;
+import org.apache.spark.sql.Dataset;
+import org.apache.spark.sql.Row;
+import org.apache.spark.sql.RowFactory;
+import org.apache.spark.sql.SparkSession;
+import org.apache.spark.sql.types.DataTypes;
+import org.apache.spark.sql.types.StructType;
+import org.junit.jupiter.api.AfterAll;
+import org.junit.jupiter.api.BeforeAll;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.kindling.train.TrainingFailedException;
+import org.kindling.train.TrainingInterruptedException;
+
+/**
+ * The Java API as a notebook uses it: a DataFrame of texts prepared, trained, inspected, sampled,
+ * evaluated and exported; and the caller's SparkSession still running jobs after a failed and an
+ * interrupted training.
+ */
+class KindlingApiTest {
+    static SparkSession spark;
+    @TempDir
+    static Path dir;
+    static PreparedData data;
+
+    @BeforeAll
+    static void start() throws Exception {
+        spark = SparkSession.builder().master("local[2]").appName("api-test").config("spark.ui.enabled", "false")
+                .config("spark.sql.shuffle.partitions", "4").getOrCreate();
+        List<Row> rows = new ArrayList<>();
+        for (int i = 0; i < 60; i++) {
+            rows.add(RowFactory.create("the cat sat on the mat number " + i + ". the dog sat on the log."));
+        }
+        rows.add(RowFactory.create((Object) null));
+        Dataset<Row> df = spark.createDataFrame(rows, new StructType().add("text", DataTypes.StringType));
+        data = KindlingApi.prepare(spark).texts(df, "text").vocabSize(300).maxLen(64).output(dir.resolve("data").toString()).run();
+    }
+
+    @AfterAll
+    static void stop() {
+        spark.stop();
+    }
+
+    private static TrainBuilder tiny(String run, int steps) {
+        return KindlingApi.train(spark).preset("tiny").data(data).runDir(dir.resolve(run).toString()).set("max_steps", steps)
+                .set("batch_tokens", 512).set("warmup_steps", 1).set("log_interval", 1).set("checkpoint_interval", 2);
+    }
+
+    @Test
+    void preparesTrainsSamplesEvaluatesAndExportsFromADataFrame() throws Exception {
+        assertEquals(60, data.documents());
+        assertEquals(1L, data.rejects().get("missing_field"), "the null row is a reject, not dropped silently");
+        assertTrue(data.tokens() > 60 && data.vocabSize() <= 300 && !data.shards().isEmpty(), data.toString());
+
+        ByteArrayOutputStream progress = new ByteArrayOutputStream();
+        TrainedRun run = tiny("run", 4).progress(new PrintStream(progress, true, StandardCharsets.UTF_8)).run();
+        String lines = progress.toString(StandardCharsets.UTF_8);
+        assertTrue(lines.contains("model: ") && lines.contains("step 2/4 | loss ") && lines.contains("step 4/4"), lines);
+        assertEquals(4, run.finalStep());
+        assertEquals("step-4", run.latestCheckpoint());
+        assertEquals(List.of(1, 2, 3, 4), run.metrics().stream().map(MetricRow::step).toList());
+        assertEquals(4, run.trainedSteps().size());
+        assertEquals(run.trainedSteps().get(3).loss(), run.metrics().get(3).loss(), 1e-5);
+        Dataset<Row> frame = run.metricsFrame(spark);
+        assertEquals(List.of("step", "loss", "lr", "grad_norm", "tokens_per_s"), List.of(frame.columns()));
+        assertEquals(4, frame.count());
+        assertEquals(run.metrics().get(0).loss(), frame.orderBy("step").first().getDouble(1), 1e-9);
+        TrainedRun opened = KindlingApi.open(spark, run.runDir());
+        assertEquals(run.metrics(), opened.metrics());
+        assertEquals(List.of(), opened.trainedSteps());
+
+        List<String> texts = KindlingApi.generate(run).prompt("the cat", "the dog").maxNewTokens(6).temperature(0).run();
+        assertEquals(2, texts.size());
+        assertEquals(texts.get(0), KindlingApi.generate(run).prompt("the cat").maxNewTokens(6).temperature(0).run().get(0),
+                "a prompt continues in a batch as it would alone");
+        InvalidOptionException bad = assertThrows(InvalidOptionException.class,
+                () -> KindlingApi.generate(run).maxNewTokens(-1).run());
+        assertEquals("maxNewTokens", bad.option());
+
+        EvalResult eval = KindlingApi.evaluate(run).data(data).batches(2).run();
+        assertTrue(eval.loss() > 0 && eval.loss() < Math.log(data.vocabSize()), eval.toString());
+        assertEquals(Math.exp(eval.loss()), eval.perplexity(), 1e-9);
+        assertEquals("step-4", eval.checkpoint());
+
+        Path hf = dir.resolve("hf");
+        assertEquals("step-2", KindlingApi.export(run).step(2).out(hf).run());
+        assertTrue(Files.exists(hf.resolve("model.safetensors")) && Files.exists(hf.resolve("tokenizer.json")));
+    }
+
+    @Test
+    void badOptionsNameTheOptionBeforeAnythingRuns() {
+        InvalidOptionException e = assertThrows(InvalidOptionException.class,
+                () -> KindlingApi.prepare(spark).texts(spark.range(3).toDF(), "text").output(dir.resolve("x").toString()).run());
+        assertEquals("texts", e.option());
+        assertTrue(e.getMessage().contains("no column \"text\"; its columns are [id]"), e.getMessage());
+        e = assertThrows(InvalidOptionException.class, () -> KindlingApi.prepare(spark).input("a").output("b").maxLen(1).run());
+        assertEquals("maxLen", e.option());
+        e = assertThrows(InvalidOptionException.class, () -> KindlingApi.train(spark).preset("tiny").data(data).run());
+        assertEquals("runDir", e.option());
+        e = assertThrows(InvalidOptionException.class, () -> tiny("w", 1).workers(0).run());
+        assertEquals("workers", e.option());
+        e = assertThrows(InvalidOptionException.class, () -> tiny("lr", 1).set("lr", "fast").run());
+        assertTrue(e.getMessage().contains("train.lr must be a number"), e.getMessage());
+        assertEquals(3, spark.range(3).count());
+    }
+
+    @Test
+    void theSessionRunsJobsAfterAFailedTraining() throws Exception {
+        InvalidOptionException e = assertThrows(InvalidOptionException.class,
+                () -> tiny("nowhere", 2).data(dir.resolve("no-such-dataset").toString()).run());
+        assertEquals("data", e.option());
+        assertEquals(3, spark.range(3).count());
+
+        // Shards that are not Arrow files: the tasks fail inside Spark, and the session is still fine after.
+        Path broken = dir.resolve("broken");
+        copy(Path.of(data.path()), broken);
+        try (var shards = Files.list(broken.resolve("shards"))) {
+            for (Path p : shards.toList()) {
+                Files.writeString(p, "not an arrow file");
+            }
+        }
+        assertThrows(TrainingFailedException.class, () -> tiny("broken-run", 2).data(broken.toString()).run());
+        assertEquals(3, spark.range(3).count());
+        assertEquals(0, spark.sparkContext().statusTracker().getActiveJobIds().length);
+    }
+
+    @Test
+    void anInterruptCancelsTrainingAndTheSessionRunsJobsAfter() throws Exception {
+        ByteArrayOutputStream progress = new ByteArrayOutputStream();
+        PrintStream out = new PrintStream(progress, true, StandardCharsets.UTF_8);
+        AtomicReference<Throwable> thrown = new AtomicReference<>();
+        AtomicReference<Long> afterwards = new AtomicReference<>();
+        Thread cell = new Thread(() -> {
+            try {
+                tiny("interrupted", 100_000).progress(out).run();
+            } catch (Throwable t) {
+                thrown.set(t);
+            }
+            // The same thread, as a notebook's next cell would be: the interrupt is consumed, Spark works.
+            afterwards.set(spark.range(3).count());
+        });
+        cell.start();
+        long deadline = System.nanoTime() + 120_000_000_000L;
+        while (!progress.toString(StandardCharsets.UTF_8).contains("step 3/")) {
+            assertTrue(System.nanoTime() < deadline && cell.isAlive(), "training did not reach step 3: " + progress);
+            Thread.sleep(50);
+        }
+        cell.interrupt();
+        cell.join(90_000);
+        assertFalse(cell.isAlive(), "the interrupted training returned");
+        TrainingInterruptedException e = assertInstanceOf(TrainingInterruptedException.class, thrown.get());
+        assertEquals(3L, afterwards.get());
+        Matcher m = Pattern.compile("group (kindling-train-[0-9a-f-]+)").matcher(e.getMessage());
+        assertTrue(m.find(), e.getMessage());
+        var tracker = spark.sparkContext().statusTracker();
+        int[] jobs = tracker.getJobIdsForGroup(m.group(1));
+        assertTrue(jobs.length > 0, "the run's jobs are in its group");
+        for (int job : jobs) {
+            assertTrue(tracker.getJobInfo(job).get().status() != JobExecutionStatus.RUNNING, "job " + job + " was cancelled");
+        }
+        assertEquals(0, tracker.getActiveJobIds().length);
+        assertEquals(3, spark.range(3).count());
+        TrainedRun resumed = KindlingApi.open(spark, dir.resolve("interrupted").toString());
+        assertTrue(resumed.finalStep() >= 3, "the metrics and checkpoints up to the interrupt stay: " + resumed.finalStep());
+    }
+
+    /** The README's "Java API" example, compiled as it stands against this build, so it stays true. */
+    @Test
+    void theReadmeExampleCompiles() throws Exception {
+        String readme = Files.readString(Path.of("..", "README.md"));
+        int section = readme.indexOf("## Java API");
+        assertTrue(section >= 0, "README has a Java API section");
+        int from = readme.indexOf("```java\n", section) + "```java\n".length();
+        String example = readme.substring(from, readme.indexOf("```", from));
+        StringBuilder imports = new StringBuilder();
+        StringBuilder body = new StringBuilder();
+        for (String line : example.split("\n")) {
+            (line.startsWith("import ") ? imports : body).append(line).append('\n');
+        }
+        Path src = dir.resolve("readme/ReadmeExample.java");
+        Files.createDirectories(src.getParent());
+        Files.writeString(src, imports + "class ReadmeExample {\n    static void example() throws Exception {\n" + body + "    }\n}\n");
+        javax.tools.JavaCompiler javac = javax.tools.ToolProvider.getSystemJavaCompiler();
+        ByteArrayOutputStream diagnostics = new ByteArrayOutputStream();
+        String classpath = System.getProperty("surefire.test.class.path", System.getProperty("java.class.path"));
+        int rc = javac.run(null, null, diagnostics, "-proc:none", "-classpath", classpath, "-d", src.getParent().toString(),
+                src.toString());
+        assertEquals(0, rc, diagnostics.toString(StandardCharsets.UTF_8));
+    }
+
+    private static void copy(Path from, Path to) throws Exception {
+        try (var s = Files.walk(from)) {
+            for (Path p : s.toList()) {
+                Path q = to.resolve(from.relativize(p).toString());
+                if (Files.isDirectory(p)) {
+                    Files.createDirectories(q);
+                } else {
+                    Files.copy(p, q);
+                }
+            }
+        }
+    }
+}
