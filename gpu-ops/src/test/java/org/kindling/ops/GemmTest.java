@@ -283,6 +283,31 @@ class GemmTest {
         }
     }
 
+    /** Grouped GEMM (the experts' products) over BF16 A and B: per group the F32 result on the rounded operands, bit for bit. */
+    @Test
+    void bf16GroupedGemmEqualsF32OnRoundedOperands() {
+        int rows = 97;
+        int k = 59;
+        int n = 33;
+        int[] offsets = {0, 40, 40, 97};
+        Gemm g = Gemm.of(false, true, rows, n, k);
+        float[] a = roundBf16(Check.uniform(50, rows * k));
+        float[] b = roundBf16(Check.uniform(51, 3 * n * k));
+        try (Tensor hA = dev.allocate(DType.BF16, rows, k); Tensor hB = dev.allocate(DType.BF16, 3, n, k);
+             Tensor fA = dev.fromFloats(a, rows, k); Tensor fB = dev.fromFloats(b, 3, n, k);
+             Tensor cH = dev.allocate(DType.F32, rows, n); Tensor cF = dev.allocate(DType.F32, rows, n);
+             Tensor off = dev.fromInts(offsets, offsets.length)) {
+            hA.copyFrom(a);
+            hB.copyFrom(b);
+            dev.backend().groupedGemm(g, cH, hA, hB, off);
+            dev.backend().groupedGemm(g, cF, fA, fB, off);
+            assertArrayEquals(cF.toFloatArray(), cH.toFloatArray());
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> dev.backend().groupedGemm(g, cH, hA, fB, off));
+            assertTrue(e.getMessage().contains("both F32 or both BF16"), e.getMessage());
+        }
+    }
+
     @Test
     void rejectsMixedOrIntegerOperandTypes() {
         try (Tensor h = dev.allocate(DType.BF16, 4, 4); Tensor f = dev.allocate(DType.F32, 4, 4);
