@@ -1,5 +1,6 @@
 package org.kindling.models.train;
 
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
@@ -20,6 +21,7 @@ import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
 import org.kindling.models.data.Synthetic;
+import org.kindling.models.data.TokenBatch;
 import org.kindling.models.nn.Precision;
 import org.kindling.ops.Device;
 import org.kindling.ops.cpu.CpuDevice;
@@ -95,6 +97,31 @@ class MixedPrecisionTest {
         }
         assertNotEquals(fp32, bf16);
         assertTrue(bf16.get(5) < bf16.get(0), "bf16 losses " + bf16);
+    }
+
+    /**
+     * Evaluation reads the same bf16 operands: logits within bf16 rounding of the fp32 ones (the
+     * logits are O(0.1) here, so 2e-3 absolute is several bf16 ulps of every product term), not
+     * equal to them; switching back to fp32 frees the shadow weights and gives the fp32 logits again.
+     */
+    @Test
+    void logitsUnderBf16StayCloseAndFp32FreesTheShadow() {
+        TokenBatch batch = TokenBatch.single(new int[] {1, 5, 7, 3, 9, 2});
+        try (Device dev = CpuDevice.open(1); Gpt m = new Gpt(MODEL, dev, 7)) {
+            float[] fp32 = m.logits(batch).toFloatArray();
+            long live = dev.liveBytes();
+            m.params().setPrecision(Precision.BF16);
+            float[] bf16 = m.logits(batch).toFloatArray();
+            assertEquals(fp32.length, bf16.length);
+            double maxDiff = 0;
+            for (int i = 0; i < fp32.length; i++) {
+                maxDiff = Math.max(maxDiff, Math.abs(fp32[i] - bf16[i]));
+            }
+            assertTrue(maxDiff > 0 && maxDiff < 2e-3, "max |fp32 - bf16| logit difference " + maxDiff);
+            m.params().setPrecision(Precision.FP32);
+            assertTrue(dev.liveBytes() < live + (long) 2 * m.params().count(), "the bf16 shadow is freed");
+            assertArrayEquals(fp32, m.logits(batch).toFloatArray());
+        }
     }
 
     @Test
