@@ -85,15 +85,16 @@ public record GroupedGemm(Gemm g, int[] offsets) {
             throw new IllegalArgumentException("grouped gemm offsets must be I32 [E + 1] with E ≥ 1, got " + offsets);
         }
         int experts = offsets.numel() - 1;
-        f32(a, "a", (long) rows * (g.transA() ? g.m() : g.k()), g.transA() ? "[" + rows + ", " + g.m() + "]"
+        DType in = KernelChecks.gemmInputs(a, b, "grouped gemm");
+        operand(a, in, "a", (long) rows * (g.transA() ? g.m() : g.k()), g.transA() ? "[" + rows + ", " + g.m() + "]"
                 : "[" + rows + ", " + g.k() + "]");
         if (g.transA()) {
-            f32(b, "b", (long) rows * g.n(), "[" + rows + ", " + g.n() + "]");
-            f32(c, "c", (long) experts * g.m() * g.n(), "[" + experts + ", " + g.m() + ", " + g.n() + "]");
+            operand(b, in, "b", (long) rows * g.n(), "[" + rows + ", " + g.n() + "]");
+            operand(c, DType.F32, "c", (long) experts * g.m() * g.n(), "[" + experts + ", " + g.m() + ", " + g.n() + "]");
         } else {
-            f32(b, "b", (long) experts * g.k() * g.n(), g.transB() ? "[" + experts + ", " + g.n() + ", " + g.k() + "]"
+            operand(b, in, "b", (long) experts * g.k() * g.n(), g.transB() ? "[" + experts + ", " + g.n() + ", " + g.k() + "]"
                     : "[" + experts + ", " + g.k() + ", " + g.n() + "]");
-            f32(c, "c", (long) rows * g.n(), "[" + rows + ", " + g.n() + "]");
+            operand(c, DType.F32, "c", (long) rows * g.n(), "[" + rows + ", " + g.n() + "]");
         }
         // Each group writes its part of c while later groups still read a and b.
         disjoint(c, a, "a");
@@ -121,9 +122,9 @@ public record GroupedGemm(Gemm g, int[] offsets) {
         }
     }
 
-    private static void f32(Tensor t, String what, long numel, String shape) {
-        if (t.dtype() != DType.F32 || t.numel() != numel) {
-            throw new IllegalArgumentException("grouped gemm " + what + " " + t + " must be F32 " + shape);
+    private static void operand(Tensor t, DType dtype, String what, long numel, String shape) {
+        if (t.dtype() != dtype || t.numel() != numel) {
+            throw new IllegalArgumentException("grouped gemm " + what + " " + t + " must be " + dtype + " " + shape);
         }
     }
 }

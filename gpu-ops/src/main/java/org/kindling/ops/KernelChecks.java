@@ -158,11 +158,27 @@ public final class KernelChecks {
     }
 
     /** {@code t} must hold every element {@code batch} matrices of {@code span} elements, {@code stride} apart, reach. */
+    /**
+     * The element type of a GEMM's A and B: both F32, or both BF16 (bf16 inputs, fp32
+     * accumulation, as tensor cores take them); C is F32 either way.
+     */
+    public static DType gemmInputs(Tensor a, Tensor b, String what) {
+        if (a.dtype() != b.dtype() || a.dtype() == DType.I32) {
+            throw new IllegalArgumentException(what + " takes A and B both F32 or both BF16, got A " + a + " and B " + b);
+        }
+        return a.dtype();
+    }
+
     public static void checkSpan(Tensor t, String what, long span, long stride, int batch) {
-        long need = span == 0 ? 0 : (long) (batch - 1) * stride + span;
+        long need = batchSpan(span, stride, batch);
         if (need > t.numel()) {
             throw new IllegalArgumentException("gemm " + what + " " + t + " holds " + t.numel()
                     + " elements but the layout needs " + need);
         }
+    }
+
+    /** Elements {@code batch} matrices of {@code span} elements, {@code stride} apart, cover from first to last. */
+    public static long batchSpan(long span, long stride, int batch) {
+        return span == 0 ? 0 : (long) (batch - 1) * stride + span;
     }
 }

@@ -228,4 +228,95 @@ class GemmTest {
         }
         assertTrue(List.of("openblas", "native", "vector", "java").contains(dev.backend().gemmImpl()));
     }
+
+    private static float[] roundBf16(float[] x) {
+        float[] r = new float[x.length];
+        for (int i = 0; i < x.length; i++) {
+            r[i] = BF16.toFloat(BF16.fromFloat(x[i]));
+        }
+        return r;
+    }
+
+    /**
+     * BF16 A and B with F32 C: the fp64 product of the bf16-rounded operands, within the fp32
+     * bound above (widening bf16 to float is exact, so only the fp32 accumulation errs), for
+     * every transpose form at awkward sizes, batched with offsets, alpha and beta.
+     */
+    @ParameterizedTest(name = "m={0} n={1} k={2} tA={3} tB={4}")
+    @MethodSource("shapes")
+    void bf16OperandsMatchReferenceOnRoundedOperands(int m, int n, int k, boolean ta, boolean tb) {
+        Gemm g = Gemm.of(ta, tb, m, n, k).scaled(0.75f, 0.5f);
+        float[] a = Check.uniform(31, 1 + m * k);
+        float[] b = Check.uniform(32, 2 + k * n);
+        float[] c0 = Check.uniform(33, m * n);
+        try (Tensor tA = dev.allocate(DType.BF16, a.length); Tensor tB = dev.allocate(DType.BF16, b.length);
+             Tensor tC = dev.fromFloats(c0, m * n)) {
+            tA.copyFrom(a);
+            tB.copyFrom(b);
+            dev.backend().gemm(g, tC, tA.view(1, m * k), tB.view(2, k * n));
+            assertGemm("bf16 gemm", g, roundBf16(a), 1, roundBf16(b), 2, c0, tC.toFloatArray(), 0);
+        }
+    }
+
+    /** The bf16 path is the fp32 path on widened operands: the same bits as F32 tensors holding the rounded values. */
+    @Test
+    void bf16BatchedEqualsF32OnRoundedOperandsBitForBit() {
+        int batch = 3;
+        int m = 59;
+        int n = 97;
+        int k = 33;
+        Gemm g = Gemm.batched(batch, true, false, m, n, k);
+        float[] a = roundBf16(Check.uniform(40, batch * m * k));
+        float[] b = roundBf16(Check.uniform(41, batch * k * n));
+        try (Tensor hA = dev.allocate(DType.BF16, a.length); Tensor hB = dev.allocate(DType.BF16, b.length);
+             Tensor fA = dev.fromFloats(a, a.length); Tensor fB = dev.fromFloats(b, b.length);
+             Tensor cH = dev.allocate(DType.F32, batch * m * n); Tensor cF = dev.allocate(DType.F32, batch * m * n)) {
+            hA.copyFrom(a);
+            hB.copyFrom(b);
+            dev.backend().gemm(g, cH, hA, hB);
+            dev.backend().gemm(g, cF, fA, fB);
+            assertArrayEquals(cF.toFloatArray(), cH.toFloatArray());
+            dev.backend().gemmBatched(Gemm.of(true, false, m, n, k), List.of(cH.view(0, m * n)), List.of(hA.view(0, m * k)),
+                    List.of(hB.view(0, k * n)));
+            assertArrayEquals(java.util.Arrays.copyOf(cF.toFloatArray(), m * n), java.util.Arrays.copyOf(cH.toFloatArray(), m * n),
+                    "gemmBatched over BF16 tensors");
+        }
+    }
+
+    /** Grouped GEMM (the experts' products) over BF16 A and B: per group the F32 result on the rounded operands, bit for bit. */
+    @Test
+    void bf16GroupedGemmEqualsF32OnRoundedOperands() {
+        int rows = 97;
+        int k = 59;
+        int n = 33;
+        int[] offsets = {0, 40, 40, 97};
+        Gemm g = Gemm.of(false, true, rows, n, k);
+        float[] a = roundBf16(Check.uniform(50, rows * k));
+        float[] b = roundBf16(Check.uniform(51, 3 * n * k));
+        try (Tensor hA = dev.allocate(DType.BF16, rows, k); Tensor hB = dev.allocate(DType.BF16, 3, n, k);
+             Tensor fA = dev.fromFloats(a, rows, k); Tensor fB = dev.fromFloats(b, 3, n, k);
+             Tensor cH = dev.allocate(DType.F32, rows, n); Tensor cF = dev.allocate(DType.F32, rows, n);
+             Tensor off = dev.fromInts(offsets, offsets.length)) {
+            hA.copyFrom(a);
+            hB.copyFrom(b);
+            dev.backend().groupedGemm(g, cH, hA, hB, off);
+            dev.backend().groupedGemm(g, cF, fA, fB, off);
+            assertArrayEquals(cF.toFloatArray(), cH.toFloatArray());
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> dev.backend().groupedGemm(g, cH, hA, fB, off));
+            assertTrue(e.getMessage().contains("both F32 or both BF16"), e.getMessage());
+        }
+    }
+
+    @Test
+    void rejectsMixedOrIntegerOperandTypes() {
+        try (Tensor h = dev.allocate(DType.BF16, 4, 4); Tensor f = dev.allocate(DType.F32, 4, 4);
+             Tensor c = dev.allocate(DType.F32, 4, 4); Tensor hc = dev.allocate(DType.BF16, 4, 4)) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> dev.backend().gemm(Gemm.of(false, false, 4, 4, 4), c, h, f));
+            assertTrue(e.getMessage().contains("both F32 or both BF16"), e.getMessage());
+            e = assertThrows(IllegalArgumentException.class, () -> dev.backend().gemm(Gemm.of(false, false, 4, 4, 4), hc, h, h));
+            assertTrue(e.getMessage().contains("gemm C must be F32"), e.getMessage());
+        }
+    }
 }

@@ -11,6 +11,7 @@ import org.kindling.models.mixers.MixerState;
 import org.kindling.models.mixers.TokenMixer;
 import org.kindling.models.nn.Activation;
 import org.kindling.models.nn.Activations;
+import org.kindling.models.nn.GemmInput;
 import org.kindling.models.nn.Init;
 import org.kindling.models.nn.LayerContext;
 import org.kindling.models.nn.LayerNorm;
@@ -43,6 +44,9 @@ public final class Gpt implements AutoCloseable {
     /** wte[V, C]; wpe[max_seq, C] or null without learned positions. */
     private final Params.Handle wte;
     private final Params.Handle wpe;
+    /** The LM head's input xf as a GEMM operand (bf16 under precision bf16), and dlogits or a decoding step's xf. */
+    private final GemmInput headIn;
+    private final GemmInput headScratch;
     private final List<Block> blocks = new ArrayList<>();
     private final LayerNorm lnf;
     private final Activations acts;
@@ -88,6 +92,8 @@ public final class Gpt implements AutoCloseable {
         wpe = layout.wpe();
         blocks.addAll(layout.blocks());
         lnf = layout.lnf();
+        headIn = pb.gemmInput("lm_head.x");
+        headScratch = pb.gemmInput("lm_head.scratch");
         params = pb.build(dev, seed);
         acts = new Activations(dev, "gpt");
         ids = acts.i32("ids");
@@ -286,7 +292,8 @@ public final class Gpt implements AutoCloseable {
     private Tensor logits(TokenBatch batch, boolean train) {
         Tensor h = hidden(batch, train);
         Tensor out = logits.write(batch.size(), cfg.vocab());
-        dev.backend().gemm(Gemm.of(false, true, batch.size(), cfg.vocab(), cfg.dModel()), out, h, wte.value());
+        Tensor w = wte.gemmWeight();
+        dev.backend().gemm(Gemm.of(false, true, batch.size(), cfg.vocab(), cfg.dModel()), out, headIn.of(h, w), w);
         gradReady = false;
         return out;
     }
@@ -327,7 +334,8 @@ public final class Gpt implements AutoCloseable {
         Tensor out = stepXf.write(r, c);
         lnf.forwardStep(out, x);
         Tensor lg = stepLogits.write(r, cfg.vocab());
-        dev.backend().gemm(Gemm.of(false, true, r, cfg.vocab(), c), lg, out, wte.value());
+        Tensor w = wte.gemmWeight();
+        dev.backend().gemm(Gemm.of(false, true, r, cfg.vocab(), c), lg, headScratch.of(out, w), w);
         return lg;
     }
 
@@ -401,8 +409,10 @@ public final class Gpt implements AutoCloseable {
         Backend be = dev.backend();
         Tensor dlogits = logits.saved(t, v);
         Tensor dh = dxf.zeros(t, c);
-        be.gemm(Gemm.of(false, false, t, c, v).scaled(1f, 1f), dh, dlogits, wte.value());
-        be.gemm(Gemm.of(true, false, v, c, t).scaled(1f, 1f), wte.grad(), dlogits, xf.saved(t, c));
+        Tensor w = wte.gemmWeight();
+        Tensor dl = headScratch.of(dlogits, w);
+        be.gemm(Gemm.of(false, false, t, c, v).scaled(1f, 1f), dh, dl, w);
+        be.gemm(Gemm.of(true, false, v, c, t).scaled(1f, 1f), wte.grad(), dl, headIn.of(xf.saved(t, c), w));
         // Two residual-gradient buffers, used alternately: block l reads one and accumulates into the other.
         Tensor dx = dres[0].zeros(t, c);
         lnf.backward(dx, dh);

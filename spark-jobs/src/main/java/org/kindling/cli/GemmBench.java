@@ -87,8 +87,8 @@ final class GemmBench implements Callable<Integer> {
             kind = dev.kind();
             ordinal = dev.ordinal();
             if (operands == DType.BF16 && kind == Device.Kind.CPU) {
-                throw new CommandLine.ParameterException(cmd, "--dtype bf16 needs a device whose GEMM takes bf16 operands "
-                        + "(cuda); the CPU backend's GEMM is fp32 only");
+                throw new CommandLine.ParameterException(cmd, "--dtype bf16 benchmarks a device with a bf16 GEMM (cuda); "
+                        + "the CPU widens bf16 operands to fp32 and runs its fp32 GEMM, which --dtype fp32 measures");
             }
             try (Tensor ta = dev.allocate(operands, m, k).copyFrom(a);
                  Tensor tb = dev.allocate(operands, k, n).copyFrom(b);

@@ -14,12 +14,14 @@ import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.models.io.HfExport;
+import org.kindling.models.nn.Precision;
 import org.kindling.models.train.DataParallel;
 import org.kindling.models.train.StepResult;
 import org.kindling.models.train.Trainer;
+import org.kindling.ops.Device;
+import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
-import picocli.CommandLine;
 
 @Command(name = "train", mixinStandardHelpOptions = true,
         description = {"Training throughput of a GPT model on random tokens: tokens/s and ms per optimizer step (median step),",
@@ -67,6 +69,10 @@ final class TrainBench implements Callable<Integer> {
         "threads and B/R sequences, summing gradients in shared memory (default: one per thread when B divides evenly)"})
     Integer replicas;
 
+    @Option(names = "--dtype", description = {"precision: fp32, or bf16 (bf16 GEMM operands, fp32 accumulation, master",
+        "weights and optimizer state; the run config's precision: bf16) (default ${DEFAULT-VALUE})"}, defaultValue = "fp32")
+    String dtype;
+
     @Option(names = "--peer", description = "also train the same model in PyTorch in this run: torch")
     String peer;
 
@@ -84,6 +90,16 @@ final class TrainBench implements Callable<Integer> {
         if (warmup < 0) {
             throw new CommandLine.ParameterException(cmd, "--warmup must be 0 or more, got " + warmup);
         }
+        Precision precision;
+        try {
+            precision = Precision.parse(dtype);
+        } catch (IllegalArgumentException e) {
+            throw new CommandLine.ParameterException(cmd, "--dtype must be fp32 or bf16, got " + dtype);
+        }
+        if (precision == Precision.BF16 && Device.name(common.deviceSpec(cmd)).equals("reference")) {
+            throw new CommandLine.ParameterException(cmd, "--dtype bf16 is not modelled on the reference device, which "
+                    + "computes in double");
+        }
         Peer torch = Peer.parse(cmd, peer, python);
         int threads = common.threads(cmd);
         int reps = BenchOptions.replicas(cmd, replicas, batch, threads);
@@ -100,7 +116,8 @@ final class TrainBench implements Callable<Integer> {
         if (cfg.limited() && seq > cfg.maxSeq()) {
             throw new CommandLine.ParameterException(cmd, "--seq " + seq + " exceeds the model's max_seq " + cfg.maxSeq());
         }
-        TrainConfig train = new TrainConfig(1, 1e-4, 1e-5, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1);
+        TrainConfig train = new TrainConfig(1, 1e-4, 1e-5, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1)
+                .withPrecision(precision);
         if (torch != null) {
             try {
                 HfExport.requireGpt2(cfg);
@@ -149,9 +166,9 @@ final class TrainBench implements Callable<Integer> {
         double fwd = split[0] / steps;
         double bwd = split[1] / steps;
         double opt = split[2] / steps;
-        err.printf("train %,d params, %,d active (L=%d C=%d H=%d V=%d), B=%d T=%d, %d replica(s) x %d thread(s): %.0f tokens/s, "
+        err.printf("train %,d params, %,d active (L=%d C=%d H=%d V=%d), B=%d T=%d, %s, %d replica(s) x %d thread(s): %.0f tokens/s, "
                 + "%.1f ms/step (median of %d; best %.1f; forward %.1f, backward %.1f, optimizer %.1f)%s%n", params, activeParams,
-                cfg.nLayer(), cfg.dModel(), cfg.nHead(), cfg.vocab(), batch, seq, reps, perThreads, tokensPerS, msPerStep, stats.reps(), stats.best() * 1e3,
+                cfg.nLayer(), cfg.dModel(), cfg.nHead(), cfg.vocab(), batch, seq, dtype, reps, perThreads, tokensPerS, msPerStep, stats.reps(), stats.best() * 1e3,
                 fwd, bwd, opt, last[0].metricsText());
         err.flush();
         if (common.json) {
@@ -165,7 +182,7 @@ final class TrainBench implements Callable<Integer> {
             row.put("fwd_ms", BenchOptions.round(fwd));
             row.put("bwd_ms", BenchOptions.round(bwd));
             row.put("opt_ms", BenchOptions.round(opt));
-            row.put("impl", "kindling");
+            row.put("impl", precision == Precision.FP32 ? "kindling" : "kindling " + dtype);
             row.put("active_params", activeParams);
             Json.putMetrics(row, last[0].metrics());
             Json.printLine(cmd.getOut(), row);
@@ -173,7 +190,7 @@ final class TrainBench implements Callable<Integer> {
         if (torch != null) {
             Map<String, Object> theirs = torch.run(cmd, "torch_train.py", "--layers", cfg.nLayer(), "--d-model", cfg.dModel(),
                     "--heads", cfg.nHead(), "--vocab", cfg.vocab(), "--max-seq", cfg.maxSeq(), "--mlp-ratio", cfg.mlpRatio(),
-                    "--seq", seq, "--batch", batch, "--steps", steps, "--warmup", warmup, "--threads", threads);
+                    "--seq", seq, "--batch", batch, "--steps", steps, "--warmup", warmup, "--threads", threads, "--dtype", dtype);
             double peerRate = Peer.number(theirs, "tokens_per_s");
             err.printf("kindling / %s = %.2fx tokens/s (same model, batch and threads, this run)%n", theirs.get("impl"),
                     tokensPerS / peerRate);

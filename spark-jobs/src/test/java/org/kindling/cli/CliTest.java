@@ -254,8 +254,8 @@ class CliTest {
     void benchGemmDtypeIsCheckedAndBf16IsNotForTheCpu() {
         String[] gemm = {"bench", "gemm", "--m", "8", "--n", "8", "--k", "8", "--seconds", "0.01"};
         CliRun.assertUsageError("--dtype must be fp32 or bf16, got fp16", concat(gemm, "--dtype", "fp16"));
-        CliRun.assertUsageError("--dtype bf16 needs a device whose GEMM takes bf16 operands (cuda); the CPU backend's GEMM is "
-                + "fp32 only", concat(gemm, "--dtype", "bf16", "--threads", "2"));
+        CliRun.assertUsageError("--dtype bf16 benchmarks a device with a bf16 GEMM (cuda); the CPU widens bf16 operands to fp32 "
+                + "and runs its fp32 GEMM, which --dtype fp32 measures", concat(gemm, "--dtype", "bf16", "--threads", "2"));
         CliRun fp32 = CliRun.of(concat(gemm, "--dtype", "fp32", "--threads", "2"));
         assertEquals(0, fp32.code(), fp32.err());
         assertTrue(fp32.err().contains("gemm 8x8x8 fp32") && fp32.err().contains("plain i-k-j loop"), fp32.err());

@@ -1,6 +1,7 @@
 package org.kindling.ops.cuda;
 
 import static org.kindling.ops.KernelChecks.checkSpan;
+import static org.kindling.ops.KernelChecks.gemmInputs;
 import static org.kindling.ops.cuda.Cuda.check;
 
 import java.util.List;
@@ -36,16 +37,8 @@ final class CudaGemm {
         check(JCudaDriver.cuModuleGetFunction(bf16, module, "gemm_bf16"), "cuModuleGetFunction(gemm_bf16)");
     }
 
-    /** A and B are both F32 or both BF16: the kernel that runs. */
-    private static DType operands(Tensor a, Tensor b, String what) {
-        if (a.dtype() != b.dtype() || a.dtype() == DType.I32) {
-            throw new IllegalArgumentException(what + " takes A and B both F32 or both BF16, got A " + a + " and B " + b);
-        }
-        return a.dtype();
-    }
-
     void gemm(Gemm g, Tensor c, Tensor a, Tensor b) {
-        DType in = operands(a, b, "gemm");
+        DType in = gemmInputs(a, b, "gemm");
         checkSpan(a, "A", g.spanA(), g.strideA(), g.batch());
         checkSpan(b, "B", g.spanB(), g.strideB(), g.batch());
         checkSpan(c, "C", g.spanC(), g.strideC(), g.batch());
@@ -63,7 +56,7 @@ final class CudaGemm {
         DType[] in = new DType[c.size()];
         // Every triple is checked before the first launch, so a bad one leaves every C unchanged.
         for (int i = 0; i < c.size(); i++) {
-            in[i] = operands(a.get(i), b.get(i), "gemmBatched[" + i + "]");
+            in[i] = gemmInputs(a.get(i), b.get(i), "gemmBatched[" + i + "]");
             checkSpan(a.get(i), "A[" + i + "]", g.spanA(), 0, 1);
             checkSpan(b.get(i), "B[" + i + "]", g.spanB(), 0, 1);
             checkSpan(c.get(i), "C[" + i + "]", g.spanC(), 0, 1);

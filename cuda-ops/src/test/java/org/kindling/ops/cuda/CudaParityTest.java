@@ -24,10 +24,13 @@ import org.junit.jupiter.params.provider.EnumSource;
 import org.junit.jupiter.params.provider.MethodSource;
 import org.junit.jupiter.params.provider.ValueSource;
 import org.kindling.models.Gpt;
+import org.kindling.models.channel.MlpSpec;
+import org.kindling.models.channel.MoeSpec;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
 import org.kindling.models.data.Synthetic;
+import org.kindling.models.nn.Precision;
 import org.kindling.models.train.StepResult;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.AdamW;
@@ -256,8 +259,33 @@ class CudaParityTest {
     void twoGptTrainingStepsMatchTheCpu() {
         assertFalse(HostFallback.fallsBack(be, "gemm"));
         assertFalse(HostFallback.fallsBack(be, "binary"));
-        ModelConfig model = ModelConfig.gpt(20, 32, 2, 4, 2, 64, 4, 0, 0.02, 1e-5);
-        TrainConfig train = new TrainConfig(7, 3e-3, 3e-4, 1, 10, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, 512, 5, 0, 2);
+        StepResult[][] steps = twoGptSteps(ModelConfig.gpt(20, 32, 2, 4, 2, 64, 4, 0, 0.02, 1e-5), Precision.FP32);
+        assertEquals(steps[0][0].loss(), steps[1][0].loss(), 1e-5 * Math.abs(steps[0][0].loss()), "first loss");
+        assertEquals(steps[0][0].gradNorm(), steps[1][0].gradNorm(), 1e-4 * steps[0][0].gradNorm(), "first gradient norm");
+        assertEquals(steps[0][1].loss(), steps[1][1].loss(), 1e-3 * Math.abs(steps[0][1].loss()), "second loss");
+    }
+
+    /**
+     * precision: bf16 on cuda (tensor-core gemm_bf16 in the three transpose forms the layers use:
+     * x·Wᵀ, dy·W, dyᵀ·x; grouped for the MoE experts) against the CPU's bf16 path. Both round the
+     * same fp32 values to the same bf16 operands; only fp32 summation orders differ, and a 1-ulp
+     * difference may move one rounded operand by 2^-9, hence bounds ten times the fp32 test's.
+     */
+    @Test
+    void twoBf16GptTrainingStepsMatchTheCpu() {
+        ModelConfig dense = ModelConfig.gpt(20, 32, 2, 4, 2, 64, 4, 0, 0.02, 1e-5);
+        ModelConfig moe = dense.withChannelMixers(List.of(new MlpSpec(4), new MoeSpec(4, 64, 1, 0, 0.01, 0.001, 0)));
+        for (ModelConfig model : List.of(dense, moe)) {
+            StepResult[][] steps = twoGptSteps(model, Precision.BF16);
+            assertEquals(steps[0][0].loss(), steps[1][0].loss(), 1e-4 * Math.abs(steps[0][0].loss()), "first loss");
+            assertEquals(steps[0][0].gradNorm(), steps[1][0].gradNorm(), 1e-3 * steps[0][0].gradNorm(), "first gradient norm");
+            assertEquals(steps[0][1].loss(), steps[1][1].loss(), 1e-2 * Math.abs(steps[0][1].loss()), "second loss");
+        }
+    }
+
+    /** Two training steps of {@code model} on cpu:2 ([0]) and cuda ([1]) from the same seed and data. */
+    private static StepResult[][] twoGptSteps(ModelConfig model, Precision precision) {
+        TrainConfig train = new TrainConfig(7, 3e-3, 3e-4, 1, 10, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, 512, 5, 0, 2).withPrecision(precision);
         StepResult[][] steps = new StepResult[2][2];
         String[] specs = {"cpu:2", "cuda"};
         for (int i = 0; i < 2; i++) {
@@ -267,9 +295,7 @@ class CudaParityTest {
                 steps[i][1] = t.step(data);
             }
         }
-        assertEquals(steps[0][0].loss(), steps[1][0].loss(), 1e-5 * Math.abs(steps[0][0].loss()), "first loss");
-        assertEquals(steps[0][0].gradNorm(), steps[1][0].gradNorm(), 1e-4 * steps[0][0].gradNorm(), "first gradient norm");
-        assertEquals(steps[0][1].loss(), steps[1][1].loss(), 1e-3 * Math.abs(steps[0][1].loss()), "second loss");
+        return steps;
     }
 
     // ---- GEMM (gemm.cu) ----

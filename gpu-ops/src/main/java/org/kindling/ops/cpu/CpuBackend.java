@@ -6,6 +6,7 @@ import static org.kindling.ops.KernelChecks.checkIds;
 import static org.kindling.ops.KernelChecks.checkScaleRows;
 import static org.kindling.ops.KernelChecks.checkSpan;
 import static org.kindling.ops.KernelChecks.checkTargets;
+import static org.kindling.ops.KernelChecks.gemmInputs;
 import static org.kindling.ops.KernelChecks.numel;
 import static org.kindling.ops.KernelChecks.sameNumel;
 import static org.kindling.ops.KernelChecks.sameRows;
@@ -202,23 +203,24 @@ final class CpuBackend implements Backend {
 
     @Override
     public void gemm(Gemm g, Tensor c, Tensor a, Tensor b) {
-        float[] av = f32(a, "gemm A");
-        float[] bv = f32(b, "gemm B");
+        DType in = gemmInputs(a, b, "gemm");
         float[] cv = f32(c, "gemm C");
         checkSpan(a, "A", g.spanA(), g.strideA(), g.batch());
         checkSpan(b, "B", g.spanB(), g.strideB(), g.batch());
         checkSpan(c, "C", g.spanC(), g.strideC(), g.batch());
+        Panel ap = Panel.of(a, in, KernelChecks.batchSpan(g.spanA(), g.strideA(), g.batch()), "gemm A");
+        Panel bp = Panel.of(b, in, KernelChecks.batchSpan(g.spanB(), g.strideB(), g.batch()), "gemm B");
         if (g.batch() >= pool.threads() && g.batch() > 1) {
             pool.parallelFor(g.batch(), 1, (lo, hi) -> {
                 for (int i = lo; i < hi; i++) {
-                    gemmSerial(g, cv, c.offset() + (int) (i * g.strideC()), av, a.offset() + (int) (i * g.strideA()),
-                            bv, b.offset() + (int) (i * g.strideB()));
+                    gemmSerial(g, cv, c.offset() + (int) (i * g.strideC()), ap.v, ap.off + (int) (i * g.strideA()),
+                            bp.v, bp.off + (int) (i * g.strideB()));
                 }
             });
         } else {
             for (int i = 0; i < g.batch(); i++) {
-                gemmSplit(g, cv, c.offset() + (int) (i * g.strideC()), av, a.offset() + (int) (i * g.strideA()),
-                        bv, b.offset() + (int) (i * g.strideB()));
+                gemmSplit(g, cv, c.offset() + (int) (i * g.strideC()), ap.v, ap.off + (int) (i * g.strideA()),
+                        bp.v, bp.off + (int) (i * g.strideB()));
             }
         }
     }
@@ -233,27 +235,52 @@ final class CpuBackend implements Backend {
             throw new IllegalArgumentException("gemmBatched takes a single-matrix layout; the lists give the batch");
         }
         int count = c.size();
-        float[][] av = new float[count][];
-        float[][] bv = new float[count][];
+        DType[] in = new DType[count];
         float[][] cv = new float[count][];
+        // Every triple is checked before the first product, so a bad one leaves every C unchanged.
         for (int i = 0; i < count; i++) {
-            av[i] = f32(a.get(i), "gemmBatched A[" + i + "]");
-            bv[i] = f32(b.get(i), "gemmBatched B[" + i + "]");
+            in[i] = gemmInputs(a.get(i), b.get(i), "gemmBatched[" + i + "]");
             cv[i] = f32(c.get(i), "gemmBatched C[" + i + "]");
             checkSpan(a.get(i), "A[" + i + "]", g.spanA(), 0, 1);
             checkSpan(b.get(i), "B[" + i + "]", g.spanB(), 0, 1);
             checkSpan(c.get(i), "C[" + i + "]", g.spanC(), 0, 1);
         }
+        Panel[] ap = new Panel[count];
+        Panel[] bp = new Panel[count];
+        for (int i = 0; i < count; i++) {
+            ap[i] = Panel.of(a.get(i), in[i], g.spanA(), "gemmBatched A[" + i + "]");
+            bp[i] = Panel.of(b.get(i), in[i], g.spanB(), "gemmBatched B[" + i + "]");
+        }
         if (count >= pool.threads() && count > 1) {
             pool.parallelFor(count, 1, (lo, hi) -> {
                 for (int i = lo; i < hi; i++) {
-                    gemmSerial(g, cv[i], c.get(i).offset(), av[i], a.get(i).offset(), bv[i], b.get(i).offset());
+                    gemmSerial(g, cv[i], c.get(i).offset(), ap[i].v, ap[i].off, bp[i].v, bp[i].off);
                 }
             });
         } else {
             for (int i = 0; i < count; i++) {
-                gemmSplit(g, cv[i], c.get(i).offset(), av[i], a.get(i).offset(), bv[i], b.get(i).offset());
+                gemmSplit(g, cv[i], c.get(i).offset(), ap[i].v, ap[i].off, bp[i].v, bp[i].off);
             }
+        }
+    }
+
+    /**
+     * A GEMM operand as floats for the sgemm path: an F32 tensor's own array, or a BF16 tensor's
+     * span widened to float (exact: every bfloat16 is a float), so BF16 products accumulate in
+     * fp32 exactly as F32 ones do.
+     */
+    private record Panel(float[] v, int off) {
+        static Panel of(Tensor t, DType in, long span, String what) {
+            if (in == DType.F32) {
+                return new Panel(f32(t, what), t.offset());
+            }
+            short[] h = storage(t, DType.BF16, what).shorts();
+            float[] w = new float[(int) span];
+            int o = t.offset();
+            for (int i = 0; i < w.length; i++) {
+                w[i] = BF16.toFloat(h[o + i]);
+            }
+            return new Panel(w, 0);
         }
     }
 

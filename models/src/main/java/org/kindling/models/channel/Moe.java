@@ -2,6 +2,7 @@ package org.kindling.models.channel;
 
 import org.kindling.models.nn.Activation;
 import org.kindling.models.nn.Activations;
+import org.kindling.models.nn.GemmInput;
 import org.kindling.models.nn.Init;
 import org.kindling.models.nn.LayerContext;
 import org.kindling.models.nn.ParamGroup;
@@ -49,6 +50,15 @@ final class Moe implements ChannelMixer {
     private final Activation dh;
     private final Activation dxp;
     private final Activation dvalues;
+    /**
+     * The experts' GEMM operands in their weights' type (bf16 under precision bf16): slot inputs
+     * and GELU outputs, ∂L/∂(slot outputs) and ∂L/∂h. Backward rounds the pass's saved fp32
+     * activations again, so a decoding step between forward and backward cannot disturb it.
+     */
+    private final GemmInput xpIn;
+    private final GemmInput gIn;
+    private final GemmInput dIn;
+    private final GemmInput dhIn;
 
     /**
      * One pass's buffers (training keeps them for backward; decoding has its own). S is the number
@@ -95,6 +105,10 @@ final class Moe implements ChannelMixer {
         this.fc = ctx.params().add(ctx.child("experts.fc.weight"), Init.normal(ctx.initStd()), ParamGroup.DECAY, experts, hidden, c);
         this.proj = ctx.params().add(ctx.child("experts.proj.weight"), Init.normal(ctx.residualStd()), ParamGroup.DECAY, experts, c,
                 hidden);
+        this.xpIn = ctx.params().gemmInput(ctx.child("experts.x"));
+        this.gIn = ctx.params().gemmInput(ctx.child("experts.gelu"));
+        this.dIn = ctx.params().gemmInput(ctx.child("experts.dy"));
+        this.dhIn = ctx.params().gemmInput(ctx.child("experts.dh"));
         train = new Pass(acts, "");
         decode = new Pass(acts, "step_");
         dyp = acts.f32("dyp");
@@ -167,11 +181,13 @@ final class Moe implements ChannelMixer {
         Tensor xp = p.xp.write(s, c);
         be.gatherRows(xp, x, rows);
         Tensor h = p.h.write(s, hidden);
-        be.groupedGemm(Gemm.of(false, true, s, hidden, c), h, xp, fc.value(), groups);
+        Tensor fcW = fc.gemmWeight();
+        be.groupedGemm(Gemm.of(false, true, s, hidden, c), h, xpIn.of(xp, fcW), fcW, groups);
         Tensor g = p.g.write(s, hidden);
         be.geluForward(g, h);
         Tensor yp = p.yp.write(s, c);
-        be.groupedGemm(Gemm.of(false, true, s, c, hidden), yp, g, proj.value(), groups);
+        Tensor projW = proj.gemmWeight();
+        be.groupedGemm(Gemm.of(false, true, s, c, hidden), yp, gIn.of(g, projW), projW, groups);
         Tensor w = p.w.write(s, 1);
         be.gatherRows(w, r.values().reshape(n, 1), slots);
         be.fill(y, 0f);
@@ -197,13 +213,18 @@ final class Moe implements ChannelMixer {
         be.reduceRows(ReduceOp.SUM, dws.reshape(s), pr);
         be.scaleRows(d, d, p.w.saved(s, 1).reshape(s));
         Tensor dgs = dg.write(s, hidden);
-        be.groupedGemm(Gemm.of(false, false, s, hidden, c), dgs, d, proj.value(), groups);
-        be.groupedGemm(Gemm.of(true, false, c, hidden, s).scaled(1f, 1f), proj.grad(), d, p.g.saved(s, hidden), groups);
+        Tensor projW = proj.gemmWeight();
+        Tensor dg16 = dIn.of(d, projW);
+        be.groupedGemm(Gemm.of(false, false, s, hidden, c), dgs, dg16, projW, groups);
+        be.groupedGemm(Gemm.of(true, false, c, hidden, s).scaled(1f, 1f), proj.grad(), dg16, gIn.of(p.g.saved(s, hidden), projW),
+                groups);
         Tensor dhs = dh.zeros(s, hidden);
         be.geluBackward(dhs, dgs, p.h.saved(s, hidden));
         Tensor dxs = dxp.write(s, c);
-        be.groupedGemm(Gemm.of(false, false, s, c, hidden), dxs, dhs, fc.value(), groups);
-        be.groupedGemm(Gemm.of(true, false, hidden, c, s).scaled(1f, 1f), fc.grad(), dhs, p.xp.saved(s, c), groups);
+        Tensor fcW = fc.gemmWeight();
+        Tensor dh16 = dhIn.of(dhs, fcW);
+        be.groupedGemm(Gemm.of(false, false, s, c, hidden), dxs, dh16, fcW, groups);
+        be.groupedGemm(Gemm.of(true, false, hidden, c, s).scaled(1f, 1f), fc.grad(), dh16, xpIn.of(p.xp.saved(s, c), fcW), groups);
         be.scatterAddRows(dx, dxs, rows, null);
         Tensor dv = dvalues.zeros(t, k);
         be.scatterAddRows(dv.reshape(n, 1), dws, slots, null);

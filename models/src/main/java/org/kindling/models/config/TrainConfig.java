@@ -1,6 +1,7 @@
 package org.kindling.models.config;
 
 import java.util.Map;
+import org.kindling.models.nn.Precision;
 
 /**
  * Training settings: the {@code train} section of a run config. Defaults follow nanoGPT/GPT-2
@@ -17,12 +18,25 @@ import java.util.Map;
  * @param logInterval steps between progress lines
  * @param checkpointInterval steps between checkpoints (0 = only at the end)
  * @param keepCheckpoints checkpoints kept on disk, newest first
+ * @param precision GEMM operand type: fp32, or bf16 with fp32 accumulation, master weights and
+ *     optimizer state (see {@link Precision})
  */
 public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay,
                           double beta1, double beta2, double eps, double gradClip, int gradAccum, int batchTokens,
-                          int logInterval, int checkpointInterval, int keepCheckpoints) {
+                          int logInterval, int checkpointInterval, int keepCheckpoints, Precision precision) {
+
+    /** fp32 training: the settings before precision became selectable. */
+    public TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay, double beta1,
+                       double beta2, double eps, double gradClip, int gradAccum, int batchTokens, int logInterval,
+                       int checkpointInterval, int keepCheckpoints) {
+        this(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum, batchTokens,
+                logInterval, checkpointInterval, keepCheckpoints, Precision.FP32);
+    }
 
     public TrainConfig {
+        if (precision == null) {
+            throw new IllegalArgumentException("precision must be fp32 or bf16, got none");
+        }
         if (!(lr > 0) || !(minLr >= 0) || minLr > lr) {
             throw new IllegalArgumentException("need lr > 0 and 0 <= min_lr <= lr, got lr " + lr + ", min_lr " + minLr);
         }
@@ -46,6 +60,12 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
     public static TrainConfig defaults(int maxSteps) {
         return new TrainConfig(1337, 6e-4, 6e-5, Math.min(100, maxSteps / 10), maxSteps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1,
                 8192, 10, 0, 3);
+    }
+
+    /** These settings with {@code precision} instead. */
+    public TrainConfig withPrecision(Precision precision) {
+        return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision);
     }
 
     /** Learning rate of optimizer step {@code step} (0-based): linear warmup, then cosine decay to minLr. */
@@ -77,9 +97,16 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
         int logInterval = r.integer("log_interval", d.logInterval());
         int ckpt = r.integer("checkpoint_interval", d.checkpointInterval());
         int keep = r.integer("keep_checkpoints", d.keepCheckpoints());
+        String precisionKey = r.string("precision", d.precision().key());
+        Precision precision;
+        try {
+            precision = Precision.parse(precisionKey);
+        } catch (IllegalArgumentException e) {
+            throw r.error("precision", "must be fp32 or bf16, got '" + precisionKey + "'");
+        }
         try {
             return new TrainConfig(seed, lr, minLr, warmup, maxSteps, wd, b1, b2, eps, clip, accum, batchTokens, logInterval,
-                    ckpt, keep);
+                    ckpt, keep, precision);
         } catch (IllegalArgumentException e) {
             throw r.invalid(e);
         }
@@ -102,6 +129,7 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
         m.put("log_interval", logInterval);
         m.put("checkpoint_interval", checkpointInterval);
         m.put("keep_checkpoints", keepCheckpoints);
+        m.put("precision", precision.key());
         return m;
     }
 }

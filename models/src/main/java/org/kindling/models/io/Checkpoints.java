@@ -216,6 +216,7 @@ public final class Checkpoints {
             targets.put(p.name(), p.value());
         }
         readInto(DIR + "/" + name + "/model.safetensors", targets);
+        model.params().refreshShadow();
     }
 
     /** Restores weights, AdamW moments and the step counter; returns the checkpoint's state. */

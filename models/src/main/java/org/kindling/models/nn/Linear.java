@@ -5,7 +5,11 @@ import org.kindling.ops.BinaryOp;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.Tensor;
 
-/** y[T, OC] = x[T, IC]·Wᵀ + b, with W[OC, IC] (PyTorch's layout) and an optional bias b[OC]. */
+/**
+ * y[T, OC] = x[T, IC]·Wᵀ + b, with W[OC, IC] (PyTorch's layout) and an optional bias b[OC]. Its
+ * GEMMs take operands of the weight's {@link Params.Handle#gemmWeight} type: under bf16, x and dy
+ * are rounded to bf16 and the bf16 copy of x is what backward reads; y, dx and dW stay fp32.
+ */
 public final class Linear {
     private final String name;
     /** IC */
@@ -14,6 +18,10 @@ public final class Linear {
     public final int out;
     public final Params.Handle weight;
     public final Params.Handle bias;
+    /** x as the forward's GEMM operand, kept for dW. */
+    private final GemmInput xIn;
+    /** dy as a backward operand, and x for {@link #apply}, which must not touch the saved one. */
+    private final GemmInput scratch;
     private Tensor x;
 
     /** Weight N(0, std²), decayed; bias zero, not decayed. */
@@ -27,22 +35,31 @@ public final class Linear {
         this.out = out;
         this.weight = pb.add(name + ".weight", init, group, out, in);
         this.bias = bias ? pb.add(name + ".bias", Init.zeros(), ParamGroup.NO_DECAY, out) : null;
+        this.xIn = pb.gemmInput(name + ".x");
+        this.scratch = pb.gemmInput(name + ".scratch");
     }
 
     /** y = x·Wᵀ + b; keeps a reference to x, which must stay unchanged until {@link #backward}. */
     public void forward(Tensor y, Tensor x) {
-        apply(y, x);
-        this.x = x;
+        this.x = product(y, x, xIn);
     }
 
     /** y = x·Wᵀ + b without keeping x: for decoding, which must leave a pending backward intact. */
     public void apply(Tensor y, Tensor x) {
+        product(y, x, scratch);
+    }
+
+    /** y = x·Wᵀ + b; returns x as the operand it multiplied. */
+    private Tensor product(Tensor y, Tensor x, GemmInput operand) {
         Backend be = y.device().backend();
         int t = x.rows();
-        be.gemm(Gemm.of(false, true, t, out, in), y, x, weight.value());
+        Tensor w = weight.gemmWeight();
+        Tensor xg = operand.of(x, w);
+        be.gemm(Gemm.of(false, true, t, out, in), y, xg, w);
         if (bias != null) {
             be.binary(BinaryOp.ADD, y, y, bias.value());
         }
+        return xg;
     }
 
     /** dx += dy·W (skipped when dx is null); dW += dyᵀ·x; db += Σ_t dy. */
@@ -61,10 +78,12 @@ public final class Linear {
         if (x == null || x.rows() != t) {
             throw new IllegalStateException(name + ": backward for " + t + " rows without a forward over them");
         }
+        Tensor w = weight.gemmWeight();
+        Tensor dyg = scratch.of(dy, w);
         if (dx != null) {
-            be.gemm(Gemm.of(false, false, t, in, out).scaled(1f, beta), dx, dy, weight.value());
+            be.gemm(Gemm.of(false, false, t, in, out).scaled(1f, beta), dx, dyg, w);
         }
-        be.gemm(Gemm.of(true, false, out, in, t).scaled(1f, 1f), weight.grad(), dy, x);
+        be.gemm(Gemm.of(true, false, out, in, t).scaled(1f, 1f), weight.grad(), dyg, x);
         if (bias != null) {
             be.addColumnSums(bias.grad(), dy);
         }

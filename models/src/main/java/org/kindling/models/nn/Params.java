@@ -38,6 +38,7 @@ public final class Params implements AutoCloseable {
     public static final class Builder {
         private final List<Spec> specs = new ArrayList<>();
         private final List<Handle> handles = new ArrayList<>();
+        private final List<GemmInput> gemmInputs = new ArrayList<>();
 
         /** A trainable parameter. */
         public Handle add(String name, Init init, ParamGroup group, int... shape) {
@@ -62,6 +63,13 @@ public final class Params implements AutoCloseable {
             Handle h = new Handle(spec.name());
             handles.add(h);
             return h;
+        }
+
+        /** A layer's GEMM operand buffer (see {@link GemmInput}), freed with the parameters. */
+        public GemmInput gemmInput(String name) {
+            GemmInput g = new GemmInput(name);
+            gemmInputs.add(g);
+            return g;
         }
 
         /** Trainable elements declared so far. */
@@ -135,7 +143,8 @@ public final class Params implements AutoCloseable {
             }
             values.copyFrom(host);
             fixed.copyFrom(fixedHost);
-            return new Params(values, grads, fixed, trainable, constant, List.copyOf(segments));
+            return new Params(values, grads, fixed, trainable, constant, List.copyOf(segments), List.copyOf(handles),
+                    List.copyOf(gemmInputs));
         }
 
         /** Elements of a shape, in a long: a single parameter may exceed 2^31-1 elements, which build() then reports. */
@@ -152,6 +161,8 @@ public final class Params implements AutoCloseable {
     public static final class Handle {
         private final String name;
         private Param param;
+        /** The bf16 shadow of a trainable weight under {@link Precision#BF16}; null under fp32. */
+        private Tensor shadow;
 
         private Handle(String name) {
             this.name = name;
@@ -166,6 +177,11 @@ public final class Params implements AutoCloseable {
 
         public Tensor value() {
             return get().value();
+        }
+
+        /** The weight as a GEMM operand: its bf16 shadow under {@link Precision#BF16}, else the fp32 value. */
+        public Tensor gemmWeight() {
+            return shadow != null ? shadow : value();
         }
 
         /** The gradient; an error for a fixed tensor. */
@@ -184,15 +200,74 @@ public final class Params implements AutoCloseable {
     private final Map<String, Param> trainable;
     private final Map<String, Param> constant;
     private final List<Segment> segments;
+    private final List<Handle> handles;
+    private final List<GemmInput> gemmInputs;
+    private Precision precision = Precision.FP32;
+    /** bf16 copies of {@link #values}, laid out alike; null under fp32. */
+    private Tensor shadow;
 
     private Params(Tensor values, Tensor grads, Tensor fixed, Map<String, Param> trainable, Map<String, Param> constant,
-                   List<Segment> segments) {
+                   List<Segment> segments, List<Handle> handles, List<GemmInput> gemmInputs) {
         this.values = values;
         this.grads = grads;
         this.fixed = fixed;
         this.trainable = trainable;
         this.constant = constant;
         this.segments = segments;
+        this.handles = handles;
+        this.gemmInputs = gemmInputs;
+    }
+
+    public Precision precision() {
+        return precision;
+    }
+
+    /**
+     * Selects the GEMM operand type. {@link Precision#BF16} allocates one bf16 shadow of every
+     * trainable weight (the fp32 values stay the master copy the optimizer updates and checkpoints
+     * hold) and fills it; {@link Precision#FP32} frees it. The reference device computes in double
+     * and models no bf16, so bf16 there is an error.
+     */
+    public void setPrecision(Precision p) {
+        if (p == precision) {
+            return;
+        }
+        if (p == Precision.BF16 && values.device().kind() == Device.Kind.REFERENCE) {
+            throw new IllegalArgumentException("precision: bf16 is not modelled on the reference device, which computes "
+                    + "in double; use precision: fp32 there");
+        }
+        dropShadow();
+        if (p == Precision.BF16) {
+            shadow = values.device().allocate(DType.BF16, values.numel());
+            for (Handle h : handles) {
+                Param prm = h.get();
+                if (prm.grad() != null) {
+                    h.shadow = shadow.view(prm.value().offset() - values.offset(), prm.value().shape());
+                }
+            }
+        }
+        precision = p;
+        refreshShadow();
+    }
+
+    /**
+     * Rounds the fp32 master weights into their bf16 shadows: after every change of the weights
+     * (the optimizer step, a checkpoint load). A no-op under fp32.
+     */
+    public void refreshShadow() {
+        if (shadow != null) {
+            values.device().backend().copy(shadow, values);
+        }
+    }
+
+    private void dropShadow() {
+        if (shadow != null) {
+            for (Handle h : handles) {
+                h.shadow = null;
+            }
+            shadow.close();
+            shadow = null;
+        }
     }
 
     /** The flat buffers' runs by group, in layout order: the optimizer makes one call per segment. */
@@ -240,6 +315,8 @@ public final class Params implements AutoCloseable {
 
     @Override
     public void close() {
+        gemmInputs.forEach(GemmInput::close);
+        dropShadow();
         values.close();
         grads.close();
         fixed.close();

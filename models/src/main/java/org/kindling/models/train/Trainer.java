@@ -19,7 +19,8 @@ import org.kindling.ops.Tensor;
 
 /**
  * Training steps: gradient accumulation over micro-batches, global-norm clipping, AdamW with
- * decoupled weight decay on fp32 master weights, one call per parameter group (its decay and
+ * decoupled weight decay on fp32 master weights (under {@code precision: bf16} the GEMMs read bf16 copies of them,
+ * refreshed after each update), one call per parameter group (its decay and
  * learning-rate multiplier), warmup + cosine schedule.
  * Deterministic: the same model, config and data give bit-identical weights. With a
  * {@link GradientSync} of several workers, the loss and gradients are means over every worker's
@@ -45,6 +46,7 @@ public final class Trainer implements AutoCloseable {
         this.model = model;
         this.cfg = cfg;
         this.sync = sync;
+        model.params().setPrecision(cfg.precision());
         int n = model.params().count();
         this.m = model.device().allocate(DType.F32, n);
         this.v = model.device().allocate(DType.F32, n);
@@ -176,6 +178,8 @@ public final class Trainer implements AutoCloseable {
             int n = seg.length();
             be.adamW(params.values().view(o, n), params.grads().view(o, n), m.view(o, n), v.view(o, n), update);
         }
+        // The GEMMs of the next step read bf16 copies of the updated masters (a no-op under fp32).
+        params.refreshShadow();
         step++;
         long t1 = System.nanoTime();
         optMs = (t1 - o0) / 1e6;

@@ -54,27 +54,31 @@ class CheckpointTest {
                 trainer.secondMoments().toFloatArray());
     }
 
-    @Test
-    void resumingFromACheckpointIsBitIdentical() {
+    /** In bf16 too: checkpoints hold the fp32 masters, and loading them refreshes the bf16 copies the GEMMs read. */
+    @org.junit.jupiter.params.ParameterizedTest
+    @org.junit.jupiter.params.provider.EnumSource(org.kindling.models.nn.Precision.class)
+    void resumingFromACheckpointIsBitIdentical(org.kindling.models.nn.Precision precision) {
+        TrainConfig train = TRAIN.withPrecision(precision);
+        RunConfig run = new RunConfig(MODEL, train);
         Outcome straight;
-        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, TRAIN.seed()); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, train.seed()); Trainer t = new Trainer(model, train)) {
             straight = train(t, data(), 20, new ArrayList<>());
         }
         Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir));
         List<Double> losses = new ArrayList<>();
-        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, TRAIN.seed()); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, train.seed()); Trainer t = new Trainer(model, train)) {
             DataSource d = data();
             train(t, d, 10, losses);
-            assertEquals("step-10", ckpt.save(t, RUN, 3, d.position()));
+            assertEquals("step-10", ckpt.save(t, run, 3, d.position()));
         }
         Outcome resumed;
-        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 999); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 999); Trainer t = new Trainer(model, train)) {
             String latest = ckpt.latest().orElseThrow();
             // Tensors stream in 12-byte pieces: most arrive in many, the last of each often shorter.
             Checkpoints.State state = new Checkpoints(new LocalRunStorage(dir), 12).restore(latest, t);
             assertEquals(10, state.step());
             assertEquals(10, t.stepCount());
-            assertEquals(RUN, RunConfig.fromMap(state.config(), "state.json"));
+            assertEquals(run, RunConfig.fromMap(state.config(), "state.json"));
             DataSource d = data();
             d.seek(state.dataPosition());
             resumed = train(t, d, 10, losses);

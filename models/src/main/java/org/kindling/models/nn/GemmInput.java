@@ -1,0 +1,46 @@
+package org.kindling.models.nn;
+
+import java.util.Arrays;
+import org.kindling.ops.Tensor;
+
+/**
+ * One GEMM operand of a layer in the type its weight has: the activation itself when the types
+ * agree (fp32), else a copy rounded to that type (bf16), held in a buffer reused while the
+ * shape stays the same. Declared on {@link Params.Builder#gemmInput} and freed with the model's
+ * parameters, so layers without an {@link Activations} of their own (Linear) need no close.
+ */
+public final class GemmInput implements AutoCloseable {
+    private final String name;
+    private Tensor copy;
+
+    GemmInput(String name) {
+        this.name = name;
+    }
+
+    /** {@code x} as an operand beside {@code weight}: x itself, or its copy rounded to the weight's dtype. */
+    public Tensor of(Tensor x, Tensor weight) {
+        if (x.dtype() == weight.dtype()) {
+            return x;
+        }
+        if (copy == null || copy.dtype() != weight.dtype() || copy.device() != x.device()
+                || !Arrays.equals(copy.shape(), x.shape())) {
+            close();
+            copy = x.device().allocate(weight.dtype(), x.shape());
+        }
+        x.device().backend().copy(copy, x);
+        return copy;
+    }
+
+    @Override
+    public void close() {
+        if (copy != null) {
+            copy.close();
+            copy = null;
+        }
+    }
+
+    @Override
+    public String toString() {
+        return "gemm input " + name;
+    }
+}
