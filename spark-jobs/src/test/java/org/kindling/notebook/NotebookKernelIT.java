@@ -57,7 +57,7 @@ class NotebookKernelIT {
         JsonNode cells = Notebooks.execute(nb, out, env).get("cells");
 
         assertEquals("hello from kindling\n", text(cells.get(0), "stream"));
-        assertEquals("42", cells.get(0).findValue("text/plain").asText());
+        assertEquals("42", joined(output(cells.get(0), "execute_result").get("data").get("text/plain")));
 
         JsonNode thrown = output(cells.get(1), "error");
         assertEquals("java.lang.IllegalStateException: expected failure", thrown.get("evalue").asText());
@@ -95,12 +95,16 @@ class NotebookKernelIT {
     }
 
     private static String text(JsonNode cell, String type) {
-        JsonNode t = output(cell, type).get("text");
-        if (t.isArray()) {
+        return joined(output(cell, type).get("text"));
+    }
+
+    /** nbformat stores multi-line text as a list of lines or as one string. */
+    private static String joined(JsonNode text) {
+        if (text.isArray()) {
             StringBuilder s = new StringBuilder();
-            t.forEach(line -> s.append(line.asText()));
+            text.forEach(line -> s.append(line.asText()));
             return s.toString();
         }
-        return t.asText();
+        return text.asText();
     }
 }
