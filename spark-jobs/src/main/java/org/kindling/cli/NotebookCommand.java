@@ -35,7 +35,7 @@ final class NotebookCommand implements Callable<Integer> {
     @Option(names = "--port", defaultValue = "8888", description = "Port of the notebook server on 127.0.0.1 (default: ${DEFAULT-VALUE}).")
     int port;
 
-    @Option(names = "--dir", description = "Folder the notebook server opens (default: the notebooks/ folder of this Kindling).")
+    @Option(names = "--dir", description = "Folder the notebook server opens (default: the notebooks/ folder of this Kindling, created when missing).")
     Path dir;
 
     @Option(names = "--install-only", description = "Install the kernel spec and exit without starting Jupyter.")
@@ -50,6 +50,9 @@ final class NotebookCommand implements Callable<Integer> {
             throw new ParameterException(spec.commandLine(), "--port " + port + " is not a port in 1..65535");
         }
         Path notebooks = dir != null ? dir : Path.of(System.getProperty("kindling.home", "."), "notebooks");
+        if (dir == null && !installOnly) {
+            Files.createDirectories(notebooks);
+        }
         if (!installOnly && !Files.isDirectory(notebooks)) {
             throw new ParameterException(spec.commandLine(), "--dir " + notebooks + " is not a folder");
         }
