@@ -78,6 +78,18 @@ class NotebookKernelIT {
         assertTrue(text(cells.get(4), "stream").contains("count=10"), cells.get(4).toString());
     }
 
+    /** Jupyter's interrupt (an interrupt_request, as kernel.json asks) ends a sleeping cell and a busy one. */
+    @Test
+    void interruptEndsTheRunningCellAndTheKernelGoesOn() throws Exception {
+        Path script = Path.of(NotebookKernelIT.class.getResource("interrupt_check.py").toURI());
+        List<String> cmd = new ArrayList<>(Notebooks.jupyterPython());
+        cmd.add(script.toString());
+        String out = Notebooks.run(cmd, env, 300);
+        assertTrue(out.contains("sleep: error java.lang.InterruptedException: sleep interrupted"), out);
+        assertTrue(out.contains("busy: error java.lang.InterruptedException: the cell was interrupted"), out);
+        assertTrue(out.contains("after: ok"), out);
+    }
+
     @Test
     void everyCommittedNotebookRunsTopToBottom(@TempDir Path out) throws Exception {
         for (Path nb : Notebooks.committed()) {

@@ -101,6 +101,24 @@ final class Notebooks {
         }
     }
 
+    /** The Python that runs {@code jupyter} (its #! line), which has jupyter_client. */
+    static List<String> jupyterPython() throws IOException {
+        for (String dir : System.getenv().getOrDefault("PATH", "").split(java.io.File.pathSeparator)) {
+            Path jupyter = Path.of(dir, "jupyter");
+            if (Files.isExecutable(jupyter)) {
+                String first;
+                try (var lines = Files.lines(jupyter)) {
+                    first = lines.findFirst().orElse("");
+                }
+                if (!first.startsWith("#!")) {
+                    throw new AssertionError(jupyter + " is not a script with a #! line: " + first);
+                }
+                return List.of(first.substring(2).strip().split("\\s+"));
+            }
+        }
+        throw new AssertionError("jupyter is not on the PATH: apt-get install -y jupyter-notebook jupyter-nbconvert");
+    }
+
     /** Executes a notebook top to bottom on the Kindling kernel; returns the executed copy (nbconvert fails on an unexpected error). */
     static JsonNode execute(Path notebook, Path outDir, Map<String, String> env) throws IOException, InterruptedException {
         run(List.of("jupyter", "nbconvert", "--to", "notebook", "--execute", "--ExecutePreprocessor.timeout=300",
