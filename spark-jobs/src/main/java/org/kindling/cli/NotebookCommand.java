@@ -25,6 +25,7 @@ import picocli.CommandLine.Spec;
 final class NotebookCommand implements Callable<Integer> {
     static final String INSTALL_HINT = "apt-get install -y jupyter-notebook jupyter-nbconvert (Debian/Ubuntu)";
     private static final long JUPYTER_QUERY_SECONDS = 60;
+    private static final long SERVER_STOP_SECONDS = 15;
 
     @Spec
     CommandSpec spec;
@@ -37,6 +38,9 @@ final class NotebookCommand implements Callable<Integer> {
 
     @Option(names = "--dir", description = "Folder the notebook server opens (default: the notebooks/ folder of this Kindling, created when missing).")
     Path dir;
+
+    @Option(names = "--allow-root", description = "Let Jupyter run as root (containers), which it refuses by default.")
+    boolean allowRoot;
 
     @Option(names = "--install-only", description = "Install the kernel spec and exit without starting Jupyter.")
     boolean installOnly;
@@ -67,8 +71,30 @@ final class NotebookCommand implements Callable<Integer> {
         if (noBrowser) {
             cmd.add("--no-browser");
         }
-        // The server runs until the user stops it (Ctrl-C reaches both processes): no deadline on this wait.
-        return new ProcessBuilder(cmd).inheritIO().start().waitFor();
+        if (allowRoot) {
+            cmd.add("--allow-root");
+        }
+        Process server = new ProcessBuilder(cmd).inheritIO().start();
+        // A SIGTERM or Ctrl-C to this JVM takes the server (and through it the kernels) down too, never orphaning it.
+        Thread stopServer = new Thread(() -> stop(server), "stop-jupyter");
+        Runtime.getRuntime().addShutdownHook(stopServer);
+        // The server runs until the user stops it: no deadline on this wait.
+        int code = server.waitFor();
+        Runtime.getRuntime().removeShutdownHook(stopServer);
+        return code;
+    }
+
+    /** SIGTERM (Jupyter then shuts its kernels down), SIGKILL if it has not exited within the grace period. */
+    private static void stop(Process server) {
+        server.destroy();
+        try {
+            if (!server.waitFor(SERVER_STOP_SECONDS, TimeUnit.SECONDS)) {
+                server.destroyForcibly();
+            }
+        } catch (InterruptedException e) {
+            server.destroyForcibly();
+            Thread.currentThread().interrupt();
+        }
     }
 
     /** bin/kindling's JVM flags, and where Kindling and its log configuration are, for the kernel's JVM. */
