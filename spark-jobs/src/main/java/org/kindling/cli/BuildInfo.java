@@ -31,6 +31,11 @@ public final class BuildInfo implements CommandLine.IVersionProvider {
         return PROPS.getProperty("spark.version");
     }
 
+    /** The JVM flags bin/kindling starts Java with (Spark's module opens and the Vector API). */
+    public static String jvmFlags() {
+        return PROPS.getProperty("jvm.flags");
+    }
+
     @Override
     public String[] getVersion() {
         return new String[] {"kindling " + version()};

@@ -8,7 +8,7 @@ import picocli.CommandLine.Command;
 @Command(name = "kindling", mixinStandardHelpOptions = true, versionProvider = BuildInfo.class,
         description = "Efficient transformer training inside Apache Spark.",
         subcommands = {VersionCommand.class, QuickstartCommand.class, PrepareCommand.class, TrainCommand.class, GenerateCommand.class, ExportCommand.class,
-            EvalCommand.class,
+            EvalCommand.class, NotebookCommand.class,
             BenchCommand.class, CommandLine.HelpCommand.class})
 public final class Kindling implements Runnable {
     private static final System.Logger LOG = System.getLogger(Kindling.class.getName());
@@ -58,7 +58,7 @@ public final class Kindling implements Runnable {
             last = last.subcommand();
         }
         Object command = last.commandSpec().userObject();
-        return !(command instanceof VersionCommand || command instanceof CommandLine.HelpCommand
+        return !(command instanceof VersionCommand || command instanceof NotebookCommand || command instanceof CommandLine.HelpCommand
                 || !last.commandSpec().subcommands().isEmpty() || last.isUsageHelpRequested());
     }
 
