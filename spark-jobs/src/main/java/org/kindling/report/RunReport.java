@@ -10,13 +10,15 @@ import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Base64;
 import java.util.HashMap;
+import java.util.LinkedHashMap;
 import java.util.LinkedHashSet;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
 import org.apache.hadoop.conf.Configuration;
-import org.kindling.train.HadoopRunStorage;
+import org.apache.hadoop.fs.FileSystem;
+import org.apache.hadoop.fs.Path;
 import org.knowm.xchart.BitmapEncoder;
 import org.knowm.xchart.VectorGraphicsEncoder;
 import org.knowm.xchart.XYChart;
@@ -194,7 +196,7 @@ public final class RunReport {
         return BitmapEncoder.getBitmapBytes(chart(name), BitmapEncoder.BitmapFormat.PNG);
     }
 
-    /** The chart {@code name} as an SVG document. */
+    /** The chart {@code name} as an SVG document (XChart draws its text as outlines, so it looks the same everywhere). */
     public String svg(String name) throws IOException {
         ByteArrayOutputStream out = new ByteArrayOutputStream();
         VectorGraphicsEncoder.saveVectorGraphic(chart(name), out, VectorGraphicsEncoder.VectorGraphicsFormat.SVG);
@@ -216,26 +218,32 @@ public final class RunReport {
      * (any Hadoop path; created when missing, files there of the same names replaced).
      */
     public Written write(String outDir, Configuration conf) throws IOException {
-        HadoopRunStorage out = new HadoopRunStorage(outDir, conf);
-        List<String> files = new ArrayList<>();
-        files.add(out.describe(HTML));
-        Map<String, String> svgs = new java.util.LinkedHashMap<>();
-        for (String c : charts()) {
-            String svg = svg(c);
-            svgs.put(c, svg);
-            writeFile(out, c + ".png", png(c));
-            writeFile(out, c + ".svg", svg.getBytes(StandardCharsets.UTF_8));
-            files.add(out.describe(c + ".png"));
-            files.add(out.describe(c + ".svg"));
+        Path dir = new Path(outDir);
+        // A private instance: the cached one is shared with the rest of the JVM, and switching its checksums off would
+        // change what training writes; for a page people open, .crc files beside each chart are clutter.
+        try (FileSystem fs = FileSystem.newInstance(dir.toUri(), conf)) {
+            fs.setWriteChecksum(false);
+            Path root = fs.makeQualified(dir);
+            List<String> files = new ArrayList<>();
+            files.add(new Path(root, HTML).toString());
+            Map<String, String> svgs = new LinkedHashMap<>();
+            for (String c : charts()) {
+                String svg = svg(c);
+                svgs.put(c, svg);
+                files.add(writeFile(fs, root, c + ".png", png(c)));
+                files.add(writeFile(fs, root, c + ".svg", svg.getBytes(StandardCharsets.UTF_8)));
+            }
+            writeFile(fs, root, HTML, html(svgs).getBytes(StandardCharsets.UTF_8));
+            return new Written(files.get(0), List.copyOf(files), List.copyOf(svgs.keySet()));
         }
-        writeFile(out, HTML, html(svgs).getBytes(StandardCharsets.UTF_8));
-        return new Written(out.describe(HTML), List.copyOf(files), List.copyOf(svgs.keySet()));
     }
 
-    private static void writeFile(HadoopRunStorage dir, String name, byte[] bytes) throws IOException {
-        try (OutputStream o = dir.create(name)) {
+    private static String writeFile(FileSystem fs, Path dir, String name, byte[] bytes) throws IOException {
+        Path p = new Path(dir, name);
+        try (OutputStream o = fs.create(p, true)) {
             o.write(bytes);
         }
+        return p.toString();
     }
 
     /** The page: a header table of the runs, then each chart (its SVG inline as a data: URI) with links to its files. */
@@ -263,7 +271,7 @@ public final class RunReport {
         for (int i = 0; i < runs.size(); i++) {
             RunMetrics r = runs.get(i);
             Color c = COLORS[i % COLORS.length];
-            h.append("<tr><td><span class=\"swatch\" style=\"background:#").append(String.format("%06x", c.getRGB() & 0xffffff))
+            h.append("<tr><td><span class=\"swatch\" style=\"background:#").append(String.format(Locale.ROOT, "%06x", c.getRGB() & 0xffffff))
                     .append("\"></span><b>").append(esc(r.name())).append("</b><br><span class=\"cfg\">").append(esc(r.location()))
                     .append("</span></td>");
             h.append("<td class=\"num\">").append(String.format(Locale.ROOT, "%,d", r.lastStep())).append("</td>");

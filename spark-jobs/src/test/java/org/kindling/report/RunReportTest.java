@@ -111,6 +111,9 @@ class RunReportTest {
         RunReport.Written w = RunReport.read(CONF, a.toString(), b.toString()).write(out.toString(), CONF);
         assertEquals(List.of("loss", "lr", "grad_norm", "tokens_per_s", "moe_balance_loss"), w.charts());
         assertEquals(1 + 2 * 5, w.files().size());
+        try (var listing = Files.list(out)) {
+            assertEquals(11, listing.count(), "the page and the charts, no checksum files beside them");
+        }
         String html = Files.readString(out.resolve("report.html"));
         assertFalse(html.contains("http://") || html.contains("https://"), "the page works offline");
         Matcher src = Pattern.compile("(?:src|href)=\"([^\"]*)\"").matcher(html);
@@ -135,6 +138,7 @@ class RunReportTest {
         String moe = "rgb(31,119,180)";
         String dense = "rgb(214,39,40)";
         String lossSvg = Files.readString(out.resolve("loss.svg"));
+        assertEquals(2, count(lossSvg, "<ellipse"), "moe's one eval point is marked, in the chart and the legend");
         List<List<double[]>> moeLoss = polylines(lossSvg, moe);
         assertEquals(List.of(5, 2, 2), moeLoss.stream().map(List::size).toList());
         assertEquals(List.of(3, 2), polylines(lossSvg, dense).stream().map(List::size).toList());
@@ -152,6 +156,10 @@ class RunReportTest {
         assertTrue(html.contains("5.9500"), "the eval loss in the header");
         assertTrue(html.contains("18,801"), "the median tokens/s of moe (1549, 10047, 18801, 18956, 19001)");
         assertTrue(html.contains("mixer: attention ×2") && html.contains("max_steps: 450"), "config summary in the header");
+    }
+
+    private static int count(String s, String part) {
+        return (s.length() - s.replace(part, "").length()) / part.length();
     }
 
     /** The polylines an SVG draws in {@code color} (an SVG {@code rgb(…)}): runs of {@code <line>} segments joined end to start. */
