@@ -123,7 +123,8 @@ public final class RunReport {
 
     /**
      * The chart {@code name} (one of {@link #charts}): one line per run over the steps, named by the
-     * run ({@code RUN eval} for eval loss); the axes span exactly the data, the value axis padded by 5 %.
+     * run ({@code RUN eval} for eval loss); the step axis spans the data (from 0 when the
+     * first step is within the first tenth), the value axis the data padded by 5 %.
      */
     public XYChart chart(String name) {
         if (!charts().contains(name)) {
@@ -138,6 +139,10 @@ public final class RunReport {
         s.setChartTitleBoxVisible(false);
         s.setPlotBorderVisible(false);
         s.setXAxisDecimalPattern("#,###");
+        s.setXAxisTickMarkSpacingHint(90);
+        if (name.equals("lr")) {
+            s.setYAxisDecimalPattern("0.0##E0");
+        }
         double xMin = Double.POSITIVE_INFINITY;
         double xMax = Double.NEGATIVE_INFINITY;
         double yMin = Double.POSITIVE_INFINITY;
@@ -177,6 +182,9 @@ public final class RunReport {
         if (xMin == xMax) {
             xMin -= 1;
             xMax += 1;
+        } else if (xMin > 0 && xMin <= 0.1 * xMax) {
+            // Runs from (near) the start: an axis from 0 gets round step ticks (0, 50, 100) instead of 1, 15, 29.
+            xMin = 0;
         }
         double pad = yMax > yMin ? (yMax - yMin) * 0.05 : Math.max(Math.abs(yMax) * 0.05, 1e-9);
         s.setXAxisMin(xMin);

@@ -69,13 +69,15 @@ class RunReportTest {
         assertAxesCover(loss, 1, 5, 5.6, 6.9);
         assertAxesCover(report.chart("tokens_per_s"), 1, 5, 1549.4, 19001.0);
         assertAxesCover(balance, 1, 5, 0.99, 1.02);
+        Path late = run("late", line(200, 3.0, 1e-4, 0.5, 10, ""), line(250, 2.9, 1e-4, 0.5, 10, ""));
+        assertAxesCover(RunReport.read(CONF, late.toString()).chart("loss"), 200, 250, 2.9, 3.0);
         BufferedImage img = report.image("loss");
         assertTrue(img.getWidth() >= 600 && img.getHeight() >= 300, img.getWidth() + "x" + img.getHeight());
     }
 
     private static void assertAxesCover(XYChart chart, double xMin, double xMax, double yMin, double yMax) {
         var st = chart.getStyler();
-        assertEquals(xMin, st.getXAxisMin(), 1e-9, chart.getTitle());
+        assertEquals(xMin <= 0.1 * xMax ? 0 : xMin, st.getXAxisMin(), 1e-9, chart.getTitle() + ": from 0 when the run starts near it");
         assertEquals(xMax, st.getXAxisMax(), 1e-9, chart.getTitle());
         assertTrue(st.getYAxisMin() <= yMin && st.getYAxisMin() > yMin - 0.1 * (yMax - yMin), chart.getTitle() + " y min " + st.getYAxisMin());
         assertTrue(st.getYAxisMax() >= yMax && st.getYAxisMax() < yMax + 0.1 * (yMax - yMin), chart.getTitle() + " y max " + st.getYAxisMax());
