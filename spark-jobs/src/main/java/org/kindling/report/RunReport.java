@@ -139,7 +139,9 @@ public final class RunReport {
         s.setChartTitleBoxVisible(false);
         s.setPlotBorderVisible(false);
         s.setXAxisDecimalPattern("#,###");
-        s.setXAxisTickMarkSpacingHint(90);
+        // XChart puts ticks on the data's own steps when they are equally spaced (every log_interval): often more than
+        // fit side by side, so the labels stand at an angle.
+        s.setXAxisLabelRotation(45);
         if (name.equals("lr")) {
             s.setYAxisDecimalPattern("0.0##E0");
         }
@@ -186,7 +188,7 @@ public final class RunReport {
             // Runs from (near) the start: an axis from 0 gets round step ticks (0, 50, 100) instead of 1, 15, 29.
             xMin = 0;
         }
-        double pad = yMax > yMin ? (yMax - yMin) * 0.05 : Math.max(Math.abs(yMax) * 0.05, 1e-9);
+        double pad = yMax > yMin ? (yMax - yMin) * 0.05 : (yMax != 0 ? Math.abs(yMax) * 0.05 : 1);
         s.setXAxisMin(xMin);
         s.setXAxisMax(xMax);
         s.setYAxisMin(yMin - pad);
