@@ -14,9 +14,10 @@ import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
 @Command(name = "report", mixinStandardHelpOptions = true,
-        description = {"Charts of a run's metrics.jsonl (loss and eval loss, learning rate, gradient norm, tokens/s, every layer",
-            "metric), each as PNG and SVG, and report.html showing them with the runs' final and best losses and configs.",
-            "--compare adds runs to every chart, one series per run."})
+        description = {"Charts of runs' metrics.jsonl (loss and eval loss, learning rate, gradient norm,",
+            "tokens/s, every layer metric), each as PNG and SVG, and report.html showing them",
+            "with each run's final and best losses and config. --compare adds runs to every",
+            "chart, one series per run."})
 final class ReportCommand implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -48,8 +49,9 @@ final class ReportCommand implements Callable<Integer> {
             line.put("runs", report.runs().size());
             Json.printLine(spec.commandLine().getOut(), line);
         }
-        spec.commandLine().getErr().printf("report %s (%d charts of %d runs: %s; each also as .png and .svg beside it)%n", written.html(),
-                written.charts().size(), report.runs().size(), String.join(", ", written.charts()));
+        int runs = report.runs().size();
+        spec.commandLine().getErr().printf("report %s (%d charts of %d run%s: %s; each also as .png and .svg beside it)%n", written.html(),
+                written.charts().size(), runs, runs == 1 ? "" : "s", String.join(", ", written.charts()));
         spec.commandLine().getErr().flush();
         return 0;
     }

@@ -46,7 +46,7 @@ class ReportCommandTest {
         CliRun plain = CliRun.of("report", "--run", b.toString(), "--out", out.toString());
         assertEquals(0, plain.code(), plain.err());
         assertEquals("", plain.out(), "without --json nothing goes to stdout");
-        assertTrue(plain.err().contains("4 charts of 1 runs"), plain.err());
+        assertTrue(plain.err().contains("4 charts of 1 run:"), plain.err());
         assertTrue(Files.exists(out.resolve("report.html")));
     }
 
