@@ -1,7 +1,9 @@
 package org.kindling.api;
 
 import java.io.IOException;
+import java.util.Arrays;
 import org.apache.spark.sql.SparkSession;
+import org.kindling.report.RunReport;
 
 /**
  * Kindling from Java code, a notebook or a Spark application: the {@code kindling} commands as
@@ -15,7 +17,8 @@ import org.apache.spark.sql.SparkSession;
  * }</pre>
  *
  * <p>Every builder checks its options in {@code run()} and throws {@link InvalidOptionException}
- * naming the option; {@code kindling report} takes a run by its {@link TrainedRun#runDir()}.
+ * naming the option. {@link #report} charts runs for a notebook ({@code RunReport.chart}) or
+ * writes the page {@code kindling report} writes ({@code RunReport.write}).
  */
 public final class KindlingApi {
     private KindlingApi() {
@@ -54,6 +57,16 @@ public final class KindlingApi {
     /** Samples from the checkpoint of the run in {@code runDir}. */
     public static GenerateBuilder generate(String runDir) {
         return new GenerateBuilder(runDir);
+    }
+
+    /** A report over runs, the first compared with the others (reached through {@code spark}'s Hadoop configuration). */
+    public static RunReport report(SparkSession spark, TrainedRun... runs) throws IOException {
+        return report(spark, Arrays.stream(runs).map(TrainedRun::runDir).toArray(String[]::new));
+    }
+
+    /** A report over the runs in {@code runDirs} (any Hadoop paths), the first compared with the others. */
+    public static RunReport report(SparkSession spark, String... runDirs) throws IOException {
+        return RunReport.read(spark.sparkContext().hadoopConfiguration(), runDirs);
     }
 
     /** Exports a run's checkpoint for Hugging Face transformers. */

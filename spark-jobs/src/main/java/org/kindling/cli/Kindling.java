@@ -8,7 +8,7 @@ import picocli.CommandLine.Command;
 @Command(name = "kindling", mixinStandardHelpOptions = true, versionProvider = BuildInfo.class,
         description = "Efficient transformer training inside Apache Spark.",
         subcommands = {VersionCommand.class, QuickstartCommand.class, PrepareCommand.class, TrainCommand.class, GenerateCommand.class, ExportCommand.class,
-            EvalCommand.class, NotebookCommand.class,
+            EvalCommand.class, ReportCommand.class, NotebookCommand.class,
             BenchCommand.class, CommandLine.HelpCommand.class})
 public final class Kindling implements Runnable {
     private static final System.Logger LOG = System.getLogger(Kindling.class.getName());
@@ -51,14 +51,15 @@ public final class Kindling implements Runnable {
                 .execute(args);
     }
 
-    /** Whether the command runs kernels (not version, help, a group of subcommands or a usage error). */
+    /** Whether the command runs kernels (not version, report, help, a group of subcommands or a usage error). */
     private static boolean computes(CommandLine.ParseResult parsed) {
         CommandLine.ParseResult last = parsed;
         while (last.hasSubcommand()) {
             last = last.subcommand();
         }
         Object command = last.commandSpec().userObject();
-        return !(command instanceof VersionCommand || command instanceof NotebookCommand || command instanceof CommandLine.HelpCommand
+        return !(command instanceof VersionCommand || command instanceof ReportCommand || command instanceof NotebookCommand
+                || command instanceof CommandLine.HelpCommand
                 || !last.commandSpec().subcommands().isEmpty() || last.isUsageHelpRequested());
     }
 
