@@ -8,10 +8,14 @@ import java.io.UncheckedIOException;
 import java.net.InetAddress;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Objects;
 import java.util.Optional;
+import java.util.Set;
+import java.util.TreeSet;
 import java.util.UUID;
 import java.util.function.Consumer;
 import java.util.stream.IntStream;
@@ -160,6 +164,11 @@ public final class TrainJob {
                 in.transferTo(out);
             }
         }
+        Checkpoints checkpoints = new Checkpoints(storage);
+        // A LATEST naming no complete checkpoint fails every attempt alike: say so before any task starts.
+        if (checkpoints.latest().isPresent()) {
+            requireSameModel(storage, config);
+        }
         String yaml = config.toYaml();
         try (OutputStream out = storage.create("config.yaml")) {
             out.write(yaml.getBytes(StandardCharsets.UTF_8));
@@ -171,9 +180,6 @@ public final class TrainJob {
         long bucketBytes = positive(spark, BUCKET_BYTES, RingSync.DEFAULT_BUCKET_BYTES);
         long cancelS = positive(spark, CANCEL_TIMEOUT, 60);
         RunSecret secret = RunSecret.generate();
-        Checkpoints checkpoints = new Checkpoints(storage);
-        // A LATEST naming no complete checkpoint fails every attempt alike: say so before any task starts.
-        checkpoints.latest();
         Progress progress = new Progress(storage, config.train(), progressLines);
         String host = spark.conf().get("spark.driver.host", InetAddress.getLocalHost().getHostAddress());
         String group = "kindling-train-" + UUID.randomUUID();
@@ -299,6 +305,34 @@ public final class TrainJob {
     }
 
     /** A Kindling setting from the session's conf (so a notebook can change it between runs with spark.conf().set). */
+    /**
+     * A run resumes from its checkpoints only with the model they hold: any other model would fail
+     * every task attempt alike on the first tensor whose shape differs, so say which keys differ now.
+     */
+    private static void requireSameModel(HadoopRunStorage storage, RunConfig config) throws IOException {
+        if (!storage.exists("config.yaml")) {
+            return;
+        }
+        RunConfig earlier;
+        try (InputStream in = storage.open("config.yaml")) {
+            earlier = RunConfig.parse(new String(in.readAllBytes(), StandardCharsets.UTF_8), storage.describe("config.yaml"));
+        }
+        Map<String, Object> was = earlier.model().toMap();
+        Map<String, Object> now = config.model().toMap();
+        if (!was.equals(now)) {
+            List<String> differ = new ArrayList<>();
+            Set<String> keys = new TreeSet<>(was.keySet());
+            keys.addAll(now.keySet());
+            for (String k : keys) {
+                if (!Objects.equals(was.get(k), now.get(k))) {
+                    differ.add(k + ": " + was.get(k) + " -> " + now.get(k));
+                }
+            }
+            throw new IllegalArgumentException(storage.describe("config.yaml") + " holds checkpoints of another model ("
+                    + String.join("; ", differ) + "); train into a new run directory to start over, or resume with the same model");
+        }
+    }
+
     private static long positive(SparkSession spark, String key, long dflt) {
         String v = spark.conf().get(key, String.valueOf(dflt));
         try {

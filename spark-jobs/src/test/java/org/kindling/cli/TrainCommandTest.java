@@ -36,6 +36,12 @@ class TrainCommandTest {
         List<String> metrics = Files.readAllLines(run.resolve("metrics.jsonl"));
         assertEquals(8, metrics.size(), "6 steps, then 2 more after resuming from step-6");
         assertTrue(metrics.get(7).startsWith("{\"step\":8,"), metrics.get(7));
+        CliRun otherModel = CliRun.of("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--master",
+                "local[2]", "--set", "max_steps=10", "--set", "warmup_steps=2", "--set", "batch_tokens=512", "--set", "d_model=32");
+        assertEquals(2, otherModel.code(), otherModel.err());
+        assertTrue(otherModel.err().contains("holds checkpoints of another model (d_model: 64 -> 32)"), otherModel.err());
+        assertEquals(8, Files.readAllLines(run.resolve("metrics.jsonl")).size(), "nothing trained");
+        assertTrue(Files.readString(run.resolve("config.yaml")).contains("d_model: 64"), "the run's config is kept");
         CliRun gen = CliRun.of("generate", "--run", run.toString(), "--prompt", "the cat", "--max-new-tokens", "5", "--temperature", "0");
         assertEquals(0, gen.code(), gen.err());
         assertTrue(!gen.out().isBlank());
