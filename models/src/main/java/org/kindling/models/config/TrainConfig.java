@@ -17,10 +17,15 @@ import java.util.Map;
  * @param logInterval steps between progress lines
  * @param checkpointInterval steps between checkpoints (0 = only at the end)
  * @param keepCheckpoints checkpoints kept on disk, newest first
+ * @param evalInterval steps between evaluations on the run's eval data, if it has any (0 = off); the last step is
+ *     evaluated too
+ * @param evalBatches batches each worker evaluates per evaluation (fewer where its slice of the eval data ends first)
  */
 public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay,
                           double beta1, double beta2, double eps, double gradClip, int gradAccum, int batchTokens,
-                          int logInterval, int checkpointInterval, int keepCheckpoints) {
+                          int logInterval, int checkpointInterval, int keepCheckpoints, int evalInterval, int evalBatches) {
+    /** Batches per worker per evaluation unless eval_batches says otherwise. */
+    public static final int DEFAULT_EVAL_BATCHES = 4;
 
     public TrainConfig {
         if (!(lr > 0) || !(minLr >= 0) || minLr > lr) {
@@ -40,6 +45,31 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
             throw new IllegalArgumentException("need grad_accum, batch_tokens, log_interval, keep_checkpoints >= 1 and "
                     + "checkpoint_interval >= 0");
         }
+        if (evalInterval < 0) {
+            throw new IllegalArgumentException("eval_interval must be >= 0 (0 = off), got " + evalInterval);
+        }
+        if (evalBatches < 1) {
+            throw new IllegalArgumentException("eval_batches must be >= 1, got " + evalBatches);
+        }
+    }
+
+    /** Evaluating every log_interval steps (when there is eval data), {@link #DEFAULT_EVAL_BATCHES} batches per worker. */
+    public TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay, double beta1,
+                       double beta2, double eps, double gradClip, int gradAccum, int batchTokens, int logInterval,
+                       int checkpointInterval, int keepCheckpoints) {
+        this(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum, batchTokens, logInterval,
+                checkpointInterval, keepCheckpoints, logInterval, DEFAULT_EVAL_BATCHES);
+    }
+
+    /** The same settings with eval_interval and eval_batches replaced. */
+    public TrainConfig withEval(int interval, int batches) {
+        return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, interval, batches);
+    }
+
+    /** Whether step {@code step} (1-based) is evaluated when there is eval data: every eval_interval steps and the last. */
+    public boolean evaluatesAt(int step) {
+        return evalInterval > 0 && (step % evalInterval == 0 || step == maxSteps);
     }
 
     /** Defaults for everything but the step budget. */
@@ -77,9 +107,17 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
         int logInterval = r.integer("log_interval", d.logInterval());
         int ckpt = r.integer("checkpoint_interval", d.checkpointInterval());
         int keep = r.integer("keep_checkpoints", d.keepCheckpoints());
+        int evalInterval = r.integer("eval_interval", logInterval);
+        int evalBatches = r.integer("eval_batches", DEFAULT_EVAL_BATCHES);
+        if (evalInterval < 0) {
+            throw r.error("eval_interval", "must be >= 0 (0 = off), got " + evalInterval);
+        }
+        if (evalBatches < 1) {
+            throw r.error("eval_batches", "must be >= 1, got " + evalBatches);
+        }
         try {
             return new TrainConfig(seed, lr, minLr, warmup, maxSteps, wd, b1, b2, eps, clip, accum, batchTokens, logInterval,
-                    ckpt, keep);
+                    ckpt, keep, evalInterval, evalBatches);
         } catch (IllegalArgumentException e) {
             throw r.invalid(e);
         }
@@ -102,6 +140,8 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
         m.put("log_interval", logInterval);
         m.put("checkpoint_interval", checkpointInterval);
         m.put("keep_checkpoints", keepCheckpoints);
+        m.put("eval_interval", evalInterval);
+        m.put("eval_batches", evalBatches);
         return m;
     }
 }
