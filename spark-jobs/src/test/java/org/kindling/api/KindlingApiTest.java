@@ -28,6 +28,7 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import org.kindling.models.train.StepResult;
 import org.kindling.train.TrainingFailedException;
 import org.kindling.train.TrainingInterruptedException;
 
@@ -138,6 +139,30 @@ class KindlingApiTest {
         assertEquals("evalData", e.option());
         assertTrue(e.getMessage().contains("has no manifest.json"), e.getMessage());
         assertEquals(3, spark.range(3).count());
+    }
+
+    @Test
+    void evaluatingAMixtureOfExpertsWithDropoutChangesNoStepOrLayerMetric() throws Exception {
+        // Router jitter and dropout draw from the step's seeds, and the routing counts cross the ring: an eval forward
+        // between steps must leave all three alone, on 2 workers.
+        List<StepResult> plain = moe("moe-plain").run().trainedSteps();
+        List<StepResult> evaluated = moe("moe-eval").evalData(data).set("eval_interval", 1).run().trainedSteps();
+        assertEquals(3, evaluated.size());
+        for (int s = 0; s < 3; s++) {
+            StepResult p = plain.get(s);
+            StepResult e = evaluated.get(s);
+            assertEquals(p.loss(), e.loss(), 0.0, "loss at step " + (s + 1));
+            assertEquals(p.gradNorm(), e.gradNorm(), 0.0, "gradient norm at step " + (s + 1));
+            assertTrue(p.metrics().containsKey("moe_balance_loss"), p.metrics().toString());
+            Map<String, Double> layers = new java.util.TreeMap<>(e.metrics());
+            assertTrue(Double.isFinite(layers.remove(StepResult.EVAL_LOSS)), e.metrics().toString());
+            assertEquals(p.metrics(), layers, "layer metrics at step " + (s + 1));
+        }
+    }
+
+    private static TrainBuilder moe(String run) {
+        return tiny(run, 3).workers(2).set("channel_mixer", "moe").set("channel_mixer.experts", 4).set("channel_mixer.jitter", 0.01)
+                .set("dropout", 0.1).set("checkpoint_interval", 0);
     }
 
     @Test
