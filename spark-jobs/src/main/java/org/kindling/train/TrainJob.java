@@ -98,7 +98,8 @@ public final class TrainJob {
      * is null when the run does not evaluate.
      */
     record Plan(String run, String data, String evalData, String configYaml, int threads, TaskDevice device, int world,
-                String coordinatorHost, int coordinatorPort, RunSecret secret, long rendezvousTimeoutS, long collectiveTimeoutS, long bucketBytes, Fault fault)
+                String coordinatorHost, int coordinatorPort, RunSecret secret, long rendezvousTimeoutS, long collectiveTimeoutS,
+                long bucketBytes, Fault fault)
             implements Serializable {
     }
 
