@@ -2,10 +2,9 @@ package org.kindling.api;
 
 import java.io.IOException;
 import org.apache.hadoop.conf.Configuration;
-import org.kindling.data.DatasetReader;
 import org.kindling.models.Gpt;
-import org.kindling.models.data.TokenBatch;
 import org.kindling.ops.Device;
+import org.kindling.train.EvalPass;
 import org.kindling.train.RunDir;
 
 /**
@@ -82,23 +81,13 @@ public final class EvalBuilder {
         RunDir dir = new RunDir(run, conf);
         String ckpt = dir.checkpoint(step);
         String runTokenizer = dir.tokenizer().sha256();
-        double loss = 0;
-        long predicted = 0;
-        int read = 0;
+        EvalPass.Sums sums;
         try (Device dev = Devices.open(device); Gpt model = dir.model(ckpt, dev);
-             DatasetReader reader = new DatasetReader(data, conf, 0, 0, 1, batchTokens)) {
-            if (!reader.info().tokenizerSha256().equals(runTokenizer)) {
-                throw new IllegalArgumentException(data + " was tokenized with another tokenizer than the run's " + run + "/"
-                        + RunDir.TOKENIZER);
-            }
-            do {
-                DatasetReader.Batch b = reader.next();
-                loss += model.forward(new TokenBatch(b.tokens(), b.cuSeqlens()), 0f);
-                predicted += model.predicted();
-                read++;
-            } while (!reader.atEpochEnd() && (batches == null || read < batches));
+             EvalPass pass = new EvalPass(data, conf, 0, 1, batchTokens, batches == null ? Integer.MAX_VALUE : batches)) {
+            pass.checkTokenizer(runTokenizer, data, run + "/" + RunDir.TOKENIZER);
+            sums = pass.run(model);
         }
-        double mean = loss / Math.max(1, predicted);
-        return new EvalResult(mean, Math.exp(mean), predicted, read, ckpt);
+        double mean = sums.mean();
+        return new EvalResult(mean, Math.exp(mean), sums.predicted(), sums.batches(), ckpt);
     }
 }

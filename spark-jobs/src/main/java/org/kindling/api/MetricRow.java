@@ -5,6 +5,7 @@ import com.fasterxml.jackson.databind.ObjectMapper;
 import java.util.Iterator;
 import java.util.Map;
 import java.util.TreeMap;
+import org.kindling.models.train.StepResult;
 
 /**
  * One logged training step, as a line of the run's {@code metrics.jsonl}.
@@ -14,11 +15,14 @@ import java.util.TreeMap;
  * @param lr learning rate
  * @param gradNorm gradient norm before clipping
  * @param tokensPerSecond training throughput
+ * @param evalLoss mean loss over the eval data after this step ({@code eval_loss}); NaN at steps that were not evaluated
  * @param layerMetrics the layers' named metrics (e.g. {@code moe_balance_loss}); NaN where the file has null
  */
-public record MetricRow(int step, double loss, double lr, double gradNorm, double tokensPerSecond, Map<String, Double> layerMetrics) {
+public record MetricRow(int step, double loss, double lr, double gradNorm, double tokensPerSecond, double evalLoss,
+                        Map<String, Double> layerMetrics) {
     private static final ObjectMapper JSON = new ObjectMapper();
-    private static final java.util.Set<String> FIXED = java.util.Set.of("step", "loss", "lr", "grad_norm", "tokens_per_s");
+    private static final java.util.Set<String> FIXED = java.util.Set.of("step", "loss", "lr", "grad_norm", "tokens_per_s",
+            StepResult.EVAL_LOSS);
 
     public MetricRow {
         layerMetrics = java.util.Collections.unmodifiableMap(new TreeMap<>(layerMetrics));
@@ -43,7 +47,7 @@ public record MetricRow(int step, double loss, double lr, double gradNorm, doubl
             }
         }
         return new MetricRow(n.get("step").asInt(), number(n.get("loss")), number(n.get("lr")), number(n.get("grad_norm")),
-                number(n.get("tokens_per_s")), layers);
+                number(n.get("tokens_per_s")), number(n.get(StepResult.EVAL_LOSS)), layers);
     }
 
     private static double number(JsonNode v) {

@@ -37,6 +37,7 @@ public final class TrainBuilder {
     private final SparkSession spark;
     private String config;
     private String data;
+    private String evalData;
     private String runDir;
     private int workers = 1;
     private String device = "cpu";
@@ -64,6 +65,23 @@ public final class TrainBuilder {
     /** The prepared dataset's directory (any Hadoop path). */
     public TrainBuilder data(String path) {
         this.data = path;
+        return this;
+    }
+
+    /**
+     * Data to evaluate on during training (default: none, and no evaluation): after every
+     * {@code eval_interval} steps (default: the log interval; 0 = off) and the last, each worker
+     * computes the loss over the first {@code eval_batches} batches (default 4) of its slice, and
+     * the step's {@code eval_loss} metric is the mean over all workers' tokens. It must use the run's tokenizer.
+     */
+    public TrainBuilder evalData(PreparedData data) {
+        this.evalData = data.path();
+        return this;
+    }
+
+    /** The eval dataset's directory (any Hadoop path). */
+    public TrainBuilder evalData(String path) {
+        this.evalData = path;
         return this;
     }
 
@@ -131,6 +149,9 @@ public final class TrainBuilder {
         require("preset", config);
         require("data", data);
         require("runDir", runDir);
+        if (evalData != null && evalData.isBlank()) {
+            throw new InvalidOptionException("evalData", "must name a prepared dataset, got a blank path");
+        }
         if (workers < 1) {
             throw new InvalidOptionException("workers", "--workers must be at least 1, got " + workers);
         }
@@ -176,7 +197,7 @@ public final class TrainBuilder {
         out.accept(String.format("model: %,d parameters, %,d active per token", counts.total(), counts.active()));
         List<StepResult> steps;
         try {
-            steps = TrainJob.run(spark, runDir, data, cfg, workers, taskDevice, out);
+            steps = TrainJob.run(spark, runDir, data, evalData, cfg, workers, taskDevice, out);
         } catch (InvalidOptionException e) {
             throw e;
         } catch (IllegalArgumentException e) {

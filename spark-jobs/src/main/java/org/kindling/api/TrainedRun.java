@@ -51,26 +51,34 @@ public record TrainedRun(String runDir, int finalStep, String latestCheckpoint, 
     }
 
     /**
-     * The metrics as a Spark DataFrame: {@code step, loss, lr, grad_norm, tokens_per_s}, then one
-     * column per layer metric (sorted by name; null in rows that lack it).
+     * The metrics as a Spark DataFrame: {@code step, loss, lr, grad_norm, tokens_per_s}, then
+     * {@code eval_loss} when the run evaluated (null at the steps it did not), then one column per
+     * layer metric (sorted by name; null in rows that lack it).
      */
     public Dataset<Row> metricsFrame(SparkSession spark) {
         TreeSet<String> names = new TreeSet<>();
         metrics.forEach(m -> names.addAll(m.layerMetrics().keySet()));
+        boolean evaluated = metrics.stream().anyMatch(m -> !Double.isNaN(m.evalLoss()));
         StructType schema = new StructType().add("step", DataTypes.IntegerType, false).add("loss", DataTypes.DoubleType)
                 .add("lr", DataTypes.DoubleType).add("grad_norm", DataTypes.DoubleType).add("tokens_per_s", DataTypes.DoubleType);
+        if (evaluated) {
+            schema = schema.add(StepResult.EVAL_LOSS, DataTypes.DoubleType);
+        }
         for (String name : names) {
             schema = schema.add(name, DataTypes.DoubleType);
         }
         List<Row> rows = new ArrayList<>(metrics.size());
         for (MetricRow m : metrics) {
-            Object[] v = new Object[5 + names.size()];
+            Object[] v = new Object[schema.size()];
             v[0] = m.step();
             v[1] = m.loss();
             v[2] = m.lr();
             v[3] = m.gradNorm();
             v[4] = m.tokensPerSecond();
             int i = 5;
+            if (evaluated) {
+                v[i++] = Double.isNaN(m.evalLoss()) ? null : m.evalLoss();
+            }
             for (String name : names) {
                 Map<String, Double> layer = m.layerMetrics();
                 v[i++] = layer.get(name);

@@ -28,6 +28,11 @@ final class TrainCommand implements Callable<Integer> {
     @Option(names = "--data", required = true, description = "a prepared dataset")
     String data;
 
+    @Option(names = "--eval-data", description = {"a prepared dataset with the run's tokenizer to evaluate on during training:",
+        "eval_loss after every eval_interval steps (default: log_interval; 0 = off) and the last, over each worker's first",
+        "eval_batches batches (default 4) of its slice"})
+    String evalData;
+
     @Option(names = "--run", required = true, description = "the run directory")
     String run;
 
@@ -91,6 +96,9 @@ final class TrainCommand implements Callable<Integer> {
     private TrainBuilder builder(SparkSession spark) {
         TrainBuilder b = KindlingApi.train(spark).preset(config).data(data).runDir(run).workers(workers).device(device.spec)
                 .cpuFallback(cpuFallback).progress(spec.commandLine().getErr());
+        if (evalData != null) {
+            b.evalData(evalData);
+        }
         overrides.forEach(b::set);
         return b;
     }

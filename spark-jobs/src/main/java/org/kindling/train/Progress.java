@@ -17,7 +17,8 @@ import org.kindling.models.train.StepResult;
 
 /**
  * The driver's view of a run: rank 0's step results as they arrive. Every {@code log_interval}
- * steps it prints a progress line (step, loss, tokens/s, ETA, then the layers' named metrics) and
+ * steps, and after each evaluation, it prints a progress line (step, loss, tokens/s, ETA, then the named metrics:
+ * the layers' and {@code eval_loss}) and
  * brings {@code metrics.jsonl} up to date (the same metrics as extra fields): the lines of earlier runs before this one's first step, then this run's. The file is
  * written whole once, then appended to, so a run writes each line about once. A retried stage
  * re-sends the steps after its checkpoint; they replace the ones the failed attempt sent, and when
@@ -73,7 +74,8 @@ final class Progress implements Consumer<StepResult> {
         steps.tailMap(r.step(), true).clear();
         steps.put(r.step(), r);
         events.accept(r);
-        if (r.step() % cfg.logInterval() == 0 || r.step() == cfg.maxSteps()) {
+        // An evaluated step shows its eval loss even off the log interval.
+        if (r.step() % cfg.logInterval() == 0 || r.step() == cfg.maxSteps() || r.metrics().containsKey(StepResult.EVAL_LOSS)) {
             lines.accept(line(r));
             flush();
         }

@@ -9,6 +9,7 @@ import java.net.InetAddress;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -98,10 +99,12 @@ public final class TrainJob {
 
     /**
      * What the driver hands each task: plain values, nothing a host deserializes as code. The
-     * secret's {@code toString} is redacted, so printing a plan does not print it.
+     * secret's {@code toString} is redacted, so printing a plan does not print it. {@code evalData}
+     * is null when the run does not evaluate.
      */
-    record Plan(String run, String data, String configYaml, int threads, TaskDevice device, int world, String coordinatorHost,
-                int coordinatorPort, RunSecret secret, long rendezvousTimeoutS, long collectiveTimeoutS, long bucketBytes, Fault fault)
+    record Plan(String run, String data, String evalData, String configYaml, int threads, TaskDevice device, int world,
+                String coordinatorHost, int coordinatorPort, RunSecret secret, long rendezvousTimeoutS, long collectiveTimeoutS,
+                long bucketBytes, Fault fault)
             implements Serializable {
     }
 
@@ -131,16 +134,37 @@ public final class TrainJob {
      */
     public static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config, int workers, TaskDevice device,
                                        Consumer<String> progressLines) throws IOException {
-        return run(spark, run, data, config, workers, device, Fault.NONE, progressLines);
+        return run(spark, run, data, null, config, workers, device, Fault.NONE, progressLines);
+    }
+
+    /**
+     * As {@link #run(SparkSession, String, String, RunConfig, int, TaskDevice, Consumer)}, evaluating on
+     * {@code evalData} (a prepared dataset with the run's tokenizer; null: none) after every
+     * eval_interval-th step and the last: each worker's loss over the first eval_batches batches of its
+     * slice, summed over the workers into the step's {@value StepResult#EVAL_LOSS} metric.
+     */
+    public static List<StepResult> run(SparkSession spark, String run, String data, String evalData, RunConfig config, int workers,
+                                       TaskDevice device, Consumer<String> progressLines) throws IOException {
+        return run(spark, run, data, evalData, config, workers, device, Fault.NONE, progressLines);
     }
 
     static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config, int workers, TaskDevice device,
                                 Fault fault) throws IOException {
-        return run(spark, run, data, config, workers, device, fault, line -> LOG.log(System.Logger.Level.INFO, line));
+        return run(spark, run, data, null, config, workers, device, fault, line -> LOG.log(System.Logger.Level.INFO, line));
     }
 
     static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config, int workers, TaskDevice device,
                                 Fault fault, Consumer<String> progressLines) throws IOException {
+        return run(spark, run, data, null, config, workers, device, fault, progressLines);
+    }
+
+    static List<StepResult> run(SparkSession spark, String run, String data, String evalData, RunConfig config, int workers,
+                                Fault fault) throws IOException {
+        return run(spark, run, data, evalData, config, workers, TaskDevice.CPU, fault, line -> LOG.log(System.Logger.Level.INFO, line));
+    }
+
+    static List<StepResult> run(SparkSession spark, String run, String data, String evalData, RunConfig config, int workers,
+                                TaskDevice device, Fault fault, Consumer<String> progressLines) throws IOException {
         JavaSparkContext sc = JavaSparkContext.fromSparkContext(spark.sparkContext());
         if (workers < 1) {
             throw new IllegalArgumentException("--workers must be at least 1, got " + workers);
@@ -159,16 +183,18 @@ public final class TrainJob {
         if (!dataset.exists("manifest.json")) {
             throw new IllegalArgumentException(data + " is not a complete dataset: it has no manifest.json");
         }
-        if (!storage.exists(RunDir.TOKENIZER)) {
+        Checkpoints checkpoints = new Checkpoints(storage);
+        // A LATEST naming no complete checkpoint fails every attempt alike: say so before any task starts.
+        boolean resumes = checkpoints.latest().isPresent();
+        if (resumes) {
+            requireSameModel(storage, config);
+            requireSameTokenizer(storage, dataset, data);
+        } else {
             try (InputStream in = dataset.open(RunDir.TOKENIZER); OutputStream out = storage.create(RunDir.TOKENIZER)) {
                 in.transferTo(out);
             }
         }
-        Checkpoints checkpoints = new Checkpoints(storage);
-        // A LATEST naming no complete checkpoint fails every attempt alike: say so before any task starts.
-        if (checkpoints.latest().isPresent()) {
-            requireSameModel(storage, config);
-        }
+        String eval = evalData == null ? null : checkEvalData(evalData, new RunDir(run, conf), conf, config, workers);
         String yaml = config.toYaml();
         try (OutputStream out = storage.create("config.yaml")) {
             out.write(yaml.getBytes(StandardCharsets.UTF_8));
@@ -185,7 +211,7 @@ public final class TrainJob {
         String group = "kindling-train-" + UUID.randomUUID();
         try (Coordinator coordinator = new Coordinator(host, workers, secret, Duration.ofSeconds(rendezvousS), checkpoints::latest,
                 progress)) {
-            Plan plan = new Plan(storage.root(), dataset.root(), yaml, threads, device, workers, host, coordinator.port(), secret,
+            Plan plan = new Plan(storage.root(), dataset.root(), eval, yaml, threads, device, workers, host, coordinator.port(), secret,
                     rendezvousS, collectiveS, bucketBytes, fault);
             // Interrupt-on-cancel: when one task dies, Spark stops its peers at once instead of at their next barrier().
             sc.setJobGroup(group, "kindling train " + run, true);
@@ -304,7 +330,26 @@ public final class TrainJob {
         }
     }
 
-    /** A Kindling setting from the session's conf (so a notebook can change it between runs with spark.conf().set). */
+    /**
+     * Opens {@code evalData} as worker 0 of {@code workers} would, so that what would fail every task
+     * fails here first, and checks that it carries the run's tokenizer (as {@code kindling eval} does);
+     * returns its qualified path. Errors name {@code --eval-data}.
+     */
+    private static String checkEvalData(String evalData, RunDir run, Configuration conf, RunConfig config, int workers)
+            throws IOException {
+        String root = new HadoopRunStorage(evalData, conf).root();
+        String runTokenizer = run.tokenizer().sha256();
+        try (EvalPass pass = new EvalPass(root, conf, 0, workers, config.train().batchTokens(), config.train().evalBatches())) {
+            pass.checkTokenizer(runTokenizer, "--eval-data " + evalData, run.describe(RunDir.TOKENIZER));
+        } catch (IllegalArgumentException e) {
+            if (e.getMessage() != null && e.getMessage().startsWith("--eval-data")) {
+                throw e;
+            }
+            throw new IllegalArgumentException("--eval-data " + evalData + ": " + e.getMessage(), e);
+        }
+        return root;
+    }
+
     /**
      * A run resumes from its checkpoints only with the model they hold: any other model would fail
      * every task attempt alike on the first tensor whose shape differs, so say which keys differ now.
@@ -333,6 +378,24 @@ public final class TrainJob {
         }
     }
 
+    /** Checkpoints trained on one tokenizer's ids mean nothing under another's: resuming needs the dataset's tokenizer to be the run's. */
+    private static void requireSameTokenizer(HadoopRunStorage storage, HadoopRunStorage dataset, String data) throws IOException {
+        if (!storage.exists(RunDir.TOKENIZER)) {
+            throw new IllegalArgumentException(storage.describe(RunDir.TOKENIZER) + " is missing, but the run has checkpoints");
+        }
+        byte[] ours;
+        byte[] theirs;
+        try (InputStream a = storage.open(RunDir.TOKENIZER); InputStream b = dataset.open(RunDir.TOKENIZER)) {
+            ours = a.readAllBytes();
+            theirs = b.readAllBytes();
+        }
+        if (!Arrays.equals(ours, theirs)) {
+            throw new IllegalArgumentException(data + " was tokenized with another tokenizer than the run's "
+                    + storage.describe(RunDir.TOKENIZER) + ", whose checkpoints it would resume; train into a new run directory");
+        }
+    }
+
+    /** A Kindling setting from the session's conf (so a notebook can change it between runs with spark.conf().set). */
     private static long positive(SparkSession spark, String key, long dflt) {
         String v = spark.conf().get(key, String.valueOf(dflt));
         try {
@@ -394,10 +457,13 @@ public final class TrainJob {
                      Device dev = Device.open(deviceSpec); Gpt model = new Gpt(cfg.model(), dev, cfg.train().seed());
                      Trainer trainer = new Trainer(model, cfg.train(), plan.world() == 1 ? GradientSync.SINGLE : ringSync);
                      DatasetSource source = new DatasetSource(new DatasetReader(plan.data(), conf, cfg.train().seed(), rank,
-                             plan.world(), cfg.train().batchTokens()))) {
+                             plan.world(), cfg.train().batchTokens()));
+                     EvalPass eval = plan.evalData() == null || cfg.train().evalInterval() == 0 ? null
+                             : new EvalPass(plan.evalData(), conf, rank, plan.world(), cfg.train().batchTokens(),
+                                     cfg.train().evalBatches())) {
                     try {
                         TrainLoop.run(trainer, source, new Checkpoints(new HadoopRunStorage(plan.run(), conf)), rv.resume(), cfg,
-                                r -> afterStep(ctx, r, rank, attempt, coordinator));
+                                r -> afterStep(ctx, evaluated(r, eval, trainer), rank, attempt, coordinator));
                         outcome = new Outcome(checksum(model.params().values().toFloatArray()), null);
                         if (plan.world() > 1) {
                             LOG.log(System.Logger.Level.INFO, String.format(java.util.Locale.ROOT, "rank %d: gradient all-reduce "
@@ -457,6 +523,26 @@ public final class TrainJob {
                 Thread.currentThread().interrupt();
                 throw new IllegalStateException("injected test delay interrupted", e);
             }
+        }
+
+        /**
+         * The step with its eval loss when it is one to evaluate after: every rank's summed loss and
+         * predicted tokens, summed over the ranks in one small all-reduce (every rank calls it after the
+         * same steps), give the mean over all their tokens.
+         */
+        private static StepResult evaluated(StepResult r, EvalPass eval, Trainer trainer) {
+            if (eval == null || !trainer.config().evaluatesAt(r.step())) {
+                return r;
+            }
+            EvalPass.Sums own;
+            try {
+                own = eval.run(trainer.model());
+            } catch (IOException e) {
+                throw new UncheckedIOException("cannot read the eval data: " + e.getMessage(), e);
+            }
+            double[] sums = {own.loss(), own.predicted()};
+            trainer.sync().allReduceSum(sums);
+            return r.withMetric(StepResult.EVAL_LOSS, sums[0] / Math.max(1, sums[1]));
         }
 
         /** Rank 0 reports each step to the driver; a cancelled task stops and the test-only fault strikes here. */

@@ -13,6 +13,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import java.util.concurrent.atomic.AtomicReference;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
@@ -27,6 +28,7 @@ import org.junit.jupiter.api.AfterAll;
 import org.junit.jupiter.api.BeforeAll;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
+import org.kindling.models.train.StepResult;
 import org.kindling.train.TrainingFailedException;
 import org.kindling.train.TrainingInterruptedException;
 
@@ -71,16 +73,26 @@ class KindlingApiTest {
         assertTrue(data.tokens() > 60 && data.vocabSize() <= 300 && !data.shards().isEmpty(), data.toString());
 
         ByteArrayOutputStream progress = new ByteArrayOutputStream();
-        TrainedRun run = tiny("run", 4).progress(new PrintStream(progress, true, StandardCharsets.UTF_8)).run();
+        TrainedRun run = tiny("run", 4).evalData(data).set("eval_interval", 3)
+                .progress(new PrintStream(progress, true, StandardCharsets.UTF_8)).run();
         String lines = progress.toString(StandardCharsets.UTF_8);
         assertTrue(lines.contains("model: ") && lines.contains("step 2/4 | loss ") && lines.contains("step 4/4"), lines);
+        assertTrue(lines.lines().filter(l -> l.contains(" | eval_loss ")).count() == 2 && lines.contains("step 3/4 | loss "), lines);
         assertEquals(4, run.finalStep());
         assertEquals("step-4", run.latestCheckpoint());
         assertEquals(List.of(1, 2, 3, 4), run.metrics().stream().map(MetricRow::step).toList());
         assertEquals(4, run.trainedSteps().size());
         assertEquals(run.trainedSteps().get(3).loss(), run.metrics().get(3).loss(), 1e-5);
+        // Evaluated after steps 3 and 4 (the last), on the first eval_batches (default 4) batches that kindling eval reads.
+        assertEquals(List.of(false, false, true, true), run.metrics().stream().map(m -> !Double.isNaN(m.evalLoss())).toList());
+        double evalLoss = run.trainedSteps().get(3).metrics().get("eval_loss");
+        assertEquals(evalLoss, run.metrics().get(3).evalLoss(), 1e-5);
+        assertEquals(KindlingApi.evaluate(run).data(data).batchTokens(512).batches(4).run().loss(), evalLoss, 1e-5);
+        assertEquals(Map.of(), run.metrics().get(3).layerMetrics(), "eval_loss is not a layer metric");
         Dataset<Row> frame = run.metricsFrame(spark);
-        assertEquals(List.of("step", "loss", "lr", "grad_norm", "tokens_per_s"), List.of(frame.columns()));
+        assertEquals(List.of("step", "loss", "lr", "grad_norm", "tokens_per_s", "eval_loss"), List.of(frame.columns()));
+        assertTrue(frame.orderBy("step").first().isNullAt(5), "no eval loss at step 1");
+        assertEquals(evalLoss, frame.orderBy(frame.col("step").desc()).first().getDouble(5), 1e-5);
         assertEquals(4, frame.count());
         assertEquals(run.metrics().get(0).loss(), frame.orderBy("step").first().getDouble(1), 1e-9);
         TrainedRun opened = KindlingApi.open(spark, run.runDir());
@@ -119,7 +131,38 @@ class KindlingApiTest {
         assertEquals("workers", e.option());
         e = assertThrows(InvalidOptionException.class, () -> tiny("lr", 1).set("lr", "fast").run());
         assertTrue(e.getMessage().contains("train.lr must be a number"), e.getMessage());
+        e = assertThrows(InvalidOptionException.class, () -> tiny("ei", 1).evalData(data).set("eval_interval", -1).run());
+        assertTrue(e.getMessage().contains("eval_interval must be >= 0"), e.getMessage());
+        e = assertThrows(InvalidOptionException.class, () -> tiny("eb", 1).evalData(data).set("eval_batches", 0).run());
+        assertTrue(e.getMessage().contains("eval_batches must be >= 1"), e.getMessage());
+        e = assertThrows(InvalidOptionException.class, () -> tiny("ed", 1).evalData(dir.resolve("no-eval-data").toString()).run());
+        assertEquals("evalData", e.option());
+        assertTrue(e.getMessage().contains("has no manifest.json"), e.getMessage());
         assertEquals(3, spark.range(3).count());
+    }
+
+    @Test
+    void evaluatingAMixtureOfExpertsWithDropoutChangesNoStepOrLayerMetric() throws Exception {
+        // Router jitter and dropout draw from the step's seeds, and the routing counts cross the ring: an eval forward
+        // between steps must leave all three alone, on 2 workers.
+        List<StepResult> plain = moe("moe-plain").run().trainedSteps();
+        List<StepResult> evaluated = moe("moe-eval").evalData(data).set("eval_interval", 1).run().trainedSteps();
+        assertEquals(3, evaluated.size());
+        for (int s = 0; s < 3; s++) {
+            StepResult p = plain.get(s);
+            StepResult e = evaluated.get(s);
+            assertEquals(p.loss(), e.loss(), 0.0, "loss at step " + (s + 1));
+            assertEquals(p.gradNorm(), e.gradNorm(), 0.0, "gradient norm at step " + (s + 1));
+            assertTrue(p.metrics().containsKey("moe_balance_loss"), p.metrics().toString());
+            Map<String, Double> layers = new java.util.TreeMap<>(e.metrics());
+            assertTrue(Double.isFinite(layers.remove(StepResult.EVAL_LOSS)), e.metrics().toString());
+            assertEquals(p.metrics(), layers, "layer metrics at step " + (s + 1));
+        }
+    }
+
+    private static TrainBuilder moe(String run) {
+        return tiny(run, 3).workers(2).set("channel_mixer", "moe").set("channel_mixer.experts", 4).set("channel_mixer.jitter", 0.01)
+                .set("dropout", 0.1).set("checkpoint_interval", 0);
     }
 
     @Test

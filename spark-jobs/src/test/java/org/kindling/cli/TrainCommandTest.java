@@ -30,18 +30,35 @@ class TrainCommandTest {
         assertTrue(Files.exists(run.resolve("checkpoints/step-3")) && Files.exists(run.resolve("checkpoints/step-6")));
         int vocab = org.kindling.data.BpeTokenizer.fromJson(Files.readString(data.resolve("tokenizer.json")), "t").vocabSize();
         assertTrue(Files.readString(run.resolve("config.yaml")).contains("vocab: " + vocab + "\n"), "the vocabulary follows the dataset");
+        // The resumed run evaluates on the training data itself (it has the run's tokenizer) after step 8, its last.
         CliRun more = CliRun.of("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--master", "local[2]",
-                "--set", "max_steps=8", "--set", "checkpoint_interval=3", "--set", "batch_tokens=512", "--set", "warmup_steps=2");
+                "--set", "max_steps=8", "--set", "checkpoint_interval=3", "--set", "batch_tokens=512", "--set", "warmup_steps=2",
+                "--eval-data", data.toString(), "--set", "eval_interval=5");
         assertEquals(0, more.code(), more.err());
         List<String> metrics = Files.readAllLines(run.resolve("metrics.jsonl"));
         assertEquals(8, metrics.size(), "6 steps, then 2 more after resuming from step-6");
-        assertTrue(metrics.get(7).startsWith("{\"step\":8,"), metrics.get(7));
+        assertTrue(metrics.get(7).startsWith("{\"step\":8,") && metrics.get(7).contains(",\"eval_loss\":"), metrics.get(7));
+        assertTrue(!metrics.get(6).contains("eval_loss"), metrics.get(6));
+        assertTrue(more.err().contains("step 8/8 | loss ") && more.err().lines().anyMatch(l -> l.startsWith("trained ")
+                && l.contains(" | eval_loss ")), more.err());
+        CliRun badEval = CliRun.of("train", "--config", "tiny", "--data", data.toString(), "--run", dir.resolve("run4").toString(),
+                "--master", "local[2]", "--eval-data", dir.resolve("no-such-data").toString());
+        assertEquals(2, badEval.code());
+        assertTrue(badEval.err().contains("--eval-data " + dir.resolve("no-such-data") + ": "), badEval.err());
         CliRun otherModel = CliRun.of("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--master",
                 "local[2]", "--set", "max_steps=10", "--set", "warmup_steps=2", "--set", "batch_tokens=512", "--set", "d_model=32");
         assertEquals(2, otherModel.code(), otherModel.err());
         assertTrue(otherModel.err().contains("holds checkpoints of another model (d_model: 64 -> 32)"), otherModel.err());
         assertEquals(8, Files.readAllLines(run.resolve("metrics.jsonl")).size(), "nothing trained");
         assertTrue(Files.readString(run.resolve("config.yaml")).contains("d_model: 64"), "the run's config is kept");
+        Path otherData = dir.resolve("data-vocab-280");
+        assertEquals(0, CliRun.of("prepare", "--input", corpus.toString(), "--output", otherData.toString(), "--line-docs",
+                "--vocab-size", "280", "--max-len", "128", "--master", "local[2]").code());
+        CliRun otherTokenizer = CliRun.of("train", "--config", "tiny", "--data", otherData.toString(), "--run", run.toString(),
+                "--master", "local[2]", "--set", "max_steps=10", "--set", "warmup_steps=2", "--set", "batch_tokens=512");
+        assertEquals(2, otherTokenizer.code(), otherTokenizer.err());
+        assertTrue(otherTokenizer.err().contains(otherData + " was tokenized with another tokenizer than the run's"),
+                otherTokenizer.err());
         CliRun gen = CliRun.of("generate", "--run", run.toString(), "--prompt", "the cat", "--max-new-tokens", "5", "--temperature", "0");
         assertEquals(0, gen.code(), gen.err());
         assertTrue(!gen.out().isBlank());

@@ -13,6 +13,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.List;
+import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
@@ -30,6 +31,10 @@ import org.junit.jupiter.api.io.TempDir;
 import org.kindling.collective.LogCapture;
 import org.kindling.collective.RunSecret;
 import org.kindling.collective.Strangers;
+import org.kindling.api.EvalResult;
+import org.kindling.api.KindlingApi;
+import org.kindling.data.BpeTokenizer;
+import org.kindling.data.BpeTrainer;
 import org.kindling.data.Shard;
 import org.kindling.data.ShardWriter;
 import org.kindling.models.config.ModelConfig;
@@ -47,6 +52,10 @@ class DistributedTrainTest {
     @TempDir
     static Path dir;
     static Path data;
+    /** Other documents with the same tokenizer, to evaluate on. */
+    static Path evalData;
+    /** A real tokenizer, so that a run's tokenizer.json can be checked against its datasets' (the ids stay below 64). */
+    static final BpeTokenizer TOKENIZER = BpeTrainer.train(Map.of(), 257, List.of(BpeTokenizer.END_OF_TEXT));
 
     @BeforeAll
     static void start() throws IOException {
@@ -60,6 +69,8 @@ class DistributedTrainTest {
                 .getOrCreate();
         data = dir.resolve("data");
         writeDataset(data, 16);
+        evalData = dir.resolve("eval-data");
+        writeDataset(evalData, 4, 11, TOKENIZER);
     }
 
     @AfterAll
@@ -73,9 +84,14 @@ class DistributedTrainTest {
      * 1 worker reads with twice the budget.
      */
     static void writeDataset(Path out, int batches) throws IOException {
+        writeDataset(out, batches, 3, TOKENIZER);
+    }
+
+    /** As {@link #writeDataset(Path, int)}, with documents drawn from {@code seed}, made with {@code tokenizer}. */
+    static void writeDataset(Path out, int batches, long seed, BpeTokenizer tokenizer) throws IOException {
         Files.createDirectories(out);
-        SplittableRandom r = new SplittableRandom(3);
-        Shard.Info info = new Shard.Info("cd".repeat(32), 64, "{\"<|endoftext|>\":63}", 1, LEN);
+        SplittableRandom r = new SplittableRandom(seed);
+        Shard.Info info = new Shard.Info(tokenizer.sha256(), 64, "{\"<|endoftext|>\":63}", 1, LEN);
         try (RootAllocator allocator = new RootAllocator();
              ShardWriter w = new ShardWriter(Files.newOutputStream(out.resolve("shard-0.arrow")), info, allocator, DOCS_PER_BATCH)) {
             for (int d = 0; d < batches * DOCS_PER_BATCH; d++) {
@@ -88,7 +104,7 @@ class DistributedTrainTest {
             }
         }
         Files.writeString(out.resolve("manifest.json"), "{\"format_version\":1,\"shards\":[{\"path\":\"shard-0.arrow\"}]}");
-        Files.writeString(out.resolve("tokenizer.json"), "{}");
+        Files.writeString(out.resolve("tokenizer.json"), tokenizer.toJson());
     }
 
     static RunConfig config(int batchTokens) {
@@ -139,7 +155,8 @@ class DistributedTrainTest {
         // Rank 1 fails after step 3 in the first stage attempt; the retried stage resumes from step-2 and ends where `two` did.
         List<StepResult> retried;
         try (LogCapture logs = new LogCapture()) {
-            retried = TrainJob.run(spark, faulty.toString(), data.toString(), config(DOCS_PER_BATCH * LEN), 2,
+            // It evaluates after every step (eval_interval defaults to log_interval, 1 here): that must change no bit of training.
+            retried = TrainJob.run(spark, faulty.toString(), data.toString(), evalData.toString(), config(DOCS_PER_BATCH * LEN), 2,
                     new TrainJob.Fault(1, 3, false));
             List<String> resumed = logs.lines().stream().filter(l -> l.contains("resumes from")).toList();
             assertEquals(1, resumed.size(), resumed.toString());
@@ -147,11 +164,15 @@ class DistributedTrainTest {
                     + "\\([^)]+\\): IllegalStateException: injected test fault: rank 1 fails after step 3 in stage attempt 0"), resumed.get(0));
         }
         assertEquals(6, retried.get(retried.size() - 1).step());
-        assertArrayEquals(w2, weights(faulty, 6), "a retried stage must end bit-identical to an uninterrupted run");
+        assertArrayEquals(w2, weights(faulty, 6), "a retried stage with evaluations must end bit-identical to an uninterrupted "
+                + "run without");
         List<String> metrics = Files.readAllLines(faulty.resolve("metrics.jsonl"));
         assertEquals(6, metrics.size(), "steps redone after the retry replace the failed attempt's: " + metrics);
         assertEquals(Files.readAllLines(two.resolve("metrics.jsonl")).stream().map(DistributedTrainTest::lossOnly).toList(),
-                metrics.stream().map(DistributedTrainTest::lossOnly).toList());
+                metrics.stream().map(DistributedTrainTest::lossOnly).toList(), "the same training losses with and without eval");
+        assertTrue(metrics.stream().allMatch(l -> l.contains(",\"eval_loss\":")), metrics.toString());
+        assertTrue(retried.stream().allMatch(r -> r.metrics().keySet().equals(java.util.Set.of(StepResult.EVAL_LOSS))),
+                "the eval forward adds no layer metric: " + retried);
         TfEvents.assertMatchesMetrics(faulty);
 
         // Resuming with another number of workers is refused with a clear error.
@@ -159,6 +180,61 @@ class DistributedTrainTest {
                 new RunConfig(MODEL, new TrainConfig(7, 3e-3, 3e-4, 2, 8, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, 2 * DOCS_PER_BATCH * LEN, 1,
                         2, 5)), 1));
         assertTrue(rootMessage(e).contains("was written by 2 worker(s)"), rootMessage(e));
+    }
+
+    /** {@link #config} evaluating after every 4th step and the last (4 and 6), on up to {@code batches} batches per worker. */
+    static RunConfig evalConfig(int batchTokens, int batches) {
+        RunConfig c = config(batchTokens);
+        return new RunConfig(c.model(), c.train().withEval(4, batches));
+    }
+
+    @Test
+    void evalLossIsTheCheckpointsLossOnTheEvalDataWithOneOrTwoWorkers() throws IOException {
+        Path one = dir.resolve("eval-one");
+        Path two = dir.resolve("eval-two");
+        // 100 batches: each worker reads its whole slice, so both runs evaluate every eval document once.
+        List<StepResult> single = TrainJob.run(spark, one.toString(), data.toString(), evalData.toString(),
+                evalConfig(2 * DOCS_PER_BATCH * LEN, 100), 1, TrainJob.Fault.NONE);
+        List<StepResult> pair = TrainJob.run(spark, two.toString(), data.toString(), evalData.toString(),
+                evalConfig(DOCS_PER_BATCH * LEN, 100), 2, TrainJob.Fault.NONE);
+        for (int s = 1; s <= 6; s++) {
+            boolean evaluated = s == 4 || s == 6;
+            assertEquals(evaluated, single.get(s - 1).metrics().containsKey(StepResult.EVAL_LOSS), "step " + s + " of 1 worker");
+            assertEquals(evaluated, pair.get(s - 1).metrics().containsKey(StepResult.EVAL_LOSS), "step " + s + " of 2 workers");
+        }
+        for (int step : new int[] {4, 6}) {
+            double pairLoss = pair.get(step - 1).metrics().get(StepResult.EVAL_LOSS);
+            double singleLoss = single.get(step - 1).metrics().get(StepResult.EVAL_LOSS);
+            // The two runs' weights differ only in the order of fp32 sums (see the test above): so do their eval losses.
+            assertEquals(singleLoss, pairLoss, 1e-5, "eval loss at step " + step + ", 1 worker vs 2");
+            EvalResult ofPair = KindlingApi.evaluate(two.toString()).data(evalData.toString()).step(step)
+                    .batchTokens(DOCS_PER_BATCH * LEN).run();
+            assertEquals(4 * DOCS_PER_BATCH * (LEN - 1), ofPair.tokens(), "kindling eval predicts every eval token");
+            assertEquals(ofPair.loss(), pairLoss, 1e-5, "eval loss at step " + step + " vs kindling eval of step-" + step);
+            EvalResult ofSingle = KindlingApi.evaluate(one.toString()).data(evalData.toString()).step(step).run();
+            assertEquals(ofSingle.loss(), singleLoss, 1e-5, "1 worker's eval loss at step " + step + " vs kindling eval");
+            assertTrue(pairLoss > 0 && pairLoss < Math.log(64), "eval loss " + pairLoss);
+        }
+        List<String> lines = Files.readAllLines(two.resolve("metrics.jsonl"));
+        assertEquals(6, lines.size());
+        for (int s = 1; s <= 6; s++) {
+            assertEquals(s == 4 || s == 6, lines.get(s - 1).contains(",\"eval_loss\":"), lines.get(s - 1));
+        }
+        TfEvents.assertMatchesMetrics(two);
+    }
+
+    @Test
+    void evalDataWithAnotherTokenizerIsRefusedNamingTheOption() throws IOException {
+        Path other = dir.resolve("eval-other-tokenizer");
+        writeDataset(other, 2, 5, BpeTrainer.train(Map.of(), 258, List.of(BpeTokenizer.END_OF_TEXT, "<|pad|>")));
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> TrainJob.run(spark,
+                dir.resolve("eval-refused").toString(), data.toString(), other.toString(), config(DOCS_PER_BATCH * LEN), 2,
+                TrainJob.Fault.NONE));
+        assertTrue(e.getMessage().startsWith("--eval-data " + other + " was tokenized with another tokenizer than the run's "),
+                e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> TrainJob.run(spark, dir.resolve("eval-missing").toString(),
+                data.toString(), dir.resolve("nothing-here").toString(), config(DOCS_PER_BATCH * LEN), 2, TrainJob.Fault.NONE));
+        assertTrue(e.getMessage().startsWith("--eval-data ") && e.getMessage().contains("has no manifest.json"), e.getMessage());
     }
 
     @Test
@@ -201,8 +277,8 @@ class DistributedTrainTest {
 
     @Test
     void aPlanDoesNotPrintItsSecret() {
-        TrainJob.Plan plan = new TrainJob.Plan("run", "data", "yaml", 1, TaskDevice.CPU, 2, "127.0.0.1", 1, RunSecret.generate(), 1, 1, 1,
-                TrainJob.Fault.NONE);
+        TrainJob.Plan plan = new TrainJob.Plan("run", "data", null, "yaml", 1, TaskDevice.CPU, 2, "127.0.0.1", 1, RunSecret.generate(),
+                1, 1, 1, TrainJob.Fault.NONE);
         assertTrue(plan.toString().contains("secret=RunSecret(redacted)"), plan.toString());
         assertFalse(java.util.regex.Pattern.compile("[0-9a-fA-F]{16}").matcher(plan.toString()).find(), plan.toString());
     }

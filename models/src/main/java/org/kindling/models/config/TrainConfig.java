@@ -20,18 +20,16 @@ import org.kindling.models.nn.Precision;
  * @param keepCheckpoints checkpoints kept on disk, newest first
  * @param precision GEMM operand type: fp32, or bf16 with fp32 accumulation, master weights and
  *     optimizer state (see {@link Precision})
+ * @param evalInterval steps between evaluations on the run's eval data, if it has any (0 = off); the last step is
+ *     evaluated too
+ * @param evalBatches batches each worker evaluates per evaluation (fewer where its slice of the eval data ends first)
  */
 public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay,
                           double beta1, double beta2, double eps, double gradClip, int gradAccum, int batchTokens,
-                          int logInterval, int checkpointInterval, int keepCheckpoints, Precision precision) {
-
-    /** fp32 training: the settings before precision became selectable. */
-    public TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay, double beta1,
-                       double beta2, double eps, double gradClip, int gradAccum, int batchTokens, int logInterval,
-                       int checkpointInterval, int keepCheckpoints) {
-        this(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum, batchTokens,
-                logInterval, checkpointInterval, keepCheckpoints, Precision.FP32);
-    }
+                          int logInterval, int checkpointInterval, int keepCheckpoints, Precision precision,
+                          int evalInterval, int evalBatches) {
+    /** Batches per worker per evaluation unless eval_batches says otherwise. */
+    public static final int DEFAULT_EVAL_BATCHES = 4;
 
     public TrainConfig {
         if (precision == null) {
@@ -54,6 +52,34 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
             throw new IllegalArgumentException("need grad_accum, batch_tokens, log_interval, keep_checkpoints >= 1 and "
                     + "checkpoint_interval >= 0");
         }
+        if (evalInterval < 0) {
+            throw new IllegalArgumentException("eval_interval must be >= 0 (0 = off), got " + evalInterval);
+        }
+        if (evalBatches < 1) {
+            throw new IllegalArgumentException("eval_batches must be >= 1, got " + evalBatches);
+        }
+    }
+
+    /**
+     * fp32 training that evaluates every log_interval steps (when there is eval data), {@link #DEFAULT_EVAL_BATCHES}
+     * batches per worker: the settings before precision and evaluation became selectable.
+     */
+    public TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay, double beta1,
+                       double beta2, double eps, double gradClip, int gradAccum, int batchTokens, int logInterval,
+                       int checkpointInterval, int keepCheckpoints) {
+        this(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum, batchTokens, logInterval,
+                checkpointInterval, keepCheckpoints, Precision.FP32, logInterval, DEFAULT_EVAL_BATCHES);
+    }
+
+    /** The same settings with eval_interval and eval_batches replaced. */
+    public TrainConfig withEval(int interval, int batches) {
+        return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, interval, batches);
+    }
+
+    /** Whether step {@code step} (1-based) is evaluated when there is eval data: every eval_interval steps and the last. */
+    public boolean evaluatesAt(int step) {
+        return evalInterval > 0 && (step % evalInterval == 0 || step == maxSteps);
     }
 
     /** Defaults for everything but the step budget. */
@@ -65,7 +91,7 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
     /** These settings with {@code precision} instead. */
     public TrainConfig withPrecision(Precision precision) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
-                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision);
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches);
     }
 
     /** Learning rate of optimizer step {@code step} (0-based): linear warmup, then cosine decay to minLr. */
@@ -104,9 +130,17 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
         } catch (IllegalArgumentException e) {
             throw r.error("precision", "must be fp32 or bf16, got '" + precisionKey + "'");
         }
+        int evalInterval = r.integer("eval_interval", logInterval);
+        int evalBatches = r.integer("eval_batches", DEFAULT_EVAL_BATCHES);
+        if (evalInterval < 0) {
+            throw r.error("eval_interval", "must be >= 0 (0 = off), got " + evalInterval);
+        }
+        if (evalBatches < 1) {
+            throw r.error("eval_batches", "must be >= 1, got " + evalBatches);
+        }
         try {
             return new TrainConfig(seed, lr, minLr, warmup, maxSteps, wd, b1, b2, eps, clip, accum, batchTokens, logInterval,
-                    ckpt, keep, precision);
+                    ckpt, keep, precision, evalInterval, evalBatches);
         } catch (IllegalArgumentException e) {
             throw r.invalid(e);
         }
@@ -130,6 +164,8 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
         m.put("checkpoint_interval", checkpointInterval);
         m.put("keep_checkpoints", keepCheckpoints);
         m.put("precision", precision.key());
+        m.put("eval_interval", evalInterval);
+        m.put("eval_batches", evalBatches);
         return m;
     }
 }

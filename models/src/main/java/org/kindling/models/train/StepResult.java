@@ -26,6 +26,11 @@ import java.util.regex.Pattern;
  */
 public record StepResult(int step, double loss, double lr, double gradNorm, long tokens, double seconds,
                          SortedMap<String, Double> metrics) {
+    /**
+     * The metric of a step after which the run evaluated: the mean next-token loss over the eval
+     * data's tokens (all workers' slices together), in evaluation mode with the step's weights.
+     */
+    public static final String EVAL_LOSS = "eval_loss";
     /** The most metrics one step may carry; the coordinator's reader caps its count by it before allocating. */
     public static final int MAX_METRICS = 64;
     /** The longest metric name. */
@@ -76,6 +81,13 @@ public record StepResult(int step, double loss, double lr, double gradNorm, long
             throw new IllegalArgumentException("metric name " + name + " is taken by a field of every step ("
                     + String.join(", ", RESERVED) + ")");
         }
+    }
+
+    /** This step with metric {@code name} set to {@code value}. */
+    public StepResult withMetric(String name, double value) {
+        TreeMap<String, Double> more = new TreeMap<>(metrics);
+        more.put(name, value);
+        return new StepResult(step, loss, lr, gradNorm, tokens, seconds, more);
     }
 
     public double tokensPerSecond() {

@@ -77,6 +77,15 @@ class ModelConfigTest {
         assertEquals("m.yaml: n_layer must be an integer, got \"two\"", e.getMessage());
         e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "train:\n  lr: fast\n", "m.yaml"));
         assertEquals("m.yaml: train.lr must be a number, got \"fast\"", e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "train:\n  eval_interval: -1\n", "m.yaml"));
+        assertEquals("m.yaml: train.eval_interval must be >= 0 (0 = off), got -1", e.getMessage());
+        e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "train:\n  eval_batches: 0\n", "m.yaml"));
+        assertEquals("m.yaml: train.eval_batches must be >= 1, got 0", e.getMessage());
+        RunConfig evalDefaults = RunConfig.parse(base + "train:\n  log_interval: 7\n", "m.yaml");
+        assertEquals(7, evalDefaults.train().evalInterval(), "eval_interval defaults to log_interval");
+        assertEquals(TrainConfig.DEFAULT_EVAL_BATCHES, evalDefaults.train().evalBatches());
+        assertEquals(evalDefaults.train(), RunConfig.parse(evalDefaults.toYaml(), "again.yaml").train(),
+                "the eval keys survive a round trip");
         e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base + "train:\n  max_step: 3\n", "m.yaml"));
         assertTrue(e.getMessage().startsWith("m.yaml: unknown key train.max_step"), e.getMessage());
         e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(base.replace("vocab: 10\n", ""), "m.yaml"));
