@@ -187,8 +187,8 @@ public final class TrainJob {
         // A LATEST naming no complete checkpoint fails every attempt alike: say so before any task starts.
         boolean resumes = checkpoints.latest().isPresent();
         if (resumes) {
-            requireSameModel(storage, config);
             requireSameTokenizer(storage, dataset, data);
+            requireSameModel(storage, config);
         } else {
             try (InputStream in = dataset.open(RunDir.TOKENIZER); OutputStream out = storage.create(RunDir.TOKENIZER)) {
                 in.transferTo(out);

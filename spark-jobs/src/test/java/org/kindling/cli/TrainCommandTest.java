@@ -51,9 +51,12 @@ class TrainCommandTest {
         assertTrue(otherModel.err().contains("holds checkpoints of another model (d_model: 64 -> 32)"), otherModel.err());
         assertEquals(8, Files.readAllLines(run.resolve("metrics.jsonl")).size(), "nothing trained");
         assertTrue(Files.readString(run.resolve("config.yaml")).contains("d_model: 64"), "the run's config is kept");
-        Path otherData = dir.resolve("data-vocab-280");
-        assertEquals(0, CliRun.of("prepare", "--input", corpus.toString(), "--output", otherData.toString(), "--line-docs",
-                "--vocab-size", "280", "--max-len", "128", "--master", "local[2]").code());
+        Path otherCorpus = dir.resolve("other-corpus");
+        Files.createDirectories(otherCorpus);
+        Files.writeString(otherCorpus.resolve("b.txt"), "a quick brown fox jumps over lazy dogs.\n".repeat(40));
+        Path otherData = dir.resolve("other-data");
+        assertEquals(0, CliRun.of("prepare", "--input", otherCorpus.toString(), "--output", otherData.toString(), "--line-docs",
+                "--vocab-size", "300", "--max-len", "128", "--master", "local[2]").code());
         CliRun otherTokenizer = CliRun.of("train", "--config", "tiny", "--data", otherData.toString(), "--run", run.toString(),
                 "--master", "local[2]", "--set", "max_steps=10", "--set", "warmup_steps=2", "--set", "batch_tokens=512");
         assertEquals(2, otherTokenizer.code(), otherTokenizer.err());
