@@ -2,6 +2,7 @@ package org.kindling.models;
 
 import java.util.ArrayList;
 import java.util.List;
+import java.util.Map;
 import org.kindling.models.channel.ChannelMixer;
 import org.kindling.models.channel.ChannelSpec;
 import org.kindling.models.config.ModelConfig;
@@ -161,13 +162,22 @@ public final class Gpt implements AutoCloseable {
     }
 
     public static ParameterCounts parameterCounts(ModelConfig cfg) {
+        return counts(cfg, declarations(cfg).trainableCount());
+    }
+
+    /** The shape of every tensor a config's checkpoint holds, by name, from the declarations without allocating the weights. */
+    public static Map<String, List<Integer>> parameterShapes(ModelConfig cfg) {
+        return declarations(cfg).shapes();
+    }
+
+    private static Params.Builder declarations(ModelConfig cfg) {
         Params.Builder pb = new Params.Builder();
         try (Device dev = ReferenceDevice.open()) {
             Layout layout = declare(cfg, dev, 0, new StepContext(), pb);
             layout.blocks().forEach(Block::close);
             layout.lnf().close();
         }
-        return counts(cfg, pb.trainableCount());
+        return pb;
     }
 
     private static ParameterCounts counts(ModelConfig cfg, long total) {

@@ -13,7 +13,7 @@ import org.kindling.train.RunDir;
  */
 public final class EvalBuilder {
     private final String run;
-    private Configuration conf = new Configuration();
+    private Configuration conf = Hadoop.sessionOrNew();
     private String data;
     private Integer step;
     private int batchTokens = 8192;
@@ -60,7 +60,7 @@ public final class EvalBuilder {
         return this;
     }
 
-    /** The Hadoop configuration to reach the run and dataset with (default: a new one; a session's {@code hadoopConfiguration()} in Spark). */
+    /** The Hadoop configuration to reach the run and dataset with (default: the Spark session's, else a new one). */
     public EvalBuilder hadoop(Configuration conf) {
         this.conf = conf;
         return this;

@@ -17,7 +17,7 @@ import org.kindling.train.RunDir;
  */
 public final class ExportBuilder {
     private final String run;
-    private Configuration conf = new Configuration();
+    private Configuration conf = Hadoop.sessionOrNew();
     private Integer step;
     private String format = "hf-gpt2";
     private Path out;
@@ -44,7 +44,7 @@ public final class ExportBuilder {
         return this;
     }
 
-    /** The Hadoop configuration to reach the run with (default: a new one). */
+    /** The Hadoop configuration to reach the run with (default: the Spark session's, else a new one). */
     public ExportBuilder hadoop(Configuration conf) {
         this.conf = conf;
         return this;

@@ -17,7 +17,7 @@ import org.kindling.train.RunDir;
  */
 public final class GenerateBuilder {
     private final String run;
-    private Configuration conf = new Configuration();
+    private Configuration conf = Hadoop.sessionOrNew();
     private final List<String> prompts = new ArrayList<>();
     private Integer step;
     private int maxNewTokens = 64;
@@ -79,7 +79,7 @@ public final class GenerateBuilder {
         return this;
     }
 
-    /** The Hadoop configuration to reach the run with (default: a new one). */
+    /** The Hadoop configuration to reach the run with (default: the Spark session's, else a new one). */
     public GenerateBuilder hadoop(Configuration conf) {
         this.conf = conf;
         return this;

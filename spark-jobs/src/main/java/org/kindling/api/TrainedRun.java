@@ -2,8 +2,10 @@ package org.kindling.api;
 
 import java.io.IOException;
 import java.util.ArrayList;
+import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.TreeMap;
 import java.util.TreeSet;
 import org.apache.hadoop.conf.Configuration;
 import org.apache.spark.sql.Dataset;
@@ -13,6 +15,7 @@ import org.apache.spark.sql.SparkSession;
 import org.apache.spark.sql.types.DataTypes;
 import org.apache.spark.sql.types.StructType;
 import org.kindling.models.train.StepResult;
+import org.kindling.report.RunMetrics;
 import org.kindling.train.RunDir;
 
 /**
@@ -39,15 +42,44 @@ public record TrainedRun(String runDir, int finalStep, String latestCheckpoint, 
 
     static TrainedRun open(String runDir, Configuration conf, List<StepResult> trainedSteps) throws IOException {
         RunDir dir = new RunDir(runDir, conf);
-        List<MetricRow> rows = new ArrayList<>();
-        List<String> lines = dir.metricsLines();
-        for (int i = 0; i < lines.size(); i++) {
-            rows.add(MetricRow.parse(lines.get(i), dir.describe(RunDir.METRICS) + " line " + (i + 1)));
-        }
+        // The report's reader: the same checks, and the same tolerance of a last line cut short.
+        List<MetricRow> rows = dir.hasMetrics() ? rows(RunMetrics.read(runDir, conf)) : List.of();
         String latest = dir.checkpoints().latest().orElse(null);
         int checkpointStep = latest == null ? 0 : Integer.parseInt(latest.substring("step-".length()));
         int logged = rows.isEmpty() ? 0 : rows.get(rows.size() - 1).step();
         return new TrainedRun(runDir, Math.max(checkpointStep, logged), latest, rows, trainedSteps);
+    }
+
+    private static List<MetricRow> rows(RunMetrics m) {
+        TreeSet<Integer> steps = new TreeSet<>();
+        Map<String, Map<Integer, Double>> columns = new HashMap<>();
+        for (String f : m.fields()) {
+            int[] at = m.steps(f);
+            double[] values = m.values(f);
+            Map<Integer, Double> column = new HashMap<>();
+            for (int i = 0; i < at.length; i++) {
+                steps.add(at[i]);
+                column.put(at[i], values[i]);
+            }
+            columns.put(f, column);
+        }
+        List<MetricRow> rows = new ArrayList<>(steps.size());
+        for (int step : steps) {
+            Map<String, Double> layers = new TreeMap<>();
+            for (Map.Entry<String, Map<Integer, Double>> c : columns.entrySet()) {
+                if (!MetricRow.FIXED.contains(c.getKey()) && c.getValue().containsKey(step)) {
+                    layers.put(c.getKey(), c.getValue().get(step));
+                }
+            }
+            rows.add(new MetricRow(step, value(columns, "loss", step), value(columns, "lr", step), value(columns, "grad_norm", step),
+                    value(columns, "tokens_per_s", step), value(columns, StepResult.EVAL_LOSS, step), layers));
+        }
+        return rows;
+    }
+
+    /** A field's value at a step; NaN where the step did not log it (or logged null). */
+    private static double value(Map<String, Map<Integer, Double>> columns, String field, int step) {
+        return columns.getOrDefault(field, Map.of()).getOrDefault(step, Double.NaN);
     }
 
     /**

@@ -15,7 +15,8 @@ import jdk.jshell.spi.ExecutionEnv;
  */
 final class CellExecutionControl extends DirectExecutionControl {
     /** How long an interrupted cell gets to finish on its own before its thread is stopped. */
-    static final long STOP_GRACE_MS = 3_000;
+    /** Long enough for code that handles the interrupt to clean up (training waits for its tasks to stop between steps). */
+    static final long STOP_GRACE_MS = 10_000;
 
     private final AtomicReference<Thread> running = new AtomicReference<>();
 

@@ -22,15 +22,15 @@ import org.dflib.jjava.jupyter.channels.JupyterConnection;
 import org.dflib.jjava.jupyter.kernel.BaseKernel;
 import org.dflib.jjava.jupyter.kernel.BaseKernelBuilder;
 import org.dflib.jjava.jupyter.kernel.JupyterIO;
+import org.dflib.jjava.jupyter.kernel.KernelConnectionProperties;
+import org.dflib.jjava.jupyter.kernel.LanguageInfo;
+import org.dflib.jjava.jupyter.kernel.ReplacementOptions;
 import org.dflib.jjava.jupyter.kernel.comm.CommManager;
+import org.dflib.jjava.jupyter.kernel.display.DisplayData;
 import org.dflib.jjava.jupyter.kernel.display.Renderer;
 import org.dflib.jjava.jupyter.kernel.history.HistoryManager;
 import org.dflib.jjava.jupyter.kernel.magic.MagicsRegistry;
 import org.dflib.jjava.jupyter.kernel.util.StringStyler;
-import org.dflib.jjava.jupyter.kernel.KernelConnectionProperties;
-import org.dflib.jjava.jupyter.kernel.LanguageInfo;
-import org.dflib.jjava.jupyter.kernel.ReplacementOptions;
-import org.dflib.jjava.jupyter.kernel.display.DisplayData;
 import org.kindling.cli.BuildInfo;
 
 /**
@@ -218,14 +218,18 @@ public final class KindlingKernel extends BaseKernel {
         return IS_COMPLETE_YES;
     }
 
-    /** Jupyter's interrupt: cancel the notebook's Spark jobs, then interrupt (and if need be stop) the cell. */
+    /**
+     * Jupyter's interrupt: interrupt the cell first (so code that handles interrupts, like training,
+     * sees the interrupt rather than its jobs failing under it, and cancels its own jobs), then cancel
+     * the notebook's remaining Spark jobs (a plain action's job outlives its interrupted caller).
+     */
     @Override
     public void interrupt() {
+        control.stop();
         SparkSession.getDefaultSession().foreach(s -> {
             s.sparkContext().cancelAllJobs();
             return null;
         });
-        control.stop();
     }
 
     @Override

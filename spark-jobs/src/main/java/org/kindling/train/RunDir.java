@@ -32,14 +32,9 @@ public final class RunDir {
         this.checkpoints = new Checkpoints(storage);
     }
 
-    /** The run's metrics.jsonl lines, oldest step first; none before the first logged step. */
-    public List<String> metricsLines() throws IOException {
-        if (!storage.exists(METRICS)) {
-            return List.of();
-        }
-        try (InputStream in = storage.open(METRICS)) {
-            return new String(in.readAllBytes(), StandardCharsets.UTF_8).lines().filter(l -> !l.isBlank()).toList();
-        }
+    /** Whether the run has logged a step (its metrics.jsonl exists). */
+    public boolean hasMetrics() throws IOException {
+        return storage.exists(METRICS);
     }
 
     /** Where the run's file {@code name} is, for messages. */

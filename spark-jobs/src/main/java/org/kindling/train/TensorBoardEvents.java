@@ -11,11 +11,12 @@ import java.nio.ByteOrder;
 import java.util.LinkedHashMap;
 import java.util.Map;
 import java.util.TreeMap;
+import java.util.concurrent.atomic.AtomicInteger;
 import java.util.zip.CRC32C;
 import org.kindling.models.train.StepResult;
 
 /**
- * A run's steps as TensorBoard scalars: {@code RUN/tb/events.out.tfevents.SECONDS.HOST}, one file per driver attempt
+ * A run's steps as TensorBoard scalars: {@code RUN/tb/events.out.tfevents.SECONDS.HOST.PID.N}, one file per driver attempt
  * (TensorBoard merges the files of a directory). Each step gets a scalar per metrics.jsonl field, tagged
  * {@code train/NAME} (the field's name there: {@code train/loss}, {@code train/grad_norm}, {@code train/moe_balance_loss}, …).
  *
@@ -37,6 +38,7 @@ final class TensorBoardEvents {
     private final String temporary;
     private final byte[] header;
     /** Each step's framed event, encoded when the step arrived (its wall time). */
+    private static final AtomicInteger FILES = new AtomicInteger();
     private final TreeMap<Integer, byte[]> records = new TreeMap<>();
     /** The newest step in the file (0: none yet). */
     private int written;
@@ -45,7 +47,10 @@ final class TensorBoardEvents {
 
     TensorBoardEvents(HadoopRunStorage storage, long startMillis, String host) {
         this.storage = storage;
-        String suffix = (startMillis / 1000) + "." + host.replaceAll("[^A-Za-z0-9-]", "_");
+        // TensorFlow's own suffix: seconds, host, then process and a counter, so two drivers on one host
+        // in the same second (a run resumed at once) keep their files apart.
+        String suffix = (startMillis / 1000) + "." + host.replaceAll("[^A-Za-z0-9-]", "_") + "." + ProcessHandle.current().pid() + "."
+                + FILES.getAndIncrement();
         this.file = DIR + "/events.out.tfevents." + suffix;
         this.temporary = DIR + "/.rewrite." + suffix;
         this.header = record(event(startMillis / 1000.0, 0, FILE_VERSION, null));

@@ -351,8 +351,10 @@ public final class TrainJob {
     }
 
     /**
-     * A run resumes from its checkpoints only with the model they hold: any other model would fail
-     * every task attempt alike on the first tensor whose shape differs, so say which keys differ now.
+     * A run resumes from its checkpoints only into a model with the tensors they hold: any other would
+     * fail every task attempt alike on the first shape that differs, so refuse it here naming the
+     * config keys that changed. Keys that change no tensor (dropout, a router's loss weights) may
+     * change on resume; they are logged.
      */
     private static void requireSameModel(HadoopRunStorage storage, RunConfig config) throws IOException {
         if (!storage.exists("config.yaml")) {
@@ -364,18 +366,32 @@ public final class TrainJob {
         }
         Map<String, Object> was = earlier.model().toMap();
         Map<String, Object> now = config.model().toMap();
-        if (!was.equals(now)) {
-            List<String> differ = new ArrayList<>();
-            Set<String> keys = new TreeSet<>(was.keySet());
-            keys.addAll(now.keySet());
-            for (String k : keys) {
-                if (!Objects.equals(was.get(k), now.get(k))) {
-                    differ.add(k + ": " + was.get(k) + " -> " + now.get(k));
-                }
-            }
-            throw new IllegalArgumentException(storage.describe("config.yaml") + " holds checkpoints of another model ("
-                    + String.join("; ", differ) + "); train into a new run directory to start over, or resume with the same model");
+        if (was.equals(now)) {
+            return;
         }
+        List<String> changed = new ArrayList<>();
+        Set<String> keys = new TreeSet<>(was.keySet());
+        keys.addAll(now.keySet());
+        for (String k : keys) {
+            if (!Objects.equals(was.get(k), now.get(k))) {
+                changed.add(k + ": " + was.get(k) + " -> " + now.get(k));
+            }
+        }
+        Map<String, List<Integer>> held = Gpt.parameterShapes(earlier.model());
+        Map<String, List<Integer>> wanted = Gpt.parameterShapes(config.model());
+        if (held.equals(wanted)) {
+            LOG.log(System.Logger.Level.WARNING, "resuming " + storage.root() + " with model keys changed that change no tensor: "
+                    + String.join("; ", changed));
+            return;
+        }
+        String firstDifference = wanted.entrySet().stream()
+                .filter(e -> !e.getValue().equals(held.get(e.getKey())))
+                .map(e -> e.getKey() + " " + (held.containsKey(e.getKey()) ? held.get(e.getKey()) : "(absent)") + " -> " + e.getValue())
+                .findFirst()
+                .orElseGet(() -> held.keySet().stream().filter(k -> !wanted.containsKey(k)).findFirst().orElseThrow() + " is not in the new model");
+        throw new IllegalArgumentException(storage.describe("config.yaml") + " holds checkpoints of another model ("
+                + String.join("; ", changed) + ", so " + firstDifference
+                + "); train into a new run directory to start over, or resume with the same model");
     }
 
     /** Checkpoints trained on one tokenizer's ids mean nothing under another's: resuming needs the dataset's tokenizer to be the run's. */

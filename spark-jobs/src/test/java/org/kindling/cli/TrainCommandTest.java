@@ -48,9 +48,14 @@ class TrainCommandTest {
         CliRun otherModel = CliRun.of("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--master",
                 "local[2]", "--set", "max_steps=10", "--set", "warmup_steps=2", "--set", "batch_tokens=512", "--set", "d_model=32");
         assertEquals(2, otherModel.code(), otherModel.err());
-        assertTrue(otherModel.err().contains("holds checkpoints of another model (d_model: 64 -> 32)"), otherModel.err());
+        assertTrue(otherModel.err().contains("holds checkpoints of another model (d_model: 64 -> 32, so "), otherModel.err());
         assertEquals(8, Files.readAllLines(run.resolve("metrics.jsonl")).size(), "nothing trained");
         assertTrue(Files.readString(run.resolve("config.yaml")).contains("d_model: 64"), "the run's config is kept");
+        CliRun withDropout = CliRun.of("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--master",
+                "local[2]", "--set", "max_steps=9", "--set", "warmup_steps=2", "--set", "batch_tokens=512", "--set", "dropout=0.1",
+                "--set", "checkpoint_interval=3");
+        assertEquals(0, withDropout.code(), "dropout changes no tensor, so the run resumes: " + withDropout.err());
+        assertEquals(9, Files.readAllLines(run.resolve("metrics.jsonl")).size());
         Path otherCorpus = dir.resolve("other-corpus");
         Files.createDirectories(otherCorpus);
         Files.writeString(otherCorpus.resolve("b.txt"), "a quick brown fox jumps over lazy dogs.\n".repeat(40));

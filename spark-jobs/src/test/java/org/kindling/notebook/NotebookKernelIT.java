@@ -1,6 +1,7 @@
 package org.kindling.notebook;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.fasterxml.jackson.databind.JsonNode;
@@ -92,8 +93,15 @@ class NotebookKernelIT {
 
     @Test
     void everyCommittedNotebookRunsTopToBottom(@TempDir Path out) throws Exception {
-        for (Path nb : Notebooks.committed()) {
-            Notebooks.execute(nb, out, env);
+        List<Path> notebooks = Notebooks.committed();
+        assertFalse(notebooks.isEmpty(), "no notebooks under " + Notebooks.ROOT.resolve("notebooks"));
+        for (Path nb : notebooks) {
+            JsonNode executed = Notebooks.execute(nb, out, env);
+            String outputs = executed.path("cells").toString();
+            assertTrue(outputs.contains("image/png"), nb + " showed no chart");
+            if (nb.getFileName().toString().equals("quickstart.ipynb")) {
+                assertTrue(outputs.contains("eval_loss") && outputs.contains("held-out loss"), nb + ": " + outputs);
+            }
         }
     }
 

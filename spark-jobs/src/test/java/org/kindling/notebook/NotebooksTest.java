@@ -11,7 +11,10 @@ import org.junit.jupiter.api.io.TempDir;
 class NotebooksTest {
     @Test
     void committedNotebooksHoldNoOutputs() throws Exception {
-        for (Path notebook : Notebooks.committed()) {
+        List<Path> committed = Notebooks.committed();
+        assertEquals(List.of("mixers.ipynb", "quickstart.ipynb", "tokenizer.ipynb"),
+                committed.stream().map(p -> p.getFileName().toString()).toList(), "the notebooks the README lists");
+        for (Path notebook : committed) {
             assertEquals(List.of(), Notebooks.outputsIn(notebook),
                     notebook + " was committed with outputs: clear them (jupyter nbconvert --clear-output --inplace)");
         }

@@ -1,6 +1,7 @@
 package org.kindling.models.nn;
 
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.Collections;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -70,6 +71,15 @@ public final class Params implements AutoCloseable {
             GemmInput g = new GemmInput(name);
             gemmInputs.add(g);
             return g;
+        }
+
+        /** Every tensor declared so far (trainable and fixed), by name in declaration order: its shape. */
+        public Map<String, List<Integer>> shapes() {
+            Map<String, List<Integer>> out = new LinkedHashMap<>();
+            for (Spec s : specs) {
+                out.put(s.name(), Arrays.stream(s.shape()).boxed().toList());
+            }
+            return out;
         }
 
         /** Trainable elements declared so far. */
