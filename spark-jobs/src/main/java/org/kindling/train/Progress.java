@@ -2,7 +2,6 @@ package org.kindling.train;
 
 import java.io.IOException;
 import java.io.InputStream;
-import java.io.OutputStream;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
@@ -37,11 +36,7 @@ final class Progress implements Consumer<StepResult> {
     private final Consumer<String> lines;
     private final TreeMap<Integer, String> earlier = new TreeMap<>();
     private final TreeMap<Integer, StepResult> steps = new TreeMap<>();
-    /** The newest step of this run in metrics.jsonl (0: none yet). */
-    private int written;
-    /** Whether metrics.jsonl must be rewritten whole: before the first write, after a rewind or a failed write. */
-    private boolean rewrite = true;
-    private boolean appendable = true;
+    private final StepFile metrics;
     private final TensorBoardEvents events;
 
     Progress(HadoopRunStorage storage, TrainConfig cfg) throws IOException {
@@ -53,6 +48,7 @@ final class Progress implements Consumer<StepResult> {
         this.storage = storage;
         this.cfg = cfg;
         this.lines = lines;
+        this.metrics = new StepFile(storage, METRICS, METRICS + ".tmp", true);
         this.events = new TensorBoardEvents(storage, System.currentTimeMillis(), TensorBoardEvents.host());
         if (storage.exists(METRICS)) {
             try (InputStream in = storage.open(METRICS)) {
@@ -68,9 +64,7 @@ final class Progress implements Consumer<StepResult> {
 
     @Override
     public synchronized void accept(StepResult r) {
-        if (r.step() <= written) {
-            rewrite = true;
-        }
+        metrics.arrived(r.step());
         steps.tailMap(r.step(), true).clear();
         steps.put(r.step(), r);
         events.accept(r);
@@ -102,45 +96,28 @@ final class Progress implements Consumer<StepResult> {
     }
 
     private void flushMetrics() {
-        if (steps.isEmpty() || (!rewrite && steps.lastKey() == written)) {
-            return;
-        }
-        if (!rewrite && appendable) {
-            StringBuilder sb = new StringBuilder();
-            for (StepResult r : steps.tailMap(written, false).values()) {
-                sb.append(metricsLine(r)).append('\n');
+        metrics.flush(steps.isEmpty() ? 0 : steps.lastKey(), new StepFile.Contents() {
+            @Override
+            public byte[] after(int step) {
+                StringBuilder sb = new StringBuilder();
+                for (StepResult r : steps.tailMap(step, false).values()) {
+                    sb.append(metricsLine(r)).append('\n');
+                }
+                return sb.toString().getBytes(StandardCharsets.UTF_8);
             }
-            try (OutputStream out = storage.append(METRICS)) {
-                out.write(sb.toString().getBytes(StandardCharsets.UTF_8));
-                written = steps.lastKey();
-                return;
-            } catch (UnsupportedOperationException e) {
-                appendable = false;
-            } catch (IOException | RuntimeException e) {
-                // A partial append is repaired by the rewrite below, or by the next interval's.
-                LOG.log(System.Logger.Level.WARNING, "cannot append to " + storage.describe(METRICS) + ": " + e.getMessage()
-                        + "; rewriting it");
+
+            @Override
+            public byte[] whole() {
+                StringBuilder sb = new StringBuilder();
+                for (Map.Entry<Integer, String> e : earlier.headMap(steps.firstKey()).entrySet()) {
+                    sb.append(e.getValue()).append('\n');
+                }
+                for (StepResult r : steps.values()) {
+                    sb.append(metricsLine(r)).append('\n');
+                }
+                return sb.toString().getBytes(StandardCharsets.UTF_8);
             }
-        }
-        StringBuilder sb = new StringBuilder();
-        for (Map.Entry<Integer, String> e : earlier.headMap(steps.firstKey()).entrySet()) {
-            sb.append(e.getValue()).append('\n');
-        }
-        for (StepResult r : steps.values()) {
-            sb.append(metricsLine(r)).append('\n');
-        }
-        rewrite = true;
-        try {
-            try (OutputStream out = storage.create(METRICS + ".tmp")) {
-                out.write(sb.toString().getBytes(StandardCharsets.UTF_8));
-            }
-            storage.replace(METRICS + ".tmp", METRICS);
-            written = steps.lastKey();
-            rewrite = false;
-        } catch (IOException | RuntimeException e) {
-            LOG.log(System.Logger.Level.WARNING, "cannot write " + storage.describe(METRICS) + ": " + e.getMessage()
-                    + "; training goes on and the next log interval tries again");
-        }
+        });
     }
 
     /** The events file, relative to the run directory. */

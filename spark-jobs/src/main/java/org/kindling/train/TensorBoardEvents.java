@@ -3,7 +3,6 @@ package org.kindling.train;
 import com.google.protobuf.CodedOutputStream;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
-import java.io.OutputStream;
 import java.net.InetAddress;
 import java.net.UnknownHostException;
 import java.nio.ByteBuffer;
@@ -26,33 +25,24 @@ import org.kindling.models.train.StepResult;
  * append (S3A) rewrites it whole. A failed write is logged and retried at the next flush: it never stops training.
  */
 final class TensorBoardEvents {
-    private static final System.Logger LOG = System.getLogger(TensorBoardEvents.class.getName());
     static final String DIR = "tb";
     static final String FILE_VERSION = "brain.Event:2";
     /** TensorBoard's mask over a record's CRC32C: a CRC of data that holds CRCs stays informative. */
     private static final int MASK_DELTA = 0xa282ead8;
 
-    private final HadoopRunStorage storage;
-    private final String file;
-    /** TensorBoard reads every file whose name holds "tfevents": the temporary file of a rewrite must not. */
-    private final String temporary;
+    private final StepFile out;
     private final byte[] header;
     /** Each step's framed event, encoded when the step arrived (its wall time). */
     private static final AtomicInteger FILES = new AtomicInteger();
     private final TreeMap<Integer, byte[]> records = new TreeMap<>();
-    /** The newest step in the file (0: none yet). */
-    private int written;
-    private boolean rewrite = true;
-    private boolean appendable = true;
 
     TensorBoardEvents(HadoopRunStorage storage, long startMillis, String host) {
-        this.storage = storage;
         // TensorFlow's own suffix: seconds, host, then process and a counter, so two drivers on one host
         // in the same second (a run resumed at once) keep their files apart.
         String suffix = (startMillis / 1000) + "." + host.replaceAll("[^A-Za-z0-9-]", "_") + "." + ProcessHandle.current().pid() + "."
                 + FILES.getAndIncrement();
-        this.file = DIR + "/events.out.tfevents." + suffix;
-        this.temporary = DIR + "/.rewrite." + suffix;
+        // TensorBoard reads every file whose name holds "tfevents": the temporary file of a rewrite must not.
+        this.out = new StepFile(storage, DIR + "/events.out.tfevents." + suffix, DIR + "/.rewrite." + suffix, false);
         this.header = record(event(startMillis / 1000.0, 0, FILE_VERSION, null));
     }
 
@@ -67,13 +57,11 @@ final class TensorBoardEvents {
 
     /** The events file, relative to the run directory. */
     String file() {
-        return file;
+        return out.file();
     }
 
     synchronized void accept(StepResult r) {
-        if (r.step() <= written) {
-            rewrite = true;
-        }
+        out.arrived(r.step());
         records.tailMap(r.step(), true).clear();
         records.put(r.step(), record(event(System.currentTimeMillis() / 1000.0, r.step(), null, scalars(r))));
     }
@@ -91,38 +79,26 @@ final class TensorBoardEvents {
 
     /** Brings the events file up to date with what has arrived; a failure is logged, never thrown. */
     synchronized void flush() {
-        if (records.isEmpty() || (!rewrite && records.lastKey() == written)) {
-            return;
-        }
-        if (!rewrite && appendable) {
-            try (OutputStream out = storage.append(file)) {
-                for (byte[] rec : records.tailMap(written, false).values()) {
-                    out.write(rec);
-                }
-                written = records.lastKey();
-                return;
-            } catch (UnsupportedOperationException e) {
-                appendable = false;
-            } catch (IOException | RuntimeException e) {
-                LOG.log(System.Logger.Level.WARNING, "cannot append to " + storage.describe(file) + ": " + e.getMessage()
-                        + "; rewriting it");
+        out.flush(records.isEmpty() ? 0 : records.lastKey(), new StepFile.Contents() {
+            @Override
+            public byte[] after(int step) {
+                return concat(null, records.tailMap(step, false).values());
             }
-        }
-        rewrite = true;
-        try {
-            try (OutputStream out = storage.createWithoutChecksum(temporary)) {
-                out.write(header);
-                for (byte[] rec : records.values()) {
-                    out.write(rec);
-                }
+
+            @Override
+            public byte[] whole() {
+                return concat(header, records.values());
             }
-            storage.replace(temporary, file);
-            written = records.lastKey();
-            rewrite = false;
-        } catch (IOException | RuntimeException e) {
-            LOG.log(System.Logger.Level.WARNING, "cannot write " + storage.describe(file) + ": " + e.getMessage()
-                    + "; training goes on and the next log interval tries again");
+        });
+    }
+
+    private static byte[] concat(byte[] first, Iterable<byte[]> rest) {
+        ByteArrayOutputStream bytes = new ByteArrayOutputStream();
+        if (first != null) {
+            bytes.writeBytes(first);
         }
+        rest.forEach(bytes::writeBytes);
+        return bytes.toByteArray();
     }
 
     /**
