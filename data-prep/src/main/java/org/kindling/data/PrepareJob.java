@@ -37,7 +37,6 @@ import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
 import org.apache.spark.sql.functions;
 import org.apache.spark.util.CollectionAccumulator;
-import org.apache.spark.util.LongAccumulator;
 import org.apache.spark.util.SerializableConfiguration;
 import scala.Tuple2;
 
@@ -189,33 +188,70 @@ public final class PrepareJob {
      * document, validated like a file's (a null value is a {@code missing_field} reject, a value that
      * is not a string a {@code not_text} reject, both in {@code rejects/} with the row's index as its
      * line). {@code opt.inputs()} name the frame: rejects and the manifest give them as its source.
-     * {@link Result#inputBytes()} counts the UTF-8 bytes of the string values.
+     * {@link Result#inputBytes()} counts the UTF-8 bytes of the string values. Logs a progress line
+     * every {@link #PROGRESS_INTERVAL} and once all input is read.
      */
     public static Result run(SparkSession spark, Dataset<Row> frame, PrepareOptions opt) throws IOException {
+        return run(spark, frame, opt, line -> LOG.log(System.Logger.Level.INFO, line));
+    }
+
+    /**
+     * As {@link #run(SparkSession, Dataset, PrepareOptions)}, passing each progress line (the frame's
+     * partitions read, their rows and bytes, rate, ETA) to {@code progressLines}.
+     */
+    public static Result run(SparkSession spark, Dataset<Row> frame, PrepareOptions opt, Consumer<String> progressLines)
+            throws IOException {
         String field = opt.textField();
         if (!java.util.Arrays.asList(frame.columns()).contains(field)) {
             throw new IllegalArgumentException("the DataFrame has no column \"" + field + "\"; its columns are "
                     + java.util.Arrays.toString(frame.columns()));
         }
+        long intervalMs = PrepareProgress.intervalMs(spark);
         JavaSparkContext sc = JavaSparkContext.fromSparkContext(spark.sparkContext());
         Configuration conf = sc.hadoopConfiguration();
         Path out = clearOutput(opt, conf);
         String source = String.join(",", opt.inputs());
         long maxBytes = opt.maxDocBytes();
-        LongAccumulator bytes = sc.sc().longAccumulator("kindling prepare input bytes");
-        JavaRDD<Doc> docs = frame.select(functions.col(field)).javaRDD().zipWithIndex().map(t -> {
-            Object v = t._1().get(0);
-            if (!(v instanceof String s)) {
-                return Doc.reject(t._2(), source, t._2(), v == null ? new byte[0]
-                        : String.valueOf(v).getBytes(StandardCharsets.UTF_8), v == null ? "missing_field" : "not_text");
-            }
-            byte[] b = s.getBytes(StandardCharsets.UTF_8);
-            bytes.add(b.length);
-            return document(t._2(), source, t._2(), b, maxBytes);
-        });
-        Broadcast<SerializableConfiguration> hadoop = sc.broadcast(new SerializableConfiguration(conf));
-        Result r = write(sc, opt, out, opt.inputs(), docs, 0, hadoop);
-        return new Result(r.documents(), r.tokens(), r.rejects(), r.shards(), bytes.value(), r.tokenizer());
+        JavaRDD<Row> values = frame.select(functions.col(field)).javaRDD();
+        try (PrepareProgress progress = new PrepareProgress(spark.sparkContext(), intervalMs, values.getNumPartitions(),
+                progressLines)) {
+            CollectionAccumulator<PrepareProgress.PartitionRead> reads = progress.partitionReads();
+            // Each partition reports once it is read to its end; the driver keeps one report per index, so retried
+            // or recomputed partitions neither repeat in the lines nor count twice in inputBytes.
+            JavaRDD<Doc> docs = values.zipWithIndex().mapPartitionsWithIndex((part, it) -> new Iterator<Doc>() {
+                private long rows;
+                private long bytes;
+                private boolean reported;
+
+                @Override
+                public boolean hasNext() {
+                    boolean more = it.hasNext();
+                    if (!more && !reported) {
+                        reported = true;
+                        reads.add(new PrepareProgress.PartitionRead(part, rows, bytes));
+                    }
+                    return more;
+                }
+
+                @Override
+                public Doc next() {
+                    Tuple2<Row, Long> t = it.next();
+                    rows++;
+                    Object v = t._1().get(0);
+                    if (!(v instanceof String s)) {
+                        return Doc.reject(t._2(), source, t._2(), v == null ? new byte[0]
+                                : String.valueOf(v).getBytes(StandardCharsets.UTF_8), v == null ? "missing_field" : "not_text");
+                    }
+                    byte[] b = s.getBytes(StandardCharsets.UTF_8);
+                    bytes += b.length;
+                    return document(t._2(), source, t._2(), b, maxBytes);
+                }
+            }, true);
+            Broadcast<SerializableConfiguration> hadoop = sc.broadcast(new SerializableConfiguration(conf));
+            Result r = write(sc, opt, out, opt.inputs(), docs, 0, hadoop);
+            progress.finish();
+            return new Result(r.documents(), r.tokens(), r.rejects(), r.shards(), progress.partitionBytes(), r.tokenizer());
+        }
     }
 
     /** The qualified output directory, emptied when --overwrite allows it. */

@@ -117,7 +117,10 @@ public final class PrepareBuilder {
         return this;
     }
 
-    /** Where the progress lines (input files and bytes read, rate, ETA) go; default System.err as it is when {@link #run()} starts. */
+    /**
+     * Where the progress lines (input files and bytes read, or a DataFrame's partitions, rows and bytes read; rate, ETA)
+     * go; default System.err as it is when {@link #run()} starts.
+     */
     public PrepareBuilder progress(PrintStream out) {
         this.progress = Lines.of(out);
         return this;
@@ -142,7 +145,7 @@ public final class PrepareBuilder {
             throw new InvalidOptionException("spark", "a SparkSession is required to run");
         }
         long t0 = System.nanoTime();
-        PrepareJob.Result r = frame != null ? PrepareJob.run(spark, frame, opts)
+        PrepareJob.Result r = frame != null ? PrepareJob.run(spark, frame, opts, Lines.orStderr(progress))
                 : PrepareJob.run(spark, opts, Lines.orStderr(progress));
         double s = (System.nanoTime() - t0) / 1e9;
         return new PreparedData(output, r.documents(), r.tokens(), r.rejects(), r.shards(), r.tokenizer().vocabSize(), r.inputBytes(), s);

@@ -42,6 +42,7 @@ class KindlingApiTest {
     @TempDir
     static Path dir;
     static PreparedData data;
+    static String prepareLines;
 
     @BeforeAll
     static void start() throws Exception {
@@ -53,7 +54,10 @@ class KindlingApiTest {
         }
         rows.add(RowFactory.create((Object) null));
         Dataset<Row> df = spark.createDataFrame(rows, new StructType().add("text", DataTypes.StringType));
-        data = KindlingApi.prepare(spark).texts(df, "text").vocabSize(300).maxLen(64).output(dir.resolve("data").toString()).run();
+        ByteArrayOutputStream progress = new ByteArrayOutputStream();
+        data = KindlingApi.prepare(spark).texts(df, "text").vocabSize(300).maxLen(64).output(dir.resolve("data").toString())
+                .progress(new PrintStream(progress, true, StandardCharsets.UTF_8)).run();
+        prepareLines = progress.toString(StandardCharsets.UTF_8);
     }
 
     @AfterAll
@@ -64,6 +68,19 @@ class KindlingApiTest {
     private static TrainBuilder tiny(String run, int steps) {
         return KindlingApi.train(spark).preset("tiny").data(data).runDir(dir.resolve(run).toString()).set("max_steps", steps)
                 .set("batch_tokens", 512).set("warmup_steps", 1).set("log_interval", 1).set("checkpoint_interval", 2);
+    }
+
+    @Test
+    void preparingADataFrameWritesItsProgressToTheGivenStream() {
+        String[] lines = prepareLines.strip().split("\n");
+        int parts = spark.sparkContext().defaultParallelism();
+        long bytes = 0;
+        for (int i = 0; i < 60; i++) {
+            bytes += ("the cat sat on the mat number " + i + ". the dog sat on the log.").length();
+        }
+        assertEquals(bytes, data.inputBytes());
+        assertTrue(lines[lines.length - 1].matches("prepare: " + parts + "/" + parts + " partitions \\| 61 rows \\| "
+                + String.format(java.util.Locale.ROOT, "%,d", bytes) + " bytes \\| [\\d.]+ MB/s \\| ETA 0m00s"), prepareLines);
     }
 
     @Test
