@@ -24,10 +24,12 @@ import java.util.concurrent.ConcurrentHashMap;
 import java.util.function.Consumer;
 import org.apache.arrow.memory.RootAllocator;
 import org.apache.hadoop.conf.Configuration;
+import org.apache.hadoop.fs.FSDataInputStream;
 import org.apache.hadoop.fs.FileStatus;
 import org.apache.hadoop.fs.FileSystem;
 import org.apache.hadoop.fs.Path;
 import org.apache.spark.Partitioner;
+import org.apache.spark.TaskContext;
 import org.apache.spark.api.java.JavaPairRDD;
 import org.apache.spark.api.java.JavaRDD;
 import org.apache.spark.api.java.JavaSparkContext;
@@ -38,6 +40,7 @@ import org.apache.spark.sql.SparkSession;
 import org.apache.spark.sql.functions;
 import org.apache.spark.util.CollectionAccumulator;
 import org.apache.spark.util.SerializableConfiguration;
+import org.apache.spark.util.TaskCompletionListener;
 import scala.Tuple2;
 
 /**
@@ -52,6 +55,8 @@ public final class PrepareJob {
     static final ObjectMapper JSON = new ObjectMapper();
     /** Spark conf key: the time between progress lines, a Spark time ("10s", the default, or "500ms"). */
     public static final String PROGRESS_INTERVAL = PrepareProgress.INTERVAL;
+    /** Spark conf key: line-delimited text and JSONL files larger than this size ("64m", the default) are read by several tasks. */
+    public static final String SPLIT_BYTES = LineRanges.SPLIT_BYTES;
     static final String MANIFEST = "manifest.json";
 
     private PrepareJob() {
@@ -151,6 +156,7 @@ public final class PrepareJob {
     /** Runs the job, passing each progress line (input files and bytes read, rate, ETA) to {@code progressLines}. */
     public static Result run(SparkSession spark, PrepareOptions opt, Consumer<String> progressLines) throws IOException {
         long intervalMs = PrepareProgress.intervalMs(spark);
+        long splitBytes = LineRanges.splitBytes(spark);
         JavaSparkContext sc = JavaSparkContext.fromSparkContext(spark.sparkContext());
         Configuration conf = sc.hadoopConfiguration();
         Path out = clearOutput(opt, conf);
@@ -168,16 +174,16 @@ public final class PrepareJob {
         }
         try (PrepareProgress progress = new PrepareProgress(spark.sparkContext(), intervalMs, sizes,
                 progressLines)) {
-            return run(spark, sc, opt, out, files, inputBytes, progress);
+            return run(spark, sc, opt, out, files, sizes, splitBytes, inputBytes, progress);
         }
     }
 
     private static Result run(SparkSession spark, JavaSparkContext sc, PrepareOptions opt, Path out, List<String> files,
-                              long inputBytes, PrepareProgress progress) throws IOException {
+                              Map<String, Long> sizes, long splitBytes, long inputBytes, PrepareProgress progress) throws IOException {
         Configuration conf = sc.hadoopConfiguration();
         // Tasks rebuild the driver's Hadoop configuration: a fresh one would lack every spark.hadoop.* setting.
         Broadcast<SerializableConfiguration> hadoop = sc.broadcast(new SerializableConfiguration(conf));
-        JavaRDD<Doc> docs = read(spark, sc, opt, files, hadoop, progress.reads());
+        JavaRDD<Doc> docs = read(spark, sc, opt, files, sizes, splitBytes, hadoop, progress.reads());
         Result r = write(sc, opt, out, files, docs, inputBytes, hadoop);
         progress.finish();
         return r;
@@ -380,7 +386,8 @@ public final class PrepareJob {
     }
 
     private static JavaRDD<Doc> read(SparkSession spark, JavaSparkContext sc, PrepareOptions opt, List<String> files,
-                                     Broadcast<SerializableConfiguration> hadoop, CollectionAccumulator<PrepareProgress.Read> reads) {
+                                     Map<String, Long> sizes, long splitBytes, Broadcast<SerializableConfiguration> hadoop,
+                                     CollectionAccumulator<PrepareProgress.Read> reads) {
         Map<String, Integer> index = new LinkedHashMap<>();
         List<String> byteFiles = new ArrayList<>();
         List<String> parquet = new ArrayList<>();
@@ -399,13 +406,18 @@ public final class PrepareJob {
         // Each task's copy of the closure keeps the split its previous row came from: one report per split, not per row.
         PrepareProgress.Read[] lastSplit = new PrepareProgress.Read[1];
         if (!byteFiles.isEmpty()) {
-            // One task per file (binaryFiles would pack small files into too few splits to use every core).
-            int partitions = Math.max(1, Math.min(byteFiles.size(), 4 * sc.defaultParallelism()));
-            docs = sc.parallelize(byteFiles, partitions).flatMap(path -> {
-                List<Doc> read = readFile(path, fileIndex.value().get(path), forced != null ? forced : PrepareOptions.Format.of(path),
-                        lineDocs, field, maxBytes, hadoop.value().value());
-                reads.add(PrepareProgress.Read.whole(path));
-                return read.iterator();
+            List<LineRanges.Range> ranges = ranges(sc, opt, byteFiles, index, sizes, splitBytes, hadoop);
+            // One task per range (binaryFiles would pack small files into too few splits to use every core).
+            int partitions = Math.max(1, Math.min(ranges.size(), 4 * sc.defaultParallelism()));
+            docs = sc.parallelize(ranges, partitions).flatMap(r -> {
+                PrepareOptions.Format format = forced != null ? forced : PrepareOptions.Format.of(r.file());
+                if (r.whole()) {
+                    List<Doc> read = readFile(r.file(), r.fileIndex(), format, lineDocs, field, maxBytes, hadoop.value().value());
+                    reads.add(PrepareProgress.Read.whole(r.file()));
+                    return read.iterator();
+                }
+                return readRange(r, format, field, maxBytes, hadoop.value().value(),
+                        () -> reads.add(new PrepareProgress.Read(r.file(), r.start(), r.end() - r.start())));
             });
         }
         if (!parquet.isEmpty()) {
@@ -436,7 +448,123 @@ public final class PrepareJob {
         return docs;
     }
 
-    /** The documents of one text or JSONL file (or its rejection as unreadable). */
+    /**
+     * The ranges tasks read the text and JSONL files in: a line-delimited file larger than {@code splitBytes} in ranges of
+     * it, each with its first line's index from a pre-pass that counts every range's lines; any other file whole (a
+     * document per file cannot be split, a small one need not be, one that cannot be read becomes its reject as before).
+     */
+    static List<LineRanges.Range> ranges(JavaSparkContext sc, PrepareOptions opt, List<String> byteFiles, Map<String, Integer> index,
+                                         Map<String, Long> sizes, long splitBytes, Broadcast<SerializableConfiguration> hadoop) {
+        List<LineRanges.Range> ranges = new ArrayList<>();
+        List<LineRanges.Range> toCount = new ArrayList<>();
+        for (String f : byteFiles) {
+            PrepareOptions.Format format = opt.format() != null ? opt.format() : PrepareOptions.Format.of(f);
+            long size = sizes.get(f);
+            if ((format == PrepareOptions.Format.TEXT && !opt.lineDocs()) || size <= splitBytes) {
+                ranges.add(new LineRanges.Range(f, index.get(f), 0, size, true, 0, -1));
+            } else {
+                for (long start = 0; start < size; start += splitBytes) {
+                    toCount.add(new LineRanges.Range(f, index.get(f), start, Math.min(size, start + splitBytes), false, 0, -1));
+                }
+            }
+        }
+        if (toCount.isEmpty()) {
+            return ranges;
+        }
+        List<Long> counts = sc.parallelize(toCount, Math.min(toCount.size(), 4 * sc.defaultParallelism())).map(r -> {
+            Path file = new Path(r.file());
+            try (var in = file.getFileSystem(hadoop.value().value()).open(file)) {
+                in.seek(Math.max(r.start() - 1, 0));
+                return LineRanges.count(in, r.start(), r.end());
+            } catch (IOException e) {
+                return -1L; // read whole, where it becomes the file's "unreadable" reject as an unsplit run makes it
+            }
+        }).collect();
+        Map<String, List<LineRanges.Range>> byFile = new LinkedHashMap<>();
+        for (int i = 0; i < toCount.size(); i++) {
+            LineRanges.Range r = toCount.get(i);
+            byFile.computeIfAbsent(r.file(), k -> new ArrayList<>()).add(new LineRanges.Range(r.file(), r.fileIndex(), r.start(), r.end(),
+                    false, 0, counts.get(i)));
+        }
+        byFile.forEach((f, parts) -> {
+            if (parts.stream().anyMatch(r -> r.lines() < 0)) {
+                ranges.add(new LineRanges.Range(f, index.get(f), 0, sizes.get(f), true, 0, -1));
+                return;
+            }
+            long line = 0;
+            for (LineRanges.Range r : parts) {
+                ranges.add(new LineRanges.Range(f, r.fileIndex(), r.start(), r.end(), false, line, r.lines()));
+                line += r.lines();
+            }
+            if (line > 1L << 32) {
+                throw new IllegalArgumentException(f + " has " + line + " lines; document ids allow at most " + (1L << 32)
+                        + " per file (split it into several files)");
+            }
+        });
+        return ranges;
+    }
+
+    /**
+     * The documents of one range of a line-delimited file, read as the task iterates; {@code done} runs once it has
+     * read them all. A read error fails the task (Spark retries it): the range's lines before it are already passed on,
+     * so it cannot become an "unreadable" reject as a whole file does.
+     */
+    static Iterator<Doc> readRange(LineRanges.Range r, PrepareOptions.Format format, String field, long maxBytes, Configuration conf,
+                                   Runnable done) throws IOException {
+        Path file = new Path(r.file());
+        FSDataInputStream in = file.getFileSystem(conf).open(file);
+        TaskContext task = TaskContext.get();
+        if (task != null) {
+            task.addTaskCompletionListener((TaskCompletionListener) t -> closeQuietly(in)); // a task stopped mid-range
+        }
+        LineRanges.Lines lines;
+        try {
+            in.seek(Math.max(r.start() - 1, 0));
+            lines = new LineRanges.Lines(in, r.start(), r.end());
+        } catch (IOException | RuntimeException e) {
+            closeQuietly(in);
+            throw e;
+        }
+        return new Iterator<>() {
+            private long line = r.firstLine();
+            private boolean finished;
+
+            @Override
+            public boolean hasNext() {
+                if (lines.hasNext()) {
+                    return true;
+                }
+                if (!finished) {
+                    finished = true;
+                    closeQuietly(in);
+                    if (line != r.firstLine() + r.lines()) {
+                        throw new IllegalStateException(r.file() + " changed while it was read: bytes " + r.start() + "-" + r.end()
+                                + " held " + r.lines() + " lines when counted and " + (line - r.firstLine()) + " when read");
+                    }
+                    done.run();
+                }
+                return false;
+            }
+
+            @Override
+            public Doc next() {
+                byte[] bytes = lines.next();
+                Doc d = lineDocument(((long) r.fileIndex() << 32) | line, r.file(), line + 1, bytes, format, field, maxBytes);
+                line++;
+                return d;
+            }
+        };
+    }
+
+    private static void closeQuietly(FSDataInputStream in) {
+        try {
+            in.close();
+        } catch (IOException e) {
+            LOG.log(System.Logger.Level.DEBUG, "closing an input stream failed", e);
+        }
+    }
+
+    /** The documents of one text or JSONL file read whole (or its rejection as unreadable). */
     static List<Doc> readFile(String path, int fi, PrepareOptions.Format format, boolean lineDocs, String field, long maxBytes,
                               Configuration conf) {
         List<Doc> out = new ArrayList<>();
@@ -454,29 +582,18 @@ public final class PrepareJob {
             out.add(document((long) fi << 32, path, 0, bytes, maxBytes));
             return out;
         }
-        List<byte[]> lines = splitLines(bytes);
-        for (int i = 0; i < lines.size(); i++) {
-            long id = ((long) fi << 32) | i;
-            out.add(format == PrepareOptions.Format.JSONL ? jsonDocument(id, path, i + 1, lines.get(i), field, maxBytes)
-                    : document(id, path, i + 1, lines.get(i), maxBytes));
+        LineRanges.Lines lines = new LineRanges.Lines(new java.io.ByteArrayInputStream(bytes), 0, bytes.length);
+        for (long i = 0; lines.hasNext(); i++) {
+            out.add(lineDocument(((long) fi << 32) | i, path, i + 1, lines.next(), format, field, maxBytes));
         }
         return out;
     }
 
-    static List<byte[]> splitLines(byte[] bytes) {
-        List<byte[]> lines = new ArrayList<>();
-        int start = 0;
-        for (int i = 0; i <= bytes.length; i++) {
-            if (i == bytes.length || bytes[i] == '\n') {
-                if (i == bytes.length && start == i) {
-                    break; // no empty line after a final newline
-                }
-                int end = i > start && bytes[i - 1] == '\r' ? i - 1 : i;
-                lines.add(java.util.Arrays.copyOfRange(bytes, start, end));
-                start = i + 1;
-            }
-        }
-        return lines;
+    /** The document of line {@code line} (1-based) of a text or JSONL file. */
+    private static Doc lineDocument(long id, String path, long line, byte[] bytes, PrepareOptions.Format format, String field,
+                                    long maxBytes) {
+        return format == PrepareOptions.Format.JSONL ? jsonDocument(id, path, line, bytes, field, maxBytes)
+                : document(id, path, line, bytes, maxBytes);
     }
 
     /** A document from raw bytes, or the reason it is rejected. */

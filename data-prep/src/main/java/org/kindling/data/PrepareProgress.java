@@ -22,8 +22,8 @@ import org.apache.spark.util.CollectionAccumulator;
  * against their count, with their rows and UTF-8 bytes; then the rate and an ETA.
  *
  * <p>Tasks report what they read through an accumulator, which reaches the driver as each task ends: a text or JSONL
- * file once read whole, a Parquet split (file, start, length) once a row of it is read, a DataFrame partition once read
- * to its end. Reports are kept by what they cover (a partition by its index), so a task that runs again (a retry, a
+ * file once read whole, a range (file, start, length) of a large line-delimited file once read to its end, a Parquet
+ * split (file, start, length) once a row of it is read, a DataFrame partition once read to its end. Reports are kept by what they cover (a partition by its index), so a task that runs again (a retry, a
  * recomputed partition) counts once, and the counts only grow. A Parquet split with no row group in it yields no row
  * and so no report; the line at the end, written once every input has been read, counts it.
  */

@@ -67,6 +67,10 @@ final class PrepareCommand implements Callable<Integer> {
             + "sets Spark's " + PrepareJob.PROGRESS_INTERVAL + ")")
     String progressInterval;
 
+    @Option(names = "--split-bytes", description = "line-delimited text (--line-docs) and JSONL files larger than this are read by "
+            + "several tasks, a range of this size each, e.g. 64m or 512k (default 64m; sets Spark's " + PrepareJob.SPLIT_BYTES + ")")
+    String splitBytes;
+
     @Override
     public Integer call() throws IOException {
         CommandLine cmd = spec.commandLine();
@@ -79,9 +83,19 @@ final class PrepareCommand implements Callable<Integer> {
             throw new CommandLine.ParameterException(cmd, "--progress-interval must be a positive duration such as 2s or 500ms, got '"
                     + progressInterval + "'");
         }
+        if (splitBytes != null && !positiveSize(splitBytes)) {
+            throw new CommandLine.ParameterException(cmd, "--split-bytes must be a positive size such as 64m or 512k, got '"
+                    + splitBytes + "'");
+        }
+        Map<String, String> conf = new java.util.HashMap<>();
+        if (progressInterval != null) {
+            conf.put(PrepareJob.PROGRESS_INTERVAL, progressInterval);
+        }
+        if (splitBytes != null) {
+            conf.put(PrepareJob.SPLIT_BYTES, splitBytes);
+        }
         PrintWriter err = cmd.getErr();
-        SparkSession spark = Spark.session("kindling prepare", master,
-                progressInterval == null ? Map.of() : Map.of(PrepareJob.PROGRESS_INTERVAL, progressInterval));
+        SparkSession spark = Spark.session("kindling prepare", master, conf);
         try {
             PreparedData r = builder(spark).progress(err).run();
             double s = r.seconds();
@@ -99,6 +113,14 @@ final class PrepareCommand implements Callable<Integer> {
     private static boolean positiveDuration(String v) {
         try {
             return JavaUtils.timeStringAsMs(v) > 0;
+        } catch (RuntimeException e) {
+            return false;
+        }
+    }
+
+    private static boolean positiveSize(String v) {
+        try {
+            return JavaUtils.byteStringAsBytes(v) > 0;
         } catch (RuntimeException e) {
             return false;
         }
