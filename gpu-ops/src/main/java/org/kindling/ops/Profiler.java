@@ -2,6 +2,8 @@ package org.kindling.ops;
 
 import java.util.EnumMap;
 import java.util.Map;
+import java.util.TreeMap;
+import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.DoubleAdder;
 import java.util.concurrent.atomic.LongAdder;
 import java.util.function.Supplier;
@@ -23,6 +25,8 @@ public final class Profiler {
     }
 
     private final Map<KernelClass, Counter> counters = new EnumMap<>(KernelClass.class);
+    /** The same counts per Backend method name ({@code communication} for the sync), to see which kernel of a class costs. */
+    private final Map<String, Counter> byKernel = new ConcurrentHashMap<>();
     private final ThreadLocal<int[]> depth = ThreadLocal.withInitial(() -> new int[1]);
 
     private static final class Counter {
@@ -30,6 +34,24 @@ public final class Profiler {
         final DoubleAdder flops = new DoubleAdder();
         final DoubleAdder bytes = new DoubleAdder();
         final LongAdder nanos = new LongAdder();
+
+        void add(double f, double b, long n) {
+            calls.increment();
+            flops.add(f);
+            bytes.add(b);
+            nanos.add(n);
+        }
+
+        Totals totals() {
+            return new Totals(calls.sum(), flops.sum(), bytes.sum(), nanos.sum());
+        }
+
+        void reset() {
+            calls.reset();
+            flops.reset();
+            bytes.reset();
+            nanos.reset();
+        }
     }
 
     public Profiler() {
@@ -52,7 +74,7 @@ public final class Profiler {
         } finally {
             exit();
             if (outer) {
-                add(KernelClass.COMMUNICATION, 0, bytes, System.nanoTime() - t0);
+                add(KernelClass.COMMUNICATION, KernelClass.COMMUNICATION.label(), 0, bytes, System.nanoTime() - t0);
             }
         }
     }
@@ -74,28 +96,33 @@ public final class Profiler {
         depth.get()[0]--;
     }
 
-    void add(KernelClass k, double flops, double bytes, long nanos) {
-        Counter c = counters.get(k);
-        c.calls.increment();
-        c.flops.add(flops);
-        c.bytes.add(bytes);
-        c.nanos.add(nanos);
+    void add(KernelClass k, String kernel, double flops, double bytes, long nanos) {
+        counters.get(k).add(flops, bytes, nanos);
+        byKernel.computeIfAbsent(kernel, name -> new Counter()).add(flops, bytes, nanos);
     }
 
     /** What every class has accumulated since construction or the last {@link #reset}, in class order. */
     public Map<KernelClass, Totals> totals() {
         Map<KernelClass, Totals> out = new EnumMap<>(KernelClass.class);
-        counters.forEach((k, c) -> out.put(k, new Totals(c.calls.sum(), c.flops.sum(), c.bytes.sum(), c.nanos.sum())));
+        counters.forEach((k, c) -> out.put(k, c.totals()));
+        return out;
+    }
+
+    /** The same per kernel (Backend method name, and {@code communication}) that ran since the last {@link #reset}, by name. */
+    public Map<String, Totals> kernels() {
+        Map<String, Totals> out = new TreeMap<>();
+        byKernel.forEach((name, c) -> {
+            Totals t = c.totals();
+            if (t.calls() > 0) {
+                out.put(name, t);
+            }
+        });
         return out;
     }
 
     /** Starts counting afresh (e.g. after warm-up); call it while no profiled kernel runs. */
     public void reset() {
-        for (Counter c : counters.values()) {
-            c.calls.reset();
-            c.flops.reset();
-            c.bytes.reset();
-            c.nanos.reset();
-        }
+        counters.values().forEach(Counter::reset);
+        byKernel.values().forEach(Counter::reset);
     }
 }

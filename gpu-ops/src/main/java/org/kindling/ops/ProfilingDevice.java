@@ -100,7 +100,7 @@ public final class ProfilingDevice extends Device {
                         }
                         if (outer) {
                             long nanos = System.nanoTime() - t0;
-                            profiler.add(k, flops(m.getName(), args), bytes(m.getName(), args), nanos);
+                            profiler.add(k, m.getName(), flops(m.getName(), args), bytes(m.getName(), args), nanos);
                         }
                     }
                 });

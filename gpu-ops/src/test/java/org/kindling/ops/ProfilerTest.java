@@ -70,6 +70,8 @@ class ProfilerTest {
             assertTrue(g.nanos() > 0);
             assertArrayEquals(plain, tc.toFloatArray(), 0f);
             assertEquals(1, p.totals().get(KernelClass.OTHER).calls(), "the read-back");
+            assertEquals(List.of("copyToHost", "gemm"), List.copyOf(p.kernels().keySet()));
+            assertEquals(g, p.kernels().get("gemm"));
         }
     }
 
@@ -140,8 +142,10 @@ class ProfilerTest {
             assertEquals(1, t.get(KernelClass.COMMUNICATION).calls());
             assertEquals(8.0, t.get(KernelClass.COMMUNICATION).bytes());
             assertEquals(0, t.get(KernelClass.OTHER).calls());
+            assertEquals(List.of("communication", "globalL2Norm"), List.copyOf(p.kernels().keySet()));
             p.reset();
             assertEquals(0, p.totals().get(KernelClass.ELEMENTWISE).calls());
+            assertTrue(p.kernels().isEmpty());
         }
     }
 

@@ -25,6 +25,13 @@ final class ProfileTable {
 
     /** Every class's row, in {@link KernelClass} order, from {@code totals} over {@code steps} steps of {@code replicas} replicas. */
     static List<Row> rows(Map<KernelClass, Profiler.Totals> totals, int steps, int replicas) {
+        Map<String, Profiler.Totals> named = new LinkedHashMap<>();
+        totals.forEach((k, t) -> named.put(k.label(), t));
+        return named(named, steps, replicas);
+    }
+
+    /** Rows of named totals (classes or kernels) in the map's order; shares are of the map's sums. */
+    static List<Row> named(Map<String, Profiler.Totals> totals, int steps, int replicas) {
         double flops = 0;
         double nanos = 0;
         for (Profiler.Totals t : totals.values()) {
@@ -32,18 +39,29 @@ final class ProfileTable {
             nanos += t.nanos();
         }
         List<Row> rows = new ArrayList<>();
-        for (KernelClass k : KernelClass.values()) {
-            Profiler.Totals t = totals.get(k);
-            rows.add(new Row(k.label(), (double) t.calls() / steps, t.flops() / steps / 1e9, t.bytes() / steps / 1e6,
+        for (Map.Entry<String, Profiler.Totals> e : totals.entrySet()) {
+            Profiler.Totals t = e.getValue();
+            rows.add(new Row(e.getKey(), (double) t.calls() / steps, t.flops() / steps / 1e9, t.bytes() / steps / 1e6,
                     t.nanos() / 1e6 / steps / replicas, flops > 0 ? t.flops() / flops : 0, nanos > 0 ? t.nanos() / nanos : 0));
         }
         return rows;
     }
 
-    /** The table on {@code err}, with a total row and how much of the median step {@code stepMs} it covers. */
+    /** The {@code top} costliest kernels by time on {@code err}: which kernel of a class to fuse or speed up. */
+    static void printKernels(PrintWriter err, List<Row> kernels, int top) {
+        List<Row> sorted = new ArrayList<>(kernels);
+        sorted.sort((a, b) -> Double.compare(b.ms(), a.ms()));
+        err.printf("costliest kernels per step:%n");
+        for (Row r : sorted.subList(0, Math.min(top, sorted.size()))) {
+            line(err, r.kernelClass(), r.calls(), r.gflop(), r.mbytes(), r.ms(), r.flopShare(), r.timeShare());
+        }
+        err.flush();
+    }
+
+    /** The table on {@code err}, with a total row and how much of the mean step {@code stepMs} it covers. */
     static void print(PrintWriter err, List<Row> rows, int replicas, double stepMs) {
         err.printf("profile per step (calls, GFLOP, MB summed over %d replica(s); ms their mean):%n", replicas);
-        err.printf("%-14s %9s %10s %10s %9s %7s %7s %9s %8s%n", "class", "calls", "GFLOP", "MB", "ms", "%FLOP", "%time",
+        err.printf("%-28s %9s %10s %10s %9s %7s %7s %9s %8s%n", "class", "calls", "GFLOP", "MB", "ms", "%FLOP", "%time",
                 "GFLOP/s", "GB/s");
         double calls = 0;
         double gflop = 0;
@@ -57,13 +75,13 @@ final class ProfileTable {
             ms += r.ms();
         }
         line(err, "total", calls, gflop, mb, ms, gflop > 0 ? 1 : 0, ms > 0 ? 1 : 0);
-        err.printf("kernels and sync take %.2f of the median step's %.2f ms; the rest is host code between them%n", ms, stepMs);
+        err.printf("kernels and sync take %.2f of the mean step's %.2f ms (replica 0); the rest is host code between them%n", ms, stepMs);
         err.flush();
     }
 
     private static void line(PrintWriter err, String name, double calls, double gflop, double mb, double ms, double flopShare,
                              double timeShare) {
-        err.printf("%-14s %9.1f %10.3f %10.1f %9.2f %6.1f%% %6.1f%% %9.1f %8.2f%n", name, calls, gflop, mb, ms,
+        err.printf("%-28s %9.1f %10.3f %10.1f %9.2f %6.1f%% %6.1f%% %9.1f %8.2f%n", name, calls, gflop, mb, ms,
                 100 * flopShare, 100 * timeShare, ms > 0 ? gflop / (ms / 1e3) : 0, ms > 0 ? mb / ms : 0);
     }
 

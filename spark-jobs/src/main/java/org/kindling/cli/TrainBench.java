@@ -137,6 +137,8 @@ final class TrainBench implements Callable<Integer> {
         }
         PrintWriter err = cmd.getErr();
         double[] split = new double[3];
+        // Replica 0's step times summed over the timed steps: the profile's mean step.
+        double[] stepSeconds = new double[1];
         Timing.Stats stats;
         int params;
         long activeParams;
@@ -177,6 +179,7 @@ final class TrainBench implements Callable<Integer> {
                     split[0] += first.lastForwardMs();
                     split[1] += first.lastBackwardMs();
                     split[2] += first.lastOptimizerMs();
+                    stepSeconds[0] += last[0].seconds();
                 }
             };
             stats = Timing.measure(new Timing.Rule(warmup, steps, 0), step, counted);
@@ -209,7 +212,8 @@ final class TrainBench implements Callable<Integer> {
         }
         if (profiler != null) {
             List<ProfileTable.Row> rows = ProfileTable.rows(profiler.totals(), stats.reps(), reps);
-            ProfileTable.print(err, rows, reps, msPerStep);
+            ProfileTable.print(err, rows, reps, stepSeconds[0] * 1e3 / stats.reps());
+            ProfileTable.printKernels(err, ProfileTable.named(profiler.kernels(), stats.reps(), reps), 12);
             if (common.json) {
                 ProfileTable.printJson(cmd.getOut(), rows);
             }

@@ -61,6 +61,7 @@ class TrainBenchTest {
         JsonNode gemm = classes.get(0);
         assertTrue(gemm.get("gflop").asDouble() > 0 && gemm.get("mbytes").asDouble() > 0 && gemm.get("calls").asDouble() > 0, r.out());
         assertTrue(classes.get(classes.size() - 1).get("ms").asDouble() > 0, "two replicas communicate: " + r.out());
-        assertTrue(r.err().contains("%FLOP") && r.err().contains("communication") && r.err().contains("total"), r.err());
+        assertTrue(r.err().contains("%FLOP") && r.err().contains("communication") && r.err().contains("total")
+                && r.err().contains("costliest kernels per step:"), r.err());
     }
 }
