@@ -108,6 +108,14 @@ public abstract class Device implements AutoCloseable {
      */
     public abstract Fence fence();
 
+    /**
+     * The device whose storage this one's tensors live in: itself, or for a wrapper such as
+     * {@link ProfilingDevice} the device it wraps; kernels that look for their own tensors compare this.
+     */
+    Device base() {
+        return this;
+    }
+
     /** Makes uninitialized-but-zeroed storage for {@code length} elements. */
     protected abstract Storage newStorage(DType dtype, int length);
 

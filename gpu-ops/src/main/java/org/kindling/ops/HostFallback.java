@@ -206,7 +206,7 @@ public final class HostFallback implements InvocationHandler {
 
         void collect(Object a) {
             if (a instanceof Tensor t) {
-                if (t.device() == device) {
+                if (t.device().base() == device) {
                     spans.computeIfAbsent(t.storage(), Span::new).ranges.add(new int[] {t.offset(), t.offset() + t.numel()});
                 }
             } else if (a instanceof Varlen v) {
@@ -231,14 +231,14 @@ public final class HostFallback implements InvocationHandler {
 
         Object map(Object a) {
             if (a instanceof Tensor t) {
-                if (t.device() != device) {
+                if (t.device().base() != device) {
                     return t;
                 }
                 Span s = spans.get(t.storage());
                 return s.mirror.view(t.offset() - s.lo, t.shape());
             }
             if (a instanceof Varlen v) {
-                return v.device().device() == device ? Varlen.of((Tensor) map(v.device()), v.host()) : v;
+                return v.device().device().base() == device ? Varlen.of((Tensor) map(v.device()), v.host()) : v;
             }
             if (a instanceof List<?> list) {
                 List<Object> out = new ArrayList<>(list.size());

@@ -8,6 +8,7 @@ import org.kindling.models.config.TrainConfig;
 import org.kindling.models.train.DataParallel;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
+import org.kindling.ops.Profiler;
 import org.kindling.ops.cpu.CpuDevice;
 import picocli.CommandLine;
 import picocli.CommandLine.Option;
@@ -98,8 +99,13 @@ final class BenchOptions {
 
     /** {@code count} data-parallel replicas of a model, each on its own device ({@link #open}), all from {@code seed}. */
     DataParallel replicas(int count, int threadsEach, ModelConfig cfg, long seed, TrainConfig train) {
-        return new DataParallel(count, (rank, sync) -> {
-            Device dev = open(threadsEach);
+        return replicas(count, threadsEach, cfg, seed, train, null);
+    }
+
+    /** {@link #replicas}, with every device and sync counted by {@code profiler} when it is not null. */
+    DataParallel replicas(int count, int threadsEach, ModelConfig cfg, long seed, TrainConfig train, Profiler profiler) {
+        return new DataParallel(count, profiler, (rank, sync) -> {
+            Device dev = profiler == null ? open(threadsEach) : profiler.wrap(open(threadsEach));
             Gpt model = new Gpt(cfg, dev, seed);
             return new DataParallel.Replica(dev, model, new Trainer(model, train, sync));
         });

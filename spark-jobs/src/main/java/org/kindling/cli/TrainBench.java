@@ -19,6 +19,7 @@ import org.kindling.models.train.DataParallel;
 import org.kindling.models.train.StepResult;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
+import org.kindling.ops.Profiler;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -72,6 +73,11 @@ final class TrainBench implements Callable<Integer> {
     @Option(names = "--dtype", description = {"precision: fp32, or bf16 (bf16 GEMM operands, fp32 accumulation, master",
         "weights and optimizer state; the run config's precision: bf16) (default ${DEFAULT-VALUE})"}, defaultValue = "fp32")
     String dtype;
+
+    @Option(names = "--profile", description = {"count every kernel of the timed steps by class (gemm, attention, normalization,",
+        "elementwise, loss, optimizer, embedding, other) and the gradient sync (communication): a table per step on stderr",
+        "of calls, GFLOP, MB, ms, shares of FLOPs and time, GFLOP/s and GB/s; with --json one line per class"})
+    boolean profile;
 
     @Option(names = "--peer", description = "also train the same model in PyTorch in this run: torch")
     String peer;
@@ -131,13 +137,16 @@ final class TrainBench implements Callable<Integer> {
         }
         PrintWriter err = cmd.getErr();
         double[] split = new double[3];
+        // Replica 0's step times summed over the timed steps: the profile's mean step.
+        double[] stepSeconds = new double[1];
         Timing.Stats stats;
         int params;
         long activeParams;
         // The final step's result, for its layer metrics.
         StepResult[] last = new StepResult[1];
         int perThreads = threads / reps;
-        try (DataParallel dp = common.replicas(reps, perThreads, cfg, 1, train)) {
+        Profiler profiler = profile ? new Profiler() : null;
+        try (DataParallel dp = common.replicas(reps, perThreads, cfg, 1, train, profiler)) {
             Trainer first = dp.replicas().get(0).trainer();
             params = first.model().params().count();
             activeParams = first.model().parameterCounts().active();
@@ -145,7 +154,20 @@ final class TrainBench implements Callable<Integer> {
             for (int r = 0; r < reps; r++) {
                 data.add(randomTokens(cfg.vocab(), batch / reps, seq, r, reps));
             }
-            Timing.Trial step = () -> last[0] = dp.step(data);
+            Timing.Trial step = new Timing.Trial() {
+                @Override
+                public void run() {
+                    last[0] = dp.step(data);
+                }
+
+                @Override
+                public void after() {
+                    // The profile covers the timed steps only.
+                    if (profiler != null) {
+                        profiler.reset();
+                    }
+                }
+            };
             Timing.Trial counted = new Timing.Trial() {
                 @Override
                 public void run() {
@@ -157,6 +179,7 @@ final class TrainBench implements Callable<Integer> {
                     split[0] += first.lastForwardMs();
                     split[1] += first.lastBackwardMs();
                     split[2] += first.lastOptimizerMs();
+                    stepSeconds[0] += last[0].seconds();
                 }
             };
             stats = Timing.measure(new Timing.Rule(warmup, steps, 0), step, counted);
@@ -186,6 +209,14 @@ final class TrainBench implements Callable<Integer> {
             row.put("active_params", activeParams);
             Json.putMetrics(row, last[0].metrics());
             Json.printLine(cmd.getOut(), row);
+        }
+        if (profiler != null) {
+            List<ProfileTable.Row> rows = ProfileTable.rows(profiler.totals(), stats.reps(), reps);
+            ProfileTable.print(err, rows, reps, stepSeconds[0] * 1e3 / stats.reps());
+            ProfileTable.printKernels(err, ProfileTable.named(profiler.kernels(), stats.reps(), reps), 12);
+            if (common.json) {
+                ProfileTable.printJson(cmd.getOut(), rows);
+            }
         }
         if (torch != null) {
             Map<String, Object> theirs = torch.run(cmd, "torch_train.py", "--layers", cfg.nLayer(), "--d-model", cfg.dModel(),

@@ -10,6 +10,7 @@ import java.util.function.BiFunction;
 import org.kindling.models.Gpt;
 import org.kindling.models.data.DataSource;
 import org.kindling.ops.Device;
+import org.kindling.ops.Profiler;
 
 /**
  * Data-parallel training inside one JVM: R replicas of a model, each on its own device (on the
@@ -39,12 +40,22 @@ public final class DataParallel implements AutoCloseable {
      * @param make builds replica {@code rank} around its sync (its trainer must use that sync)
      */
     public DataParallel(int count, BiFunction<Integer, GradientSync, Replica> make) {
+        this(count, null, make);
+    }
+
+    /**
+     * @param profiler when not null, the syncs handed to {@code make} count their time there as
+     *     communication ({@link ProfiledSync})
+     * @param make builds replica {@code rank} around its sync (its trainer must use that sync)
+     */
+    public DataParallel(int count, Profiler profiler, BiFunction<Integer, GradientSync, Replica> make) {
         this.syncs = SharedMemorySync.group(count, 600);
         try {
             for (int r = 0; r < count; r++) {
-                Replica replica = make.apply(r, syncs.get(r));
+                GradientSync sync = profiler == null ? syncs.get(r) : new ProfiledSync(syncs.get(r), profiler);
+                Replica replica = make.apply(r, sync);
                 replicas.add(replica);
-                if (replica.trainer().sync() != syncs.get(r)) {
+                if (replica.trainer().sync() != sync) {
                     throw new IllegalArgumentException("replica " + r + "'s trainer does not use the sync it was given");
                 }
             }
