@@ -1,6 +1,8 @@
 package org.kindling.cli;
 
 import java.io.PrintWriter;
+import java.nio.ByteBuffer;
+import java.nio.FloatBuffer;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
@@ -70,17 +72,20 @@ final class AllReduceBench implements Callable<Integer> {
         ExecutorService pool = Executors.newFixedThreadPool(workers);
         Timing.Stats ring;
         try {
-            List<float[]> data = new ArrayList<>();
+            // Direct buffers, as training's gradient buckets: the ring sends and receives them without a copy.
+            List<ByteBuffer> data = new ArrayList<>();
+            List<float[]> results = new ArrayList<>();
             for (int r = 0; r < workers; r++) {
-                data.add(new float[n]);
+                data.add(Ring.allocateFloats(n));
+                results.add(new float[n]);
             }
             ring = Timing.measure(rule, new Timing.Trial() {
                 @Override
                 public void before() {
                     for (int r = 0; r < workers; r++) {
-                        float[] x = data.get(r);
+                        FloatBuffer x = data.get(r).asFloatBuffer();
                         for (int i = 0; i < n; i++) {
-                            x[i] = input(r, i);
+                            x.put(i, input(r, i));
                         }
                     }
                 }
@@ -90,7 +95,7 @@ final class AllReduceBench implements Callable<Integer> {
                     List<Future<?>> fs = new ArrayList<>();
                     for (int r = 0; r < workers; r++) {
                         Ring rr = rings.get(r);
-                        float[] x = data.get(r);
+                        ByteBuffer x = data.get(r);
                         fs.add(pool.submit(() -> rr.allReduce(x, 0, n)));
                     }
                     for (Future<?> f : fs) {
@@ -100,7 +105,10 @@ final class AllReduceBench implements Callable<Integer> {
 
                 @Override
                 public void after() {
-                    check(data, n);
+                    for (int r = 0; r < workers; r++) {
+                        data.get(r).asFloatBuffer().get(0, results.get(r), 0, n);
+                    }
+                    check(results, n);
                 }
             });
         } finally {

@@ -8,6 +8,7 @@ import java.net.Socket;
 import java.net.SocketTimeoutException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
+import java.nio.FloatBuffer;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -26,7 +27,9 @@ import java.util.concurrent.TimeoutException;
  * rank and receives from the previous one, over connections authenticated with the run's secret.
  * {@link #allReduce} is the bandwidth-optimal reduce-scatter + all-gather: every rank sends
  * 2·(W−1)/W of the data, and each chunk's sum is formed once, in ring order, then copied to every
- * rank, so all ranks end with bit-identical results and reruns repeat them bit for bit.
+ * rank, so all ranks end with bit-identical results and reruns repeat them bit for bit. The values
+ * travel as IEEE 754 floats in little-endian byte order, sent from and received into direct buffers
+ * ({@link #allocateFloats}) with no conversion between floats and bytes.
  *
  * <p>Every transfer is a {@link Link} frame carrying an operation counter and its length, MACed
  * with the connection's session key, so ranks that fall out of step fail loudly and a frame altered
@@ -143,8 +146,9 @@ public final class Ring implements AutoCloseable {
     private final Link fromPrev;
     private final ExecutorService sender;
     private long op;
-    private byte[] sendBuf = new byte[0];
-    private float[] recvFloats = new float[0];
+    /** The float[] form of {@link #allReduce}'s values, and the chunk a reduce-scatter step receives. */
+    private ByteBuffer staging = allocateFloats(0);
+    private ByteBuffer received = allocateFloats(0);
 
     private Ring(int rank, List<Peer> peers, Duration timeout, Link toNext, Link fromPrev) {
         this.rank = rank;
@@ -266,8 +270,47 @@ public final class Ring implements AutoCloseable {
         return timeout;
     }
 
-    /** Replaces {@code data[off, off+len)} by its element-wise sum over all ranks. */
+    /**
+     * A direct buffer of {@code count} floats in little-endian order (the wire's), for
+     * {@link #allReduce(ByteBuffer, int, int)}.
+     */
+    public static ByteBuffer allocateFloats(int count) {
+        if (count < 0) {
+            throw new IllegalArgumentException("a float buffer cannot hold " + count + " floats");
+        }
+        return ByteBuffer.allocateDirect(Math.multiplyExact(count, Float.BYTES)).order(ByteOrder.LITTLE_ENDIAN);
+    }
+
+    /**
+     * Replaces {@code data[off, off+len)} by its element-wise sum over all ranks, through one
+     * staging buffer: use {@link #allReduce(ByteBuffer, int, int)} to skip that copy.
+     */
     public void allReduce(float[] data, int off, int len) {
+        java.util.Objects.checkFromIndexSize(off, len, data.length);
+        if (world == 1 || len == 0) {
+            return;
+        }
+        if (staging.capacity() < (long) len * Float.BYTES) {
+            staging = allocateFloats(len);
+        }
+        staging.clear();
+        FloatBuffer f = staging.asFloatBuffer();
+        f.put(data, off, len);
+        allReduce(staging, 0, len);
+        f.get(0, data, off, len);
+    }
+
+    /**
+     * Replaces floats {@code [off, off+len)} of {@code data} (indices in floats, regardless of its
+     * position and limit) by their element-wise sum over all ranks. {@code data} must be a direct
+     * little-endian buffer ({@link #allocateFloats}): its bytes go to the socket and come back into
+     * it as they are.
+     */
+    public void allReduce(ByteBuffer data, int off, int len) {
+        if (!data.isDirect() || data.order() != ByteOrder.LITTLE_ENDIAN) {
+            throw new IllegalArgumentException("allReduce needs a direct little-endian buffer (Ring.allocateFloats), got " + data);
+        }
+        java.util.Objects.checkFromIndexSize(off, len, data.capacity() / Float.BYTES);
         if (world == 1 || len == 0) {
             return;
         }
@@ -275,24 +318,39 @@ public final class Ring implements AutoCloseable {
         for (int i = 0; i <= world; i++) {
             bounds[i] = off + (int) ((long) len * i / world);
         }
+        int most = 0;
+        for (int i = 0; i < world; i++) {
+            most = Math.max(most, bounds[i + 1] - bounds[i]);
+        }
+        if (received.capacity() < most * Float.BYTES) {
+            received = allocateFloats(most);
+        }
+        FloatBuffer sums = data.duplicate().clear().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
+        FloatBuffer got = received.duplicate().clear().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
         for (int s = 0; s < world - 1; s++) {
             int send = Math.floorMod(rank - s, world);
             int recv = Math.floorMod(rank - s - 1, world);
             int n = bounds[recv + 1] - bounds[recv];
-            exchangeFloats(data, bounds[send], bounds[send + 1] - bounds[send], n, "reduce-scatter");
-            float[] got = recvFloats;
+            ByteBuffer out = floats(data, bounds[send], bounds[send + 1]);
+            ByteBuffer in = received.clear().limit(n * Float.BYTES);
+            exchange(id -> toNext.send(id, out), id -> fromPrev.receive(id, in), "reduce-scatter");
             int base = bounds[recv];
             for (int i = 0; i < n; i++) {
-                data[base + i] += got[i];
+                sums.put(base + i, sums.get(base + i) + got.get(i));
             }
         }
         for (int s = 0; s < world - 1; s++) {
             int send = Math.floorMod(rank + 1 - s, world);
             int recv = Math.floorMod(rank - s, world);
-            int n = bounds[recv + 1] - bounds[recv];
-            exchangeFloats(data, bounds[send], bounds[send + 1] - bounds[send], n, "all-gather");
-            System.arraycopy(recvFloats, 0, data, bounds[recv], n);
+            ByteBuffer out = floats(data, bounds[send], bounds[send + 1]);
+            ByteBuffer in = floats(data, bounds[recv], bounds[recv + 1]);
+            exchange(id -> toNext.send(id, out), id -> fromPrev.receive(id, in), "all-gather");
         }
+    }
+
+    /** The bytes of floats {@code [from, to)} of {@code data}, as a buffer of their own (the byte order does not matter for moving them). */
+    private static ByteBuffer floats(ByteBuffer data, int from, int to) {
+        return data.duplicate().limit(to * Float.BYTES).position(from * Float.BYTES);
     }
 
     /** Every rank's {@code mine} (at most {@link #MAX_GATHER_BYTES}), indexed by rank. */
@@ -302,48 +360,40 @@ public final class Ring implements AutoCloseable {
         }
         byte[][] all = new byte[world][];
         all[rank] = mine.clone();
+        int[] got = new int[1];
         for (int s = 0; s < world - 1; s++) {
             int send = Math.floorMod(rank - s, world);
             int recv = Math.floorMod(rank - s - 1, world);
-            int n = exchange(all[send], all[send].length, -1, "all-gather");
-            all[recv] = Arrays.copyOf(fromPrev.buffer(), n);
+            byte[] out = all[send];
+            exchange(id -> toNext.send(id, out, 0, out.length), id -> got[0] = fromPrev.receive(id, -1, MAX_GATHER_BYTES), "all-gather");
+            all[recv] = Arrays.copyOf(fromPrev.buffer(), got[0]);
         }
         return all;
     }
 
-    private void exchangeFloats(float[] data, int from, int count, int expect, String phase) {
-        int bytes = count * Float.BYTES;
-        if (sendBuf.length < bytes) {
-            sendBuf = new byte[bytes];
-        }
-        ByteBuffer.wrap(sendBuf, 0, bytes).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer().put(data, from, count);
-        exchange(sendBuf, bytes, expect * Float.BYTES, phase);
-        if (recvFloats.length < expect) {
-            recvFloats = new float[expect];
-        }
-        ByteBuffer.wrap(fromPrev.buffer(), 0, expect * Float.BYTES).order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer()
-                .get(recvFloats, 0, expect);
+    /** One side of an {@link #exchange}, given the operation number both sides' frames carry. */
+    private interface Transfer {
+        void run(long op) throws IOException;
     }
 
     /**
-     * Sends {@code len} bytes to the next rank while receiving from the previous one into
-     * {@code fromPrev.buffer()}; returns the received length. {@code expect} -1 accepts any length
-     * up to {@link #MAX_GATHER_BYTES}.
+     * Sends to the next rank (on the sender thread) while receiving from the previous one, both
+     * frames carrying the next operation number; a failure of either closes the ring and is
+     * raised naming the peer and the phase.
      */
-    private int exchange(byte[] send, int len, int expect, String phase) {
+    private void exchange(Transfer send, Transfer receive, String phase) {
         long id = op++;
         Future<?> sent = sender.submit(() -> {
-            toNext.send(id, send, 0, len);
+            send.run(id);
             return null;
         });
         int prev = Math.floorMod(rank - 1, world);
         int next = (rank + 1) % world;
         String during = " during " + phase + " (operation " + id + ")";
         try {
-            int n = fromPrev.receive(id, expect, expect >= 0 ? expect : MAX_GATHER_BYTES);
-            // The write's own deadline (the link's watchdog) ends it; this margin only covers a slow scheduler.
+            receive.run(id);
+            // The write's own deadline ends it; this margin only covers a slow scheduler.
             sent.get(timeout.toMillis() + 10_000, TimeUnit.MILLISECONDS);
-            return n;
         } catch (SocketTimeoutException e) {
             close();
             throw new CollectiveTimeoutException("rank " + rank + ": " + fromPrev.peer() + " sent nothing for " + timeout.toSeconds()

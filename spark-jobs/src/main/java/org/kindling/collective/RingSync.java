@@ -1,6 +1,7 @@
 package org.kindling.collective;
 
 import java.nio.ByteBuffer;
+import java.nio.FloatBuffer;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.ExecutionException;
@@ -33,6 +34,8 @@ public final class RingSync implements GradientSync, AutoCloseable {
     private final List<Ready> pendingGroups = new ArrayList<>();
     private final List<Future<?>> inFlight = new ArrayList<>();
     private long pendingElements;
+    /** The bucket being summed, in the ring's wire form; only the communication thread touches it. */
+    private ByteBuffer flat = Ring.allocateFloats(0);
     private int reported;
     private long commNanos;
     private long waitNanos;
@@ -136,20 +139,19 @@ public final class RingSync implements GradientSync, AutoCloseable {
             for (Ready g : groups) {
                 GradientSync.awaitGradients(g.params(), g.fence(), ring.timeout());
             }
-            float[] flat = new float[size];
-            int off = 0;
+            if (flat.capacity() < (long) size * Float.BYTES) {
+                flat = Ring.allocateFloats(size);
+            }
+            FloatBuffer values = flat.clear().asFloatBuffer();
             for (Param p : bucket) {
-                float[] g = p.grad().toFloatArray();
-                System.arraycopy(g, 0, flat, off, g.length);
-                off += g.length;
+                values.put(p.grad().toFloatArray());
             }
             ring.allReduce(flat, 0, size);
-            off = 0;
+            values.clear();
             for (Param p : bucket) {
                 float[] g = new float[p.numel()];
-                System.arraycopy(flat, off, g, 0, g.length);
+                values.get(g);
                 p.grad().copyFrom(g);
-                off += g.length;
             }
             commNanos += System.nanoTime() - t0;
             return null;

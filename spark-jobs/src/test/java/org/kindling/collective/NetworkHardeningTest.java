@@ -18,6 +18,7 @@ import java.net.NetworkInterface;
 import java.net.ServerSocket;
 import java.net.Socket;
 import java.nio.ByteBuffer;
+import java.nio.channels.SocketChannel;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Arrays;
@@ -111,7 +112,7 @@ class NetworkHardeningTest {
                     throw new IllegalStateException(e);
                 }
             });
-            Socket s = new Socket(HOST, gate.address().getPort());
+            Socket s = SocketChannel.open(new InetSocketAddress(HOST, gate.address().getPort())).socket();
             s.setSoTimeout(5_000);
             Handshake.Session session = Handshake.connect(s, secret, purpose);
             Link accepted = links.poll(5, TimeUnit.SECONDS);

@@ -8,6 +8,9 @@ import static org.junit.jupiter.api.Assertions.assertTrue;
 import java.io.DataInputStream;
 import java.io.IOException;
 import java.net.Socket;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.FloatBuffer;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -70,6 +73,29 @@ class RingTest {
             ring.allReduce(new float[0], 0, 0);
             return x;
         });
+    }
+
+    @Test
+    void aDirectBufferIsReducedInPlaceToTheSameBitsAsAnArray() throws Exception {
+        int world = 3;
+        int n = 300_007; // several of the link's MAC chunks per ring chunk, and uneven chunks
+        List<float[]> arrays = reduceInside(world, n);
+        List<float[]> direct = onRing(world, Duration.ofSeconds(20), ring -> {
+            ByteBuffer b = Ring.allocateFloats(n + 5);
+            FloatBuffer f = b.asFloatBuffer();
+            f.put(0, -7f).put(3, data(ring.rank(), n)).put(n + 4, 9f);
+            b.position(1).limit(2); // the ring addresses floats by index, whatever the buffer's position and limit
+            ring.allReduce(b, 3, n);
+            float[] out = new float[n + 5];
+            f.get(0, out);
+            return out;
+        });
+        for (float[] r : direct) {
+            assertArrayEquals(arrays.get(0), r, "the direct buffer's sums differ from the array's");
+        }
+        IllegalArgumentException e = onRing(2, Duration.ofSeconds(20), ring -> assertThrows(IllegalArgumentException.class,
+                () -> ring.allReduce(ByteBuffer.allocate(16).order(ByteOrder.LITTLE_ENDIAN), 0, 4))).get(0);
+        assertTrue(e.getMessage().contains("direct little-endian"), e.getMessage());
     }
 
     @Test
