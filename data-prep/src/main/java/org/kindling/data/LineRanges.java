@@ -7,7 +7,6 @@ import java.io.UncheckedIOException;
 import java.util.Arrays;
 import java.util.Iterator;
 import java.util.NoSuchElementException;
-import org.apache.spark.network.util.JavaUtils;
 import org.apache.spark.sql.SparkSession;
 
 /**
@@ -42,17 +41,7 @@ final class LineRanges {
 
     /** The session's {@link #SPLIT_BYTES} (default 64 MiB); a bad value is an error naming the key. */
     static long splitBytes(SparkSession spark) {
-        String v = spark.conf().get(SPLIT_BYTES, DEFAULT_SPLIT_BYTES);
-        long b;
-        try {
-            b = JavaUtils.byteStringAsBytes(v);
-        } catch (RuntimeException e) {
-            throw new IllegalArgumentException(SPLIT_BYTES + " must be a size such as 64m or 1k, got '" + v + "'", e);
-        }
-        if (b <= 0) {
-            throw new IllegalArgumentException(SPLIT_BYTES + " must be positive, got '" + v + "'");
-        }
-        return b;
+        return PrepareJob.positiveBytes(spark.conf().get(SPLIT_BYTES, DEFAULT_SPLIT_BYTES), SPLIT_BYTES);
     }
 
     /**

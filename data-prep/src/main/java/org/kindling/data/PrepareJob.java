@@ -34,6 +34,7 @@ import org.apache.spark.api.java.JavaPairRDD;
 import org.apache.spark.api.java.JavaRDD;
 import org.apache.spark.api.java.JavaSparkContext;
 import org.apache.spark.broadcast.Broadcast;
+import org.apache.spark.network.util.JavaUtils;
 import org.apache.spark.sql.Dataset;
 import org.apache.spark.sql.Row;
 import org.apache.spark.sql.SparkSession;
@@ -58,6 +59,34 @@ public final class PrepareJob {
     /** Spark conf key: line-delimited text and JSONL files larger than this size ("64m", the default) are read by several tasks. */
     public static final String SPLIT_BYTES = LineRanges.SPLIT_BYTES;
     static final String MANIFEST = "manifest.json";
+
+    /** {@code value} as a positive Spark time in ms (e.g. {@link #PROGRESS_INTERVAL}'s); errors name {@code name}, a key or an option. */
+    public static long positiveMs(String value, String name) {
+        long ms;
+        try {
+            ms = JavaUtils.timeStringAsMs(value);
+        } catch (RuntimeException e) {
+            throw new IllegalArgumentException(name + " must be a duration such as 10s or 500ms, got '" + value + "'", e);
+        }
+        if (ms <= 0) {
+            throw new IllegalArgumentException(name + " must be positive, got '" + value + "'");
+        }
+        return ms;
+    }
+
+    /** {@code value} as a positive Spark size in bytes (e.g. {@link #SPLIT_BYTES}'s); errors name {@code name}, a key or an option. */
+    public static long positiveBytes(String value, String name) {
+        long b;
+        try {
+            b = JavaUtils.byteStringAsBytes(value);
+        } catch (RuntimeException e) {
+            throw new IllegalArgumentException(name + " must be a size such as 64m or 1k, got '" + value + "'", e);
+        }
+        if (b <= 0) {
+            throw new IllegalArgumentException(name + " must be positive, got '" + value + "'");
+        }
+        return b;
+    }
 
     private PrepareJob() {
     }

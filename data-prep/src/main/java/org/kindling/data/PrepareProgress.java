@@ -12,7 +12,6 @@ import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Consumer;
 import org.apache.spark.SparkContext;
-import org.apache.spark.network.util.JavaUtils;
 import org.apache.spark.sql.SparkSession;
 import org.apache.spark.util.CollectionAccumulator;
 
@@ -61,17 +60,7 @@ final class PrepareProgress implements AutoCloseable {
 
     /** The session's {@link #INTERVAL} in milliseconds (default 10 s); a bad value is an error naming the key. */
     static long intervalMs(SparkSession spark) {
-        String v = spark.conf().get(INTERVAL, "10s");
-        long ms;
-        try {
-            ms = JavaUtils.timeStringAsMs(v);
-        } catch (RuntimeException e) {
-            throw new IllegalArgumentException(INTERVAL + " must be a duration such as 10s or 500ms, got '" + v + "'", e);
-        }
-        if (ms <= 0) {
-            throw new IllegalArgumentException(INTERVAL + " must be positive, got '" + v + "'");
-        }
-        return ms;
+        return PrepareJob.positiveMs(spark.conf().get(INTERVAL, "10s"), INTERVAL);
     }
 
     /**

@@ -5,16 +5,15 @@ import java.io.PrintWriter;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Callable;
-import org.apache.spark.network.util.JavaUtils;
 import org.apache.spark.sql.SparkSession;
 import org.kindling.api.InvalidOptionException;
 import org.kindling.api.KindlingApi;
 import org.kindling.api.PrepareBuilder;
 import org.kindling.api.PreparedData;
 import org.kindling.data.PrepareJob;
+import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
-import picocli.CommandLine;
 
 @Command(name = "prepare", mixinStandardHelpOptions = true,
         description = {"Tokenize a corpus into Arrow shards with Spark: validate documents (rejects go to DIR/rejects/),",
@@ -79,13 +78,15 @@ final class PrepareCommand implements Callable<Integer> {
         } catch (InvalidOptionException e) {
             throw Kindling.usage(cmd, e);
         }
-        if (progressInterval != null && !positiveDuration(progressInterval)) {
-            throw new CommandLine.ParameterException(cmd, "--progress-interval must be a positive duration such as 2s or 500ms, got '"
-                    + progressInterval + "'");
-        }
-        if (splitBytes != null && !positiveSize(splitBytes)) {
-            throw new CommandLine.ParameterException(cmd, "--split-bytes must be a positive size such as 64m or 512k, got '"
-                    + splitBytes + "'");
+        try {
+            if (progressInterval != null) {
+                PrepareJob.positiveMs(progressInterval, "--progress-interval");
+            }
+            if (splitBytes != null) {
+                PrepareJob.positiveBytes(splitBytes, "--split-bytes");
+            }
+        } catch (IllegalArgumentException e) {
+            throw new CommandLine.ParameterException(cmd, e.getMessage());
         }
         Map<String, String> conf = new java.util.HashMap<>();
         if (progressInterval != null) {
@@ -108,22 +109,6 @@ final class PrepareCommand implements Callable<Integer> {
             spark.stop();
         }
         return 0;
-    }
-
-    private static boolean positiveDuration(String v) {
-        try {
-            return JavaUtils.timeStringAsMs(v) > 0;
-        } catch (RuntimeException e) {
-            return false;
-        }
-    }
-
-    private static boolean positiveSize(String v) {
-        try {
-            return JavaUtils.byteStringAsBytes(v) > 0;
-        } catch (RuntimeException e) {
-            return false;
-        }
     }
 
     private PrepareBuilder builder(SparkSession spark) {
