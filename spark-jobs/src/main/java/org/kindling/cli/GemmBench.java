@@ -90,17 +90,9 @@ final class GemmBench implements Callable<Integer> {
                 throw new CommandLine.ParameterException(cmd, "--dtype bf16 benchmarks a device with a bf16 GEMM (cuda); "
                         + "the CPU widens bf16 operands to fp32 and runs its fp32 GEMM, which --dtype fp32 measures");
             }
-            try (Tensor ta = dev.allocate(operands, m, k).copyFrom(a);
-                 Tensor tb = dev.allocate(operands, k, n).copyFrom(b);
-                 Tensor tc = dev.allocate(DType.F32, m, n)) {
-                impl = dev.backend().gemmImpl();
-                String name = impl;
-                fast = Timing.measure(rule, () -> {
-                    dev.backend().gemm(g, tc, ta, tb);
-                    Timing.finish(dev, "the " + name + " GEMM");
-                });
-                c = tc.toFloatArray();
-            }
+            impl = dev.backend().gemmImpl();
+            c = new float[m * n];
+            fast = time(dev, g, operands, a, b, c, rule);
         }
         boolean onCpu = kind == Device.Kind.CPU;
         float[] ref = new float[m * n];
@@ -162,6 +154,21 @@ final class GemmBench implements Callable<Integer> {
             }
         }
         return 0;
+    }
+
+    /** Times {@code g} on {@code dev} over operands {@code a} and {@code b} held as {@code operands}, leaving the product in {@code c}. */
+    static Timing.Stats time(Device dev, Gemm g, DType operands, float[] a, float[] b, float[] c, Timing.Rule rule) throws Exception {
+        String name = dev.backend().gemmImpl();
+        try (Tensor ta = dev.allocate(operands, g.m(), g.k()).copyFrom(a);
+             Tensor tb = dev.allocate(operands, g.k(), g.n()).copyFrom(b);
+             Tensor tc = dev.allocate(DType.F32, g.m(), g.n())) {
+            Timing.Stats stats = Timing.measure(rule, () -> {
+                dev.backend().gemm(g, tc, ta, tb);
+                Timing.finish(dev, "the " + name + " GEMM");
+            });
+            System.arraycopy(tc.toFloatArray(), 0, c, 0, c.length);
+            return stats;
+        }
     }
 
     /**

@@ -18,7 +18,9 @@ import org.kindling.models.nn.Precision;
 import org.kindling.models.train.DataParallel;
 import org.kindling.models.train.StepResult;
 import org.kindling.models.train.Trainer;
+import org.kindling.ops.DType;
 import org.kindling.ops.Device;
+import org.kindling.ops.Gemm;
 import org.kindling.ops.Profiler;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
@@ -79,6 +81,12 @@ final class TrainBench implements Callable<Integer> {
         "of calls, GFLOP, MB, ms, shares of FLOPs and time, GFLOP/s and GB/s; with --json one line per class"})
     boolean profile;
 
+    @Option(names = "--ceiling", description = {"first time an N x N x N GEMM of the backend on all the threads in this run (and",
+        "PyTorch's with --peer torch): the machine's GEMM ceiling; then print the step's GFLOP/s (the FLOPs the profiler",
+        "counts in one step over the median step time) as a share of the faster; 0 skips it (default ${DEFAULT-VALUE})"},
+            defaultValue = "1024")
+    int ceiling;
+
     @Option(names = "--peer", description = "also train the same model in PyTorch in this run: torch")
     String peer;
 
@@ -95,6 +103,9 @@ final class TrainBench implements Callable<Integer> {
                 "--batch", batch, "--steps", steps);
         if (warmup < 0) {
             throw new CommandLine.ParameterException(cmd, "--warmup must be 0 or more, got " + warmup);
+        }
+        if (ceiling < 0) {
+            throw new CommandLine.ParameterException(cmd, "--ceiling must be 0 (skip) or a GEMM size, got " + ceiling);
         }
         Precision precision;
         try {
@@ -136,6 +147,16 @@ final class TrainBench implements Callable<Integer> {
             }
         }
         PrintWriter err = cmd.getErr();
+        List<Map<String, Object>> ceilings = ceiling > 0 ? ceilings(cmd, torch, threads, precision) : List.of();
+        int perThreads = threads / reps;
+        double stepFlops = 0;
+        if (ceiling > 0 && !profile) {
+            Profiler counter = new Profiler();
+            try (DataParallel dp = common.replicas(reps, perThreads, cfg, 1, train, counter)) {
+                dp.step(randomTokens(cfg.vocab(), batch, seq, reps));
+            }
+            stepFlops = flops(counter);
+        }
         double[] split = new double[3];
         // Replica 0's step times summed over the timed steps: the profile's mean step.
         double[] stepSeconds = new double[1];
@@ -144,16 +165,12 @@ final class TrainBench implements Callable<Integer> {
         long activeParams;
         // The final step's result, for its layer metrics.
         StepResult[] last = new StepResult[1];
-        int perThreads = threads / reps;
         Profiler profiler = profile ? new Profiler() : null;
         try (DataParallel dp = common.replicas(reps, perThreads, cfg, 1, train, profiler)) {
             Trainer first = dp.replicas().get(0).trainer();
             params = first.model().params().count();
             activeParams = first.model().parameterCounts().active();
-            List<DataSource> data = new ArrayList<>();
-            for (int r = 0; r < reps; r++) {
-                data.add(randomTokens(cfg.vocab(), batch / reps, seq, r, reps));
-            }
+            List<DataSource> data = randomTokens(cfg.vocab(), batch, seq, reps);
             Timing.Trial step = new Timing.Trial() {
                 @Override
                 public void run() {
@@ -189,6 +206,9 @@ final class TrainBench implements Callable<Integer> {
         double fwd = split[0] / steps;
         double bwd = split[1] / steps;
         double opt = split[2] / steps;
+        if (profiler != null) {
+            stepFlops = flops(profiler) / stats.reps();
+        }
         err.printf("train %,d params, %,d active (L=%d C=%d H=%d V=%d), B=%d T=%d, %s, %d replica(s) x %d thread(s): %.0f tokens/s, "
                 + "%.1f ms/step (median of %d; best %.1f; forward %.1f, backward %.1f, optimizer %.1f)%s%n", params, activeParams,
                 cfg.nLayer(), cfg.dModel(), cfg.nHead(), cfg.vocab(), batch, seq, dtype, reps, perThreads, tokensPerS, msPerStep, stats.reps(), stats.best() * 1e3,
@@ -209,6 +229,14 @@ final class TrainBench implements Callable<Integer> {
             row.put("active_params", activeParams);
             Json.putMetrics(row, last[0].metrics());
             Json.printLine(cmd.getOut(), row);
+            for (Map<String, Object> c : ceilings) {
+                Json.printLine(cmd.getOut(), c);
+            }
+        }
+        List<Map<String, Object>> utilization = new ArrayList<>();
+        if (!ceilings.isEmpty()) {
+            utilization.add(utilization(err, "kindling" + (precision == Precision.FP32 ? "" : " " + dtype), stepFlops,
+                    stats.median(), ceilings));
         }
         if (profiler != null) {
             List<ProfileTable.Row> rows = ProfileTable.rows(profiler.totals(), stats.reps(), reps);
@@ -229,8 +257,109 @@ final class TrainBench implements Callable<Integer> {
             if (common.json) {
                 Json.printLine(cmd.getOut(), theirs);
             }
+            if (!ceilings.isEmpty()) {
+                utilization.add(utilization(err, String.valueOf(theirs.get("impl")), stepFlops,
+                        Peer.number(theirs, "ms_per_step") / 1e3, ceilings));
+            }
+        }
+        if (common.json) {
+            for (Map<String, Object> u : utilization) {
+                Json.printLine(cmd.getOut(), u);
+            }
         }
         return 0;
+    }
+
+    /**
+     * The machine's GEMM ceiling, measured in this run on all {@code threads}: the backend's GEMM and, with the peer,
+     * PyTorch's, at --ceiling cubed, in the step's operand precision (fp32 on the CPU, which widens bf16), one row each.
+     */
+    private List<Map<String, Object>> ceilings(CommandLine cmd, Peer torch, int threads, Precision precision) throws Exception {
+        SplittableRandom rnd = new SplittableRandom(42);
+        float[] a = BenchOptions.uniform(rnd, ceiling * ceiling);
+        float[] b = BenchOptions.uniform(rnd, ceiling * ceiling);
+        Gemm g = Gemm.of(false, false, ceiling, ceiling, ceiling);
+        Timing.Rule rule = new Timing.Rule(2, 3, 1.0);
+        List<Map<String, Object>> rows = new ArrayList<>();
+        Device.Kind kind;
+        int ordinal;
+        String dtype;
+        try (Device dev = common.open(threads)) {
+            kind = dev.kind();
+            ordinal = dev.ordinal();
+            DType operands = precision == Precision.BF16 && kind != Device.Kind.CPU ? DType.BF16 : DType.F32;
+            dtype = operands == DType.BF16 ? "bf16" : "fp32";
+            Timing.Stats stats = GemmBench.time(dev, g, operands, a, b, new float[ceiling * ceiling], rule);
+            rows.add(ceilingRow(dev.backend().gemmImpl() + (operands == DType.BF16 ? " bf16" : ""), threads,
+                    stats.bestRate(g.flops()) / 1e9));
+        }
+        if (torch != null) {
+            Map<String, Object> theirs = kind == Device.Kind.CUDA
+                    ? torch.run(cmd, "torch_gemm.py", "--m", ceiling, "--n", ceiling, "--k", ceiling, "--threads", threads,
+                            "--seconds", rule.seconds(), "--device", "cuda:" + ordinal, "--dtype", dtype)
+                    : torch.run(cmd, "torch_gemm.py", "--m", ceiling, "--n", ceiling, "--k", ceiling, "--threads", threads,
+                            "--seconds", rule.seconds());
+            rows.add(ceilingRow(String.valueOf(theirs.get("impl")), threads, Peer.number(theirs, "gflops")));
+        }
+        return rows;
+    }
+
+    private Map<String, Object> ceilingRow(String impl, int threads, double gflops) {
+        Map<String, Object> row = new LinkedHashMap<>();
+        row.put("bench", "train_ceiling");
+        row.put("impl", impl);
+        row.put("n", ceiling);
+        row.put("threads", threads);
+        row.put("gflops", BenchOptions.round(gflops));
+        return row;
+    }
+
+    /**
+     * A side's step as a share of the ceiling: the FLOPs Kindling's kernels count in one step (the same model and
+     * batch for the peer) over that side's median step seconds; on stderr, and as a row for --json.
+     */
+    private Map<String, Object> utilization(PrintWriter err, String impl, double stepFlops, double stepSeconds,
+                                            List<Map<String, Object>> ceilings) {
+        double best = bestCeiling(ceilings);
+        double achieved = stepFlops / stepSeconds / 1e9;
+        err.printf("%s: %.4g GFLOP per step (counted by the profiler), %.1f GFLOP/s at the median step = %.0f%% of the GEMM "
+                + "ceiling %.1f GFLOP/s (best %dx%dx%d GEMM of this run: %s)%n", impl, stepFlops / 1e9, achieved,
+                100 * achieved / best, best, ceiling, ceiling, ceiling, ceilingNames(ceilings));
+        err.flush();
+        Map<String, Object> row = new LinkedHashMap<>();
+        row.put("bench", "train_utilization");
+        row.put("impl", impl);
+        row.put("gflop_per_step", Double.parseDouble(String.format(java.util.Locale.ROOT, "%.4g", stepFlops / 1e9)));
+        row.put("gflops", BenchOptions.round(achieved));
+        row.put("ceiling_gflops", BenchOptions.round(best));
+        row.put("ceiling_share", Math.round(achieved / best * 1e4) / 1e4);
+        return row;
+    }
+
+    private static double bestCeiling(List<Map<String, Object>> rows) {
+        return rows.stream().mapToDouble(r -> ((Number) r.get("gflops")).doubleValue()).max().orElseThrow();
+    }
+
+    private static String ceilingNames(List<Map<String, Object>> rows) {
+        StringBuilder sb = new StringBuilder();
+        for (Map<String, Object> r : rows) {
+            sb.append(sb.length() == 0 ? "" : ", ").append(r.get("impl")).append(' ').append(r.get("gflops"));
+        }
+        return sb.toString();
+    }
+
+    /** The FLOPs a profiler counted in all its kernels. */
+    private static double flops(Profiler profiler) {
+        return profiler.totals().values().stream().mapToDouble(Profiler.Totals::flops).sum();
+    }
+
+    /** {@code batch} random sequences split evenly over {@code replicas} sources, each drawing its own. */
+    private static List<DataSource> randomTokens(int vocab, int batch, int seq, int replicas) {
+        List<DataSource> data = new ArrayList<>();
+        for (int r = 0; r < replicas; r++) {
+            data.add(randomTokens(vocab, batch / replicas, seq, r, replicas));
+        }
+        return data;
     }
 
     /** Random sequences; replica {@code rank} of {@code replicas} gets its own. */

@@ -76,8 +76,11 @@ class PeerTest {
         Assumptions.assumeTrue(python != null, "no Python with PyTorch here (python3-torch); the peer is optional");
         CliRun r = CliRun.of(with(TINY_TRAIN, "--python", python, "--json"));
         assertEquals(0, r.code(), r.err());
-        String[] lines = r.out().strip().split("\n");
+        // Each side's train line; the GEMM ceiling and utilization lines between and after are TrainBenchTest's.
+        String[] lines = java.util.Arrays.stream(r.out().strip().split("\n")).filter(l -> l.startsWith("{\"bench\":\"train\","))
+                .toArray(String[]::new);
         assertEquals(2, lines.length, r.out());
+        assertTrue(r.out().contains("\"bench\":\"train_utilization\",\"impl\":\"torch "), r.out());
         JsonNode ours = new ObjectMapper().readTree(lines[0]);
         JsonNode theirs = new ObjectMapper().readTree(lines[1]);
         List<String> a = new ArrayList<>();

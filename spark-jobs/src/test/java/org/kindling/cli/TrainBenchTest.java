@@ -38,10 +38,10 @@ class TrainBenchTest {
     @Test
     void profilePrintsATableAndOneJsonLinePerClass() throws Exception {
         CliRun r = CliRun.of("bench", "train", "--layers", "1", "--d-model", "16", "--heads", "2", "--vocab", "32", "--seq", "16",
-                "--batch", "2", "--steps", "2", "--warmup", "1", "--threads", "2", "--json", "--profile");
+                "--batch", "2", "--steps", "2", "--warmup", "1", "--threads", "2", "--json", "--profile", "--ceiling", "0");
         java.util.List<JsonNode> rows = r.rows(null);
         assertEquals("train", rows.get(0).get("bench").asText());
-        java.util.List<JsonNode> classes = rows.subList(1, rows.size());
+        java.util.List<JsonNode> classes = rows.stream().filter(c -> c.get("bench").asText().equals("train_profile")).toList();
         assertEquals(java.util.Arrays.stream(org.kindling.ops.KernelClass.values()).map(org.kindling.ops.KernelClass::label).toList(),
                 classes.stream().map(c -> c.get("class").asText()).toList());
         double flopShare = 0;
@@ -63,5 +63,36 @@ class TrainBenchTest {
         assertTrue(classes.get(classes.size() - 1).get("ms").asDouble() > 0, "two replicas communicate: " + r.out());
         assertTrue(r.err().contains("%FLOP") && r.err().contains("communication") && r.err().contains("total")
                 && r.err().contains("costliest kernels per step:"), r.err());
+    }
+
+    /**
+     * --ceiling times a GEMM on the same threads first (one train_ceiling line per side) and reports the
+     * step's counted FLOPs as a share of it (a train_utilization line); the same count with --profile.
+     */
+    @Test
+    void ceilingReportsTheStepAsAShareOfAGemmTimedInTheSameRun() throws Exception {
+        CliRun r = CliRun.of(with("--ceiling", "64"));
+        String[] lines = r.out().strip().split("\n");
+        assertEquals(3, lines.length, r.out());
+        assertEquals(java.util.List.of("bench", "impl", "n", "threads", "gflops"), CliTest.fieldNames(lines[1]));
+        assertEquals(java.util.List.of("bench", "impl", "gflop_per_step", "gflops", "ceiling_gflops", "ceiling_share"),
+                CliTest.fieldNames(lines[2]));
+        java.util.List<JsonNode> rows = r.rows(null);
+        JsonNode gemm = rows.get(1);
+        JsonNode use = rows.get(2);
+        assertEquals("train_ceiling", gemm.get("bench").asText());
+        assertEquals(64, gemm.get("n").asInt());
+        assertEquals("train_utilization", use.get("bench").asText());
+        assertEquals("kindling", use.get("impl").asText());
+        double gflops = use.get("gflops").asDouble();
+        double ceiling = use.get("ceiling_gflops").asDouble();
+        assertEquals(gemm.get("gflops").asDouble(), ceiling);
+        assertTrue(use.get("gflop_per_step").asDouble() > 0 && gflops > 0, r.out());
+        assertEquals(gflops / ceiling, use.get("ceiling_share").asDouble(), 0.01 * gflops / ceiling + 1e-4, r.out());
+        assertTrue(r.err().contains("of the GEMM ceiling"), r.err());
+        JsonNode profiled = CliRun.of(with("--ceiling", "64", "--profile")).rows(null).stream()
+                .filter(j -> j.get("bench").asText().equals("train_utilization")).findFirst().orElseThrow();
+        assertEquals(use.get("gflop_per_step").asDouble(), profiled.get("gflop_per_step").asDouble(), 1e-12);
+        CliRun.assertUsageError("--ceiling must be 0 (skip) or a GEMM size, got -1", with("--ceiling", "-1"));
     }
 }
