@@ -35,7 +35,7 @@ public final class BpeTokenizer {
     private final Map<String, Integer> vocab;
     private final String[] tokens;
     /** (left id, right id) → rank in the high 32 bits, merged id in the low 32. */
-    private final Map<Long, Long> mergeTable;
+    private final MergeTable mergeTable;
     /** Id of each single-byte symbol, or −1 if the vocabulary lacks it. */
     private final int[] byteIds = new int[512];
     private final List<String[]> merges;
@@ -58,13 +58,13 @@ public final class BpeTokenizer {
         this.tokens = new String[size];
         vocab.forEach((t, id) -> tokens[id] = t);
         specials.forEach((t, id) -> tokens[id] = t);
-        Map<Long, Long> table = new java.util.HashMap<>();
+        MergeTable table = new MergeTable(merges.size());
         for (int i = 0; i < merges.size(); i++) {
             Integer a = vocab.get(merges.get(i)[0]);
             Integer b = vocab.get(merges.get(i)[1]);
             Integer merged = vocab.get(merges.get(i)[0] + merges.get(i)[1]);
             if (a != null && b != null && merged != null) {
-                table.putIfAbsent(pair(a, b), ((long) i << 32) | merged);
+                table.putIfAbsent(MergeTable.pair(a, b), ((long) i << 32) | merged);
             }
         }
         this.mergeTable = table;
@@ -138,10 +138,6 @@ public final class BpeTokenizer {
         }
     }
 
-    private static long pair(int a, int b) {
-        return ((long) a << 32) | (b & 0xffffffffL);
-    }
-
     /** Applies the merges to one pre-token's symbols, lowest rank first, leftmost first among equals. */
     private int[] bpe(String symbols) {
         int n = symbols.length();
@@ -158,8 +154,8 @@ public final class BpeTokenizer {
         while (n > 1) {
             long best = Long.MAX_VALUE;
             for (int i = 0; i + 1 < n; i++) {
-                Long m = mergeTable.get(pair(ids[i], ids[i + 1]));
-                if (m != null && m < best) {
+                long m = mergeTable.get(MergeTable.pair(ids[i], ids[i + 1]));
+                if (m != MergeTable.ABSENT && m < best) {
                     best = m;
                 }
             }
@@ -171,8 +167,8 @@ public final class BpeTokenizer {
             int w = 0;
             for (int i = 0; i < n; i++) {
                 if (i + 1 < n) {
-                    Long m = mergeTable.get(pair(ids[i], ids[i + 1]));
-                    if (m != null && (int) (m >>> 32) == rank) {
+                    long m = mergeTable.get(MergeTable.pair(ids[i], ids[i + 1]));
+                    if (m != MergeTable.ABSENT && (int) (m >>> 32) == rank) {
                         ids[w++] = merged;
                         i++;
                         continue;
