@@ -157,6 +157,15 @@ public abstract class Device implements AutoCloseable {
             }
             if (backing != null) {
                 idleScratch.remove(backing);
+            } else {
+                // None fits: those too small go, so the pool keeps about one buffer per nesting depth, not every size seen.
+                idleScratch.removeIf(t -> {
+                    if (t.dtype() == dtype) {
+                        t.close();
+                        return true;
+                    }
+                    return false;
+                });
             }
         }
         if (backing == null) {
