@@ -22,6 +22,9 @@ public abstract class Device implements AutoCloseable {
     private final Set<Tensor> live = Collections.synchronizedSet(Collections.newSetFromMap(new IdentityHashMap<>()));
     private long liveBytes;
     private long peakBytes;
+    private long allocations;
+    /** Kernel scratch handed back by {@link #scratch} users, kept for the next kernel that asks. */
+    private final List<Tensor> idleScratch = new ArrayList<>();
     private boolean closed;
 
     /**
@@ -132,8 +135,53 @@ public abstract class Device implements AutoCloseable {
             live.add(t);
             liveBytes += t.ownedBytes();
             peakBytes = Math.max(peakBytes, liveBytes);
+            allocations++;
         }
         return t;
+    }
+
+    /**
+     * Zero-filled scratch for one kernel call, shaped {@code shape}: a view of a buffer this
+     * device keeps between calls, so kernels that need scratch allocate only until the largest
+     * request of each nesting depth has been seen. Closing the view hands the buffer back.
+     */
+    public Tensor scratch(DType dtype, int... shape) {
+        int n = Tensor.numel(shape);
+        Tensor backing = null;
+        synchronized (this) {
+            // Best fit, so a small request leaves the large buffers to the requests that need them.
+            for (Tensor t : idleScratch) {
+                if (t.dtype() == dtype && t.numel() >= n && (backing == null || t.numel() < backing.numel())) {
+                    backing = t;
+                }
+            }
+            if (backing != null) {
+                idleScratch.remove(backing);
+            } else {
+                // None fits: those too small go, so the pool keeps about one buffer per nesting depth, not every size seen.
+                idleScratch.removeIf(t -> {
+                    if (t.dtype() == dtype) {
+                        t.close();
+                        return true;
+                    }
+                    return false;
+                });
+            }
+        }
+        if (backing == null) {
+            return allocate(dtype, n).lease(this::idle, shape);
+        }
+        Tensor view = backing.lease(this::idle, shape);
+        backend().fill(view, 0f);
+        return view;
+    }
+
+    private synchronized void idle(Tensor backing) {
+        if (closed) {
+            backing.close();
+        } else {
+            idleScratch.add(backing);
+        }
     }
 
     /** A new F32 tensor holding a copy of {@code values}, shaped {@code shape}. */
@@ -168,6 +216,11 @@ public abstract class Device implements AutoCloseable {
         return peakBytes;
     }
 
+    /** Tensors allocated so far (views and reused scratch not counted): steady-state training leaves it unchanged. */
+    public synchronized long allocations() {
+        return allocations;
+    }
+
     public synchronized void resetPeak() {
         peakBytes = liveBytes;
     }
@@ -183,6 +236,10 @@ public abstract class Device implements AutoCloseable {
             return;
         }
         closed = true;
+        synchronized (this) {
+            idleScratch.forEach(Tensor::close);
+            idleScratch.clear();
+        }
         shutdown();
         synchronized (this) {
             if (!live.isEmpty()) {

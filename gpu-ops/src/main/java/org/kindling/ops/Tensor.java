@@ -1,6 +1,7 @@
 package org.kindling.ops;
 
 import java.util.Arrays;
+import java.util.function.Consumer;
 
 /**
  * A dense, row-major block of elements of one {@link DType} on one {@link Device}.
@@ -18,9 +19,19 @@ public final class Tensor implements AutoCloseable {
     private final int[] shape;
     private final int numel;
     private final boolean owner;
+    /** For a scratch view ({@link Device#scratch}): the buffer it leases and where closing returns it; else null. */
+    private final Tensor leased;
+    private final Consumer<Tensor> giveBack;
     private boolean closed;
 
     Tensor(Device device, Storage storage, int offset, int[] shape, boolean owner) {
+        this(device, storage, offset, shape, owner, null, null);
+    }
+
+    private Tensor(Device device, Storage storage, int offset, int[] shape, boolean owner, Tensor leased,
+                   Consumer<Tensor> giveBack) {
+        this.leased = leased;
+        this.giveBack = giveBack;
         this.device = device;
         this.storage = storage;
         this.offset = offset;
@@ -105,6 +116,15 @@ public final class Tensor implements AutoCloseable {
         return new Tensor(device, storage, offset + start, shape, false);
     }
 
+    /** A view of this owner's first elements shaped {@code shape} whose close passes this owner to {@code giveBack}. */
+    Tensor lease(Consumer<Tensor> giveBack, int... shape) {
+        checkOpen();
+        if (numel(shape) > numel) {
+            throw new IndexOutOfBoundsException("lease of " + Arrays.toString(shape) + " exceeds " + this);
+        }
+        return new Tensor(device, storage, offset, shape, false, this, giveBack);
+    }
+
     /** The same elements under another shape with the same element count. */
     public Tensor reshape(int... shape) {
         if (numel(shape) != numel) {
@@ -175,6 +195,9 @@ public final class Tensor implements AutoCloseable {
             return;
         }
         closed = true;
+        if (leased != null) {
+            giveBack.accept(leased);
+        }
         if (owner) {
             storage.release();
             device.released(this);

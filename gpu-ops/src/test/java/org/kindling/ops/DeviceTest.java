@@ -79,4 +79,29 @@ class DeviceTest {
         Device.check("cpu:2");
         Device.check("reference");
     }
+
+    /** Allocations count every owned tensor; scratch handed back is reused zero-filled, best fit first, and freed with the device. */
+    @Test
+    void scratchIsReusedZeroFilledAndOnlyNewBuffersCountAsAllocations() {
+        try (Device d = CpuDevice.open(1)) {
+            long before = d.allocations();
+            try (Tensor big = d.scratch(DType.F32, 8, 4); Tensor small = d.scratch(DType.F32, 3)) {
+                big.copyFrom(new float[32]);
+                small.copyFrom(new float[] {1, 2, 3});
+            }
+            assertEquals(before + 2, d.allocations());
+            long live = d.liveBytes();
+            try (Tensor s = d.scratch(DType.F32, 2); Tensor b = d.scratch(DType.F32, 5, 5)) {
+                assertEquals(List.of(0f, 0f), List.of(s.toFloatArray()[0], s.toFloatArray()[1]), "reused scratch is zeroed");
+                assertEquals(2, s.numel());
+                assertEquals(25, b.numel());
+            }
+            assertEquals(before + 2, d.allocations(), "both requests fit buffers handed back");
+            assertEquals(live, d.liveBytes());
+            try (Tensor grown = d.scratch(DType.F32, 40)) {
+                assertEquals(40, grown.numel());
+            }
+            assertEquals(before + 3, d.allocations(), "a request larger than every idle buffer allocates");
+        }
+    }
 }

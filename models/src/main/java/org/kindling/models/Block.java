@@ -44,12 +44,12 @@ final class Block implements AutoCloseable {
         m = acts.f32("mix");
         h = acts.f32("h");
         b = acts.f32("ln2");
-        stepA = acts.f32("step_ln1");
-        stepM = acts.f32("step_mix");
-        stepH = acts.f32("step_h");
-        stepB = acts.f32("step_ln2");
-        dln = acts.f32("dln");
-        ddrop = acts.f32("ddrop");
+        stepA = acts.scratch("block.step_ln1");
+        stepM = acts.scratch("block.step_mix");
+        stepH = acts.scratch("block.step_h");
+        stepB = acts.scratch("block.step_ln2");
+        dln = acts.scratch("block.dln");
+        ddrop = acts.scratch("block.ddrop");
     }
 
     /** Residual dropout of the next forward and backward: probability and the seed of this block's masks. */

@@ -149,7 +149,7 @@ public final class Gpt implements AutoCloseable {
             ChannelSpec cs = cfg.channelMixers().get(l);
             ChannelMixer channel = cs.build(new LayerContext(pb, dev, p + "." + cs.paramPrefix(), c, l, cfg.nLayer(), cfg.initStd(),
                     seed, step));
-            blocks.add(new Block(ln1, mixer, ln2, channel, c, new Activations(dev, p)));
+            blocks.add(new Block(ln1, mixer, ln2, channel, c, new Activations(dev, p, step.workspace())));
         }
         return new Layout(wte, wpe, blocks, new LayerNorm(pb, dev, "ln_f", c, cfg.layerNormEps()));
     }

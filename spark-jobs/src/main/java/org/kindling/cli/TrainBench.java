@@ -165,6 +165,7 @@ final class TrainBench implements Callable<Integer> {
         long activeParams;
         // The final step's result, for its layer metrics.
         StepResult[] last = new StepResult[1];
+        long peakBytes;
         Profiler profiler = profile ? new Profiler() : null;
         try (DataParallel dp = common.replicas(reps, perThreads, cfg, 1, train, profiler)) {
             Trainer first = dp.replicas().get(0).trainer();
@@ -200,6 +201,8 @@ final class TrainBench implements Callable<Integer> {
                 }
             };
             stats = Timing.measure(new Timing.Rule(warmup, steps, 0), step, counted);
+            // Replicas may share a device: count each device's peak once.
+            peakBytes = dp.replicas().stream().map(DataParallel.Replica::device).distinct().mapToLong(Device::peakBytes).sum();
         }
         double msPerStep = stats.median() * 1e3;
         double tokensPerS = stats.medianRate(batch * seq);
@@ -210,9 +213,9 @@ final class TrainBench implements Callable<Integer> {
             stepFlops = flops(profiler) / stats.reps();
         }
         err.printf("train %,d params, %,d active (L=%d C=%d H=%d V=%d), B=%d T=%d, %s, %d replica(s) x %d thread(s): %.0f tokens/s, "
-                + "%.1f ms/step (median of %d; best %.1f; forward %.1f, backward %.1f, optimizer %.1f)%s%n", params, activeParams,
+                + "%.1f ms/step (median of %d; best %.1f; forward %.1f, backward %.1f, optimizer %.1f), peak %.1f MB%s%n", params, activeParams,
                 cfg.nLayer(), cfg.dModel(), cfg.nHead(), cfg.vocab(), batch, seq, dtype, reps, perThreads, tokensPerS, msPerStep, stats.reps(), stats.best() * 1e3,
-                fwd, bwd, opt, last[0].metricsText());
+                fwd, bwd, opt, peakBytes / 1e6, last[0].metricsText());
         err.flush();
         if (common.json) {
             Map<String, Object> row = new LinkedHashMap<>();
@@ -227,6 +230,7 @@ final class TrainBench implements Callable<Integer> {
             row.put("opt_ms", BenchOptions.round(opt));
             row.put("impl", precision == Precision.FP32 ? "kindling" : "kindling " + dtype);
             row.put("active_params", activeParams);
+            row.put("peak_mb", BenchOptions.round(peakBytes / 1e6));
             Json.putMetrics(row, last[0].metrics());
             Json.printLine(cmd.getOut(), row);
             for (Map<String, Object> c : ceilings) {

@@ -105,11 +105,12 @@ class CliTest {
         assertEquals(0, r.code(), r.err());
         String line = r.out().strip();
         assertEquals(List.of("bench", "params", "seq", "batch", "tokens_per_s", "ms_per_step", "fwd_ms", "bwd_ms", "opt_ms", "impl",
-                "active_params"),
+                "active_params", "peak_mb"),
                 fieldNames(line));
         JsonNode row = new ObjectMapper().readTree(line);
         assertEquals("train", row.get("bench").asText());
         assertTrue(row.get("tokens_per_s").asDouble() > 0);
+        assertTrue(row.get("peak_mb").asDouble() > 0);
         CliRun preset = CliRun.of("bench", "train", "--preset", "tiny", "--seq", "16", "--batch", "2", "--steps", "1", "--warmup", "0");
         assertEquals(0, preset.code(), preset.err());
         assertTrue(preset.err().contains("L=2 C=64"), preset.err());

@@ -66,8 +66,8 @@ class MoeBenchTest {
         JsonNode row = r.rows(null).get(0);
         List<String> fields = CliTest.fieldNames(r.out().strip());
         assertEquals(List.of("bench", "params", "seq", "batch", "tokens_per_s", "ms_per_step", "fwd_ms", "bwd_ms", "opt_ms", "impl",
-                "active_params"), fields.subList(0, 11));
-        assertEquals(MOE_METRICS, fields.subList(11, fields.size()));
+                "active_params", "peak_mb"), fields.subList(0, 12));
+        assertEquals(MOE_METRICS, fields.subList(12, fields.size()));
         // 2 layers of 4 experts, 2·64·256 weights each: 3 of them idle per token.
         assertEquals(2L * 3 * 2 * 64 * 256, row.get("params").asLong() - row.get("active_params").asLong(), r.out());
         CliRun.assertUsageError("--set overrides keys of a config: give it with --preset", "bench", "train", "--set", "n_layer=1");

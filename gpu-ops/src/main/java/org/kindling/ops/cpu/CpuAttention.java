@@ -206,8 +206,8 @@ final class CpuAttention {
         int maxKTiles = tiles(batch.maxK());
         int groups = batch.sequences() * a.kvHeads();
         int segments = Math.max(1, Math.min(maxKTiles, (2 * pool.threads() + groups - 1) / groups));
-        try (Tensor rowDot = device.allocate(DType.F32, nh, totalQ);
-             Tensor dqPartial = device.allocate(DType.F32, segments - 1, totalQ * nh * hs)) {
+        try (Tensor rowDot = device.scratch(DType.F32, nh, totalQ);
+             Tensor dqPartial = device.scratch(DType.F32, segments - 1, totalQ * nh * hs)) {
             float[] di = f(rowDot);
             // D_i = dO_i·O_i, the softmax-backward row term, from the same fp32 GEMM tiles that form
             // dP_ij = dO_i·V_j: where a row attends one key (O_i = V_j) dP − D then cancels exactly,

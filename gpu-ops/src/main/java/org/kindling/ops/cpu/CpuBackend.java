@@ -1148,7 +1148,7 @@ final class CpuBackend implements Backend {
         float[] ov = f32(out, "out");
         float[] xv = f32(x, "x");
         float[] wv = f32(w, "w");
-        try (Tensor g = device.allocate(DType.F32, rows, m)) {
+        try (Tensor g = device.scratch(DType.F32, rows, m)) {
             float[] gs = f32(g, "scratch");
             double[] totals = new double[rows];
             pool.parallelFor(rows, favorGrain(f), (lo, hi) -> {

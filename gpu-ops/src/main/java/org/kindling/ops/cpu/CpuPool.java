@@ -111,14 +111,14 @@ public final class CpuPool implements AutoCloseable {
 
     /**
      * Runs items 0..items−1 on up to {@code threads} workers, each taking the next unclaimed item
-     * and owning a slice of {@code scratchPerWorker} floats of one scratch tensor allocated on
-     * {@code device} (so the device's peak counts it). An item's result must not depend on which
-     * worker runs it.
+     * and owning a slice of {@code scratchPerWorker} floats of one {@link org.kindling.ops.Device#scratch}
+     * tensor of {@code device} (so the device's peak counts it, and repeated calls reuse it). An
+     * item's result must not depend on which worker runs it.
      */
     void runItems(CpuDevice device, int items, int scratchPerWorker, Item body) {
         int workers = Math.max(1, Math.min(threads, items));
         AtomicInteger next = new AtomicInteger();
-        try (Tensor scratch = device.allocate(DType.F32, workers, scratchPerWorker)) {
+        try (Tensor scratch = device.scratch(DType.F32, workers, scratchPerWorker)) {
             float[] ws = ((CpuStorage) scratch.storage()).floats();
             parallelFor(workers, 1, (lo, hi) -> {
                 for (int it = next.getAndIncrement(); it < items; it = next.getAndIncrement()) {

@@ -112,7 +112,7 @@ final class CpuSsmConv {
         // Per channel, once per call: {Ā, w} of every mode and the kernel's first b lags (a shorter
         // sequence uses a prefix), so a batch of many sequences pays the Vandermonde product once.
         double[] zAll = new double[ch * 4 * modes];
-        try (Tensor kernels = device.allocate(DType.F32, ch, b)) {
+        try (Tensor kernels = device.scratch(DType.F32, ch, b)) {
             float[] kv = f(kernels, "kernel scratch");
             int ko = kernels.offset();
             pool.parallelFor(ch, 1, (lo, hi) -> {
@@ -229,7 +229,7 @@ final class CpuSsmConv {
         Params p = Params.of(logDt, aRe, aIm, c, m.modes());
         int ch = m.channels();
         int modes = m.modes();
-        try (Tensor k = device.allocate(DType.F32, lags, ch); Tensor dk = device.allocate(DType.F32, lags, ch)) {
+        try (Tensor k = device.scratch(DType.F32, lags, ch); Tensor dk = device.scratch(DType.F32, lags, ch)) {
             float[] kv = f(k, "kernel");
             pool.runItems(device, ch, 1, (cc, ws, w) -> {
                 double[] z = new double[4 * modes];

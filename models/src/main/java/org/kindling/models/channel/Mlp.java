@@ -28,13 +28,13 @@ final class Mlp implements ChannelMixer {
         this.hidden = ratio * c;
         this.fc = new Linear(ctx.params(), ctx.child("fc"), c, hidden, bias, ctx.initStd());
         this.proj = new Linear(ctx.params(), ctx.child("proj"), hidden, c, bias, ctx.residualStd());
-        this.acts = new Activations(ctx.device(), ctx.name());
+        this.acts = new Activations(ctx.device(), ctx.name(), ctx.step().workspace());
         h = acts.f32("h");
         gelu = acts.f32("gelu");
-        dgelu = acts.f32("dgelu");
-        dh = acts.f32("dh");
-        stepH = acts.f32("step_h");
-        stepGelu = acts.f32("step_gelu");
+        dgelu = acts.scratch("mlp.dgelu");
+        dh = acts.scratch("mlp.dh");
+        stepH = acts.scratch("mlp.step_h");
+        stepGelu = acts.scratch("mlp.step_gelu");
     }
 
     @Override

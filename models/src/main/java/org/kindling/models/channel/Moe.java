@@ -100,7 +100,7 @@ final class Moe implements ChannelMixer {
         this.experts = spec.experts();
         this.k = spec.k();
         this.step = ctx.step();
-        this.acts = new Activations(ctx.device(), ctx.name());
+        this.acts = new Activations(ctx.device(), ctx.name(), ctx.step().workspace());
         this.router = new Router(ctx, acts, spec);
         this.fc = ctx.params().add(ctx.child("experts.fc.weight"), Init.normal(ctx.initStd()), ParamGroup.DECAY, experts, hidden, c);
         this.proj = ctx.params().add(ctx.child("experts.proj.weight"), Init.normal(ctx.residualStd()), ParamGroup.DECAY, experts, c,
@@ -111,13 +111,13 @@ final class Moe implements ChannelMixer {
         this.dhIn = ctx.params().gemmInput(ctx.child("experts.dh"));
         train = new Pass(acts, "");
         decode = new Pass(acts, "step_");
-        dyp = acts.f32("dyp");
-        prod = acts.f32("prod");
-        dw = acts.f32("dw");
-        dg = acts.f32("dgelu");
-        dh = acts.f32("dh");
-        dxp = acts.f32("dxp");
-        dvalues = acts.f32("dvalues");
+        dyp = acts.scratch("moe.dyp");
+        prod = acts.scratch("moe.prod");
+        dw = acts.scratch("moe.dw");
+        dg = acts.scratch("moe.dgelu");
+        dh = acts.scratch("moe.dh");
+        dxp = acts.scratch("moe.dxp");
+        dvalues = acts.scratch("moe.dvalues");
     }
 
     /** The router's weight [E, C]. */

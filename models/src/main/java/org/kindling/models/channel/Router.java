@@ -102,12 +102,12 @@ final class Router {
         this.layer = ctx.layer();
         train = new Pass(acts, "router_");
         decode = new Pass(acts, "router_step_");
-        dprobs = acts.f32("router_dprobs");
-        dlogits = acts.f32("router_dlogits");
-        dz = acts.f32("router_dz");
-        zScale = acts.f32("router_z_scale");
+        dprobs = acts.scratch("router.dprobs");
+        dlogits = acts.scratch("router.dlogits");
+        dz = acts.scratch("router.dz");
+        zScale = acts.scratch("router.z_scale");
         balanceRow = acts.f32("router_balance_row");
-        dxr = acts.f32("router_dxr");
+        dxr = acts.scratch("router.dxr");
     }
 
     /** Routes x [T, C] and, in a training pass, sums the routing over the workers and reports the auxiliary losses. */

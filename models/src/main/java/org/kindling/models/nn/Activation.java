@@ -7,8 +7,10 @@ import org.kindling.ops.Tensor;
 
 /**
  * One activation buffer of a layer, declared as a field with its shape in the layer's javadoc
- * (as llm.c declares its activations). It is reused while its shape stays the same and
- * reallocated when a batch of another size comes, so steady-state training allocates nothing. The
+ * (as llm.c declares its activations). It only grows: it keeps the capacity of the largest shape
+ * written and hands out views for smaller ones, so packed batches whose token count changes every
+ * step allocate nothing once the largest has been seen. A scratch activation ({@link
+ * Activations#scratch}) views a buffer of the model's {@link Workspace} instead of its own. The
  * forward pass writes it through {@link #write}; the backward pass reads it through {@link #saved},
  * which fails unless the forward wrote it at that shape.
  */
@@ -16,24 +18,42 @@ public final class Activation implements AutoCloseable {
     private final Device dev;
     private final String name;
     private final DType dtype;
-    private Tensor t;
+    /** The workspace buffer this one views, or null when it owns {@link #own}. */
+    private final Workspace.Slot slot;
+    private Tensor own;
+    /** The buffer {@link #view} was cut from, to notice a shared buffer grown since. */
+    private Tensor backing;
+    private Tensor view;
 
-    Activation(Device dev, String name, DType dtype) {
+    Activation(Device dev, String name, DType dtype, Workspace.Slot slot) {
         this.dev = dev;
         this.name = name;
         this.dtype = dtype;
+        this.slot = slot;
     }
 
     /** The buffer at {@code shape}; its contents are whatever was last written. */
     public Tensor write(int... shape) {
-        if (t != null && Arrays.equals(t.shape(), shape)) {
-            return t;
+        Tensor buf = capacity(Tensor.numel(shape));
+        if (view != null && buf == backing && Arrays.equals(view.shape(), shape)) {
+            return view;
         }
-        if (t != null) {
-            t.close();
+        backing = buf;
+        view = buf.view(0, shape);
+        return view;
+    }
+
+    private Tensor capacity(int n) {
+        if (slot != null) {
+            return slot.atLeast(n);
         }
-        t = dev.allocate(dtype, shape);
-        return t;
+        if (own == null || own.numel() < n) {
+            if (own != null) {
+                own.close();
+            }
+            own = dev.allocate(dtype, n);
+        }
+        return own;
     }
 
     /** Like {@link #write} but zero-filled: for gradients, which backward kernels accumulate into. */
@@ -45,18 +65,23 @@ public final class Activation implements AutoCloseable {
 
     /** The buffer as the last forward wrote it: an error if it wrote none, or one of another shape. */
     public Tensor saved(int... shape) {
-        if (t == null || !Arrays.equals(t.shape(), shape)) {
+        if (view == null || view.isClosed() || !Arrays.equals(view.shape(), shape)) {
             throw new IllegalStateException("saved activation " + name + " " + dtype + Arrays.toString(shape)
-                    + (t == null ? " was never written by a forward pass" : " was last written as " + Arrays.toString(t.shape())));
+                    + (view == null ? " was never written by a forward pass"
+                    : view.isClosed() ? " was freed since it was written" : " was last written as " + Arrays.toString(view.shape())));
         }
-        return t;
+        return view;
     }
 
     @Override
     public void close() {
-        if (t != null) {
-            t.close();
-            t = null;
+        view = null;
+        backing = null;
+        if (slot != null) {
+            slot.release();
+        } else if (own != null) {
+            own.close();
+            own = null;
         }
     }
 }

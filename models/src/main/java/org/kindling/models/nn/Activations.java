@@ -5,16 +5,23 @@ import java.util.List;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 
-/** Declares a layer's {@link Activation}s and frees them together. */
+/** Declares a layer's {@link Activation}s and frees them together (its scratch ones return to the workspace). */
 public final class Activations implements AutoCloseable {
     private final Device dev;
     private final String owner;
+    private final Workspace workspace;
     private final List<Activation> all = new ArrayList<>();
 
-    /** @param owner the layer's name, for errors */
+    /** A layer of its own: its scratch is its own too. @param owner the layer's name, for errors */
     public Activations(Device dev, String owner) {
+        this(dev, owner, new Workspace());
+    }
+
+    /** A layer of a model, whose scratch comes from the model's {@code workspace}. @param owner the layer's name, for errors */
+    public Activations(Device dev, String owner, Workspace workspace) {
         this.dev = dev;
         this.owner = owner;
+        this.workspace = workspace;
     }
 
     public Device device() {
@@ -29,8 +36,19 @@ public final class Activations implements AutoCloseable {
         return of(name, DType.I32);
     }
 
+    /**
+     * An F32 buffer live only within one backward or decode step of this layer, shared under
+     * {@code key} with every layer of the model (see {@link Workspace} for choosing keys).
+     */
+    public Activation scratch(String key) {
+        return add(new Activation(dev, owner + "." + key, DType.F32, workspace.slot(dev, key, DType.F32)));
+    }
+
     private Activation of(String name, DType dtype) {
-        Activation a = new Activation(dev, owner + "." + name, dtype);
+        return add(new Activation(dev, owner + "." + name, dtype, null));
+    }
+
+    private Activation add(Activation a) {
         all.add(a);
         return a;
     }

@@ -1,12 +1,11 @@
 package org.kindling.models.nn;
 
-import java.util.Arrays;
 import org.kindling.ops.Tensor;
 
 /**
  * One GEMM operand of a layer in the type its weight has: the activation itself when the types
- * agree (fp32), else a copy rounded to that type (bf16), held in a buffer reused while the
- * shape stays the same. Declared on {@link Params.Builder#gemmInput} and freed with the model's
+ * agree (fp32), else a copy rounded to that type (bf16), held in a buffer that only grows (a
+ * smaller batch gets a view), so steady-state training allocates nothing. Declared on {@link Params.Builder#gemmInput} and freed with the model's
  * parameters, so layers without an {@link Activations} of their own (Linear) need no close.
  */
 public final class GemmInput implements AutoCloseable {
@@ -22,13 +21,13 @@ public final class GemmInput implements AutoCloseable {
         if (x.dtype() == weight.dtype()) {
             return x;
         }
-        if (copy == null || copy.dtype() != weight.dtype() || copy.device() != x.device()
-                || !Arrays.equals(copy.shape(), x.shape())) {
+        if (copy == null || copy.dtype() != weight.dtype() || copy.device() != x.device() || copy.numel() < x.numel()) {
             close();
-            copy = x.device().allocate(weight.dtype(), x.shape());
+            copy = x.device().allocate(weight.dtype(), x.numel());
         }
-        x.device().backend().copy(copy, x);
-        return copy;
+        Tensor operand = copy.view(0, x.shape());
+        x.device().backend().copy(operand, x);
+        return operand;
     }
 
     @Override

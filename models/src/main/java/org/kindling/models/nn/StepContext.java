@@ -20,6 +20,7 @@ public final class StepContext implements AutoCloseable {
     private double tokenWeight;
     private Reducer reducer = LOCAL;
     private final StepMetrics metrics = new StepMetrics();
+    private final Workspace workspace = new Workspace();
 
     /**
      * A training forward pass follows.
@@ -68,6 +69,11 @@ public final class StepContext implements AutoCloseable {
 
     public StepMetrics metrics() {
         return metrics;
+    }
+
+    /** The scratch shared by the model's layers. */
+    public Workspace workspace() {
+        return workspace;
     }
 
     /** Frees the device sums of the metrics. */

@@ -54,21 +54,21 @@ final class CausalSelfAttention implements TokenMixer {
         this.v = new Linear(ctx.params(), ctx.child("v"), c, spec.kvHeads() * hs, true, ctx.initStd());
         this.proj = new Linear(ctx.params(), ctx.child("proj"), spec.heads() * hs, c, true, ctx.residualStd());
         this.dev = ctx.device();
-        this.acts = new Activations(dev, ctx.name());
+        this.acts = new Activations(dev, ctx.name(), ctx.step().workspace());
         tq = acts.f32("q");
         tk = acts.f32("k");
         tv = acts.f32("v");
         out = acts.f32("attn");
         lse = acts.f32("lse");
-        dout = acts.f32("dattn");
-        dq = acts.f32("dq");
-        dk = acts.f32("dk");
-        dv = acts.f32("dv");
-        stepQ = acts.f32("step_q");
-        stepK = acts.f32("step_k");
-        stepV = acts.f32("step_v");
-        stepOut = acts.f32("step_attn");
-        stepLse = acts.f32("step_lse");
+        dout = acts.scratch("attn.dattn");
+        dq = acts.scratch("attn.dq");
+        dk = acts.scratch("attn.dk");
+        dv = acts.scratch("attn.dv");
+        stepQ = acts.scratch("attn.step_q");
+        stepK = acts.scratch("attn.step_k");
+        stepV = acts.scratch("attn.step_v");
+        stepOut = acts.scratch("attn.step_attn");
+        stepLse = acts.scratch("attn.step_lse");
     }
 
     @Override

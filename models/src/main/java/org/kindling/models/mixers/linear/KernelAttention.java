@@ -64,25 +64,25 @@ final class KernelAttention implements TokenMixer {
         this.v = new Linear(ctx.params(), ctx.child("v"), c, c, true, ctx.initStd());
         this.proj = new Linear(ctx.params(), ctx.child("proj"), c, c, true, ctx.residualStd());
         this.dev = ctx.device();
-        this.acts = new Activations(dev, ctx.name());
+        this.acts = new Activations(dev, ctx.name(), ctx.step().workspace());
         tq = acts.f32("q");
         tk = acts.f32("k");
         tv = acts.f32("v");
         phiQ = acts.f32("phi_q");
         phiK = acts.f32("phi_k");
         out = acts.f32("attn");
-        dout = acts.f32("dattn");
-        dq = acts.f32("dq");
-        dk = acts.f32("dk");
-        dv = acts.f32("dv");
-        dphiQ = acts.f32("dphi_q");
-        dphiK = acts.f32("dphi_k");
-        stepQ = acts.f32("step_q");
-        stepK = acts.f32("step_k");
-        stepV = acts.f32("step_v");
-        stepPhiQ = acts.f32("step_phi_q");
-        stepPhiK = acts.f32("step_phi_k");
-        stepOut = acts.f32("step_attn");
+        dout = acts.scratch("kernel_attn.dattn");
+        dq = acts.scratch("kernel_attn.dq");
+        dk = acts.scratch("kernel_attn.dk");
+        dv = acts.scratch("kernel_attn.dv");
+        dphiQ = acts.scratch("kernel_attn.dphi_q");
+        dphiK = acts.scratch("kernel_attn.dphi_k");
+        stepQ = acts.scratch("kernel_attn.step_q");
+        stepK = acts.scratch("kernel_attn.step_k");
+        stepV = acts.scratch("kernel_attn.step_v");
+        stepPhiQ = acts.scratch("kernel_attn.step_phi_q");
+        stepPhiK = acts.scratch("kernel_attn.step_phi_k");
+        stepOut = acts.scratch("kernel_attn.step_attn");
     }
 
     @Override

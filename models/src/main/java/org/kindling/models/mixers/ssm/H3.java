@@ -94,7 +94,7 @@ final class H3 implements TokenMixer {
                 spec.dynamicsLr(), spec.block());
         this.out = new Linear(pb, ctx.child("out"), c, c, true, ctx.residualStd());
         this.dev = ctx.device();
-        this.acts = new Activations(dev, ctx.name());
+        this.acts = new Activations(dev, ctx.name(), ctx.step().workspace());
         tq = acts.f32("q");
         tk = acts.f32("k");
         tv = acts.f32("v");
@@ -102,24 +102,24 @@ final class H3 implements TokenMixer {
         kv = acts.f32("kv");
         s = acts.f32("s");
         mix = acts.f32("mix");
-        dmix = acts.f32("dmix");
-        dq = acts.f32("dq");
-        dk = acts.f32("dk");
-        dv = acts.f32("dv");
-        dkp = acts.f32("dkp");
-        prod = acts.f32("prod");
-        ds = acts.f32("ds");
-        dkv = acts.f32("dkv");
-        stepQ = acts.f32("step_q");
-        stepK = acts.f32("step_k");
-        stepV = acts.f32("step_v");
-        stepKp = acts.f32("step_kp");
-        stepMix = acts.f32("step_mix");
-        stepProd = acts.f32("step_prod");
-        stepKv = acts.f32("step_kv");
-        stepS = acts.f32("step_s");
-        stepWindow = acts.f32("step_window");
-        stepConv = acts.f32("step_conv");
+        dmix = acts.scratch("h3.dmix");
+        dq = acts.scratch("h3.dq");
+        dk = acts.scratch("h3.dk");
+        dv = acts.scratch("h3.dv");
+        dkp = acts.scratch("h3.dkp");
+        prod = acts.scratch("h3.prod");
+        ds = acts.scratch("h3.ds");
+        dkv = acts.scratch("h3.dkv");
+        stepQ = acts.scratch("h3.step_q");
+        stepK = acts.scratch("h3.step_k");
+        stepV = acts.scratch("h3.step_v");
+        stepKp = acts.scratch("h3.step_kp");
+        stepMix = acts.scratch("h3.step_mix");
+        stepProd = acts.scratch("h3.step_prod");
+        stepKv = acts.scratch("h3.step_kv");
+        stepS = acts.scratch("h3.step_s");
+        stepWindow = acts.scratch("h3.step_window");
+        stepConv = acts.scratch("h3.step_conv");
     }
 
     /**

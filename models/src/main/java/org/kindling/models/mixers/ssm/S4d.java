@@ -40,13 +40,13 @@ final class S4d implements TokenMixer {
                 spec.dynamicsLr(), spec.block());
         this.out = new Linear(ctx.params(), ctx.child("out"), c, c, true, ctx.residualStd());
         this.dev = ctx.device();
-        this.acts = new Activations(dev, ctx.name());
+        this.acts = new Activations(dev, ctx.name(), ctx.step().workspace());
         h = acts.f32("h");
         gelu = acts.f32("gelu");
-        dgelu = acts.f32("dgelu");
-        dh = acts.f32("dh");
-        stepH = acts.f32("step_h");
-        stepGelu = acts.f32("step_gelu");
+        dgelu = acts.scratch("s4d.dgelu");
+        dh = acts.scratch("s4d.dh");
+        stepH = acts.scratch("s4d.step_h");
+        stepGelu = acts.scratch("s4d.step_gelu");
     }
 
     @Override
