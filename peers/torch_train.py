@@ -146,7 +146,9 @@ def main():
                  "tokens_per_s": round(tokens / median, 2), "ms_per_step": round(1e3 * median, 2),
                  "fwd_ms": round(ms["fwd"], 2), "bwd_ms": round(ms["bwd"], 2), "opt_ms": round(ms["opt"], 2),
                  # A GPT-2-shaped model has no experts: a token uses every parameter.
-                 "impl": impl, "active_params": params}, a.json)
+                 "impl": impl, "active_params": params,
+                 # PyTorch tracks the high-water mark of its allocator on a GPU only; on the CPU there is none to report.
+                 "peak_mb": round(torch.cuda.max_memory_allocated(device) / 1e6, 2) if device.type == "cuda" else None}, a.json)
 
 
 if __name__ == "__main__":
