@@ -142,6 +142,27 @@ public interface Backend {
     /** dx[N, C] +=, dweight[C] += the gradients of {@link #rmsNormForward}. */
     void rmsNormBackward(Tensor dx, Tensor dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd);
 
+    /**
+     * Residual add fused with the LayerNorm that follows it (a pre-LN block's h = x + m; ln2(h)):
+     * sum = a + b, then out, mean, rstd as {@link #layerNormForward} of sum, in one pass over the
+     * rows. sum is kept for the backward; sum may be a, out must not alias a, b or sum.
+     */
+    default void addLayerNormForward(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b, Tensor weight,
+                                     Tensor bias, float eps) {
+        binary(BinaryOp.ADD, sum, a, b);
+        layerNormForward(out, mean, rstd, sum, weight, bias, eps);
+    }
+
+    /**
+     * {@link #layerNormBackward} fused with the residual stream's gradient: dx += LN′(dy) + dres,
+     * with dweight and dbias += as there; dres has dx's shape and must not alias it.
+     */
+    default void layerNormBackwardAdd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dy, Tensor dres, Tensor x,
+                                      Tensor weight, Tensor mean, Tensor rstd) {
+        layerNormBackward(dx, dweight, dbias, dy, x, weight, mean, rstd);
+        binary(BinaryOp.ADD, dx, dx, dres);
+    }
+
     // ---- activations ----
 
     /** GELU, tanh approximation (GPT-2); out may be x. */
@@ -149,6 +170,26 @@ public interface Backend {
 
     /** dx += GELU'(x)·dy. */
     void geluBackward(Tensor dx, Tensor dy, Tensor x);
+
+    /**
+     * The bias of the GEMM before a GELU fused with it: h[N, C] += bias[C] in place (h is what the
+     * backward reads), then out = GELU(h), in one pass. out must not alias h.
+     */
+    default void biasGeluForward(Tensor out, Tensor h, Tensor bias) {
+        binary(BinaryOp.ADD, h, h, bias);
+        geluForward(out, h);
+    }
+
+    /**
+     * GELU's backward fused with the bias gradient of the GEMM before it: dx[N, C] = GELU′(x)·dy
+     * (written, not accumulated, which spares zeroing it) and dbias[C] += Σ_n dx[n, :]. dx must not
+     * alias dy or x.
+     */
+    default void geluBackwardBias(Tensor dx, Tensor dbias, Tensor dy, Tensor x) {
+        fill(dx, 0f);
+        geluBackward(dx, dy, x);
+        addColumnSums(dbias, dx);
+    }
 
     // ---- dropout ----
 

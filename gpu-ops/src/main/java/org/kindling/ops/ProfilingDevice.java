@@ -46,10 +46,12 @@ public final class ProfilingDevice extends Device {
 
     private static final Map<String, Integer> FLOPS_PER_ELEMENT = Map.ofEntries(
             Map.entry("layerNormForward", 8), Map.entry("layerNormBackward", 12),
+            Map.entry("addLayerNormForward", 9), Map.entry("layerNormBackwardAdd", 13),
             Map.entry("rmsNormForward", 5), Map.entry("rmsNormBackward", 9),
             Map.entry("softmaxForward", 5), Map.entry("softmaxBackward", 4),
             Map.entry("crossEntropyForward", 4), Map.entry("crossEntropyForwardBackward", 6),
             Map.entry("geluForward", 8), Map.entry("geluBackward", 16),
+            Map.entry("biasGeluForward", 9), Map.entry("geluBackwardBias", 17),
             Map.entry("dropoutForward", 2), Map.entry("dropoutBackward", 2),
             Map.entry("adamW", 12), Map.entry("scatterAddRows", 2),
             Map.entry("embeddingForward", 0), Map.entry("embeddingBackward", 1),

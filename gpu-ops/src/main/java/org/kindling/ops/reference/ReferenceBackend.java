@@ -313,6 +313,41 @@ final class ReferenceBackend implements Backend {
     }
 
     @Override
+    public void addLayerNormForward(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b, Tensor weight,
+                                    Tensor bias, float eps) {
+        sameNumel(a, "a", sum, "sum");
+        sameNumel(b, "b", sum, "sum");
+        KernelChecks.checkLayerNormForward(out, mean, rstd, sum, weight, bias);
+        double[] av = read(a, "a");
+        double[] bv = read(b, "b");
+        double[] s = new double[av.length];
+        for (int i = 0; i < s.length; i++) {
+            s[i] = av[i] + bv[i];
+        }
+        double[][] r = Reference.layerNorm(s, read(weight, "weight"), read(bias, "bias"), sum.rows(), sum.cols(), eps);
+        write(sum, "sum", s);
+        write(out, "out", r[0]);
+        write(mean, "mean", r[1]);
+        write(rstd, "rstd", r[2]);
+    }
+
+    @Override
+    public void layerNormBackwardAdd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dy, Tensor dres, Tensor x,
+                                     Tensor weight, Tensor mean, Tensor rstd) {
+        sameNumel(dres, "dres", dx, "dx");
+        KernelChecks.checkLayerNormBackward(dx, dweight, dbias, dy, x, weight, mean, rstd);
+        double[][] g = Reference.layerNormBackward(read(dy, "dy"), read(x, "x"), read(weight, "weight"), read(mean, "mean"),
+                read(rstd, "rstd"), x.rows(), x.cols());
+        double[] dr = read(dres, "dres");
+        for (int i = 0; i < dr.length; i++) {
+            g[0][i] += dr[i];
+        }
+        add(dx, "dx", g[0]);
+        add(dweight, "dweight", g[1]);
+        add(dbias, "dbias", g[2]);
+    }
+
+    @Override
     public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) {
         int rows = x.rows();
         int cols = x.cols();
@@ -346,6 +381,30 @@ final class ReferenceBackend implements Backend {
         sameNumel(dx, "dx", x, "x");
         sameNumel(dy, "dy", x, "x");
         add(dx, "dx", Reference.geluBackward(read(dy, "dy"), read(x, "x")));
+    }
+
+    @Override
+    public void biasGeluForward(Tensor out, Tensor h, Tensor bias) {
+        sameNumel(out, "out", h, "h");
+        int cols = h.cols();
+        numel(bias, "biasGeluForward bias", cols);
+        double[] hv = read(h, "h");
+        double[] bv = read(bias, "bias");
+        for (int i = 0; i < hv.length; i++) {
+            hv[i] += bv[i % cols];
+        }
+        write(h, "h", hv);
+        write(out, "out", Reference.gelu(hv));
+    }
+
+    @Override
+    public void geluBackwardBias(Tensor dx, Tensor dbias, Tensor dy, Tensor x) {
+        sameNumel(dx, "dx", x, "x");
+        sameNumel(dy, "dy", x, "x");
+        numel(dbias, "geluBackwardBias dbias", x.cols());
+        double[] g = Reference.geluBackward(read(dy, "dy"), read(x, "x"));
+        write(dx, "dx", g);
+        add(dbias, "dbias", Reference.columnSums(g, x.rows(), x.cols()));
     }
 
     // ---- dropout ----

@@ -13,7 +13,7 @@ final class Mlp implements ChannelMixer {
     final Linear proj;
     private final int hidden;
     private final Activations acts;
-    /** Saved for backward: h = fc(x) [T, H] and GELU(h) [T, H]. */
+    /** Saved for backward: h = fc(x) [T, H] (with the bias, which biasGeluForward adds) and GELU(h) [T, H]. */
     private final Activation h;
     private final Activation gelu;
     /** Backward scratch: dGELU and dh [T, H]. */
@@ -42,8 +42,13 @@ final class Mlp implements ChannelMixer {
         int t = x.rows();
         Tensor th = h.write(t, hidden);
         Tensor g = gelu.write(t, hidden);
-        fc.forward(th, x);
-        y.device().backend().geluForward(g, th);
+        if (fc.bias != null) {
+            fc.forwardWithoutBias(th, x);
+            y.device().backend().biasGeluForward(g, th, fc.bias.value());
+        } else {
+            fc.forward(th, x);
+            y.device().backend().geluForward(g, th);
+        }
         proj.forward(y, g);
     }
 
@@ -63,9 +68,15 @@ final class Mlp implements ChannelMixer {
         Backend be = dy.device().backend();
         Tensor dg = dgelu.write(t, hidden);
         proj.backwardOverwrite(dg, dy);
-        Tensor d = dh.zeros(t, hidden);
-        be.geluBackward(d, dg, h.saved(t, hidden));
-        fc.backward(dx, d);
+        if (fc.bias != null) {
+            Tensor d = dh.write(t, hidden);
+            be.geluBackwardBias(d, fc.bias.grad(), dg, h.saved(t, hidden));
+            fc.backwardWithoutBias(dx, d);
+        } else {
+            Tensor d = dh.zeros(t, hidden);
+            be.geluBackward(d, dg, h.saved(t, hidden));
+            fc.backward(dx, d);
+        }
     }
 
     @Override
