@@ -32,7 +32,8 @@ import java.util.Set;
  * forward, twice that backward.</li>
  * <li>Everything else: FLOPs = a per-kernel constant × the elements of its largest operand
  * (layer norm 8 forward / 12 backward, RMS norm 5 / 9, softmax 5 / 4, cross-entropy 4 forward and
- * 6 with its gradient, GELU 8 / 16, dropout 2, AdamW 12 per parameter, scatter-add 2, embedding
+ * 6 with its gradient, GELU 8 / 16, the fused bias + GELU 9 / 17 and residual add + layer norm
+ * 9 / 13, dropout 2, AdamW 12 per parameter, scatter-add 2, embedding
  * gather 0 and its backward 1, copies, fills, transfers and routing 0, the rest 1).</li>
  * <li>Bytes, except GEMM: every distinct operand (aliases counted once) read or written once at its
  * dtype — the compulsory traffic, a lower bound for kernels that accumulate; AdamW counts
