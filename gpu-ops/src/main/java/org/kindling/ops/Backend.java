@@ -173,19 +173,27 @@ public interface Backend {
 
     /**
      * The bias of the GEMM before a GELU fused with it: h[N, C] += bias[C] in place (h is what the
-     * backward reads), then out = GELU(h), in one pass. out must not alias h.
+     * backward reads), then out = GELU(h), in one pass; tanhExp[N, C] gets GELU's tanh
+     * intermediate e = exp(2u), u = √(2/π)·(h + 0.044715·h³) (tanh u = 1 − 2/(e + 1)), kept so
+     * that {@link #geluBackwardBias} need not recompute it. out, tanhExp and h must not alias.
      */
-    default void biasGeluForward(Tensor out, Tensor h, Tensor bias) {
+    default void biasGeluForward(Tensor out, Tensor tanhExp, Tensor h, Tensor bias) {
         binary(BinaryOp.ADD, h, h, bias);
         geluForward(out, h);
+        unary(UnaryOp.SQUARE, tanhExp, h);
+        affine(tanhExp, tanhExp, 0.044715f, 1f);
+        binary(BinaryOp.MUL, tanhExp, tanhExp, h);
+        affine(tanhExp, tanhExp, (float) (2 * Math.sqrt(2 / Math.PI)), 0f);
+        unary(UnaryOp.EXP, tanhExp, tanhExp);
     }
 
     /**
      * GELU's backward fused with the bias gradient of the GEMM before it: dx[N, C] = GELU′(x)·dy
-     * (written, not accumulated, which spares zeroing it) and dbias[C] += Σ_n dx[n, :]. dx must not
-     * alias dy or x.
+     * (written, not accumulated, which spares zeroing it) and dbias[C] += Σ_n dx[n, :]. tanhExp is
+     * what {@link #biasGeluForward} kept for x; a backend may read it or recompute it (this
+     * default recomputes). dx must not alias dy, x or tanhExp.
      */
-    default void geluBackwardBias(Tensor dx, Tensor dbias, Tensor dy, Tensor x) {
+    default void geluBackwardBias(Tensor dx, Tensor dbias, Tensor dy, Tensor x, Tensor tanhExp) {
         fill(dx, 0f);
         geluBackward(dx, dy, x);
         addColumnSums(dbias, dx);

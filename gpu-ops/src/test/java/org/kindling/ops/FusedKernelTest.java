@@ -174,22 +174,30 @@ class FusedKernelTest {
         Device[] devs = {cpu, cpu, ref};
         for (int k = 0; k < 3; k++) {
             Device d = devs[k];
-            r[k] = new Tensor[] {d.allocate(DType.F32, rows, cols), d.fromFloats(h, rows, cols), d.fromFloats(bias, cols)};
+            r[k] = new Tensor[] {d.allocate(DType.F32, rows, cols), d.fromFloats(h, rows, cols), d.fromFloats(bias, cols),
+                d.allocate(DType.F32, rows, cols)};
         }
         try (Tensor ch = ref.fromFloats(h, rows, cols); Tensor cout = ref.allocate(DType.F32, rows, cols)) {
             Tensor[] f = r[0];
             Tensor[] nv = r[1];
             Tensor[] t = r[2];
-            cpu.backend().biasGeluForward(f[0], f[1], f[2]);
+            cpu.backend().biasGeluForward(f[0], f[3], f[1], f[2]);
             cpu.backend().binary(BinaryOp.ADD, nv[1], nv[1], nv[2]);
             cpu.backend().geluForward(nv[0], nv[1]);
-            ref.backend().biasGeluForward(t[0], t[1], t[2]);
+            ref.backend().biasGeluForward(t[0], t[3], t[1], t[2]);
             ref.backend().binary(BinaryOp.ADD, ch, ch, t[2]);
             ref.backend().geluForward(cout, ch);
             sameAsComposition("biasGelu h", t[1], ch);
             sameAsComposition("biasGelu out", t[0], cout);
             noWorse("biasGelu h", host(t[1]), f[1], nv[1], 2);
             noWorse("biasGelu out", host(t[0]), f[0], nv[0], 2);
+            // The kept intermediate: exp(2u) of h + bias, relative to its size (it spans many decades).
+            double[] want = host(t[3]);
+            double[] got = host(f[3]);
+            for (int i = 0; i < want.length; i++) {
+                assertTrue(Math.abs(got[i] - want[i]) <= 1e-5 * want[i] || Double.isInfinite(want[i]) && Double.isInfinite(got[i]),
+                        "biasGelu tanhExp " + got[i] + " vs " + want[i] + " at " + i);
+            }
         } finally {
             closeAll(r);
         }
@@ -209,17 +217,22 @@ class FusedKernelTest {
             Device d = devs[k];
             // dx starts stale: the kernel writes it, and must not add to what was there.
             r[k] = new Tensor[] {d.fromFloats(stale, rows, cols), d.fromFloats(priorB, cols), d.fromFloats(dy, rows, cols),
-                d.fromFloats(x, rows, cols)};
+                d.allocate(DType.F32, rows, cols), d.allocate(DType.F32, rows, cols)};
+            // x and its kept exp(2u) come from the device's own forward (zero bias), as in training.
+            try (Tensor zero = d.fromFloats(new float[cols], cols); Tensor out = d.allocate(DType.F32, rows, cols)) {
+                d.backend().copyFromHost(r[k][3], x);
+                d.backend().biasGeluForward(out, r[k][4], r[k][3], zero);
+            }
         }
         try (Tensor cdx = ref.fromFloats(new float[n], rows, cols); Tensor cdb = ref.fromFloats(priorB, cols)) {
             Tensor[] f = r[0];
             Tensor[] nv = r[1];
             Tensor[] t = r[2];
-            cpu.backend().geluBackwardBias(f[0], f[1], f[2], f[3]);
+            cpu.backend().geluBackwardBias(f[0], f[1], f[2], f[3], f[4]);
             cpu.backend().fill(nv[0], 0f);
             cpu.backend().geluBackward(nv[0], nv[2], nv[3]);
             cpu.backend().addColumnSums(nv[1], nv[0]);
-            ref.backend().geluBackwardBias(t[0], t[1], t[2], t[3]);
+            ref.backend().geluBackwardBias(t[0], t[1], t[2], t[3], t[4]);
             ref.backend().geluBackward(cdx, t[2], t[3]);
             ref.backend().addColumnSums(cdb, cdx);
             sameAsComposition("geluBackwardBias dx", t[0], cdx);
@@ -243,9 +256,11 @@ class FusedKernelTest {
         for (int k = 0; k < 2; k++) {
             try (Device d = CpuDevice.open(threads[k]); Tensor dx = d.allocate(DType.F32, rows, cols);
                  Tensor db = d.allocate(DType.F32, cols); Tensor tdy = d.fromFloats(dy, rows, cols);
-                 Tensor tx = d.fromFloats(x, rows, cols)) {
+                 Tensor tx = d.fromFloats(x, rows, cols); Tensor e = d.allocate(DType.F32, rows, cols);
+                 Tensor zero = d.fromFloats(new float[cols], cols)) {
+                d.backend().biasGeluForward(dx, e, tx, zero);
                 d.backend().fill(db, 0f);
-                d.backend().geluBackwardBias(dx, db, tdy, tx);
+                d.backend().geluBackwardBias(dx, db, tdy, tx, e);
                 got[k] = db.toFloatArray();
             }
         }
@@ -257,7 +272,10 @@ class FusedKernelTest {
         try (Tensor h = cpu.allocate(DType.F32, 4, 8); Tensor out = cpu.allocate(DType.F32, 4, 8);
              Tensor bias = cpu.allocate(DType.F32, 7); Tensor dres = cpu.allocate(DType.F32, 3, 8)) {
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
-                    () -> cpu.backend().biasGeluForward(out, h, bias));
+                    () -> cpu.backend().biasGeluForward(out, dres, h, bias));
+            assertTrue(e.getMessage().contains("tanhExp"), e.getMessage());
+            e = assertThrows(IllegalArgumentException.class,
+                    () -> cpu.backend().biasGeluForward(out, out, h, bias));
             assertTrue(e.getMessage().contains("bias"), e.getMessage());
             e = assertThrows(IllegalArgumentException.class,
                     () -> cpu.backend().addLayerNormForward(h, out, bias, bias, h, dres, bias, bias, 1e-5f));

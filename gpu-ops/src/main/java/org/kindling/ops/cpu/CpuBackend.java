@@ -842,29 +842,33 @@ final class CpuBackend implements Backend {
     }
 
     @Override
-    public void biasGeluForward(Tensor out, Tensor h, Tensor bias) {
+    public void biasGeluForward(Tensor out, Tensor tanhExp, Tensor h, Tensor bias) {
         sameNumel(out, "out", h, "h");
+        sameNumel(tanhExp, "tanhExp", h, "h");
         int rows = h.rows();
         int cols = h.cols();
         KernelChecks.numel(bias, "biasGeluForward bias", cols);
         float[] o = f32(out, "out");
         float[] hv = f32(h, "h");
         float[] bv = f32(bias, "bias");
+        float[] ev = f32(tanhExp, "tanhExp");
         int oo = out.offset();
+        int oe = tanhExp.offset();
         int oh = h.offset();
         int ob = bias.offset();
         pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
             for (int r = lo; r < hi; r++) {
                 binaryRun(BinaryOp.ADD, hv, oh + r * cols, hv, oh + r * cols, bv, ob, cols);
-                VecMath.gelu(o, oo + r * cols, hv, oh + r * cols, cols);
+                VecMath.gelu(o, oo + r * cols, hv, oh + r * cols, cols, ev, oe + r * cols);
             }
         });
     }
 
     @Override
-    public void geluBackwardBias(Tensor dx, Tensor dbias, Tensor dy, Tensor x) {
+    public void geluBackwardBias(Tensor dx, Tensor dbias, Tensor dy, Tensor x, Tensor tanhExp) {
         sameNumel(dx, "dx", x, "x");
         sameNumel(dy, "dy", x, "x");
+        sameNumel(tanhExp, "tanhExp", x, "x");
         int rows = x.rows();
         int cols = x.cols();
         KernelChecks.numel(dbias, "geluBackwardBias dbias", cols);
@@ -872,6 +876,8 @@ final class CpuBackend implements Backend {
         float[] db = f32(dbias, "dbias");
         float[] dyv = f32(dy, "dy");
         float[] xv = f32(x, "x");
+        float[] ev = f32(tanhExp, "tanhExp");
+        int oe = tanhExp.offset();
         int odx = dx.offset();
         int odb = dbias.offset();
         int ody = dy.offset();
@@ -884,7 +890,7 @@ final class CpuBackend implements Backend {
             for (int r = 0; r < rows; r++) {
                 int at = r * cols + lo;
                 Arrays.fill(dxv, odx + at, odx + at + len, 0f);
-                VecMath.geluBackward(dxv, odx + at, dyv, ody + at, xv, ox + at, len);
+                VecMath.geluBackward(dxv, odx + at, dyv, ody + at, xv, ox + at, len, ev, oe + at);
                 VecMath.addTo(sums, 0, dxv, odx + at, len);
             }
             VecMath.addTo(db, odb + lo, sums, 0, len);

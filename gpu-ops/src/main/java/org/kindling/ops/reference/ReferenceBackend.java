@@ -384,25 +384,41 @@ final class ReferenceBackend implements Backend {
     }
 
     @Override
-    public void biasGeluForward(Tensor out, Tensor h, Tensor bias) {
+    public void biasGeluForward(Tensor out, Tensor tanhExp, Tensor h, Tensor bias) {
         sameNumel(out, "out", h, "h");
+        sameNumel(tanhExp, "tanhExp", h, "h");
         int cols = h.cols();
         numel(bias, "biasGeluForward bias", cols);
         double[] hv = read(h, "h");
         double[] bv = read(bias, "bias");
+        double[] e = new double[hv.length];
         for (int i = 0; i < hv.length; i++) {
             hv[i] += bv[i % cols];
+            double v = hv[i];
+            e[i] = Math.exp(2 * Math.sqrt(2 / Math.PI) * (v + 0.044715 * v * v * v));
         }
         write(h, "h", hv);
         write(out, "out", Reference.gelu(hv));
+        write(tanhExp, "tanhExp", e);
     }
 
+    /** From the kept e = exp(2u): tanh u = 1 − 2/(e + 1), which stays 1 for e = ∞. */
     @Override
-    public void geluBackwardBias(Tensor dx, Tensor dbias, Tensor dy, Tensor x) {
+    public void geluBackwardBias(Tensor dx, Tensor dbias, Tensor dy, Tensor x, Tensor tanhExp) {
         sameNumel(dx, "dx", x, "x");
         sameNumel(dy, "dy", x, "x");
+        sameNumel(tanhExp, "tanhExp", x, "x");
         numel(dbias, "geluBackwardBias dbias", x.cols());
-        double[] g = Reference.geluBackward(read(dy, "dy"), read(x, "x"));
+        double[] xv = read(x, "x");
+        double[] dyv = read(dy, "dy");
+        double[] e = read(tanhExp, "tanhExp");
+        double[] g = new double[xv.length];
+        for (int i = 0; i < g.length; i++) {
+            double v = xv[i];
+            double th = 1 - 2 / (e[i] + 1);
+            double d = 0.5 * (1 + th) + 0.5 * v * (1 - th * th) * Math.sqrt(2 / Math.PI) * (1 + 3 * 0.044715 * v * v);
+            g[i] = d * dyv[i];
+        }
         write(dx, "dx", g);
         add(dbias, "dbias", Reference.columnSums(g, x.rows(), x.cols()));
     }

@@ -16,6 +16,8 @@ final class Mlp implements ChannelMixer {
     /** Saved for backward: h = fc(x) [T, H] (with the bias, which biasGeluForward adds) and GELU(h) [T, H]. */
     private final Activation h;
     private final Activation gelu;
+    /** With an fc bias, GELU's tanh intermediate exp(2u) [T, H], kept so backward need not recompute it. */
+    private final Activation geluExp;
     /** Backward scratch: dGELU and dh [T, H]. */
     private final Activation dgelu;
     private final Activation dh;
@@ -31,6 +33,7 @@ final class Mlp implements ChannelMixer {
         this.acts = new Activations(ctx.device(), ctx.name());
         h = acts.f32("h");
         gelu = acts.f32("gelu");
+        geluExp = acts.f32("gelu_exp");
         dgelu = acts.f32("dgelu");
         dh = acts.f32("dh");
         stepH = acts.f32("step_h");
@@ -44,7 +47,7 @@ final class Mlp implements ChannelMixer {
         Tensor g = gelu.write(t, hidden);
         if (fc.bias != null) {
             fc.forwardWithoutBias(th, x);
-            y.device().backend().biasGeluForward(g, th, fc.bias.value());
+            y.device().backend().biasGeluForward(g, geluExp.write(t, hidden), th, fc.bias.value());
         } else {
             fc.forward(th, x);
             y.device().backend().geluForward(g, th);
@@ -70,7 +73,7 @@ final class Mlp implements ChannelMixer {
         proj.backwardOverwrite(dg, dy);
         if (fc.bias != null) {
             Tensor d = dh.write(t, hidden);
-            be.geluBackwardBias(d, fc.bias.grad(), dg, h.saved(t, hidden));
+            be.geluBackwardBias(d, fc.bias.grad(), dg, h.saved(t, hidden), geluExp.saved(t, hidden));
             fc.backwardWithoutBias(dx, d);
         } else {
             Tensor d = dh.zeros(t, hidden);
