@@ -210,6 +210,21 @@ public interface Backend {
     /** dx += dy ⊙ keep / (1 − p) with the mask of {@link #dropoutForward} for the same seed. */
     void dropoutBackward(Tensor dx, Tensor dy, float p, long seed);
 
+    /**
+     * A residual branch's output bias, dropout and the residual add in one pass: out[N, C] =
+     * residual + (x + bias[C]) ⊙ keep / (1 − p), with the mask of {@link #dropoutForward} for
+     * (seed, element index); p = 0 drops nothing. Its backward is the branch's: the residual
+     * passes dy on, the branch gets {@link #dropoutBackward}'s gradient and the bias that
+     * gradient's column sums. out may be x, not residual.
+     */
+    default void biasDropoutAddForward(Tensor out, Tensor x, Tensor bias, Tensor residual, float p, long seed) {
+        binary(BinaryOp.ADD, out, x, bias);
+        if (p > 0) {
+            dropoutForward(out, out, p, seed);
+        }
+        binary(BinaryOp.ADD, out, out, residual);
+    }
+
     // ---- embeddings ----
 
     /** out[N, C] = table[ids[n], :] for ids[N] (I32), table[V, C]. */

@@ -59,7 +59,7 @@ public enum KernelClass {
                  "softmaxBackward", "addLayerNormForward", "layerNormBackwardAdd" -> NORMALIZATION;
             case "unary", "unaryBackward", "affine", "binary", "geluForward", "geluBackward", "dropoutForward",
                  "dropoutBackward", "reduceRows", "addColumnSums", "sumOfSquares", "addSum", "addSumOfSquares",
-                 "globalL2Norm", "scaleRows", "biasGeluForward", "geluBackwardBias" -> ELEMENTWISE;
+                 "globalL2Norm", "scaleRows", "biasGeluForward", "geluBackwardBias", "biasDropoutAddForward" -> ELEMENTWISE;
             case "crossEntropyForward", "crossEntropyForwardBackward" -> LOSS;
             case "adamW" -> OPTIMIZER;
             case "embeddingForward", "embeddingBackward" -> EMBEDDING;

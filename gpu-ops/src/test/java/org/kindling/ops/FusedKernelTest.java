@@ -244,6 +244,47 @@ class FusedKernelTest {
         }
     }
 
+    @ParameterizedTest(name = "{0}x{1}")
+    @MethodSource("org.kindling.ops.Shapes#rowsCols")
+    void biasDropoutAddForward(int rows, int cols) {
+        int n = rows * cols;
+        float[] x = Check.uniform(81, n, -3, 3);
+        float[] bias = Check.uniform(82, cols);
+        float[] res = Check.uniform(83, n, -2, 2);
+        long seed = 0x5eedL;
+        for (float p : new float[] {0f, 0.3f}) {
+            Tensor[][] r = new Tensor[3][];
+            Device[] devs = {cpu, cpu, ref};
+            for (int k = 0; k < 3; k++) {
+                Device d = devs[k];
+                r[k] = new Tensor[] {d.allocate(DType.F32, rows, cols), d.fromFloats(x, rows, cols), d.fromFloats(bias, cols),
+                    d.fromFloats(res, rows, cols)};
+            }
+            try (Tensor cout = ref.allocate(DType.F32, rows, cols)) {
+                Tensor[] f = r[0];
+                Tensor[] nv = r[1];
+                Tensor[] t = r[2];
+                cpu.backend().biasDropoutAddForward(f[0], f[1], f[2], f[3], p, seed);
+                cpu.backend().binary(BinaryOp.ADD, nv[0], nv[1], nv[2]);
+                if (p > 0) {
+                    cpu.backend().dropoutForward(nv[0], nv[0], p, seed);
+                }
+                cpu.backend().binary(BinaryOp.ADD, nv[0], nv[0], nv[3]);
+                ref.backend().biasDropoutAddForward(t[0], t[1], t[2], t[3], p, seed);
+                ref.backend().binary(BinaryOp.ADD, cout, t[1], t[2]);
+                ref.backend().dropoutForward(cout, cout, p, seed);
+                ref.backend().binary(BinaryOp.ADD, cout, cout, t[3]);
+                sameAsComposition("biasDropoutAdd p=" + p, t[0], cout);
+                noWorse("biasDropoutAdd p=" + p, host(t[0]), f[0], nv[0], 2);
+                // In place on x, as the MLP calls it.
+                cpu.backend().biasDropoutAddForward(f[1], f[1], f[2], f[3], p, seed);
+                assertArrayEquals(f[0].toFloatArray(), f[1].toFloatArray(), "biasDropoutAdd in place, p=" + p);
+            } finally {
+                closeAll(r);
+            }
+        }
+    }
+
     /** The bias gradient is summed per column in row order, so it does not depend on the thread count. */
     @Test
     void geluBackwardBiasIsIndependentOfThreads() {

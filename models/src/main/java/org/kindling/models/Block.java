@@ -75,11 +75,7 @@ final class Block implements AutoCloseable {
             be.dropoutForward(tm, tm, dropout, seed);
         }
         ln2.forwardAdd(th, tb, x, tm);
-        channel.forward(y, tb);
-        if (dropout > 0) {
-            be.dropoutForward(y, y, dropout, seed + 1);
-        }
-        be.binary(BinaryOp.ADD, y, y, th);
+        channel.forwardAdd(y, tb, th, dropout, seed + 1);
     }
 
     /**

@@ -916,6 +916,40 @@ final class CpuBackend implements Backend {
     }
 
     @Override
+    public void biasDropoutAddForward(Tensor out, Tensor x, Tensor bias, Tensor residual, float p, long seed) {
+        checkDropout(p);
+        sameNumel(out, "out", x, "x");
+        sameNumel(residual, "residual", x, "x");
+        int rows = x.rows();
+        int cols = x.cols();
+        KernelChecks.numel(bias, "biasDropoutAddForward bias", cols);
+        float[] o = f32(out, "out");
+        float[] xv = f32(x, "x");
+        float[] bv = f32(bias, "bias");
+        float[] rv = f32(residual, "residual");
+        int oo = out.offset();
+        int ox = x.offset();
+        int ob = bias.offset();
+        int or = residual.offset();
+        float scale = 1f / (1f - p);
+        pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                int base = r * cols;
+                if (p == 0) {
+                    binaryRun(BinaryOp.ADD, o, oo + base, xv, ox + base, bv, ob, cols);
+                    binaryRun(BinaryOp.ADD, o, oo + base, o, oo + base, rv, or + base, cols);
+                    continue;
+                }
+                for (int c = 0; c < cols; c++) {
+                    int i = base + c;
+                    float v = xv[ox + i] + bv[ob + c];
+                    o[oo + i] = (DropoutMask.keeps(seed, i, p) ? v * scale : 0f) + rv[or + i];
+                }
+            }
+        });
+    }
+
+    @Override
     public void dropoutBackward(Tensor dx, Tensor dy, float p, long seed) {
         checkDropout(p);
         sameNumel(dx, "dx", dy, "dy");

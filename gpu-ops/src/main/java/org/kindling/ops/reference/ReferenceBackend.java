@@ -18,6 +18,7 @@ import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.CausalConv;
 import org.kindling.ops.DType;
+import org.kindling.ops.DropoutMask;
 import org.kindling.ops.FavorFeatures;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.GroupedGemm;
@@ -430,6 +431,23 @@ final class ReferenceBackend implements Backend {
         checkDropout(p);
         sameNumel(out, "out", x, "x");
         write(out, "out", Reference.dropout(read(x, "x"), p, seed));
+    }
+
+    @Override
+    public void biasDropoutAddForward(Tensor out, Tensor x, Tensor bias, Tensor residual, float p, long seed) {
+        checkDropout(p);
+        sameNumel(out, "out", x, "x");
+        sameNumel(residual, "residual", x, "x");
+        int cols = x.cols();
+        numel(bias, "biasDropoutAddForward bias", cols);
+        double[] xv = read(x, "x");
+        double[] bv = read(bias, "bias");
+        double[] rv = read(residual, "residual");
+        for (int i = 0; i < xv.length; i++) {
+            double v = xv[i] + bv[i % cols];
+            xv[i] = rv[i] + (DropoutMask.keeps(seed, i, p) ? v / (1.0 - p) : 0);
+        }
+        write(out, "out", xv);
     }
 
     @Override

@@ -42,17 +42,33 @@ final class Mlp implements ChannelMixer {
 
     @Override
     public void forward(Tensor y, Tensor x) {
+        proj.forward(y, hidden(x));
+    }
+
+    /** With a proj bias, that bias, the dropout and the residual add are one pass ({@code biasDropoutAddForward}). */
+    @Override
+    public void forwardAdd(Tensor y, Tensor x, Tensor residual, float p, long seed) {
+        if (proj.bias == null) {
+            ChannelMixer.super.forwardAdd(y, x, residual, p, seed);
+            return;
+        }
+        proj.forwardWithoutBias(y, hidden(x));
+        y.device().backend().biasDropoutAddForward(y, y, proj.bias.value(), residual, p, seed);
+    }
+
+    /** GELU(fc(x)) [T, H], with h and what GELU's backward needs saved. */
+    private Tensor hidden(Tensor x) {
         int t = x.rows();
         Tensor th = h.write(t, hidden);
         Tensor g = gelu.write(t, hidden);
         if (fc.bias != null) {
             fc.forwardWithoutBias(th, x);
-            y.device().backend().biasGeluForward(g, geluExp.write(t, hidden), th, fc.bias.value());
+            x.device().backend().biasGeluForward(g, geluExp.write(t, hidden), th, fc.bias.value());
         } else {
             fc.forward(th, x);
-            y.device().backend().geluForward(g, th);
+            x.device().backend().geluForward(g, th);
         }
-        proj.forward(y, g);
+        return g;
     }
 
     @Override
