@@ -46,8 +46,8 @@ public final class Linear {
 
     /**
      * y = x·Wᵀ without the bias, keeping x like {@link #forward}: for a caller that adds the bias in
-     * its next kernel (e.g. {@code biasGeluForward}) and so also owns the bias gradient, see
-     * {@link #backwardWithoutBias}.
+     * its next kernel ({@code biasGeluForward}, {@code biasDropoutAddForward}). {@link #backward}
+     * still forms the bias gradient; {@link #backwardWithoutBias} leaves it to a fused backward kernel.
      */
     public void forwardWithoutBias(Tensor y, Tensor x) {
         this.x = product(y, x, xIn, false);
