@@ -142,6 +142,27 @@ public interface Backend {
     /** dx[N, C] +=, dweight[C] += the gradients of {@link #rmsNormForward}. */
     void rmsNormBackward(Tensor dx, Tensor dweight, Tensor dy, Tensor x, Tensor weight, Tensor rstd);
 
+    /**
+     * Residual add fused with the LayerNorm that follows it (a pre-LN block's h = x + m; ln2(h)):
+     * sum = a + b, then out, mean, rstd as {@link #layerNormForward} of sum, in one pass over the
+     * rows. sum is kept for the backward; sum may be a, out must not alias a, b or sum.
+     */
+    default void addLayerNormForward(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b, Tensor weight,
+                                     Tensor bias, float eps) {
+        binary(BinaryOp.ADD, sum, a, b);
+        layerNormForward(out, mean, rstd, sum, weight, bias, eps);
+    }
+
+    /**
+     * {@link #layerNormBackward} fused with the residual stream's gradient: dx += LN′(dy) + dres,
+     * with dweight and dbias += as there; dres has dx's shape and must not alias it.
+     */
+    default void layerNormBackwardAdd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dy, Tensor dres, Tensor x,
+                                      Tensor weight, Tensor mean, Tensor rstd) {
+        layerNormBackward(dx, dweight, dbias, dy, x, weight, mean, rstd);
+        binary(BinaryOp.ADD, dx, dx, dres);
+    }
+
     // ---- activations ----
 
     /** GELU, tanh approximation (GPT-2); out may be x. */
@@ -149,6 +170,34 @@ public interface Backend {
 
     /** dx += GELU'(x)·dy. */
     void geluBackward(Tensor dx, Tensor dy, Tensor x);
+
+    /**
+     * The bias of the GEMM before a GELU fused with it: h[N, C] += bias[C] in place (h is what the
+     * backward reads), then out = GELU(h), in one pass; tanhExp[N, C] gets GELU's tanh
+     * intermediate e = exp(2u), u = √(2/π)·(h + 0.044715·h³) (tanh u = 1 − 2/(e + 1)), kept so
+     * that {@link #geluBackwardBias} need not recompute it. out, tanhExp and h must not alias.
+     */
+    default void biasGeluForward(Tensor out, Tensor tanhExp, Tensor h, Tensor bias) {
+        binary(BinaryOp.ADD, h, h, bias);
+        geluForward(out, h);
+        unary(UnaryOp.SQUARE, tanhExp, h);
+        affine(tanhExp, tanhExp, 0.044715f, 1f);
+        binary(BinaryOp.MUL, tanhExp, tanhExp, h);
+        affine(tanhExp, tanhExp, (float) (2 * Math.sqrt(2 / Math.PI)), 0f);
+        unary(UnaryOp.EXP, tanhExp, tanhExp);
+    }
+
+    /**
+     * GELU's backward fused with the bias gradient of the GEMM before it: dx[N, C] = GELU′(x)·dy
+     * (written, not accumulated, which spares zeroing it) and dbias[C] += Σ_n dx[n, :]. tanhExp is
+     * what {@link #biasGeluForward} kept for x; a backend may read it or recompute it (this
+     * default recomputes). dx must not alias dy, x or tanhExp.
+     */
+    default void geluBackwardBias(Tensor dx, Tensor dbias, Tensor dy, Tensor x, Tensor tanhExp) {
+        fill(dx, 0f);
+        geluBackward(dx, dy, x);
+        addColumnSums(dbias, dx);
+    }
 
     // ---- dropout ----
 
@@ -160,6 +209,21 @@ public interface Backend {
 
     /** dx += dy ⊙ keep / (1 − p) with the mask of {@link #dropoutForward} for the same seed. */
     void dropoutBackward(Tensor dx, Tensor dy, float p, long seed);
+
+    /**
+     * A residual branch's output bias, dropout and the residual add in one pass: out[N, C] =
+     * residual + (x + bias[C]) ⊙ keep / (1 − p), with the mask of {@link #dropoutForward} for
+     * (seed, element index); p = 0 drops nothing. Its backward is the branch's: the residual
+     * passes dy on, the branch gets {@link #dropoutBackward}'s gradient and the bias that
+     * gradient's column sums. out may be x, not residual.
+     */
+    default void biasDropoutAddForward(Tensor out, Tensor x, Tensor bias, Tensor residual, float p, long seed) {
+        binary(BinaryOp.ADD, out, x, bias);
+        if (p > 0) {
+            dropoutForward(out, out, p, seed);
+        }
+        binary(BinaryOp.ADD, out, out, residual);
+    }
 
     // ---- embeddings ----
 

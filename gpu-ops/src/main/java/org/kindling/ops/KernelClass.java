@@ -56,10 +56,10 @@ public enum KernelClass {
                  "linearAttentionStep", "causalConvForward", "causalConvBackward", "ssmConvForward", "ssmConvBackward",
                  "ssmStep", "favorFeatures", "favorFeaturesBackward" -> ATTENTION;
             case "layerNormForward", "layerNormBackward", "rmsNormForward", "rmsNormBackward", "softmaxForward",
-                 "softmaxBackward" -> NORMALIZATION;
+                 "softmaxBackward", "addLayerNormForward", "layerNormBackwardAdd" -> NORMALIZATION;
             case "unary", "unaryBackward", "affine", "binary", "geluForward", "geluBackward", "dropoutForward",
                  "dropoutBackward", "reduceRows", "addColumnSums", "sumOfSquares", "addSum", "addSumOfSquares",
-                 "globalL2Norm", "scaleRows" -> ELEMENTWISE;
+                 "globalL2Norm", "scaleRows", "biasGeluForward", "geluBackwardBias", "biasDropoutAddForward" -> ELEMENTWISE;
             case "crossEntropyForward", "crossEntropyForwardBackward" -> LOSS;
             case "adamW" -> OPTIMIZER;
             case "embeddingForward", "embeddingBackward" -> EMBEDDING;

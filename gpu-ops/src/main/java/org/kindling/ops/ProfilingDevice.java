@@ -32,7 +32,8 @@ import java.util.Set;
  * forward, twice that backward.</li>
  * <li>Everything else: FLOPs = a per-kernel constant × the elements of its largest operand
  * (layer norm 8 forward / 12 backward, RMS norm 5 / 9, softmax 5 / 4, cross-entropy 4 forward and
- * 6 with its gradient, GELU 8 / 16, dropout 2, AdamW 12 per parameter, scatter-add 2, embedding
+ * 6 with its gradient, GELU 8 / 16, the fused bias + GELU 9 / 17 and residual add + layer norm
+ * 9 / 13, dropout 2, bias + dropout + residual add 4, AdamW 12 per parameter, scatter-add 2, embedding
  * gather 0 and its backward 1, copies, fills, transfers and routing 0, the rest 1).</li>
  * <li>Bytes, except GEMM: every distinct operand (aliases counted once) read or written once at its
  * dtype — the compulsory traffic, a lower bound for kernels that accumulate; AdamW counts
@@ -46,11 +47,13 @@ public final class ProfilingDevice extends Device {
 
     private static final Map<String, Integer> FLOPS_PER_ELEMENT = Map.ofEntries(
             Map.entry("layerNormForward", 8), Map.entry("layerNormBackward", 12),
+            Map.entry("addLayerNormForward", 9), Map.entry("layerNormBackwardAdd", 13),
             Map.entry("rmsNormForward", 5), Map.entry("rmsNormBackward", 9),
             Map.entry("softmaxForward", 5), Map.entry("softmaxBackward", 4),
             Map.entry("crossEntropyForward", 4), Map.entry("crossEntropyForwardBackward", 6),
             Map.entry("geluForward", 8), Map.entry("geluBackward", 16),
-            Map.entry("dropoutForward", 2), Map.entry("dropoutBackward", 2),
+            Map.entry("biasGeluForward", 9), Map.entry("geluBackwardBias", 17),
+            Map.entry("dropoutForward", 2), Map.entry("dropoutBackward", 2), Map.entry("biasDropoutAddForward", 4),
             Map.entry("adamW", 12), Map.entry("scatterAddRows", 2),
             Map.entry("embeddingForward", 0), Map.entry("embeddingBackward", 1),
             Map.entry("copyFromHost", 0), Map.entry("copyToHost", 0), Map.entry("fill", 0), Map.entry("copy", 0),

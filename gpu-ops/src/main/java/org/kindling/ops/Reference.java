@@ -261,7 +261,8 @@ public final class Reference {
         return new double[][] {dx, dw};
     }
 
-    private static final double GELU_SCALE = Math.sqrt(2 / Math.PI);
+    /** √(2/π), the tanh-GELU scale. */
+    public static final double GELU_SCALE = Math.sqrt(2 / Math.PI);
 
     /** GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
     public static double[] gelu(double[] x) {

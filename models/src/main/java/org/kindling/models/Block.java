@@ -74,13 +74,8 @@ final class Block implements AutoCloseable {
         if (dropout > 0) {
             be.dropoutForward(tm, tm, dropout, seed);
         }
-        be.binary(BinaryOp.ADD, th, x, tm);
-        ln2.forward(tb, th);
-        channel.forward(y, tb);
-        if (dropout > 0) {
-            be.dropoutForward(y, y, dropout, seed + 1);
-        }
-        be.binary(BinaryOp.ADD, y, y, th);
+        ln2.forwardAdd(th, tb, x, tm);
+        channel.forwardAdd(y, tb, th, dropout, seed + 1);
     }
 
     /**
@@ -118,15 +113,13 @@ final class Block implements AutoCloseable {
      */
     void backward(Tensor dx, Tensor dy, Seqs seqs) {
         int t = dy.rows();
-        Backend be = dy.device().backend();
         Tensor dh = dy;
         Tensor db = dln.zeros(t, c);
         channel.backward(db, throughDropout(dy, seed + 1));
         ln2.backward(dh, db);
         Tensor da = dln.zeros(t, c);
         mixer.backward(da, throughDropout(dh, seed), seqs);
-        ln1.backward(dx, da);
-        be.binary(BinaryOp.ADD, dx, dx, dh);
+        ln1.backwardAdd(dx, da, dh);
     }
 
     @Override

@@ -633,6 +633,20 @@ final class CpuBackend implements Backend {
     @Override
     public void layerNormForward(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor weight, Tensor bias,
                                  float eps) {
+        layerNormRows(out, mean, rstd, x, null, null, weight, bias, eps);
+    }
+
+    @Override
+    public void addLayerNormForward(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b, Tensor weight,
+                                    Tensor bias, float eps) {
+        sameNumel(a, "a", sum, "sum");
+        sameNumel(b, "b", sum, "sum");
+        layerNormRows(out, mean, rstd, sum, a, b, weight, bias, eps);
+    }
+
+    /** LayerNorm of x's rows; with a and b, each row of x is first written as a + b, while it is in cache. */
+    private void layerNormRows(Tensor out, Tensor mean, Tensor rstd, Tensor x, Tensor a, Tensor b, Tensor weight,
+                               Tensor bias, float eps) {
         int rows = x.rows();
         int cols = x.cols();
         KernelChecks.checkLayerNormForward(out, mean, rstd, x, weight, bias);
@@ -642,6 +656,10 @@ final class CpuBackend implements Backend {
         float[] xv = f32(x, "x");
         float[] w = f32(weight, "weight");
         float[] bv = f32(bias, "bias");
+        float[] av = a == null ? null : f32(a, "a");
+        float[] sv = b == null ? null : f32(b, "b");
+        int oa = a == null ? 0 : a.offset();
+        int ob = b == null ? 0 : b.offset();
         int oo = out.offset();
         int om = mean.offset();
         int or = rstd.offset();
@@ -651,6 +669,9 @@ final class CpuBackend implements Backend {
         pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
             for (int r = lo; r < hi; r++) {
                 int xb = ox + r * cols;
+                if (av != null) {
+                    binaryRun(BinaryOp.ADD, xv, xb, av, oa + r * cols, sv, ob + r * cols, cols);
+                }
                 float mu = VecMath.sum(xv, xb, cols) / cols;
                 float rs = (float) (1.0 / Math.sqrt(VecMath.sumSquaredDeviations(xv, xb, cols, mu) / cols + eps));
                 VecMath.normalize(o, oo + r * cols, xv, xb, cols, mu, rs, w, ow, bv, obias);
@@ -663,6 +684,19 @@ final class CpuBackend implements Backend {
     @Override
     public void layerNormBackward(Tensor dx, Tensor dweight, Tensor dbias, Tensor dy, Tensor x, Tensor weight,
                                   Tensor mean, Tensor rstd) {
+        layerNormBackwardRows(dx, dweight, dbias, dy, null, x, weight, mean, rstd);
+    }
+
+    @Override
+    public void layerNormBackwardAdd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dy, Tensor dres, Tensor x,
+                                     Tensor weight, Tensor mean, Tensor rstd) {
+        sameNumel(dres, "dres", dx, "dx");
+        layerNormBackwardRows(dx, dweight, dbias, dy, dres, x, weight, mean, rstd);
+    }
+
+    /** LayerNorm backward; with dres, each row of dx also gets dres's row added while it is in cache. */
+    private void layerNormBackwardRows(Tensor dx, Tensor dweight, Tensor dbias, Tensor dy, Tensor dres, Tensor x,
+                                       Tensor weight, Tensor mean, Tensor rstd) {
         int rows = x.rows();
         int cols = x.cols();
         KernelChecks.checkLayerNormBackward(dx, dweight, dbias, dy, x, weight, mean, rstd);
@@ -674,6 +708,8 @@ final class CpuBackend implements Backend {
         float[] w = f32(weight, "weight");
         float[] mv = f32(mean, "mean");
         float[] rv = f32(rstd, "rstd");
+        float[] drv = dres == null ? null : f32(dres, "dres");
+        int odr = dres == null ? 0 : dres.offset();
         int odx = dx.offset();
         int ody = dy.offset();
         int ox = x.offset();
@@ -684,6 +720,9 @@ final class CpuBackend implements Backend {
             for (int r = lo; r < hi; r++) {
                 VecMath.layerNormRowBackward(dxv, odx + r * cols, dyv, ody + r * cols, xv, ox + r * cols, w, ow, cols, mv[om + r],
                         rv[or + r]);
+                if (drv != null) {
+                    VecMath.addTo(dxv, odx + r * cols, drv, odr + r * cols, cols);
+                }
             }
         });
         int odw = dweight.offset();
@@ -802,6 +841,62 @@ final class CpuBackend implements Backend {
         pool.parallelFor(x.numel(), GRAIN, (lo, hi) -> VecMath.geluBackward(dxv, odx + lo, dyv, ody + lo, xv, ox + lo, hi - lo));
     }
 
+    @Override
+    public void biasGeluForward(Tensor out, Tensor tanhExp, Tensor h, Tensor bias) {
+        sameNumel(out, "out", h, "h");
+        sameNumel(tanhExp, "tanhExp", h, "h");
+        int rows = h.rows();
+        int cols = h.cols();
+        KernelChecks.numel(bias, "biasGeluForward bias", cols);
+        float[] o = f32(out, "out");
+        float[] hv = f32(h, "h");
+        float[] bv = f32(bias, "bias");
+        float[] ev = f32(tanhExp, "tanhExp");
+        int oo = out.offset();
+        int oe = tanhExp.offset();
+        int oh = h.offset();
+        int ob = bias.offset();
+        pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                binaryRun(BinaryOp.ADD, hv, oh + r * cols, hv, oh + r * cols, bv, ob, cols);
+                VecMath.gelu(o, oo + r * cols, hv, oh + r * cols, cols, ev, oe + r * cols);
+            }
+        });
+    }
+
+    @Override
+    public void geluBackwardBias(Tensor dx, Tensor dbias, Tensor dy, Tensor x, Tensor tanhExp) {
+        sameNumel(dx, "dx", x, "x");
+        sameNumel(dy, "dy", x, "x");
+        sameNumel(tanhExp, "tanhExp", x, "x");
+        int rows = x.rows();
+        int cols = x.cols();
+        KernelChecks.numel(dbias, "geluBackwardBias dbias", cols);
+        float[] dxv = f32(dx, "dx");
+        float[] db = f32(dbias, "dbias");
+        float[] dyv = f32(dy, "dy");
+        float[] xv = f32(x, "x");
+        float[] ev = f32(tanhExp, "tanhExp");
+        int oe = tanhExp.offset();
+        int odx = dx.offset();
+        int odb = dbias.offset();
+        int ody = dy.offset();
+        int ox = x.offset();
+        // Each thread a range of columns, summing its rows in order, so the bias gradient's bits do
+        // not depend on the thread count; each row segment is summed while it is in cache.
+        pool.parallelFor(cols, 64, (lo, hi) -> {
+            int len = hi - lo;
+            float[] sums = new float[len];
+            for (int r = 0; r < rows; r++) {
+                int at = r * cols + lo;
+                Arrays.fill(dxv, odx + at, odx + at + len, 0f);
+                VecMath.geluBackward(dxv, odx + at, dyv, ody + at, xv, ox + at, len, ev, oe + at);
+                VecMath.addTo(sums, 0, dxv, odx + at, len);
+            }
+            VecMath.addTo(db, odb + lo, sums, 0, len);
+        });
+    }
+
     // ---- dropout ----
 
     @Override
@@ -816,6 +911,40 @@ final class CpuBackend implements Backend {
         pool.parallelFor(x.numel(), GRAIN, (lo, hi) -> {
             for (int i = lo; i < hi; i++) {
                 o[oo + i] = DropoutMask.keeps(seed, i, p) ? xv[ox + i] * scale : 0f;
+            }
+        });
+    }
+
+    @Override
+    public void biasDropoutAddForward(Tensor out, Tensor x, Tensor bias, Tensor residual, float p, long seed) {
+        checkDropout(p);
+        sameNumel(out, "out", x, "x");
+        sameNumel(residual, "residual", x, "x");
+        int rows = x.rows();
+        int cols = x.cols();
+        KernelChecks.numel(bias, "biasDropoutAddForward bias", cols);
+        float[] o = f32(out, "out");
+        float[] xv = f32(x, "x");
+        float[] bv = f32(bias, "bias");
+        float[] rv = f32(residual, "residual");
+        int oo = out.offset();
+        int ox = x.offset();
+        int ob = bias.offset();
+        int or = residual.offset();
+        float scale = 1f / (1f - p);
+        pool.parallelFor(rows, rowGrain(cols), (lo, hi) -> {
+            for (int r = lo; r < hi; r++) {
+                int base = r * cols;
+                if (p == 0) {
+                    binaryRun(BinaryOp.ADD, o, oo + base, xv, ox + base, bv, ob, cols);
+                    binaryRun(BinaryOp.ADD, o, oo + base, o, oo + base, rv, or + base, cols);
+                    continue;
+                }
+                for (int c = 0; c < cols; c++) {
+                    int i = base + c;
+                    float v = xv[ox + i] + bv[ob + c];
+                    o[oo + i] = (DropoutMask.keeps(seed, i, p) ? v * scale : 0f) + rv[or + i];
+                }
             }
         });
     }

@@ -94,51 +94,73 @@ final class VecMath {
     /** Elements per block: the gelu passes stay in L1 and each pass is a loop the JIT fully vectorizes. */
     private static final int BLOCK = 512;
 
-    /** e[i] = exp(2u) for the block x[ox .. ox+n), u = √(2/π)·(x + 0.044715·x³). */
-    private static void geluExp(float[] e, float[] x, int ox, int n) {
+    /** e[oe + i] = exp(2u) for the block x[ox .. ox+n), u = √(2/π)·(x + 0.044715·x³). */
+    private static void geluExp(float[] e, int oe, float[] x, int ox, int n) {
         int i = 0;
         for (; i + LANES <= n; i += LANES) {
             FloatVector v = FloatVector.fromArray(F, x, ox + i);
-            v.mul(v.mul(v).mul(GELU_CUBE).add(1f)).mul(2f * GELU_SCALE).intoArray(e, i);
+            v.mul(v.mul(v).mul(GELU_CUBE).add(1f)).mul(2f * GELU_SCALE).intoArray(e, oe + i);
         }
         for (; i < n; i++) {
             float v = x[ox + i];
-            e[i] = (v * ((v * v) * GELU_CUBE + 1f)) * (2f * GELU_SCALE);
+            e[oe + i] = (v * ((v * v) * GELU_CUBE + 1f)) * (2f * GELU_SCALE);
         }
-        expShift(e, 0, n, 0f);
+        expShift(e, oe, n, 0f);
     }
 
     /** out[i] = GELU(x[i]), tanh form, for i in [0, n). */
     static void gelu(float[] out, int oo, float[] x, int ox, int n) {
-        float[] e = new float[Math.min(n, BLOCK)];
+        gelu(out, oo, x, ox, n, null, 0);
+    }
+
+    /**
+     * out[i] = GELU(x[i]) and, when keep is not null, keep[ok + i] = exp(2u) of x[i]: the
+     * intermediate {@link #geluBackward} then reads instead of recomputing it.
+     */
+    static void gelu(float[] out, int oo, float[] x, int ox, int n, float[] keep, int ok) {
+        float[] scratch = keep == null ? new float[Math.min(n, BLOCK)] : null;
         for (int b = 0; b < n; b += BLOCK) {
             int len = Math.min(BLOCK, n - b);
-            geluExp(e, x, ox + b, len);
+            float[] e = keep == null ? scratch : keep;
+            int eo = keep == null ? 0 : ok + b;
+            geluExp(e, eo, x, ox + b, len);
             int i = 0;
             for (; i + LANES <= len; i += LANES) {
                 FloatVector v = FloatVector.fromArray(F, x, ox + b + i);
-                FloatVector ev = FloatVector.fromArray(F, e, i);
+                FloatVector ev = FloatVector.fromArray(F, e, eo + i);
                 FloatVector a = FloatVector.broadcast(F, 2f).div(ev.add(1f));
                 FloatVector opt = ev.mul(a).blend(FloatVector.broadcast(F, 2f).sub(a), ev.compare(VectorOperators.GT, 1f));
                 v.mul(0.5f).mul(opt).intoArray(out, oo + b + i);
             }
             for (; i < len; i++) {
-                float a = 2f / (e[i] + 1f);
-                out[oo + b + i] = (x[ox + b + i] * 0.5f) * onePlusTanh(e[i], a);
+                float a = 2f / (e[eo + i] + 1f);
+                out[oo + b + i] = (x[ox + b + i] * 0.5f) * onePlusTanh(e[eo + i], a);
             }
         }
     }
 
     /** dx[i] += GELU'(x[i])·dy[i] for i in [0, n). */
     static void geluBackward(float[] dx, int odx, float[] dy, int ody, float[] x, int ox, int n) {
-        float[] e = new float[Math.min(n, BLOCK)];
+        geluBackward(dx, odx, dy, ody, x, ox, n, null, 0);
+    }
+
+    /**
+     * dx[i] += GELU'(x[i])·dy[i]; with kept not null, exp(2u) is read from kept[ok + i] (what
+     * {@link #gelu} kept), else recomputed: the same bits either way.
+     */
+    static void geluBackward(float[] dx, int odx, float[] dy, int ody, float[] x, int ox, int n, float[] kept, int ok) {
+        float[] scratch = kept == null ? new float[Math.min(n, BLOCK)] : null;
         for (int b = 0; b < n; b += BLOCK) {
             int len = Math.min(BLOCK, n - b);
-            geluExp(e, x, ox + b, len);
+            float[] e = kept == null ? scratch : kept;
+            int eo = kept == null ? 0 : ok + b;
+            if (kept == null) {
+                geluExp(e, eo, x, ox + b, len);
+            }
             int i = 0;
             for (; i + LANES <= len; i += LANES) {
                 FloatVector v = FloatVector.fromArray(F, x, ox + b + i);
-                FloatVector ev = FloatVector.fromArray(F, e, i);
+                FloatVector ev = FloatVector.fromArray(F, e, eo + i);
                 FloatVector a = FloatVector.broadcast(F, 2f).div(ev.add(1f));
                 FloatVector opt = ev.mul(a).blend(FloatVector.broadcast(F, 2f).sub(a), ev.compare(VectorOperators.GT, 1f));
                 FloatVector inner = v.mul(v).mul(3f * GELU_CUBE).add(1f).mul(GELU_SCALE);
@@ -148,8 +170,8 @@ final class VecMath {
             }
             for (; i < len; i++) {
                 float v = x[ox + b + i];
-                float a = 2f / (e[i] + 1f);
-                float opt = onePlusTanh(e[i], a);
+                float a = 2f / (e[eo + i] + 1f);
+                float opt = onePlusTanh(e[eo + i], a);
                 float inner = ((v * v) * (3f * GELU_CUBE) + 1f) * GELU_SCALE;
                 float grad = opt * 0.5f + ((v * 0.5f) * (a * opt)) * inner;
                 dx[odx + b + i] = dx[odx + b + i] + grad * dy[ody + b + i];

@@ -18,6 +18,7 @@ import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
 import org.kindling.ops.CausalConv;
 import org.kindling.ops.DType;
+import org.kindling.ops.DropoutMask;
 import org.kindling.ops.FavorFeatures;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.GroupedGemm;
@@ -313,6 +314,41 @@ final class ReferenceBackend implements Backend {
     }
 
     @Override
+    public void addLayerNormForward(Tensor sum, Tensor out, Tensor mean, Tensor rstd, Tensor a, Tensor b, Tensor weight,
+                                    Tensor bias, float eps) {
+        sameNumel(a, "a", sum, "sum");
+        sameNumel(b, "b", sum, "sum");
+        KernelChecks.checkLayerNormForward(out, mean, rstd, sum, weight, bias);
+        double[] av = read(a, "a");
+        double[] bv = read(b, "b");
+        double[] s = new double[av.length];
+        for (int i = 0; i < s.length; i++) {
+            s[i] = av[i] + bv[i];
+        }
+        double[][] r = Reference.layerNorm(s, read(weight, "weight"), read(bias, "bias"), sum.rows(), sum.cols(), eps);
+        write(sum, "sum", s);
+        write(out, "out", r[0]);
+        write(mean, "mean", r[1]);
+        write(rstd, "rstd", r[2]);
+    }
+
+    @Override
+    public void layerNormBackwardAdd(Tensor dx, Tensor dweight, Tensor dbias, Tensor dy, Tensor dres, Tensor x,
+                                     Tensor weight, Tensor mean, Tensor rstd) {
+        sameNumel(dres, "dres", dx, "dx");
+        KernelChecks.checkLayerNormBackward(dx, dweight, dbias, dy, x, weight, mean, rstd);
+        double[][] g = Reference.layerNormBackward(read(dy, "dy"), read(x, "x"), read(weight, "weight"), read(mean, "mean"),
+                read(rstd, "rstd"), x.rows(), x.cols());
+        double[] dr = read(dres, "dres");
+        for (int i = 0; i < dr.length; i++) {
+            g[0][i] += dr[i];
+        }
+        add(dx, "dx", g[0]);
+        add(dweight, "dweight", g[1]);
+        add(dbias, "dbias", g[2]);
+    }
+
+    @Override
     public void rmsNormForward(Tensor out, Tensor rstd, Tensor x, Tensor weight, float eps) {
         int rows = x.rows();
         int cols = x.cols();
@@ -348,6 +384,46 @@ final class ReferenceBackend implements Backend {
         add(dx, "dx", Reference.geluBackward(read(dy, "dy"), read(x, "x")));
     }
 
+    @Override
+    public void biasGeluForward(Tensor out, Tensor tanhExp, Tensor h, Tensor bias) {
+        sameNumel(out, "out", h, "h");
+        sameNumel(tanhExp, "tanhExp", h, "h");
+        int cols = h.cols();
+        numel(bias, "biasGeluForward bias", cols);
+        double[] hv = read(h, "h");
+        double[] bv = read(bias, "bias");
+        double[] e = new double[hv.length];
+        for (int i = 0; i < hv.length; i++) {
+            hv[i] += bv[i % cols];
+            double v = hv[i];
+            e[i] = Math.exp(2 * Reference.GELU_SCALE * (v + 0.044715 * v * v * v));
+        }
+        write(h, "h", hv);
+        write(out, "out", Reference.gelu(hv));
+        write(tanhExp, "tanhExp", e);
+    }
+
+    /** From the kept e = exp(2u): tanh u = 1 − 2/(e + 1), which stays 1 for e = ∞. */
+    @Override
+    public void geluBackwardBias(Tensor dx, Tensor dbias, Tensor dy, Tensor x, Tensor tanhExp) {
+        sameNumel(dx, "dx", x, "x");
+        sameNumel(dy, "dy", x, "x");
+        sameNumel(tanhExp, "tanhExp", x, "x");
+        numel(dbias, "geluBackwardBias dbias", x.cols());
+        double[] xv = read(x, "x");
+        double[] dyv = read(dy, "dy");
+        double[] e = read(tanhExp, "tanhExp");
+        double[] g = new double[xv.length];
+        for (int i = 0; i < g.length; i++) {
+            double v = xv[i];
+            double th = 1 - 2 / (e[i] + 1);
+            double d = 0.5 * (1 + th) + 0.5 * v * (1 - th * th) * Reference.GELU_SCALE * (1 + 3 * 0.044715 * v * v);
+            g[i] = d * dyv[i];
+        }
+        write(dx, "dx", g);
+        add(dbias, "dbias", Reference.columnSums(g, x.rows(), x.cols()));
+    }
+
     // ---- dropout ----
 
     @Override
@@ -355,6 +431,23 @@ final class ReferenceBackend implements Backend {
         checkDropout(p);
         sameNumel(out, "out", x, "x");
         write(out, "out", Reference.dropout(read(x, "x"), p, seed));
+    }
+
+    @Override
+    public void biasDropoutAddForward(Tensor out, Tensor x, Tensor bias, Tensor residual, float p, long seed) {
+        checkDropout(p);
+        sameNumel(out, "out", x, "x");
+        sameNumel(residual, "residual", x, "x");
+        int cols = x.cols();
+        numel(bias, "biasDropoutAddForward bias", cols);
+        double[] xv = read(x, "x");
+        double[] bv = read(bias, "bias");
+        double[] rv = read(residual, "residual");
+        for (int i = 0; i < xv.length; i++) {
+            double v = xv[i] + bv[i % cols];
+            xv[i] = rv[i] + (DropoutMask.keeps(seed, i, p) ? v / (1.0 - p) : 0);
+        }
+        write(out, "out", xv);
     }
 
     @Override

@@ -13,9 +13,11 @@ final class Mlp implements ChannelMixer {
     final Linear proj;
     private final int hidden;
     private final Activations acts;
-    /** Saved for backward: h = fc(x) [T, H] and GELU(h) [T, H]. */
+    /** Saved for backward: h = fc(x) [T, H] (with the bias, which biasGeluForward adds) and GELU(h) [T, H]. */
     private final Activation h;
     private final Activation gelu;
+    /** With an fc bias, GELU's tanh intermediate exp(2u) [T, H], kept so backward need not recompute it. */
+    private final Activation geluExp;
     /** Backward scratch: dGELU and dh [T, H]. */
     private final Activation dgelu;
     private final Activation dh;
@@ -31,6 +33,7 @@ final class Mlp implements ChannelMixer {
         this.acts = new Activations(ctx.device(), ctx.name(), ctx.step().workspace());
         h = acts.f32("h");
         gelu = acts.f32("gelu");
+        geluExp = acts.f32("gelu_exp");
         dgelu = acts.scratch("mlp.dgelu");
         dh = acts.scratch("mlp.dh");
         stepH = acts.scratch("mlp.step_h");
@@ -39,12 +42,33 @@ final class Mlp implements ChannelMixer {
 
     @Override
     public void forward(Tensor y, Tensor x) {
+        proj.forward(y, hidden(x));
+    }
+
+    /** With a proj bias, that bias, the dropout and the residual add are one pass ({@code biasDropoutAddForward}). */
+    @Override
+    public void forwardAdd(Tensor y, Tensor x, Tensor residual, float p, long seed) {
+        if (proj.bias == null) {
+            ChannelMixer.super.forwardAdd(y, x, residual, p, seed);
+            return;
+        }
+        proj.forwardWithoutBias(y, hidden(x));
+        y.device().backend().biasDropoutAddForward(y, y, proj.bias.value(), residual, p, seed);
+    }
+
+    /** GELU(fc(x)) [T, H], with h and what GELU's backward needs saved. */
+    private Tensor hidden(Tensor x) {
         int t = x.rows();
         Tensor th = h.write(t, hidden);
         Tensor g = gelu.write(t, hidden);
-        fc.forward(th, x);
-        y.device().backend().geluForward(g, th);
-        proj.forward(y, g);
+        if (fc.bias != null) {
+            fc.forwardWithoutBias(th, x);
+            x.device().backend().biasGeluForward(g, geluExp.write(t, hidden), th, fc.bias.value());
+        } else {
+            fc.forward(th, x);
+            x.device().backend().geluForward(g, th);
+        }
+        return g;
     }
 
     @Override
@@ -63,9 +87,15 @@ final class Mlp implements ChannelMixer {
         Backend be = dy.device().backend();
         Tensor dg = dgelu.write(t, hidden);
         proj.backwardOverwrite(dg, dy);
-        Tensor d = dh.zeros(t, hidden);
-        be.geluBackward(d, dg, h.saved(t, hidden));
-        fc.backward(dx, d);
+        if (fc.bias != null) {
+            Tensor d = dh.write(t, hidden);
+            be.geluBackwardBias(d, fc.bias.grad(), dg, h.saved(t, hidden), geluExp.saved(t, hidden));
+            fc.backwardWithoutBias(dx, d);
+        } else {
+            Tensor d = dh.zeros(t, hidden);
+            be.geluBackward(d, dg, h.saved(t, hidden));
+            fc.backward(dx, d);
+        }
     }
 
     @Override

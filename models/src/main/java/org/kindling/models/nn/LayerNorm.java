@@ -33,6 +33,14 @@ public final class LayerNorm implements AutoCloseable {
         this.x = x;
     }
 
+    /** sum = a + b (the residual add before this norm, kept as its input), then y = LN(sum), in one pass. */
+    public void forwardAdd(Tensor sum, Tensor y, Tensor a, Tensor b) {
+        int t = sum.rows();
+        y.device().backend().addLayerNormForward(sum, y, mean.write(t), rstd.write(t), a, b, weight.value(), bias.value(),
+                eps);
+        this.x = sum;
+    }
+
     /** The forward for decoding: its own buffers, and x is not kept, so a pending backward stays intact. */
     public void forwardStep(Tensor y, Tensor x) {
         int t = x.rows();
@@ -43,6 +51,13 @@ public final class LayerNorm implements AutoCloseable {
     public void backward(Tensor dx, Tensor dy) {
         int t = dy.rows();
         dy.device().backend().layerNormBackward(dx, weight.grad(), bias.grad(), dy, x, weight.value(), mean.saved(t), rstd.saved(t));
+    }
+
+    /** dx += ∂L/∂x + dres (the residual stream's gradient), in one pass; weight and bias gradients +=. */
+    public void backwardAdd(Tensor dx, Tensor dy, Tensor dres) {
+        int t = dy.rows();
+        dy.device().backend().layerNormBackwardAdd(dx, weight.grad(), bias.grad(), dy, dres, x, weight.value(), mean.saved(t),
+                rstd.saved(t));
     }
 
     @Override

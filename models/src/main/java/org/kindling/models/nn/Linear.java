@@ -44,19 +44,32 @@ public final class Linear {
         this.x = product(y, x, xIn);
     }
 
+    /**
+     * y = x·Wᵀ without the bias, keeping x like {@link #forward}: for a caller that adds the bias in
+     * its next kernel ({@code biasGeluForward}, {@code biasDropoutAddForward}). {@link #backward}
+     * still forms the bias gradient; {@link #backwardWithoutBias} leaves it to a fused backward kernel.
+     */
+    public void forwardWithoutBias(Tensor y, Tensor x) {
+        this.x = product(y, x, xIn, false);
+    }
+
     /** y = x·Wᵀ + b without keeping x: for decoding, which must leave a pending backward intact. */
     public void apply(Tensor y, Tensor x) {
         product(y, x, scratch);
     }
 
-    /** y = x·Wᵀ + b; returns x as the operand it multiplied. */
     private Tensor product(Tensor y, Tensor x, GemmInput operand) {
+        return product(y, x, operand, true);
+    }
+
+    /** y = x·Wᵀ (+ b with addBias); returns x as the operand it multiplied. */
+    private Tensor product(Tensor y, Tensor x, GemmInput operand, boolean addBias) {
         Backend be = y.device().backend();
         int t = x.rows();
         Tensor w = weight.gemmWeight();
         Tensor xg = operand.of(x, w);
         be.gemm(Gemm.of(false, true, t, out, in), y, xg, w);
-        if (bias != null) {
+        if (addBias && bias != null) {
             be.binary(BinaryOp.ADD, y, y, bias.value());
         }
         return xg;
@@ -64,15 +77,20 @@ public final class Linear {
 
     /** dx += dy·W (skipped when dx is null); dW += dyᵀ·x; db += Σ_t dy. */
     public void backward(Tensor dx, Tensor dy) {
-        backward(dx, dy, 1f);
+        backward(dx, dy, 1f, true);
+    }
+
+    /** dx += dy·W; dW += dyᵀ·x; the bias gradient is left to the kernel that added the bias. */
+    public void backwardWithoutBias(Tensor dx, Tensor dy) {
+        backward(dx, dy, 1f, false);
     }
 
     /** Like {@link #backward} but dx = dy·W, overwriting it: spares zeroing a fresh gradient buffer. */
     public void backwardOverwrite(Tensor dx, Tensor dy) {
-        backward(dx, dy, 0f);
+        backward(dx, dy, 0f, true);
     }
 
-    private void backward(Tensor dx, Tensor dy, float beta) {
+    private void backward(Tensor dx, Tensor dy, float beta, boolean biasGrad) {
         Backend be = dy.device().backend();
         int t = dy.rows();
         if (x == null || x.rows() != t) {
@@ -84,7 +102,7 @@ public final class Linear {
             be.gemm(Gemm.of(false, false, t, in, out).scaled(1f, beta), dx, dyg, w);
         }
         be.gemm(Gemm.of(true, false, out, in, t).scaled(1f, 1f), weight.grad(), dyg, x);
-        if (bias != null) {
+        if (biasGrad && bias != null) {
             be.addColumnSums(bias.grad(), dy);
         }
     }
