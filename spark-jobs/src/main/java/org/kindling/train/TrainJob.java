@@ -530,10 +530,14 @@ public final class TrainJob {
             LOG.log(System.Logger.Level.INFO, "rank " + between.rank() + ": " + count + " replica(s) on " + spec + " each");
             return new DataParallel(count, between, plan.collectiveTimeoutS(), null, (r, sync) -> {
                 Device dev = Device.open(spec);
+                Gpt model = null;
                 try {
-                    Gpt model = new Gpt(cfg.model(), dev, cfg.train().seed());
+                    model = new Gpt(cfg.model(), dev, cfg.train().seed());
                     return new DataParallel.Replica(dev, model, new Trainer(model, cfg.train(), sync));
                 } catch (RuntimeException | Error e) {
+                    if (model != null) {
+                        model.close();
+                    }
                     dev.close();
                     throw e;
                 }
