@@ -35,6 +35,7 @@ import org.kindling.data.DatasetReader;
 import org.kindling.models.Gpt;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.io.Checkpoints;
+import org.kindling.models.train.DataParallel;
 import org.kindling.models.train.GradientSync;
 import org.kindling.models.train.NonFiniteException;
 import org.kindling.models.train.StepResult;
@@ -62,6 +63,11 @@ public final class TrainJob {
     public static final String COLLECTIVE_TIMEOUT = "spark.kindling.timeout.collective";
     /** Spark conf key: gradient bucket size in bytes. */
     public static final String BUCKET_BYTES = "spark.kindling.allreduce.bucketBytes";
+    /**
+     * Spark conf key: single-thread model replicas per task on the CPU, summing gradients in shared
+     * memory before the ring (default: one per CPU thread of the task; 1 trains one model on all of them).
+     */
+    public static final String REPLICAS_PER_TASK = "spark.kindling.replicasPerTask";
     /** Spark conf key: seconds an interrupted run waits for its cancelled tasks to stop. */
     public static final String CANCEL_TIMEOUT = "spark.kindling.timeout.cancel";
 
@@ -102,7 +108,7 @@ public final class TrainJob {
      * secret's {@code toString} is redacted, so printing a plan does not print it. {@code evalData}
      * is null when the run does not evaluate.
      */
-    record Plan(String run, String data, String evalData, String configYaml, int threads, TaskDevice device, int world,
+    record Plan(String run, String data, String evalData, String configYaml, int threads, int replicas, TaskDevice device, int world,
                 String coordinatorHost, int coordinatorPort, RunSecret secret, long rendezvousTimeoutS, long collectiveTimeoutS,
                 long bucketBytes, Fault fault)
             implements Serializable {
@@ -201,6 +207,7 @@ public final class TrainJob {
         }
         // Local mode: the workers share this machine's cores; on a cluster each task has spark.task.cpus.
         int threads = local ? Math.max(taskCpus, sc.defaultParallelism() / workers) : taskCpus;
+        long replicas = positive(spark, REPLICAS_PER_TASK, threads);
         long rendezvousS = positive(spark, RENDEZVOUS_TIMEOUT, 300);
         long collectiveS = positive(spark, COLLECTIVE_TIMEOUT, 600);
         long bucketBytes = positive(spark, BUCKET_BYTES, RingSync.DEFAULT_BUCKET_BYTES);
@@ -211,8 +218,8 @@ public final class TrainJob {
         String group = "kindling-train-" + UUID.randomUUID();
         try (Coordinator coordinator = new Coordinator(host, workers, secret, Duration.ofSeconds(rendezvousS), checkpoints::latest,
                 progress)) {
-            Plan plan = new Plan(storage.root(), dataset.root(), eval, yaml, threads, device, workers, host, coordinator.port(), secret,
-                    rendezvousS, collectiveS, bucketBytes, fault);
+            Plan plan = new Plan(storage.root(), dataset.root(), eval, yaml, threads, (int) Math.min(replicas, threads), device, workers,
+                    host, coordinator.port(), secret, rendezvousS, collectiveS, bucketBytes, fault);
             // Interrupt-on-cancel: when one task dies, Spark stops its peers at once instead of at their next barrier().
             sc.setJobGroup(group, "kindling train " + run, true);
             StageFailures failures = new StageFailures(group, coordinator);
@@ -470,17 +477,18 @@ public final class TrainJob {
                 boolean told = false;
                 try (Ring ring = Ring.connect(rank, rv.peers(), server, collective);
                      RingSync ringSync = new RingSync(ring, plan.bucketBytes());
-                     Device dev = Device.open(deviceSpec); Gpt model = new Gpt(cfg.model(), dev, cfg.train().seed());
-                     Trainer trainer = new Trainer(model, cfg.train(), plan.world() == 1 ? GradientSync.SINGLE : ringSync);
+                     DataParallel group = replicas(deviceSpec, cfg, plan.world() == 1 ? GradientSync.SINGLE : ringSync);
                      DatasetSource source = new DatasetSource(new DatasetReader(plan.data(), conf, cfg.train().seed(), rank,
                              plan.world(), cfg.train().batchTokens()));
                      EvalPass eval = plan.evalData() == null || cfg.train().evalInterval() == 0 ? null
                              : new EvalPass(plan.evalData(), conf, rank, plan.world(), cfg.train().batchTokens(),
                                      cfg.train().evalBatches())) {
                     try {
-                        TrainLoop.run(trainer, source, new Checkpoints(new HadoopRunStorage(plan.run(), conf)), rv.resume(), cfg,
-                                r -> afterStep(ctx, evaluated(r, eval, trainer), rank, attempt, coordinator));
-                        outcome = new Outcome(checksum(model.params().values().toFloatArray()), null);
+                        GradientSync between = plan.world() == 1 ? GradientSync.SINGLE : ringSync;
+                        Trainer first = group.replicas().get(0).trainer();
+                        TrainLoop.run(group, between, source, new Checkpoints(new HadoopRunStorage(plan.run(), conf)), rv.resume(),
+                                cfg, r -> afterStep(ctx, evaluated(r, eval, first, between), rank, attempt, coordinator));
+                        outcome = new Outcome(checksum(first.model().params().values().toFloatArray()), null);
                         if (plan.world() > 1) {
                             LOG.log(System.Logger.Level.INFO, String.format(java.util.Locale.ROOT, "rank %d: gradient all-reduce "
                                     + "%.2f s, of which the trainer waited %.2f s (not overlapped with backward)", rank,
@@ -509,6 +517,31 @@ public final class TrainJob {
                 throw new UncheckedIOException("rank " + rank + ": " + describe(e), e);
             }
             return scala.jdk.javaapi.CollectionConverters.asScala(List.of(outcome).iterator());
+        }
+
+        /**
+         * The task's model replicas: on the CPU, the plan's replicas each on its share of the task's
+         * threads, summing in shared memory before {@code between}; elsewhere one on the device.
+         */
+        private DataParallel replicas(String deviceSpec, RunConfig cfg, GradientSync between) {
+            String cpuThreads = Device.name(deviceSpec).equals("cpu") ? Device.argument(deviceSpec) : null;
+            int count = cpuThreads == null ? 1 : Math.max(1, Math.min(plan.replicas(), Integer.parseInt(cpuThreads)));
+            String spec = count == 1 ? deviceSpec : "cpu:" + Integer.parseInt(cpuThreads) / count;
+            LOG.log(System.Logger.Level.INFO, "rank " + between.rank() + ": " + count + " replica(s) on " + spec + " each");
+            return new DataParallel(count, between, plan.collectiveTimeoutS(), null, (r, sync) -> {
+                Device dev = Device.open(spec);
+                Gpt model = null;
+                try {
+                    model = new Gpt(cfg.model(), dev, cfg.train().seed());
+                    return new DataParallel.Replica(dev, model, new Trainer(model, cfg.train(), sync));
+                } catch (RuntimeException | Error e) {
+                    if (model != null) {
+                        model.close();
+                    }
+                    dev.close();
+                    throw e;
+                }
+            });
         }
 
         /** The device this task opens, from {@code --device} and the resources Spark gave the task. */
@@ -546,7 +579,7 @@ public final class TrainJob {
          * predicted tokens, summed over the ranks in one small all-reduce (every rank calls it after the
          * same steps), give the mean over all their tokens.
          */
-        private static StepResult evaluated(StepResult r, EvalPass eval, Trainer trainer) {
+        private static StepResult evaluated(StepResult r, EvalPass eval, Trainer trainer, GradientSync between) {
             if (eval == null || !trainer.config().evaluatesAt(r.step())) {
                 return r;
             }
@@ -557,7 +590,7 @@ public final class TrainJob {
                 throw new UncheckedIOException("cannot read the eval data: " + e.getMessage(), e);
             }
             double[] sums = {own.loss(), own.predicted()};
-            trainer.sync().allReduceSum(sums);
+            between.allReduceSum(sums);
             return r.withMetric(StepResult.EVAL_LOSS, sums[0] / Math.max(1, sums[1]));
         }
 

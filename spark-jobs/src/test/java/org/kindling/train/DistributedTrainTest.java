@@ -130,8 +130,17 @@ class DistributedTrainTest {
         Path one = dir.resolve("one");
         Path two = dir.resolve("two");
         Path faulty = dir.resolve("faulty");
-        List<StepResult> single = TrainJob.run(spark, one.toString(), data.toString(), config(2 * DOCS_PER_BATCH * LEN), 1);
-        List<StepResult> pair = TrainJob.run(spark, two.toString(), data.toString(), config(DOCS_PER_BATCH * LEN), 2);
+        List<StepResult> single;
+        try (LogCapture logs = new LogCapture()) {
+            // One task on local[2]'s two cores: two single-thread replicas, each on half of every batch.
+            single = TrainJob.run(spark, one.toString(), data.toString(), config(2 * DOCS_PER_BATCH * LEN), 1);
+            assertTrue(logs.lines().stream().anyMatch(l -> l.contains("rank 0: 2 replica(s) on cpu:1 each")), logs.lines().toString());
+        }
+        List<StepResult> pair;
+        try (LogCapture logs = new LogCapture()) {
+            pair = TrainJob.run(spark, two.toString(), data.toString(), config(DOCS_PER_BATCH * LEN), 2);
+            assertTrue(logs.lines().stream().anyMatch(l -> l.contains("rank 1: 1 replica(s) on cpu:1 each")), logs.lines().toString());
+        }
         assertEquals(6, single.size());
         assertEquals(6, pair.size());
         float[] w1 = weights(one, 6);
@@ -149,6 +158,26 @@ class DistributedTrainTest {
         }
         assertEquals(6, Files.readAllLines(two.resolve("metrics.jsonl")).size());
         TfEvents.assertMatchesMetrics(two);
+
+        // spark.kindling.replicasPerTask=1: one model on both threads, equal up to the order of fp32 sums.
+        Path flat = dir.resolve("one-replica");
+        spark.conf().set(TrainJob.REPLICAS_PER_TASK, "1");
+        try (LogCapture logs = new LogCapture()) {
+            TrainJob.run(spark, flat.toString(), data.toString(), config(2 * DOCS_PER_BATCH * LEN), 1);
+            assertTrue(logs.lines().stream().anyMatch(l -> l.contains("rank 0: 1 replica(s) on cpu:2 each")), logs.lines().toString());
+            spark.conf().set(TrainJob.REPLICAS_PER_TASK, "0");
+            IllegalArgumentException bad = assertThrows(IllegalArgumentException.class, () -> TrainJob.run(spark,
+                    dir.resolve("no-replicas").toString(), data.toString(), config(2 * DOCS_PER_BATCH * LEN), 1));
+            assertEquals(TrainJob.REPLICAS_PER_TASK + " must be a whole number >= 1, got \"0\"", bad.getMessage());
+        } finally {
+            spark.conf().unset(TrainJob.REPLICAS_PER_TASK);
+        }
+        float[] wFlat = weights(flat, 6);
+        double flatDiff = 0;
+        for (int i = 0; i < w1.length; i++) {
+            flatDiff = Math.max(flatDiff, Math.abs(w1[i] - wFlat[i]));
+        }
+        assertTrue(flatDiff < 1e-4, "1 replica vs 2 in one task: max weight difference " + flatDiff);
         assertTrue(Files.readString(two.resolve("checkpoints/step-6/state.json")).contains("\"data_positions\" : [ "),
                 "the checkpoint records each worker's data position");
 
@@ -277,7 +306,7 @@ class DistributedTrainTest {
 
     @Test
     void aPlanDoesNotPrintItsSecret() {
-        TrainJob.Plan plan = new TrainJob.Plan("run", "data", null, "yaml", 1, TaskDevice.CPU, 2, "127.0.0.1", 1, RunSecret.generate(),
+        TrainJob.Plan plan = new TrainJob.Plan("run", "data", null, "yaml", 1, 1, TaskDevice.CPU, 2, "127.0.0.1", 1, RunSecret.generate(),
                 1, 1, 1, TrainJob.Fault.NONE);
         assertTrue(plan.toString().contains("secret=RunSecret(redacted)"), plan.toString());
         assertFalse(java.util.regex.Pattern.compile("[0-9a-fA-F]{16}").matcher(plan.toString()).find(), plan.toString());

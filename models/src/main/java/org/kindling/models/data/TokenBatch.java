@@ -45,6 +45,51 @@ public record TokenBatch(int[] tokens, int[] cuSeqlens, boolean[] lossMask) {
         return cuSeqlens.length - 1;
     }
 
+    /**
+     * This batch as {@code parts} batches of whole, consecutive sequences with about as many tokens
+     * each (each boundary is the first sequence start at or past its share of the tokens), so
+     * that data-parallel replicas can each train on one. A part gets at least one sequence while
+     * there are sequences left; with fewer sequences than parts the last parts are empty.
+     * {@code split(1)} is this batch.
+     */
+    public TokenBatch[] split(int parts) {
+        if (parts < 1) {
+            throw new IllegalArgumentException("cannot split a batch into " + parts + " parts");
+        }
+        if (parts == 1) {
+            return new TokenBatch[] {this};
+        }
+        int seqs = sequences();
+        TokenBatch[] out = new TokenBatch[parts];
+        int from = 0;
+        for (int p = 0; p < parts; p++) {
+            int to = seqs;
+            if (p + 1 < parts) {
+                long share = (long) tokens.length * (p + 1) / parts;
+                to = from;
+                while (to < seqs && cuSeqlens[to] < share) {
+                    to++;
+                }
+                // Leave a sequence for each later part while there are enough; take one while any are left.
+                to = Math.min(to, Math.max(from, seqs - (parts - 1 - p)));
+                to = Math.max(to, Math.min(from + 1, seqs));
+            }
+            int a = cuSeqlens[from];
+            int b = cuSeqlens[to];
+            int[] cu = new int[to - from + 1];
+            for (int s = from; s <= to; s++) {
+                cu[s - from] = cuSeqlens[s] - a;
+            }
+            if (cu.length == 1) {
+                cu = new int[] {0, 0};
+            }
+            out[p] = new TokenBatch(java.util.Arrays.copyOfRange(tokens, a, b), cu,
+                    lossMask == null ? null : java.util.Arrays.copyOfRange(lossMask, a, b));
+            from = to;
+        }
+        return out;
+    }
+
     /** Next-token targets, {@link #IGNORE} at sequence ends and where the mask says so. */
     public int[] targets() {
         int[] t = new int[tokens.length];

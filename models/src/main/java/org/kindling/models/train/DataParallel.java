@@ -49,10 +49,22 @@ public final class DataParallel implements AutoCloseable {
      * @param make builds replica {@code rank} around its sync (its trainer must use that sync)
      */
     public DataParallel(int count, Profiler profiler, BiFunction<Integer, GradientSync, Replica> make) {
-        this.syncs = SharedMemorySync.group(count, 600);
+        this(count, GradientSync.SINGLE, 600, profiler, make);
+    }
+
+    /**
+     * Replicas that are one group of a larger run: they sum in shared memory and their rank 0
+     * exchanges the sum with the other groups through {@code between} ({@link HierarchicalSync}).
+     *
+     * @param timeoutSeconds how long a replica waits for the others at a shared-memory barrier
+     */
+    public DataParallel(int count, GradientSync between, long timeoutSeconds, Profiler profiler,
+                        BiFunction<Integer, GradientSync, Replica> make) {
+        this.syncs = SharedMemorySync.group(count, timeoutSeconds);
+        List<GradientSync> composed = HierarchicalSync.compose(syncs, between);
         try {
             for (int r = 0; r < count; r++) {
-                GradientSync sync = profiler == null ? syncs.get(r) : new ProfiledSync(syncs.get(r), profiler);
+                GradientSync sync = profiler == null ? composed.get(r) : new ProfiledSync(composed.get(r), profiler);
                 Replica replica = make.apply(r, sync);
                 replicas.add(replica);
                 if (replica.trainer().sync() != sync) {

@@ -7,6 +7,7 @@ import java.util.concurrent.BrokenBarrierException;
 import java.util.concurrent.Phaser;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.TimeoutException;
+import java.util.function.Consumer;
 import org.kindling.models.nn.Param;
 import org.kindling.models.nn.Params;
 import org.kindling.ops.Fence;
@@ -97,6 +98,14 @@ public final class SharedMemorySync implements GradientSync {
 
     @Override
     public void allReduceSum(double[] values) {
+        allReduceSum(values, null);
+    }
+
+    /**
+     * {@link #allReduceSum(double[])}, then {@code leader} (when not null) lets rank 0 replace the
+     * group's sum in place (e.g. by its sum over other groups) before every replica takes it.
+     */
+    void allReduceSum(double[] values, Consumer<double[]> leader) {
         group.slots[rank] = values.clone();
         group.await();
         double[] out = new double[values.length];
@@ -107,7 +116,28 @@ public final class SharedMemorySync implements GradientSync {
             }
         }
         group.await(); // nobody overwrites a slot before everyone has read it
+        if (leader != null) {
+            if (rank == 0) {
+                leader.accept(out);
+                group.slots[0] = out;
+            }
+            group.await();
+            out = (double[]) group.slots[0];
+            group.await(); // rank 0's next call must not replace its slot before everyone has read it
+        }
         System.arraycopy(out, 0, values, 0, values.length);
+    }
+
+    /** Rank 0's {@code value} of {@link #share}, as every replica of the group sees it. */
+    <T> T share(T value) {
+        if (rank == 0) {
+            group.slots[0] = value;
+        }
+        group.await();
+        @SuppressWarnings("unchecked")
+        T out = (T) group.slots[0];
+        group.await();
+        return out;
     }
 
     @Override
@@ -131,6 +161,14 @@ public final class SharedMemorySync implements GradientSync {
 
     @Override
     public void finishGradients(Params params) {
+        finishGradients(params, null);
+    }
+
+    /**
+     * {@link #finishGradients(Params)}, with {@code leader} (when not null) letting rank 0 replace
+     * the group's flat sum in place before every replica copies it into its gradients.
+     */
+    void finishGradients(Params params, Consumer<float[]> leader) {
         try {
             Duration timeout = Duration.ofSeconds(group.timeoutSeconds);
             for (int i = 0; i < readyGroups.size(); i++) {
@@ -161,6 +199,12 @@ public final class SharedMemorySync implements GradientSync {
             }
         }
         group.await();
+        if (leader != null) {
+            if (rank == 0) {
+                leader.accept(sum);
+            }
+            group.await();
+        }
         params.grads().copyFrom(sum);
     }
 }

@@ -1,10 +1,13 @@
 package org.kindling.models.train;
 
+import java.util.ArrayList;
+import java.util.List;
 import java.util.Optional;
 import java.util.function.Consumer;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
+import org.kindling.models.data.TokenBatch;
 import org.kindling.models.io.Checkpoints;
 
 /**
@@ -60,5 +63,60 @@ public final class TrainLoop {
             }
         }
         return trainer.stepCount();
+    }
+
+    /**
+     * The loop of one worker that trains as a group of in-process replicas ({@link DataParallel}
+     * built over {@code between}): the worker reads its batches from {@code data} as a single
+     * trainer would, splits each across the replicas ({@link TokenBatch#split}), and checkpoints
+     * and resumes as one worker of {@code between}, so the data positions and checkpoints are
+     * those of a run with one replica per worker. Every replica restores the checkpoint; replica 0
+     * of worker 0 writes them.
+     *
+     * @param onStep sees every step's result in the calling thread, between steps, where it may
+     *     use {@code between}'s collectives (every worker calls it after the same steps)
+     */
+    public static int run(DataParallel group, GradientSync between, DataSource data, Checkpoints checkpoints,
+                          Optional<String> resume, RunConfig config, Consumer<StepResult> onStep) {
+        List<DataParallel.Replica> replicas = group.replicas();
+        Trainer first = replicas.get(0).trainer();
+        TrainConfig cfg = first.config();
+        resume.ifPresent(name -> {
+            Checkpoints.State state = null;
+            for (DataParallel.Replica r : replicas) {
+                state = checkpoints.restore(name, r.trainer());
+            }
+            if (state.dataPositions().length != between.world()) {
+                throw new IllegalStateException(checkpoints.storage().describe("checkpoints/" + name) + " was written by "
+                        + state.dataPositions().length + " worker(s); resume it with the same number of workers, not "
+                        + between.world());
+            }
+            data.seek(state.dataPositions()[between.rank()]);
+            LOG.log(System.Logger.Level.INFO, "resumed from " + checkpoints.storage().describe("checkpoints/" + name));
+        });
+        int parts = replicas.size();
+        while (first.stepCount() < cfg.maxSteps()) {
+            TokenBatch[][] split = new TokenBatch[parts][cfg.gradAccum()];
+            for (int micro = 0; micro < cfg.gradAccum(); micro++) {
+                TokenBatch[] pieces = data.next().split(parts);
+                for (int r = 0; r < parts; r++) {
+                    split[r][micro] = pieces[r];
+                }
+            }
+            List<DataSource> sources = new ArrayList<>();
+            for (TokenBatch[] own : split) {
+                sources.add(DataSource.indexed(p -> own[(int) p]));
+            }
+            StepResult r = group.step(sources);
+            onStep.accept(r);
+            boolean interval = cfg.checkpointInterval() > 0 && r.step() % cfg.checkpointInterval() == 0;
+            if (interval || r.step() == cfg.maxSteps()) {
+                long[] positions = between.allGather(data.position());
+                if (between.rank() == 0) {
+                    checkpoints.save(first, config, cfg.keepCheckpoints(), positions);
+                }
+            }
+        }
+        return first.stepCount();
     }
 }

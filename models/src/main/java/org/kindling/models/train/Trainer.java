@@ -113,7 +113,8 @@ public final class Trainer implements AutoCloseable {
         double[] counts = {0, 0}; // predicted tokens, tokens
         for (int micro = 0; micro < batches.length; micro++) {
             batches[micro] = data.next();
-            if (batches[micro].predicted() == 0) {
+            // An empty micro-batch is a replica's share of a batch with fewer sequences than replicas.
+            if (batches[micro].size() > 0 && batches[micro].predicted() == 0) {
                 throw new IllegalArgumentException("step " + step + ": a micro-batch of " + batches[micro].size()
                         + " tokens predicts no token (every sequence has length 1 or is masked)");
             }
@@ -123,6 +124,9 @@ public final class Trainer implements AutoCloseable {
         // The loss is the mean over every predicted token of the step, on all workers together; an
         // auxiliary loss is a mean over every token of the step.
         sync.allReduceSum(counts);
+        if (counts[0] == 0) {
+            throw new IllegalArgumentException("step " + step + ": the step's micro-batches predict no token");
+        }
         float scale = (float) (1.0 / counts[0]);
         fwdMs = 0;
         bwdMs = 0;

@@ -1,0 +1,29 @@
+package org.kindling.cli;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import java.util.List;
+import org.junit.jupiter.api.Test;
+
+class SparkBenchTest {
+    /** One JSON line per mode with exactly the documented fields, and the ratio on stderr. */
+    @Test
+    void printsInProcessAndSparkFiguresFromOneRun() throws Exception {
+        CliRun r = CliRun.of("bench", "spark", "--config", "tiny", "--set", "batch_tokens=512", "--workers", "2", "--steps", "2",
+                "--warmup", "1", "--json");
+        List<JsonNode> rows = r.rows(null);
+        assertEquals(List.of("in-process", "spark"), rows.stream().map(n -> n.get("mode").asText()).toList());
+        for (String line : r.out().strip().split("\n")) {
+            assertEquals(List.of("bench", "mode", "workers", "tokens_per_s"), CliTest.fieldNames(line), line);
+        }
+        for (JsonNode row : rows) {
+            assertEquals("spark", row.get("bench").asText());
+            assertEquals(2, row.get("workers").asInt());
+            assertTrue(row.get("tokens_per_s").asDouble() > 0, r.out());
+        }
+        assertTrue(r.err().contains("spark / in-process = "), r.err());
+        CliRun.assertUsageError("--workers must be at least 1, got 0", "bench", "spark", "--config", "tiny", "--workers", "0");
+    }
+}
