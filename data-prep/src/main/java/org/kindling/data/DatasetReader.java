@@ -21,10 +21,19 @@ import org.apache.hadoop.fs.Path;
  * back to back, with their offsets ({@code cu_seqlens}) and document ids. Every epoch draws a
  * seeded permutation of every chunk of every shard, as an i.i.d. shuffle would: neighbouring
  * chunks of a record batch (consecutive documents, consecutive pieces of one document, one length
- * bucket) do not train together. The permuted chunks are dealt round-robin to the ranks, so each of
- * {@code world} readers sees its own slice. Chunks are read one by one from their place in the
- * shard ({@link ShardReader#readTokens}); only an index of 24 bytes per chunk stays in memory.
- * {@link #position} / {@link #seek} resume exactly.
+ * bucket) do not train together.
+ *
+ * <p>Every rank plans the whole epoch from the chunk index alone (the same plan on every rank, from
+ * the seed and the epoch), so that the ranks' batches of one step carry nearly the same work: a data
+ * parallel step waits for its slowest rank. A step takes the next chunks of the permutation (first
+ * those an earlier step could not place) up to {@code world × tokenBudget} tokens and deals them
+ * longest first, each to the rank with the fewest tokens so far (ties: the least Σ length², the
+ * attention's quadratic part) that still has room; a chunk no rank has room for goes to the next
+ * step. So the ranks' token counts of a step differ by at most the longest chunk, every rank has a
+ * batch at every step and its epoch ends at the same step as every other's, and every chunk is read
+ * once per epoch, by one rank. Chunks are read one by one from their place in the shard ({@link
+ * ShardReader#readTokens}) by the rank they were dealt to; only an index of 24 bytes per chunk stays
+ * in memory. {@link #position} / {@link #seek} resume exactly.
  */
 public final class DatasetReader implements AutoCloseable {
     /** Token ids of sequences back to back; sequence s is tokens[cuSeqlens[s] .. cuSeqlens[s+1]). */
@@ -54,7 +63,9 @@ public final class DatasetReader implements AutoCloseable {
     private final BufferAllocator allocator = new RootAllocator();
     private final Map<Integer, ShardReader> open = new LinkedHashMap<>(16, 0.75f, true);
 
+    /** This rank's chunks of the epoch, batch after batch; batch b is order[batchStart[b] .. batchStart[b+1]). */
     private int[] order;
+    private int[] batchStart;
     private int epoch = -1;
     private int cursor;
 
@@ -153,7 +164,7 @@ public final class DatasetReader implements AutoCloseable {
         return chunkLength.length;
     }
 
-    /** This rank's chunks of an epoch: every world-th of the epoch's seeded permutation of all chunks. */
+    /** This rank's batches of an epoch: its share of every step of the epoch's plan. */
     private void startEpoch(int e) {
         int[] all = new int[chunkLength.length];
         for (int i = 0; i < all.length; i++) {
@@ -166,11 +177,21 @@ public final class DatasetReader implements AutoCloseable {
             all[i] = all[j];
             all[j] = t;
         }
-        int[] mine = new int[(all.length - rank + world - 1) / world];
-        for (int i = rank, k = 0; i < all.length; i += world) {
-            mine[k++] = all[i];
+        List<int[][]> steps = BalancedPlan.steps(all, chunkLength, world, tokenBudget);
+        int total = 0;
+        for (int[][] step : steps) {
+            total += step[rank].length;
+        }
+        int[] mine = new int[total];
+        int[] starts = new int[steps.size() + 1];
+        for (int s = 0, k = 0; s < steps.size(); s++) {
+            int[] batch = steps.get(s)[rank];
+            System.arraycopy(batch, 0, mine, k, batch.length);
+            k += batch.length;
+            starts[s + 1] = k;
         }
         order = mine;
+        batchStart = starts;
         epoch = e;
     }
 
@@ -183,28 +204,28 @@ public final class DatasetReader implements AutoCloseable {
 
     /** The next batch; the stream never ends (epochs follow one another, a batch never spans two). */
     public Batch next() throws IOException {
-        if (cursor == order.length) {
+        if (cursor == batchStart.length - 1) {
             startEpoch(epoch + 1);
             cursor = 0;
         }
-        int end = cursor;
+        int from = batchStart[cursor];
+        int end = batchStart[cursor + 1];
         int tokens = 0;
-        while (end < order.length && (end == cursor || tokens + chunkLength[order[end]] <= tokenBudget)) {
-            tokens += chunkLength[order[end]];
-            end++;
+        for (int i = from; i < end; i++) {
+            tokens += chunkLength[order[i]];
         }
         int[] all = new int[tokens];
-        int[] cu = new int[end - cursor + 1];
-        long[] ids = new long[end - cursor];
-        for (int i = cursor; i < end; i++) {
+        int[] cu = new int[end - from + 1];
+        long[] ids = new long[end - from];
+        for (int i = from; i < end; i++) {
             int c = order[i];
-            int s = i - cursor;
+            int s = i - from;
             int[] t = reader(chunkShard[c]).readTokens(chunkStart[c], 0, chunkLength[c]);
             System.arraycopy(t, 0, all, cu[s], t.length);
             cu[s + 1] = cu[s] + t.length;
             ids[s] = chunkDoc[c];
         }
-        cursor = end;
+        cursor++;
         return new Batch(all, cu, ids);
     }
 
@@ -224,10 +245,10 @@ public final class DatasetReader implements AutoCloseable {
 
     /** Whether the last batch ended this rank's epoch: the next one starts the next epoch. */
     public boolean atEpochEnd() {
-        return cursor == order.length;
+        return cursor == batchStart.length - 1;
     }
 
-    /** Where the stream stands: the epoch and how many of this rank's chunks of it were read, in one number. */
+    /** Where the stream stands: the epoch and how many of its batches (steps) were read, in one number. */
     public long position() {
         return ((long) epoch << CURSOR_BITS) | cursor;
     }
@@ -237,9 +258,9 @@ public final class DatasetReader implements AutoCloseable {
         int e = (int) (position >>> CURSOR_BITS);
         long c = position & ((1L << CURSOR_BITS) - 1);
         startEpoch(e);
-        if (c > order.length) {
-            throw new IllegalArgumentException("position " + position + " is past this rank's " + order.length
-                    + " chunks of epoch " + e);
+        if (c > batchStart.length - 1) {
+            throw new IllegalArgumentException("position " + position + " is past the " + (batchStart.length - 1)
+                    + " batches of epoch " + e);
         }
         cursor = (int) c;
     }

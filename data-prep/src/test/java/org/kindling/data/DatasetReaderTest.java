@@ -109,6 +109,58 @@ class DatasetReaderTest {
         assertEquals(Set.of(), zero);
     }
 
+    /**
+     * A skewed corpus (one document in 7 is 64 tokens, the rest 1–8) read by 3 ranks: at every step
+     * the ranks' token counts differ by at most the longest chunk of the step's batches (64 tokens,
+     * a quarter of the 256-token budget), every rank's epoch ends at the same step and the epoch holds
+     * every document once, read by one rank.
+     */
+    @Test
+    void ranksOfAStepCarryNearlyTheSameTokensAndShareEachEpochExactly() throws IOException {
+        Path skewed = dataset("skewed", d -> d % 7 == 0 ? 64 : 1 + d % 8);
+        int world = 3;
+        DatasetReader[] ranks = new DatasetReader[world];
+        try {
+            for (int r = 0; r < world; r++) {
+                ranks[r] = reader(skewed, 13, r, world, 256);
+            }
+            for (int epoch = 0; epoch < 3; epoch++) {
+                Set<Long> seen = new HashSet<>();
+                int steps = 0;
+                boolean end;
+                do {
+                    int min = Integer.MAX_VALUE;
+                    int max = 0;
+                    int longest = 0;
+                    for (DatasetReader r : ranks) {
+                        DatasetReader.Batch b = r.next();
+                        assertTrue(b.sequences() > 0 && b.tokens().length <= 256, "a batch of " + b.tokens().length + " tokens");
+                        min = Math.min(min, b.tokens().length);
+                        max = Math.max(max, b.tokens().length);
+                        for (int s = 0; s < b.sequences(); s++) {
+                            longest = Math.max(longest, b.cuSeqlens()[s + 1] - b.cuSeqlens()[s]);
+                            assertTrue(seen.add(b.docIds()[s]), "document " + b.docIds()[s] + " twice in epoch " + epoch);
+                        }
+                    }
+                    assertTrue(max - min <= longest, "epoch " + epoch + " step " + steps + ": ranks hold " + min + " to " + max
+                            + " tokens, more apart than the longest chunk " + longest);
+                    steps++;
+                    end = ranks[0].atEpochEnd();
+                    for (DatasetReader r : ranks) {
+                        assertEquals(end, r.atEpochEnd(), "every rank's epoch ends at the same step");
+                    }
+                } while (!end);
+                assertEquals(DOCS, seen.size(), "epoch " + epoch + " in " + steps + " steps");
+            }
+        } finally {
+            for (DatasetReader r : ranks) {
+                if (r != null) {
+                    r.close();
+                }
+            }
+        }
+    }
+
     @Test
     void batchesRespectTheBudgetAndCarryOffsets() throws IOException {
         try (DatasetReader r = reader(mixed, 3, 0, 1, 200)) {
