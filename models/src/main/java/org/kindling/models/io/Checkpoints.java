@@ -29,7 +29,8 @@ import org.kindling.ops.Tensor;
  * crash at any point leaves the previous LATEST checkpoint complete and usable.
  */
 public final class Checkpoints {
-    public static final int FORMAT_VERSION = 1;
+    /** 2: a data position counts a worker's balanced batches (in version 1 it counted the chunks it had read). */
+    public static final int FORMAT_VERSION = 2;
     static final String DIR = "checkpoints";
     static final String LATEST = DIR + "/LATEST";
     private static final ObjectMapper JSON = new ObjectMapper();
@@ -175,9 +176,9 @@ public final class Checkpoints {
                 throw corrupt(storage.describe(path) + ": empty", null);
             }
             int version = s.path("format_version").asInt(-1);
-            if (version != FORMAT_VERSION) {
-                throw corrupt(storage.describe(path) + ": format_version " + s.path("format_version") + " is not the supported "
-                        + FORMAT_VERSION, null);
+            if (version != FORMAT_VERSION && version != 1) {
+                throw corrupt(storage.describe(path) + ": format_version " + s.path("format_version") + " is not a supported one (1 "
+                        + "or " + FORMAT_VERSION + ")", null);
             }
             for (String field : new String[] {"step", "data_position", "config"}) {
                 if (s.path(field).isMissingNode()) {
@@ -222,6 +223,14 @@ public final class Checkpoints {
     /** Restores weights, AdamW moments and the step counter; returns the checkpoint's state. */
     public State restore(String name, Trainer trainer) {
         State state = state(name);
+        if (state.formatVersion() != FORMAT_VERSION) {
+            // Its weights still serve eval, generate and export; only its data positions mean something else now.
+            throw new IllegalStateException(storage.describe(DIR + "/" + name + "/state.json") + ": format_version "
+                    + state.formatVersion() + " cannot resume training here: its data positions count the chunks each worker "
+                    + "read, not the batches this Kindling balances across workers (format_version " + FORMAT_VERSION
+                    + "); start a new run from it (its weights load with `kindling eval`/`export`), or resume with the "
+                    + "Kindling that wrote it", new CorruptFileException("format_version " + state.formatVersion()));
+        }
         loadWeights(name, trainer.model());
         Map<String, Tensor> targets = new LinkedHashMap<>();
         for (Param p : trainer.model().params().list()) {

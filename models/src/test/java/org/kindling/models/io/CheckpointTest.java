@@ -248,9 +248,18 @@ class CheckpointTest {
             e = assertThrows(IllegalStateException.class, () -> ckpt.restore("step-1", t));
             assertTrue(e.getMessage().contains("not a safetensors file"), e.getMessage());
             Files.write(weights, whole);
-            Files.writeString(dir.resolve("checkpoints/step-1/state.json"), "{\"format_version\": 99}");
+            Path state = dir.resolve("checkpoints/step-1/state.json");
+            String saved = Files.readString(state);
+            Files.writeString(state, "{\"format_version\": 99}");
             e = assertThrows(IllegalStateException.class, () -> ckpt.restore("step-1", t));
             assertTrue(e.getMessage().contains("format_version 99"), e.getMessage());
+            // Version 1 counted data positions in chunks: its state and weights still load, but it cannot resume.
+            Files.writeString(state, saved.replaceAll("\"format_version\"\\s*:\\s*2", "\"format_version\": 1"));
+            assertEquals(1, ckpt.state("step-1").formatVersion());
+            e = assertThrows(IllegalStateException.class, () -> ckpt.restore("step-1", t));
+            assertTrue(e.getMessage().contains("format_version 1 cannot resume") && e.getMessage().contains("start a new run"),
+                    e.getMessage());
+            assertTrue(e.getCause() instanceof CorruptFileException, "retrying cannot fix it");
         }
         try (Device dev = CpuDevice.open(1); Gpt other = new Gpt(ModelConfig.gpt(20, 64, 2, 4, 2, 64, 4, 0, 0.02, 1e-5), dev, 1)) {
             IllegalStateException e = assertThrows(IllegalStateException.class, () -> ckpt.loadWeights("step-1", other));
