@@ -104,10 +104,16 @@ final class BalancedPlan {
         return deferred;
     }
 
+    /** Chunks of two or more tokens first, shortest first; one-token chunks last. */
+    private static long givingOrder(int length) {
+        return length >= 2 ? length : Integer.MAX_VALUE + (long) length;
+    }
+
     /**
-     * Gives every rank of the last step a chunk: the last step is the only one that can have fewer
-     * chunks than ranks, and an empty batch would leave its rank nothing to train on. Each empty batch
-     * takes the shortest chunk of the fullest batch of two or more chunks in the nearest earlier step.
+     * Gives every rank of the last step a chunk where it can: the last step is the only one that can
+     * have fewer chunks than ranks. Each empty batch takes the shortest chunk (of two or more tokens
+     * where there is one) of the fullest batch of two or more chunks in the nearest earlier step; when
+     * no earlier batch holds two (a budget below twice the longest chunk) the batch stays empty.
      */
     private static void fillLast(List<int[][]> steps, int[] length) {
         int[][] last = steps.get(steps.size() - 1);
@@ -129,9 +135,10 @@ final class BalancedPlan {
                 }
                 if (donor >= 0) {
                     int[] batch = step[donor];
+                    // The shortest chunk that predicts a token (two or more): a one-token chunk alone trains nothing.
                     int shortest = 0;
                     for (int i = 1; i < batch.length; i++) {
-                        if (length[batch[i]] < length[batch[shortest]]) {
+                        if (givingOrder(length[batch[i]]) < givingOrder(length[batch[shortest]])) {
                             shortest = i;
                         }
                     }
@@ -143,11 +150,9 @@ final class BalancedPlan {
                     found = true;
                 }
             }
-            if (!found) {
-                throw new IllegalArgumentException("the epoch's last step has a chunk for fewer than all "
-                        + last.length + " ranks and no earlier batch holds two chunks to give: the token budget is too"
-                        + " small for the chunks' lengths (give it at least twice the longest chunk)");
-            }
+            // Without a donor (no earlier batch holds two chunks: a budget below twice the longest chunk) the rank
+            // keeps its empty batch: it adds nothing to that step, which its peers' chunks carry.
+
         }
     }
 

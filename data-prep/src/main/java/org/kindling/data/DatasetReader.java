@@ -30,7 +30,8 @@ import org.apache.hadoop.fs.Path;
  * longest first, each to the rank with the fewest tokens so far (ties: the least Σ length², the
  * attention's quadratic part) that still has room; a chunk no rank has room for goes to the next
  * step. So the ranks' token counts of a step differ by at most the longest chunk, every rank has a
- * batch at every step and its epoch ends at the same step as every other's, and every chunk is read
+ * batch at every step (empty only at an epoch's last step when the budget is below twice the
+ * longest chunk) and its epoch ends at the same step as every other's, and every chunk is read
  * once per epoch, by one rank. Chunks are read one by one from their place in the shard ({@link
  * ShardReader#readTokens}) by the rank they were dealt to; only an index of 24 bytes per chunk stays
  * in memory. {@link #position} / {@link #seek} resume exactly.

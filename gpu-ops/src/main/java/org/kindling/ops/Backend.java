@@ -175,16 +175,12 @@ public interface Backend {
      * The bias of the GEMM before a GELU fused with it: h[N, C] += bias[C] in place (h is what the
      * backward reads), then out = GELU(h), in one pass; tanhExp[N, C] gets GELU's tanh
      * intermediate e = exp(2u), u = √(2/π)·(h + 0.044715·h³) (tanh u = 1 − 2/(e + 1)), kept so
-     * that {@link #geluBackwardBias} need not recompute it. out, tanhExp and h must not alias.
+     * that {@link #geluBackwardBias} need not recompute it, by a backend whose backward reads it; one
+     * that recomputes (this default) may leave tanhExp unwritten. out, tanhExp and h must not alias.
      */
     default void biasGeluForward(Tensor out, Tensor tanhExp, Tensor h, Tensor bias) {
         binary(BinaryOp.ADD, h, h, bias);
         geluForward(out, h);
-        unary(UnaryOp.SQUARE, tanhExp, h);
-        affine(tanhExp, tanhExp, 0.044715f, 1f);
-        binary(BinaryOp.MUL, tanhExp, tanhExp, h);
-        affine(tanhExp, tanhExp, (float) (2 * Math.sqrt(2 / Math.PI)), 0f);
-        unary(UnaryOp.EXP, tanhExp, tanhExp);
     }
 
     /**

@@ -7,13 +7,11 @@ import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
-import java.util.Comparator;
 import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.Callable;
-import java.util.stream.Stream;
 import org.apache.spark.sql.SparkSession;
 import org.kindling.api.KindlingApi;
 import org.kindling.api.PreparedData;
@@ -64,6 +62,12 @@ final class PrepareBench implements Callable<Integer> {
         CommandLine cmd = spec.commandLine();
         BenchOptions.requirePositive(cmd, "--mb", mb, "--vocab", vocab, "--sample-mb", sampleMb);
         common.requireCpu(cmd, "bench prepare");
+        if (input != null && cmd.getParseResult().hasMatchedOption("--mb")) {
+            throw new CommandLine.ParameterException(cmd, "--mb sizes the synthetic corpus; it does not apply with --input");
+        }
+        if (tokenizer != null && cmd.getParseResult().hasMatchedOption("--vocab")) {
+            throw new CommandLine.ParameterException(cmd, "--vocab sizes the trained tokenizer; it does not apply with --tokenizer");
+        }
         int threads = common.threads(cmd);
         PrintWriter err = cmd.getErr();
         Path dir = work != null ? work : Path.of(System.getProperty("java.io.tmpdir"), "kindling-bench-prepare");
@@ -107,12 +111,12 @@ final class PrepareBench implements Callable<Integer> {
                     .lineDocs(true).tokenizer(tokenizerPath).overwrite(true).run());
         } finally {
             spark.stop();
-            delete(out);
+            LocalFiles.deleteTreeAfter(out, err);
         }
         List<String> sample = lines(corpus, sampleMb * 1_000_000L);
         long sampleBytes = 0;
         for (String doc : sample) {
-            sampleBytes += doc.getBytes(StandardCharsets.UTF_8).length + 1;
+            sampleBytes += utf8Bytes(doc) + 1;
         }
         BpeTokenizer[] cold = new BpeTokenizer[1];
         String source = tokenizerPath;
@@ -150,24 +154,20 @@ final class PrepareBench implements Callable<Integer> {
         return 0;
     }
 
-    /** The file's first lines holding about {@code bytes} bytes (at least one line). */
+    /** The file's first lines holding at least {@code bytes} UTF-8 bytes with their newlines (or all of them). */
     private static List<String> lines(Path file, long bytes) throws IOException {
         List<String> docs = new ArrayList<>();
         long read = 0;
         try (BufferedReader in = Files.newBufferedReader(file, StandardCharsets.UTF_8)) {
             for (String line = in.readLine(); line != null && (docs.isEmpty() || read < bytes); line = in.readLine()) {
                 docs.add(line);
-                read += line.length() + 1;
+                read += utf8Bytes(line) + 1;
             }
         }
         return docs;
     }
 
-    private static void delete(Path dir) throws IOException {
-        try (Stream<Path> all = Files.walk(dir)) {
-            for (Path p : all.sorted(Comparator.reverseOrder()).toList()) {
-                Files.delete(p);
-            }
-        }
+    private static long utf8Bytes(String s) {
+        return s.getBytes(StandardCharsets.UTF_8).length;
     }
 }

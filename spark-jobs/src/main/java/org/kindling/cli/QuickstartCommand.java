@@ -5,7 +5,6 @@ import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
 import java.util.ArrayList;
-import java.util.Comparator;
 import java.util.List;
 import java.util.concurrent.Callable;
 import java.util.stream.Stream;
@@ -61,7 +60,7 @@ final class QuickstartCommand implements Callable<Integer> {
                 }
             }
         }
-        delete(run);
+        LocalFiles.deleteTree(run);
         SparkSession spark = SparkSession.builder().appName("kindling quickstart").master("local[*]").getOrCreate();
         TrainedRun trained;
         try {
@@ -111,13 +110,4 @@ final class QuickstartCommand implements Callable<Integer> {
         return files;
     }
 
-    private static void delete(Path p) throws IOException {
-        if (Files.exists(p)) {
-            try (Stream<Path> s = Files.walk(p)) {
-                for (Path q : s.sorted(Comparator.reverseOrder()).toList()) {
-                    Files.delete(q);
-                }
-            }
-        }
-    }
 }

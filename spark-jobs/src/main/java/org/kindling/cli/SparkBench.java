@@ -106,7 +106,7 @@ final class SparkBench implements Callable<Integer> {
                 }
             }
         } finally {
-            deleteTree(dir);
+            LocalFiles.deleteTreeAfter(dir, cmd.getErr());
         }
         return 0;
     }
@@ -182,11 +182,4 @@ final class SparkBench implements Callable<Integer> {
         Files.writeString(out.resolve("tokenizer.json"), tokenizer.toJson());
     }
 
-    private static void deleteTree(Path dir) throws IOException {
-        try (var paths = Files.walk(dir)) {
-            for (Path p : paths.sorted(java.util.Comparator.reverseOrder()).toList()) {
-                Files.deleteIfExists(p);
-            }
-        }
-    }
 }

@@ -83,7 +83,8 @@ final class TrainBench implements Callable<Integer> {
 
     @Option(names = "--ceiling", description = {"first time an N x N x N GEMM of the backend on all the threads in this run (and",
         "PyTorch's with --peer torch): the machine's GEMM ceiling; then print the step's GFLOP/s (the FLOPs the profiler",
-        "counts in one step over the median step time) as a share of the faster; 0 skips it (default ${DEFAULT-VALUE})"},
+        "counts in one step over the median step time) as a share of the faster; 0 skips it (default ${DEFAULT-VALUE}; on the",
+        "reference device only when given)"},
             defaultValue = "1024")
     int ceiling;
 
@@ -107,6 +108,9 @@ final class TrainBench implements Callable<Integer> {
         if (ceiling < 0) {
             throw new CommandLine.ParameterException(cmd, "--ceiling must be 0 (skip) or a GEMM size, got " + ceiling);
         }
+        // The fp64 reference device has no ceiling worth timing by default (a 1024³ GEMM in plain loops).
+        int ceilingSize = Device.name(common.deviceSpec(cmd)).equals("reference") && !cmd.getParseResult().hasMatchedOption("--ceiling")
+                ? 0 : ceiling;
         Precision precision;
         try {
             precision = Precision.parse(dtype);
@@ -147,10 +151,10 @@ final class TrainBench implements Callable<Integer> {
             }
         }
         PrintWriter err = cmd.getErr();
-        List<Map<String, Object>> ceilings = ceiling > 0 ? ceilings(cmd, torch, threads, precision) : List.of();
+        List<Map<String, Object>> ceilings = ceilingSize > 0 ? ceilings(cmd, torch, threads, precision) : List.of();
         int perThreads = threads / reps;
         double stepFlops = 0;
-        if (ceiling > 0 && !profile) {
+        if (ceilingSize > 0 && !profile) {
             Profiler counter = new Profiler();
             try (DataParallel dp = common.replicas(reps, perThreads, cfg, 1, train, counter)) {
                 dp.step(randomTokens(cfg.vocab(), batch, seq, reps));

@@ -18,10 +18,18 @@ public final class DatasetSource implements DataSource, AutoCloseable {
     public TokenBatch next() {
         try {
             DatasetReader.Batch b = reader.next();
-            return new TokenBatch(b.tokens(), b.cuSeqlens());
+            return tokens(b);
         } catch (IOException e) {
             throw new UncheckedIOException("cannot read the next batch: " + e.getMessage(), e);
         }
+    }
+
+    /**
+     * A reader's batch as the trainer's: an empty one (a rank's share of an epoch's last step when no
+     * chunk was left for it) becomes a batch of one empty sequence, which predicts nothing.
+     */
+    static TokenBatch tokens(DatasetReader.Batch b) {
+        return new TokenBatch(b.tokens(), b.sequences() == 0 ? new int[] {0, 0} : b.cuSeqlens());
     }
 
     @Override

@@ -4,7 +4,6 @@ import java.io.IOException;
 import org.apache.hadoop.conf.Configuration;
 import org.kindling.data.DatasetReader;
 import org.kindling.models.Gpt;
-import org.kindling.models.data.TokenBatch;
 
 /**
  * Next-token loss of a model over the first batches of one worker's slice of a prepared dataset,
@@ -66,7 +65,7 @@ public final class EvalPass implements AutoCloseable {
         int read = 0;
         do {
             DatasetReader.Batch b = reader.next();
-            loss += model.forward(new TokenBatch(b.tokens(), b.cuSeqlens()), 0f);
+            loss += model.forward(DatasetSource.tokens(b), 0f);
             predicted += model.predicted();
             read++;
         } while (!reader.atEpochEnd() && read < maxBatches);

@@ -528,7 +528,9 @@ public final class TrainJob {
             int count = cpuThreads == null ? 1 : Math.max(1, Math.min(plan.replicas(), Integer.parseInt(cpuThreads)));
             String spec = count == 1 ? deviceSpec : "cpu:" + Integer.parseInt(cpuThreads) / count;
             LOG.log(System.Logger.Level.INFO, "rank " + between.rank() + ": " + count + " replica(s) on " + spec + " each");
-            return new DataParallel(count, between, plan.collectiveTimeoutS(), null, (r, sync) -> {
+            // The other replicas wait at the local barrier while replica 0 runs the whole ring exchange,
+            // which may itself take up to the collective timeout: they wait twice as long.
+            return new DataParallel(count, between, 2 * plan.collectiveTimeoutS(), null, (r, sync) -> {
                 Device dev = Device.open(spec);
                 Gpt model = null;
                 try {

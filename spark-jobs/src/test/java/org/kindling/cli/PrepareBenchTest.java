@@ -48,5 +48,9 @@ class PrepareBenchTest {
         CliRun.assertUsageError("--input " + work.resolve("none") + " is not a file", "bench", "prepare", "--input",
                 work.resolve("none").toString());
         CliRun.assertUsageError("bench prepare runs on the CPU only", "bench", "prepare", "--device", "reference");
+        CliRun.assertUsageError("--mb sizes the synthetic corpus; it does not apply with --input", "bench", "prepare", "--input",
+                work.toString(), "--mb", "5");
+        CliRun.assertUsageError("--vocab sizes the trained tokenizer; it does not apply with --tokenizer", "bench", "prepare",
+                "--tokenizer", work.resolve("t.json").toString(), "--vocab", "500");
     }
 }

@@ -228,8 +228,8 @@ public final class Checkpoints {
             throw new IllegalStateException(storage.describe(DIR + "/" + name + "/state.json") + ": format_version "
                     + state.formatVersion() + " cannot resume training here: its data positions count the chunks each worker "
                     + "read, not the batches this Kindling balances across workers (format_version " + FORMAT_VERSION
-                    + "); start a new run from it (its weights load with `kindling eval`/`export`), or resume with the "
-                    + "Kindling that wrote it", new CorruptFileException("format_version " + state.formatVersion()));
+                    + "); start a new run (its weights still serve `kindling eval`, `generate` and `export`), or resume with "
+                    + "the Kindling that wrote it", new CorruptFileException("format_version " + state.formatVersion()));
         }
         loadWeights(name, trainer.model());
         Map<String, Tensor> targets = new LinkedHashMap<>();

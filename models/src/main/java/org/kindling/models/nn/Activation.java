@@ -20,6 +20,7 @@ public final class Activation implements AutoCloseable {
     private final DType dtype;
     /** The workspace buffer this one views, or null when it owns {@link #own}. */
     private final Workspace.Slot slot;
+    private boolean released;
     private Tensor own;
     /** The buffer {@link #view} was cut from, to notice a shared buffer grown since. */
     private Tensor backing;
@@ -78,7 +79,11 @@ public final class Activation implements AutoCloseable {
         view = null;
         backing = null;
         if (slot != null) {
-            slot.release();
+            // Once: a second release would free a shared buffer other layers still use.
+            if (!released) {
+                released = true;
+                slot.release();
+            }
         } else if (own != null) {
             own.close();
             own = null;

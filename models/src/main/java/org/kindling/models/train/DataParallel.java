@@ -138,7 +138,29 @@ public final class DataParallel implements AutoCloseable {
     public void close() {
         if (threads != null) {
             threads.shutdownNow();
+            // A replica still in a step (its caller was interrupted) must not find its model freed under it.
+            // The wait goes on through an interrupt (a cancelled Spark task closes its group interrupted) and keeps it.
+            long deadline = System.nanoTime() + java.util.concurrent.TimeUnit.SECONDS.toNanos(CLOSE_TIMEOUT_S);
+            boolean stopped = false;
+            boolean interrupted = false;
+            while (!stopped && System.nanoTime() - deadline < 0) {
+                try {
+                    stopped = threads.awaitTermination(deadline - System.nanoTime(), java.util.concurrent.TimeUnit.NANOSECONDS);
+                } catch (InterruptedException e) {
+                    interrupted = true;
+                }
+            }
+            if (interrupted) {
+                Thread.currentThread().interrupt();
+            }
+            if (!stopped) {
+                throw new IllegalStateException("replica threads did not stop within " + CLOSE_TIMEOUT_S + " s of being "
+                        + "interrupted; their models are left open rather than freed under them");
+            }
         }
         replicas.forEach(Replica::close);
     }
+
+    /** How long closing waits for interrupted replica threads to leave their step. */
+    private static final long CLOSE_TIMEOUT_S = 60;
 }

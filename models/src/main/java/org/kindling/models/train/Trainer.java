@@ -113,11 +113,8 @@ public final class Trainer implements AutoCloseable {
         double[] counts = {0, 0}; // predicted tokens, tokens
         for (int micro = 0; micro < batches.length; micro++) {
             batches[micro] = data.next();
-            // An empty micro-batch is a replica's share of a batch with fewer sequences than replicas.
-            if (batches[micro].size() > 0 && batches[micro].predicted() == 0) {
-                throw new IllegalArgumentException("step " + step + ": a micro-batch of " + batches[micro].size()
-                        + " tokens predicts no token (every sequence has length 1 or is masked)");
-            }
+            // A micro-batch may predict nothing (a replica's share of a batch with fewer sequences than
+            // replicas, or one end-of-text chunk): it adds no loss and no gradient; only the whole step must predict.
             counts[0] += batches[micro].predicted();
             counts[1] += batches[micro].size();
         }

@@ -231,7 +231,14 @@ class TrainerTest {
                 }
             };
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> t.step(single));
-            assertTrue(e.getMessage().contains("predicts no token"), e.getMessage());
+            assertTrue(e.getMessage().contains("predict no token"), e.getMessage());
+        }
+        // One micro-batch of one-token chunks (an end-of-text piece) beside one that predicts: a step like any other.
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, train(2))) {
+            int[] calls = {0};
+            DataSource mixed = DataSource.indexed(p -> calls[0]++ % 2 == 0 ? new TokenBatch(new int[] {1, 2}, new int[] {0, 1, 2})
+                    : new TokenBatch(new int[] {1, 2, 3, 4}, new int[] {0, 4}));
+            assertTrue(Double.isFinite(t.step(mixed).loss()));
         }
     }
 
