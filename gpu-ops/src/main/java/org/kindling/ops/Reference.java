@@ -264,12 +264,15 @@ public final class Reference {
     /** √(2/π), the tanh-GELU scale. */
     public static final double GELU_SCALE = Math.sqrt(2 / Math.PI);
 
+    /** 0.044715, the cubic coefficient inside the tanh-GELU. */
+    public static final double GELU_CUBE = 0.044715;
+
     /** GELU, tanh approximation: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))). */
     public static double[] gelu(double[] x) {
         double[] out = new double[x.length];
         for (int i = 0; i < x.length; i++) {
             double v = x[i];
-            out[i] = 0.5 * v * (1 + Math.tanh(GELU_SCALE * (v + 0.044715 * v * v * v)));
+            out[i] = 0.5 * v * (1 + Math.tanh(GELU_SCALE * (v + GELU_CUBE * v * v * v)));
         }
         return out;
     }
@@ -278,8 +281,8 @@ public final class Reference {
         double[] dx = new double[x.length];
         for (int i = 0; i < x.length; i++) {
             double v = x[i];
-            double th = Math.tanh(GELU_SCALE * (v + 0.044715 * v * v * v));
-            double d = 0.5 * (1 + th) + 0.5 * v * (1 - th * th) * GELU_SCALE * (1 + 3 * 0.044715 * v * v);
+            double th = Math.tanh(GELU_SCALE * (v + GELU_CUBE * v * v * v));
+            double d = 0.5 * (1 + th) + 0.5 * v * (1 - th * th) * GELU_SCALE * (1 + 3 * GELU_CUBE * v * v);
             dx[i] = d * dy[i];
         }
         return dx;

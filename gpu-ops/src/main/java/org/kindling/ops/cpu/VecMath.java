@@ -5,6 +5,7 @@ import jdk.incubator.vector.IntVector;
 import jdk.incubator.vector.VectorMask;
 import jdk.incubator.vector.VectorOperators;
 import jdk.incubator.vector.VectorSpecies;
+import org.kindling.ops.Reference;
 
 /**
  * SIMD helpers for the fused kernels. {@code exp} is a Cephes-style polynomial built only from
@@ -78,8 +79,8 @@ final class VecMath {
         return y.mul(pow2).blend(0f, under).blend(Float.POSITIVE_INFINITY, over);
     }
 
-    private static final float GELU_SCALE = (float) Math.sqrt(2.0 / Math.PI);
-    private static final float GELU_CUBE = 0.044715f;
+    private static final float GELU_SCALE = (float) Reference.GELU_SCALE;
+    private static final float GELU_CUBE = (float) Reference.GELU_CUBE;
 
     /*
      * GELU(x) = ½·x·(1 + tanh u), u = √(2/π)·(x + 0.044715·x³). With e = exp(2u):

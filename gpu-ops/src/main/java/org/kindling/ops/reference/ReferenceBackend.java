@@ -396,7 +396,7 @@ final class ReferenceBackend implements Backend {
         for (int i = 0; i < hv.length; i++) {
             hv[i] += bv[i % cols];
             double v = hv[i];
-            e[i] = Math.exp(2 * Reference.GELU_SCALE * (v + 0.044715 * v * v * v));
+            e[i] = Math.exp(2 * Reference.GELU_SCALE * (v + Reference.GELU_CUBE * v * v * v));
         }
         write(h, "h", hv);
         write(out, "out", Reference.gelu(hv));
@@ -417,7 +417,7 @@ final class ReferenceBackend implements Backend {
         for (int i = 0; i < g.length; i++) {
             double v = xv[i];
             double th = 1 - 2 / (e[i] + 1);
-            double d = 0.5 * (1 + th) + 0.5 * v * (1 - th * th) * Reference.GELU_SCALE * (1 + 3 * 0.044715 * v * v);
+            double d = 0.5 * (1 + th) + 0.5 * v * (1 - th * th) * Reference.GELU_SCALE * (1 + 3 * Reference.GELU_CUBE * v * v);
             g[i] = d * dyv[i];
         }
         write(dx, "dx", g);
