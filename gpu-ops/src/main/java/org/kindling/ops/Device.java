@@ -143,10 +143,18 @@ public abstract class Device implements AutoCloseable {
     /**
      * Zero-filled scratch for one kernel call, shaped {@code shape}: a view of a buffer this
      * device keeps between calls, so kernels that need scratch allocate only until the largest
-     * request of each nesting depth has been seen. Closing the view hands the buffer back.
+     * request of each nesting depth has been seen. Closing the view hands the buffer back. A
+     * zero-element request gets an empty tensor of its own, leaving the pool alone.
      */
     public Tensor scratch(DType dtype, int... shape) {
         int n = Tensor.numel(shape);
+        if (n == 0) {
+            if (closed) {
+                throw new IllegalStateException(this + " is closed");
+            }
+            // No storage to speak of (every backend's empty storage holds no memory), so not counted as an allocation.
+            return new Tensor(this, newStorage(dtype, 0), 0, shape, true);
+        }
         Tensor backing = null;
         synchronized (this) {
             // Best fit, so a small request leaves the large buffers to the requests that need them.

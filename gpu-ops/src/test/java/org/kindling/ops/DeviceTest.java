@@ -104,4 +104,23 @@ class DeviceTest {
             assertEquals(before + 3, d.allocations(), "a request larger than every idle buffer allocates");
         }
     }
+
+    /** An empty request neither takes a pooled buffer nor counts as an allocation. */
+    @Test
+    void emptyScratchLeavesThePoolAlone() {
+        try (Device d = CpuDevice.open(1)) {
+            try (Tensor small = d.scratch(DType.F32, 3)) {
+                small.copyFrom(new float[] {1, 2, 3});
+            }
+            long before = d.allocations();
+            long live = d.liveBytes();
+            try (Tensor empty = d.scratch(DType.F32, 0, 4); Tensor again = d.scratch(DType.F32, 3)) {
+                assertEquals(0, empty.numel());
+                assertEquals(List.of(0, 4), List.of(empty.shape()[0], empty.shape()[1]));
+                assertEquals(before, d.allocations(), "the 3-element request reuses the idle buffer the empty one left");
+                assertEquals(live, d.liveBytes());
+            }
+            assertEquals(before, d.allocations());
+        }
+    }
 }
