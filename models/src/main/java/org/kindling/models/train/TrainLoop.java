@@ -4,6 +4,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Optional;
 import java.util.function.Consumer;
+import java.util.function.Function;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
@@ -39,30 +40,9 @@ public final class TrainLoop {
      */
     public static int run(Trainer trainer, DataSource data, Checkpoints checkpoints, Optional<String> resume,
                           RunConfig config, Consumer<StepResult> onStep) {
-        TrainConfig cfg = trainer.config();
-        GradientSync sync = trainer.sync();
-        resume.ifPresent(name -> {
-            Checkpoints.State state = checkpoints.restore(name, trainer);
-            if (state.dataPositions().length != sync.world()) {
-                throw new IllegalStateException(checkpoints.storage().describe("checkpoints/" + name) + " was written by "
-                        + state.dataPositions().length + " worker(s); resume it with the same number of workers, not "
-                        + sync.world());
-            }
-            data.seek(state.dataPositions()[sync.rank()]);
-            LOG.log(System.Logger.Level.INFO, "resumed from " + checkpoints.storage().describe("checkpoints/" + name));
-        });
-        while (trainer.stepCount() < cfg.maxSteps()) {
-            StepResult r = trainer.step(data);
-            onStep.accept(r);
-            boolean interval = cfg.checkpointInterval() > 0 && r.step() % cfg.checkpointInterval() == 0;
-            if (interval || r.step() == cfg.maxSteps()) {
-                long[] positions = sync.allGather(data.position());
-                if (sync.rank() == 0) {
-                    checkpoints.save(trainer, config, cfg.keepCheckpoints(), positions);
-                }
-            }
-        }
-        return trainer.stepCount();
+        // A group of one: the split of a batch into one part is the batch itself.
+        return run(List.of(trainer), sources -> trainer.step(sources.get(0)), trainer.sync(), data, checkpoints, resume,
+                config, onStep);
     }
 
     /**
@@ -78,13 +58,23 @@ public final class TrainLoop {
      */
     public static int run(DataParallel group, GradientSync between, DataSource data, Checkpoints checkpoints,
                           Optional<String> resume, RunConfig config, Consumer<StepResult> onStep) {
-        List<DataParallel.Replica> replicas = group.replicas();
-        Trainer first = replicas.get(0).trainer();
+        return run(group.replicas().stream().map(DataParallel.Replica::trainer).toList(), group::step, between, data,
+                checkpoints, resume, config, onStep);
+    }
+
+    /**
+     * The loop of {@code trainers}, the replicas of one worker of {@code between}, whose one step
+     * over a source per replica {@code step} takes.
+     */
+    private static int run(List<Trainer> trainers, Function<List<DataSource>, StepResult> step, GradientSync between,
+                           DataSource data, Checkpoints checkpoints, Optional<String> resume, RunConfig config,
+                           Consumer<StepResult> onStep) {
+        Trainer first = trainers.get(0);
         TrainConfig cfg = first.config();
         resume.ifPresent(name -> {
             Checkpoints.State state = null;
-            for (DataParallel.Replica r : replicas) {
-                state = checkpoints.restore(name, r.trainer());
+            for (Trainer t : trainers) {
+                state = checkpoints.restore(name, t);
             }
             if (state.dataPositions().length != between.world()) {
                 throw new IllegalStateException(checkpoints.storage().describe("checkpoints/" + name) + " was written by "
@@ -94,7 +84,7 @@ public final class TrainLoop {
             data.seek(state.dataPositions()[between.rank()]);
             LOG.log(System.Logger.Level.INFO, "resumed from " + checkpoints.storage().describe("checkpoints/" + name));
         });
-        int parts = replicas.size();
+        int parts = trainers.size();
         while (first.stepCount() < cfg.maxSteps()) {
             TokenBatch[][] split = new TokenBatch[parts][cfg.gradAccum()];
             for (int micro = 0; micro < cfg.gradAccum(); micro++) {
@@ -107,7 +97,7 @@ public final class TrainLoop {
             for (TokenBatch[] own : split) {
                 sources.add(DataSource.indexed(p -> own[(int) p]));
             }
-            StepResult r = group.step(sources);
+            StepResult r = step.apply(sources);
             onStep.accept(r);
             boolean interval = cfg.checkpointInterval() > 0 && r.step() % cfg.checkpointInterval() == 0;
             if (interval || r.step() == cfg.maxSteps()) {
