@@ -39,6 +39,7 @@ import org.kindling.models.train.DataParallel;
 import org.kindling.models.train.GradientSync;
 import org.kindling.models.train.NonFiniteException;
 import org.kindling.models.train.StepResult;
+import org.kindling.models.train.ReplicaCountException;
 import org.kindling.models.train.TrainLoop;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
@@ -486,8 +487,17 @@ public final class TrainJob {
                     try {
                         GradientSync between = plan.world() == 1 ? GradientSync.SINGLE : ringSync;
                         Trainer first = group.replicas().get(0).trainer();
-                        TrainLoop.run(group, between, source, new Checkpoints(new HadoopRunStorage(plan.run(), conf)), rv.resume(),
-                                cfg, r -> afterStep(ctx, evaluated(r, eval, first, between), rank, attempt, coordinator));
+                        try {
+                            TrainLoop.run(group, between, source, new Checkpoints(new HadoopRunStorage(plan.run(), conf)),
+                                    rv.resume(), cfg, r -> afterStep(ctx, evaluated(r, eval, first, between), rank, attempt,
+                                            coordinator));
+                        } catch (ReplicaCountException e) {
+                            throw new IllegalArgumentException(e.checkpoint() + " was written with " + REPLICAS_PER_TASK + " = "
+                                    + e.written() + " replica(s) per task, but this task trains " + e.running() + ": resume it "
+                                    + "with --conf " + REPLICAS_PER_TASK + "=" + e.written() + " and at least " + e.written()
+                                    + " CPU thread(s) per task (the count sets the batch splits, the order of gradient sums "
+                                    + "and the dropout masks)", e);
+                        }
                         outcome = new Outcome(checksum(first.model().params().values().toFloatArray()), null);
                         if (plan.world() > 1) {
                             LOG.log(System.Logger.Level.INFO, String.format(java.util.Locale.ROOT, "rank %d: gradient all-reduce "

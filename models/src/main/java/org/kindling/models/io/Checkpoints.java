@@ -14,6 +14,7 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Optional;
+import java.util.OptionalInt;
 import org.kindling.models.Gpt;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.nn.Param;
@@ -23,8 +24,8 @@ import org.kindling.ops.Tensor;
 /**
  * Checkpoints of a run directory: {@code checkpoints/step-N/} holds {@code model.safetensors}
  * (weights and fixed tensors by name), {@code optimizer.safetensors} (AdamW moments {@code m.NAME},
- * {@code v.NAME}) and {@code state.json} (format version, step, each worker's data position, RNG
- * seed, resolved config). A checkpoint is written into a temporary directory and renamed into place, then
+ * {@code v.NAME}) and {@code state.json} (format version, step, each worker's data position, the
+ * replicas each worker trained as, RNG seed, resolved config). A checkpoint is written into a temporary directory and renamed into place, then
  * {@code checkpoints/LATEST} is replaced atomically to name it; only the newest K are kept. A
  * crash at any point leaves the previous LATEST checkpoint complete and usable.
  */
@@ -39,8 +40,12 @@ public final class Checkpoints {
      * What {@code state.json} records besides the tensors.
      *
      * @param dataPositions each worker's data position, by rank (one entry for a single-process run)
+     * @param replicasPerWorker the in-process replicas each worker split its batches across, which
+     *     set the batch splits, the order of gradient sums and the dropout masks; empty for a
+     *     checkpoint written before it was recorded, whose count is unknown
      */
-    public record State(int formatVersion, int step, long[] dataPositions, long seed, Map<String, Object> config) {
+    public record State(int formatVersion, int step, long[] dataPositions, long seed, Map<String, Object> config,
+                        OptionalInt replicasPerWorker) {
         /** The data position of rank 0: that of the only worker of a single-process run. */
         public long dataPosition() {
             return dataPositions[0];
@@ -68,14 +73,23 @@ public final class Checkpoints {
         return "step-" + step;
     }
 
+    /** {@link #save(Trainer, RunConfig, int, int, long[])} of workers that each train one replica. */
+    public String save(Trainer trainer, RunConfig config, int keep, long... dataPositions) {
+        return save(trainer, config, keep, 1, dataPositions);
+    }
+
     /**
      * Saves the trainer's weights, moments and step with the data positions (one per worker, by
-     * rank), then points LATEST at it and prunes to {@code keep}. Saving a step that already exists
-     * (a retried task) only re-points LATEST: training is deterministic, so the existing files are the same.
+     * rank) and the replicas each worker trains as, then points LATEST at it and prunes to
+     * {@code keep}. Saving a step that already exists (a retried task) only re-points LATEST:
+     * training is deterministic, so the existing files are the same.
      */
-    public String save(Trainer trainer, RunConfig config, int keep, long... dataPositions) {
+    public String save(Trainer trainer, RunConfig config, int keep, int replicasPerWorker, long[] dataPositions) {
         if (dataPositions.length == 0) {
             throw new IllegalArgumentException("a checkpoint needs the data position of every worker, got none");
+        }
+        if (replicasPerWorker < 1) {
+            throw new IllegalArgumentException("a checkpoint's replicas per worker must be at least 1, got " + replicasPerWorker);
         }
         String name = name(trainer.stepCount());
         String dir = DIR + "/" + name;
@@ -92,6 +106,7 @@ public final class Checkpoints {
                 for (long p : dataPositions) {
                     positions.add(p);
                 }
+                state.put("replicas_per_worker", replicasPerWorker);
                 state.putObject("rng").put("seed", config.train().seed());
                 state.set("config", JSON.valueToTree(config.toMap()));
                 try (OutputStream out = storage.create(tmp + "/state.json")) {
@@ -196,7 +211,15 @@ public final class Checkpoints {
             } else {
                 positions = new long[] {s.get("data_position").asLong()};
             }
-            return new State(version, s.get("step").asInt(), positions, s.path("rng").path("seed").asLong(), config);
+            OptionalInt replicas = OptionalInt.empty();
+            if (!s.path("replicas_per_worker").isMissingNode()) {
+                JsonNode r = s.get("replicas_per_worker");
+                if (!r.canConvertToInt() || !r.isIntegralNumber() || r.asInt() < 1) {
+                    throw corrupt(storage.describe(path) + ": replicas_per_worker " + r + " is not a positive integer", null);
+                }
+                replicas = OptionalInt.of(r.asInt());
+            }
+            return new State(version, s.get("step").asInt(), positions, s.path("rng").path("seed").asLong(), config, replicas);
         } catch (IOException e) {
             throw new UncheckedIOException("cannot read " + storage.describe(path), e);
         }

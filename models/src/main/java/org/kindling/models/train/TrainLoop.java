@@ -51,7 +51,8 @@ public final class TrainLoop {
      * trainer would, splits each across the replicas ({@link TokenBatch#split}), and checkpoints
      * and resumes as one worker of {@code between}, so the data positions and checkpoints are
      * those of a run with one replica per worker. Every replica restores the checkpoint; replica 0
-     * of worker 0 writes them.
+     * of worker 0 writes them, with the replica count, and resuming one written by another count
+     * fails with a {@link ReplicaCountException} (one that does not record it resumes with a warning).
      *
      * @param onStep sees every step's result in the calling thread, between steps, where it may
      *     use {@code between}'s collectives (every worker calls it after the same steps)
@@ -76,13 +77,21 @@ public final class TrainLoop {
             for (Trainer t : trainers) {
                 state = checkpoints.restore(name, t);
             }
+            String where = checkpoints.storage().describe("checkpoints/" + name);
             if (state.dataPositions().length != between.world()) {
-                throw new IllegalStateException(checkpoints.storage().describe("checkpoints/" + name) + " was written by "
+                throw new IllegalStateException(where + " was written by "
                         + state.dataPositions().length + " worker(s); resume it with the same number of workers, not "
                         + between.world());
             }
+            if (state.replicasPerWorker().isEmpty()) {
+                // Written before the count was recorded: any count resumes it, as before.
+                LOG.log(System.Logger.Level.WARNING, where + " does not record its replicas per worker; resuming with "
+                        + trainers.size() + ", which may split batches and draw dropout masks unlike the run that wrote it");
+            } else if (state.replicasPerWorker().getAsInt() != trainers.size()) {
+                throw new ReplicaCountException(where, state.replicasPerWorker().getAsInt(), trainers.size());
+            }
             data.seek(state.dataPositions()[between.rank()]);
-            LOG.log(System.Logger.Level.INFO, "resumed from " + checkpoints.storage().describe("checkpoints/" + name));
+            LOG.log(System.Logger.Level.INFO, "resumed from " + where);
         });
         int parts = trainers.size();
         while (first.stepCount() < cfg.maxSteps()) {
@@ -103,7 +112,7 @@ public final class TrainLoop {
             if (interval || r.step() == cfg.maxSteps()) {
                 long[] positions = between.allGather(data.position());
                 if (between.rank() == 0) {
-                    checkpoints.save(first, config, cfg.keepCheckpoints(), positions);
+                    checkpoints.save(first, config, cfg.keepCheckpoints(), parts, positions);
                 }
             }
         }

@@ -2,12 +2,17 @@ package org.kindling.models.train;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
+import java.io.IOException;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Optional;
+import java.util.OptionalInt;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.kindling.models.Gpt;
@@ -73,11 +78,44 @@ class GroupTrainLoopTest {
         }
         assertTrue(maxDiff < 1e-4, "max weight difference " + maxDiff);
         assertArrayEquals(new long[] {3}, checkpoints.state("step-3").dataPositions());
+        assertEquals(OptionalInt.of(2), checkpoints.state("step-3").replicasPerWorker());
+        assertEquals(OptionalInt.of(1), new Checkpoints(new LocalRunStorage(dir.resolve("single"))).state("step-3")
+                .replicasPerWorker(), "the single-trainer loop is a group of one");
         try (DataParallel dp = group(2)) {
             TrainLoop.run(dp, GradientSync.SINGLE, data(), checkpoints, Optional.of("step-3"), RUN, r -> { });
             for (DataParallel.Replica rep : dp.replicas()) {
                 assertArrayEquals(whole, rep.model().params().values().toFloatArray(), "resumed at step 3");
             }
+        }
+    }
+
+    /** The replica count sets the batch splits, sum order and dropout masks: resuming with another is refused. */
+    @Test
+    void resumingWithAnotherReplicaCountIsRefusedUnlessTheCountIsUnrecorded(@TempDir Path dir) throws IOException {
+        Checkpoints checkpoints = new Checkpoints(new LocalRunStorage(dir));
+        float[] saved;
+        try (DataParallel dp = group(2)) {
+            TrainLoop.run(dp, GradientSync.SINGLE, data(), checkpoints, Optional.empty(), RUN, r -> { });
+            saved = dp.replicas().get(0).model().params().values().toFloatArray();
+        }
+        String last = checkpoints.latest().orElseThrow();
+        try (DataParallel dp = group(3)) {
+            ReplicaCountException e = assertThrows(ReplicaCountException.class,
+                    () -> TrainLoop.run(dp, GradientSync.SINGLE, data(), checkpoints, Optional.of(last), RUN, r -> { }));
+            assertEquals(2, e.written());
+            assertEquals(3, e.running());
+            assertTrue(e.getMessage().contains(last) && e.getMessage().contains("2 replica(s)"), e.getMessage());
+        }
+        // A checkpoint from before the count was recorded: its count is unknown, so any resumes it.
+        Path state = dir.resolve("checkpoints/" + last + "/state.json");
+        ObjectNode json = (ObjectNode) new ObjectMapper().readTree(state.toFile());
+        json.remove("replicas_per_worker");
+        new ObjectMapper().writeValue(state.toFile(), json);
+        assertEquals(OptionalInt.empty(), checkpoints.state(last).replicasPerWorker());
+        try (DataParallel dp = group(3)) {
+            assertEquals(TRAIN.maxSteps(), TrainLoop.run(dp, GradientSync.SINGLE, data(), checkpoints, Optional.of(last), RUN,
+                    r -> { }));
+            assertArrayEquals(saved, dp.replicas().get(2).model().params().values().toFloatArray());
         }
     }
 }
