@@ -1,9 +1,14 @@
 package org.kindling.train;
 
 import java.io.IOException;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.function.Function;
 import org.apache.hadoop.conf.Configuration;
 import org.kindling.data.DatasetReader;
 import org.kindling.models.Gpt;
+import org.kindling.models.data.TokenBatch;
+import org.kindling.models.train.DataParallel;
 
 /**
  * Next-token loss of a model over the first batches of one worker's slice of a prepared dataset,
@@ -58,18 +63,48 @@ public final class EvalPass implements AutoCloseable {
 
     /** The model's summed loss over the first batches of the slice (up to where its epoch ends); leaves the model in evaluation mode. */
     public Sums run(Gpt model) throws IOException {
+        return run(1, round -> List.of(forward(model, round.get(0))));
+    }
+
+    /**
+     * The same over a group's replicas (bit-identical models): each round reads a batch per
+     * replica and each replica evaluates its own on its thread; the sums are added in batch
+     * order, so the result is that of {@link #run(Gpt)} on any one of them. Leaves every replica
+     * in evaluation mode.
+     */
+    public Sums run(DataParallel group) throws IOException {
+        List<DataParallel.Replica> replicas = group.replicas();
+        return run(replicas.size(), round -> group.onEach(r -> r < round.size() ? forward(replicas.get(r).model(), round.get(r))
+                : null));
+    }
+
+    /** Reads the pass's batches {@code width} at a time and adds up what {@code evaluate} gives for each, in batch order. */
+    private Sums run(int width, Function<List<TokenBatch>, List<Sums>> evaluate) throws IOException {
         reader.seek(0);
-        model.eval();
         double loss = 0;
         long predicted = 0;
         int read = 0;
+        boolean end;
         do {
-            DatasetReader.Batch b = reader.next();
-            loss += model.forward(DatasetSource.tokens(b), 0f);
-            predicted += model.predicted();
-            read++;
-        } while (!reader.atEpochEnd() && read < maxBatches);
+            List<TokenBatch> round = new ArrayList<>();
+            do {
+                round.add(DatasetSource.tokens(reader.next()));
+                read++;
+                end = reader.atEpochEnd() || read >= maxBatches;
+            } while (!end && round.size() < width);
+            List<Sums> sums = evaluate.apply(round);
+            for (int i = 0; i < round.size(); i++) {
+                loss += sums.get(i).loss();
+                predicted += sums.get(i).predicted();
+            }
+        } while (!end);
         return new Sums(loss, predicted, read);
+    }
+
+    private static Sums forward(Gpt model, TokenBatch batch) {
+        model.eval();
+        double loss = model.forward(batch, 0f);
+        return new Sums(loss, model.predicted(), 1);
     }
 
     @Override

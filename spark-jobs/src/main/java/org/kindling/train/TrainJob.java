@@ -489,7 +489,7 @@ public final class TrainJob {
                         Trainer first = group.replicas().get(0).trainer();
                         try {
                             TrainLoop.run(group, between, source, new Checkpoints(new HadoopRunStorage(plan.run(), conf)),
-                                    rv.resume(), cfg, r -> afterStep(ctx, evaluated(r, eval, first, between), rank, attempt,
+                                    rv.resume(), cfg, r -> afterStep(ctx, evaluated(r, eval, group, between), rank, attempt,
                                             coordinator));
                         } catch (ReplicaCountException e) {
                             throw new IllegalArgumentException(e.checkpoint() + " was written with " + REPLICAS_PER_TASK + " = "
@@ -587,17 +587,17 @@ public final class TrainJob {
         }
 
         /**
-         * The step with its eval loss when it is one to evaluate after: every rank's summed loss and
-         * predicted tokens, summed over the ranks in one small all-reduce (every rank calls it after the
-         * same steps), give the mean over all their tokens.
+         * The step with its eval loss when it is one to evaluate after: each rank's replicas share out
+         * its eval batches, and every rank's summed loss and predicted tokens, summed over the ranks in
+         * one small all-reduce (every rank calls it after the same steps), give the mean over all their tokens.
          */
-        private static StepResult evaluated(StepResult r, EvalPass eval, Trainer trainer, GradientSync between) {
-            if (eval == null || !trainer.config().evaluatesAt(r.step())) {
+        private static StepResult evaluated(StepResult r, EvalPass eval, DataParallel group, GradientSync between) {
+            if (eval == null || !group.replicas().get(0).trainer().config().evaluatesAt(r.step())) {
                 return r;
             }
             EvalPass.Sums own;
             try {
-                own = eval.run(trainer.model());
+                own = eval.run(group);
             } catch (IOException e) {
                 throw new UncheckedIOException("cannot read the eval data: " + e.getMessage(), e);
             }

@@ -7,6 +7,7 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.Future;
 import java.util.function.BiFunction;
+import java.util.function.IntFunction;
 import org.kindling.models.Gpt;
 import org.kindling.models.data.DataSource;
 import org.kindling.ops.Device;
@@ -94,21 +95,37 @@ public final class DataParallel implements AutoCloseable {
         if (data.size() != replicas.size()) {
             throw new IllegalArgumentException(data.size() + " data sources for " + replicas.size() + " replicas");
         }
-        List<Future<StepResult>> others = new ArrayList<>();
+        try {
+            return onEach(rank -> stepOf(rank, data.get(rank))).get(0);
+        } catch (RuntimeException e) {
+            broken = true;
+            throw e;
+        }
+    }
+
+    /**
+     * Runs {@code work} for every replica rank at once, each on the replica's own thread (rank 0 on
+     * the caller's), and returns the results by rank; for work between steps too, such as an
+     * evaluation shared out among the replicas.
+     *
+     * @throws RuntimeException the first replica's failure, not the ones that then found a barrier broken
+     */
+    public <T> List<T> onEach(IntFunction<T> work) {
+        List<Future<T>> others = new ArrayList<>();
         for (int r = 1; r < replicas.size(); r++) {
             int rank = r;
-            others.add(threads.submit(() -> stepOf(rank, data.get(rank))));
+            others.add(threads.submit(() -> work.apply(rank)));
         }
         List<RuntimeException> failures = new ArrayList<>();
-        StepResult first = null;
+        List<T> out = new ArrayList<>();
         try {
-            first = stepOf(0, data.get(0));
+            out.add(work.apply(0));
         } catch (RuntimeException e) {
             failures.add(e);
         }
-        for (Future<StepResult> f : others) {
+        for (Future<T> f : others) {
             try {
-                f.get();
+                out.add(f.get());
             } catch (ExecutionException e) {
                 failures.add(e.getCause() instanceof RuntimeException re ? re : new IllegalStateException(e.getCause()));
             } catch (InterruptedException e) {
@@ -117,12 +134,10 @@ public final class DataParallel implements AutoCloseable {
             }
         }
         if (!failures.isEmpty()) {
-            broken = true;
-            // The replica that failed first, not the ones that then found the barrier broken.
             throw failures.stream().filter(e -> !(e.getCause() instanceof java.util.concurrent.BrokenBarrierException))
                     .findFirst().orElse(failures.get(0));
         }
-        return first;
+        return out;
     }
 
     private StepResult stepOf(int rank, DataSource data) {

@@ -131,6 +131,31 @@ class DataParallelTest {
         }
     }
 
+    /** Work between steps (an evaluation) runs on every replica's thread at once, its results by rank. */
+    @Test
+    void onEachRunsEveryReplicaConcurrentlyAndReturnsResultsByRank() {
+        try (DataParallel dp = replicas(MODEL, TRAIN, 3)) {
+            java.util.concurrent.CyclicBarrier all = new java.util.concurrent.CyclicBarrier(3);
+            List<String> out = dp.onEach(rank -> {
+                try {
+                    // Passes only if the three run at the same time.
+                    all.await(30, java.util.concurrent.TimeUnit.SECONDS);
+                } catch (Exception e) {
+                    throw new IllegalStateException(e);
+                }
+                return rank + ":" + (rank == 0) + ":" + Thread.currentThread().getName().equals("kindling-replica");
+            });
+            assertEquals(List.of("0:true:false", "1:false:true", "2:false:true"), out);
+            IllegalStateException e = assertThrows(IllegalStateException.class, () -> dp.onEach(rank -> {
+                if (rank == 2) {
+                    throw new IllegalStateException("replica 2 failed");
+                }
+                return rank;
+            }));
+            assertEquals("replica 2 failed", e.getMessage());
+        }
+    }
+
     @Test
     void sharedMemoryCollectivesGiveEveryReplicaTheSameAnswer() throws Exception {
         List<SharedMemorySync> group = SharedMemorySync.group(3, 60);
