@@ -342,6 +342,22 @@ class DistributedTrainTest {
                 2, scala.reflect.ClassTag$.MODULE$.apply(Integer.class)).count());
     }
 
+    /** One task on local[2] trains two replicas; its checkpoint refuses a resume with one, naming the setting and both counts. */
+    @Test
+    void resumingWithAnotherReplicaCountIsRefusedNamingTheSetting() throws IOException {
+        Path run = dir.resolve("replicas");
+        TrainJob.run(spark, run.toString(), data.toString(), config(2 * DOCS_PER_BATCH * LEN), 1);
+        spark.conf().set(TrainJob.REPLICAS_PER_TASK, "1");
+        try {
+            TrainingFailedException e = assertThrows(TrainingFailedException.class, () -> TrainJob.run(spark, run.toString(),
+                    data.toString(), config(2 * DOCS_PER_BATCH * LEN), 1));
+            assertTrue(e.getMessage().contains("was written with spark.kindling.replicasPerTask = 2 replica(s) per task, but this "
+                    + "task trains 1"), e.getMessage());
+        } finally {
+            spark.conf().unset(TrainJob.REPLICAS_PER_TASK);
+        }
+    }
+
     @Test
     void aWorkerThatDiesBeforeTheRendezvousDoesNotLeaveItsPeerWaiting() {
         long t0 = System.nanoTime();
