@@ -20,7 +20,7 @@ import org.kindling.ops.Tensor;
  * product of L twiddles each, so twiddles N(0, σ^(2/L)) give each output the variance IC·σ²·Var(x)
  * of a dense layer with N(0, σ²) weights.
  */
-public final class ButterflyLinear implements AutoCloseable {
+public final class ButterflyLinear implements Projection {
     private final String name;
     private final Device dev;
     public final int in;
@@ -61,6 +61,25 @@ public final class ButterflyLinear implements AutoCloseable {
         this.bias = bias ? pb.add(name + ".bias", Init.zeros(), ParamGroup.NO_DECAY, out) : null;
         this.z = new Tensor[factors + 1];
         this.pairIdx = new Tensor[factors];
+    }
+
+    private ButterflyLinear(ButterflyLinear of) {
+        this.name = of.name + " (decoding)";
+        this.dev = of.dev;
+        this.in = of.in;
+        this.out = of.out;
+        this.n = of.n;
+        this.factors = of.factors;
+        this.width = of.width;
+        this.twiddles = of.twiddles;
+        this.bias = of.bias;
+        this.z = new Tensor[factors + 1];
+        this.pairIdx = new Tensor[factors];
+    }
+
+    @Override
+    public ButterflyLinear decodingTwin() {
+        return new ButterflyLinear(this);
     }
 
     /** Twiddles that make the layer the identity on its first min(IC, OC) columns: a = 1, c = 0. */
@@ -125,6 +144,7 @@ public final class ButterflyLinear implements AutoCloseable {
     }
 
     /** y[T, OC] = B(x) + b; keeps the factors' inputs until {@link #backward}. x must not change until then. */
+    @Override
     public void forward(Tensor y, Tensor x) {
         if (x.cols() != in || y.cols() != out || x.rows() != y.rows()) {
             throw new IllegalArgumentException(name + ": forward of x " + x + " into y " + y + " for in " + in + ", out " + out);
@@ -152,6 +172,7 @@ public final class ButterflyLinear implements AutoCloseable {
     }
 
     /** dx += dy·∂y/∂x (skipped when dx is null); twiddle and bias gradients accumulate. */
+    @Override
     public void backward(Tensor dx, Tensor dy) {
         int t = dy.rows();
         if (savedRows != t) {

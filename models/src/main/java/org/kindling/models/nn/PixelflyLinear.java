@@ -20,7 +20,7 @@ import org.kindling.ops.UnaryOp;
  * each give half of it, or, with the gate (zero-initialised, so g = ½), twice it, since
  * g² + (1 − g)² = ½.
  */
-public final class PixelflyLinear implements AutoCloseable {
+public final class PixelflyLinear implements Projection {
     /** The MLP setting of the paper: block 32, butterfly size 16, 2 factors, rank 32. */
     public static final int REFERENCE_BLOCK = 32;
     public static final int REFERENCE_BUTTERFLY_SIZE = 16;
@@ -42,6 +42,8 @@ public final class PixelflyLinear implements AutoCloseable {
     /** The block mask expanded to [OC, IC], and S ⊙ mask / the masked weight gradient. */
     private final Tensor mask;
     private final Tensor masked;
+    /** A decoding twin: shares the mask (its owner closes it), applies the sub-layers without saving, has no backward. */
+    private final boolean decoding;
     private final int density;
     private int capacity;
     private Tensor sBuf;
@@ -103,6 +105,40 @@ public final class PixelflyLinear implements AutoCloseable {
         }
         this.mask = dev.allocate(DType.F32, out, in).copyFrom(m);
         this.masked = dev.allocate(DType.F32, out, in);
+        this.decoding = false;
+    }
+
+    private PixelflyLinear(PixelflyLinear of) {
+        this.name = of.name + " (decoding)";
+        this.dev = of.dev;
+        this.in = of.in;
+        this.out = of.out;
+        this.rank = of.rank;
+        this.sparse = of.sparse;
+        this.bias = of.bias;
+        this.lowV = of.lowV;
+        this.lowU = of.lowU;
+        this.gate = of.gate;
+        this.mask = of.mask;
+        this.masked = dev.allocate(DType.F32, out, in);
+        this.density = of.density;
+        this.decoding = true;
+    }
+
+    @Override
+    public PixelflyLinear decodingTwin() {
+        if (decoding) {
+            throw new IllegalStateException(name + " is already a decoding twin");
+        }
+        return new PixelflyLinear(this);
+    }
+
+    private static void run(Linear lin, boolean keep, Tensor y, Tensor x) {
+        if (keep) {
+            lin.forward(y, x);
+        } else {
+            lin.apply(y, x);
+        }
     }
 
     /** The flat butterfly layout over blocks of {@code block}: see {@link FlatButterfly#layout}. */
@@ -142,6 +178,7 @@ public final class PixelflyLinear implements AutoCloseable {
     }
 
     /** y = g·x·(S ⊙ M)ᵀ + (1 − g)·x·Vᵀ·Uᵀ + b (g = 1 and 1 without a gate); x must not change until backward. */
+    @Override
     public void forward(Tensor y, Tensor x) {
         if (x.cols() != in || y.cols() != out || x.rows() != y.rows()) {
             throw new IllegalArgumentException(name + ": forward of x " + x + " into y " + y + " for in " + in + ", out " + out);
@@ -155,11 +192,11 @@ public final class PixelflyLinear implements AutoCloseable {
         if (rank > 0) {
             Tensor h = hBuf.view(0, t, rank);
             Tensor l = lBuf.view(0, t, out);
-            lowV.forward(h, x);
-            lowU.forward(l, h);
+            run(lowV, !decoding, h, x);
+            run(lowU, !decoding, l, h);
             if (gate != null) {
                 Tensor logit = gateLogit.view(0, t, 1);
-                gate.forward(logit, x);
+                run(gate, !decoding, logit, x);
                 be.unary(UnaryOp.SIGMOID, gateValue.view(0, t), logit.reshape(t));
                 Tensor diff = scratch.view(0, t, out);
                 be.binary(BinaryOp.SUB, diff, s, l);
@@ -170,19 +207,23 @@ public final class PixelflyLinear implements AutoCloseable {
             }
         } else if (gate != null) {
             Tensor logit = gateLogit.view(0, t, 1);
-            gate.forward(logit, x);
+            run(gate, !decoding, logit, x);
             be.unary(UnaryOp.SIGMOID, gateValue.view(0, t), logit.reshape(t));
             be.scaleRows(y, s, gateValue.view(0, t));
         }
         if (bias != null) {
             be.binary(BinaryOp.ADD, y, y, bias.value());
         }
-        this.x = x;
+        this.x = decoding ? null : x;
     }
 
     /** dx += dy·∂y/∂x (skipped when dx is null); every parameter gradient accumulates. */
+    @Override
     public void backward(Tensor dx, Tensor dy) {
         int t = dy.rows();
+        if (decoding) {
+            throw new IllegalStateException(name + " has no backward");
+        }
         if (x == null || x.rows() != t) {
             throw new IllegalStateException(name + ": backward for " + t + " rows without a forward over them");
         }
@@ -240,7 +281,9 @@ public final class PixelflyLinear implements AutoCloseable {
     public void close() {
         release();
         capacity = 0;
-        mask.close();
+        if (!decoding) {
+            mask.close();
+        }
         masked.close();
     }
 }
