@@ -155,6 +155,14 @@ class LayerGradientTest {
         }
     }
 
+    @Test
+    void attentionWithPixelflyAndButterflyProjections() {
+        checkMixer("attention with pixelfly projections", new AttentionSpec(2, 2, new LinearSpec(LinearSpec.Kind.PIXELFLY, 4, 2, 1, 2, true)),
+                8, 31, 3, 4);
+        checkMixer("attention with butterfly projections", new AttentionSpec(2, 1, new LinearSpec(LinearSpec.Kind.BUTTERFLY, 32, 16, 2, 32, false)),
+                8, 33, 3, 4);
+    }
+
     /**
      * A mixture of experts, its auxiliary losses in the objective: L = Σ w·y + balance loss + z-loss.
      * Routing (argmax choices, capacity drops) is piecewise constant, so the probes stay off its edges.

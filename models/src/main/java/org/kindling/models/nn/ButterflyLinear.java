@@ -145,6 +145,11 @@ public final class ButterflyLinear implements Projection {
 
     /** y[T, OC] = B(x) + b; keeps the factors' inputs until {@link #backward}. x must not change until then. */
     @Override
+    public int out() {
+        return out;
+    }
+
+    @Override
     public void forward(Tensor y, Tensor x) {
         if (x.cols() != in || y.cols() != out || x.rows() != y.rows()) {
             throw new IllegalArgumentException(name + ": forward of x " + x + " into y " + y + " for in " + in + ", out " + out);

@@ -72,13 +72,13 @@ public record LinearSpec(Kind kind, int block, int butterflySize, int factors, i
         }
     }
 
-    /** A non-dense projection IC → OC whose initialisation keeps the output variance of a dense N(0, std²) layer. */
+    /** A projection IC → OC whose initialisation keeps the output variance of a dense N(0, std²) layer. */
     public Projection build(Params.Builder pb, Device dev, String name, int in, int out, boolean bias, double std) {
         return switch (kind) {
             case BUTTERFLY -> new ButterflyLinear(pb, dev, name, in, out, bias, std);
             case PIXELFLY -> PixelflyLinear.flatButterfly(pb, dev, name, in, out, bias, block, butterflySize, factors,
                     Math.min(rank, Math.min(in, out)), gate, std);
-            case DENSE -> throw new IllegalStateException(name + ": a dense projection is a Linear");
+            case DENSE -> Projection.dense(new Linear(pb, name, in, out, bias, std));
         };
     }
 }

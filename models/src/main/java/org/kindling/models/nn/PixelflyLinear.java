@@ -179,6 +179,11 @@ public final class PixelflyLinear implements Projection {
 
     /** y = g·x·(S ⊙ M)ᵀ + (1 − g)·x·Vᵀ·Uᵀ + b (g = 1 and 1 without a gate); x must not change until backward. */
     @Override
+    public int out() {
+        return out;
+    }
+
+    @Override
     public void forward(Tensor y, Tensor x) {
         if (x.cols() != in || y.cols() != out || x.rows() != y.rows()) {
             throw new IllegalArgumentException(name + ": forward of x " + x + " into y " + y + " for in " + in + ", out " + out);

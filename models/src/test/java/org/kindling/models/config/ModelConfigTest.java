@@ -153,6 +153,11 @@ class ModelConfigTest {
         org.kindling.models.nn.LinearSpec spec = ((MlpSpec) fly.model().channelMixers().get(1)).linear();
         assertEquals(new org.kindling.models.nn.LinearSpec(org.kindling.models.nn.LinearSpec.Kind.PIXELFLY, 8, 4, 1, 4, true), spec);
         assertTrue(((MlpSpec) fly.model().channelMixers().get(0)).linear().dense());
+        RunConfig attn = RunConfig.parse(base + "mixer: {type: attention, linear: butterfly}\n", "m.yaml");
+        assertEquals(org.kindling.models.nn.LinearSpec.Kind.BUTTERFLY,
+                ((org.kindling.models.mixers.attention.AttentionSpec) attn.model().mixers().get(0)).linear().kind());
+        assertTrue(((MlpSpec) attn.model().channelMixers().get(0)).linear().dense(), "the MLP's choice is separate");
+        assertEquals(attn, RunConfig.fromMap(attn.toMap(), "resolved"));
         assertEquals(fly, RunConfig.fromMap(fly.toMap(), "resolved"));
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
                 () -> RunConfig.parse(base + "channel_mixer: {type: mlp, linear: sparse}\n", "m.yaml"));
