@@ -175,6 +175,50 @@ class StructuredLinearTest {
         assertArrayEquals(lp.get("lin.bias").grad().toDoubleArray(), pp.get("px.bias").grad().toDoubleArray(), 1e-12);
     }
 
+    /** A random layout with a low-rank part equals x·(S ⊙ mask + U·V)ᵀ + b computed densely on the host. */
+    @Test
+    void randomLayoutsEqualTheDensifiedReference() {
+        int in = 12;
+        int out = 8;
+        int block = 4;
+        int rank = 2;
+        java.util.SplittableRandom r = new java.util.SplittableRandom(19);
+        boolean[][] layout = new boolean[out / block][in / block];
+        for (boolean[] row : layout) {
+            for (int j = 0; j < row.length; j++) {
+                row[j] = r.nextBoolean();
+            }
+        }
+        layout[0][0] = true;
+        Params.Builder pb = new Params.Builder();
+        PixelflyLinear px = keep(new PixelflyLinear(pb, dev, "px", in, out, true, layout, block, rank, false, 0.1));
+        Params pp = randomised(pb, 20);
+        double[] s = pp.get("px.sparse").value().toDoubleArray();
+        double[] u = pp.get("px.low_u.weight").value().toDoubleArray();
+        double[] v = pp.get("px.low_v.weight").value().toDoubleArray();
+        double[] b = pp.get("px.bias").value().toDoubleArray();
+        int t = 5;
+        Tensor x = input(21, t, in);
+        double[] xv = x.toDoubleArray();
+        Tensor y = keep(dev.allocate(DType.F32, t, out));
+        px.forward(y, x);
+        double[] want = new double[t * out];
+        for (int row = 0; row < t; row++) {
+            for (int o = 0; o < out; o++) {
+                double acc = b[o];
+                for (int i = 0; i < in; i++) {
+                    double w = layout[o / block][i / block] ? s[o * in + i] : 0;
+                    for (int q = 0; q < rank; q++) {
+                        w += u[o * rank + q] * v[q * in + i];
+                    }
+                    acc += w * xv[row * in + i];
+                }
+                want[row * out + o] = acc;
+            }
+        }
+        assertArrayEquals(want, y.toDoubleArray(), 1e-12);
+    }
+
     @Test
     void pixelflySparseAndLowRankGradients() {
         Params.Builder pb = new Params.Builder();
