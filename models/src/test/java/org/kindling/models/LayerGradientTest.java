@@ -22,6 +22,7 @@ import org.kindling.models.nn.Activations;
 import org.kindling.models.nn.LayerContext;
 import org.kindling.models.nn.LayerNorm;
 import org.kindling.models.nn.Linear;
+import org.kindling.models.nn.LinearSpec;
 import org.kindling.models.nn.Param;
 import org.kindling.models.nn.Params;
 import org.kindling.models.nn.Seqs;
@@ -133,6 +134,33 @@ class LayerGradientTest {
         Tensor x = input(7, 5, 6);
         Tensor y = keep(dev.allocate(DType.F32, 5, 6));
         check("mlp", params, x, y, () -> mlp.forward(y, x), mlp::backward);
+    }
+
+    @Test
+    void pixelflyAndButterflyMlps() {
+        for (LinearSpec.Kind kind : new LinearSpec.Kind[] {LinearSpec.Kind.PIXELFLY, LinearSpec.Kind.BUTTERFLY}) {
+            Params.Builder pb = new Params.Builder();
+            ChannelMixer mlp = keep(new MlpSpec(2, true, new LinearSpec(kind, 4, 2, 1, 2, true)).build(context(pb, "mlp", 8)));
+            Params params = params(pb, 21, 0.6);
+            Tensor x = input(22, 5, 8);
+            Tensor y = keep(dev.allocate(DType.F32, 5, 8));
+            check(kind.key() + " mlp", params, x, y, () -> mlp.forward(y, x), mlp::backward);
+            // Decoding's forward gives the same output and leaves the pending backward's state alone.
+            Tensor step = keep(dev.allocate(DType.F32, 5, 8));
+            mlp.forward(y, x);
+            Tensor other = input(23, 5, 8);
+            mlp.forwardStep(step, other);
+            mlp.forwardStep(step, x);
+            org.junit.jupiter.api.Assertions.assertArrayEquals(y.toDoubleArray(), step.toDoubleArray(), 0.0, kind.key());
+        }
+    }
+
+    @Test
+    void attentionWithPixelflyAndButterflyProjections() {
+        checkMixer("attention with pixelfly projections", new AttentionSpec(2, 2, new LinearSpec(LinearSpec.Kind.PIXELFLY, 4, 2, 1, 2, true)),
+                8, 31, 3, 4);
+        checkMixer("attention with butterfly projections", new AttentionSpec(2, 1, new LinearSpec(LinearSpec.Kind.BUTTERFLY, 32, 16, 2, 32, false)),
+                8, 33, 3, 4);
     }
 
     /**

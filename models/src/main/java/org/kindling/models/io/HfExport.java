@@ -43,6 +43,14 @@ public final class HfExport {
             if (!mlp.bias()) {
                 throw new IllegalArgumentException("layer " + l + "'s mlp has no biases; GPT-2's MLP has them");
             }
+            if (!a.linear().dense()) {
+                throw new IllegalArgumentException("layer " + l + "'s attention has " + a.linear().kind().key()
+                        + " projections; GPT-2 has dense ones, and export does not densify them");
+            }
+            if (!mlp.linear().dense()) {
+                throw new IllegalArgumentException("layer " + l + "'s mlp has " + mlp.linear().kind().key()
+                        + " projections; GPT-2 has dense ones, and export does not densify them");
+            }
             if (a.kvHeads() != a.heads()) {
                 throw new IllegalArgumentException("layer " + l + " has " + a.kvHeads() + " key/value heads for " + a.heads()
                         + " query heads; GPT-2 has no grouped-query attention");

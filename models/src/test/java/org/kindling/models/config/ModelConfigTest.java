@@ -144,6 +144,32 @@ class ModelConfigTest {
         assertTrue(e.getMessage().contains("vocab is a value"), e.getMessage());
     }
 
+    /** The MLP's projections are a per-spec choice; the resolved config (what checkpoints keep) carries the layout keys. */
+    @Test
+    void mlpLinearKindIsReadRoundTripsAndRejectsUnknownValues() {
+        String base = "vocab: 10\nd_model: 16\nn_layer: 2\nn_head: 2\nmax_seq: 16\n";
+        RunConfig fly = RunConfig.parse(base + "channel_mixer: [mlp, {type: mlp, linear: pixelfly, pixelfly_block: 8,"
+                + " pixelfly_butterfly_size: 4, pixelfly_factors: 1, pixelfly_rank: 4, pixelfly_gate: true}]\n", "m.yaml");
+        org.kindling.models.nn.LinearSpec spec = ((MlpSpec) fly.model().channelMixers().get(1)).linear();
+        assertEquals(new org.kindling.models.nn.LinearSpec(org.kindling.models.nn.LinearSpec.Kind.PIXELFLY, 8, 4, 1, 4, true), spec);
+        assertTrue(((MlpSpec) fly.model().channelMixers().get(0)).linear().dense());
+        RunConfig attn = RunConfig.parse(base + "mixer: {type: attention, linear: butterfly}\n", "m.yaml");
+        assertEquals(org.kindling.models.nn.LinearSpec.Kind.BUTTERFLY,
+                ((org.kindling.models.mixers.attention.AttentionSpec) attn.model().mixers().get(0)).linear().kind());
+        assertTrue(((MlpSpec) attn.model().channelMixers().get(0)).linear().dense(), "the MLP's choice is separate");
+        assertEquals(attn, RunConfig.fromMap(attn.toMap(), "resolved"));
+        assertEquals(fly, RunConfig.fromMap(fly.toMap(), "resolved"));
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                () -> RunConfig.parse(base + "channel_mixer: {type: mlp, linear: sparse}\n", "m.yaml"));
+        assertTrue(e.getMessage().contains("channel_mixer.linear") && e.getMessage().contains("\"sparse\""), e.getMessage());
+        e = assertThrows(IllegalArgumentException.class,
+                () -> RunConfig.parse(base + "channel_mixer: {type: mlp, linear: butterfly, pixelfly_rank: 4}\n", "m.yaml"));
+        assertTrue(e.getMessage().contains("pixelfly_rank"), e.getMessage());
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(fly.model(), dev, 1)) {
+            assertEquals(Gpt.parameterCounts(fly.model()).total(), model.params().count());
+        }
+    }
+
     @Test
     void resolvedConfigRoundTrips() {
         RunConfig tiny = RunConfig.load(PRESETS.resolve("tiny.yaml"));

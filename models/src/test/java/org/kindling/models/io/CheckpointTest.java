@@ -58,21 +58,34 @@ class CheckpointTest {
     @org.junit.jupiter.params.ParameterizedTest
     @org.junit.jupiter.params.provider.EnumSource(org.kindling.models.nn.Precision.class)
     void resumingFromACheckpointIsBitIdentical(org.kindling.models.nn.Precision precision) {
-        TrainConfig train = TRAIN.withPrecision(precision);
-        RunConfig run = new RunConfig(MODEL, train);
+        assertResumesBitIdentically(MODEL, TRAIN.withPrecision(precision));
+    }
+
+    /** Pixelfly attention and butterfly MLPs: the config the checkpoint keeps rebuilds the same layout. */
+    @Test
+    void aModelWithStructuredProjectionsResumesBitIdentically() {
+        org.kindling.models.nn.LinearSpec fly = new org.kindling.models.nn.LinearSpec(org.kindling.models.nn.LinearSpec.Kind.PIXELFLY, 8, 2, 1, 4, true);
+        org.kindling.models.nn.LinearSpec bf = new org.kindling.models.nn.LinearSpec(org.kindling.models.nn.LinearSpec.Kind.BUTTERFLY, 32, 16, 2, 32, false);
+        ModelConfig structured = MODEL.withMixers(List.of(new org.kindling.models.mixers.attention.AttentionSpec(4, 2, fly),
+                new org.kindling.models.mixers.attention.AttentionSpec(4, 2))).withChannelMixers(List.of(new MlpSpec(4, true, bf), new MlpSpec(4)));
+        assertResumesBitIdentically(structured, TRAIN);
+    }
+
+    private void assertResumesBitIdentically(ModelConfig cfg, TrainConfig train) {
+        RunConfig run = new RunConfig(cfg, train);
         Outcome straight;
-        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, train.seed()); Trainer t = new Trainer(model, train)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(cfg, dev, train.seed()); Trainer t = new Trainer(model, train)) {
             straight = train(t, data(), 20, new ArrayList<>());
         }
         Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir));
         List<Double> losses = new ArrayList<>();
-        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, train.seed()); Trainer t = new Trainer(model, train)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(cfg, dev, train.seed()); Trainer t = new Trainer(model, train)) {
             DataSource d = data();
             train(t, d, 10, losses);
             assertEquals("step-10", ckpt.save(t, run, 3, d.position()));
         }
         Outcome resumed;
-        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 999); Trainer t = new Trainer(model, train)) {
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(cfg, dev, 999); Trainer t = new Trainer(model, train)) {
             String latest = ckpt.latest().orElseThrow();
             // Tensors stream in 12-byte pieces: most arrive in many, the last of each often shorter.
             Checkpoints.State state = new Checkpoints(new LocalRunStorage(dir), 12).restore(latest, t);

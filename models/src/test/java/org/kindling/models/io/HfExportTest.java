@@ -82,6 +82,13 @@ class HfExportTest {
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> HfExport.write(model, 0, dir));
             assertTrue(e.getMessage().contains("pos_emb is none"), e.getMessage());
         }
+        ModelConfig base = ModelConfig.gpt(23, 16, 1, 2, 2, 32, 4, 0, 0.2, 1e-5);
+        ModelConfig butterfly = base.withChannelMixers(java.util.List.of(new org.kindling.models.channel.MlpSpec(4, true,
+                new org.kindling.models.nn.LinearSpec(org.kindling.models.nn.LinearSpec.Kind.BUTTERFLY, 32, 16, 2, 32, false))));
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(butterfly, dev, 1)) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> HfExport.write(model, 0, dir));
+            assertTrue(e.getMessage().contains("butterfly projections"), e.getMessage());
+        }
     }
 
     private static double[] get(Map<String, Safetensors.Tensor> t, String name) {

@@ -84,6 +84,25 @@ class MixerInvariantsTest {
         }
     }
 
+    /** Pixelfly attention projections and butterfly MLPs decode like the full forward too. */
+    @org.junit.jupiter.api.Test
+    void structuredProjectionsDecodeLikeTheFullForward() {
+        org.kindling.models.nn.LinearSpec fly = new org.kindling.models.nn.LinearSpec(org.kindling.models.nn.LinearSpec.Kind.PIXELFLY, 4, 2, 1, 2, true);
+        org.kindling.models.nn.LinearSpec bf = new org.kindling.models.nn.LinearSpec(org.kindling.models.nn.LinearSpec.Kind.BUTTERFLY, 32, 16, 2, 32, false);
+        ModelConfig cfg = model("attention").withMixers(Collections.nCopies(2, new org.kindling.models.mixers.attention.AttentionSpec(2, 2, fly)))
+                .withChannelMixers(Collections.nCopies(2, new org.kindling.models.channel.MlpSpec(4, true, bf)));
+        int[] seq = tokens(11, 30);
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(cfg, dev, 3)) {
+            float[] full = model.logits(TokenBatch.single(seq)).toFloatArray();
+            try (DecodeSession s = model.newSession(1)) {
+                assertClose(full, 0, s.stepAll(java.util.Arrays.copyOf(seq, 10)), 0, 10 * VOCAB, "structured prefill");
+                for (int i = 10; i < seq.length; i++) {
+                    assertClose(full, i * VOCAB, s.stepAll(new int[] {seq[i]}), 0, VOCAB, "structured token " + i);
+                }
+            }
+        }
+    }
+
     @ParameterizedTest
     @MethodSource("types")
     void aBatchOfSequencesDecodesAsEachAlone(String type) {

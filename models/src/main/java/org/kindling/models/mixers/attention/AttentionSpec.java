@@ -6,6 +6,7 @@ import org.kindling.models.config.LayerDefaults;
 import org.kindling.models.mixers.MixerSpec;
 import org.kindling.models.mixers.TokenMixer;
 import org.kindling.models.nn.LayerContext;
+import org.kindling.models.nn.LinearSpec;
 import org.kindling.ops.Attention;
 
 /**
@@ -13,8 +14,9 @@ import org.kindling.ops.Attention;
  *
  * @param heads query heads NH ({@code heads}, default {@code n_head}); HS = C / NH
  * @param kvHeads key/value heads NKV ({@code kv_heads}, default {@code n_kv_head}, else NH): grouped-query attention below NH
+ * @param linear the q, k, v and output projections' kind ({@code linear} and its {@code pixelfly_*} keys, see {@link LinearSpec})
  */
-public record AttentionSpec(int heads, int kvHeads) implements MixerSpec {
+public record AttentionSpec(int heads, int kvHeads, LinearSpec linear) implements MixerSpec {
     public static final String TYPE = "attention";
 
     public static AttentionSpec read(ConfigReader r, LayerDefaults d) {
@@ -33,7 +35,12 @@ public record AttentionSpec(int heads, int kvHeads) implements MixerSpec {
             throw r.error("heads", "= " + heads + " gives head dim " + d.dModel() / heads + ", above the kernel's "
                     + Attention.MAX_HEAD_DIM);
         }
-        return new AttentionSpec(heads, kv);
+        return new AttentionSpec(heads, kv, LinearSpec.read(r));
+    }
+
+    /** Dense q, k, v and output projections. */
+    public AttentionSpec(int heads, int kvHeads) {
+        this(heads, kvHeads, LinearSpec.DENSE);
     }
 
     @Override
@@ -58,6 +65,7 @@ public record AttentionSpec(int heads, int kvHeads) implements MixerSpec {
         m.put("type", TYPE);
         m.put("heads", heads);
         m.put("kv_heads", kvHeads);
+        linear.putInto(m);
         return m;
     }
 }

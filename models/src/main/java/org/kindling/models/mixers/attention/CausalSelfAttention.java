@@ -5,7 +5,8 @@ import org.kindling.models.mixers.TokenMixer;
 import org.kindling.models.nn.Activation;
 import org.kindling.models.nn.Activations;
 import org.kindling.models.nn.LayerContext;
-import org.kindling.models.nn.Linear;
+import org.kindling.models.nn.LinearSpec;
+import org.kindling.models.nn.Projection;
 import org.kindling.models.nn.Seqs;
 import org.kindling.ops.Attention;
 import org.kindling.ops.Backend;
@@ -20,10 +21,18 @@ import org.kindling.ops.Varlen;
  * state is a KV cache per sequence, growing with the context.
  */
 final class CausalSelfAttention implements TokenMixer {
-    final Linear q;
-    final Linear k;
-    final Linear v;
-    final Linear proj;
+    final Projection q;
+    final Projection k;
+    final Projection v;
+    final Projection proj;
+    /** Decoding twins of the projections, so a pending backward stays intact. */
+    private final Projection stepQProj;
+    private final Projection stepKProj;
+    private final Projection stepVProj;
+    private final Projection stepProj;
+    /** Widths NH·HS and NKV·HS. */
+    private final int qOut;
+    private final int kvOut;
     final Attention attn;
     private final Device dev;
     private final Activations acts;
@@ -49,11 +58,18 @@ final class CausalSelfAttention implements TokenMixer {
         int c = ctx.dModel();
         int hs = c / spec.heads();
         this.attn = Attention.of(spec.heads(), spec.kvHeads(), hs).withCausal(true);
-        this.q = new Linear(ctx.params(), ctx.child("q"), c, spec.heads() * hs, true, ctx.initStd());
-        this.k = new Linear(ctx.params(), ctx.child("k"), c, spec.kvHeads() * hs, true, ctx.initStd());
-        this.v = new Linear(ctx.params(), ctx.child("v"), c, spec.kvHeads() * hs, true, ctx.initStd());
-        this.proj = new Linear(ctx.params(), ctx.child("proj"), spec.heads() * hs, c, true, ctx.residualStd());
         this.dev = ctx.device();
+        this.qOut = spec.heads() * hs;
+        this.kvOut = spec.kvHeads() * hs;
+        LinearSpec ls = spec.linear();
+        this.q = ls.build(ctx.params(), dev, ctx.child("q"), c, qOut, true, ctx.initStd());
+        this.k = ls.build(ctx.params(), dev, ctx.child("k"), c, kvOut, true, ctx.initStd());
+        this.v = ls.build(ctx.params(), dev, ctx.child("v"), c, kvOut, true, ctx.initStd());
+        this.proj = ls.build(ctx.params(), dev, ctx.child("proj"), qOut, c, true, ctx.residualStd());
+        this.stepQProj = q.decodingTwin();
+        this.stepKProj = k.decodingTwin();
+        this.stepVProj = v.decodingTwin();
+        this.stepProj = proj.decodingTwin();
         this.acts = new Activations(dev, ctx.name(), ctx.step().workspace());
         tq = acts.f32("q");
         tk = acts.f32("k");
@@ -74,13 +90,13 @@ final class CausalSelfAttention implements TokenMixer {
     @Override
     public void forward(Tensor y, Tensor x, Seqs seqs) {
         int t = x.rows();
-        Tensor a = out.write(t, q.out);
-        q.forward(tq.write(t, q.out), x);
-        k.forward(tk.write(t, k.out), x);
-        v.forward(tv.write(t, v.out), x);
+        Tensor a = out.write(t, qOut);
+        q.forward(tq.write(t, qOut), x);
+        k.forward(tk.write(t, kvOut), x);
+        v.forward(tv.write(t, kvOut), x);
         Varlen cu = seqs.varlen();
-        y.device().backend().attentionForward(a, lse.write(attn.heads(), t), tq.saved(t, q.out), tk.saved(t, k.out),
-                tv.saved(t, v.out), cu, cu, attn);
+        y.device().backend().attentionForward(a, lse.write(attn.heads(), t), tq.saved(t, qOut), tk.saved(t, kvOut),
+                tv.saved(t, kvOut), cu, cu, attn);
         proj.forward(y, a);
     }
 
@@ -88,13 +104,13 @@ final class CausalSelfAttention implements TokenMixer {
     public void backward(Tensor dx, Tensor dy, Seqs seqs) {
         int t = dy.rows();
         Backend be = dy.device().backend();
-        Tensor d = dout.write(t, q.out);
+        Tensor d = dout.write(t, qOut);
         proj.backwardOverwrite(d, dy);
-        Tensor gq = dq.zeros(t, q.out);
-        Tensor gk = dk.zeros(t, k.out);
-        Tensor gv = dv.zeros(t, v.out);
+        Tensor gq = dq.zeros(t, qOut);
+        Tensor gk = dk.zeros(t, kvOut);
+        Tensor gv = dv.zeros(t, kvOut);
         Varlen cu = seqs.varlen();
-        be.attentionBackward(gq, gk, gv, d, tq.saved(t, q.out), tk.saved(t, k.out), tv.saved(t, v.out), out.saved(t, q.out),
+        be.attentionBackward(gq, gk, gv, d, tq.saved(t, qOut), tk.saved(t, kvOut), tv.saved(t, kvOut), out.saved(t, qOut),
                 lse.saved(attn.heads(), t), cu, cu, attn);
         q.backward(dx, gq);
         k.backward(dx, gk);
@@ -167,7 +183,7 @@ final class CausalSelfAttention implements TokenMixer {
 
     @Override
     public MixerState newState(int sequences) {
-        return new KvCache(dev, sequences, k.out);
+        return new KvCache(dev, sequences, kvOut);
     }
 
     @Override
@@ -175,13 +191,13 @@ final class CausalSelfAttention implements TokenMixer {
         KvCache cache = (KvCache) state;
         int rows = x.rows();
         Backend be = y.device().backend();
-        Tensor sq = stepQ.write(rows, q.out);
-        Tensor sk = stepK.write(rows, k.out);
-        Tensor sv = stepV.write(rows, v.out);
-        Tensor so = stepOut.write(rows, q.out);
-        q.apply(sq, x);
-        k.apply(sk, x);
-        v.apply(sv, x);
+        Tensor sq = stepQ.write(rows, qOut);
+        Tensor sk = stepK.write(rows, kvOut);
+        Tensor sv = stepV.write(rows, kvOut);
+        Tensor so = stepOut.write(rows, qOut);
+        stepQProj.forward(sq, x);
+        stepKProj.forward(sk, x);
+        stepVProj.forward(sv, x);
         for (int b = 0; b + 1 < cu.length; b++) {
             int n = cu[b + 1] - cu[b];
             if (n == 0) {
@@ -190,23 +206,26 @@ final class CausalSelfAttention implements TokenMixer {
             int len = cache.length[b];
             int total = len + n;
             cache.reserve(b, total);
-            be.copy(cache.k[b].view(len * k.out, n, k.out), sk.view(cu[b] * k.out, n, k.out));
-            be.copy(cache.v[b].view(len * v.out, n, v.out), sv.view(cu[b] * v.out, n, v.out));
+            be.copy(cache.k[b].view(len * kvOut, n, kvOut), sk.view(cu[b] * kvOut, n, kvOut));
+            be.copy(cache.v[b].view(len * kvOut, n, kvOut), sv.view(cu[b] * kvOut, n, kvOut));
             int[] hostQ = {0, n};
             int[] hostK = {0, total};
             cache.cuQ.copyFrom(hostQ);
             cache.cuK.copyFrom(hostK);
             // Causal attention aligns the n new queries with the last n of the cached keys.
-            be.attentionForward(so.view(cu[b] * q.out, n, q.out), stepLse.write(attn.heads(), n), sq.view(cu[b] * q.out, n, q.out),
-                    cache.k[b].view(0, total, k.out), cache.v[b].view(0, total, v.out), Varlen.of(cache.cuQ, hostQ),
+            be.attentionForward(so.view(cu[b] * qOut, n, qOut), stepLse.write(attn.heads(), n), sq.view(cu[b] * qOut, n, qOut),
+                    cache.k[b].view(0, total, kvOut), cache.v[b].view(0, total, kvOut), Varlen.of(cache.cuQ, hostQ),
                     Varlen.of(cache.cuK, hostK), attn);
             cache.length[b] = total;
         }
-        proj.apply(y, so);
+        stepProj.forward(y, so);
     }
 
     @Override
     public void close() {
+        for (Projection p : new Projection[] {stepProj, stepVProj, stepKProj, stepQProj, proj, v, k, q}) {
+            p.close();
+        }
         acts.close();
     }
 }

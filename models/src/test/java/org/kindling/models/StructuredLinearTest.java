@@ -1,0 +1,241 @@
+package org.kindling.models;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import org.junit.jupiter.api.AfterEach;
+import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Test;
+import org.kindling.models.nn.ButterflyLinear;
+import org.kindling.models.nn.Linear;
+import org.kindling.models.nn.Param;
+import org.kindling.models.nn.Params;
+import org.kindling.models.nn.PixelflyLinear;
+import org.kindling.ops.DType;
+import org.kindling.ops.Device;
+import org.kindling.ops.Tensor;
+import org.kindling.ops.reference.ReferenceDevice;
+
+/** Butterfly and pixelfly linears: exact cases, initial variance and fp64 gradient checks. */
+class StructuredLinearTest {
+    private Device dev;
+    private final List<AutoCloseable> open = new ArrayList<>();
+
+    @BeforeEach
+    void setUp() {
+        dev = ReferenceDevice.open();
+    }
+
+    @AfterEach
+    void tearDown() throws Exception {
+        for (int i = open.size() - 1; i >= 0; i--) {
+            open.get(i).close();
+        }
+        dev.close();
+    }
+
+    private <T extends AutoCloseable> T keep(T t) {
+        open.add(t);
+        return t;
+    }
+
+    private Tensor input(long seed, int t, int c) {
+        return keep(dev.allocate(DType.F32, t, c)).copyFrom(GradCheck.uniform(seed, t * c, 1.0));
+    }
+
+    private Params randomised(Params.Builder pb, long seed) {
+        Params params = keep(pb.build(dev, seed));
+        params.values().copyFrom(GradCheck.uniform(seed + 1, params.count(), 0.7));
+        return params;
+    }
+
+    private void gradCheck(String what, Params params, Tensor x, Tensor y, Runnable forward, java.util.function.BiConsumer<Tensor, Tensor> backward) {
+        double[] w = GradCheck.uniform(99, y.numel(), 1.0);
+        Tensor dy = keep(dev.allocate(DType.F32, y.shape()));
+        Tensor dx = keep(dev.allocate(DType.F32, x.shape()));
+        List<GradCheck.Probe> probes = new ArrayList<>();
+        probes.add(new GradCheck.Probe("x", x, dx));
+        for (Param p : params.list()) {
+            probes.add(new GradCheck.Probe(p.name(), p.value(), p.grad()));
+        }
+        GradCheck.check(what, () -> {
+            forward.run();
+            return GradCheck.dot(y, w);
+        }, () -> {
+            dy.copyFrom(w);
+            dev.backend().fill(dx, 0f);
+            params.zeroGrad();
+            backward.accept(dx, dy);
+        }, probes);
+    }
+
+    @Test
+    void identityTwiddlesGiveTheIdentity() {
+        Params.Builder pb = new Params.Builder();
+        ButterflyLinear bf = keep(new ButterflyLinear(pb, dev, "bf", 8, 8, false, 0.02));
+        keep(pb.build(dev, 1));
+        bf.setIdentity();
+        Tensor x = input(2, 5, 8);
+        Tensor y = keep(dev.allocate(DType.F32, 5, 8));
+        bf.forward(y, x);
+        assertArrayEquals(x.toDoubleArray(), y.toDoubleArray(), 0.0);
+    }
+
+    @Test
+    void butterflyGradients() {
+        // in 6 pads to n = 8; out 11 needs two stacks.
+        Params.Builder pb = new Params.Builder();
+        ButterflyLinear bf = keep(new ButterflyLinear(pb, dev, "bf", 6, 11, true, 0.3));
+        Params params = randomised(pb, 3);
+        Tensor x = input(4, 5, 6);
+        Tensor y = keep(dev.allocate(DType.F32, 5, 11));
+        gradCheck("butterfly", params, x, y, () -> bf.forward(y, x), bf::backward);
+    }
+
+    @Test
+    void butterflyInitialisationKeepsTheDenseOutputVariance() {
+        int in = 64;
+        double std = 0.05;
+        double dense = in * std * std;
+        Params.Builder pb = new Params.Builder();
+        ButterflyLinear bf = keep(new ButterflyLinear(pb, dev, "bf", in, 128, false, std));
+        keep(pb.build(dev, 7));
+        int t = 256;
+        Tensor x = keep(dev.allocate(DType.F32, t, in)).copyFrom(gaussian(8, t * in));
+        Tensor y = keep(dev.allocate(DType.F32, t, 128));
+        bf.forward(y, x);
+        double var = Arrays.stream(y.toDoubleArray()).map(v -> v * v).average().orElseThrow();
+        // Products of 6 twiddles have heavy tails; over 32k outputs the mean square is within 25 %.
+        assertEquals(dense, var, 0.25 * dense, "butterfly output variance vs dense");
+    }
+
+    @Test
+    void pixelflyInitialisationKeepsTheDenseOutputVariance() {
+        int in = 128;
+        double std = 0.05;
+        double dense = in * std * std;
+        for (boolean gated : new boolean[] {false, true}) {
+            Params.Builder pb = new Params.Builder();
+            PixelflyLinear px = keep(PixelflyLinear.flatButterfly(pb, dev, "px", in, 256, false, 16, 8, 2, 16, gated, std));
+            keep(pb.build(dev, 9));
+            int t = 256;
+            Tensor x = keep(dev.allocate(DType.F32, t, in)).copyFrom(gaussian(10, t * in));
+            Tensor y = keep(dev.allocate(DType.F32, t, 256));
+            px.forward(y, x);
+            double var = Arrays.stream(y.toDoubleArray()).map(v -> v * v).average().orElseThrow();
+            assertEquals(dense, var, 0.15 * dense, "pixelfly output variance vs dense, gated " + gated);
+        }
+    }
+
+    private static double[] gaussian(long seed, int n) {
+        java.util.SplittableRandom r = new java.util.SplittableRandom(seed);
+        double[] v = new double[n];
+        for (int i = 0; i < n; i++) {
+            v[i] = org.kindling.models.nn.Init.gaussian(r);
+        }
+        return v;
+    }
+
+    @Test
+    void allOnesLayoutEqualsLinear() {
+        int in = 8;
+        int out = 12;
+        boolean[][] ones = new boolean[3][2];
+        for (boolean[] row : ones) {
+            Arrays.fill(row, true);
+        }
+        Params.Builder pb = new Params.Builder();
+        PixelflyLinear px = keep(new PixelflyLinear(pb, dev, "px", in, out, true, ones, 4, 0, false, 0.1));
+        Params pp = randomised(pb, 11);
+        Params.Builder lb = new Params.Builder();
+        Linear lin = new Linear(lb, "lin", in, out, true, 0.1);
+        Params lp = keep(lb.build(dev, 12));
+        lp.get("lin.weight").value().copyFrom(pp.get("px.sparse").value().toDoubleArray());
+        lp.get("lin.bias").value().copyFrom(pp.get("px.bias").value().toDoubleArray());
+        Tensor x = input(13, 7, in);
+        Tensor y1 = keep(dev.allocate(DType.F32, 7, out));
+        Tensor y2 = keep(dev.allocate(DType.F32, 7, out));
+        px.forward(y1, x);
+        lin.forward(y2, x);
+        assertArrayEquals(y2.toDoubleArray(), y1.toDoubleArray(), 1e-12);
+        Tensor dy = input(14, 7, out);
+        Tensor dx1 = keep(dev.allocate(DType.F32, 7, in));
+        Tensor dx2 = keep(dev.allocate(DType.F32, 7, in));
+        dev.backend().fill(dx1, 0f);
+        dev.backend().fill(dx2, 0f);
+        pp.zeroGrad();
+        lp.zeroGrad();
+        px.backward(dx1, dy);
+        lin.backward(dx2, dy);
+        assertArrayEquals(dx2.toDoubleArray(), dx1.toDoubleArray(), 1e-12);
+        assertArrayEquals(lp.get("lin.weight").grad().toDoubleArray(), pp.get("px.sparse").grad().toDoubleArray(), 1e-12);
+        assertArrayEquals(lp.get("lin.bias").grad().toDoubleArray(), pp.get("px.bias").grad().toDoubleArray(), 1e-12);
+    }
+
+    /** A random layout with a low-rank part equals x·(S ⊙ mask + U·V)ᵀ + b computed densely on the host. */
+    @Test
+    void randomLayoutsEqualTheDensifiedReference() {
+        int in = 12;
+        int out = 8;
+        int block = 4;
+        int rank = 2;
+        java.util.SplittableRandom r = new java.util.SplittableRandom(19);
+        boolean[][] layout = new boolean[out / block][in / block];
+        for (boolean[] row : layout) {
+            for (int j = 0; j < row.length; j++) {
+                row[j] = r.nextBoolean();
+            }
+        }
+        layout[0][0] = true;
+        Params.Builder pb = new Params.Builder();
+        PixelflyLinear px = keep(new PixelflyLinear(pb, dev, "px", in, out, true, layout, block, rank, false, 0.1));
+        Params pp = randomised(pb, 20);
+        double[] s = pp.get("px.sparse").value().toDoubleArray();
+        double[] u = pp.get("px.low_u.weight").value().toDoubleArray();
+        double[] v = pp.get("px.low_v.weight").value().toDoubleArray();
+        double[] b = pp.get("px.bias").value().toDoubleArray();
+        int t = 5;
+        Tensor x = input(21, t, in);
+        double[] xv = x.toDoubleArray();
+        Tensor y = keep(dev.allocate(DType.F32, t, out));
+        px.forward(y, x);
+        double[] want = new double[t * out];
+        for (int row = 0; row < t; row++) {
+            for (int o = 0; o < out; o++) {
+                double acc = b[o];
+                for (int i = 0; i < in; i++) {
+                    double w = layout[o / block][i / block] ? s[o * in + i] : 0;
+                    for (int q = 0; q < rank; q++) {
+                        w += u[o * rank + q] * v[q * in + i];
+                    }
+                    acc += w * xv[row * in + i];
+                }
+                want[row * out + o] = acc;
+            }
+        }
+        assertArrayEquals(want, y.toDoubleArray(), 1e-12);
+    }
+
+    @Test
+    void pixelflySparseAndLowRankGradients() {
+        Params.Builder pb = new Params.Builder();
+        PixelflyLinear px = keep(PixelflyLinear.flatButterfly(pb, dev, "px", 8, 16, true, 2, 4, 2, 3, false, 0.3));
+        Params params = randomised(pb, 15);
+        Tensor x = input(16, 5, 8);
+        Tensor y = keep(dev.allocate(DType.F32, 5, 16));
+        gradCheck("pixelfly", params, x, y, () -> px.forward(y, x), px::backward);
+    }
+
+    @Test
+    void pixelflyGateGradients() {
+        Params.Builder pb = new Params.Builder();
+        PixelflyLinear px = keep(PixelflyLinear.flatButterfly(pb, dev, "px", 8, 8, true, 2, 4, 1, 2, true, 0.3));
+        Params params = randomised(pb, 17);
+        Tensor x = input(18, 6, 8);
+        Tensor y = keep(dev.allocate(DType.F32, 6, 8));
+        gradCheck("gated pixelfly", params, x, y, () -> px.forward(y, x), px::backward);
+    }
+}
