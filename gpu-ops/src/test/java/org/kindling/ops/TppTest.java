@@ -181,6 +181,32 @@ class TppTest {
         }
     }
 
+    /** Pairs that lie side by side in one big A [M, count·K] and B [count·K, N] run without packing: the same sums. */
+    @Test
+    void pairsInPlaceEqualThePackedPairs() {
+        int m = 33;
+        int n = 17;
+        int k = 9;
+        int count = 6;
+        Gemm g = Gemm.of(false, false, m, n, k).leading(count * k, n, n).scaled(1.5f, 0.25f);
+        float[] aAll = gaussian(12, m * count * k);
+        float[] bAll = gaussian(13, count * k * n);
+        float[] c = gaussian(14, m * n);
+        float[][] a = new float[count][];
+        float[][] b = new float[count][];
+        for (int p = 0; p < count; p++) {
+            a[p] = java.util.Arrays.copyOfRange(aAll, p * k, (int) (p * k + g.spanA()));
+            b[p] = java.util.Arrays.copyOfRange(bAll, p * k * n, (p + 1) * k * n);
+        }
+        float[] packed = runBrgemm(cpu, g, c, a, b);
+        try (Tensor ct = cpu.fromFloats(c, c.length); Tensor at = cpu.fromFloats(aAll, aAll.length);
+             Tensor bt = cpu.fromFloats(bAll, bAll.length)) {
+            cpu.backend().brgemm(g, ct, Brgemm.strided(at, count, k, g.spanA()), Brgemm.strided(bt, count, (long) k * n, g.spanB()));
+            assertArrayEquals(packed, ct.toFloatArray());
+        }
+        assertOracle("brgemm in place", twinBrgemm(g, c, a, b), packed, naiveBrgemm(g, c, a, b), 2);
+    }
+
     @Test
     void badBrgemmCallsAreNamed() {
         Gemm g = Gemm.of(false, false, 4, 4, 4);

@@ -278,8 +278,6 @@ final class CpuBackend implements Backend {
         int n = g.n();
         int k = g.k();
         int kk = Math.multiplyExact(count, k);
-        float[] ap = new float[Math.multiplyExact(m, kk)];
-        float[] bp = new float[Math.multiplyExact(kk, n)];
         DType in = a.get(0).dtype();
         Panel[] as = new Panel[count];
         Panel[] bs = new Panel[count];
@@ -287,39 +285,59 @@ final class CpuBackend implements Backend {
             as[i] = Panel.of(a.get(i), in, g.spanA(), "brgemm A[" + i + "]");
             bs[i] = Panel.of(b.get(i), in, g.spanB(), "brgemm B[" + i + "]");
         }
-        pool.parallelFor(m, 16, (lo, hi) -> {
-            for (int r = lo; r < hi; r++) {
-                for (int i = 0; i < count; i++) {
-                    float[] av = as[i].v;
-                    int oa = as[i].off;
-                    int dst = r * kk + i * k;
-                    if (g.transA()) {
-                        for (int p = 0; p < k; p++) {
-                            ap[dst + p] = av[oa + p * g.lda() + r];
+        // Pairs that already lie side by side (Aᵢ the next K columns, Bᵢ the next K rows of one
+        // array) are the big operands as they stand: no copy.
+        boolean aInPlace = !g.transA() && g.lda() >= kk && consecutive(as, k);
+        boolean bInPlace = !g.transB() && g.ldb() == n && consecutive(bs, (long) k * n);
+        float[] ap = aInPlace ? as[0].v : new float[Math.multiplyExact(m, kk)];
+        float[] bp = bInPlace ? bs[0].v : new float[Math.multiplyExact(kk, n)];
+        if (!aInPlace) {
+            pool.parallelFor(m, 16, (lo, hi) -> {
+                for (int r = lo; r < hi; r++) {
+                    for (int i = 0; i < count; i++) {
+                        float[] av = as[i].v;
+                        int oa = as[i].off;
+                        int dst = r * kk + i * k;
+                        if (g.transA()) {
+                            for (int p = 0; p < k; p++) {
+                                ap[dst + p] = av[oa + p * g.lda() + r];
+                            }
+                        } else {
+                            System.arraycopy(av, oa + r * g.lda(), ap, dst, k);
+                        }
+                    }
+                }
+            });
+        }
+        if (!bInPlace) {
+            pool.parallelFor(kk, 16, (lo, hi) -> {
+                for (int row = lo; row < hi; row++) {
+                    float[] bv = bs[row / k].v;
+                    int ob = bs[row / k].off;
+                    int p = row % k;
+                    if (g.transB()) {
+                        for (int j = 0; j < n; j++) {
+                            bp[row * n + j] = bv[ob + j * g.ldb() + p];
                         }
                     } else {
-                        System.arraycopy(av, oa + r * g.lda(), ap, dst, k);
+                        System.arraycopy(bv, ob + p * g.ldb(), bp, row * n, n);
                     }
                 }
+            });
+        }
+        Gemm whole = new Gemm(false, false, m, n, kk, aInPlace ? g.lda() : Math.max(1, kk), Math.max(1, n), g.ldc(),
+                g.alpha(), g.beta(), 1, 0, 0, 0);
+        gemmSplit(whole, f32(c, "brgemm C"), c.offset(), ap, aInPlace ? as[0].off : 0, bp, bInPlace ? bs[0].off : 0);
+    }
+
+    /** Whether the panels share one array with panel i starting {@code step} elements after panel i − 1. */
+    private static boolean consecutive(Panel[] p, long step) {
+        for (int i = 1; i < p.length; i++) {
+            if (p[i].v != p[0].v || p[i].off != p[0].off + i * step) {
+                return false;
             }
-        });
-        pool.parallelFor(kk, 16, (lo, hi) -> {
-            for (int row = lo; row < hi; row++) {
-                float[] bv = bs[row / Math.max(1, k)].v;
-                int ob = bs[row / Math.max(1, k)].off;
-                int p = row % k;
-                if (g.transB()) {
-                    for (int j = 0; j < n; j++) {
-                        bp[row * n + j] = bv[ob + j * g.ldb() + p];
-                    }
-                } else {
-                    System.arraycopy(bv, ob + p * g.ldb(), bp, row * n, n);
-                }
-            }
-        });
-        Gemm whole = new Gemm(false, false, m, n, kk, Math.max(1, kk), Math.max(1, n), g.ldc(), g.alpha(), g.beta(),
-                1, 0, 0, 0);
-        gemmSplit(whole, f32(c, "brgemm C"), c.offset(), ap, 0, bp, 0);
+        }
+        return true;
     }
 
     /** Tiled so both the rows read and the rows written stay in cache; tiles of rows run in parallel. */
