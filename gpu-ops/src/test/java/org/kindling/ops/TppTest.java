@@ -459,6 +459,24 @@ class TppTest {
         }
     }
 
+    @Test
+    void profilerCountsTheWorkDone() {
+        BlockLayout l = BlockLayout.of(2, 3, 16, (i, j) -> i != j);
+        Gemm g = Gemm.of(false, false, 5, 6, 7);
+        try (Tensor x = cpu.allocate(DType.F32, 9, 48); Tensor y = cpu.allocate(DType.F32, 9, 32);
+             Tensor w = cpu.allocate(DType.F32, l.weightNumel()); Tensor a = cpu.allocate(DType.F32, 35);
+             Tensor b = cpu.allocate(DType.F32, 42); Tensor c = cpu.allocate(DType.F32, 30)) {
+            double blocks = 2.0 * 9 * 16 * 16 * l.nnz();
+            assertEquals(blocks, ProfilingDevice.flops("blockSparseLinear", new Object[] {y, x, w, l}));
+            assertEquals(blocks, ProfilingDevice.flops("blockSparseLinearBackwardInput", new Object[] {x, y, w, l}));
+            assertEquals(blocks, ProfilingDevice.flops("blockSparseLinearBackwardWeight", new Object[] {w, y, x, l}));
+            assertEquals(3 * g.flops(), ProfilingDevice.flops("brgemm", new Object[] {g, c, List.of(a, a, a), List.of(b, b, b)}));
+            assertEquals(4.0 * (3 * (35 + 42) + 30), ProfilingDevice.bytes("brgemm",
+                    new Object[] {g, c, List.of(a, a, a), List.of(b, b, b)}));
+            assertEquals(0, ProfilingDevice.flops("transpose", new Object[] {c, c}));
+        }
+    }
+
     // ---- transpose ----
 
     @Test
