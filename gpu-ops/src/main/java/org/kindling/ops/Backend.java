@@ -1,5 +1,6 @@
 package org.kindling.ops;
 
+import java.util.ArrayList;
 import java.util.List;
 
 /**
@@ -368,6 +369,125 @@ public interface Backend {
      * bit. c must not overlap a or b.
      */
     void groupedGemm(Gemm g, Tensor c, Tensor a, Tensor b, Tensor offsets);
+
+    // ---- batch-reduce and block-sparse GEMM (Tensor Processing Primitives) ----
+
+    /**
+     * Batch-reduce GEMM, {@code C = beta·C + alpha·Σᵢ op(Aᵢ)·op(Bᵢ)} over the pairs of two equal,
+     * non-empty lists, every pair laid out by {@code g} (batch 1; leading dimensions apply to each
+     * Aᵢ, Bᵢ and C). {@link Brgemm} builds the lists for offset and stride addressing. C must not
+     * overlap any Aᵢ or Bᵢ. This default runs one {@link #gemm} per pair; a backend may sum in
+     * another order (within fp32 rounding of it).
+     */
+    default void brgemm(Gemm g, Tensor c, List<Tensor> a, List<Tensor> b) {
+        Brgemm.check(g, c, a, b);
+        gemm(g, c, a.get(0), b.get(0));
+        Gemm rest = g.scaled(g.alpha(), 1f);
+        for (int i = 1; i < a.size(); i++) {
+            gemm(rest, c, a.get(i), b.get(i));
+        }
+    }
+
+    /**
+     * Block-sparse linear forward, {@code y = x·Wᵀ} for x [T, layout.cols()], y [T, layout.rows()]
+     * and W [layout.rows(), layout.cols()] stored compressed as w [layout.nnz(), bs, bs]: the
+     * non-zero blocks in CSR order, each row-major (out × in). Overwrites y; a block row without
+     * blocks gives zeros. Each output block row is one {@link #brgemm} over its blocks. y must
+     * not overlap x or w. Usage: a layer holds a {@link BlockLayout} and w; its backward calls
+     * {@link #blockSparseLinearBackwardInput} and {@link #blockSparseLinearBackwardWeight}.
+     */
+    default void blockSparseLinear(Tensor y, Tensor x, Tensor w, BlockLayout layout) {
+        int t = Brgemm.checkBlockSparse(layout, y, "y", layout.rows(), x, "x", layout.cols(), w, "w");
+        int bs = layout.blockSize();
+        if (layout.hasEmptyRow()) {
+            fill(y, 0f);
+        }
+        Gemm g = new Gemm(false, true, t, bs, bs, layout.cols(), bs, layout.rows(), 1f, 0f, 1, 0, 0, 0);
+        for (int r = 0; r < layout.rowBlocks(); r++) {
+            int lo = layout.rowStart(r);
+            int hi = layout.rowStart(r + 1);
+            if (hi == lo) {
+                continue;
+            }
+            ArrayList<Tensor> as = new ArrayList<>(hi - lo);
+            ArrayList<Tensor> ws = new ArrayList<>(hi - lo);
+            for (int blk = lo; blk < hi; blk++) {
+                as.add(x.view(layout.col(blk) * bs, (int) g.spanA()));
+                ws.add(w.view(blk * bs * bs, bs * bs));
+            }
+            brgemm(g, y.view(r * bs, (int) g.spanC()), as, ws);
+        }
+    }
+
+    /**
+     * The input gradient of {@link #blockSparseLinear}: {@code dx += dy·W} for dy [T,
+     * layout.rows()], dx [T, layout.cols()]; each input block column is one {@link #brgemm} over
+     * the blocks of that column. dx must not overlap dy or w.
+     */
+    default void blockSparseLinearBackwardInput(Tensor dx, Tensor dy, Tensor w, BlockLayout layout) {
+        int t = Brgemm.checkBlockSparse(layout, dx, "dx", layout.cols(), dy, "dy", layout.rows(), w, "w");
+        int bs = layout.blockSize();
+        Gemm g = new Gemm(false, false, t, bs, bs, layout.rows(), bs, layout.cols(), 1f, 1f, 1, 0, 0, 0);
+        for (int c = 0; c < layout.colBlocks(); c++) {
+            int lo = layout.colStart(c);
+            int hi = layout.colStart(c + 1);
+            if (hi == lo) {
+                continue;
+            }
+            ArrayList<Tensor> ds = new ArrayList<>(hi - lo);
+            ArrayList<Tensor> ws = new ArrayList<>(hi - lo);
+            for (int e = lo; e < hi; e++) {
+                ds.add(dy.view(layout.rowOf(e) * bs, (int) g.spanA()));
+                ws.add(w.view(layout.blockOf(e) * bs * bs, bs * bs));
+            }
+            brgemm(g, dx.view(c * bs, (int) g.spanC()), ds, ws);
+        }
+    }
+
+    /**
+     * The weight gradient of {@link #blockSparseLinear}, on the non-zero blocks only: {@code
+     * dw[b] += dy[:, r-block]ᵀ·x[:, c-block]} for each CSR block b = (r, c), dw [nnz, bs, bs]
+     * like w: one {@link #gemmBatched} over all blocks. dw must not overlap dy or x.
+     */
+    default void blockSparseLinearBackwardWeight(Tensor dw, Tensor dy, Tensor x, BlockLayout layout) {
+        int t = Brgemm.checkBlockSparse(layout, dy, "dy", layout.rows(), x, "x", layout.cols(), dw, "dw");
+        int bs = layout.blockSize();
+        Gemm g = new Gemm(true, false, bs, bs, t, layout.rows(), layout.cols(), bs, 1f, 1f, 1, 0, 0, 0);
+        int nnz = layout.nnz();
+        ArrayList<Tensor> cs = new ArrayList<>(nnz);
+        ArrayList<Tensor> ds = new ArrayList<>(nnz);
+        ArrayList<Tensor> xs = new ArrayList<>(nnz);
+        for (int r = 0; r < layout.rowBlocks(); r++) {
+            for (int blk = layout.rowStart(r); blk < layout.rowStart(r + 1); blk++) {
+                cs.add(dw.view(blk * bs * bs, bs * bs));
+                ds.add(dy.view(r * bs, (int) g.spanA()));
+                xs.add(x.view(layout.col(blk) * bs, (int) g.spanB()));
+            }
+        }
+        if (nnz > 0) {
+            gemmBatched(g, cs, ds, xs);
+        }
+    }
+
+    /**
+     * out[C, N] = x[N, C]ᵀ (x seen as [N, C], see the class comment; out must hold C·N elements
+     * and not overlap x). This default goes through host doubles, exact for every floating dtype;
+     * backends override it with an on-device kernel.
+     */
+    default void transpose(Tensor out, Tensor x) {
+        Brgemm.checkTranspose(out, x);
+        int n = x.rows();
+        int c = x.cols();
+        double[] in = new double[x.numel()];
+        copyToHost(in, x);
+        double[] t = new double[in.length];
+        for (int i = 0; i < n; i++) {
+            for (int j = 0; j < c; j++) {
+                t[j * n + i] = in[i * c + j];
+            }
+        }
+        copyFromHost(out, t);
+    }
 
     // ==== mixture-of-experts routing (dropless, MegaBlocks-style; see MoeRouting) ====
 

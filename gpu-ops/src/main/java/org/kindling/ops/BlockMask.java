@@ -1,26 +1,22 @@
 package org.kindling.ops;
 
-import java.util.Arrays;
 import java.util.function.BiPredicate;
 
 /**
  * Which (query block, key block) pairs block-sparse attention computes, over positions inside
  * each sequence (FlashAttention's block-sparse variant). Skipped blocks cost nothing. Block sizes
  * are multiples of {@link #GRANULE}, the attention kernels' tile, so a mask never splits a tile
- * and a dense mask reproduces the dense kernel exactly.
+ * and a dense mask reproduces the dense kernel exactly. The kept blocks are a square
+ * {@link BlockLayout}, the general form the block-sparse GEMMs use.
  */
 public final class BlockMask {
     /** The attention kernels' tile edge; every mask block is a whole number of tiles. */
     public static final int GRANULE = 128;
 
-    private final int blockSize;
-    private final int blocks;
-    private final boolean[] allowed;
+    private final BlockLayout layout;
 
-    private BlockMask(int blockSize, int blocks, boolean[] allowed) {
-        this.blockSize = blockSize;
-        this.blocks = blocks;
-        this.allowed = allowed;
+    private BlockMask(BlockLayout layout) {
+        this.layout = layout;
     }
 
     /** A mask over sequences up to {@code maxSeqlen} tokens from a predicate on (query block, key block). */
@@ -32,13 +28,7 @@ public final class BlockMask {
             throw new IllegalArgumentException("maxSeqlen must be at least 1, got " + maxSeqlen);
         }
         int n = (maxSeqlen + blockSize - 1) / blockSize;
-        boolean[] a = new boolean[n * n];
-        for (int i = 0; i < n; i++) {
-            for (int j = 0; j < n; j++) {
-                a[i * n + j] = rule.test(i, j);
-            }
-        }
-        return new BlockMask(blockSize, n, a);
+        return new BlockMask(BlockLayout.of(n, n, blockSize, rule));
     }
 
     /** Every block: must give exactly the dense kernel's result. */
@@ -81,40 +71,41 @@ public final class BlockMask {
     }
 
     public int blockSize() {
-        return blockSize;
+        return layout.blockSize();
+    }
+
+    /** The kept blocks as a layout over (query block, key block). */
+    public BlockLayout layout() {
+        return layout;
     }
 
     /** Blocks per side: the mask covers sequences up to blocks·blockSize tokens. */
     public int blocks() {
-        return blocks;
+        return layout.rowBlocks();
     }
 
     public boolean allowed(int queryBlock, int keyBlock) {
-        return allowed[queryBlock * blocks + keyBlock];
+        return layout.contains(queryBlock, keyBlock);
     }
 
     /** Fraction of blocks kept (causal masking not counted). */
     public double density() {
-        int kept = 0;
-        for (boolean b : allowed) {
-            kept += b ? 1 : 0;
-        }
-        return kept / (double) allowed.length;
+        return layout.density();
     }
 
     @Override
     public String toString() {
-        return "BlockMask[" + blocks + "x" + blocks + " blocks of " + blockSize + ", density "
+        return "BlockMask[" + blocks() + "x" + blocks() + " blocks of " + blockSize() + ", density "
                 + String.format("%.3f", density()) + "]";
     }
 
     @Override
     public boolean equals(Object o) {
-        return o instanceof BlockMask m && m.blockSize == blockSize && Arrays.equals(m.allowed, allowed);
+        return o instanceof BlockMask m && m.layout.equals(layout);
     }
 
     @Override
     public int hashCode() {
-        return 31 * blockSize + Arrays.hashCode(allowed);
+        return layout.hashCode();
     }
 }

@@ -11,7 +11,7 @@ import java.util.Set;
  * {@link #of}; {@link #COMMUNICATION} is the time a trainer waits in its gradient sync.
  */
 public enum KernelClass {
-    /** Matrix products: gemm, batched and grouped gemm. */
+    /** Matrix products: gemm, batched, grouped and batch-reduce gemm, block-sparse linear products. */
     GEMM,
     /** Token mixers: FlashAttention, linear attention and its feature maps, long and state-space convolutions. */
     ATTENTION,
@@ -25,7 +25,7 @@ public enum KernelClass {
     OPTIMIZER,
     /** Embedding gather and its scatter-add. */
     EMBEDDING,
-    /** Host transfers, fills and copies, mixture-of-experts routing, noise. */
+    /** Host transfers, fills, copies and transposes, mixture-of-experts routing, noise. */
     OTHER,
     /** Time inside the gradient sync (all-reduces, waiting for the other workers). */
     COMMUNICATION;
@@ -51,7 +51,8 @@ public enum KernelClass {
             return null;
         }
         return switch (name) {
-            case "gemm", "gemmBatched", "groupedGemm" -> GEMM;
+            case "gemm", "gemmBatched", "groupedGemm", "brgemm", "blockSparseLinear", "blockSparseLinearBackwardInput",
+                 "blockSparseLinearBackwardWeight" -> GEMM;
             case "attentionForward", "attentionBackward", "linearAttentionForward", "linearAttentionBackward",
                  "linearAttentionStep", "causalConvForward", "causalConvBackward", "ssmConvForward", "ssmConvBackward",
                  "ssmStep", "favorFeatures", "favorFeaturesBackward" -> ATTENTION;
@@ -63,7 +64,7 @@ public enum KernelClass {
             case "crossEntropyForward", "crossEntropyForwardBackward" -> LOSS;
             case "adamW" -> OPTIMIZER;
             case "embeddingForward", "embeddingBackward" -> EMBEDDING;
-            case "copyFromHost", "copyToHost", "fill", "copy", "topK", "topKBackward", "expertOffsets", "permutation",
+            case "copyFromHost", "copyToHost", "fill", "copy", "transpose", "topK", "topKBackward", "expertOffsets", "permutation",
                  "gatherRows", "scatterAddRows", "entryTokens", "capacitySlots", "uniformNoise" -> OTHER;
             default -> throw new IllegalArgumentException("Backend." + name + " has no kernel class: add it to "
                     + KernelClass.class.getName() + ".of so profiles account for it");

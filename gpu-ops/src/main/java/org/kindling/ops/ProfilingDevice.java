@@ -24,7 +24,9 @@ import java.util.Set;
  * <p>Counts, per call (the reference every other number is judged by):
  * <ul>
  * <li>GEMM: FLOPs 2·M·N·K per product ({@link Gemm#flops}; grouped: over all rows); bytes
- * M·K + K·N + M·N elements of A, B and C at their dtypes, C twice when beta ≠ 0 (read and written).</li>
+ * M·K + K·N + M·N elements of A, B and C at their dtypes, C twice when beta ≠ 0 (read and written);
+ * batch-reduce: every pair's A and B, C once or twice. Block-sparse linear: 2·T·bs² FLOPs per
+ * non-zero block, bytes as the rest below.</li>
  * <li>Attention: FLOPs 4·heads·headDim per attended (query, key) pair forward (QKᵀ and PV), 10 backward
  * (QKᵀ recomputed, dV, dP, dQ, dK); pairs counted per sequence, causal ones only where causal (a
  * block mask is not subtracted). Linear attention 4·T·heads·F·D forward, 8 backward; causal long
@@ -56,7 +58,7 @@ public final class ProfilingDevice extends Device {
             Map.entry("dropoutForward", 2), Map.entry("dropoutBackward", 2), Map.entry("biasDropoutAddForward", 4),
             Map.entry("adamW", 12), Map.entry("scatterAddRows", 2),
             Map.entry("embeddingForward", 0), Map.entry("embeddingBackward", 1),
-            Map.entry("copyFromHost", 0), Map.entry("copyToHost", 0), Map.entry("fill", 0), Map.entry("copy", 0),
+            Map.entry("copyFromHost", 0), Map.entry("copyToHost", 0), Map.entry("fill", 0), Map.entry("copy", 0), Map.entry("transpose", 0),
             Map.entry("topK", 0), Map.entry("expertOffsets", 0), Map.entry("permutation", 0), Map.entry("gatherRows", 0),
             Map.entry("entryTokens", 0), Map.entry("capacitySlots", 0), Map.entry("uniformNoise", 0));
 
@@ -116,6 +118,12 @@ public final class ProfilingDevice extends Device {
                 return ((Gemm) args[0]).flops();
             case "gemmBatched":
                 return ((Gemm) args[0]).flops() * ((List<?>) args[1]).size();
+            case "brgemm":
+                return ((Gemm) args[0]).flops() * ((List<?>) args[2]).size();
+            case "blockSparseLinear":
+                return blockSparseFlops((BlockLayout) args[3], (Tensor) args[0]);
+            case "blockSparseLinearBackwardInput", "blockSparseLinearBackwardWeight":
+                return blockSparseFlops((BlockLayout) args[3], (Tensor) args[1]);
             case "attentionForward":
                 return 4.0 * attentionWork((Varlen) args[5], (Varlen) args[6], (Attention) args[7]);
             case "attentionBackward":
@@ -147,6 +155,15 @@ public final class ProfilingDevice extends Device {
                 return c.isEmpty() ? 0 : c.size() * gemmBytes((Gemm) args[0], (Tensor) c.get(0),
                         (Tensor) ((List<?>) args[2]).get(0), (Tensor) ((List<?>) args[3]).get(0));
             }
+            case "brgemm": {
+                Gemm g = (Gemm) args[0];
+                Tensor c = (Tensor) args[1];
+                List<?> a = (List<?>) args[2];
+                Tensor a0 = (Tensor) a.get(0);
+                Tensor b0 = (Tensor) ((List<?>) args[3]).get(0);
+                return a.size() * ((double) g.m() * g.k() * a0.dtype().bytes() + (double) g.k() * g.n() * b0.dtype().bytes())
+                        + (double) g.m() * g.n() * c.dtype().bytes() * (g.beta() == 0f ? 1 : 2);
+            }
             case "adamW": {
                 Tensor params = (Tensor) args[0];
                 return 2.0 * (bytesOf(params) + bytesOf((Tensor) args[2]) + bytesOf((Tensor) args[3])) + bytesOf((Tensor) args[1]);
@@ -172,6 +189,12 @@ public final class ProfilingDevice extends Device {
         double perProduct = (double) g.m() * g.k() * a.dtype().bytes() + (double) g.k() * g.n() * b.dtype().bytes()
                 + (double) g.m() * g.n() * c.dtype().bytes() * (g.beta() == 0f ? 1 : 2);
         return perProduct * g.batch();
+    }
+
+    /** 2·T·bs² per non-zero block, T the rows of {@code tokens} (an operand with layout.rows() columns). */
+    private static double blockSparseFlops(BlockLayout layout, Tensor tokens) {
+        double t = tokens.numel() / (double) layout.rows();
+        return 2.0 * t * layout.blockSize() * layout.blockSize() * layout.nnz();
     }
 
     /** heads·headDim·(attended query-key pairs per head), over every sequence. */

@@ -878,6 +878,65 @@ public final class Reference {
         return out;
     }
 
+    /** The new C [M, N] (packed) of {@link Backend#brgemm}: beta·C + alpha·Σᵢ op(Aᵢ)·op(Bᵢ), each pair at offset 0. */
+    public static double[] brgemm(Gemm g, double[] c, int oc, double[][] a, double[][] b) {
+        double[] out = new double[g.m() * g.n()];
+        for (int i = 0; i < g.m(); i++) {
+            for (int j = 0; j < g.n(); j++) {
+                out[i * g.n() + j] = g.beta() == 0f ? 0 : (double) g.beta() * c[oc + i * g.ldc() + j];
+            }
+        }
+        Gemm sum = g.scaled(g.alpha(), 0f);
+        for (int p = 0; p < a.length; p++) {
+            double[] r = gemm(sum, c, oc, a[p], 0, b[p], 0);
+            for (int e = 0; e < r.length; e++) {
+                out[e] += r[e];
+            }
+        }
+        return out;
+    }
+
+    /** y [T, rows] = x [T, cols]·Wᵀ of {@link Backend#blockSparseLinear}, through the densified W. */
+    public static double[] blockSparseLinear(BlockLayout l, double[] x, double[] w) {
+        int t = x.length / l.cols();
+        return gemm(Gemm.of(false, true, t, l.rows(), l.cols()), new double[0], 0, x, 0, l.densify(w), 0);
+    }
+
+    /** dy·W [T, cols], the product {@link Backend#blockSparseLinearBackwardInput} adds to dx. */
+    public static double[] blockSparseLinearBackwardInput(BlockLayout l, double[] dy, double[] w) {
+        int t = dy.length / l.rows();
+        return gemm(Gemm.of(false, false, t, l.cols(), l.rows()), new double[0], 0, dy, 0, l.densify(w), 0);
+    }
+
+    /** dyᵀ·x on the non-zero blocks, compressed [nnz, bs, bs]: what {@link Backend#blockSparseLinearBackwardWeight} adds. */
+    public static double[] blockSparseLinearBackwardWeight(BlockLayout l, double[] dy, double[] x) {
+        int t = dy.length / l.rows();
+        double[] dense = gemm(Gemm.of(true, false, l.rows(), l.cols(), t), new double[0], 0, dy, 0, x, 0);
+        int bs = l.blockSize();
+        double[] out = new double[l.weightNumel()];
+        for (int r = 0; r < l.rowBlocks(); r++) {
+            for (int b = l.rowStart(r); b < l.rowStart(r + 1); b++) {
+                for (int i = 0; i < bs; i++) {
+                    for (int j = 0; j < bs; j++) {
+                        out[(b * bs + i) * bs + j] = dense[(r * bs + i) * l.cols() + l.col(b) * bs + j];
+                    }
+                }
+            }
+        }
+        return out;
+    }
+
+    /** xᵀ [C, N] of x [N, C]. */
+    public static double[] transpose(double[] x, int n, int c) {
+        double[] out = new double[x.length];
+        for (int i = 0; i < n; i++) {
+            for (int j = 0; j < c; j++) {
+                out[j * n + i] = x[i * c + j];
+            }
+        }
+        return out;
+    }
+
     // ==== mixture-of-experts routing (dropless, MegaBlocks-style; see MoeRouting) ====
 
     /**

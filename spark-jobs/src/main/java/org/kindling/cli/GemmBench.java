@@ -2,10 +2,13 @@ package org.kindling.cli;
 
 import java.io.PrintWriter;
 import java.util.LinkedHashMap;
+import java.util.List;
 import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.concurrent.Callable;
 import org.kindling.ops.BF16;
+import org.kindling.ops.Backend;
+import org.kindling.ops.Brgemm;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Gemm;
@@ -22,7 +25,9 @@ import picocli.CommandLine.Option;
             "(warm-up, then best and median of the timed runs) in the same run, and C is checked against the loop's. On",
             "another device the loop would take minutes at the target sizes: C is checked against the host BLAS instead",
             "(over the operands as the device holds them), and the same-run baseline is the PyTorch peer (--peer torch).",
-            "A max relative error above 1e-4 fails."})
+            "A max relative error above 1e-4 fails. With --brgemm COUNT it instead times one batch-reduce GEMM",
+            "C = Σᵢ Aᵢ·Bᵢ over COUNT pairs of M×K and K×N matrices beside one big GEMM over the concatenated reduction",
+            "(K·COUNT, the same FLOPs) and COUNT separate GEMM calls accumulating into C, same run, same rule."})
 final class GemmBench implements Callable<Integer> {
     /** Largest max|C − C_ref| / max|C_ref| accepted: fp32 sums of K products differ by rounding only. */
     static final double MAX_REL_ERROR = 1e-4;
@@ -55,6 +60,10 @@ final class GemmBench implements Callable<Integer> {
     @Option(names = "--python", description = "the Python for --peer (default: $KINDLING_PYTHON, else python3)")
     String python;
 
+    @Option(names = "--brgemm", description = "time a batch-reduce GEMM of this many (M×K, K×N) pairs against one big "
+            + "GEMM (K·COUNT) and COUNT separate calls instead (at least 1)")
+    Integer brgemm;
+
     @CommandLine.Mixin
     BenchOptions common;
 
@@ -69,6 +78,16 @@ final class GemmBench implements Callable<Integer> {
             throw new CommandLine.ParameterException(cmd, "--dtype must be fp32 or bf16, got " + dtype);
         }
         DType operands = dtype.equals("bf16") ? DType.BF16 : DType.F32;
+        if (brgemm != null) {
+            if (brgemm < 1) {
+                throw new CommandLine.ParameterException(cmd, "--brgemm must be at least 1 pair, got " + brgemm);
+            }
+            if (peer != null || operands != DType.F32) {
+                throw new CommandLine.ParameterException(cmd, "--brgemm compares Kindling's own kernels in fp32; it takes "
+                        + "neither --peer nor --dtype bf16");
+            }
+            return batchReduce(cmd);
+        }
         Peer torch = Peer.parse(cmd, peer, python);
         int t = common.threads(cmd);
         PrintWriter err = cmd.getErr();
@@ -152,6 +171,92 @@ final class GemmBench implements Callable<Integer> {
             if (common.json) {
                 Json.printLine(cmd.getOut(), theirs);
             }
+        }
+        return 0;
+    }
+
+    /**
+     * The batch-reduce comparison: A' [M, COUNT·K] and B' [COUNT·K, N] hold the pairs (Aᵢ = columns
+     * i·K… of A', addressed by stride with leading dimension COUNT·K; Bᵢ = rows i·K… of B'), so the
+     * big GEMM A'·B' is the same sum in one product and every side's C is checked against it.
+     */
+    private int batchReduce(CommandLine cmd) throws Exception {
+        int count = brgemm;
+        int kk = Math.multiplyExact(count, k);
+        int t = common.threads(cmd);
+        PrintWriter err = cmd.getErr();
+        SplittableRandom rnd = new SplittableRandom(42);
+        float[] a = random(rnd, Math.multiplyExact(m, kk));
+        float[] b = random(rnd, Math.multiplyExact(kk, n));
+        Gemm big = Gemm.of(false, false, m, n, kk);
+        Gemm pair = Gemm.of(false, false, m, n, k).leading(kk, n, n);
+        Timing.Rule rule = new Timing.Rule(2, 3, seconds);
+        String impl;
+        Timing.Stats bigStats;
+        Timing.Stats brStats;
+        Timing.Stats sepStats;
+        float[] bigC;
+        float[] brC;
+        float[] sepC;
+        try (Device dev = common.open(t);
+             Tensor ta = dev.allocate(DType.F32, m, kk).copyFrom(a);
+             Tensor tb = dev.allocate(DType.F32, kk, n).copyFrom(b);
+             Tensor tc = dev.allocate(DType.F32, m, n)) {
+            Backend be = dev.backend();
+            impl = be.gemmImpl();
+            List<Tensor> as = Brgemm.strided(ta, count, k, pair.spanA());
+            List<Tensor> bs = Brgemm.strided(tb, count, (long) k * n, pair.spanB());
+            Gemm rest = pair.scaled(1f, 1f);
+            bigStats = Timing.measure(rule, () -> {
+                be.gemm(big, tc, ta, tb);
+                Timing.finish(dev, "the big GEMM");
+            });
+            bigC = tc.toFloatArray();
+            brStats = Timing.measure(rule, () -> {
+                be.brgemm(pair, tc, as, bs);
+                Timing.finish(dev, "the batch-reduce GEMM");
+            });
+            brC = tc.toFloatArray();
+            sepStats = Timing.measure(rule, () -> {
+                be.gemm(pair, tc, as.get(0), bs.get(0));
+                for (int i = 1; i < count; i++) {
+                    be.gemm(rest, tc, as.get(i), bs.get(i));
+                }
+                Timing.finish(dev, "the separate GEMMs");
+            });
+            sepC = tc.toFloatArray();
+        }
+        double relError = Math.max(maxRelError(brC, bigC), maxRelError(sepC, bigC));
+        double flops = big.flops();
+        double brG = brStats.bestRate(flops) / 1e9;
+        double bigG = bigStats.bestRate(flops) / 1e9;
+        double sepG = sepStats.bestRate(flops) / 1e9;
+        err.printf("brgemm of %d pairs %dx%dx%d (one big GEMM %dx%dx%d), %s, %d threads, best (median) GFLOP/s:%n",
+                count, m, n, k, m, n, kk, impl, t);
+        err.printf("  brgemm: %.2f (%.2f); one big GEMM: %.2f (%.2f); %d separate GEMMs: %.2f (%.2f)%n", brG,
+                brStats.medianRate(flops) / 1e9, bigG, bigStats.medianRate(flops) / 1e9, count, sepG,
+                sepStats.medianRate(flops) / 1e9);
+        err.printf("  brgemm / big GEMM = %.2f, brgemm / separate = %.2f; max |C - C_big| / max |C_big| = %.1e (limit %.0e)%n",
+                brG / bigG, brG / sepG, relError, MAX_REL_ERROR);
+        err.flush();
+        if (common.json) {
+            Map<String, Object> row = new LinkedHashMap<>();
+            row.put("bench", "gemm_brgemm");
+            row.put("m", m);
+            row.put("n", n);
+            row.put("k", k);
+            row.put("count", count);
+            row.put("threads", t);
+            row.put("impl", impl);
+            row.put("brgemm_gflops", BenchOptions.round(brG));
+            row.put("big_gemm_gflops", BenchOptions.round(bigG));
+            row.put("separate_gflops", BenchOptions.round(sepG));
+            row.put("max_rel_error", relError);
+            Json.printLine(cmd.getOut(), row);
+        }
+        if (!(relError <= MAX_REL_ERROR)) {
+            throw new IllegalStateException(String.format("the batch-reduce or separate GEMMs disagree with the big GEMM: "
+                    + "max relative error %.3e exceeds %.0e", relError, MAX_REL_ERROR));
         }
         return 0;
     }

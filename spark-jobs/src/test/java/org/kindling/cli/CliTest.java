@@ -63,6 +63,30 @@ class CliTest {
     }
 
     @Test
+    void benchGemmBrgemmJsonHasItsFieldsAndChecksItsOptions() throws Exception {
+        CliRun r = CliRun.of("bench", "gemm", "--m", "37", "--n", "19", "--k", "23", "--brgemm", "5", "--threads", "2",
+                "--seconds", "0.05", "--json");
+        assertEquals(0, r.code(), r.err());
+        String[] lines = r.out().strip().split("\n");
+        assertEquals(1, lines.length, r.out());
+        JsonNode row = new ObjectMapper().readTree(lines[0]);
+        List<String> names = new ArrayList<>();
+        row.fieldNames().forEachRemaining(names::add);
+        assertEquals(List.of("bench", "m", "n", "k", "count", "threads", "impl", "brgemm_gflops", "big_gemm_gflops",
+                "separate_gflops", "max_rel_error"), names);
+        assertEquals("gemm_brgemm", row.get("bench").asText());
+        assertEquals(5, row.get("count").asInt());
+        assertTrue(row.get("brgemm_gflops").asDouble() > 0 && row.get("big_gemm_gflops").asDouble() > 0
+                && row.get("separate_gflops").asDouble() > 0, lines[0]);
+        assertTrue(row.get("max_rel_error").asDouble() <= GemmBench.MAX_REL_ERROR, lines[0]);
+        assertTrue(r.err().contains("brgemm / big GEMM"), r.err());
+        CliRun zero = CliRun.of("bench", "gemm", "--brgemm", "0");
+        assertTrue(zero.code() != 0 && zero.err().contains("--brgemm must be at least 1"), zero.err());
+        CliRun bf16 = CliRun.of("bench", "gemm", "--brgemm", "2", "--dtype", "bf16");
+        assertTrue(bf16.code() != 0 && bf16.err().contains("--brgemm compares"), bf16.err());
+    }
+
+    @Test
     void benchAttentionJsonHasExactlyTheIssueFields() throws Exception {
         CliRun r = CliRun.of("bench", "attention", "--seq", "300", "--heads", "2", "--head-dim", "59", "--reps", "1", "--json");
         assertEquals(0, r.code(), r.err());

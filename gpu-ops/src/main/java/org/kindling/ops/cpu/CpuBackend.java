@@ -19,6 +19,7 @@ import org.kindling.ops.Attention;
 import org.kindling.ops.BF16;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
+import org.kindling.ops.Brgemm;
 import org.kindling.ops.DType;
 import org.kindling.ops.DropoutMask;
 import org.kindling.ops.FavorFeatures;
@@ -261,6 +262,121 @@ final class CpuBackend implements Backend {
             for (int i = 0; i < count; i++) {
                 gemmSplit(g, cv[i], c.get(i).offset(), ap[i].v, ap[i].off, bp[i].v, bp[i].off);
             }
+        }
+    }
+
+    /**
+     * Batch-reduce GEMM as one GEMM over the concatenated reduction: the pairs are packed into
+     * A' [M, count·K] and B' [count·K, N], so C meets the whole sum in one pass of the BLAS kernel
+     * (one read and write of C, one thread split) rather than count passes.
+     */
+    @Override
+    public void brgemm(Gemm g, Tensor c, List<Tensor> a, List<Tensor> b) {
+        Brgemm.check(g, c, a, b);
+        int count = a.size();
+        int m = g.m();
+        int n = g.n();
+        int k = g.k();
+        int kk = Math.multiplyExact(count, k);
+        DType in = a.get(0).dtype();
+        Panel[] as = new Panel[count];
+        Panel[] bs = new Panel[count];
+        for (int i = 0; i < count; i++) {
+            as[i] = Panel.of(a.get(i), in, g.spanA(), "brgemm A[" + i + "]");
+            bs[i] = Panel.of(b.get(i), in, g.spanB(), "brgemm B[" + i + "]");
+        }
+        // Pairs that already lie side by side (Aᵢ the next K columns, Bᵢ the next K rows of one
+        // array) are the big operands as they stand: no copy.
+        boolean aInPlace = !g.transA() && g.lda() >= kk && consecutive(as, k);
+        boolean bInPlace = !g.transB() && g.ldb() == n && consecutive(bs, (long) k * n);
+        float[] ap = aInPlace ? as[0].v : new float[Math.multiplyExact(m, kk)];
+        float[] bp = bInPlace ? bs[0].v : new float[Math.multiplyExact(kk, n)];
+        if (!aInPlace) {
+            pool.parallelFor(m, 16, (lo, hi) -> {
+                for (int r = lo; r < hi; r++) {
+                    for (int i = 0; i < count; i++) {
+                        float[] av = as[i].v;
+                        int oa = as[i].off;
+                        int dst = r * kk + i * k;
+                        if (g.transA()) {
+                            for (int p = 0; p < k; p++) {
+                                ap[dst + p] = av[oa + p * g.lda() + r];
+                            }
+                        } else {
+                            System.arraycopy(av, oa + r * g.lda(), ap, dst, k);
+                        }
+                    }
+                }
+            });
+        }
+        if (!bInPlace) {
+            pool.parallelFor(kk, 16, (lo, hi) -> {
+                for (int row = lo; row < hi; row++) {
+                    float[] bv = bs[row / k].v;
+                    int ob = bs[row / k].off;
+                    int p = row % k;
+                    if (g.transB()) {
+                        for (int j = 0; j < n; j++) {
+                            bp[row * n + j] = bv[ob + j * g.ldb() + p];
+                        }
+                    } else {
+                        System.arraycopy(bv, ob + p * g.ldb(), bp, row * n, n);
+                    }
+                }
+            });
+        }
+        Gemm whole = new Gemm(false, false, m, n, kk, aInPlace ? g.lda() : Math.max(1, kk), Math.max(1, n), g.ldc(),
+                g.alpha(), g.beta(), 1, 0, 0, 0);
+        gemmSplit(whole, f32(c, "brgemm C"), c.offset(), ap, aInPlace ? as[0].off : 0, bp, bInPlace ? bs[0].off : 0);
+    }
+
+    /** Whether the panels share one array with panel i starting {@code step} elements after panel i − 1. */
+    private static boolean consecutive(Panel[] p, long step) {
+        for (int i = 1; i < p.length; i++) {
+            if (p[i].v != p[0].v || p[i].off != p[0].off + i * step) {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    /** Tiled so both the rows read and the rows written stay in cache; tiles of rows run in parallel. */
+    @Override
+    public void transpose(Tensor out, Tensor x) {
+        Brgemm.checkTranspose(out, x);
+        int n = x.rows();
+        int c = x.cols();
+        int tile = 32;
+        int ox = x.offset();
+        int oo = out.offset();
+        if (x.dtype() == DType.F32) {
+            float[] xv = f32(x, "transpose x");
+            float[] ov = f32(out, "transpose out");
+            pool.parallelFor((n + tile - 1) / tile, 1, (lo, hi) -> {
+                for (int i0 = lo * tile; i0 < Math.min(n, hi * tile); i0 += tile) {
+                    for (int j0 = 0; j0 < c; j0 += tile) {
+                        for (int i = i0; i < Math.min(n, i0 + tile); i++) {
+                            for (int j = j0; j < Math.min(c, j0 + tile); j++) {
+                                ov[oo + j * n + i] = xv[ox + i * c + j];
+                            }
+                        }
+                    }
+                }
+            });
+        } else {
+            short[] xv = storage(x, DType.BF16, "transpose x").shorts();
+            short[] ov = storage(out, DType.BF16, "transpose out").shorts();
+            pool.parallelFor((n + tile - 1) / tile, 1, (lo, hi) -> {
+                for (int i0 = lo * tile; i0 < Math.min(n, hi * tile); i0 += tile) {
+                    for (int j0 = 0; j0 < c; j0 += tile) {
+                        for (int i = i0; i < Math.min(n, i0 + tile); i++) {
+                            for (int j = j0; j < Math.min(c, j0 + tile); j++) {
+                                ov[oo + j * n + i] = xv[ox + i * c + j];
+                            }
+                        }
+                    }
+                }
+            });
         }
     }
 
