@@ -30,7 +30,8 @@ public final class BpeTokenizer {
     /** GPT-2's end-of-text token, appended to every document. */
     public static final String END_OF_TEXT = "<|endoftext|>";
     private static final ObjectMapper JSON = new ObjectMapper();
-    private static final int CACHE_LIMIT = 1 << 17;
+    /** Pieces per cache generation (two generations per thread at most). */
+    static final int CACHE_LIMIT = 1 << 17;
 
     private final Map<String, Integer> vocab;
     private final String[] tokens;
@@ -42,7 +43,7 @@ public final class BpeTokenizer {
     private final Map<String, Integer> specials;
     private final Pattern specialPattern;
     /** Per-thread piece → ids caches: a plain HashMap per thread beats one shared concurrent map. */
-    private final ThreadLocal<Map<String, int[]>> cache = ThreadLocal.withInitial(java.util.HashMap::new);
+    private final ThreadLocal<PieceCache> cache = ThreadLocal.withInitial(PieceCache::new);
 
     BpeTokenizer(Map<String, Integer> vocab, List<String[]> merges, Map<String, Integer> specials) {
         this.vocab = Collections.unmodifiableMap(new LinkedHashMap<>(vocab));
@@ -122,19 +123,49 @@ public final class BpeTokenizer {
         if (text.isEmpty()) {
             return;
         }
-        Map<String, int[]> pieces = cache.get();
+        PieceCache pieces = cache.get();
         Matcher m = ByteLevel.PRE_TOKENIZER.matcher(text);
         while (m.find()) {
             String piece = m.group();
             int[] ids = pieces.get(piece);
             if (ids == null) {
                 ids = bpe(ByteLevel.toSymbols(piece));
-                if (pieces.size() > CACHE_LIMIT) {
-                    pieces.clear();
-                }
                 pieces.put(piece, ids);
             }
             out.addAll(ids);
+        }
+    }
+
+    /**
+     * A bounded piece cache in two generations: when the young map fills it becomes the old one and the previous old
+     * one is dropped; a hit in the old map moves the piece back to the young. Frequent pieces survive a turnover, where
+     * clearing one full map made every piece of a long-tailed corpus (more distinct pieces than the limit) run BPE again.
+     */
+    static final class PieceCache {
+        private Map<String, int[]> young = new java.util.HashMap<>();
+        private Map<String, int[]> old = Map.of();
+
+        int[] get(String piece) {
+            int[] ids = young.get(piece);
+            if (ids == null) {
+                ids = old.get(piece);
+                if (ids != null) {
+                    put(piece, ids);
+                }
+            }
+            return ids;
+        }
+
+        void put(String piece, int[] ids) {
+            if (young.size() >= CACHE_LIMIT) {
+                old = young;
+                young = new java.util.HashMap<>();
+            }
+            young.put(piece, ids);
+        }
+
+        int size() {
+            return young.size() + old.size();
         }
     }
 

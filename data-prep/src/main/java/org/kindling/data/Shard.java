@@ -31,9 +31,11 @@ public final class Shard {
     public record Info(String tokenizerSha256, int vocabSize, String specialTokensJson, int bucketMin, int bucketMax)
             implements java.io.Serializable {
         public Map<String, String> metadata() {
-            return Map.of(META_FORMAT, String.valueOf(FORMAT_VERSION), META_TOKENIZER, tokenizerSha256, META_VOCAB,
-                    String.valueOf(vocabSize), META_SPECIALS, specialTokensJson, META_BUCKET_MIN, String.valueOf(bucketMin),
-                    META_BUCKET_MAX, String.valueOf(bucketMax));
+            // Sorted: the schema keeps this order in the file, and Map.of's order changes from one JVM to the next, so
+            // shards of the same input differed between runs.
+            return java.util.Collections.unmodifiableMap(new java.util.TreeMap<>(Map.of(META_FORMAT, String.valueOf(FORMAT_VERSION),
+                    META_TOKENIZER, tokenizerSha256, META_VOCAB, String.valueOf(vocabSize), META_SPECIALS, specialTokensJson,
+                    META_BUCKET_MIN, String.valueOf(bucketMin), META_BUCKET_MAX, String.valueOf(bucketMax))));
         }
 
         /** Reads the metadata back, naming the file and the key that is missing or wrong. */

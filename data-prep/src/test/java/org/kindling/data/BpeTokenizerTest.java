@@ -2,6 +2,8 @@ package org.kindling.data;
 
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertSame;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -156,5 +158,22 @@ class BpeTokenizerTest {
         e = assertThrows(IllegalArgumentException.class, () -> BpeTokenizer.fromJson(withNormalizer, "t.json"));
         assertTrue(e.getMessage().contains("normalizers are not supported"), e.getMessage());
         assertThrows(IllegalArgumentException.class, () -> tok.decode(new int[] {5000}));
+    }
+
+    @Test
+    void pieceCacheStaysBoundedAndKeepsAPieceInUseAcrossTurnovers() {
+        BpeTokenizer.PieceCache cache = new BpeTokenizer.PieceCache();
+        int[] hot = {1, 2};
+        cache.put("hot", hot);
+        for (int i = 0; i < 3 * BpeTokenizer.CACHE_LIMIT; i++) {
+            cache.put("cold" + i, new int[] {i});
+            if (i % 1000 == 0) {
+                assertSame(hot, cache.get("hot"));
+            }
+            assertTrue(cache.size() <= 2 * BpeTokenizer.CACHE_LIMIT, "size " + cache.size());
+        }
+        assertSame(hot, cache.get("hot"));
+        assertNull(cache.get("cold0"), "the oldest unused piece is dropped");
+        assertEquals(3 * BpeTokenizer.CACHE_LIMIT - 1, cache.get("cold" + (3 * BpeTokenizer.CACHE_LIMIT - 1))[0]);
     }
 }

@@ -279,4 +279,43 @@ class PrepareJobTest {
                 .toString()), dir.resolve("x").toString(), null, false, "text", null, 300, 64, null, false, 10, false)));
         assertTrue(e.getMessage().contains("does not exist"), e.getMessage());
     }
+
+    @Test
+    void packedChunksRoundTripEveryIdWidthAndAppendEndOfText() {
+        java.util.Random rnd = new java.util.Random(7);
+        for (int trial = 0; trial < 200; trial++) {
+            int[] ids = new int[rnd.nextInt(40)];
+            for (int i = 0; i < ids.length; i++) {
+                // ids of 1 to 5 varint bytes, the extremes included
+                ids[i] = switch (rnd.nextInt(4)) {
+                    case 0 -> rnd.nextInt(128);
+                    case 1 -> rnd.nextInt(1 << 14);
+                    case 2 -> rnd.nextInt(Integer.MAX_VALUE);
+                    default -> rnd.nextBoolean() ? 0 : Integer.MAX_VALUE;
+                };
+            }
+            int eot = rnd.nextInt(1 << 20);
+            int from = rnd.nextInt(ids.length + 1);
+            int to = from + rnd.nextInt(ids.length + 2 - from);
+            int[] expected = new int[to - from];
+            for (int p = from; p < to; p++) {
+                expected[p - from] = p < ids.length ? ids[p] : eot;
+            }
+            int[] into = new int[expected.length + 3];
+            int n = PrepareJob.unpackChunk(PrepareJob.packChunk(ids, eot, from, to), into);
+            assertArrayEquals(expected, java.util.Arrays.copyOf(into, n));
+        }
+    }
+
+    @Test
+    void documentTellsAWrittenReplacementCharacterFromInvalidUtf8() {
+        byte[] written = "ok \uFFFD fine".getBytes(java.nio.charset.StandardCharsets.UTF_8);
+        assertEquals("ok \uFFFD fine", PrepareJob.document(1, "f", 1, written, 1000).text());
+        for (byte[] bad : List.of(new byte[] {'a', (byte) 0xC3}, new byte[] {(byte) 0xED, (byte) 0xA0, (byte) 0x80},
+                new byte[] {'x', (byte) 0xFF, 'y'}, new byte[] {(byte) 0xEF, (byte) 0xBF, (byte) 0xBD, (byte) 0x80})) {
+            assertEquals("invalid_utf8", PrepareJob.document(1, "f", 1, bad, 1000).reason());
+        }
+        assertEquals("h\u00e9llo \uD83D\uDE00", PrepareJob.document(1, "f", 1,
+                "h\u00e9llo \uD83D\uDE00".getBytes(java.nio.charset.StandardCharsets.UTF_8), 1000).text());
+    }
 }

@@ -97,6 +97,17 @@ class ShardTest {
     }
 
     @Test
+    void metadataIsWrittenInSortedKeyOrderSoFilesMatchAcrossJvms() {
+        // Arrow copies the metadata into a HashMap, whose order for colliding keys is their insertion order: the order
+        // given must be fixed. Map.of's is salted per JVM, so one run cannot see two orders, but any unsorted one shows it.
+        List<String> keys = new ArrayList<>(INFO.metadata().keySet());
+        List<String> sorted = new ArrayList<>(keys);
+        sorted.sort(null);
+        assertEquals(6, keys.size());
+        assertEquals(sorted, keys);
+    }
+
+    @Test
     void truncatedAndForeignFilesNameTheFile() throws IOException {
         Path file = dir.resolve("s.arrow");
         List<int[]> docs = documents(20, 3);
