@@ -153,7 +153,8 @@ class StructuredLinearTest {
         Params.Builder lb = new Params.Builder();
         Linear lin = new Linear(lb, "lin", in, out, true, 0.1);
         Params lp = keep(lb.build(dev, 12));
-        lp.get("lin.weight").value().copyFrom(pp.get("px.sparse").value().toDoubleArray());
+        // S is stored as its blocks in CSR order; the linear's weight is the same matrix row-major.
+        lp.get("lin.weight").value().copyFrom(px.layout().densify(pp.get("px.sparse").value().toDoubleArray()));
         lp.get("lin.bias").value().copyFrom(pp.get("px.bias").value().toDoubleArray());
         Tensor x = input(13, 7, in);
         Tensor y1 = keep(dev.allocate(DType.F32, 7, out));
@@ -171,7 +172,8 @@ class StructuredLinearTest {
         px.backward(dx1, dy);
         lin.backward(dx2, dy);
         assertArrayEquals(dx2.toDoubleArray(), dx1.toDoubleArray(), 1e-12);
-        assertArrayEquals(lp.get("lin.weight").grad().toDoubleArray(), pp.get("px.sparse").grad().toDoubleArray(), 1e-12);
+        assertArrayEquals(lp.get("lin.weight").grad().toDoubleArray(),
+                px.layout().densify(pp.get("px.sparse").grad().toDoubleArray()), 1e-12);
         assertArrayEquals(lp.get("lin.bias").grad().toDoubleArray(), pp.get("px.bias").grad().toDoubleArray(), 1e-12);
     }
 
@@ -193,7 +195,8 @@ class StructuredLinearTest {
         Params.Builder pb = new Params.Builder();
         PixelflyLinear px = keep(new PixelflyLinear(pb, dev, "px", in, out, true, layout, block, rank, false, 0.1));
         Params pp = randomised(pb, 20);
-        double[] s = pp.get("px.sparse").value().toDoubleArray();
+        assertEquals(px.layout().weightNumel(), pp.get("px.sparse").value().numel(), "S holds only the kept blocks");
+        double[] s = px.layout().densify(pp.get("px.sparse").value().toDoubleArray());
         double[] u = pp.get("px.low_u.weight").value().toDoubleArray();
         double[] v = pp.get("px.low_v.weight").value().toDoubleArray();
         double[] b = pp.get("px.bias").value().toDoubleArray();

@@ -2,9 +2,9 @@ package org.kindling.models.nn;
 
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
+import org.kindling.ops.BlockLayout;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
-import org.kindling.ops.Gemm;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.UnaryOp;
@@ -13,8 +13,10 @@ import org.kindling.ops.UnaryOp;
  * Pixelated Butterfly's linear: W ≈ S + U·Vᵀ, y[T, OC] = x·Sᵀ + (x·Vᵀ)·Uᵀ + b, with S [OC, IC]
  * block-sparse on a block layout (the flat butterfly: {@link #flatButterfly}) and U [OC, r],
  * V [r, IC] of rank r (0: none). With a gate, a per-token g = sigmoid(x·w_g + b_g) mixes them:
- * y = g·x·Sᵀ + (1 − g)·x·Vᵀ·Uᵀ + b. S is stored dense and multiplied by its block mask before
- * each GEMM (entries outside the layout get no gradient); its GEMMs run in fp32 under any precision.
+ * y = g·x·Sᵀ + (1 − g)·x·Vᵀ·Uᵀ + b. S is stored compressed as its kept blocks [nnz, block, block]
+ * in the CSR order of {@link #layout()}, so parameters, optimizer state and checkpoints hold only
+ * those blocks, and its products are the backend's block-sparse GEMMs
+ * ({@link Backend#blockSparseLinear} and its two gradients), in fp32 under any precision.
  *
  * <p>Initialisation keeps the output variance IC·σ²·Var(x) of a dense N(0, σ²) layer: S and U·Vᵀ
  * each give half of it, or, with the gate (zero-initialised, so g = ½), twice it, since
@@ -32,6 +34,7 @@ public final class PixelflyLinear implements Projection {
     public final int in;
     public final int out;
     public final int rank;
+    /** S's kept blocks [nnz, block, block], in the CSR order of {@link #layout}. */
     public final Params.Handle sparse;
     public final Params.Handle bias;
     /** x·Vᵀ and h·Uᵀ; null when rank is 0. */
@@ -39,10 +42,8 @@ public final class PixelflyLinear implements Projection {
     private final Linear lowU;
     /** The gate's logit x·w_gᵀ + b_g [T, 1]; null without a gate. */
     private final Linear gate;
-    /** The block mask expanded to [OC, IC], and S ⊙ mask / the masked weight gradient. */
-    private final Tensor mask;
-    private final Tensor masked;
-    /** A decoding twin: shares the mask (its owner closes it), applies the sub-layers without saving, has no backward. */
+    private final BlockLayout layout;
+    /** A decoding twin: applies the sub-layers without saving, has no backward. */
     private final boolean decoding;
     private final int density;
     private int capacity;
@@ -78,7 +79,8 @@ public final class PixelflyLinear implements Projection {
         this.in = in;
         this.out = out;
         this.rank = rank;
-        this.density = FlatButterfly.count(layout) * block * block;
+        this.layout = BlockLayout.of(out / block, in / block, block, (r, c) -> layout[r][c]);
+        this.density = this.layout.weightNumel();
         if (density == 0) {
             throw new IllegalArgumentException(name + ": pixelfly layout keeps no block");
         }
@@ -86,7 +88,8 @@ public final class PixelflyLinear implements Projection {
         double share = (gated ? 2.0 : 0.5) * (lowRank ? 1.0 : 2.0);
         double variance = in * denseStd * denseStd * share;
         // Every output row keeps density / OC weights (the layout is uniform per row).
-        this.sparse = pb.add(name + ".sparse", Init.normal(Math.sqrt(variance * out / density)), ParamGroup.DECAY, out, in);
+        this.sparse = pb.add(name + ".sparse", Init.normal(Math.sqrt(variance * out / density)), ParamGroup.DECAY,
+                this.layout.nnz(), block, block);
         if (lowRank) {
             // Var(x·Vᵀ) = Var(x) with V ~ N(0, 1/IC); U carries the rest.
             this.lowV = new Linear(pb, name + ".low_v", in, rank, false, Init.normal(Math.sqrt(1.0 / in)), ParamGroup.DECAY);
@@ -97,14 +100,6 @@ public final class PixelflyLinear implements Projection {
         }
         this.gate = gated ? new Linear(pb, name + ".gate", in, 1, true, Init.zeros(), ParamGroup.NO_DECAY) : null;
         this.bias = bias ? pb.add(name + ".bias", Init.zeros(), ParamGroup.NO_DECAY, out) : null;
-        float[] m = new float[out * in];
-        for (int o = 0; o < out; o++) {
-            for (int i = 0; i < in; i++) {
-                m[o * in + i] = layout[o / block][i / block] ? 1f : 0f;
-            }
-        }
-        this.mask = dev.allocate(DType.F32, out, in).copyFrom(m);
-        this.masked = dev.allocate(DType.F32, out, in);
         this.decoding = false;
     }
 
@@ -119,8 +114,7 @@ public final class PixelflyLinear implements Projection {
         this.lowV = of.lowV;
         this.lowU = of.lowU;
         this.gate = of.gate;
-        this.mask = of.mask;
-        this.masked = dev.allocate(DType.F32, out, in);
+        this.layout = of.layout;
         this.density = of.density;
         this.decoding = true;
     }
@@ -151,7 +145,12 @@ public final class PixelflyLinear implements Projection {
         return new PixelflyLinear(pb, dev, name, in, out, bias, layout, block, rank, gated, denseStd);
     }
 
-    /** Kept weights of S (its trainable entries) plus the low-rank, gate and bias parameters. */
+    /** Which blocks of S [OC, IC] are kept; the CSR order is that of {@link #sparse}'s blocks. */
+    public BlockLayout layout() {
+        return layout;
+    }
+
+    /** Kept weights of S plus the low-rank, gate and bias parameters: every trainable element of the layer. */
     public long effectiveParams() {
         return density + (long) rank * (in + out) + (gate != null ? in + 1 : 0) + (bias != null ? out : 0);
     }
@@ -177,7 +176,7 @@ public final class PixelflyLinear implements Projection {
         }
     }
 
-    /** y = g·x·(S ⊙ M)ᵀ + (1 − g)·x·Vᵀ·Uᵀ + b (g = 1 and 1 without a gate); x must not change until backward. */
+    /** y = g·x·Sᵀ + (1 − g)·x·Vᵀ·Uᵀ + b (g = 1 and 1 without a gate); x must not change until backward. */
     @Override
     public int out() {
         return out;
@@ -191,9 +190,8 @@ public final class PixelflyLinear implements Projection {
         int t = x.rows();
         ensure(t);
         Backend be = dev.backend();
-        be.binary(BinaryOp.MUL, masked, sparse.value(), mask);
         Tensor s = rank > 0 || gate != null ? sBuf.view(0, t, out) : y;
-        be.gemm(Gemm.of(false, true, t, out, in), s, x, masked);
+        be.blockSparseLinear(s, x, sparse.value(), layout);
         if (rank > 0) {
             Tensor h = hBuf.view(0, t, rank);
             Tensor l = lBuf.view(0, t, out);
@@ -261,12 +259,9 @@ public final class PixelflyLinear implements Projection {
             }
         }
         if (dx != null) {
-            be.gemm(Gemm.of(false, false, t, in, out).scaled(1f, 1f), dx, ds, masked);
+            be.blockSparseLinearBackwardInput(dx, ds, sparse.value(), layout);
         }
-        be.gemm(Gemm.of(true, false, out, in, t), masked, ds, x);
-        be.binary(BinaryOp.MUL, masked, masked, mask);
-        be.binary(BinaryOp.ADD, sparse.grad(), sparse.grad(), masked);
-        // masked now holds the gradient; the next forward recomputes S ⊙ M.
+        be.blockSparseLinearBackwardWeight(sparse.grad(), ds, x, layout);
         if (rank > 0) {
             Tensor dh = dhBuf.view(0, t, rank);
             lowU.backwardOverwrite(dh, dl);
@@ -286,9 +281,5 @@ public final class PixelflyLinear implements Projection {
     public void close() {
         release();
         capacity = 0;
-        if (!decoding) {
-            mask.close();
-        }
-        masked.close();
     }
 }
