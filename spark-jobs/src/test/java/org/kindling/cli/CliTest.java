@@ -28,6 +28,7 @@ class CliTest {
     void everyCommandHasHelp() {
         for (String[] cmd : new String[][] {{"--help"}, {"version", "--help"}, {"bench", "--help"}, {"bench", "gemm", "--help"},
             {"bench", "attention", "--help"}, {"bench", "train", "--help"}, {"bench", "recall", "--help"}, {"bench", "moe", "--help"},
+            {"bench", "linear", "--help"},
             {"prepare", "--help"}, {"bench", "tokenize", "--help"}, {"generate", "--help"}, {"export", "--help"},
             {"eval", "--help"}, {"train", "--help"}, {"quickstart", "--help"}}) {
             CliRun r = CliRun.of(cmd);

@@ -1,0 +1,52 @@
+package org.kindling.cli;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import java.util.List;
+import org.junit.jupiter.api.Test;
+
+/** {@code bench linear} of issue 16 at tiny sizes: its JSON rows, stderr ratios and option checks. */
+class LinearBenchTest {
+    private static final List<String> FIELDS = List.of("bench", "impl", "fwd_ms", "fwd_bwd_ms", "params");
+
+    @Test
+    void linearMeasuresEachImplementationWithItsParameters() throws Exception {
+        CliRun r = CliRun.of("bench", "linear", "--in", "64", "--out", "128", "--tokens", "16", "--reps", "1", "--threads", "1",
+                "--json");
+        List<JsonNode> rows = r.rows(FIELDS);
+        assertEquals(List.of("dense", "pixelfly", "butterfly"), rows.stream().map(n -> n.get("impl").asText()).toList(), r.out());
+        for (JsonNode row : rows) {
+            assertEquals("linear", row.get("bench").asText());
+            assertTrue(row.get("fwd_ms").asDouble() >= 0 && row.get("fwd_bwd_ms").asDouble() >= 0, row.toString());
+        }
+        assertEquals(64 * 128 + 128, rows.get(0).get("params").asLong(), "dense: weight and bias");
+        // Pixelfly at block 32: a 4×2 block grid, the 2×2 flat butterfly (XOR 0 or 1: every block) stretched twice, so all
+        // 8 blocks, plus rank-32 U and V and the bias.
+        long kept = 8L * 32 * 32;
+        assertEquals(kept + 32L * (64 + 128) + 128, rows.get(1).get("params").asLong(), r.out());
+        assertTrue(rows.get(2).get("params").asLong() < rows.get(0).get("params").asLong(), "butterfly is smaller than dense: " + r.out());
+        assertTrue(r.err().contains("pixelfly vs dense: fwd ") && r.err().contains("pixelfly vs butterfly: fwd "), r.err());
+    }
+
+    @Test
+    void pixelflyParamsCountOnlyTheKeptBlocks() throws Exception {
+        // 256 → 512 at block 32: an 16×8 grid, the 8×8 flat butterfly (k 16, 2 factors: strides 1 and 2) stretched twice.
+        List<JsonNode> rows = CliRun.of("bench", "linear", "--in", "256", "--out", "512", "--tokens", "8", "--impl", "pixelfly",
+                "--reps", "1", "--threads", "1", "--json").rows(FIELDS);
+        assertEquals(1, rows.size());
+        long kept = 2L * 8 * 3 * 32 * 32;
+        assertEquals(kept + 32L * (256 + 512) + 512, rows.get(0).get("params").asLong(), rows.toString());
+    }
+
+    @Test
+    void linearChecksItsOptions() throws Exception {
+        CliRun.assertUsageError("--impl sparse is unknown; known: dense, pixelfly, butterfly", "bench", "linear", "--impl", "sparse");
+        CliRun.assertUsageError("repeat an implementation", "bench", "linear", "--impl", "dense,dense");
+        CliRun.assertUsageError("--tokens must be at least 1, got 0", "bench", "linear", "--tokens", "0");
+        CliRun.assertUsageError("--impl pixelfly at --in 40", "bench", "linear", "--in", "40", "--out", "64", "--tokens", "2", "--impl",
+                "pixelfly");
+        CliRun.assertUsageError("--seconds must be a finite number", "bench", "linear", "--seconds", "-1");
+    }
+}
