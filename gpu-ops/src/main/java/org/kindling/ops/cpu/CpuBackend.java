@@ -289,15 +289,34 @@ final class CpuBackend implements Backend {
         // array) are the big operands as they stand: no copy.
         boolean aInPlace = !g.transA() && g.lda() >= kk && consecutive(as, k);
         boolean bInPlace = !g.transB() && g.ldb() == n && consecutive(bs, (long) k * n);
-        float[] ap = aInPlace ? as[0].v : new float[Math.multiplyExact(m, kk)];
-        float[] bp = bInPlace ? bs[0].v : new float[Math.multiplyExact(kk, n)];
+        // The packed copies come from the device's scratch pool: block-sparse layers call this once
+        // per block row every step, and fresh arrays would be garbage of the size of the operands.
+        try (Tensor aPacked = aInPlace ? null : device.scratch(DType.F32, Math.multiplyExact(m, kk));
+             Tensor bPacked = bInPlace ? null : device.scratch(DType.F32, Math.multiplyExact(kk, n))) {
+            brgemmPacked(g, c, as, bs, aPacked, bPacked);
+        }
+    }
+
+    /** {@link #brgemm} once its operands are known: packs those that are not in place into the scratch given. */
+    private void brgemmPacked(Gemm g, Tensor c, Panel[] as, Panel[] bs, Tensor aPacked, Tensor bPacked) {
+        int count = as.length;
+        int m = g.m();
+        int n = g.n();
+        int k = g.k();
+        int kk = count * k;
+        boolean aInPlace = aPacked == null;
+        boolean bInPlace = bPacked == null;
+        float[] ap = aInPlace ? as[0].v : f32(aPacked, "brgemm packed A");
+        float[] bp = bInPlace ? bs[0].v : f32(bPacked, "brgemm packed B");
+        int oap = aInPlace ? as[0].off : aPacked.offset();
+        int obp = bInPlace ? bs[0].off : bPacked.offset();
         if (!aInPlace) {
             pool.parallelFor(m, 16, (lo, hi) -> {
                 for (int r = lo; r < hi; r++) {
                     for (int i = 0; i < count; i++) {
                         float[] av = as[i].v;
                         int oa = as[i].off;
-                        int dst = r * kk + i * k;
+                        int dst = oap + r * kk + i * k;
                         if (g.transA()) {
                             for (int p = 0; p < k; p++) {
                                 ap[dst + p] = av[oa + p * g.lda() + r];
@@ -317,17 +336,17 @@ final class CpuBackend implements Backend {
                     int p = row % k;
                     if (g.transB()) {
                         for (int j = 0; j < n; j++) {
-                            bp[row * n + j] = bv[ob + j * g.ldb() + p];
+                            bp[obp + row * n + j] = bv[ob + j * g.ldb() + p];
                         }
                     } else {
-                        System.arraycopy(bv, ob + p * g.ldb(), bp, row * n, n);
+                        System.arraycopy(bv, ob + p * g.ldb(), bp, obp + row * n, n);
                     }
                 }
             });
         }
         Gemm whole = new Gemm(false, false, m, n, kk, aInPlace ? g.lda() : Math.max(1, kk), Math.max(1, n), g.ldc(),
                 g.alpha(), g.beta(), 1, 0, 0, 0);
-        gemmSplit(whole, f32(c, "brgemm C"), c.offset(), ap, aInPlace ? as[0].off : 0, bp, bInPlace ? bs[0].off : 0);
+        gemmSplit(whole, f32(c, "brgemm C"), c.offset(), ap, oap, bp, obp);
     }
 
     /** Whether the panels share one array with panel i starting {@code step} elements after panel i − 1. */
