@@ -5,7 +5,6 @@ import java.util.List;
 import java.util.Map;
 import java.util.function.BiConsumer;
 import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.kindling.models.channel.ChannelMixer;
 import org.kindling.models.channel.MlpSpec;
@@ -30,7 +29,6 @@ import org.kindling.models.nn.StepContext;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
-import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * Double-precision finite-difference gradient checks of every layer on the fp64 reference
@@ -38,29 +36,20 @@ import org.kindling.ops.reference.ReferenceDevice;
  * (see {@link GradCheck} for the tolerance).
  */
 class LayerGradientTest {
-    private Device dev;
-    private final List<AutoCloseable> open = new ArrayList<>();
-
-    @BeforeEach
-    void setUp() {
-        dev = ReferenceDevice.open();
-    }
+    private final ReferenceTensors ref = new ReferenceTensors();
+    private final Device dev = ref.dev;
 
     @AfterEach
     void tearDown() throws Exception {
-        for (int i = open.size() - 1; i >= 0; i--) {
-            open.get(i).close();
-        }
-        dev.close();
+        ref.close();
     }
 
     private <T extends AutoCloseable> T keep(T t) {
-        open.add(t);
-        return t;
+        return ref.keep(t);
     }
 
     private Tensor input(long seed, int t, int c) {
-        return keep(dev.allocate(DType.F32, t, c)).copyFrom(GradCheck.uniform(seed, t * c, 1.0));
+        return ref.input(seed, t, c);
     }
 
     /** Parameters built from {@code seed}, then every weight (biases and norm affines too) redrawn so each term matters. */

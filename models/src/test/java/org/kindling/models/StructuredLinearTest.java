@@ -7,7 +7,6 @@ import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
 import org.junit.jupiter.api.AfterEach;
-import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.kindling.models.nn.ButterflyLinear;
 import org.kindling.models.nn.Linear;
@@ -17,33 +16,23 @@ import org.kindling.models.nn.PixelflyLinear;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
-import org.kindling.ops.reference.ReferenceDevice;
 
 /** Butterfly and pixelfly linears: exact cases, initial variance and fp64 gradient checks. */
 class StructuredLinearTest {
-    private Device dev;
-    private final List<AutoCloseable> open = new ArrayList<>();
-
-    @BeforeEach
-    void setUp() {
-        dev = ReferenceDevice.open();
-    }
+    private final ReferenceTensors ref = new ReferenceTensors();
+    private final Device dev = ref.dev;
 
     @AfterEach
     void tearDown() throws Exception {
-        for (int i = open.size() - 1; i >= 0; i--) {
-            open.get(i).close();
-        }
-        dev.close();
+        ref.close();
     }
 
     private <T extends AutoCloseable> T keep(T t) {
-        open.add(t);
-        return t;
+        return ref.keep(t);
     }
 
     private Tensor input(long seed, int t, int c) {
-        return keep(dev.allocate(DType.F32, t, c)).copyFrom(GradCheck.uniform(seed, t * c, 1.0));
+        return ref.input(seed, t, c);
     }
 
     private Params randomised(Params.Builder pb, long seed) {
