@@ -21,6 +21,7 @@ public final class BlockLayout {
     private final int[] rowIdx;
     private final int[] blockOfCol;
     private final boolean[] present;
+    private final int[] runStart;
 
     private BlockLayout(int blockSize, int rowBlocks, int colBlocks, int[] rowPtr, int[] colIdx) {
         this.blockSize = blockSize;
@@ -47,6 +48,19 @@ public final class BlockLayout {
                 present[r * colBlocks + colIdx[b]] = true;
             }
         }
+        runStart = runs(rowBlocks, rowPtr, colIdx);
+    }
+
+    private static int[] runs(int rowBlocks, int[] rowPtr, int[] colIdx) {
+        int[] starts = new int[rowBlocks + 1];
+        int n = 0;
+        for (int r = 0; r < rowBlocks; r++) {
+            if (r == 0 || !Arrays.equals(colIdx, rowPtr[r - 1], rowPtr[r], colIdx, rowPtr[r], rowPtr[r + 1])) {
+                starts[n++] = r;
+            }
+        }
+        starts[n++] = rowBlocks;
+        return Arrays.copyOf(starts, n);
     }
 
     /** The blocks (r, c) of a rowBlocks × colBlocks grid for which {@code rule} holds. */
@@ -159,6 +173,19 @@ public final class BlockLayout {
     /** CSR index (the weight block) of column-view entry e. */
     public int blockOf(int e) {
         return blockOfCol[e];
+    }
+
+    /**
+     * Runs of consecutive block rows with the same columns: run g covers block rows {@code
+     * runStart(g) ≤ r < runStart(g + 1)}. A stretched layout (each row of a square pattern
+     * repeated) has few long runs, so kernels can multiply a whole run as one wider product.
+     */
+    public int runs() {
+        return runStart.length - 1;
+    }
+
+    public int runStart(int g) {
+        return runStart[g];
     }
 
     /** Whether some block row has no blocks (a forward product must then zero its outputs). */

@@ -68,7 +68,7 @@ public final class Brgemm {
      * Checks the operands of a block-sparse GEMM: p [T, pCols] and q [T, qCols] with T ≥ 1,
      * w [layout.nnz(), bs, bs], all floating and pairwise disjoint. Returns T.
      */
-    static int checkBlockSparse(BlockLayout layout, Tensor p, String pn, int pCols, Tensor q, String qn, int qCols,
+    public static int checkBlockSparse(BlockLayout layout, Tensor p, String pn, int pCols, Tensor q, String qn, int qCols,
                                 Tensor w, String wn) {
         String op = "block-sparse gemm ";
         if (p.numel() == 0 || p.numel() % pCols != 0) {

@@ -395,7 +395,31 @@ class TppTest {
                 Arguments.of("random 32, 3x5 (empty rows likely)", random(3, 5, 32, 0.3, 2), 29),
                 Arguments.of("random 64, 2x3", random(2, 3, 64, 0.5, 3), 7),
                 Arguments.of("flat butterfly 16, 8x8", BlockLayout.of(8, 8, 16, (i, j) -> Integer.bitCount(i ^ j) <= 1 && (i ^ j) < 4), 19),
-                Arguments.of("one empty row and column", BlockLayout.of(3, 3, 16, (i, j) -> i != 1 && j != 2), 13));
+                Arguments.of("one empty row and column", BlockLayout.of(3, 3, 16, (i, j) -> i != 1 && j != 2), 13),
+                Arguments.of("butterfly stretched to 16x4, runs of 4 rows", stretched(16, 4), 23),
+                Arguments.of("butterfly stretched to 4x16, runs of 1 row", stretched(4, 16), 11),
+                Arguments.of("runs over consecutive and scattered columns, an empty run",
+                        BlockLayout.of(6, 5, 16, (i, j) -> i < 2 ? j < 3 : i < 4 ? j % 2 == 0 : i == 5 && j == 4), 17));
+    }
+
+    /** The flat butterfly (strides 1 and 2) of the smaller side, each row or column repeated to fill the larger. */
+    static BlockLayout stretched(int rowBlocks, int colBlocks) {
+        int ratio = Math.max(rowBlocks, colBlocks) / Math.min(rowBlocks, colBlocks);
+        return BlockLayout.of(rowBlocks, colBlocks, 16, (i, j) -> {
+            int d = (rowBlocks > colBlocks ? i / ratio : i) ^ (colBlocks > rowBlocks ? j / ratio : j);
+            return Integer.bitCount(d) <= 1 && d < 4;
+        });
+    }
+
+    @Test
+    void runsGroupConsecutiveRowsWithTheSameColumns() {
+        BlockLayout l = stretched(16, 4);
+        assertEquals(4, l.runs());
+        for (int g = 0; g <= 4; g++) {
+            assertEquals(4 * g, l.runStart(g));
+        }
+        BlockLayout mixed = BlockLayout.of(6, 5, 16, (i, j) -> i < 2 ? j < 3 : i < 4 ? j % 2 == 0 : i == 5 && j == 4);
+        assertEquals(List.of(0, 2, 4, 5, 6), java.util.stream.IntStream.rangeClosed(0, mixed.runs()).map(mixed::runStart).boxed().toList());
     }
 
     @ParameterizedTest(name = "{0}, T={2}")

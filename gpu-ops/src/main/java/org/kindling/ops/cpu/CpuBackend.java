@@ -19,6 +19,7 @@ import org.kindling.ops.Attention;
 import org.kindling.ops.BF16;
 import org.kindling.ops.Backend;
 import org.kindling.ops.BinaryOp;
+import org.kindling.ops.BlockLayout;
 import org.kindling.ops.Brgemm;
 import org.kindling.ops.DType;
 import org.kindling.ops.DropoutMask;
@@ -54,6 +55,7 @@ final class CpuBackend implements Backend {
     private final CpuLinearAttention linearAttention;
     private final CpuCausalConv causalConv;
     private final CpuSsmConv ssmConv;
+    private final CpuBlockSparse blockSparse;
 
     CpuBackend(CpuDevice device, CpuPool pool) {
         this.device = device;
@@ -62,6 +64,7 @@ final class CpuBackend implements Backend {
         this.linearAttention = new CpuLinearAttention(device, pool);
         this.causalConv = new CpuCausalConv(device, pool);
         this.ssmConv = new CpuSsmConv(device, pool, causalConv);
+        this.blockSparse = new CpuBlockSparse(device, pool, this::gemmSplit);
     }
 
     @Override
@@ -347,6 +350,39 @@ final class CpuBackend implements Backend {
         Gemm whole = new Gemm(false, false, m, n, kk, aInPlace ? g.lda() : Math.max(1, kk), Math.max(1, n), g.ldc(),
                 g.alpha(), g.beta(), 1, 0, 0, 0);
         gemmSplit(whole, f32(c, "brgemm C"), c.offset(), ap, oap, bp, obp);
+    }
+
+    @Override
+    public void blockSparseLinear(Tensor y, Tensor x, Tensor w, BlockLayout layout) {
+        int t = Brgemm.checkBlockSparse(layout, y, "y", layout.rows(), x, "x", layout.cols(), w, "w");
+        if (!CpuBlockSparse.handles(y, x, w)) {
+            Backend.super.blockSparseLinear(y, x, w, layout);
+            return;
+        }
+        if (layout.hasEmptyRow()) {
+            fill(y, 0f);
+        }
+        blockSparse.forward(t, y, x, w, layout);
+    }
+
+    @Override
+    public void blockSparseLinearBackwardInput(Tensor dx, Tensor dy, Tensor w, BlockLayout layout) {
+        int t = Brgemm.checkBlockSparse(layout, dx, "dx", layout.cols(), dy, "dy", layout.rows(), w, "w");
+        if (!CpuBlockSparse.handles(dx, dy, w)) {
+            Backend.super.blockSparseLinearBackwardInput(dx, dy, w, layout);
+            return;
+        }
+        blockSparse.backwardInput(t, dx, dy, w, layout);
+    }
+
+    @Override
+    public void blockSparseLinearBackwardWeight(Tensor dw, Tensor dy, Tensor x, BlockLayout layout) {
+        int t = Brgemm.checkBlockSparse(layout, dy, "dy", layout.rows(), x, "x", layout.cols(), dw, "dw");
+        if (!CpuBlockSparse.handles(dw, dy, x)) {
+            Backend.super.blockSparseLinearBackwardWeight(dw, dy, x, layout);
+            return;
+        }
+        blockSparse.backwardWeight(t, dw, dy, x, layout);
     }
 
     /** Whether the panels share one array with panel i starting {@code step} elements after panel i − 1. */

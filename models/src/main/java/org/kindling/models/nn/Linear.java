@@ -58,17 +58,34 @@ public final class Linear {
         product(y, x, scratch);
     }
 
+    /**
+     * y += x·Wᵀ + b, keeping x like {@link #forward}: a sum of products (a low-rank term on top of
+     * a sparse one) accumulates in the GEMM instead of in an extra pass over y. Same backward.
+     */
+    public void forwardAdd(Tensor y, Tensor x) {
+        this.x = product(y, x, xIn, true, 1f);
+    }
+
+    /** y += x·Wᵀ + b without keeping x: {@link #forwardAdd} for decoding. */
+    public void applyAdd(Tensor y, Tensor x) {
+        product(y, x, scratch, true, 1f);
+    }
+
     private Tensor product(Tensor y, Tensor x, GemmInput operand) {
         return product(y, x, operand, true);
     }
 
-    /** y = x·Wᵀ (+ b with addBias); returns x as the operand it multiplied. */
     private Tensor product(Tensor y, Tensor x, GemmInput operand, boolean addBias) {
+        return product(y, x, operand, addBias, 0f);
+    }
+
+    /** y = x·Wᵀ + beta·y (+ b with addBias); returns x as the operand it multiplied. */
+    private Tensor product(Tensor y, Tensor x, GemmInput operand, boolean addBias, float beta) {
         Backend be = y.device().backend();
         int t = x.rows();
         Tensor w = weight.gemmWeight();
         Tensor xg = operand.of(x, w);
-        be.gemm(Gemm.of(false, true, t, out, in), y, xg, w);
+        be.gemm(Gemm.of(false, true, t, out, in).scaled(1f, beta), y, xg, w);
         if (addBias && bias != null) {
             be.binary(BinaryOp.ADD, y, y, bias.value());
         }

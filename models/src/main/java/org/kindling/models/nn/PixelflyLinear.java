@@ -161,14 +161,15 @@ public final class PixelflyLinear implements Projection {
         }
         release();
         capacity = t;
-        sBuf = dev.allocate(DType.F32, t * out);
-        lBuf = dev.allocate(DType.F32, t * out);
-        scratch = dev.allocate(DType.F32, t * out);
         if (rank > 0) {
             hBuf = dev.allocate(DType.F32, t * rank);
             dhBuf = dev.allocate(DType.F32, t * rank);
         }
         if (gate != null) {
+            // Only the gate needs S's and the low-rank product's outputs apart; without it both add into y.
+            sBuf = dev.allocate(DType.F32, t * out);
+            lBuf = dev.allocate(DType.F32, t * out);
+            scratch = dev.allocate(DType.F32, t * out);
             gateLogit = dev.allocate(DType.F32, t);
             gateValue = dev.allocate(DType.F32, t);
             dGate = dev.allocate(DType.F32, t);
@@ -190,14 +191,20 @@ public final class PixelflyLinear implements Projection {
         int t = x.rows();
         ensure(t);
         Backend be = dev.backend();
-        Tensor s = rank > 0 || gate != null ? sBuf.view(0, t, out) : y;
+        Tensor s = gate != null ? sBuf.view(0, t, out) : y;
         be.blockSparseLinear(s, x, sparse.value(), layout);
         if (rank > 0) {
             Tensor h = hBuf.view(0, t, rank);
-            Tensor l = lBuf.view(0, t, out);
             run(lowV, !decoding, h, x);
-            run(lowU, !decoding, l, h);
-            if (gate != null) {
+            if (gate == null) {
+                if (decoding) {
+                    lowU.applyAdd(y, h);
+                } else {
+                    lowU.forwardAdd(y, h);
+                }
+            } else {
+                Tensor l = lBuf.view(0, t, out);
+                run(lowU, !decoding, l, h);
                 Tensor logit = gateLogit.view(0, t, 1);
                 run(gate, !decoding, logit, x);
                 be.unary(UnaryOp.SIGMOID, gateValue.view(0, t), logit.reshape(t));
@@ -205,8 +212,6 @@ public final class PixelflyLinear implements Projection {
                 be.binary(BinaryOp.SUB, diff, s, l);
                 be.scaleRows(y, diff, gateValue.view(0, t));
                 be.binary(BinaryOp.ADD, y, y, l);
-            } else {
-                be.binary(BinaryOp.ADD, y, s, l);
             }
         } else if (gate != null) {
             Tensor logit = gateLogit.view(0, t, 1);
