@@ -20,9 +20,10 @@ import picocli.CommandLine.Option;
 @Command(name = "linear", mixinStandardHelpOptions = true,
         description = {"Forward and forward+backward time of ONE projection IN → OUT over TOKENS rows per implementation: dense,",
             "pixelfly (the paper's MLP setting: block 32, butterfly size 16, 2 factors, rank 32, S on the block-sparse GEMMs) and",
-            "butterfly, all in the same run by the same rule (one warm-up, then at least --reps timed runs and --seconds of",
-            "them, the best reported), with each one's trainable parameters; prints pixelfly's time as a multiple of dense's",
-            "and of butterfly's."})
+            "butterfly (a sum of butterfly matrices with as many parameters as pixelfly's, unless --butterfly-terms is given),",
+            "all in the same run by the same rule (one warm-up, then at least --reps timed runs and --seconds of them, the best",
+            "reported), with each one's trainable parameters; prints pixelfly's time as a multiple of dense's and of",
+            "butterfly's."})
 final class LinearBench implements Callable<Integer> {
     private static final Map<String, LinearSpec> IMPLS = new LinkedHashMap<>();
 
@@ -30,8 +31,12 @@ final class LinearBench implements Callable<Integer> {
         IMPLS.put("dense", LinearSpec.DENSE);
         IMPLS.put("pixelfly", new LinearSpec(LinearSpec.Kind.PIXELFLY, PixelflyLinear.REFERENCE_BLOCK,
                 PixelflyLinear.REFERENCE_BUTTERFLY_SIZE, PixelflyLinear.REFERENCE_FACTORS, PixelflyLinear.REFERENCE_RANK, false));
-        IMPLS.put("butterfly", new LinearSpec(LinearSpec.Kind.BUTTERFLY, PixelflyLinear.REFERENCE_BLOCK,
-                PixelflyLinear.REFERENCE_BUTTERFLY_SIZE, PixelflyLinear.REFERENCE_FACTORS, PixelflyLinear.REFERENCE_RANK, false));
+        IMPLS.put("butterfly", butterfly(1));
+    }
+
+    private static LinearSpec butterfly(int terms) {
+        LinearSpec d = LinearSpec.DENSE;
+        return new LinearSpec(LinearSpec.Kind.BUTTERFLY, d.block(), d.butterflySize(), d.factors(), d.rank(), false, terms);
     }
 
     @CommandLine.Spec
@@ -56,6 +61,10 @@ final class LinearBench implements Callable<Integer> {
 
     @Option(names = "--seconds", description = "least seconds of timed runs per figure (default ${DEFAULT-VALUE})", defaultValue = "0")
     double seconds;
+
+    @Option(names = "--butterfly-terms", description = "butterfly matrices summed by the butterfly implementation; 0: as many as "
+            + "match pixelfly's parameters at these sizes (default ${DEFAULT-VALUE})", defaultValue = "0")
+    int butterflyTerms;
 
     @CommandLine.Mixin
     BenchOptions common;
@@ -83,15 +92,30 @@ final class LinearBench implements Callable<Integer> {
         if (impls.stream().distinct().count() != impls.size()) {
             throw new CommandLine.ParameterException(cmd, "--impl names " + impls + " repeat an implementation");
         }
+        if (butterflyTerms < 0) {
+            throw new CommandLine.ParameterException(cmd, "--butterfly-terms must be >= 0, got " + butterflyTerms);
+        }
         int threads = common.threads(cmd);
         PrintWriter err = cmd.getErr();
+        Map<String, LinearSpec> specs = new LinkedHashMap<>(IMPLS);
+        if (impls.contains("butterfly")) {
+            int terms;
+            try {
+                terms = butterflyTerms > 0 ? butterflyTerms : matchedTerms(threads);
+            } catch (IllegalArgumentException e) {
+                throw new CommandLine.ParameterException(cmd, "--impl pixelfly at --in " + in + ", --out " + out
+                        + " (to match butterfly's parameters to it): " + e.getMessage());
+            }
+            specs.put("butterfly", butterfly(terms));
+            err.printf("butterfly: a sum of %d butterfly matrices%s%n", terms, butterflyTerms > 0 ? "" : ", the parameters nearest pixelfly's");
+        }
         err.printf("one projection %d → %d over %d tokens, %d threads; best of at least %d runs after one warm-up%n", in, out, tokens,
                 threads, reps);
         Map<String, Result> results = new LinkedHashMap<>();
         for (String impl : impls) {
             Result r;
             try {
-                r = time(IMPLS.get(impl), threads);
+                r = time(specs.get(impl), threads);
             } catch (IllegalArgumentException e) {
                 throw new CommandLine.ParameterException(cmd, "--impl " + impl + " at --in " + in + ", --out " + out + ": " + e.getMessage());
             }
@@ -118,6 +142,21 @@ final class LinearBench implements Callable<Integer> {
         }
         err.flush();
         return 0;
+    }
+
+    /** Butterfly terms whose twiddles come nearest pixelfly's trainable parameters (both add the same bias). */
+    private int matchedTerms(int threads) {
+        long fly = parameters(IMPLS.get("pixelfly"), threads);
+        long one = parameters(butterfly(1), threads);
+        return (int) Math.max(1, Math.round((double) (fly - out) / (one - out)));
+    }
+
+    private long parameters(LinearSpec linear, int threads) {
+        Params.Builder pb = new Params.Builder();
+        try (Device dev = common.open(threads);
+             Projection layer = linear.build(pb, dev, "lin", in, out, true, 0.02)) {
+            return pb.trainableCount();
+        }
     }
 
     private Result time(LinearSpec linear, int threads) throws Exception {

@@ -9,10 +9,11 @@ import org.kindling.ops.Device;
  * ({@code dense}, {@code pixelfly} or {@code butterfly}, default dense) and, for pixelfly,
  * {@code pixelfly_block}, {@code pixelfly_butterfly_size}, {@code pixelfly_factors},
  * {@code pixelfly_rank} and {@code pixelfly_gate} (defaults: the paper's MLP setting, block 32,
- * butterfly size 16, 2 factors, rank 32, no gate). A dense spec writes no keys, so configs and
- * checkpoints of dense models are unchanged.
+ * butterfly size 16, 2 factors, rank 32, no gate); for butterfly, {@code butterfly_terms}, the
+ * butterfly matrices summed (default 1). A dense spec writes no keys, so configs and checkpoints of
+ * dense models are unchanged.
  */
-public record LinearSpec(Kind kind, int block, int butterflySize, int factors, int rank, boolean gate) {
+public record LinearSpec(Kind kind, int block, int butterflySize, int factors, int rank, boolean gate, int terms) {
     public enum Kind {
         DENSE, PIXELFLY, BUTTERFLY;
 
@@ -23,6 +24,11 @@ public record LinearSpec(Kind kind, int block, int butterflySize, int factors, i
 
     public static final LinearSpec DENSE = new LinearSpec(Kind.DENSE, PixelflyLinear.REFERENCE_BLOCK,
             PixelflyLinear.REFERENCE_BUTTERFLY_SIZE, PixelflyLinear.REFERENCE_FACTORS, PixelflyLinear.REFERENCE_RANK, false);
+
+    /** One butterfly term. */
+    public LinearSpec(Kind kind, int block, int butterflySize, int factors, int rank, boolean gate) {
+        this(kind, block, butterflySize, factors, rank, gate, 1);
+    }
 
     public static LinearSpec read(ConfigReader r) {
         String k = r.string("linear", Kind.DENSE.key());
@@ -38,7 +44,17 @@ public record LinearSpec(Kind kind, int block, int butterflySize, int factors, i
                     throw r.error(key, "applies only with linear: pixelfly, but linear is " + k);
                 }
             }
-            return kind == Kind.DENSE ? DENSE : new LinearSpec(kind, DENSE.block, DENSE.butterflySize, DENSE.factors, DENSE.rank, false);
+            if (kind == Kind.DENSE) {
+                if (r.has("butterfly_terms")) {
+                    throw r.error("butterfly_terms", "applies only with linear: butterfly, but linear is " + k);
+                }
+                return DENSE;
+            }
+            return new LinearSpec(kind, DENSE.block, DENSE.butterflySize, DENSE.factors, DENSE.rank, false,
+                    r.integer("butterfly_terms", 1, 1));
+        }
+        if (r.has("butterfly_terms")) {
+            throw r.error("butterfly_terms", "applies only with linear: butterfly, but linear is " + k);
         }
         int block = r.integer("pixelfly_block", DENSE.block, 1);
         int size = r.integer("pixelfly_butterfly_size", DENSE.butterflySize, 1);
@@ -70,12 +86,15 @@ public record LinearSpec(Kind kind, int block, int butterflySize, int factors, i
             m.put("pixelfly_rank", rank);
             m.put("pixelfly_gate", gate);
         }
+        if (kind == Kind.BUTTERFLY) {
+            m.put("butterfly_terms", terms);
+        }
     }
 
     /** A projection IC → OC whose initialisation keeps the output variance of a dense N(0, std²) layer. */
     public Projection build(Params.Builder pb, Device dev, String name, int in, int out, boolean bias, double std) {
         return switch (kind) {
-            case BUTTERFLY -> new ButterflyLinear(pb, dev, name, in, out, bias, std);
+            case BUTTERFLY -> new ButterflyLinear(pb, dev, name, in, out, bias, std, terms);
             case PIXELFLY -> PixelflyLinear.flatButterfly(pb, dev, name, in, out, bias, block, butterflySize, factors,
                     Math.min(rank, Math.min(in, out)), gate, std);
             case DENSE -> Projection.dense(new Linear(pb, name, in, out, bias, std));
