@@ -222,7 +222,7 @@ final class CausalSelfAttention implements TokenMixer {
             cache.reserve(b, total);
             be.copy(cache.k[b].view(len * kvOut, n, kvOut), sk.view(cu[b] * kvOut, n, kvOut));
             be.copy(cache.v[b].view(len * kvOut, n, kvOut), sv.view(cu[b] * kvOut, n, kvOut));
-            if (attn.mask() == null) {
+            if (mask == null) {
                 // Causal attention aligns the n new queries with the last n of the cached keys.
                 attendCached(be, cache, so, sq, cu[b], n, cache.k[b].view(0, total, kvOut), cache.v[b].view(0, total, kvOut),
                         attn);

@@ -11,6 +11,8 @@ import java.util.List;
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
 import org.kindling.models.DecodeSession;
 import org.kindling.models.Gpt;
 import org.kindling.models.config.ModelConfig;
@@ -205,16 +207,21 @@ class MaskedAttentionTest {
         assertClose(reference(three.params(), x3, cu3, 2, 2, 4), forward(three.mixer(), x3, cu3), 1e-4, "three blocks, size 4");
     }
 
-    /** Two sequences decoded in batched chunks that cross block boundaries, single tokens among them. */
-    @Test
-    void decodingEqualsTheFullForwardUnderTheMask() {
+    /**
+     * Two sequences decoded in batched chunks that cross block boundaries, single tokens among them.
+     * Butterfly size 2 keeps contiguous key blocks (block 2 attends only itself); size 4 keeps
+     * blocks 0 and 2 for block 2 but not 1 (XOR 3), so decoding gathers them.
+     */
+    @ParameterizedTest
+    @ValueSource(ints = {2, 4})
+    void decodingEqualsTheFullForwardUnderTheMask(int size) {
         int[] lengths = {300, 270};
         int[] cu = offsets(lengths);
         double[] x = uniform(6, cu[2] * C, 1.0);
-        Built built = build(butterfly(4, 1, 2), 300, 11);
+        Built built = build(butterfly(4, 1, size), 300, 11);
         TokenMixer mixer = built.mixer();
         double[] full = forward(mixer, x, cu);
-        assertClose(reference(built.params(), x, cu, 4, 1, 2), full, 1e-4, "forward");
+        assertClose(reference(built.params(), x, cu, 4, 1, size), full, 1e-4, "forward");
         int[][] chunks = {{100, 0}, {40, 130}, {1, 1}, {0, 1}, {120, 2}, {1, 6}, {38, 130}};
         int[] done = new int[2];
         MixerState state = keep(mixer.newState(2));
@@ -232,7 +239,7 @@ class MaskedAttentionTest {
                     for (int i = 0; i < chunk[b] * C; i++) {
                         double want = full[(cu[b] + done[b]) * C + i];
                         assertEquals(want, got[stepCu[b] * C + i], 1e-5 * (1 + Math.abs(want)),
-                                "sequence " + b + " token " + (done[b] + i / C) + " channel " + i % C);
+                                "size " + size + ": sequence " + b + " token " + (done[b] + i / C) + " channel " + i % C);
                     }
                     done[b] += chunk[b];
                 }
