@@ -144,11 +144,11 @@ public final class Gpt implements AutoCloseable {
             LayerNorm ln1 = new LayerNorm(pb, dev, p + ".ln_1", c, cfg.layerNormEps());
             MixerSpec ms = cfg.mixers().get(l);
             TokenMixer mixer = ms.build(new LayerContext(pb, dev, p + "." + ms.paramPrefix(), c, l, cfg.nLayer(), cfg.initStd(),
-                    seed, step));
+                    seed, step, cfg.maxSeq()));
             LayerNorm ln2 = new LayerNorm(pb, dev, p + ".ln_2", c, cfg.layerNormEps());
             ChannelSpec cs = cfg.channelMixers().get(l);
             ChannelMixer channel = cs.build(new LayerContext(pb, dev, p + "." + cs.paramPrefix(), c, l, cfg.nLayer(), cfg.initStd(),
-                    seed, step));
+                    seed, step, cfg.maxSeq()));
             blocks.add(new Block(ln1, mixer, ln2, channel, c, new Activations(dev, p, step.workspace())));
         }
         return new Layout(wte, wpe, blocks, new LayerNorm(pb, dev, "ln_f", c, cfg.layerNormEps()));

@@ -211,8 +211,13 @@ class LayerGradientTest {
 
     /** The gradient check of a token mixer built from its spec, over packed sequences of the given lengths. */
     void checkMixer(String what, MixerSpec spec, int c, long seed, int... lengths) {
+        checkMixerUpTo(what, spec, c, 0, seed, lengths);
+    }
+
+    /** The same in a model whose sequences are at most {@code maxSeq} tokens (0: no limit). */
+    void checkMixerUpTo(String what, MixerSpec spec, int c, int maxSeq, long seed, int... lengths) {
         Params.Builder pb = new Params.Builder();
-        TokenMixer mixer = keep(spec.build(context(pb, "mixer", c)));
+        TokenMixer mixer = keep(spec.build(new LayerContext(pb, dev, "mixer", c, 0, 2, 0.3, 5, keep(new StepContext()), maxSeq)));
         Params params = params(pb, seed, 0.7);
         Seqs s = seqs(lengths);
         Tensor x = input(seed + 2, s.tokens(), c);
@@ -223,6 +228,14 @@ class LayerGradientTest {
     @Test
     void causalSelfAttentionWithGroupedQueries() {
         checkMixer("attention", new AttentionSpec(4, 2), 8, 8, 1, 7, 3);
+    }
+
+    @Test
+    void attentionUnderTheFlatButterflyMask() {
+        // 130 tokens span blocks 0 and 1 of 128; butterfly size 1 keeps only the diagonal blocks, so the last two
+        // tokens attend only each other. (Longer sequences drown the finite differences in rounding.)
+        checkMixerUpTo("flat butterfly attention", new AttentionSpec(2, 1, LinearSpec.DENSE, AttentionSpec.Mask.FLAT_BUTTERFLY, 128, 1),
+                8, 256, 19, 130, 3);
     }
 
     @Test

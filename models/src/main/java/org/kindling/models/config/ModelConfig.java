@@ -142,7 +142,7 @@ public record ModelConfig(int vocab, int dModel, int nLayer, int nHead, int nKvH
         };
         int maxSeq = posEmb == PosEmb.LEARNED || r.has("max_seq") ? r.integer("max_seq", null, 1) : 0;
         int mlpRatio = r.integer("mlp_ratio", 4, 1);
-        LayerDefaults defaults = new LayerDefaults(dModel, nHead, nKvHead, mlpRatio);
+        LayerDefaults defaults = new LayerDefaults(dModel, nHead, nKvHead, mlpRatio, maxSeq);
         List<MixerSpec> mixers = specs(r.perLayer("mixer", AttentionSpec.TYPE, nLayer), c -> Mixers.read(c, defaults));
         List<ChannelSpec> channels = specs(r.perLayer("channel_mixer", MlpSpec.TYPE, nLayer), c -> ChannelMixers.read(c, defaults));
         double dropout = r.number("dropout", 0.0);

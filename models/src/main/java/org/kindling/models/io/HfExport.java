@@ -47,6 +47,10 @@ public final class HfExport {
                 throw new IllegalArgumentException("layer " + l + "'s attention has " + a.linear().kind().key()
                         + " projections; GPT-2 has dense ones, and export does not densify them");
             }
+            if (a.mask() != AttentionSpec.Mask.DENSE) {
+                throw new IllegalArgumentException("layer " + l + "'s attention has mask " + a.mask().key()
+                        + "; GPT-2 attends to every earlier token, so a masked model is not GPT-2");
+            }
             if (!mlp.linear().dense()) {
                 throw new IllegalArgumentException("layer " + l + "'s mlp has " + mlp.linear().kind().key()
                         + " projections; GPT-2 has dense ones, and export does not densify them");

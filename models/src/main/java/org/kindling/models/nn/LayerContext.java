@@ -15,9 +15,16 @@ import org.kindling.ops.Device;
  * @param initStd standard deviation of weight init
  * @param seed the model's seed, for tensors a layer redraws while training (Performer's features)
  * @param step the pass in progress, shared by all layers of the model (training, seeds, metrics)
+ * @param maxSeq the model's longest sequence ({@code max_seq}); 0 when it has no limit
  */
 public record LayerContext(Params.Builder params, Device device, String name, int dModel, int layer, int nLayer,
-                           double initStd, long seed, StepContext step) {
+                           double initStd, long seed, StepContext step, int maxSeq) {
+    /** A layer of a model without a sequence limit. */
+    public LayerContext(Params.Builder params, Device device, String name, int dModel, int layer, int nLayer, double initStd,
+                        long seed, StepContext step) {
+        this(params, device, name, dModel, layer, nLayer, initStd, seed, step, 0);
+    }
+
     /** A layer of its own, outside a model: passes are evaluation until its step context is told otherwise. */
     public LayerContext(Params.Builder params, Device device, String name, int dModel, int layer, int nLayer, double initStd,
                         long seed) {

@@ -170,6 +170,41 @@ class ModelConfigTest {
         }
     }
 
+    /** The attention mask: read with its defaults, round-tripped only when not dense, and each bad key named. */
+    @Test
+    void attentionMaskIsReadRoundTripsAndRejectsBadKeys() {
+        String base = "vocab: 10\nd_model: 16\nn_layer: 2\nn_head: 2\nmax_seq: 300\n";
+        RunConfig masked = RunConfig.parse(base + "mixer: {type: attention, mask: flat_butterfly}\n", "m.yaml");
+        AttentionSpec a = (AttentionSpec) masked.model().mixers().get(0);
+        assertEquals(new AttentionSpec(2, 2, org.kindling.models.nn.LinearSpec.DENSE, AttentionSpec.Mask.FLAT_BUTTERFLY,
+                org.kindling.ops.BlockMask.GRANULE, AttentionSpec.DEFAULT_MASK_BUTTERFLY_SIZE), a);
+        assertEquals(masked, RunConfig.fromMap(masked.toMap(), "resolved"));
+        assertEquals("flat_butterfly", a.toMap().get("mask"));
+        RunConfig set = RunConfig.parse(base + "mixer: [attention, {type: attention, mask: flat_butterfly, mask_block: 256,"
+                + " mask_butterfly_size: 2}]\n", "m.yaml");
+        assertEquals(new AttentionSpec(2, 2, org.kindling.models.nn.LinearSpec.DENSE, AttentionSpec.Mask.FLAT_BUTTERFLY, 256, 2),
+                set.model().mixers().get(1));
+        AttentionSpec dense = (AttentionSpec) set.model().mixers().get(0);
+        assertEquals(AttentionSpec.Mask.DENSE, dense.mask());
+        assertTrue(!dense.toMap().containsKey("mask") && !dense.toMap().containsKey("mask_block"), dense.toMap().toString());
+        assertEquals(set, RunConfig.fromMap(set.toMap(), "resolved"));
+        for (String[] bad : new String[][] {
+                {"mask: sparse", "mixer.mask", "\"sparse\""},
+                {"mask: flat_butterfly, mask_block: 64", "mixer.mask_block", "multiple of the attention kernels' tile 128"},
+                {"mask: flat_butterfly, mask_block: 0", "mixer.mask_block", ""},
+                {"mask: flat_butterfly, mask_butterfly_size: 6", "mixer.mask_butterfly_size", "not a power of two"},
+                {"mask_block: 256", "mixer.mask_block", "applies only with mask: flat_butterfly"},
+                {"mask: dense, mask_butterfly_size: 4", "mixer.mask_butterfly_size", "applies only with mask: flat_butterfly"}}) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class,
+                    () -> RunConfig.parse(base + "mixer: {type: attention, " + bad[0] + "}\n", "m.yaml"));
+            assertTrue(e.getMessage().contains(bad[1]) && e.getMessage().contains(bad[2]), bad[0] + ": " + e.getMessage());
+        }
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> RunConfig.parse(
+                "vocab: 10\nd_model: 16\nn_layer: 1\nn_head: 2\npos_emb: none\nmixer: {type: attention, mask: flat_butterfly}\n",
+                "m.yaml"));
+        assertTrue(e.getMessage().contains("mixer.mask") && e.getMessage().contains("max_seq"), e.getMessage());
+    }
+
     @Test
     void resolvedConfigRoundTrips() {
         RunConfig tiny = RunConfig.load(PRESETS.resolve("tiny.yaml"));

@@ -89,6 +89,12 @@ class HfExportTest {
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> HfExport.write(model, 0, dir));
             assertTrue(e.getMessage().contains("butterfly projections"), e.getMessage());
         }
+        ModelConfig masked = base.withMixers(java.util.List.of(new org.kindling.models.mixers.attention.AttentionSpec(2, 2,
+                org.kindling.models.nn.LinearSpec.DENSE, org.kindling.models.mixers.attention.AttentionSpec.Mask.FLAT_BUTTERFLY, 128, 2)));
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(masked, dev, 1)) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> HfExport.write(model, 0, dir));
+            assertTrue(e.getMessage().contains("layer 0's attention has mask flat_butterfly"), e.getMessage());
+        }
     }
 
     private static double[] get(Map<String, Safetensors.Tensor> t, String name) {

@@ -10,6 +10,7 @@ import org.kindling.models.nn.Projection;
 import org.kindling.models.nn.Seqs;
 import org.kindling.ops.Attention;
 import org.kindling.ops.Backend;
+import org.kindling.ops.BlockMask;
 import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Tensor;
@@ -17,8 +18,8 @@ import org.kindling.ops.Varlen;
 
 /**
  * Causal multi-head self-attention over packed sequences: q, k, v projections (NKV key/value
- * heads for grouped-query attention), FlashAttention, and an output projection. Its decoding
- * state is a KV cache per sequence, growing with the context.
+ * heads for grouped-query attention), FlashAttention (block-sparse under the spec's mask), and an
+ * output projection. Its decoding state is a KV cache per sequence, growing with the context.
  */
 final class CausalSelfAttention implements TokenMixer {
     final Projection q;
@@ -34,6 +35,8 @@ final class CausalSelfAttention implements TokenMixer {
     private final int qOut;
     private final int kvOut;
     final Attention attn;
+    /** Dense causal attention over the keys a masked decoding step gathers; null without a mask. */
+    private final Attention gathered;
     private final Device dev;
     private final Activations acts;
     /** Saved for backward: q[T, NH·HS], k and v [T, NKV·HS], attention output [T, NH·HS], lse[NH, T]. */
@@ -53,11 +56,15 @@ final class CausalSelfAttention implements TokenMixer {
     private final Activation stepV;
     private final Activation stepOut;
     private final Activation stepLse;
+    /** Masked decoding: the cached keys and values of the blocks a query block attends, gathered in order. */
+    private final Activation stepGk;
+    private final Activation stepGv;
 
     CausalSelfAttention(LayerContext ctx, AttentionSpec spec) {
         int c = ctx.dModel();
         int hs = c / spec.heads();
-        this.attn = Attention.of(spec.heads(), spec.kvHeads(), hs).withCausal(true);
+        this.attn = Attention.of(spec.heads(), spec.kvHeads(), hs).withCausal(true).withMask(spec.blockMask(ctx.maxSeq()));
+        this.gathered = attn.mask() == null ? null : attn.withMask(null);
         this.dev = ctx.device();
         this.qOut = spec.heads() * hs;
         this.kvOut = spec.kvHeads() * hs;
@@ -85,6 +92,8 @@ final class CausalSelfAttention implements TokenMixer {
         stepV = acts.scratch("attn.step_v");
         stepOut = acts.scratch("attn.step_attn");
         stepLse = acts.scratch("attn.step_lse");
+        stepGk = acts.scratch("attn.step_gk");
+        stepGv = acts.scratch("attn.step_gv");
     }
 
     @Override
@@ -205,20 +214,81 @@ final class CausalSelfAttention implements TokenMixer {
             }
             int len = cache.length[b];
             int total = len + n;
+            BlockMask mask = attn.mask();
+            if (mask != null && total > mask.blocks() * mask.blockSize()) {
+                throw new IllegalArgumentException("sequence " + b + " would reach " + total + " tokens but the attention "
+                        + mask + " covers " + mask.blocks() * mask.blockSize() + " (the model's max_seq, in whole blocks)");
+            }
             cache.reserve(b, total);
             be.copy(cache.k[b].view(len * kvOut, n, kvOut), sk.view(cu[b] * kvOut, n, kvOut));
             be.copy(cache.v[b].view(len * kvOut, n, kvOut), sv.view(cu[b] * kvOut, n, kvOut));
-            int[] hostQ = {0, n};
-            int[] hostK = {0, total};
-            cache.cuQ.copyFrom(hostQ);
-            cache.cuK.copyFrom(hostK);
-            // Causal attention aligns the n new queries with the last n of the cached keys.
-            be.attentionForward(so.view(cu[b] * qOut, n, qOut), stepLse.write(attn.heads(), n), sq.view(cu[b] * qOut, n, qOut),
-                    cache.k[b].view(0, total, kvOut), cache.v[b].view(0, total, kvOut), Varlen.of(cache.cuQ, hostQ),
-                    Varlen.of(cache.cuK, hostK), attn);
+            if (mask == null) {
+                // Causal attention aligns the n new queries with the last n of the cached keys.
+                attendCached(be, cache, so, sq, cu[b], n, cache.k[b].view(0, total, kvOut), cache.v[b].view(0, total, kvOut),
+                        attn);
+            } else {
+                forwardStepMasked(be, cache, b, so, sq, cu[b], len, total);
+            }
             cache.length[b] = total;
         }
         stepProj.forward(y, so);
+    }
+
+    /** Attention of {@code n} new query rows from {@code row} on keys and values whose last n rows are theirs. */
+    private void attendCached(Backend be, KvCache cache, Tensor so, Tensor sq, int row, int n, Tensor keys, Tensor values,
+                              Attention a) {
+        int[] hostQ = {0, n};
+        int[] hostK = {0, keys.rows()};
+        cache.cuQ.copyFrom(hostQ);
+        cache.cuK.copyFrom(hostK);
+        be.attentionForward(so.view(row * qOut, n, qOut), stepLse.write(a.heads(), n), sq.view(row * qOut, n, qOut), keys, values,
+                Varlen.of(cache.cuQ, hostQ), Varlen.of(cache.cuK, hostK), a);
+    }
+
+    /**
+     * Sequence b's new positions len..total−1 under the block mask. The block-sparse kernel needs as
+     * many queries as keys, so each query block's new rows instead attend, densely and causally,
+     * the cached rows of the key blocks the mask keeps for that block, gathered in order: the
+     * block's own rows come last, so causal alignment of the last query with the last key holds,
+     * and every earlier kept block lies wholly before the queries.
+     */
+    private void forwardStepMasked(Backend be, KvCache cache, int b, Tensor so, Tensor sq, int row, int len, int total) {
+        BlockMask mask = attn.mask();
+        int bs = mask.blockSize();
+        for (int p0 = len; p0 < total; ) {
+            int qb = p0 / bs;
+            int p1 = Math.min(total, (qb + 1) * bs);
+            int keys = 0;
+            int first = -1;
+            boolean contiguous = true;
+            for (int j = 0; j <= qb; j++) {
+                if (mask.allowed(qb, j)) {
+                    contiguous &= first < 0 || j == first + keys / bs;
+                    first = first < 0 ? j : first;
+                    keys += Math.min(p1, (j + 1) * bs) - j * bs;
+                }
+            }
+            Tensor k;
+            Tensor v;
+            if (contiguous) {
+                k = cache.k[b].view(first * bs * kvOut, keys, kvOut);
+                v = cache.v[b].view(first * bs * kvOut, keys, kvOut);
+            } else {
+                k = stepGk.write(keys, kvOut);
+                v = stepGv.write(keys, kvOut);
+                int at = 0;
+                for (int j = 0; j <= qb; j++) {
+                    if (mask.allowed(qb, j)) {
+                        int rows = Math.min(p1, (j + 1) * bs) - j * bs;
+                        be.copy(k.view(at * kvOut, rows, kvOut), cache.k[b].view(j * bs * kvOut, rows, kvOut));
+                        be.copy(v.view(at * kvOut, rows, kvOut), cache.v[b].view(j * bs * kvOut, rows, kvOut));
+                        at += rows;
+                    }
+                }
+            }
+            attendCached(be, cache, so, sq, row + p0 - len, p1 - p0, k, v, gathered);
+            p0 = p1;
+        }
     }
 
     @Override
