@@ -224,7 +224,8 @@ final class SparseFfn implements ChannelMixer {
     /**
      * Decoding: the argmax mask like an evaluation forward. Fewer rows than N gather, per row, the
      * B chosen units' rows of W1, b1 and W2 and multiply only those (d_ff/N of each weight's rows
-     * read per token); at N rows or more one masked dense pass reads less than that.
+     * read per token); at N rows or more one masked dense pass reads less than that. The gather
+     * reads the fp32 master weights (rows of a bf16 shadow would need a bf16 GEMM of one row).
      */
     @Override
     public void forwardStep(Tensor y, Tensor x) {
