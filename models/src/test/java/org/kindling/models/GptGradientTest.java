@@ -9,6 +9,7 @@ import java.util.List;
 import org.junit.jupiter.api.Test;
 import org.kindling.models.channel.MlpSpec;
 import org.kindling.models.channel.MoeSpec;
+import org.kindling.models.channel.SparseFfnSpec;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.models.nn.Param;
@@ -62,6 +63,12 @@ class GptGradientTest {
     @Test
     void withAMixtureOfExpertsLayer() {
         check(config(0).withChannelMixers(List.of(new MlpSpec(2), new MoeSpec(3, 10, 2, 0, 0, 0, 0))), true);
+    }
+
+    /** A sparse FFN in the first layer on a soft training pass (its Gumbel noise fixed by the pass's seed). */
+    @Test
+    void withASparseFfnLayer() {
+        check(config(0).withChannelMixers(List.of(new SparseFfnSpec(16, 4, 3, 0.5, 0), new MlpSpec(2))), true);
     }
 
     private static void check(double dropout, boolean training) {

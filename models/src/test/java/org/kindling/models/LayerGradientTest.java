@@ -9,6 +9,7 @@ import org.junit.jupiter.api.Test;
 import org.kindling.models.channel.ChannelMixer;
 import org.kindling.models.channel.MlpSpec;
 import org.kindling.models.channel.MoeSpec;
+import org.kindling.models.channel.SparseFfnSpec;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.models.mixers.MixerSpec;
 import org.kindling.models.mixers.TokenMixer;
@@ -194,6 +195,50 @@ class LayerGradientTest {
     @Test
     void droplessMoeTopOne() {
         checkMoe("dropless moe, k = 1", new MoeSpec(4, 3, 1, 0, 0.5, 0.1, 0), 6, 25);
+    }
+
+    /**
+     * The sparse FFN on training passes with fixed Gumbel noise (the pass's seed). A soft pass
+     * (quantize 0) is a smooth function of everything, so every input and parameter is probed;
+     * on a quantised pass (quantize 1) the one-hot is piecewise constant and the controller's
+     * gradient is the straight-through one, so the probes are the FFN's own weights, which do not
+     * move the choice.
+     */
+    private void checkSparseFfn(String what, SparseFfnSpec spec, int t, long seed) {
+        Params.Builder pb = new Params.Builder();
+        StepContext step = keep(new StepContext());
+        ChannelMixer ffn = keep(spec.build(new LayerContext(pb, dev, "sparse_ffn", 6, 0, 2, 0.3, 5, step)));
+        Params params = params(pb, seed, 0.8);
+        Tensor x = input(seed + 2, t, 6);
+        Tensor y = keep(dev.allocate(DType.F32, t, 6));
+        double[] w = GradCheck.uniform(99, y.numel(), 1.0);
+        Tensor dy = keep(dev.allocate(DType.F32, y.shape()));
+        Tensor dx = keep(dev.allocate(DType.F32, x.shape()));
+        List<GradCheck.Probe> probes = probes(params, x, dx);
+        if (spec.quantize() > 0) {
+            probes.removeIf(p -> p.name().equals("x") || p.name().contains("controller"));
+        }
+        GradCheck.check(what, () -> {
+            step.train(17, 1.0 / t, v -> { });
+            ffn.forward(y, x);
+            return GradCheck.dot(y, w);
+        }, () -> {
+            dy.copyFrom(w);
+            dev.backend().fill(dx, 0f);
+            params.zeroGrad();
+            ffn.backward(dx, dy);
+        }, probes);
+    }
+
+    @Test
+    void sparseFfnSoftPass() {
+        checkSparseFfn("sparse ffn, soft, τ 0.1", new SparseFfnSpec(12, 4, 3, 0.1, 0), 7, 41);
+        checkSparseFfn("sparse ffn, soft, τ 0.7", new SparseFfnSpec(15, 5, 2, 0.7, 0), 5, 43);
+    }
+
+    @Test
+    void sparseFfnQuantisedPass() {
+        checkSparseFfn("sparse ffn, quantised", new SparseFfnSpec(12, 3, 4, 0.1, 1), 7, 45);
     }
 
     private Seqs seqs(int... lengths) {

@@ -14,7 +14,7 @@ public final class ChannelMixers {
     }
 
     private static final Map<String, Reader> REGISTRY = new TreeMap<>(Map.of(MlpSpec.TYPE, MlpSpec::read, MoeSpec.TYPE,
-            MoeSpec::read));
+            MoeSpec::read, SparseFfnSpec.TYPE, SparseFfnSpec::read));
 
     private ChannelMixers() {
     }

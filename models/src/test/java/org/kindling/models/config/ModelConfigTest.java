@@ -10,6 +10,7 @@ import org.junit.jupiter.api.Test;
 import org.kindling.models.Gpt;
 import org.kindling.models.channel.MlpSpec;
 import org.kindling.models.channel.MoeSpec;
+import org.kindling.models.channel.SparseFfnSpec;
 import org.kindling.models.mixers.MixerSpec;
 import org.kindling.models.mixers.attention.AttentionSpec;
 import org.kindling.ops.Device;
@@ -65,6 +66,24 @@ class ModelConfigTest {
             long mlp = 2L * 4 * c * c + 4 * c + c;
             assertEquals(parameters(tiny) - mlp + 8L * c + 8 * 2L * 96 * c, counts.total());
             assertEquals(counts.total() - 6 * 2L * 96 * c, counts.active());
+        }
+    }
+
+    /** A YAML sparse FFN layer: its keys resolve with defaults, and a token's active parameters leave out the unchosen units. */
+    @Test
+    void aSparseFfnLayerFromYamlAndItsActiveParameters() {
+        String yaml = "vocab: 10\nd_model: 8\nn_layer: 2\nn_head: 2\nmax_seq: 16\n"
+                + "channel_mixer: [mlp, {type: sparse_ffn, block: 4, controller_rank: 3}]\n";
+        ModelConfig cfg = RunConfig.parse(yaml, "m.yaml").model();
+        assertEquals(new SparseFfnSpec(32, 4, 3, 0.1, 0.3), cfg.channelMixers().get(1));
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(cfg, dev, 1)) {
+            Gpt.ParameterCounts counts = model.parameterCounts();
+            assertEquals(model.params().count(), counts.total());
+            // fc 32·8 + 32, proj 32·8 + 8, controller 3·8 + 32·3 + 32; a token uses 8 of the 32 units.
+            long mlp = 2L * 4 * 8 * 8 + 4 * 8 + 8;
+            long sparse = 32 * 8 + 32 + 32 * 8 + 8 + 3 * 8 + 32 * 3 + 32;
+            assertEquals(parameters(cfg.withChannelMixers(List.of(new MlpSpec(4), new MlpSpec(4)))) - mlp + sparse, counts.total());
+            assertEquals(counts.total() - 24 * (2 * 8 + 1), counts.active());
         }
     }
 

@@ -20,6 +20,7 @@ import org.junit.jupiter.api.io.TempDir;
 import org.kindling.models.Gpt;
 import org.kindling.models.channel.MlpSpec;
 import org.kindling.models.channel.MoeSpec;
+import org.kindling.models.channel.SparseFfnSpec;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.TrainConfig;
@@ -69,6 +70,12 @@ class CheckpointTest {
         ModelConfig structured = MODEL.withMixers(List.of(new org.kindling.models.mixers.attention.AttentionSpec(4, 2, fly),
                 new org.kindling.models.mixers.attention.AttentionSpec(4, 2))).withChannelMixers(List.of(new MlpSpec(4, true, bf), new MlpSpec(4)));
         assertResumesBitIdentically(structured, TRAIN);
+    }
+
+    /** A sparse FFN's noise and quantised passes follow the step's seed, so a resumed run redraws them exactly. */
+    @Test
+    void aModelWithASparseFfnResumesBitIdentically() {
+        assertResumesBitIdentically(MODEL.withChannelMixers(List.of(new SparseFfnSpec(128, 8, 16, 0.1, 0.5), new MlpSpec(4))), TRAIN);
     }
 
     private void assertResumesBitIdentically(ModelConfig cfg, TrainConfig train) {

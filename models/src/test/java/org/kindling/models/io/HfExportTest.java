@@ -95,6 +95,11 @@ class HfExportTest {
             IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> HfExport.write(model, 0, dir));
             assertTrue(e.getMessage().contains("layer 0's attention has mask flat_butterfly"), e.getMessage());
         }
+        ModelConfig sparse = base.withChannelMixers(java.util.List.of(new org.kindling.models.channel.SparseFfnSpec(64)));
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(sparse, dev, 1)) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> HfExport.write(model, 0, dir));
+            assertTrue(e.getMessage().contains("sparse_ffn") && e.getMessage().contains("attention + mlp layers only"), e.getMessage());
+        }
     }
 
     private static double[] get(Map<String, Safetensors.Tensor> t, String name) {

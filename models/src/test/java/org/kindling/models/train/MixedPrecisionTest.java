@@ -16,6 +16,7 @@ import org.junit.jupiter.api.io.TempDir;
 import org.kindling.models.Gpt;
 import org.kindling.models.channel.MlpSpec;
 import org.kindling.models.channel.MoeSpec;
+import org.kindling.models.channel.SparseFfnSpec;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.TrainConfig;
@@ -92,6 +93,19 @@ class MixedPrecisionTest {
         ModelConfig moe = MODEL.withChannelMixers(List.of(new MlpSpec(4), new MoeSpec(4, 64, 1, 0, 0.01, 0.001, 0)));
         List<Double> fp32 = losses(moe, Precision.FP32, 6);
         List<Double> bf16 = losses(moe, Precision.BF16, 6);
+        for (int i = 0; i < fp32.size(); i++) {
+            assertEquals(fp32.get(i), bf16.get(i), 1e-3 * fp32.get(i), "step " + (i + 1) + ": fp32 " + fp32 + ", bf16 " + bf16);
+        }
+        assertNotEquals(fp32, bf16);
+        assertTrue(bf16.get(5) < bf16.get(0), "bf16 losses " + bf16);
+    }
+
+    /** The sparse FFN's GEMMs (W1, W2 and the controller's) run in bf16 too; soft passes, so no choice flips on rounding. */
+    @Test
+    void sparseFfnTrainsInBf16() {
+        ModelConfig sparse = MODEL.withChannelMixers(List.of(new SparseFfnSpec(128, 8, 16, 0.5, 0), new MlpSpec(4)));
+        List<Double> fp32 = losses(sparse, Precision.FP32, 6);
+        List<Double> bf16 = losses(sparse, Precision.BF16, 6);
         for (int i = 0; i < fp32.size(); i++) {
             assertEquals(fp32.get(i), bf16.get(i), 1e-3 * fp32.get(i), "step " + (i + 1) + ": fp32 " + fp32 + ", bf16 " + bf16);
         }

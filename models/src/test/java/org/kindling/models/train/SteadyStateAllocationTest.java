@@ -12,6 +12,7 @@ import org.junit.jupiter.params.provider.MethodSource;
 import org.kindling.models.Gpt;
 import org.kindling.models.channel.MlpSpec;
 import org.kindling.models.channel.MoeSpec;
+import org.kindling.models.channel.SparseFfnSpec;
 import org.kindling.models.config.LayerDefaults;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.TrainConfig;
@@ -35,14 +36,18 @@ class SteadyStateAllocationTest {
     static Stream<String> configs() {
         List<String> all = new ArrayList<>(Mixers.types());
         all.add("moe");
+        all.add("sparse_ffn");
         return all.stream();
     }
 
-    /** Two layers of the named mixer with its defaults, or attention with a mixture of experts in layer 2 for "moe". */
+    /** Two layers of the named mixer with its defaults, or attention with a mixture of experts (a sparse FFN) in layer 2 for "moe" ("sparse_ffn"). */
     private static ModelConfig model(String name) {
         ModelConfig base = ModelConfig.gpt(VOCAB, C, 2, 2, 2, 1, 4, 0, 0.2, 1e-5).withPositions(ModelConfig.PosEmb.NONE, 0);
         if (name.equals("moe")) {
             return base.withChannelMixers(List.of(new MlpSpec(4), new MoeSpec(4, 32, 2, 0, 0.01, 0.001, 0)));
+        }
+        if (name.equals("sparse_ffn")) {
+            return base.withChannelMixers(List.of(new MlpSpec(4), new SparseFfnSpec(64, 8, 4, 0.1, 0.5)));
         }
         return base.withMixers(Collections.nCopies(2, Mixers.named(name, new LayerDefaults(C, 2, 2, 4))));
     }
