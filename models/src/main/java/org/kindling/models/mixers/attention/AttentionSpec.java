@@ -15,8 +15,9 @@ import org.kindling.ops.Attention;
  * @param heads query heads NH ({@code heads}, default {@code n_head}); HS = C / NH
  * @param kvHeads key/value heads NKV ({@code kv_heads}, default {@code n_kv_head}, else NH): grouped-query attention below NH
  * @param linear the q, k, v and output projections' kind ({@code linear} and its {@code pixelfly_*} keys, see {@link LinearSpec})
+ * @param qkv how q, k and v are made ({@code qkv} and its {@code qkv_*} keys, see {@link QkvSpec})
  */
-public record AttentionSpec(int heads, int kvHeads, LinearSpec linear) implements MixerSpec {
+public record AttentionSpec(int heads, int kvHeads, LinearSpec linear, QkvSpec qkv) implements MixerSpec {
     public static final String TYPE = "attention";
 
     public static AttentionSpec read(ConfigReader r, LayerDefaults d) {
@@ -35,12 +36,18 @@ public record AttentionSpec(int heads, int kvHeads, LinearSpec linear) implement
             throw r.error("heads", "= " + heads + " gives head dim " + d.dModel() / heads + ", above the kernel's "
                     + Attention.MAX_HEAD_DIM);
         }
-        return new AttentionSpec(heads, kv, LinearSpec.read(r));
+        LinearSpec linear = LinearSpec.read(r);
+        return new AttentionSpec(heads, kv, linear, QkvSpec.read(r, d.dModel(), heads, kv, linear.dense()));
+    }
+
+    /** Dense q, k, v made by {@code linear} projections. */
+    public AttentionSpec(int heads, int kvHeads, LinearSpec linear) {
+        this(heads, kvHeads, linear, QkvSpec.DENSE);
     }
 
     /** Dense q, k, v and output projections. */
     public AttentionSpec(int heads, int kvHeads) {
-        this(heads, kvHeads, LinearSpec.DENSE);
+        this(heads, kvHeads, LinearSpec.DENSE, QkvSpec.DENSE);
     }
 
     @Override
@@ -66,6 +73,7 @@ public record AttentionSpec(int heads, int kvHeads, LinearSpec linear) implement
         m.put("heads", heads);
         m.put("kv_heads", kvHeads);
         linear.putInto(m);
+        qkv.putInto(m);
         return m;
     }
 }
