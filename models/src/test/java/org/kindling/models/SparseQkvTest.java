@@ -23,7 +23,9 @@ import org.kindling.models.data.Synthetic;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.models.generate.Generator;
 import org.kindling.models.generate.Sampling;
+import org.kindling.models.io.Checkpoints;
 import org.kindling.models.io.HfExport;
+import org.kindling.models.io.LocalRunStorage;
 import org.kindling.models.mixers.attention.AttentionSpec;
 import org.kindling.models.mixers.attention.QkvSpec;
 import org.kindling.models.nn.LinearSpec;
@@ -319,12 +321,12 @@ class SparseQkvTest {
     }
 
     @Test
-    void aTinyModelTrainsGeneratesAndIsNotExportedToGpt2() {
+    void aTinyModelTrainsGeneratesResumesBitIdenticallyAndIsNotExportedToGpt2() {
         ModelConfig cfg = model(SPARSE);
         TrainConfig train = new TrainConfig(7, 3e-3, 3e-4, 2, 8, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, 512, 5, 0, 2);
         List<Double> losses = new ArrayList<>();
         try (Device cpu = CpuDevice.open(2); Gpt model = new Gpt(cfg, cpu, train.seed()); Trainer t = new Trainer(model, train)) {
-            DataSource d = Synthetic.source(Synthetic.associativeRecall(VOCAB - 1, 24, 64, 5), 8);
+            DataSource d = data();
             for (int i = 0; i < 8; i++) {
                 losses.add(t.step(d).loss());
             }
@@ -346,6 +348,30 @@ class SparseQkvTest {
                 assertEquals(best, greedy[i], "token " + i);
                 seq[3 + i] = best;
             }
+        }
+        // Resumed from a checkpoint at step 4, the run continues bit-identically (the config keeps the qkv keys).
+        Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir.resolve("run")));
+        float[] straightWeights;
+        try (Device cpu = CpuDevice.open(2); Gpt model = new Gpt(cfg, cpu, train.seed()); Trainer t = new Trainer(model, train)) {
+            DataSource d = data();
+            for (int i = 0; i < 8; i++) {
+                t.step(d);
+                if (i == 3) {
+                    ckpt.save(t, new RunConfig(cfg, train), 2, d.position());
+                }
+            }
+            straightWeights = model.params().values().toFloatArray();
+        }
+        try (Device cpu = CpuDevice.open(2); Gpt model = new Gpt(cfg, cpu, train.seed()); Trainer t = new Trainer(model, train)) {
+            Checkpoints.State state = ckpt.restore(ckpt.latest().orElseThrow(), t);
+            DataSource d = data();
+            d.seek(state.dataPosition());
+            List<Double> resumed = new ArrayList<>();
+            for (int i = 4; i < 8; i++) {
+                resumed.add(t.step(d).loss());
+            }
+            assertEquals(losses.subList(4, 8), resumed);
+            assertArrayEquals(straightWeights, model.params().values().toFloatArray());
         }
         ModelConfig learned = ModelConfig.gpt(VOCAB, C, 1, 2, 2, 32, 4, 0, 0.2, 1e-5)
                 .withMixers(List.of(new AttentionSpec(2, 2, LinearSpec.DENSE, SPARSE)));
@@ -386,6 +412,10 @@ class SparseQkvTest {
                     () -> RunConfig.parse(base + "mixer: {type: attention, " + c[0] + "}\n", "m.yaml"), c[0]);
             assertTrue(e.getMessage().contains(c[1]), c[0] + ": " + e.getMessage());
         }
+    }
+
+    private static DataSource data() {
+        return Synthetic.source(Synthetic.associativeRecall(VOCAB - 1, 24, 64, 5), 8);
     }
 
     private static void assertClose(float[] want, int offset, float[] got, int n, String what) {
