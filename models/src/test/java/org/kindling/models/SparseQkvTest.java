@@ -373,6 +373,17 @@ class SparseQkvTest {
             assertEquals(losses.subList(4, 8), resumed);
             assertArrayEquals(straightWeights, model.params().values().toFloatArray());
         }
+        // Under bf16 the rest of the model takes bf16 GEMM operands; the sparse QKV layers stay fp32 and it still learns.
+        TrainConfig bf16 = train.withPrecision(org.kindling.models.nn.Precision.BF16);
+        try (Device cpu = CpuDevice.open(2); Gpt model = new Gpt(cfg, cpu, bf16.seed()); Trainer t = new Trainer(model, bf16)) {
+            DataSource d = data();
+            List<Double> mixed = new ArrayList<>();
+            for (int i = 0; i < 8; i++) {
+                mixed.add(t.step(d).loss());
+            }
+            assertTrue(mixed.get(7) < mixed.get(0), "bf16 loss did not fall: " + mixed);
+            assertEquals(losses.get(7), mixed.get(7), 0.05, "bf16 strays from fp32");
+        }
         ModelConfig learned = ModelConfig.gpt(VOCAB, C, 1, 2, 2, 32, 4, 0, 0.2, 1e-5)
                 .withMixers(List.of(new AttentionSpec(2, 2, LinearSpec.DENSE, SPARSE)));
         try (Device cpu = CpuDevice.open(1); Gpt model = new Gpt(learned, cpu, 1)) {
