@@ -217,13 +217,22 @@ class SparseQkvTest {
         }
     }
 
-    /** Two sequences of 5 and 13 tokens decoded token by token and in uneven chunks give the full forward's rows. */
+    /**
+     * Two sequences of 5 and 13 tokens decoded token by token and in uneven chunks give the full
+     * forward's rows, with a history of two tokens and with none (L = 1).
+     */
     @Test
     void moduleConvDecodingEqualsTheFullForward() {
+        for (int len : new int[] {3, 1}) {
+            decodeLikeTheFullForward(len);
+        }
+    }
+
+    private void decodeLikeTheFullForward(int len) {
         int w = 8;
         int[] cu = {0, 5, 18};
         Params.Builder pb = new Params.Builder();
-        ModuleConv conv = keep(new ModuleConv(pb, dev, new Workspace(), "conv", w, 4, 3, 3, 0.5));
+        ModuleConv conv = keep(new ModuleConv(pb, dev, new Workspace(), "conv", w, 4, 3, len, 0.5));
         params(pb, 11);
         Tensor x = ref.input(12, 18, w);
         Tensor y = keep(dev.allocate(DType.F32, 18, w));
@@ -249,14 +258,14 @@ class SparseQkvTest {
                         for (int seq = 0; seq < 2; seq++) {
                             for (int i = 0; i < n[seq] * w; i++) {
                                 assertEquals(full[(cu[seq] + done[seq]) * w + i], got[stepCu[seq] * w + i], 1e-5,
-                                        Arrays.toString(chunks) + " sequence " + seq + " at " + done[seq]);
+                                        "L " + len + " " + Arrays.toString(chunks) + " sequence " + seq + " at " + done[seq]);
                             }
                         }
                     }
                     done[0] += n[0];
                     done[1] += n[1];
                 }
-                assertEquals((long) 2 * 2 * w * Float.BYTES, st.bytes());
+                assertEquals((long) 2 * (len - 1) * w * Float.BYTES, st.bytes());
             }
         }
     }
