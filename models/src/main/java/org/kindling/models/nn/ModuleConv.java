@@ -17,6 +17,8 @@ import org.kindling.ops.Tensor;
  * im2col: one {@code gatherRows} lays the L·K taps of every (t, s) side by side, U [T·S, L·K·M],
  * then y = U·W is one GEMM; backward is two GEMMs and a {@code scatterAddRows}. Decoding keeps
  * each sequence's last L − 1 inputs ({@link State}), which start as zeros, as the padding does.
+ * ({@code Backend.causalConvForward} does not fit: it is depthwise, one kernel per channel, while
+ * every tap here mixes a module's M units.)
  */
 public final class ModuleConv implements AutoCloseable {
     private final String name;
