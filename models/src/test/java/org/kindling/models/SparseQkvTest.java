@@ -148,7 +148,7 @@ class SparseQkvTest {
         int[] cu = {0, 5, 18};
         Params.Builder pb = new Params.Builder();
         ModuleConv conv = keep(new ModuleConv(pb, dev, new Workspace(), "conv", w, s, kk, len, 0.5));
-        Params params = params(pb, 7);
+        params(pb, 7);
         double[] wt = conv.weight.value().toDoubleArray();
         double[] b = conv.bias.value().toDoubleArray();
         Tensor x = ref.input(8, 18, w);
@@ -178,7 +178,6 @@ class SparseQkvTest {
                 }
             }
         }
-        assertTrue(params.count() > 0);
     }
 
     @Test
@@ -201,7 +200,6 @@ class SparseQkvTest {
             conv.forward(y, x, cu);
             double[] after = y.toDoubleArray();
             x.copyFrom(xs);
-            int seqStart = t < 5 ? 0 : 5;
             int seqEnd = t < 5 ? 5 : 18;
             for (int r = 0; r < 18; r++) {
                 boolean reached = r >= t && r < seqEnd && r <= t + 2;
@@ -213,7 +211,6 @@ class SparseQkvTest {
                 }
             }
             assertNotEquals(before[t * 8], after[t * 8], "token " + t + " changed nothing at itself");
-            assertTrue(seqStart <= t);
         }
     }
 
