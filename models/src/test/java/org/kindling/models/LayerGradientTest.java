@@ -153,6 +153,12 @@ class LayerGradientTest {
                 8, 33, 3, 4);
     }
 
+    @Test
+    void attentionWithMultiplicativeQkv() {
+        checkMixer("attention with multiplicative qkv", new AttentionSpec(2, 2, LinearSpec.DENSE,
+                new org.kindling.models.mixers.attention.QkvSpec(true, 4, 3, 2)), 8, 35, 1, 6, 3);
+    }
+
     /**
      * A mixture of experts, its auxiliary losses in the objective: L = Σ w·y + balance loss + z-loss.
      * Routing (argmax choices, capacity drops) is piecewise constant, so the probes stay off its edges.

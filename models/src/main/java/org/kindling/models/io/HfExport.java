@@ -51,6 +51,10 @@ public final class HfExport {
                 throw new IllegalArgumentException("layer " + l + "'s attention has mask " + a.mask().key()
                         + "; GPT-2 attends to every earlier token, so a masked model is not GPT-2");
             }
+            if (a.qkv().multiplicative()) {
+                throw new IllegalArgumentException("layer " + l + "'s attention has qkv: multiplicative (a multiplicative layer and"
+                        + " convolutions); GPT-2 has dense q, k, v projections, and export does not convert them");
+            }
             if (!mlp.linear().dense()) {
                 throw new IllegalArgumentException("layer " + l + "'s mlp has " + mlp.linear().kind().key()
                         + " projections; GPT-2 has dense ones, and export does not densify them");

@@ -23,9 +23,10 @@ import org.kindling.ops.BlockMask;
  *     {@link BlockMask#GRANULE}, default that tile)
  * @param maskButterflySize the butterfly size ({@code mask_butterfly_size}, a power of two, default
  *     {@link #DEFAULT_MASK_BUTTERFLY_SIZE}): query block i attends key block j when i XOR j is 0 or a power of two below it
+ * @param qkv how q, k and v are made ({@code qkv} and its {@code qkv_*} keys, see {@link QkvSpec})
  */
-public record AttentionSpec(int heads, int kvHeads, LinearSpec linear, Mask mask, int maskBlock, int maskButterflySize)
-        implements MixerSpec {
+public record AttentionSpec(int heads, int kvHeads, LinearSpec linear, Mask mask, int maskBlock, int maskButterflySize,
+        QkvSpec qkv) implements MixerSpec {
     public static final String TYPE = "attention";
     /** Each query block attends itself and log2(8) = 3 partner blocks (those a causal mask leaves of them). */
     public static final int DEFAULT_MASK_BUTTERFLY_SIZE = 8;
@@ -63,6 +64,7 @@ public record AttentionSpec(int heads, int kvHeads, LinearSpec linear, Mask mask
                     + Attention.MAX_HEAD_DIM);
         }
         LinearSpec linear = LinearSpec.read(r);
+        QkvSpec qkv = QkvSpec.read(r, d.dModel(), heads, kv, linear.dense());
         String m = r.string("mask", Mask.DENSE.key());
         Mask mask = switch (m) {
             case "dense" -> Mask.DENSE;
@@ -75,7 +77,7 @@ public record AttentionSpec(int heads, int kvHeads, LinearSpec linear, Mask mask
                     throw r.error(key, "applies only with mask: flat_butterfly, but mask is " + m);
                 }
             }
-            return new AttentionSpec(heads, kv, linear);
+            return new AttentionSpec(heads, kv, linear, Mask.DENSE, BlockMask.GRANULE, DEFAULT_MASK_BUTTERFLY_SIZE, qkv);
         }
         if (d.maxSeq() < 1) {
             throw r.error("mask", "flat_butterfly is laid out over the model's max_seq, which this model does not set"
@@ -89,7 +91,7 @@ public record AttentionSpec(int heads, int kvHeads, LinearSpec linear, Mask mask
         if (Integer.bitCount(size) != 1) {
             throw r.error("mask_butterfly_size", "is " + size + ", not a power of two");
         }
-        return new AttentionSpec(heads, kv, linear, mask, block, size);
+        return new AttentionSpec(heads, kv, linear, mask, block, size, qkv);
     }
 
     /** Dense q, k, v and output projections. */
@@ -97,9 +99,19 @@ public record AttentionSpec(int heads, int kvHeads, LinearSpec linear, Mask mask
         this(heads, kvHeads, LinearSpec.DENSE);
     }
 
-    /** Dense attention (no block mask). */
+    /** Dense attention (no block mask), q, k, v made by {@code linear} projections. */
     public AttentionSpec(int heads, int kvHeads, LinearSpec linear) {
-        this(heads, kvHeads, linear, Mask.DENSE, BlockMask.GRANULE, DEFAULT_MASK_BUTTERFLY_SIZE);
+        this(heads, kvHeads, linear, Mask.DENSE, BlockMask.GRANULE, DEFAULT_MASK_BUTTERFLY_SIZE, QkvSpec.DENSE);
+    }
+
+    /** A block mask, q, k, v made by {@code linear} projections. */
+    public AttentionSpec(int heads, int kvHeads, LinearSpec linear, Mask mask, int maskBlock, int maskButterflySize) {
+        this(heads, kvHeads, linear, mask, maskBlock, maskButterflySize, QkvSpec.DENSE);
+    }
+
+    /** No block mask, q, k, v as {@code qkv} says. */
+    public AttentionSpec(int heads, int kvHeads, LinearSpec linear, QkvSpec qkv) {
+        this(heads, kvHeads, linear, Mask.DENSE, BlockMask.GRANULE, DEFAULT_MASK_BUTTERFLY_SIZE, qkv);
     }
 
     /** The block mask over sequences up to {@code maxSeq} tokens, or null for dense attention. */
@@ -141,6 +153,7 @@ public record AttentionSpec(int heads, int kvHeads, LinearSpec linear, Mask mask
             m.put("mask_block", maskBlock);
             m.put("mask_butterfly_size", maskButterflySize);
         }
+        qkv.putInto(m);
         return m;
     }
 }

@@ -6,6 +6,8 @@ import org.kindling.models.nn.Activation;
 import org.kindling.models.nn.Activations;
 import org.kindling.models.nn.LayerContext;
 import org.kindling.models.nn.LinearSpec;
+import org.kindling.models.nn.ModuleConv;
+import org.kindling.models.nn.MultiplicativeLinear;
 import org.kindling.models.nn.Projection;
 import org.kindling.models.nn.Seqs;
 import org.kindling.ops.Attention;
@@ -20,12 +22,26 @@ import org.kindling.ops.Varlen;
  * Causal multi-head self-attention over packed sequences: q, k, v projections (NKV key/value
  * heads for grouped-query attention), FlashAttention (block-sparse under the spec's mask), and an
  * output projection. Its decoding state is a KV cache per sequence, growing with the context.
+ *
+ * <p>With {@code qkv: multiplicative} (Scaling Transformers' sparse QKV, as trax's
+ * {@code MultiplicativeConvCausalAttention} with its defaults: no v concatenation, no output
+ * layer), one {@link MultiplicativeLinear} of S modules, shared by q, k and v, feeds three
+ * {@link ModuleConv}s: q and k convolve over {@code qkv_kernel} modules, v over one (trax's
+ * kernel_size=1), all causally over {@code qkv_length_kernel} tokens; the output projection
+ * stays as {@code linear} configures it. The decoding state then also holds each convolution's
+ * last L − 1 inputs per sequence.
  */
 final class CausalSelfAttention implements TokenMixer {
+    /** Dense q, k, v projections; null with multiplicative qkv. */
     final Projection q;
     final Projection k;
     final Projection v;
     final Projection proj;
+    /** Multiplicative qkv: the shared layer and the q, k, v convolutions; null when dense. */
+    private final MultiplicativeLinear mult;
+    private final ModuleConv convQ;
+    private final ModuleConv convK;
+    private final ModuleConv convV;
     /** Decoding twins of the projections, so a pending backward stays intact. */
     private final Projection stepQProj;
     private final Projection stepKProj;
@@ -59,6 +75,10 @@ final class CausalSelfAttention implements TokenMixer {
     /** Masked decoding: the cached keys and values of the blocks a query block attends, gathered in order. */
     private final Activation stepGk;
     private final Activation stepGv;
+    /** Multiplicative qkv: the shared layer's output [T, C] (saved), its gradient and its decoding rows [R, C]. */
+    private final Activation mixed;
+    private final Activation dmixed;
+    private final Activation stepMixed;
 
     CausalSelfAttention(LayerContext ctx, AttentionSpec spec) {
         int c = ctx.dModel();
@@ -69,13 +89,41 @@ final class CausalSelfAttention implements TokenMixer {
         this.qOut = spec.heads() * hs;
         this.kvOut = spec.kvHeads() * hs;
         LinearSpec ls = spec.linear();
-        this.q = ls.build(ctx.params(), dev, ctx.child("q"), c, qOut, true, ctx.initStd());
-        this.k = ls.build(ctx.params(), dev, ctx.child("k"), c, kvOut, true, ctx.initStd());
-        this.v = ls.build(ctx.params(), dev, ctx.child("v"), c, kvOut, true, ctx.initStd());
+        QkvSpec qs = spec.qkv();
+        if (qs.multiplicative()) {
+            if (qOut != c || kvOut != c) {
+                throw new IllegalArgumentException(ctx.name() + ": multiplicative qkv needs kv_heads = heads");
+            }
+            var ws = ctx.step().workspace();
+            this.mult = new MultiplicativeLinear(ctx.params(), dev, ws, ctx.child("qkv_mult"), c, c, qs.modules(), true,
+                    ctx.initStd());
+            // The convolutions start near the identity's scale: std 1/√(L·K·M) keeps their output's variance.
+            int m = c / qs.modules();
+            this.convQ = new ModuleConv(ctx.params(), dev, ws, ctx.child("q_conv"), c, qs.modules(), qs.kernel(),
+                    qs.lengthKernel(), 1 / Math.sqrt((double) qs.lengthKernel() * qs.kernel() * m));
+            this.convK = new ModuleConv(ctx.params(), dev, ws, ctx.child("k_conv"), c, qs.modules(), qs.kernel(),
+                    qs.lengthKernel(), 1 / Math.sqrt((double) qs.lengthKernel() * qs.kernel() * m));
+            this.convV = new ModuleConv(ctx.params(), dev, ws, ctx.child("v_conv"), c, qs.modules(), 1, qs.lengthKernel(),
+                    1 / Math.sqrt((double) qs.lengthKernel() * m));
+            this.q = null;
+            this.k = null;
+            this.v = null;
+            this.stepQProj = null;
+            this.stepKProj = null;
+            this.stepVProj = null;
+        } else {
+            this.mult = null;
+            this.convQ = null;
+            this.convK = null;
+            this.convV = null;
+            this.q = ls.build(ctx.params(), dev, ctx.child("q"), c, qOut, true, ctx.initStd());
+            this.k = ls.build(ctx.params(), dev, ctx.child("k"), c, kvOut, true, ctx.initStd());
+            this.v = ls.build(ctx.params(), dev, ctx.child("v"), c, kvOut, true, ctx.initStd());
+            this.stepQProj = q.decodingTwin();
+            this.stepKProj = k.decodingTwin();
+            this.stepVProj = v.decodingTwin();
+        }
         this.proj = ls.build(ctx.params(), dev, ctx.child("proj"), qOut, c, true, ctx.residualStd());
-        this.stepQProj = q.decodingTwin();
-        this.stepKProj = k.decodingTwin();
-        this.stepVProj = v.decodingTwin();
         this.stepProj = proj.decodingTwin();
         this.acts = new Activations(dev, ctx.name(), ctx.step().workspace());
         tq = acts.f32("q");
@@ -94,15 +142,26 @@ final class CausalSelfAttention implements TokenMixer {
         stepLse = acts.scratch("attn.step_lse");
         stepGk = acts.scratch("attn.step_gk");
         stepGv = acts.scratch("attn.step_gv");
+        mixed = acts.f32("qkv_mult");
+        dmixed = acts.scratch("attn.dqkv_mult");
+        stepMixed = acts.scratch("attn.step_qkv_mult");
     }
 
     @Override
     public void forward(Tensor y, Tensor x, Seqs seqs) {
         int t = x.rows();
         Tensor a = out.write(t, qOut);
-        q.forward(tq.write(t, qOut), x);
-        k.forward(tk.write(t, kvOut), x);
-        v.forward(tv.write(t, kvOut), x);
+        if (mult != null) {
+            Tensor h = mixed.write(t, qOut);
+            mult.forward(h, x);
+            convQ.forward(tq.write(t, qOut), h, seqs.host());
+            convK.forward(tk.write(t, kvOut), h, seqs.host());
+            convV.forward(tv.write(t, kvOut), h, seqs.host());
+        } else {
+            q.forward(tq.write(t, qOut), x);
+            k.forward(tk.write(t, kvOut), x);
+            v.forward(tv.write(t, kvOut), x);
+        }
         Varlen cu = seqs.varlen();
         y.device().backend().attentionForward(a, lse.write(attn.heads(), t), tq.saved(t, qOut), tk.saved(t, kvOut),
                 tv.saved(t, kvOut), cu, cu, attn);
@@ -121,9 +180,17 @@ final class CausalSelfAttention implements TokenMixer {
         Varlen cu = seqs.varlen();
         be.attentionBackward(gq, gk, gv, d, tq.saved(t, qOut), tk.saved(t, kvOut), tv.saved(t, kvOut), out.saved(t, qOut),
                 lse.saved(attn.heads(), t), cu, cu, attn);
-        q.backward(dx, gq);
-        k.backward(dx, gk);
-        v.backward(dx, gv);
+        if (mult != null) {
+            Tensor dh = dmixed.zeros(t, qOut);
+            convQ.backward(dh, gq);
+            convK.backward(dh, gk);
+            convV.backward(dh, gv);
+            mult.backward(dx, dh);
+        } else {
+            q.backward(dx, gq);
+            k.backward(dx, gk);
+            v.backward(dx, gv);
+        }
     }
 
     /** Keys and values of every token each sequence has seen: per sequence k, v[capacity, NKV·HS], grown by doubling. */
@@ -135,8 +202,11 @@ final class CausalSelfAttention implements TokenMixer {
         final int[] length;
         final Tensor cuQ;
         final Tensor cuK;
+        /** Multiplicative qkv: the q, k, v convolutions' remembered inputs; null when dense. */
+        final ModuleConv.State[] conv;
 
-        KvCache(Device dev, int sequences, int width) {
+        KvCache(Device dev, int sequences, int width, ModuleConv.State[] conv) {
+            this.conv = conv;
             this.dev = dev;
             this.width = width;
             k = new Tensor[sequences];
@@ -174,6 +244,11 @@ final class CausalSelfAttention implements TokenMixer {
             for (Tensor t : k) {
                 n += t == null ? 0 : 2L * t.numel() * Float.BYTES;
             }
+            if (conv != null) {
+                for (ModuleConv.State s : conv) {
+                    n += s.bytes();
+                }
+            }
             return n;
         }
 
@@ -187,12 +262,19 @@ final class CausalSelfAttention implements TokenMixer {
             }
             cuQ.close();
             cuK.close();
+            if (conv != null) {
+                for (ModuleConv.State s : conv) {
+                    s.close();
+                }
+            }
         }
     }
 
     @Override
     public MixerState newState(int sequences) {
-        return new KvCache(dev, sequences, kvOut);
+        ModuleConv.State[] conv = mult == null ? null
+                : new ModuleConv.State[] {convQ.newState(sequences), convK.newState(sequences), convV.newState(sequences)};
+        return new KvCache(dev, sequences, kvOut, conv);
     }
 
     @Override
@@ -204,9 +286,17 @@ final class CausalSelfAttention implements TokenMixer {
         Tensor sk = stepK.write(rows, kvOut);
         Tensor sv = stepV.write(rows, kvOut);
         Tensor so = stepOut.write(rows, qOut);
-        stepQProj.forward(sq, x);
-        stepKProj.forward(sk, x);
-        stepVProj.forward(sv, x);
+        if (mult != null) {
+            Tensor h = stepMixed.write(rows, qOut);
+            mult.apply(h, x);
+            convQ.step(sq, h, cu, cache.conv[0]);
+            convK.step(sk, h, cu, cache.conv[1]);
+            convV.step(sv, h, cu, cache.conv[2]);
+        } else {
+            stepQProj.forward(sq, x);
+            stepKProj.forward(sk, x);
+            stepVProj.forward(sv, x);
+        }
         for (int b = 0; b + 1 < cu.length; b++) {
             int n = cu[b + 1] - cu[b];
             if (n == 0) {
@@ -294,7 +384,15 @@ final class CausalSelfAttention implements TokenMixer {
     @Override
     public void close() {
         for (Projection p : new Projection[] {stepProj, stepVProj, stepKProj, stepQProj, proj, v, k, q}) {
-            p.close();
+            if (p != null) {
+                p.close();
+            }
+        }
+        if (mult != null) {
+            convV.close();
+            convK.close();
+            convQ.close();
+            mult.close();
         }
         acts.close();
     }
