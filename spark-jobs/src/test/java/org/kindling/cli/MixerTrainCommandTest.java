@@ -69,6 +69,20 @@ class MixerTrainCommandTest {
                 "layer 1 uses attention + moe; the GPT-2 format holds attention + mlp layers only");
     }
 
+    /**
+     * Issue 16's structured layers together: Scaling Transformers' multiplicative q, k, v and
+     * sparse FFN, a gated pixelfly MLP, a flat-butterfly attention mask and butterfly projections.
+     */
+    @Test
+    void structuredSparseLayers() throws Exception {
+        trainsResumesGeneratesAndEvaluates("structured", 3,
+                "[{type: attention, qkv: multiplicative, qkv_modules: 4}, {type: attention, mask: flat_butterfly, mask_butterfly_size: 2},"
+                        + " {type: attention, linear: butterfly}]",
+                "max_seq: 256\nchannel_mixer: [{type: sparse_ffn, block: 8}, {type: mlp, linear: pixelfly, pixelfly_block: 8,"
+                        + " pixelfly_rank: 4, pixelfly_gate: true}, mlp]\n",
+                "layer 0 uses attention + sparse_ffn; the GPT-2 format holds attention + mlp layers only");
+    }
+
     private void trainsResumesGeneratesAndEvaluates(String name, int layers, String mixers, String extra, String exportRefusal)
             throws Exception {
         Path config = dir.resolve(name + ".yaml");
