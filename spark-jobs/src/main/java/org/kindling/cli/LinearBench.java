@@ -63,7 +63,7 @@ final class LinearBench implements Callable<Integer> {
     double seconds;
 
     @Option(names = "--butterfly-terms", description = "butterfly matrices summed by the butterfly implementation; 0: as many as "
-            + "match pixelfly's parameters at these sizes (default ${DEFAULT-VALUE})", defaultValue = "0")
+            + "match pixelfly's parameters at these sizes when pixelfly is listed, else 1 (default ${DEFAULT-VALUE})", defaultValue = "0")
     int butterflyTerms;
 
     @CommandLine.Mixin
@@ -101,13 +101,14 @@ final class LinearBench implements Callable<Integer> {
         if (impls.contains("butterfly")) {
             int terms;
             try {
-                terms = butterflyTerms > 0 ? butterflyTerms : matchedTerms(threads);
+                terms = butterflyTerms > 0 ? butterflyTerms : impls.contains("pixelfly") ? matchedTerms(threads) : 1;
             } catch (IllegalArgumentException e) {
                 throw new CommandLine.ParameterException(cmd, "--impl pixelfly at --in " + in + ", --out " + out
                         + " (to match butterfly's parameters to it): " + e.getMessage());
             }
             specs.put("butterfly", butterfly(terms));
-            err.printf("butterfly: a sum of %d butterfly matrices%s%n", terms, butterflyTerms > 0 ? "" : ", the parameters nearest pixelfly's");
+            err.printf("butterfly: a sum of %d butterfly matrices%s%n", terms,
+                    butterflyTerms == 0 && impls.contains("pixelfly") ? ", the parameters nearest pixelfly's" : "");
         }
         err.printf("one projection %d → %d over %d tokens, %d threads; best of at least %d runs after one warm-up%n", in, out, tokens,
                 threads, reps);

@@ -61,13 +61,14 @@ final class SparseFfn implements ChannelMixer {
     private final GemmInput dyIn;
     private final GemmInput stepIn;
     private final Activations acts;
-    /** Saved by a forward: h = x·W1ᵀ + b1 and ReLU(h) [T, F]; controller hidden [T, rank] and logits [T, F]. */
+    /** Saved by a forward: h = x·W1ᵀ + b1 and ReLU(h) [T, F]; controller hidden [T, rank]. */
     private final Activation h;
     private final Activation relu;
     private final Activation ctrl;
+    /** Forward scratch, shared by the layers since backward needs neither: logits [T, F] and log(−log u) [T, F]. */
     private final Activation logits;
-    /** Training: log(−log u) [T, F], then the Gumbel softmax [T, F]. */
     private final Activation noise;
+    /** Training: the Gumbel softmax [T, F]. */
     private final Activation soft;
     /** A one-hot mask [T, F], from each block's argmax [T·B, 1] (its value and its unit in the block) and ones [T·B, 1]. */
     private final Activation hard;
@@ -124,8 +125,8 @@ final class SparseFfn implements ChannelMixer {
         h = acts.f32("h");
         relu = acts.f32("relu");
         ctrl = acts.f32("ctrl");
-        logits = acts.f32("logits");
-        noise = acts.f32("noise");
+        logits = acts.scratch("sffn.logits");
+        noise = acts.scratch("sffn.noise");
         soft = acts.f32("soft");
         hard = acts.f32("hard");
         choiceValues = acts.f32("choice_values");

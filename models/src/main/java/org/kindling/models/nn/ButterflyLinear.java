@@ -128,6 +128,10 @@ public final class ButterflyLinear implements Projection {
         if (t <= capacity) {
             return;
         }
+        if ((long) t * width > Integer.MAX_VALUE) {
+            throw new IllegalArgumentException(name + ": " + t + " rows × butterfly width " + width + " (" + terms
+                    + " terms) exceed one tensor's 2^31-1 elements; use fewer butterfly_terms or shorter batches");
+        }
         release();
         capacity = t;
         int[] ii = new int[t * width];

@@ -1,28 +1,30 @@
 package org.kindling.models.nn;
 
 /**
- * The flat block butterfly layout of Pixelated Butterfly (Dao et al., 2022): the sum of the
- * butterfly factors' supports, flattened into one block-sparse pattern. On a square grid of n
- * blocks, block (i, j) is kept iff i XOR j is 0 or 2^p for p below {@code factors} (strides 1, 2,
- * …, as the butterfly's factors in increasing stride), with 2^p below the butterfly size k; with
- * every factor (log₂k) that is n·(log₂k + 1) blocks when k divides n. A rectangular grid takes the
- * square layout of the smaller side and stretches it along the larger: each block row (or column)
- * of the square layout is repeated ratio times, so the larger side must be a multiple of the smaller.
+ * The flat block butterfly layout of Pixelated Butterfly (Chen, Dao et al., 2022), as the authors'
+ * reference code lays it out: the butterfly's k nodes split each side of W [OC, IC] into k equal
+ * parts (OC/k × IC/k features per node pair); node pair (a, b) is kept iff a XOR b is 0 or 2^p for
+ * p below {@code factors} (the butterfly's factors, smallest strides first: the sum of their
+ * supports, flattened into one pattern); and a block of the block size is kept iff it overlaps a
+ * kept node pair. With k nodes of one block each on a square matrix that is the XOR rule on
+ * blocks, with k·(log₂k + 1) blocks for every factor; a rectangular matrix stretches each node
+ * along its longer side, and nodes that do not fall on block edges keep every block they touch.
  */
 public final class FlatButterfly {
     private FlatButterfly() {
     }
 
     /**
-     * @param blockRows output blocks (rows of W[OC, IC] over the block size)
-     * @param blockCols input blocks
+     * @param out output features OC (rows of W[OC, IC]), a multiple of the block size and of k
+     * @param in input features IC, a multiple of the block size and of k
+     * @param block the block size of the layout
      * @param butterflySize k, a power of two ≥ 1
-     * @param factors how many butterfly factors, 0…log₂k (0 keeps only the block diagonal)
-     * @return mask[i][j]: whether block (i, j) is kept
+     * @param factors how many butterfly factors, 0…log₂k (0 keeps only the node diagonal)
+     * @return mask[i][j] over [OC / block][IC / block]: whether block (i, j) is kept
      */
-    public static boolean[][] layout(int blockRows, int blockCols, int butterflySize, int factors) {
-        if (blockRows < 1 || blockCols < 1) {
-            throw new IllegalArgumentException("flat butterfly: block grid " + blockRows + "×" + blockCols + " must be at least 1×1");
+    public static boolean[][] layout(int out, int in, int block, int butterflySize, int factors) {
+        if (block < 1 || out < 1 || in < 1 || out % block != 0 || in % block != 0) {
+            throw new IllegalArgumentException("flat butterfly: block " + block + " must divide out " + out + " and in " + in);
         }
         if (butterflySize < 1 || Integer.bitCount(butterflySize) != 1) {
             throw new IllegalArgumentException("flat butterfly: butterfly size " + butterflySize + " is not a power of two");
@@ -31,19 +33,23 @@ public final class FlatButterfly {
         if (factors < 0 || factors > log) {
             throw new IllegalArgumentException("flat butterfly: factors " + factors + " must be in 0…log2(butterfly size " + butterflySize + ") = " + log);
         }
-        int small = Math.min(blockRows, blockCols);
-        int large = Math.max(blockRows, blockCols);
-        if (large % small != 0) {
-            throw new IllegalArgumentException("flat butterfly: block grid " + blockRows + "×" + blockCols
-                    + " is rectangular with a larger side that is not a multiple of the smaller");
+        if (out % butterflySize != 0 || in % butterflySize != 0) {
+            throw new IllegalArgumentException("flat butterfly: butterfly size " + butterflySize + " must divide out " + out
+                    + " and in " + in + " (each of its nodes spans out/k × in/k features); a multiple of it is needed");
         }
-        int ratio = large / small;
-        boolean[][] mask = new boolean[blockRows][blockCols];
-        for (int i = 0; i < blockRows; i++) {
-            for (int j = 0; j < blockCols; j++) {
-                int si = blockRows > blockCols ? i / ratio : i;
-                int sj = blockCols > blockRows ? j / ratio : j;
-                mask[i][j] = kept(si ^ sj, factors);
+        int nodeRows = out / butterflySize;
+        int nodeCols = in / butterflySize;
+        boolean[][] mask = new boolean[out / block][in / block];
+        for (int i = 0; i < mask.length; i++) {
+            for (int j = 0; j < mask[i].length; j++) {
+                for (int a = i * block / nodeRows; a <= ((i + 1) * block - 1) / nodeRows && !mask[i][j]; a++) {
+                    for (int b = j * block / nodeCols; b <= ((j + 1) * block - 1) / nodeCols; b++) {
+                        if (kept(a ^ b, factors)) {
+                            mask[i][j] = true;
+                            break;
+                        }
+                    }
+                }
             }
         }
         return mask;

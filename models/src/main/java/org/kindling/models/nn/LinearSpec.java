@@ -30,6 +30,9 @@ public record LinearSpec(Kind kind, int block, int butterflySize, int factors, i
         this(kind, block, butterflySize, factors, rank, gate, 1);
     }
 
+    /** The most butterfly matrices one projection sums (each is as slow as one butterfly). */
+    public static final int MAX_TERMS = 64;
+
     public static LinearSpec read(ConfigReader r) {
         String k = r.string("linear", Kind.DENSE.key());
         Kind kind = switch (k) {
@@ -51,7 +54,7 @@ public record LinearSpec(Kind kind, int block, int butterflySize, int factors, i
                 return DENSE;
             }
             return new LinearSpec(kind, DENSE.block, DENSE.butterflySize, DENSE.factors, DENSE.rank, false,
-                    r.integer("butterfly_terms", 1, 1));
+                    terms(r));
         }
         if (r.has("butterfly_terms")) {
             throw r.error("butterfly_terms", "applies only with linear: butterfly, but linear is " + k);
@@ -67,6 +70,15 @@ public record LinearSpec(Kind kind, int block, int butterflySize, int factors, i
         }
         int rank = r.integer("pixelfly_rank", DENSE.rank, 0);
         return new LinearSpec(kind, block, size, factors, rank, r.bool("pixelfly_gate", false));
+    }
+
+    /** Butterfly terms: each adds the twiddles of a whole butterfly, so a count beyond any sensible width is refused here. */
+    private static int terms(ConfigReader r) {
+        int terms = r.integer("butterfly_terms", 1, 1);
+        if (terms > MAX_TERMS) {
+            throw r.error("butterfly_terms", "is " + terms + "; at most " + MAX_TERMS + " butterfly matrices are summed");
+        }
+        return terms;
     }
 
     public boolean dense() {

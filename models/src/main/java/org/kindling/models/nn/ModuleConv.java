@@ -88,6 +88,10 @@ public final class ModuleConv implements AutoCloseable {
     /** y[T, C] = conv(x[T, C]) over the packed sequences at host offsets {@code cu}; x must stay unchanged until backward. */
     public void forward(Tensor y, Tensor x, int[] cu) {
         int t = x.rows();
+        if (cu.length < 2 || cu[0] != 0 || cu[cu.length - 1] != t) {
+            throw new IllegalArgumentException(name + ": sequence offsets " + java.util.Arrays.toString(cu) + " must run from 0 to the "
+                    + t + " rows of x");
+        }
         int[] host = trainRows.host(t * modules * taps());
         for (int b = 0; b + 1 < cu.length; b++) {
             for (int r = cu[b]; r < cu[b + 1]; r++) {

@@ -87,7 +87,7 @@ public final class PixelflyLinear implements Projection {
         boolean lowRank = rank > 0;
         double share = (gated ? 2.0 : 0.5) * (lowRank ? 1.0 : 2.0);
         double variance = in * denseStd * denseStd * share;
-        // Every output row keeps density / OC weights (the layout is uniform per row).
+        // An output row keeps density / OC weights on average (rows differ where nodes straddle blocks).
         this.sparse = pb.add(name + ".sparse", Init.normal(Math.sqrt(variance * out / density)), ParamGroup.DECAY,
                 this.layout.nnz(), block, block);
         if (lowRank) {
@@ -138,10 +138,12 @@ public final class PixelflyLinear implements Projection {
     /** The flat butterfly layout over blocks of {@code block}: see {@link FlatButterfly#layout}. */
     public static PixelflyLinear flatButterfly(Params.Builder pb, Device dev, String name, int in, int out, boolean bias,
             int block, int butterflySize, int factors, int rank, boolean gated, double denseStd) {
-        if (block < 1 || in % block != 0 || out % block != 0) {
-            throw new IllegalArgumentException(name + ": pixelfly block " + block + " must divide in " + in + " and out " + out);
+        boolean[][] layout;
+        try {
+            layout = FlatButterfly.layout(out, in, block, butterflySize, factors);
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException(name + ": pixelfly " + e.getMessage(), e);
         }
-        boolean[][] layout = FlatButterfly.layout(out / block, in / block, butterflySize, factors);
         return new PixelflyLinear(pb, dev, name, in, out, bias, layout, block, rank, gated, denseStd);
     }
 

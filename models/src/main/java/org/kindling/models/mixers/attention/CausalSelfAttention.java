@@ -286,6 +286,15 @@ final class CausalSelfAttention implements TokenMixer {
         Tensor sk = stepK.write(rows, kvOut);
         Tensor sv = stepV.write(rows, kvOut);
         Tensor so = stepOut.write(rows, qOut);
+        BlockMask mask = attn.mask();
+        for (int b = 0; mask != null && b + 1 < cu.length; b++) {
+            // Checked before any state advances, so a refused step leaves the session as it was.
+            int total = cache.length[b] + cu[b + 1] - cu[b];
+            if (total > mask.blocks() * mask.blockSize()) {
+                throw new IllegalArgumentException("sequence " + b + " would reach " + total + " tokens but the attention "
+                        + mask + " covers " + mask.blocks() * mask.blockSize() + " (the model's max_seq, in whole blocks)");
+            }
+        }
         if (mult != null) {
             Tensor h = stepMixed.write(rows, qOut);
             mult.apply(h, x);
@@ -304,11 +313,6 @@ final class CausalSelfAttention implements TokenMixer {
             }
             int len = cache.length[b];
             int total = len + n;
-            BlockMask mask = attn.mask();
-            if (mask != null && total > mask.blocks() * mask.blockSize()) {
-                throw new IllegalArgumentException("sequence " + b + " would reach " + total + " tokens but the attention "
-                        + mask + " covers " + mask.blocks() * mask.blockSize() + " (the model's max_seq, in whole blocks)");
-            }
             cache.reserve(b, total);
             be.copy(cache.k[b].view(len * kvOut, n, kvOut), sk.view(cu[b] * kvOut, n, kvOut));
             be.copy(cache.v[b].view(len * kvOut, n, kvOut), sv.view(cu[b] * kvOut, n, kvOut));
