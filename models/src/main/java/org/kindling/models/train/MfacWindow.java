@@ -197,6 +197,55 @@ public final class MfacWindow implements AutoCloseable {
         }
     }
 
+    /**
+     * The dense reference for benchmarks and tests: {@code F⁻¹x} with {@code F = λI + (1/m)·Σ g gᵀ} over
+     * {@code grads} (at most m; missing ones count as zero) formed in double and solved by Cholesky,
+     * O(d²·m + d³) time and d² doubles of memory.
+     */
+    public static double[] dense(java.util.List<float[]> grads, int m, float[] x, double damp) {
+        int d = x.length;
+        if (grads.size() > m) {
+            throw new IllegalArgumentException(grads.size() + " gradients do not fit a window of " + m);
+        }
+        double[] f = new double[d * d];
+        for (int i = 0; i < d; i++) {
+            f[i * d + i] = damp;
+        }
+        for (float[] g : grads) {
+            for (int i = 0; i < d; i++) {
+                for (int j = 0; j < d; j++) {
+                    f[i * d + j] += (double) g[i] * g[j] / m;
+                }
+            }
+        }
+        double[] l = new double[d * d];
+        for (int i = 0; i < d; i++) {
+            for (int j = 0; j <= i; j++) {
+                double s = f[i * d + j];
+                for (int k = 0; k < j; k++) {
+                    s -= l[i * d + k] * l[j * d + k];
+                }
+                l[i * d + j] = i == j ? Math.sqrt(s) : s / l[j * d + j];
+            }
+        }
+        double[] y = new double[d];
+        for (int i = 0; i < d; i++) {
+            double s = x[i];
+            for (int k = 0; k < i; k++) {
+                s -= l[i * d + k] * y[k];
+            }
+            y[i] = s / l[i * d + i];
+        }
+        for (int i = d - 1; i >= 0; i--) {
+            double s = y[i];
+            for (int k = i + 1; k < d; k++) {
+                s -= l[k * d + i] * y[k];
+            }
+            y[i] = s / l[i * d + i];
+        }
+        return y;
+    }
+
     @Override
     public void close() {
         window.close();

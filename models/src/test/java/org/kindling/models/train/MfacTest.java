@@ -32,49 +32,6 @@ class MfacTest {
         return x;
     }
 
-    /** F⁻¹x with F = λI + (1/m)·Σ g gᵀ formed densely in double and solved by Cholesky. */
-    private static double[] dense(List<float[]> grads, float[] x, double damp) {
-        int d = x.length;
-        int m = grads.size();
-        double[] f = new double[d * d];
-        for (int i = 0; i < d; i++) {
-            f[i * d + i] = damp;
-        }
-        for (float[] g : grads) {
-            for (int i = 0; i < d; i++) {
-                for (int j = 0; j < d; j++) {
-                    f[i * d + j] += (double) g[i] * g[j] / m;
-                }
-            }
-        }
-        double[] l = new double[d * d];
-        for (int i = 0; i < d; i++) {
-            for (int j = 0; j <= i; j++) {
-                double s = f[i * d + j];
-                for (int k = 0; k < j; k++) {
-                    s -= l[i * d + k] * l[j * d + k];
-                }
-                l[i * d + j] = i == j ? Math.sqrt(s) : s / l[j * d + j];
-            }
-        }
-        double[] y = new double[d];
-        for (int i = 0; i < d; i++) {
-            double s = x[i];
-            for (int k = 0; k < i; k++) {
-                s -= l[i * d + k] * y[k];
-            }
-            y[i] = s / l[i * d + i];
-        }
-        for (int i = d - 1; i >= 0; i--) {
-            double s = y[i];
-            for (int k = i + 1; k < d; k++) {
-                s -= l[k * d + i] * y[k];
-            }
-            y[i] = s / l[i * d + i];
-        }
-        return y;
-    }
-
     private static float[] product(Device dev, int m, double damp, List<float[]> inserted, float[] x) {
         int d = x.length;
         try (MfacWindow w = new MfacWindow(dev, m, d, damp); Tensor g = dev.allocate(DType.F32, d);
@@ -133,14 +90,10 @@ class MfacTest {
         }
         float[] x = gaussian(rnd, d);
         try (Device dev = CpuDevice.open(2)) {
-            assertClose(dense(grads, x, 0.1), product(dev, m, 0.1, grads, x), 1e-4);
+            assertClose(MfacWindow.dense(grads, m, x, 0.1), product(dev, m, 0.1, grads, x), 1e-4);
             // A window not yet full holds zero rows, which add nothing to F (still 1/m per gradient).
             List<float[]> two = grads.subList(0, 2);
-            List<float[]> padded = new ArrayList<>(two);
-            padded.add(new float[d]);
-            padded.add(new float[d]);
-            padded.add(new float[d]);
-            assertClose(dense(padded, x, 0.1), product(dev, m, 0.1, two, x), 1e-4);
+            assertClose(MfacWindow.dense(two, m, x, 0.1), product(dev, m, 0.1, two, x), 1e-4);
         }
     }
 
@@ -156,7 +109,7 @@ class MfacTest {
         }
         float[] x = gaussian(rnd, d);
         try (Device dev = CpuDevice.open(2)) {
-            assertClose(dense(grads.subList(7, 12), x, 0.1), product(dev, m, 0.1, grads, x), 1e-4);
+            assertClose(MfacWindow.dense(grads.subList(7, 12), m, x, 0.1), product(dev, m, 0.1, grads, x), 1e-4);
         }
     }
 
