@@ -10,6 +10,7 @@ import java.util.concurrent.Callable;
 import org.kindling.api.Presets;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.RunConfig;
+import org.kindling.models.config.OptimizerConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
 import org.kindling.models.data.TokenBatch;
@@ -76,6 +77,13 @@ final class TrainBench implements Callable<Integer> {
         "weights and optimizer state; the run config's precision: bf16) (default ${DEFAULT-VALUE})"}, defaultValue = "fp32")
     String dtype;
 
+    @Option(names = "--optimizer", description = {"the update: adamw, or mfac (M-FAC over a window of --ngrads gradients, the",
+        "config's default damping and no momentum) (default ${DEFAULT-VALUE})"}, defaultValue = "adamw")
+    String optimizer;
+
+    @Option(names = "--ngrads", description = "M-FAC's window with --optimizer mfac (default ${DEFAULT-VALUE})", defaultValue = "16")
+    int ngrads;
+
     @Option(names = "--profile", description = {"count every kernel of the timed steps by class (gemm, attention, normalization,",
         "elementwise, loss, optimizer, embedding, other) and the gradient sync (communication): a table per step on stderr",
         "of calls, GFLOP, MB, ms, shares of FLOPs and time, GFLOP/s and GB/s; with --json one line per class"})
@@ -137,8 +145,26 @@ final class TrainBench implements Callable<Integer> {
         if (cfg.limited() && seq > cfg.maxSeq()) {
             throw new CommandLine.ParameterException(cmd, "--seq " + seq + " exceeds the model's max_seq " + cfg.maxSeq());
         }
+        OptimizerConfig opt;
+        if (optimizer.equals(OptimizerConfig.ADAMW)) {
+            if (cmd.getParseResult().hasMatchedOption("--ngrads")) {
+                throw new CommandLine.ParameterException(cmd, "--ngrads is M-FAC's window: it needs --optimizer mfac");
+            }
+            opt = OptimizerConfig.ADAMW_DEFAULT;
+        } else if (optimizer.equals(OptimizerConfig.MFAC)) {
+            if (ngrads < 1) {
+                throw new CommandLine.ParameterException(cmd, "--ngrads must be >= 1, got " + ngrads);
+            }
+            if (torch != null) {
+                throw new CommandLine.ParameterException(cmd, "--peer torch trains with AdamW: compare --optimizer mfac with "
+                        + "--optimizer adamw instead");
+            }
+            opt = OptimizerConfig.mfac(ngrads, OptimizerConfig.DEFAULT_DAMP, OptimizerConfig.DEFAULT_MOMENTUM);
+        } else {
+            throw new CommandLine.ParameterException(cmd, "--optimizer must be adamw or mfac, got " + optimizer);
+        }
         TrainConfig train = new TrainConfig(1, 1e-4, 1e-5, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1)
-                .withPrecision(precision);
+                .withPrecision(precision).withOptimizer(opt);
         if (torch != null) {
             try {
                 HfExport.requireGpt2(cfg);
@@ -173,6 +199,7 @@ final class TrainBench implements Callable<Integer> {
         Profiler profiler = profile ? new Profiler() : null;
         try (DataParallel dp = common.replicas(reps, perThreads, cfg, 1, train, profiler)) {
             Trainer first = dp.replicas().get(0).trainer();
+            err.printf("%s (per replica)%n", first.optimizer().describe());
             params = first.model().params().count();
             activeParams = first.model().parameterCounts().active();
             List<DataSource> data = randomTokens(cfg.vocab(), batch, seq, reps);
@@ -212,14 +239,14 @@ final class TrainBench implements Callable<Integer> {
         double tokensPerS = stats.medianRate(batch * seq);
         double fwd = split[0] / steps;
         double bwd = split[1] / steps;
-        double opt = split[2] / steps;
+        double optMs = split[2] / steps;
         if (profiler != null) {
             stepFlops = flops(profiler) / stats.reps();
         }
         err.printf("train %,d params, %,d active (L=%d C=%d H=%d V=%d), B=%d T=%d, %s, %d replica(s) x %d thread(s): %.0f tokens/s, "
-                + "%.1f ms/step (median of %d; best %.1f; forward %.1f, backward %.1f, optimizer %.1f), peak %.1f MB%s%n", params, activeParams,
-                cfg.nLayer(), cfg.dModel(), cfg.nHead(), cfg.vocab(), batch, seq, dtype, reps, perThreads, tokensPerS, msPerStep, stats.reps(), stats.best() * 1e3,
-                fwd, bwd, opt, peakBytes / 1e6, last[0].metricsText());
+                + "%.1f ms/step (median of %d; best %.1f; forward %.1f, backward %.1f, optimizer %s %.1f), peak %.1f MB, last loss %.4f%s%n",
+                params, activeParams, cfg.nLayer(), cfg.dModel(), cfg.nHead(), cfg.vocab(), batch, seq, dtype, reps, perThreads, tokensPerS,
+                msPerStep, stats.reps(), stats.best() * 1e3, fwd, bwd, optimizer, optMs, peakBytes / 1e6, last[0].loss(), last[0].metricsText());
         err.flush();
         if (common.json) {
             Map<String, Object> row = new LinkedHashMap<>();
@@ -231,8 +258,8 @@ final class TrainBench implements Callable<Integer> {
             row.put("ms_per_step", BenchOptions.round(msPerStep));
             row.put("fwd_ms", BenchOptions.round(fwd));
             row.put("bwd_ms", BenchOptions.round(bwd));
-            row.put("opt_ms", BenchOptions.round(opt));
-            row.put("impl", precision == Precision.FP32 ? "kindling" : "kindling " + dtype);
+            row.put("opt_ms", BenchOptions.round(optMs));
+            row.put("impl", "kindling" + (precision == Precision.FP32 ? "" : " " + dtype) + (opt.isMfac() ? " mfac" : ""));
             row.put("active_params", activeParams);
             row.put("peak_mb", BenchOptions.round(peakBytes / 1e6));
             Json.putMetrics(row, last[0].metrics());

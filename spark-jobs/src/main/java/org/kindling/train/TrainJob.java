@@ -545,7 +545,12 @@ public final class TrainJob {
                 Gpt model = null;
                 try {
                     model = new Gpt(cfg.model(), dev, cfg.train().seed());
-                    return new DataParallel.Replica(dev, model, new Trainer(model, cfg.train(), sync));
+                    Trainer trainer = new Trainer(model, cfg.train(), sync);
+                    if (r == 0) {
+                        // Each replica holds its own optimizer state: M-FAC's window is ngrads × the parameters.
+                        LOG.log(System.Logger.Level.INFO, "rank " + between.rank() + ": " + trainer.optimizer().describe() + " per replica");
+                    }
+                    return new DataParallel.Replica(dev, model, trainer);
                 } catch (RuntimeException | Error e) {
                     if (model != null) {
                         model.close();

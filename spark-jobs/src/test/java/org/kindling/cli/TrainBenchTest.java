@@ -95,4 +95,16 @@ class TrainBenchTest {
         assertEquals(use.get("gflop_per_step").asDouble(), profiled.get("gflop_per_step").asDouble(), 1e-12);
         CliRun.assertUsageError("--ceiling must be 0 (skip) or a GEMM size, got -1", with("--ceiling", "-1"));
     }
+
+    @Test
+    void optimizerSelectsMfacAndNamesItInImpl() throws Exception {
+        CliRun r = CliRun.of(with("--optimizer", "mfac", "--ngrads", "4", "--ceiling", "0"));
+        JsonNode mfac = r.rows(null).get(0);
+        assertEquals("kindling mfac", mfac.get("impl").asText());
+        assertTrue(mfac.get("opt_ms").asDouble() >= 0, r.out());
+        assertTrue(r.err().contains("optimizer mfac (ngrads 4, damp 1.0E-4, momentum 0.0): window 4 × "), r.err());
+        CliRun.assertUsageError("--optimizer must be adamw or mfac, got sgd", with("--optimizer", "sgd"));
+        CliRun.assertUsageError("--ngrads is M-FAC's window: it needs --optimizer mfac", with("--ngrads", "4"));
+        CliRun.assertUsageError("--peer torch trains with AdamW", with("--optimizer", "mfac", "--peer", "torch"));
+    }
 }

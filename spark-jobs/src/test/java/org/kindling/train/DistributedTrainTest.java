@@ -343,6 +343,31 @@ class DistributedTrainTest {
     }
 
     /** One task on local[2] trains two replicas; its checkpoint refuses a resume with one, naming the setting and both counts. */
+    /**
+     * M-FAC in Spark: two workers log the window's memory, and a stage retried after a lost worker
+     * resumes from the checkpoint's window, Gram matrix and momentum and ends bit-identical.
+     */
+    @Test
+    void mfacTrainsOnTwoWorkersAndARetriedStageEndsBitIdentical() throws IOException {
+        RunConfig base = config(DOCS_PER_BATCH * LEN);
+        RunConfig mfac = new RunConfig(MODEL, base.train().withOptimizer(org.kindling.models.config.OptimizerConfig.mfac(4, 1e-4, 0.5)));
+        Path clean = dir.resolve("mfac");
+        Path faulty = dir.resolve("mfac-faulty");
+        List<StepResult> steps;
+        try (LogCapture logs = new LogCapture()) {
+            steps = TrainJob.run(spark, clean.toString(), data.toString(), mfac, 2);
+            assertTrue(logs.lines().stream().anyMatch(l -> l.contains("rank 1: optimizer mfac (ngrads 4, damp 1.0E-4, momentum 0.5): "
+                    + "window 4 × ")), logs.lines().toString());
+        }
+        assertEquals(6, steps.size());
+        assertTrue(steps.get(5).loss() < steps.get(0).loss(), steps.toString());
+        try (LogCapture logs = new LogCapture()) {
+            TrainJob.run(spark, faulty.toString(), data.toString(), mfac, 2, new TrainJob.Fault(1, 3, false));
+            assertTrue(logs.lines().stream().anyMatch(l -> l.contains("resumes from checkpoint step-2")), logs.lines().toString());
+        }
+        assertArrayEquals(weights(clean, 6), weights(faulty, 6), "a retried M-FAC stage must end bit-identical");
+    }
+
     @Test
     void resumingWithAnotherReplicaCountIsRefusedNamingTheSetting() throws IOException {
         Path run = dir.resolve("replicas");

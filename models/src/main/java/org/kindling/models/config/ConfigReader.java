@@ -131,6 +131,15 @@ public final class ConfigReader {
         return out;
     }
 
+    /** A single spec under {@code k}: a mapping with a {@code type} key, or just the type's name. */
+    public ConfigReader spec(String k, String dflt) {
+        Object v = raw(k);
+        if (v == null) {
+            v = required(k, dflt);
+        }
+        return spec(key(k), v);
+    }
+
     @SuppressWarnings("unchecked")
     private ConfigReader spec(String name, Object v) {
         if (v instanceof String s) {

@@ -7,8 +7,8 @@ import java.util.Map;
 import java.util.Set;
 
 /**
- * {@code --set key=value} on a parsed config: the key is a dotted path. A train key alone
- * ({@code lr}) means {@code train.lr}; a path through a layer spec given as a name
+ * {@code --set key=value} on a parsed config: the key is a dotted path. A path that starts with a train key
+ * ({@code lr}, {@code optimizer.ngrads}) means one under {@code train}; a path through a layer spec given as a name
  * ({@code mixer: h3}) turns it into a mapping ({@code {type: h3}}); a number indexes a per-layer
  * list ({@code mixer.1.type}); any other key on a list applies to every entry.
  */
@@ -25,7 +25,7 @@ final class Overrides {
             if (path.stream().anyMatch(String::isEmpty)) {
                 throw new IllegalArgumentException("--set " + key + ": empty segment in the key");
             }
-            if (path.size() == 1 && trainKeys.contains(key)) {
+            if (trainKeys.contains(path.get(0))) {
                 path.add(0, "train");
             }
             set(out, path, 0, value, key);

@@ -23,17 +23,21 @@ import org.kindling.models.nn.Precision;
  * @param evalInterval steps between evaluations on the run's eval data, if it has any (0 = off); the last step is
  *     evaluated too
  * @param evalBatches batches each worker evaluates per evaluation (fewer where its slice of the eval data ends first)
+ * @param optimizer AdamW (beta1, beta2, eps above) or M-FAC and its window, damping and momentum
  */
 public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay,
                           double beta1, double beta2, double eps, double gradClip, int gradAccum, int batchTokens,
                           int logInterval, int checkpointInterval, int keepCheckpoints, Precision precision,
-                          int evalInterval, int evalBatches) {
+                          int evalInterval, int evalBatches, OptimizerConfig optimizer) {
     /** Batches per worker per evaluation unless eval_batches says otherwise. */
     public static final int DEFAULT_EVAL_BATCHES = 4;
 
     public TrainConfig {
         if (precision == null) {
             throw new IllegalArgumentException("precision must be fp32 or bf16, got none");
+        }
+        if (optimizer == null) {
+            throw new IllegalArgumentException("optimizer must be adamw or mfac, got none");
         }
         if (!(lr > 0) || !(minLr >= 0) || minLr > lr) {
             throw new IllegalArgumentException("need lr > 0 and 0 <= min_lr <= lr, got lr " + lr + ", min_lr " + minLr);
@@ -71,10 +75,24 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
                 checkpointInterval, keepCheckpoints, Precision.FP32, logInterval, DEFAULT_EVAL_BATCHES);
     }
 
+    /** AdamW: the settings before the optimizer became selectable. */
+    public TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay, double beta1,
+                       double beta2, double eps, double gradClip, int gradAccum, int batchTokens, int logInterval,
+                       int checkpointInterval, int keepCheckpoints, Precision precision, int evalInterval, int evalBatches) {
+        this(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum, batchTokens, logInterval,
+                checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, OptimizerConfig.ADAMW_DEFAULT);
+    }
+
     /** The same settings with eval_interval and eval_batches replaced. */
     public TrainConfig withEval(int interval, int batches) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
-                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, interval, batches);
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, interval, batches, optimizer);
+    }
+
+    /** The same settings with {@code optimizer} instead. */
+    public TrainConfig withOptimizer(OptimizerConfig optimizer) {
+        return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer);
     }
 
     /** Whether step {@code step} (1-based) is evaluated when there is eval data: every eval_interval steps and the last. */
@@ -91,7 +109,7 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
     /** These settings with {@code precision} instead. */
     public TrainConfig withPrecision(Precision precision) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
-                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches);
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer);
     }
 
     /** Learning rate of optimizer step {@code step} (0-based): linear warmup, then cosine decay to minLr. */
@@ -138,9 +156,10 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
         if (evalBatches < 1) {
             throw r.error("eval_batches", "must be >= 1, got " + evalBatches);
         }
+        OptimizerConfig optimizer = OptimizerConfig.read(r);
         try {
             return new TrainConfig(seed, lr, minLr, warmup, maxSteps, wd, b1, b2, eps, clip, accum, batchTokens, logInterval,
-                    ckpt, keep, precision, evalInterval, evalBatches);
+                    ckpt, keep, precision, evalInterval, evalBatches, optimizer);
         } catch (IllegalArgumentException e) {
             throw r.invalid(e);
         }
@@ -166,6 +185,7 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
         m.put("precision", precision.key());
         m.put("eval_interval", evalInterval);
         m.put("eval_batches", evalBatches);
+        m.put("optimizer", optimizer.toValue());
         return m;
     }
 }

@@ -23,8 +23,8 @@ import org.kindling.ops.Tensor;
 
 /**
  * Checkpoints of a run directory: {@code checkpoints/step-N/} holds {@code model.safetensors}
- * (weights and fixed tensors by name), {@code optimizer.safetensors} (AdamW moments {@code m.NAME},
- * {@code v.NAME}) and {@code state.json} (format version, step, each worker's data position, the
+ * (weights and fixed tensors by name), {@code optimizer.safetensors} (the optimizer's state: AdamW's moments
+ * {@code m.NAME}, {@code v.NAME}; M-FAC's gradient window, its Gram matrix and momentum) and {@code state.json} (format version, step, each worker's data position, the
  * replicas each worker trained as, RNG seed, resolved config). A checkpoint is written into a temporary directory and renamed into place, then
  * {@code checkpoints/LATEST} is replaced atomically to name it; only the newest K are kept. A
  * crash at any point leaves the previous LATEST checkpoint complete and usable.
@@ -97,7 +97,7 @@ public final class Checkpoints {
             if (!storage.exists(dir + "/state.json")) {
                 String tmp = DIR + "/.tmp-" + name + "-" + Long.toHexString(System.nanoTime());
                 writeTensors(tmp + "/model.safetensors", weights(trainer.model()));
-                writeTensors(tmp + "/optimizer.safetensors", moments(trainer));
+                writeTensors(tmp + "/optimizer.safetensors", optimizerState(trainer));
                 ObjectNode state = JSON.createObjectNode();
                 state.put("format_version", FORMAT_VERSION);
                 state.put("step", trainer.stepCount());
@@ -243,7 +243,7 @@ public final class Checkpoints {
         model.params().refreshShadow();
     }
 
-    /** Restores weights, AdamW moments and the step counter; returns the checkpoint's state. */
+    /** Restores weights, the optimizer's state and the step counter; returns the checkpoint's state. */
     public State restore(String name, Trainer trainer) {
         State state = state(name);
         if (state.formatVersion() != FORMAT_VERSION) {
@@ -255,18 +255,11 @@ public final class Checkpoints {
                     + "the Kindling that wrote it", new CorruptFileException("format_version " + state.formatVersion()));
         }
         loadWeights(name, trainer.model());
-        Map<String, Tensor> targets = new LinkedHashMap<>();
-        for (Param p : trainer.model().params().list()) {
-            targets.put("m." + p.name(), momentView(trainer.firstMoments(), trainer, p));
-            targets.put("v." + p.name(), momentView(trainer.secondMoments(), trainer, p));
-        }
-        readInto(DIR + "/" + name + "/optimizer.safetensors", targets);
+        // A checkpoint of another optimizer lacks this one's tensors: readInto names the first missing or foreign one.
+        readInto(DIR + "/" + name + "/optimizer.safetensors", trainer.optimizer().state());
+        trainer.optimizer().restored();
         trainer.restoreStep(state.step());
         return state;
-    }
-
-    private static Tensor momentView(Tensor flat, Trainer trainer, Param p) {
-        return flat.view(p.value().offset() - trainer.model().params().values().offset(), p.shape());
     }
 
     /**
@@ -328,12 +321,9 @@ public final class Checkpoints {
         return out;
     }
 
-    private static Map<String, Safetensors.Tensor> moments(Trainer trainer) {
+    private static Map<String, Safetensors.Tensor> optimizerState(Trainer trainer) {
         Map<String, Safetensors.Tensor> out = new LinkedHashMap<>();
-        for (Param p : trainer.model().params().list()) {
-            out.put("m." + p.name(), new Safetensors.Tensor(p.shape(), momentView(trainer.firstMoments(), trainer, p).toFloatArray()));
-            out.put("v." + p.name(), new Safetensors.Tensor(p.shape(), momentView(trainer.secondMoments(), trainer, p).toFloatArray()));
-        }
+        trainer.optimizer().state().forEach((n, t) -> out.put(n, new Safetensors.Tensor(t.shape(), t.toFloatArray())));
         return out;
     }
 }

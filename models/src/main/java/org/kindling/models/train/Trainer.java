@@ -9,19 +9,15 @@ import org.kindling.models.data.TokenBatch;
 import org.kindling.models.nn.Param;
 import org.kindling.models.nn.Params;
 import org.kindling.models.nn.StepMetrics;
-import org.kindling.ops.AdamW;
 import org.kindling.ops.Backend;
-import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.NonFiniteInputException;
 import org.kindling.ops.Seeds;
-import org.kindling.ops.Tensor;
 
 /**
- * Training steps: gradient accumulation over micro-batches, global-norm clipping, AdamW with
- * decoupled weight decay on fp32 master weights (under {@code precision: bf16} the GEMMs read bf16 copies of them,
- * refreshed after each update), one call per parameter group (its decay and
- * learning-rate multiplier), warmup + cosine schedule.
+ * Training steps: gradient accumulation over micro-batches, global-norm clipping, the config's
+ * {@link Optimizer} (AdamW by default, or M-FAC) on fp32 master weights (under {@code precision: bf16} the GEMMs
+ * read bf16 copies of them, refreshed after each update), warmup + cosine schedule.
  * Deterministic: the same model, config and data give bit-identical weights. With a
  * {@link GradientSync} of several workers, the loss and gradients are means over every worker's
  * tokens, so all replicas take the same step.
@@ -30,8 +26,7 @@ public final class Trainer implements AutoCloseable {
     private final Gpt model;
     private final TrainConfig cfg;
     private final GradientSync sync;
-    private final Tensor m;
-    private final Tensor v;
+    private final Optimizer optimizer;
     private int step;
     /** Filled in by the last {@link #step}: the phases' wall times in ms. */
     private double fwdMs;
@@ -47,9 +42,7 @@ public final class Trainer implements AutoCloseable {
         this.cfg = cfg;
         this.sync = sync;
         model.params().setPrecision(cfg.precision());
-        int n = model.params().count();
-        this.m = model.device().allocate(DType.F32, n);
-        this.v = model.device().allocate(DType.F32, n);
+        this.optimizer = Optimizer.create(model.params(), cfg);
     }
 
     public Gpt model() {
@@ -69,17 +62,12 @@ public final class Trainer implements AutoCloseable {
         return step;
     }
 
-    /** AdamW first moments, flat like the parameters. */
-    public Tensor firstMoments() {
-        return m;
+    /** The optimizer and its state. */
+    public Optimizer optimizer() {
+        return optimizer;
     }
 
-    /** AdamW second moments, flat like the parameters. */
-    public Tensor secondMoments() {
-        return v;
-    }
-
-    /** Restores the step counter (with moments and weights loaded by a checkpoint). */
+    /** Restores the step counter (with the optimizer's state and weights loaded by a checkpoint). */
     public void restoreStep(int step) {
         if (step < 0) {
             throw new IllegalArgumentException("step must be >= 0, got " + step);
@@ -171,14 +159,7 @@ public final class Trainer implements AutoCloseable {
         }
         float clip = cfg.gradClip() > 0 && norm > cfg.gradClip() ? (float) (cfg.gradClip() / norm) : 1f;
         float lr = (float) cfg.lrAt(step);
-        // One AdamW call per parameter group: its learning-rate multiplier, and decay only where it applies.
-        for (Params.Segment seg : params.segments()) {
-            AdamW update = new AdamW((float) (lr * seg.group().lrScale()), (float) cfg.beta1(), (float) cfg.beta2(), (float) cfg.eps(),
-                    seg.group().decay() ? (float) cfg.weightDecay() : 0f, step + 1, clip);
-            int o = seg.offset();
-            int n = seg.length();
-            be.adamW(params.values().view(o, n), params.grads().view(o, n), m.view(o, n), v.view(o, n), update);
-        }
+        optimizer.step(params, step, lr, clip);
         // The GEMMs of the next step read bf16 copies of the updated masters (a no-op under fp32).
         params.refreshShadow();
         step++;
@@ -208,7 +189,6 @@ public final class Trainer implements AutoCloseable {
 
     @Override
     public void close() {
-        m.close();
-        v.close();
+        optimizer.close();
     }
 }

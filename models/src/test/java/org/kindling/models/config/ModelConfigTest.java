@@ -17,7 +17,7 @@ import org.kindling.ops.Device;
 import org.kindling.ops.cpu.CpuDevice;
 
 class ModelConfigTest {
-    private static final Path PRESETS = Path.of("..", "conf", "models");
+    static final Path PRESETS = Path.of("..", "conf", "models");
 
     private static long parameters(ModelConfig cfg) {
         long c = cfg.dModel();

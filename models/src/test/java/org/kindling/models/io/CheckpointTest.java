@@ -22,6 +22,7 @@ import org.kindling.models.channel.MlpSpec;
 import org.kindling.models.channel.MoeSpec;
 import org.kindling.models.channel.SparseFfnSpec;
 import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.OptimizerConfig;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
@@ -44,15 +45,17 @@ class CheckpointTest {
         return Synthetic.source(Synthetic.associativeRecall(20, 32, 200, 5), 8);
     }
 
-    private record Outcome(List<Double> losses, float[] weights, float[] m, float[] v) {
+    /** Losses, weights and the optimizer's state tensors by name. */
+    private record Outcome(List<Double> losses, float[] weights, Map<String, float[]> state) {
     }
 
     private static Outcome train(Trainer trainer, DataSource data, int steps, List<Double> losses) {
         for (int i = 0; i < steps; i++) {
             losses.add(trainer.step(data).loss());
         }
-        return new Outcome(losses, trainer.model().params().values().toFloatArray(), trainer.firstMoments().toFloatArray(),
-                trainer.secondMoments().toFloatArray());
+        Map<String, float[]> state = new LinkedHashMap<>();
+        trainer.optimizer().state().forEach((name, t) -> state.put(name, t.toFloatArray()));
+        return new Outcome(losses, trainer.model().params().values().toFloatArray(), state);
     }
 
     /** In bf16 too: checkpoints hold the fp32 masters, and loading them refreshes the bf16 copies the GEMMs read. */
@@ -105,8 +108,30 @@ class CheckpointTest {
         }
         assertEquals(straight.losses(), resumed.losses());
         assertArrayEquals(straight.weights(), resumed.weights());
-        assertArrayEquals(straight.m(), resumed.m());
-        assertArrayEquals(straight.v(), resumed.v());
+        assertEquals(straight.state().keySet(), resumed.state().keySet());
+        straight.state().forEach((name, values) -> assertArrayEquals(values, resumed.state().get(name), name));
+    }
+
+    /**
+     * M-FAC's checkpoint holds its gradient window, Gram matrix and momentum, so a resumed run takes
+     * the same steps; a checkpoint of the other optimizer is refused, naming the tensor.
+     */
+    @Test
+    void anMfacRunResumesBitIdenticallyAndAnAdamWCheckpointIsRefused() {
+        TrainConfig mfac = TRAIN.withOptimizer(OptimizerConfig.mfac(4, 1e-4, 0.5));
+        assertResumesBitIdentically(MODEL, mfac);
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, mfac)) {
+            assertEquals(List.of("mfac.window", "mfac.gram", "mfac.momentum"), List.copyOf(t.optimizer().state().keySet()));
+        }
+        Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir.resolve("adamw")));
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, TRAIN)) {
+            t.step(data());
+            ckpt.save(t, new RunConfig(MODEL, TRAIN), 3, 1);
+        }
+        try (Device dev = CpuDevice.open(2); Gpt model = new Gpt(MODEL, dev, 1); Trainer t = new Trainer(model, mfac)) {
+            IllegalStateException e = assertThrows(IllegalStateException.class, () -> ckpt.restore("step-1", t));
+            assertTrue(e.getMessage().contains("optimizer.safetensors: tensor m."), e.getMessage());
+        }
     }
 
     /** The expert count is in the tensors' shapes: a model with another one refuses the checkpoint, naming the tensor. */

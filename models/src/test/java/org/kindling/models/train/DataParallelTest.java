@@ -74,6 +74,23 @@ class DataParallelTest {
         }
     }
 
+    /** Every replica inserts the same summed gradient, so M-FAC's windows, Gram matrices and momenta stay bit-identical too. */
+    @Test
+    void mfacReplicasKeepIdenticalWindowsAndEqualOneTrainer() {
+        TrainConfig mfac = TRAIN.withOptimizer(org.kindling.models.config.OptimizerConfig.mfac(4, 1e-4, 0.5));
+        replicasEqualOneTrainer(MODEL, mfac);
+        try (DataParallel dp = replicas(MODEL, mfac, 2)) {
+            List<DataSource> data = List.of(slice(0, 2), slice(1, 2));
+            for (int s = 0; s < STEPS; s++) {
+                dp.step(data);
+            }
+            var first = dp.replicas().get(0).trainer().optimizer().state();
+            var second = dp.replicas().get(1).trainer().optimizer().state();
+            assertEquals(List.of("mfac.window", "mfac.gram", "mfac.momentum"), List.copyOf(first.keySet()));
+            first.forEach((name, t) -> assertArrayEquals(t.toFloatArray(), second.get(name).toFloatArray(), name));
+        }
+    }
+
     /** Runs one trainer on whole batches and 2 and 4 replicas on slices, comparing them; returns the single trainer's steps. */
     private static List<StepResult> replicasEqualOneTrainer(ModelConfig model, TrainConfig train) {
         float[] single;
