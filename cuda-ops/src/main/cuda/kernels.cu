@@ -62,7 +62,8 @@ extern "C" __global__ void unary_f32(int op, float* out, int oo, const float* x,
             case 8: r = (float) tanh((double) v); break;            // TANH
             case 9: r = (float) (1.0 / (1.0 + exp(-(double) v))); break;  // SIGMOID
             case 10: r = v > 0.0f ? v : 0.0f; break;                // RELU
-            default: r = v > 0.0f ? __fadd_rn(v, 1.0f) : (float) exp((double) v); break;  // ELU_PLUS_ONE
+            case 11: r = v > 0.0f ? __fadd_rn(v, 1.0f) : (float) exp((double) v); break;  // ELU_PLUS_ONE
+            default: r = (float) cos((double) v); break;            // COS
         }
         out[oo + i] = r;
     }

@@ -252,7 +252,8 @@ __device__ __forceinline__ float unary_derivative(int op, float v) {
             return __fmul_rn(s, __fsub_rn(1.0f, s));
         }
         case 10: return v > 0.0f ? 1.0f : 0.0f;                                  // RELU
-        default: return v > 0.0f ? 1.0f : (float) exp((double) v);              // ELU_PLUS_ONE
+        case 11: return v > 0.0f ? 1.0f : (float) exp((double) v);              // ELU_PLUS_ONE
+        default: return (float) -sin((double) v);                                // COS
     }
 }
 

@@ -4,7 +4,9 @@ package org.kindling.ops;
 public enum UnaryOp {
     COPY, NEG, ABS, SQUARE, SQRT, RECIPROCAL, EXP, LOG, TANH, SIGMOID, RELU,
     /** elu(x) + 1: x + 1 for x &gt; 0, else exp(x); positive everywhere, linear attention's feature map. */
-    ELU_PLUS_ONE;
+    ELU_PLUS_ONE,
+    /** cos x: random Fourier features (a sine is a cosine shifted by −π/2). */
+    COS;
 
     /** The function in double precision: the reference every backend is tested against. */
     public double apply(double x) {
@@ -21,6 +23,7 @@ public enum UnaryOp {
             case SIGMOID -> 1.0 / (1.0 + Math.exp(-x));
             case RELU -> x > 0 ? x : 0.0;
             case ELU_PLUS_ONE -> x > 0 ? x + 1 : Math.exp(x);
+            case COS -> Math.cos(x);
         };
     }
 
@@ -50,6 +53,7 @@ public enum UnaryOp {
             }
             case RELU -> x > 0 ? 1.0 : 0.0;
             case ELU_PLUS_ONE -> x > 0 ? 1.0 : Math.exp(x);
+            case COS -> -Math.sin(x);
         };
     }
 }

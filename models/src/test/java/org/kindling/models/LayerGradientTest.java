@@ -326,6 +326,17 @@ class LayerGradientTest {
         checkMixer("performer", new PerformerSpec(2, 5, 0, 1e-6), 8, 16, 1, 7, 3);
     }
 
+    @Test
+    void kernelizedAttentionEveryKernel() {
+        // μ, σ and π get their gradients with ε frozen; rks and prf train only q, k, v and proj.
+        for (org.kindling.models.mixers.linear.KernelizedSpec.Kernel kernel
+                : org.kindling.models.mixers.linear.KernelizedSpec.Kernel.values()) {
+            int comps = kernel.key().startsWith("gmm") ? 2 : 1;
+            checkMixer("kernelized " + kernel.key(),
+                    new org.kindling.models.mixers.linear.KernelizedSpec(2, kernel, 3, comps, 1e-6), 8, 40, 1, 7, 3);
+        }
+    }
+
     private Block block(Params.Builder pb, int heads, int kvHeads) {
         return keep(new Block(new LayerNorm(pb, dev, "ln_1", 8, 1e-5), new AttentionSpec(heads, kvHeads).build(context(pb, "attn", 8)),
                 new LayerNorm(pb, dev, "ln_2", 8, 1e-5), new MlpSpec(2).build(context(pb, "mlp", 8)), 8, new Activations(dev, "block")));

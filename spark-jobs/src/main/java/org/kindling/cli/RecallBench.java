@@ -20,6 +20,8 @@ import org.kindling.models.data.DataSource;
 import org.kindling.models.data.Synthetic;
 import org.kindling.models.mixers.MixerSpec;
 import org.kindling.models.mixers.Mixers;
+import org.kindling.models.mixers.linear.KernelizedSpec;
+import org.kindling.models.mixers.linear.KernelizedSpec.Kernel;
 import org.kindling.models.train.DataParallel;
 import org.kindling.models.train.StepResult;
 import picocli.CommandLine;
@@ -48,6 +50,10 @@ final class RecallBench implements Callable<Integer> {
         + "${COMPLETION-CANDIDATES}, or hybrid (layer 0 h3, layer 1 attention, as in the H3 paper's hybrids)",
         "(default ${DEFAULT-VALUE})"}, defaultValue = "attention")
     String mixer;
+
+    @Option(names = "--kernel", split = ",", description = {"with --mixer kernelized: its feature maps, one trained model",
+        "and row each at the same budget (gmm-rks, gmm-prf, rks, prf; default: the mixer's default, gmm-rks)"})
+    List<String> kernels;
 
     @Option(names = "--channel-mixer", description = "channel mixer of both layers: mlp or moe (default ${DEFAULT-VALUE})",
             defaultValue = MlpSpec.TYPE)
@@ -101,16 +107,30 @@ final class RecallBench implements Callable<Integer> {
         }
         int threads = common.threads(cmd);
         checkChannelMixer(cmd);
+        List<Kernel> kernelList = kernels(cmd);
         Synthetic.Task t;
-        ModelConfig cfg;
+        List<ModelConfig> cfgs = new ArrayList<>();
         Synthetic.Examples heldOut;
         try {
             t = Synthetic.Task.parse(task);
             ModelConfig base = ModelConfig.gpt(vocab, dModel, 2, heads, heads, seq, 4, 0, 0.02, 1e-5);
             LayerDefaults defaults = new LayerDefaults(dModel, heads, heads, 4);
-            cfg = base.withMixers(mixers(cmd, defaults));
-            if (channelMixer.equals(MoeSpec.TYPE)) {
-                cfg = cfg.withChannelMixers(Collections.nCopies(2, moe(defaults)));
+            List<List<MixerSpec>> layers = new ArrayList<>();
+            if (kernelList.isEmpty()) {
+                layers.add(mixers(cmd, defaults));
+            }
+            for (Kernel k : kernelList) {
+                Map<String, Object> m = ConfigReader.ordered();
+                m.put("type", KernelizedSpec.TYPE);
+                m.put("kernel", k.key());
+                layers.add(Collections.nCopies(2, Mixers.read(new ConfigReader("--kernel " + k.key(), "mixer", m), defaults)));
+            }
+            for (List<MixerSpec> l : layers) {
+                ModelConfig cfg = base.withMixers(l);
+                if (channelMixer.equals(MoeSpec.TYPE)) {
+                    cfg = cfg.withChannelMixers(Collections.nCopies(2, moe(defaults)));
+                }
+                cfgs.add(cfg);
             }
             heldOut = Synthetic.generate(t, vocab, seq, 1000, -seed);
         } catch (IllegalArgumentException e) {
@@ -118,12 +138,21 @@ final class RecallBench implements Callable<Integer> {
         }
         TrainConfig tc = new TrainConfig(seed, lr, lr / 10, Math.min(100, steps / 10), steps, 0.0, 0.9, 0.98, 1e-8, 1.0, 1,
                 batch * seq, 100, 0, 1);
+        int reps = BenchOptions.replicas(cmd, replicas, batch, threads);
+        for (int i = 0; i < cfgs.size(); i++) {
+            run(cmd, t, cfgs.get(i), kernelList.isEmpty() ? null : kernelList.get(i), heldOut, tc, reps, threads);
+        }
+        return 0;
+    }
+
+    /** Trains one model for the step budget and prints its row. */
+    private void run(CommandLine cmd, Synthetic.Task t, ModelConfig cfg, Kernel kernel, Synthetic.Examples heldOut,
+                     TrainConfig tc, int reps, int threads) {
         PrintWriter err = cmd.getErr();
         double accuracy;
         long params;
         long activeParams;
         StepResult last = null;
-        int reps = BenchOptions.replicas(cmd, replicas, batch, threads);
         try (DataParallel dp = common.replicas(reps, threads / reps, cfg, seed, tc)) {
             List<DataSource> data = new ArrayList<>();
             int per = batch / reps;
@@ -143,7 +172,8 @@ final class RecallBench implements Callable<Integer> {
             activeParams = model.parameterCounts().active();
             accuracy = Synthetic.accuracy(model, heldOut, 250);
         }
-        err.printf("%s with %s and %s (%,d params, %,d active) after %d steps: held-out accuracy %.4f%s%n", t.cliName(), mixer,
+        String name = kernel == null ? mixer : mixer + " " + kernel.key();
+        err.printf("%s with %s and %s (%,d params, %,d active) after %d steps: held-out accuracy %.4f%s%n", t.cliName(), name,
                 channelMixer, params, activeParams, steps, accuracy, last.metricsText());
         err.flush();
         if (common.json) {
@@ -151,6 +181,9 @@ final class RecallBench implements Callable<Integer> {
             row.put("bench", "recall");
             row.put("task", t.cliName());
             row.put("mixer", mixer);
+            if (kernel != null) {
+                row.put("kernel", kernel.key());
+            }
             row.put("steps", steps);
             row.put("accuracy", accuracy);
             row.put("params", params);
@@ -158,7 +191,26 @@ final class RecallBench implements Callable<Integer> {
             Json.putMetrics(row, last.metrics());
             Json.printLine(cmd.getOut(), row);
         }
-        return 0;
+    }
+
+    /** --kernel's names, each once, only with --mixer kernelized; empty without --kernel. */
+    private List<Kernel> kernels(CommandLine cmd) {
+        if (kernels == null) {
+            return List.of();
+        }
+        if (!mixer.equals(KernelizedSpec.TYPE)) {
+            throw new CommandLine.ParameterException(cmd, "--kernel applies only with --mixer " + KernelizedSpec.TYPE);
+        }
+        List<Kernel> out = new ArrayList<>();
+        for (String name : kernels) {
+            Kernel k = Kernel.find(name).orElseThrow(() -> new CommandLine.ParameterException(cmd,
+                    "--kernel \"" + name + "\" is not a kernel; known: " + Kernel.keys()));
+            if (out.contains(k)) {
+                throw new CommandLine.ParameterException(cmd, "--kernel names \"" + name + "\" twice");
+            }
+            out.add(k);
+        }
+        return out;
     }
 
     /** --channel-mixer names mlp or moe, and the moe options come only with moe. */

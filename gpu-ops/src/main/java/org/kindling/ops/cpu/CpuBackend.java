@@ -548,6 +548,11 @@ final class CpuBackend implements Backend {
                         o[oo + i] = v > 0f ? v + 1f : (float) Math.exp(v);
                     }
                 }
+                case COS -> {
+                    for (int i = lo; i < hi; i++) {
+                        o[oo + i] = (float) Math.cos(xv[ox + i]);
+                    }
+                }
             }
         });
     }
@@ -1377,6 +1382,7 @@ final class CpuBackend implements Backend {
             }
             case RELU -> v > 0f ? 1f : 0f;
             case ELU_PLUS_ONE -> v > 0f ? 1f : (float) Math.exp(v);
+            case COS -> (float) -Math.sin(v);
         };
     }
 

@@ -5,6 +5,7 @@ import java.util.TreeMap;
 import org.kindling.models.config.ConfigReader;
 import org.kindling.models.config.LayerDefaults;
 import org.kindling.models.mixers.attention.AttentionSpec;
+import org.kindling.models.mixers.linear.KernelizedSpec;
 import org.kindling.models.mixers.linear.LinearAttentionSpec;
 import org.kindling.models.mixers.linear.PerformerSpec;
 import org.kindling.models.mixers.ssm.H3Spec;
@@ -24,6 +25,7 @@ public final class Mixers {
     private static final Map<String, Reader> REGISTRY = new TreeMap<>(Map.of(
             AttentionSpec.TYPE, AttentionSpec::read,
             H3Spec.TYPE, H3Spec::read,
+            KernelizedSpec.TYPE, KernelizedSpec::read,
             LinearAttentionSpec.TYPE, LinearAttentionSpec::read,
             PerformerSpec.TYPE, PerformerSpec::read,
             S4dSpec.TYPE, S4dSpec::read));

@@ -13,7 +13,7 @@ import org.kindling.ops.UnaryOp;
  * The non-negative feature map φ that linear attention applies to queries and keys, per head:
  * x [T, NH·HS] → φ(x) [T, NH·F].
  */
-interface FeatureMap {
+interface FeatureMap extends AutoCloseable {
     /** F, the features per head. */
     int features();
 
@@ -28,6 +28,11 @@ interface FeatureMap {
 
     /** Called before each optimizer step. */
     default void startStep(long step) {
+    }
+
+    /** Frees what the map holds beside its parameters. */
+    @Override
+    default void close() {
     }
 
     /** φ = elu + 1 elementwise (Katharopoulos et al.): F = HS. */

@@ -14,7 +14,7 @@ import org.kindling.ops.Tensor;
 
 /**
  * Causal linear attention over packed sequences: q, k, v projections, a feature map φ on q and k
- * (elu + 1, or FAVOR+ random features), out[t] = Σ_{j≤t} (φ(q_t)·φ(k_j)) v_j / (φ(q_t)·Σ_{j≤t} φ(k_j) + eps)
+ * (elu + 1, FAVOR+ or spectral random features), out[t] = Σ_{j≤t} (φ(q_t)·φ(k_j)) v_j / (φ(q_t)·Σ_{j≤t} φ(k_j) + eps)
  * per head, and an output projection. Its decoding state is Σ φ(k) vᵀ [NH, F, HS] and Σ φ(k)
  * [NH, F] per sequence: constant in the context length.
  */
@@ -190,6 +190,7 @@ final class KernelAttention implements TokenMixer {
 
     @Override
     public void close() {
+        features.close();
         acts.close();
     }
 }

@@ -121,6 +121,13 @@ class LinearAttentionMixerTest {
     }
 
     @Test
+    void kernelizedDecodesAsItsForwardWithEveryKernel() {
+        for (KernelizedSpec.Kernel kernel : KernelizedSpec.Kernel.values()) {
+            decodingMatchesForward(new KernelizedSpec(2, kernel, 3, kernel.learned ? 2 : 1, 1e-6));
+        }
+    }
+
+    @Test
     void defaultsFollowTheModel() {
         LayerDefaults d = new LayerDefaults(64, 4, null, 4);
         assertEquals(Map.of("type", "linear", "heads", 4, "eps", 1e-6), Map.copyOf(Mixers.named("linear", d).toMap()));
