@@ -143,7 +143,7 @@ final class DecodeBench implements Callable<Integer> {
     }
 
     /** The channel mixer type of each --ffn choice. */
-    private static final Map<String, String> FFNS = Map.of("dense", MlpSpec.TYPE, "sparse", SparseFfnSpec.TYPE);
+    private static final Map<String, String> FFNS = new java.util.TreeMap<>(Map.of("dense", MlpSpec.TYPE, "sparse", SparseFfnSpec.TYPE));
 
     /** One model measured: its token mixer, FFN and q, k, v choices. */
     private record Variant(String mixer, String ffn, String qkv, ModelConfig config) {

@@ -59,11 +59,26 @@ class MixerBenchTest {
     }
 
     @Test
+    void decodeMeasuresEverySparseFfnAndQkvPairBesideDenseOnes() throws Exception {
+        CliRun r = CliRun.of("bench", "decode", "--ffn", "sparse", "--qkv", "multiplicative,dense", "--context", "20", "--tokens", "2",
+                "--d-model", "16", "--heads", "2", "--layers", "1", "--threads", "1", "--json");
+        List<JsonNode> rows = r.rows(List.of("bench", "mixer", "ffn", "qkv", "context", "tokens_per_s"));
+        List<String> pairs = rows.stream().map(row -> row.get("mixer").asText() + " " + row.get("ffn").asText() + " "
+                + row.get("qkv").asText()).toList();
+        // Dense first in both lists, whether named or not: the baseline of the ratios.
+        assertEquals(List.of("attention dense dense", "attention dense multiplicative", "attention sparse dense",
+                "attention sparse multiplicative"), pairs, r.out());
+        assertTrue(r.err().contains("(attention ffn dense qkv dense "), r.err());
+        CliRun.assertUsageError("--ffn \"moe\" is unknown; known: dense, sparse", "bench", "decode", "--ffn", "moe");
+        CliRun.assertUsageError("--qkv names \"dense\" twice", "bench", "decode", "--qkv", "dense,dense");
+    }
+
+    @Test
     void decodeReportsTokensPerSecondAndAttentionsGrowingState() throws Exception {
         // The KV cache grows by doubling from 64 rows: 62 + 3 tokens and 200 + 3 both pass a capacity.
         CliRun r = CliRun.of("bench", "decode", "--context", "62,200", "--tokens", "3", "--d-model", "16", "--heads", "2", "--layers",
                 "1", "--threads", "1", "--json");
-        List<JsonNode> rows = r.rows(List.of("bench", "mixer", "context", "tokens_per_s"));
+        List<JsonNode> rows = r.rows(List.of("bench", "mixer", "ffn", "qkv", "context", "tokens_per_s"));
         int types = Mixers.types().size();
         assertEquals(2 * types, rows.size(), r.out());
         for (int i = 0; i < rows.size(); i++) {
