@@ -574,7 +574,7 @@ public interface Backend {
     default void skeinForward(Tensor out, Tensor q, Tensor k, Tensor v, Varlen cuSeqlens, Skein s, long seed) {
         int t = cuSeqlens.tokens();
         s.check(t, t, out, q, k, v);
-        float[] o = new float[out.numel()];
+        double[] o = new double[out.numel()];
         s.forward(o, host(q), host(k), host(v), cuSeqlens.host(), seed);
         copyFromHost(out, o);
     }
@@ -585,9 +585,9 @@ public interface Backend {
         int t = cuSeqlens.tokens();
         s.check(t, t, dout, q, k, v);
         s.check(t, t, dq, dq, dk, dv);
-        float[] gq = host(dq);
-        float[] gk = host(dk);
-        float[] gv = host(dv);
+        double[] gq = host(dq);
+        double[] gk = host(dk);
+        double[] gv = host(dv);
         s.backward(gq, gk, gv, host(dout), host(q), host(k), host(v), cuSeqlens.host(), seed);
         copyFromHost(dq, gq);
         copyFromHost(dk, gk);
@@ -602,13 +602,13 @@ public interface Backend {
     default void skeinStep(Tensor out, Tensor q, Tensor k, Tensor v, int start, Skein s, long seed) {
         int n = q.rows();
         s.check(n, start + n, out, q, k, v);
-        float[] o = new float[out.numel()];
+        double[] o = new double[out.numel()];
         s.step(o, host(q), host(k), host(v), start, n, seed);
         copyFromHost(out, o);
     }
 
-    private float[] host(Tensor t) {
-        float[] a = new float[t.numel()];
+    private double[] host(Tensor t) {
+        double[] a = new double[t.numel()];
         copyToHost(a, t);
         return a;
     }

@@ -66,7 +66,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
     }
 
     /** out (whole rows) = the sketched attention of every sequence in cu. */
-    void forward(float[] out, float[] q, float[] k, float[] v, int[] cu, long seed) {
+    void forward(double[] out, double[] q, double[] k, double[] v, int[] cu, long seed) {
         for (int b = 0; b + 1 < cu.length; b++) {
             for (int h = 0; h < heads; h++) {
                 Plan p = plan(q, k, v, cu[b], cu[b + 1] - cu[b], 0, cu[b + 1] - cu[b], h, b, seed);
@@ -78,7 +78,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
     }
 
     /** dq, dk, dv += the gradients of {@link #forward} for upstream dout, its draws redrawn from the same inputs. */
-    void backward(float[] dq, float[] dk, float[] dv, float[] dout, float[] q, float[] k, float[] v, int[] cu, long seed) {
+    void backward(double[] dq, double[] dk, double[] dv, double[] dout, double[] q, double[] k, double[] v, int[] cu, long seed) {
         for (int b = 0; b + 1 < cu.length; b++) {
             for (int h = 0; h < heads; h++) {
                 Plan p = plan(q, k, v, cu[b], cu[b + 1] - cu[b], 0, cu[b + 1] - cu[b], h, b, seed);
@@ -93,7 +93,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
      * Causal decoding of one sequence: out [n, NH·HS] for queries q [n, NH·HS] at positions
      * start..start+n−1 of keys and values k, v [start + n, NH·HS] (the cache, new rows last).
      */
-    void step(float[] out, float[] q, float[] k, float[] v, int start, int n, long seed) {
+    void step(double[] out, double[] q, double[] k, double[] v, int start, int n, long seed) {
         if (!causal) {
             throw new IllegalStateException("bidirectional skein attention cannot decode token by token");
         }
@@ -109,7 +109,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
      * The plan of queries at positions first..first+count−1 of a sequence whose keys are rows
      * base..base+n−1 (the causal plan needs no queries, so q may be null then).
      */
-    private Plan plan(float[] q, float[] k, float[] v, int base, int n, int first, int count, int h, int b, long seed) {
+    private Plan plan(double[] q, double[] k, double[] v, int base, int n, int first, int count, int h, int b, long seed) {
         int[][] cols = new int[count][];
         int[] sketched = new int[count];
         int[] unsampled = new int[count];
@@ -184,8 +184,8 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
      * of the sampled logits, u the unsampled columns and R their value sum (the model term is
      * left out without adaptive normalisation). With dout given, accumulates the gradients instead.
      */
-    private void rowAt(float[] out, float[] dq, float[] dk, float[] dv, float[] dout, float[] q, int qRow, float[] k,
-                       float[] v, int keyBase, int h, Plan p, int r) {
+    private void rowAt(double[] out, double[] dq, double[] dk, double[] dv, double[] dout, double[] q, int qRow, double[] k,
+                       double[] v, int keyBase, int h, Plan p, int r) {
         int hs = headDim;
         int w = width();
         int[] c = p.cols[r];
@@ -200,7 +200,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
             int ko = (keyBase + c[x]) * w + h * hs;
             double s = 0;
             for (int e = 0; e < hs; e++) {
-                s += (double) q[qo + e] * k[ko + e];
+                s += q[qo + e] * k[ko + e];
             }
             l[x] = s * scale;
             max = Math.max(max, l[x]);
@@ -233,7 +233,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         }
         if (dout == null) {
             for (int e = 0; e < hs; e++) {
-                out[qo + e] = (float) o[e];
+                out[qo + e] = o[e];
             }
             return;
         }
@@ -259,19 +259,19 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
             double dv0 = 0;
             for (int e = 0; e < hs; e++) {
                 dv0 += dn[e] * v[ko + e];
-                dv[ko + e] += (float) (l[x] * dn[e]);
+                dv[ko + e] += (l[x] * dn[e]);
             }
             double dl = l[x] * (dv0 + dd) + (x < ns ? dm / ns : 0);
             double g = dl * scale;
             for (int e = 0; e < hs; e++) {
-                dq[qo + e] += (float) (g * k[ko + e]);
-                dk[ko + e] += (float) (g * q[qo + e]);
+                dq[qo + e] += (g * k[ko + e]);
+                dk[ko + e] += (g * q[qo + e]);
             }
         }
     }
 
     /** dv of every column before the sketch's end that the sample left out += em·dn. */
-    private void addUnsampled(float[] dv, int keyBase, int[] c, int ns, int unsampled, double em, double[] dn, int h) {
+    private void addUnsampled(double[] dv, int keyBase, int[] c, int ns, int unsampled, double em, double[] dn, int h) {
         int hs = headDim;
         int w = width();
         boolean[] taken = new boolean[unsampled + ns];
@@ -282,14 +282,14 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
             if (!taken[j]) {
                 int vo = (keyBase + j) * w + h * hs;
                 for (int e = 0; e < hs; e++) {
-                    dv[vo + e] += (float) (em * dn[e]);
+                    dv[vo + e] += (em * dn[e]);
                 }
             }
         }
     }
 
     /** The exact softmax row of query row qRow over the columns cols of keys from base. */
-    private void softmaxRow(double[] probs, float[] q, int qRow, float[] k, int base, int[] cols, int h) {
+    private void softmaxRow(double[] probs, double[] q, int qRow, double[] k, int base, int[] cols, int h) {
         int hs = headDim;
         int w = width();
         double scale = 1 / Math.sqrt(hs);
@@ -299,7 +299,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
             int qo = qRow * w + h * hs;
             int ko = (base + cols[x]) * w + h * hs;
             for (int e = 0; e < hs; e++) {
-                s += (double) q[qo + e] * k[ko + e];
+                s += q[qo + e] * k[ko + e];
             }
             probs[x] = s * scale;
             max = Math.max(max, probs[x]);
@@ -315,7 +315,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
     }
 
     /** Σ of the value rows 0..n−1 of head h (from base) that sample does not hold. */
-    private double[] restSum(float[] v, int base, int n, int[] sample, int h) {
+    private double[] restSum(double[] v, int base, int n, int[] sample, int h) {
         int hs = headDim;
         int w = width();
         double[] s = new double[hs];
@@ -334,11 +334,11 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         return s;
     }
 
-    private double sq(float[] x, int row, int h) {
+    private double sq(double[] x, int row, int h) {
         int o = row * width() + h * headDim;
         double s = 0;
         for (int e = 0; e < headDim; e++) {
-            s += (double) x[o + e] * x[o + e];
+            s += x[o + e] * x[o + e];
         }
         return s;
     }

@@ -62,9 +62,25 @@ class SkeinTest {
     }
 
     private static float[] sketch(Skein s, float[] q, float[] k, float[] v, int[] cu, long seed) {
-        float[] out = new float[q.length];
-        s.forward(out, q, k, v, cu, seed);
-        return out;
+        double[] out = new double[q.length];
+        s.forward(out, d(q), d(k), d(v), cu, seed);
+        return f(out);
+    }
+
+    private static double[] d(float[] a) {
+        double[] o = new double[a.length];
+        for (int i = 0; i < a.length; i++) {
+            o[i] = a[i];
+        }
+        return o;
+    }
+
+    private static float[] f(double[] a) {
+        float[] o = new float[a.length];
+        for (int i = 0; i < a.length; i++) {
+            o[i] = (float) a[i];
+        }
+        return o;
     }
 
     private static double rmsError(float[] a, float[] b) {
@@ -173,10 +189,10 @@ class SkeinTest {
         for (int c = 0; c + 1 < bounds.length; c++) {
             int start = bounds[c];
             int rows = bounds[c + 1] - start;
-            float[] out = new float[rows * W];
-            s.step(out, Arrays.copyOfRange(q, start * W, (start + rows) * W), Arrays.copyOf(k, (start + rows) * W),
-                    Arrays.copyOf(v, (start + rows) * W), start, rows, 9);
-            assertArrayEquals(Arrays.copyOfRange(full, start * W, (start + rows) * W), out, 1e-6f, "chunk " + c);
+            double[] out = new double[rows * W];
+            s.step(out, d(Arrays.copyOfRange(q, start * W, (start + rows) * W)), d(Arrays.copyOf(k, (start + rows) * W)),
+                    d(Arrays.copyOf(v, (start + rows) * W)), start, rows, 9);
+            assertArrayEquals(Arrays.copyOfRange(full, start * W, (start + rows) * W), f(out), 1e-6f, "chunk " + c);
         }
     }
 
