@@ -60,9 +60,44 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
     /**
      * The sketched rows of one head of one sequence: for each query row, the columns it attends
      * (the first {@code sketched[r]} of them sampled, the rest exact), and the adaptive model
-     * term's count of unsampled columns and the sum of their value rows [HS].
+     * term's count of unsampled columns and the sum of their value rows [HS]. Rows sharing a draw
+     * share its group: the draw's columns, the end of the columns it was drawn from, and the
+     * backward's sum over those rows of ∂L/∂R (−1: an exact pilot row).
      */
-    private record Plan(int[][] cols, int[] sketched, int[] unsampled, double[][] rest) {
+    private record Plan(int[][] cols, int[] sketched, int[] unsampled, double[][] rest, int[] group,
+                        java.util.List<int[]> groupSample, java.util.List<Integer> groupEnd, java.util.List<double[]> groupGrad) {
+        int add(int[] sample, int end, int hs) {
+            groupSample.add(sample);
+            groupEnd.add(end);
+            groupGrad.add(new double[hs]);
+            return groupSample.size() - 1;
+        }
+    }
+
+    private Plan newPlan(int count) {
+        return new Plan(new int[count][], new int[count], new int[count], new double[count][], new int[count],
+                new java.util.ArrayList<>(), new java.util.ArrayList<>(), new java.util.ArrayList<>());
+    }
+
+    /** dv of each group's unsampled columns += the group's summed ∂L/∂R: once per draw, not per row. */
+    private void addUnsampled(double[] dv, int keyBase, Plan p, int h) {
+        int hs = headDim;
+        int w = width();
+        for (int g = 0; g < p.groupSample.size(); g++) {
+            double[] grad = p.groupGrad.get(g);
+            boolean[] taken = new boolean[p.groupEnd.get(g)];
+            for (int j : p.groupSample.get(g)) {
+                taken[j] = true;
+            }
+            for (int j = 0; j < taken.length; j++) {
+                if (!taken[j]) {
+                    int vo = (keyBase + j) * w + h * hs;
+                    for (int e = 0; e < hs; e++) {
+                        dv[vo + e] += grad[e];
+                    }
+                }
+            }
+        }
     }
 
     /** out (whole rows) = the sketched attention of every sequence in cu. */
@@ -85,6 +120,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
                 for (int r = 0; r < p.cols.length; r++) {
                     rowAt(null, dq, dk, dv, dout, q, cu[b] + r, k, v, cu[b], h, p, r);
                 }
+                addUnsampled(dv, cu[b], p, h);
             }
         }
     }
@@ -110,27 +146,31 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
      * base..base+n−1 (the causal plan needs no queries, so q may be null then).
      */
     private Plan plan(double[] q, double[] k, double[] v, int base, int n, int first, int count, int h, int b, long seed) {
-        int[][] cols = new int[count][];
-        int[] sketched = new int[count];
-        int[] unsampled = new int[count];
-        double[][] rest = new double[count][];
+        Plan plan = newPlan(count);
+        int[][] cols = plan.cols;
+        int[] sketched = plan.sketched;
+        int[] unsampled = plan.unsampled;
+        double[][] rest = plan.rest;
         int hs = headDim;
         if (causal) {
             int tile = samples;
             int cached = -1;
             int[] sample = null;
             double[] sampleRest = null;
+            int group = -1;
+            int prefixEnd = first + count;
+            double[] norm = new double[prefixEnd];
+            for (int j = 0; j < prefixEnd; j++) {
+                norm[j] = Math.sqrt(sq(k, base + j, h)) * Math.sqrt(sq(v, base + j, h));
+            }
             for (int r = 0; r < count; r++) {
                 int i = first + r;
                 int t0 = i / tile * tile;
                 if (t0 != cached) {
                     cached = t0;
-                    double[] w = new double[t0];
-                    for (int j = 0; j < t0; j++) {
-                        w[j] = Math.sqrt(sq(k, base + j, h)) * Math.sqrt(sq(v, base + j, h));
-                    }
-                    sample = draw(w, samples, Seeds.derive(seed, h, i / tile));
+                    sample = draw(Arrays.copyOf(norm, t0), samples, Seeds.derive(seed, h, i / tile));
                     sampleRest = restSum(v, base, t0, sample, h);
+                    group = plan.add(sample, t0, hs);
                 }
                 int[] c = Arrays.copyOf(sample, sample.length + i - t0 + 1);
                 for (int j = t0; j <= i; j++) {
@@ -140,8 +180,9 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
                 sketched[r] = sample.length;
                 unsampled[r] = t0 - sample.length;
                 rest[r] = sampleRest;
+                plan.group[r] = group;
             }
-            return new Plan(cols, sketched, unsampled, rest);
+            return plan;
         }
         int[] all = new int[n];
         Arrays.setAll(all, j -> j);
@@ -161,6 +202,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         }
         int[] sample = draw(w, samples, Seeds.derive(seed, h, b, 1));
         double[] sampleRest = restSum(v, base, n, sample, h);
+        int group = plan.add(sample, n, hs);
         boolean[] isPilot = new boolean[n];
         for (int pr : pilots) {
             isPilot[pr] = true;
@@ -169,14 +211,16 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
             if (isPilot[first + r]) {
                 cols[r] = all;
                 rest[r] = new double[hs];
+                plan.group[r] = -1;
             } else {
                 cols[r] = sample;
                 sketched[r] = sample.length;
                 unsampled[r] = n - sample.length;
                 rest[r] = sampleRest;
+                plan.group[r] = group;
             }
         }
-        return new Plan(cols, sketched, unsampled, rest);
+        return plan;
     }
 
     /**
@@ -251,8 +295,11 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
                 s += dn[e] * rest[e];
             }
             dm = em * s;
-            // R is the sum of the unsampled value rows: each receives e^{m}·dN.
-            addUnsampled(dv, keyBase, c, ns, p.unsampled[r], em, dn, h);
+            // R is the sum of the unsampled value rows: each receives e^{m}·dN, summed over the group first.
+            double[] gg = p.groupGrad.get(p.group[r]);
+            for (int e = 0; e < hs; e++) {
+                gg[e] += em * dn[e];
+            }
         }
         for (int x = 0; x < c.length; x++) {
             int ko = (keyBase + c[x]) * w + h * hs;
@@ -266,24 +313,6 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
             for (int e = 0; e < hs; e++) {
                 dq[qo + e] += (g * k[ko + e]);
                 dk[ko + e] += (g * q[qo + e]);
-            }
-        }
-    }
-
-    /** dv of every column before the sketch's end that the sample left out += em·dn. */
-    private void addUnsampled(double[] dv, int keyBase, int[] c, int ns, int unsampled, double em, double[] dn, int h) {
-        int hs = headDim;
-        int w = width();
-        boolean[] taken = new boolean[unsampled + ns];
-        for (int x = 0; x < ns; x++) {
-            taken[c[x]] = true;
-        }
-        for (int j = 0; j < taken.length; j++) {
-            if (!taken[j]) {
-                int vo = (keyBase + j) * w + h * hs;
-                for (int e = 0; e < hs; e++) {
-                    dv[vo + e] += (em * dn[e]);
-                }
             }
         }
     }
