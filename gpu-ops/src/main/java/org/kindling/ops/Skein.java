@@ -241,12 +241,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         double max = Double.NEGATIVE_INFINITY;
         double mean = 0;
         for (int x = 0; x < c.length; x++) {
-            int ko = (keyBase + c[x]) * w + h * hs;
-            double s = 0;
-            for (int e = 0; e < hs; e++) {
-                s += q[qo + e] * k[ko + e];
-            }
-            l[x] = s * scale;
+            l[x] = dot(q, qo, k, (keyBase + c[x]) * w + h * hs, hs) * scale;
             max = Math.max(max, l[x]);
             if (x < ns) {
                 mean += l[x];
@@ -303,10 +298,9 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         }
         for (int x = 0; x < c.length; x++) {
             int ko = (keyBase + c[x]) * w + h * hs;
-            double dv0 = 0;
+            double dv0 = dot(dn, 0, v, ko, hs);
             for (int e = 0; e < hs; e++) {
-                dv0 += dn[e] * v[ko + e];
-                dv[ko + e] += (l[x] * dn[e]);
+                dv[ko + e] += l[x] * dn[e];
             }
             double dl = l[x] * (dv0 + dd) + (x < ns ? dm / ns : 0);
             double g = dl * scale;
@@ -324,13 +318,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         double scale = 1 / Math.sqrt(hs);
         double max = Double.NEGATIVE_INFINITY;
         for (int x = 0; x < cols.length; x++) {
-            double s = 0;
-            int qo = qRow * w + h * hs;
-            int ko = (base + cols[x]) * w + h * hs;
-            for (int e = 0; e < hs; e++) {
-                s += q[qo + e] * k[ko + e];
-            }
-            probs[x] = s * scale;
+            probs[x] = dot(q, qRow * w + h * hs, k, (base + cols[x]) * w + h * hs, hs) * scale;
             max = Math.max(max, probs[x]);
         }
         double sum = 0;
@@ -363,13 +351,31 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         return s;
     }
 
+    /**
+     * a[ao..ao+n) · b[bo..bo+n) in four independent partial sums, so the adds overlap instead of
+     * waiting on one another (the summation order is fixed, so results stay bit-identical).
+     */
+    private static double dot(double[] a, int ao, double[] b, int bo, int n) {
+        double s0 = 0;
+        double s1 = 0;
+        double s2 = 0;
+        double s3 = 0;
+        int e = 0;
+        for (; e + 3 < n; e += 4) {
+            s0 += a[ao + e] * b[bo + e];
+            s1 += a[ao + e + 1] * b[bo + e + 1];
+            s2 += a[ao + e + 2] * b[bo + e + 2];
+            s3 += a[ao + e + 3] * b[bo + e + 3];
+        }
+        for (; e < n; e++) {
+            s0 += a[ao + e] * b[bo + e];
+        }
+        return (s0 + s1) + (s2 + s3);
+    }
+
     private double sq(double[] x, int row, int h) {
         int o = row * width() + h * headDim;
-        double s = 0;
-        for (int e = 0; e < headDim; e++) {
-            s += x[o + e] * x[o + e];
-        }
-        return s;
+        return dot(x, o, x, o, headDim);
     }
 
     private static double[] uniform(int n) {
