@@ -563,4 +563,53 @@ public interface Backend {
      * Switch's multiplicative router jitter (lo = 1 − ε, hi = 1 + ε). out is F32 of any shape.
      */
     void uniformNoise(Tensor out, float lo, float hi, long seed);
+
+    // ---- sketched attention (Skeinformer) ----
+
+    /**
+     * out[T, NH·HS] = {@link Skein}'s sketched attention of q, k, v [T, NH·HS] over the packed
+     * sequences, its draws from {@code seed}. This default computes on the host from copies of the
+     * operands (its cost is linear in T per head, far below the transfers' on a CPU backend).
+     */
+    default void skeinForward(Tensor out, Tensor q, Tensor k, Tensor v, Varlen cuSeqlens, Skein s, long seed) {
+        int t = cuSeqlens.tokens();
+        s.check(t, t, out, q, k, v);
+        double[] o = new double[out.numel()];
+        s.forward(o, host(q), host(k), host(v), cuSeqlens.host(), seed);
+        copyFromHost(out, o);
+    }
+
+    /** dq, dk, dv += the gradients of {@link #skeinForward} for upstream dout, with the same draws (constants). */
+    default void skeinBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                               Varlen cuSeqlens, Skein s, long seed) {
+        int t = cuSeqlens.tokens();
+        s.check(t, t, dout, q, k, v);
+        s.check(t, t, dq, dq, dk, dv);
+        double[] gq = host(dq);
+        double[] gk = host(dk);
+        double[] gv = host(dv);
+        s.backward(gq, gk, gv, host(dout), host(q), host(k), host(v), cuSeqlens.host(), seed);
+        copyFromHost(dq, gq);
+        copyFromHost(dk, gk);
+        copyFromHost(dv, gv);
+    }
+
+    /**
+     * Causal {@link Skein} decoding of one sequence: out and q [n, NH·HS] for positions
+     * start..start+n−1, k and v [start + n, NH·HS] every key and value of the sequence so far; gives
+     * the rows {@link #skeinForward} gives those positions.
+     */
+    default void skeinStep(Tensor out, Tensor q, Tensor k, Tensor v, int start, Skein s, long seed) {
+        int n = q.rows();
+        s.check(n, start + n, out, q, k, v);
+        double[] o = new double[out.numel()];
+        s.step(o, host(q), host(k), host(v), start, n, seed);
+        copyFromHost(out, o);
+    }
+
+    private double[] host(Tensor t) {
+        double[] a = new double[t.numel()];
+        copyToHost(a, t);
+        return a;
+    }
 }

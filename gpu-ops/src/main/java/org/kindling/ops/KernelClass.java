@@ -55,7 +55,7 @@ public enum KernelClass {
                  "blockSparseLinearBackwardWeight" -> GEMM;
             case "attentionForward", "attentionBackward", "linearAttentionForward", "linearAttentionBackward",
                  "linearAttentionStep", "causalConvForward", "causalConvBackward", "ssmConvForward", "ssmConvBackward",
-                 "ssmStep", "favorFeatures", "favorFeaturesBackward" -> ATTENTION;
+                 "ssmStep", "favorFeatures", "favorFeaturesBackward", "skeinForward", "skeinBackward", "skeinStep" -> ATTENTION;
             case "layerNormForward", "layerNormBackward", "rmsNormForward", "rmsNormBackward", "softmaxForward",
                  "softmaxBackward", "addLayerNormForward", "layerNormBackwardAdd" -> NORMALIZATION;
             case "unary", "unaryBackward", "affine", "binary", "geluForward", "geluBackward", "dropoutForward",

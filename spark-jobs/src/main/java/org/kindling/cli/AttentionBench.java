@@ -11,6 +11,7 @@ import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.NaiveAttention;
+import org.kindling.ops.Skein;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.Varlen;
 import picocli.CommandLine;
@@ -21,7 +22,8 @@ import picocli.CommandLine.Option;
         description = {"FlashAttention forward and forward+backward beside naive attention (materialized fp32 scores,",
             "the same backend's GEMM and softmax, buffers allocated by its warm-up run and reused) in the same run, both timed",
             "by the same rule (one warm-up run, then --reps timed runs: best and median), with the peak extra memory of each:",
-            "bytes allocated beyond inputs, outputs and gradients. The naive path is skipped when it would not fit."})
+            "bytes allocated beyond inputs, outputs and gradients. The naive path is skipped when it would not fit.",
+            "--impl flash,skein also times Skeinformer's sketched attention on the same operands in the same run."})
 final class AttentionBench implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -42,6 +44,16 @@ final class AttentionBench implements Callable<Integer> {
             description = "causal masking (default on; --no-causal turns it off)")
     boolean causal;
 
+    @Option(names = "--impl", split = ",", defaultValue = "flash",
+            description = "implementations: flash (always measured, the baseline), skein (sketched attention) (default ${DEFAULT-VALUE})")
+    java.util.List<String> impls;
+
+    @Option(names = "--samples", description = "skein: columns sampled per head (default ${DEFAULT-VALUE}, the skein mixer's)",
+            defaultValue = "64")
+    int samples;
+
+    @Option(names = "--pilot", description = "skein: pilot query rows per head, without causal masking (default: --samples)")
+    Integer pilot;
 
     @Option(names = "--reps", description = "timed repetitions after one warm-up; the best is reported (default ${DEFAULT-VALUE})",
             defaultValue = "3")
@@ -136,6 +148,20 @@ final class AttentionBench implements Callable<Integer> {
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(spec.commandLine(), e.getMessage());
         }
+        for (String impl : impls) {
+            if (!impl.equals("flash") && !impl.equals("skein")) {
+                throw new CommandLine.ParameterException(spec.commandLine(), "--impl " + impl + " is unknown; known: flash, skein");
+            }
+        }
+        BenchOptions.requirePositive(spec.commandLine(), "--samples", samples);
+        if (pilot != null && (causal || pilot < 0)) {
+            throw new CommandLine.ParameterException(spec.commandLine(), causal ? "--pilot applies only with --no-causal"
+                    : "--pilot must be at least 0, got " + pilot);
+        }
+        Skein sk = impls.contains("skein") ? new Skein(heads, headDim, samples, causal ? 0 : pilot == null ? samples : pilot,
+                causal, true) : null;
+        Measured skFwd = null;
+        Measured skFwdBwd = null;
         Peer torch = Peer.parse(spec.commandLine(), peer, python);
         PrintWriter err = spec.commandLine().getErr();
         double flopsFwd = 4.0 * batch * heads * (double) seq * seq * headDim / (causal ? 2 : 1);
@@ -154,6 +180,15 @@ final class AttentionBench implements Callable<Integer> {
                 be.attentionForward(o.out, o.lse, o.q, o.k, o.v, o.cu, o.cu, a);
                 be.attentionBackward(o.dq, o.dk, o.dv, o.dout, o.q, o.k, o.v, o.out, o.lse, o.cu, o.cu, a);
             });
+            if (sk != null) {
+                long skBase = dev.liveBytes();
+                dev.resetPeak();
+                skFwd = time(dev, skBase, () -> be.skeinForward(o.out, o.q, o.k, o.v, o.cu, sk, 1));
+                skFwdBwd = time(dev, skBase, () -> {
+                    be.skeinForward(o.out, o.q, o.k, o.v, o.cu, sk, 1);
+                    be.skeinBackward(o.dq, o.dk, o.dv, o.dout, o.q, o.k, o.v, o.cu, sk, 1);
+                });
+            }
             // The naive path holds P for every head, plus dP and dS for one head at a time.
             long naiveBytes = ((long) batch * heads + 2) * seq * seq * 4L;
             long headroom = Runtime.getRuntime().maxMemory() - (Runtime.getRuntime().totalMemory() - Runtime.getRuntime().freeMemory());
@@ -185,6 +220,11 @@ final class AttentionBench implements Callable<Integer> {
                     naiveFwd.ms(), naiveFwd.medianMs(), naiveFwdBwd.ms(), naiveFwdBwd.medianMs(), BenchOptions.mib(naiveFwdBwd.extraBytes()),
                     naiveFwdBwd.ms() / fwdBwd.ms());
         }
+        if (skFwdBwd != null) {
+            err.printf("  skein (%d samples, %d pilot rows): fwd %.1f (%.1f) ms, fwd+bwd %.1f (%.1f) ms, extra memory %s; "
+                    + "%.1fx faster than flash fwd+bwd%n", sk.samples(), sk.pilot(), skFwd.ms(), skFwd.medianMs(), skFwdBwd.ms(),
+                    skFwdBwd.medianMs(), BenchOptions.mib(skFwdBwd.extraBytes()), fwdBwd.ms() / skFwdBwd.ms());
+        }
         err.flush();
         if (common.json) {
             Map<String, Object> row = new LinkedHashMap<>();
@@ -206,6 +246,24 @@ final class AttentionBench implements Callable<Integer> {
             row.put("naive_fwd_bwd_median_ms", naiveFwdBwd == null ? null : BenchOptions.round(naiveFwdBwd.medianMs()));
             row.put("impl", "kindling");
             Json.printLine(spec.commandLine().getOut(), row);
+            if (skFwdBwd != null) {
+                Map<String, Object> sr = new LinkedHashMap<>();
+                sr.put("bench", "attention");
+                sr.put("seq", seq);
+                sr.put("heads", heads);
+                sr.put("head_dim", headDim);
+                sr.put("causal", causal);
+                sr.put("samples", sk.samples());
+                sr.put("pilot", sk.pilot());
+                sr.put("fwd_ms", BenchOptions.round(skFwd.ms()));
+                sr.put("fwd_bwd_ms", BenchOptions.round(skFwdBwd.ms()));
+                sr.put("fwd_median_ms", BenchOptions.round(skFwd.medianMs()));
+                sr.put("fwd_bwd_median_ms", BenchOptions.round(skFwdBwd.medianMs()));
+                sr.put("extra_bytes", skFwdBwd.extraBytes());
+                sr.put("speedup_fwd_bwd", BenchOptions.round(fwdBwd.ms() / skFwdBwd.ms()));
+                sr.put("impl", "skein");
+                Json.printLine(spec.commandLine().getOut(), sr);
+            }
         }
         if (torch != null) {
             Map<String, Object> theirs = torch.run(spec.commandLine(), "torch_attention.py", "--seq", seq, "--heads", heads,

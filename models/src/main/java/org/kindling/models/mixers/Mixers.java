@@ -8,6 +8,7 @@ import org.kindling.models.mixers.attention.AttentionSpec;
 import org.kindling.models.mixers.linear.KernelizedSpec;
 import org.kindling.models.mixers.linear.LinearAttentionSpec;
 import org.kindling.models.mixers.linear.PerformerSpec;
+import org.kindling.models.mixers.skein.SkeinSpec;
 import org.kindling.models.mixers.ssm.H3Spec;
 import org.kindling.models.mixers.ssm.S4dSpec;
 
@@ -28,7 +29,8 @@ public final class Mixers {
             KernelizedSpec.TYPE, KernelizedSpec::read,
             LinearAttentionSpec.TYPE, LinearAttentionSpec::read,
             PerformerSpec.TYPE, PerformerSpec::read,
-            S4dSpec.TYPE, S4dSpec::read));
+            S4dSpec.TYPE, S4dSpec::read,
+            SkeinSpec.TYPE, SkeinSpec::read));
 
     private Mixers() {
     }
