@@ -22,9 +22,10 @@ class LinearBenchTest {
             assertTrue(row.get("fwd_ms").asDouble() >= 0 && row.get("fwd_bwd_ms").asDouble() >= 0, row.toString());
         }
         assertEquals(64 * 128 + 128, rows.get(0).get("params").asLong(), "dense: weight and bias");
-        // Pixelfly at block 32: a 4×2 block grid, the 2×2 flat butterfly (XOR 0 or 1: every block) stretched twice, so all
-        // 8 blocks, plus rank-32 U and V and the bias.
-        long kept = 8L * 32 * 32;
+        // Pixelfly at block 32 over 16 butterfly nodes of 8 × 4 features: block row i covers nodes 4i…4i+3 and block column j
+        // nodes 8j…8j+7; strides 1 and 2 stay within groups of 4 nodes, so block (i, j) is kept iff i is 2j or 2j + 1: 4 of
+        // the 4×2 blocks, plus rank-32 U and V and the bias.
+        long kept = 4L * 32 * 32;
         assertEquals(kept + 32L * (64 + 128) + 128, rows.get(1).get("params").asLong(), r.out());
         assertTrue(rows.get(2).get("params").asLong() < rows.get(0).get("params").asLong(), "butterfly is smaller than dense: " + r.out());
         assertTrue(r.err().contains("pixelfly vs dense: fwd ") && r.err().contains("pixelfly vs butterfly: fwd "), r.err());
@@ -32,11 +33,12 @@ class LinearBenchTest {
 
     @Test
     void pixelflyParamsCountOnlyTheKeptBlocks() throws Exception {
-        // 256 → 512 at block 32: an 16×8 grid, the 8×8 flat butterfly (k 16, 2 factors: strides 1 and 2) stretched twice.
+        // 256 → 512 at block 32: a 16×8 grid over 16 nodes of 32 × 16 features. Block row i is node i, block column j nodes
+        // 2j and 2j + 1, so row i keeps the columns of nodes i, i XOR 1 and i XOR 2: j = i/2 and (i XOR 2)/2, two per row.
         List<JsonNode> rows = CliRun.of("bench", "linear", "--in", "256", "--out", "512", "--tokens", "8", "--impl", "pixelfly",
                 "--reps", "1", "--threads", "1", "--json").rows(FIELDS);
         assertEquals(1, rows.size());
-        long kept = 2L * 8 * 3 * 32 * 32;
+        long kept = 16L * 2 * 32 * 32;
         assertEquals(kept + 32L * (256 + 512) + 512, rows.get(0).get("params").asLong(), rows.toString());
     }
 
