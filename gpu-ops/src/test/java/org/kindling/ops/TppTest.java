@@ -399,7 +399,9 @@ class TppTest {
                 Arguments.of("butterfly stretched to 16x4, runs of 4 rows", stretched(16, 4), 23),
                 Arguments.of("butterfly stretched to 4x16, runs of 1 row", stretched(4, 16), 11),
                 Arguments.of("runs over consecutive and scattered columns, an empty run",
-                        BlockLayout.of(6, 5, 16, (i, j) -> i < 2 ? j < 3 : i < 4 ? j % 2 == 0 : i == 5 && j == 4), 17));
+                        BlockLayout.of(6, 5, 16, (i, j) -> i < 2 ? j < 3 : i < 4 ? j % 2 == 0 : i == 5 && j == 4), 17),
+                Arguments.of("columns too far apart to multiply their span", BlockLayout.of(4, 9, 16, (i, j) -> j == i || j == i + 5
+                        || (i == 3 && j == 4)), 9));
     }
 
     /** The flat butterfly (strides 1 and 2) of the smaller side, each row or column repeated to fill the larger. */

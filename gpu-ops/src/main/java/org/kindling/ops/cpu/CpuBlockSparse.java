@@ -11,8 +11,11 @@ import org.kindling.ops.Tensor;
  * the same columns ({@link BlockLayout#runs}) rather than single block rows: a run of g rows over
  * cnt columns is one GEMM of width g·bs against the run's cnt·bs gathered input columns. A flat
  * butterfly stretched to a wide output (the MLP's up projection) has runs of OC/IC rows, so its
- * products run at the width of a run instead of one block (32 outputs) at a time, and its
- * gathered columns are copied once per run instead of once per block row.
+ * products run at the width of a run instead of one block (32 outputs) at a time. A run whose
+ * columns lie close together (at most {@link #MAX_SPAN_RATIO} times as many blocks from its first
+ * to its last as it keeps, as a flat butterfly's small strides do) multiplies the whole span in
+ * place, the missing blocks as zero weights: no copy of x, and dx takes the product directly. Other
+ * runs gather their columns side by side once per run.
  */
 final class CpuBlockSparse {
     /** A row-major float GEMM on arrays: the backend's thread split of one product. */
@@ -20,6 +23,9 @@ final class CpuBlockSparse {
     interface Sgemm {
         void run(Gemm g, float[] c, int oc, float[] a, int oa, float[] b, int ob);
     }
+
+    /** Spans up to this many times the kept blocks are multiplied whole rather than gathered. */
+    static final int MAX_SPAN_RATIO = 2;
 
     private final CpuDevice device;
     private final CpuPool pool;
@@ -48,7 +54,7 @@ final class CpuBlockSparse {
             if (run.cnt == 0) {
                 continue;
             }
-            try (Columns xc = gather(floats(x), x.offset(), l.cols(), t, run, l.blockSize());
+            try (Columns xc = columns(floats(x), x.offset(), l.cols(), t, run, l.blockSize());
                  Tensor wr = device.scratch(DType.F32, run.width * run.depth)) {
                 float[] wp = floats(wr);
                 packWeights(floats(w), w.offset(), l, run, wp, wr.offset());
@@ -71,7 +77,8 @@ final class CpuBlockSparse {
                 float[] wp = floats(wr);
                 packWeights(floats(w), w.offset(), l, run, wp, wr.offset());
                 int ody = dy.offset() + run.r0 * bs;
-                if (run.consecutive) {
+                if (run.spanned) {
+                    // The span's missing blocks have zero weights: dx gains zeros there.
                     Gemm gm = new Gemm(false, false, t, run.depth, run.width, l.rows(), run.depth, l.cols(), 1f, 1f, 1, 0, 0, 0);
                     sgemm.run(gm, dxv, dx.offset() + run.cols[0] * bs, floats(dy), ody, wp, wr.offset());
                     continue;
@@ -108,7 +115,7 @@ final class CpuBlockSparse {
             if (run.cnt == 0) {
                 continue;
             }
-            try (Columns xc = gather(floats(x), x.offset(), l.cols(), t, run, bs);
+            try (Columns xc = columns(floats(x), x.offset(), l.cols(), t, run, bs);
                  Tensor e = device.scratch(DType.F32, run.width * run.depth)) {
                 float[] ev = floats(e);
                 int oe = e.offset();
@@ -121,7 +128,7 @@ final class CpuBlockSparse {
                         int o = row % bs;
                         int first = l.rowStart(run.r0 + q);
                         for (int k = 0; k < run.cnt; k++) {
-                            int src = oe + row * run.depth + k * bs;
+                            int src = oe + row * run.depth + run.at(k) * bs;
                             int dst = odw + (first + k) * bs * bs + o * bs;
                             for (int i = 0; i < bs; i++) {
                                 dwv[dst + i] += ev[src + i];
@@ -135,26 +142,32 @@ final class CpuBlockSparse {
 
     /**
      * Run g of the layout: block rows r0 … r0 + width/bs − 1, each over the same cnt block
-     * columns; width = rows·bs outputs, depth = cnt·bs inputs.
+     * columns; width = rows·bs outputs. Spanned, its depth is the span of its columns (from the
+     * first to the last, in place in x); else the cnt gathered columns.
      */
-    private record Run(int r0, int cnt, int[] cols, int width, int depth, boolean consecutive) {
+    private record Run(int r0, int cnt, int[] cols, int width, int depth, boolean spanned) {
         static Run of(BlockLayout l, int g) {
             int r0 = l.runStart(g);
             int rows = l.runStart(g + 1) - r0;
             int first = l.rowStart(r0);
             int cnt = l.rowStart(r0 + 1) - first;
             int[] cols = new int[cnt];
-            boolean consecutive = true;
             for (int k = 0; k < cnt; k++) {
                 cols[k] = l.col(first + k);
-                consecutive &= cols[k] == cols[0] + k;
             }
             int bs = l.blockSize();
-            return new Run(r0, cnt, cols, rows * bs, cnt * bs, consecutive);
+            int span = cnt == 0 ? 0 : cols[cnt - 1] - cols[0] + 1;
+            boolean spanned = span <= MAX_SPAN_RATIO * cnt;
+            return new Run(r0, cnt, cols, rows * bs, (spanned ? span : cnt) * bs, spanned);
+        }
+
+        /** Where the run's k-th block sits among its depth's blocks. */
+        int at(int k) {
+            return spanned ? cols[k] - cols[0] : k;
         }
     }
 
-    /** A run's input columns side by side: in place when they are consecutive, else gathered into scratch. */
+    /** A run's input columns side by side: its span in place in x, or its columns gathered into scratch. */
     private record Columns(float[] v, int off, int ld, Tensor scratch) implements AutoCloseable {
         @Override
         public void close() {
@@ -164,8 +177,8 @@ final class CpuBlockSparse {
         }
     }
 
-    private Columns gather(float[] src, int off, int ld, int t, Run run, int bs) {
-        if (run.consecutive) {
+    private Columns columns(float[] src, int off, int ld, int t, Run run, int bs) {
+        if (run.spanned) {
             return new Columns(src, off + run.cols[0] * bs, ld, null);
         }
         Tensor s = device.scratch(DType.F32, t * run.depth);
@@ -181,7 +194,10 @@ final class CpuBlockSparse {
         return new Columns(dst, os, run.depth, s);
     }
 
-    /** The run's weight blocks as one [width, depth] matrix: row q·bs + o, column k·bs + i. */
+    /**
+     * The run's weight blocks as one [width, depth] matrix: row q·bs + o, column at(k)·bs + i; a
+     * span's missing blocks stay zero (dst is zero-filled scratch).
+     */
     private static void packWeights(float[] w, int ow, BlockLayout l, Run run, float[] dst, int od) {
         int bs = l.blockSize();
         for (int row = 0; row < run.width; row++) {
@@ -189,7 +205,7 @@ final class CpuBlockSparse {
             int o = row % bs;
             int first = l.rowStart(run.r0 + q);
             for (int k = 0; k < run.cnt; k++) {
-                System.arraycopy(w, ow + (first + k) * bs * bs + o * bs, dst, od + row * run.depth + k * bs, bs);
+                System.arraycopy(w, ow + (first + k) * bs * bs + o * bs, dst, od + row * run.depth + run.at(k) * bs, bs);
             }
         }
     }
