@@ -70,6 +70,17 @@ class MixerTrainCommandTest {
     }
 
     /**
+     * Issue 17's attention approximations: Skeinformer's causal sketch (8 columns of sequences up to
+     * 128 tokens, so the sketched path runs and its draws must repeat on resume) and learned-kernel
+     * attention with its trained spectral mixture.
+     */
+    @Test
+    void sketchedAndLearnedKernelAttention() throws Exception {
+        trainsResumesGeneratesAndEvaluates("approximate", 2, "[{type: skein, samples: 8}, {type: kernelized, kernel: gmm-prf}]",
+                "pos_emb: none\n", "pos_emb is none; the GPT-2 format needs learned position embeddings");
+    }
+
+    /**
      * Issue 16's structured layers together: Scaling Transformers' multiplicative q, k, v and
      * sparse FFN, a gated pixelfly MLP, a flat-butterfly attention mask and butterfly projections.
      */

@@ -1,5 +1,6 @@
 package org.kindling.models.mixers.attention;
 
+import org.kindling.models.mixers.KvCache;
 import org.kindling.models.mixers.MixerState;
 import org.kindling.models.mixers.TokenMixer;
 import org.kindling.models.nn.Activation;
@@ -193,57 +194,23 @@ final class CausalSelfAttention implements TokenMixer {
         }
     }
 
-    /** Keys and values of every token each sequence has seen: per sequence k, v[capacity, NKV·HS], grown by doubling. */
-    private static final class KvCache implements MixerState {
-        private final Device dev;
-        private final int width;
-        final Tensor[] k;
-        final Tensor[] v;
-        final int[] length;
+    /** Attention's decoding state: the KV cache [capacity, NKV·HS] per sequence, kernel offsets and the convolutions' inputs. */
+    private static final class Cache extends KvCache {
         final Tensor cuQ;
         final Tensor cuK;
         /** Multiplicative qkv: the q, k, v convolutions' remembered inputs; null when dense. */
         final ModuleConv.State[] conv;
 
-        KvCache(Device dev, int sequences, int width, ModuleConv.State[] conv) {
+        Cache(Device dev, int sequences, int width, ModuleConv.State[] conv) {
+            super(dev, sequences, width);
             this.conv = conv;
-            this.dev = dev;
-            this.width = width;
-            k = new Tensor[sequences];
-            v = new Tensor[sequences];
-            length = new int[sequences];
             cuQ = dev.allocate(DType.I32, 2);
             cuK = dev.allocate(DType.I32, 2);
         }
 
-        /** Makes room for {@code total} tokens of sequence b, keeping what it holds. */
-        void reserve(int b, int total) {
-            int cap = k[b] == null ? 0 : k[b].rows();
-            if (total <= cap) {
-                return;
-            }
-            int grown = Math.max(total, Math.max(64, 2 * cap));
-            k[b] = grow(k[b], grown, length[b]);
-            v[b] = grow(v[b], grown, length[b]);
-        }
-
-        private Tensor grow(Tensor old, int rows, int used) {
-            Tensor t = dev.allocate(DType.F32, rows, width);
-            if (old != null) {
-                if (used > 0) {
-                    dev.backend().copy(t.view(0, used, width), old.view(0, used, width));
-                }
-                old.close();
-            }
-            return t;
-        }
-
         @Override
         public long bytes() {
-            long n = 0;
-            for (Tensor t : k) {
-                n += t == null ? 0 : 2L * t.numel() * Float.BYTES;
-            }
+            long n = super.bytes();
             if (conv != null) {
                 for (ModuleConv.State s : conv) {
                     n += s.bytes();
@@ -254,12 +221,7 @@ final class CausalSelfAttention implements TokenMixer {
 
         @Override
         public void close() {
-            for (int b = 0; b < k.length; b++) {
-                if (k[b] != null) {
-                    k[b].close();
-                    v[b].close();
-                }
-            }
+            super.close();
             cuQ.close();
             cuK.close();
             if (conv != null) {
@@ -274,12 +236,12 @@ final class CausalSelfAttention implements TokenMixer {
     public MixerState newState(int sequences) {
         ModuleConv.State[] conv = mult == null ? null
                 : new ModuleConv.State[] {convQ.newState(sequences), convK.newState(sequences), convV.newState(sequences)};
-        return new KvCache(dev, sequences, kvOut, conv);
+        return new Cache(dev, sequences, kvOut, conv);
     }
 
     @Override
     public void forwardStep(Tensor y, Tensor x, int[] cu, MixerState state) {
-        KvCache cache = (KvCache) state;
+        Cache cache = (Cache) state;
         int rows = x.rows();
         Backend be = y.device().backend();
         Tensor sq = stepQ.write(rows, qOut);
@@ -329,7 +291,7 @@ final class CausalSelfAttention implements TokenMixer {
     }
 
     /** Attention of {@code n} new query rows from {@code row} on keys and values whose last n rows are theirs. */
-    private void attendCached(Backend be, KvCache cache, Tensor so, Tensor sq, int row, int n, Tensor keys, Tensor values,
+    private void attendCached(Backend be, Cache cache, Tensor so, Tensor sq, int row, int n, Tensor keys, Tensor values,
                               Attention a) {
         int[] hostQ = {0, n};
         int[] hostK = {0, keys.rows()};
@@ -346,7 +308,7 @@ final class CausalSelfAttention implements TokenMixer {
      * block's own rows come last, so causal alignment of the last query with the last key holds,
      * and every earlier kept block lies wholly before the queries.
      */
-    private void forwardStepMasked(Backend be, KvCache cache, int b, Tensor so, Tensor sq, int row, int len, int total) {
+    private void forwardStepMasked(Backend be, Cache cache, int b, Tensor so, Tensor sq, int row, int len, int total) {
         BlockMask mask = attn.mask();
         int bs = mask.blockSize();
         for (int p0 = len; p0 < total; ) {

@@ -1,5 +1,6 @@
 package org.kindling.models.mixers.skein;
 
+import org.kindling.models.mixers.KvCache;
 import org.kindling.models.mixers.MixerState;
 import org.kindling.models.mixers.TokenMixer;
 import org.kindling.models.nn.Activation;
@@ -9,7 +10,6 @@ import org.kindling.models.nn.Linear;
 import org.kindling.models.nn.Seqs;
 import org.kindling.models.nn.StepContext;
 import org.kindling.ops.Backend;
-import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Seeds;
 import org.kindling.ops.Skein;
@@ -110,63 +110,6 @@ final class SkeinAttention implements TokenMixer {
         q.backward(dx, gq);
         k.backward(dx, gk);
         v.backward(dx, gv);
-    }
-
-    /** Keys and values of every token each sequence has seen: per sequence k, v [capacity, C], grown by doubling. */
-    private static final class KvCache implements MixerState {
-        private final Device dev;
-        private final int width;
-        final Tensor[] k;
-        final Tensor[] v;
-        final int[] length;
-
-        KvCache(Device dev, int sequences, int width) {
-            this.dev = dev;
-            this.width = width;
-            k = new Tensor[sequences];
-            v = new Tensor[sequences];
-            length = new int[sequences];
-        }
-
-        void reserve(int b, int total) {
-            int cap = k[b] == null ? 0 : k[b].rows();
-            if (total <= cap) {
-                return;
-            }
-            int grown = Math.max(total, Math.max(64, 2 * cap));
-            k[b] = grow(k[b], grown, length[b]);
-            v[b] = grow(v[b], grown, length[b]);
-        }
-
-        private Tensor grow(Tensor old, int rows, int used) {
-            Tensor t = dev.allocate(DType.F32, rows, width);
-            if (old != null) {
-                if (used > 0) {
-                    dev.backend().copy(t.view(0, used, width), old.view(0, used, width));
-                }
-                old.close();
-            }
-            return t;
-        }
-
-        @Override
-        public long bytes() {
-            long n = 0;
-            for (Tensor t : k) {
-                n += t == null ? 0 : 2L * t.numel() * Float.BYTES;
-            }
-            return n;
-        }
-
-        @Override
-        public void close() {
-            for (int b = 0; b < k.length; b++) {
-                if (k[b] != null) {
-                    k[b].close();
-                    v[b].close();
-                }
-            }
-        }
     }
 
     @Override
