@@ -1,6 +1,5 @@
 package org.kindling.models;
 
-import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.function.BiConsumer;
@@ -24,7 +23,6 @@ import org.kindling.models.nn.LayerContext;
 import org.kindling.models.nn.LayerNorm;
 import org.kindling.models.nn.Linear;
 import org.kindling.models.nn.LinearSpec;
-import org.kindling.models.nn.Param;
 import org.kindling.models.nn.Params;
 import org.kindling.models.nn.Seqs;
 import org.kindling.models.nn.StepContext;
@@ -54,37 +52,16 @@ class LayerGradientTest {
         return ref.input(seed, t, c);
     }
 
-    /** Parameters built from {@code seed}, then every weight (biases and norm affines too) redrawn so each term matters. */
     private Params params(Params.Builder pb, long seed, double scale) {
-        Params params = keep(pb.build(dev, seed));
-        params.values().copyFrom(GradCheck.uniform(seed + 1, params.count(), scale));
-        return params;
+        return ref.params(pb, seed, scale);
     }
 
-    private List<GradCheck.Probe> probes(Params params, Tensor x, Tensor dx) {
-        List<GradCheck.Probe> out = new ArrayList<>();
-        out.add(new GradCheck.Probe("x", x, dx));
-        for (Param p : params.list()) {
-            out.add(new GradCheck.Probe(p.name(), p.value(), p.grad()));
-        }
-        return out;
+    private static List<GradCheck.Probe> probes(Params params, Tensor x, Tensor dx) {
+        return ReferenceTensors.probes(params, x, dx);
     }
 
-    /** The shared harness: L = Σ w·layer(x). */
     private void check(String what, Params params, Tensor x, Tensor y, Runnable forward, BiConsumer<Tensor, Tensor> backward) {
-        double[] w = GradCheck.uniform(99, y.numel(), 1.0);
-        Tensor dy = keep(dev.allocate(DType.F32, y.shape()));
-        Tensor dx = keep(dev.allocate(DType.F32, x.shape()));
-        GradCheck.check(what, () -> {
-            forward.run();
-            return GradCheck.dot(y, w);
-        }, () -> {
-            // Some layers consume dy (Block turns it into the residual gradient): hand over a fresh copy.
-            dy.copyFrom(w);
-            dev.backend().fill(dx, 0f);
-            params.zeroGrad();
-            backward.accept(dx, dy);
-        }, probes(params, x, dx));
+        ref.check(what, params, x, y, forward, backward);
     }
 
     @Test

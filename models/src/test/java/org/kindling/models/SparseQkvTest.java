@@ -467,29 +467,11 @@ class SparseQkvTest {
     }
 
     private Params params(Params.Builder pb, long seed) {
-        Params params = keep(pb.build(dev, seed));
-        params.values().copyFrom(GradCheck.uniform(seed + 1, params.count(), 0.7));
-        return params;
+        return ref.params(pb, seed, 0.7);
     }
 
     private void check(String what, Params params, Tensor x, Tensor y, Runnable forward,
                        java.util.function.BiConsumer<Tensor, Tensor> backward) {
-        double[] w = GradCheck.uniform(99, y.numel(), 1.0);
-        Tensor dy = keep(dev.allocate(DType.F32, y.shape()));
-        Tensor dx = keep(dev.allocate(DType.F32, x.shape()));
-        List<GradCheck.Probe> probes = new ArrayList<>();
-        probes.add(new GradCheck.Probe("x", x, dx));
-        for (Param p : params.list()) {
-            probes.add(new GradCheck.Probe(p.name(), p.value(), p.grad()));
-        }
-        GradCheck.check(what, () -> {
-            forward.run();
-            return GradCheck.dot(y, w);
-        }, () -> {
-            dy.copyFrom(w);
-            dev.backend().fill(dx, 0f);
-            params.zeroGrad();
-            backward.accept(dx, dy);
-        }, probes);
+        ref.check(what, params, x, y, forward, backward);
     }
 }

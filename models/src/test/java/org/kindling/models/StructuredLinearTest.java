@@ -3,16 +3,13 @@ package org.kindling.models;
 import static org.junit.jupiter.api.Assertions.assertArrayEquals;
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
-import java.util.ArrayList;
 import java.util.Arrays;
-import java.util.List;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
 import org.kindling.models.nn.ButterflyLinear;
 import org.kindling.models.nn.Linear;
-import org.kindling.models.nn.Param;
 import org.kindling.models.nn.Params;
 import org.kindling.models.nn.PixelflyLinear;
 import org.kindling.ops.DType;
@@ -38,29 +35,12 @@ class StructuredLinearTest {
     }
 
     private Params randomised(Params.Builder pb, long seed) {
-        Params params = keep(pb.build(dev, seed));
-        params.values().copyFrom(GradCheck.uniform(seed + 1, params.count(), 0.7));
-        return params;
+        return ref.params(pb, seed, 0.7);
     }
 
-    private void gradCheck(String what, Params params, Tensor x, Tensor y, Runnable forward, java.util.function.BiConsumer<Tensor, Tensor> backward) {
-        double[] w = GradCheck.uniform(99, y.numel(), 1.0);
-        Tensor dy = keep(dev.allocate(DType.F32, y.shape()));
-        Tensor dx = keep(dev.allocate(DType.F32, x.shape()));
-        List<GradCheck.Probe> probes = new ArrayList<>();
-        probes.add(new GradCheck.Probe("x", x, dx));
-        for (Param p : params.list()) {
-            probes.add(new GradCheck.Probe(p.name(), p.value(), p.grad()));
-        }
-        GradCheck.check(what, () -> {
-            forward.run();
-            return GradCheck.dot(y, w);
-        }, () -> {
-            dy.copyFrom(w);
-            dev.backend().fill(dx, 0f);
-            params.zeroGrad();
-            backward.accept(dx, dy);
-        }, probes);
+    private void gradCheck(String what, Params params, Tensor x, Tensor y, Runnable forward,
+                           java.util.function.BiConsumer<Tensor, Tensor> backward) {
+        ref.check(what, params, x, y, forward, backward);
     }
 
     @Test
