@@ -1,5 +1,6 @@
 package org.kindling.cli;
 
+import java.io.IOException;
 import java.io.PrintWriter;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
@@ -7,7 +8,10 @@ import java.util.List;
 import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.concurrent.Callable;
+import org.apache.hadoop.conf.Configuration;
 import org.kindling.api.Presets;
+import org.kindling.data.DatasetReader;
+import org.kindling.data.Shard;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.OptimizerConfig;
@@ -23,6 +27,7 @@ import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.Profiler;
+import org.kindling.train.DatasetSource;
 import picocli.CommandLine;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
@@ -77,12 +82,17 @@ final class TrainBench implements Callable<Integer> {
         "weights and optimizer state; the run config's precision: bf16) (default ${DEFAULT-VALUE})"}, defaultValue = "fp32")
     String dtype;
 
-    @Option(names = "--optimizer", description = {"the update: adamw, or mfac (M-FAC over a window of --ngrads gradients, the",
-        "config's default damping and no momentum) (default ${DEFAULT-VALUE})"}, defaultValue = "adamw")
-    String optimizer;
+    @Option(names = "--optimizer", split = ",", description = {"the update, or several compared in this run from the same",
+        "initial model on the same batches, the first as the baseline: adamw, mfac (M-FAC over a window of --ngrads gradients,",
+        "the config's default damping and no momentum) (default ${DEFAULT-VALUE})"}, defaultValue = "adamw")
+    List<String> optimizers;
 
     @Option(names = "--ngrads", description = "M-FAC's window with --optimizer mfac (default ${DEFAULT-VALUE})", defaultValue = "16")
     int ngrads;
+
+    @Option(names = "--data", description = {"a prepared dataset (kindling prepare) to train on instead of random tokens, so",
+        "that the losses of the compared optimizers mean something; the vocabulary follows it unless given"})
+    String data;
 
     @Option(names = "--profile", description = {"count every kernel of the timed steps by class (gemm, attention, normalization,",
         "elementwise, loss, optimizer, embedding, other) and the gradient sync (communication): a table per step on stderr",
@@ -135,36 +145,27 @@ final class TrainBench implements Callable<Integer> {
         if (preset == null && !overrides.isEmpty()) {
             throw new CommandLine.ParameterException(cmd, "--set overrides keys of a config: give it with --preset");
         }
+        List<OptimizerConfig> opts = optimizers(cmd, torch);
+        if (profile && opts.size() > 1) {
+            throw new CommandLine.ParameterException(cmd, "--profile counts the kernels of one optimizer's steps: give one "
+                    + "--optimizer");
+        }
+        Shard.Info dataset = data == null ? null : datasetInfo(cmd);
         ModelConfig cfg;
         try {
             cfg = preset != null ? RunConfig.load(Presets.resolve(preset), overrides).model()
-                    : ModelConfig.gpt(vocab, dModel, layers, heads, heads, seq, 4, 0, 0.02, 1e-5);
+                    : ModelConfig.gpt(vocabFor(cmd, dataset), dModel, layers, heads, heads, seq, 4, 0, 0.02, 1e-5);
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(cmd, e.getMessage());
         }
         if (cfg.limited() && seq > cfg.maxSeq()) {
             throw new CommandLine.ParameterException(cmd, "--seq " + seq + " exceeds the model's max_seq " + cfg.maxSeq());
         }
-        OptimizerConfig opt;
-        if (optimizer.equals(OptimizerConfig.ADAMW)) {
-            if (cmd.getParseResult().hasMatchedOption("--ngrads")) {
-                throw new CommandLine.ParameterException(cmd, "--ngrads is M-FAC's window: it needs --optimizer mfac");
-            }
-            opt = OptimizerConfig.ADAMW_DEFAULT;
-        } else if (optimizer.equals(OptimizerConfig.MFAC)) {
-            if (ngrads < 1) {
-                throw new CommandLine.ParameterException(cmd, "--ngrads must be >= 1, got " + ngrads);
-            }
-            if (torch != null) {
-                throw new CommandLine.ParameterException(cmd, "--peer torch trains with AdamW: compare --optimizer mfac with "
-                        + "--optimizer adamw instead");
-            }
-            opt = OptimizerConfig.mfac(ngrads, OptimizerConfig.DEFAULT_DAMP, OptimizerConfig.DEFAULT_MOMENTUM);
-        } else {
-            throw new CommandLine.ParameterException(cmd, "--optimizer must be adamw or mfac, got " + optimizer);
+        if (dataset != null) {
+            requireFits(cmd, cfg, dataset, reps);
         }
         TrainConfig train = new TrainConfig(1, 1e-4, 1e-5, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1)
-                .withPrecision(precision).withOptimizer(opt);
+                .withPrecision(precision);
         if (torch != null) {
             try {
                 HfExport.requireGpt2(cfg);
@@ -182,106 +183,63 @@ final class TrainBench implements Callable<Integer> {
         double stepFlops = 0;
         if (ceilingSize > 0 && !profile) {
             Profiler counter = new Profiler();
-            try (DataParallel dp = common.replicas(reps, perThreads, cfg, 1, train, counter)) {
-                dp.step(randomTokens(cfg.vocab(), batch, seq, reps));
+            try (DataParallel dp = common.replicas(reps, perThreads, cfg, 1, train.withOptimizer(opts.get(0)), counter);
+                 Feeds feeds = feeds(cfg, reps)) {
+                dp.step(feeds.sources());
             }
             stepFlops = flops(counter);
         }
-        double[] split = new double[3];
-        // Replica 0's step times summed over the timed steps: the profile's mean step.
-        double[] stepSeconds = new double[1];
-        Timing.Stats stats;
-        int params;
-        long activeParams;
-        // The final step's result, for its layer metrics.
-        StepResult[] last = new StepResult[1];
-        long peakBytes;
         Profiler profiler = profile ? new Profiler() : null;
-        try (DataParallel dp = common.replicas(reps, perThreads, cfg, 1, train, profiler)) {
-            Trainer first = dp.replicas().get(0).trainer();
-            err.printf("%s (per replica)%n", first.optimizer().describe());
-            params = first.model().params().count();
-            activeParams = first.model().parameterCounts().active();
-            List<DataSource> data = randomTokens(cfg.vocab(), batch, seq, reps);
-            Timing.Trial step = new Timing.Trial() {
-                @Override
-                public void run() {
-                    last[0] = dp.step(data);
-                }
-
-                @Override
-                public void after() {
-                    // The profile covers the timed steps only.
-                    if (profiler != null) {
-                        profiler.reset();
-                    }
-                }
-            };
-            Timing.Trial counted = new Timing.Trial() {
-                @Override
-                public void run() {
-                    last[0] = dp.step(data);
-                }
-
-                @Override
-                public void after() {
-                    split[0] += first.lastForwardMs();
-                    split[1] += first.lastBackwardMs();
-                    split[2] += first.lastOptimizerMs();
-                    stepSeconds[0] += last[0].seconds();
-                }
-            };
-            stats = Timing.measure(new Timing.Rule(warmup, steps, 0), step, counted);
-            // Replicas may share a device: count each device's peak once.
-            peakBytes = dp.replicas().stream().map(DataParallel.Replica::device).distinct().mapToLong(Device::peakBytes).sum();
+        List<Side> sides = new ArrayList<>();
+        for (OptimizerConfig opt : opts) {
+            Side side = train(cfg, train.withOptimizer(opt), reps, perThreads, profiler, err);
+            sides.add(side);
+            if (common.json) {
+                Map<String, Object> row = new LinkedHashMap<>();
+                row.put("bench", "train");
+                row.put("params", side.params());
+                row.put("seq", seq);
+                row.put("batch", batch);
+                row.put("tokens_per_s", BenchOptions.round(side.stats().medianRate(batch * seq)));
+                row.put("ms_per_step", BenchOptions.round(side.stats().median() * 1e3));
+                row.put("fwd_ms", BenchOptions.round(side.fwdMs()));
+                row.put("bwd_ms", BenchOptions.round(side.bwdMs()));
+                row.put("opt_ms", BenchOptions.round(side.optMs()));
+                row.put("impl", side.impl());
+                row.put("active_params", side.activeParams());
+                row.put("peak_mb", BenchOptions.round(side.peakBytes() / 1e6));
+                Json.putMetrics(row, side.last().metrics());
+                Json.printLine(cmd.getOut(), row);
+            }
         }
-        double msPerStep = stats.median() * 1e3;
-        double tokensPerS = stats.medianRate(batch * seq);
-        double fwd = split[0] / steps;
-        double bwd = split[1] / steps;
-        double optMs = split[2] / steps;
-        if (profiler != null) {
-            stepFlops = flops(profiler) / stats.reps();
+        if (opts.size() > 1) {
+            printSteps(cmd, sides);
         }
-        err.printf("train %,d params, %,d active (L=%d C=%d H=%d V=%d), B=%d T=%d, %s, %d replica(s) x %d thread(s): %.0f tokens/s, "
-                + "%.1f ms/step (median of %d; best %.1f; forward %.1f, backward %.1f, optimizer %s %.1f), peak %.1f MB, last loss %.4f%s%n",
-                params, activeParams, cfg.nLayer(), cfg.dModel(), cfg.nHead(), cfg.vocab(), batch, seq, dtype, reps, perThreads, tokensPerS,
-                msPerStep, stats.reps(), stats.best() * 1e3, fwd, bwd, optimizer, optMs, peakBytes / 1e6, last[0].loss(), last[0].metricsText());
-        err.flush();
         if (common.json) {
-            Map<String, Object> row = new LinkedHashMap<>();
-            row.put("bench", "train");
-            row.put("params", params);
-            row.put("seq", seq);
-            row.put("batch", batch);
-            row.put("tokens_per_s", BenchOptions.round(tokensPerS));
-            row.put("ms_per_step", BenchOptions.round(msPerStep));
-            row.put("fwd_ms", BenchOptions.round(fwd));
-            row.put("bwd_ms", BenchOptions.round(bwd));
-            row.put("opt_ms", BenchOptions.round(optMs));
-            row.put("impl", "kindling" + (precision == Precision.FP32 ? "" : " " + dtype) + (opt.isMfac() ? " mfac" : ""));
-            row.put("active_params", activeParams);
-            row.put("peak_mb", BenchOptions.round(peakBytes / 1e6));
-            Json.putMetrics(row, last[0].metrics());
-            Json.printLine(cmd.getOut(), row);
             for (Map<String, Object> c : ceilings) {
                 Json.printLine(cmd.getOut(), c);
             }
         }
+        Side first = sides.get(0);
+        if (profiler != null) {
+            stepFlops = flops(profiler) / first.stats().reps();
+        }
         List<Map<String, Object>> utilization = new ArrayList<>();
         if (!ceilings.isEmpty()) {
-            utilization.add(utilization(err, "kindling" + (precision == Precision.FP32 ? "" : " " + dtype), stepFlops,
-                    stats.median(), ceilings));
+            for (Side side : sides) {
+                utilization.add(utilization(err, side.impl(), stepFlops, side.stats().median(), ceilings));
+            }
         }
         if (profiler != null) {
-            List<ProfileTable.Row> rows = ProfileTable.rows(profiler.totals(), stats.reps(), reps);
-            ProfileTable.print(err, rows, reps, stepSeconds[0] * 1e3 / stats.reps());
-            ProfileTable.printKernels(err, ProfileTable.named(profiler.kernels(), stats.reps(), reps), 12);
+            List<ProfileTable.Row> rows = ProfileTable.rows(profiler.totals(), first.stats().reps(), reps);
+            ProfileTable.print(err, rows, reps, first.stepSeconds() * 1e3 / first.stats().reps());
+            ProfileTable.printKernels(err, ProfileTable.named(profiler.kernels(), first.stats().reps(), reps), 12);
             if (common.json) {
                 ProfileTable.printJson(cmd.getOut(), rows);
             }
         }
         if (torch != null) {
+            double tokensPerS = first.stats().medianRate(batch * seq);
             Map<String, Object> theirs = torch.run(cmd, "torch_train.py", "--layers", cfg.nLayer(), "--d-model", cfg.dModel(),
                     "--heads", cfg.nHead(), "--vocab", cfg.vocab(), "--max-seq", cfg.maxSeq(), "--mlp-ratio", cfg.mlpRatio(),
                     "--seq", seq, "--batch", batch, "--steps", steps, "--warmup", warmup, "--threads", threads, "--dtype", dtype);
@@ -303,6 +261,211 @@ final class TrainBench implements Callable<Integer> {
             }
         }
         return 0;
+    }
+
+    /**
+     * One optimizer's run: a fresh model (the same seed for every side) trained on the same batches; its timing, its
+     * split into forward, backward and optimizer (replica 0's means over the timed steps), and every step's loss and time.
+     *
+     * @param stepSeconds replica 0's step times summed over the timed steps: the profile's mean step
+     * @param losses the loss of every step, warm-up first; {@code stepMs} their times
+     */
+    private record Side(String impl, Timing.Stats stats, double fwdMs, double bwdMs, double optMs, double stepSeconds,
+                        int params, long activeParams, StepResult last, long peakBytes, double[] losses, double[] stepMs) {
+    }
+
+    private Side train(ModelConfig cfg, TrainConfig train, int reps, int perThreads, Profiler profiler, PrintWriter err)
+            throws Exception {
+        double[] split = new double[3];
+        double[] stepSeconds = new double[1];
+        double[] losses = new double[warmup + steps];
+        double[] stepMs = new double[warmup + steps];
+        int[] done = new int[1];
+        StepResult[] last = new StepResult[1];
+        String impl = "kindling" + (train.precision() == Precision.FP32 ? "" : " " + dtype)
+                + (train.optimizer().isMfac() ? " mfac" : "");
+        try (DataParallel dp = common.replicas(reps, perThreads, cfg, 1, train, profiler);
+             Feeds feeds = feeds(cfg, reps)) {
+            Trainer first = dp.replicas().get(0).trainer();
+            err.printf("%s (per replica)%n", first.optimizer().describe());
+            List<DataSource> sources = feeds.sources();
+            Timing.Trial step = new Timing.Trial() {
+                @Override
+                public void run() {
+                    last[0] = dp.step(sources);
+                }
+
+                @Override
+                public void after() {
+                    record(last[0], losses, stepMs, done);
+                    // The profile covers the timed steps only.
+                    if (profiler != null) {
+                        profiler.reset();
+                    }
+                }
+            };
+            Timing.Trial counted = new Timing.Trial() {
+                @Override
+                public void run() {
+                    last[0] = dp.step(sources);
+                }
+
+                @Override
+                public void after() {
+                    record(last[0], losses, stepMs, done);
+                    split[0] += first.lastForwardMs();
+                    split[1] += first.lastBackwardMs();
+                    split[2] += first.lastOptimizerMs();
+                    stepSeconds[0] += last[0].seconds();
+                }
+            };
+            Timing.Stats stats = Timing.measure(new Timing.Rule(warmup, steps, 0), step, counted);
+            // Replicas may share a device: count each device's peak once.
+            long peakBytes = dp.replicas().stream().map(DataParallel.Replica::device).distinct().mapToLong(Device::peakBytes).sum();
+            Side side = new Side(impl, stats, split[0] / steps, split[1] / steps, split[2] / steps, stepSeconds[0],
+                    first.model().params().count(), first.model().parameterCounts().active(), last[0], peakBytes, losses, stepMs);
+            err.printf("train %,d params, %,d active (L=%d C=%d H=%d V=%d), B=%d T=%d, %s, %d replica(s) x %d thread(s): %.0f "
+                    + "tokens/s, %.1f ms/step (median of %d; best %.1f; forward %.1f, backward %.1f, optimizer %s %.1f), peak "
+                    + "%.1f MB, last loss %.4f%s%n", side.params(), side.activeParams(), cfg.nLayer(), cfg.dModel(), cfg.nHead(),
+                    cfg.vocab(), batch, seq, dtype, reps, perThreads, stats.medianRate(batch * seq), stats.median() * 1e3,
+                    stats.reps(), stats.best() * 1e3, side.fwdMs(), side.bwdMs(), train.optimizer().type(), side.optMs(),
+                    peakBytes / 1e6, last[0].loss(), last[0].metricsText());
+            err.flush();
+            return side;
+        }
+    }
+
+    /** Keeps a step's loss and time, in step order (warm-up and timed steps alike). */
+    private static void record(StepResult r, double[] losses, double[] stepMs, int[] done) {
+        if (done[0] < losses.length) {
+            losses[done[0]] = r.loss();
+            stepMs[done[0]] = r.seconds() * 1e3;
+            done[0]++;
+        }
+    }
+
+    /**
+     * The compared optimizers step by step: a table of loss and ms per step on stderr (the first side is the baseline,
+     * the last column its loss minus each other's), and with --json a {@code train_step} row per side and step.
+     */
+    private void printSteps(CommandLine cmd, List<Side> sides) {
+        PrintWriter err = cmd.getErr();
+        StringBuilder head = new StringBuilder(String.format("%6s", "step"));
+        for (Side s : sides) {
+            head.append(String.format("  %18s loss %9s", s.impl(), "ms"));
+        }
+        err.println(head);
+        for (int i = 0; i < warmup + steps; i++) {
+            StringBuilder line = new StringBuilder(String.format("%6d", i + 1));
+            for (Side s : sides) {
+                line.append(String.format("  %23.4f %9.1f", s.losses()[i], s.stepMs()[i]));
+            }
+            err.println(line + (i < warmup ? "  (warm-up)" : ""));
+        }
+        Side base = sides.get(0);
+        for (Side s : sides.subList(1, sides.size())) {
+            err.printf("%s vs %s after %d steps: loss %.4f vs %.4f, median step %.1f vs %.1f ms (%.2fx), same batches, this run%n",
+                    s.impl(), base.impl(), warmup + steps, s.last().loss(), base.last().loss(), s.stats().median() * 1e3,
+                    base.stats().median() * 1e3, s.stats().median() / base.stats().median());
+        }
+        err.flush();
+        if (common.json) {
+            for (Side s : sides) {
+                for (int i = 0; i < warmup + steps; i++) {
+                    Map<String, Object> row = new LinkedHashMap<>();
+                    row.put("bench", "train_step");
+                    row.put("impl", s.impl());
+                    row.put("step", i + 1);
+                    row.put("timed", i >= warmup);
+                    row.put("loss", Math.round(s.losses()[i] * 1e6) / 1e6);
+                    row.put("ms", BenchOptions.round(s.stepMs()[i]));
+                    Json.printLine(cmd.getOut(), row);
+                }
+            }
+        }
+    }
+
+    /** The --optimizer list as configs: each name once; --ngrads only with mfac; the torch peer only against AdamW. */
+    private List<OptimizerConfig> optimizers(CommandLine cmd, Peer torch) {
+        List<OptimizerConfig> opts = new ArrayList<>();
+        for (String name : optimizers) {
+            OptimizerConfig opt = switch (name) {
+                case OptimizerConfig.ADAMW -> OptimizerConfig.ADAMW_DEFAULT;
+                case OptimizerConfig.MFAC -> {
+                    if (ngrads < 1) {
+                        throw new CommandLine.ParameterException(cmd, "--ngrads must be >= 1, got " + ngrads);
+                    }
+                    yield OptimizerConfig.mfac(ngrads, OptimizerConfig.DEFAULT_DAMP, OptimizerConfig.DEFAULT_MOMENTUM);
+                }
+                default -> throw new CommandLine.ParameterException(cmd, "--optimizer must list adamw and/or mfac, got "
+                        + name);
+            };
+            if (opts.contains(opt)) {
+                throw new CommandLine.ParameterException(cmd, "--optimizer lists " + name + " twice");
+            }
+            opts.add(opt);
+        }
+        boolean mfac = opts.stream().anyMatch(OptimizerConfig::isMfac);
+        if (!mfac && cmd.getParseResult().hasMatchedOption("--ngrads")) {
+            throw new CommandLine.ParameterException(cmd, "--ngrads is M-FAC's window: it needs --optimizer mfac");
+        }
+        if (mfac && torch != null) {
+            throw new CommandLine.ParameterException(cmd, "--peer torch trains with AdamW: compare --optimizer mfac with "
+                    + "--optimizer adamw instead");
+        }
+        return opts;
+    }
+
+    /** The tokenizer and chunk lengths of the --data dataset, or a usage error naming it. */
+    private Shard.Info datasetInfo(CommandLine cmd) {
+        try (DatasetReader r = new DatasetReader(data, new Configuration(), 1, 0, 1, Integer.MAX_VALUE)) {
+            return r.info();
+        } catch (IOException | IllegalArgumentException e) {
+            throw new CommandLine.ParameterException(cmd, "--data " + data + ": " + e.getMessage());
+        }
+    }
+
+    /** --vocab, else the dataset's vocabulary with --data, else the default. */
+    private int vocabFor(CommandLine cmd, Shard.Info dataset) {
+        return dataset != null && !cmd.getParseResult().hasMatchedOption("--vocab") ? dataset.vocabSize() : vocab;
+    }
+
+    /** The dataset's ids must be the model's and every chunk must fit a replica's batch and the model's context. */
+    private void requireFits(CommandLine cmd, ModelConfig cfg, Shard.Info dataset, int reps) {
+        if (cfg.vocab() < dataset.vocabSize()) {
+            throw new CommandLine.ParameterException(cmd, "--data " + data + " has a vocabulary of " + dataset.vocabSize()
+                    + " ids but the model only " + cfg.vocab());
+        }
+        int budget = batch / reps * seq;
+        if (dataset.bucketMax() > budget || cfg.limited() && dataset.bucketMax() > cfg.maxSeq()) {
+            throw new CommandLine.ParameterException(cmd, "--data " + data + " has chunks of up to " + dataset.bucketMax()
+                    + " tokens: more than a replica's batch of " + budget + " tokens (--batch / replicas x --seq) or the "
+                    + "model's max_seq " + cfg.maxSeq());
+        }
+    }
+
+    /** Each replica's batches: random tokens, or its share of the --data dataset; a side's feeds start at its first batch. */
+    private record Feeds(List<DataSource> sources, List<DatasetSource> readers) implements AutoCloseable {
+        @Override
+        public void close() {
+            readers.forEach(DatasetSource::close);
+        }
+    }
+
+    private Feeds feeds(ModelConfig cfg, int reps) throws IOException {
+        if (data == null) {
+            return new Feeds(randomTokens(cfg.vocab(), batch, seq, reps), List.of());
+        }
+        List<DatasetSource> readers = new ArrayList<>();
+        try {
+            for (int r = 0; r < reps; r++) {
+                readers.add(new DatasetSource(new DatasetReader(data, new Configuration(), 1, r, reps, batch / reps * seq)));
+            }
+        } catch (IOException | RuntimeException e) {
+            readers.forEach(DatasetSource::close);
+            throw e;
+        }
+        return new Feeds(List.copyOf(readers), readers);
     }
 
     /**

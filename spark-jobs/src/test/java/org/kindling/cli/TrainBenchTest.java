@@ -1,10 +1,15 @@
 package org.kindling.cli;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotEquals;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import com.fasterxml.jackson.databind.JsonNode;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.util.List;
 import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
 
 class TrainBenchTest {
     private static final String[] TINY = {"bench", "train", "--layers", "1", "--d-model", "16", "--heads", "2", "--vocab", "32",
@@ -103,8 +108,47 @@ class TrainBenchTest {
         assertEquals("kindling mfac", mfac.get("impl").asText());
         assertTrue(mfac.get("opt_ms").asDouble() >= 0, r.out());
         assertTrue(r.err().contains("optimizer mfac (ngrads 4, damp 1.0E-4, momentum 0.0): window 4 × "), r.err());
-        CliRun.assertUsageError("--optimizer must be adamw or mfac, got sgd", with("--optimizer", "sgd"));
+        CliRun.assertUsageError("--optimizer must list adamw and/or mfac, got sgd", with("--optimizer", "sgd"));
         CliRun.assertUsageError("--ngrads is M-FAC's window: it needs --optimizer mfac", with("--ngrads", "4"));
         CliRun.assertUsageError("--peer torch trains with AdamW", with("--optimizer", "mfac", "--peer", "torch"));
+    }
+
+    /**
+     * Several optimizers train the same initial model on the same batches of a prepared dataset in one run: one train
+     * row each, then a train_step row per side and step with exactly the documented fields. The first step's loss
+     * comes before any update, so it is the same bits on both sides; the updates differ, so later losses do too.
+     */
+    @Test
+    void optimizersComparedStepByStepOnAPreparedDataset(@TempDir Path dir) throws Exception {
+        Path corpus = dir.resolve("corpus");
+        Files.createDirectories(corpus);
+        Files.writeString(corpus.resolve("a.txt"), "the cat sat on the mat. the dog sat on the log.\n".repeat(40));
+        Path data = dir.resolve("data");
+        CliRun prep = CliRun.of("prepare", "--input", corpus.toString(), "--output", data.toString(), "--line-docs",
+                "--vocab-size", "300", "--max-len", "32", "--master", "local[1]");
+        assertEquals(0, prep.code(), prep.err());
+        CliRun r = CliRun.of("bench", "train", "--layers", "1", "--d-model", "16", "--heads", "2", "--seq", "32", "--batch", "2",
+                "--steps", "2", "--warmup", "1", "--threads", "1", "--ceiling", "0", "--json", "--optimizer", "adamw,mfac",
+                "--ngrads", "2", "--data", data.toString());
+        List<JsonNode> rows = r.rows(null);
+        assertEquals(List.of("kindling", "kindling mfac"), rows.subList(0, 2).stream().map(j -> j.get("impl").asText()).toList());
+        assertEquals(rows.get(0).get("params").asLong(), rows.get(1).get("params").asLong(), "the vocabulary follows the data");
+        List<String> lines = List.of(r.out().strip().split("\n"));
+        assertEquals(2 + 2 * 3, lines.size(), r.out());
+        for (String line : lines.subList(2, lines.size())) {
+            assertEquals(List.of("bench", "impl", "step", "timed", "loss", "ms"), CliTest.fieldNames(line), line);
+        }
+        List<JsonNode> adamw = rows.subList(2, 5);
+        List<JsonNode> mfac = rows.subList(5, 8);
+        assertEquals(List.of(1, 2, 3), adamw.stream().map(j -> j.get("step").asInt()).toList());
+        assertEquals(List.of(false, true, true), mfac.stream().map(j -> j.get("timed").asBoolean()).toList());
+        assertEquals(adamw.get(0).get("loss").asDouble(), mfac.get(0).get("loss").asDouble(), 0.0, r.out());
+        assertNotEquals(adamw.get(2).get("loss").asDouble(), mfac.get(2).get("loss").asDouble(), r.out());
+        assertTrue(r.err().contains("kindling mfac vs kindling after 3 steps: loss "), r.err());
+        CliRun.assertUsageError("--optimizer lists adamw twice", with("--optimizer", "adamw,adamw"));
+        CliRun.assertUsageError("--profile counts the kernels of one optimizer's steps", with("--optimizer", "adamw,mfac",
+                "--profile"));
+        CliRun.assertUsageError("has a vocabulary of", with("--data", data.toString()));
+        CliRun.assertUsageError("is not a complete dataset", with("--data", dir.resolve("nothing").toString()));
     }
 }

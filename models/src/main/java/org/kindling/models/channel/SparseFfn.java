@@ -23,15 +23,17 @@ import org.kindling.ops.UnaryOp;
  * as rows, so decoding gathers rows of both), and the mask [T, F] one unit per block from a
  * low-rank controller: logits = (x·Dᵀ)·Uᵀ + bu, D [rank, C], U [F, rank], seen as [T·B, N].
  *
- * <p>Training (Gumbel straight-through): soft = softmax((logits + g)/τ) per block with Gumbel noise
- * g drawn from the pass's seed. On a quantised pass (a share {@code quantize} of them, decided
- * from the same seed, so a resumed run repeats it) the forward multiplies by the one-hot of each
- * block's argmax and the backward takes the soft values' gradient; otherwise the mask is the soft
- * values. Unlike trax, which masks before the ReLU, the mask multiplies ReLU's output: equal in
- * the forward (the mask is positive), and on quantised passes every unit's controller logit gets
- * a gradient, not only the chosen one's. Evaluation and decoding take the argmax of the logits,
- * without noise; a backward after an evaluation forward gives the controller no gradient (the
- * argmax has none). With N = 1 the mask is all ones: a dense ReLU FFN.
+ * <p>Training follows trax's {@code SparseFF} (Gumbel straight-through): soft = softmax(logits)
+ * per block. On a quantised pass (a share {@code quantize} of them, decided from the pass's seed,
+ * so a resumed run repeats it) the forward multiplies by the one-hot of each block's
+ * argmax(logits + τ·g), Gumbel noise g from the same seed scaled by the temperature τ, and the
+ * backward takes the soft values' gradient; otherwise the mask is the soft values, so such a pass
+ * trains every unit, weighted by its probability. Unlike trax, which masks before the ReLU, the
+ * mask multiplies ReLU's output: equal in the forward (the mask is positive), and on quantised
+ * passes every unit's controller logit gets a gradient, not only the chosen one's. Evaluation and
+ * decoding take the argmax of the logits, without noise; a backward after an evaluation forward
+ * gives the controller no gradient (the argmax has none). With N = 1 the mask is all ones: a dense
+ * ReLU FFN.
  */
 final class SparseFfn implements ChannelMixer {
     /** Separate the Gumbel noise and the quantise draw from other draws of the same layer and pass. */
@@ -65,10 +67,10 @@ final class SparseFfn implements ChannelMixer {
     private final Activation h;
     private final Activation relu;
     private final Activation ctrl;
-    /** Forward scratch, shared by the layers since backward needs neither: logits [T, F] and log(−log u) [T, F]. */
+    /** Forward scratch, shared by the layers since backward needs neither: logits [T, F] and the noisy scores [T, F]. */
     private final Activation logits;
     private final Activation noise;
-    /** Training: the Gumbel softmax [T, F]. */
+    /** Training: the controller's softmax per block [T, F]. */
     private final Activation soft;
     /** A one-hot mask [T, F], from each block's argmax [T·B, 1] (its value and its unit in the block) and ones [T·B, 1]. */
     private final Activation hard;
@@ -171,19 +173,22 @@ final class SparseFfn implements ChannelMixer {
         trained = step.training();
         Tensor mask;
         if (trained) {
-            Tensor g = noise.write(t, dFf);
-            be.uniformNoise(g, U_LO, U_HI, Seeds.derive(step.seed(), layer, NOISE_STREAM));
-            // g = log(−log u) = −Gumbel, so logits + Gumbel = logits − g.
-            be.unary(UnaryOp.LOG, g, g);
-            be.unary(UnaryOp.NEG, g, g);
-            be.unary(UnaryOp.LOG, g, g);
             Tensor s = soft.write(t, dFf);
-            be.binary(BinaryOp.SUB, s, lg, g);
-            be.affine(s, s, 1f / temperature, 0f);
-            Tensor perBlock = s.reshape(t * blocks, n);
-            be.softmaxForward(perBlock, perBlock);
+            be.softmaxForward(s.reshape(t * blocks, n), lg.reshape(t * blocks, n));
             quantised = quantisedPass(step.seed(), layer, quantize);
-            mask = quantised ? oneHot(hard, choiceValues, choice, ones, s) : s;
+            if (quantised) {
+                Tensor g = noise.write(t, dFf);
+                be.uniformNoise(g, U_LO, U_HI, Seeds.derive(step.seed(), layer, NOISE_STREAM));
+                // g = log(−log u) = −Gumbel, so logits + τ·Gumbel = logits − τ·g.
+                be.unary(UnaryOp.LOG, g, g);
+                be.unary(UnaryOp.NEG, g, g);
+                be.unary(UnaryOp.LOG, g, g);
+                be.affine(g, g, -temperature, 0f);
+                be.binary(BinaryOp.ADD, g, lg, g);
+                mask = oneHot(hard, choiceValues, choice, ones, g);
+            } else {
+                mask = s;
+            }
         } else {
             quantised = true;
             mask = oneHot(hard, choiceValues, choice, ones, lg);
@@ -290,7 +295,6 @@ final class SparseFfn implements ChannelMixer {
         Tensor dz = dlogits.zeros(t, dFf);
         int rows = t * blocks;
         be.softmaxBackward(dz.reshape(rows, n), dmk.reshape(rows, n), soft.saved(t, dFf).reshape(rows, n));
-        be.affine(dz, dz, 1f / temperature, 0f);
         Tensor dc = dctrl.zeros(t, rank);
         up.backward(dc, dz);
         down.backward(dx, dc);

@@ -13,7 +13,8 @@ import org.kindling.models.nn.LayerContext;
  * @param dFf hidden width ({@code d_ff}, default {@code mlp_ratio}·C, as the MLP's)
  * @param block N, units per block ({@code block}, default 32 as in trax; must divide d_ff)
  * @param controllerRank the controller's low rank ({@code controller_rank}, default 64)
- * @param temperature τ of the Gumbel softmax while training ({@code temperature}, default 0.1)
+ * @param temperature τ, the scale of the Gumbel noise added to the logits before a quantised training
+ *     pass's argmax ({@code temperature}, default 0.1, trax's)
  * @param quantize the share of training passes whose forward uses the hard one-hot
  *     ({@code quantize}, in [0, 1]; default 0.3, trax's {@code quant_prob} of {@code SparseFF})
  */
