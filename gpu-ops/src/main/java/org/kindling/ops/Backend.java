@@ -57,6 +57,23 @@ public interface Backend {
         }
     }
 
+    /**
+     * Copies {@code src}'s elements into {@code dst} at {@code offset}. This default stages them in
+     * a heap array; a backend with direct access to its memory copies once.
+     */
+    default void copyToStore(HostStore dst, long offset, Tensor src) {
+        float[] f = new float[src.numel()];
+        copyToHost(f, src);
+        dst.put(offset, f, 0, f.length);
+    }
+
+    /** Copies {@code dst.numel()} floats of {@code src} at {@code offset} into {@code dst}; see {@link #copyToStore}. */
+    default void copyFromStore(Tensor dst, HostStore src, long offset) {
+        float[] f = new float[dst.numel()];
+        src.get(offset, f, 0, f.length);
+        copyFromHost(dst, f);
+    }
+
     // ---- data movement ----
 
     /** Sets every element to {@code value}. */

@@ -26,6 +26,7 @@ import org.kindling.ops.DropoutMask;
 import org.kindling.ops.FavorFeatures;
 import org.kindling.ops.Gemm;
 import org.kindling.ops.GroupedGemm;
+import org.kindling.ops.HostStore;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.MoeRouting;
 import org.kindling.ops.Noise;
@@ -129,6 +130,24 @@ final class CpuBackend implements Backend {
         } else {
             System.arraycopy(f32(src, "src"), src.offset(), dst, 0, dst.length);
         }
+    }
+
+    @Override
+    public void copyToStore(HostStore dst, long offset, Tensor src) {
+        if (src.dtype() == DType.BF16) {
+            Backend.super.copyToStore(dst, offset, src);
+            return;
+        }
+        dst.put(offset, f32(src, "src"), src.offset(), src.numel());
+    }
+
+    @Override
+    public void copyFromStore(Tensor dst, HostStore src, long offset) {
+        if (dst.dtype() == DType.BF16) {
+            Backend.super.copyFromStore(dst, src, offset);
+            return;
+        }
+        src.get(offset, f32(dst, "dst"), dst.offset(), dst.numel());
     }
 
     @Override

@@ -175,6 +175,11 @@ public final class ConfigReader {
         throw error(k, "must be a mapping, got " + describe(v));
     }
 
+    /** The mapping under {@code k} as a reader of its own (of no keys when absent), its errors naming the full key. */
+    public ConfigReader child(String k) {
+        return new ConfigReader(source, key(k), section(k));
+    }
+
     private <T> T required(String k, T dflt) {
         if (dflt == null) {
             throw error(k, "is required");

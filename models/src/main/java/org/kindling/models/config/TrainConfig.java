@@ -28,7 +28,7 @@ import org.kindling.models.nn.Precision;
 public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay,
                           double beta1, double beta2, double eps, double gradClip, int gradAccum, int batchTokens,
                           int logInterval, int checkpointInterval, int keepCheckpoints, Precision precision,
-                          int evalInterval, int evalBatches, OptimizerConfig optimizer) {
+                          int evalInterval, int evalBatches, OptimizerConfig optimizer, boolean offloadOptimizerState) {
     /** Batches per worker per evaluation unless eval_batches says otherwise. */
     public static final int DEFAULT_EVAL_BATCHES = 4;
 
@@ -62,6 +62,10 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
         if (evalBatches < 1) {
             throw new IllegalArgumentException("eval_batches must be >= 1, got " + evalBatches);
         }
+        if (offloadOptimizerState && optimizer.isMfac()) {
+            throw new IllegalArgumentException("offload.optimizer_state: host holds AdamW's moments; M-FAC keeps its window "
+                    + "and Gram matrix on the device");
+        }
     }
 
     /**
@@ -80,19 +84,28 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
                        double beta2, double eps, double gradClip, int gradAccum, int batchTokens, int logInterval,
                        int checkpointInterval, int keepCheckpoints, Precision precision, int evalInterval, int evalBatches) {
         this(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum, batchTokens, logInterval,
-                checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, OptimizerConfig.ADAMW_DEFAULT);
+                checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, OptimizerConfig.ADAMW_DEFAULT, false);
     }
 
     /** The same settings with eval_interval and eval_batches replaced. */
     public TrainConfig withEval(int interval, int batches) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
-                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, interval, batches, optimizer);
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, interval, batches, optimizer,
+                offloadOptimizerState);
     }
 
     /** The same settings with {@code optimizer} instead. */
     public TrainConfig withOptimizer(OptimizerConfig optimizer) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
-                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer);
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer,
+                offloadOptimizerState);
+    }
+
+    /** The same settings with AdamW's moments in host memory ({@code offload.optimizer_state: host}) or on the device. */
+    public TrainConfig withOffload(boolean optimizerState) {
+        return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer,
+                optimizerState);
     }
 
     /** Whether step {@code step} (1-based) is evaluated when there is eval data: every eval_interval steps and the last. */
@@ -109,7 +122,8 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
     /** These settings with {@code precision} instead. */
     public TrainConfig withPrecision(Precision precision) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
-                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer);
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer,
+                offloadOptimizerState);
     }
 
     /** Learning rate of optimizer step {@code step} (0-based): linear warmup, then cosine decay to minLr. */
@@ -157,12 +171,25 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
             throw r.error("eval_batches", "must be >= 1, got " + evalBatches);
         }
         OptimizerConfig optimizer = OptimizerConfig.read(r);
+        boolean offload = readOffload(r);
         try {
             return new TrainConfig(seed, lr, minLr, warmup, maxSteps, wd, b1, b2, eps, clip, accum, batchTokens, logInterval,
-                    ckpt, keep, precision, evalInterval, evalBatches, optimizer);
+                    ckpt, keep, precision, evalInterval, evalBatches, optimizer, offload);
         } catch (IllegalArgumentException e) {
             throw r.invalid(e);
         }
+    }
+
+    /** {@code offload: {optimizer_state: device | host}}: whether AdamW's moments live in host memory. */
+    private static boolean readOffload(ConfigReader train) {
+        ConfigReader r = train.child("offload");
+        String where = r.string("optimizer_state", "device");
+        r.finish();
+        return switch (where) {
+            case "device" -> false;
+            case "host" -> true;
+            default -> throw r.error("optimizer_state", "must be device or host, got '" + where + "'");
+        };
     }
 
     public Map<String, Object> toMap() {
@@ -186,6 +213,7 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
         m.put("eval_interval", evalInterval);
         m.put("eval_batches", evalBatches);
         m.put("optimizer", optimizer.toValue());
+        m.put("offload", Map.of("optimizer_state", offloadOptimizerState ? "host" : "device"));
         return m;
     }
 }

@@ -18,6 +18,7 @@ import java.util.OptionalInt;
 import org.kindling.models.Gpt;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.nn.Param;
+import org.kindling.models.train.StateTensor;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.Tensor;
 
@@ -232,12 +233,12 @@ public final class Checkpoints {
 
     /** Loads a checkpoint's weights into a model of the same architecture. */
     public void loadWeights(String name, Gpt model) {
-        Map<String, Tensor> targets = new LinkedHashMap<>();
+        Map<String, StateTensor> targets = new LinkedHashMap<>();
         for (Param p : model.params().list()) {
-            targets.put(p.name(), p.value());
+            targets.put(p.name(), StateTensor.of(p.value()));
         }
         for (Param p : model.params().fixed()) {
-            targets.put(p.name(), p.value());
+            targets.put(p.name(), StateTensor.of(p.value()));
         }
         readInto(DIR + "/" + name + "/model.safetensors", targets);
         model.params().refreshShadow();
@@ -267,16 +268,16 @@ public final class Checkpoints {
      * host copy of the whole file or of a whole tensor is made. A tensor the model lacks, one the
      * file lacks, or one of another shape is an error naming the file: nothing is skipped silently.
      */
-    private void readInto(String path, Map<String, Tensor> targets) {
+    private void readInto(String path, Map<String, StateTensor> targets) {
         String source = storage.describe(path);
         java.util.Set<String> seen = new java.util.HashSet<>();
         try (InputStream in = storage.open(path)) {
             Safetensors.read(in, source, readChunkBytes, new Safetensors.Sink() {
-                private Tensor flat;
+                private StateTensor dst;
 
                 @Override
                 public void begin(String name, int[] shape) {
-                    Tensor dst = targets.get(name);
+                    dst = targets.get(name);
                     if (dst == null) {
                         throw new IllegalStateException(source + ": tensor " + name + " is not part of this model "
                                 + "(a checkpoint of another architecture or configuration?)");
@@ -286,12 +287,11 @@ public final class Checkpoints {
                                 + " but the model expects " + Arrays.toString(dst.shape()));
                     }
                     seen.add(name);
-                    flat = dst.reshape(dst.numel());
                 }
 
                 @Override
                 public void values(long offset, float[] values) {
-                    flat.view((int) offset, values.length).copyFrom(values);
+                    dst.write(offset, values);
                 }
             });
         } catch (IOException e) {
@@ -323,7 +323,7 @@ public final class Checkpoints {
 
     private static Map<String, Safetensors.Tensor> optimizerState(Trainer trainer) {
         Map<String, Safetensors.Tensor> out = new LinkedHashMap<>();
-        trainer.optimizer().state().forEach((n, t) -> out.put(n, new Safetensors.Tensor(t.shape(), t.toFloatArray())));
+        trainer.optimizer().state().forEach((n, t) -> out.put(n, new Safetensors.Tensor(t.shape(), t.read())));
         return out;
     }
 }

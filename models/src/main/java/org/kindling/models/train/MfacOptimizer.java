@@ -81,12 +81,12 @@ public final class MfacOptimizer implements Optimizer {
     }
 
     @Override
-    public Map<String, Tensor> state() {
-        Map<String, Tensor> out = new LinkedHashMap<>();
-        out.put("mfac.window", window.window());
-        out.put("mfac.gram", window.gramState());
+    public Map<String, StateTensor> state() {
+        Map<String, StateTensor> out = new LinkedHashMap<>();
+        out.put("mfac.window", StateTensor.of(window.window()));
+        out.put("mfac.gram", StateTensor.of(window.gramState()));
         if (velocity != null) {
-            out.put("mfac.momentum", velocity);
+            out.put("mfac.momentum", StateTensor.of(velocity));
         }
         return out;
     }

@@ -3,7 +3,6 @@ package org.kindling.models.train;
 import java.util.Map;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.nn.Params;
-import org.kindling.ops.Tensor;
 
 /**
  * The update a {@link Trainer} applies once the step's gradients are summed over every worker: the
@@ -25,10 +24,10 @@ public interface Optimizer extends AutoCloseable {
     void step(Params params, int step, float lr, float gradScale);
 
     /**
-     * The state a checkpoint saves, by tensor name; a restore loads into these same tensors and then
-     * calls {@link #restored}. Reading this brings any host-side state into its tensor first.
+     * The state a checkpoint saves, by tensor name; a restore writes into these same pieces and then
+     * calls {@link #restored}. Asking for this brings any state the optimizer keeps elsewhere into them first.
      */
-    Map<String, Tensor> state();
+    Map<String, StateTensor> state();
 
     /** After a restore wrote {@link #state()}'s tensors: reloads what the optimizer keeps off the device. */
     void restored();

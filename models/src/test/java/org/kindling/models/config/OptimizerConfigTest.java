@@ -48,4 +48,20 @@ class OptimizerConfigTest {
         // M-FAC's keys under AdamW would do nothing: refused rather than ignored.
         assertTrue(error("optimizer.ngrads", "8").contains("unknown key train.optimizer.ngrads"));
     }
+
+    /** offload.optimizer_state: device by default, host on request, written back by toMap; M-FAC cannot offload. */
+    @Test
+    void offloadPlacesAdamWsMoments() {
+        assertEquals(false, RunConfig.load(TINY).train().offloadOptimizerState());
+        Map<String, String> set = new LinkedHashMap<>();
+        set.put("offload.optimizer_state", "host");
+        RunConfig r = load(set);
+        assertTrue(r.train().offloadOptimizerState());
+        assertEquals(Map.of("optimizer_state", "host"), r.train().toMap().get("offload"));
+        assertEquals(r, RunConfig.fromMap(r.toMap(), "resolved"));
+        assertTrue(error("offload.optimizer_state", "disk").contains("train.offload.optimizer_state must be device or host, got 'disk'"));
+        assertTrue(error("offload.params", "host").contains("unknown key train.offload.params"));
+        assertTrue(error("offload.optimizer_state", "host", "optimizer", "mfac")
+                .contains("offload.optimizer_state: host holds AdamW's moments; M-FAC keeps its window"));
+    }
 }

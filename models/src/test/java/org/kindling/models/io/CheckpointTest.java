@@ -54,7 +54,7 @@ class CheckpointTest {
             losses.add(trainer.step(data).loss());
         }
         Map<String, float[]> state = new LinkedHashMap<>();
-        trainer.optimizer().state().forEach((name, t) -> state.put(name, t.toFloatArray()));
+        trainer.optimizer().state().forEach((name, t) -> state.put(name, t.read()));
         return new Outcome(losses, trainer.model().params().values().toFloatArray(), state);
     }
 
@@ -63,6 +63,12 @@ class CheckpointTest {
     @org.junit.jupiter.params.provider.EnumSource(org.kindling.models.nn.Precision.class)
     void resumingFromACheckpointIsBitIdentical(org.kindling.models.nn.Precision precision) {
         assertResumesBitIdentically(MODEL, TRAIN.withPrecision(precision));
+    }
+
+    /** AdamW's moments in host memory save to and restore from the same tensors as on the device. */
+    @Test
+    void aRunWithOffloadedMomentsResumesBitIdentically() {
+        assertResumesBitIdentically(MODEL, TRAIN.withOffload(true));
     }
 
     /** Pixelfly attention and butterfly MLPs: the config the checkpoint keeps rebuilds the same layout. */

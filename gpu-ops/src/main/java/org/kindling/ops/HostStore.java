@@ -1,0 +1,104 @@
+package org.kindling.ops;
+
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.FloatBuffer;
+
+/**
+ * Host memory outside the Java heap for state that lives off the device between uses (an optimizer's
+ * moments under {@code train.offload.optimizer_state: host}): {@code length} floats in direct buffers
+ * of at most {@link #CHUNK} floats each, so a store may exceed the 2³¹ bytes one buffer can address.
+ * A backend moves a tensor's elements in and out with {@link Backend#copyToStore} and
+ * {@link Backend#copyFromStore}. Starts zeroed.
+ */
+public final class HostStore implements AutoCloseable {
+    /** Floats per direct buffer: 1 GiB. */
+    static final int CHUNK = 1 << 28;
+
+    private final long length;
+    private FloatBuffer[] chunks;
+
+    private HostStore(long length, int chunk) {
+        if (length < 0) {
+            throw new IllegalArgumentException("a host store holds >= 0 floats, got " + length);
+        }
+        this.length = length;
+        int n = (int) ((length + chunk - 1) / chunk);
+        chunks = new FloatBuffer[n];
+        for (int i = 0; i < n; i++) {
+            int size = (int) Math.min(chunk, length - (long) i * chunk);
+            chunks[i] = ByteBuffer.allocateDirect(size * Float.BYTES).order(ByteOrder.nativeOrder()).asFloatBuffer();
+        }
+    }
+
+    /** {@code length} zeroed floats off the heap. */
+    public static HostStore allocate(long length) {
+        return new HostStore(length, CHUNK);
+    }
+
+    /** A store split into buffers of {@code chunk} floats: for tests of copies across buffer boundaries. */
+    static HostStore allocate(long length, int chunk) {
+        if (chunk < 1) {
+            throw new IllegalArgumentException("chunk must be >= 1, got " + chunk);
+        }
+        return new HostStore(length, chunk);
+    }
+
+    public long length() {
+        return length;
+    }
+
+    public long bytes() {
+        return length * Float.BYTES;
+    }
+
+    /** Copies {@code n} floats from {@code src[from..]} to this store at {@code offset}. */
+    public void put(long offset, float[] src, int from, int n) {
+        check(offset, n, from, src.length);
+        int chunk = chunks[0].capacity();
+        while (n > 0) {
+            FloatBuffer b = chunks[(int) (offset / chunk)];
+            int at = (int) (offset % chunk);
+            int k = Math.min(n, b.capacity() - at);
+            b.put(at, src, from, k);
+            offset += k;
+            from += k;
+            n -= k;
+        }
+    }
+
+    /** Copies {@code n} floats of this store at {@code offset} into {@code dst[from..]}. */
+    public void get(long offset, float[] dst, int from, int n) {
+        check(offset, n, from, dst.length);
+        int chunk = chunks[0].capacity();
+        while (n > 0) {
+            FloatBuffer b = chunks[(int) (offset / chunk)];
+            int at = (int) (offset % chunk);
+            int k = Math.min(n, b.capacity() - at);
+            b.get(at, dst, from, k);
+            offset += k;
+            from += k;
+            n -= k;
+        }
+    }
+
+    private void check(long offset, int n, int from, int arrayLength) {
+        if (chunks == null) {
+            throw new IllegalStateException("host store of " + length + " floats is closed");
+        }
+        if (offset < 0 || n < 0 || offset + n > length || from < 0 || from + n > arrayLength) {
+            throw new IndexOutOfBoundsException("floats [" + offset + ", " + (offset + n) + ") of a host store of " + length
+                    + " (array [" + from + ", " + (from + n) + ") of " + arrayLength + ")");
+        }
+    }
+
+    public boolean isClosed() {
+        return chunks == null;
+    }
+
+    /** Drops the buffers: the memory goes back when the collector frees them; any later copy fails. */
+    @Override
+    public void close() {
+        chunks = null;
+    }
+}
