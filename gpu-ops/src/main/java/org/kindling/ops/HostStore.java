@@ -16,6 +16,7 @@ public final class HostStore implements AutoCloseable {
     static final int CHUNK = 1 << 28;
 
     private final long length;
+    private final int chunk;
     private FloatBuffer[] chunks;
 
     private HostStore(long length, int chunk) {
@@ -23,6 +24,7 @@ public final class HostStore implements AutoCloseable {
             throw new IllegalArgumentException("a host store holds >= 0 floats, got " + length);
         }
         this.length = length;
+        this.chunk = chunk;
         int n = (int) ((length + chunk - 1) / chunk);
         chunks = new FloatBuffer[n];
         for (int i = 0; i < n; i++) {
@@ -55,27 +57,27 @@ public final class HostStore implements AutoCloseable {
     /** Copies {@code n} floats from {@code src[from..]} to this store at {@code offset}. */
     public void put(long offset, float[] src, int from, int n) {
         check(offset, n, from, src.length);
-        int chunk = chunks[0].capacity();
-        while (n > 0) {
-            FloatBuffer b = chunks[(int) (offset / chunk)];
-            int at = (int) (offset % chunk);
-            int k = Math.min(n, b.capacity() - at);
-            b.put(at, src, from, k);
-            offset += k;
-            from += k;
-            n -= k;
-        }
+        forPieces(offset, from, n, (b, at, i, k) -> b.put(at, src, i, k));
     }
 
     /** Copies {@code n} floats of this store at {@code offset} into {@code dst[from..]}. */
     public void get(long offset, float[] dst, int from, int n) {
         check(offset, n, from, dst.length);
-        int chunk = chunks[0].capacity();
+        forPieces(offset, from, n, (b, at, i, k) -> b.get(at, dst, i, k));
+    }
+
+    /** One copy between a buffer's floats [at, at + k) and an array's [i, i + k). */
+    private interface Piece {
+        void copy(FloatBuffer b, int at, int i, int k);
+    }
+
+    /** Splits n floats at {@code offset} (array index {@code from}) at buffer boundaries. */
+    private void forPieces(long offset, int from, int n, Piece piece) {
         while (n > 0) {
             FloatBuffer b = chunks[(int) (offset / chunk)];
             int at = (int) (offset % chunk);
             int k = Math.min(n, b.capacity() - at);
-            b.get(at, dst, from, k);
+            piece.copy(b, at, from, k);
             offset += k;
             from += k;
             n -= k;

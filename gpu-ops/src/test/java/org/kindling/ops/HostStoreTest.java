@@ -48,6 +48,9 @@ class HostStoreTest {
         assertTrue(e.getMessage().contains("floats [6, 9) of a host store of 8"), e.getMessage());
         assertThrows(IndexOutOfBoundsException.class, () -> s.get(0, new float[2], 1, 2));
         assertThrows(IllegalArgumentException.class, () -> HostStore.allocate(-1));
+        try (HostStore empty = HostStore.allocate(0)) {
+            empty.put(0, new float[0], 0, 0);
+        }
         s.close();
         assertTrue(s.isClosed());
         IllegalStateException closed = assertThrows(IllegalStateException.class, () -> s.get(0, new float[1], 0, 1));
