@@ -116,8 +116,7 @@ final class SparseFfn implements ChannelMixer {
         this.step = ctx.step();
         Params.Builder pb = ctx.params();
         this.fc = new Linear(pb, ctx.child("fc"), c, dFf, true, ctx.initStd());
-        // √N times the dense std: one unit of N per block passes, so y keeps a dense FFN's output variance.
-        this.proj = pb.add(ctx.child("proj.weight_t"), Init.normal(ctx.residualStd() * Math.sqrt(n)), ParamGroup.DECAY, dFf, c);
+        this.proj = pb.add(ctx.child("proj.weight_t"), Init.normal(ctx.residualStd()), ParamGroup.DECAY, dFf, c);
         this.projBias = pb.add(ctx.child("proj.bias"), Init.zeros(), ParamGroup.NO_DECAY, c);
         this.down = new Linear(pb, ctx.child("controller.down"), c, rank, false, ctx.initStd());
         this.up = new Linear(pb, ctx.child("controller.up"), rank, dFf, true, ctx.initStd());
