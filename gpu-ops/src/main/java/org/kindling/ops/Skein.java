@@ -51,6 +51,17 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         checkShape(v, keyRows);
     }
 
+    /**
+     * Checks that every operand is F32 [T, NH·HS] for the T rows that cuSeqlens packs, and gives
+     * its host offsets (not to be modified), for backends that compute the sketch themselves.
+     */
+    public int[] packed(Varlen cuSeqlens, Tensor... operands) {
+        for (Tensor t : operands) {
+            checkShape(t, cuSeqlens.tokens());
+        }
+        return cuSeqlens.host();
+    }
+
     private void checkShape(Tensor t, int rows) {
         if (t.dtype() != DType.F32 || t.numel() != rows * width()) {
             throw new IllegalArgumentException("skein operand must be F32 [" + rows + ", " + width() + "], got " + t);
@@ -161,7 +172,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
             int prefixEnd = first + count;
             double[] norm = new double[prefixEnd];
             for (int j = 0; j < prefixEnd; j++) {
-                norm[j] = Math.sqrt(sq(k, base + j, h)) * Math.sqrt(sq(v, base + j, h));
+                norm[j] = Math.sqrt(sq(k, base + j, width(), h * hs)) * Math.sqrt(sq(v, base + j, width(), h * hs));
             }
             for (int r = 0; r < count; r++) {
                 int i = first + r;
@@ -169,7 +180,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
                 if (t0 != cached) {
                     cached = t0;
                     sample = draw(Arrays.copyOf(norm, t0), samples, Seeds.derive(seed, h, i / tile));
-                    sampleRest = restSum(v, base, t0, sample, h);
+                    sampleRest = restSum(v, base, t0, sample, width(), h * hs);
                     group = plan.add(sample, t0, hs);
                 }
                 int[] c = Arrays.copyOf(sample, sample.length + i - t0 + 1);
@@ -186,22 +197,10 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         }
         int[] all = new int[n];
         Arrays.setAll(all, j -> j);
-        int[] pilots = draw(uniform(n), Math.min(pilot, n), Seeds.derive(seed, h, b, 0));
-        double[] colSq = new double[n];
-        double[] probs = new double[n];
-        for (int pr : pilots) {
-            softmaxRow(probs, q, base + pr, k, base, all, h);
-            for (int j = 0; j < n; j++) {
-                colSq[j] += probs[j] * probs[j];
-            }
-        }
-        double[] w = new double[n];
-        for (int j = 0; j < n; j++) {
-            // Without pilots every column weighs by its value norm alone.
-            w[j] = (pilots.length == 0 ? 1 : Math.sqrt(colSq[j])) * Math.sqrt(sq(v, base + j, h));
-        }
-        int[] sample = draw(w, samples, Seeds.derive(seed, h, b, 1));
-        double[] sampleRest = restSum(v, base, n, sample, h);
+        Draws d = draws(q, k, v, base, n, width(), h * hs, h, b, seed);
+        int[] pilots = d.pilots();
+        int[] sample = d.sample();
+        double[] sampleRest = d.rest();
         int group = plan.add(sample, n, hs);
         boolean[] isPilot = new boolean[n];
         for (int pr : pilots) {
@@ -221,6 +220,48 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
             }
         }
         return plan;
+    }
+
+    /**
+     * The draws of one head of one bidirectional sequence of n rows: the pilot rows and the
+     * sampled columns (both increasing, relative to the sequence) and the sum of the value rows
+     * the sample leaves out [HS].
+     */
+    public record Draws(int[] pilots, int[] sample, double[] rest) {
+    }
+
+    /**
+     * The bidirectional draws of head h of sequence b (which seed its streams) from that head's
+     * rows alone: q, k, v [n, HS], row j at j·HS. The same draws, bit for bit, as this record's
+     * forward and backward make, so a fast kernel can compute around them.
+     */
+    public Draws draws(double[] q, double[] k, double[] v, int n, int h, int b, long seed) {
+        if (causal) {
+            throw new IllegalStateException("causal skein attention draws per tile, not per sequence");
+        }
+        return draws(q, k, v, 0, n, headDim, 0, h, b, seed);
+    }
+
+    /** The draws over keys base..base+n−1, row r of the head at r·ld + col. */
+    private Draws draws(double[] q, double[] k, double[] v, int base, int n, int ld, int col, int h, int b, long seed) {
+        int[] all = new int[n];
+        Arrays.setAll(all, j -> j);
+        int[] pilots = draw(uniform(n), Math.min(pilot, n), Seeds.derive(seed, h, b, 0));
+        double[] colSq = new double[n];
+        double[] probs = new double[n];
+        for (int pr : pilots) {
+            softmaxRow(probs, q, base + pr, k, base, all, ld, col);
+            for (int j = 0; j < n; j++) {
+                colSq[j] += probs[j] * probs[j];
+            }
+        }
+        double[] w = new double[n];
+        for (int j = 0; j < n; j++) {
+            // Without pilots every column weighs by its value norm alone.
+            w[j] = (pilots.length == 0 ? 1 : Math.sqrt(colSq[j])) * Math.sqrt(sq(v, base + j, ld, col));
+        }
+        int[] sample = draw(w, samples, Seeds.derive(seed, h, b, 1));
+        return new Draws(pilots, sample, restSum(v, base, n, sample, ld, col));
     }
 
     /**
@@ -312,13 +353,12 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
     }
 
     /** The exact softmax row of query row qRow over the columns cols of keys from base. */
-    private void softmaxRow(double[] probs, double[] q, int qRow, double[] k, int base, int[] cols, int h) {
+    private void softmaxRow(double[] probs, double[] q, int qRow, double[] k, int base, int[] cols, int ld, int col) {
         int hs = headDim;
-        int w = width();
         double scale = 1 / Math.sqrt(hs);
         double max = Double.NEGATIVE_INFINITY;
         for (int x = 0; x < cols.length; x++) {
-            probs[x] = dot(q, qRow * w + h * hs, k, (base + cols[x]) * w + h * hs, hs) * scale;
+            probs[x] = dot(q, qRow * ld + col, k, (base + cols[x]) * ld + col, hs) * scale;
             max = Math.max(max, probs[x]);
         }
         double sum = 0;
@@ -331,10 +371,9 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         }
     }
 
-    /** Σ of the value rows 0..n−1 of head h (from base) that sample does not hold. */
-    private double[] restSum(double[] v, int base, int n, int[] sample, int h) {
+    /** Σ of the value rows 0..n−1 (from base) that sample does not hold, row r at r·ld + col. */
+    private double[] restSum(double[] v, int base, int n, int[] sample, int ld, int col) {
         int hs = headDim;
-        int w = width();
         double[] s = new double[hs];
         boolean[] taken = new boolean[n];
         for (int j : sample) {
@@ -342,7 +381,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         }
         for (int j = 0; j < n; j++) {
             if (!taken[j]) {
-                int vo = (base + j) * w + h * hs;
+                int vo = (base + j) * ld + col;
                 for (int e = 0; e < hs; e++) {
                     s[e] += v[vo + e];
                 }
@@ -373,8 +412,8 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         return (s0 + s1) + (s2 + s3);
     }
 
-    private double sq(double[] x, int row, int h) {
-        int o = row * width() + h * headDim;
+    private double sq(double[] x, int row, int ld, int col) {
+        int o = row * ld + col;
         return dot(x, o, x, o, headDim);
     }
 
