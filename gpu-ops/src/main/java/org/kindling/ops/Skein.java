@@ -1,6 +1,8 @@
 package org.kindling.ops;
 
 import java.util.Arrays;
+import jdk.incubator.vector.DoubleVector;
+import jdk.incubator.vector.VectorSpecies;
 
 /**
  * Skeinformer's sketched softmax attention (Chen et al. 2022, "Sketching as a Tool for
@@ -31,6 +33,8 @@ import java.util.Arrays;
  * @param adaptive adaptive row normalisation; without it a row is normalised over its sampled columns alone
  */
 public record Skein(int heads, int headDim, int samples, int pilot, boolean causal, boolean adaptive) {
+    private static final VectorSpecies<Double> D4 = DoubleVector.SPECIES_256;
+
     public Skein {
         if (heads < 1 || headDim < 1 || samples < 1 || pilot < 0) {
             throw new IllegalArgumentException("skein needs heads, head_dim and samples ≥ 1 and pilot ≥ 0, got heads="
@@ -391,25 +395,22 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
     }
 
     /**
-     * a[ao..ao+n) · b[bo..bo+n) in four independent partial sums, so the adds overlap instead of
-     * waiting on one another (the summation order is fixed, so results stay bit-identical).
+     * a[ao..ao+n) · b[bo..bo+n) in four partial sums, s_i over the elements e ≡ i (mod 4) and the
+     * tail in s_0, added as (s0 + s1) + (s2 + s3). The four sums are the lanes of one 256-bit
+     * vector, each multiplied then added exactly as scalar code would, so the result does not
+     * depend on the hardware's vector width; the draws' pilot rows spend most of their time here.
      */
     private static double dot(double[] a, int ao, double[] b, int bo, int n) {
-        double s0 = 0;
-        double s1 = 0;
-        double s2 = 0;
-        double s3 = 0;
+        DoubleVector acc = DoubleVector.zero(D4);
         int e = 0;
         for (; e + 3 < n; e += 4) {
-            s0 += a[ao + e] * b[bo + e];
-            s1 += a[ao + e + 1] * b[bo + e + 1];
-            s2 += a[ao + e + 2] * b[bo + e + 2];
-            s3 += a[ao + e + 3] * b[bo + e + 3];
+            acc = acc.add(DoubleVector.fromArray(D4, a, ao + e).mul(DoubleVector.fromArray(D4, b, bo + e)));
         }
+        double s0 = acc.lane(0);
         for (; e < n; e++) {
             s0 += a[ao + e] * b[bo + e];
         }
-        return (s0 + s1) + (s2 + s3);
+        return (s0 + acc.lane(1)) + (acc.lane(2) + acc.lane(3));
     }
 
     private double sq(double[] x, int row, int ld, int col) {
@@ -436,18 +437,48 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
             return all;
         }
         double[] key = new double[n];
-        Integer[] order = new Integer[n];
         for (int j = 0; j < n; j++) {
             double u = (Seeds.bits24(seed, j) + 0.5) / (1 << 24);
             key[j] = w[j] > 0 ? Math.log(u) / w[j] : Double.NEGATIVE_INFINITY;
-            order[j] = j;
         }
-        Arrays.sort(order, (a, b) -> key[a] != key[b] ? Double.compare(key[b], key[a]) : Integer.compare(a, b));
+        // The m best by (key descending, index ascending), a total order, so the set is the one a
+        // full sort would give: kept in a heap whose root is the worst of them, O(n log m).
         int[] s = new int[m];
-        for (int x = 0; x < m; x++) {
-            s[x] = order[x];
+        for (int j = 0; j < n; j++) {
+            if (j < m) {
+                s[j] = j;
+                for (int c = j; c > 0 && before(key, s[(c - 1) / 2], s[c]); c = (c - 1) / 2) {
+                    swap(s, c, (c - 1) / 2);
+                }
+            } else if (before(key, j, s[0])) {
+                s[0] = j;
+                for (int c = 0; ; ) {
+                    int worst = c;
+                    for (int kid = 2 * c + 1; kid <= 2 * c + 2 && kid < m; kid++) {
+                        if (before(key, s[worst], s[kid])) {
+                            worst = kid;
+                        }
+                    }
+                    if (worst == c) {
+                        break;
+                    }
+                    swap(s, c, worst);
+                    c = worst;
+                }
+            }
         }
         Arrays.sort(s);
         return s;
+    }
+
+    /** Whether index a comes before index b in the draw's order: larger key first, then lower index. */
+    private static boolean before(double[] key, int a, int b) {
+        return key[a] != key[b] ? Double.compare(key[a], key[b]) > 0 : a < b;
+    }
+
+    private static void swap(int[] a, int i, int j) {
+        int t = a[i];
+        a[i] = a[j];
+        a[j] = t;
     }
 }

@@ -317,4 +317,35 @@ class SkeinTest {
             assertEquals(want[i], got[i], tol * (1 + Math.abs(want[i])), what + " element " + i);
         }
     }
+
+    /** The draw's heap selection picks what sorting every key would: the m largest, ties and zero weights by index. */
+    @Test
+    void theDrawIsTheTopOfTheFullSort() {
+        SplittableRandom r = new SplittableRandom(70);
+        for (int trial = 0; trial < 40; trial++) {
+            int n = 1 + r.nextInt(300);
+            int m = 1 + r.nextInt(n + 2);
+            double[] w = new double[n];
+            for (int j = 0; j < n; j++) {
+                // Zeros (keys −∞, tied) and repeated weights beside distinct ones.
+                int kind = r.nextInt(4);
+                w[j] = kind == 0 ? 0 : kind == 1 ? 0.5 : r.nextDouble() * 3;
+            }
+            long seed = r.nextLong();
+            double[] key = new double[n];
+            Integer[] order = new Integer[n];
+            for (int j = 0; j < n; j++) {
+                double u = (Seeds.bits24(seed, j) + 0.5) / (1 << 24);
+                key[j] = w[j] > 0 ? Math.log(u) / w[j] : Double.NEGATIVE_INFINITY;
+                order[j] = j;
+            }
+            Arrays.sort(order, (a, b) -> key[a] != key[b] ? Double.compare(key[b], key[a]) : Integer.compare(a, b));
+            int[] want = new int[Math.min(m, n)];
+            for (int x = 0; x < want.length; x++) {
+                want[x] = order[x];
+            }
+            Arrays.sort(want);
+            assertArrayEquals(want, Skein.draw(w, m, seed), "n " + n + " m " + m);
+        }
+    }
 }
