@@ -1,6 +1,8 @@
 package org.kindling.ops;
 
 import java.util.Arrays;
+import jdk.incubator.vector.DoubleVector;
+import jdk.incubator.vector.VectorSpecies;
 
 /**
  * Skeinformer's sketched softmax attention (Chen et al. 2022, "Sketching as a Tool for
@@ -31,6 +33,8 @@ import java.util.Arrays;
  * @param adaptive adaptive row normalisation; without it a row is normalised over its sampled columns alone
  */
 public record Skein(int heads, int headDim, int samples, int pilot, boolean causal, boolean adaptive) {
+    private static final VectorSpecies<Double> D4 = DoubleVector.SPECIES_256;
+
     public Skein {
         if (heads < 1 || headDim < 1 || samples < 1 || pilot < 0) {
             throw new IllegalArgumentException("skein needs heads, head_dim and samples ≥ 1 and pilot ≥ 0, got heads="
@@ -49,6 +53,17 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         }
         checkShape(k, keyRows);
         checkShape(v, keyRows);
+    }
+
+    /**
+     * Checks that every operand is F32 [T, NH·HS] for the T rows that cuSeqlens packs, and gives
+     * its host offsets (not to be modified), for backends that compute the sketch themselves.
+     */
+    public int[] packed(Varlen cuSeqlens, Tensor... operands) {
+        for (Tensor t : operands) {
+            checkShape(t, cuSeqlens.tokens());
+        }
+        return cuSeqlens.host();
     }
 
     private void checkShape(Tensor t, int rows) {
@@ -161,7 +176,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
             int prefixEnd = first + count;
             double[] norm = new double[prefixEnd];
             for (int j = 0; j < prefixEnd; j++) {
-                norm[j] = Math.sqrt(sq(k, base + j, h)) * Math.sqrt(sq(v, base + j, h));
+                norm[j] = Math.sqrt(sq(k, base + j, width(), h * hs)) * Math.sqrt(sq(v, base + j, width(), h * hs));
             }
             for (int r = 0; r < count; r++) {
                 int i = first + r;
@@ -169,7 +184,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
                 if (t0 != cached) {
                     cached = t0;
                     sample = draw(Arrays.copyOf(norm, t0), samples, Seeds.derive(seed, h, i / tile));
-                    sampleRest = restSum(v, base, t0, sample, h);
+                    sampleRest = restSum(v, base, t0, sample, width(), h * hs);
                     group = plan.add(sample, t0, hs);
                 }
                 int[] c = Arrays.copyOf(sample, sample.length + i - t0 + 1);
@@ -186,22 +201,10 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         }
         int[] all = new int[n];
         Arrays.setAll(all, j -> j);
-        int[] pilots = draw(uniform(n), Math.min(pilot, n), Seeds.derive(seed, h, b, 0));
-        double[] colSq = new double[n];
-        double[] probs = new double[n];
-        for (int pr : pilots) {
-            softmaxRow(probs, q, base + pr, k, base, all, h);
-            for (int j = 0; j < n; j++) {
-                colSq[j] += probs[j] * probs[j];
-            }
-        }
-        double[] w = new double[n];
-        for (int j = 0; j < n; j++) {
-            // Without pilots every column weighs by its value norm alone.
-            w[j] = (pilots.length == 0 ? 1 : Math.sqrt(colSq[j])) * Math.sqrt(sq(v, base + j, h));
-        }
-        int[] sample = draw(w, samples, Seeds.derive(seed, h, b, 1));
-        double[] sampleRest = restSum(v, base, n, sample, h);
+        Draws d = draws(q, k, v, base, n, width(), h * hs, h, b, seed);
+        int[] pilots = d.pilots();
+        int[] sample = d.sample();
+        double[] sampleRest = d.rest();
         int group = plan.add(sample, n, hs);
         boolean[] isPilot = new boolean[n];
         for (int pr : pilots) {
@@ -221,6 +224,48 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
             }
         }
         return plan;
+    }
+
+    /**
+     * The draws of one head of one bidirectional sequence of n rows: the pilot rows and the
+     * sampled columns (both increasing, relative to the sequence) and the sum of the value rows
+     * the sample leaves out [HS].
+     */
+    public record Draws(int[] pilots, int[] sample, double[] rest) {
+    }
+
+    /**
+     * The bidirectional draws of head h of sequence b (which seed its streams) from that head's
+     * rows alone: q, k, v [n, HS], row j at j·HS. The same draws, bit for bit, as this record's
+     * forward and backward make, so a fast kernel can compute around them.
+     */
+    public Draws draws(double[] q, double[] k, double[] v, int n, int h, int b, long seed) {
+        if (causal) {
+            throw new IllegalStateException("causal skein attention draws per tile, not per sequence");
+        }
+        return draws(q, k, v, 0, n, headDim, 0, h, b, seed);
+    }
+
+    /** The draws over keys base..base+n−1, row r of the head at r·ld + col. */
+    private Draws draws(double[] q, double[] k, double[] v, int base, int n, int ld, int col, int h, int b, long seed) {
+        int[] all = new int[n];
+        Arrays.setAll(all, j -> j);
+        int[] pilots = draw(uniform(n), Math.min(pilot, n), Seeds.derive(seed, h, b, 0));
+        double[] colSq = new double[n];
+        double[] probs = new double[n];
+        for (int pr : pilots) {
+            softmaxRow(probs, q, base + pr, k, base, all, ld, col);
+            for (int j = 0; j < n; j++) {
+                colSq[j] += probs[j] * probs[j];
+            }
+        }
+        double[] w = new double[n];
+        for (int j = 0; j < n; j++) {
+            // Without pilots every column weighs by its value norm alone.
+            w[j] = (pilots.length == 0 ? 1 : Math.sqrt(colSq[j])) * Math.sqrt(sq(v, base + j, ld, col));
+        }
+        int[] sample = draw(w, samples, Seeds.derive(seed, h, b, 1));
+        return new Draws(pilots, sample, restSum(v, base, n, sample, ld, col));
     }
 
     /**
@@ -312,13 +357,12 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
     }
 
     /** The exact softmax row of query row qRow over the columns cols of keys from base. */
-    private void softmaxRow(double[] probs, double[] q, int qRow, double[] k, int base, int[] cols, int h) {
+    private void softmaxRow(double[] probs, double[] q, int qRow, double[] k, int base, int[] cols, int ld, int col) {
         int hs = headDim;
-        int w = width();
         double scale = 1 / Math.sqrt(hs);
         double max = Double.NEGATIVE_INFINITY;
         for (int x = 0; x < cols.length; x++) {
-            probs[x] = dot(q, qRow * w + h * hs, k, (base + cols[x]) * w + h * hs, hs) * scale;
+            probs[x] = dot(q, qRow * ld + col, k, (base + cols[x]) * ld + col, hs) * scale;
             max = Math.max(max, probs[x]);
         }
         double sum = 0;
@@ -331,10 +375,9 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         }
     }
 
-    /** Σ of the value rows 0..n−1 of head h (from base) that sample does not hold. */
-    private double[] restSum(double[] v, int base, int n, int[] sample, int h) {
+    /** Σ of the value rows 0..n−1 (from base) that sample does not hold, row r at r·ld + col. */
+    private double[] restSum(double[] v, int base, int n, int[] sample, int ld, int col) {
         int hs = headDim;
-        int w = width();
         double[] s = new double[hs];
         boolean[] taken = new boolean[n];
         for (int j : sample) {
@@ -342,7 +385,7 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
         }
         for (int j = 0; j < n; j++) {
             if (!taken[j]) {
-                int vo = (base + j) * w + h * hs;
+                int vo = (base + j) * ld + col;
                 for (int e = 0; e < hs; e++) {
                     s[e] += v[vo + e];
                 }
@@ -352,29 +395,26 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
     }
 
     /**
-     * a[ao..ao+n) · b[bo..bo+n) in four independent partial sums, so the adds overlap instead of
-     * waiting on one another (the summation order is fixed, so results stay bit-identical).
+     * a[ao..ao+n) · b[bo..bo+n) in four partial sums, s_i over the elements e ≡ i (mod 4) and the
+     * tail in s_0, added as (s0 + s1) + (s2 + s3). The four sums are the lanes of one 256-bit
+     * vector, each multiplied then added exactly as scalar code would, so the result does not
+     * depend on the hardware's vector width; the draws' pilot rows spend most of their time here.
      */
     private static double dot(double[] a, int ao, double[] b, int bo, int n) {
-        double s0 = 0;
-        double s1 = 0;
-        double s2 = 0;
-        double s3 = 0;
+        DoubleVector acc = DoubleVector.zero(D4);
         int e = 0;
         for (; e + 3 < n; e += 4) {
-            s0 += a[ao + e] * b[bo + e];
-            s1 += a[ao + e + 1] * b[bo + e + 1];
-            s2 += a[ao + e + 2] * b[bo + e + 2];
-            s3 += a[ao + e + 3] * b[bo + e + 3];
+            acc = acc.add(DoubleVector.fromArray(D4, a, ao + e).mul(DoubleVector.fromArray(D4, b, bo + e)));
         }
+        double s0 = acc.lane(0);
         for (; e < n; e++) {
             s0 += a[ao + e] * b[bo + e];
         }
-        return (s0 + s1) + (s2 + s3);
+        return (s0 + acc.lane(1)) + (acc.lane(2) + acc.lane(3));
     }
 
-    private double sq(double[] x, int row, int h) {
-        int o = row * width() + h * headDim;
+    private double sq(double[] x, int row, int ld, int col) {
+        int o = row * ld + col;
         return dot(x, o, x, o, headDim);
     }
 
@@ -397,18 +437,48 @@ public record Skein(int heads, int headDim, int samples, int pilot, boolean caus
             return all;
         }
         double[] key = new double[n];
-        Integer[] order = new Integer[n];
         for (int j = 0; j < n; j++) {
             double u = (Seeds.bits24(seed, j) + 0.5) / (1 << 24);
             key[j] = w[j] > 0 ? Math.log(u) / w[j] : Double.NEGATIVE_INFINITY;
-            order[j] = j;
         }
-        Arrays.sort(order, (a, b) -> key[a] != key[b] ? Double.compare(key[b], key[a]) : Integer.compare(a, b));
+        // The m best by (key descending, index ascending), a total order, so the set is the one a
+        // full sort would give: kept in a heap whose root is the worst of them, O(n log m).
         int[] s = new int[m];
-        for (int x = 0; x < m; x++) {
-            s[x] = order[x];
+        for (int j = 0; j < n; j++) {
+            if (j < m) {
+                s[j] = j;
+                for (int c = j; c > 0 && before(key, s[(c - 1) / 2], s[c]); c = (c - 1) / 2) {
+                    swap(s, c, (c - 1) / 2);
+                }
+            } else if (before(key, j, s[0])) {
+                s[0] = j;
+                for (int c = 0; ; ) {
+                    int worst = c;
+                    for (int kid = 2 * c + 1; kid <= 2 * c + 2 && kid < m; kid++) {
+                        if (before(key, s[worst], s[kid])) {
+                            worst = kid;
+                        }
+                    }
+                    if (worst == c) {
+                        break;
+                    }
+                    swap(s, c, worst);
+                    c = worst;
+                }
+            }
         }
         Arrays.sort(s);
         return s;
+    }
+
+    /** Whether index a comes before index b in the draw's order: larger key first, then lower index. */
+    private static boolean before(double[] key, int a, int b) {
+        return key[a] != key[b] ? Double.compare(key[a], key[b]) > 0 : a < b;
+    }
+
+    private static void swap(int[] a, int i, int j) {
+        int t = a[i];
+        a[i] = a[j];
+        a[j] = t;
     }
 }

@@ -213,7 +213,8 @@ class SkeinTest {
                      Tensor dq = dev.allocate(DType.F32, t, W); Tensor dk = dev.allocate(DType.F32, t, W);
                      Tensor dv = dev.allocate(DType.F32, t, W); Tensor cuT = off.device()) {
                     dev.backend().skeinForward(to, tq, tk, tv, off, s, 3);
-                    assertArrayEquals(sketch(s, q, k, v, cu, 3), to.toFloatArray(), 0f);
+                    // The CPU's bidirectional kernel computes in float32, the host loops in doubles.
+                    assertArrayEquals(sketch(s, q, k, v, cu, 3), to.toFloatArray(), causal ? 0f : 1e-6f);
                     dev.backend().fill(dq, 0.5f);
                     dev.backend().fill(dk, 0);
                     dev.backend().fill(dv, 0);
@@ -263,5 +264,88 @@ class SkeinTest {
             s += (double) a[i] * b[i];
         }
         return s;
+    }
+
+    /**
+     * The CPU backend's float32 kernel against the double loops (its reference twin) at awkward
+     * sizes: head dim 59, sequences of 97 and 1025 rows beside ones shorter than the sample and
+     * the pilot, and one sequence alone (so three threads split each head's tiles into
+     * segments), both normalisations. Same draws, so the two differ by float rounding only: within
+     * 1e-5·(1 + |x|) forward and 2e-5·(1 + |x|) for the gradients, which start from nonzero
+     * values (the backward accumulates).
+     */
+    @Test
+    void theCpuKernelMatchesTheReferenceLoops() {
+        int nh = 3;
+        int hs = 59;
+        int w = nh * hs;
+        int t = 1150;
+        float[] q = random(60, t * w, 1.2);
+        float[] k = random(61, t * w, 1.2);
+        float[] v = random(62, t * w, 1);
+        float[] g = random(63, t * w, 1);
+        float[] g0 = random(64, t * w, 0.5);
+        for (int[] cu : new int[][] {{0, 97, 1122, 1125, 1126, t}, {0, t}}) {
+            for (boolean adaptive : new boolean[] {true, false}) {
+                Skein s = new Skein(nh, hs, 16, 7, false, adaptive);
+                String what = Arrays.toString(cu) + " adaptive " + adaptive + " ";
+                double[] out = new double[t * w];
+                s.forward(out, d(q), d(k), d(v), cu, 5);
+                double[][] grads = {d(g0), d(g0), d(g0)};
+                s.backward(grads[0], grads[1], grads[2], d(g), d(q), d(k), d(v), cu, 5);
+                try (Device dev = CpuDevice.open(3)) {
+                    Varlen off = Varlen.upload(dev, cu);
+                    try (Tensor tq = dev.fromFloats(q, t, w); Tensor tk = dev.fromFloats(k, t, w); Tensor tv = dev.fromFloats(v, t, w);
+                         Tensor to = dev.allocate(DType.F32, t, w); Tensor tg = dev.fromFloats(g, t, w);
+                         Tensor dq = dev.fromFloats(g0, t, w); Tensor dk = dev.fromFloats(g0, t, w);
+                         Tensor dv = dev.fromFloats(g0, t, w); Tensor cuT = off.device()) {
+                        dev.backend().skeinForward(to, tq, tk, tv, off, s, 5);
+                        assertClose(out, to.toFloatArray(), 1e-5, what + "out");
+                        dev.backend().skeinBackward(dq, dk, dv, tg, tq, tk, tv, off, s, 5);
+                        Tensor[] got = {dq, dk, dv};
+                        for (int which = 0; which < 3; which++) {
+                            assertClose(grads[which], got[which].toFloatArray(), 2e-5, what + "d" + "qkv".charAt(which));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    private static void assertClose(double[] want, float[] got, double tol, String what) {
+        for (int i = 0; i < want.length; i++) {
+            assertEquals(want[i], got[i], tol * (1 + Math.abs(want[i])), what + " element " + i);
+        }
+    }
+
+    /** The draw's heap selection picks what sorting every key would: the m largest, ties and zero weights by index. */
+    @Test
+    void theDrawIsTheTopOfTheFullSort() {
+        SplittableRandom r = new SplittableRandom(70);
+        for (int trial = 0; trial < 40; trial++) {
+            int n = 1 + r.nextInt(300);
+            int m = 1 + r.nextInt(n + 2);
+            double[] w = new double[n];
+            for (int j = 0; j < n; j++) {
+                // Zeros (keys −∞, tied) and repeated weights beside distinct ones.
+                int kind = r.nextInt(4);
+                w[j] = kind == 0 ? 0 : kind == 1 ? 0.5 : r.nextDouble() * 3;
+            }
+            long seed = r.nextLong();
+            double[] key = new double[n];
+            Integer[] order = new Integer[n];
+            for (int j = 0; j < n; j++) {
+                double u = (Seeds.bits24(seed, j) + 0.5) / (1 << 24);
+                key[j] = w[j] > 0 ? Math.log(u) / w[j] : Double.NEGATIVE_INFINITY;
+                order[j] = j;
+            }
+            Arrays.sort(order, (a, b) -> key[a] != key[b] ? Double.compare(key[b], key[a]) : Integer.compare(a, b));
+            int[] want = new int[Math.min(m, n)];
+            for (int x = 0; x < want.length; x++) {
+                want[x] = order[x];
+            }
+            Arrays.sort(want);
+            assertArrayEquals(want, Skein.draw(w, m, seed), "n " + n + " m " + m);
+        }
     }
 }

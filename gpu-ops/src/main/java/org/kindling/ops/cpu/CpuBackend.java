@@ -32,6 +32,7 @@ import org.kindling.ops.MoeRouting;
 import org.kindling.ops.Noise;
 import org.kindling.ops.ReduceOp;
 import org.kindling.ops.RowMap;
+import org.kindling.ops.Skein;
 import org.kindling.ops.Tensor;
 import org.kindling.ops.TopK;
 import org.kindling.ops.UnaryOp;
@@ -54,6 +55,7 @@ final class CpuBackend implements Backend {
     private final CpuAttention attention;
     private final CpuDevice device;
     private final CpuLinearAttention linearAttention;
+    private final CpuSkein skein;
     private final CpuCausalConv causalConv;
     private final CpuSsmConv ssmConv;
     private final CpuBlockSparse blockSparse;
@@ -63,6 +65,7 @@ final class CpuBackend implements Backend {
         this.pool = pool;
         this.attention = new CpuAttention(device, pool);
         this.linearAttention = new CpuLinearAttention(device, pool);
+        this.skein = new CpuSkein(device, pool);
         this.causalConv = new CpuCausalConv(device, pool);
         this.ssmConv = new CpuSsmConv(device, pool, causalConv);
         this.blockSparse = new CpuBlockSparse(device, pool, this::gemmSplit);
@@ -1306,6 +1309,28 @@ final class CpuBackend implements Backend {
     public void attentionBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
                                   Tensor out, Tensor lse, Varlen cuSeqlensQ, Varlen cuSeqlensK, Attention attn) {
         attention.backward(dq, dk, dv, dout, q, k, v, out, lse, cuSeqlensQ, cuSeqlensK, attn);
+    }
+
+    // ---- sketched attention (Skeinformer) ----
+
+    /** Bidirectional: {@link CpuSkein}'s float GEMMs; the causal variant keeps the interface's host loops. */
+    @Override
+    public void skeinForward(Tensor out, Tensor q, Tensor k, Tensor v, Varlen cuSeqlens, Skein s, long seed) {
+        if (s.causal()) {
+            Backend.super.skeinForward(out, q, k, v, cuSeqlens, s, seed);
+        } else {
+            skein.forward(out, q, k, v, cuSeqlens, s, seed);
+        }
+    }
+
+    @Override
+    public void skeinBackward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v,
+                              Varlen cuSeqlens, Skein s, long seed) {
+        if (s.causal()) {
+            Backend.super.skeinBackward(dq, dk, dv, dout, q, k, v, cuSeqlens, s, seed);
+        } else {
+            skein.backward(dq, dk, dv, dout, q, k, v, cuSeqlens, s, seed);
+        }
     }
 
     // ---- linear attention ----
