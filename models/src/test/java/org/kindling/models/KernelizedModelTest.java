@@ -27,7 +27,7 @@ import org.kindling.models.train.Trainer;
 import org.kindling.ops.Device;
 import org.kindling.ops.cpu.CpuDevice;
 
-/** A 2-layer model with learned-kernel attention trains, moves its spectral mixture, resumes bit-identically and is not exported. */
+/** A 2-layer model with learned-kernel attention trains, moves its spectral parameters, resumes bit-identically and is not exported. */
 class KernelizedModelTest {
     private static final int VOCAB = 29;
 
@@ -45,15 +45,36 @@ class KernelizedModelTest {
 
     @Test
     void gmmRksTrainsMovesItsMixtureAndResumesBitIdentically() {
-        ModelConfig cfg = model(Kernel.GMM_RKS);
+        trainsAndResumes(Kernel.GMM_RKS, "epsilon", "mu", "mix");
+        try (Device cpu = CpuDevice.open(1); Gpt model = new Gpt(model(Kernel.GMM_RKS), cpu, 1)) {
+            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> HfExport.write(model, 0, dir));
+            assertTrue(e.getMessage().contains("kernelized"), e.getMessage());
+        }
+    }
+
+    @Test
+    void fastFoodPrfTrainsItsDiagonalsAndResumesBitIdentically() {
+        trainsAndResumes(Kernel.FASTFOOD_PRF, "fastfood_basis", "fastfood_g", "fastfood_s");
+    }
+
+    @Test
+    void generatorRksTrainsItsNetworkAndResumesBitIdentically() {
+        trainsAndResumes(Kernel.GENERATOR_RKS, "epsilon", "generator_w1", "generator_w2", "generator_b2");
+    }
+
+    /** 8 steps with a checkpoint after 4: the loss falls, {@code trained} move, {@code frozen} does not, the resume repeats steps 5–8 bit for bit. */
+    private void trainsAndResumes(Kernel kernel, String frozen, String... trained) {
+        ModelConfig cfg = model(kernel);
         TrainConfig train = new TrainConfig(7, 3e-3, 3e-4, 2, 8, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, 512, 5, 0, 2);
-        Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir.resolve("run")));
+        Checkpoints ckpt = new Checkpoints(new LocalRunStorage(dir.resolve("run-" + kernel.key())));
         List<Double> losses = new ArrayList<>();
         float[] straightWeights;
         try (Device cpu = CpuDevice.open(2); Gpt model = new Gpt(cfg, cpu, train.seed()); Trainer t = new Trainer(model, train)) {
-            float[] mu0 = model.params().get("h.0.kernelized.mu").value().toFloatArray();
-            float[] mix0 = model.params().get("h.0.kernelized.mix").value().toFloatArray();
-            float[] eps0 = model.params().get("h.0.kernelized.epsilon").value().toFloatArray();
+            List<float[]> before = new ArrayList<>();
+            for (String name : trained) {
+                before.add(model.params().get("h.0.kernelized." + name).value().toFloatArray());
+            }
+            float[] frozen0 = model.params().get("h.0.kernelized." + frozen).value().toFloatArray();
             DataSource d = data();
             for (int i = 0; i < 8; i++) {
                 losses.add(t.step(d).loss());
@@ -61,10 +82,12 @@ class KernelizedModelTest {
                     ckpt.save(t, new RunConfig(cfg, train), 2, d.position());
                 }
             }
-            assertTrue(losses.get(7) < losses.get(0), "loss did not fall: " + losses);
-            assertFalse(Arrays.equals(mu0, model.params().get("h.0.kernelized.mu").value().toFloatArray()), "μ trains");
-            assertFalse(Arrays.equals(mix0, model.params().get("h.0.kernelized.mix").value().toFloatArray()), "π trains");
-            assertArrayEquals(eps0, model.params().get("h.0.kernelized.epsilon").value().toFloatArray(), "ε is frozen");
+            assertTrue(losses.get(7) < losses.get(0), kernel.key() + ": loss did not fall: " + losses);
+            for (int i = 0; i < trained.length; i++) {
+                assertFalse(Arrays.equals(before.get(i), model.params().get("h.0.kernelized." + trained[i]).value().toFloatArray()),
+                        kernel.key() + ": " + trained[i] + " trains");
+            }
+            assertArrayEquals(frozen0, model.params().get("h.0.kernelized." + frozen).value().toFloatArray(), frozen + " is frozen");
             straightWeights = model.params().values().toFloatArray();
         }
         try (Device cpu = CpuDevice.open(2); Gpt model = new Gpt(cfg, cpu, train.seed()); Trainer t = new Trainer(model, train)) {
@@ -75,12 +98,8 @@ class KernelizedModelTest {
             for (int i = 4; i < 8; i++) {
                 resumed.add(t.step(d).loss());
             }
-            assertEquals(losses.subList(4, 8), resumed);
-            assertArrayEquals(straightWeights, model.params().values().toFloatArray());
-        }
-        try (Device cpu = CpuDevice.open(1); Gpt model = new Gpt(cfg, cpu, 1)) {
-            IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> HfExport.write(model, 0, dir));
-            assertTrue(e.getMessage().contains("kernelized"), e.getMessage());
+            assertEquals(losses.subList(4, 8), resumed, kernel.key());
+            assertArrayEquals(straightWeights, model.params().values().toFloatArray(), kernel.key());
         }
     }
 }

@@ -306,12 +306,27 @@ class LayerGradientTest {
 
     @Test
     void kernelizedAttentionEveryKernel() {
-        // μ, σ and π get their gradients with ε frozen; rks and prf train only q, k, v and proj.
+        // μ, σ and π (gmm), G and S (fastfood), the generator's weights get their gradients with ε frozen;
+        // rks and prf train only q, k, v and proj.
         for (org.kindling.models.mixers.linear.KernelizedSpec.Kernel kernel
                 : org.kindling.models.mixers.linear.KernelizedSpec.Kernel.values()) {
             int comps = kernel.key().startsWith("gmm") ? 2 : 1;
             checkMixer("kernelized " + kernel.key(),
                     new org.kindling.models.mixers.linear.KernelizedSpec(2, kernel, 3, comps, 1e-6), 8, 40, 1, 7, 3);
+        }
+    }
+
+    @Test
+    void kernelizedFastFoodPaddedWithACutBlockAndGenerator() {
+        // HS = 6 pads to D = 8; M = 10 takes two blocks, the second cut to 2 rows. G, S and the generator's
+        // W₁, b₁, W₂, b₂ get their gradients with the basis and ε frozen.
+        for (org.kindling.models.mixers.linear.KernelizedSpec.Kernel kernel : java.util.List.of(
+                org.kindling.models.mixers.linear.KernelizedSpec.Kernel.FASTFOOD_RKS,
+                org.kindling.models.mixers.linear.KernelizedSpec.Kernel.FASTFOOD_PRF,
+                org.kindling.models.mixers.linear.KernelizedSpec.Kernel.GENERATOR_RKS,
+                org.kindling.models.mixers.linear.KernelizedSpec.Kernel.GENERATOR_PRF)) {
+            checkMixer("kernelized " + kernel.key() + " HS 6",
+                    new org.kindling.models.mixers.linear.KernelizedSpec(2, kernel, 10, 1, 1e-6), 12, 41, 1, 7, 3);
         }
     }
 

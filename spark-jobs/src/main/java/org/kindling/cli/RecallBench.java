@@ -52,7 +52,8 @@ final class RecallBench implements Callable<Integer> {
     String mixer;
 
     @Option(names = "--kernel", split = ",", description = {"with --mixer kernelized: its feature maps, one trained model",
-        "and row each at the same budget (gmm-rks, gmm-prf, rks, prf; default: the mixer's default, gmm-rks)"})
+        "and row each at the same budget (gmm-rks, gmm-prf, rks, prf, fastfood-rks, fastfood-prf, generator-rks,",
+        "generator-prf; default: the mixer's default, gmm-rks)"})
     List<String> kernels;
 
     @Option(names = "--channel-mixer", description = "channel mixer of both layers: mlp or moe (default ${DEFAULT-VALUE})",

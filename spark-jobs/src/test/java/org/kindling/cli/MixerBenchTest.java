@@ -125,18 +125,23 @@ class MixerBenchTest {
 
     @Test
     void recallTrainsOneRowPerKernel() throws Exception {
-        List<JsonNode> rows = CliRun.of("bench", "recall", "--mixer", "kernelized", "--kernel", "gmm-prf,rks", "--steps", "2",
+        List<JsonNode> rows = CliRun.of("bench", "recall", "--mixer", "kernelized", "--kernel", "gmm-prf,rks,fastfood-rks,generator-prf", "--steps", "2",
                 "--batch", "2", "--d-model", "16", "--threads", "1", "--json").rows(List.of("bench", "task", "mixer", "kernel",
                 "steps", "accuracy", "params", "active_params"));
-        assertEquals(List.of("gmm-prf", "rks"), rows.stream().map(n -> n.get("kernel").asText()).toList());
+        assertEquals(List.of("gmm-prf", "rks", "fastfood-rks", "generator-prf"), rows.stream().map(n -> n.get("kernel").asText()).toList());
         for (JsonNode row : rows) {
             assertEquals("kernelized", row.get("mixer").asText());
             assertEquals(2, row.get("steps").asInt());
         }
         assertTrue(rows.get(0).get("params").asLong() > rows.get(1).get("params").asLong(),
                 "the mixture's μ, σ and π are parameters, rks's noise is not: " + rows);
+        for (int i = 2; i < 4; i++) {
+            assertTrue(rows.get(i).get("params").asLong() > rows.get(1).get("params").asLong(),
+                    "FastFood's G and S and the generator's weights are parameters: " + rows);
+        }
         CliRun.assertUsageError("--kernel applies only with --mixer kernelized", "bench", "recall", "--kernel", "rks");
-        CliRun.assertUsageError("--kernel \"gauss\" is not a kernel; known: gmm-rks, gmm-prf, rks, prf", "bench", "recall",
+        CliRun.assertUsageError("--kernel \"gauss\" is not a kernel; known: gmm-rks, gmm-prf, rks, prf, fastfood-rks, "
+                + "fastfood-prf, generator-rks, generator-prf", "bench", "recall",
                 "--mixer", "kernelized", "--kernel", "rks,gauss");
         CliRun.assertUsageError("--kernel names \"rks\" twice", "bench", "recall", "--mixer", "kernelized", "--kernel", "rks,rks");
     }

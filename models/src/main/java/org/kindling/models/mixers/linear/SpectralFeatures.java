@@ -22,7 +22,10 @@ import org.kindling.ops.UnaryOp;
  * mixture components of M each: ω_{c,i} = μ_c + exp(σ_c/2)⊙ε_{c,i}, with ε [NH·K, HS] fixed
  * N(0, I) noise from {@code Seeds.derive(seed, layer, h)} (saved with the weights, so a resumed run
  * holds it bit for bit). The gmm kernels learn μ, σ (the log-variance) and the mixture logits π;
- * rks and prf keep C = 1, μ = 0, σ = 0: the Gaussian kernel, resp. softmax's exp(q·k).
+ * rks and prf keep C = 1, μ = 0, σ = 0: the Gaussian kernel, resp. softmax's exp(q·k). The
+ * fastfood and generator kernels (C = 1) make their M frequencies otherwise — a learned FastFood
+ * product ({@link FastFoodSpectrum}) or a generator network of ε ({@link GeneratorSpectrum}) — and
+ * start at the rks/prf distribution; the features below are the same for every kernel.
  * <ul>
  * <li>RKS: trigonometric features estimate k(δ) = Σ_c π_c·exp(−½δᵀΣ_cδ)·cos(μ_cᵀδ) (the Gaussian
  * kernel for rks) as Σ_c π_c·(1/M)Σ_i cos ω_{c,i}(q − k), but cosines and sines can be negative,
@@ -55,6 +58,8 @@ final class SpectralFeatures implements FeatureMap {
     private final Params.Handle mu;
     private final Params.Handle logVar;
     private final Params.Handle mix;
+    /** FastFood or generator frequencies; null for the fixed and mixture kernels. */
+    private final Spectrum spectrum;
     /** rks and prf: [1, NH·rows], each feature's fixed scale (the gmm kernels' scales follow π). */
     private final Tensor base;
     /** RKS: [1, NH·rows] phases, 0 on the cosine blocks, −π/2 on the sine blocks. */
@@ -101,8 +106,15 @@ final class SpectralFeatures implements FeatureMap {
                 }
             }
         };
-        this.epsilon = ctx.params().fixed(ctx.child("epsilon"), noise, heads * k, headDim);
-        if (kernel.learned) {
+        // FastFood draws its own structured noise; every other kernel transforms ε.
+        this.epsilon = kernel.family == KernelizedSpec.Family.FASTFOOD ? null
+                : ctx.params().fixed(ctx.child("epsilon"), noise, heads * k, headDim);
+        this.spectrum = switch (kernel.family) {
+            case FASTFOOD -> new FastFoodSpectrum(ctx, heads, headDim, m);
+            case GENERATOR -> new GeneratorSpectrum(ctx, heads, headDim, m, epsilon);
+            case FIXED, GMM -> null;
+        };
+        if (kernel.mixture) {
             // Every component starts as N(0, I) with equal weight: the fixed kernel, which training then moves.
             mu = ctx.params().add(ctx.child("mu"), Init.zeros(), ParamGroup.NO_DECAY, heads * comps, headDim);
             logVar = ctx.params().add(ctx.child("log_var"), Init.zeros(), ParamGroup.NO_DECAY, heads * comps, headDim);
@@ -117,7 +129,7 @@ final class SpectralFeatures implements FeatureMap {
         float[] b = new float[width];
         float[] p = new float[width];
         float[] sg = new float[width];
-        float[] e = kernel.learned ? new float[heads * comps * width] : null;
+        float[] e = kernel.mixture ? new float[heads * comps * width] : null;
         float fixedScale = (float) (1 / Math.sqrt(share()));
         for (int h = 0; h < heads; h++) {
             for (int j = 0; j < rows; j++) {
@@ -131,7 +143,7 @@ final class SpectralFeatures implements FeatureMap {
                 }
             }
         }
-        this.base = kernel.learned ? null : dev.fromFloats(b, 1, width);
+        this.base = kernel.mixture ? null : dev.fromFloats(b, 1, width);
         this.phase = kernel.positive ? null : dev.fromFloats(p, 1, width);
         this.sign = kernel.positive ? null : dev.fromFloats(sg, 1, width);
         this.expand = e == null ? null : dev.fromFloats(e, heads * comps, width);
@@ -190,7 +202,7 @@ final class SpectralFeatures implements FeatureMap {
         if (kernel.positive) {
             dz = dpre.write(t, width);
             be.binary(BinaryOp.MUL, dz, dphi, phi);
-            if (kernel.learned) {
+            if (kernel.mixture) {
                 z = pre.write(t, width);
                 preActivation(be, z, x, om);
                 be.unary(UnaryOp.EXP, z, z);
@@ -218,19 +230,23 @@ final class SpectralFeatures implements FeatureMap {
         perHead(be, Gemm.of(false, false, t, headDim, rows).leading(width, headDim, heads * headDim).scaled(1f, beta),
                 dx, headDim, dz, rows, om, rows * headDim);
         be.affine(dx, dx, scale, 0f);
-        if (kernel.learned) {
+        if (kernel.mixture) {
             // z now holds the feature before its scale (1 ± cos z or exp z): scale gradients are Σ_t dφ·z.
             be.binary(BinaryOp.MUL, z, z, dphi);
-            spectralGradients(be, dz, x);
+            mixtureSpectralGradients(be, frequencyGradient(be, dz, x));
             mixtureGradients(be, z);
+        } else if (spectrum != null) {
+            spectrum.backward(be, frequencyGradient(be, dz, x), rows);
         }
     }
 
     /** Ω [NH·rows, HS]: per head the K frequencies, for RKS four times over. */
     private Tensor buildOmega(Backend be) {
         Tensor om = omega.write(heads * rows, headDim);
-        Tensor e = epsilon.value();
-        if (kernel.learned) {
+        if (spectrum != null) {
+            spectrum.frequencies(be, om, rows);
+        } else if (kernel.mixture) {
+            Tensor e = epsilon.value();
             Tensor s = std.write(heads * comps, headDim);
             be.affine(s, logVar.value(), 0.5f, 0f);
             be.unary(UnaryOp.EXP, s, s);
@@ -244,6 +260,7 @@ final class SpectralFeatures implements FeatureMap {
                 }
             }
         } else {
+            Tensor e = epsilon.value();
             for (int h = 0; h < heads; h++) {
                 be.copy(om.view(h * rows * headDim, k, headDim), e.view(h * k * headDim, k, headDim));
             }
@@ -267,7 +284,7 @@ final class SpectralFeatures implements FeatureMap {
 
     /** The features' scales [1, NH·rows]: √(softmax(π)_c/M) per component for PRF, √(softmax(π)_c/(2M)) for RKS. */
     private Tensor buildScale(Backend be) {
-        if (!kernel.learned) {
+        if (!kernel.mixture) {
             return base;
         }
         Tensor p = prob.write(heads, comps);
@@ -301,10 +318,10 @@ final class SpectralFeatures implements FeatureMap {
     }
 
     /**
-     * μ and σ gradients from dz [T, NH·rows] and the scaled x: dΩ_h = dz_hᵀ·x_h, then per component
-     * dμ_c = Σ_i dω_{c,i} and dσ_c = ½·exp(σ_c/2)⊙Σ_i dω_{c,i}⊙ε_{c,i}.
+     * dΩ [NH·rows, HS] from dz [T, NH·rows] and the scaled x: dΩ_h = dz_hᵀ·x_h, the RKS blocks
+     * summed into each head's first K rows, where the frequencies' gradient is.
      */
-    private void spectralGradients(Backend be, Tensor dz, Tensor x) {
+    private Tensor frequencyGradient(Backend be, Tensor dz, Tensor x) {
         int t = x.rows();
         Tensor dom = dOmega.write(heads * rows, headDim);
         perHead(be, Gemm.of(true, false, rows, headDim, t).leading(heads * rows, heads * headDim, headDim),
@@ -317,6 +334,11 @@ final class SpectralFeatures implements FeatureMap {
                 }
             }
         }
+        return dom;
+    }
+
+    /** μ and σ gradients from dΩ: per component dμ_c = Σ_i dω_{c,i} and dσ_c = ½·exp(σ_c/2)⊙Σ_i dω_{c,i}⊙ε_{c,i}. */
+    private void mixtureSpectralGradients(Backend be, Tensor dom) {
         Tensor e = epsilon.value();
         Tensor r = dLogVar.zeros(heads * comps, headDim);
         Tensor dmu = mu.grad();
@@ -370,6 +392,9 @@ final class SpectralFeatures implements FeatureMap {
     @Override
     public void close() {
         acts.close();
+        if (spectrum != null) {
+            spectrum.close();
+        }
         if (base != null) {
             base.close();
         }

@@ -203,6 +203,119 @@ class KernelizedTest {
         assertTrue(err[2] * Math.sqrt(4096) < 1.5, "√M·error at M = 4096: " + err[2] * 64 + " " + java.util.Arrays.toString(err));
     }
 
+    @Test
+    void fastFoodRksApproachesTheGaussianKernelAsOneOverRootMAtInitialisation() {
+        // HS = 6 pads to D = 8: the padded coordinates are zero in x and in δ, so the kernel is the HS-dimensional one.
+        double[] err = new double[3];
+        int[] ms = {16, 256, 4096};
+        for (int i = 0; i < ms.length; i++) {
+            Built b = features(2, 6, Kernel.FASTFOOD_RKS, ms[i], 1, 7, 0);
+            err[i] = error(b, Kernel.FASTFOOD_RKS, 2, 6, (h, d) -> Math.exp(-0.5 * dot(d, d)));
+        }
+        for (int i = 0; i < ms.length; i++) {
+            double scaled = err[i] * Math.sqrt(ms[i]);
+            assertTrue(scaled > 0.05 && scaled < 1.5, "√M·error at M = " + ms[i] + " is " + scaled + " (errors " + java.util.Arrays.toString(err) + ")");
+        }
+        assertTrue(err[2] < err[1] && err[1] < err[0], "error falls with M: " + java.util.Arrays.toString(err));
+    }
+
+    @Test
+    void fastFoodPrfApproachesTheSoftmaxKernelAtInitialisation() {
+        double[] err = new double[3];
+        int[] ms = {16, 256, 4096};
+        for (int i = 0; i < ms.length; i++) {
+            Built b = features(2, 4, Kernel.FASTFOOD_PRF, ms[i], 1, 7, 0);
+            err[i] = error(b, Kernel.FASTFOOD_PRF, 2, 4, (h, d) -> Math.exp(java.util.Arrays.stream(d).sum()));
+        }
+        assertTrue(err[2] < err[1] && err[1] < err[0], "error falls with M: " + java.util.Arrays.toString(err));
+        assertTrue(err[2] * Math.sqrt(4096) < 4, "√M·error at M = 4096: " + err[2] * 64);
+    }
+
+    /**
+     * The FastFood frequencies are V = (1/√D)·S·H·G·Π·H·B: rebuilt here densely in double from the
+     * stored G, S and basis P = Π·H·B (whose entries are ±1 and whose columns are orthogonal, as
+     * Π·H·B's are), the map's PRF features match exp(ωx − |x|²/2)/√M row for row, also after G and
+     * S move away from their draw.
+     */
+    @Test
+    void fastFoodFeaturesAreTheDenseProduct() {
+        int heads = 2;
+        int hs = 3;
+        int d = 4;
+        int m = 6;
+        int r = 8;
+        Built b = features(heads, hs, Kernel.FASTFOOD_PRF, m, 1, 13, 2);
+        double[] basis = b.params().get("mixer.fastfood_basis").value().toDoubleArray();
+        for (int h = 0; h < heads; h++) {
+            for (int blk = 0; blk < r / d; blk++) {
+                for (int i = 0; i < hs; i++) {
+                    for (int j = 0; j < hs; j++) {
+                        double s = 0;
+                        for (int row = 0; row < d; row++) {
+                            double p = basis[((h * r) + blk * d + row) * hs + i];
+                            assertEquals(1.0, Math.abs(p), 0.0);
+                            s += p * basis[((h * r) + blk * d + row) * hs + j];
+                        }
+                        assertEquals(i == j ? d : 0, s, 1e-12, "columns of Π·H·B are orthogonal with norm √D");
+                    }
+                }
+            }
+        }
+        double[] g = gaussian(41, heads * r, 1.0);
+        double[] sc = gaussian(42, heads * r, 0.5);
+        b.params().get("mixer.fastfood_g").value().copyFrom(g);
+        b.params().get("mixer.fastfood_s").value().copyFrom(sc);
+        int t = 5;
+        double[] x = gaussian(43, t * heads * hs, 0.8);
+        double[] phi = map(b.features(), x, t, heads, hs);
+        double scale = Math.pow(hs, -0.25);
+        for (int h = 0; h < heads; h++) {
+            double[][] omega = new double[r][hs];
+            for (int blk = 0; blk < r / d; blk++) {
+                for (int row = 0; row < d; row++) {
+                    for (int j = 0; j < hs; j++) {
+                        // (H·G·P)[row, j] = Σ_i H[row, i]·G_i·P[i, j]
+                        double v = 0;
+                        for (int i = 0; i < d; i++) {
+                            int at = h * r + blk * d + i;
+                            v += (Integer.bitCount(row & i) % 2 == 0 ? 1 : -1) * g[at] * basis[at * hs + j];
+                        }
+                        omega[blk * d + row][j] = sc[h * r + blk * d + row] * v / Math.sqrt(d);
+                    }
+                }
+            }
+            for (int row = 0; row < t; row++) {
+                double norm = 0;
+                for (int j = 0; j < hs; j++) {
+                    double xs = x[(row * heads + h) * hs + j] * scale;
+                    norm += xs * xs;
+                }
+                for (int i = 0; i < m; i++) {
+                    double dotp = 0;
+                    for (int j = 0; j < hs; j++) {
+                        dotp += omega[i][j] * x[(row * heads + h) * hs + j] * scale;
+                    }
+                    double want = Math.exp(dotp - norm / 2) / Math.sqrt(m);
+                    assertEquals(want, phi[(row * heads + h) * m + i], 1e-5 * Math.max(1, want), "head " + h + " token " + row + " feature " + i);
+                }
+            }
+        }
+    }
+
+    @Test
+    void generatorStartsAtTheFixedKernel() {
+        // W₂ = 0, b₂ = 0 at the start: ω = ε, the same noise the fixed kernels use, so the features are theirs exactly.
+        int t = 9;
+        double[] x = gaussian(51, t * 2 * 4, 0.7);
+        for (Kernel[] pair : new Kernel[][] {{Kernel.GENERATOR_RKS, Kernel.RKS}, {Kernel.GENERATOR_PRF, Kernel.PRF}}) {
+            Built gen = features(2, 4, pair[0], 5, 1, 17, 3);
+            Built fixed = features(2, 4, pair[1], 5, 1, 17, 3);
+            assertArrayEquals(map(fixed.features(), x, t, 2, 4), map(gen.features(), x, t, 2, 4), 0.0, pair[0].key());
+            gen.params().get("mixer.generator_w2").value().copyFrom(gaussian(52, 2 * 4 * 4, 0.5));
+            assertTrue(map(fixed.features(), x, t, 2, 4)[0] != map(gen.features(), x, t, 2, 4)[0], "W₂ moves the frequencies");
+        }
+    }
+
     private static double dot(double[] a, double[] b) {
         double s = 0;
         for (int i = 0; i < a.length; i++) {
@@ -243,7 +356,7 @@ class KernelizedTest {
                 int hs = 4;
                 int[] cu = {0, 150, 220};
                 int t = cu[2];
-                Built b = build(cpu, heads, hs, kernel, 5, kernel.learned ? 2 : 1, 3, 0);
+                Built b = build(cpu, heads, hs, kernel, 5, kernel.mixture ? 2 : 1, 3, 0);
                 int f = b.features().features();
                 double[] q = gaussian(31, t * heads * hs, 0.7);
                 double[] k = gaussian(32, t * heads * hs, 0.7);
@@ -303,13 +416,16 @@ class KernelizedTest {
             m.put("kernel", kernel.key());
             m.put("features", 8);
             KernelizedSpec spec = (KernelizedSpec) Mixers.read(new ConfigReader("x.yaml", "mixer", m), d);
-            assertEquals(kernel.learned ? 2 : 1, spec.components());
+            assertEquals(kernel.mixture ? 2 : 1, spec.components());
             assertEquals(spec, Mixers.read(new ConfigReader("x.yaml", "mixer", spec.toMap()), d), "toMap reads back");
         }
-        assertEquals("model.yaml: mixer[1].kernel is \"gauss\"; known kernels: gmm-rks, gmm-prf, rks, prf",
+        assertEquals("model.yaml: mixer[1].kernel is \"gauss\"; known kernels: gmm-rks, gmm-prf, rks, prf, "
+                        + "fastfood-rks, fastfood-prf, generator-rks, generator-prf",
                 bad(Map.of("kernel", "gauss")).getMessage());
         assertTrue(bad(Map.of("kernel", "rks", "components", 2)).getMessage()
                 .startsWith("model.yaml: mixer[1].components applies to the gmm kernels only"));
+        assertEquals("model.yaml: mixer[1].components applies to the gmm kernels only; kernel fastfood-rks has no mixture",
+                bad(Map.of("kernel", "fastfood-rks", "components", 2)).getMessage());
         assertEquals("model.yaml: mixer[1].components must be at least 1, got 0", bad(Map.of("components", 0)).getMessage());
         assertEquals("model.yaml: mixer[1].features must be at least 1, got 0", bad(Map.of("features", 0)).getMessage());
     }

@@ -123,7 +123,7 @@ class LinearAttentionMixerTest {
     @Test
     void kernelizedDecodesAsItsForwardWithEveryKernel() {
         for (KernelizedSpec.Kernel kernel : KernelizedSpec.Kernel.values()) {
-            decodingMatchesForward(new KernelizedSpec(2, kernel, 3, kernel.learned ? 2 : 1, 1e-6));
+            decodingMatchesForward(new KernelizedSpec(2, kernel, 3, kernel.mixture ? 2 : 1, 1e-6));
         }
     }
 
