@@ -27,7 +27,7 @@ import org.kindling.models.data.TokenBatch;
 import org.kindling.models.mixers.Mixers;
 import org.kindling.models.mixers.attention.AttentionSpec;
 import org.kindling.models.nn.LinearSpec;
-import org.kindling.models.nn.Param;
+import org.kindling.models.nn.Precision;
 import org.kindling.ops.Device;
 import org.kindling.ops.cpu.CpuDevice;
 
@@ -111,6 +111,22 @@ class RecomputeTest {
             // Recomputation off again: the model keeps its activations and still agrees.
             recomputed.recompute(Recompute.NONE);
             assertArrayEquals(train(plain)[1], train(recomputed)[1], mixer + " after switching off");
+        }
+    }
+
+    /** Under bf16 GEMM operands the recompute rewrites the bf16 copies the backward reads with the same bits. */
+    @ParameterizedTest(name = "{0}")
+    @MethodSource("mixers")
+    void gradientsAreBitIdenticalUnderBf16(String mixer) {
+        ModelConfig cfg = config(mixer);
+        try (Device dev = CpuDevice.open(2); Gpt plain = new Gpt(cfg, dev, 4); Gpt recomputed = new Gpt(cfg, dev, 4)) {
+            plain.params().setPrecision(Precision.BF16);
+            recomputed.params().setPrecision(Precision.BF16);
+            recomputed.recompute(Recompute.FULL);
+            float[][] want = train(plain);
+            float[][] got = train(recomputed);
+            assertArrayEquals(want[0], got[0], mixer + " losses");
+            assertArrayEquals(want[1], got[1], mixer + " gradients");
         }
     }
 
