@@ -55,14 +55,49 @@ final class Block implements AutoCloseable {
     /** Residual dropout of the next forward and backward: probability and the seed of this block's masks. */
     private float dropout;
     private long seed;
+    /** Full recomputation: the forward keeps only its input, the backward runs the forward again first. */
+    private boolean recompute;
+    /** Set by a forward that released its saved activations: its input, output and sequences, for the recompute. */
+    private boolean released;
+    private Tensor input;
+    private Tensor output;
+
+    /**
+     * Full activation recomputation on or off from the next forward. The recompute repeats the
+     * forward's kernels on the same input with the same dropout seeds, so the gradients are the same
+     * bits as without it; only its layers' saved activations (the mixer's, the channel mixer's, the
+     * LayerNorms' statistics and the block's own) are freed between the two.
+     */
+    void recompute(boolean on) {
+        this.recompute = on;
+    }
 
     void dropout(float p, long seed) {
         this.dropout = p;
         this.seed = seed;
     }
 
-    /** h = x + drop(mix(ln1(x))); y = h + drop(channel(ln2(h))). */
+    /**
+     * h = x + drop(mix(ln1(x))); y = h + drop(channel(ln2(h))). Under recomputation x and y must stay
+     * unchanged until the backward (the model's residual-stream buffers).
+     */
     void forward(Tensor y, Tensor x, Seqs seqs) {
+        run(y, x, seqs);
+        released = recompute;
+        if (recompute) {
+            input = x;
+            output = y;
+            releaseSaved();
+        }
+    }
+
+    private void releaseSaved() {
+        acts.releaseSavedWithin();
+        ln1.releaseSaved();
+        ln2.releaseSaved();
+    }
+
+    private void run(Tensor y, Tensor x, Seqs seqs) {
         int t = x.rows();
         Backend be = x.device().backend();
         Tensor ta = a.write(t, c);
@@ -112,6 +147,10 @@ final class Block implements AutoCloseable {
      * plus LayerNorm 2's), which spares a copy; the caller reuses it only after zeroing.
      */
     void backward(Tensor dx, Tensor dy, Seqs seqs) {
+        if (released) {
+            // Rewrites y with the bits it holds already, and every saved activation as the forward left it.
+            run(output, input, seqs);
+        }
         int t = dy.rows();
         Tensor dh = dy;
         Tensor db = dln.zeros(t, c);
@@ -120,6 +159,12 @@ final class Block implements AutoCloseable {
         Tensor da = dln.zeros(t, c);
         mixer.backward(da, throughDropout(dh, seed), seqs);
         ln1.backwardAdd(dx, da, dh);
+        if (released) {
+            releaseSaved();
+            released = false;
+            input = null;
+            output = null;
+        }
     }
 
     @Override

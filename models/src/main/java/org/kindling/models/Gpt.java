@@ -6,6 +6,7 @@ import java.util.Map;
 import org.kindling.models.channel.ChannelMixer;
 import org.kindling.models.channel.ChannelSpec;
 import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.Recompute;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.models.mixers.MixerSpec;
 import org.kindling.models.mixers.MixerState;
@@ -229,6 +230,20 @@ public final class Gpt implements AutoCloseable {
     /** What the layers reported since the last {@link StepMetrics#clear}: the trainer clears it every step. */
     public StepMetrics metrics() {
         return step.metrics();
+    }
+
+    /**
+     * Activation recomputation from the next forward: under {@link Recompute#FULL} every block keeps
+     * only its input between forward and backward (the backward recomputes the rest), for the same
+     * gradients bit for bit and less memory; an error for configs with a layer that cannot be
+     * recomputed (see {@link Recompute#refusal}).
+     */
+    public void recompute(Recompute mode) {
+        String refusal = mode.refusal(cfg);
+        if (refusal != null) {
+            throw new IllegalArgumentException("train.recompute: " + refusal);
+        }
+        blocks.forEach(b -> b.recompute(mode == Recompute.FULL));
     }
 
     /** Tells every layer that optimizer step {@code step} (0-based) begins: layers that redraw fixed tensors do it here. */

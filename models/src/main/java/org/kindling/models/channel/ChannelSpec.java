@@ -20,6 +20,14 @@ public interface ChannelSpec {
         return 0;
     }
 
+    /**
+     * Why a recomputed forward would not repeat this mixer's exactly (it talks to other workers or
+     * reports metrics during the forward), or null when it can be recomputed.
+     */
+    default String notRecomputable() {
+        return null;
+    }
+
     /** The mapping {@link ChannelMixers#read} accepts, {@code type} first, every default filled in. */
     Map<String, Object> toMap();
 }

@@ -103,6 +103,11 @@ public record MoeSpec(int experts, int hidden, int k, double capacityFactor, dou
     }
 
     @Override
+    public String notRecomputable() {
+        return "its router sums routing counts over the workers and reports balance metrics in the forward, which a recompute would repeat";
+    }
+
+    @Override
     public Map<String, Object> toMap() {
         Map<String, Object> m = ConfigReader.ordered();
         m.put("type", TYPE);

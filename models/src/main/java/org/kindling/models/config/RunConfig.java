@@ -46,6 +46,10 @@ public record RunConfig(ModelConfig model, TrainConfig train) {
         ModelConfig model = ModelConfig.read(r);
         ConfigReader t = new ConfigReader(source, "train", r.section("train"));
         TrainConfig train = TrainConfig.read(t);
+        String refusal = train.recompute().refusal(model);
+        if (refusal != null) {
+            throw t.error("recompute", refusal);
+        }
         r.finish();
         t.finish();
         return new RunConfig(model, train);

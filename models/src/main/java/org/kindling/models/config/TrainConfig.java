@@ -24,11 +24,13 @@ import org.kindling.models.nn.Precision;
  *     evaluated too
  * @param evalBatches batches each worker evaluates per evaluation (fewer where its slice of the eval data ends first)
  * @param optimizer AdamW (beta1, beta2, eps above) or M-FAC and its window, damping and momentum
+ * @param recompute activation recomputation: none, or full (each block keeps only its input until its backward)
  */
 public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay,
                           double beta1, double beta2, double eps, double gradClip, int gradAccum, int batchTokens,
                           int logInterval, int checkpointInterval, int keepCheckpoints, Precision precision,
-                          int evalInterval, int evalBatches, OptimizerConfig optimizer, boolean offloadOptimizerState) {
+                          int evalInterval, int evalBatches, OptimizerConfig optimizer, Recompute recompute,
+                          boolean offloadOptimizerState) {
     /** Batches per worker per evaluation unless eval_batches says otherwise. */
     public static final int DEFAULT_EVAL_BATCHES = 4;
 
@@ -38,6 +40,9 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
         }
         if (optimizer == null) {
             throw new IllegalArgumentException("optimizer must be adamw or mfac, got none");
+        }
+        if (recompute == null) {
+            throw new IllegalArgumentException("recompute must be none or full, got none");
         }
         if (!(lr > 0) || !(minLr >= 0) || minLr > lr) {
             throw new IllegalArgumentException("need lr > 0 and 0 <= min_lr <= lr, got lr " + lr + ", min_lr " + minLr);
@@ -79,33 +84,49 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
                 checkpointInterval, keepCheckpoints, Precision.FP32, logInterval, DEFAULT_EVAL_BATCHES);
     }
 
+    /** No recomputation and no offload: the settings before they became selectable. */
+    public TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay, double beta1,
+                       double beta2, double eps, double gradClip, int gradAccum, int batchTokens, int logInterval,
+                       int checkpointInterval, int keepCheckpoints, Precision precision, int evalInterval, int evalBatches,
+                       OptimizerConfig optimizer) {
+        this(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum, batchTokens, logInterval,
+                checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer, Recompute.NONE, false);
+    }
+
     /** AdamW: the settings before the optimizer became selectable. */
     public TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay, double beta1,
                        double beta2, double eps, double gradClip, int gradAccum, int batchTokens, int logInterval,
                        int checkpointInterval, int keepCheckpoints, Precision precision, int evalInterval, int evalBatches) {
         this(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum, batchTokens, logInterval,
-                checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, OptimizerConfig.ADAMW_DEFAULT, false);
+                checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, OptimizerConfig.ADAMW_DEFAULT);
     }
 
     /** The same settings with eval_interval and eval_batches replaced. */
     public TrainConfig withEval(int interval, int batches) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
-                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, interval, batches, optimizer,
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, interval, batches, optimizer, recompute,
                 offloadOptimizerState);
     }
 
     /** The same settings with {@code optimizer} instead. */
     public TrainConfig withOptimizer(OptimizerConfig optimizer) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
-                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer,
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer, recompute,
                 offloadOptimizerState);
     }
 
     /** The same settings with AdamW's moments in host memory ({@code offload.optimizer_state: host}) or on the device. */
     public TrainConfig withOffload(boolean optimizerState) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
-                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer,
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer, recompute,
                 optimizerState);
+    }
+
+    /** The same settings with {@code recompute} instead. */
+    public TrainConfig withRecompute(Recompute recompute) {
+        return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer, recompute,
+                offloadOptimizerState);
     }
 
     /** Whether step {@code step} (1-based) is evaluated when there is eval data: every eval_interval steps and the last. */
@@ -122,7 +143,7 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
     /** These settings with {@code precision} instead. */
     public TrainConfig withPrecision(Precision precision) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
-                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer,
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer, recompute,
                 offloadOptimizerState);
     }
 
@@ -171,10 +192,17 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
             throw r.error("eval_batches", "must be >= 1, got " + evalBatches);
         }
         OptimizerConfig optimizer = OptimizerConfig.read(r);
+        String recomputeKey = r.string("recompute", Recompute.NONE.key());
+        Recompute recompute;
+        try {
+            recompute = Recompute.parse(recomputeKey);
+        } catch (IllegalArgumentException e) {
+            throw r.error("recompute", e.getMessage());
+        }
         boolean offload = readOffload(r);
         try {
             return new TrainConfig(seed, lr, minLr, warmup, maxSteps, wd, b1, b2, eps, clip, accum, batchTokens, logInterval,
-                    ckpt, keep, precision, evalInterval, evalBatches, optimizer, offload);
+                    ckpt, keep, precision, evalInterval, evalBatches, optimizer, recompute, offload);
         } catch (IllegalArgumentException e) {
             throw r.invalid(e);
         }
@@ -213,6 +241,7 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
         m.put("eval_interval", evalInterval);
         m.put("eval_batches", evalBatches);
         m.put("optimizer", optimizer.toValue());
+        m.put("recompute", recompute.key());
         m.put("offload", Map.of("optimizer_state", offloadOptimizerState ? "host" : "device"));
         return m;
     }

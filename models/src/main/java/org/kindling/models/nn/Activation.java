@@ -21,6 +21,8 @@ public final class Activation implements AutoCloseable {
     /** The workspace buffer this one views, or null when it owns {@link #own}. */
     private final Workspace.Slot slot;
     private boolean released;
+    /** {@link #release} freed the buffer since the last write. */
+    private boolean freedForRecompute;
     private Tensor own;
     /** The buffer {@link #view} was cut from, to notice a shared buffer grown since. */
     private Tensor backing;
@@ -36,6 +38,7 @@ public final class Activation implements AutoCloseable {
     /** The buffer at {@code shape}; its contents are whatever was last written. */
     public Tensor write(int... shape) {
         Tensor buf = capacity(Tensor.numel(shape));
+        freedForRecompute = false;
         if (view != null && buf == backing && Arrays.equals(view.shape(), shape)) {
             return view;
         }
@@ -64,11 +67,26 @@ public final class Activation implements AutoCloseable {
         return z;
     }
 
+    /**
+     * Frees this activation's own buffer until the next {@link #write}, for recomputation: a scratch
+     * activation keeps its workspace buffer, which other layers share.
+     */
+    void release() {
+        if (slot == null && own != null) {
+            own.close();
+            own = null;
+            view = null;
+            backing = null;
+            freedForRecompute = true;
+        }
+    }
+
     /** The buffer as the last forward wrote it: an error if it wrote none, or one of another shape. */
     public Tensor saved(int... shape) {
         if (view == null || view.isClosed() || !Arrays.equals(view.shape(), shape)) {
             throw new IllegalStateException("saved activation " + name + " " + dtype + Arrays.toString(shape)
-                    + (view == null ? " was never written by a forward pass"
+                    + (view == null && freedForRecompute ? " was released for recomputation and not recomputed since"
+                    : view == null ? " was never written by a forward pass"
                     : view.isClosed() ? " was freed since it was written" : " was last written as " + Arrays.toString(view.shape())));
         }
         return view;

@@ -22,6 +22,24 @@ public final class Activations implements AutoCloseable {
         this.dev = dev;
         this.owner = owner;
         this.workspace = workspace;
+        workspace.register(this);
+    }
+
+    String owner() {
+        return owner;
+    }
+
+    /**
+     * Frees every saved (non-scratch) buffer until its next write, for a layer whose forward will run
+     * again before its backward; scratch buffers belong to the workspace and stay.
+     */
+    public void releaseSaved() {
+        all.forEach(Activation::release);
+    }
+
+    /** {@link #releaseSaved} of this layer and of every layer inside it ({@code owner.…}) that shares its workspace. */
+    public void releaseSavedWithin() {
+        workspace.releaseSaved(owner);
     }
 
     public Device device() {
@@ -55,6 +73,7 @@ public final class Activations implements AutoCloseable {
 
     @Override
     public void close() {
+        workspace.unregister(this);
         all.forEach(Activation::close);
     }
 }

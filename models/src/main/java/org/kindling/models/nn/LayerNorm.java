@@ -27,6 +27,11 @@ public final class LayerNorm implements AutoCloseable {
         this.stepRstd = acts.f32("step_rstd");
     }
 
+    /** Frees the saved statistics until the next forward (recomputation). */
+    public void releaseSaved() {
+        acts.releaseSaved();
+    }
+
     public void forward(Tensor y, Tensor x) {
         int t = x.rows();
         y.device().backend().layerNormForward(y, mean.write(t), rstd.write(t), x, weight.value(), bias.value(), eps);

@@ -42,6 +42,7 @@ public final class Trainer implements AutoCloseable {
         this.cfg = cfg;
         this.sync = sync;
         model.params().setPrecision(cfg.precision());
+        model.recompute(cfg.recompute());
         this.optimizer = Optimizer.create(model.params(), cfg);
     }
 

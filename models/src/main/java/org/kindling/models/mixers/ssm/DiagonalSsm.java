@@ -53,7 +53,7 @@ final class DiagonalSsm implements AutoCloseable {
         // Complex standard normal C̃: variance 1/2 in each part, as torch.randn(cfloat) draws it.
         c = pb.add(ctx.child(prefix + "c"), Init.normal(Math.sqrt(0.5)), ParamGroup.DECAY, width, modes, 2);
         d = pb.add(ctx.child(prefix + "d"), Init.normal(1.0), ParamGroup.NO_DECAY, width);
-        acts = new Activations(ctx.device(), ctx.child(prefix + "skip"));
+        acts = new Activations(ctx.device(), ctx.child(prefix + "skip"), ctx.step().workspace());
         prod = acts.f32("prod");
         stepProd = acts.f32("step_prod");
     }
