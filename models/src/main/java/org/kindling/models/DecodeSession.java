@@ -1,6 +1,8 @@
 package org.kindling.models;
 
+import java.util.Arrays;
 import java.util.List;
+import org.kindling.models.data.TokenBatch;
 import org.kindling.models.mixers.MixerState;
 import org.kindling.ops.Tensor;
 
@@ -9,16 +11,24 @@ import org.kindling.ops.Tensor;
  * state (attention's KV cache, a recurrent mixer's constant-size state). Each {@link #step} feeds
  * any number of new tokens to any of the sequences — a prompt prefill, or one sampled token each —
  * as one batch through the model. Keeps nothing for backward, so a pending backward stays intact.
+ *
+ * <p>A deep equilibrium model ({@link Gpt#equilibrium}) has no incremental state: the session keeps
+ * each sequence's tokens and every step runs the full forward over the prefixes of the sequences
+ * that got tokens, so decoding equals the full forward exactly (it is one); that forward overwrites
+ * the saved activations, so for such a model a pending backward does not survive a step.
  */
 public final class DecodeSession implements AutoCloseable {
     private final Gpt model;
     private final List<MixerState> states;
     private final int[] lengths;
+    /** Each sequence's tokens so far, for a deep equilibrium model; null otherwise. */
+    private final int[][] prefixes;
 
     DecodeSession(Gpt model, List<MixerState> states, int sequences) {
         this.model = model;
         this.states = states;
         this.lengths = new int[sequences];
+        this.prefixes = model.equilibrium() ? new int[sequences][0] : null;
     }
 
     public int sequences() {
@@ -60,6 +70,9 @@ public final class DecodeSession implements AutoCloseable {
                 pos[cu[b] + i] = lengths[b] + i;
             }
         }
+        if (prefixes != null) {
+            return stepFull(tokens);
+        }
         Tensor logits = model.forwardStep(flat, pos, cu, states);
         int v = model.config().vocab();
         float[][] out = new float[tokens.length][];
@@ -69,6 +82,50 @@ public final class DecodeSession implements AutoCloseable {
                 out[b] = logits.view((cu[b + 1] - 1) * v, v).toFloatArray();
             }
         }
+        return out;
+    }
+
+    /** A deep equilibrium model's step: the full forward over the prefixes of the sequences that got tokens. */
+    private float[][] stepFull(int[][] tokens) {
+        int v = model.config().vocab();
+        int[] rows = new int[tokens.length];
+        int total = 0;
+        for (int b = 0; b < tokens.length; b++) {
+            if (tokens[b].length > 0) {
+                prefixes[b] = concat(prefixes[b], tokens[b]);
+                lengths[b] += tokens[b].length;
+                total += prefixes[b].length;
+                rows[b] = total - 1;
+            }
+        }
+        Tensor logits = model.logits(packed(tokens, total));
+        float[][] out = new float[tokens.length][];
+        for (int b = 0; b < tokens.length; b++) {
+            if (tokens[b].length > 0) {
+                out[b] = logits.view(rows[b] * v, v).toFloatArray();
+            }
+        }
+        return out;
+    }
+
+    /** The prefixes of the sequences that got tokens, packed as one batch. */
+    private TokenBatch packed(int[][] tokens, int total) {
+        int[] flat = new int[total];
+        int[] cu = new int[(int) Arrays.stream(tokens).filter(t -> t.length > 0).count() + 1];
+        int s = 0;
+        for (int b = 0; b < tokens.length; b++) {
+            if (tokens[b].length > 0) {
+                System.arraycopy(prefixes[b], 0, flat, cu[s], prefixes[b].length);
+                cu[s + 1] = cu[s] + prefixes[b].length;
+                s++;
+            }
+        }
+        return new TokenBatch(flat, cu);
+    }
+
+    private static int[] concat(int[] a, int[] b) {
+        int[] out = Arrays.copyOf(a, a.length + b.length);
+        System.arraycopy(b, 0, out, a.length, b.length);
         return out;
     }
 
@@ -84,6 +141,14 @@ public final class DecodeSession implements AutoCloseable {
         int[] pos = new int[tokens.length];
         for (int i = 0; i < pos.length; i++) {
             pos[i] = lengths[0] + i;
+        }
+        if (prefixes != null) {
+            int before = lengths[0];
+            prefixes[0] = concat(prefixes[0], tokens);
+            lengths[0] += tokens.length;
+            int v = model.config().vocab();
+            return model.logits(new TokenBatch(prefixes[0], new int[] {0, prefixes[0].length})).view(before * v, tokens.length * v)
+                    .toFloatArray();
         }
         float[] out = model.forwardStep(tokens, pos, new int[] {0, tokens.length}, states).toFloatArray();
         lengths[0] += tokens.length;

@@ -175,6 +175,12 @@ public final class ConfigReader {
         throw error(k, "must be a mapping, got " + describe(v));
     }
 
+    /** A reader over the mapping under {@code k} (its keys prefixed {@code k.}), or null when the key is absent. */
+    public ConfigReader child(String k) {
+        Map<String, Object> m = section(k);
+        return m == null ? null : new ConfigReader(source, key(k), m);
+    }
+
     private <T> T required(String k, T dflt) {
         if (dflt == null) {
             throw error(k, "is required");
