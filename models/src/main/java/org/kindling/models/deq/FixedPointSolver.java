@@ -13,7 +13,7 @@ package org.kindling.models.deq;
 public final class FixedPointSolver {
     /** A residual this many times the best one so far ends the solve: the iteration is diverging. */
     public static final double DIVERGENCE = 1e3;
-    /** Anderson's ridge on the residuals' Gram matrix, times its largest diagonal entry: keeps the small system solvable when residuals repeat. */
+    /** Anderson's ridge on the residuals' Gram matrix, times its smallest diagonal entry: keeps the small system solvable when residuals repeat. */
     public static final double RIDGE = 1e-4;
 
     /** The map: writes f(z) into {@code out} (same length as z); must not keep either array. */
@@ -156,11 +156,12 @@ public final class FixedPointSolver {
     /** α for the first {@code used} residuals: solves [[0, 1ᵀ], [1, G + λI]]·[ν; α] = [1; 0]. */
     static double[] weights(double[][] gram, int used) {
         int s = used + 1;
-        double scale = 0;
+        double scale = Double.POSITIVE_INFINITY;
         for (int i = 0; i < used; i++) {
-            scale = Math.max(scale, gram[i][i]);
+            scale = Math.min(scale, gram[i][i]);
         }
-        // Relative to the residuals' size, so the ridge neither swamps small residuals nor vanishes beside large ones.
+        // Relative to the smallest residual (usually the newest), so the ridge neither swamps it once the
+        // residual has fallen far below the history's older ones, nor vanishes beside large residuals.
         double ridge = RIDGE * scale;
         double[][] a = new double[s][s + 1];
         for (int i = 1; i < s; i++) {
