@@ -98,7 +98,7 @@ final class Deq implements AutoCloseable {
         injection = x.toFloatArray();
         float[] zStar;
         int iters;
-        double residual;
+        double residual = 0;
         if (unrolled()) {
             int k = cfg.pretrainIter();
             iterates = new float[k][];
@@ -112,7 +112,6 @@ final class Deq implements AutoCloseable {
             iterates[k - 1] = z;
             zStar = z;
             iters = k;
-            residual = Double.NaN;
         } else {
             iterates = null;
             FixedPointSolver.Result r = FixedPointSolver.solve(cfg.solver(), this::evaluate, injection, cfg.history(), cfg.maxIter(),
@@ -123,11 +122,12 @@ final class Deq implements AutoCloseable {
         }
         apply(y, x, zStar);
         if (step.training()) {
-            if (Double.isNaN(residual)) {
+            if (iterates != null) {
+                // The unrolled pass's last application is the saved one: its residual needs y.
                 residual = FixedPointSolver.relative(zStar, y.toFloatArray());
             }
-            step.metrics().ratio("deq.fwd_iters", iters, 1);
-            step.metrics().ratio("deq.fwd_residual", residual, 1);
+            step.metrics().ratio(DeqConfig.FWD_ITERS, iters, 1);
+            step.metrics().ratio(DeqConfig.FWD_RESIDUAL, residual, 1);
         }
     }
 
@@ -163,8 +163,8 @@ final class Deq implements AutoCloseable {
         // Through the injection first: the block's backward consumes u.
         be.binary(BinaryOp.ADD, dx, dx, u);
         block.backward(dz.zeros(t, c), u, seqs);
-        step.metrics().ratio("deq.bwd_iters", r.iterations(), 1);
-        step.metrics().ratio("deq.bwd_residual", r.residual(), 1);
+        step.metrics().ratio(DeqConfig.BWD_ITERS, r.iterations(), 1);
+        step.metrics().ratio(DeqConfig.BWD_RESIDUAL, r.residual(), 1);
     }
 
     /** Jᵀu = Bᵀu − u through the saved application (B the block's Jacobian), parameter gradients discarded. */

@@ -56,9 +56,9 @@ class DeqTest {
             try (Device dev = ReferenceDevice.open(); Gpt model = new Gpt(config(solver(m, 200, 1e-6)), dev, 5)) {
                 double[] grad = gradients(model);
                 Map<String, Double> metrics = model.metrics().values();
-                assertTrue(metrics.get("deq.fwd_residual") < 1e-6, m + " forward " + metrics);
-                assertTrue(metrics.get("deq.bwd_residual") < 1e-6, m + " backward " + metrics);
-                assertTrue(metrics.get("deq.fwd_iters") > 3, m + " a fixed point one step away proves nothing: " + metrics);
+                assertTrue(metrics.get("deq_fwd_residual") < 1e-6, m + " forward " + metrics);
+                assertTrue(metrics.get("deq_bwd_residual") < 1e-6, m + " backward " + metrics);
+                assertTrue(metrics.get("deq_fwd_iters") > 3, m + " a fixed point one step away proves nothing: " + metrics);
                 double scale = maxAbs(grad);
                 Tensor values = model.params().values();
                 double[] w = values.toDoubleArray();
@@ -88,7 +88,7 @@ class DeqTest {
         try (Device dev = ReferenceDevice.open(); Gpt a = new Gpt(config(implicit), dev, 5); Gpt b = new Gpt(config(unrolled), dev, 5)) {
             double[] ga = gradients(a);
             double[] gb = gradients(b);
-            assertTrue(b.metrics().values().get("deq.fwd_residual") < 1e-6, "150 applications converge: " + b.metrics().values());
+            assertTrue(b.metrics().values().get("deq_fwd_residual") < 1e-6, "150 applications converge: " + b.metrics().values());
             double scale = maxAbs(ga);
             assertTrue(scale > 0);
             for (Param p : a.params().list()) {
@@ -123,8 +123,8 @@ class DeqTest {
                 gradients(model);
                 bytes[k] = dev.peakBytes() - base;
                 Map<String, Double> metrics = model.metrics().values();
-                assertEquals(iters[k] + 1, metrics.get("deq.fwd_iters"), "every iteration ran, then the saved application");
-                assertEquals(iters[k], metrics.get("deq.bwd_iters"));
+                assertEquals(iters[k] + 1, metrics.get("deq_fwd_iters"), "every iteration ran, then the saved application");
+                assertEquals(iters[k], metrics.get("deq_bwd_iters"));
             }
         }
         assertTrue(bytes[0] > 0);

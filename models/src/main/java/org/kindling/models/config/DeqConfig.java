@@ -21,6 +21,14 @@ import org.kindling.models.deq.FixedPointSolver;
  */
 public record DeqConfig(FixedPointSolver.Method solver, int history, int maxIter, double tol, int backwardMaxIter,
                         double backwardTol, int pretrainSteps, int pretrainIter) {
+    /** Step metrics (means over micro-batches and workers): block evaluations of the forward solve, including the saved application. */
+    public static final String FWD_ITERS = "deq_fwd_iters";
+    /** The forward solve's final relative residual ‖f(z) − z‖ / ‖f(z)‖. */
+    public static final String FWD_RESIDUAL = "deq_fwd_residual";
+    /** Vector–Jacobian products of the backward solve (implicit steps only). */
+    public static final String BWD_ITERS = "deq_bwd_iters";
+    /** The backward solve's final relative residual (implicit steps only). */
+    public static final String BWD_RESIDUAL = "deq_bwd_residual";
 
     public DeqConfig {
         if (solver == null) {
