@@ -13,9 +13,10 @@ import org.kindling.ops.Tensor;
  * as one batch through the model. Keeps nothing for backward, so a pending backward stays intact.
  *
  * <p>A deep equilibrium model ({@link Gpt#equilibrium}) has no incremental state: the session keeps
- * each sequence's tokens and every step runs the full forward over the prefixes of the sequences
- * that got tokens, so decoding equals the full forward exactly (it is one); that forward overwrites
- * the saved activations, so for such a model a pending backward does not survive a step.
+ * each sequence's tokens and every step runs the full forward over the prefix of each sequence that
+ * got tokens, so decoding is the full forward (causality makes each position's logits those of the
+ * whole sequence, to within the solver's tolerance); that forward overwrites the saved
+ * activations, so for such a model a pending backward does not survive a step.
  */
 public final class DecodeSession implements AutoCloseable {
     private final Gpt model;
@@ -85,42 +86,21 @@ public final class DecodeSession implements AutoCloseable {
         return out;
     }
 
-    /** A deep equilibrium model's step: the full forward over the prefixes of the sequences that got tokens. */
+    /**
+     * A deep equilibrium model's step: the full forward over each prefix that got tokens, one sequence at a time, so a
+     * sequence's logits do not depend on what else is in the batch (the solver stops on a residual over its whole input).
+     */
     private float[][] stepFull(int[][] tokens) {
         int v = model.config().vocab();
-        int[] rows = new int[tokens.length];
-        int total = 0;
+        float[][] out = new float[tokens.length][];
         for (int b = 0; b < tokens.length; b++) {
             if (tokens[b].length > 0) {
                 prefixes[b] = concat(prefixes[b], tokens[b]);
                 lengths[b] += tokens[b].length;
-                total += prefixes[b].length;
-                rows[b] = total - 1;
-            }
-        }
-        Tensor logits = model.logits(packed(tokens, total));
-        float[][] out = new float[tokens.length][];
-        for (int b = 0; b < tokens.length; b++) {
-            if (tokens[b].length > 0) {
-                out[b] = logits.view(rows[b] * v, v).toFloatArray();
+                out[b] = model.logits(TokenBatch.single(prefixes[b])).view((prefixes[b].length - 1) * v, v).toFloatArray();
             }
         }
         return out;
-    }
-
-    /** The prefixes of the sequences that got tokens, packed as one batch. */
-    private TokenBatch packed(int[][] tokens, int total) {
-        int[] flat = new int[total];
-        int[] cu = new int[(int) Arrays.stream(tokens).filter(t -> t.length > 0).count() + 1];
-        int s = 0;
-        for (int b = 0; b < tokens.length; b++) {
-            if (tokens[b].length > 0) {
-                System.arraycopy(prefixes[b], 0, flat, cu[s], prefixes[b].length);
-                cu[s + 1] = cu[s] + prefixes[b].length;
-                s++;
-            }
-        }
-        return new TokenBatch(flat, cu);
     }
 
     private static int[] concat(int[] a, int[] b) {
@@ -147,8 +127,7 @@ public final class DecodeSession implements AutoCloseable {
             prefixes[0] = concat(prefixes[0], tokens);
             lengths[0] += tokens.length;
             int v = model.config().vocab();
-            return model.logits(new TokenBatch(prefixes[0], new int[] {0, prefixes[0].length})).view(before * v, tokens.length * v)
-                    .toFloatArray();
+            return model.logits(TokenBatch.single(prefixes[0])).view(before * v, tokens.length * v).toFloatArray();
         }
         float[] out = model.forwardStep(tokens, pos, new int[] {0, tokens.length}, states).toFloatArray();
         lengths[0] += tokens.length;
