@@ -50,6 +50,8 @@ public final class Gpt implements AutoCloseable {
     private final GemmInput headIn;
     private final GemmInput headScratch;
     private final List<Block> blocks = new ArrayList<>();
+    /** The fixed-point solve around the one block of a deep equilibrium model; null for a stack of blocks. */
+    private final Deq deq;
     private final LayerNorm lnf;
     private final Activations acts;
     /** The batch on the device: ids, positions [T] and cu_seqlens [B+1] (I32). */
@@ -97,6 +99,8 @@ public final class Gpt implements AutoCloseable {
         headIn = pb.gemmInput("lm_head.x");
         headScratch = pb.gemmInput("lm_head.scratch");
         params = pb.build(dev, seed);
+        deq = cfg.deq() == null ? null
+                : new Deq(cfg.deq(), blocks.get(0), params, step, c, new Activations(dev, "deq", step.workspace()));
         acts = new Activations(dev, "gpt");
         ids = acts.i32("ids");
         positions = acts.i32("positions");
@@ -251,6 +255,9 @@ public final class Gpt implements AutoCloseable {
         for (Block b : blocks) {
             b.mixer.startStep(step);
         }
+        if (deq != null) {
+            deq.startStep(step);
+        }
     }
 
     private float activeDropout(boolean train) {
@@ -300,7 +307,11 @@ public final class Gpt implements AutoCloseable {
         for (int l = 0; l < blocks.size(); l++) {
             Tensor y = xs[l + 1].write(t, c);
             blocks.get(l).dropout(p, Seeds.derive(step.seed(), l));
-            blocks.get(l).forward(y, x, seqs);
+            if (deq != null) {
+                deq.forward(y, x, seqs);
+            } else {
+                blocks.get(l).forward(y, x, seqs);
+            }
             x = y;
         }
         Tensor out = xf.write(t, c);
@@ -323,10 +334,19 @@ public final class Gpt implements AutoCloseable {
         return out;
     }
 
-    /** A decoding session over {@code sequences} sequences, each starting empty. */
+    /**
+     * A decoding session over {@code sequences} sequences, each starting empty. A deep equilibrium
+     * model keeps no per-layer state: its fixed point at a token depends on every earlier token's
+     * fixed point, which a new token does not change (the block is causal) but which an incremental
+     * state would have to re-solve with; so each step runs the full forward over the prefixes,
+     * equal to {@link #logits} by construction (see {@link DecodeSession}).
+     */
     public DecodeSession newSession(int sequences) {
         if (sequences < 1) {
             throw new IllegalArgumentException("a decoding session needs at least one sequence, got " + sequences);
+        }
+        if (deq != null) {
+            return new DecodeSession(this, List.of(), sequences);
         }
         List<MixerState> states = new ArrayList<>();
         try {
@@ -444,7 +464,11 @@ public final class Gpt implements AutoCloseable {
         finished.accept(backwardGroups.get(0), dev.fence());
         for (int l = blocks.size() - 1, i = 1; l >= 0; l--, i ^= 1) {
             Tensor dprev = dres[i].zeros(t, c);
-            blocks.get(l).backward(dprev, dx, seqs);
+            if (deq != null) {
+                deq.backward(dprev, dx);
+            } else {
+                blocks.get(l).backward(dprev, dx, seqs);
+            }
             finished.accept(backwardGroups.get(blocks.size() - l), dev.fence());
             dx = dprev;
         }
@@ -461,8 +485,16 @@ public final class Gpt implements AutoCloseable {
         finished.accept(backwardGroups.get(backwardGroups.size() - 1), dev.fence());
     }
 
+    /** Whether this is a deep equilibrium model (config key deq). */
+    public boolean equilibrium() {
+        return deq != null;
+    }
+
     @Override
     public void close() {
+        if (deq != null) {
+            deq.close();
+        }
         blocks.forEach(Block::close);
         lnf.close();
         acts.close();

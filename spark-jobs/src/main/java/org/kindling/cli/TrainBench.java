@@ -12,12 +12,14 @@ import org.apache.hadoop.conf.Configuration;
 import org.kindling.api.Presets;
 import org.kindling.data.DatasetReader;
 import org.kindling.data.Shard;
+import org.kindling.models.config.DeqConfig;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.OptimizerConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
 import org.kindling.models.data.TokenBatch;
+import org.kindling.models.deq.FixedPointSolver;
 import org.kindling.models.io.HfExport;
 import org.kindling.models.nn.Precision;
 import org.kindling.models.train.DataParallel;
@@ -112,6 +114,11 @@ final class TrainBench implements Callable<Integer> {
     @Option(names = "--python", description = "the Python for --peer (default: $KINDLING_PYTHON, else python3)")
     String python;
 
+    @Option(names = "--deq", description = {"compare a deep equilibrium model (one block solved to its fixed point, the deq key's",
+        "defaults: anderson, history 6, max_iter 30, tol 1e-3) with the explicit --layers model of the same width, one replica",
+        "each, in the same run: activation bytes of one training pass, median step time and the loss after the same tokens"})
+    boolean deq;
+
     @CommandLine.Mixin
     BenchOptions common;
 
@@ -141,6 +148,15 @@ final class TrainBench implements Callable<Integer> {
         }
         Peer torch = Peer.parse(cmd, peer, python);
         int threads = common.threads(cmd);
+        if (deq) {
+            for (String o : List.of("--preset", "--set", "--peer", "--profile", "--replicas", "--optimizer", "--ngrads")) {
+                if (cmd.getParseResult().hasMatchedOption(o)) {
+                    throw new CommandLine.ParameterException(cmd, "--deq builds both models from --layers/--d-model/--heads/--vocab "
+                            + "and trains them with AdamW on one replica; it does not take " + o);
+                }
+            }
+            return compareDeq(cmd, precision, threads);
+        }
         int reps = BenchOptions.replicas(cmd, replicas, batch, threads);
         if (preset == null && !overrides.isEmpty()) {
             throw new CommandLine.ParameterException(cmd, "--set overrides keys of a config: give it with --preset");
@@ -466,6 +482,72 @@ final class TrainBench implements Callable<Integer> {
             throw e;
         }
         return new Feeds(List.copyOf(readers), readers);
+    }
+
+    /**
+     * --deq: the explicit model and the deep equilibrium model of the same width, one after the other in this run on
+     * the same random tokens (or --data batches). Activation bytes are the device memory one training pass (forward and backward) adds on
+     * top of the weights and gradients, plus, for the DEQ, the host memory its solver holds (its history of iterates).
+     */
+    private int compareDeq(CommandLine cmd, Precision precision, int threads) throws Exception {
+        Shard.Info dataset = data == null ? null : datasetInfo(cmd);
+        int vocabSize = vocabFor(cmd, dataset);
+        ModelConfig explicit = ModelConfig.gpt(vocabSize, dModel, layers, heads, heads, seq, 4, 0, 0.02, 1e-5);
+        ModelConfig equilibrium = ModelConfig.gpt(vocabSize, dModel, 1, heads, heads, seq, 4, 0, 0.02, 1e-5).withDeq(DeqConfig.defaults());
+        if (dataset != null) {
+            requireFits(cmd, explicit, dataset, 1);
+        }
+        TrainConfig train = new TrainConfig(1, 1e-4, 1e-5, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1)
+                .withPrecision(precision);
+        PrintWriter err = cmd.getErr();
+        for (ModelConfig cfg : List.of(equilibrium, explicit)) {
+            boolean isDeq = cfg.deq() != null;
+            long activationBytes;
+            Timing.Stats stats;
+            StepResult[] last = new StepResult[1];
+            try (DataParallel dp = common.replicas(1, threads, cfg, 1, train); Feeds feeds = feeds(cfg, 1);
+                 Feeds samples = feeds(cfg, 1)) {
+                List<DataSource> data = feeds.sources();
+                DataParallel.Replica r = dp.replicas().get(0);
+                Device dev = r.device();
+                TokenBatch sample = samples.sources().get(0).next();
+                long base = dev.liveBytes();
+                dev.resetPeak();
+                r.model().train(1, 1.0 / sample.size(), v -> { });
+                r.model().forward(sample, 1f / sample.predicted());
+                r.model().backward();
+                r.model().eval();
+                activationBytes = dev.peakBytes() - base;
+                if (isDeq) {
+                    DeqConfig d = cfg.deq();
+                    activationBytes += FixedPointSolver.stateBytes(d.solver(), sample.size() * cfg.dModel(), d.history());
+                }
+                r.model().params().zeroGrad();
+                Timing.Trial step = () -> last[0] = dp.step(data);
+                stats = Timing.measure(new Timing.Rule(warmup, steps, 0), step, step);
+            }
+            Double fwdIters = last[0].metrics().get(DeqConfig.FWD_ITERS);
+            Double bwdIters = last[0].metrics().get(DeqConfig.BWD_ITERS);
+            double stepMs = stats.median() * 1e3;
+            err.printf("%s: %d layer(s) C=%d H=%d V=%d, B=%d T=%d: activations %.2f MB, %.1f ms/step (median of %d), loss %.4f after "
+                    + "%d steps%s%n", isDeq ? "deq" : "explicit", cfg.nLayer(), dModel, heads, cfg.vocab(), batch, seq, activationBytes / 1e6,
+                    stepMs, stats.reps(), last[0].loss(), last[0].step(),
+                    isDeq ? String.format(", forward %.1f / backward %.1f solver iterations", fwdIters, bwdIters) : "");
+            err.flush();
+            if (common.json) {
+                Map<String, Object> row = new LinkedHashMap<>();
+                row.put("bench", "train_deq");
+                row.put("model", isDeq ? "deq" : "explicit");
+                row.put("layers", cfg.nLayer());
+                row.put("activation_bytes", activationBytes);
+                row.put("step_ms", BenchOptions.round(stepMs));
+                row.put("loss", BenchOptions.round(last[0].loss()));
+                row.put("fwd_iters", fwdIters == null ? null : BenchOptions.round(fwdIters));
+                row.put("bwd_iters", bwdIters == null ? null : BenchOptions.round(bwdIters));
+                Json.printLine(cmd.getOut(), row);
+            }
+        }
+        return 0;
     }
 
     /**

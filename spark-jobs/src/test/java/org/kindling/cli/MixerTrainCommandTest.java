@@ -81,6 +81,16 @@ class MixerTrainCommandTest {
     }
 
     /**
+     * Issue 17's deep equilibrium model: one block solved to its fixed point, the first step trained
+     * unrolled; its solver metrics reach metrics.jsonl and a resumed run repeats every iterate.
+     */
+    @Test
+    void deepEquilibrium() throws Exception {
+        trainsResumesGeneratesAndEvaluates("deq", 1, "attention", "max_seq: 128\ndeq: {max_iter: 12, pretrain_steps: 1, pretrain_iter: 3}\n",
+                "deq: a deep equilibrium model solves one block to its fixed point");
+    }
+
+    /**
      * Issue 16's structured layers together: Scaling Transformers' multiplicative q, k, v and
      * sparse FFN, a gated pixelfly MLP, a flat-butterfly attention mask and butterfly projections.
      */
@@ -105,6 +115,13 @@ class MixerTrainCommandTest {
         byte[] straight = Files.readAllBytes(run.resolve("checkpoints/step-4/model.safetensors"));
         List<String> metrics = Files.readAllLines(run.resolve("metrics.jsonl"));
         assertEquals(4, metrics.size());
+        if (name.equals("deq")) {
+            assertTrue(metrics.get(0).contains("\"deq_fwd_iters\":3"), "step 1 is unrolled: " + metrics.get(0));
+            assertFalse(metrics.get(0).contains("deq_bwd_iters"), metrics.get(0));
+            for (String field : List.of("deq_fwd_iters", "deq_fwd_residual", "deq_bwd_iters", "deq_bwd_residual")) {
+                assertTrue(metrics.get(3).contains("\"" + field + "\":"), field + " in " + metrics.get(3));
+            }
+        }
         if (name.equals("moe")) {
             for (String field : List.of("moe_balance_loss", "moe_dropped_fraction", "moe_load_imbalance", "moe_z_loss")) {
                 assertTrue(metrics.get(3).contains("\"" + field + "\":"), field + " in " + metrics.get(3));

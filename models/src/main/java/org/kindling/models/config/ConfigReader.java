@@ -175,9 +175,10 @@ public final class ConfigReader {
         throw error(k, "must be a mapping, got " + describe(v));
     }
 
-    /** The mapping under {@code k} as a reader of its own (of no keys when absent), its errors naming the full key. */
+    /** A reader over the mapping under {@code k} (its keys prefixed {@code k.}), or null when the key is absent. */
     public ConfigReader child(String k) {
-        return new ConfigReader(source, key(k), section(k));
+        Map<String, Object> m = section(k);
+        return m == null ? null : new ConfigReader(source, key(k), m);
     }
 
     private <T> T required(String k, T dflt) {

@@ -9,6 +9,7 @@ import java.util.Map;
 import org.kindling.models.channel.ChannelMixers;
 import org.kindling.models.channel.ChannelSpec;
 import org.kindling.models.channel.MlpSpec;
+import org.kindling.models.channel.MoeSpec;
 import org.kindling.models.mixers.MixerSpec;
 import org.kindling.models.mixers.Mixers;
 import org.kindling.models.mixers.attention.AttentionSpec;
@@ -31,10 +32,11 @@ import org.kindling.models.mixers.attention.AttentionSpec;
  * @param dropout dropout probability after the embeddings and on each residual branch, while training (0 = off)
  * @param initStd standard deviation of weight init; residual projections use initStd/√(2·nLayer)
  * @param layerNormEps LayerNorm epsilon
+ * @param deq {@code deq}: the one block is solved to its fixed point (a deep equilibrium model); null for a stack of blocks
  */
 public record ModelConfig(int vocab, int dModel, int nLayer, int nHead, int nKvHead, int maxSeq, PosEmb posEmb,
                           List<MixerSpec> mixers, List<ChannelSpec> channelMixers, int mlpRatio, double dropout, double initStd,
-                          double layerNormEps) {
+                          double layerNormEps, DeqConfig deq) {
 
     /** How tokens learn where they are. */
     public enum PosEmb {
@@ -79,6 +81,21 @@ public record ModelConfig(int vocab, int dModel, int nLayer, int nHead, int nKvH
         if (!(layerNormEps > 0)) {
             throw new IllegalArgumentException("layer_norm_eps must be > 0, got " + layerNormEps);
         }
+        if (deq != null && nLayer != 1) {
+            throw new IllegalArgumentException("deq needs n_layer: 1 (its one weight-tied block is applied until it reaches its "
+                    + "fixed point; depth comes from deq.max_iter), got n_layer " + nLayer);
+        }
+        if (deq != null && channelMixers.get(0) instanceof MoeSpec) {
+            throw new IllegalArgumentException("deq does not take channel_mixer moe: its router sums statistics over the workers "
+                    + "in every forward pass, and the solver's number of passes differs between workers");
+        }
+    }
+
+    /** A model without deq. */
+    public ModelConfig(int vocab, int dModel, int nLayer, int nHead, int nKvHead, int maxSeq, PosEmb posEmb, List<MixerSpec> mixers,
+                       List<ChannelSpec> channelMixers, int mlpRatio, double dropout, double initStd, double layerNormEps) {
+        this(vocab, dModel, nLayer, nHead, nKvHead, maxSeq, posEmb, mixers, channelMixers, mlpRatio, dropout, initStd, layerNormEps,
+                null);
     }
 
     /**
@@ -95,25 +112,31 @@ public record ModelConfig(int vocab, int dModel, int nLayer, int nHead, int nKvH
     /** This config with other token mixers (one per layer). */
     public ModelConfig withMixers(List<MixerSpec> specs) {
         return new ModelConfig(vocab, dModel, nLayer, nHead, nKvHead, maxSeq, posEmb, specs, channelMixers, mlpRatio, dropout, initStd,
-                layerNormEps);
+                layerNormEps, deq);
     }
 
     /** This config with other channel mixers (one per layer). */
     public ModelConfig withChannelMixers(List<ChannelSpec> specs) {
         return new ModelConfig(vocab, dModel, nLayer, nHead, nKvHead, maxSeq, posEmb, mixers, specs, mlpRatio, dropout, initStd,
-                layerNormEps);
+                layerNormEps, deq);
     }
 
     /** This config with another position embedding and sequence limit (0 = none). */
     public ModelConfig withPositions(PosEmb emb, int limit) {
         return new ModelConfig(vocab, dModel, nLayer, nHead, nKvHead, limit, emb, mixers, channelMixers, mlpRatio, dropout, initStd,
-                layerNormEps);
+                layerNormEps, deq);
     }
 
     /** This config with another dropout probability. */
     public ModelConfig withDropout(double p) {
         return new ModelConfig(vocab, dModel, nLayer, nHead, nKvHead, maxSeq, posEmb, mixers, channelMixers, mlpRatio, p, initStd,
-                layerNormEps);
+                layerNormEps, deq);
+    }
+
+    /** This config as a deep equilibrium model (null: a stack of blocks again). */
+    public ModelConfig withDeq(DeqConfig d) {
+        return new ModelConfig(vocab, dModel, nLayer, nHead, nKvHead, maxSeq, posEmb, mixers, channelMixers, mlpRatio, dropout, initStd,
+                layerNormEps, d);
     }
 
     private static void positive(String key, int v) {
@@ -148,9 +171,11 @@ public record ModelConfig(int vocab, int dModel, int nLayer, int nHead, int nKvH
         double dropout = r.number("dropout", 0.0);
         double initStd = r.number("init_std", 0.02);
         double eps = r.number("layer_norm_eps", 1e-5);
+        ConfigReader deqReader = r.child("deq");
+        DeqConfig deq = deqReader == null ? null : DeqConfig.read(deqReader);
         try {
             return new ModelConfig(vocab, dModel, nLayer, nHead == null ? 0 : nHead, nKvHead == null ? 0 : nKvHead, maxSeq, posEmb,
-                    mixers, channels, mlpRatio, dropout, initStd, eps);
+                    mixers, channels, mlpRatio, dropout, initStd, eps, deq);
         } catch (IllegalArgumentException e) {
             throw r.invalid(e);
         }
@@ -186,6 +211,9 @@ public record ModelConfig(int vocab, int dModel, int nLayer, int nHead, int nKvH
         m.put("dropout", dropout);
         m.put("init_std", initStd);
         m.put("layer_norm_eps", layerNormEps);
+        if (deq != null) {
+            m.put("deq", deq.toMap());
+        }
         return m;
     }
 

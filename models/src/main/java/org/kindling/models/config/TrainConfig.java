@@ -211,6 +211,9 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
     /** {@code offload: {optimizer_state: device | host}}: whether AdamW's moments live in host memory. */
     private static boolean readOffload(ConfigReader train) {
         ConfigReader r = train.child("offload");
+        if (r == null) {
+            return false;
+        }
         String where = r.string("optimizer_state", "device");
         r.finish();
         return switch (where) {

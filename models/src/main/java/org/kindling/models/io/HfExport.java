@@ -29,6 +29,10 @@ public final class HfExport {
 
     /** Checks that the model is exactly GPT-2's architecture; names the first difference. */
     public static void requireGpt2(ModelConfig cfg) {
+        if (cfg.deq() != null) {
+            throw new IllegalArgumentException("deq: a deep equilibrium model solves one block to its fixed point; the GPT-2 "
+                    + "format holds a stack of blocks each applied once");
+        }
         if (cfg.posEmb() != ModelConfig.PosEmb.LEARNED) {
             throw new IllegalArgumentException("pos_emb is " + cfg.posEmb().name().toLowerCase()
                     + "; the GPT-2 format needs learned position embeddings");

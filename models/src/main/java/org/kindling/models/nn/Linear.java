@@ -92,7 +92,7 @@ public final class Linear {
         return xg;
     }
 
-    /** dx += dy·W (skipped when dx is null); dW += dyᵀ·x; db += Σ_t dy. */
+    /** dx += dy·W (skipped when dx is null); dW += dyᵀ·x; db += Σ_t dy (both skipped while gradients are discarded). */
     public void backward(Tensor dx, Tensor dy) {
         backward(dx, dy, 1f, true);
     }
@@ -117,6 +117,9 @@ public final class Linear {
         Tensor dyg = scratch.of(dy, w);
         if (dx != null) {
             be.gemm(Gemm.of(false, false, t, in, out).scaled(1f, beta), dx, dyg, w);
+        }
+        if (weight.discarded()) {
+            return;
         }
         be.gemm(Gemm.of(true, false, out, in, t).scaled(1f, 1f), weight.grad(), dyg, x);
         if (biasGrad && bias != null) {

@@ -174,6 +174,8 @@ public final class Params implements AutoCloseable {
         /** The bf16 shadow of a trainable weight under {@link Precision#BF16}; null under fp32. */
         private Tensor shadow;
 
+        private Params owner;
+
         private Handle(String name) {
             this.name = name;
         }
@@ -194,13 +196,21 @@ public final class Params implements AutoCloseable {
             return shadow != null ? shadow : value();
         }
 
-        /** The gradient; an error for a fixed tensor. */
+        /** The gradient (its place in the sink while gradients are discarded); an error for a fixed tensor. */
         public Tensor grad() {
             Tensor g = get().grad();
             if (g == null) {
                 throw new IllegalStateException(name + " is a fixed tensor: it has no gradient");
             }
-            return g;
+            return discarded() ? owner.sinkOf(g) : g;
+        }
+
+        /**
+         * Whether gradients are being discarded ({@link Params#discardGradients}): a layer may then skip
+         * the work that only forms parameter gradients (a Linear's dW GEMM); what it writes anyway lands in the sink.
+         */
+        public boolean discarded() {
+            return owner != null && owner.discarding;
         }
     }
 
@@ -226,6 +236,29 @@ public final class Params implements AutoCloseable {
         this.segments = segments;
         this.handles = handles;
         this.gemmInputs = gemmInputs;
+        for (Handle h : handles) {
+            h.owner = this;
+        }
+    }
+
+    /** While on, parameter gradients go to a sink no one reads; allocated at the first use, laid out like {@link #grads}. */
+    private boolean discarding;
+    private Tensor sink;
+
+    /**
+     * Switches parameter gradients off (on = true) or back on: a backward pass run in between
+     * gives only input gradients, for a vector–Jacobian product (the DEQ backward's solver), and
+     * leaves {@link #grads} untouched. The normal path does not change.
+     */
+    public void discardGradients(boolean on) {
+        if (on && sink == null) {
+            sink = grads.device().allocate(DType.F32, grads.numel());
+        }
+        discarding = on;
+    }
+
+    private Tensor sinkOf(Tensor g) {
+        return sink.view(g.offset() - grads.offset(), g.shape());
     }
 
     public Precision precision() {
@@ -329,6 +362,9 @@ public final class Params implements AutoCloseable {
         dropShadow();
         values.close();
         grads.close();
+        if (sink != null) {
+            sink.close();
+        }
         fixed.close();
     }
 }
