@@ -257,6 +257,7 @@ public final class StageLink implements AutoCloseable {
         this.link = link;
         this.maxFloats = maxFloats;
         this.timeout = timeout;
+        link.readTimeout(timeout);
     }
 
     /** This side's stage. */
@@ -323,7 +324,7 @@ public final class StageLink implements AutoCloseable {
             try {
                 link.send(op(kind, microBatch), payload);
             } catch (IOException e) {
-                throw failure(e, "sending " + what);
+                throw failure(e, "sending the " + what);
             } finally {
                 sendNanos += System.nanoTime() - t0;
             }
@@ -348,7 +349,8 @@ public final class StageLink implements AutoCloseable {
 
     /**
      * The next frame, which must be of {@code kind} and micro-batch {@code microBatch}: another
-     * fails the link naming both (an {@link Kind#ABORT} as the peer's failure).
+     * fails the link naming both, an {@link Kind#ABORT} as the peer's failure
+     * ({@link PeerFailureException}), any other as out of step.
      */
     public Frame expect(Kind kind, int microBatch, Duration wait) {
         String what = kind.label() + " of micro-batch " + microBatch;
@@ -361,8 +363,9 @@ public final class StageLink implements AutoCloseable {
             throw new PeerFailureException("stage " + stage + ": " + link.peer() + " aborted (at micro-batch " + f.microBatch()
                     + ") while stage " + stage + " awaited the " + what, null);
         }
-        throw new IllegalStateException("stage " + stage + ": " + link.peer() + " sent the " + f.kind().label() + " of micro-batch "
-                + f.microBatch() + " where the " + what + " was due (out of step)");
+        String message = "stage " + stage + ": " + link.peer() + " sent the " + f.kind().label() + " of micro-batch " + f.microBatch()
+                + " where the " + what + " was due (out of step)";
+        throw new UncheckedIOException(message, new Link.Unexpected(message));
     }
 
     private Frame receive(Duration wait, String awaited) {

@@ -154,8 +154,9 @@ class StageLinkTest {
                     () -> p.upstream().send(StageLink.Kind.ACTIVATION, 0, ByteBuffer.allocate(8).order(java.nio.ByteOrder.LITTLE_ENDIAN)));
 
             p.upstream().send(StageLink.Kind.ACTIVATION, 4, direct(new int[] {1, 2}));
-            IllegalStateException e = assertThrows(IllegalStateException.class,
+            java.io.UncheckedIOException e = assertThrows(java.io.UncheckedIOException.class,
                     () -> p.downstream().expect(StageLink.Kind.ACTIVATION, 3, TIMEOUT));
+            assertTrue(e.getCause() instanceof Link.Unexpected, e.toString());
             assertTrue(e.getMessage().startsWith("stage 1: stage 0 (/127.0.0.1:"), e.getMessage());
             assertTrue(e.getMessage().endsWith(") sent the activation of micro-batch 4 where the activation of micro-batch 3 was due"
                     + " (out of step)"), e.getMessage());
@@ -272,6 +273,27 @@ class StageLinkTest {
             CollectiveTimeoutException e = assertThrows(CollectiveTimeoutException.class, () -> p.downstream().receive(Duration.ofMillis(200)));
             assertTrue(e.getMessage().matches("stage 1: stage 0 \\(/127\\.0\\.0\\.1:\\d+\\) sent nothing for 200 ms while awaiting the next"
                     + " frame; it is stalled or dead"), e.getMessage());
+        }
+        // A peer that stops reading fails the writer within the timeout, naming it.
+        RunSecret secret = RunSecret.generate();
+        StageLink.Listener l = StageLink.listen(1, HOST, secret);
+        ExecutorService pool = Executors.newSingleThreadExecutor();
+        try {
+            Future<StageLink> accepted = pool.submit(() -> l.accept(CAP, TIMEOUT));
+            try (StageLink up = StageLink.connect(0, l.address(), secret, CAP, Duration.ofSeconds(1));
+                 StageLink down = accepted.get(20, TimeUnit.SECONDS)) {
+                ByteBuffer big = direct(new int[CAP]);
+                CollectiveTimeoutException e = assertThrows(CollectiveTimeoutException.class, () -> {
+                    for (int mb = 0; mb < 1000; mb++) {
+                        up.send(StageLink.Kind.ACTIVATION, mb, big);
+                    }
+                });
+                assertTrue(e.getMessage().matches("stage 0: stage 1 \\(127\\.0\\.0\\.1:\\d+\\) stopped reading: a frame of 800000 bytes was not"
+                        + " taken within 1 s while sending the activation of micro-batch \\d+; it is stalled or dead"), e.getMessage());
+                assertEquals(0, down.metrics().messagesReceived());
+            }
+        } finally {
+            pool.shutdownNow();
         }
         // A peer that closes fails the other side at once, naming it.
         try (Pair p = Pair.open(0, RunSecret.generate())) {
