@@ -89,6 +89,8 @@ public final class StageLink implements AutoCloseable {
     /** The largest per-message cap: its bytes must fit a frame's length. */
     public static final int MAX_FLOATS_LIMIT = Integer.MAX_VALUE / Float.BYTES;
     private static final System.Logger LOG = System.getLogger(StageLink.class.getName());
+    /** The payload of frames without floats; never written to, so one serves every link. */
+    private static final ByteBuffer NO_FLOATS = Ring.allocateFloats(0);
 
     /** The handshake purpose of the link from stage {@code upstream} to {@code upstream + 1}. */
     static String purpose(int upstream) {
@@ -284,9 +286,9 @@ public final class StageLink implements AutoCloseable {
         return fromUpstream ? kind.forward : kind.backward;
     }
 
-    /** Sends a control frame ({@link Kind#END} or {@link Kind#ABORT}), which carries no floats. */
+    /** Sends a frame without floats: a control frame ({@link Kind#END}, {@link Kind#ABORT}) or an empty tensor. */
     public void send(Kind kind, int microBatch) {
-        send(kind, microBatch, Ring.allocateFloats(0));
+        send(kind, microBatch, NO_FLOATS);
     }
 
     /**
