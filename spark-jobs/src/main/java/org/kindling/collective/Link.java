@@ -83,6 +83,7 @@ final class Link implements AutoCloseable {
     private long lastOp;
     /** The op of the frame being received, which becomes {@link #lastOp} once its tag checks out. */
     private long incomingOp;
+    private int incomingLength;
 
     /**
      * @param socket a connected socket with a channel ({@link SocketChannel#socket()}), which the link takes over
@@ -292,7 +293,13 @@ final class Link implements AutoCloseable {
         receivePayload(into);
     }
 
-    private int receiveHeader(long op, int length, int maxLength) throws IOException {
+    /**
+     * Reads the next frame's header, of op {@code op} (any if negative) and {@code length} bytes
+     * (any up to {@code maxLength} if negative), and returns its length; {@link #incomingOp} gives
+     * its op. Both are checked before anything past the header is read, so a caller can check the
+     * op too before making room for the payload, which it then reads with {@link #receivePayload}.
+     */
+    int receiveHeader(long op, int length, int maxLength) throws IOException {
         receiveHeader.clear().position(Long.BYTES);
         readFully(receiveHeader);
         long theirOp = receiveHeader.getLong(Long.BYTES);
@@ -305,11 +312,24 @@ final class Link implements AutoCloseable {
             throw new Unexpected(peer + " announced a frame of " + n + " bytes; at most " + maxLength + " are allowed here");
         }
         incomingOp = theirOp;
+        incomingLength = n;
         return n;
     }
 
-    private void receivePayload(ByteBuffer into) throws IOException {
+    /** The op of the frame whose header {@link #receiveHeader} read last (not yet authenticated). */
+    long incomingOp() {
+        return incomingOp;
+    }
+
+    /**
+     * Reads the payload of the frame whose header {@link #receiveHeader} read, exactly
+     * {@code into}'s remaining bytes (which must be its length), and checks its tag.
+     */
+    void receivePayload(ByteBuffer into) throws IOException {
         int n = into.remaining();
+        if (n != incomingLength) {
+            throw new IllegalArgumentException("the frame from " + peer + " holds " + incomingLength + " bytes, not " + n);
+        }
         receiveHeader.putLong(0, received);
         receiveMac.update(receiveHeader.array());
         ByteBuffer chunk = into.duplicate();
