@@ -64,8 +64,8 @@ public enum KernelClass {
             case "crossEntropyForward", "crossEntropyForwardBackward" -> LOSS;
             case "adamW" -> OPTIMIZER;
             case "embeddingForward", "embeddingBackward" -> EMBEDDING;
-            case "copyFromHost", "copyToHost", "fill", "copy", "transpose", "topK", "topKBackward", "expertOffsets", "permutation",
-                 "gatherRows", "scatterAddRows", "entryTokens", "capacitySlots", "uniformNoise" -> OTHER;
+            case "copyFromHost", "copyToHost", "copyToStore", "copyFromStore", "fill", "copy", "transpose", "topK", "topKBackward",
+                 "expertOffsets", "permutation", "gatherRows", "scatterAddRows", "entryTokens", "capacitySlots", "uniformNoise" -> OTHER;
             default -> throw new IllegalArgumentException("Backend." + name + " has no kernel class: add it to "
                     + KernelClass.class.getName() + ".of so profiles account for it");
         };

@@ -58,7 +58,8 @@ public final class ProfilingDevice extends Device {
             Map.entry("dropoutForward", 2), Map.entry("dropoutBackward", 2), Map.entry("biasDropoutAddForward", 4),
             Map.entry("adamW", 12), Map.entry("scatterAddRows", 2),
             Map.entry("embeddingForward", 0), Map.entry("embeddingBackward", 1),
-            Map.entry("copyFromHost", 0), Map.entry("copyToHost", 0), Map.entry("fill", 0), Map.entry("copy", 0), Map.entry("transpose", 0),
+            Map.entry("copyFromHost", 0), Map.entry("copyToHost", 0), Map.entry("copyToStore", 0), Map.entry("copyFromStore", 0),
+            Map.entry("fill", 0), Map.entry("copy", 0), Map.entry("transpose", 0),
             Map.entry("topK", 0), Map.entry("expertOffsets", 0), Map.entry("permutation", 0), Map.entry("gatherRows", 0),
             Map.entry("entryTokens", 0), Map.entry("capacitySlots", 0), Map.entry("uniformNoise", 0));
 
