@@ -92,6 +92,10 @@ final class TrainBench implements Callable<Integer> {
     @Option(names = "--ngrads", description = "M-FAC's window with --optimizer mfac (default ${DEFAULT-VALUE})", defaultValue = "16")
     int ngrads;
 
+    @Option(names = "--lr", description = {"peak learning rate, decayed by a cosine to a tenth over the steps, no warm-up",
+        "(default ${DEFAULT-VALUE})"}, defaultValue = "1e-4")
+    double lr;
+
     @Option(names = "--data", description = {"a prepared dataset (kindling prepare) to train on instead of random tokens, so",
         "that the losses of the compared optimizers mean something; the vocabulary follows it unless given"})
     String data;
@@ -127,6 +131,9 @@ final class TrainBench implements Callable<Integer> {
         CommandLine cmd = spec.commandLine();
         BenchOptions.requirePositive(cmd, "--layers", layers, "--d-model", dModel, "--heads", heads, "--vocab", vocab, "--seq", seq,
                 "--batch", batch, "--steps", steps);
+        if (!(lr > 0) || Double.isInfinite(lr)) {
+            throw new CommandLine.ParameterException(cmd, "--lr must be a finite number > 0, got " + lr);
+        }
         if (warmup < 0) {
             throw new CommandLine.ParameterException(cmd, "--warmup must be 0 or more, got " + warmup);
         }
@@ -180,7 +187,7 @@ final class TrainBench implements Callable<Integer> {
         if (dataset != null) {
             requireFits(cmd, cfg, dataset, reps);
         }
-        TrainConfig train = new TrainConfig(1, 1e-4, 1e-5, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1)
+        TrainConfig train = new TrainConfig(1, lr, lr / 10, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1)
                 .withPrecision(precision);
         if (torch != null) {
             try {
@@ -497,7 +504,7 @@ final class TrainBench implements Callable<Integer> {
         if (dataset != null) {
             requireFits(cmd, explicit, dataset, 1);
         }
-        TrainConfig train = new TrainConfig(1, 1e-4, 1e-5, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1)
+        TrainConfig train = new TrainConfig(1, lr, lr / 10, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1)
                 .withPrecision(precision);
         PrintWriter err = cmd.getErr();
         for (ModelConfig cfg : List.of(equilibrium, explicit)) {

@@ -146,6 +146,7 @@ class TrainBenchTest {
         assertNotEquals(adamw.get(2).get("loss").asDouble(), mfac.get(2).get("loss").asDouble(), r.out());
         assertTrue(r.err().contains("kindling mfac vs kindling after 3 steps: loss "), r.err());
         CliRun.assertUsageError("--optimizer lists adamw twice", with("--optimizer", "adamw,adamw"));
+        CliRun.assertUsageError("--lr must be a finite number > 0, got 0.0", with("--lr", "0"));
         CliRun.assertUsageError("--profile counts the kernels of one optimizer's steps", with("--optimizer", "adamw,mfac",
                 "--profile"));
         CliRun.assertUsageError("has a vocabulary of", with("--data", data.toString()));
