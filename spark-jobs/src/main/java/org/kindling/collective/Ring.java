@@ -2,9 +2,7 @@ package org.kindling.collective;
 
 import java.io.EOFException;
 import java.io.IOException;
-import java.io.InterruptedIOException;
 import java.io.UncheckedIOException;
-import java.net.Socket;
 import java.net.SocketTimeoutException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
@@ -13,8 +11,6 @@ import java.time.Duration;
 import java.util.ArrayList;
 import java.util.Arrays;
 import java.util.List;
-import java.util.concurrent.ArrayBlockingQueue;
-import java.util.concurrent.BlockingQueue;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
@@ -58,23 +54,14 @@ public final class Ring implements AutoCloseable {
         private final int rank;
         private final RunSecret secret;
         private final Peer address;
-        private final BlockingQueue<Arrival> arrivals = new ArrayBlockingQueue<>(4);
-        private final Gate gate;
-
-        private record Arrival(Socket socket, Handshake.Session session) {
-        }
+        private final Arrivals arrivals;
 
         private Listener(int rank, String host, RunSecret secret) throws IOException {
             this.rank = rank;
             this.secret = secret;
-            this.gate = new Gate("rank " + rank + " ring", host, secret, PURPOSE, (socket, session) -> {
-                if (!arrivals.offer(new Arrival(socket, session))) {
-                    LOG.log(System.Logger.Level.WARNING, "rank " + rank + " ring dropped an authenticated connection from "
-                            + socket.getRemoteSocketAddress() + ": too many are waiting to announce their rank");
-                    close(socket);
-                }
-            });
-            this.address = new Peer(host, gate.address().getPort());
+            this.arrivals = new Arrivals("rank " + rank + " ring", host, secret, PURPOSE, 4,
+                    "too many are waiting to announce their rank");
+            this.address = new Peer(host, arrivals.address().getPort());
             LOG.log(System.Logger.Level.INFO, "rank " + rank + " ring listening on " + host + ":" + address.port());
         }
 
@@ -85,7 +72,7 @@ public final class Ring implements AutoCloseable {
 
         /** Connections refused so far (see {@link Gate#refused}). */
         public int refused() {
-            return gate.refused();
+            return arrivals.refused();
         }
 
         /** Waits for rank {@code expected} to connect, authenticate and announce itself. */
@@ -95,13 +82,7 @@ public final class Ring implements AutoCloseable {
                 if (left <= 0) {
                     throw new SocketTimeoutException("rank " + rank + ": rank " + expected + " did not connect to the ring in time");
                 }
-                Arrival a;
-                try {
-                    a = arrivals.poll(left, TimeUnit.MILLISECONDS);
-                } catch (InterruptedException e) {
-                    Thread.currentThread().interrupt();
-                    throw new InterruptedIOException("rank " + rank + ": interrupted while waiting for rank " + expected);
-                }
+                Arrivals.Arrival a = arrivals.poll(left, "rank " + rank + ": rank " + expected + " to connect");
                 if (a == null) {
                     continue;
                 }
@@ -124,18 +105,7 @@ public final class Ring implements AutoCloseable {
 
         @Override
         public void close() {
-            gate.close();
-            for (Arrival a; (a = arrivals.poll()) != null; ) {
-                close(a.socket());
-            }
-        }
-
-        private static void close(Socket s) {
-            try {
-                s.close();
-            } catch (IOException ignored) {
-                // refusing either way
-            }
+            arrivals.close();
         }
     }
 

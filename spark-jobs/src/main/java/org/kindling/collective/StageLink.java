@@ -2,17 +2,12 @@ package org.kindling.collective;
 
 import java.io.EOFException;
 import java.io.IOException;
-import java.io.InterruptedIOException;
 import java.io.UncheckedIOException;
 import java.net.InetSocketAddress;
-import java.net.Socket;
 import java.net.SocketTimeoutException;
 import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.time.Duration;
-import java.util.concurrent.ArrayBlockingQueue;
-import java.util.concurrent.BlockingQueue;
-import java.util.concurrent.TimeUnit;
 
 /**
  * The connection between two adjacent pipeline stages: activations flow from stage s to stage s+1,
@@ -104,22 +99,13 @@ public final class StageLink implements AutoCloseable {
     public static final class Listener implements AutoCloseable {
         private final int stage;
         private final Ring.Peer address;
-        private final BlockingQueue<Arrival> arrivals = new ArrayBlockingQueue<>(2);
-        private final Gate gate;
-
-        private record Arrival(Socket socket, Handshake.Session session) {
-        }
+        private final Arrivals arrivals;
 
         private Listener(int stage, String host, RunSecret secret) throws IOException {
             this.stage = stage;
-            this.gate = new Gate("stage " + stage + " link", host, secret, purpose(stage - 1), (socket, session) -> {
-                if (!arrivals.offer(new Arrival(socket, session))) {
-                    LOG.log(System.Logger.Level.WARNING, "stage " + stage + " link dropped an authenticated connection from "
-                            + socket.getRemoteSocketAddress() + ": stage " + (stage - 1) + " has connected already");
-                    close(socket);
-                }
-            });
-            this.address = new Ring.Peer(host, gate.address().getPort());
+            this.arrivals = new Arrivals("stage " + stage + " link", host, secret, purpose(stage - 1), 2,
+                    "stage " + (stage - 1) + " has connected already");
+            this.address = new Ring.Peer(host, arrivals.address().getPort());
             LOG.log(System.Logger.Level.INFO, "stage " + stage + " link listening on " + host + ":" + address.port());
         }
 
@@ -130,12 +116,12 @@ public final class StageLink implements AutoCloseable {
 
         /** The socket address the listener is bound to. */
         InetSocketAddress bound() {
-            return gate.address();
+            return arrivals.address();
         }
 
         /** Connections refused so far (see {@link Gate#refused}). */
         public int refused() {
-            return gate.refused();
+            return arrivals.refused();
         }
 
         /**
@@ -149,13 +135,7 @@ public final class StageLink implements AutoCloseable {
             checkCap(maxFloats);
             checkTimeout(timeout);
             try (this) {
-                Arrival a;
-                try {
-                    a = arrivals.poll(timeout.toMillis(), TimeUnit.MILLISECONDS);
-                } catch (InterruptedException e) {
-                    Thread.currentThread().interrupt();
-                    throw new InterruptedIOException("stage " + stage + ": interrupted while waiting for stage " + (stage - 1));
-                }
+                Arrivals.Arrival a = arrivals.poll(timeout.toMillis(), "stage " + stage + ": stage " + (stage - 1) + " to connect");
                 if (a == null) {
                     throw new SocketTimeoutException("stage " + stage + ": stage " + (stage - 1) + " did not connect within "
                             + timeout.toMillis() + " ms");
@@ -164,7 +144,7 @@ public final class StageLink implements AutoCloseable {
                 try {
                     return new StageLink(stage, stage - 1, new Link(a.socket(), a.session(), peer, timeout), maxFloats, timeout);
                 } catch (IOException e) {
-                    close(a.socket());
+                    Arrivals.close(a.socket());
                     throw e;
                 }
             }
@@ -172,18 +152,7 @@ public final class StageLink implements AutoCloseable {
 
         @Override
         public void close() {
-            gate.close();
-            for (Arrival a; (a = arrivals.poll()) != null; ) {
-                close(a.socket());
-            }
-        }
-
-        private static void close(Socket s) {
-            try {
-                s.close();
-            } catch (IOException ignored) {
-                // refusing either way
-            }
+            arrivals.close();
         }
     }
 

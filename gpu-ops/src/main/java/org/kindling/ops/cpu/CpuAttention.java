@@ -34,7 +34,8 @@ final class CpuAttention {
         this.pool = pool;
     }
 
-    private static float[] f(Tensor t) {
+    /** The floats behind an F32 CPU tensor (its offset not applied). */
+    static float[] f(Tensor t) {
         if (t.dtype() != DType.F32 || !(t.storage() instanceof CpuStorage s)) {
             throw new IllegalArgumentException("expected an F32 CPU tensor, got " + t);
         }

@@ -35,13 +35,6 @@ final class CpuSkein {
         this.pool = pool;
     }
 
-    private static float[] f(Tensor t) {
-        if (t.dtype() != DType.F32 || !(t.storage() instanceof CpuStorage s)) {
-            throw new IllegalArgumentException("expected an F32 CPU tensor, got " + t);
-        }
-        return s.floats();
-    }
-
     /** One (sequence, head): its draws and its sampled key and value rows, gathered [s, HS]. */
     private static final class Head {
         final int b;
@@ -89,9 +82,9 @@ final class CpuSkein {
 
         Call(Skein s, Tensor q, Tensor k, Tensor v, int[] cu) {
             this.s = s;
-            this.q = f(q);
-            this.k = f(k);
-            this.v = f(v);
+            this.q = CpuAttention.f(q);
+            this.k = CpuAttention.f(k);
+            this.v = CpuAttention.f(v);
             this.oq = q.offset();
             this.ok = k.offset();
             this.ov = v.offset();
@@ -176,7 +169,7 @@ final class CpuSkein {
 
     void forward(Tensor out, Tensor q, Tensor k, Tensor v, Varlen cuSeqlens, Skein s, long seed) {
         Call c = plan(s, q, k, v, s.packed(cuSeqlens, out, q, k, v), seed);
-        float[] o = f(out);
+        float[] o = CpuAttention.f(out);
         int oo = out.offset();
         List<int[]> items = new ArrayList<>();
         for (int i = 0; i < c.heads.size(); i++) {
@@ -282,10 +275,10 @@ final class CpuSkein {
     void backward(Tensor dq, Tensor dk, Tensor dv, Tensor dout, Tensor q, Tensor k, Tensor v, Varlen cuSeqlens, Skein s,
                   long seed) {
         Call c = plan(s, q, k, v, s.packed(cuSeqlens, dq, dk, dv, dout, q, k, v), seed);
-        float[] gq = f(dq);
-        float[] gk = f(dk);
-        float[] gv = f(dv);
-        float[] g = f(dout);
+        float[] gq = CpuAttention.f(dq);
+        float[] gk = CpuAttention.f(dk);
+        float[] gv = CpuAttention.f(dv);
+        float[] g = CpuAttention.f(dout);
         int odq = dq.offset();
         int odk = dk.offset();
         int odv = dv.offset();
@@ -307,7 +300,7 @@ final class CpuSkein {
         }
         int part = 2 * ms * hs + hs;
         try (Tensor parts = device.scratch(DType.F32, Math.max(1, segments), part)) {
-            float[] pa = f(parts);
+            float[] pa = CpuAttention.f(parts);
             int po = parts.offset();
             int tile = 2 * R * ms + 3 * R * hs + 4 * R;
             pool.runItems(device, items.size(), tile, (it, ws, w) -> {
