@@ -15,6 +15,7 @@ import org.kindling.models.channel.MoeSpec;
 import org.kindling.models.config.ConfigReader;
 import org.kindling.models.config.LayerDefaults;
 import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
 import org.kindling.models.data.Synthetic;
@@ -55,6 +56,10 @@ final class RecallBench implements Callable<Integer> {
         "and row each at the same budget (gmm-rks, gmm-prf, rks, prf, fastfood-rks, fastfood-prf, generator-rks,",
         "generator-prf; default: the mixer's default, gmm-rks)"})
     List<String> kernels;
+
+    @Option(names = "--mixer-set", description = {"a key of --mixer's spec, as in the YAML's mixer mapping, e.g.",
+        "--mixer-set samples=8 --mixer-set pilot=8 for skein (not with --kernel or hybrid)"})
+    Map<String, String> mixerKeys = new LinkedHashMap<>();
 
     @Option(names = "--channel-mixer", description = "channel mixer of both layers: mlp or moe (default ${DEFAULT-VALUE})",
             defaultValue = MlpSpec.TYPE)
@@ -109,6 +114,9 @@ final class RecallBench implements Callable<Integer> {
         int threads = common.threads(cmd);
         checkChannelMixer(cmd);
         List<Kernel> kernelList = kernels(cmd);
+        if (!kernelList.isEmpty() && !mixerKeys.isEmpty()) {
+            throw new CommandLine.ParameterException(cmd, "--mixer-set does not combine with --kernel, which builds its own specs");
+        }
         Synthetic.Task t;
         List<ModelConfig> cfgs = new ArrayList<>();
         Synthetic.Examples heldOut;
@@ -173,7 +181,7 @@ final class RecallBench implements Callable<Integer> {
             activeParams = model.parameterCounts().active();
             accuracy = Synthetic.accuracy(model, heldOut, 250);
         }
-        String name = kernel == null ? mixer : mixer + " " + kernel.key();
+        String name = kernel != null ? mixer + " " + kernel.key() : mixerKeys.isEmpty() ? mixer : mixer + " " + mixerKeys;
         err.printf("%s with %s and %s (%,d params, %,d active) after %d steps: held-out accuracy %.4f%s%n", t.cliName(), name,
                 channelMixer, params, activeParams, steps, accuracy, last.metricsText());
         err.flush();
@@ -250,7 +258,16 @@ final class RecallBench implements Callable<Integer> {
     /** The two layers' mixers: --mixer in both, or the hybrid. */
     private List<MixerSpec> mixers(CommandLine cmd, LayerDefaults defaults) {
         if (!mixer.equals(HYBRID)) {
-            return Collections.nCopies(2, Mixers.named(mixer, defaults));
+            if (mixerKeys.isEmpty()) {
+                return Collections.nCopies(2, Mixers.named(mixer, defaults));
+            }
+            Map<String, Object> m = ConfigReader.ordered();
+            m.put("type", mixer);
+            mixerKeys.forEach((k, v) -> m.put(k, RunConfig.scalar(v, "--mixer-set " + k)));
+            return Collections.nCopies(2, Mixers.read(new ConfigReader("--mixer-set", "mixer", m), defaults));
+        }
+        if (!mixerKeys.isEmpty()) {
+            throw new CommandLine.ParameterException(cmd, "--mixer-set sets keys of one mixer type; --mixer hybrid has two");
         }
         if (!Mixers.types().contains(HYBRID_FIRST)) {
             throw new CommandLine.ParameterException(cmd, "--mixer hybrid needs the " + HYBRID_FIRST + " token mixer, which this "

@@ -146,6 +146,19 @@ class MixerBenchTest {
         CliRun.assertUsageError("--kernel names \"rks\" twice", "bench", "recall", "--mixer", "kernelized", "--kernel", "rks,rks");
     }
 
+    /** --mixer-set configures the mixer as the YAML would: skein sketching 4 of the 16 keys, its errors naming the key. */
+    @Test
+    void recallSetsKeysOfTheMixerSpec() throws Exception {
+        CliRun r = CliRun.of("bench", "recall", "--mixer", "skein", "--mixer-set", "samples=4", "--mixer-set", "pilot=4",
+                "--mixer-set", "causal=false", "--seq", "16", "--steps", "2", "--batch", "2", "--d-model", "16", "--threads", "1",
+                "--json");
+        assertEquals("skein", r.rows(null).get(0).get("mixer").asText());
+        assertTrue(r.err().contains("skein {samples=4, pilot=4, causal=false}"), r.err());
+        CliRun.assertUsageError("unknown key mixer.sample", "bench", "recall", "--mixer", "skein", "--mixer-set", "sample=4");
+        CliRun.assertUsageError("--mixer-set does not combine with --kernel", "bench", "recall", "--mixer", "kernelized",
+                "--kernel", "rks", "--mixer-set", "features=8");
+    }
+
     @Test
     void theMixerBenchesHaveHelpListingTheRegisteredMixers() {
         for (String bench : List.of("mixers", "decode")) {

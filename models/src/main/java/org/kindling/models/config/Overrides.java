@@ -20,7 +20,7 @@ final class Overrides {
         Map<String, Object> out = copy(root);
         for (Map.Entry<String, String> e : overrides.entrySet()) {
             String key = e.getKey();
-            Object value = RunConfig.parseYaml("v: " + e.getValue(), "--set " + key).get("v");
+            Object value = RunConfig.scalar(e.getValue(), "--set " + key);
             List<String> path = new ArrayList<>(List.of(key.split("\\.", -1)));
             if (path.stream().anyMatch(String::isEmpty)) {
                 throw new IllegalArgumentException("--set " + key + ": empty segment in the key");

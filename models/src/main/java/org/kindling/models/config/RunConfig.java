@@ -55,6 +55,11 @@ public record RunConfig(ModelConfig model, TrainConfig train) {
         return new RunConfig(model, train);
     }
 
+    /** A YAML scalar as a config value (an integer, a number, a boolean or a string), as --set reads it. */
+    public static Object scalar(String text, String source) {
+        return parseYaml("v: " + text, source).get("v");
+    }
+
     @SuppressWarnings("unchecked")
     static Map<String, Object> parseYaml(String text, String source) {
         Object root;
