@@ -307,9 +307,7 @@ public final class Ring implements AutoCloseable {
      * it as they are.
      */
     public void allReduce(ByteBuffer data, int off, int len) {
-        if (!data.isDirect() || data.order() != ByteOrder.LITTLE_ENDIAN) {
-            throw new IllegalArgumentException("allReduce needs a direct little-endian buffer (Ring.allocateFloats), got " + data);
-        }
+        checkWire(data, "allReduce");
         java.util.Objects.checkFromIndexSize(off, len, data.capacity() / Float.BYTES);
         if (world == 1 || len == 0) {
             return;
@@ -339,12 +337,45 @@ public final class Ring implements AutoCloseable {
                 sums.put(base + i, sums.get(base + i) + got.get(i));
             }
         }
+        // The reduce-scatter leaves rank r with the whole sum of chunk r + 1.
+        gather(data, bounds, 1);
+    }
+
+    /**
+     * Every rank's floats {@code [bounds[r], bounds[r+1])} (its own, for rank {@code r}) of
+     * {@code data} into every rank's {@code data}, in {@code world - 1} ring steps.
+     * {@code data} must be a direct little-endian buffer ({@link #allocateFloats}).
+     */
+    public void allGather(ByteBuffer data, int[] bounds) {
+        checkWire(data, "allGather");
+        if (bounds.length != world + 1 || bounds[0] < 0 || bounds[world] > data.capacity() / Float.BYTES) {
+            throw new IllegalArgumentException("allGather needs " + (world + 1) + " bounds within the buffer's "
+                    + data.capacity() / Float.BYTES + " floats, got " + Arrays.toString(bounds));
+        }
+        for (int i = 0; i < world; i++) {
+            if (bounds[i] > bounds[i + 1]) {
+                throw new IllegalArgumentException("allGather bounds must not decrease, got " + Arrays.toString(bounds));
+            }
+        }
+        if (world > 1) {
+            gather(data, bounds, 0);
+        }
+    }
+
+    /** The all-gather ring: rank r starts with chunk r + {@code shift} whole and passes each chunk on as it arrives. */
+    private void gather(ByteBuffer data, int[] bounds, int shift) {
         for (int s = 0; s < world - 1; s++) {
-            int send = Math.floorMod(rank + 1 - s, world);
-            int recv = Math.floorMod(rank - s, world);
+            int send = Math.floorMod(rank + shift - s, world);
+            int recv = Math.floorMod(rank + shift - s - 1, world);
             ByteBuffer out = floats(data, bounds[send], bounds[send + 1]);
             ByteBuffer in = floats(data, bounds[recv], bounds[recv + 1]);
             exchange(id -> toNext.send(id, out), id -> fromPrev.receive(id, in), "all-gather");
+        }
+    }
+
+    private static void checkWire(ByteBuffer data, String op) {
+        if (!data.isDirect() || data.order() != ByteOrder.LITTLE_ENDIAN) {
+            throw new IllegalArgumentException(op + " needs a direct little-endian buffer (Ring.allocateFloats), got " + data);
         }
     }
 

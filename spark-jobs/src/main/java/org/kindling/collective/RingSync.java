@@ -179,6 +179,22 @@ public final class RingSync implements GradientSync, AutoCloseable {
         }
     }
 
+    /** Through the ring's all-gather, on the communication thread like all ring traffic. */
+    @Override
+    public void allGather(float[] values, int[] bounds) {
+        GradientSync.checkBounds(bounds, world(), values.length);
+        onComm(() -> {
+            if (flat.capacity() < (long) values.length * Float.BYTES) {
+                flat = Ring.allocateFloats(values.length);
+            }
+            FloatBuffer wire = flat.clear().asFloatBuffer();
+            wire.put(values);
+            ring.allGather(flat, bounds);
+            wire.get(0, values);
+            return null;
+        });
+    }
+
     private <T> T onComm(java.util.concurrent.Callable<T> work) {
         long t0 = System.nanoTime();
         try {

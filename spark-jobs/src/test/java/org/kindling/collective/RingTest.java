@@ -127,6 +127,41 @@ class RingTest {
         }
     }
 
+    /** Each rank's own range (uneven, one empty) of a float buffer reaches every rank; floats outside the bounds stay. */
+    @Test
+    void allGatherOfRangesGivesEveryRankEveryRange() throws Exception {
+        for (int world : new int[] {2, 3, 4}) {
+            int n = 100_003;
+            int[] bounds = new int[world + 1];
+            for (int r = 1; r <= world; r++) {
+                bounds[r] = r == 1 ? 2 : r == 2 ? 2 : 2 + (int) ((long) (n - 2) * (r - 1) / (world - 1));
+            }
+            bounds[world] = n;
+            float[] expected = new float[n + 1];
+            for (int r = 0; r < world; r++) {
+                System.arraycopy(data(r, n), bounds[r], expected, bounds[r], bounds[r + 1] - bounds[r]);
+            }
+            expected[n] = 5f;
+            List<float[]> results = onRing(world, Duration.ofSeconds(20), ring -> {
+                ByteBuffer b = Ring.allocateFloats(n + 1);
+                FloatBuffer f = b.asFloatBuffer();
+                float[] mine = data(ring.rank(), n);
+                int lo = bounds[ring.rank()];
+                f.put(lo, mine, lo, bounds[ring.rank() + 1] - lo).put(n, 5f);
+                ring.allGather(b, bounds);
+                float[] out = new float[n + 1];
+                f.get(0, out);
+                return out;
+            });
+            for (float[] r : results) {
+                assertArrayEquals(expected, r, "world " + world);
+            }
+        }
+        IllegalArgumentException e = onRing(2, Duration.ofSeconds(20), ring -> assertThrows(IllegalArgumentException.class,
+                () -> ring.allGather(Ring.allocateFloats(4), new int[] {0, 3, 2}))).get(0);
+        assertTrue(e.getMessage().contains("must not decrease"), e.getMessage());
+    }
+
     @Test
     void allGatherReturnsEveryRanksBytesByRank() throws Exception {
         List<byte[][]> results = onRing(3, Duration.ofSeconds(20), ring -> ring.allGather(new byte[ring.rank() * 3 + 1]));
