@@ -36,6 +36,15 @@ public interface GradientSync {
      */
     void gradientsReady(List<Param> params, Fence ready);
 
+    /**
+     * Called by the trainer before its first step: the model whose gradients this sync combines, and
+     * whether the trainer then asks for its shard only ({@code zero: 1}, {@link #finishGradients(Params, int[])}).
+     * A sync that sums in chunks lays them out by the workers' shards ({@link ZeroShards}) in both
+     * modes, so both sum every element in the same order and give the same bits.
+     */
+    default void prepare(Params params, boolean sharded) {
+    }
+
     /** Blocks until every parameter gradient of the model is summed over all workers. */
     void finishGradients(Params params);
 

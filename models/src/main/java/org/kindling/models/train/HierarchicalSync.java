@@ -75,6 +75,14 @@ public final class HierarchicalSync implements GradientSync {
         local.gradientsReady(params, ready);
     }
 
+    /** The leader sums the group's whole gradients through {@code between}, in either mode. */
+    @Override
+    public void prepare(Params params, boolean sharded) {
+        if (local.rank() == 0) {
+            between.prepare(params, false);
+        }
+    }
+
     @Override
     public void finishGradients(Params params) {
         local.finishGradients(params, null, sum -> {

@@ -45,6 +45,11 @@ public record ProfiledSync(GradientSync sync, Profiler profiler) implements Grad
     }
 
     @Override
+    public void prepare(Params params, boolean sharded) {
+        sync.prepare(params, sharded);
+    }
+
+    @Override
     public void finishGradients(Params params, int[] bounds) {
         profiler.communication(4.0 * params.count(), () -> sync.finishGradients(params, bounds));
     }

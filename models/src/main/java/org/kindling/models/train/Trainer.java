@@ -65,6 +65,7 @@ public final class Trainer implements AutoCloseable {
             this.gathered = null;
             this.optimizer = Optimizer.create(params, cfg);
         }
+        sync.prepare(params, shards != null);
     }
 
     public Gpt model() {

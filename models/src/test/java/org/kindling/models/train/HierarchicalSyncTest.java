@@ -62,6 +62,33 @@ class HierarchicalSyncTest {
         }
     }
 
+    /** ZeRO-1's all-gather of weights: each replica's range (one of them empty) reaches every replica of every group. */
+    @Test
+    void allGatherOfRangesReachesEveryReplicaOfEveryGroup() throws Exception {
+        int[] bounds = {0, 3, 3, 7, 10};
+        float[] expected = new float[10];
+        for (int r = 0; r < 4; r++) {
+            for (int i = bounds[r]; i < bounds[r + 1]; i++) {
+                expected[i] = 100 * r + i;
+            }
+        }
+        List<GradientSync> syncs = syncs();
+        for (int round = 0; round < 2; round++) { // the second reuses the groups' slots
+            List<String> answers = onAll(syncs, sync -> {
+                float[] v = new float[10];
+                Arrays.fill(v, -1);
+                for (int i = bounds[sync.rank()]; i < bounds[sync.rank() + 1]; i++) {
+                    v[i] = 100 * sync.rank() + i;
+                }
+                sync.allGather(v, bounds);
+                return Arrays.toString(v);
+            });
+            for (String a : answers) {
+                assertEquals(Arrays.toString(expected), a);
+            }
+        }
+    }
+
     @Test
     void ranksNumberReplicasGroupByGroupAndCollectivesAgree() throws Exception {
         List<GradientSync> syncs = syncs();
