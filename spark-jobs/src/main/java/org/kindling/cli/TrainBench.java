@@ -89,6 +89,10 @@ final class TrainBench implements Callable<Integer> {
         "the config's default damping and no momentum) (default ${DEFAULT-VALUE})"}, defaultValue = "adamw")
     List<String> optimizers;
 
+    @Option(names = "--zero", description = {"ZeRO stage of the replicas (the run config's zero): 1 shards AdamW's moments among",
+        "them (adamw only) (default ${DEFAULT-VALUE})"}, defaultValue = "0")
+    int zero;
+
     @Option(names = "--ngrads", description = "M-FAC's window with --optimizer mfac (default ${DEFAULT-VALUE})", defaultValue = "16")
     int ngrads;
 
@@ -187,8 +191,16 @@ final class TrainBench implements Callable<Integer> {
         if (dataset != null) {
             requireFits(cmd, cfg, dataset, reps);
         }
-        TrainConfig train = new TrainConfig(1, lr, lr / 10, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1)
-                .withPrecision(precision);
+        TrainConfig train;
+        try {
+            train = new TrainConfig(1, lr, lr / 10, 0, warmup + steps, 0.1, 0.9, 0.95, 1e-8, 1.0, 1, batch * seq, 1, 0, 1)
+                    .withPrecision(precision).withZero(zero);
+            for (OptimizerConfig opt : opts) {
+                train.withOptimizer(opt); // every compared optimizer must allow the ZeRO stage (M-FAC refuses zero 1)
+            }
+        } catch (IllegalArgumentException e) {
+            throw new CommandLine.ParameterException(cmd, "--zero: " + e.getMessage());
+        }
         if (torch != null) {
             try {
                 HfExport.requireGpt2(cfg);

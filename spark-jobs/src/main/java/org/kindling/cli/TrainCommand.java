@@ -40,6 +40,10 @@ final class TrainCommand implements Callable<Integer> {
             description = "data-parallel workers: barrier tasks that sum gradients in a ring every step (default ${DEFAULT-VALUE})")
     int workers;
 
+    @Option(names = "--zero", description = {"ZeRO stage: 1 shards AdamW's moments across the workers (each updates its shard,",
+        "then they all-gather the weights; bit-identical to 0, plain data parallelism); the config key train.zero"})
+    Integer zero;
+
     @CommandLine.Mixin
     DeviceOption device;
 
@@ -100,6 +104,12 @@ final class TrainCommand implements Callable<Integer> {
             b.evalData(evalData);
         }
         overrides.forEach(b::set);
+        if (zero != null) {
+            if (overrides.containsKey("zero") || overrides.containsKey("train.zero")) {
+                throw new IllegalArgumentException("--zero and --set zero both set train.zero: give one");
+            }
+            b.set("zero", String.valueOf(zero));
+        }
         return b;
     }
 }

@@ -272,21 +272,43 @@ public final class Ring implements AutoCloseable {
 
     /**
      * Replaces floats {@code [off, off+len)} of {@code data} (indices in floats, regardless of its
-     * position and limit) by their element-wise sum over all ranks. {@code data} must be a direct
-     * little-endian buffer ({@link #allocateFloats}): its bytes go to the socket and come back into
-     * it as they are.
+     * position and limit) by their element-wise sum over all ranks, in chunks of even size
+     * ({@link #allReduce(ByteBuffer, int[])}). {@code data} must be a direct little-endian buffer
+     * ({@link #allocateFloats}): its bytes go to the socket and come back into it as they are.
      */
     public void allReduce(ByteBuffer data, int off, int len) {
-        if (!data.isDirect() || data.order() != ByteOrder.LITTLE_ENDIAN) {
-            throw new IllegalArgumentException("allReduce needs a direct little-endian buffer (Ring.allocateFloats), got " + data);
-        }
         java.util.Objects.checkFromIndexSize(off, len, data.capacity() / Float.BYTES);
-        if (world == 1 || len == 0) {
+        if (len == 0) {
+            checkChunks(data, new int[world + 1], "allReduce");
             return;
         }
         int[] bounds = new int[world + 1];
         for (int i = 0; i <= world; i++) {
             bounds[i] = off + (int) ((long) len * i / world);
+        }
+        allReduce(data, bounds);
+    }
+
+    /**
+     * Replaces floats {@code [bounds[0], bounds[world])} of {@code data} by their element-wise sum
+     * over all ranks: a {@link #reduceScatter} over these chunks, then an {@link #allGather}. An
+     * element's sum depends on which chunk holds it (the ring adds a chunk's terms starting from a
+     * rank of its own), so the same bounds give the same bits as a reduce-scatter.
+     */
+    public void allReduce(ByteBuffer data, int[] bounds) {
+        reduceScatter(data, bounds);
+        allGather(data, bounds);
+    }
+
+    /**
+     * Leaves rank {@code r}'s chunk, floats {@code [bounds[r], bounds[r+1])} of {@code data}, holding
+     * its element-wise sum over all ranks, in {@code world - 1} ring steps; the rest of {@code data}
+     * holds partial sums. {@code data} must be a direct little-endian buffer ({@link #allocateFloats}).
+     */
+    public void reduceScatter(ByteBuffer data, int[] bounds) {
+        checkChunks(data, bounds, "reduceScatter");
+        if (world == 1) {
+            return;
         }
         int most = 0;
         for (int i = 0; i < world; i++) {
@@ -297,9 +319,10 @@ public final class Ring implements AutoCloseable {
         }
         FloatBuffer sums = data.duplicate().clear().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
         FloatBuffer got = received.duplicate().clear().order(ByteOrder.LITTLE_ENDIAN).asFloatBuffer();
+        // Chunk c starts at rank c + 1 and gains a term per step, so its last addition lands on rank c.
         for (int s = 0; s < world - 1; s++) {
-            int send = Math.floorMod(rank - s, world);
-            int recv = Math.floorMod(rank - s - 1, world);
+            int send = Math.floorMod(rank - 1 - s, world);
+            int recv = Math.floorMod(rank - 2 - s, world);
             int n = bounds[recv + 1] - bounds[recv];
             ByteBuffer out = floats(data, bounds[send], bounds[send + 1]);
             ByteBuffer in = received.clear().limit(n * Float.BYTES);
@@ -309,12 +332,38 @@ public final class Ring implements AutoCloseable {
                 sums.put(base + i, sums.get(base + i) + got.get(i));
             }
         }
+    }
+
+    /**
+     * Every rank's floats {@code [bounds[r], bounds[r+1])} (its own, for rank {@code r}) of
+     * {@code data} into every rank's {@code data}, in {@code world - 1} ring steps.
+     * {@code data} must be a direct little-endian buffer ({@link #allocateFloats}).
+     */
+    public void allGather(ByteBuffer data, int[] bounds) {
+        checkChunks(data, bounds, "allGather");
+        // Rank r starts with chunk r whole and passes each chunk on as it arrives.
         for (int s = 0; s < world - 1; s++) {
-            int send = Math.floorMod(rank + 1 - s, world);
-            int recv = Math.floorMod(rank - s, world);
+            int send = Math.floorMod(rank - s, world);
+            int recv = Math.floorMod(rank - s - 1, world);
             ByteBuffer out = floats(data, bounds[send], bounds[send + 1]);
             ByteBuffer in = floats(data, bounds[recv], bounds[recv + 1]);
             exchange(id -> toNext.send(id, out), id -> fromPrev.receive(id, in), "all-gather");
+        }
+    }
+
+    /** {@code data} is the wire's kind of buffer and {@code bounds} are world + 1 ordered float offsets within it. */
+    private void checkChunks(ByteBuffer data, int[] bounds, String op) {
+        if (!data.isDirect() || data.order() != ByteOrder.LITTLE_ENDIAN) {
+            throw new IllegalArgumentException(op + " needs a direct little-endian buffer (Ring.allocateFloats), got " + data);
+        }
+        if (bounds.length != world + 1 || bounds[0] < 0 || bounds[world] > data.capacity() / Float.BYTES) {
+            throw new IllegalArgumentException(op + " needs " + (world + 1) + " bounds within the buffer's "
+                    + data.capacity() / Float.BYTES + " floats, got " + Arrays.toString(bounds));
+        }
+        for (int i = 0; i < world; i++) {
+            if (bounds[i] > bounds[i + 1]) {
+                throw new IllegalArgumentException(op + " bounds must not decrease, got " + Arrays.toString(bounds));
+            }
         }
     }
 

@@ -11,6 +11,7 @@ import java.util.concurrent.Future;
 import org.kindling.models.nn.Param;
 import org.kindling.models.nn.Params;
 import org.kindling.models.train.GradientSync;
+import org.kindling.models.train.ZeroShards;
 import org.kindling.ops.Fence;
 
 /**
@@ -21,6 +22,11 @@ import org.kindling.ops.Fence;
  * most the ring's timeout), so it never reads a buffer a device kernel is still writing.
  * Bucket boundaries depend only on the model, so every rank forms the same buckets. All ring
  * traffic runs on that one thread, in the order the trainer asks for it.
+ *
+ * <p>Once {@link #prepare}d with the model, a bucket is laid out by the ranks' ZeRO-1 shards
+ * ({@link ZeroShards}): rank r's chunk of it is the bucket's parameters in shard r. Under
+ * {@code zero: 1} a bucket is only reduce-scattered (each rank keeps its chunk's sum), otherwise
+ * all-reduced over the same chunks, so both modes sum every element in the same order.
  */
 public final class RingSync implements GradientSync, AutoCloseable {
     /** PyTorch DDP's default bucket is 25 MiB; smaller buckets start sending earlier in a short backward. */
@@ -37,6 +43,12 @@ public final class RingSync implements GradientSync, AutoCloseable {
     /** The bucket being summed, in the ring's wire form; only the communication thread touches it. */
     private ByteBuffer flat = Ring.allocateFloats(0);
     private int reported;
+    /** The ranks' shards of the flat buffer once prepared ({@link ZeroShards}); null before. */
+    private int[] shards;
+    /** Where the model's flat gradient buffer starts in its storage, for a parameter's offset in it. */
+    private int gradBase;
+    /** Whether each rank keeps only its chunks' sums (zero 1). */
+    private boolean scatter;
     private long commNanos;
     private long waitNanos;
 
@@ -107,6 +119,23 @@ public final class RingSync implements GradientSync, AutoCloseable {
     }
 
     @Override
+    public void prepare(Params params, boolean sharded) {
+        shards = ZeroShards.bounds(params, ring.world());
+        gradBase = params.grads().offset();
+        scatter = sharded;
+    }
+
+    /** The rank whose shard holds {@code p} (a parameter of the prepared model). */
+    private int owner(Param p) {
+        int o = p.grad().offset() - gradBase;
+        int r = 0;
+        while (r + 1 < ring.world() && shards[r + 1] <= o) {
+            r++;
+        }
+        return r;
+    }
+
+    @Override
     public void gradientsReady(List<Param> params, Fence ready) {
         Ready group = new Ready(List.copyOf(params), ready);
         pendingGroups.add(group);
@@ -128,7 +157,21 @@ public final class RingSync implements GradientSync, AutoCloseable {
         if (pending.isEmpty()) {
             return;
         }
-        List<Param> bucket = List.copyOf(pending);
+        List<Param> bucket = new ArrayList<>(pending);
+        int world = ring.world();
+        int[] chunks = null;
+        if (shards != null) {
+            // Rank r's chunk: the bucket's parameters in its shard, in hand-over order (a stable sort).
+            bucket.sort(java.util.Comparator.comparingInt(this::owner));
+            chunks = new int[world + 1];
+            for (Param p : bucket) {
+                chunks[owner(p) + 1] += p.numel();
+            }
+            for (int r = 0; r < world; r++) {
+                chunks[r + 1] += chunks[r];
+            }
+        }
+        int[] bounds = chunks;
         List<Ready> groups = List.copyOf(pendingGroups);
         int size = (int) pendingElements;
         pending.clear();
@@ -146,20 +189,48 @@ public final class RingSync implements GradientSync, AutoCloseable {
             for (Param p : bucket) {
                 values.put(p.grad().toFloatArray());
             }
-            ring.allReduce(flat, 0, size);
+            if (bounds == null) {
+                ring.allReduce(flat, 0, size);
+            } else if (scatter) {
+                ring.reduceScatter(flat, bounds);
+            } else {
+                ring.allReduce(flat, bounds);
+            }
             values.clear();
             for (Param p : bucket) {
                 float[] g = new float[p.numel()];
                 values.get(g);
-                p.grad().copyFrom(g);
+                // Scattered: only this rank's chunk holds sums.
+                if (!scatter || owner(p) == ring.rank()) {
+                    p.grad().copyFrom(g);
+                }
             }
             commNanos += System.nanoTime() - t0;
             return null;
         }));
     }
 
+    /** The whole sums: refused once prepared for zero 1, whose buckets are only reduce-scattered. */
     @Override
     public void finishGradients(Params params) {
+        if (scatter) {
+            throw new IllegalStateException("this sync was prepared for zero 1: it reduce-scatters gradients, so ask for a shard "
+                    + "(finishGradients(params, bounds))");
+        }
+        finish(params);
+    }
+
+    /** This rank's shard of the sums, under zero 1 through reduce-scatters over the shards it was prepared with. */
+    @Override
+    public void finishGradients(Params params, int[] bounds) {
+        if (scatter && !java.util.Arrays.equals(bounds, shards)) {
+            throw new IllegalArgumentException("asked for shard bounds " + java.util.Arrays.toString(bounds) + " but prepared with "
+                    + java.util.Arrays.toString(shards));
+        }
+        finish(params);
+    }
+
+    private void finish(Params params) {
         long t0 = System.nanoTime();
         flush();
         int expected = params.list().size();
@@ -177,6 +248,22 @@ public final class RingSync implements GradientSync, AutoCloseable {
             throw new IllegalStateException("the backward pass handed over " + got + " parameters for gradient sync, the model has "
                     + expected);
         }
+    }
+
+    /** Through the ring's all-gather, on the communication thread like all ring traffic. */
+    @Override
+    public void allGather(float[] values, int[] bounds) {
+        GradientSync.checkBounds(bounds, world(), values.length);
+        onComm(() -> {
+            if (flat.capacity() < (long) values.length * Float.BYTES) {
+                flat = Ring.allocateFloats(values.length);
+            }
+            FloatBuffer wire = flat.clear().asFloatBuffer();
+            wire.put(values);
+            ring.allGather(flat, bounds);
+            wire.get(0, values);
+            return null;
+        });
     }
 
     private <T> T onComm(java.util.concurrent.Callable<T> work) {

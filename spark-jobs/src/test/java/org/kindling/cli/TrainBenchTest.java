@@ -113,6 +113,23 @@ class TrainBenchTest {
         CliRun.assertUsageError("--peer torch trains with AdamW", with("--optimizer", "mfac", "--peer", "torch"));
     }
 
+    /** --zero 1 shards AdamW's moments among the replicas: the same loss bits with half the moments per replica. */
+    @Test
+    void zeroShardsTheMomentsAmongTheReplicas() throws Exception {
+        String[] two = with("--replicas", "2", "--ceiling", "0");
+        two[java.util.Arrays.asList(two).indexOf("--threads") + 1] = "2"; // a thread per replica
+        CliRun plain = CliRun.of(two);
+        String[] twoZero = java.util.Arrays.copyOf(two, two.length + 2);
+        twoZero[two.length] = "--zero";
+        twoZero[two.length + 1] = "1";
+        CliRun zero = CliRun.of(twoZero);
+        assertTrue(zero.err().contains(", sharded (zero 1): "), zero.err());
+        assertTrue(!plain.err().contains("sharded"), plain.err());
+        assertEquals(plain.err().replaceAll("(?s).*last loss ([0-9.]+).*", "$1"), zero.err().replaceAll("(?s).*last loss ([0-9.]+).*", "$1"));
+        CliRun.assertUsageError("--zero: zero must be 0 (off) or 1 (shard the optimizer state), got 2", with("--zero", "2"));
+        CliRun.assertUsageError("--zero: zero: 1 shards AdamW's moments by parameter", with("--zero", "1", "--optimizer", "mfac"));
+    }
+
     /**
      * Several optimizers train the same initial model on the same batches of a prepared dataset in one run: one train
      * row each, then a train_step row per side and step with exactly the documented fields. The first step's loss

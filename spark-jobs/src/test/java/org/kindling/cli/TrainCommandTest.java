@@ -77,5 +77,12 @@ class TrainCommandTest {
         CliRun badSet = CliRun.of("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--set", "lr=fast");
         assertEquals(2, badSet.code());
         assertTrue(badSet.err().contains("train.lr must be a number"), badSet.err());
+        CliRun badZero = CliRun.of("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--zero", "2");
+        assertEquals(2, badZero.code());
+        assertTrue(badZero.err().contains("train.zero must be 0 (off) or 1 (shard the optimizer state), got 2"), badZero.err());
+        CliRun twice = CliRun.of("train", "--config", "tiny", "--data", data.toString(), "--run", run.toString(), "--zero", "1",
+                "--set", "zero=1");
+        assertEquals(2, twice.code());
+        assertTrue(twice.err().contains("--zero and --set zero both set train.zero"), twice.err());
     }
 }

@@ -67,6 +67,31 @@ class RingSyncTest {
         }
     }
 
+    /** ZeRO-1 over the ring: each rank updates its shard and all-gathers the weights, with the bits of plain data parallelism. */
+    @Test
+    void zeroOneOverTheRingEqualsPlainDataParallelBitForBit() throws Exception {
+        TrainConfig cfg = new TrainConfig(5, 3e-3, 3e-4, 2, STEPS, 0.1, 0.9, 0.95, 1e-8, 0.5, 1, 4096, 1, 0, 1);
+        for (int world : new int[] {2, 3}) {
+            List<Run> plain = RingTest.onRing(world, Duration.ofSeconds(60), ring -> {
+                try (RingSync sync = new RingSync(ring, 1024)) {
+                    return trainWith(MODEL, ring.rank(), world, cfg, sync);
+                }
+            });
+            List<Run> zero = RingTest.onRing(world, Duration.ofSeconds(60), ring -> {
+                try (RingSync sync = new RingSync(ring, 1024)) {
+                    return trainWith(MODEL, ring.rank(), world, cfg.withZero(1), sync);
+                }
+            });
+            for (int r = 0; r < world; r++) {
+                assertArrayEquals(plain.get(0).weights(), zero.get(r).weights(), world + " ranks, rank " + r);
+                for (int s = 0; s < STEPS; s++) {
+                    assertEquals(plain.get(r).steps().get(s).loss(), zero.get(r).steps().get(s).loss(), 0.0);
+                    assertEquals(plain.get(r).steps().get(s).gradNorm(), zero.get(r).steps().get(s).gradNorm(), 0.0);
+                }
+            }
+        }
+    }
+
     static Run trainWith(ModelConfig model, int rank, int world, TrainConfig cfg, org.kindling.models.train.GradientSync sync) {
         int per = 2 * B / world;
         DataSource data = DataSource.indexed(i -> {

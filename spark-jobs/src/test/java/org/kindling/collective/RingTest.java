@@ -127,6 +127,86 @@ class RingTest {
         }
     }
 
+    /** Each rank's own range (uneven, one empty) of a float buffer reaches every rank; floats outside the bounds stay. */
+    @Test
+    void allGatherOfRangesGivesEveryRankEveryRange() throws Exception {
+        for (int world : new int[] {2, 3, 4}) {
+            int n = 100_003;
+            int[] bounds = new int[world + 1];
+            for (int r = 1; r <= world; r++) {
+                bounds[r] = r == 1 ? 2 : r == 2 ? 2 : 2 + (int) ((long) (n - 2) * (r - 1) / (world - 1));
+            }
+            bounds[world] = n;
+            float[] expected = new float[n + 1];
+            for (int r = 0; r < world; r++) {
+                System.arraycopy(data(r, n), bounds[r], expected, bounds[r], bounds[r + 1] - bounds[r]);
+            }
+            expected[n] = 5f;
+            List<float[]> results = onRing(world, Duration.ofSeconds(20), ring -> {
+                ByteBuffer b = Ring.allocateFloats(n + 1);
+                FloatBuffer f = b.asFloatBuffer();
+                float[] mine = data(ring.rank(), n);
+                int lo = bounds[ring.rank()];
+                f.put(lo, mine, lo, bounds[ring.rank() + 1] - lo).put(n, 5f);
+                ring.allGather(b, bounds);
+                float[] out = new float[n + 1];
+                f.get(0, out);
+                return out;
+            });
+            for (float[] r : results) {
+                assertArrayEquals(expected, r, "world " + world);
+            }
+        }
+        IllegalArgumentException e = onRing(2, Duration.ofSeconds(20), ring -> assertThrows(IllegalArgumentException.class,
+                () -> ring.allGather(Ring.allocateFloats(4), new int[] {0, 3, 2}))).get(0);
+        assertTrue(e.getMessage().contains("must not decrease"), e.getMessage());
+    }
+
+    /** A reduce-scatter leaves each rank its chunk (uneven, one empty) with the bits an all-reduce over the same chunks gives. */
+    @Test
+    void reduceScatterLeavesEachRankItsChunkWithTheAllReducesBits() throws Exception {
+        int n = 50_021;
+        for (int world : new int[] {2, 3, 4}) {
+            int[] bounds = new int[world + 1];
+            for (int r = 1; r <= world; r++) {
+                bounds[r] = r == 1 ? 0 : (int) ((long) n * r / world);
+            }
+            List<float[]> reduced = onRing(world, Duration.ofSeconds(20), ring -> {
+                ByteBuffer b = Ring.allocateFloats(n);
+                b.asFloatBuffer().put(data(ring.rank(), n));
+                ring.allReduce(b, bounds);
+                float[] out = new float[n];
+                b.asFloatBuffer().get(out);
+                return out;
+            });
+            List<float[]> scattered = onRing(world, Duration.ofSeconds(20), ring -> {
+                ByteBuffer b = Ring.allocateFloats(n);
+                b.asFloatBuffer().put(data(ring.rank(), n));
+                ring.reduceScatter(b, bounds);
+                float[] out = new float[n];
+                b.asFloatBuffer().get(out);
+                return out;
+            });
+            double[] exact = new double[n];
+            for (int r = 0; r < world; r++) {
+                float[] x = data(r, n);
+                for (int i = 0; i < n; i++) {
+                    exact[i] += x[i];
+                }
+            }
+            for (int r = 0; r < world; r++) {
+                assertArrayEquals(reduced.get(0), reduced.get(r), "world " + world + ": ranks agree");
+                for (int i = bounds[r]; i < bounds[r + 1]; i++) {
+                    assertEquals(Float.floatToRawIntBits(reduced.get(0)[i]), Float.floatToRawIntBits(scattered.get(r)[i]),
+                            "world " + world + ", rank " + r + ", element " + i);
+                }
+            }
+            for (int i = 0; i < n; i++) {
+                assertTrue(Math.abs(reduced.get(0)[i] - exact[i]) <= (world - 1) * world * Math.ulp(1f), "element " + i);
+            }
+        }
+    }
+
     @Test
     void allGatherReturnsEveryRanksBytesByRank() throws Exception {
         List<byte[][]> results = onRing(3, Duration.ofSeconds(20), ring -> ring.allGather(new byte[ring.rank() * 3 + 1]));

@@ -368,6 +368,38 @@ class DistributedTrainTest {
         assertArrayEquals(weights(clean, 6), weights(faulty, 6), "a retried M-FAC stage must end bit-identical");
     }
 
+    /**
+     * zero: 1 on two workers: each logs its shard of AdamW's moments, the run equals the plain one bit
+     * for bit (weights, losses, the optimizer state it checkpoints), and a stage retried after a lost
+     * worker resumes from LATEST and ends bit-identical.
+     */
+    @Test
+    void zeroOneOnTwoWorkersEqualsPlainDataParallelAndARetriedStageResumes() throws IOException {
+        RunConfig plain = config(DOCS_PER_BATCH * LEN);
+        RunConfig zero = new RunConfig(MODEL, plain.train().withZero(1));
+        Path plainRun = dir.resolve("zero-plain");
+        Path zeroRun = dir.resolve("zero-1");
+        Path faulty = dir.resolve("zero-1-faulty");
+        List<StepResult> a = TrainJob.run(spark, plainRun.toString(), data.toString(), plain, 2);
+        List<StepResult> b;
+        try (LogCapture logs = new LogCapture()) {
+            b = TrainJob.run(spark, zeroRun.toString(), data.toString(), zero, 2);
+            assertTrue(logs.lines().stream().anyMatch(l -> l.contains("rank 1: optimizer adamw") && l.contains("sharded (zero 1): ")),
+                    logs.lines().toString());
+        }
+        assertEquals(a.stream().map(StepResult::loss).toList(), b.stream().map(StepResult::loss).toList());
+        assertEquals(a.stream().map(StepResult::gradNorm).toList(), b.stream().map(StepResult::gradNorm).toList());
+        for (String file : new String[] {"model.safetensors", "optimizer.safetensors"}) {
+            assertArrayEquals(Files.readAllBytes(plainRun.resolve("checkpoints/step-6/" + file)),
+                    Files.readAllBytes(zeroRun.resolve("checkpoints/step-6/" + file)), file);
+        }
+        try (LogCapture logs = new LogCapture()) {
+            TrainJob.run(spark, faulty.toString(), data.toString(), zero, 2, new TrainJob.Fault(1, 3, false));
+            assertTrue(logs.lines().stream().anyMatch(l -> l.contains("resumes from checkpoint step-2")), logs.lines().toString());
+        }
+        assertArrayEquals(weights(zeroRun, 6), weights(faulty, 6), "a retried zero-1 stage must end bit-identical");
+    }
+
     @Test
     void resumingWithAnotherReplicaCountIsRefusedNamingTheSetting() throws IOException {
         Path run = dir.resolve("replicas");

@@ -25,12 +25,15 @@ import org.kindling.models.nn.Precision;
  * @param evalBatches batches each worker evaluates per evaluation (fewer where its slice of the eval data ends first)
  * @param optimizer AdamW (beta1, beta2, eps above) or M-FAC and its window, damping and momentum
  * @param recompute activation recomputation: none, or full (each block keeps only its input until its backward)
+ * @param offloadOptimizerState AdamW's moments in host memory ({@code offload.optimizer_state: host})
+ * @param zero 1: ZeRO stage 1, each data-parallel worker keeps and updates only its shard of AdamW's moments and
+ *     the workers all-gather the updated weights; 0: every worker keeps all of them
  */
 public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay,
                           double beta1, double beta2, double eps, double gradClip, int gradAccum, int batchTokens,
                           int logInterval, int checkpointInterval, int keepCheckpoints, Precision precision,
                           int evalInterval, int evalBatches, OptimizerConfig optimizer, Recompute recompute,
-                          boolean offloadOptimizerState) {
+                          boolean offloadOptimizerState, int zero) {
     /** Batches per worker per evaluation unless eval_batches says otherwise. */
     public static final int DEFAULT_EVAL_BATCHES = 4;
 
@@ -71,6 +74,13 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
             throw new IllegalArgumentException("offload.optimizer_state: host holds AdamW's moments; M-FAC keeps its window "
                     + "and Gram matrix on the device");
         }
+        if (zero != 0 && zero != 1) {
+            throw new IllegalArgumentException("zero must be 0 (off) or 1 (shard the optimizer state), got " + zero);
+        }
+        if (zero == 1 && optimizer.isMfac()) {
+            throw new IllegalArgumentException("zero: 1 shards AdamW's moments by parameter; M-FAC's window and Gram matrix span "
+                    + "every parameter and cannot be sharded: use zero: 0 with optimizer mfac");
+        }
     }
 
     /**
@@ -84,13 +94,13 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
                 checkpointInterval, keepCheckpoints, Precision.FP32, logInterval, DEFAULT_EVAL_BATCHES);
     }
 
-    /** No recomputation and no offload: the settings before they became selectable. */
+    /** No recomputation, offload or ZeRO: the settings before they became selectable. */
     public TrainConfig(long seed, double lr, double minLr, int warmupSteps, int maxSteps, double weightDecay, double beta1,
                        double beta2, double eps, double gradClip, int gradAccum, int batchTokens, int logInterval,
                        int checkpointInterval, int keepCheckpoints, Precision precision, int evalInterval, int evalBatches,
                        OptimizerConfig optimizer) {
         this(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum, batchTokens, logInterval,
-                checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer, Recompute.NONE, false);
+                checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer, Recompute.NONE, false, 0);
     }
 
     /** AdamW: the settings before the optimizer became selectable. */
@@ -105,28 +115,35 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
     public TrainConfig withEval(int interval, int batches) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
                 batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, interval, batches, optimizer, recompute,
-                offloadOptimizerState);
+                offloadOptimizerState, zero);
     }
 
     /** The same settings with {@code optimizer} instead. */
     public TrainConfig withOptimizer(OptimizerConfig optimizer) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
                 batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer, recompute,
-                offloadOptimizerState);
+                offloadOptimizerState, zero);
     }
 
     /** The same settings with AdamW's moments in host memory ({@code offload.optimizer_state: host}) or on the device. */
     public TrainConfig withOffload(boolean optimizerState) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
                 batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer, recompute,
-                optimizerState);
+                optimizerState, zero);
+    }
+
+    /** The same settings with ZeRO stage {@code zero} (0 or 1). */
+    public TrainConfig withZero(int zero) {
+        return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
+                batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer, recompute,
+                offloadOptimizerState, zero);
     }
 
     /** The same settings with {@code recompute} instead. */
     public TrainConfig withRecompute(Recompute recompute) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
                 batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer, recompute,
-                offloadOptimizerState);
+                offloadOptimizerState, zero);
     }
 
     /** Whether step {@code step} (1-based) is evaluated when there is eval data: every eval_interval steps and the last. */
@@ -144,7 +161,7 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
     public TrainConfig withPrecision(Precision precision) {
         return new TrainConfig(seed, lr, minLr, warmupSteps, maxSteps, weightDecay, beta1, beta2, eps, gradClip, gradAccum,
                 batchTokens, logInterval, checkpointInterval, keepCheckpoints, precision, evalInterval, evalBatches, optimizer, recompute,
-                offloadOptimizerState);
+                offloadOptimizerState, zero);
     }
 
     /** Learning rate of optimizer step {@code step} (0-based): linear warmup, then cosine decay to minLr. */
@@ -200,9 +217,13 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
             throw r.error("recompute", e.getMessage());
         }
         boolean offload = readOffload(r);
+        int zero = r.integer("zero", 0);
+        if (zero != 0 && zero != 1) {
+            throw r.error("zero", "must be 0 (off) or 1 (shard the optimizer state), got " + zero);
+        }
         try {
             return new TrainConfig(seed, lr, minLr, warmup, maxSteps, wd, b1, b2, eps, clip, accum, batchTokens, logInterval,
-                    ckpt, keep, precision, evalInterval, evalBatches, optimizer, recompute, offload);
+                    ckpt, keep, precision, evalInterval, evalBatches, optimizer, recompute, offload, zero);
         } catch (IllegalArgumentException e) {
             throw r.invalid(e);
         }
@@ -246,6 +267,7 @@ public record TrainConfig(long seed, double lr, double minLr, int warmupSteps, i
         m.put("optimizer", optimizer.toValue());
         m.put("recompute", recompute.key());
         m.put("offload", Map.of("optimizer_state", offloadOptimizerState ? "host" : "device"));
+        m.put("zero", zero);
         return m;
     }
 }

@@ -9,7 +9,7 @@ import org.kindling.ops.Tensor;
 
 /**
  * Named scalars the layers report over one optimizer step (a MoE layer's load-balancing loss,
- * dropped fraction, …), and the step's own sums (loss, squared gradient norm). Each metric is a
+ * dropped fraction, …), and the step's own sums (loss, each parameter's squared gradient norm). Each metric is a
  * numerator and a denominator summed over layers, micro-batches and workers, so a worker's share
  * is added, never averaged: a sum metric ({@link #deviceSum}) has no denominator, a ratio
  * ({@link #ratio}) is Σ numerator / Σ denominator. What the device computes accumulates on the
@@ -21,15 +21,18 @@ public final class StepMetrics implements AutoCloseable {
     /** Device sums a step may hold besides its own two: the cap on named device metrics. */
     public static final int MAX_DEVICE_SUMS = 64;
     private static final int LOSS = 0;
-    private static final int GRAD_SQUARES = 1;
-    private static final int RESERVED = 2;
+    private static final int RESERVED = 1;
+    /** Where the parameters' squared gradient norms start in {@link #device}, after the named sums. */
+    private static final int SQUARES = RESERVED + MAX_DEVICE_SUMS;
 
     /** name → {numerator, denominator, 1 if a ratio}. */
     private final TreeMap<String, double[]> values = new TreeMap<>();
     /** Named device sums → their slot in {@link #device}. */
     private final TreeMap<String, Integer> slots = new TreeMap<>();
-    /** [RESERVED + MAX_DEVICE_SUMS] F32: the step's sums on the device, zeroed by {@link #clear}; null until first used. */
+    /** [SQUARES + squares] F32: the step's sums on the device, zeroed by {@link #clear}; null until first used. */
     private Tensor device;
+    /** Parameters whose squared gradient norms the step sums ({@link #clear(int)}). */
+    private int squares;
     /** Whether the device holds sums not yet read back. */
     private boolean pending;
 
@@ -70,14 +73,19 @@ public final class StepMetrics implements AutoCloseable {
         return slot(LOSS, dev);
     }
 
-    /** The device element the squared norm of the step's gradients accumulates into. */
+    /**
+     * The device elements the squared norms of the step's parameter gradients accumulate into, one
+     * per parameter ({@link #clear(int)} says how many): the trainer sums them on the host in
+     * parameter order, so a worker that holds only some of the gradients can contribute its own.
+     */
     public Tensor gradSquares(Device dev) {
-        return slot(GRAD_SQUARES, dev);
+        slot(LOSS, dev);
+        return device.view(SQUARES, squares);
     }
 
     private Tensor slot(int i, Device dev) {
         if (device == null) {
-            device = dev.allocate(DType.F32, RESERVED + MAX_DEVICE_SUMS);
+            device = dev.allocate(DType.F32, SQUARES + squares);
         } else if (device.device() != dev) {
             throw new IllegalArgumentException("step metrics live on " + device.device() + ", not " + dev);
         }
@@ -87,11 +95,11 @@ public final class StepMetrics implements AutoCloseable {
 
     /**
      * Reads the device sums back (the step's one copy from the device), adds the named ones to
-     * their metrics and returns the step's own: {loss sum, squared gradient norm}.
+     * their metrics and returns the step's own: the loss sum, then each parameter's squared gradient norm.
      */
     public double[] collect() {
         if (device == null || !pending) {
-            return new double[] {0, 0};
+            return new double[1 + squares];
         }
         pending = false;
         double[] d = device.toDoubleArray();
@@ -99,15 +107,31 @@ public final class StepMetrics implements AutoCloseable {
             values.get(e.getKey())[0] += d[e.getValue()];
         }
         dev().backend().fill(device, 0f);
-        return new double[] {d[LOSS], d[GRAD_SQUARES]};
+        double[] own = new double[1 + squares];
+        own[0] = d[LOSS];
+        System.arraycopy(d, SQUARES, own, 1, squares);
+        return own;
     }
 
     private Device dev() {
         return device.device();
     }
 
-    /** Starts a step: no metrics, device sums zero. */
+    /** Starts a step: no metrics, device sums zero, no squared gradient norms. */
     public void clear() {
+        clear(0);
+    }
+
+    /** Starts a step that sums the squared gradient norms of {@code params} parameters. */
+    public void clear(int params) {
+        if (params < 0) {
+            throw new IllegalArgumentException("a step sums the squared gradient norms of >= 0 parameters, got " + params);
+        }
+        if (device != null && device.numel() < SQUARES + params) {
+            device.close();
+            device = null;
+        }
+        squares = params;
         values.clear();
         slots.clear();
         if (device != null) {

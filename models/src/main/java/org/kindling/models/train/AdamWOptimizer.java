@@ -23,6 +23,12 @@ import org.kindling.ops.Tensor;
  * each group's range, a bucket at a time, is copied in, updated by the same kernel and copied back.
  * AdamW is elementwise, so the result is bit-identical to keeping the moments on the device; the
  * device holds 2 buckets instead of 2 × the parameter count.
+ *
+ * <p>Under {@code zero: 1} it keeps and updates only its worker's shard of the flat buffer
+ * ({@link ZeroShards}): the same elementwise update on the same elements, so the same bits, with
+ * 1/W of the moments. A checkpoint still holds every parameter's moments: {@link #gather} brings
+ * the other shards to rank 0 before it is written, and a restore keeps only the own shard of what
+ * it reads, so a checkpoint resumes with any world size and with or without sharding.
  */
 public final class AdamWOptimizer implements Optimizer {
     /** Floats per offload bucket: 4 MB a moment, large enough that a copy costs more than its call. */
@@ -36,21 +42,43 @@ public final class AdamWOptimizer implements Optimizer {
     /** Offloaded: the moments, flat like the parameters; null on the device. */
     private final HostStore hostM;
     private final HostStore hostV;
+    /** The shard of the flat buffer this optimizer updates: elements [from, to). */
+    private final int from;
+    private final int to;
+    /** Rank 0 of a sharded run, after {@link #gather} until the next step: every parameter's moments. */
+    private float[] gatheredM;
+    private float[] gatheredV;
 
     public AdamWOptimizer(Params params, TrainConfig cfg) {
-        this(params, cfg, BUCKET);
+        this(params, cfg, 0, params.count(), BUCKET);
+    }
+
+    /** Keeping and updating only elements [{@code from}, {@code to}) of the flat buffer (ZeRO-1). */
+    public AdamWOptimizer(Params params, TrainConfig cfg, int from, int to) {
+        this(params, cfg, from, to, BUCKET);
     }
 
     /** With offload buckets of {@code bucket} floats (tests cross bucket boundaries with small ones). */
     AdamWOptimizer(Params params, TrainConfig cfg, int bucket) {
+        this(params, cfg, 0, params.count(), bucket);
+    }
+
+    private AdamWOptimizer(Params params, TrainConfig cfg, int from, int to, int bucket) {
         if (bucket < 1) {
             throw new IllegalArgumentException("an offload bucket holds >= 1 float, got " + bucket);
         }
+        if (from < 0 || from > to || to > params.count()) {
+            throw new IllegalArgumentException("shard [" + from + ", " + to + ") is not within the " + params.count()
+                    + " parameters");
+        }
         this.params = params;
         this.cfg = cfg;
-        int n = params.count();
+        this.from = from;
+        this.to = to;
+        int n = to - from;
         boolean offload = cfg.offloadOptimizerState();
-        int onDevice = offload ? Math.min(bucket, n) : n;
+        // An empty shard (more workers than parameters) still gets a one-float tensor: some devices allocate no zero-size ones.
+        int onDevice = Math.max(1, offload ? Math.min(bucket, n) : n);
         Device dev = params.values().device();
         Tensor first = null;
         Tensor second = null;
@@ -84,28 +112,64 @@ public final class AdamWOptimizer implements Optimizer {
 
     @Override
     public void step(Params params, int step, float lr, float gradScale) {
+        gatheredM = null;
+        gatheredV = null;
         Backend be = params.values().device().backend();
         int bucket = m.numel();
-        // One AdamW call per parameter group (its learning-rate multiplier, and decay only where it applies), per bucket.
+        // One AdamW call per parameter group (its learning-rate multiplier, and decay only where it applies) within the
+        // shard, per bucket; the moments' element i is the flat buffer's from + i.
         for (Params.Segment seg : params.segments()) {
             AdamW update = new AdamW((float) (lr * seg.group().lrScale()), (float) cfg.beta1(), (float) cfg.beta2(), (float) cfg.eps(),
                     seg.group().decay() ? (float) cfg.weightDecay() : 0f, step + 1, gradScale);
-            int end = seg.offset() + seg.length();
-            for (int o = seg.offset(); o < end; o += bucket) {
+            int end = Math.min(to, seg.offset() + seg.length());
+            for (int o = Math.max(from, seg.offset()); o < end; o += bucket) {
                 int n = Math.min(bucket, end - o);
-                Tensor mb = hostM == null ? m.view(o, n) : m.view(0, n);
-                Tensor vb = hostV == null ? v.view(o, n) : v.view(0, n);
+                Tensor mb = hostM == null ? m.view(o - from, n) : m.view(0, n);
+                Tensor vb = hostV == null ? v.view(o - from, n) : v.view(0, n);
                 if (hostM != null) {
-                    be.copyFromStore(mb, hostM, o);
-                    be.copyFromStore(vb, hostV, o);
+                    be.copyFromStore(mb, hostM, o - from);
+                    be.copyFromStore(vb, hostV, o - from);
                 }
                 be.adamW(params.values().view(o, n), params.grads().view(o, n), mb, vb, update);
                 if (hostM != null) {
-                    be.copyToStore(hostM, o, mb);
-                    be.copyToStore(hostV, o, vb);
+                    be.copyToStore(hostM, o - from, mb);
+                    be.copyToStore(hostV, o - from, vb);
                 }
             }
         }
+    }
+
+    /**
+     * Collective (every worker calls it with the same {@code bounds}, its shard being
+     * [bounds[rank], bounds[rank+1])): brings every worker's moments to rank 0, whose {@link #state}
+     * then holds all of them until the next step. The other workers keep only their shard.
+     */
+    public void gather(GradientSync sync, int[] bounds) {
+        if (bounds[sync.rank()] != from || bounds[sync.rank() + 1] != to) {
+            throw new IllegalArgumentException("rank " + sync.rank() + " holds the moments of [" + from + ", " + to
+                    + "), not of shard " + java.util.Arrays.toString(bounds));
+        }
+        float[] allM = own(m, hostM);
+        float[] allV = own(v, hostV);
+        sync.allGather(allM, bounds);
+        sync.allGather(allV, bounds);
+        if (sync.rank() == 0) {
+            gatheredM = allM;
+            gatheredV = allV;
+        }
+    }
+
+    /** A flat array of every parameter's moment, holding this shard's values (the rest zero). */
+    private float[] own(Tensor onDevice, HostStore host) {
+        float[] out = new float[params.count()];
+        if (to > from) {
+            if (host == null) {
+                System.arraycopy(onDevice.view(0, to - from).toFloatArray(), 0, out, from, to - from);
+            } else {
+                host.get(0, out, from, to - from);
+            }
+        }
+        return out;
     }
 
     @Override
@@ -113,10 +177,18 @@ public final class AdamWOptimizer implements Optimizer {
         Map<String, StateTensor> out = new LinkedHashMap<>();
         for (Param p : params.list()) {
             int o = p.value().offset() - params.values().offset();
-            out.put("m." + p.name(), hostM == null ? StateTensor.of(m.view(o, p.shape())) : StateTensor.of(hostM, o, p.shape()));
-            out.put("v." + p.name(), hostV == null ? StateTensor.of(v.view(o, p.shape())) : StateTensor.of(hostV, o, p.shape()));
+            out.put("m." + p.name(), part(p, o, m, hostM, gatheredM));
+            out.put("v." + p.name(), part(p, o, v, hostV, gatheredV));
         }
         return out;
+    }
+
+    /** A moment of parameter {@code p} (at {@code o} in the flat buffer): this shard's, gathered, or held by another worker. */
+    private StateTensor part(Param p, int o, Tensor onDevice, HostStore host, float[] gathered) {
+        if (!ZeroShards.owns(params, p, from, to)) {
+            return gathered != null ? StateTensor.of(gathered, o, p.shape()) : StateTensor.elsewhere(p.shape());
+        }
+        return host == null ? StateTensor.of(onDevice.view(o - from, p.shape())) : StateTensor.of(host, o - from, p.shape());
     }
 
     @Override
@@ -139,6 +211,9 @@ public final class AdamWOptimizer implements Optimizer {
         String where = hostM == null ? String.format(Locale.ROOT, "moments %.1f MB", memoryBytes() / 1e6)
                 : String.format(Locale.ROOT, "moments %.1f MB in host memory, streamed through %.1f MB of device buckets",
                         hostBytes() / 1e6, memoryBytes() / 1e6);
+        if (to - from < params.count()) {
+            where += String.format(Locale.ROOT, ", sharded (zero 1): %d of %d parameters", to - from, params.count());
+        }
         return String.format(Locale.ROOT, "optimizer adamw (beta1 %s, beta2 %s, eps %s): %s", cfg.beta1(), cfg.beta2(), cfg.eps(),
                 where);
     }

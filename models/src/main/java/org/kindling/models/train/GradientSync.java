@@ -36,8 +36,45 @@ public interface GradientSync {
      */
     void gradientsReady(List<Param> params, Fence ready);
 
+    /**
+     * Called by the trainer before its first step: the model whose gradients this sync combines, and
+     * whether the trainer then asks for its shard only ({@code zero: 1}, {@link #finishGradients(Params, int[])}).
+     * A sync that sums in chunks lays them out by the workers' shards ({@link ZeroShards}) in both
+     * modes, so both sum every element in the same order and give the same bits.
+     */
+    default void prepare(Params params, boolean sharded) {
+    }
+
     /** Blocks until every parameter gradient of the model is summed over all workers. */
     void finishGradients(Params params);
+
+    /**
+     * ZeRO-1's reduce-scatter: blocks until this worker's shard of the flat gradients, elements
+     * [{@code bounds[rank]}, {@code bounds[rank+1]}), holds the sum over all workers; the rest may
+     * hold anything. Summing them all ({@link #finishGradients(Params)}) fulfils it, and is what a
+     * sync that cannot scatter does; one that can must give the shard the bits an all-reduce would.
+     */
+    default void finishGradients(Params params, int[] bounds) {
+        finishGradients(params);
+    }
+
+    /**
+     * ZeRO-1's all-gather: every worker's {@code values[bounds[r], bounds[r+1])} (for its rank
+     * {@code r}) replaces that range on every worker, so all end with the same array.
+     */
+    void allGather(float[] values, int[] bounds);
+
+    /** Checks that {@code bounds} are {@code world + 1} non-decreasing offsets from 0 to {@code values}' length. */
+    static void checkBounds(int[] bounds, int world, int length) {
+        boolean ok = bounds.length == world + 1 && bounds[0] == 0 && bounds[world] == length;
+        for (int r = 0; ok && r < world; r++) {
+            ok = bounds[r] <= bounds[r + 1];
+        }
+        if (!ok) {
+            throw new IllegalArgumentException("shard bounds " + java.util.Arrays.toString(bounds) + " do not split " + length
+                    + " elements into " + world + " ordered ranges");
+        }
+    }
 
     /** A run of one worker: nothing to combine. */
     GradientSync SINGLE = new GradientSync() {
@@ -66,6 +103,11 @@ public interface GradientSync {
 
         @Override
         public void finishGradients(Params params) {
+        }
+
+        @Override
+        public void allGather(float[] values, int[] bounds) {
+            GradientSync.checkBounds(bounds, 1, values.length);
         }
     };
     /**

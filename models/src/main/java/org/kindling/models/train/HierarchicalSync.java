@@ -75,14 +75,37 @@ public final class HierarchicalSync implements GradientSync {
         local.gradientsReady(params, ready);
     }
 
+    /** The leader sums the group's whole gradients through {@code between}, in either mode. */
+    @Override
+    public void prepare(Params params, boolean sharded) {
+        if (local.rank() == 0) {
+            between.prepare(params, false);
+        }
+    }
+
     @Override
     public void finishGradients(Params params) {
-        local.finishGradients(params, sum -> {
+        local.finishGradients(params, null, sum -> {
             // The leader's gradients carry the local sum through the ring and back.
             params.grads().copyFrom(sum);
             between.gradientsReady(params.list(), params.grads().device().fence());
             between.finishGradients(params);
             params.grads().device().backend().copyToHost(sum, params.grads());
         });
+    }
+
+    /**
+     * Replicas gather their group's shards in shared memory (the group's workers are consecutive,
+     * so its shards form one range), and the leader exchanges the groups' ranges through {@code between}.
+     */
+    @Override
+    public void allGather(float[] values, int[] bounds) {
+        GradientSync.checkBounds(bounds, world(), values.length);
+        int size = local.world();
+        int[] groups = new int[between.world() + 1];
+        for (int g = 0; g <= between.world(); g++) {
+            groups[g] = bounds[g * size];
+        }
+        local.allGather(values, bounds[rank()], bounds[rank() + 1], all -> between.allGather(all, groups));
     }
 }

@@ -43,4 +43,22 @@ public record ProfiledSync(GradientSync sync, Profiler profiler) implements Grad
     public void finishGradients(Params params) {
         profiler.communication(4.0 * params.count(), () -> sync.finishGradients(params));
     }
+
+    @Override
+    public void prepare(Params params, boolean sharded) {
+        sync.prepare(params, sharded);
+    }
+
+    @Override
+    public void finishGradients(Params params, int[] bounds) {
+        profiler.communication(4.0 * params.count(), () -> sync.finishGradients(params, bounds));
+    }
+
+    @Override
+    public void allGather(float[] values, int[] bounds) {
+        GradientSync.checkBounds(bounds, world(), values.length);
+        // It hands over its own shard.
+        double bytes = 4.0 * (bounds[rank() + 1] - bounds[rank()]);
+        profiler.communication(bytes, () -> sync.allGather(values, bounds));
+    }
 }

@@ -161,14 +161,25 @@ public final class SharedMemorySync implements GradientSync {
 
     @Override
     public void finishGradients(Params params) {
-        finishGradients(params, null);
+        finishGradients(params, null, null);
+    }
+
+    /**
+     * Sums exactly as {@link #finishGradients(Params)} does (the sum of an element does not depend
+     * on who forms it), but copies only this replica's shard back to its device.
+     */
+    @Override
+    public void finishGradients(Params params, int[] bounds) {
+        GradientSync.checkBounds(bounds, group.size, params.count());
+        finishGradients(params, bounds, null);
     }
 
     /**
      * {@link #finishGradients(Params)}, with {@code leader} (when not null) letting rank 0 replace
-     * the group's flat sum in place before every replica copies it into its gradients.
+     * the group's flat sum in place before every replica copies it (or, with {@code bounds}, its
+     * shard of it) into its gradients.
      */
-    void finishGradients(Params params, Consumer<float[]> leader) {
+    void finishGradients(Params params, int[] bounds, Consumer<float[]> leader) {
         try {
             Duration timeout = Duration.ofSeconds(group.timeoutSeconds);
             for (int i = 0; i < readyGroups.size(); i++) {
@@ -205,6 +216,52 @@ public final class SharedMemorySync implements GradientSync {
             }
             group.await();
         }
-        params.grads().copyFrom(sum);
+        if (bounds == null) {
+            params.grads().copyFrom(sum);
+        } else {
+            int lo = bounds[rank];
+            int hi = bounds[rank + 1];
+            if (hi > lo) {
+                params.grads().view(lo, hi - lo).copyFrom(java.util.Arrays.copyOfRange(sum, lo, hi));
+            }
+        }
+    }
+
+    @Override
+    public void allGather(float[] values, int[] bounds) {
+        GradientSync.checkBounds(bounds, group.size, values.length);
+        allGather(values, bounds[rank], bounds[rank + 1], null);
+    }
+
+    /**
+     * Every replica's {@code values[from, to)} (its own range) into every replica's {@code values};
+     * then {@code leader} (when not null) lets rank 0 fill in the rest in place (the ranges of other
+     * groups), and every replica takes rank 0's array.
+     */
+    void allGather(float[] values, int from, int to, Consumer<float[]> leader) {
+        group.slots[rank] = new Object[] {values, from, to};
+        group.await();
+        for (int r = 0; r < group.size; r++) {
+            if (r != rank) {
+                Object[] other = (Object[]) group.slots[r];
+                int lo = (Integer) other[1];
+                int hi = (Integer) other[2];
+                // Another replica writes only outside its own range, so this range is stable while it is read.
+                System.arraycopy((float[]) other[0], lo, values, lo, hi - lo);
+            }
+        }
+        group.await(); // nobody replaces a slot before everyone has read it
+        if (leader != null) {
+            if (rank == 0) {
+                leader.accept(values);
+                group.slots[0] = values;
+            }
+            group.await();
+            if (rank != 0) {
+                float[] all = (float[]) group.slots[0];
+                System.arraycopy(all, 0, values, 0, values.length);
+            }
+            group.await(); // rank 0's next call must not replace its slot before everyone has read it
+        }
     }
 }

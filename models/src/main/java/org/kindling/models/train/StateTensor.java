@@ -64,4 +64,50 @@ public interface StateTensor {
             }
         };
     }
+
+    /** Elements [{@code start}, start + numel(shape)) of a host array. */
+    static StateTensor of(float[] array, int start, int... shape) {
+        int n = Tensor.numel(shape);
+        java.util.Objects.checkFromIndexSize(start, n, array.length);
+        return new StateTensor() {
+            @Override
+            public int[] shape() {
+                return shape.clone();
+            }
+
+            @Override
+            public float[] read() {
+                return java.util.Arrays.copyOfRange(array, start, start + n);
+            }
+
+            @Override
+            public void write(long offset, float[] values) {
+                java.util.Objects.checkFromIndexSize(offset, values.length, n);
+                System.arraycopy(values, 0, array, (int) (start + offset), values.length);
+            }
+        };
+    }
+
+    /**
+     * State another worker holds (a ZeRO-1 shard): a restore passes over it, and reading it is an
+     * error, since only a gather brings it here.
+     */
+    static StateTensor elsewhere(int... shape) {
+        return new StateTensor() {
+            @Override
+            public int[] shape() {
+                return shape.clone();
+            }
+
+            @Override
+            public float[] read() {
+                throw new IllegalStateException("this state belongs to another worker's shard (zero 1); gather it first");
+            }
+
+            @Override
+            public void write(long offset, float[] values) {
+                java.util.Objects.checkFromIndexSize(offset, values.length, Tensor.numel(shape));
+            }
+        };
+    }
 }

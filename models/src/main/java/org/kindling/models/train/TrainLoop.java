@@ -5,6 +5,7 @@ import java.util.List;
 import java.util.Optional;
 import java.util.function.Consumer;
 import java.util.function.Function;
+import java.util.function.IntConsumer;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
@@ -41,8 +42,8 @@ public final class TrainLoop {
     public static int run(Trainer trainer, DataSource data, Checkpoints checkpoints, Optional<String> resume,
                           RunConfig config, Consumer<StepResult> onStep) {
         // A group of one: the split of a batch into one part is the batch itself.
-        return run(List.of(trainer), sources -> trainer.step(sources.get(0)), trainer.sync(), data, checkpoints, resume,
-                config, onStep);
+        return run(List.of(trainer), sources -> trainer.step(sources.get(0)), work -> work.accept(0), trainer.sync(), data,
+                checkpoints, resume, config, onStep);
     }
 
     /**
@@ -59,15 +60,19 @@ public final class TrainLoop {
      */
     public static int run(DataParallel group, GradientSync between, DataSource data, Checkpoints checkpoints,
                           Optional<String> resume, RunConfig config, Consumer<StepResult> onStep) {
-        return run(group.replicas().stream().map(DataParallel.Replica::trainer).toList(), group::step, between, data,
-                checkpoints, resume, config, onStep);
+        return run(group.replicas().stream().map(DataParallel.Replica::trainer).toList(), group::step, work -> group.onEach(r -> {
+            work.accept(r);
+            return null;
+        }), between, data, checkpoints, resume, config, onStep);
     }
 
     /**
      * The loop of {@code trainers}, the replicas of one worker of {@code between}, whose one step
-     * over a source per replica {@code step} takes.
+     * over a source per replica {@code step} takes, and which {@code eachReplica} runs work on at
+     * once (by replica index), as their collectives need.
      */
-    private static int run(List<Trainer> trainers, Function<List<DataSource>, StepResult> step, GradientSync between,
+    private static int run(List<Trainer> trainers, Function<List<DataSource>, StepResult> step,
+                           Consumer<IntConsumer> eachReplica, GradientSync between,
                            DataSource data, Checkpoints checkpoints, Optional<String> resume, RunConfig config,
                            Consumer<StepResult> onStep) {
         Trainer first = trainers.get(0);
@@ -110,6 +115,8 @@ public final class TrainLoop {
             onStep.accept(r);
             boolean interval = cfg.checkpointInterval() > 0 && r.step() % cfg.checkpointInterval() == 0;
             if (interval || r.step() == cfg.maxSteps()) {
+                // Under zero 1 the optimizer's shards meet at rank 0 first: the checkpoint holds them all.
+                eachReplica.accept(rank -> trainers.get(rank).gatherOptimizerState());
                 long[] positions = between.allGather(data.position());
                 if (between.rank() == 0) {
                     checkpoints.save(first, config, cfg.keepCheckpoints(), parts, positions);

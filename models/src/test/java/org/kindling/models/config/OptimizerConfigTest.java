@@ -64,4 +64,19 @@ class OptimizerConfigTest {
         assertTrue(error("offload.optimizer_state", "host", "optimizer", "mfac")
                 .contains("offload.optimizer_state: host holds AdamW's moments; M-FAC keeps its window"));
     }
+
+    /** zero: 0 by default, 1 on request, written back by toMap; other values and M-FAC are refused naming the key. */
+    @Test
+    void zeroShardsAdamWOnly() {
+        assertEquals(0, RunConfig.load(TINY).train().zero());
+        Map<String, String> set = new LinkedHashMap<>();
+        set.put("zero", "1");
+        RunConfig r = load(set);
+        assertEquals(1, r.train().zero());
+        assertEquals(1, r.train().toMap().get("zero"));
+        assertEquals(r, RunConfig.fromMap(r.toMap(), "resolved"));
+        assertTrue(error("zero", "2").contains("train.zero must be 0 (off) or 1 (shard the optimizer state), got 2"));
+        String mfac = error("zero", "1", "optimizer", "mfac");
+        assertTrue(mfac.contains("zero: 1 shards AdamW's moments") && mfac.contains("use zero: 0 with optimizer mfac"), mfac);
+    }
 }

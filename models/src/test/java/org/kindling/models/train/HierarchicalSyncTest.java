@@ -62,6 +62,33 @@ class HierarchicalSyncTest {
         }
     }
 
+    /** ZeRO-1's all-gather of weights: each replica's range (one of them empty) reaches every replica of every group. */
+    @Test
+    void allGatherOfRangesReachesEveryReplicaOfEveryGroup() throws Exception {
+        int[] bounds = {0, 3, 3, 7, 10};
+        float[] expected = new float[10];
+        for (int r = 0; r < 4; r++) {
+            for (int i = bounds[r]; i < bounds[r + 1]; i++) {
+                expected[i] = 100 * r + i;
+            }
+        }
+        List<GradientSync> syncs = syncs();
+        for (int round = 0; round < 2; round++) { // the second reuses the groups' slots
+            List<String> answers = onAll(syncs, sync -> {
+                float[] v = new float[10];
+                Arrays.fill(v, -1);
+                for (int i = bounds[sync.rank()]; i < bounds[sync.rank() + 1]; i++) {
+                    v[i] = 100 * sync.rank() + i;
+                }
+                sync.allGather(v, bounds);
+                return Arrays.toString(v);
+            });
+            for (String a : answers) {
+                assertEquals(Arrays.toString(expected), a);
+            }
+        }
+    }
+
     @Test
     void ranksNumberReplicasGroupByGroupAndCollectivesAgree() throws Exception {
         List<GradientSync> syncs = syncs();
@@ -149,6 +176,26 @@ class HierarchicalSyncTest {
             }
             flat = dp.replicas().get(0).model().params().values().toFloatArray();
         }
+        float[] w0 = trainInGroups(DataParallelTest.MOE, DataParallelTest.TRAIN);
+        double maxDiff = 0;
+        for (int i = 0; i < w0.length; i++) {
+            maxDiff = Math.max(maxDiff, Math.abs(w0[i] - flat[i]));
+        }
+        assertTrue(maxDiff < 1e-4, "max weight difference from the flat group " + maxDiff);
+        assertNotEquals(0, w0.length);
+    }
+
+    /** zero 1 in groups: replicas scatter from shared memory, the groups all-gather the weights; the plain run's bits. */
+    @Test
+    void groupsWithZeroOneTrainBitIdenticallyToPlainGroups() throws Exception {
+        assertArrayEquals(trainInGroups(DataParallelTest.MODEL, ZeroTest.TRAIN),
+                trainInGroups(DataParallelTest.MODEL, ZeroTest.TRAIN.withZero(1)));
+    }
+
+    /** Trains GROUPS groups of LOCAL replicas; returns the weights, after checking every replica holds the same. */
+    private static float[] trainInGroups(org.kindling.models.config.ModelConfig model,
+                                         org.kindling.models.config.TrainConfig train) throws Exception {
+        int world = GROUPS * LOCAL;
         List<SharedMemorySync> between = SharedMemorySync.group(GROUPS, 60);
         List<DataParallel> groups = new ArrayList<>();
         ExecutorService pool = Executors.newFixedThreadPool(GROUPS);
@@ -156,8 +203,8 @@ class HierarchicalSyncTest {
             for (int g = 0; g < GROUPS; g++) {
                 groups.add(new DataParallel(LOCAL, between.get(g), 60, null, (rank, sync) -> {
                     Device dev = CpuDevice.open(1);
-                    Gpt m = new Gpt(DataParallelTest.MOE, dev, 5);
-                    return new DataParallel.Replica(dev, m, new Trainer(m, DataParallelTest.TRAIN, sync));
+                    Gpt m = new Gpt(model, dev, 5);
+                    return new DataParallel.Replica(dev, m, new Trainer(m, train, sync));
                 }));
             }
             List<Future<?>> runs = new ArrayList<>();
@@ -184,12 +231,7 @@ class HierarchicalSyncTest {
                     assertArrayEquals(w0, rep.model().params().values().toFloatArray(), "every replica of every group");
                 }
             }
-            double maxDiff = 0;
-            for (int i = 0; i < w0.length; i++) {
-                maxDiff = Math.max(maxDiff, Math.abs(w0[i] - flat[i]));
-            }
-            assertTrue(maxDiff < 1e-4, "max weight difference from the flat group " + maxDiff);
-            assertNotEquals(0, w0.length);
+            return w0;
         } finally {
             pool.shutdownNow();
             groups.forEach(DataParallel::close);
