@@ -133,7 +133,7 @@ public final class Trainer implements AutoCloseable {
                 model.backward(sync::gradientsReady);
                 sync.finishGradients(params);
             } else {
-                model.backward();
+                model.backwardAccumulating();
             }
             model.eval();
             long f2 = System.nanoTime();
