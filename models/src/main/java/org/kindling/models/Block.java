@@ -91,6 +91,13 @@ final class Block implements AutoCloseable {
         }
     }
 
+    /** Adds every saved activation of the block and its layers to {@code out}. */
+    void collectSaved(java.util.List<org.kindling.models.nn.Activation> out) {
+        acts.collectSavedWithin(out);
+        ln1.collectSaved(out);
+        ln2.collectSaved(out);
+    }
+
     private void releaseSaved() {
         acts.releaseSavedWithin();
         ln1.releaseSaved();

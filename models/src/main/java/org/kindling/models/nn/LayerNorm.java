@@ -32,6 +32,11 @@ public final class LayerNorm implements AutoCloseable {
         acts.releaseSaved();
     }
 
+    /** Adds the saved statistics to {@code out}. */
+    public void collectSaved(java.util.List<Activation> out) {
+        acts.collectSaved(out);
+    }
+
     public void forward(Tensor y, Tensor x) {
         int t = x.rows();
         y.device().backend().layerNormForward(y, mean.write(t), rstd.write(t), x, weight.value(), bias.value(), eps);
