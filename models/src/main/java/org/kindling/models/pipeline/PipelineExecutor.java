@@ -26,12 +26,29 @@ public final class PipelineExecutor {
 
     private final List<GptStage> stages;
     private final Duration timeout;
+    private final double jitter;
+    private final long jitterSeed;
 
     /**
      * @param stages stage 0 first, as {@link GptStage#split} cuts the model
      * @param timeout the longest any stage waits for a message, or for room to send one
      */
     public PipelineExecutor(List<GptStage> stages, Duration timeout) {
+        this(stages, timeout, 0, 0);
+    }
+
+    /**
+     * A pipeline with injected compute jitter, to measure how a schedule copes with uneven stages:
+     * after each computation that took d, its stage waits d·jitter·u more, u uniform in [0, 1) drawn
+     * from {@code jitterSeed} and the step, stage, kind of computation and micro-batch alone (as the
+     * simulator's {@link Costs}), so every policy sees the same slowdowns for the same work.
+     */
+    public PipelineExecutor(List<GptStage> stages, Duration timeout, double jitter, long jitterSeed) {
+        if (!(jitter >= 0) || Double.isInfinite(jitter)) {
+            throw new IllegalArgumentException("pipeline jitter must be a finite number >= 0, got " + jitter);
+        }
+        this.jitter = jitter;
+        this.jitterSeed = jitterSeed;
         if (stages.isEmpty()) {
             throw new IllegalArgumentException("a pipeline needs at least one stage");
         }
@@ -87,7 +104,7 @@ public final class PipelineExecutor {
                 int stage = s;
                 threads[s] = new Thread(() -> {
                     try {
-                        execute(stage, schedule.programs().get(stage), stage > 0 ? forward.get(stage - 1) : null,
+                        execute(step, stage, schedule.programs().get(stage), stage > 0 ? forward.get(stage - 1) : null,
                                 stage + 1 < n ? forward.get(stage) : null, stage + 1 < n ? backward.get(stage) : null,
                                 stage > 0 ? backward.get(stage - 1) : null);
                     } catch (Throwable t) {
@@ -167,7 +184,7 @@ public final class PipelineExecutor {
         return t instanceof PipelineException && t.getCause() instanceof InterruptedException;
     }
 
-    private void execute(int s, List<Command> program, StageChannel actIn, StageChannel actOut, StageChannel gradIn,
+    private void execute(long step, int s, List<Command> program, StageChannel actIn, StageChannel actOut, StageChannel gradIn,
                          StageChannel gradOut) {
         GptStage stage = stages.get(s);
         Map<Integer, Tensor> received = new HashMap<>();
@@ -175,6 +192,7 @@ public final class PipelineExecutor {
         try {
             for (Command c : program) {
                 int mb = c.microBatch();
+                long t0 = System.nanoTime();
                 switch (c.op()) {
                     case RECV_ACT, RECV_GRAD -> received.put(mb, onDevice(stage,
                             (c.op() == Command.Op.RECV_ACT ? actIn : gradIn).receive(mb, timeout)));
@@ -201,10 +219,26 @@ public final class PipelineExecutor {
                     case SEND_ACT -> actOut.send(mb, take(toSend, mb, s, c), timeout);
                     case SEND_GRAD -> gradOut.send(mb, take(toSend, mb, s, c), timeout);
                 }
+                if (jitter > 0 && c.op().computes()) {
+                    delay(step, s, c, System.nanoTime() - t0);
+                }
             }
         } finally {
             received.values().forEach(Tensor::close);
             toSend.values().forEach(Tensor::close);
+        }
+    }
+
+    private void delay(long step, int s, Command c, long tookNanos) {
+        int kind = c.op() == Command.Op.FORWARD_CHECKPOINT ? Command.Op.FORWARD.ordinal() : c.op().ordinal();
+        long key = jitterSeed * 0x9E3779B97F4A7C15L + step * 0xBF58476D1CE4E5B9L + ((long) s << 40) + ((long) kind << 32)
+                + c.microBatch();
+        long nanos = (long) (tookNanos * jitter * new java.util.SplittableRandom(key).nextDouble());
+        try {
+            Thread.sleep(nanos / 1_000_000, (int) (nanos % 1_000_000));
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            throw new PipelineException("stage " + s + ": interrupted in the jitter after " + c, e);
         }
     }
 
