@@ -1,6 +1,7 @@
 package org.kindling.models;
 
 import java.util.ArrayList;
+import java.util.Arrays;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -18,6 +19,7 @@ import org.kindling.models.nn.SavedActivations;
 import org.kindling.models.nn.Seqs;
 import org.kindling.models.nn.StepContext;
 import org.kindling.ops.Backend;
+import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Seeds;
 import org.kindling.ops.Tensor;
@@ -129,7 +131,7 @@ public final class GptStage implements AutoCloseable {
         dxf = grads.f32("dxf");
         dres = new Activation[] {grads.f32("dx_a"), grads.f32("dx_b")};
         demb = grads.f32("demb");
-        lossSum = dev.allocate(org.kindling.ops.DType.F32, 1);
+        lossSum = dev.allocate(DType.F32, 1);
     }
 
     /**
@@ -167,7 +169,7 @@ public final class GptStage implements AutoCloseable {
         long[][] best = new long[stages + 1][n + 1];
         int[][] from = new int[stages + 1][n + 1];
         for (long[] row : best) {
-            java.util.Arrays.fill(row, Long.MAX_VALUE);
+            Arrays.fill(row, Long.MAX_VALUE);
         }
         best[0][0] = 0;
         for (int s = 1; s <= stages; s++) {
@@ -407,7 +409,7 @@ public final class GptStage implements AutoCloseable {
 
     private void checkShape(Tensor x, int t, String what) {
         if (x.rows() != t || x.cols() != cfg.dModel()) {
-            throw new IllegalArgumentException("stage " + index + ": " + what + " is " + java.util.Arrays.toString(x.shape())
+            throw new IllegalArgumentException("stage " + index + ": " + what + " is " + Arrays.toString(x.shape())
                     + ", expected [" + t + ", " + cfg.dModel() + "]");
         }
     }

@@ -1,5 +1,6 @@
 package org.kindling.models.nn;
 
+import java.util.List;
 import org.kindling.ops.Tensor;
 
 /** y[T, C] = (x − mean)/σ · weight + bias over channels. */
@@ -33,7 +34,7 @@ public final class LayerNorm implements AutoCloseable {
     }
 
     /** Adds the saved statistics to {@code out}. */
-    public void collectSaved(java.util.List<Activation> out) {
+    public void collectSaved(List<Activation> out) {
         acts.collectSaved(out);
     }
 

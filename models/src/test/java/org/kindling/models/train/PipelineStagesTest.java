@@ -21,6 +21,7 @@ import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.DataSource;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.models.nn.Param;
+import org.kindling.models.nn.Precision;
 import org.kindling.models.pipeline.PipelineException;
 import org.kindling.models.pipeline.PipelineExecutor;
 import org.kindling.models.pipeline.PipelinePolicy;
@@ -148,6 +149,28 @@ class PipelineStagesTest {
         assertEquals(3, b[1], "blocks " + java.util.Arrays.toString(b));
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> GptStage.split(MODEL, 5));
         assertTrue(e.getMessage().contains("n_layer = 4"), e.getMessage());
+    }
+
+    @Test
+    void bf16KeepsNoTwoMicroBatchesButRecomputes() {
+        List<Device> devices = new ArrayList<>();
+        List<GptStage> stages = new ArrayList<>();
+        try {
+            for (int s = 0; s < 2; s++) {
+                devices.add(CpuDevice.open(1));
+                stages.add(new GptStage(MODEL, devices.get(s), 5, s, 2));
+                stages.get(s).params().setPrecision(Precision.BF16);
+            }
+            PipelineExecutor pipe = new PipelineExecutor(stages, Duration.ofSeconds(60));
+            PipelineException e = assertThrows(PipelineException.class,
+                    () -> pipe.step(Schedule.build(2, MICRO, PipelinePolicy.ONE_F_ONE_B), 0, batches(MICRO), new long[MICRO]));
+            assertTrue(e.getMessage().contains("only precision fp32 allows"), e.getMessage());
+            assertTrue(Double.isFinite(pipe.step(Schedule.build(2, MICRO, PipelinePolicy.SHIFTED), 1, batches(MICRO),
+                    new long[MICRO]).loss()));
+        } finally {
+            stages.forEach(GptStage::close);
+            devices.forEach(Device::close);
+        }
     }
 
     @Test
