@@ -1,5 +1,6 @@
 package org.kindling.models;
 
+import java.util.List;
 import org.kindling.models.channel.ChannelMixer;
 import org.kindling.models.mixers.MixerState;
 import org.kindling.models.mixers.TokenMixer;
@@ -89,6 +90,13 @@ final class Block implements AutoCloseable {
             output = y;
             releaseSaved();
         }
+    }
+
+    /** Adds every saved activation of the block and its layers to {@code out}. */
+    void collectSaved(List<Activation> out) {
+        acts.collectSavedWithin(out);
+        ln1.collectSaved(out);
+        ln2.collectSaved(out);
     }
 
     private void releaseSaved() {

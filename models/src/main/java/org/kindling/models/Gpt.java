@@ -82,6 +82,9 @@ public final class Gpt implements AutoCloseable {
     private final List<List<Param>> backwardGroups = new ArrayList<>();
     /** The pass in progress, shared with every layer. */
     private final StepContext step = new StepContext();
+    /** The head's part of the tied weight's gradient over a step's micro-batches so far, when {@link #headPending}. */
+    private final Activation headGradSum;
+    private boolean headPending;
     private Seqs seqs;
     private int predicted;
     private boolean gradReady;
@@ -91,7 +94,7 @@ public final class Gpt implements AutoCloseable {
         this.dev = dev;
         int c = cfg.dModel();
         Params.Builder pb = new Params.Builder();
-        Layout layout = declare(cfg, dev, seed, step, pb);
+        Layout layout = declare(cfg, dev, seed, step, pb, 0, cfg.nLayer(), true, true);
         wte = layout.wte();
         wpe = layout.wpe();
         blocks.addAll(layout.blocks());
@@ -117,6 +120,7 @@ public final class Gpt implements AutoCloseable {
         dxf = acts.f32("dxf");
         dres = new Activation[] {acts.f32("dx_a"), acts.f32("dx_b")};
         demb = acts.f32("demb");
+        headGradSum = acts.f32("head_grad_sum");
         stepIds = acts.i32("step_ids");
         stepPositions = acts.i32("step_positions");
         stepX = acts.f32("step_x");
@@ -134,17 +138,26 @@ public final class Gpt implements AutoCloseable {
         }
     }
 
-    /** The model's layers and embedding handles, declared on a builder that has not allocated them yet. */
-    private record Layout(Params.Handle wte, Params.Handle wpe, List<Block> blocks, LayerNorm lnf) {
+    /**
+     * The model's layers and embedding handles, declared on a builder that has not allocated them yet;
+     * a pipeline stage's share has null for the parts it does not hold (wte is the tied head on the last stage).
+     */
+    record Layout(Params.Handle wte, Params.Handle wpe, List<Block> blocks, LayerNorm lnf) {
     }
 
-    private static Layout declare(ModelConfig cfg, Device dev, long seed, StepContext step, Params.Builder pb) {
+    /**
+     * Declares blocks [lo, hi) under their names in the whole model, the embeddings if {@code
+     * embeddings}, the final LayerNorm if {@code head}, and wte if either (it is also the tied head).
+     */
+    static Layout declare(ModelConfig cfg, Device dev, long seed, StepContext step, Params.Builder pb, int lo, int hi,
+                          boolean embeddings, boolean head) {
         int c = cfg.dModel();
-        Params.Handle wte = pb.add("wte.weight", Init.normal(cfg.initStd()), ParamGroup.DECAY, cfg.vocab(), c);
-        Params.Handle wpe = cfg.posEmb() == ModelConfig.PosEmb.LEARNED
+        Params.Handle wte = embeddings || head
+                ? pb.add("wte.weight", Init.normal(cfg.initStd()), ParamGroup.DECAY, cfg.vocab(), c) : null;
+        Params.Handle wpe = embeddings && cfg.posEmb() == ModelConfig.PosEmb.LEARNED
                 ? pb.add("wpe.weight", Init.normal(cfg.initStd()), ParamGroup.DECAY, cfg.maxSeq(), c) : null;
         List<Block> blocks = new ArrayList<>();
-        for (int l = 0; l < cfg.nLayer(); l++) {
+        for (int l = lo; l < hi; l++) {
             String p = "h." + l;
             LayerNorm ln1 = new LayerNorm(pb, dev, p + ".ln_1", c, cfg.layerNormEps());
             MixerSpec ms = cfg.mixers().get(l);
@@ -156,7 +169,7 @@ public final class Gpt implements AutoCloseable {
                     seed, step, cfg.maxSeq()));
             blocks.add(new Block(ln1, mixer, ln2, channel, c, new Activations(dev, p, step.workspace())));
         }
-        return new Layout(wte, wpe, blocks, new LayerNorm(pb, dev, "ln_f", c, cfg.layerNormEps()));
+        return new Layout(wte, wpe, blocks, head ? new LayerNorm(pb, dev, "ln_f", c, cfg.layerNormEps()) : null);
     }
 
     /**
@@ -178,7 +191,7 @@ public final class Gpt implements AutoCloseable {
     private static Params.Builder declarations(ModelConfig cfg) {
         Params.Builder pb = new Params.Builder();
         try (Device dev = ReferenceDevice.open()) {
-            Layout layout = declare(cfg, dev, 0, new StepContext(), pb);
+            Layout layout = declare(cfg, dev, 0, new StepContext(), pb, 0, cfg.nLayer(), true, true);
             layout.blocks().forEach(Block::close);
             layout.lnf().close();
         }
@@ -252,6 +265,7 @@ public final class Gpt implements AutoCloseable {
 
     /** Tells every layer that optimizer step {@code step} (0-based) begins: layers that redraw fixed tensors do it here. */
     public void startStep(long step) {
+        headPending = false;
         for (Block b : blocks) {
             b.mixer.startStep(step);
         }
@@ -283,9 +297,13 @@ public final class Gpt implements AutoCloseable {
         return new Seqs(cu, pos, batch.cuSeqlens().clone());
     }
 
-    /** x = wte[ids] (+ wpe[positions]). */
     private void embed(Tensor x, Tensor tokenIds, Tensor pos, Tensor posBuffer) {
-        Backend be = dev.backend();
+        embed(wte, wpe, x, tokenIds, pos, posBuffer);
+    }
+
+    /** x = wte[ids] (+ wpe[positions] through {@code posBuffer}, when wpe is not null). */
+    static void embed(Params.Handle wte, Params.Handle wpe, Tensor x, Tensor tokenIds, Tensor pos, Tensor posBuffer) {
+        Backend be = x.device().backend();
         be.embeddingForward(x, tokenIds, wte.value());
         if (wpe != null) {
             be.embeddingForward(posBuffer, pos, wpe.value());
@@ -319,6 +337,37 @@ public final class Gpt implements AutoCloseable {
         return out;
     }
 
+    /** logits[T, V] = h wteᵀ: the LM head tied to the token embedding. */
+    static void headForward(Params.Handle wte, GemmInput headIn, Tensor logits, Tensor h) {
+        Tensor w = wte.gemmWeight();
+        h.device().backend().gemm(Gemm.of(false, true, h.rows(), logits.cols(), h.cols()), logits, headIn.of(h, w), w);
+    }
+
+    /**
+     * The head's backward: dh += dlogits wte, and {@code wteGrad} += dlogitsᵀ xf (the head's part of
+     * the tied weight's gradient).
+     */
+    static void headBackward(Params.Handle wte, GemmInput headIn, GemmInput scratch, Tensor dh, Tensor dlogits, Tensor xf,
+                             Tensor wteGrad) {
+        int t = dlogits.rows();
+        int v = dlogits.cols();
+        int c = dh.cols();
+        Backend be = dh.device().backend();
+        Tensor w = wte.gemmWeight();
+        Tensor dl = scratch.of(dlogits, w);
+        be.gemm(Gemm.of(false, false, t, c, v).scaled(1f, 1f), dh, dl, w);
+        be.gemm(Gemm.of(true, false, v, c, t).scaled(1f, 1f), wteGrad, dl, headIn.of(xf, w));
+    }
+
+    /** The embeddings' backward of a forward without dropout: wte and wpe gradients += from dx. */
+    static void embedBackward(Params.Handle wte, Params.Handle wpe, Tensor dx, Tensor tokenIds, Tensor pos) {
+        Backend be = dx.device().backend();
+        be.embeddingBackward(wte.grad(), dx, tokenIds);
+        if (wpe != null) {
+            be.embeddingBackward(wpe.grad(), dx, pos);
+        }
+    }
+
     /** Logits [T, V] for every token of the batch (no loss): for evaluation and generation, so it leaves training mode. */
     public Tensor logits(TokenBatch batch) {
         step.eval();
@@ -328,8 +377,7 @@ public final class Gpt implements AutoCloseable {
     private Tensor logits(TokenBatch batch, boolean train) {
         Tensor h = hidden(batch, train);
         Tensor out = logits.write(batch.size(), cfg.vocab());
-        Tensor w = wte.gemmWeight();
-        dev.backend().gemm(Gemm.of(false, true, batch.size(), cfg.vocab(), cfg.dModel()), out, headIn.of(h, w), w);
+        headForward(wte, headIn, out, h);
         gradReady = false;
         return out;
     }
@@ -433,7 +481,17 @@ public final class Gpt implements AutoCloseable {
 
     /** Accumulates parameter gradients (+=) for the dlogits the last {@link #forward} left. */
     public void backward() {
-        backward((done, ready) -> { });
+        backward(true, (done, ready) -> { });
+    }
+
+    /**
+     * {@link #backward()} of a micro-batch that is not the step's last: the head's part of the tied
+     * weight's gradient waits in a buffer of its own until the step's last backward adds it to the
+     * embeddings' part. So the tied gradient is always (Σ embedding parts) + (Σ head parts), the
+     * sum a pipeline forms between its first and last stage, and the two train the same bits.
+     */
+    public void backwardAccumulating() {
+        backward(false, (done, ready) -> { });
     }
 
     /**
@@ -444,6 +502,10 @@ public final class Gpt implements AutoCloseable {
      * may be read only once it is done.
      */
     public void backward(java.util.function.BiConsumer<List<Param>, Fence> finished) {
+        backward(true, finished);
+    }
+
+    private void backward(boolean completes, java.util.function.BiConsumer<List<Param>, Fence> finished) {
         if (!gradReady) {
             throw new IllegalStateException("backward needs a forward with gradScale > 0 first");
         }
@@ -452,12 +514,15 @@ public final class Gpt implements AutoCloseable {
         int c = cfg.dModel();
         int v = cfg.vocab();
         Backend be = dev.backend();
-        Tensor dlogits = logits.saved(t, v);
         Tensor dh = dxf.zeros(t, c);
-        Tensor w = wte.gemmWeight();
-        Tensor dl = headScratch.of(dlogits, w);
-        be.gemm(Gemm.of(false, false, t, c, v).scaled(1f, 1f), dh, dl, w);
-        be.gemm(Gemm.of(true, false, v, c, t).scaled(1f, 1f), wte.grad(), dl, headIn.of(xf.saved(t, c), w));
+        Tensor headGrad;
+        if (completes && !headPending) {
+            headGrad = wte.grad();
+        } else {
+            headGrad = headPending ? headGradSum.saved(v, c) : headGradSum.zeros(v, c);
+            headPending = true;
+        }
+        headBackward(wte, headIn, headScratch, dh, logits.saved(t, v), xf.saved(t, c), headGrad);
         // Two residual-gradient buffers, used alternately: block l reads one and accumulates into the other.
         Tensor dx = dres[0].zeros(t, c);
         lnf.backward(dx, dh);
@@ -478,9 +543,10 @@ public final class Gpt implements AutoCloseable {
             be.dropoutBackward(d, dx, p, step.seed());
             dx = d;
         }
-        be.embeddingBackward(wte.grad(), dx, ids.saved(t));
-        if (wpe != null) {
-            be.embeddingBackward(wpe.grad(), dx, seqs.positions());
+        embedBackward(wte, wpe, dx, ids.saved(t), seqs.positions());
+        if (completes && headPending) {
+            be.binary(BinaryOp.ADD, wte.grad(), wte.grad(), headGradSum.saved(v, c));
+            headPending = false;
         }
         finished.accept(backwardGroups.get(backwardGroups.size() - 1), dev.fence());
     }

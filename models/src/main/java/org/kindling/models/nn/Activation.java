@@ -81,6 +81,16 @@ public final class Activation implements AutoCloseable {
         }
     }
 
+    /** The buffer as last written when this activation owns it (not a workspace scratch one), else null. */
+    Tensor ownWritten() {
+        return slot == null && view != null && !view.isClosed() ? view : null;
+    }
+
+    /** Bytes of the buffer this activation owns now (0 for a workspace scratch one or a released one). */
+    public long bytesHeld() {
+        return own == null ? 0 : (long) own.numel() * dtype.bytes();
+    }
+
     /** The buffer as the last forward wrote it: an error if it wrote none, or one of another shape. */
     public Tensor saved(int... shape) {
         if (view == null || view.isClosed() || !Arrays.equals(view.shape(), shape)) {

@@ -42,6 +42,20 @@ public final class Activations implements AutoCloseable {
         workspace.releaseSaved(owner);
     }
 
+    /** Adds this layer's own (non-scratch) activations to {@code out}. */
+    public void collectSaved(List<Activation> out) {
+        for (Activation a : all) {
+            if (a.ownWritten() != null) {
+                out.add(a);
+            }
+        }
+    }
+
+    /** {@link #collectSaved} of this layer and of every layer inside it that shares its workspace. */
+    public void collectSavedWithin(List<Activation> out) {
+        workspace.collectSaved(owner, out);
+    }
+
     public Device device() {
         return dev;
     }

@@ -1,5 +1,6 @@
 package org.kindling.models.nn;
 
+import java.util.List;
 import org.kindling.ops.Tensor;
 
 /** y[T, C] = (x − mean)/σ · weight + bias over channels. */
@@ -30,6 +31,11 @@ public final class LayerNorm implements AutoCloseable {
     /** Frees the saved statistics until the next forward (recomputation). */
     public void releaseSaved() {
         acts.releaseSaved();
+    }
+
+    /** Adds the saved statistics to {@code out}. */
+    public void collectSaved(List<Activation> out) {
+        acts.collectSaved(out);
     }
 
     public void forward(Tensor y, Tensor x) {

@@ -42,6 +42,15 @@ public final class Workspace {
         }
     }
 
+    /** {@link Activations#collectSaved} of every layer named {@code owner} or inside it. */
+    void collectSaved(String owner, List<Activation> out) {
+        for (Activations a : layers) {
+            if (a.owner().equals(owner) || a.owner().startsWith(owner + ".")) {
+                a.collectSaved(out);
+            }
+        }
+    }
+
     Slot slot(Device dev, String key, DType dtype) {
         Slot s = slots.computeIfAbsent(key + " " + dtype + " on " + dev, k -> new Slot(k, dev, dtype));
         s.users++;

@@ -172,7 +172,7 @@ public final class Trainer implements AutoCloseable {
                     sync.finishGradients(params, shards);
                 }
             } else {
-                model.backward();
+                model.backwardAccumulating();
             }
             model.eval();
             long f2 = System.nanoTime();

@@ -1,0 +1,41 @@
+package org.kindling.cli;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import com.fasterxml.jackson.databind.JsonNode;
+import java.util.List;
+import org.junit.jupiter.api.Test;
+
+/** {@code bench pipeline} of issue 18 at tiny sizes: real stages in threads, one JSON row per jitter and policy, option checks. */
+class PipelineBenchTest {
+    private static final List<String> FIELDS = List.of("bench", "policy", "stages", "micro_batches", "jitter", "ms_per_step",
+            "peak_activation_bytes");
+
+    @Test
+    void pipelineRowsPerJitterAndPolicy() throws Exception {
+        CliRun r = CliRun.of("bench", "pipeline", "--stages", "2", "--micro-batches", "4", "--policy", "1f1b,1f1b-recompute,shifted",
+                "--jitter", "0,0.2", "--layers", "2", "--d-model", "16", "--heads", "2", "--vocab", "32", "--seq", "16", "--steps", "1",
+                "--warmup", "0", "--threads", "2", "--json");
+        List<JsonNode> rows = r.rows(FIELDS);
+        assertEquals(List.of("1f1b 0.0", "1f1b-recompute 0.0", "shifted 0.0", "1f1b 0.2", "1f1b-recompute 0.2", "shifted 0.2"),
+                rows.stream().map(n -> n.get("policy").asText() + " " + n.get("jitter").asDouble()).toList(), r.out());
+        for (JsonNode row : rows) {
+            assertEquals("pipeline", row.get("bench").asText());
+            assertEquals(2, row.get("stages").asInt());
+            assertEquals(4, row.get("micro_batches").asInt());
+            assertTrue(row.get("ms_per_step").asDouble() > 0, row.toString());
+            assertEquals(2, row.get("peak_activation_bytes").size(), row.toString());
+        }
+        // Stage 0 holds two micro-batches in flight: keeping both costs more than keeping inputs and recomputing.
+        assertTrue(rows.get(0).get("peak_activation_bytes").get(0).asLong() > rows.get(1).get("peak_activation_bytes").get(0).asLong(),
+                r.out());
+    }
+
+    @Test
+    void pipelineChecksItsOptions() throws Exception {
+        CliRun.assertUsageError("--policy: pipeline policy must be one of", "bench", "pipeline", "--policy", "gpipe");
+        CliRun.assertUsageError("--stages 5 exceeds --layers 4", "bench", "pipeline", "--stages", "5");
+        CliRun.assertUsageError("--jitter values must be finite numbers >= 0", "bench", "pipeline", "--jitter", "-1");
+    }
+}
