@@ -160,7 +160,7 @@ final class TrainBench implements Callable<Integer> {
         Peer torch = Peer.parse(cmd, peer, python);
         int threads = common.threads(cmd);
         if (deq) {
-            for (String o : List.of("--preset", "--set", "--peer", "--profile", "--replicas", "--optimizer", "--ngrads")) {
+            for (String o : List.of("--preset", "--set", "--peer", "--profile", "--replicas", "--optimizer", "--ngrads", "--zero")) {
                 if (cmd.getParseResult().hasMatchedOption(o)) {
                     throw new CommandLine.ParameterException(cmd, "--deq builds both models from --layers/--d-model/--heads/--vocab "
                             + "and trains them with AdamW on one replica; it does not take " + o);

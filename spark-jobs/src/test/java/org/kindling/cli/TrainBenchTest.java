@@ -164,6 +164,8 @@ class TrainBenchTest {
         assertTrue(r.err().contains("kindling mfac vs kindling after 3 steps: loss "), r.err());
         CliRun.assertUsageError("--optimizer lists adamw twice", with("--optimizer", "adamw,adamw"));
         CliRun.assertUsageError("--lr must be a finite number > 0, got 0.0", with("--lr", "0"));
+        CliRun.assertUsageError("--deq builds both models from --layers/--d-model/--heads/--vocab and trains them with AdamW on one "
+                + "replica; it does not take --zero", with("--deq", "--zero", "1"));
         CliRun.assertUsageError("--profile counts the kernels of one optimizer's steps", with("--optimizer", "adamw,mfac",
                 "--profile"));
         CliRun.assertUsageError("has a vocabulary of", with("--data", data.toString()));
