@@ -188,6 +188,16 @@ public final class Gpt implements AutoCloseable {
         return declarations(cfg).shapes();
     }
 
+    /** Every tensor of a model of {@code cfg} in the order its {@link Params} lists them: trainable, then fixed. */
+    public static List<String> tensorOrder(ModelConfig cfg) {
+        return declarations(cfg).order();
+    }
+
+    /** The trainable parameters of a model of {@code cfg} in the order its {@link Params#list} gives them. */
+    public static List<String> parameterOrder(ModelConfig cfg) {
+        return declarations(cfg).trainableOrder();
+    }
+
     private static Params.Builder declarations(ModelConfig cfg) {
         Params.Builder pb = new Params.Builder();
         try (Device dev = ReferenceDevice.open()) {

@@ -23,6 +23,7 @@ import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Seeds;
 import org.kindling.ops.Tensor;
+import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * One stage of a {@link Gpt} cut into a pipeline of S stages: stage 0 holds the embeddings and its
@@ -132,6 +133,28 @@ public final class GptStage implements AutoCloseable {
         dres = new Activation[] {grads.f32("dx_a"), grads.f32("dx_b")};
         demb = grads.f32("demb");
         lossSum = dev.allocate(DType.F32, 1);
+    }
+
+    /**
+     * Stage {@code stage} of {@code stages} starting from exactly the weights and fixed tensors a
+     * whole {@link Gpt} of {@code seed} starts with, so that a pipeline trains the model a single
+     * process would, and the first and the last stage hold the same tied weight. The whole model's
+     * initial values are drawn once on the host, a tensor at a time copied in, and freed.
+     */
+    public static GptStage initialized(ModelConfig cfg, Device dev, long seed, int stage, int stages) {
+        GptStage out = new GptStage(cfg, dev, seed, stage, stages);
+        try (Device host = ReferenceDevice.open(); Gpt whole = new Gpt(cfg, host, seed)) {
+            List<Param> own = new ArrayList<>(out.params.list());
+            own.addAll(out.params.fixed());
+            for (Param p : own) {
+                p.value().copyFrom(whole.params().get(p.name()).value().toFloatArray());
+            }
+            out.params.refreshShadow();
+            return out;
+        } catch (RuntimeException | Error e) {
+            out.close();
+            throw e;
+        }
     }
 
     /**

@@ -90,6 +90,36 @@ public record TokenBatch(int[] tokens, int[] cuSeqlens, boolean[] lossMask) {
         return out;
     }
 
+    /**
+     * This batch grown to {@code tokens} tokens by padding sequences after its own (token 0, no
+     * target, each at most {@code maxSeq} long; {@code maxSeq} < 1: one), so that every micro-batch of
+     * a pipeline step has one shape. The padding is a sequence of its own, so no real token attends
+     * to it, and it predicts nothing, so the loss and gradients are this batch's. A batch already that
+     * long is returned as it is.
+     */
+    public TokenBatch padded(int tokens, int maxSeq) {
+        int n = this.tokens.length;
+        if (n > tokens) {
+            throw new IllegalArgumentException("a batch of " + n + " tokens cannot be padded to " + tokens);
+        }
+        if (n == tokens) {
+            return this;
+        }
+        int piece = maxSeq < 1 ? tokens - n : maxSeq;
+        int real = sequences() == 1 && cuSeqlens[1] == 0 ? 0 : sequences();
+        int pads = (tokens - n + piece - 1) / piece;
+        int[] cu = new int[real + pads + 1];
+        System.arraycopy(cuSeqlens, 0, cu, 0, real + 1);
+        for (int i = 1; i <= pads; i++) {
+            cu[real + i] = Math.min(tokens, n + i * piece);
+        }
+        boolean[] mask = new boolean[tokens];
+        for (int i = 0; i < n; i++) {
+            mask[i] = lossMask == null || lossMask[i];
+        }
+        return new TokenBatch(java.util.Arrays.copyOf(this.tokens, tokens), cu, mask);
+    }
+
     /** Next-token targets, {@link #IGNORE} at sequence ends and where the mask says so. */
     public int[] targets() {
         int[] t = new int[tokens.length];

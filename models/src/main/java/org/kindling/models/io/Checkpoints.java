@@ -18,6 +18,8 @@ import java.util.OptionalInt;
 import org.kindling.models.Gpt;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.nn.Param;
+import org.kindling.models.nn.Params;
+import org.kindling.models.train.Optimizer;
 import org.kindling.models.train.StateTensor;
 import org.kindling.models.train.Trainer;
 import org.kindling.ops.Tensor;
@@ -86,22 +88,33 @@ public final class Checkpoints {
      * training is deterministic, so the existing files are the same.
      */
     public String save(Trainer trainer, RunConfig config, int keep, int replicasPerWorker, long[] dataPositions) {
+        return save(trainer.stepCount(), () -> weights(trainer.model().params()), () -> optimizerState(trainer.optimizer()), config,
+                keep, replicasPerWorker, dataPositions);
+    }
+
+    /** Tensors by name, read only when the checkpoint is not on storage already. */
+    private interface TensorsSource {
+        Map<String, Safetensors.Tensor> get() throws IOException;
+    }
+
+    private String save(int step, TensorsSource model, TensorsSource optimizer, RunConfig config, int keep, int replicasPerWorker,
+                        long[] dataPositions) {
         if (dataPositions.length == 0) {
             throw new IllegalArgumentException("a checkpoint needs the data position of every worker, got none");
         }
         if (replicasPerWorker < 1) {
             throw new IllegalArgumentException("a checkpoint's replicas per worker must be at least 1, got " + replicasPerWorker);
         }
-        String name = name(trainer.stepCount());
+        String name = name(step);
         String dir = DIR + "/" + name;
         try {
             if (!storage.exists(dir + "/state.json")) {
                 String tmp = DIR + "/.tmp-" + name + "-" + Long.toHexString(System.nanoTime());
-                writeTensors(tmp + "/model.safetensors", weights(trainer.model()));
-                writeTensors(tmp + "/optimizer.safetensors", optimizerState(trainer));
+                writeTensors(tmp + "/model.safetensors", model.get());
+                writeTensors(tmp + "/optimizer.safetensors", optimizer.get());
                 ObjectNode state = JSON.createObjectNode();
                 state.put("format_version", FORMAT_VERSION);
-                state.put("step", trainer.stepCount());
+                state.put("step", step);
                 state.put("data_position", dataPositions[0]);
                 var positions = state.putArray("data_positions");
                 for (long p : dataPositions) {
@@ -125,6 +138,78 @@ public final class Checkpoints {
             throw new UncheckedIOException("cannot write checkpoint " + storage.describe(dir) + ": " + e.getMessage(), e);
         }
         return name;
+    }
+
+    private static String partDir(int step, int part) {
+        return DIR + "/.parts-" + name(step) + "/part-" + part;
+    }
+
+    /**
+     * A pipeline stage's share of checkpoint {@code step}: its weights and optimizer state, written
+     * where {@link #saveParts} gathers them into one checkpoint.
+     */
+    public void savePart(int step, int part, Params params, Optimizer optimizer) {
+        String dir = partDir(step, part);
+        try {
+            if (!storage.exists(DIR + "/" + name(step) + "/state.json")) {
+                writeTensors(dir + "/model.safetensors", weights(params));
+                writeTensors(dir + "/optimizer.safetensors", optimizerState(optimizer));
+            }
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot write checkpoint part " + storage.describe(dir) + ": " + e.getMessage(), e);
+        }
+    }
+
+    /**
+     * Checkpoint {@code step} from the {@code parts} stages' {@link #savePart shares}, as one model
+     * would have saved it: the same files, tensors in {@code order} (a whole model's {@link
+     * org.kindling.models.Gpt#tensorOrder}; a tensor two stages hold, the tied embedding, is taken
+     * from the first), so eval, generate, export and a run with other parallelism read it as any
+     * other. The shares are deleted afterwards.
+     */
+    public String saveParts(int step, int parts, List<String> order, RunConfig config, int keep, int replicasPerWorker,
+                            long[] dataPositions) {
+        String name = save(step, () -> merged(step, parts, "model.safetensors", order),
+                () -> merged(step, parts, "optimizer.safetensors", order), config, keep, replicasPerWorker, dataPositions);
+        try {
+            storage.delete(DIR + "/.parts-" + name(step));
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot delete the checkpoint parts of " + storage.describe(DIR + "/" + name) + ": "
+                    + e.getMessage(), e);
+        }
+        return name;
+    }
+
+    /** One file of every part, its tensors in {@code order} by the name they are a state of ({@code m.NAME}: NAME's). */
+    private Map<String, Safetensors.Tensor> merged(int step, int parts, String file, List<String> order) throws IOException {
+        Map<String, Safetensors.Tensor> all = new LinkedHashMap<>();
+        for (int part = 0; part < parts; part++) {
+            String path = partDir(step, part) + "/" + file;
+            try (InputStream in = storage.open(path)) {
+                Safetensors.read(in, storage.describe(path)).tensors().forEach(all::putIfAbsent);
+            }
+        }
+        Map<String, Integer> rank = new java.util.HashMap<>();
+        for (int i = 0; i < order.size(); i++) {
+            rank.put(order.get(i), i);
+        }
+        List<String> names = new ArrayList<>(all.keySet());
+        for (String n : names) {
+            if (rank.get(owner(n)) == null) {
+                throw new IllegalStateException(storage.describe(DIR + "/.parts-" + name(step)) + ": tensor " + n
+                        + " belongs to no tensor of the model");
+            }
+        }
+        // Stable: a parameter's several states (m., v.) keep the order its stage wrote them in.
+        names.sort(java.util.Comparator.comparingInt(n -> rank.get(owner(n))));
+        Map<String, Safetensors.Tensor> out = new LinkedHashMap<>();
+        names.forEach(n -> out.put(n, all.get(n)));
+        return out;
+    }
+
+    /** The model tensor a state tensor belongs to: NAME for {@code m.NAME} and {@code v.NAME}, else itself. */
+    private static String owner(String tensor) {
+        return tensor.startsWith("m.") || tensor.startsWith("v.") ? tensor.substring(2) : tensor;
     }
 
     /** The checkpoint LATEST names, if the run has one. */
@@ -233,19 +318,38 @@ public final class Checkpoints {
 
     /** Loads a checkpoint's weights into a model of the same architecture. */
     public void loadWeights(String name, Gpt model) {
+        loadWeights(name, model.params(), false);
+    }
+
+    /** Loads a checkpoint's tensors of {@code params}; with {@code part}, the checkpoint's others are skipped. */
+    private void loadWeights(String name, Params params, boolean part) {
         Map<String, StateTensor> targets = new LinkedHashMap<>();
-        for (Param p : model.params().list()) {
+        for (Param p : params.list()) {
             targets.put(p.name(), StateTensor.of(p.value()));
         }
-        for (Param p : model.params().fixed()) {
+        for (Param p : params.fixed()) {
             targets.put(p.name(), StateTensor.of(p.value()));
         }
-        readInto(DIR + "/" + name + "/model.safetensors", targets);
-        model.params().refreshShadow();
+        readInto(DIR + "/" + name + "/model.safetensors", targets, part);
+        params.refreshShadow();
     }
 
     /** Restores weights, the optimizer's state and the step counter; returns the checkpoint's state. */
     public State restore(String name, Trainer trainer) {
+        State state = restore(name, trainer.model().params(), trainer.optimizer(), false);
+        trainer.restoreStep(state.step());
+        return state;
+    }
+
+    /**
+     * Restores a pipeline stage's weights and optimizer state (its parameters' tensors of a whole
+     * model's checkpoint); returns the checkpoint's state, whose step the caller takes up.
+     */
+    public State restorePart(String name, Params params, Optimizer optimizer) {
+        return restore(name, params, optimizer, true);
+    }
+
+    private State restore(String name, Params params, Optimizer optimizer, boolean part) {
         State state = state(name);
         if (state.formatVersion() != FORMAT_VERSION) {
             // Its weights still serve eval, generate and export; only its data positions mean something else now.
@@ -255,20 +359,20 @@ public final class Checkpoints {
                     + "); start a new run (its weights still serve `kindling eval`, `generate` and `export`), or resume with "
                     + "the Kindling that wrote it", new CorruptFileException("format_version " + state.formatVersion()));
         }
-        loadWeights(name, trainer.model());
+        loadWeights(name, params, part);
         // A checkpoint of another optimizer lacks this one's tensors: readInto names the first missing or foreign one.
-        readInto(DIR + "/" + name + "/optimizer.safetensors", trainer.optimizer().state());
-        trainer.optimizer().restored();
-        trainer.restoreStep(state.step());
+        readInto(DIR + "/" + name + "/optimizer.safetensors", optimizer.state(), part);
+        optimizer.restored();
         return state;
     }
 
     /**
      * Streams a file's tensors straight into {@code targets} (by name), a piece at a time, so no
      * host copy of the whole file or of a whole tensor is made. A tensor the model lacks, one the
-     * file lacks, or one of another shape is an error naming the file: nothing is skipped silently.
+     * file lacks, or one of another shape is an error naming the file: nothing is skipped silently,
+     * except, for a pipeline stage's {@code part}, the tensors of the model's other stages.
      */
-    private void readInto(String path, Map<String, StateTensor> targets) {
+    private void readInto(String path, Map<String, StateTensor> targets, boolean part) {
         String source = storage.describe(path);
         java.util.Set<String> seen = new java.util.HashSet<>();
         try (InputStream in = storage.open(path)) {
@@ -278,6 +382,9 @@ public final class Checkpoints {
                 @Override
                 public void begin(String name, int[] shape) {
                     dst = targets.get(name);
+                    if (dst == null && part) {
+                        return; // another stage's tensor
+                    }
                     if (dst == null) {
                         throw new IllegalStateException(source + ": tensor " + name + " is not part of this model "
                                 + "(a checkpoint of another architecture or configuration?)");
@@ -291,7 +398,9 @@ public final class Checkpoints {
 
                 @Override
                 public void values(long offset, float[] values) {
-                    dst.write(offset, values);
+                    if (dst != null) {
+                        dst.write(offset, values);
+                    }
                 }
             });
         } catch (IOException e) {
@@ -310,20 +419,20 @@ public final class Checkpoints {
         }
     }
 
-    private static Map<String, Safetensors.Tensor> weights(Gpt model) {
+    private static Map<String, Safetensors.Tensor> weights(Params params) {
         Map<String, Safetensors.Tensor> out = new LinkedHashMap<>();
-        for (Param p : model.params().list()) {
+        for (Param p : params.list()) {
             out.put(p.name(), new Safetensors.Tensor(p.shape(), p.value().toFloatArray()));
         }
-        for (Param p : model.params().fixed()) {
+        for (Param p : params.fixed()) {
             out.put(p.name(), new Safetensors.Tensor(p.shape(), p.value().toFloatArray()));
         }
         return out;
     }
 
-    private static Map<String, Safetensors.Tensor> optimizerState(Trainer trainer) {
+    private static Map<String, Safetensors.Tensor> optimizerState(Optimizer optimizer) {
         Map<String, Safetensors.Tensor> out = new LinkedHashMap<>();
-        trainer.optimizer().state().forEach((n, t) -> out.put(n, new Safetensors.Tensor(t.shape(), t.read())));
+        optimizer.state().forEach((n, t) -> out.put(n, new Safetensors.Tensor(t.shape(), t.read())));
         return out;
     }
 }

@@ -82,6 +82,31 @@ public final class Params implements AutoCloseable {
             return out;
         }
 
+        /**
+         * Names of the tensors declared so far in the order a built model lists them: the
+         * trainable ones as {@link Params#list}, then the fixed ones as {@link Params#fixed}.
+         */
+        public List<String> order() {
+            List<String> out = trainableOrder();
+            for (Spec s : specs) {
+                if (!s.trainable()) {
+                    out.add(s.name());
+                }
+            }
+            return out;
+        }
+
+        /** Names of the trainable parameters declared so far, as {@link Params#list} orders them. */
+        public List<String> trainableOrder() {
+            List<String> out = new ArrayList<>();
+            for (Spec s : specs) {
+                if (s.trainable()) {
+                    out.add(s.name());
+                }
+            }
+            return out;
+        }
+
         /** Trainable elements declared so far. */
         public long trainableCount() {
             long n = 0;

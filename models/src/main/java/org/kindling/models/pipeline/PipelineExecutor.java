@@ -186,7 +186,27 @@ public final class PipelineExecutor {
 
     private void execute(long step, int s, List<Command> program, StageChannel actIn, StageChannel actOut, StageChannel gradIn,
                          StageChannel gradOut) {
-        GptStage stage = stages.get(s);
+        runProgram(stages.get(s), program, actIn, actOut, gradIn, gradOut, timeout,
+                jitter > 0 ? (c, tookNanos) -> delay(step, s, c, tookNanos) : null);
+    }
+
+    /** What a stage does after each computation of its program (e.g. injected jitter). */
+    @FunctionalInterface
+    public interface AfterCompute {
+        void after(Command command, long tookNanos);
+    }
+
+    /**
+     * Runs one stage's program of a step {@link GptStage#startStep started} on it, over its channels
+     * (null where the stage has no neighbour): the loop of every stage thread here, and of a stage
+     * that is a process of its own with channels to other hosts.
+     *
+     * @param after called after each computation with its duration, or null
+     * @throws PipelineException when a message is late, out of step or the wait is interrupted
+     */
+    public static void runProgram(GptStage stage, List<Command> program, StageChannel actIn, StageChannel actOut,
+                                  StageChannel gradIn, StageChannel gradOut, Duration timeout, AfterCompute after) {
+        int s = stage.index();
         Map<Integer, Tensor> received = new HashMap<>();
         Map<Integer, Tensor> toSend = new HashMap<>();
         try {
@@ -219,8 +239,8 @@ public final class PipelineExecutor {
                     case SEND_ACT -> actOut.send(mb, take(toSend, mb, s, c), timeout);
                     case SEND_GRAD -> gradOut.send(mb, take(toSend, mb, s, c), timeout);
                 }
-                if (jitter > 0 && c.op().computes()) {
-                    delay(step, s, c, System.nanoTime() - t0);
+                if (after != null && c.op().computes()) {
+                    after.after(c, System.nanoTime() - t0);
                 }
             }
         } finally {

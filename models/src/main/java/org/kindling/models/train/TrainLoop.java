@@ -67,6 +67,74 @@ public final class TrainLoop {
     }
 
     /**
+     * The loop of one pipeline stage of one replica ({@link StageTrainer}): reads the replica's
+     * micro-batches from {@code data} (every stage of a replica reads the same slice, so each has
+     * its batches' tokens, positions and targets), steps, and checkpoints as one model: replica 0 of
+     * every stage writes its share, every worker then meets (so the shares are complete), and worker
+     * 0 gathers them into one checkpoint with each replica's data position
+     * ({@link Checkpoints#saveParts}). A resume restores each stage's tensors of that checkpoint,
+     * which any parallelism over the same number of replicas (data-parallel workers, or pipelines of
+     * any stage count) may have written.
+     */
+    public static int runStage(StageTrainer trainer, DataSource data, Checkpoints checkpoints, Optional<String> resume,
+                               RunConfig config, Consumer<StepResult> onStep) {
+        TrainConfig cfg = trainer.config();
+        GradientSync everyone = trainer.everyone();
+        int replicas = trainer.replicas().world();
+        int stages = trainer.stages();
+        resume.ifPresent(name -> {
+            Checkpoints.State state = checkpoints.restorePart(name, trainer.stage().params(), trainer.optimizer());
+            trainer.restoreStep(state.step());
+            seek(checkpoints, name, state, data, trainer.replica(), replicas, 1);
+        });
+        while (trainer.stepCount() < cfg.maxSteps()) {
+            List<TokenBatch> batches = new ArrayList<>();
+            for (int micro = 0; micro < cfg.gradAccum(); micro++) {
+                batches.add(data.next());
+            }
+            StepResult r = trainer.step(batches);
+            onStep.accept(r);
+            boolean interval = cfg.checkpointInterval() > 0 && r.step() % cfg.checkpointInterval() == 0;
+            if (interval || r.step() == cfg.maxSteps()) {
+                if (trainer.replicas().rank() == 0) {
+                    checkpoints.savePart(r.step(), trainer.stage().index(), trainer.stage().params(), trainer.optimizer());
+                }
+                long[] all = everyone.allGather(data.position());
+                if (everyone.rank() == 0) {
+                    long[] positions = new long[replicas];
+                    for (int j = 0; j < replicas; j++) {
+                        positions[j] = all[j * stages];
+                    }
+                    checkpoints.saveParts(r.step(), stages, trainer.tensorOrder(), config, cfg.keepCheckpoints(), 1, positions);
+                }
+            }
+        }
+        return trainer.stepCount();
+    }
+
+    /**
+     * Checks that checkpoint {@code name} was written by {@code world} workers of {@code replicas}
+     * replicas each, and moves {@code data} to worker {@code rank}'s position in it.
+     */
+    private static void seek(Checkpoints checkpoints, String name, Checkpoints.State state, DataSource data, int rank, int world,
+                             int replicas) {
+        String where = checkpoints.storage().describe("checkpoints/" + name);
+        if (state.dataPositions().length != world) {
+            throw new IllegalStateException(where + " was written by "
+                    + state.dataPositions().length + " worker(s); resume it with the same number of workers, not " + world);
+        }
+        if (state.replicasPerWorker().isEmpty()) {
+            // Written before the count was recorded: any count resumes it, as before.
+            LOG.log(System.Logger.Level.WARNING, where + " does not record its replicas per worker; resuming with "
+                    + replicas + ", which may split batches and draw dropout masks unlike the run that wrote it");
+        } else if (state.replicasPerWorker().getAsInt() != replicas) {
+            throw new ReplicaCountException(where, state.replicasPerWorker().getAsInt(), replicas);
+        }
+        data.seek(state.dataPositions()[rank]);
+        LOG.log(System.Logger.Level.INFO, "resumed from " + where);
+    }
+
+    /**
      * The loop of {@code trainers}, the replicas of one worker of {@code between}, whose one step
      * over a source per replica {@code step} takes, and which {@code eachReplica} runs work on at
      * once (by replica index), as their collectives need.
@@ -82,21 +150,7 @@ public final class TrainLoop {
             for (Trainer t : trainers) {
                 state = checkpoints.restore(name, t);
             }
-            String where = checkpoints.storage().describe("checkpoints/" + name);
-            if (state.dataPositions().length != between.world()) {
-                throw new IllegalStateException(where + " was written by "
-                        + state.dataPositions().length + " worker(s); resume it with the same number of workers, not "
-                        + between.world());
-            }
-            if (state.replicasPerWorker().isEmpty()) {
-                // Written before the count was recorded: any count resumes it, as before.
-                LOG.log(System.Logger.Level.WARNING, where + " does not record its replicas per worker; resuming with "
-                        + trainers.size() + ", which may split batches and draw dropout masks unlike the run that wrote it");
-            } else if (state.replicasPerWorker().getAsInt() != trainers.size()) {
-                throw new ReplicaCountException(where, state.replicasPerWorker().getAsInt(), trainers.size());
-            }
-            data.seek(state.dataPositions()[between.rank()]);
-            LOG.log(System.Logger.Level.INFO, "resumed from " + where);
+            seek(checkpoints, name, state, data, between.rank(), between.world(), trainers.size());
         });
         int parts = trainers.size();
         while (first.stepCount() < cfg.maxSteps()) {

@@ -236,7 +236,7 @@ public final class Trainer implements AutoCloseable {
      * The dropout seed of a micro-batch: a function of the run seed, worker and position, so resumed
      * runs redraw the same masks and workers draw different ones.
      */
-    static long dropoutSeed(long runSeed, int rank, int step, int micro) {
+    public static long dropoutSeed(long runSeed, int rank, int step, int micro) {
         return Seeds.derive(runSeed, rank, step, micro);
     }
 

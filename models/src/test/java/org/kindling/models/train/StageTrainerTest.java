@@ -1,0 +1,213 @@
+package org.kindling.models.train;
+
+import static org.junit.jupiter.api.Assertions.assertArrayEquals;
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+import static org.junit.jupiter.api.Assertions.assertTrue;
+
+import java.io.IOException;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Optional;
+import java.util.SplittableRandom;
+import java.util.concurrent.atomic.AtomicReferenceArray;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.api.io.TempDir;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.CsvSource;
+import org.kindling.models.Gpt;
+import org.kindling.models.GptStage;
+import org.kindling.models.config.ModelConfig;
+import org.kindling.models.config.RunConfig;
+import org.kindling.models.config.TrainConfig;
+import org.kindling.models.data.DataSource;
+import org.kindling.models.data.TokenBatch;
+import org.kindling.models.io.Checkpoints;
+import org.kindling.models.io.LocalRunStorage;
+import org.kindling.models.pipeline.InMemoryChannel;
+import org.kindling.models.pipeline.PipelinePolicy;
+import org.kindling.models.pipeline.StageChannel;
+import org.kindling.ops.Device;
+import org.kindling.ops.cpu.CpuDevice;
+
+/**
+ * Pipeline stages trained by {@link StageTrainer}s, each on its own thread and device as each would
+ * be on its own executor: with one replica they train the bits of one {@link Trainer} on the whole
+ * model, clipping included, write the same checkpoint files, and resume from them bit for bit.
+ */
+class StageTrainerTest {
+    private static final int VOCAB = 23;
+    private static final ModelConfig MODEL = ModelConfig.gpt(VOCAB, 16, 4, 2, 2, 64, 4, 0.1, 0.2, 1e-5);
+    private static final int MICRO = 4;
+    /** A clip low enough to engage: the norm must be the whole model's, summed in its order. */
+    private static final TrainConfig TRAIN = new TrainConfig(7, 3e-3, 3e-4, 1, 4, 0.1, 0.9, 0.95, 1e-8, 0.05, MICRO, 512, 1, 2, 3);
+    private static final RunConfig RUN = new RunConfig(MODEL, TRAIN);
+
+    @TempDir
+    Path dir;
+
+    /** Replica {@code replica}'s micro-batch at {@code position}: two packed sequences of 30 tokens, or fewer when {@code ragged}. */
+    private static TokenBatch batch(int replica, long position, boolean ragged) {
+        SplittableRandom r = new SplittableRandom(31 * position + replica);
+        int n = ragged ? 20 + (int) (position % 3) * 5 : 30;
+        int[] tokens = new int[n];
+        for (int j = 0; j < n; j++) {
+            tokens[j] = r.nextInt(VOCAB);
+        }
+        return new TokenBatch(tokens, new int[] {0, 10 + (int) (position % 4), n});
+    }
+
+    private static DataSource data(int replica, boolean ragged) {
+        return DataSource.indexed(p -> batch(replica, p, ragged));
+    }
+
+    /** The reference: one trainer on the whole model, checkpointing into {@code run}. */
+    private static List<StepResult> single(Path run, boolean ragged) {
+        List<StepResult> out = new ArrayList<>();
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(MODEL, dev, TRAIN.seed()); Trainer t = new Trainer(model, TRAIN)) {
+            Checkpoints ck = new Checkpoints(new LocalRunStorage(run));
+            TrainLoop.run(t, data(0, ragged), ck, ck.latest(), RUN, out::add);
+        }
+        return out;
+    }
+
+    /** {@code stages} × {@code replicas} stage trainers on threads, resuming from {@code run}'s LATEST; replica 0's last stage's results. */
+    private static List<StepResult> pipeline(Path run, int stages, int replicas, String policy, boolean ragged) {
+        int world = stages * replicas;
+        List<SharedMemorySync> everyone = SharedMemorySync.group(world, 60);
+        List<List<SharedMemorySync>> perStage = new ArrayList<>();
+        for (int s = 0; s < stages; s++) {
+            perStage.add(SharedMemorySync.group(replicas, 60));
+        }
+        List<StageChannel> channels = new ArrayList<>();
+        List<List<StepResult>> results = new ArrayList<>();
+        AtomicReferenceArray<Throwable> failures = new AtomicReferenceArray<>(world);
+        Thread[] threads = new Thread[world];
+        Checkpoints ck = new Checkpoints(new LocalRunStorage(run));
+        Optional<String> resume = ck.latest();
+        StageChannel[][] fwd = new StageChannel[replicas][stages];
+        StageChannel[][] bwd = new StageChannel[replicas][stages];
+        for (int j = 0; j < replicas; j++) {
+            for (int s = 0; s + 1 < stages; s++) {
+                fwd[j][s] = new InMemoryChannel("act " + s, MICRO + 1);
+                bwd[j][s] = new InMemoryChannel("grad " + s, MICRO + 1);
+                channels.add(fwd[j][s]);
+                channels.add(bwd[j][s]);
+            }
+        }
+        for (int rank = 0; rank < world; rank++) {
+            int j = rank / stages;
+            int s = rank % stages;
+            List<StepResult> mine = new ArrayList<>();
+            results.add(mine);
+            StageTrainer.Links links = new StageTrainer.Links(s > 0 ? fwd[j][s - 1] : null, s + 1 < stages ? fwd[j][s] : null,
+                    s + 1 < stages ? bwd[j][s] : null, s > 0 ? bwd[j][s - 1] : null);
+            GradientSync reps = replicas == 1 ? GradientSync.SINGLE : perStage.get(s).get(j);
+            int r = rank;
+            threads[rank] = new Thread(() -> {
+                try (Device dev = CpuDevice.open(1); GptStage stage = GptStage.initialized(MODEL, dev, TRAIN.seed(), s, stages);
+                     StageTrainer t = new StageTrainer(stage, stages, MODEL, TRAIN, PipelinePolicy.parse(policy), reps,
+                             everyone.get(r), links, Duration.ofSeconds(60))) {
+                    TrainLoop.runStage(t, data(j, ragged), ck, resume, RUN, mine::add);
+                } catch (Throwable e) {
+                    failures.set(r, e);
+                    for (SharedMemorySync sync : everyone) {
+                        sync.abort();
+                    }
+                    channels.forEach(StageChannel::close);
+                }
+            });
+            threads[rank].start();
+        }
+        for (Thread t : threads) {
+            try {
+                t.join(120_000);
+            } catch (InterruptedException e) {
+                throw new IllegalStateException(e);
+            }
+        }
+        channels.forEach(StageChannel::close);
+        for (int i = 0; i < world; i++) {
+            if (failures.get(i) != null) {
+                throw new IllegalStateException("worker " + i + " failed", failures.get(i));
+            }
+        }
+        return results.get(stages - 1);
+    }
+
+    private static void assertSameFiles(Path a, Path b, int step) throws IOException {
+        for (String f : new String[] {"model.safetensors", "optimizer.safetensors"}) {
+            assertArrayEquals(Files.readAllBytes(a.resolve("checkpoints/step-" + step + "/" + f)),
+                    Files.readAllBytes(b.resolve("checkpoints/step-" + step + "/" + f)), f + " at step " + step);
+        }
+    }
+
+    @ParameterizedTest(name = "{0} stages, {1}")
+    @CsvSource({"2, 1f1b", "2, shifted", "3, 1f1b-recompute", "3, stage-aware"})
+    void oneReplicaTrainsAndCheckpointsTheBitsOfOneTrainer(int stages, String policy) throws IOException {
+        Path one = dir.resolve("one");
+        Path piped = dir.resolve("piped");
+        List<StepResult> want = single(one, false);
+        List<StepResult> got = pipeline(piped, stages, 1, policy, false);
+        assertEquals(want.stream().map(StepResult::loss).toList(), got.stream().map(StepResult::loss).toList(), "losses");
+        assertEquals(want.stream().map(StepResult::gradNorm).toList(), got.stream().map(StepResult::gradNorm).toList(), "norms");
+        assertTrue(want.get(0).gradNorm() > TRAIN.gradClip(), "the clip engages");
+        assertSameFiles(one, piped, 2);
+        assertSameFiles(one, piped, 4);
+        assertTrue(Files.notExists(piped.resolve("checkpoints/.parts-step-4")), "the stages' shares are gone once gathered");
+    }
+
+    @Test
+    void stagesResumeFromACheckpointBitForBit() throws IOException {
+        Path whole = dir.resolve("whole");
+        Path resumed = dir.resolve("resumed");
+        pipeline(whole, 2, 1, "1f1b", false);
+        pipeline(resumed, 2, 1, "1f1b", false);
+        // Back to step 2, as a run killed after it would be.
+        Files.writeString(resumed.resolve("checkpoints/LATEST"), "step-2\n");
+        for (String f : new String[] {"model.safetensors", "optimizer.safetensors", "state.json"}) {
+            Files.delete(resumed.resolve("checkpoints/step-4/" + f));
+        }
+        List<StepResult> rest = pipeline(resumed, 2, 1, "1f1b", false);
+        assertEquals(List.of(3, 4), rest.stream().map(StepResult::step).toList());
+        assertSameFiles(whole, resumed, 4);
+    }
+
+    @Test
+    void raggedMicroBatchesArePaddedWithoutChangingTheLoss() throws IOException {
+        List<StepResult> want = single(dir.resolve("one"), true);
+        List<StepResult> got = pipeline(dir.resolve("piped"), 2, 1, "1f1b", true);
+        for (int i = 0; i < want.size(); i++) {
+            assertEquals(want.get(i).loss(), got.get(i).loss(), 1e-5 * want.get(i).loss(), "loss of step " + (i + 1));
+            assertEquals(want.get(i).gradNorm(), got.get(i).gradNorm(), 1e-4 * want.get(i).gradNorm(), "norm of step " + (i + 1));
+            assertEquals(want.get(i).tokens(), got.get(i).tokens(), "tokens of step " + (i + 1) + " (the padding is not counted)");
+        }
+    }
+
+    @Test
+    void twoReplicasOfTwoStagesCheckpointLoadableWeights() throws IOException {
+        Path run = dir.resolve("two");
+        List<StepResult> got = pipeline(run, 2, 2, "1f1b", false);
+        assertEquals(4, got.size());
+        Checkpoints ck = new Checkpoints(new LocalRunStorage(run));
+        assertEquals(2, ck.state("step-4").dataPositions().length, "one data position per replica");
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(MODEL, dev, 1)) {
+            ck.loadWeights("step-4", model);
+        }
+        assertTrue(got.get(3).loss() < got.get(0).loss(), "it learns: " + got);
+    }
+
+    @Test
+    void optimizersThatSpanTheWholeModelAreRefused() {
+        IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> {
+            try (Device dev = CpuDevice.open(1); GptStage stage = new GptStage(MODEL, dev, 1, 0, 1)) {
+                new StageTrainer(stage, 1, MODEL, TRAIN.withZero(1), PipelinePolicy.ONE_F_ONE_B, GradientSync.SINGLE,
+                        GradientSync.SINGLE, new StageTrainer.Links(null, null, null, null), Duration.ofSeconds(1)).close();
+            }
+        });
+        assertTrue(e.getMessage().contains("zero 1"), e.getMessage());
+    }
+}
