@@ -14,6 +14,7 @@ import org.apache.spark.sql.SparkSession;
 import org.kindling.data.BpeTokenizer;
 import org.kindling.models.Gpt;
 import org.kindling.models.config.RunConfig;
+import org.kindling.models.pipeline.PipelinePolicy;
 import org.kindling.models.train.StepResult;
 import org.kindling.train.HadoopRunStorage;
 import org.kindling.train.RunDir;
@@ -40,6 +41,8 @@ public final class TrainBuilder {
     private String evalData;
     private String runDir;
     private int workers = 1;
+    private int pipelineStages = 1;
+    private String pipelinePolicy = PipelinePolicy.ONE_F_ONE_B.key();
     private String device = "cpu";
     private boolean cpuFallback;
     private TaskDevice taskDevice;
@@ -103,6 +106,22 @@ public final class TrainBuilder {
         return this;
     }
 
+    /**
+     * Pipeline stages S (default 1: none): the model is cut into S stages of about equal FLOPs, each
+     * worker holds one, and the workers form {@code workers / S} replicas of the pipeline that sum
+     * their gradients stage by stage.
+     */
+    public TrainBuilder pipelineStages(int stages) {
+        this.pipelineStages = stages;
+        return this;
+    }
+
+    /** The pipeline schedule: 1f1b (default), 1f1b-recompute, stage-aware or shifted. */
+    public TrainBuilder pipelinePolicy(String policy) {
+        this.pipelinePolicy = policy;
+        return this;
+    }
+
     /** What each task computes on: {@code cpu}, {@code cpu:N}, {@code cuda}, … (default {@code cpu}). */
     public TrainBuilder device(String spec) {
         this.device = spec;
@@ -155,6 +174,7 @@ public final class TrainBuilder {
         if (workers < 1) {
             throw new InvalidOptionException("workers", "--workers must be at least 1, got " + workers);
         }
+        pipeline();
         try {
             TaskDevice chosen = taskDevice != null ? taskDevice : new TaskDevice(device, cpuFallback);
             chosen.check();
@@ -197,13 +217,28 @@ public final class TrainBuilder {
         out.accept(String.format("model: %,d parameters, %,d active per token", counts.total(), counts.active()));
         List<StepResult> steps;
         try {
-            steps = TrainJob.run(spark, runDir, data, evalData, cfg, workers, taskDevice, out);
+            steps = TrainJob.run(spark, runDir, data, evalData, cfg, workers, pipeline(), taskDevice, out);
         } catch (InvalidOptionException e) {
             throw e;
         } catch (IllegalArgumentException e) {
             throw InvalidOptionException.of(e, "runDir");
         }
         return TrainedRun.open(runDir, conf, steps);
+    }
+
+    private TrainJob.Pipeline pipeline() {
+        if (pipelineStages < 1) {
+            throw new InvalidOptionException("pipelineStages", "--pipeline-stages must be at least 1, got " + pipelineStages);
+        }
+        if (workers % pipelineStages != 0) {
+            throw new InvalidOptionException("pipelineStages", "--workers " + workers + " is not a multiple of --pipeline-stages "
+                    + pipelineStages + ": every replica of the model needs one worker per stage");
+        }
+        try {
+            return new TrainJob.Pipeline(pipelineStages, PipelinePolicy.parse(pipelinePolicy));
+        } catch (IllegalArgumentException e) {
+            throw InvalidOptionException.of(new IllegalArgumentException("--pipeline-policy: " + e.getMessage(), e), "pipelinePolicy");
+        }
     }
 
     private static void require(String option, String value) {

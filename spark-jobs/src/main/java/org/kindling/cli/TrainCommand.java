@@ -44,6 +44,14 @@ final class TrainCommand implements Callable<Integer> {
         "then they all-gather the weights; bit-identical to 0, plain data parallelism); the config key train.zero"})
     Integer zero;
 
+    @Option(names = "--pipeline-stages", defaultValue = "1", description = {"pipeline stages S: the model is cut into S stages of",
+        "about equal FLOPs, one per worker, and the --workers form workers/S replicas of the pipeline (default ${DEFAULT-VALUE})"})
+    int pipelineStages;
+
+    @Option(names = "--pipeline-policy", defaultValue = "1f1b", description = {"the pipeline schedule: 1f1b, 1f1b-recompute,",
+        "stage-aware or shifted (default ${DEFAULT-VALUE})"})
+    String pipelinePolicy;
+
     @CommandLine.Mixin
     DeviceOption device;
 
@@ -98,7 +106,8 @@ final class TrainCommand implements Callable<Integer> {
     }
 
     private TrainBuilder builder(SparkSession spark) {
-        TrainBuilder b = KindlingApi.train(spark).preset(config).data(data).runDir(run).workers(workers).device(device.spec)
+        TrainBuilder b = KindlingApi.train(spark).preset(config).data(data).runDir(run).workers(workers)
+                .pipelineStages(pipelineStages).pipelinePolicy(pipelinePolicy).device(device.spec)
                 .cpuFallback(cpuFallback).progress(spec.commandLine().getErr());
         if (evalData != null) {
             b.evalData(evalData);

@@ -53,13 +53,15 @@ public final class Ring implements AutoCloseable {
     public static final class Listener implements AutoCloseable {
         private final int rank;
         private final RunSecret secret;
+        private final String purpose;
         private final Peer address;
         private final Arrivals arrivals;
 
-        private Listener(int rank, String host, RunSecret secret) throws IOException {
+        private Listener(int rank, String host, RunSecret secret, String purpose) throws IOException {
             this.rank = rank;
             this.secret = secret;
-            this.arrivals = new Arrivals("rank " + rank + " ring", host, secret, PURPOSE, 4,
+            this.purpose = purpose;
+            this.arrivals = new Arrivals("rank " + rank + (purpose.equals(PURPOSE) ? " ring" : " ring " + purpose), host, secret, purpose, 4,
                     "too many are waiting to announce their rank");
             this.address = new Peer(host, arrivals.address().getPort());
             LOG.log(System.Logger.Level.INFO, "rank " + rank + " ring listening on " + host + ":" + address.port());
@@ -138,7 +140,16 @@ public final class Ring implements AutoCloseable {
      * this process, never every interface), on a free port, for {@link #connect}.
      */
     public static Listener listen(int rank, String host, RunSecret secret) throws IOException {
-        return new Listener(rank, host, secret);
+        return new Listener(rank, host, secret, PURPOSE);
+    }
+
+    /**
+     * As {@link #listen(int, String, RunSecret)}, for a ring of the run other than its main one
+     * (e.g. the replicas of one pipeline stage), named by {@code group}: its ranks authenticate for
+     * that ring only, so a rank of another cannot join it by mistake.
+     */
+    public static Listener listen(int rank, String host, RunSecret secret, String group) throws IOException {
+        return new Listener(rank, host, secret, PURPOSE + "/" + group);
     }
 
     /**
@@ -166,7 +177,7 @@ public final class Ring implements AutoCloseable {
         try (listener) {
             Peer p = peers.get(next);
             try {
-                to = Link.dial(p.host(), p.port(), listener.secret, PURPOSE, name(next, peers), timeout, deadline);
+                to = Link.dial(p.host(), p.port(), listener.secret, listener.purpose, name(next, peers), timeout, deadline);
                 to.send(HELLO, ByteBuffer.allocate(Integer.BYTES).putInt(rank).array(), 0, Integer.BYTES);
             } catch (IOException e) {
                 throw new IOException("rank " + rank + " could not join the ring: " + e.getMessage(), e);

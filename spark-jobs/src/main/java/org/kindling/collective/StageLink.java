@@ -87,9 +87,13 @@ public final class StageLink implements AutoCloseable {
     /** The payload of frames without floats; never written to, so one serves every link. */
     private static final ByteBuffer NO_FLOATS = Ring.allocateFloats(0);
 
-    /** The handshake purpose of the link from stage {@code upstream} to {@code upstream + 1}. */
-    static String purpose(int upstream) {
-        return "kindling-stage-link/activations " + upstream + "->" + (upstream + 1) + ", gradients " + (upstream + 1) + "->" + upstream;
+    /**
+     * The handshake purpose of the link from stage {@code upstream} to {@code upstream + 1} of
+     * pipeline replica {@code replica}: a stage that dials another replica's neighbour is refused.
+     */
+    static String purpose(int upstream, int replica) {
+        return "kindling-stage-link/replica " + replica + ": activations " + upstream + "->" + (upstream + 1) + ", gradients "
+                + (upstream + 1) + "->" + upstream;
     }
 
     /**
@@ -101,9 +105,9 @@ public final class StageLink implements AutoCloseable {
         private final Ring.Peer address;
         private final Arrivals arrivals;
 
-        private Listener(int stage, String host, RunSecret secret) throws IOException {
+        private Listener(int stage, int replica, String host, RunSecret secret) throws IOException {
             this.stage = stage;
-            this.arrivals = new Arrivals("stage " + stage + " link", host, secret, purpose(stage - 1), 2,
+            this.arrivals = new Arrivals("stage " + stage + " link", host, secret, purpose(stage - 1, replica), 2,
                     "stage " + (stage - 1) + " has connected already");
             this.address = new Ring.Peer(host, arrivals.address().getPort());
             LOG.log(System.Logger.Level.INFO, "stage " + stage + " link listening on " + host + ":" + address.port());
@@ -157,40 +161,49 @@ public final class StageLink implements AutoCloseable {
     }
 
     /**
-     * Opens the listening socket of downstream stage {@code stage} (≥ 1) on {@code advertisedHost}
-     * (the address Spark advertises for this process, never every interface), on a free port.
+     * Opens the listening socket of downstream stage {@code stage} (≥ 1) of pipeline replica
+     * {@code replica} on {@code advertisedHost} (the address Spark advertises for this process,
+     * never every interface), on a free port.
      */
-    public static Listener listen(int stage, String advertisedHost, RunSecret secret) throws IOException {
+    public static Listener listen(int stage, int replica, String advertisedHost, RunSecret secret) throws IOException {
         if (stage < 1) {
             throw new IllegalArgumentException("stage " + stage + " has no upstream stage to listen for; downstream stages are 1 and up");
         }
-        return new Listener(stage, advertisedHost, secret);
+        checkReplica(replica);
+        return new Listener(stage, replica, advertisedHost, secret);
     }
 
     /**
-     * Connects upstream stage {@code stage} (≥ 0) to stage {@code stage + 1} listening at
+     * Connects upstream stage {@code stage} (≥ 0) of pipeline replica {@code replica} to its stage {@code stage + 1} listening at
      * {@code downstream}, retrying while nothing listens there yet, and fails when the link is not
      * authenticated within {@code timeout}, which also bounds every later write and is the default
      * wait of a receive.
      *
      * @param maxFloats the most floats one frame may carry, either way
      */
-    public static StageLink connect(int stage, Ring.Peer downstream, RunSecret secret, int maxFloats, Duration timeout)
+    public static StageLink connect(int stage, int replica, Ring.Peer downstream, RunSecret secret, int maxFloats, Duration timeout)
             throws IOException {
         if (stage < 0) {
             throw new IllegalArgumentException("stage " + stage + " is not a pipeline stage (they start at 0)");
         }
+        checkReplica(replica);
         checkCap(maxFloats);
         checkTimeout(timeout);
         String peer = "stage " + (stage + 1) + " (" + downstream.host() + ":" + downstream.port() + ")";
         long deadline = System.nanoTime() + timeout.toNanos();
         Link link;
         try {
-            link = Link.dial(downstream.host(), downstream.port(), secret, purpose(stage), peer, timeout, deadline);
+            link = Link.dial(downstream.host(), downstream.port(), secret, purpose(stage, replica), peer, timeout, deadline);
         } catch (IOException e) {
             throw new IOException("stage " + stage + " could not link to the next stage: " + e.getMessage(), e);
         }
         return new StageLink(stage, stage + 1, link, maxFloats, timeout);
+    }
+
+    private static void checkReplica(int replica) {
+        if (replica < 0) {
+            throw new IllegalArgumentException("pipeline replica " + replica + " is not one (they start at 0)");
+        }
     }
 
     private static void checkTimeout(Duration timeout) {

@@ -31,8 +31,14 @@ import org.kindling.collective.Coordinator;
 import org.kindling.collective.Ring;
 import org.kindling.collective.RingSync;
 import org.kindling.collective.RunSecret;
+import org.kindling.collective.StageLink;
+import org.kindling.collective.StageLinkChannel;
 import org.kindling.data.DatasetReader;
 import org.kindling.models.Gpt;
+import org.kindling.models.GptStage;
+import org.kindling.models.nn.Precision;
+import org.kindling.models.pipeline.PipelinePolicy;
+import org.kindling.models.train.StageTrainer;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.io.Checkpoints;
 import org.kindling.models.train.DataParallel;
@@ -101,7 +107,25 @@ public final class TrainJob {
      * What a task reports: a hash of its final weights, or why training stopped at a NaN/∞, which
      * every rank sees alike (the values are all-reduced) and which a retry would only repeat.
      */
-    record Outcome(long checksum, String nonFinite) implements Serializable {
+    record Outcome(int stage, long checksum, String nonFinite) implements Serializable {
+    }
+
+    /**
+     * How the workers split the model: {@code stages} pipeline stages (1: plain data parallelism,
+     * every worker a whole model), each running {@code policy}'s schedule.
+     */
+    public record Pipeline(int stages, PipelinePolicy policy) implements Serializable {
+        /** Data parallelism only. */
+        public static final Pipeline NONE = new Pipeline(1, PipelinePolicy.ONE_F_ONE_B);
+
+        public Pipeline {
+            if (stages < 1) {
+                throw new IllegalArgumentException("--pipeline-stages must be at least 1, got " + stages);
+            }
+            if (policy == null) {
+                throw new IllegalArgumentException("--pipeline-policy is required with --pipeline-stages");
+            }
+        }
     }
 
     /**
@@ -110,8 +134,8 @@ public final class TrainJob {
      * is null when the run does not evaluate.
      */
     record Plan(String run, String data, String evalData, String configYaml, int threads, int replicas, TaskDevice device, int world,
-                String coordinatorHost, int coordinatorPort, RunSecret secret, long rendezvousTimeoutS, long collectiveTimeoutS,
-                long bucketBytes, Fault fault)
+                Pipeline pipeline, String coordinatorHost, int coordinatorPort, RunSecret secret, long rendezvousTimeoutS,
+                long collectiveTimeoutS, long bucketBytes, Fault fault)
             implements Serializable {
     }
 
@@ -155,6 +179,15 @@ public final class TrainJob {
         return run(spark, run, data, evalData, config, workers, device, Fault.NONE, progressLines);
     }
 
+    /**
+     * As {@link #run(SparkSession, String, String, String, RunConfig, int, TaskDevice, Consumer)}, the
+     * workers split into {@code pipeline.stages()} stages of {@code workers / stages} replicas each.
+     */
+    public static List<StepResult> run(SparkSession spark, String run, String data, String evalData, RunConfig config, int workers,
+                                       Pipeline pipeline, TaskDevice device, Consumer<String> progressLines) throws IOException {
+        return run(spark, run, data, evalData, config, workers, pipeline, device, Fault.NONE, progressLines);
+    }
+
     static List<StepResult> run(SparkSession spark, String run, String data, RunConfig config, int workers, TaskDevice device,
                                 Fault fault) throws IOException {
         return run(spark, run, data, null, config, workers, device, fault, line -> LOG.log(System.Logger.Level.INFO, line));
@@ -172,10 +205,16 @@ public final class TrainJob {
 
     static List<StepResult> run(SparkSession spark, String run, String data, String evalData, RunConfig config, int workers,
                                 TaskDevice device, Fault fault, Consumer<String> progressLines) throws IOException {
+        return run(spark, run, data, evalData, config, workers, Pipeline.NONE, device, fault, progressLines);
+    }
+
+    static List<StepResult> run(SparkSession spark, String run, String data, String evalData, RunConfig config, int workers,
+                                Pipeline pipeline, TaskDevice device, Fault fault, Consumer<String> progressLines) throws IOException {
         JavaSparkContext sc = JavaSparkContext.fromSparkContext(spark.sparkContext());
         if (workers < 1) {
             throw new IllegalArgumentException("--workers must be at least 1, got " + workers);
         }
+        checkPipeline(pipeline, config, workers, evalData);
         device.check();
         boolean local = spark.sparkContext().master().startsWith("local");
         int taskCpus = Integer.parseInt(spark.conf().get("spark.task.cpus", "1"));
@@ -220,7 +259,7 @@ public final class TrainJob {
         try (Coordinator coordinator = new Coordinator(host, workers, secret, Duration.ofSeconds(rendezvousS), checkpoints::latest,
                 progress)) {
             Plan plan = new Plan(storage.root(), dataset.root(), eval, yaml, threads, (int) Math.min(replicas, threads), device, workers,
-                    host, coordinator.port(), secret, rendezvousS, collectiveS, bucketBytes, fault);
+                    pipeline, host, coordinator.port(), secret, rendezvousS, collectiveS, bucketBytes, fault);
             // Interrupt-on-cancel: when one task dies, Spark stops its peers at once instead of at their next barrier().
             sc.setJobGroup(group, "kindling train " + run, true);
             StageFailures failures = new StageFailures(group, coordinator);
@@ -262,9 +301,11 @@ public final class TrainJob {
                 throw new TrainingFailedException("training stopped at a non-finite value: " + nonFinite.get()
                         + "; the last checkpoint before it is " + checkpoints.latest().orElse("none"), null);
             }
-            List<Long> checksums = outcomes.stream().map(Outcome::checksum).toList();
-            if (checksums.stream().distinct().count() != 1) {
-                throw new IllegalStateException("the workers' final weights differ (checksums " + checksums
+            // Every replica of a stage (of the whole model, without stages) must end with the same weights.
+            Map<Integer, Set<Long>> byStage = new HashMap<>();
+            outcomes.forEach(o -> byStage.computeIfAbsent(o.stage(), k -> new TreeSet<>()).add(o.checksum()));
+            if (byStage.values().stream().anyMatch(c -> c.size() != 1)) {
+                throw new IllegalStateException("the workers' final weights differ (checksums by stage " + byStage
                         + "): the replicas diverged, which the ring's fixed reduction order should make impossible");
             }
         } finally {
@@ -419,6 +460,36 @@ public final class TrainJob {
         }
     }
 
+    /** Refuses, before any task starts, a pipeline the workers, the model or the config cannot run. */
+    private static void checkPipeline(Pipeline pipeline, RunConfig config, int workers, String evalData) {
+        int stages = pipeline.stages();
+        if (stages == 1) {
+            return;
+        }
+        if (workers % stages != 0) {
+            throw new IllegalArgumentException("--workers " + workers + " is not a multiple of --pipeline-stages " + stages
+                    + ": every replica of the model needs one worker per stage");
+        }
+        if (evalData != null) {
+            throw new IllegalArgumentException("--eval-data does not run with --pipeline-stages yet: evaluate the run's checkpoints "
+                    + "with kindling eval, which reads them as any other");
+        }
+        String refusal = StageTrainer.refusal(config.train());
+        if (refusal != null) {
+            throw new IllegalArgumentException("--pipeline-stages " + stages + ": " + refusal);
+        }
+        try {
+            GptStage.split(config.model(), stages);
+        } catch (IllegalArgumentException e) {
+            throw new IllegalArgumentException("--pipeline-stages " + stages + ": " + e.getMessage(), e);
+        }
+        boolean keeps = pipeline.policy() == PipelinePolicy.ONE_F_ONE_B || pipeline.policy() == PipelinePolicy.STAGE_AWARE;
+        if (keeps && config.train().gradAccum() > 1 && config.train().precision() != Precision.FP32) {
+            throw new IllegalArgumentException("--pipeline-policy " + pipeline.policy().key() + " keeps several micro-batches' "
+                    + "activations on a stage, which only precision fp32 allows; use --pipeline-policy 1f1b-recompute or shifted");
+        }
+    }
+
     /** A Kindling setting from the session's conf (so a notebook can change it between runs with spark.conf().set). */
     private static long positive(SparkSession spark, String key, long dflt) {
         String v = spark.conf().get(key, String.valueOf(dflt));
@@ -471,6 +542,10 @@ public final class TrainJob {
                 pause(f.lateMs());
             }
             String deviceSpec = deviceSpec(ctx, rank);
+            if (plan.pipeline().stages() > 1) {
+                return scala.jdk.javaapi.CollectionConverters.asScala(List.of(trainStage(ctx, rank, attempt, host, cfg, conf,
+                        collective, deviceSpec)).iterator());
+            }
             try (Ring.Listener server = Ring.listen(rank, host, plan.secret());
                  Coordinator.Client coordinator = Coordinator.Client.connect(plan.coordinatorHost(), plan.coordinatorPort(),
                          plan.secret(), Duration.ofSeconds(plan.rendezvousTimeoutS()))) {
@@ -498,14 +573,14 @@ public final class TrainJob {
                                     + " CPU thread(s) per task (the count sets the batch splits, the order of gradient sums "
                                     + "and the dropout masks)", e);
                         }
-                        outcome = new Outcome(checksum(first.model().params().values().toFloatArray()), null);
+                        outcome = new Outcome(0, checksum(first.model().params().values().toFloatArray()), null);
                         if (plan.world() > 1) {
                             LOG.log(System.Logger.Level.INFO, String.format(java.util.Locale.ROOT, "rank %d: gradient all-reduce "
                                     + "%.2f s, of which the trainer waited %.2f s (not overlapped with backward)", rank,
                                     ringSync.commSeconds(), ringSync.waitSeconds()));
                         }
                     } catch (NonFiniteException e) {
-                        outcome = new Outcome(0, e.getMessage());
+                        outcome = new Outcome(0, 0, e.getMessage());
                     } catch (RuntimeException | Error e) {
                         // Told before the ring closes, so the driver hears the cause before its peers' echoes of it.
                         // A task Spark is killing fails because another did: an echo too.
@@ -527,6 +602,136 @@ public final class TrainJob {
                 throw new UncheckedIOException("rank " + rank + ": " + describe(e), e);
             }
             return scala.jdk.javaapi.CollectionConverters.asScala(List.of(outcome).iterator());
+        }
+
+        /**
+         * Worker {@code rank} of a pipeline run: stage rank mod S of replica rank div S. Besides the
+         * ring of every worker (for the step's loss and norm), it joins the ring of its stage's
+         * replicas (their gradient sums) and links to its replica's previous and next stage; the
+         * addresses of those listeners travel over the first ring, whose members the coordinator
+         * introduced and authenticated.
+         */
+        private Outcome trainStage(BarrierTaskContext ctx, int rank, int attempt, String host, RunConfig cfg, Configuration conf,
+                                   Duration collective, String deviceSpec) {
+            int stages = plan.pipeline().stages();
+            int replicas = plan.world() / stages;
+            int s = rank % stages;
+            int j = rank / stages;
+            int cap = Math.max(cfg.train().batchTokens(), cfg.model().vocab()) * cfg.model().dModel();
+            boolean told = false;
+            try (Ring.Listener server = Ring.listen(rank, host, plan.secret());
+                 Ring.Listener stageServer = replicas > 1 ? Ring.listen(j, host, plan.secret(), "stage " + s) : null;
+                 StageLink.Listener linkServer = s > 0 ? StageLink.listen(s, j, host, plan.secret()) : null;
+                 Coordinator.Client coordinator = Coordinator.Client.connect(plan.coordinatorHost(), plan.coordinatorPort(),
+                         plan.secret(), Duration.ofSeconds(plan.rendezvousTimeoutS()))) {
+                Coordinator.Rendezvous rv = coordinator.hello(attempt, rank, server.address());
+                try (Ring ring = Ring.connect(rank, rv.peers(), server, collective);
+                     RingSync everyone = new RingSync(ring, plan.bucketBytes())) {
+                    Ring.Peer[][] addresses = exchangeAddresses(ring, stageServer, linkServer);
+                    List<Ring.Peer> stagePeers = new ArrayList<>();
+                    for (int r = 0; r < replicas; r++) {
+                        stagePeers.add(addresses[r * stages + s][0]);
+                    }
+                    LOG.log(System.Logger.Level.INFO, "rank " + rank + ": pipeline stage " + s + " of " + stages + " (blocks "
+                            + Arrays.toString(GptStage.split(cfg.model(), stages)) + "), replica " + j + " of " + replicas + ", "
+                            + plan.pipeline().policy().key() + " schedule");
+                    try (Ring stageRing = replicas > 1 ? Ring.connect(j, stagePeers, stageServer, collective) : null;
+                         RingSync stageSync = stageRing != null ? new RingSync(stageRing, plan.bucketBytes()) : null;
+                         StageLink down = s + 1 < stages ? StageLink.connect(s, j, addresses[rank + 1][1], plan.secret(), cap,
+                                 collective) : null;
+                         StageLink up = s > 0 ? linkServer.accept(cap, collective) : null;
+                         Device dev = Device.open(deviceSpec);
+                         GptStage stage = GptStage.initialized(cfg.model(), dev, cfg.train().seed(), s, stages);
+                         StageTrainer trainer = new StageTrainer(stage, stages, cfg.model(), cfg.train(), plan.pipeline().policy(),
+                                 stageSync != null ? stageSync : GradientSync.SINGLE, everyone, new StageTrainer.Links(
+                                         up == null ? null : new StageLinkChannel(up, StageLink.Kind.ACTIVATION, dev, cfg.model().dModel()),
+                                         down == null ? null : new StageLinkChannel(down, StageLink.Kind.ACTIVATION, dev, cfg.model().dModel()),
+                                         down == null ? null : new StageLinkChannel(down, StageLink.Kind.GRADIENT, dev, cfg.model().dModel()),
+                                         up == null ? null : new StageLinkChannel(up, StageLink.Kind.GRADIENT, dev, cfg.model().dModel())),
+                                 collective);
+                         DatasetSource source = new DatasetSource(new DatasetReader(plan.data(), conf, cfg.train().seed(), j,
+                                 replicas, cfg.train().batchTokens()))) {
+                        try {
+                            TrainLoop.runStage(trainer, source, new Checkpoints(new HadoopRunStorage(plan.run(), conf)), rv.resume(),
+                                    cfg, r -> afterStep(ctx, r, rank, attempt, coordinator));
+                            return new Outcome(s, checksum(stage.params().values().toFloatArray()), null);
+                        } catch (NonFiniteException e) {
+                            return new Outcome(s, 0, e.getMessage());
+                        } catch (RuntimeException | Error e) {
+                            // Its neighbours would otherwise wait for its next message until their deadlines.
+                            abort(up, down);
+                            coordinator.failed(describe(e), isEcho(e) || ctx.isInterrupted());
+                            told = true;
+                            throw e;
+                        }
+                    }
+                } catch (IOException e) {
+                    coordinator.failed(describe(e), isEcho(e));
+                    told = true;
+                    throw e;
+                } catch (RuntimeException | Error e) {
+                    if (!told) {
+                        coordinator.failed(describe(e), isEcho(e) || ctx.isInterrupted());
+                    }
+                    throw e;
+                }
+            } catch (IOException e) {
+                throw new UncheckedIOException("rank " + rank + ": " + describe(e), e);
+            }
+        }
+
+        /**
+         * Every worker's stage-ring and stage-link listener addresses ([rank][0], [rank][1]; null where
+         * it has none), all-gathered over the run's ring.
+         */
+        private static Ring.Peer[][] exchangeAddresses(Ring ring, Ring.Listener stageServer, StageLink.Listener linkServer) {
+            String mine = (stageServer == null ? "" : encode(stageServer.address())) + "\n"
+                    + (linkServer == null ? "" : encode(linkServer.address()));
+            byte[][] all = ring.allGather(mine.getBytes(StandardCharsets.UTF_8));
+            Ring.Peer[][] out = new Ring.Peer[all.length][2];
+            for (int r = 0; r < all.length; r++) {
+                String[] parts = new String(all[r], StandardCharsets.UTF_8).split("\n", -1);
+                if (parts.length != 2) {
+                    throw new IllegalStateException("rank " + r + " sent a malformed pipeline address list");
+                }
+                out[r][0] = decode(parts[0], r);
+                out[r][1] = decode(parts[1], r);
+            }
+            return out;
+        }
+
+        private static String encode(Ring.Peer p) {
+            return p.port() + " " + p.host();
+        }
+
+        private static Ring.Peer decode(String s, int rank) {
+            if (s.isEmpty()) {
+                return null;
+            }
+            int space = s.indexOf(' ');
+            try {
+                int port = Integer.parseInt(s.substring(0, space));
+                if (port < 1 || port > 65535) {
+                    throw new NumberFormatException("port " + port);
+                }
+                return new Ring.Peer(s.substring(space + 1), port);
+            } catch (RuntimeException e) {
+                throw new IllegalStateException("rank " + rank + " sent a malformed pipeline address: " + e.getMessage(), e);
+            }
+        }
+
+        /** Tells the neighbouring stages that this one stops, so they fail now rather than at their deadlines. */
+        private static void abort(StageLink... links) {
+            for (StageLink l : links) {
+                if (l == null) {
+                    continue;
+                }
+                try {
+                    l.send(StageLink.Kind.ABORT, 0);
+                } catch (RuntimeException ignored) {
+                    // The link is broken already: its peer learns of it from the link.
+                }
+            }
         }
 
         /**

@@ -36,9 +36,9 @@ class StageLinkTest {
         static Pair open(int up, RunSecret secret) throws Exception {
             ExecutorService pool = Executors.newSingleThreadExecutor();
             try {
-                StageLink.Listener l = StageLink.listen(up + 1, HOST, secret);
+                StageLink.Listener l = StageLink.listen(up + 1, 0, HOST, secret);
                 Future<StageLink> accepted = pool.submit(() -> l.accept(CAP, TIMEOUT));
-                StageLink upstream = StageLink.connect(up, l.address(), secret, CAP, TIMEOUT);
+                StageLink upstream = StageLink.connect(up, 0, l.address(), secret, CAP, TIMEOUT);
                 return new Pair(upstream, accepted.get(20, TimeUnit.SECONDS));
             } finally {
                 pool.shutdownNow();
@@ -177,11 +177,11 @@ class StageLinkTest {
         RunSecret secret = RunSecret.generate();
         // What stage 0 sends stage 1: its handshake answer, then the activation's header (12 bytes), 4,000 payload bytes and tag.
         for (long flipAt : new long[] {Handshake.HELLO_BYTES + 12 + 1000, Handshake.HELLO_BYTES + 12 + 4000 + 3}) {
-            StageLink.Listener l = StageLink.listen(1, HOST, secret);
+            StageLink.Listener l = StageLink.listen(1, 0, HOST, secret);
             ExecutorService pool = Executors.newSingleThreadExecutor();
             try (NetworkHardeningTest.TamperingProxy proxy = new NetworkHardeningTest.TamperingProxy(l.address().port(), flipAt)) {
                 Future<StageLink> accepted = pool.submit(() -> l.accept(CAP, TIMEOUT));
-                try (StageLink up = StageLink.connect(0, new Ring.Peer(HOST, proxy.port()), secret, CAP, TIMEOUT);
+                try (StageLink up = StageLink.connect(0, 0, new Ring.Peer(HOST, proxy.port()), secret, CAP, TIMEOUT);
                      StageLink down = accepted.get(20, TimeUnit.SECONDS)) {
                     up.send(StageLink.Kind.ACTIVATION, 0, direct(new int[1000]));
                     java.io.UncheckedIOException e = assertThrows(java.io.UncheckedIOException.class,
@@ -200,18 +200,22 @@ class StageLinkTest {
     }
 
     @Test
-    void aWrongSecretOrAWrongStagePairIsRefusedAtTheHandshake() throws Exception {
+    void aWrongSecretOrAWrongStagePairOrReplicaIsRefusedAtTheHandshake() throws Exception {
         RunSecret secret = RunSecret.generate();
-        try (StageLink.Listener l = StageLink.listen(2, HOST, secret)) {
+        try (StageLink.Listener l = StageLink.listen(2, 0, HOST, secret)) {
             // Another run's stage 1, and this run's stage 0 dialing stage 2's port as if it were stage 1.
             IOException otherRun = assertThrows(IOException.class,
-                    () -> StageLink.connect(1, l.address(), RunSecret.generate(), CAP, Duration.ofSeconds(5)));
+                    () -> StageLink.connect(1, 0, l.address(), RunSecret.generate(), CAP, Duration.ofSeconds(5)));
             assertTrue(otherRun.getMessage().startsWith("stage 1 could not link to the next stage: could not reach stage 2 (127.0.0.1:"),
                     otherRun.getMessage());
             assertTrue(otherRun.getMessage().contains("hung up during authentication"), otherRun.getMessage());
-            IOException otherPair = assertThrows(IOException.class, () -> StageLink.connect(0, l.address(), secret, CAP, Duration.ofSeconds(5)));
+            IOException otherPair = assertThrows(IOException.class, () -> StageLink.connect(0, 0, l.address(), secret, CAP, Duration.ofSeconds(5)));
             assertTrue(otherPair.getMessage().contains("hung up during authentication"), otherPair.getMessage());
-            assertTrue(l.refused() >= 2, "refused " + l.refused());
+            // The right stage of another pipeline replica.
+            IOException otherReplica = assertThrows(IOException.class,
+                    () -> StageLink.connect(1, 1, l.address(), secret, CAP, Duration.ofSeconds(5)));
+            assertTrue(otherReplica.getMessage().contains("hung up during authentication"), otherReplica.getMessage());
+            assertTrue(l.refused() >= 3, "refused " + l.refused());
             // Nothing reached the listener: it times out waiting for stage 1.
             java.net.SocketTimeoutException none = assertThrows(java.net.SocketTimeoutException.class,
                     () -> l.accept(CAP, Duration.ofMillis(200)));
@@ -227,10 +231,10 @@ class StageLinkTest {
     /** An authenticated stage 0 speaking raw bytes to stage 1's link. */
     private static void rawHeader(long op, int length, String expected) throws Exception {
         RunSecret secret = RunSecret.generate();
-        StageLink.Listener l = StageLink.listen(1, HOST, secret);
+        StageLink.Listener l = StageLink.listen(1, 0, HOST, secret);
         try (Socket s = SocketChannel.open(new InetSocketAddress(HOST, l.address().port())).socket()) {
             s.setSoTimeout(5_000);
-            Handshake.connect(s, secret, StageLink.purpose(0));
+            Handshake.connect(s, secret, StageLink.purpose(0, 0));
             try (StageLink down = l.accept(CAP, TIMEOUT)) {
                 DataOutputStream raw = new DataOutputStream(s.getOutputStream());
                 raw.writeLong(op);
@@ -276,11 +280,11 @@ class StageLinkTest {
         }
         // A peer that stops reading fails the writer within the timeout, naming it.
         RunSecret secret = RunSecret.generate();
-        StageLink.Listener l = StageLink.listen(1, HOST, secret);
+        StageLink.Listener l = StageLink.listen(1, 0, HOST, secret);
         ExecutorService pool = Executors.newSingleThreadExecutor();
         try {
             Future<StageLink> accepted = pool.submit(() -> l.accept(CAP, TIMEOUT));
-            try (StageLink up = StageLink.connect(0, l.address(), secret, CAP, Duration.ofSeconds(1));
+            try (StageLink up = StageLink.connect(0, 0, l.address(), secret, CAP, Duration.ofSeconds(1));
                  StageLink down = accepted.get(20, TimeUnit.SECONDS)) {
                 ByteBuffer big = direct(new int[CAP]);
                 CollectiveTimeoutException e = assertThrows(CollectiveTimeoutException.class, () -> {
@@ -306,7 +310,7 @@ class StageLinkTest {
     @Test
     void theListenerBindsOnlyTheAdvertisedHostAndRefusesTheWildcard() throws Exception {
         RunSecret secret = RunSecret.generate();
-        try (LogCapture logs = new LogCapture(); StageLink.Listener l = StageLink.listen(1, HOST, secret)) {
+        try (LogCapture logs = new LogCapture(); StageLink.Listener l = StageLink.listen(1, 0, HOST, secret)) {
             assertEquals(new Ring.Peer(HOST, l.address().port()), l.address());
             assertTrue(l.address().port() > 0);
             assertEquals(InetAddress.getByName(HOST), l.bound().getAddress());
@@ -319,16 +323,16 @@ class StageLinkTest {
                 }
             }
         }
-        IOException e = assertThrows(IOException.class, () -> StageLink.listen(1, "0.0.0.0", secret));
+        IOException e = assertThrows(IOException.class, () -> StageLink.listen(1, 0, "0.0.0.0", secret));
         assertTrue(e.getMessage().contains("refusing to listen on the wildcard address"), e.getMessage());
-        assertThrows(IllegalArgumentException.class, () -> StageLink.listen(0, HOST, secret));
-        assertThrows(IllegalArgumentException.class, () -> StageLink.connect(0, new Ring.Peer(HOST, 1), secret, -1, TIMEOUT));
+        assertThrows(IllegalArgumentException.class, () -> StageLink.listen(0, 0, HOST, secret));
+        assertThrows(IllegalArgumentException.class, () -> StageLink.connect(0, 0, new Ring.Peer(HOST, 1), secret, -1, TIMEOUT));
     }
 
     @Test
     void strangersDoNotHoldTheListener() throws Exception {
         RunSecret secret = RunSecret.generate();
-        StageLink.Listener l = StageLink.listen(1, HOST, secret);
+        StageLink.Listener l = StageLink.listen(1, 0, HOST, secret);
         try (Strangers strangers = new Strangers(HOST, l.address().port(), 100)) {
             assertEquals(100, strangers.connected());
             try (Pair p = linkThrough(l, secret)) {
@@ -343,7 +347,7 @@ class StageLinkTest {
         ExecutorService pool = Executors.newSingleThreadExecutor();
         try {
             Future<StageLink> accepted = pool.submit(() -> l.accept(CAP, TIMEOUT));
-            StageLink up = StageLink.connect(0, l.address(), secret, CAP, TIMEOUT);
+            StageLink up = StageLink.connect(0, 0, l.address(), secret, CAP, TIMEOUT);
             return new Pair(up, accepted.get(20, TimeUnit.SECONDS));
         } finally {
             pool.shutdownNow();

@@ -39,6 +39,7 @@ import org.kindling.data.Shard;
 import org.kindling.data.ShardWriter;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.RunConfig;
+import org.kindling.models.pipeline.PipelinePolicy;
 import org.kindling.models.config.TrainConfig;
 import org.kindling.models.io.Safetensors;
 import org.kindling.models.train.StepResult;
@@ -306,7 +307,7 @@ class DistributedTrainTest {
 
     @Test
     void aPlanDoesNotPrintItsSecret() {
-        TrainJob.Plan plan = new TrainJob.Plan("run", "data", null, "yaml", 1, 1, TaskDevice.CPU, 2, "127.0.0.1", 1, RunSecret.generate(),
+        TrainJob.Plan plan = new TrainJob.Plan("run", "data", null, "yaml", 1, 1, TaskDevice.CPU, 2, TrainJob.Pipeline.NONE, "127.0.0.1", 1, RunSecret.generate(),
                 1, 1, 1, TrainJob.Fault.NONE);
         assertTrue(plan.toString().contains("secret=RunSecret(redacted)"), plan.toString());
         assertFalse(java.util.regex.Pattern.compile("[0-9a-fA-F]{16}").matcher(plan.toString()).find(), plan.toString());
@@ -398,6 +399,47 @@ class DistributedTrainTest {
             assertTrue(logs.lines().stream().anyMatch(l -> l.contains("resumes from checkpoint step-2")), logs.lines().toString());
         }
         assertArrayEquals(weights(zeroRun, 6), weights(faulty, 6), "a retried zero-1 stage must end bit-identical");
+    }
+
+    @Test
+    void twoPipelineStagesTrainTheBitsOfOneWorkerAndARetriedStageResumes() throws IOException {
+        // Two micro-batches per step, so the 1F1B schedule keeps one in flight on stage 0 while the other passes.
+        RunConfig cfg = new RunConfig(MODEL, new TrainConfig(7, 3e-3, 3e-4, 2, 6, 0.1, 0.9, 0.95, 1e-8, 1.0, 2,
+                DOCS_PER_BATCH * LEN, 1, 2, 5));
+        Path oneRun = dir.resolve("pipe-one");
+        Path piped = dir.resolve("pipe-two");
+        Path faulty = dir.resolve("pipe-faulty");
+        // One model on one thread, as each stage runs (a GEMM's sums may be split differently across threads).
+        List<StepResult> a = TrainJob.run(spark, oneRun.toString(), data.toString(), cfg, 1, new TaskDevice("cpu:1", false));
+        TrainJob.Pipeline two = new TrainJob.Pipeline(2, PipelinePolicy.ONE_F_ONE_B);
+        List<StepResult> b;
+        try (LogCapture logs = new LogCapture()) {
+            b = TrainJob.run(spark, piped.toString(), data.toString(), null, cfg, 2, two, TaskDevice.CPU, TrainJob.Fault.NONE,
+                    line -> { });
+            assertTrue(logs.lines().stream().anyMatch(l -> l.contains("rank 1: pipeline stage 1 of 2 (blocks [0, 1, 2]), replica 0 of 1")),
+                    logs.lines().toString());
+        }
+        assertEquals(a.stream().map(StepResult::loss).toList(), b.stream().map(StepResult::loss).toList());
+        assertEquals(a.stream().map(StepResult::gradNorm).toList(), b.stream().map(StepResult::gradNorm).toList());
+        for (String file : new String[] {"model.safetensors", "optimizer.safetensors"}) {
+            assertArrayEquals(Files.readAllBytes(oneRun.resolve("checkpoints/step-6/" + file)),
+                    Files.readAllBytes(piped.resolve("checkpoints/step-6/" + file)), file);
+        }
+        try (LogCapture logs = new LogCapture()) {
+            TrainJob.run(spark, faulty.toString(), data.toString(), null, cfg, 2, two, TaskDevice.CPU, new TrainJob.Fault(1, 3, false),
+                    line -> { });
+            assertTrue(logs.lines().stream().anyMatch(l -> l.contains("resumes from checkpoint step-2")), logs.lines().toString());
+        }
+        assertArrayEquals(weights(piped, 6), weights(faulty, 6), "a retried pipeline stage must end bit-identical");
+        assertEquals(6, Files.readAllLines(faulty.resolve("metrics.jsonl")).size());
+
+        IllegalArgumentException odd = assertThrows(IllegalArgumentException.class, () -> TrainJob.run(spark,
+                dir.resolve("pipe-odd").toString(), data.toString(), null, cfg, 1, two, TaskDevice.CPU, TrainJob.Fault.NONE, line -> { }));
+        assertTrue(odd.getMessage().contains("--workers 1 is not a multiple of --pipeline-stages 2"), odd.getMessage());
+        IllegalArgumentException zero = assertThrows(IllegalArgumentException.class, () -> TrainJob.run(spark,
+                dir.resolve("pipe-zero").toString(), data.toString(), null, new RunConfig(MODEL, cfg.train().withZero(1)), 2, two,
+                TaskDevice.CPU, TrainJob.Fault.NONE, line -> { }));
+        assertTrue(zero.getMessage().startsWith("--pipeline-stages 2: zero 1"), zero.getMessage());
     }
 
     @Test
