@@ -104,14 +104,13 @@ class PipelineStagesTest {
     @CsvSource({"1, 3, shifted", "2, 3, 1f1b", "3, 2, 1f1b-recompute", "4, 4, 1f1b", "5, 3, 1f1b-recompute"})
     void randomMessageDelaysChangeNoBitAndNeverDeadlock(long seed, int stageCount, String policy) {
         int micro = 6;
+        Schedule schedule = Schedule.build(stageCount, micro, PipelinePolicy.parse(policy));
         try (DelayedLinks links = new DelayedLinks(seed, 3_000_000)) {
             long t0 = System.nanoTime();
-            assertTrainsTheBits(stageCount, micro, (pipe, batches, seeds) -> pipe.withLinks(links).stepMessageDriven(
-                    Schedule.build(stageCount, micro, PipelinePolicy.parse(policy)), 0, batches, seeds,
-                    Schedule.build(stageCount, micro, PipelinePolicy.parse(policy)).inFlightBounds()));
+            assertTrainsTheBits(stageCount, micro, (pipe, batches, seeds) -> pipe.withLinks(links).stepMessageDriven(schedule, 0,
+                    batches, seeds, schedule.inFlightBounds()));
             assertTrue((System.nanoTime() - t0) / 1e9 < 50, "finished well before the 60 s message deadline");
-            assertTrue(links.delivered() == 2L * micro * (stageCount - 1), "every message went through the delayed links: "
-                    + links.delivered());
+            assertEquals(2L * micro * (stageCount - 1), links.delivered(), "every message went through the delayed links");
         }
     }
 
