@@ -372,25 +372,25 @@ public final class PipelineExecutor {
         }
     }
 
-    /** A forward (its input arrived) or backward (its gradient arrived) a message-driven stage can run; arrival is its turn. */
-    private record Work(boolean backward, int mb, long arrival, Tensor data) {
+    /** A forward (its input arrived) or backward (its gradient arrived) a message-driven stage can run. */
+    private record Work(boolean backward, int mb, Tensor data) {
     }
 
     private void executeMessageDriven(long step, int s, int m, boolean[] checkpointed, int bound, StageInbox inbox,
                                       StageSender actOut, StageSender gradOut) {
         GptStage stage = stages.get(s);
+        // In arrival order.
         List<Work> ready = new ArrayList<>();
-        long[] arrivals = {0};
         if (stage.first()) {
             for (int mb = 0; mb < m; mb++) {
-                ready.add(new Work(false, mb, arrivals[0]++, null));
+                ready.add(new Work(false, mb, null));
             }
         }
         int forwarded = 0;
         int backwarded = 0;
         try {
             while (backwarded < m) {
-                drain(s, stage, inbox, ready, arrivals, Duration.ZERO);
+                drain(s, stage, inbox, ready, Duration.ZERO);
                 Work w = null;
                 // The ready list is in arrival order: the first runnable entry arrived first.
                 for (Work r : ready) {
@@ -400,7 +400,7 @@ public final class PipelineExecutor {
                     }
                 }
                 if (w == null) {
-                    if (!drain(s, stage, inbox, ready, arrivals, timeout)) {
+                    if (!drain(s, stage, inbox, ready, timeout)) {
                         throw new PipelineException("stage " + s + ": no activation or gradient arrived within " + timeout.toMillis()
                                 + " ms (" + forwarded + " of " + m + " micro-batches forwarded, " + backwarded + " backwarded, bound "
                                 + bound + " in flight)");
@@ -420,8 +420,8 @@ public final class PipelineExecutor {
                         actOut.send(mb, copy(out), timeout);
                     } else {
                         // The loss is local: the last stage's backward is ready now, after what arrived while it forwarded.
-                        drain(s, stage, inbox, ready, arrivals, Duration.ZERO);
-                        ready.add(new Work(true, mb, arrivals[0]++, null));
+                        drain(s, stage, inbox, ready, Duration.ZERO);
+                        ready.add(new Work(true, mb, null));
                     }
                 } else {
                     Tensor grad = w.data();
@@ -458,7 +458,7 @@ public final class PipelineExecutor {
      * Moves what has arrived in the inbox (waiting up to {@code wait} for a first message) to the
      * ready list, in arrival order, on the stage's device; whether anything came.
      */
-    private static boolean drain(int s, GptStage stage, StageInbox inbox, List<Work> ready, long[] arrivals, Duration wait) {
+    private static boolean drain(int s, GptStage stage, StageInbox inbox, List<Work> ready, Duration wait) {
         boolean any = false;
         for (StageInbox.Message msg; (msg = inbox.poll(any ? Duration.ZERO : wait)) != null; ) {
             boolean gradient = msg.kind() == StageInbox.Kind.GRADIENT;
@@ -467,7 +467,7 @@ public final class PipelineExecutor {
                 throw new PipelineException("stage " + s + ": " + msg.kind() + " of micro-batch " + msg.microBatch()
                         + " arrived, but the " + (gradient ? "last" : "first") + " stage receives none");
             }
-            ready.add(new Work(gradient, msg.microBatch(), arrivals[0]++, onDevice(stage, msg.data())));
+            ready.add(new Work(gradient, msg.microBatch(), onDevice(stage, msg.data())));
             any = true;
         }
         return any;
