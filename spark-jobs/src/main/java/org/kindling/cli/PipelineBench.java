@@ -23,12 +23,15 @@ import picocli.CommandLine.Option;
 
 @Command(name = "pipeline", mixinStandardHelpOptions = true,
         description = {"Pipeline-parallel gradient steps of a GPT cut into --stages stages, each on its own thread and its own",
-            "share of the CPU threads, running a static schedule per --policy over --micro-batches micro-batches of --seq tokens",
-            "(activations and gradients handed between the threads); per policy and --jitter: the median ms of one step's",
-            "forwards and backwards (no optimizer step) and each stage's peak activation bytes (its layers' saved buffers, the",
-            "kept micro-batches' copies and the inputs held for backward). Every policy runs on the same stages and batches in",
-            "this run. Jitter J: after each computation of duration d the stage waits d·J·u more, u uniform in [0, 1) from a",
-            "seed, the step, the stage, the kind of computation and the micro-batch."})
+            "share of the CPU threads, running a schedule per --policy over --micro-batches micro-batches of --seq tokens",
+            "(activations and gradients handed between the threads) in each --order: static (the schedule's program) or",
+            "message-driven (AxoNN: each stage runs whichever forward input or backward gradient arrived first, forwards",
+            "while fewer than 1F1B's min(S - s, M) micro-batches are in flight, checkpointing where the policy does); per",
+            "policy, --jitter and order: the median ms of one step's forwards and backwards (no optimizer step) and each",
+            "stage's peak activation bytes (its layers' saved buffers, the kept micro-batches' copies and the inputs held for",
+            "backward). Every row runs on the same stages and batches in this run. Jitter J: after each computation of",
+            "duration d the stage waits d·J·u more, u uniform in [0, 1) from a seed, the step, the stage, the kind of",
+            "computation and the micro-batch, so both orders see the same slowdowns for the same work."})
 final class PipelineBench implements Callable<Integer> {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
@@ -46,6 +49,10 @@ final class PipelineBench implements Callable<Integer> {
     @Option(names = "--jitter", split = ",", description = "compute jitter J, one row per policy each (default ${DEFAULT-VALUE})",
             defaultValue = "0")
     List<Double> jitters;
+
+    @Option(names = "--order", split = ",", description = "execution orders, one row per policy and jitter each: static, "
+            + "message-driven (default ${DEFAULT-VALUE})", defaultValue = "static,message-driven")
+    List<String> orders;
 
     @Option(names = "--layers", description = "blocks (default ${DEFAULT-VALUE})", defaultValue = "4")
     int layers;
@@ -100,6 +107,14 @@ final class PipelineBench implements Callable<Integer> {
                 throw new CommandLine.ParameterException(cmd, "--policy: " + e.getMessage());
             }
         }
+        List<PipelineExecutor.Order> parsedOrders = new ArrayList<>();
+        for (String o : orders) {
+            try {
+                parsedOrders.add(PipelineExecutor.Order.parse(o.trim()));
+            } catch (IllegalArgumentException e) {
+                throw new CommandLine.ParameterException(cmd, "--order: " + e.getMessage());
+            }
+        }
         for (double j : jitters) {
             if (!(j >= 0) || Double.isInfinite(j)) {
                 throw new CommandLine.ParameterException(cmd, "--jitter values must be finite numbers >= 0, got " + j);
@@ -135,25 +150,28 @@ final class PipelineBench implements Callable<Integer> {
                 PipelineExecutor pipe = new PipelineExecutor(built, Duration.ofSeconds(timeoutSeconds), jitter, 7);
                 for (PipelinePolicy policy : parsed) {
                     Schedule schedule = Schedule.build(stages, microBatches, policy);
-                    long[] step = {0};
-                    PipelineExecutor.Result[] last = new PipelineExecutor.Result[1];
-                    Timing.Stats t = Timing.measure(new Timing.Rule(warmup, steps, 0),
-                            () -> last[0] = pipe.step(schedule, step[0]++, batches, seeds));
-                    double ms = t.median() * 1e3;
-                    long[] peaks = last[0].peakActivationBytes();
-                    err.printf("  %-15s jitter %.2f  %10.2f ms per step (median of %d)  peak activations per stage %s%n", policy.key(),
-                            jitter, ms, t.reps(), Arrays.stream(peaks).mapToObj(BenchOptions::mib).toList());
-                    err.flush();
-                    if (common.json) {
-                        Map<String, Object> row = new LinkedHashMap<>();
-                        row.put("bench", "pipeline");
-                        row.put("policy", policy.key());
-                        row.put("stages", stages);
-                        row.put("micro_batches", microBatches);
-                        row.put("jitter", jitter);
-                        row.put("ms_per_step", BenchOptions.round(ms));
-                        row.put("peak_activation_bytes", peaks);
-                        Json.printLine(cmd.getOut(), row);
+                    for (PipelineExecutor.Order order : parsedOrders) {
+                        long[] step = {0};
+                        PipelineExecutor.Result[] last = new PipelineExecutor.Result[1];
+                        Timing.Stats t = Timing.measure(new Timing.Rule(warmup, steps, 0),
+                                () -> last[0] = pipe.step(schedule, order, step[0]++, batches, seeds));
+                        double ms = t.median() * 1e3;
+                        long[] peaks = last[0].peakActivationBytes();
+                        err.printf("  %-15s %-14s jitter %.2f  %10.2f ms per step (median of %d)  peak activations per stage %s%n",
+                                policy.key(), order.key(), jitter, ms, t.reps(), Arrays.stream(peaks).mapToObj(BenchOptions::mib).toList());
+                        err.flush();
+                        if (common.json) {
+                            Map<String, Object> row = new LinkedHashMap<>();
+                            row.put("bench", "pipeline");
+                            row.put("policy", policy.key());
+                            row.put("order", order.key());
+                            row.put("stages", stages);
+                            row.put("micro_batches", microBatches);
+                            row.put("jitter", jitter);
+                            row.put("ms_per_step", BenchOptions.round(ms));
+                            row.put("peak_activation_bytes", peaks);
+                            Json.printLine(cmd.getOut(), row);
+                        }
                     }
                 }
             }

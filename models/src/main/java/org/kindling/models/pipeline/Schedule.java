@@ -74,6 +74,28 @@ public record Schedule(int stages, int microBatches, PipelinePolicy policy, List
         return new Schedule(stages, microBatches, policy, programs);
     }
 
+    /** Each stage's 1F1B in-flight bound ({@link #inFlight}): message-driven execution's default. */
+    public int[] inFlightBounds() {
+        int[] out = new int[stages];
+        for (int s = 0; s < stages; s++) {
+            out[s] = inFlight(s, stages, microBatches);
+        }
+        return out;
+    }
+
+    /** Whether stage s's forward of micro-batch mb keeps only its input: [stage][micro-batch]. */
+    public boolean[][] checkpoints() {
+        boolean[][] out = new boolean[stages][microBatches];
+        for (int s = 0; s < stages; s++) {
+            for (Command c : programs.get(s)) {
+                if (c.op() == Op.FORWARD_CHECKPOINT) {
+                    out[s][c.microBatch()] = true;
+                }
+            }
+        }
+        return out;
+    }
+
     /** Micro-batches stage s holds in flight at most under 1F1B: min(S − s, M). */
     public static int inFlight(int stage, int stages, int microBatches) {
         return Math.min(stages - stage, microBatches);

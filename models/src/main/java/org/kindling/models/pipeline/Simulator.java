@@ -122,14 +122,7 @@ public final class Simulator {
                 throw new IllegalArgumentException("stage " + s + "'s in-flight bound must be >= 1, got " + maxInFlight[s]);
             }
         }
-        boolean[][] checkpointed = new boolean[n][m];
-        for (int s = 0; s < n; s++) {
-            for (Command c : schedule.programs().get(s)) {
-                if (c.op() == Op.FORWARD_CHECKPOINT) {
-                    checkpointed[s][c.microBatch()] = true;
-                }
-            }
-        }
+        boolean[][] checkpointed = schedule.checkpoints();
         List<List<Work>> ready = new ArrayList<>();
         for (int s = 0; s < n; s++) {
             ready.add(new ArrayList<>());

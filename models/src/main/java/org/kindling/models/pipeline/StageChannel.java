@@ -7,17 +7,10 @@ import org.kindling.ops.Tensor;
  * One direction between two adjacent pipeline stages: activations forward or gradients backward,
  * each tagged with its micro-batch and handed over whole (the receiver owns the tensor). Messages
  * arrive in the order they were sent; every wait has a deadline. In one process it is an {@link
- * InMemoryChannel}; across executors a stage link can carry the same messages.
+ * InMemoryChannel}; across executors a stage link can carry the same messages. A message-driven
+ * stage receives from both neighbours through one {@link StageInbox} instead.
  */
-public interface StageChannel extends AutoCloseable {
-    /**
-     * Hands {@code data} over (the channel owns it from here, also when this throws), waiting at
-     * most {@code timeout} for room.
-     *
-     * @throws PipelineException when there is no room within the timeout, or the wait is interrupted
-     */
-    void send(int microBatch, Tensor data, Duration timeout);
-
+public interface StageChannel extends StageSender, AutoCloseable {
     /**
      * The next message, which must be micro-batch {@code microBatch}'s; the caller owns the tensor.
      *

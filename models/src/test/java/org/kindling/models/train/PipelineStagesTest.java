@@ -11,6 +11,10 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.SplittableRandom;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicLong;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.CsvSource;
@@ -26,7 +30,9 @@ import org.kindling.models.pipeline.PipelineException;
 import org.kindling.models.pipeline.PipelineExecutor;
 import org.kindling.models.pipeline.PipelinePolicy;
 import org.kindling.models.pipeline.Schedule;
+import org.kindling.models.pipeline.StageSender;
 import org.kindling.ops.Device;
+import org.kindling.ops.Tensor;
 import org.kindling.ops.cpu.CpuDevice;
 
 /**
@@ -39,7 +45,12 @@ class PipelineStagesTest {
     private static final ModelConfig MODEL = ModelConfig.gpt(VOCAB, 16, 4, 2, 2, 64, 4, 0.1, 0.2, 1e-5);
     private static final int MICRO = 4;
     /** No clipping: the clip factor comes from a norm summed in another order across stages. */
-    private static final TrainConfig TRAIN = new TrainConfig(7, 3e-3, 3e-4, 0, 12, 0.1, 0.9, 0.95, 1e-8, 0, MICRO, 512, 5, 0, 2);
+    private static final TrainConfig TRAIN = train(MICRO);
+
+    /** The trainer's config accumulating {@code micro} micro-batches per step. */
+    private static TrainConfig train(int micro) {
+        return new TrainConfig(7, 3e-3, 3e-4, 0, 12, 0.1, 0.9, 0.95, 1e-8, 0, micro, 512, 5, 0, 2);
+    }
 
     /** Micro-batches of two packed sequences, 30 tokens each. */
     private static List<TokenBatch> batches(int count) {
@@ -59,7 +70,7 @@ class PipelineStagesTest {
     private static Map<String, float[]>[] reference(List<TokenBatch> batches, double[] loss) {
         @SuppressWarnings("unchecked")
         Map<String, float[]>[] out = new Map[] {new HashMap<>(), new HashMap<>()};
-        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(MODEL, dev, 5); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(MODEL, dev, 5); Trainer t = new Trainer(model, train(batches.size()))) {
             loss[0] = t.step(DataSource.indexed(p -> batches.get((int) p))).loss();
             for (Param p : model.params().list()) {
                 out[0].put(p.name(), p.grad().toFloatArray());
@@ -73,7 +84,45 @@ class PipelineStagesTest {
     @CsvSource({"2, 1f1b", "2, 1f1b-recompute", "2, stage-aware", "2, shifted", "3, 1f1b", "3, 1f1b-recompute",
             "3, stage-aware", "3, shifted", "4, 1f1b"})
     void stagesTrainTheBitsOfGradientAccumulation(int stageCount, String policy) {
-        List<TokenBatch> batches = batches(MICRO);
+        assertTrainsTheBits(stageCount, MICRO, (pipe, batches, seeds) ->
+                pipe.step(Schedule.build(stageCount, MICRO, PipelinePolicy.parse(policy)), 0, batches, seeds));
+    }
+
+    /** Message-driven order sums each stage's micro-batches in the same order, so it trains the same bits as static order. */
+    @ParameterizedTest(name = "{0} stages, {1}, {2} micro-batches")
+    @CsvSource({"2, 1f1b, 4", "2, 1f1b-recompute, 5", "3, 1f1b, 5", "3, 1f1b-recompute, 4", "3, shifted, 6", "3, stage-aware, 4"})
+    void messageDrivenTrainsTheBitsOfGradientAccumulation(int stageCount, String policy, int micro) {
+        assertTrainsTheBits(stageCount, micro, (pipe, batches, seeds) -> pipe.step(Schedule.build(stageCount, micro,
+                PipelinePolicy.parse(policy)), PipelineExecutor.Order.MESSAGE_DRIVEN, 0, batches, seeds));
+    }
+
+    /**
+     * Random per-message latencies (and compute jitter) change which of a stage's messages arrives
+     * first, and so the order it runs its work in, but no bit, and nothing deadlocks.
+     */
+    @ParameterizedTest(name = "seed {0}, {1} stages, {2}")
+    @CsvSource({"1, 3, shifted", "2, 3, 1f1b", "3, 2, 1f1b-recompute", "4, 4, 1f1b", "5, 3, 1f1b-recompute"})
+    void randomMessageDelaysChangeNoBitAndNeverDeadlock(long seed, int stageCount, String policy) {
+        int micro = 6;
+        Schedule schedule = Schedule.build(stageCount, micro, PipelinePolicy.parse(policy));
+        try (DelayedLinks links = new DelayedLinks(seed, 3_000_000)) {
+            long t0 = System.nanoTime();
+            assertTrainsTheBits(stageCount, micro, (pipe, batches, seeds) -> pipe.withLinks(links).stepMessageDriven(schedule, 0,
+                    batches, seeds, schedule.inFlightBounds()));
+            assertTrue((System.nanoTime() - t0) / 1e9 < 50, "finished well before the 60 s message deadline");
+            assertEquals(2L * micro * (stageCount - 1), links.delivered(), "every message went through the delayed links");
+        }
+    }
+
+    /** A step's result from a pipeline of the test's stages. */
+    @FunctionalInterface
+    private interface PipelineRun {
+        PipelineExecutor.Result run(PipelineExecutor pipe, List<TokenBatch> batches, long[] seeds);
+    }
+
+    /** {@code run}'s loss, gradients and AdamW step on {@code stageCount} stages are the trainer's bits over {@code micro} micro-batches. */
+    private static void assertTrainsTheBits(int stageCount, int micro, PipelineRun run) {
+        List<TokenBatch> batches = batches(micro);
         double[] wantLoss = new double[1];
         Map<String, float[]>[] want = reference(batches, wantLoss);
         List<Device> devices = new ArrayList<>();
@@ -87,12 +136,11 @@ class PipelineStagesTest {
                     p.value().copyFrom(start.params().get(p.name()).value().toFloatArray());
                 }
             }
-            long[] seeds = new long[MICRO];
-            for (int mb = 0; mb < MICRO; mb++) {
+            long[] seeds = new long[micro];
+            for (int mb = 0; mb < micro; mb++) {
                 seeds[mb] = Trainer.dropoutSeed(TRAIN.seed(), 0, 0, mb);
             }
-            PipelineExecutor pipe = new PipelineExecutor(stages, Duration.ofSeconds(60));
-            PipelineExecutor.Result r = pipe.step(Schedule.build(stageCount, MICRO, PipelinePolicy.parse(policy)), 0, batches, seeds);
+            PipelineExecutor.Result r = run.run(new PipelineExecutor(stages, Duration.ofSeconds(60)), batches, seeds);
             assertEquals(wantLoss[0], r.loss(), "loss");
             int params = 0;
             for (GptStage stage : stages) {
@@ -109,6 +157,106 @@ class PipelineStagesTest {
                 assertTrue(stage.peakActivationBytes() > 0, "stage " + stage.index() + " counted its activations");
             }
             assertEquals(want[0].size(), params, "every parameter of the model on some stage, wte on the first and last");
+        } finally {
+            stages.forEach(GptStage::close);
+            devices.forEach(Device::close);
+        }
+    }
+
+    /**
+     * Links that deliver each message after a random delay up to {@code maxNanos}, seeded, in the
+     * order sent (as a TCP connection): one delivery thread per link.
+     */
+    private static final class DelayedLinks implements PipelineExecutor.LinkWrapper, AutoCloseable {
+        private final SplittableRandom random;
+        private final long maxNanos;
+        private final List<ExecutorService> pools = new ArrayList<>();
+        private final AtomicLong delivered = new AtomicLong();
+
+        DelayedLinks(long seed, long maxNanos) {
+            this.random = new SplittableRandom(seed);
+            this.maxNanos = maxNanos;
+        }
+
+        @Override
+        public synchronized StageSender wrap(int from, int to, StageSender sender) {
+            ExecutorService pool = Executors.newSingleThreadExecutor(task -> {
+                Thread t = new Thread(task, "delayed-link-" + from + "-" + to);
+                t.setDaemon(true);
+                return t;
+            });
+            pools.add(pool);
+            SplittableRandom r = random.split();
+            long[] last = {System.nanoTime()};
+            // One stage thread sends on a link; its single delivery thread keeps the order.
+            return (mb, data, timeout) -> {
+                long at = Math.max(System.nanoTime() + r.nextLong(maxNanos), last[0]);
+                last[0] = at;
+                pool.execute(() -> {
+                    try {
+                        for (long left; (left = at - System.nanoTime()) > 0; ) {
+                            Thread.sleep(left / 1_000_000, (int) (left % 1_000_000));
+                        }
+                    } catch (InterruptedException e) {
+                        data.close();
+                        return;
+                    }
+                    sender.send(mb, data, timeout);
+                    delivered.incrementAndGet();
+                });
+            };
+        }
+
+        long delivered() {
+            return delivered.get();
+        }
+
+        @Override
+        public synchronized void close() {
+            for (ExecutorService pool : pools) {
+                pool.shutdownNow();
+                try {
+                    assertTrue(pool.awaitTermination(10, TimeUnit.SECONDS), "a delayed link's thread stopped");
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    throw new AssertionError("interrupted closing delayed links", e);
+                }
+            }
+        }
+    }
+
+    /** A link that swaps its first two messages: message-driven order would sum gradients in another order, so it fails. */
+    @Test
+    void aReorderingLinkFailsTheStepNamingTheStage() {
+        List<Device> devices = new ArrayList<>();
+        List<GptStage> stages = new ArrayList<>();
+        try {
+            for (int s = 0; s < 2; s++) {
+                devices.add(CpuDevice.open(1));
+                stages.add(new GptStage(MODEL, devices.get(s), 5, s, 2));
+            }
+            PipelineExecutor pipe = new PipelineExecutor(stages, Duration.ofSeconds(60)).withLinks((from, to, sender) -> {
+                if (from != 0) {
+                    return sender;
+                }
+                int[] sent = {0};
+                Tensor[] held = {null};
+                return (mb, data, timeout) -> {
+                    if (sent[0]++ == 0) {
+                        held[0] = data;
+                        return;
+                    }
+                    sender.send(mb, data, timeout);
+                    if (held[0] != null) {
+                        sender.send(0, held[0], timeout);
+                        held[0] = null;
+                    }
+                };
+            });
+            PipelineException e = assertThrows(PipelineException.class, () -> pipe.step(Schedule.build(2, MICRO,
+                    PipelinePolicy.ONE_F_ONE_B), PipelineExecutor.Order.MESSAGE_DRIVEN, 0, batches(MICRO), new long[MICRO]));
+            assertTrue(e.getMessage().contains("on stage 1: stage 1: forward of micro-batch 1 came before micro-batch 0's"),
+                    e.getMessage());
         } finally {
             stages.forEach(GptStage::close);
             devices.forEach(Device::close);
@@ -193,12 +341,17 @@ class PipelineStagesTest {
             int[] tokens = bad.get(1).tokens().clone();
             tokens[3] = VOCAB + 5;
             bad.set(1, new TokenBatch(tokens, bad.get(1).cuSeqlens()));
-            long t0 = System.nanoTime();
-            PipelineException f = assertThrows(PipelineException.class,
-                    () -> pipe.step(Schedule.build(2, 2, PipelinePolicy.ONE_F_ONE_B), 0, bad, new long[2]));
-            assertTrue((System.nanoTime() - t0) / 1e9 < 30, "stopped early: " + f.getMessage());
+            for (PipelineExecutor.Order order : PipelineExecutor.Order.values()) {
+                long t0 = System.nanoTime();
+                PipelineException f = assertThrows(PipelineException.class,
+                        () -> pipe.step(Schedule.build(2, 2, PipelinePolicy.ONE_F_ONE_B), order, 0, bad, new long[2]));
+                assertTrue((System.nanoTime() - t0) / 1e9 < 30, order.key() + " stopped early: " + f.getMessage());
+                assertTrue(f.getMessage().startsWith("pipeline step failed on stage 0: "), order.key() + ": " + f.getMessage());
+            }
             // The stages train again after the failed step.
             assertTrue(Double.isFinite(pipe.step(Schedule.build(2, 2, PipelinePolicy.SHIFTED), 1, batches(2), new long[2]).loss()));
+            assertTrue(Double.isFinite(pipe.step(Schedule.build(2, 2, PipelinePolicy.SHIFTED), PipelineExecutor.Order.MESSAGE_DRIVEN, 2,
+                    batches(2), new long[2]).loss()));
         } finally {
             stages.forEach(GptStage::close);
             devices.forEach(Device::close);
