@@ -7,7 +7,7 @@ import picocli.CommandLine.Command;
         description = "Benchmarks: each prints its figure beside a baseline measured in the same run.",
         subcommands = {GemmBench.class, AttentionBench.class, TrainBench.class, RecallBench.class, TokenizeBench.class, PrepareBench.class,
             AllReduceBench.class, MixersBench.class, DecodeBench.class, MoeBench.class, SparkBench.class, LinearBench.class, MfacBench.class,
-            PipelineBench.class})
+            PipelineBench.class, ScalingBench.class})
 final class BenchCommand implements Runnable {
     @CommandLine.Spec
     CommandLine.Model.CommandSpec spec;
