@@ -54,6 +54,11 @@ final class PipelineBench implements Callable<Integer> {
             + "message-driven (default ${DEFAULT-VALUE})", defaultValue = "static,message-driven")
     List<String> orders;
 
+    @Option(names = "--slack", description = {"micro-batches a message-driven stage may hold in flight beyond 1F1B's min(S-s, M),",
+        "at most M (AxoNN's gain needs room to run ahead; the static order ignores it) (default ${DEFAULT-VALUE})"},
+            defaultValue = "0")
+    int slack;
+
     @Option(names = "--layers", description = "blocks (default ${DEFAULT-VALUE})", defaultValue = "4")
     int layers;
 
@@ -120,6 +125,9 @@ final class PipelineBench implements Callable<Integer> {
                 throw new CommandLine.ParameterException(cmd, "--jitter values must be finite numbers >= 0, got " + j);
             }
         }
+        if (slack < 0) {
+            throw new CommandLine.ParameterException(cmd, "--slack must be at least 0, got " + slack);
+        }
         common.requireCpu(cmd, "bench pipeline");
         int threads = common.threads(cmd);
         int perStage = Math.max(1, threads / stages);
@@ -153,8 +161,13 @@ final class PipelineBench implements Callable<Integer> {
                     for (PipelineExecutor.Order order : parsedOrders) {
                         long[] step = {0};
                         PipelineExecutor.Result[] last = new PipelineExecutor.Result[1];
+                        int[] inFlight = schedule.inFlightBounds();
+                        for (int s = 0; s < inFlight.length; s++) {
+                            inFlight[s] = Math.min(microBatches, inFlight[s] + slack);
+                        }
                         Timing.Stats t = Timing.measure(new Timing.Rule(warmup, steps, 0),
-                                () -> last[0] = pipe.step(schedule, order, step[0]++, batches, seeds));
+                                () -> last[0] = order == PipelineExecutor.Order.STATIC ? pipe.step(schedule, step[0]++, batches, seeds)
+                                        : pipe.stepMessageDriven(schedule, step[0]++, batches, seeds, inFlight));
                         double ms = t.median() * 1e3;
                         long[] peaks = last[0].peakActivationBytes();
                         err.printf("  %-15s %-14s jitter %.2f  %10.2f ms per step (median of %d)  peak activations per stage %s%n",
@@ -165,6 +178,7 @@ final class PipelineBench implements Callable<Integer> {
                             row.put("bench", "pipeline");
                             row.put("policy", policy.key());
                             row.put("order", order.key());
+                            row.put("slack", order == PipelineExecutor.Order.STATIC ? 0 : slack);
                             row.put("stages", stages);
                             row.put("micro_batches", microBatches);
                             row.put("jitter", jitter);

@@ -318,6 +318,11 @@ class CliTest {
                 "--run", "/nonexistent/run", "--device", "tpu");
         CliRun.assertUsageError("--cpu-fallback is for a GPU device", "train", "--config", "tiny", "--data", "/nonexistent/data",
                 "--run", "/nonexistent/run", "--cpu-fallback");
+        CliRun.assertUsageError("--workers 3 is not a multiple of --pipeline-stages 2", "train", "--config", "tiny", "--data",
+                "/nonexistent/data", "--run", "/nonexistent/run", "--workers", "3", "--pipeline-stages", "2");
+        CliRun.assertUsageError("--pipeline-policy: pipeline policy must be one of 1f1b, 1f1b-recompute, stage-aware, shifted, got "
+                + "'gpipe'", "train", "--config", "tiny", "--data", "/nonexistent/data", "--run", "/nonexistent/run", "--workers", "2",
+                "--pipeline-stages", "2", "--pipeline-policy", "gpipe");
     }
 
     private static String[] concat(String[] a, String... b) {

@@ -9,7 +9,7 @@ import org.junit.jupiter.api.Test;
 
 /** {@code bench pipeline} of issue 18 at tiny sizes: real stages in threads, one JSON row per jitter, policy and order, option checks. */
 class PipelineBenchTest {
-    private static final List<String> FIELDS = List.of("bench", "policy", "order", "stages", "micro_batches", "jitter", "ms_per_step",
+    private static final List<String> FIELDS = List.of("bench", "policy", "order", "slack", "stages", "micro_batches", "jitter", "ms_per_step",
             "peak_activation_bytes");
 
     @Test
@@ -41,6 +41,14 @@ class PipelineBenchTest {
                 "message-driven", "--layers", "2", "--d-model", "16", "--heads", "2", "--vocab", "32", "--seq", "16", "--steps", "1",
                 "--warmup", "0", "--threads", "2", "--json");
         assertEquals(List.of("message-driven"), one.rows(FIELDS).stream().map(n -> n.get("order").asText()).toList(), one.out());
+        // One more micro-batch in flight: stage 0 of 2 holds up to 3 of 4, so it keeps more inputs than 1F1B's 2.
+        CliRun slack = CliRun.of("bench", "pipeline", "--stages", "2", "--micro-batches", "4", "--policy", "1f1b-recompute", "--order",
+                "message-driven", "--slack", "1", "--layers", "2", "--d-model", "16", "--heads", "2", "--vocab", "32", "--seq", "16",
+                "--steps", "1", "--warmup", "0", "--threads", "2", "--json");
+        JsonNode loose = slack.rows(FIELDS).get(0);
+        assertEquals(1, loose.get("slack").asInt(), slack.out());
+        assertTrue(loose.get("peak_activation_bytes").get(0).asLong() >= rows.get(3).get("peak_activation_bytes").get(0).asLong(),
+                slack.out() + r.out());
     }
 
     @Test
@@ -50,5 +58,6 @@ class PipelineBenchTest {
         CliRun.assertUsageError("--jitter values must be finite numbers >= 0", "bench", "pipeline", "--jitter", "-1");
         CliRun.assertUsageError("--order: pipeline order must be one of static, message-driven, got 'dynamic'", "bench", "pipeline",
                 "--order", "dynamic");
+        CliRun.assertUsageError("--slack must be at least 0, got -1", "bench", "pipeline", "--slack", "-1");
     }
 }
