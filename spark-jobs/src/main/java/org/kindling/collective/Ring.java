@@ -61,10 +61,15 @@ public final class Ring implements AutoCloseable {
             this.rank = rank;
             this.secret = secret;
             this.purpose = purpose;
-            this.arrivals = new Arrivals("rank " + rank + (purpose.equals(PURPOSE) ? " ring" : " ring " + purpose), host, secret, purpose, 4,
+            this.arrivals = new Arrivals(label(rank, purpose), host, secret, purpose, 4,
                     "too many are waiting to announce their rank");
             this.address = new Peer(host, arrivals.address().getPort());
-            LOG.log(System.Logger.Level.INFO, "rank " + rank + " ring listening on " + host + ":" + address.port());
+            LOG.log(System.Logger.Level.INFO, label(rank, purpose) + " listening on " + host + ":" + address.port());
+        }
+
+        /** "rank R ring", naming the ring when it is not the run's main one. */
+        private static String label(int rank, String purpose) {
+            return "rank " + rank + " ring" + (purpose.equals(PURPOSE) ? "" : " " + purpose);
         }
 
         /** The address other ranks reach this one at. */
