@@ -402,6 +402,23 @@ class DistributedTrainTest {
     }
 
     @Test
+    void hostOffloadedMomentsOnTwoWorkersEqualInMemoryOnesAndARetriedStageResumes() throws IOException {
+        RunConfig plain = config(DOCS_PER_BATCH * LEN);
+        RunConfig offloaded = new RunConfig(MODEL, plain.train().withOffload(true));
+        Path plainRun = dir.resolve("offload-plain");
+        Path faulty = dir.resolve("offload-faulty");
+        TrainJob.run(spark, plainRun.toString(), data.toString(), plain, 2);
+        try (LogCapture logs = new LogCapture()) {
+            TrainJob.run(spark, faulty.toString(), data.toString(), offloaded, 2, new TrainJob.Fault(0, 3, false));
+            assertTrue(logs.lines().stream().anyMatch(l -> l.contains("resumes from checkpoint step-2")), logs.lines().toString());
+        }
+        for (String file : new String[] {"model.safetensors", "optimizer.safetensors"}) {
+            assertArrayEquals(Files.readAllBytes(plainRun.resolve("checkpoints/step-6/" + file)),
+                    Files.readAllBytes(faulty.resolve("checkpoints/step-6/" + file)), file);
+        }
+    }
+
+    @Test
     void twoPipelineStagesTrainTheBitsOfOneWorkerAndARetriedStageResumes() throws IOException {
         // Two micro-batches per step, so the 1F1B schedule keeps one in flight on stage 0 while the other passes.
         RunConfig cfg = new RunConfig(MODEL, new TrainConfig(7, 3e-3, 3e-4, 2, 6, 0.1, 0.9, 0.95, 1e-8, 1.0, 2,
