@@ -583,19 +583,12 @@ public final class TrainJob {
                         outcome = new Outcome(0, 0, e.getMessage());
                     } catch (RuntimeException | Error e) {
                         // Told before the ring closes, so the driver hears the cause before its peers' echoes of it.
-                        // A task Spark is killing fails because another did: an echo too.
-                        coordinator.failed(describe(e), isEcho(e) || ctx.isInterrupted());
-                        told = true;
+                        told = tell(coordinator, ctx, e);
                         throw e;
                     }
-                } catch (IOException e) {
-                    coordinator.failed(describe(e), isEcho(e));
-                    throw e;
-                } catch (RuntimeException | Error e) {
-                    // Opening the device or building the model failed: the driver hears this rank's cause first.
-                    if (!told) {
-                        coordinator.failed(describe(e), isEcho(e) || ctx.isInterrupted());
-                    }
+                } catch (IOException | RuntimeException | Error e) {
+                    // Joining the ring, opening the device or building the model failed: the driver hears this rank's cause first.
+                    told = told || tell(coordinator, ctx, e);
                     throw e;
                 }
             } catch (IOException e) {
@@ -660,19 +653,12 @@ public final class TrainJob {
                         } catch (RuntimeException | Error e) {
                             // Its neighbours would otherwise wait for its next message until their deadlines.
                             abort(up, down);
-                            coordinator.failed(describe(e), isEcho(e) || ctx.isInterrupted());
-                            told = true;
+                            told = tell(coordinator, ctx, e);
                             throw e;
                         }
                     }
-                } catch (IOException e) {
-                    coordinator.failed(describe(e), isEcho(e));
-                    told = true;
-                    throw e;
-                } catch (RuntimeException | Error e) {
-                    if (!told) {
-                        coordinator.failed(describe(e), isEcho(e) || ctx.isInterrupted());
-                    }
+                } catch (IOException | RuntimeException | Error e) {
+                    told = told || tell(coordinator, ctx, e);
                     throw e;
                 }
             } catch (IOException e) {
@@ -840,6 +826,15 @@ public final class TrainJob {
                 throw new IllegalStateException("injected test fault: rank " + rank + " fails after step " + r.step()
                         + " in stage attempt " + attempt);
             }
+        }
+
+        /**
+         * Tells the driver why this worker stops; a failure caused by another worker's (a peer's
+         * abort, or Spark killing this task because another failed) as an echo. Returns true.
+         */
+        private static boolean tell(Coordinator.Client coordinator, BarrierTaskContext ctx, Throwable e) {
+            coordinator.failed(describe(e), isEcho(e) || ctx.isInterrupted());
+            return true;
         }
 
         private static boolean isEcho(Throwable t) {
