@@ -58,6 +58,14 @@ public interface Backend {
     }
 
     /**
+     * A host store of {@code floats} zeroed floats for this device's copies ({@link #copyToStore}):
+     * plain off-heap memory by default; a GPU page-locks it, so its copies are direct transfers.
+     */
+    default HostStore allocateStore(long floats) {
+        return HostStore.allocate(floats);
+    }
+
+    /**
      * Copies {@code src}'s elements into {@code dst} at {@code offset}. This default stages them in
      * a heap array; a backend with direct access to its memory copies once.
      */

@@ -15,35 +15,103 @@ public final class HostStore implements AutoCloseable {
     /** Floats per direct buffer: 1 GiB. */
     static final int CHUNK = 1 << 28;
 
+    /**
+     * What a device does to a store's buffers so that it can copy straight between them and its
+     * memory (a GPU page-locks them), and undoes before they are dropped.
+     */
+    public interface Pinning {
+        /** Nothing to do: plain pageable memory. */
+        Pinning NONE = new Pinning() {
+            @Override
+            public void pin(ByteBuffer buffer) {
+            }
+
+            @Override
+            public void unpin(ByteBuffer buffer) {
+            }
+        };
+
+        void pin(ByteBuffer buffer);
+
+        void unpin(ByteBuffer buffer);
+    }
+
+    /** One piece of a copy: floats [at, at + count) of {@code buffer} (native order), and where they start in the copy. */
+    @FunctionalInterface
+    public interface BufferPiece {
+        void copy(ByteBuffer buffer, int at, long index, int count);
+    }
+
     private final long length;
     private final int chunk;
+    private final Pinning pinning;
     private FloatBuffer[] chunks;
+    private ByteBuffer[] bytes;
 
-    private HostStore(long length, int chunk) {
+    private HostStore(long length, int chunk, Pinning pinning) {
         if (length < 0) {
             throw new IllegalArgumentException("a host store holds >= 0 floats, got " + length);
         }
         this.length = length;
         this.chunk = chunk;
+        this.pinning = pinning;
         int n = (int) ((length + chunk - 1) / chunk);
         chunks = new FloatBuffer[n];
-        for (int i = 0; i < n; i++) {
-            int size = (int) Math.min(chunk, length - (long) i * chunk);
-            chunks[i] = ByteBuffer.allocateDirect(size * Float.BYTES).order(ByteOrder.nativeOrder()).asFloatBuffer();
+        bytes = new ByteBuffer[n];
+        int pinned = 0;
+        try {
+            for (int i = 0; i < n; i++) {
+                int size = (int) Math.min(chunk, length - (long) i * chunk);
+                bytes[i] = ByteBuffer.allocateDirect(size * Float.BYTES).order(ByteOrder.nativeOrder());
+                chunks[i] = bytes[i].asFloatBuffer();
+                pinning.pin(bytes[i]);
+                pinned++;
+            }
+        } catch (RuntimeException | Error e) {
+            for (int i = 0; i < pinned; i++) {
+                pinning.unpin(bytes[i]);
+            }
+            throw e;
         }
     }
 
     /** {@code length} zeroed floats off the heap. */
     public static HostStore allocate(long length) {
-        return new HostStore(length, CHUNK);
+        return new HostStore(length, CHUNK, Pinning.NONE);
+    }
+
+    /** {@code length} zeroed floats off the heap, each buffer {@code pinning.pin}ned, and unpinned on {@link #close}. */
+    public static HostStore allocate(long length, Pinning pinning) {
+        return new HostStore(length, CHUNK, pinning);
+    }
+
+    /** A pinned store split into buffers of {@code chunk} floats: for tests. */
+    static HostStore allocate(long length, int chunk, Pinning pinning) {
+        if (chunk < 1) {
+            throw new IllegalArgumentException("chunk must be >= 1, got " + chunk);
+        }
+        return new HostStore(length, chunk, pinning);
+    }
+
+    /**
+     * Visits floats [offset, offset + n) as pieces of the store's buffers, in order, for a device
+     * that copies between them and its own memory directly.
+     */
+    public void forEachPiece(long offset, int n, BufferPiece piece) {
+        check(offset, n, 0, n);
+        long done = 0;
+        while (done < n) {
+            int c = (int) ((offset + done) / chunk);
+            int at = (int) ((offset + done) % chunk);
+            int k = (int) Math.min(n - done, chunks[c].capacity() - at);
+            piece.copy(bytes[c], at, done, k);
+            done += k;
+        }
     }
 
     /** A store split into buffers of {@code chunk} floats: for tests of copies across buffer boundaries. */
     static HostStore allocate(long length, int chunk) {
-        if (chunk < 1) {
-            throw new IllegalArgumentException("chunk must be >= 1, got " + chunk);
-        }
-        return new HostStore(length, chunk);
+        return allocate(length, chunk, Pinning.NONE);
     }
 
     public long length() {
@@ -98,9 +166,16 @@ public final class HostStore implements AutoCloseable {
         return chunks == null;
     }
 
-    /** Drops the buffers: the memory goes back when the collector frees them; any later copy fails. */
+    /** Unpins and drops the buffers: the memory goes back when the collector frees them; any later copy fails. */
     @Override
     public void close() {
+        if (chunks == null) {
+            return;
+        }
         chunks = null;
+        for (ByteBuffer b : bytes) {
+            pinning.unpin(b);
+        }
+        bytes = null;
     }
 }

@@ -31,7 +31,7 @@ public enum KernelClass {
     COMMUNICATION;
 
     /** Backend methods that report on the backend rather than run a kernel. */
-    static final Set<String> NOT_KERNELS = Set.of("name", "gemmImpl");
+    static final Set<String> NOT_KERNELS = Set.of("name", "gemmImpl", "allocateStore");
 
     /** The lower-case name the profile table prints, e.g. {@code gemm}. */
     public String label() {
@@ -40,7 +40,7 @@ public enum KernelClass {
 
     /**
      * The class of a {@link Backend} kernel, or null for a method that runs none ({@code name},
-     * {@code gemmImpl}).
+     * {@code gemmImpl}, {@code allocateStore}).
      *
      * @throws IllegalArgumentException for a Backend method this table does not know: a new kernel
      *     must be given a class here

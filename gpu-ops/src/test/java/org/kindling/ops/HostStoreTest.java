@@ -5,7 +5,9 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import java.util.ArrayList;
 import java.util.Arrays;
+import java.util.List;
 import org.junit.jupiter.api.Test;
 import org.kindling.ops.cpu.CpuDevice;
 import org.kindling.ops.reference.ReferenceDevice;
@@ -55,6 +57,59 @@ class HostStoreTest {
         assertTrue(s.isClosed());
         IllegalStateException closed = assertThrows(IllegalStateException.class, () -> s.get(0, new float[1], 0, 1));
         assertEquals("host store of 8 floats is closed", closed.getMessage());
+    }
+
+    /** A device's pinning sees every buffer once, is undone once on close, and a copy visits the buffers' pieces in order. */
+    @Test
+    void pinnedBuffersAreUnpinnedOnCloseAndVisitedPieceByPiece() {
+        List<java.nio.ByteBuffer> pinned = new ArrayList<>();
+        List<java.nio.ByteBuffer> unpinned = new ArrayList<>();
+        HostStore.Pinning record = new HostStore.Pinning() {
+            @Override
+            public void pin(java.nio.ByteBuffer buffer) {
+                pinned.add(buffer);
+            }
+
+            @Override
+            public void unpin(java.nio.ByteBuffer buffer) {
+                unpinned.add(buffer);
+            }
+        };
+        HostStore s = HostStore.allocate(23, 5, record);
+        assertEquals(5, pinned.size());
+        assertEquals(List.of(20, 20, 20, 20, 12), pinned.stream().map(java.nio.ByteBuffer::capacity).toList());
+        s.put(0, ramp(23, 1), 0, 23);
+        List<String> pieces = new ArrayList<>();
+        s.forEachPiece(3, 14, (buffer, at, index, count) -> {
+            pieces.add(pinned.indexOf(buffer) + ":" + at + "+" + count + "@" + index);
+            assertEquals(1 + 3 + index, buffer.order(java.nio.ByteOrder.nativeOrder()).getFloat(4 * at), 0f);
+        });
+        assertEquals(List.of("0:3+2@0", "1:0+5@2", "2:0+5@7", "3:0+2@12"), pieces);
+        assertThrows(IndexOutOfBoundsException.class, () -> s.forEachPiece(20, 4, (b, at, i, k) -> { }));
+        assertEquals(List.of(), unpinned);
+        s.close();
+        s.close();
+        assertEquals(pinned, unpinned, "each buffer unpinned once");
+        // A pin that fails undoes those before it.
+        List<java.nio.ByteBuffer> undone = new ArrayList<>();
+        int[] calls = {0};
+        assertThrows(IllegalStateException.class, () -> HostStore.allocate(10, 4, new HostStore.Pinning() {
+            @Override
+            public void pin(java.nio.ByteBuffer buffer) {
+                if (++calls[0] == 3) {
+                    throw new IllegalStateException("out of page-locked memory");
+                }
+            }
+
+            @Override
+            public void unpin(java.nio.ByteBuffer buffer) {
+                undone.add(buffer);
+            }
+        }));
+        assertEquals(2, undone.size());
+        try (Device cpu = CpuDevice.open(1); HostStore plain = cpu.backend().allocateStore(7)) {
+            assertEquals(7, plain.length());
+        }
     }
 
     /** A tensor view's elements round-trip through a store: the CPU backend's direct copy and the default staged one. */

@@ -11,6 +11,7 @@ import static org.kindling.ops.KernelChecks.sameRows;
 import static org.kindling.ops.KernelChecks.scalarOut;
 import static org.kindling.ops.cuda.Cuda.check;
 
+import java.nio.ByteBuffer;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
@@ -26,6 +27,7 @@ import org.kindling.ops.BinaryOp;
 import org.kindling.ops.DType;
 import org.kindling.ops.DropoutMask;
 import org.kindling.ops.Gemm;
+import org.kindling.ops.HostStore;
 import org.kindling.ops.KernelChecks;
 import org.kindling.ops.MoeRouting;
 import org.kindling.ops.Noise;
@@ -170,6 +172,54 @@ final class CudaKernels {
         }
         device.makeCurrent();
         check(JCudaDriver.cuMemcpyDtoH(Pointer.to(dst), at(src, DType.I32, "src"), 4L * dst.length), "cuMemcpyDtoH");
+    }
+
+    /** A host store whose buffers are page-locked for this GPU (and unlocked when it closes), so copies to it are direct DMA. */
+    public HostStore allocateStore(long floats) {
+        return HostStore.allocate(floats, new HostStore.Pinning() {
+            @Override
+            public void pin(ByteBuffer buffer) {
+                device.makeCurrent();
+                check(JCudaDriver.cuMemHostRegister(Pointer.to(buffer), buffer.capacity(), 0), "cuMemHostRegister");
+            }
+
+            @Override
+            public void unpin(ByteBuffer buffer) {
+                device.makeCurrent();
+                check(JCudaDriver.cuMemHostUnregister(Pointer.to(buffer)), "cuMemHostUnregister");
+            }
+        });
+    }
+
+    public void copyToStore(HostStore dst, long offset, Tensor src) {
+        if (src.dtype() == DType.BF16) {
+            float[] f = new float[src.numel()];
+            copyToHost(f, src);
+            dst.put(offset, f, 0, f.length);
+            return;
+        }
+        device.makeCurrent();
+        CUdeviceptr from = at(src, DType.F32, "src");
+        dst.forEachPiece(offset, src.numel(), (buffer, at, index, count) -> check(JCudaDriver.cuMemcpyDtoH(
+                Pointer.to(piece(buffer, at, count)), from.withByteOffset(4L * index), 4L * count), "cuMemcpyDtoH"));
+    }
+
+    public void copyFromStore(Tensor dst, HostStore src, long offset) {
+        if (dst.dtype() == DType.BF16) {
+            float[] f = new float[dst.numel()];
+            src.get(offset, f, 0, f.length);
+            copyFromHost(dst, f);
+            return;
+        }
+        device.makeCurrent();
+        CUdeviceptr to = at(dst, DType.F32, "dst");
+        src.forEachPiece(offset, dst.numel(), (buffer, at, index, count) -> check(JCudaDriver.cuMemcpyHtoD(
+                to.withByteOffset(4L * index), Pointer.to(piece(buffer, at, count)), 4L * count), "cuMemcpyHtoD"));
+    }
+
+    /** Floats [at, at + count) of a store's buffer as a buffer of their own, so the pointer starts at them. */
+    private static ByteBuffer piece(ByteBuffer buffer, int at, int count) {
+        return buffer.duplicate().position(4 * at).limit(4 * (at + count)).slice();
     }
 
     // ---- data movement ----

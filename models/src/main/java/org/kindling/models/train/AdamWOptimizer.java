@@ -88,8 +88,9 @@ public final class AdamWOptimizer implements Optimizer {
             first = dev.allocate(DType.F32, onDevice);
             second = dev.allocate(DType.F32, onDevice);
             if (offload) {
-                firstHost = HostStore.allocate(n);
-                secondHost = HostStore.allocate(n);
+                // Pinned on a GPU, so the moments stream in and out as direct transfers.
+                firstHost = dev.backend().allocateStore(n);
+                secondHost = dev.backend().allocateStore(n);
             }
         } catch (RuntimeException | Error e) {
             for (Tensor t : new Tensor[] {first, second}) {
