@@ -392,6 +392,56 @@ public final class GptStage implements AutoCloseable {
         return first ? null : dx;
     }
 
+    /**
+     * An evaluation forward of {@code batch} between steps: no dropout, nothing kept for a backward.
+     * From {@code input} [T, C] (null on the first stage, which embeds the tokens; the caller keeps
+     * it). Returns the output [T, C], valid until the stage's next pass, or, on the last stage, null
+     * after adding the batch's summed loss over its predicted tokens to {@code lossSum[0]}.
+     */
+    public Tensor evaluate(TokenBatch batch, Tensor input, double[] lossSum) {
+        if (!inFlight.isEmpty()) {
+            throw new IllegalStateException("stage " + index + ": evaluation runs between steps, but micro-batches "
+                    + inFlight + " are in flight");
+        }
+        if (first != (input == null)) {
+            throw new IllegalArgumentException("stage " + index + ": " + (first ? "the first stage takes no input" : "needs an input"));
+        }
+        int t = batch.size();
+        int c = cfg.dModel();
+        if (!first) {
+            checkShape(input, t, "evaluation input");
+        }
+        live = -1;
+        step.eval();
+        Seqs seqs = upload(batch);
+        Backend be = dev.backend();
+        Tensor x = xs[0].write(t, c);
+        if (first) {
+            Gpt.embed(wte, wpe, x, ids.saved(t), seqs.positions(), wpe == null ? null : posEmb.write(t, c));
+        } else {
+            be.copy(x, input);
+        }
+        for (int i = 0; i < blocks.size(); i++) {
+            Tensor y = xs[i + 1].write(t, c);
+            blocks.get(i).dropout(0f, 0);
+            blocks.get(i).forward(y, x, seqs);
+            x = y;
+        }
+        if (!last) {
+            return x;
+        }
+        Tensor h = xf.write(t, c);
+        lnf.forward(h, x);
+        Tensor lg = logits.write(t, cfg.vocab());
+        Gpt.headForward(wte, headIn, lg, h);
+        Tensor ls = losses.write(t);
+        be.crossEntropyForward(ls, lg, targets.write(t).copyFrom(batch.targets()), TokenBatch.IGNORE);
+        for (double l : ls.toDoubleArray()) {
+            lossSum[0] += l;
+        }
+        return null;
+    }
+
     /** The step's summed loss over predicted tokens (last stage), read back from the device. */
     public double lossSum() {
         if (!last) {

@@ -78,6 +78,17 @@ public final class EvalPass implements AutoCloseable {
                 : null));
     }
 
+    /**
+     * The same with {@code evaluate} giving each batch's {summed loss, predicted tokens}, one batch
+     * at a time in order: a pipeline stage's share of the pass (zeros on all but the last stage).
+     */
+    public Sums run(Function<TokenBatch, double[]> evaluate) throws IOException {
+        return run(1, round -> {
+            double[] sums = evaluate.apply(round.get(0));
+            return List.of(new Sums(sums[0], (long) sums[1], 1));
+        });
+    }
+
     /** Reads the pass's batches {@code width} at a time and adds up what {@code evaluate} gives for each, in batch order. */
     private Sums run(int width, Function<List<TokenBatch>, List<Sums>> evaluate) throws IOException {
         reader.seek(0);

@@ -40,6 +40,7 @@ import org.kindling.models.nn.Precision;
 import org.kindling.models.pipeline.PipelinePolicy;
 import org.kindling.models.train.StageTrainer;
 import org.kindling.models.config.RunConfig;
+import org.kindling.models.config.TrainConfig;
 import org.kindling.models.io.Checkpoints;
 import org.kindling.models.train.DataParallel;
 import org.kindling.models.train.GradientSync;
@@ -214,7 +215,7 @@ public final class TrainJob {
         if (workers < 1) {
             throw new IllegalArgumentException("--workers must be at least 1, got " + workers);
         }
-        checkPipeline(pipeline, config, workers, evalData);
+        checkPipeline(pipeline, config, workers);
         device.check();
         boolean local = spark.sparkContext().master().startsWith("local");
         int taskCpus = Integer.parseInt(spark.conf().get("spark.task.cpus", "1"));
@@ -240,7 +241,8 @@ public final class TrainJob {
                 in.transferTo(out);
             }
         }
-        String eval = evalData == null ? null : checkEvalData(evalData, new RunDir(run, conf), conf, config, workers);
+        String eval = evalData == null ? null : checkEvalData(evalData, new RunDir(run, conf), conf, config,
+                workers / pipeline.stages());
         String yaml = config.toYaml();
         try (OutputStream out = storage.create("config.yaml")) {
             out.write(yaml.getBytes(StandardCharsets.UTF_8));
@@ -461,7 +463,7 @@ public final class TrainJob {
     }
 
     /** Refuses, before any task starts, a pipeline the workers, the model or the config cannot run. */
-    private static void checkPipeline(Pipeline pipeline, RunConfig config, int workers, String evalData) {
+    private static void checkPipeline(Pipeline pipeline, RunConfig config, int workers) {
         int stages = pipeline.stages();
         if (stages == 1) {
             return;
@@ -469,10 +471,6 @@ public final class TrainJob {
         if (workers % stages != 0) {
             throw new IllegalArgumentException("--workers " + workers + " is not a multiple of --pipeline-stages " + stages
                     + ": every replica of the model needs one worker per stage");
-        }
-        if (evalData != null) {
-            throw new IllegalArgumentException("--eval-data does not run with --pipeline-stages yet: evaluate the run's checkpoints "
-                    + "with kindling eval, which reads them as any other");
         }
         String refusal = StageTrainer.refusal(config.train());
         if (refusal != null) {
@@ -643,10 +641,13 @@ public final class TrainJob {
                                          up == null ? null : new StageLinkChannel(up, StageLink.Kind.GRADIENT, dev, cfg.model().dModel())),
                                  collective);
                          DatasetSource source = new DatasetSource(new DatasetReader(plan.data(), conf, cfg.train().seed(), j,
-                                 replicas, cfg.train().batchTokens()))) {
+                                 replicas, cfg.train().batchTokens()));
+                         EvalPass eval = plan.evalData() == null || cfg.train().evalInterval() == 0 ? null
+                                 : new EvalPass(plan.evalData(), conf, j, replicas, cfg.train().batchTokens(),
+                                         cfg.train().evalBatches())) {
                         try {
                             TrainLoop.runStage(trainer, source, new Checkpoints(new HadoopRunStorage(plan.run(), conf)), rv.resume(),
-                                    cfg, r -> afterStep(ctx, r, rank, attempt, coordinator));
+                                    cfg, r -> afterStep(ctx, evaluated(r, eval, trainer), rank, attempt, coordinator));
                             return new Outcome(s, checksum(stage.params().values().toFloatArray()), null);
                         } catch (NonFiniteException e) {
                             return new Outcome(s, 0, e.getMessage());
@@ -788,17 +789,35 @@ public final class TrainJob {
          * one small all-reduce (every rank calls it after the same steps), give the mean over all their tokens.
          */
         private static StepResult evaluated(StepResult r, EvalPass eval, DataParallel group, GradientSync between) {
-            if (eval == null || !group.replicas().get(0).trainer().config().evaluatesAt(r.step())) {
+            return eval == null ? r : withEvalLoss(r, group.replicas().get(0).trainer().config(), () -> eval.run(group), between);
+        }
+
+        /**
+         * The same for a pipeline stage: every stage of each replica runs the replica's eval batches
+         * through the pipeline, and the last stages' sums, added over every worker, give the mean
+         * over all the replicas' tokens.
+         */
+        private static StepResult evaluated(StepResult r, EvalPass eval, StageTrainer trainer) {
+            return eval == null ? r : withEvalLoss(r, trainer.config(), () -> eval.run(trainer::evaluate), trainer.everyone());
+        }
+
+        /** One evaluation's summed loss and predicted tokens. */
+        private interface EvalRun {
+            EvalPass.Sums run() throws IOException;
+        }
+
+        private static StepResult withEvalLoss(StepResult r, TrainConfig cfg, EvalRun pass, GradientSync everyone) {
+            if (!cfg.evaluatesAt(r.step())) {
                 return r;
             }
             EvalPass.Sums own;
             try {
-                own = eval.run(group);
+                own = pass.run();
             } catch (IOException e) {
                 throw new UncheckedIOException("cannot read the eval data: " + e.getMessage(), e);
             }
             double[] sums = {own.loss(), own.predicted()};
-            between.allReduceSum(sums);
+            everyone.allReduceSum(sums);
             return r.withMetric(StepResult.EVAL_LOSS, sums[0] / Math.max(1, sums[1]));
         }
 

@@ -320,6 +320,17 @@ class DistributedTrainTest {
         assertEquals("fe80::1", TrainJob.Task.host("[fe80::1]:41000"));
     }
 
+    /** The eval_loss of every line of a run's metrics.jsonl. */
+    static List<Double> evalLosses(Path run) throws IOException {
+        List<Double> out = new java.util.ArrayList<>();
+        for (String line : Files.readAllLines(run.resolve("metrics.jsonl"))) {
+            Matcher m = java.util.regex.Pattern.compile("\"eval_loss\":([-0-9.eE]+)").matcher(line);
+            assertTrue(m.find(), line);
+            out.add(Double.parseDouble(m.group(1)));
+        }
+        return out;
+    }
+
     static String lossOnly(String metricsLine) {
         return metricsLine.replaceAll(",\"tokens_per_s\":[^}]*", "");
     }
@@ -427,7 +438,8 @@ class DistributedTrainTest {
         Path piped = dir.resolve("pipe-two");
         Path faulty = dir.resolve("pipe-faulty");
         // One model on one thread, as each stage runs (a GEMM's sums may be split differently across threads).
-        List<StepResult> a = TrainJob.run(spark, oneRun.toString(), data.toString(), cfg, 1, new TaskDevice("cpu:1", false));
+        List<StepResult> a = TrainJob.run(spark, oneRun.toString(), data.toString(), evalData.toString(), cfg, 1,
+                new TaskDevice("cpu:1", false), line -> { });
         TrainJob.Pipeline two = new TrainJob.Pipeline(2, PipelinePolicy.ONE_F_ONE_B);
         List<StepResult> b;
         try (LogCapture logs = new LogCapture()) {
@@ -443,12 +455,18 @@ class DistributedTrainTest {
                     Files.readAllBytes(piped.resolve("checkpoints/step-6/" + file)), file);
         }
         try (LogCapture logs = new LogCapture()) {
-            TrainJob.run(spark, faulty.toString(), data.toString(), null, cfg, 2, two, TaskDevice.CPU, new TrainJob.Fault(1, 3, false),
-                    line -> { });
+            // It evaluates after every step, through both stages: that must change no bit of training.
+            TrainJob.run(spark, faulty.toString(), data.toString(), evalData.toString(), cfg, 2, two, TaskDevice.CPU,
+                    new TrainJob.Fault(1, 3, false), line -> { });
             assertTrue(logs.lines().stream().anyMatch(l -> l.contains("resumes from checkpoint step-2")), logs.lines().toString());
         }
-        assertArrayEquals(weights(piped, 6), weights(faulty, 6), "a retried pipeline stage must end bit-identical");
-        assertEquals(6, Files.readAllLines(faulty.resolve("metrics.jsonl")).size());
+        assertArrayEquals(weights(piped, 6), weights(faulty, 6), "a retried pipeline stage with evaluations must end bit-identical");
+        List<Double> wantEval = evalLosses(oneRun);
+        List<Double> gotEval = evalLosses(faulty);
+        assertEquals(6, gotEval.size(), gotEval.toString());
+        for (int i = 0; i < 6; i++) {
+            assertEquals(wantEval.get(i), gotEval.get(i), 1e-6, "eval_loss after step " + (i + 1) + ": the one worker's");
+        }
 
         IllegalArgumentException odd = assertThrows(IllegalArgumentException.class, () -> TrainJob.run(spark,
                 dir.resolve("pipe-odd").toString(), data.toString(), null, cfg, 1, two, TaskDevice.CPU, TrainJob.Fault.NONE, line -> { }));

@@ -536,7 +536,7 @@ public final class PipelineExecutor {
     }
 
     /** The message on the stage's own device: stages of one process may each have their own. */
-    private static Tensor onDevice(GptStage stage, Tensor t) {
+    public static Tensor onDevice(GptStage stage, Tensor t) {
         if (t.device() == stage.device()) {
             return t;
         }

@@ -248,6 +248,27 @@ public final class StageTrainer implements AutoCloseable {
         return new StepResult(step, meanLoss, lr, norm, (long) counts[1], (System.nanoTime() - t0) / 1e9, new TreeMap<>());
     }
 
+    /**
+     * Collective over the replica's stages, between steps: the evaluation forward of {@code batch}
+     * through every stage (activations tagged micro-batch 0). Returns {summed loss, predicted tokens}
+     * on the last stage, zeros on the others, so a sum over every worker counts each replica once.
+     */
+    public double[] evaluate(TokenBatch batch) {
+        double[] loss = {0};
+        Tensor in = stage.first() ? null : PipelineExecutor.onDevice(stage, links.actIn().receive(0, timeout));
+        try {
+            Tensor out = stage.evaluate(batch, in, loss);
+            if (out != null) {
+                links.actOut().send(0, copy(out), timeout);
+            }
+        } finally {
+            if (in != null) {
+                in.close();
+            }
+        }
+        return stage.last() ? new double[] {loss[0], batch.predicted()} : new double[] {0, 0};
+    }
+
     /** Each of this stage's parameters' squared gradient norm at its place in the model's order (the tied one on the first stage only). */
     private void squares(Params params, Device dev, double[] into) {
         List<Param> own = params.list();
