@@ -173,9 +173,22 @@ public final class HostStore implements AutoCloseable {
             return;
         }
         chunks = null;
+        RuntimeException failed = null;
         for (ByteBuffer b : bytes) {
-            pinning.unpin(b);
+            try {
+                pinning.unpin(b);
+            } catch (RuntimeException e) {
+                // Every buffer gets its chance: one that stays pinned cannot be unpinned later.
+                if (failed == null) {
+                    failed = e;
+                } else {
+                    failed.addSuppressed(e);
+                }
+            }
         }
         bytes = null;
+        if (failed != null) {
+            throw failed;
+        }
     }
 }

@@ -193,6 +193,15 @@ public final class Gpt implements AutoCloseable {
         return declarations(cfg).order();
     }
 
+    /**
+     * The initial values a model of {@code cfg} and {@code seed} starts with, tensor by tensor (see
+     * {@link Params.Builder#initialValues}), for the names {@code wanted} accepts.
+     */
+    public static void initialValues(ModelConfig cfg, long seed, java.util.function.Predicate<String> wanted,
+                                     java.util.function.BiConsumer<String, float[]> each) {
+        declarations(cfg).initialValues(seed, wanted, each);
+    }
+
     /** The trainable parameters of a model of {@code cfg} in the order its {@link Params#list} gives them. */
     public static List<String> parameterOrder(ModelConfig cfg) {
         return declarations(cfg).trainableOrder();

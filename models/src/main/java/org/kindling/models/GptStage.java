@@ -23,7 +23,6 @@ import org.kindling.ops.DType;
 import org.kindling.ops.Device;
 import org.kindling.ops.Seeds;
 import org.kindling.ops.Tensor;
-import org.kindling.ops.reference.ReferenceDevice;
 
 /**
  * One stage of a {@link Gpt} cut into a pipeline of S stages: stage 0 holds the embeddings and its
@@ -139,16 +138,15 @@ public final class GptStage implements AutoCloseable {
      * Stage {@code stage} of {@code stages} starting from exactly the weights and fixed tensors a
      * whole {@link Gpt} of {@code seed} starts with, so that a pipeline trains the model a single
      * process would, and the first and the last stage hold the same tied weight. The whole model's
-     * initial values are drawn once on the host, a tensor at a time copied in, and freed.
+     * initial values are drawn a tensor at a time and only this stage's are kept.
      */
     public static GptStage initialized(ModelConfig cfg, Device dev, long seed, int stage, int stages) {
         GptStage out = new GptStage(cfg, dev, seed, stage, stages);
-        try (Device host = ReferenceDevice.open(); Gpt whole = new Gpt(cfg, host, seed)) {
-            List<Param> own = new ArrayList<>(out.params.list());
-            own.addAll(out.params.fixed());
-            for (Param p : own) {
-                p.value().copyFrom(whole.params().get(p.name()).value().toFloatArray());
-            }
+        try {
+            Map<String, Param> own = new HashMap<>();
+            out.params.list().forEach(p -> own.put(p.name(), p));
+            out.params.fixed().forEach(p -> own.put(p.name(), p));
+            Gpt.initialValues(cfg, seed, own::containsKey, (name, values) -> own.get(name).value().copyFrom(values));
             out.params.refreshShadow();
             return out;
         } catch (RuntimeException | Error e) {

@@ -42,7 +42,7 @@ public final class TrainBuilder {
     private String runDir;
     private int workers = 1;
     private int pipelineStages = 1;
-    private String pipelinePolicy = PipelinePolicy.ONE_F_ONE_B.key();
+    private String pipelinePolicy;
     private String device = "cpu";
     private boolean cpuFallback;
     private TaskDevice taskDevice;
@@ -116,7 +116,7 @@ public final class TrainBuilder {
         return this;
     }
 
-    /** The pipeline schedule: 1f1b (default), 1f1b-recompute, stage-aware or shifted. */
+    /** The pipeline schedule with {@link #pipelineStages} of 2 or more: 1f1b (default), 1f1b-recompute, stage-aware or shifted. */
     public TrainBuilder pipelinePolicy(String policy) {
         this.pipelinePolicy = policy;
         return this;
@@ -234,8 +234,13 @@ public final class TrainBuilder {
             throw new InvalidOptionException("pipelineStages", "--workers " + workers + " is not a multiple of --pipeline-stages "
                     + pipelineStages + ": every replica of the model needs one worker per stage");
         }
+        if (pipelinePolicy != null && pipelineStages == 1) {
+            throw new InvalidOptionException("pipelinePolicy", "--pipeline-policy " + pipelinePolicy + " needs --pipeline-stages "
+                    + "of 2 or more: a single stage runs no pipeline schedule");
+        }
         try {
-            return new TrainJob.Pipeline(pipelineStages, PipelinePolicy.parse(pipelinePolicy));
+            return new TrainJob.Pipeline(pipelineStages, pipelinePolicy == null ? PipelinePolicy.ONE_F_ONE_B
+                    : PipelinePolicy.parse(pipelinePolicy));
         } catch (IllegalArgumentException e) {
             throw InvalidOptionException.of(new IllegalArgumentException("--pipeline-policy: " + e.getMessage(), e), "pipelinePolicy");
         }

@@ -9,6 +9,7 @@ import java.util.Map;
 import java.util.SplittableRandom;
 import java.util.concurrent.Callable;
 import org.kindling.api.Presets;
+import org.kindling.models.GptStage;
 import org.kindling.models.config.ModelConfig;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.TrainConfig;
@@ -125,6 +126,8 @@ final class ScalingBench implements Callable<Integer> {
         if (model.limited() && seq > model.maxSeq()) {
             throw new CommandLine.ParameterException(cmd, "--seq " + seq + " exceeds the model's max_seq " + model.maxSeq());
         }
+        // 1 first, so every row can be set beside its mode's single worker.
+        workers = workers.stream().distinct().sorted().toList();
         for (int w : workers) {
             if (w < 1 || w > threads) {
                 throw new CommandLine.ParameterException(cmd, "--workers " + w + " must be in [1, --threads " + threads + "]: "
@@ -133,6 +136,13 @@ final class ScalingBench implements Callable<Integer> {
             if (modes.contains("pipeline") && w > model.nLayer()) {
                 throw new CommandLine.ParameterException(cmd, "--workers " + w + ": the pipeline mode needs a block per stage, and "
                         + "the model has " + model.nLayer());
+            }
+            if (modes.contains("pipeline")) {
+                try {
+                    GptStage.split(model, w);
+                } catch (IllegalArgumentException e) {
+                    throw new CommandLine.ParameterException(cmd, "--modes pipeline with --preset " + preset + ": " + e.getMessage());
+                }
             }
             if ((modes.contains("dp") || modes.contains("zero1")) && (batch / microBatches) % w != 0) {
                 throw new CommandLine.ParameterException(cmd, "--workers " + w + " must divide the " + batch / microBatches

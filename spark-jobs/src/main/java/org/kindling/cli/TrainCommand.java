@@ -48,8 +48,8 @@ final class TrainCommand implements Callable<Integer> {
         "about equal FLOPs, one per worker, and the --workers form workers/S replicas of the pipeline (default ${DEFAULT-VALUE})"})
     int pipelineStages;
 
-    @Option(names = "--pipeline-policy", defaultValue = "1f1b", description = {"the pipeline schedule: 1f1b, 1f1b-recompute,",
-        "stage-aware or shifted (default ${DEFAULT-VALUE})"})
+    @Option(names = "--pipeline-policy", description = {"the pipeline schedule with --pipeline-stages: 1f1b (default),",
+        "1f1b-recompute, stage-aware or shifted"})
     String pipelinePolicy;
 
     @CommandLine.Mixin
@@ -107,10 +107,13 @@ final class TrainCommand implements Callable<Integer> {
 
     private TrainBuilder builder(SparkSession spark) {
         TrainBuilder b = KindlingApi.train(spark).preset(config).data(data).runDir(run).workers(workers)
-                .pipelineStages(pipelineStages).pipelinePolicy(pipelinePolicy).device(device.spec)
+                .pipelineStages(pipelineStages).device(device.spec)
                 .cpuFallback(cpuFallback).progress(spec.commandLine().getErr());
         if (evalData != null) {
             b.evalData(evalData);
+        }
+        if (pipelinePolicy != null) {
+            b.pipelinePolicy(pipelinePolicy);
         }
         overrides.forEach(b::set);
         if (zero != null) {

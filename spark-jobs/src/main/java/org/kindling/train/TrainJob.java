@@ -462,6 +462,22 @@ public final class TrainJob {
         }
     }
 
+    /**
+     * The floats one stage-link frame may carry: a micro-batch's activations (at most batch_tokens
+     * rows of d_model) or a piece of the tied weight's gradient; refused when a frame's bytes would
+     * not fit one direct buffer.
+     */
+    static int linkCap(RunConfig config) {
+        long rows = Math.max(config.train().batchTokens(), StageTrainer.tiedRowsPerMessage(config.model()));
+        long floats = rows * config.model().dModel();
+        if (floats > Integer.MAX_VALUE / Float.BYTES) {
+            throw new IllegalArgumentException("--pipeline-stages: a micro-batch of batch_tokens " + config.train().batchTokens()
+                    + " × d_model " + config.model().dModel() + " floats is above the " + Integer.MAX_VALUE / Float.BYTES
+                    + " one stage-link message carries; lower batch_tokens (and raise grad_accum)");
+        }
+        return (int) floats;
+    }
+
     /** Refuses, before any task starts, a pipeline the workers, the model or the config cannot run. */
     private static void checkPipeline(Pipeline pipeline, RunConfig config, int workers) {
         int stages = pipeline.stages();
@@ -481,6 +497,7 @@ public final class TrainJob {
         } catch (IllegalArgumentException e) {
             throw new IllegalArgumentException("--pipeline-stages " + stages + ": " + e.getMessage(), e);
         }
+        linkCap(config);
         boolean keeps = pipeline.policy() == PipelinePolicy.ONE_F_ONE_B || pipeline.policy() == PipelinePolicy.STAGE_AWARE;
         if (keeps && config.train().gradAccum() > 1 && config.train().precision() != Precision.FP32) {
             throw new IllegalArgumentException("--pipeline-policy " + pipeline.policy().key() + " keeps several micro-batches' "
@@ -608,7 +625,8 @@ public final class TrainJob {
             int replicas = plan.world() / stages;
             int s = rank % stages;
             int j = rank / stages;
-            int cap = Math.max(cfg.train().batchTokens(), cfg.model().vocab()) * cfg.model().dModel();
+            int cap = linkCap(cfg);
+            int d = cfg.model().dModel();
             boolean told = false;
             try (Ring.Listener server = Ring.listen(rank, host, plan.secret());
                  Ring.Listener stageServer = replicas > 1 ? Ring.listen(j, host, plan.secret(), "stage " + s) : null;
@@ -633,13 +651,13 @@ public final class TrainJob {
                          StageLink up = s > 0 ? linkServer.accept(cap, collective) : null;
                          Device dev = Device.open(deviceSpec);
                          GptStage stage = GptStage.initialized(cfg.model(), dev, cfg.train().seed(), s, stages);
+                         StageLinkChannel actIn = up == null ? null : new StageLinkChannel(up, StageLink.Kind.ACTIVATION, dev, d);
+                         StageLinkChannel actOut = down == null ? null : new StageLinkChannel(down, StageLink.Kind.ACTIVATION, dev, d);
+                         StageLinkChannel gradIn = down == null ? null : new StageLinkChannel(down, StageLink.Kind.GRADIENT, dev, d);
+                         StageLinkChannel gradOut = up == null ? null : new StageLinkChannel(up, StageLink.Kind.GRADIENT, dev, d);
                          StageTrainer trainer = new StageTrainer(stage, stages, cfg.model(), cfg.train(), plan.pipeline().policy(),
-                                 stageSync != null ? stageSync : GradientSync.SINGLE, everyone, new StageTrainer.Links(
-                                         up == null ? null : new StageLinkChannel(up, StageLink.Kind.ACTIVATION, dev, cfg.model().dModel()),
-                                         down == null ? null : new StageLinkChannel(down, StageLink.Kind.ACTIVATION, dev, cfg.model().dModel()),
-                                         down == null ? null : new StageLinkChannel(down, StageLink.Kind.GRADIENT, dev, cfg.model().dModel()),
-                                         up == null ? null : new StageLinkChannel(up, StageLink.Kind.GRADIENT, dev, cfg.model().dModel())),
-                                 collective);
+                                 stageSync != null ? stageSync : GradientSync.SINGLE, everyone,
+                                 new StageTrainer.Links(actIn, actOut, gradIn, gradOut), collective);
                          DatasetSource source = new DatasetSource(new DatasetReader(plan.data(), conf, cfg.train().seed(), j,
                                  replicas, cfg.train().batchTokens()));
                          EvalPass eval = plan.evalData() == null || cfg.train().evalInterval() == 0 ? null

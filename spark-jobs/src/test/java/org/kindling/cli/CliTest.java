@@ -323,6 +323,8 @@ class CliTest {
         CliRun.assertUsageError("--pipeline-policy: pipeline policy must be one of 1f1b, 1f1b-recompute, stage-aware, shifted, got "
                 + "'gpipe'", "train", "--config", "tiny", "--data", "/nonexistent/data", "--run", "/nonexistent/run", "--workers", "2",
                 "--pipeline-stages", "2", "--pipeline-policy", "gpipe");
+        CliRun.assertUsageError("--pipeline-policy shifted needs --pipeline-stages of 2 or more", "train", "--config", "tiny",
+                "--data", "/nonexistent/data", "--run", "/nonexistent/run", "--pipeline-policy", "shifted");
     }
 
     private static String[] concat(String[] a, String... b) {

@@ -38,6 +38,7 @@ public final class Checkpoints {
     static final String DIR = "checkpoints";
     static final String LATEST = DIR + "/LATEST";
     private static final ObjectMapper JSON = new ObjectMapper();
+    private static final System.Logger LOG = System.getLogger(Checkpoints.class.getName());
 
     /**
      * What {@code state.json} records besides the tensors.
@@ -174,8 +175,9 @@ public final class Checkpoints {
         try {
             storage.delete(DIR + "/.parts-" + name(step));
         } catch (IOException e) {
-            throw new UncheckedIOException("cannot delete the checkpoint parts of " + storage.describe(DIR + "/" + name) + ": "
-                    + e.getMessage(), e);
+            // The checkpoint is complete; the leftover shares only take space until a retry of this step rewrites them.
+            LOG.log(System.Logger.Level.WARNING, "cannot delete the checkpoint shares " + storage.describe(DIR + "/.parts-" + name(step))
+                    + ": " + e.getMessage());
         }
         return name;
     }
@@ -318,11 +320,11 @@ public final class Checkpoints {
 
     /** Loads a checkpoint's weights into a model of the same architecture. */
     public void loadWeights(String name, Gpt model) {
-        loadWeights(name, model.params(), false);
+        loadWeights(name, model.params(), null);
     }
 
-    /** Loads a checkpoint's tensors of {@code params}; with {@code part}, the checkpoint's others are skipped. */
-    private void loadWeights(String name, Params params, boolean part) {
+    /** Loads a checkpoint's tensors of {@code params}; those of {@code model}'s other stages (when not null) are skipped. */
+    private void loadWeights(String name, Params params, java.util.Set<String> model) {
         Map<String, StateTensor> targets = new LinkedHashMap<>();
         for (Param p : params.list()) {
             targets.put(p.name(), StateTensor.of(p.value()));
@@ -330,13 +332,13 @@ public final class Checkpoints {
         for (Param p : params.fixed()) {
             targets.put(p.name(), StateTensor.of(p.value()));
         }
-        readInto(DIR + "/" + name + "/model.safetensors", targets, part);
+        readInto(DIR + "/" + name + "/model.safetensors", targets, model);
         params.refreshShadow();
     }
 
     /** Restores weights, the optimizer's state and the step counter; returns the checkpoint's state. */
     public State restore(String name, Trainer trainer) {
-        State state = restore(name, trainer.model().params(), trainer.optimizer(), false);
+        State state = restore(name, trainer.model().params(), trainer.optimizer(), null);
         trainer.restoreStep(state.step());
         return state;
     }
@@ -345,11 +347,12 @@ public final class Checkpoints {
      * Restores a pipeline stage's weights and optimizer state (its parameters' tensors of a whole
      * model's checkpoint); returns the checkpoint's state, whose step the caller takes up.
      */
-    public State restorePart(String name, Params params, Optimizer optimizer) {
-        return restore(name, params, optimizer, true);
+    public State restorePart(String name, Params params, Optimizer optimizer, java.util.Set<String> model) {
+        return restore(name, params, optimizer, model);
     }
 
-    private State restore(String name, Params params, Optimizer optimizer, boolean part) {
+    /** With {@code model} (a pipeline stage's whole model's tensor names), the checkpoint's tensors of other stages are skipped. */
+    private State restore(String name, Params params, Optimizer optimizer, java.util.Set<String> model) {
         State state = state(name);
         if (state.formatVersion() != FORMAT_VERSION) {
             // Its weights still serve eval, generate and export; only its data positions mean something else now.
@@ -359,9 +362,9 @@ public final class Checkpoints {
                     + "); start a new run (its weights still serve `kindling eval`, `generate` and `export`), or resume with "
                     + "the Kindling that wrote it", new CorruptFileException("format_version " + state.formatVersion()));
         }
-        loadWeights(name, params, part);
+        loadWeights(name, params, model);
         // A checkpoint of another optimizer lacks this one's tensors: readInto names the first missing or foreign one.
-        readInto(DIR + "/" + name + "/optimizer.safetensors", optimizer.state(), part);
+        readInto(DIR + "/" + name + "/optimizer.safetensors", optimizer.state(), model);
         optimizer.restored();
         return state;
     }
@@ -370,9 +373,9 @@ public final class Checkpoints {
      * Streams a file's tensors straight into {@code targets} (by name), a piece at a time, so no
      * host copy of the whole file or of a whole tensor is made. A tensor the model lacks, one the
      * file lacks, or one of another shape is an error naming the file: nothing is skipped silently,
-     * except, for a pipeline stage's {@code part}, the tensors of the model's other stages.
+     * except, for a pipeline stage, the tensors of {@code model}'s other stages (null: none).
      */
-    private void readInto(String path, Map<String, StateTensor> targets, boolean part) {
+    private void readInto(String path, Map<String, StateTensor> targets, java.util.Set<String> model) {
         String source = storage.describe(path);
         java.util.Set<String> seen = new java.util.HashSet<>();
         try (InputStream in = storage.open(path)) {
@@ -382,7 +385,7 @@ public final class Checkpoints {
                 @Override
                 public void begin(String name, int[] shape) {
                     dst = targets.get(name);
-                    if (dst == null && part) {
+                    if (dst == null && model != null && model.contains(owner(name))) {
                         return; // another stage's tensor
                     }
                     if (dst == null) {

@@ -107,6 +107,29 @@ public final class Params implements AutoCloseable {
             return out;
         }
 
+        /**
+         * Each declared tensor's initial values as {@link #build} draws them from {@code seed}: one
+         * tensor at a time in declaration order, handed to {@code each} when {@code wanted} accepts
+         * its name (the others are drawn and dropped, so the stream stays the same). A part of a
+         * model gets the whole model's values with the memory of its largest tensor.
+         */
+        public void initialValues(long seed, java.util.function.Predicate<String> wanted,
+                                  java.util.function.BiConsumer<String, float[]> each) {
+            SplittableRandom rnd = new SplittableRandom(seed);
+            for (Spec s : specs) {
+                long n = numel(s.shape());
+                if (n > Integer.MAX_VALUE) {
+                    throw new IllegalArgumentException("parameter " + s.name() + " has " + n + " elements; one tensor holds at "
+                            + "most 2^31-1");
+                }
+                float[] v = new float[(int) n];
+                s.init().fill(v, 0, s.shape(), rnd);
+                if (wanted.test(s.name())) {
+                    each.accept(s.name(), v);
+                }
+            }
+        }
+
         /** Trainable elements declared so far. */
         public long trainableCount() {
             long n = 0;

@@ -224,8 +224,11 @@ public final class AdamWOptimizer implements Optimizer {
         m.close();
         v.close();
         if (hostM != null) {
-            hostM.close();
-            hostV.close();
+            try {
+                hostM.close();
+            } finally {
+                hostV.close();
+            }
         }
     }
 }

@@ -85,9 +85,10 @@ public final class InProcessPipeline implements AutoCloseable {
         }
         StepResult last = null;
         Throwable failure = null;
+        long deadline = System.nanoTime() + 2 * timeout.toNanos();
         for (Future<StepResult> f : running) {
             try {
-                last = f.get(2 * timeout.toMillis(), TimeUnit.MILLISECONDS);
+                last = f.get(Math.max(0, deadline - System.nanoTime()), TimeUnit.NANOSECONDS);
             } catch (ExecutionException e) {
                 failure = failure == null ? e.getCause() : failure;
             } catch (TimeoutException e) {
@@ -110,11 +111,28 @@ public final class InProcessPipeline implements AutoCloseable {
         return last;
     }
 
+    /**
+     * Stops the stage threads and frees the stages. A thread still running after the timeout (a
+     * stage that never returned) keeps its stage: freeing memory a kernel may still touch is worse
+     * than leaking it.
+     */
     @Override
     public void close() {
         threads.shutdownNow();
+        channels.forEach(InMemoryChannel::close);
+        everyone.forEach(SharedMemorySync::abort);
+        boolean stopped;
+        try {
+            stopped = threads.awaitTermination(timeout.toMillis(), TimeUnit.MILLISECONDS);
+        } catch (InterruptedException e) {
+            Thread.currentThread().interrupt();
+            stopped = false;
+        }
+        if (!stopped) {
+            throw new PipelineException("a pipeline stage thread did not stop within " + timeout.toMillis() + " ms; its stage "
+                    + "is left allocated");
+        }
         trainers.forEach(StageTrainer::close);
         stages.forEach(GptStage::close);
-        channels.forEach(InMemoryChannel::close);
     }
 }

@@ -34,9 +34,10 @@ import org.kindling.ops.Tensor;
  * <p>The norm and the loss are summed over every worker ({@code everyone}) in a vector laid out by
  * the whole model's parameters ({@link Gpt#tensorOrder}): each parameter's squared norm comes from
  * replica 0 of the stage holding it (the tied weight from the first stage), zeros elsewhere, and
- * is added up in the model's order. With one replica a step is so the bits of a {@link Trainer}
- * accumulating the same micro-batches on the whole model: the same kernels per layer, the same
- * sums, the same AdamW update of each element.
+ * is added up in the model's order. With one replica and micro-batches of equal token counts a
+ * step is so the bits of a {@link Trainer} accumulating the same micro-batches on the whole model:
+ * the same kernels per layer, the same sums, the same AdamW update of each element (padding shorter
+ * micro-batches changes the order of float sums only).
  */
 public final class StageTrainer implements AutoCloseable {
     /** A stage's channels; null where the stage has no neighbour. */
@@ -95,7 +96,6 @@ public final class StageTrainer implements AutoCloseable {
         this.timeout = timeout;
         Params params = stage.params();
         params.setPrecision(cfg.precision());
-        this.optimizer = Optimizer.create(params, cfg);
         this.order = Gpt.parameterOrder(model);
         Map<String, Integer> index = new HashMap<>();
         for (int i = 0; i < order.size(); i++) {
@@ -111,7 +111,13 @@ public final class StageTrainer implements AutoCloseable {
             }
             slot[i] = at;
         }
-        replicas.prepare(params, false);
+        this.optimizer = Optimizer.create(params, cfg);
+        try {
+            replicas.prepare(params, false);
+        } catch (RuntimeException | Error e) {
+            optimizer.close();
+            throw e;
+        }
     }
 
     /** Why a run with {@code cfg} cannot train as pipeline stages, or null when it can. */
@@ -164,6 +170,11 @@ public final class StageTrainer implements AutoCloseable {
         return Gpt.tensorOrder(model);
     }
 
+    /** The whole model's tensor names and their optimizer states' ({@code m.NAME}, {@code v.NAME}): what a resume may skip. */
+    public java.util.Set<String> modelTensors() {
+        return new java.util.HashSet<>(Gpt.tensorOrder(model));
+    }
+
     public int stepCount() {
         return step;
     }
@@ -195,7 +206,8 @@ public final class StageTrainer implements AutoCloseable {
                     + batches.size());
         }
         double[] counts = {0, 0}; // predicted tokens, tokens
-        int longest = 0;
+        // At least one token: a replica's step may be empty where the others' are not (an epoch's last).
+        int longest = 1;
         for (TokenBatch b : batches) {
             counts[0] += b.predicted();
             counts[1] += b.size();
@@ -297,40 +309,56 @@ public final class StageTrainer implements AutoCloseable {
         return null;
     }
 
+    /** Rows of the tied weight's gradient per message: bounded, so a large vocabulary fits a link's frames. */
+    public static int tiedRowsPerMessage(ModelConfig model) {
+        return Math.max(1, Math.min(model.vocab(), TIED_FLOATS_PER_MESSAGE / model.dModel()));
+    }
+
+    /** Floats of the tied weight's gradient per message at most (64 MiB). */
+    private static final int TIED_FLOATS_PER_MESSAGE = 1 << 24;
+
     /**
      * The tied weight's gradient becomes embedding part + head part on the first and the last stage:
      * the last sends its part up (middle stages pass it on), the first adds it to its own, as the
-     * trainer does, and sends the sum down. Both messages are tagged micro-batch {@code tag}, one past
-     * the step's last, so they cannot be taken for a micro-batch's.
+     * trainer does, and sends the sum down. The messages carry {@link #tiedRowsPerMessage} rows each
+     * and are tagged micro-batch {@code tag}, one past the step's last, so they cannot be taken for a
+     * micro-batch's.
      */
     private void exchangeTied(int tag) {
         if (stages == 1) {
             return;
         }
-        Device dev = stage.device();
+        int rows = tiedRowsPerMessage(model);
+        int v = model.vocab();
+        int c = model.dModel();
+        for (int r0 = 0; r0 < v; r0 += rows) {
+            int n = Math.min(rows, v - r0);
+            if (stage.last()) {
+                links.gradOut().send(tag, copy(stage.tied().grad().view(r0 * c, n, c)), timeout);
+            } else if (stage.first()) {
+                Tensor own = stage.tied().grad().view(r0 * c, n, c);
+                float[] sum = own.toFloatArray();
+                float[] head;
+                try (Tensor t = links.gradIn().receive(tag, timeout)) {
+                    head = checkTied(t.toFloatArray(), sum.length, "last");
+                }
+                for (int i = 0; i < sum.length; i++) {
+                    sum[i] += head[i];
+                }
+                own.copyFrom(sum);
+                links.actOut().send(tag, copy(own), timeout);
+            } else {
+                links.gradOut().send(tag, links.gradIn().receive(tag, timeout), timeout);
+                links.actOut().send(tag, links.actIn().receive(tag, timeout), timeout);
+            }
+        }
         if (stage.last()) {
-            Param tied = stage.tied();
-            links.gradOut().send(tag, copy(tied.grad()), timeout);
-            float[] sum;
-            try (Tensor t = links.actIn().receive(tag, timeout)) {
-                sum = t.toFloatArray();
+            for (int r0 = 0; r0 < v; r0 += rows) {
+                int n = Math.min(rows, v - r0);
+                try (Tensor t = links.actIn().receive(tag, timeout)) {
+                    stage.tied().grad().view(r0 * c, n, c).copyFrom(checkTied(t.toFloatArray(), n * c, "first"));
+                }
             }
-            tied.grad().copyFrom(checkTied(sum, tied, "first"));
-        } else if (stage.first()) {
-            Param tied = stage.tied();
-            float[] own = tied.grad().toFloatArray();
-            float[] head;
-            try (Tensor t = links.gradIn().receive(tag, timeout)) {
-                head = checkTied(t.toFloatArray(), tied, "last");
-            }
-            for (int i = 0; i < own.length; i++) {
-                own[i] += head[i];
-            }
-            tied.grad().copyFrom(own);
-            links.actOut().send(tag, copy(tied.grad()), timeout);
-        } else {
-            links.gradOut().send(tag, links.gradIn().receive(tag, timeout), timeout);
-            links.actOut().send(tag, links.actIn().receive(tag, timeout), timeout);
         }
     }
 
@@ -340,10 +368,10 @@ public final class StageTrainer implements AutoCloseable {
         return out;
     }
 
-    private float[] checkTied(float[] v, Param tied, String from) {
-        if (v.length != tied.numel()) {
-            throw new IllegalStateException("stage " + stage.index() + ": the " + from + " stage's gradient of " + tied.name()
-                    + " has " + v.length + " values, expected " + tied.numel());
+    private float[] checkTied(float[] v, int expected, String from) {
+        if (v.length != expected) {
+            throw new IllegalStateException("stage " + stage.index() + ": the " + from + " stage's piece of the gradient of "
+                    + stage.tied().name() + " has " + v.length + " values, expected " + expected);
         }
         return v;
     }

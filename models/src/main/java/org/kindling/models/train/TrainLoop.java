@@ -83,9 +83,10 @@ public final class TrainLoop {
         int replicas = trainer.replicas().world();
         int stages = trainer.stages();
         resume.ifPresent(name -> {
-            Checkpoints.State state = checkpoints.restorePart(name, trainer.stage().params(), trainer.optimizer());
+            Checkpoints.State state = checkpoints.restorePart(name, trainer.stage().params(), trainer.optimizer(),
+                    trainer.modelTensors());
             trainer.restoreStep(state.step());
-            seek(checkpoints, name, state, data, trainer.replica(), replicas, 1);
+            seek(checkpoints, name, state, data, trainer.replica(), replicas, 1, "pipeline replica(s) (--workers / --pipeline-stages)");
         });
         while (trainer.stepCount() < cfg.maxSteps()) {
             List<TokenBatch> batches = new ArrayList<>();
@@ -117,11 +118,11 @@ public final class TrainLoop {
      * replicas each, and moves {@code data} to worker {@code rank}'s position in it.
      */
     private static void seek(Checkpoints checkpoints, String name, Checkpoints.State state, DataSource data, int rank, int world,
-                             int replicas) {
+                             int replicas, String workers) {
         String where = checkpoints.storage().describe("checkpoints/" + name);
         if (state.dataPositions().length != world) {
-            throw new IllegalStateException(where + " was written by "
-                    + state.dataPositions().length + " worker(s); resume it with the same number of workers, not " + world);
+            throw new IllegalStateException(where + " was written by " + state.dataPositions().length + " worker(s); resume it with "
+                    + "the same number of " + workers + ", not " + world);
         }
         if (state.replicasPerWorker().isEmpty()) {
             // Written before the count was recorded: any count resumes it, as before.
@@ -150,7 +151,7 @@ public final class TrainLoop {
             for (Trainer t : trainers) {
                 state = checkpoints.restore(name, t);
             }
-            seek(checkpoints, name, state, data, between.rank(), between.world(), trainers.size());
+            seek(checkpoints, name, state, data, between.rank(), between.world(), trainers.size(), "workers");
         });
         int parts = trainers.size();
         while (first.stepCount() < cfg.maxSteps()) {
