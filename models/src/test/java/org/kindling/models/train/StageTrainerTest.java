@@ -201,6 +201,22 @@ class StageTrainerTest {
     }
 
     @Test
+    void aStageRefusesACheckpointOfAnotherModel() {
+        Path run = dir.resolve("deeper");
+        single(run, false);
+        ModelConfig shallower = ModelConfig.gpt(VOCAB, 16, 2, 2, 2, 64, 4, 0.1, 0.2, 1e-5);
+        try (Device dev = CpuDevice.open(1); GptStage stage = GptStage.initialized(shallower, dev, 7, 0, 2);
+             InMemoryChannel act = new InMemoryChannel("act", 1); InMemoryChannel grad = new InMemoryChannel("grad", 1);
+             StageTrainer t = new StageTrainer(stage, 2, shallower, TRAIN, PipelinePolicy.ONE_F_ONE_B, GradientSync.SINGLE,
+                     SharedMemorySync.group(2, 1).get(0), new StageTrainer.Links(null, act, grad, null), Duration.ofSeconds(1))) {
+            Checkpoints ck = new Checkpoints(new LocalRunStorage(run));
+            IllegalStateException e = assertThrows(IllegalStateException.class,
+                    () -> ck.restorePart("step-4", stage.params(), t.optimizer(), t.modelTensors()));
+            assertTrue(e.getMessage().contains("tensor h.2.") && e.getMessage().contains("is not part of this model"), e.getMessage());
+        }
+    }
+
+    @Test
     void optimizersThatSpanTheWholeModelAreRefused() {
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> {
             try (Device dev = CpuDevice.open(1); GptStage stage = new GptStage(MODEL, dev, 1, 0, 1)) {
