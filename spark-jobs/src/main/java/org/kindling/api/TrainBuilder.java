@@ -14,6 +14,7 @@ import org.apache.spark.sql.SparkSession;
 import org.kindling.data.BpeTokenizer;
 import org.kindling.models.Gpt;
 import org.kindling.models.config.RunConfig;
+import org.kindling.models.pipeline.PipelineExecutor;
 import org.kindling.models.pipeline.PipelinePolicy;
 import org.kindling.models.train.StepResult;
 import org.kindling.train.HadoopRunStorage;
@@ -43,6 +44,7 @@ public final class TrainBuilder {
     private int workers = 1;
     private int pipelineStages = 1;
     private String pipelinePolicy;
+    private String pipelineOrder;
     private String device = "cpu";
     private boolean cpuFallback;
     private TaskDevice taskDevice;
@@ -119,6 +121,15 @@ public final class TrainBuilder {
     /** The pipeline schedule with {@link #pipelineStages} of 2 or more: 1f1b (default), 1f1b-recompute, stage-aware or shifted. */
     public TrainBuilder pipelinePolicy(String policy) {
         this.pipelinePolicy = policy;
+        return this;
+    }
+
+    /**
+     * The pipeline's order with {@link #pipelineStages} of 2 or more: static (default: the schedule's
+     * program) or message-driven (AxoNN: each stage runs whichever activation or gradient arrived first).
+     */
+    public TrainBuilder pipelineOrder(String order) {
+        this.pipelineOrder = order;
         return this;
     }
 
@@ -238,11 +249,21 @@ public final class TrainBuilder {
             throw new InvalidOptionException("pipelinePolicy", "--pipeline-policy " + pipelinePolicy + " needs --pipeline-stages "
                     + "of 2 or more: a single stage runs no pipeline schedule");
         }
+        if (pipelineOrder != null && pipelineStages == 1) {
+            throw new InvalidOptionException("pipelineOrder", "--pipeline-order " + pipelineOrder + " needs --pipeline-stages "
+                    + "of 2 or more: a single stage runs no pipeline schedule");
+        }
+        PipelinePolicy policy;
         try {
-            return new TrainJob.Pipeline(pipelineStages, pipelinePolicy == null ? PipelinePolicy.ONE_F_ONE_B
-                    : PipelinePolicy.parse(pipelinePolicy));
+            policy = pipelinePolicy == null ? PipelinePolicy.ONE_F_ONE_B : PipelinePolicy.parse(pipelinePolicy);
         } catch (IllegalArgumentException e) {
             throw InvalidOptionException.of(new IllegalArgumentException("--pipeline-policy: " + e.getMessage(), e), "pipelinePolicy");
+        }
+        try {
+            return new TrainJob.Pipeline(pipelineStages, policy, pipelineOrder == null ? PipelineExecutor.Order.STATIC
+                    : PipelineExecutor.Order.parse(pipelineOrder));
+        } catch (IllegalArgumentException e) {
+            throw InvalidOptionException.of(new IllegalArgumentException("--pipeline-order: " + e.getMessage(), e), "pipelineOrder");
         }
     }
 

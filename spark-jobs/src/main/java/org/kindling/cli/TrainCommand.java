@@ -52,6 +52,10 @@ final class TrainCommand implements Callable<Integer> {
         "1f1b-recompute, stage-aware or shifted"})
     String pipelinePolicy;
 
+    @Option(names = "--pipeline-order", description = {"with --pipeline-stages: static (default; the schedule's program) or",
+        "message-driven (AxoNN: each stage runs whichever activation or gradient arrived first, within 1F1B's in-flight bound)"})
+    String pipelineOrder;
+
     @CommandLine.Mixin
     DeviceOption device;
 
@@ -114,6 +118,9 @@ final class TrainCommand implements Callable<Integer> {
         }
         if (pipelinePolicy != null) {
             b.pipelinePolicy(pipelinePolicy);
+        }
+        if (pipelineOrder != null) {
+            b.pipelineOrder(pipelineOrder);
         }
         overrides.forEach(b::set);
         if (zero != null) {

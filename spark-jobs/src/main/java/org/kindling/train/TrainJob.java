@@ -37,6 +37,7 @@ import org.kindling.data.DatasetReader;
 import org.kindling.models.Gpt;
 import org.kindling.models.GptStage;
 import org.kindling.models.nn.Precision;
+import org.kindling.models.pipeline.PipelineExecutor;
 import org.kindling.models.pipeline.PipelinePolicy;
 import org.kindling.models.train.StageTrainer;
 import org.kindling.models.config.RunConfig;
@@ -113,19 +114,24 @@ public final class TrainJob {
 
     /**
      * How the workers split the model: {@code stages} pipeline stages (1: plain data parallelism,
-     * every worker a whole model), each running {@code policy}'s schedule.
+     * every worker a whole model), each running {@code policy}'s schedule in {@code order}.
      */
-    public record Pipeline(int stages, PipelinePolicy policy) implements Serializable {
+    public record Pipeline(int stages, PipelinePolicy policy, PipelineExecutor.Order order) implements Serializable {
         /** Data parallelism only. */
-        public static final Pipeline NONE = new Pipeline(1, PipelinePolicy.ONE_F_ONE_B);
+        public static final Pipeline NONE = new Pipeline(1, PipelinePolicy.ONE_F_ONE_B, PipelineExecutor.Order.STATIC);
 
         public Pipeline {
             if (stages < 1) {
                 throw new IllegalArgumentException("--pipeline-stages must be at least 1, got " + stages);
             }
-            if (policy == null) {
-                throw new IllegalArgumentException("--pipeline-policy is required with --pipeline-stages");
+            if (policy == null || order == null) {
+                throw new IllegalArgumentException("--pipeline-policy and --pipeline-order are required with --pipeline-stages");
             }
+        }
+
+        /** {@code stages} stages running {@code policy}'s schedule in its static order. */
+        public Pipeline(int stages, PipelinePolicy policy) {
+            this(stages, policy, PipelineExecutor.Order.STATIC);
         }
     }
 
@@ -643,7 +649,7 @@ public final class TrainJob {
                     }
                     LOG.log(System.Logger.Level.INFO, "rank " + rank + ": pipeline stage " + s + " of " + stages + " (blocks "
                             + Arrays.toString(GptStage.split(cfg.model(), stages)) + "), replica " + j + " of " + replicas + ", "
-                            + plan.pipeline().policy().key() + " schedule");
+                            + plan.pipeline().policy().key() + " schedule, " + plan.pipeline().order().key() + " order");
                     try (Ring stageRing = replicas > 1 ? Ring.connect(j, stagePeers, stageServer, collective) : null;
                          RingSync stageSync = stageRing != null ? new RingSync(stageRing, plan.bucketBytes()) : null;
                          StageLink down = s + 1 < stages ? StageLink.connect(s, j, addresses[rank + 1][1], plan.secret(), cap,
@@ -656,7 +662,7 @@ public final class TrainJob {
                          StageLinkChannel gradIn = down == null ? null : new StageLinkChannel(down, StageLink.Kind.GRADIENT, dev, d);
                          StageLinkChannel gradOut = up == null ? null : new StageLinkChannel(up, StageLink.Kind.GRADIENT, dev, d);
                          StageTrainer trainer = new StageTrainer(stage, stages, cfg.model(), cfg.train(), plan.pipeline().policy(),
-                                 stageSync != null ? stageSync : GradientSync.SINGLE, everyone,
+                                 plan.pipeline().order(), stageSync != null ? stageSync : GradientSync.SINGLE, everyone,
                                  new StageTrainer.Links(actIn, actOut, gradIn, gradOut), collective);
                          DatasetSource source = new DatasetSource(new DatasetReader(plan.data(), conf, cfg.train().seed(), j,
                                  replicas, cfg.train().batchTokens()));

@@ -325,6 +325,9 @@ class CliTest {
                 "--pipeline-stages", "2", "--pipeline-policy", "gpipe");
         CliRun.assertUsageError("--pipeline-policy shifted needs --pipeline-stages of 2 or more", "train", "--config", "tiny",
                 "--data", "/nonexistent/data", "--run", "/nonexistent/run", "--pipeline-policy", "shifted");
+        CliRun.assertUsageError("--pipeline-order: pipeline order must be one of static, message-driven, got 'eager'", "train",
+                "--config", "tiny", "--data", "/nonexistent/data", "--run", "/nonexistent/run", "--workers", "2",
+                "--pipeline-stages", "2", "--pipeline-order", "eager");
     }
 
     private static String[] concat(String[] a, String... b) {

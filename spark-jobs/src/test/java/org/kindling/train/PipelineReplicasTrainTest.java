@@ -16,13 +16,15 @@ import org.junit.jupiter.api.io.TempDir;
 import org.kindling.collective.LogCapture;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.config.TrainConfig;
+import org.kindling.models.pipeline.PipelineExecutor;
 import org.kindling.models.pipeline.PipelinePolicy;
 import org.kindling.models.train.StepResult;
 
 /**
- * Two replicas of a two-stage pipeline on four barrier tasks: each stage's replicas sum their
- * gradients in a ring of their own, the run takes the steps data parallelism over two workers
- * takes (up to the order of float sums), and a stage lost mid-run resumes bit for bit.
+ * Two replicas of a two-stage pipeline on four barrier tasks, in AxoNN's message-driven order: each
+ * stage's replicas sum their gradients in a ring of their own, the run takes the steps data
+ * parallelism over two workers takes (up to the order of float sums), and a stage lost mid-run
+ * resumes bit for bit.
  */
 class PipelineReplicasTrainTest {
     static SparkSession spark;
@@ -58,12 +60,12 @@ class PipelineReplicasTrainTest {
         Path faulty = dir.resolve("faulty");
         // Two workers of one single-thread replica each, as each pipeline stage trains.
         List<StepResult> a = TrainJob.run(spark, dp.toString(), data.toString(), cfg, 2, new TaskDevice("cpu:1", false));
-        TrainJob.Pipeline stages = new TrainJob.Pipeline(2, PipelinePolicy.SHIFTED);
+        TrainJob.Pipeline stages = new TrainJob.Pipeline(2, PipelinePolicy.SHIFTED, PipelineExecutor.Order.MESSAGE_DRIVEN);
         List<StepResult> b;
         try (LogCapture logs = new LogCapture()) {
             b = TrainJob.run(spark, piped.toString(), data.toString(), null, cfg, 4, stages, new TaskDevice("cpu:1", false),
                     TrainJob.Fault.NONE, line -> { });
-            assertTrue(logs.lines().stream().anyMatch(l -> l.contains("rank 3: pipeline stage 1 of 2 (blocks [0, 1, 2]), replica 1 of 2")),
+            assertTrue(logs.lines().stream().anyMatch(l -> l.contains("rank 3: pipeline stage 1 of 2 (blocks [0, 1, 2]), replica 1 of 2, shifted schedule, message-driven order")),
                     logs.lines().toString());
             assertTrue(logs.lines().stream().anyMatch(l -> l.contains("ring kindling-ring/stage 1 listening on")), logs.lines().toString());
         }

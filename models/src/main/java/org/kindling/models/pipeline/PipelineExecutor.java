@@ -398,7 +398,24 @@ public final class PipelineExecutor {
 
     private void executeMessageDriven(long step, int s, int m, boolean[] checkpointed, int bound, StageInbox inbox,
                                       StageSender actOut, StageSender gradOut) {
-        GptStage stage = stages.get(s);
+        runMessageDriven(stages.get(s), m, checkpointed, bound, inbox, actOut, gradOut, timeout,
+                jitter > 0 ? (c, tookNanos) -> delay(step, s, c, tookNanos) : null);
+    }
+
+    /**
+     * Runs one stage's share of a message-driven step {@link GptStage#startStep started} on it:
+     * whichever forward input or backward gradient reached {@code inbox} first, forwards only while
+     * fewer than {@code bound} micro-batches are in flight, checkpointing the micro-batches
+     * {@code checkpointed} marks and recomputing them before their backward (see {@link
+     * #stepMessageDriven}). The loop of every stage thread here, and of a stage that is a process of
+     * its own whose inbox its network links feed ({@link ChannelInbox}).
+     *
+     * @param after called after each computation with its duration, or null
+     * @throws PipelineException when nothing arrives within the timeout, a link reorders, or the wait is interrupted
+     */
+    public static void runMessageDriven(GptStage stage, int m, boolean[] checkpointed, int bound, StageInbox inbox,
+                                        StageSender actOut, StageSender gradOut, Duration timeout, AfterCompute after) {
+        int s = stage.index();
         // In arrival order.
         List<Work> ready = new ArrayList<>();
         if (stage.first()) {
@@ -435,7 +452,7 @@ public final class PipelineExecutor {
                     long t0 = System.nanoTime();
                     Tensor out = stage.forward(mb, w.data(), c.op() == Command.Op.FORWARD);
                     forwarded++;
-                    jitter(step, s, c, t0);
+                    after(after, c, t0);
                     if (out != null) {
                         actOut.send(mb, copy(out), timeout);
                     } else {
@@ -449,12 +466,12 @@ public final class PipelineExecutor {
                         if (checkpointed[mb]) {
                             long t0 = System.nanoTime();
                             stage.recompute(mb);
-                            jitter(step, s, new Command(Command.Op.RECOMPUTE, mb), t0);
+                            after(after, new Command(Command.Op.RECOMPUTE, mb), t0);
                         }
                         long t0 = System.nanoTime();
                         Tensor in = stage.backward(mb, grad);
                         backwarded++;
-                        jitter(step, s, new Command(Command.Op.BACKWARD, mb), t0);
+                        after(after, new Command(Command.Op.BACKWARD, mb), t0);
                         if (in != null) {
                             gradOut.send(mb, copy(in), timeout);
                         }
@@ -501,10 +518,10 @@ public final class PipelineExecutor {
         }
     }
 
-    /** The injected compute jitter after computation {@code c}, begun at {@code t0}. */
-    private void jitter(long step, int s, Command c, long t0) {
-        if (jitter > 0) {
-            delay(step, s, c, System.nanoTime() - t0);
+    /** Hands computation {@code c}, begun at {@code t0}, to {@code after} (when there is one). */
+    private static void after(AfterCompute after, Command c, long t0) {
+        if (after != null) {
+            after.after(c, System.nanoTime() - t0);
         }
     }
 

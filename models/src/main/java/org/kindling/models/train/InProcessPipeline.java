@@ -15,6 +15,7 @@ import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.models.pipeline.InMemoryChannel;
 import org.kindling.models.pipeline.PipelineException;
+import org.kindling.models.pipeline.PipelineExecutor;
 import org.kindling.models.pipeline.PipelinePolicy;
 import org.kindling.ops.Device;
 
@@ -54,7 +55,7 @@ public final class InProcessPipeline implements AutoCloseable {
             for (int s = 0; s < n; s++) {
                 GptStage stage = GptStage.initialized(model, devices.get(s), train.seed(), s, n);
                 stages.add(stage);
-                trainers.add(new StageTrainer(stage, n, model, train, policy, GradientSync.SINGLE, everyone.get(s),
+                trainers.add(new StageTrainer(stage, n, model, train, policy, PipelineExecutor.Order.STATIC, GradientSync.SINGLE, everyone.get(s),
                         new StageTrainer.Links(s > 0 ? channels.get(2 * (s - 1)) : null, s + 1 < n ? channels.get(2 * s) : null,
                                 s + 1 < n ? channels.get(2 * s + 1) : null, s > 0 ? channels.get(2 * (s - 1) + 1) : null), timeout));
             }

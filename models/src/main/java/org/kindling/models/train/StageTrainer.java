@@ -14,6 +14,7 @@ import org.kindling.models.config.TrainConfig;
 import org.kindling.models.data.TokenBatch;
 import org.kindling.models.nn.Param;
 import org.kindling.models.nn.Params;
+import org.kindling.models.pipeline.ChannelInbox;
 import org.kindling.models.pipeline.PipelineExecutor;
 import org.kindling.models.pipeline.PipelinePolicy;
 import org.kindling.models.pipeline.Schedule;
@@ -48,6 +49,7 @@ public final class StageTrainer implements AutoCloseable {
     private final TrainConfig cfg;
     private final ModelConfig model;
     private final Schedule schedule;
+    private final PipelineExecutor.Order execution;
     private final int stages;
     private final int replica;
     private final GradientSync replicas;
@@ -62,12 +64,14 @@ public final class StageTrainer implements AutoCloseable {
     private long peakActivationBytes;
 
     /**
+     * @param order the schedule's static order, or AxoNN's message-driven one over the same channels
+     *     ({@link ChannelInbox}: whichever activation or gradient arrived first, 1F1B's in-flight bound)
      * @param replicas this stage's replicas (rank = replica index); {@link GradientSync#SINGLE} for one
      * @param everyone every worker of the run, ranked replica·S + stage
      * @param timeout the longest a stage waits for a message
      */
     public StageTrainer(GptStage stage, int stages, ModelConfig model, TrainConfig cfg, PipelinePolicy policy,
-                        GradientSync replicas, GradientSync everyone, Links links, Duration timeout) {
+                        PipelineExecutor.Order order, GradientSync replicas, GradientSync everyone, Links links, Duration timeout) {
         String refusal = refusal(cfg);
         if (refusal != null) {
             throw new IllegalArgumentException("pipeline stages: " + refusal);
@@ -89,6 +93,7 @@ public final class StageTrainer implements AutoCloseable {
         this.model = model;
         this.cfg = cfg;
         this.schedule = Schedule.build(stages, cfg.gradAccum(), policy);
+        this.execution = order;
         this.replica = replicas.rank();
         this.replicas = replicas;
         this.everyone = everyone;
@@ -98,8 +103,8 @@ public final class StageTrainer implements AutoCloseable {
         params.setPrecision(cfg.precision());
         this.order = Gpt.parameterOrder(model);
         Map<String, Integer> index = new HashMap<>();
-        for (int i = 0; i < order.size(); i++) {
-            index.put(order.get(i), i);
+        for (int i = 0; i < this.order.size(); i++) {
+            index.put(this.order.get(i), i);
         }
         List<Param> own = params.list();
         this.slot = new int[own.size()];
@@ -226,8 +231,17 @@ public final class StageTrainer implements AutoCloseable {
             seeds[mb] = Trainer.dropoutSeed(cfg.seed(), replica, step, mb);
         }
         stage.startStep(step, shaped, seeds, (float) (1.0 / counts[0]), 1.0 / counts[1]);
-        PipelineExecutor.runProgram(stage, schedule.programs().get(stage.index()), links.actIn(), links.actOut(), links.gradIn(),
-                links.gradOut(), timeout, null);
+        int s = stage.index();
+        if (execution == PipelineExecutor.Order.STATIC) {
+            PipelineExecutor.runProgram(stage, schedule.programs().get(s), links.actIn(), links.actOut(), links.gradIn(),
+                    links.gradOut(), timeout, null);
+        } else {
+            try (ChannelInbox inbox = new ChannelInbox("stage " + s + "'s inbox", links.actIn(), links.gradIn(), batches.size(),
+                    timeout)) {
+                PipelineExecutor.runMessageDriven(stage, batches.size(), schedule.checkpoints()[s], schedule.inFlightBounds()[s],
+                        inbox, links.actOut(), links.gradOut(), timeout, null);
+            }
+        }
         peakActivationBytes = Math.max(peakActivationBytes, stage.peakActivationBytes());
         Params params = stage.params();
         Device dev = stage.device();

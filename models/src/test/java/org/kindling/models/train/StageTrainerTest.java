@@ -28,6 +28,7 @@ import org.kindling.models.data.TokenBatch;
 import org.kindling.models.io.Checkpoints;
 import org.kindling.models.io.LocalRunStorage;
 import org.kindling.models.pipeline.InMemoryChannel;
+import org.kindling.models.pipeline.PipelineExecutor;
 import org.kindling.models.pipeline.PipelinePolicy;
 import org.kindling.models.pipeline.StageChannel;
 import org.kindling.ops.Device;
@@ -76,6 +77,11 @@ class StageTrainerTest {
 
     /** {@code stages} × {@code replicas} stage trainers on threads, resuming from {@code run}'s LATEST; replica 0's last stage's results. */
     private static List<StepResult> pipeline(Path run, int stages, int replicas, String policy, boolean ragged) {
+        return pipeline(run, stages, replicas, policy, PipelineExecutor.Order.STATIC, ragged);
+    }
+
+    private static List<StepResult> pipeline(Path run, int stages, int replicas, String policy, PipelineExecutor.Order order,
+                                             boolean ragged) {
         int world = stages * replicas;
         List<SharedMemorySync> everyone = SharedMemorySync.group(world, 60);
         List<List<SharedMemorySync>> perStage = new ArrayList<>();
@@ -109,7 +115,7 @@ class StageTrainerTest {
             int r = rank;
             threads[rank] = new Thread(() -> {
                 try (Device dev = CpuDevice.open(1); GptStage stage = GptStage.initialized(MODEL, dev, TRAIN.seed(), s, stages);
-                     StageTrainer t = new StageTrainer(stage, stages, MODEL, TRAIN, PipelinePolicy.parse(policy), reps,
+                     StageTrainer t = new StageTrainer(stage, stages, MODEL, TRAIN, PipelinePolicy.parse(policy), order, reps,
                              everyone.get(r), links, Duration.ofSeconds(60))) {
                     TrainLoop.runStage(t, data(j, ragged), ck, resume, RUN, mine::add);
                 } catch (Throwable e) {
@@ -145,13 +151,14 @@ class StageTrainerTest {
         }
     }
 
-    @ParameterizedTest(name = "{0} stages, {1}")
-    @CsvSource({"2, 1f1b", "2, shifted", "3, 1f1b-recompute", "3, stage-aware"})
-    void oneReplicaTrainsAndCheckpointsTheBitsOfOneTrainer(int stages, String policy) throws IOException {
+    @ParameterizedTest(name = "{0} stages, {1}, {2}")
+    @CsvSource({"2, 1f1b, static", "2, shifted, static", "3, 1f1b-recompute, static", "3, stage-aware, static",
+        "2, 1f1b, message-driven", "3, shifted, message-driven"})
+    void oneReplicaTrainsAndCheckpointsTheBitsOfOneTrainer(int stages, String policy, String order) throws IOException {
         Path one = dir.resolve("one");
         Path piped = dir.resolve("piped");
         List<StepResult> want = single(one, false);
-        List<StepResult> got = pipeline(piped, stages, 1, policy, false);
+        List<StepResult> got = pipeline(piped, stages, 1, policy, PipelineExecutor.Order.parse(order), false);
         assertEquals(want.stream().map(StepResult::loss).toList(), got.stream().map(StepResult::loss).toList(), "losses");
         assertEquals(want.stream().map(StepResult::gradNorm).toList(), got.stream().map(StepResult::gradNorm).toList(), "norms");
         assertTrue(want.get(0).gradNorm() > TRAIN.gradClip(), "the clip engages");
@@ -207,7 +214,8 @@ class StageTrainerTest {
         ModelConfig shallower = ModelConfig.gpt(VOCAB, 16, 2, 2, 2, 64, 4, 0.1, 0.2, 1e-5);
         try (Device dev = CpuDevice.open(1); GptStage stage = GptStage.initialized(shallower, dev, 7, 0, 2);
              InMemoryChannel act = new InMemoryChannel("act", 1); InMemoryChannel grad = new InMemoryChannel("grad", 1);
-             StageTrainer t = new StageTrainer(stage, 2, shallower, TRAIN, PipelinePolicy.ONE_F_ONE_B, GradientSync.SINGLE,
+             StageTrainer t = new StageTrainer(stage, 2, shallower, TRAIN, PipelinePolicy.ONE_F_ONE_B, PipelineExecutor.Order.STATIC,
+                     GradientSync.SINGLE,
                      SharedMemorySync.group(2, 1).get(0), new StageTrainer.Links(null, act, grad, null), Duration.ofSeconds(1))) {
             Checkpoints ck = new Checkpoints(new LocalRunStorage(run));
             IllegalStateException e = assertThrows(IllegalStateException.class,
@@ -220,7 +228,8 @@ class StageTrainerTest {
     void optimizersThatSpanTheWholeModelAreRefused() {
         IllegalArgumentException e = assertThrows(IllegalArgumentException.class, () -> {
             try (Device dev = CpuDevice.open(1); GptStage stage = new GptStage(MODEL, dev, 1, 0, 1)) {
-                new StageTrainer(stage, 1, MODEL, TRAIN.withZero(1), PipelinePolicy.ONE_F_ONE_B, GradientSync.SINGLE,
+                new StageTrainer(stage, 1, MODEL, TRAIN.withZero(1), PipelinePolicy.ONE_F_ONE_B, PipelineExecutor.Order.STATIC,
+                        GradientSync.SINGLE,
                         GradientSync.SINGLE, new StageTrainer.Links(null, null, null, null), Duration.ofSeconds(1)).close();
             }
         });
