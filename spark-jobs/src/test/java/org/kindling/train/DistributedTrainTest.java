@@ -60,7 +60,16 @@ class DistributedTrainTest {
 
     @BeforeAll
     static void start() throws IOException {
-        spark = SparkSession.builder().master("local[2]").appName("distributed-train-test")
+        spark = session("local[2]", "distributed-train-test");
+        data = dir.resolve("data");
+        writeDataset(data, 16);
+        evalData = dir.resolve("eval-data");
+        writeDataset(evalData, 4, 11, TOKENIZER);
+    }
+
+    /** A local session for barrier-stage training tests: short timeouts, small gradient buckets. */
+    static SparkSession session(String master, String app) {
+        return SparkSession.builder().master(master).appName(app)
                 .config("spark.ui.enabled", "false")
                 .config("spark.scheduler.barrier.maxConcurrentTasksCheck.interval", "1s")
                 .config("spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures", "3")
@@ -68,10 +77,6 @@ class DistributedTrainTest {
                 .config(TrainJob.COLLECTIVE_TIMEOUT, "60")
                 .config(TrainJob.BUCKET_BYTES, "8192")
                 .getOrCreate();
-        data = dir.resolve("data");
-        writeDataset(data, 16);
-        evalData = dir.resolve("eval-data");
-        writeDataset(evalData, 4, 11, TOKENIZER);
     }
 
     @AfterAll

@@ -34,14 +34,7 @@ class PipelineReplicasTrainTest {
 
     @BeforeAll
     static void start() throws IOException {
-        spark = SparkSession.builder().master("local[4]").appName("pipeline-replicas-test")
-                .config("spark.ui.enabled", "false")
-                .config("spark.scheduler.barrier.maxConcurrentTasksCheck.interval", "1s")
-                .config("spark.scheduler.barrier.maxConcurrentTasksCheck.maxFailures", "3")
-                .config(TrainJob.RENDEZVOUS_TIMEOUT, "60")
-                .config(TrainJob.COLLECTIVE_TIMEOUT, "60")
-                .config(TrainJob.BUCKET_BYTES, "8192")
-                .getOrCreate();
+        spark = DistributedTrainTest.session("local[4]", "pipeline-replicas-test");
         data = dir.resolve("data");
         DistributedTrainTest.writeDataset(data, 16);
     }

@@ -80,6 +80,14 @@ class PipelineStagesTest {
         return out;
     }
 
+    /** Two stages of the model (seed 5), each on a single-thread device of its own, added to lists the caller closes. */
+    private static void twoStages(List<Device> devices, List<GptStage> stages) {
+        for (int s = 0; s < 2; s++) {
+            devices.add(CpuDevice.open(1));
+            stages.add(new GptStage(MODEL, devices.get(s), 5, s, 2));
+        }
+    }
+
     @ParameterizedTest(name = "{0} stages, {1}")
     @CsvSource({"2, 1f1b", "2, 1f1b-recompute", "2, stage-aware", "2, shifted", "3, 1f1b", "3, 1f1b-recompute",
             "3, stage-aware", "3, shifted", "4, 1f1b"})
@@ -231,10 +239,7 @@ class PipelineStagesTest {
         List<Device> devices = new ArrayList<>();
         List<GptStage> stages = new ArrayList<>();
         try {
-            for (int s = 0; s < 2; s++) {
-                devices.add(CpuDevice.open(1));
-                stages.add(new GptStage(MODEL, devices.get(s), 5, s, 2));
-            }
+            twoStages(devices, stages);
             PipelineExecutor pipe = new PipelineExecutor(stages, Duration.ofSeconds(60)).withLinks((from, to, sender) -> {
                 if (from != 0) {
                     return sender;
@@ -275,10 +280,7 @@ class PipelineStagesTest {
         List<Device> devices = new ArrayList<>();
         List<GptStage> stages = new ArrayList<>();
         try {
-            for (int s = 0; s < 2; s++) {
-                devices.add(CpuDevice.open(1));
-                stages.add(new GptStage(MODEL, devices.get(s), 5, s, 2));
-            }
+            twoStages(devices, stages);
             return new PipelineExecutor(stages, Duration.ofSeconds(60))
                     .step(Schedule.build(2, MICRO, policy), 0, batches(MICRO), new long[MICRO]).peakActivationBytes();
         } finally {
@@ -304,11 +306,8 @@ class PipelineStagesTest {
         List<Device> devices = new ArrayList<>();
         List<GptStage> stages = new ArrayList<>();
         try {
-            for (int s = 0; s < 2; s++) {
-                devices.add(CpuDevice.open(1));
-                stages.add(new GptStage(MODEL, devices.get(s), 5, s, 2));
-                stages.get(s).params().setPrecision(Precision.BF16);
-            }
+            twoStages(devices, stages);
+            stages.forEach(st -> st.params().setPrecision(Precision.BF16));
             PipelineExecutor pipe = new PipelineExecutor(stages, Duration.ofSeconds(60));
             PipelineException e = assertThrows(PipelineException.class,
                     () -> pipe.step(Schedule.build(2, MICRO, PipelinePolicy.ONE_F_ONE_B), 0, batches(MICRO), new long[MICRO]));
@@ -326,10 +325,7 @@ class PipelineStagesTest {
         List<Device> devices = new ArrayList<>();
         List<GptStage> stages = new ArrayList<>();
         try {
-            for (int s = 0; s < 2; s++) {
-                devices.add(CpuDevice.open(1));
-                stages.add(new GptStage(MODEL, devices.get(s), 5, s, 2));
-            }
+            twoStages(devices, stages);
             PipelineExecutor pipe = new PipelineExecutor(stages, Duration.ofSeconds(60));
             List<TokenBatch> uneven = new ArrayList<>(batches(2));
             uneven.set(1, TokenBatch.single(new int[] {1, 2, 3}));
