@@ -209,8 +209,9 @@ class PipelineStagesTest {
                         data.close();
                         return;
                     }
-                    sender.send(mb, data, timeout);
+                    // Counted before the hand-over, so a stage that has the message sees the count.
                     delivered.incrementAndGet();
+                    sender.send(mb, data, timeout);
                 });
             };
         }
