@@ -4,6 +4,7 @@ import java.io.IOException;
 import java.io.PrintWriter;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.time.Duration;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -20,11 +21,17 @@ import org.kindling.data.DatasetReader;
 import org.kindling.data.Shard;
 import org.kindling.data.ShardWriter;
 import org.kindling.models.Gpt;
+import org.kindling.models.GptStage;
 import org.kindling.models.config.RunConfig;
 import org.kindling.models.data.DataSource;
+import org.kindling.models.data.TokenBatch;
+import org.kindling.models.pipeline.PipelinePolicy;
 import org.kindling.models.train.DataParallel;
+import org.kindling.models.train.InProcessPipeline;
+import org.kindling.models.train.StageTrainer;
 import org.kindling.models.train.StepResult;
 import org.kindling.models.train.Trainer;
+import org.kindling.ops.Device;
 import org.kindling.ops.cpu.CpuDevice;
 import org.kindling.train.DatasetSource;
 import org.kindling.train.TrainJob;
@@ -51,6 +58,11 @@ final class SparkBench implements Callable<Integer> {
     @Option(names = "--workers", description = "Spark tasks, and replicas in process (default ${DEFAULT-VALUE})", defaultValue = "2")
     int workers;
 
+    @Option(names = "--pipeline-stages", description = {"pipeline stages S: the model cut into S stages, one per worker",
+        "(--workers must equal S: the in-process side runs one replica of the pipeline, InProcessPipeline's stage threads)",
+        "(default ${DEFAULT-VALUE}: data parallelism)"}, defaultValue = "1")
+    int stages;
+
     @Option(names = "--steps", description = "timed steps, after --warmup untimed ones (default ${DEFAULT-VALUE})",
             defaultValue = "10")
     int steps;
@@ -64,7 +76,11 @@ final class SparkBench implements Callable<Integer> {
     @Override
     public Integer call() throws Exception {
         CommandLine cmd = spec.commandLine();
-        BenchOptions.requirePositive(cmd, "--workers", workers, "--steps", steps, "--warmup", warmup);
+        BenchOptions.requirePositive(cmd, "--workers", workers, "--steps", steps, "--warmup", warmup, "--pipeline-stages", stages);
+        if (stages > 1 && workers != stages) {
+            throw new CommandLine.ParameterException(cmd, "--pipeline-stages " + stages + " needs --workers " + stages
+                    + ": the in-process side runs one replica of the pipeline");
+        }
         // The learning-rate warm-up must fit in the short run; it changes no speed.
         Map<String, String> keys = new LinkedHashMap<>(Map.of("warmup_steps", "0"));
         keys.putAll(overrides);
@@ -77,17 +93,31 @@ final class SparkBench implements Callable<Integer> {
         } catch (IllegalArgumentException e) {
             throw new CommandLine.ParameterException(cmd, e.getMessage());
         }
+        if (stages > 1) {
+            try {
+                GptStage.split(cfg.model(), stages);
+                String refusal = StageTrainer.refusal(cfg.train());
+                if (refusal != null) {
+                    throw new IllegalArgumentException(refusal);
+                }
+            } catch (IllegalArgumentException e) {
+                throw new CommandLine.ParameterException(cmd, "--pipeline-stages " + stages + ": " + e.getMessage());
+            }
+        }
+        int replicas = workers / stages;
         PrintWriter err = cmd.getErr();
         Path dir = Files.createTempDirectory("kindling-bench-spark");
         try {
             Path data = dir.resolve("data");
             // Enough documents that no task wraps into a second epoch during the run.
             int perBatch = Math.max(1, cfg.train().batchTokens() / cfg.model().maxSeq());
-            writeDataset(data, cfg, (warmup + steps + 1) * workers * perBatch);
-            Timing.Stats inProcess = inProcess(cfg, data);
-            long tokensPerStep = (long) workers * perBatch * cfg.model().maxSeq();
+            int accum = cfg.train().gradAccum();
+            writeDataset(data, cfg, (warmup + steps + 1) * replicas * accum * perBatch);
+            Timing.Stats inProcess = stages > 1 ? inProcessPipeline(cfg, data) : inProcess(cfg, data);
+            long tokensPerStep = (long) replicas * accum * perBatch * cfg.model().maxSeq();
             double local = inProcess.medianRate(tokensPerStep);
-            err.printf("in-process: %d replica(s) x 1 thread: %.0f tokens/s (median of %d steps)%n", workers, local, inProcess.reps());
+            err.printf("in-process: %d %s x 1 thread: %.0f tokens/s (median of %d steps)%n", workers,
+                    stages > 1 ? "pipeline stage(s)" : "replica(s)", local, inProcess.reps());
             err.flush();
             Timing.Stats onSpark = onSpark(cmd, cfg, data, dir.resolve("run"));
             double spark = onSpark.medianRate(tokensPerStep);
@@ -101,6 +131,7 @@ final class SparkBench implements Callable<Integer> {
                     row.put("bench", "spark");
                     row.put("mode", mode);
                     row.put("workers", workers);
+                    row.put("pipeline_stages", stages);
                     row.put("tokens_per_s", BenchOptions.round(mode.equals("spark") ? spark : local));
                     Json.printLine(cmd.getOut(), row);
                 }
@@ -131,6 +162,29 @@ final class SparkBench implements Callable<Integer> {
         }
     }
 
+    /** The model cut into the workers' stages in this JVM, each on cpu:1, reading what the Spark run's one replica reads. */
+    private Timing.Stats inProcessPipeline(RunConfig cfg, Path data) throws Exception {
+        List<Device> devices = new ArrayList<>();
+        try (DatasetSource feed = new DatasetSource(new DatasetReader(data.toString(), new Configuration(), cfg.train().seed(), 0, 1,
+                cfg.train().batchTokens()))) {
+            for (int s = 0; s < stages; s++) {
+                devices.add(CpuDevice.open(1));
+            }
+            try (InProcessPipeline pipe = new InProcessPipeline(cfg.model(), cfg.train(), PipelinePolicy.ONE_F_ONE_B, devices,
+                    Duration.ofSeconds(300))) {
+                return Timing.measure(new Timing.Rule(warmup, steps, 0), () -> {
+                    List<TokenBatch> batches = new ArrayList<>();
+                    for (int mb = 0; mb < cfg.train().gradAccum(); mb++) {
+                        batches.add(feed.next());
+                    }
+                    pipe.step(batches);
+                });
+            }
+        } finally {
+            devices.forEach(Device::close);
+        }
+    }
+
     /**
      * kindling train on local[workers]: a timed run is the time between two of rank 0's step
      * reports as the driver receives them (reading, stepping, ring, reporting), for the steps after
@@ -141,8 +195,8 @@ final class SparkBench implements Callable<Integer> {
         SparkSession spark = Spark.session("kindling bench spark", "local[" + workers + "]");
         List<StepResult> results;
         try {
-            results = TrainJob.run(spark, run.toString(), data.toString(), cfg, workers, org.kindling.train.TaskDevice.CPU,
-                    line -> {
+            results = TrainJob.run(spark, run.toString(), data.toString(), null, cfg, workers,
+                    new TrainJob.Pipeline(stages, PipelinePolicy.ONE_F_ONE_B), org.kindling.train.TaskDevice.CPU, line -> {
                         if (line.startsWith("step ")) {
                             arrivals.add(System.nanoTime());
                         }

@@ -16,7 +16,7 @@ class SparkBenchTest {
         List<JsonNode> rows = r.rows(null);
         assertEquals(List.of("in-process", "spark"), rows.stream().map(n -> n.get("mode").asText()).toList());
         for (String line : r.out().strip().split("\n")) {
-            assertEquals(List.of("bench", "mode", "workers", "tokens_per_s"), CliTest.fieldNames(line), line);
+            assertEquals(List.of("bench", "mode", "workers", "pipeline_stages", "tokens_per_s"), CliTest.fieldNames(line), line);
         }
         for (JsonNode row : rows) {
             assertEquals("spark", row.get("bench").asText());
@@ -25,5 +25,21 @@ class SparkBenchTest {
         }
         assertTrue(r.err().contains("spark / in-process = "), r.err());
         CliRun.assertUsageError("--workers must be at least 1, got 0", "bench", "spark", "--config", "tiny", "--workers", "0");
+    }
+
+    /** Two pipeline stages: kindling train --pipeline-stages 2 beside the same stages on threads in this JVM. */
+    @Test
+    void pipelineStagesOnSparkBesideTheSameStagesInProcess() throws Exception {
+        CliRun r = CliRun.of("bench", "spark", "--config", "tiny", "--set", "batch_tokens=512", "--set", "grad_accum=2", "--workers",
+                "2", "--pipeline-stages", "2", "--steps", "2", "--warmup", "1", "--json");
+        List<JsonNode> rows = r.rows(null);
+        assertEquals(List.of("in-process", "spark"), rows.stream().map(n -> n.get("mode").asText()).toList());
+        for (JsonNode row : rows) {
+            assertEquals(2, row.get("pipeline_stages").asInt());
+            assertTrue(row.get("tokens_per_s").asDouble() > 0, r.out());
+        }
+        assertTrue(r.err().contains("in-process: 2 pipeline stage(s) x 1 thread"), r.err());
+        CliRun.assertUsageError("--pipeline-stages 2 needs --workers 2", "bench", "spark", "--config", "tiny", "--workers", "4",
+                "--pipeline-stages", "2");
     }
 }
