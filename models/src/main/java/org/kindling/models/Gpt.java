@@ -199,7 +199,7 @@ public final class Gpt implements AutoCloseable {
      */
     public static void initialValues(ModelConfig cfg, long seed, java.util.function.Predicate<String> wanted,
                                      java.util.function.BiConsumer<String, float[]> each) {
-        declarations(cfg).initialValues(seed, wanted, each);
+        declarations(cfg, seed).initialValues(seed, wanted, each);
     }
 
     /** The trainable parameters of a model of {@code cfg} in the order its {@link Params#list} gives them. */
@@ -208,9 +208,14 @@ public final class Gpt implements AutoCloseable {
     }
 
     private static Params.Builder declarations(ModelConfig cfg) {
+        return declarations(cfg, 0);
+    }
+
+    /** The model's declarations; layers that draw fixed tensors from the model seed (not the init stream) take {@code seed}. */
+    private static Params.Builder declarations(ModelConfig cfg, long seed) {
         Params.Builder pb = new Params.Builder();
         try (Device dev = ReferenceDevice.open()) {
-            Layout layout = declare(cfg, dev, 0, new StepContext(), pb, 0, cfg.nLayer(), true, true);
+            Layout layout = declare(cfg, dev, seed, new StepContext(), pb, 0, cfg.nLayer(), true, true);
             layout.blocks().forEach(Block::close);
             layout.lnf().close();
         }

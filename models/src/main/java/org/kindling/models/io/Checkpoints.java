@@ -89,16 +89,16 @@ public final class Checkpoints {
      * training is deterministic, so the existing files are the same.
      */
     public String save(Trainer trainer, RunConfig config, int keep, int replicasPerWorker, long[] dataPositions) {
-        return save(trainer.stepCount(), () -> weights(trainer.model().params()), () -> optimizerState(trainer.optimizer()), config,
-                keep, replicasPerWorker, dataPositions);
+        return save(trainer.stepCount(), path -> writeTensors(path, weights(trainer.model().params())),
+                path -> writeTensors(path, optimizerState(trainer.optimizer())), config, keep, replicasPerWorker, dataPositions);
     }
 
-    /** Tensors by name, read only when the checkpoint is not on storage already. */
-    private interface TensorsSource {
-        Map<String, Safetensors.Tensor> get() throws IOException;
+    /** Writes one file of a checkpoint at {@code path}: called only when the checkpoint is not on storage already. */
+    private interface FileWriter {
+        void write(String path) throws IOException;
     }
 
-    private String save(int step, TensorsSource model, TensorsSource optimizer, RunConfig config, int keep, int replicasPerWorker,
+    private String save(int step, FileWriter model, FileWriter optimizer, RunConfig config, int keep, int replicasPerWorker,
                         long[] dataPositions) {
         if (dataPositions.length == 0) {
             throw new IllegalArgumentException("a checkpoint needs the data position of every worker, got none");
@@ -111,8 +111,8 @@ public final class Checkpoints {
         try {
             if (!storage.exists(dir + "/state.json")) {
                 String tmp = DIR + "/.tmp-" + name + "-" + Long.toHexString(System.nanoTime());
-                writeTensors(tmp + "/model.safetensors", model.get());
-                writeTensors(tmp + "/optimizer.safetensors", optimizer.get());
+                model.write(tmp + "/model.safetensors");
+                optimizer.write(tmp + "/optimizer.safetensors");
                 ObjectNode state = JSON.createObjectNode();
                 state.put("format_version", FORMAT_VERSION);
                 state.put("step", step);
@@ -170,8 +170,8 @@ public final class Checkpoints {
      */
     public String saveParts(int step, int parts, List<String> order, RunConfig config, int keep, int replicasPerWorker,
                             long[] dataPositions) {
-        String name = save(step, () -> merged(step, parts, "model.safetensors", order),
-                () -> merged(step, parts, "optimizer.safetensors", order), config, keep, replicasPerWorker, dataPositions);
+        String name = save(step, path -> merge(path, step, parts, "model.safetensors", order),
+                path -> merge(path, step, parts, "optimizer.safetensors", order), config, keep, replicasPerWorker, dataPositions);
         try {
             storage.delete(DIR + "/.parts-" + name(step));
         } catch (IOException e) {
@@ -182,31 +182,74 @@ public final class Checkpoints {
         return name;
     }
 
-    /** One file of every part, its tensors in {@code order} by the name they are a state of ({@code m.NAME}: NAME's). */
-    private Map<String, Safetensors.Tensor> merged(int step, int parts, String file, List<String> order) throws IOException {
-        Map<String, Safetensors.Tensor> all = new LinkedHashMap<>();
-        for (int part = 0; part < parts; part++) {
-            String path = partDir(step, part) + "/" + file;
-            try (InputStream in = storage.open(path)) {
-                Safetensors.read(in, storage.describe(path)).tensors().forEach(all::putIfAbsent);
-            }
-        }
+    /**
+     * Writes at {@code path} one file of every part, its tensors in {@code order} by the name they
+     * are a state of ({@code m.NAME}: NAME's), the first part's copy of a tensor two hold. Streamed:
+     * each part is read once, front to back (its tensors are in the model's order already, as
+     * {@link #savePart} wrote them), a buffer at a time, so no tensor is held in memory.
+     */
+    private void merge(String path, int step, int parts, String file, List<String> order) throws IOException {
         Map<String, Integer> rank = new java.util.HashMap<>();
         for (int i = 0; i < order.size(); i++) {
             rank.put(order.get(i), i);
         }
-        List<String> names = new ArrayList<>(all.keySet());
-        for (String n : names) {
-            if (rank.get(owner(n)) == null) {
-                throw new IllegalStateException(storage.describe(DIR + "/.parts-" + name(step)) + ": tensor " + n
-                        + " belongs to no tensor of the model");
+        String shares = storage.describe(DIR + "/.parts-" + name(step));
+        List<InputStream> ins = new ArrayList<>();
+        try {
+            List<String> names = new ArrayList<>();
+            Map<String, Safetensors.Entry> where = new java.util.HashMap<>();
+            Map<String, Integer> from = new java.util.HashMap<>();
+            Map<String, String> metadata = null;
+            for (int part = 0; part < parts; part++) {
+                String p = partDir(step, part) + "/" + file;
+                InputStream in = storage.open(p);
+                ins.add(in);
+                Safetensors.Layout layout = Safetensors.layout(in, storage.describe(p));
+                metadata = metadata == null ? layout.metadata() : metadata;
+                for (Safetensors.Entry e : layout.entries()) {
+                    if (rank.get(owner(e.name())) == null) {
+                        throw new IllegalStateException(shares + ": tensor " + e.name() + " belongs to no tensor of the model");
+                    }
+                    if (where.putIfAbsent(e.name(), e) == null) {
+                        from.put(e.name(), part);
+                        names.add(e.name());
+                    }
+                }
+            }
+            // Stable: a parameter's several states (m., v.) keep the order its stage wrote them in.
+            names.sort(java.util.Comparator.comparingInt(n -> rank.get(owner(n))));
+            Map<String, int[]> shapes = new LinkedHashMap<>();
+            names.forEach(n -> shapes.put(n, where.get(n).shape()));
+            long[] at = new long[parts];
+            byte[] buffer = new byte[Safetensors.CHUNK_BYTES];
+            try (OutputStream out = storage.create(path)) {
+                Safetensors.writeHeader(out, shapes, metadata);
+                for (String n : names) {
+                    Safetensors.Entry e = where.get(n);
+                    int part = from.get(n);
+                    InputStream in = ins.get(part);
+                    if (e.begin() < at[part]) {
+                        throw new IllegalStateException(shares + ": part " + part + " holds " + n + " before a tensor the model "
+                                + "orders ahead of it");
+                    }
+                    in.skipNBytes(e.begin() - at[part]);
+                    for (long left = e.end() - e.begin(); left > 0; ) {
+                        int k = (int) Math.min(buffer.length, left);
+                        int got = in.readNBytes(buffer, 0, k);
+                        if (got < k) {
+                            throw new CorruptFileException(shares + ": part " + part + " ends inside tensor " + n);
+                        }
+                        out.write(buffer, 0, k);
+                        left -= k;
+                    }
+                    at[part] = e.end();
+                }
+            }
+        } finally {
+            for (InputStream in : ins) {
+                in.close();
             }
         }
-        // Stable: a parameter's several states (m., v.) keep the order its stage wrote them in.
-        names.sort(java.util.Comparator.comparingInt(n -> rank.get(owner(n))));
-        Map<String, Safetensors.Tensor> out = new LinkedHashMap<>();
-        names.forEach(n -> out.put(n, all.get(n)));
-        return out;
     }
 
     /** The model tensor a state tensor belongs to: NAME for {@code m.NAME} and {@code v.NAME}, else itself. */

@@ -44,31 +44,9 @@ public final class Safetensors {
 
     /** Writes {@code tensors} in iteration order, with optional string metadata. */
     public static void write(OutputStream out, Map<String, Tensor> tensors, Map<String, String> metadata) throws IOException {
-        ObjectNode header = JSON.createObjectNode();
-        if (metadata != null && !metadata.isEmpty()) {
-            ObjectNode meta = header.putObject("__metadata__");
-            metadata.forEach(meta::put);
-        }
-        long offset = 0;
-        for (Map.Entry<String, Tensor> e : tensors.entrySet()) {
-            ObjectNode t = header.putObject(e.getKey());
-            t.put("dtype", "F32");
-            ArrayNode shape = t.putArray("shape");
-            for (int d : e.getValue().shape()) {
-                shape.add(d);
-            }
-            long size = 4L * e.getValue().data().length;
-            t.putArray("data_offsets").add(offset).add(offset + size);
-            offset += size;
-        }
-        byte[] json = JSON.writeValueAsBytes(header);
-        int padded = (json.length + 7) / 8 * 8; // keeps the data 8-byte aligned, as the reference writer does
-        ByteBuffer len = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putLong(padded);
-        out.write(len.array());
-        out.write(json);
-        for (int i = json.length; i < padded; i++) {
-            out.write(' ');
-        }
+        Map<String, int[]> shapes = new LinkedHashMap<>();
+        tensors.forEach((name, t) -> shapes.put(name, t.shape()));
+        writeHeader(out, shapes, metadata);
         ByteBuffer buf = ByteBuffer.allocate(1 << 16).order(ByteOrder.LITTLE_ENDIAN);
         for (Tensor t : tensors.values()) {
             for (float f : t.data()) {
@@ -80,6 +58,40 @@ public final class Safetensors {
             }
         }
         out.write(buf.array(), 0, buf.position());
+    }
+
+    /**
+     * Writes the header of a file holding F32 tensors of these shapes, in iteration order, back to
+     * back: their data must follow, each tensor's elements as little-endian floats.
+     */
+    public static void writeHeader(OutputStream out, Map<String, int[]> shapes, Map<String, String> metadata) throws IOException {
+        ObjectNode header = JSON.createObjectNode();
+        if (metadata != null && !metadata.isEmpty()) {
+            ObjectNode meta = header.putObject("__metadata__");
+            metadata.forEach(meta::put);
+        }
+        long offset = 0;
+        for (Map.Entry<String, int[]> e : shapes.entrySet()) {
+            ObjectNode t = header.putObject(e.getKey());
+            t.put("dtype", "F32");
+            ArrayNode shape = t.putArray("shape");
+            long numel = 1;
+            for (int d : e.getValue()) {
+                shape.add(d);
+                numel *= d;
+            }
+            long size = 4L * numel;
+            t.putArray("data_offsets").add(offset).add(offset + size);
+            offset += size;
+        }
+        byte[] json = JSON.writeValueAsBytes(header);
+        int padded = (json.length + 7) / 8 * 8; // keeps the data 8-byte aligned, as the reference writer does
+        ByteBuffer len = ByteBuffer.allocate(8).order(ByteOrder.LITTLE_ENDIAN).putLong(padded);
+        out.write(len.array());
+        out.write(json);
+        for (int i = json.length; i < padded; i++) {
+            out.write(' ');
+        }
     }
 
     /** What a file holds: its tensors in header order and its metadata. */
@@ -134,13 +146,19 @@ public final class Safetensors {
         return read(in, source, CHUNK_BYTES, sink);
     }
 
-    private record Entry(String name, int[] shape, long begin, long end) {
+    /** A tensor's place in a file: its name, shape and byte range [begin, end) of the data section. */
+    public record Entry(String name, int[] shape, long begin, long end) {
     }
 
-    static Header read(InputStream in, String source, int chunkBytes, Sink sink) throws IOException {
-        if (chunkBytes < 4 || chunkBytes % 4 != 0) {
-            throw new IllegalArgumentException("chunk of " + chunkBytes + " bytes is not a positive multiple of 4");
-        }
+    /** A file's header read and checked: its tensors in the order of their data, its header order, its metadata. */
+    public record Layout(List<Entry> entries, List<String> names, Map<String, String> metadata) {
+    }
+
+    /**
+     * Reads and checks a file's header (its length capped before anything is allocated): the
+     * stream is then at the first byte of the data, which holds {@link Layout#entries} back to back.
+     */
+    public static Layout layout(InputStream in, String source) throws IOException {
         byte[] lengthField = in.readNBytes(8);
         if (lengthField.length < 8) {
             throw new CorruptFileException(source + ": not a safetensors file: " + lengthField.length
@@ -187,6 +205,16 @@ public final class Safetensors {
             }
             at = e.end();
         }
+        return new Layout(entries, names, metadata);
+    }
+
+    static Header read(InputStream in, String source, int chunkBytes, Sink sink) throws IOException {
+        if (chunkBytes < 4 || chunkBytes % 4 != 0) {
+            throw new IllegalArgumentException("chunk of " + chunkBytes + " bytes is not a positive multiple of 4");
+        }
+        Layout layout = layout(in, source);
+        List<Entry> entries = layout.entries();
+        long at = entries.isEmpty() ? 0 : entries.get(entries.size() - 1).end();
         byte[] buffer = new byte[chunkBytes];
         float[] full = new float[chunkBytes / 4];
         for (Entry e : entries) {
@@ -207,7 +235,7 @@ public final class Safetensors {
         if (in.read() >= 0) {
             throw new CorruptFileException(source + ": the header accounts for " + at + " bytes of data but the file holds more");
         }
-        return new Header(names, metadata);
+        return new Header(layout.names(), layout.metadata());
     }
 
     private static Entry entry(String source, String name, JsonNode t) throws IOException {

@@ -45,7 +45,6 @@ class StageTrainerTest {
     private static final int MICRO = 4;
     /** A clip low enough to engage: the norm must be the whole model's, summed in its order. */
     private static final TrainConfig TRAIN = new TrainConfig(7, 3e-3, 3e-4, 1, 4, 0.1, 0.9, 0.95, 1e-8, 0.05, MICRO, 512, 1, 2, 3);
-    private static final RunConfig RUN = new RunConfig(MODEL, TRAIN);
 
     @TempDir
     Path dir;
@@ -67,21 +66,25 @@ class StageTrainerTest {
 
     /** The reference: one trainer on the whole model, checkpointing into {@code run}. */
     private static List<StepResult> single(Path run, boolean ragged) {
+        return single(MODEL, run, ragged);
+    }
+
+    private static List<StepResult> single(ModelConfig cfg, Path run, boolean ragged) {
         List<StepResult> out = new ArrayList<>();
-        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(MODEL, dev, TRAIN.seed()); Trainer t = new Trainer(model, TRAIN)) {
+        try (Device dev = CpuDevice.open(1); Gpt model = new Gpt(cfg, dev, TRAIN.seed()); Trainer t = new Trainer(model, TRAIN)) {
             Checkpoints ck = new Checkpoints(new LocalRunStorage(run));
-            TrainLoop.run(t, data(0, ragged), ck, ck.latest(), RUN, out::add);
+            TrainLoop.run(t, data(0, ragged), ck, ck.latest(), new RunConfig(cfg, TRAIN), out::add);
         }
         return out;
     }
 
     /** {@code stages} × {@code replicas} stage trainers on threads, resuming from {@code run}'s LATEST; replica 0's last stage's results. */
     private static List<StepResult> pipeline(Path run, int stages, int replicas, String policy, boolean ragged) {
-        return pipeline(run, stages, replicas, policy, PipelineExecutor.Order.STATIC, ragged);
+        return pipeline(MODEL, run, stages, replicas, policy, PipelineExecutor.Order.STATIC, ragged);
     }
 
-    private static List<StepResult> pipeline(Path run, int stages, int replicas, String policy, PipelineExecutor.Order order,
-                                             boolean ragged) {
+    private static List<StepResult> pipeline(ModelConfig cfg, Path run, int stages, int replicas, String policy,
+                                             PipelineExecutor.Order order, boolean ragged) {
         int world = stages * replicas;
         List<SharedMemorySync> everyone = SharedMemorySync.group(world, 60);
         List<List<SharedMemorySync>> perStage = new ArrayList<>();
@@ -114,10 +117,10 @@ class StageTrainerTest {
             GradientSync reps = replicas == 1 ? GradientSync.SINGLE : perStage.get(s).get(j);
             int r = rank;
             threads[rank] = new Thread(() -> {
-                try (Device dev = CpuDevice.open(1); GptStage stage = GptStage.initialized(MODEL, dev, TRAIN.seed(), s, stages);
-                     StageTrainer t = new StageTrainer(stage, stages, MODEL, TRAIN, PipelinePolicy.parse(policy), order, reps,
+                try (Device dev = CpuDevice.open(1); GptStage stage = GptStage.initialized(cfg, dev, TRAIN.seed(), s, stages);
+                     StageTrainer t = new StageTrainer(stage, stages, cfg, TRAIN, PipelinePolicy.parse(policy), order, reps,
                              everyone.get(r), links, Duration.ofSeconds(60))) {
-                    TrainLoop.runStage(t, data(j, ragged), ck, resume, RUN, mine::add);
+                    TrainLoop.runStage(t, data(j, ragged), ck, resume, new RunConfig(cfg, TRAIN), mine::add);
                 } catch (Throwable e) {
                     failures.set(r, e);
                     for (SharedMemorySync sync : everyone) {
@@ -158,13 +161,27 @@ class StageTrainerTest {
         Path one = dir.resolve("one");
         Path piped = dir.resolve("piped");
         List<StepResult> want = single(one, false);
-        List<StepResult> got = pipeline(piped, stages, 1, policy, PipelineExecutor.Order.parse(order), false);
+        List<StepResult> got = pipeline(MODEL, piped, stages, 1, policy, PipelineExecutor.Order.parse(order), false);
         assertEquals(want.stream().map(StepResult::loss).toList(), got.stream().map(StepResult::loss).toList(), "losses");
         assertEquals(want.stream().map(StepResult::gradNorm).toList(), got.stream().map(StepResult::gradNorm).toList(), "norms");
         assertTrue(want.get(0).gradNorm() > TRAIN.gradClip(), "the clip engages");
         assertSameFiles(one, piped, 2);
         assertSameFiles(one, piped, 4);
         assertTrue(Files.notExists(piped.resolve("checkpoints/.parts-step-4")), "the stages' shares are gone once gathered");
+    }
+
+    /** Fixed tensors (a FastFood basis per layer) start as the whole model's and land after the weights in the gathered files. */
+    @Test
+    void fixedTensorsOfEveryStageAreInTheGatheredCheckpoint() throws IOException {
+        ModelConfig fastfood = MODEL.withMixers(java.util.Collections.nCopies(4,
+                new org.kindling.models.mixers.linear.KernelizedSpec(2, org.kindling.models.mixers.linear.KernelizedSpec.Kernel.FASTFOOD_RKS, 8, 1,
+                        1e-6)));
+        Path one = dir.resolve("ff-one");
+        Path piped = dir.resolve("ff-piped");
+        List<StepResult> want = single(fastfood, one, false);
+        List<StepResult> got = pipeline(fastfood, piped, 2, 1, "1f1b", PipelineExecutor.Order.STATIC, false);
+        assertEquals(want.stream().map(StepResult::loss).toList(), got.stream().map(StepResult::loss).toList(), "losses");
+        assertSameFiles(one, piped, 4);
     }
 
     @Test
