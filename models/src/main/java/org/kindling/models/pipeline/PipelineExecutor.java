@@ -546,7 +546,8 @@ public final class PipelineExecutor {
         return t;
     }
 
-    private static Tensor copy(Tensor t) {
+    /** A copy of {@code t} on its device, for a message: the original stays valid only until the stage's next pass. */
+    public static Tensor copy(Tensor t) {
         Tensor out = t.device().allocate(DType.F32, t.shape());
         t.device().backend().copy(out, t);
         return out;

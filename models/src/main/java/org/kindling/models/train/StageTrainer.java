@@ -285,7 +285,7 @@ public final class StageTrainer implements AutoCloseable {
         try {
             Tensor out = stage.evaluate(batch, in, loss);
             if (out != null) {
-                links.actOut().send(0, copy(out), timeout);
+                links.actOut().send(0, PipelineExecutor.copy(out), timeout);
             }
         } finally {
             if (in != null) {
@@ -348,7 +348,7 @@ public final class StageTrainer implements AutoCloseable {
         for (int r0 = 0; r0 < v; r0 += rows) {
             int n = Math.min(rows, v - r0);
             if (stage.last()) {
-                links.gradOut().send(tag, copy(stage.tied().grad().view(r0 * c, n, c)), timeout);
+                links.gradOut().send(tag, PipelineExecutor.copy(stage.tied().grad().view(r0 * c, n, c)), timeout);
             } else if (stage.first()) {
                 Tensor own = stage.tied().grad().view(r0 * c, n, c);
                 float[] sum = own.toFloatArray();
@@ -360,7 +360,7 @@ public final class StageTrainer implements AutoCloseable {
                     sum[i] += head[i];
                 }
                 own.copyFrom(sum);
-                links.actOut().send(tag, copy(own), timeout);
+                links.actOut().send(tag, PipelineExecutor.copy(own), timeout);
             } else {
                 links.gradOut().send(tag, links.gradIn().receive(tag, timeout), timeout);
                 links.actOut().send(tag, links.actIn().receive(tag, timeout), timeout);
@@ -374,12 +374,6 @@ public final class StageTrainer implements AutoCloseable {
                 }
             }
         }
-    }
-
-    private Tensor copy(Tensor t) {
-        Tensor out = stage.device().allocate(DType.F32, t.shape());
-        stage.device().backend().copy(out, t);
-        return out;
     }
 
     private float[] checkTied(float[] v, int expected, String from) {
